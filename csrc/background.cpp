@@ -1,0 +1,92 @@
+// background.cpp: robust per-tile background mean and the quantization step per tile.
+#include "background.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "pixels.h"
+#include "quantize.h"
+#include "threads.h"
+
+namespace redml {
+
+namespace {
+
+template <class T>
+float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
+                        uint32_t tx, const redml_params &p) {
+    uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
+    uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
+    double limit = INFINITY, mean = 0.0;
+    for (int iter = 0; iter < 4; iter++) {
+        double sum = 0.0;
+        size_t n = 0;
+        for (uint32_t y = y0; y < y1; y++) {
+            const T *row = frame + (size_t)y * g.width;
+            const uint8_t *ok = usable + (size_t)y * g.width;
+            for (uint32_t x = x0; x < x1; x++) {
+                double v = (double)row[x];
+                if (ok[x] && v <= limit) {
+                    sum += v;
+                    n++;
+                }
+            }
+        }
+        if (n == 0) break;
+        double m = sum / (double)n;
+        if (iter > 0 && m == mean) break;
+        mean = m;
+        limit = mean + 3.0 * redml_sigma(mean, p.gain, p.mu_min);
+    }
+    return (float)mean;
+}
+
+}  // namespace
+
+template <class T>
+BackgroundModel fit_background(const T *frame, const uint8_t *usable, const TileGrid &grid,
+                               const redml_params &p, int nthreads) {
+    BackgroundModel m;
+    m.grid = grid;
+    m.mean.assign(grid.count(), 0.0f);
+    m.step.assign(grid.count(), std::is_floating_point<T>::value ? 0.0f : 1.0f);
+    bool quantize = p.mode == REDML_MODE_QUANTIZED;
+    parallel_for(grid.rows, nthreads, [&](size_t ty) {
+        for (uint32_t tx = 0; tx < grid.cols; tx++) {
+            size_t t = ty * grid.cols + tx;
+            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p);
+            m.mean[t] = mean;
+            if (!quantize) continue;
+            if constexpr (std::is_floating_point<T>::value)
+                m.step[t] = redml_step_float(mean, p.q, p.gain, p.mu_min);
+            else
+                m.step[t] = (float)redml_step_int(mean, p.q, p.gain, p.mu_min);
+        }
+    });
+    return m;
+}
+
+double interpolate_mean(const BackgroundModel &m, uint32_t y, uint32_t x) {
+    const TileGrid &g = m.grid;
+    // Position in tile-centre coordinates, clamped to the outermost centres.
+    double fy = ((double)y + 0.5) / g.tile - 0.5, fx = ((double)x + 0.5) / g.tile - 0.5;
+    fy = std::min(std::max(fy, 0.0), (double)(g.rows - 1));
+    fx = std::min(std::max(fx, 0.0), (double)(g.cols - 1));
+    uint32_t y0 = (uint32_t)fy, x0 = (uint32_t)fx;
+    uint32_t y1 = std::min(y0 + 1, g.rows - 1), x1 = std::min(x0 + 1, g.cols - 1);
+    double wy = fy - y0, wx = fx - x0;
+    auto at = [&](uint32_t ty, uint32_t tx) { return (double)m.mean[(size_t)ty * g.cols + tx]; };
+    return (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) + wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1));
+}
+
+#define REDML_INSTANTIATE(T)                                                                    \
+    template BackgroundModel fit_background<T>(const T *, const uint8_t *, const TileGrid &,    \
+                                               const redml_params &, int);
+REDML_INSTANTIATE(uint16_t)
+REDML_INSTANTIATE(int16_t)
+REDML_INSTANTIATE(int32_t)
+REDML_INSTANTIATE(uint32_t)
+REDML_INSTANTIATE(float)
+#undef REDML_INSTANTIATE
+
+}  // namespace redml

@@ -1,0 +1,606 @@
+// codec.cpp: the pipeline of one frame and the C API of redml.h.
+//
+//   mask (special values, user mask) -> background (tile model) -> spots (ROI)
+//   -> quantize (quantize.h) -> entropy (entropy.cpp) -> container (container.cpp)
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "background.h"
+#include "container.h"
+#include "entropy.h"
+#include "error.h"
+#include "pixels.h"
+#include "quantize.h"
+#include "redml.h"
+#include "spots.h"
+#include "threads.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the chunk format is little-endian");
+
+namespace redml {
+
+namespace {
+
+const uint32_t kRowsPerBand = 64;
+
+// Per-type storage: exact values and background codes are unsigned integers of the
+// pixel's width (16 or 32 bits).
+template <class T>
+struct Storage {
+    using Word = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
+    static constexpr bool is_float = std::is_floating_point<T>::value;
+    static constexpr int64_t code_lim = sizeof(T) == 2 ? 32768 : 2147483647;
+
+    static Word zigzag(int64_t v) {
+        if constexpr (sizeof(T) == 2) return redml_zigzag16((int16_t)v);
+        else return redml_zigzag32((int32_t)v);
+    }
+    static int64_t unzigzag(Word w) {
+        if constexpr (sizeof(T) == 2) return redml_unzigzag16(w);
+        else return redml_unzigzag32(w);
+    }
+    // Exact pixels: residual against the tile prediction, modulo 2^bits (always
+    // invertible), or the raw bits of a float.
+    static Word exact_word(T x, int64_t pred) {
+        if constexpr (is_float) {
+            uint32_t u;
+            std::memcpy(&u, &x, 4);
+            return u;
+        } else {
+            Word r = (Word)((Word)x - (Word)pred);
+            if constexpr (sizeof(T) == 2) return redml_zigzag16((int16_t)r);
+            else return redml_zigzag32((int32_t)r);
+        }
+    }
+    static T from_exact_word(Word w, int64_t pred) {
+        if constexpr (is_float) {
+            T x;
+            std::memcpy(&x, &w, 4);
+            return x;
+        } else {
+            return (T)(Word)((Word)unzigzag(w) + (Word)pred);
+        }
+    }
+    static int64_t lo() { return is_float ? 0 : (int64_t)std::numeric_limits<T>::lowest(); }
+    static int64_t hi() { return is_float ? 0 : (int64_t)std::numeric_limits<T>::max(); }
+};
+
+// Per-tile numbers derived from the stored model, identical in encoder and decoder.
+struct TileParams {
+    std::vector<int64_t> pred;  // integer prediction of exact pixels
+    std::vector<int64_t> base;  // code offset of background pixels
+};
+
+template <class T>
+TileParams derive_tile_params(const BackgroundModel &m) {
+    TileParams tp;
+    size_t n = m.mean.size();
+    tp.pred.resize(n);
+    tp.base.resize(n);
+    for (size_t t = 0; t < n; t++) {
+        double mean = m.mean[t], s = m.step[t];
+        int64_t pred = (int64_t)llround(mean);
+        if constexpr (!std::is_floating_point<T>::value)
+            pred = std::min(std::max(pred, Storage<T>::lo()), Storage<T>::hi());
+        tp.pred[t] = pred;
+        if constexpr (std::is_floating_point<T>::value) tp.base[t] = s > 0 ? redml_base_float(mean, s) : 0;
+        else tp.base[t] = redml_base_int(mean, (int64_t)s);
+    }
+    return tp;
+}
+
+template <class Fn>
+void for_bands(uint32_t height, int nthreads, Fn fn) {
+    size_t nbands = (height + kRowsPerBand - 1) / kRowsPerBand;
+    parallel_for(nbands, nthreads, [&](size_t b) {
+        uint32_t y0 = (uint32_t)(b * kRowsPerBand);
+        fn(b, y0, std::min(height, y0 + kRowsPerBand));
+    });
+}
+
+// ---- exact-pixel map as LEB128 run lengths (first run: not exact) ----
+
+void put_varint(std::vector<uint8_t> &out, uint64_t v) {
+    while (v >= 0x80) {
+        out.push_back((uint8_t)(v | 0x80));
+        v >>= 7;
+    }
+    out.push_back((uint8_t)v);
+}
+
+std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
+    std::vector<uint8_t> out;
+    uint8_t cur = 0;
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && (exact[j] != 0) == (cur != 0)) j++;
+        put_varint(out, j - i);
+        i = j;
+        cur ^= 1;
+    }
+    return out;
+}
+
+// Decodes the runs into `exact` (n bytes); returns the number of exact pixels.
+uint64_t decode_runs(const uint8_t *p, size_t size, uint8_t *exact, size_t n) {
+    size_t pos = 0, i = 0;
+    uint8_t cur = 0;
+    uint64_t n_exact = 0;
+    bool first = true;
+    while (pos < size) {
+        uint64_t v = 0;
+        int shift = 0;
+        for (;;) {
+            check(pos < size && shift <= 56, REDML_E_CORRUPT, "truncated run length in the exact mask");
+            uint8_t b = p[pos++];
+            v |= (uint64_t)(b & 0x7f) << shift;
+            shift += 7;
+            if (!(b & 0x80)) break;
+        }
+        check(v > 0 || first, REDML_E_CORRUPT, "empty run in the exact mask");
+        check(v <= n - i, REDML_E_CORRUPT, "exact mask runs exceed the frame");
+        std::memset(exact + i, cur, v);
+        if (cur) n_exact += v;
+        i += v;
+        cur ^= 1;
+        first = false;
+    }
+    check(i == n, REDML_E_CORRUPT, "exact mask runs do not cover the frame");
+    return n_exact;
+}
+
+template <class W>
+std::vector<uint8_t> as_bytes(const std::vector<W> &v) {
+    std::vector<uint8_t> b(v.size() * sizeof(W));
+    if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+    return b;
+}
+
+void validate_params(const redml_params &p) {
+    check(p.mode == REDML_MODE_LOSSLESS || p.mode == REDML_MODE_QUANTIZED || p.mode == REDML_MODE_SPARSE,
+          REDML_E_ARG, "mode must be lossless, quantized or sparse");
+    check(std::isfinite(p.q) && p.q >= 0, REDML_E_ARG, "q must be a finite number >= 0");
+    check(std::isfinite(p.gain) && p.gain > 0, REDML_E_ARG, "gain must be a finite number > 0");
+    check(std::isfinite(p.mu_min) && p.mu_min >= 0, REDML_E_ARG, "mu_min must be a finite number >= 0");
+    check(p.codec == REDML_CODEC_LZ4 || p.codec == REDML_CODEC_ZSTD || p.codec == REDML_CODEC_RANS, REDML_E_ARG,
+          "codec must be rans, lz4 or zstd");
+    check(p.codec != REDML_CODEC_RANS || p.shuffle != REDML_SHUFFLE_BIT, REDML_E_ARG,
+          "rans codes byte planes: use the byte shuffle (or none)");
+    check(p.shuffle >= REDML_SHUFFLE_NONE && p.shuffle <= REDML_SHUFFLE_BIT, REDML_E_ARG, "unknown shuffle");
+    check(p.recon == REDML_RECON_DITHER || (p.recon == REDML_RECON_POISSON && p.mode == REDML_MODE_SPARSE),
+          REDML_E_ARG, "Poisson reconstruction is only defined for the sparse mode");
+    check(p.tile >= 1, REDML_E_ARG, "tile must be >= 1");
+    check(p.block_elems >= 256 && p.block_elems <= (1u << 24) && p.block_elems % 8 == 0, REDML_E_ARG,
+          "block_elems must be a multiple of 8 in [256, 2^24]");
+    check(std::isfinite(p.roi_snr) && p.roi_snr > 0, REDML_E_ARG, "roi_snr must be a finite number > 0");
+    check(p.level >= -7 && p.level <= 22, REDML_E_ARG, "zstd level must be in [-7, 22]");
+}
+
+StreamSpec spec_for(const ChunkHeader &h, const Section &s) {
+    return StreamSpec{s.elem, s.shuffle, h.codec, 0, h.block_elems};
+}
+
+// ---------------------------------------------------------------- encoder
+
+template <class T>
+void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, const uint8_t *mask_in,
+                  const redml_params &p, void **out, size_t *out_size) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    const int nt = resolve_threads(p.nthreads);
+    const size_t N = (size_t)H * W;
+
+    // mask: pixels the model must ignore and that are always stored exactly
+    std::vector<uint8_t> usable(N);
+    for_bands(H, nt, [&](size_t, uint32_t y0, uint32_t y1) {
+        for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++)
+            usable[i] = !(mask_in && mask_in[i]) && !is_special_value(f[i]);
+    });
+    // background
+    BackgroundModel model = fit_background(f, usable.data(), TileGrid(H, W, p.tile), p, nt);
+    TileParams tp = derive_tile_params<T>(model);
+    const TileGrid &g = model.grid;
+    // spots
+    const bool lossless = p.mode == REDML_MODE_LOSSLESS;
+    std::vector<uint8_t> exact;
+    if (!lossless) {
+        exact.resize(N);
+        if (roi_in) std::memcpy(exact.data(), roi_in, N);
+        else find_roi(f, usable.data(), model, p, exact.data(), nt);
+    }
+    // quantize, band by band and tile span by tile span (per-tile constants hoisted)
+    size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
+    std::vector<std::vector<Word>> values(nbands), codes(nbands);
+    const bool quantized = p.mode == REDML_MODE_QUANTIZED;
+    for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
+        size_t band_px = (size_t)(y1 - y0) * W, nv = 0, nc = 0;
+        std::vector<Word> &vals = values[b];
+        std::vector<Word> &cods = codes[b];
+        vals.resize(band_px);
+        if (quantized) cods.resize(band_px);
+        for (uint32_t y = y0; y < y1; y++) {
+            for (uint32_t tx = 0; tx < g.cols; tx++) {
+                size_t t = (size_t)(y / g.tile) * g.cols + tx;
+                const int64_t pred = tp.pred[t], base = tp.base[t];
+                size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
+                size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
+                if (lossless) {
+                    for (size_t i = i0; i < i1; i++) vals[nv++] = S::exact_word(f[i], pred);
+                    continue;
+                }
+                const double step = model.step[t], inv_step = 1.0 / step;
+                for (size_t i = i0; i < i1; i++) {
+                    bool keep = exact[i] || !usable[i];
+                    if (!keep && quantized) {
+                        int64_t code;
+                        if constexpr (S::is_float) {
+                            keep = !(step > 0 && redml_quantize_float(f[i], step, redml_dither_float(p.seed, i, step),
+                                                                      base, &code));
+                        } else {
+                            int64_t si = (int64_t)step;
+                            int64_t u = si > 1 ? redml_dither_int(p.seed, i, si) : 0;
+                            keep = !redml_quantize_int((int64_t)f[i], si, inv_step, u, base, S::lo(), S::hi(),
+                                                       S::code_lim, &code);
+                        }
+                        if (!keep) cods[nc++] = S::zigzag(code);
+                    }
+                    if (keep) {
+                        vals[nv++] = S::exact_word(f[i], pred);
+                        exact[i] = 1;
+                    }
+                }
+            }
+        }
+        vals.resize(nv);
+        cods.resize(nc);
+    });
+    std::vector<Word> all_values, all_codes;
+    for (size_t b = 0; b < nbands; b++) {
+        all_values.insert(all_values.end(), values[b].begin(), values[b].end());
+        all_codes.insert(all_codes.end(), codes[b].begin(), codes[b].end());
+        std::vector<Word>().swap(values[b]);
+        std::vector<Word>().swap(codes[b]);
+    }
+
+    // entropy + container
+    ChunkHeader h;
+    h.dtype = dtype_of<T>();
+    h.mode = p.mode;
+    h.codec = p.codec;
+    h.recon = p.recon;
+    h.tile = p.tile;
+    h.height = H;
+    h.width = W;
+    h.q = p.mode == REDML_MODE_QUANTIZED ? p.q : 0.0f;
+    h.gain = p.gain;
+    h.mu_min = p.mu_min;
+    h.seed = p.seed;
+    h.block_elems = p.block_elems;
+    h.n_exact = all_values.size();
+
+    std::vector<float> model_raw(model.mean);
+    model_raw.insert(model_raw.end(), model.step.begin(), model.step.end());
+    struct Pending {
+        uint16_t type;
+        redml_shuffle shuffle;
+        uint8_t elem;
+        std::vector<uint8_t> raw;
+    };
+    std::vector<Pending> pending;
+    pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, as_bytes(model_raw)});
+    if (!lossless) pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, encode_runs(exact.data(), N)});
+    pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_values)});
+    if (p.mode == REDML_MODE_QUANTIZED)
+        pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_codes)});
+
+    std::vector<std::vector<uint8_t>> stored(pending.size());
+    std::vector<Section> sections(pending.size());
+    for (size_t k = 0; k < pending.size(); k++) {
+        StreamSpec spec{pending[k].elem, pending[k].shuffle, p.codec, p.level, p.block_elems};
+        stored[k] = encode_stream(pending[k].raw.data(), pending[k].raw.size(), spec, nt);
+        Section &s = sections[k];
+        s.type = pending[k].type;
+        s.shuffle = pending[k].shuffle;
+        s.elem = pending[k].elem;
+        s.raw_size = pending[k].raw.size();
+        s.data = stored[k].data();
+        s.stored_size = stored[k].size();
+    }
+    write_chunk(h, sections, out, out_size);
+}
+
+// ---------------------------------------------------------------- decoder
+
+template <class T>
+BackgroundModel read_model(const ParsedChunk &pc, int nt) {
+    const ChunkHeader &h = pc.header;
+    const Section *s = pc.find(SECTION_MODEL);
+    check(s != nullptr, REDML_E_CORRUPT, "chunk has no background model section");
+    TileGrid g(h.height, h.width, h.tile);
+    check(s->elem == 4 && s->raw_size == 8 * (uint64_t)g.count(), REDML_E_CORRUPT, "model section has the wrong size");
+    std::vector<float> raw(2 * g.count());
+    decode_stream(s->data, s->stored_size, (uint8_t *)raw.data(), s->raw_size, spec_for(h, *s), nt);
+    BackgroundModel m;
+    m.grid = g;
+    m.mean.assign(raw.begin(), raw.begin() + g.count());
+    m.step.assign(raw.begin() + g.count(), raw.end());
+    for (size_t t = 0; t < g.count(); t++) {
+        float mean = m.mean[t], step = m.step[t];
+        check(std::isfinite(mean) && std::fabs(mean) < 1e10f, REDML_E_CORRUPT, "invalid model mean");
+        if constexpr (std::is_floating_point<T>::value) {
+            check(std::isfinite(step) && step >= 0 && step < 1e30f, REDML_E_CORRUPT, "invalid model step");
+        } else {
+            check(step >= 1 && step <= 2097153.0f && std::floor(step) == step && ((int64_t)step & 1),
+                  REDML_E_CORRUPT, "invalid model step");
+        }
+    }
+    return m;
+}
+
+template <class T>
+void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    const ChunkHeader &h = pc.header;
+    const uint32_t H = h.height, W = h.width;
+    const size_t N = (size_t)H * W;
+    const bool lossless = h.mode == REDML_MODE_LOSSLESS;
+
+    // Check every block table against its declared size before any large allocation.
+    const Section *mask_s = pc.find(SECTION_EXACT_MASK);
+    const Section *vals_s = pc.find(SECTION_EXACT_VALUES);
+    const Section *codes_s = pc.find(SECTION_BACKGROUND_CODES);
+    check(vals_s != nullptr, REDML_E_CORRUPT, "chunk has no exact-values section");
+    check(lossless == (mask_s == nullptr), REDML_E_CORRUPT, "exact mask section present/absent against the mode");
+    check((h.mode == REDML_MODE_QUANTIZED) == (codes_s != nullptr), REDML_E_CORRUPT,
+          "background codes section present/absent against the mode");
+    uint64_t n_exact = lossless ? N : h.n_exact;
+    check(vals_s->elem == sizeof(Word) && vals_s->raw_size == n_exact * sizeof(Word), REDML_E_CORRUPT,
+          "exact-values section has the wrong size");
+    check_stream(vals_s->data, vals_s->stored_size, vals_s->raw_size, spec_for(h, *vals_s));
+    if (codes_s) {
+        check(codes_s->elem == sizeof(Word) && codes_s->raw_size == (N - n_exact) * sizeof(Word), REDML_E_CORRUPT,
+              "background-codes section has the wrong size");
+        check_stream(codes_s->data, codes_s->stored_size, codes_s->raw_size, spec_for(h, *codes_s));
+    }
+    if (mask_s) {
+        check(mask_s->elem == 1 && mask_s->raw_size <= 10 * (uint64_t)N + 10, REDML_E_CORRUPT,
+              "exact mask section has the wrong size");
+        check_stream(mask_s->data, mask_s->stored_size, mask_s->raw_size, spec_for(h, *mask_s));
+    }
+
+    BackgroundModel model = read_model<T>(pc, nt);
+    TileParams tp = derive_tile_params<T>(model);
+    const TileGrid &g = model.grid;
+
+    std::vector<uint8_t> exact;
+    if (!lossless) {
+        std::vector<uint8_t> runs(mask_s->raw_size);
+        decode_stream(mask_s->data, mask_s->stored_size, runs.data(), runs.size(), spec_for(h, *mask_s), nt);
+        exact.resize(N);
+        check(decode_runs(runs.data(), runs.size(), exact.data(), N) == n_exact, REDML_E_CORRUPT,
+              "exact mask does not match the exact pixel count");
+    }
+    std::vector<Word> values(n_exact), codes(codes_s ? N - n_exact : 0);
+    decode_stream(vals_s->data, vals_s->stored_size, (uint8_t *)values.data(), vals_s->raw_size,
+                  spec_for(h, *vals_s), nt);
+    if (codes_s)
+        decode_stream(codes_s->data, codes_s->stored_size, (uint8_t *)codes.data(), codes_s->raw_size,
+                      spec_for(h, *codes_s), nt);
+
+    // Where each band starts in the value and code streams.
+    size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
+    std::vector<size_t> band_exact(nbands + 1, 0), band_codes(nbands + 1, 0);
+    if (!lossless) {
+        for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
+            size_t c = 0;
+            for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++) c += exact[i];
+            band_exact[b + 1] = c;
+            band_codes[b + 1] = (size_t)(y1 - y0) * W - c;
+        });
+        for (size_t b = 0; b < nbands; b++) {
+            band_exact[b + 1] += band_exact[b];
+            band_codes[b + 1] += band_codes[b];
+        }
+    }
+    const bool poisson = recon == REDML_RECON_POISSON;
+    for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
+        size_t vi = lossless ? (size_t)y0 * W : band_exact[b], ci = band_codes[b];
+        for (uint32_t y = y0; y < y1; y++) {
+            for (uint32_t tx = 0; tx < g.cols; tx++) {
+                size_t t = (size_t)(y / g.tile) * g.cols + tx;
+                const int64_t pred = tp.pred[t], base = tp.base[t];
+                const double step = model.step[t];
+                uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
+                size_t row = (size_t)y * W;
+                if (lossless) {
+                    for (uint32_t x = x0; x < x1; x++) out[row + x] = S::from_exact_word(values[vi++], pred);
+                    continue;
+                }
+                for (uint32_t x = x0; x < x1; x++) {
+                    size_t i = row + x;
+                    if (exact[i]) {
+                        out[i] = S::from_exact_word(values[vi++], pred);
+                    } else if (h.mode == REDML_MODE_QUANTIZED) {
+                        int64_t c = S::unzigzag(codes[ci++]);
+                        if constexpr (S::is_float) {
+                            check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+                            out[i] = redml_recon_float(c, step, redml_dither_float(h.seed, i, step), base);
+                        } else {
+                            int64_t si = (int64_t)step;
+                            int64_t u = si > 1 ? redml_dither_int(h.seed, i, si) : 0;
+                            int64_t r = redml_recon_int(c, si, u, base);
+                            check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
+                            out[i] = (T)r;
+                        }
+                    } else {  // sparse: the model, made unbiased (dither) or noisy (Poisson)
+                        double v = std::max(0.0, interpolate_mean(model, y, x));
+                        double r = poisson ? (double)h.gain * (double)redml_poisson(v / h.gain, h.seed, i)
+                                           : (S::is_float ? v : (double)redml_dithered_round(v, h.seed, i));
+                        if constexpr (S::is_float) out[i] = (T)r;
+                        else out[i] = (T)std::min((double)S::hi(), std::floor(r + 0.5));
+                    }
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------- C API helpers
+
+thread_local std::string tls_error;
+
+template <class Fn>
+redml_status guarded(Fn fn) {
+    try {
+        fn();
+        tls_error.clear();
+        return REDML_OK;
+    } catch (const Error &e) {
+        tls_error = e.what();
+        return e.status;
+    } catch (const std::bad_alloc &) {
+        tls_error = "out of memory";
+        return REDML_E_NOMEM;
+    } catch (const std::exception &e) {
+        tls_error = e.what();
+        return REDML_E_INTERNAL;
+    } catch (...) {
+        tls_error = "unknown internal error";
+        return REDML_E_INTERNAL;
+    }
+}
+
+}  // namespace
+}  // namespace redml
+
+using namespace redml;
+
+extern "C" {
+
+void redml_default_params(redml_params *p) {
+    p->mode = REDML_MODE_LOSSLESS;
+    p->q = 0.0f;
+    p->gain = 1.0f;
+    p->mu_min = 1.0f;
+    p->codec = REDML_CODEC_RANS;
+    p->level = 1;
+    p->shuffle = REDML_SHUFFLE_BYTE;
+    p->recon = REDML_RECON_DITHER;
+    p->tile = 32;
+    p->roi_snr = 4.0f;
+    p->roi_margin = 2;
+    p->seed = 0x5eed1234u;
+    p->block_elems = 1u << 16;
+    p->nthreads = 0;
+}
+
+size_t redml_dtype_size(redml_dtype dtype) {
+    switch (dtype) {
+        case REDML_UINT16:
+        case REDML_INT16: return 2;
+        case REDML_INT32:
+        case REDML_UINT32:
+        case REDML_FLOAT32: return 4;
+    }
+    return 0;
+}
+
+redml_status redml_encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                          const uint8_t *roi, const uint8_t *mask, const redml_params *p, void **out,
+                          size_t *out_size) {
+    return guarded([&] {
+        check(frame && p && out && out_size, REDML_E_ARG, "null argument");
+        check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
+        check(height >= 1 && width >= 1 && height <= kMaxSide && width <= kMaxSide &&
+                  (uint64_t)height * width <= kMaxPixels,
+              REDML_E_ARG, "frame shape out of range (1..2^20 per side, at most 2^27 pixels)");
+        validate_params(*p);
+        dispatch_dtype(dtype, [&](auto tag) {
+            using T = decltype(tag);
+            encode_frame<T>((const T *)frame, height, width, roi, mask, *p, out, out_size);
+        });
+    });
+}
+
+redml_status redml_inspect(const void *chunk, size_t size, redml_info *info) {
+    return guarded([&] {
+        check(info != nullptr, REDML_E_ARG, "null argument");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        const ChunkHeader &h = pc.header;
+        info->version = h.version;
+        info->dtype = h.dtype;
+        info->mode = h.mode;
+        info->codec = h.codec;
+        info->recon = h.recon;
+        info->height = h.height;
+        info->width = h.width;
+        info->tile = h.tile;
+        info->q = h.q;
+        info->gain = h.gain;
+        info->mu_min = h.mu_min;
+        info->seed = h.seed;
+        info->n_exact = h.mode == REDML_MODE_LOSSLESS ? (uint64_t)h.height * h.width : h.n_exact;
+    });
+}
+
+redml_status redml_decode(const void *chunk, size_t size, void *out, size_t out_capacity, int recon_override,
+                          int nthreads) {
+    return guarded([&] {
+        check(out != nullptr, REDML_E_ARG, "null output buffer");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        const ChunkHeader &h = pc.header;
+        check(out_capacity >= (size_t)h.height * h.width * redml_dtype_size(h.dtype), REDML_E_ARG,
+              "output buffer too small for the decoded frame");
+        int recon = recon_override < 0 ? (int)h.recon : recon_override;
+        check(recon == REDML_RECON_DITHER || recon == REDML_RECON_POISSON, REDML_E_ARG, "unknown reconstruction");
+        int nt = resolve_threads(nthreads);
+        dispatch_dtype(h.dtype, [&](auto tag) {
+            using T = decltype(tag);
+            decode_frame<T>(pc, (T *)out, recon, nt);
+        });
+    });
+}
+
+redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size_t out_capacity) {
+    return guarded([&] {
+        check(out != nullptr, REDML_E_ARG, "null output buffer");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        const ChunkHeader &h = pc.header;
+        size_t N = (size_t)h.height * h.width;
+        check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
+        const Section *s = pc.find(SECTION_EXACT_MASK);
+        if (!s) {
+            std::memset(out, 1, N);
+            return;
+        }
+        check(s->raw_size <= 10 * (uint64_t)N + 10, REDML_E_CORRUPT, "exact mask section has the wrong size");
+        std::vector<uint8_t> runs(s->raw_size);
+        decode_stream(s->data, s->stored_size, runs.data(), runs.size(), spec_for(h, *s), 1);
+        decode_runs(runs.data(), runs.size(), out, N);
+    });
+}
+
+const char *redml_strerror(redml_status s) {
+    switch (s) {
+        case REDML_OK: return "ok";
+        case REDML_E_ARG: return "invalid argument";
+        case REDML_E_CORRUPT: return "corrupt chunk";
+        case REDML_E_VERSION: return "unsupported format version";
+        case REDML_E_NOMEM: return "out of memory";
+        case REDML_E_ENTROPY: return "entropy coder error";
+        case REDML_E_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+const char *redml_last_error(void) { return tls_error.c_str(); }
+
+}  // extern "C"

@@ -1,0 +1,168 @@
+// container.cpp: reading and writing the chunk container (docs/format.md).
+#include "container.h"
+
+#include <xxhash.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "error.h"
+
+namespace redml {
+
+namespace {
+
+struct Writer {
+    uint8_t *p;
+    void u8(uint8_t v) { *p++ = v; }
+    void u16(uint16_t v) { for (int i = 0; i < 2; i++) *p++ = (uint8_t)(v >> (8 * i)); }
+    void u32(uint32_t v) { for (int i = 0; i < 4; i++) *p++ = (uint8_t)(v >> (8 * i)); }
+    void u64(uint64_t v) { for (int i = 0; i < 8; i++) *p++ = (uint8_t)(v >> (8 * i)); }
+    void f32(float v) { uint32_t u; std::memcpy(&u, &v, 4); u32(u); }
+};
+
+struct Reader {
+    const uint8_t *p;
+    uint8_t u8() { return *p++; }
+    uint16_t u16() { uint16_t v = 0; for (int i = 0; i < 2; i++) v |= (uint16_t)(*p++ << (8 * i)); return v; }
+    uint32_t u32() { uint32_t v = 0; for (int i = 0; i < 4; i++) v |= (uint32_t)*p++ << (8 * i); return v; }
+    uint64_t u64() { uint64_t v = 0; for (int i = 0; i < 8; i++) v |= (uint64_t)*p++ << (8 * i); return v; }
+    float f32() { uint32_t u = u32(); float v; std::memcpy(&v, &u, 4); return v; }
+};
+
+const uint8_t kMagic[4] = {'R', 'D', 'M', 'L'};
+
+}  // namespace
+
+void write_chunk(const ChunkHeader &h, const std::vector<Section> &sections, void **out, size_t *out_size) {
+    size_t header_size = kFixedHeaderSize + kSectionEntrySize * sections.size() + 8;
+    size_t total = header_size;
+    for (const Section &s : sections) total += s.stored_size;
+    uint8_t *buf = (uint8_t *)std::malloc(total);
+    check(buf != nullptr, REDML_E_NOMEM, "cannot allocate the output chunk");
+    Writer w{buf};
+    for (uint8_t c : kMagic) w.u8(c);
+    w.u8(h.version);
+    w.u8((uint8_t)h.dtype);
+    w.u8((uint8_t)h.mode);
+    w.u8((uint8_t)h.codec);
+    w.u8((uint8_t)h.recon);
+    w.u8((uint8_t)sections.size());
+    w.u16(h.tile);
+    w.u32(h.height);
+    w.u32(h.width);
+    w.f32(h.q);
+    w.f32(h.gain);
+    w.f32(h.mu_min);
+    w.u32(h.seed);
+    w.u32(h.block_elems);
+    w.u64(h.n_exact);
+    w.u32((uint32_t)header_size);
+    w.u32(0);
+    for (const Section &s : sections) {
+        w.u16(s.type);
+        w.u8(s.flags);
+        w.u8((uint8_t)s.shuffle);
+        w.u8(s.elem);
+        w.u8(0);
+        w.u16(0);
+        w.u64(s.raw_size);
+        w.u64(s.stored_size);
+        w.u64(XXH3_64bits(s.data, s.stored_size));
+    }
+    w.u64(XXH3_64bits(buf, header_size - 8));
+    for (const Section &s : sections) {
+        if (s.stored_size) std::memcpy(w.p, s.data, s.stored_size);
+        w.p += s.stored_size;
+    }
+    *out = buf;
+    *out_size = total;
+}
+
+const Section *ParsedChunk::find(uint16_t type) const {
+    for (const Section &s : sections)
+        if (s.type == type) return &s;
+    return nullptr;
+}
+
+ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
+    check(chunk != nullptr, REDML_E_ARG, "no chunk given");
+    check(size >= kFixedHeaderSize + 8, REDML_E_CORRUPT, "chunk shorter than its header");
+    check(std::memcmp(chunk, kMagic, 4) == 0, REDML_E_CORRUPT, "not a redml chunk (bad magic)");
+    Reader r{chunk + 4};
+    ParsedChunk pc;
+    ChunkHeader &h = pc.header;
+    h.version = r.u8();
+    check(h.version >= 1, REDML_E_CORRUPT, "invalid format version 0");
+    check(h.version <= REDML_FORMAT_VERSION, REDML_E_VERSION,
+          "chunk needs a newer redml_reduce decoder (format version above 1)");
+    uint8_t dtype = r.u8(), mode = r.u8(), codec = r.u8(), recon = r.u8(), nsec = r.u8();
+    h.tile = r.u16();
+    h.height = r.u32();
+    h.width = r.u32();
+    h.q = r.f32();
+    h.gain = r.f32();
+    h.mu_min = r.f32();
+    h.seed = r.u32();
+    h.block_elems = r.u32();
+    h.n_exact = r.u64();
+    uint32_t header_size = r.u32();
+    uint32_t reserved = r.u32();
+    size_t expect_header = kFixedHeaderSize + kSectionEntrySize * nsec + 8;
+    check(header_size == expect_header && size >= expect_header, REDML_E_CORRUPT, "header size mismatch or truncated header");
+    check(XXH3_64bits(chunk, expect_header - 8) == [&] { Reader t{chunk + expect_header - 8}; return t.u64(); }(),
+          REDML_E_CORRUPT, "header checksum mismatch");
+    // Fields are only trusted after the header checksum matched.
+    check(reserved == 0, REDML_E_CORRUPT, "reserved header field is not zero");
+    check(dtype >= REDML_UINT16 && dtype <= REDML_FLOAT32, REDML_E_CORRUPT, "unknown dtype code");
+    check(mode <= REDML_MODE_SPARSE, REDML_E_CORRUPT, "unknown mode");
+    check(codec >= REDML_CODEC_LZ4 && codec <= REDML_CODEC_RANS, REDML_E_CORRUPT, "unknown entropy codec");
+    check(recon == REDML_RECON_DITHER || (recon == REDML_RECON_POISSON && mode == REDML_MODE_SPARSE),
+          REDML_E_CORRUPT, "unknown reconstruction for this mode");
+    h.dtype = (redml_dtype)dtype;
+    h.mode = (redml_mode)mode;
+    h.codec = (redml_codec)codec;
+    h.recon = (redml_recon)recon;
+    check(h.height >= 1 && h.width >= 1 && h.height <= kMaxSide && h.width <= kMaxSide &&
+              (uint64_t)h.height * h.width <= kMaxPixels,
+          REDML_E_CORRUPT, "frame shape out of range");
+    check(h.tile >= 1, REDML_E_CORRUPT, "tile size is zero");
+    check(h.block_elems >= 256 && h.block_elems <= (1u << 24), REDML_E_CORRUPT, "block size out of range");
+    check(std::isfinite(h.q) && h.q >= 0 && std::isfinite(h.gain) && h.gain > 0 && std::isfinite(h.mu_min) &&
+              h.mu_min >= 0,
+          REDML_E_CORRUPT, "invalid quantization parameters");
+    check(h.n_exact <= (uint64_t)h.height * h.width, REDML_E_CORRUPT, "exact pixel count exceeds the frame");
+    size_t pos = expect_header;
+    for (unsigned i = 0; i < nsec; i++) {
+        Section s;
+        s.type = r.u16();
+        s.flags = r.u8();
+        uint8_t shuffle = r.u8();
+        s.elem = r.u8();
+        uint8_t z8 = r.u8();
+        uint16_t z16 = r.u16();
+        s.raw_size = r.u64();
+        s.stored_size = r.u64();
+        uint64_t sum = r.u64();
+        check(z8 == 0 && z16 == 0, REDML_E_CORRUPT, "reserved section field is not zero");
+        check(shuffle <= REDML_SHUFFLE_BIT, REDML_E_CORRUPT, "unknown shuffle");
+        check(s.elem == 1 || s.elem == 2 || s.elem == 4, REDML_E_CORRUPT, "invalid element size");
+        s.shuffle = (redml_shuffle)shuffle;
+        check(s.stored_size <= size - pos, REDML_E_CORRUPT, "section extends past the end of the chunk");
+        s.data = chunk + pos;
+        pos += s.stored_size;
+        check(XXH3_64bits(s.data, s.stored_size) == sum, REDML_E_CORRUPT, "section checksum mismatch");
+        bool known = s.type >= SECTION_MODEL && s.type <= SECTION_BACKGROUND_CODES;
+        if (!known) {
+            check(!(s.flags & SECTION_REQUIRED), REDML_E_VERSION, "chunk has a required section this decoder does not know");
+            continue;
+        }
+        check(pc.find(s.type) == nullptr, REDML_E_CORRUPT, "duplicate section");
+        pc.sections.push_back(s);
+    }
+    check(pos == size, REDML_E_CORRUPT, "chunk has trailing bytes");
+    return pc;
+}
+
+}  // namespace redml

@@ -1,0 +1,59 @@
+// container.h: the chunk container of docs/format.md: fixed header, section table,
+// checksums. Knows nothing about pixels.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+#include "redml.h"
+
+namespace redml {
+
+enum SectionType : uint16_t {
+    SECTION_MODEL = 1,             // per-tile mean and step, float32
+    SECTION_EXACT_MASK = 2,        // run lengths of the exact-pixel map, LEB128
+    SECTION_EXACT_VALUES = 3,      // exact pixels: zigzag residuals (ints) or raw bits (floats)
+    SECTION_BACKGROUND_CODES = 4,  // zigzag bin codes of the background pixels
+};
+
+const uint8_t SECTION_REQUIRED = 1;
+
+struct ChunkHeader {
+    uint8_t version = REDML_FORMAT_VERSION;
+    redml_dtype dtype = REDML_UINT16;
+    redml_mode mode = REDML_MODE_LOSSLESS;
+    redml_codec codec = REDML_CODEC_ZSTD;
+    redml_recon recon = REDML_RECON_DITHER;
+    uint16_t tile = 32;
+    uint32_t height = 0, width = 0;
+    float q = 0, gain = 1, mu_min = 1;
+    uint32_t seed = 0, block_elems = 0;
+    uint64_t n_exact = 0;
+};
+
+struct Section {
+    uint16_t type = 0;
+    uint8_t flags = SECTION_REQUIRED;
+    redml_shuffle shuffle = REDML_SHUFFLE_NONE;
+    uint8_t elem = 1;
+    uint64_t raw_size = 0;
+    const uint8_t *data = nullptr;  // stored (entropy-coded) bytes
+    uint64_t stored_size = 0;
+};
+
+const size_t kFixedHeaderSize = 56, kSectionEntrySize = 32;
+const uint32_t kMaxSide = 1u << 20;
+const uint64_t kMaxPixels = 1ull << 27;
+
+// Serializes header + sections (checksums computed here) into one malloc'ed buffer.
+void write_chunk(const ChunkHeader &h, const std::vector<Section> &sections, void **out, size_t *out_size);
+
+// Parses and validates a chunk: magic, version, field ranges, checksums, sizes. Section
+// data pointers refer into `chunk`. Unknown optional sections are skipped.
+struct ParsedChunk {
+    ChunkHeader header;
+    std::vector<Section> sections;
+    const Section *find(uint16_t type) const;
+};
+ParsedChunk parse_chunk(const uint8_t *chunk, size_t size);
+
+}  // namespace redml

@@ -1,0 +1,278 @@
+// entropy.cpp: shuffle filters and the block stream (docs/format.md, "Block stream").
+#include "entropy.h"
+
+#include <htscodecs/rANS_static4x16.h>
+#include <lz4.h>
+#include <zstd.h>
+
+#include <cstring>
+#include <memory>
+
+#include "error.h"
+#include "threads.h"
+
+namespace redml {
+
+namespace {
+
+inline void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+inline uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+// Transposes an 8x8 bit matrix held in a 64-bit word (row r = byte r, column c = bit c).
+inline uint64_t transpose8x8(uint64_t x) {
+    uint64_t t;
+    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
+    x = x ^ t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCULL;
+    x = x ^ t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ULL;
+    x = x ^ t ^ (t << 28);
+    return x;
+}
+
+const uint32_t kRawFlag = 0x80000000u;
+
+struct ZstdCtx {
+    ZSTD_CCtx *c = nullptr;
+    ZSTD_DCtx *d = nullptr;
+    ~ZstdCtx() {
+        ZSTD_freeCCtx(c);
+        ZSTD_freeDCtx(d);
+    }
+};
+thread_local ZstdCtx tls_zstd;
+
+size_t block_bytes(const StreamSpec &spec) { return (size_t)spec.block_elems * (size_t)spec.elem; }
+
+void shuffle(const StreamSpec &spec, const uint8_t *src, uint8_t *dst, size_t n) {
+    if (spec.shuffle == REDML_SHUFFLE_BIT) bit_shuffle(src, dst, n, spec.elem);
+    else if (spec.shuffle == REDML_SHUFFLE_BYTE) byte_shuffle(src, dst, n, spec.elem);
+    else std::memcpy(dst, src, n);
+}
+
+void unshuffle(const StreamSpec &spec, const uint8_t *src, uint8_t *dst, size_t n) {
+    if (spec.shuffle == REDML_SHUFFLE_BIT) bit_unshuffle(src, dst, n, spec.elem);
+    else if (spec.shuffle == REDML_SHUFFLE_BYTE) byte_unshuffle(src, dst, n, spec.elem);
+    else std::memcpy(dst, src, n);
+}
+
+// rANS order 0 with the 32-way interleaved layout (fast SIMD paths in htscodecs).
+const int kRansOrder = RANS_ORDER_X32;
+
+// rANS codes each byte plane of a shuffled block as its own stream (own frequency
+// table); the last plane also carries the bytes that do not form a whole element.
+size_t rans_planes(const StreamSpec &spec, size_t n) {
+    size_t planes = spec.shuffle == REDML_SHUFFLE_BYTE ? (size_t)spec.elem : 1;
+    return n / (size_t)spec.elem == 0 ? 1 : planes;
+}
+size_t plane_begin(size_t b, size_t planes, size_t n) { return planes == 1 ? 0 : b * (n / planes); }
+size_t plane_end(size_t b, size_t planes, size_t n) { return b + 1 == planes ? n : (b + 1) * (n / planes); }
+
+size_t rans_bound(const StreamSpec &spec, size_t n) {
+    size_t planes = rans_planes(spec, n), total = 0;
+    for (size_t b = 0; b < planes; b++)
+        total += 4 + rans_compress_bound_4x16((unsigned)(plane_end(b, planes, n) - plane_begin(b, planes, n)), kRansOrder);
+    return total;
+}
+
+size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
+    size_t planes = rans_planes(spec, n), pos = 0;
+    for (size_t b = 0; b < planes; b++) {
+        size_t b0 = plane_begin(b, planes, n), len = plane_end(b, planes, n) - b0;
+        if (pos + 4 > cap) return 0;
+        unsigned out_len = (unsigned)(cap - pos - 4);
+        if (!rans_compress_to_4x16((unsigned char *)src + b0, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
+            return 0;
+        put_u32(dst + pos, out_len);
+        pos += 4 + out_len;
+    }
+    return pos < n ? pos : 0;
+}
+
+void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw) {
+    size_t planes = rans_planes(spec, raw), pos = 0;
+    for (size_t b = 0; b < planes; b++) {
+        size_t b0 = plane_begin(b, planes, raw), len = plane_end(b, planes, raw) - b0;
+        check(pos + 4 <= n, REDML_E_CORRUPT, "rANS block truncated");
+        size_t clen = get_u32(src + pos);
+        check(clen <= n - pos - 4, REDML_E_CORRUPT, "rANS plane length exceeds its block");
+        unsigned out_len = (unsigned)len;
+        unsigned char *r = rans_uncompress_to_4x16((unsigned char *)src + pos + 4, (unsigned)clen, dst + b0, &out_len);
+        check(r != nullptr && out_len == len, REDML_E_CORRUPT, "rANS plane does not decode to its declared size");
+        pos += 4 + clen;
+    }
+    check(pos == n, REDML_E_CORRUPT, "rANS block has trailing bytes");
+}
+
+// Compresses one shuffled block into dst (capacity cap); returns 0 if it does not shrink.
+size_t compress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
+    if (spec.codec == REDML_CODEC_RANS) return rans_compress_block(spec, src, n, dst, cap);
+    if (spec.codec == REDML_CODEC_LZ4) {
+        int r = LZ4_compress_default((const char *)src, (char *)dst, (int)n, (int)cap);
+        return r > 0 && (size_t)r < n ? (size_t)r : 0;
+    }
+    if (!tls_zstd.c) tls_zstd.c = ZSTD_createCCtx();
+    check(tls_zstd.c != nullptr, REDML_E_NOMEM, "cannot create a zstd context");
+    size_t r = ZSTD_compressCCtx(tls_zstd.c, dst, cap, src, n, spec.level);
+    return !ZSTD_isError(r) && r < n ? r : 0;
+}
+
+void decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw) {
+    if (spec.codec == REDML_CODEC_RANS) return rans_decompress_block(spec, src, n, dst, raw);
+    if (spec.codec == REDML_CODEC_LZ4) {
+        check(n <= (size_t)INT32_MAX, REDML_E_CORRUPT, "lz4 block too large");
+        int r = LZ4_decompress_safe((const char *)src, (char *)dst, (int)n, (int)raw);
+        check(r >= 0 && (size_t)r == raw, REDML_E_CORRUPT, "lz4 block does not decode to its declared size");
+        return;
+    }
+    if (!tls_zstd.d) tls_zstd.d = ZSTD_createDCtx();
+    check(tls_zstd.d != nullptr, REDML_E_NOMEM, "cannot create a zstd context");
+    size_t r = ZSTD_decompressDCtx(tls_zstd.d, dst, raw, src, n);
+    check(!ZSTD_isError(r) && r == raw, REDML_E_CORRUPT, "zstd block does not decode to its declared size");
+}
+
+size_t count_blocks(size_t raw_size, const StreamSpec &spec) {
+    size_t bb = block_bytes(spec);
+    return (raw_size + bb - 1) / bb;
+}
+
+}  // namespace
+
+void byte_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
+    size_t n = nbytes / (size_t)elem;
+    for (int b = 0; b < elem; b++) {
+        uint8_t *plane = dst + (size_t)b * n;
+        const uint8_t *s = src + b;
+        for (size_t i = 0; i < n; i++) plane[i] = s[i * (size_t)elem];
+    }
+    std::memcpy(dst + n * (size_t)elem, src + n * (size_t)elem, nbytes - n * (size_t)elem);
+}
+
+void byte_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
+    size_t n = nbytes / (size_t)elem;
+    for (int b = 0; b < elem; b++) {
+        const uint8_t *plane = src + (size_t)b * n;
+        uint8_t *d = dst + b;
+        for (size_t i = 0; i < n; i++) d[i * (size_t)elem] = plane[i];
+    }
+    std::memcpy(dst + n * (size_t)elem, src + n * (size_t)elem, nbytes - n * (size_t)elem);
+}
+
+// Bit plane p = 8*b + j holds bit j of byte b of every element, element i at bit (i % 8)
+// of plane byte i / 8.
+void bit_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
+    size_t n = nbytes / (size_t)elem;
+    size_t groups = n / 8, plane_len = groups;
+    for (int b = 0; b < elem; b++) {
+        for (size_t g = 0; g < groups; g++) {
+            const uint8_t *s = src + g * 8 * (size_t)elem + b;
+            uint64_t x = 0;
+            for (int i = 0; i < 8; i++) x |= (uint64_t)s[(size_t)i * elem] << (8 * i);
+            x = transpose8x8(x);
+            for (int j = 0; j < 8; j++) dst[(size_t)(8 * b + j) * plane_len + g] = (uint8_t)(x >> (8 * j));
+        }
+    }
+    size_t done = groups * 8 * (size_t)elem;
+    std::memcpy(dst + done, src + done, nbytes - done);
+}
+
+void bit_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
+    size_t n = nbytes / (size_t)elem;
+    size_t groups = n / 8, plane_len = groups;
+    for (int b = 0; b < elem; b++) {
+        for (size_t g = 0; g < groups; g++) {
+            uint64_t x = 0;
+            for (int j = 0; j < 8; j++) x |= (uint64_t)src[(size_t)(8 * b + j) * plane_len + g] << (8 * j);
+            x = transpose8x8(x);
+            uint8_t *d = dst + g * 8 * (size_t)elem + b;
+            for (int i = 0; i < 8; i++) d[(size_t)i * elem] = (uint8_t)(x >> (8 * i));
+        }
+    }
+    size_t done = groups * 8 * (size_t)elem;
+    std::memcpy(dst + done, src + done, nbytes - done);
+}
+
+std::vector<uint8_t> encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec,
+                                   int nthreads) {
+    size_t nblocks = count_blocks(raw_size, spec);
+    check(nblocks < kRawFlag, REDML_E_ARG, "stream too large");
+    size_t bb = block_bytes(spec);
+    size_t cap = spec.codec == REDML_CODEC_RANS  ? rans_bound(spec, bb)
+                 : spec.codec == REDML_CODEC_LZ4 ? (size_t)LZ4_compressBound((int)bb)
+                                                 : ZSTD_compressBound(bb);
+    std::vector<std::vector<uint8_t>> out(nblocks);
+    parallel_for(nblocks, nthreads, [&](size_t k) {
+        size_t off = k * bb, n = std::min(bb, raw_size - off);
+        std::vector<uint8_t> shuffled(n);
+        shuffle(spec, raw + off, shuffled.data(), n);
+        std::vector<uint8_t> &dst = out[k];
+        dst.resize(cap);
+        size_t c = compress_block(spec, shuffled.data(), n, dst.data(), cap);
+        if (c == 0) {  // incompressible: store the unshuffled bytes
+            dst.assign(raw + off, raw + off + n);
+        } else {
+            dst.resize(c);
+            dst.shrink_to_fit();
+        }
+    });
+    size_t total = 4 + 4 * nblocks;
+    for (auto &b : out) total += b.size();
+    std::vector<uint8_t> s(total);
+    put_u32(s.data(), (uint32_t)nblocks);
+    size_t pos = 4 + 4 * nblocks;
+    for (size_t k = 0; k < nblocks; k++) {
+        size_t n = std::min(bb, raw_size - k * bb);
+        bool is_raw = out[k].size() == n;  // compressed blocks are always shorter than n
+        uint32_t len = (uint32_t)out[k].size() | (is_raw ? kRawFlag : 0u);
+        put_u32(s.data() + 4 + 4 * k, len);
+        std::memcpy(s.data() + pos, out[k].data(), out[k].size());
+        pos += out[k].size();
+    }
+    return s;
+}
+
+void check_stream(const uint8_t *stored, size_t stored_size, size_t raw_size, const StreamSpec &spec) {
+    size_t nblocks = count_blocks(raw_size, spec);
+    check(stored_size >= 4, REDML_E_CORRUPT, "block stream truncated");
+    check(get_u32(stored) == nblocks, REDML_E_CORRUPT, "block count does not match the declared size");
+    check(stored_size >= 4 + 4 * nblocks, REDML_E_CORRUPT, "block table truncated");
+    size_t bb = block_bytes(spec), total = 4 + 4 * nblocks;
+    for (size_t k = 0; k < nblocks; k++) {
+        uint32_t len = get_u32(stored + 4 + 4 * k);
+        size_t n = std::min(bb, raw_size - k * bb);
+        size_t clen = len & ~kRawFlag;
+        if (len & kRawFlag) check(clen == n, REDML_E_CORRUPT, "raw block length mismatch");
+        else check(clen > 0 && clen < n, REDML_E_CORRUPT, "compressed block length invalid");
+        total += clen;
+        check(total <= stored_size, REDML_E_CORRUPT, "block stream truncated");
+    }
+    check(total == stored_size, REDML_E_CORRUPT, "block stream has trailing bytes");
+}
+
+void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size_t raw_size,
+                   const StreamSpec &spec, int nthreads) {
+    check_stream(stored, stored_size, raw_size, spec);
+    size_t nblocks = count_blocks(raw_size, spec), bb = block_bytes(spec);
+    std::vector<size_t> offsets(nblocks + 1);
+    offsets[0] = 4 + 4 * nblocks;
+    for (size_t k = 0; k < nblocks; k++) offsets[k + 1] = offsets[k] + (get_u32(stored + 4 + 4 * k) & ~kRawFlag);
+    parallel_for(nblocks, nthreads, [&](size_t k) {
+        uint32_t len = get_u32(stored + 4 + 4 * k);
+        size_t n = std::min(bb, raw_size - k * bb);
+        const uint8_t *src = stored + offsets[k];
+        uint8_t *dst = raw + k * bb;
+        if (len & kRawFlag) {
+            std::memcpy(dst, src, n);
+            return;
+        }
+        std::vector<uint8_t> shuffled(n);
+        decompress_block(spec, src, len & ~kRawFlag, shuffled.data(), n);
+        unshuffle(spec, shuffled.data(), dst, n);
+    });
+}
+
+}  // namespace redml

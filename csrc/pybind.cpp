@@ -1,0 +1,159 @@
+// pybind.cpp: redml_reduce._core, a thin binding of redml.h. Argument checking with
+// user-facing messages happens in redml_reduce/codec.py; the core re-checks everything.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "redml.h"
+
+namespace py = pybind11;
+
+namespace {
+
+[[noreturn]] void raise(redml_status s) {
+    std::string msg = std::string(redml_strerror(s)) + ": " + redml_last_error();
+    if (s == REDML_E_ARG) throw py::value_error(msg);
+    if (s == REDML_E_NOMEM) throw std::bad_alloc();
+    throw py::value_error(msg);  // mapped to redml_reduce.RedmlError by the Python layer
+}
+
+redml_dtype dtype_code(const py::dtype &dt) {
+    std::string s = py::str(dt.attr("str"));  // e.g. "<u2"; the chunk format is little-endian
+    if (s == "<u2") return REDML_UINT16;
+    if (s == "<i2") return REDML_INT16;
+    if (s == "<i4") return REDML_INT32;
+    if (s == "<u4") return REDML_UINT32;
+    if (s == "<f4") return REDML_FLOAT32;
+    throw py::type_error("unsupported dtype " + std::string(py::str(dt)));
+}
+
+py::dtype numpy_dtype(redml_dtype d) {
+    switch (d) {
+        case REDML_UINT16: return py::dtype::of<uint16_t>();
+        case REDML_INT16: return py::dtype::of<int16_t>();
+        case REDML_INT32: return py::dtype::of<int32_t>();
+        case REDML_UINT32: return py::dtype::of<uint32_t>();
+        case REDML_FLOAT32: return py::dtype::of<float>();
+    }
+    throw py::value_error("unknown dtype code");
+}
+
+using U8Array = py::array_t<uint8_t, py::array::c_style>;
+
+const uint8_t *optional_map(const py::object &obj, size_t n, const char *what) {
+    if (obj.is_none()) return nullptr;
+    U8Array a = obj.cast<U8Array>();
+    if ((size_t)a.size() != n) throw py::value_error(std::string(what) + " must have the frame's shape");
+    return a.data();
+}
+
+py::bytes encode(py::array frame, py::object roi, py::object mask, int mode, float q, float gain, float mu_min,
+                 int codec, int level, int shuffle, int recon, int tile, float roi_snr, int roi_margin,
+                 uint32_t seed, uint32_t block_elems, int nthreads) {
+    if (frame.ndim() != 2) throw py::value_error("frame must be 2-D");
+    if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
+    if (tile < 1 || tile > 65535 || roi_margin < 0 || roi_margin > 65535)
+        throw py::value_error("tile and roi_margin must be in [1, 65535] and [0, 65535]");
+    redml_dtype dt = dtype_code(frame.dtype());
+    uint32_t h = (uint32_t)frame.shape(0), w = (uint32_t)frame.shape(1);
+    size_t n = (size_t)frame.shape(0) * (size_t)frame.shape(1);
+    // Keep the converted maps alive while the GIL is released.
+    py::object roi_arr = roi.is_none() ? roi : py::object(roi.cast<U8Array>());
+    py::object mask_arr = mask.is_none() ? mask : py::object(mask.cast<U8Array>());
+    const uint8_t *roi_p = optional_map(roi_arr, n, "roi");
+    const uint8_t *mask_p = optional_map(mask_arr, n, "mask");
+    redml_params p;
+    redml_default_params(&p);
+    p.mode = (redml_mode)mode;
+    p.q = q;
+    p.gain = gain;
+    p.mu_min = mu_min;
+    p.codec = (redml_codec)codec;
+    p.level = level;
+    p.shuffle = (redml_shuffle)shuffle;
+    p.recon = (redml_recon)recon;
+    p.tile = (uint16_t)tile;
+    p.roi_snr = roi_snr;
+    p.roi_margin = (uint16_t)roi_margin;
+    p.seed = seed;
+    p.block_elems = block_elems;
+    p.nthreads = nthreads;
+    void *out = nullptr;
+    size_t out_size = 0;
+    redml_status s;
+    {
+        py::gil_scoped_release release;
+        s = redml_encode(frame.data(), dt, h, w, roi_p, mask_p, &p, &out, &out_size);
+    }
+    if (s != REDML_OK) raise(s);
+    py::bytes result((const char *)out, out_size);
+    std::free(out);
+    return result;
+}
+
+redml_info inspect_buffer(const py::buffer_info &b) {
+    redml_info info;
+    redml_status s = redml_inspect(b.ptr, (size_t)b.size * b.itemsize, &info);
+    if (s != REDML_OK) raise(s);
+    return info;
+}
+
+py::array decode(py::buffer chunk, int recon, int nthreads) {
+    py::buffer_info b = chunk.request();
+    redml_info info = inspect_buffer(b);
+    py::array out(numpy_dtype(info.dtype), {(py::ssize_t)info.height, (py::ssize_t)info.width});
+    size_t cap = (size_t)out.nbytes();
+    void *dst = out.mutable_data();
+    redml_status s;
+    {
+        py::gil_scoped_release release;
+        s = redml_decode(b.ptr, (size_t)b.size * b.itemsize, dst, cap, recon, nthreads);
+    }
+    if (s != REDML_OK) raise(s);
+    return out;
+}
+
+py::dict inspect(py::buffer chunk) {
+    redml_info i = inspect_buffer(chunk.request());
+    py::dict d;
+    d["version"] = i.version;
+    d["dtype"] = numpy_dtype(i.dtype);
+    d["mode"] = (int)i.mode;
+    d["codec"] = (int)i.codec;
+    d["recon"] = (int)i.recon;
+    d["shape"] = py::make_tuple(i.height, i.width);
+    d["tile"] = i.tile;
+    d["q"] = i.q;
+    d["gain"] = i.gain;
+    d["mu_min"] = i.mu_min;
+    d["seed"] = i.seed;
+    d["n_exact"] = i.n_exact;
+    return d;
+}
+
+py::array exact_mask(py::buffer chunk) {
+    py::buffer_info b = chunk.request();
+    redml_info info = inspect_buffer(b);
+    py::array_t<bool> out({(py::ssize_t)info.height, (py::ssize_t)info.width});
+    redml_status s = redml_exact_mask(b.ptr, (size_t)b.size * b.itemsize, (uint8_t *)out.mutable_data(),
+                                      (size_t)out.nbytes());
+    if (s != REDML_OK) raise(s);
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "redml_reduce C++ core (see csrc/redml.h)";
+    m.def("encode", &encode, py::arg("frame"), py::arg("roi"), py::arg("mask"), py::arg("mode"), py::arg("q"),
+          py::arg("gain"), py::arg("mu_min"), py::arg("codec"), py::arg("level"), py::arg("shuffle"),
+          py::arg("recon"), py::arg("tile"), py::arg("roi_snr"), py::arg("roi_margin"), py::arg("seed"),
+          py::arg("block_elems"), py::arg("nthreads"));
+    m.def("decode", &decode, py::arg("chunk"), py::arg("recon") = -1, py::arg("nthreads") = 0);
+    m.def("inspect", &inspect, py::arg("chunk"));
+    m.def("exact_mask", &exact_mask, py::arg("chunk"));
+    m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
+    m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
+}

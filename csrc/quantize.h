@@ -1,0 +1,173 @@
+/* quantize.h: the per-pixel logic of the codec, in one place.
+ *
+ * Everything here is a pure function of its arguments so that the CPU core and a GPU
+ * kernel (compiled from this same header) produce identical codes. See docs/format.md,
+ * "Quantization", for the mathematics.
+ *
+ * Background pixels are quantized with subtractive dither: a pseudo-random offset u in
+ * [0, s) (a hash of the seed and the pixel index, so the decoder knows it too) shifts the
+ * bin lattice per pixel. The reconstruction error is then uniform on
+ * [-(s-1)/2, (s-1)/2] whatever the pixel value, hence zero mean (unbiased) for any signal,
+ * with variance (s^2-1)/12 and |error| <= (s-1)/2 <= q*sigma/2.
+ */
+#ifndef REDML_QUANTIZE_H
+#define REDML_QUANTIZE_H
+
+#include <stdint.h>
+#include <math.h>
+
+#if defined(__CUDACC__)
+#define REDML_HD __host__ __device__ inline
+#else
+#define REDML_HD static inline
+#endif
+
+/* A bin may only reach below zero when the background mean is this many sigmas above the
+ * half-width; below that, a tile's step shrinks (down to lossless). Keeps nonnegative
+ * counts from being pushed into bins that straddle zero, where the fallback to exact
+ * storage would bias the reconstruction. */
+#define REDML_LOWCOUNT_SIGMAS 3.0
+
+/* 32-bit integer mixer (xor-shift-multiply); good avalanche, cheap on CPU and GPU. */
+REDML_HD uint32_t redml_mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+/* Pseudo-random 32 bits for pixel `idx` under `seed`; `stream` separates independent uses. */
+REDML_HD uint32_t redml_hash(uint32_t seed, uint64_t idx, uint32_t stream) {
+    uint32_t h = redml_mix32(seed ^ (stream * 0x9e3779b9u));
+    h = redml_mix32(h ^ (uint32_t)idx);
+    return redml_mix32(h ^ (uint32_t)(idx >> 32) ^ 0x85ebca6bu);
+}
+
+/* Uniform in [0, 1) with 32 bits of resolution. */
+REDML_HD double redml_uniform(uint32_t seed, uint64_t idx, uint32_t stream) {
+    return (double)redml_hash(seed, idx, stream) * (1.0 / 4294967296.0);
+}
+
+/* Integer dither in [0, s). */
+REDML_HD int64_t redml_dither_int(uint32_t seed, uint64_t idx, int64_t s) {
+    return (int64_t)(((uint64_t)redml_hash(seed, idx, 1) * (uint64_t)s) >> 32);
+}
+
+/* Poisson noise level of a background mean, in data units. */
+REDML_HD double redml_sigma(double mean, double gain, double mu_min) {
+    double mu = mean / gain;
+    return gain * sqrt(mu > mu_min ? mu : mu_min);
+}
+
+/* Step of a tile for integer data: the largest odd integer s with (s-1)/2 <= q*sigma/2,
+ * capped at low counts (see REDML_LOWCOUNT_SIGMAS). s = 1 means lossless. */
+REDML_HD int64_t redml_step_int(double mean, double q, double gain, double mu_min) {
+    if (!(q > 0.0) || !(mean > 0.0)) return 1;
+    double sigma = redml_sigma(mean, gain, mu_min);
+    double half = floor(q * sigma / 2.0);
+    double room = floor(mean - REDML_LOWCOUNT_SIGMAS * sigma);
+    if (half > room) half = room;
+    if (half < 0.0) half = 0.0;
+    if (half > 1048576.0) half = 1048576.0;
+    return 2 * (int64_t)half + 1;
+}
+
+/* Step of a tile for float data: q*sigma with the same low-count cap; 0 means lossless. */
+REDML_HD float redml_step_float(double mean, double q, double gain, double mu_min) {
+    if (!(q > 0.0) || !(mean > 0.0)) return 0.0f;
+    double sigma = redml_sigma(mean, gain, mu_min);
+    double s = q * sigma;
+    double room = 2.0 * (mean - REDML_LOWCOUNT_SIGMAS * sigma);
+    if (s > room) s = room;
+    if (!(s > 0.0)) return 0.0f;
+    return (float)s;
+}
+
+/* Code offset of a tile: the bin index of its mean, so codes cluster around zero. */
+REDML_HD int64_t redml_base_int(double mean, int64_t s) { return (int64_t)llround(mean / (double)s); }
+REDML_HD int64_t redml_base_float(double mean, double s) { return (int64_t)llround(mean / s); }
+
+/* floor(a / s) for s >= 1 using a precomputed inv_s = 1.0 / s: the floating-point
+ * estimate is corrected to the exact integer result (|a| < 2^40). */
+REDML_HD int64_t redml_floordiv_inv(int64_t a, int64_t s, double inv_s) {
+    int64_t k = (int64_t)floor((double)a * inv_s);
+    if (k * s > a) k--;
+    else if ((k + 1) * s <= a) k++;
+    return k;
+}
+
+/* Integer reconstruction of code c: midpoint of the dithered bin. */
+REDML_HD int64_t redml_recon_int(int64_t code, int64_t s, int64_t u, int64_t base) {
+    return (code + base) * s - u + (s - 1) / 2;
+}
+
+/* Quantizes integer x; returns 1 and sets *code if the pixel can be coded, 0 if it must be
+ * stored exactly (reconstruction outside [lo, hi], a nonnegative value that would decode
+ * negative, or a code outside [-code_lim, code_lim)). */
+REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base,
+                                int64_t lo, int64_t hi, int64_t code_lim, int64_t *code) {
+    int64_t c = redml_floordiv_inv(x + u, s, inv_s) - base;
+    int64_t r = redml_recon_int(c, s, u, base);
+    if (r < lo || r > hi || (x >= 0 && r < 0) || c < -code_lim || c >= code_lim) return 0;
+    *code = c;
+    return 1;
+}
+
+REDML_HD double redml_dither_float(uint32_t seed, uint64_t idx, double s) {
+    return redml_uniform(seed, idx, 1) * s;
+}
+
+REDML_HD float redml_recon_float(int64_t code, double s, double u, int64_t base) {
+    return (float)(((double)(code + base) + 0.5) * s - u);
+}
+
+/* Float counterpart of redml_quantize_int; the bound is checked on the float32 value
+ * actually decoded, so rounding never breaks it. */
+REDML_HD int redml_quantize_float(float x, double s, double u, int64_t base, int64_t *code) {
+    double k = floor(((double)x + u) / s);
+    if (!(k > -2147483648.0 && k < 2147483647.0)) return 0;
+    int64_t c = (int64_t)k - base;
+    if (c < -2147483647LL || c > 2147483646LL) return 0;
+    float r = redml_recon_float(c, s, u, base);
+    double err = (double)r - (double)x;
+    if (!(fabs(err) <= s / 2.0) || (x >= 0.0f && r < 0.0f)) return 0;
+    *code = c;
+    return 1;
+}
+
+/* Zigzag maps signed to unsigned so small magnitudes give small codes. */
+REDML_HD uint32_t redml_zigzag32(int32_t v) { return ((uint32_t)v << 1) ^ (uint32_t)(v >> 31); }
+REDML_HD int32_t redml_unzigzag32(uint32_t v) { return (int32_t)(v >> 1) ^ -(int32_t)(v & 1); }
+REDML_HD uint16_t redml_zigzag16(int16_t v) { return (uint16_t)(((uint16_t)v << 1) ^ (uint16_t)(v >> 15)); }
+REDML_HD int16_t redml_unzigzag16(uint16_t v) { return (int16_t)((v >> 1) ^ (uint16_t)(-(int16_t)(v & 1))); }
+
+/* Sparse mode: unbiased integer rounding of a model value v (E[result] = v). */
+REDML_HD int64_t redml_dithered_round(double v, uint32_t seed, uint64_t idx) {
+    return (int64_t)floor(v + redml_uniform(seed, idx, 2));
+}
+
+/* Sparse mode with noise: a seeded Poisson(lambda) draw (inversion for small lambda,
+ * rounded normal approximation above 64). */
+REDML_HD int64_t redml_poisson(double lambda, uint32_t seed, uint64_t idx) {
+    if (!(lambda > 0.0)) return 0;
+    if (lambda < 64.0) {
+        double u = redml_uniform(seed, idx, 3);
+        double p = exp(-lambda), cdf = p;
+        int64_t k = 0;
+        while (u > cdf && k < 1000) {
+            k++;
+            p *= lambda / (double)k;
+            cdf += p;
+        }
+        return k;
+    }
+    double u1 = redml_uniform(seed, idx, 3) + 0.5 / 4294967296.0;
+    double u2 = redml_uniform(seed, idx, 4);
+    double z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+    double v = floor(lambda + sqrt(lambda) * z + 0.5);
+    return v < 0.0 ? 0 : (int64_t)v;
+}
+
+#endif /* REDML_QUANTIZE_H */

@@ -1,0 +1,17 @@
+"""redml_reduce: spot-preserving, Poisson-bounded compression of X-ray diffraction frames.
+
+    import redml_reduce                       # registers the HDF5 filter with h5py
+    dset = f.create_dataset(..., chunks=(1, h, w), **redml_reduce.Redml(q=1))
+    chunk = redml_reduce.encode(frame, q=1)   # the bytes the filter stores
+    frame = redml_reduce.decode(chunk)
+"""
+from .codec import CodecSettings, RedmlError, decode, encode, exact_mask, inspect
+from .h5filter import FILTER_ID, PLUGIN_PATH, Redml, register
+
+__version__ = "0.1.0"
+FORMAT_VERSION = 1
+
+__all__ = ["encode", "decode", "inspect", "exact_mask", "Redml", "CodecSettings", "RedmlError", "FILTER_ID",
+           "PLUGIN_PATH", "FORMAT_VERSION", "register"]
+
+register()

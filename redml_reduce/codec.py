@@ -1,0 +1,202 @@
+"""Standalone encoder/decoder: the exact bytes the HDF5 filter stores for one frame.
+
+Use these with direct chunk write at acquisition::
+
+    chunk = redml_reduce.encode(frame, q=1.0)
+    dset.id.write_direct_chunk((i, 0, 0), chunk)
+    frame_back = dset[i]            # decoded by the filter
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["encode", "decode", "inspect", "exact_mask", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint32", "float32"))
+
+_MODES = {"lossless": 0, "quantized": 1, "sparse": 2}
+_CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
+_SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
+_DTYPE_CODES = {np.dtype("uint16"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3, np.dtype("uint32"): 4,
+                np.dtype("float32"): 5}
+
+
+class RedmlError(ValueError):
+    """A chunk is corrupt, truncated, or was written by a newer format version."""
+
+
+QLike = Union[float, int, str]
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """Validated encoder settings, shared by encode() and the HDF5 filter helper.
+
+    q: the one knob. 0 = lossless; q > 0 = background quantized with a step of q Poisson
+       sigmas (every background pixel within q*sigma/2, unbiased); "sparse" (or math.inf)
+       = background replaced by the stored model.
+    """
+
+    q: QLike = 0.0
+    codec: str = "rans"
+    level: int = 1
+    shuffle: Optional[str] = None  # None: "byte" for rans, "bit" for lz4/zstd
+    gain: float = 1.0
+    mu_min: float = 1.0
+    tile: int = 32
+    roi_snr: float = 4.0
+    roi_margin: int = 2
+    seed: int = 0x5EED1234
+    block_elems: int = 1 << 16
+    sparse_noise: bool = False
+
+    def __post_init__(self):
+        q = self.q
+        if isinstance(q, str):
+            if q != "sparse":
+                raise ValueError(f"q must be a number >= 0 or 'sparse', not {q!r}")
+        elif isinstance(q, bool) or not isinstance(q, (int, float, np.integer, np.floating)):
+            raise TypeError(f"q must be a number >= 0 or 'sparse', not {type(q).__name__}")
+        elif math.isnan(q) or q < 0:
+            raise ValueError(f"q must be a number >= 0 or 'sparse', not {q!r}")
+        elif not math.isinf(q) and q > 1e6:
+            raise ValueError("q above 1e6 is meaningless; use q='sparse'")
+        if self.codec not in _CODECS:
+            raise ValueError(f"codec must be one of {sorted(_CODECS)}, not {self.codec!r}")
+        if self.shuffle is None:
+            object.__setattr__(self, "shuffle", "byte" if self.codec == "rans" else "bit")
+        if self.shuffle not in _SHUFFLES:
+            raise ValueError(f"shuffle must be one of {sorted(_SHUFFLES)}, not {self.shuffle!r}")
+        if self.codec == "rans" and self.shuffle == "bit":
+            raise ValueError("the rans codec codes byte planes: use shuffle='byte' or 'none'")
+        _check_range("level", self.level, -7, 22, integer=True)
+        _check_range("gain", self.gain, 0, math.inf, open_low=True)
+        _check_range("mu_min", self.mu_min, 0, math.inf)
+        _check_range("tile", self.tile, 1, 65535, integer=True)
+        _check_range("roi_snr", self.roi_snr, 0, math.inf, open_low=True)
+        _check_range("roi_margin", self.roi_margin, 0, 65535, integer=True)
+        _check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
+        _check_range("block_elems", self.block_elems, 256, 1 << 24, integer=True)
+        if self.block_elems % 8:
+            raise ValueError("block_elems must be a multiple of 8")
+
+    @property
+    def mode(self) -> str:
+        if self.q == "sparse" or (not isinstance(self.q, str) and math.isinf(self.q)):
+            return "sparse"
+        return "quantized" if self.q > 0 else "lossless"
+
+    @property
+    def q_value(self) -> float:
+        return float(self.q) if self.mode == "quantized" else 0.0
+
+    def core_kwargs(self) -> dict:
+        return dict(mode=_MODES[self.mode], q=self.q_value, gain=float(self.gain), mu_min=float(self.mu_min),
+                    codec=_CODECS[self.codec], level=int(self.level), shuffle=_SHUFFLES[self.shuffle],
+                    recon=1 if (self.mode == "sparse" and self.sparse_noise) else 0, tile=int(self.tile),
+                    roi_snr=float(self.roi_snr), roi_margin=int(self.roi_margin), seed=int(self.seed),
+                    block_elems=int(self.block_elems))
+
+    def cd_values(self) -> tuple:
+        """The filter's user cd_values (see docs/format.md, 'HDF5 filter')."""
+        k = self.core_kwargs()
+        f32 = lambda v: int(np.array(v, dtype="<f4").view("<u4"))  # noqa: E731
+        return (1, k["mode"], f32(k["q"]), k["codec"], k["level"] & 0xFFFFFFFF, k["shuffle"], k["recon"],
+                k["tile"], f32(k["gain"]), f32(k["mu_min"]), f32(k["roi_snr"]), k["roi_margin"], k["seed"],
+                k["block_elems"])
+
+
+def _check_range(name, value, lo, hi, integer=False, open_low=False):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer) if integer else (int, float, np.integer,
+                                                                                             np.floating)):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, not {type(value).__name__}")
+    if math.isnan(value) or value < lo or value > hi or (open_low and value == lo):
+        raise ValueError(f"{name} must be in {'(' if open_low else '['}{lo}, {hi}], not {value!r}")
+
+
+def _as_map(a, shape, name) -> Optional[np.ndarray]:
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, the frame {shape}")
+    return np.ascontiguousarray(a != 0, dtype=np.uint8)
+
+
+def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, **settings) -> bytes:
+    """Encodes one 2-D frame into one redml chunk (format v1, docs/format.md).
+
+    frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
+        converted; other dtypes are refused, never cast silently).
+    q: 0 lossless, > 0 quantized background (|error| <= q*sigma/2, unbiased), "sparse".
+    roi: optional boolean map of pixels to keep exactly (Bragg regions); default: the
+        built-in spot rule.
+    mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
+    nthreads: 0 = REDML_NUM_THREADS or all cores.
+    settings: further CodecSettings fields (codec, level, shuffle, gain, tile, ...).
+    """
+    s = settings.pop("_settings", None) or CodecSettings(q=q, **settings)
+    arr = np.asarray(frame)
+    if arr.ndim != 2:
+        raise ValueError(f"frame must be 2-D, got {arr.ndim} dimensions")
+    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
+    if arr.size == 0:
+        raise ValueError("frame is empty")
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    _check_range("nthreads", nthreads, 0, 4096, integer=True)
+    return _core.encode(arr, _as_map(roi, arr.shape, "roi"), _as_map(mask, arr.shape, "mask"),
+                        nthreads=nthreads, **s.core_kwargs())
+
+
+def decode(chunk, *, sparse_noise: Optional[bool] = None, nthreads: int = 0) -> np.ndarray:
+    """Decodes one redml chunk (bytes-like) into a 2-D array of its original dtype.
+
+    sparse_noise: for sparse chunks, override the stored reconstruction (True: seeded
+        Poisson noise around the model; False: the model, unbiasedly rounded).
+    Raises RedmlError for corrupt, truncated or foreign data.
+    """
+    recon = -1 if sparse_noise is None else int(bool(sparse_noise))
+    try:
+        return _core.decode(_as_buffer(chunk), recon, nthreads)
+    except ValueError as e:
+        raise RedmlError(str(e)) from None
+
+
+def inspect(chunk) -> dict:
+    """Header fields of a chunk (dtype, shape, mode, q, ...) without decoding pixels."""
+    try:
+        info = _core.inspect(_as_buffer(chunk))
+    except ValueError as e:
+        raise RedmlError(str(e)) from None
+    info["mode"] = {v: k for k, v in _MODES.items()}[info["mode"]]
+    info["codec"] = {v: k for k, v in _CODECS.items()}[info["codec"]]
+    info["recon"] = ("dither", "poisson")[info["recon"]]
+    return info
+
+
+def exact_mask(chunk) -> np.ndarray:
+    """Boolean map of the pixels a chunk stores exactly (ROI, masked, special values)."""
+    try:
+        return _core.exact_mask(_as_buffer(chunk))
+    except ValueError as e:
+        raise RedmlError(str(e)) from None
+
+
+def _as_buffer(chunk):
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        return chunk
+    if isinstance(chunk, np.ndarray):
+        return np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
+    raise TypeError(f"chunk must be bytes-like, not {type(chunk).__name__}")
+
+
+def dtype_code(dtype) -> int:
+    """The format's dtype code of a numpy dtype (docs/format.md)."""
+    return _DTYPE_CODES[np.dtype(dtype).newbyteorder("=")]
