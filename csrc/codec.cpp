@@ -502,6 +502,13 @@ void redml_default_params(redml_params *p) {
     p->nthreads = 0;
 }
 
+redml_status redml_check_params(const redml_params *p) {
+    return guarded([&] {
+        check(p != nullptr, REDML_E_ARG, "null argument");
+        validate_params(*p);
+    });
+}
+
 size_t redml_dtype_size(redml_dtype dtype) {
     switch (dtype) {
         case REDML_UINT16:
@@ -585,6 +592,29 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         std::vector<uint8_t> runs(s->raw_size);
         decode_stream(s->data, s->stored_size, runs.data(), runs.size(), spec_for(h, *s), 1);
         decode_runs(runs.data(), runs.size(), out, N);
+    });
+}
+
+redml_status redml_model_shape(const void *chunk, size_t size, uint32_t *tile_rows, uint32_t *tile_cols) {
+    return guarded([&] {
+        check(tile_rows && tile_cols, REDML_E_ARG, "null argument");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        TileGrid g(pc.header.height, pc.header.width, pc.header.tile);
+        *tile_rows = g.rows;
+        *tile_cols = g.cols;
+    });
+}
+
+redml_status redml_model(const void *chunk, size_t size, float *mean, float *step, size_t capacity) {
+    return guarded([&] {
+        check(mean && step, REDML_E_ARG, "null argument");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        dispatch_dtype(pc.header.dtype, [&](auto tag) {
+            BackgroundModel m = read_model<decltype(tag)>(pc, 1);
+            check(capacity >= m.mean.size(), REDML_E_ARG, "output buffers too small for the model");
+            std::copy(m.mean.begin(), m.mean.end(), mean);
+            std::copy(m.step.begin(), m.step.end(), step);
+        });
     });
 }
 

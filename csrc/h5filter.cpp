@@ -137,6 +137,9 @@ herr_t set_local(hid_t dcpl, hid_t type, hid_t) {
     default_cd(full);
     for (size_t i = 0; i < n && i < kUserValues; i++) full[i] = cd[i];
     if (full[0] != kCdVersion) return -1;
+    redml_params p;
+    params_from_cd(kUserValues, full, &p);
+    if (redml_check_params(&p) != REDML_OK) return -1;  // refuse at creation, not at the first write
 
     int cls = api.Tget_class(type);
     size_t size = api.Tget_size(type);
@@ -158,7 +161,10 @@ herr_t set_local(hid_t dcpl, hid_t type, hid_t) {
     full[14] = (unsigned)dt;
     full[15] = (unsigned)h;
     full[16] = (unsigned)w;
-    return api.Pmodify_filter(dcpl, REDML_H5_FILTER_ID, flags, kAllValues, full) < 0 ? -1 : 0;
+    // Mandatory: h5py adds filters given by id as optional, and HDF5 would then store a
+    // chunk the encoder refused uncompressed, silently. A failed encode must fail the write.
+    const unsigned H5Z_FLAG_OPTIONAL = 0x0001;
+    return api.Pmodify_filter(dcpl, REDML_H5_FILTER_ID, flags & ~H5Z_FLAG_OPTIONAL, kAllValues, full) < 0 ? -1 : 0;
 }
 
 size_t filter(unsigned flags, size_t n, const unsigned cd[], size_t nbytes, size_t *buf_size, void **buf) {

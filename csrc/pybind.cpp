@@ -143,6 +143,21 @@ py::array exact_mask(py::buffer chunk) {
     return out;
 }
 
+py::dict model(py::buffer chunk) {
+    py::buffer_info b = chunk.request();
+    size_t size = (size_t)b.size * b.itemsize;
+    uint32_t rows = 0, cols = 0;
+    redml_status s = redml_model_shape(b.ptr, size, &rows, &cols);
+    if (s != REDML_OK) raise(s);
+    py::array_t<float> mean({(py::ssize_t)rows, (py::ssize_t)cols}), step({(py::ssize_t)rows, (py::ssize_t)cols});
+    s = redml_model(b.ptr, size, mean.mutable_data(), step.mutable_data(), (size_t)rows * cols);
+    if (s != REDML_OK) raise(s);
+    py::dict d;
+    d["mean"] = mean;
+    d["step"] = step;
+    return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -154,6 +169,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("decode", &decode, py::arg("chunk"), py::arg("recon") = -1, py::arg("nthreads") = 0);
     m.def("inspect", &inspect, py::arg("chunk"));
     m.def("exact_mask", &exact_mask, py::arg("chunk"));
+    m.def("model", &model, py::arg("chunk"));
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }

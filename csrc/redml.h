@@ -79,6 +79,9 @@ typedef struct {
 /* Fills p with the documented defaults (lossless, rANS over byte planes). */
 void redml_default_params(redml_params *p);
 
+/* Checks encoder parameters without encoding (REDML_E_ARG with a message if invalid). */
+redml_status redml_check_params(const redml_params *p);
+
 /* Encodes one frame. `roi` and `mask` are optional (NULL) uint8 maps of height*width:
  * roi != 0 marks pixels to keep exactly (Bragg regions; NULL = built-in finder),
  * mask != 0 marks bad pixels, kept exactly and ignored by the background model.
@@ -110,6 +113,11 @@ redml_status redml_decode(const void *chunk, size_t size, void *out, size_t out_
 
 /* Stored exact-pixel map (1 = stored losslessly) of a chunk, height*width bytes. */
 redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size_t out_capacity);
+
+/* The stored background model: per tile (row-major, tile_rows x tile_cols, see
+ * redml_model_shape) its mean and quantization step, in data units. */
+redml_status redml_model_shape(const void *chunk, size_t size, uint32_t *tile_rows, uint32_t *tile_cols);
+redml_status redml_model(const void *chunk, size_t size, float *mean, float *step, size_t capacity);
 
 const char *redml_strerror(redml_status s);
 const char *redml_last_error(void);

@@ -5,13 +5,13 @@
     chunk = redml_reduce.encode(frame, q=1)   # the bytes the filter stores
     frame = redml_reduce.decode(chunk)
 """
-from .codec import CodecSettings, RedmlError, decode, encode, exact_mask, inspect
+from .codec import CodecSettings, RedmlError, background_model, decode, encode, exact_mask, inspect
 from .h5filter import FILTER_ID, PLUGIN_PATH, Redml, register
 
 __version__ = "0.1.0"
 FORMAT_VERSION = 1
 
-__all__ = ["encode", "decode", "inspect", "exact_mask", "Redml", "CodecSettings", "RedmlError", "FILTER_ID",
+__all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "Redml", "CodecSettings", "RedmlError", "FILTER_ID",
            "PLUGIN_PATH", "FORMAT_VERSION", "register"]
 
 register()

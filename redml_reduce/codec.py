@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["encode", "decode", "inspect", "exact_mask", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES"]
+__all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint32", "float32"))
 
@@ -187,6 +187,29 @@ def exact_mask(chunk) -> np.ndarray:
         return _core.exact_mask(_as_buffer(chunk))
     except ValueError as e:
         raise RedmlError(str(e)) from None
+
+
+def background_model(chunk) -> dict:
+    """The chunk's background model: {"tile": edge in pixels, "mean": (rows, cols) tile
+    means, "step": (rows, cols) quantization steps, "sigma": per-pixel function}.
+
+    Each background pixel (not in exact_mask) is within step/2 of its original value;
+    step <= q * sigma + 1 for integer data (odd steps) with sigma the Poisson noise of the
+    tile mean, so the documented bound |error| <= q*sigma/2 holds.
+    """
+    try:
+        m = _core.model(_as_buffer(chunk))
+        info = _core.inspect(_as_buffer(chunk))
+    except ValueError as e:
+        raise RedmlError(str(e)) from None
+    m["tile"] = info["tile"]
+    return m
+
+
+def per_pixel(tile_values: np.ndarray, tile: int, shape) -> np.ndarray:
+    """Expands a per-tile array (rows, cols) to the frame's shape."""
+    full = np.repeat(np.repeat(tile_values, tile, axis=0), tile, axis=1)
+    return full[: shape[0], : shape[1]]
 
 
 def _as_buffer(chunk):

@@ -1,0 +1,60 @@
+"""Shared round-trip helpers for the codec tests (numcodecs style)."""
+from __future__ import annotations
+
+import numpy as np
+
+import redml_reduce as rr
+from redml_reduce.codec import per_pixel
+
+ALL_DTYPES = ("uint16", "int16", "int32", "uint32", "float32")
+
+
+def poisson_frame(rng, mu, shape, dtype="uint16", spots=0):
+    """Poisson background of mean mu (photons) with optional Gaussian spots."""
+    lam = np.full(shape, float(mu))
+    if spots:
+        yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+        for _ in range(spots):
+            cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+            peak = rng.uniform(50, 2000)
+            y0, y1 = int(max(0, cy - 6)), int(min(shape[0], cy + 7))
+            x0, x1 = int(max(0, cx - 6)), int(min(shape[1], cx + 7))
+            sub = (slice(y0, y1), slice(x0, x1))
+            lam[sub] += peak * np.exp(-((yy[sub] - cy) ** 2 + (xx[sub] - cx) ** 2) / (2 * 1.2**2))
+    return rng.poisson(lam).astype(dtype)
+
+
+def assert_lossless(frame, **settings):
+    """Encodes losslessly and checks the decoded frame byte for byte."""
+    chunk = rr.encode(frame, 0, **settings)
+    back = rr.decode(chunk)
+    assert back.dtype == frame.dtype and back.shape == frame.shape
+    assert back.tobytes() == np.ascontiguousarray(frame).tobytes()
+    return chunk
+
+
+def bound_map(chunk, q, gain=1.0, mu_min=1.0):
+    """Per-pixel stated bound q*sigma/2 with sigma the Poisson noise of the stored model."""
+    m = rr.background_model(chunk)
+    mean = per_pixel(m["mean"].astype(np.float64), m["tile"], rr.inspect(chunk)["shape"])
+    sigma = gain * np.sqrt(np.maximum(mean / gain, mu_min))
+    return q * sigma / 2
+
+
+def assert_within_bound(frame, q, **settings):
+    """Encodes at q and checks: exact pixels exact, every other pixel within q*sigma/2,
+    nonnegative inputs never decode negative. Returns (chunk, decoded, error)."""
+    chunk = rr.encode(frame, q, **settings)
+    back = rr.decode(chunk)
+    assert back.dtype == frame.dtype and back.shape == frame.shape
+    x = frame.astype(np.float64)
+    err = back.astype(np.float64) - x
+    exact = rr.exact_mask(chunk)
+    finite = np.isfinite(x)
+    assert np.array_equal(back[exact].view(np.uint8), frame[exact].view(np.uint8)), "exact pixels changed"
+    bg = ~exact & finite
+    bound = bound_map(chunk, q, settings.get("gain", 1.0), settings.get("mu_min", 1.0))
+    over = np.abs(err[bg]) > bound[bg] * (1 + 1e-6)
+    assert not over.any(), f"{over.sum()} pixels exceed the bound; worst {np.abs(err[bg]).max()}"
+    assert not (back[x >= 0] < 0).any(), "a nonnegative input decoded negative"
+    return chunk, back, err
