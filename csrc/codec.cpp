@@ -35,12 +35,8 @@ template <class T>
 struct Storage {
     using Word = typename std::conditional<sizeof(T) == 2, uint16_t, uint32_t>::type;
     static constexpr bool is_float = std::is_floating_point<T>::value;
-    static constexpr int64_t code_lim = sizeof(T) == 2 ? 32768 : 2147483647;
+    static constexpr uint64_t sym_max = sizeof(T) == 2 ? 0xFFFFu : 0xFFFFFFFFu;
 
-    static Word zigzag(int64_t v) {
-        if constexpr (sizeof(T) == 2) return redml_zigzag16((int16_t)v);
-        else return redml_zigzag32((int32_t)v);
-    }
     static int64_t unzigzag(Word w) {
         if constexpr (sizeof(T) == 2) return redml_unzigzag16(w);
         else return redml_unzigzag32(w);
@@ -239,17 +235,19 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
                 for (size_t i = i0; i < i1; i++) {
                     bool keep = exact[i] || !usable[i];
                     if (!keep && quantized) {
-                        int64_t code;
                         if constexpr (S::is_float) {
+                            uint32_t sym = 0;
                             keep = !(step > 0 && redml_quantize_float(f[i], step, redml_dither_float(p.seed, i, step),
-                                                                      base, &code));
+                                                                      base, &sym));
+                            if (!keep) cods[nc++] = sym;
                         } else {
                             int64_t si = (int64_t)step;
                             int64_t u = si > 1 ? redml_dither_int(p.seed, i, si) : 0;
+                            uint64_t sym = 0;
                             keep = !redml_quantize_int((int64_t)f[i], si, inv_step, u, base, S::lo(), S::hi(),
-                                                       S::code_lim, &code);
+                                                       S::sym_max, &sym);
+                            if (!keep) cods[nc++] = (Word)sym;
                         }
-                        if (!keep) cods[nc++] = S::zigzag(code);
                     }
                     if (keep) {
                         vals[nv++] = S::exact_word(f[i], pred);
@@ -429,14 +427,14 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                     if (exact[i]) {
                         out[i] = S::from_exact_word(values[vi++], pred);
                     } else if (h.mode == REDML_MODE_QUANTIZED) {
-                        int64_t c = S::unzigzag(codes[ci++]);
+                        Word sym = codes[ci++];
                         if constexpr (S::is_float) {
                             check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                            out[i] = redml_recon_float(c, step, redml_dither_float(h.seed, i, step), base);
+                            out[i] = redml_recon_float(sym, step, redml_dither_float(h.seed, i, step), base);
                         } else {
                             int64_t si = (int64_t)step;
                             int64_t u = si > 1 ? redml_dither_int(h.seed, i, si) : 0;
-                            int64_t r = redml_recon_int(c, si, u, base);
+                            int64_t r = redml_recon_int(sym, si, u, base);
                             check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
                             out[i] = (T)r;
                         }

@@ -9,6 +9,11 @@
  * bin lattice per pixel. The reconstruction error is then uniform on
  * [-(s-1)/2, (s-1)/2] whatever the pixel value, hence zero mean (unbiased) for any signal,
  * with variance (s^2-1)/12 and |error| <= (s-1)/2 <= q*sigma/2.
+ *
+ * Low counts: with half-width h = (s-1)/2, values 0 <= x < h are coded exactly (symbols
+ * 0..h-1); only x >= h go through the dithered bins (symbols h + zigzag(k - base)).
+ * A bin midpoint is then never below x - h >= 0, so nonnegative counts never decode
+ * negative, and each regime is unbiased for every x (no value-dependent fallback).
  */
 #ifndef REDML_QUANTIZE_H
 #define REDML_QUANTIZE_H
@@ -21,12 +26,6 @@
 #else
 #define REDML_HD static inline
 #endif
-
-/* A bin may only reach below zero when the background mean is this many sigmas above the
- * half-width; below that, a tile's step shrinks (down to lossless). Keeps nonnegative
- * counts from being pushed into bins that straddle zero, where the fallback to exact
- * storage would bias the reconstruction. */
-#define REDML_LOWCOUNT_SIGMAS 3.0
 
 /* 32-bit integer mixer (xor-shift-multiply); good avalanche, cheap on CPU and GPU. */
 REDML_HD uint32_t redml_mix32(uint32_t x) {
@@ -55,34 +54,33 @@ REDML_HD int64_t redml_dither_int(uint32_t seed, uint64_t idx, int64_t s) {
     return (int64_t)(((uint64_t)redml_hash(seed, idx, 1) * (uint64_t)s) >> 32);
 }
 
+/* Zigzag maps signed to unsigned so small magnitudes give small codes. */
+REDML_HD uint32_t redml_zigzag32(int32_t v) { return ((uint32_t)v << 1) ^ (uint32_t)(v >> 31); }
+REDML_HD int32_t redml_unzigzag32(uint32_t v) { return (int32_t)(v >> 1) ^ -(int32_t)(v & 1); }
+REDML_HD uint16_t redml_zigzag16(int16_t v) { return (uint16_t)(((uint16_t)v << 1) ^ (uint16_t)(v >> 15)); }
+REDML_HD int16_t redml_unzigzag16(uint16_t v) { return (int16_t)((v >> 1) ^ (uint16_t)(-(int16_t)(v & 1))); }
+
 /* Poisson noise level of a background mean, in data units. */
 REDML_HD double redml_sigma(double mean, double gain, double mu_min) {
     double mu = mean / gain;
     return gain * sqrt(mu > mu_min ? mu : mu_min);
 }
 
-/* Step of a tile for integer data: the largest odd integer s with (s-1)/2 <= q*sigma/2,
- * capped at low counts (see REDML_LOWCOUNT_SIGMAS). s = 1 means lossless. */
+/* Step of a tile for integer data: the largest odd integer s with (s-1)/2 <= q*sigma/2.
+ * s = 1 means lossless. */
 REDML_HD int64_t redml_step_int(double mean, double q, double gain, double mu_min) {
     if (!(q > 0.0) || !(mean > 0.0)) return 1;
-    double sigma = redml_sigma(mean, gain, mu_min);
-    double half = floor(q * sigma / 2.0);
-    double room = floor(mean - REDML_LOWCOUNT_SIGMAS * sigma);
-    if (half > room) half = room;
-    if (half < 0.0) half = 0.0;
+    double half = floor(q * redml_sigma(mean, gain, mu_min) / 2.0);
+    if (!(half >= 0.0)) half = 0.0;
     if (half > 1048576.0) half = 1048576.0;
     return 2 * (int64_t)half + 1;
 }
 
-/* Step of a tile for float data: q*sigma with the same low-count cap; 0 means lossless. */
+/* Step of a tile for float data: q*sigma; 0 means lossless. */
 REDML_HD float redml_step_float(double mean, double q, double gain, double mu_min) {
     if (!(q > 0.0) || !(mean > 0.0)) return 0.0f;
-    double sigma = redml_sigma(mean, gain, mu_min);
-    double s = q * sigma;
-    double room = 2.0 * (mean - REDML_LOWCOUNT_SIGMAS * sigma);
-    if (s > room) s = room;
-    if (!(s > 0.0)) return 0.0f;
-    return (float)s;
+    double s = q * redml_sigma(mean, gain, mu_min);
+    return s > 0.0 && s < 1e30 ? (float)s : 0.0f;
 }
 
 /* Code offset of a tile: the bin index of its mean, so codes cluster around zero. */
@@ -98,20 +96,31 @@ REDML_HD int64_t redml_floordiv_inv(int64_t a, int64_t s, double inv_s) {
     return k;
 }
 
-/* Integer reconstruction of code c: midpoint of the dithered bin. */
-REDML_HD int64_t redml_recon_int(int64_t code, int64_t s, int64_t u, int64_t base) {
-    return (code + base) * s - u + (s - 1) / 2;
+REDML_HD uint64_t redml_zigzag64(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+REDML_HD int64_t redml_unzigzag64(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+
+/* Integer reconstruction of symbol sym (see the low-count rule above). */
+REDML_HD int64_t redml_recon_int(uint64_t sym, int64_t s, int64_t u, int64_t base) {
+    int64_t h = (s - 1) / 2;
+    if (sym < (uint64_t)h) return (int64_t)sym;
+    int64_t k = redml_unzigzag64(sym - (uint64_t)h) + base;
+    return k * s - u + h;
 }
 
-/* Quantizes integer x; returns 1 and sets *code if the pixel can be coded, 0 if it must be
- * stored exactly (reconstruction outside [lo, hi], a nonnegative value that would decode
- * negative, or a code outside [-code_lim, code_lim)). */
-REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base,
-                                int64_t lo, int64_t hi, int64_t code_lim, int64_t *code) {
-    int64_t c = redml_floordiv_inv(x + u, s, inv_s) - base;
-    int64_t r = redml_recon_int(c, s, u, base);
-    if (r < lo || r > hi || (x >= 0 && r < 0) || c < -code_lim || c >= code_lim) return 0;
-    *code = c;
+/* Quantizes integer x; returns 1 and sets *sym, or 0 if the pixel must be stored in the
+ * exact section (reconstruction outside [lo, hi], or a symbol above sym_max). */
+REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t lo,
+                                int64_t hi, uint64_t sym_max, uint64_t *sym) {
+    int64_t h = (s - 1) / 2;
+    if (x >= 0 && x < h) {
+        *sym = (uint64_t)x;
+        return 1;
+    }
+    int64_t k = redml_floordiv_inv(x + u, s, inv_s);
+    int64_t r = k * s - u + h;
+    uint64_t z = redml_zigzag64(k - base);
+    if (r < lo || r > hi || (x >= 0 && r < 0) || z > sym_max - (uint64_t)h) return 0;
+    *sym = (uint64_t)h + z;
     return 1;
 }
 
@@ -119,29 +128,27 @@ REDML_HD double redml_dither_float(uint32_t seed, uint64_t idx, double s) {
     return redml_uniform(seed, idx, 1) * s;
 }
 
-REDML_HD float redml_recon_float(int64_t code, double s, double u, int64_t base) {
-    return (float)(((double)(code + base) + 0.5) * s - u);
+REDML_HD float redml_recon_float(uint32_t sym, double s, double u, int64_t base) {
+    int64_t k = (int64_t)redml_unzigzag32(sym) + base;
+    return (float)(((double)k + 0.5) * s - u);
 }
 
-/* Float counterpart of redml_quantize_int; the bound is checked on the float32 value
- * actually decoded, so rounding never breaks it. */
-REDML_HD int redml_quantize_float(float x, double s, double u, int64_t base, int64_t *code) {
+/* Float counterpart of redml_quantize_int. Values 0 <= x < s/2 go to the exact section
+ * (a decision on x alone, so the quantized ones stay unbiased); the bound is checked on
+ * the float32 value actually decoded, so rounding never breaks it. */
+REDML_HD int redml_quantize_float(float x, double s, double u, int64_t base, uint32_t *sym) {
+    if (x >= 0.0f && (double)x < s / 2.0) return 0;
     double k = floor(((double)x + u) / s);
     if (!(k > -2147483648.0 && k < 2147483647.0)) return 0;
     int64_t c = (int64_t)k - base;
     if (c < -2147483647LL || c > 2147483646LL) return 0;
-    float r = redml_recon_float(c, s, u, base);
+    uint32_t z = redml_zigzag32((int32_t)c);
+    float r = redml_recon_float(z, s, u, base);
     double err = (double)r - (double)x;
     if (!(fabs(err) <= s / 2.0) || (x >= 0.0f && r < 0.0f)) return 0;
-    *code = c;
+    *sym = z;
     return 1;
 }
-
-/* Zigzag maps signed to unsigned so small magnitudes give small codes. */
-REDML_HD uint32_t redml_zigzag32(int32_t v) { return ((uint32_t)v << 1) ^ (uint32_t)(v >> 31); }
-REDML_HD int32_t redml_unzigzag32(uint32_t v) { return (int32_t)(v >> 1) ^ -(int32_t)(v & 1); }
-REDML_HD uint16_t redml_zigzag16(int16_t v) { return (uint16_t)(((uint16_t)v << 1) ^ (uint16_t)(v >> 15)); }
-REDML_HD int16_t redml_unzigzag16(uint16_t v) { return (int16_t)((v >> 1) ^ (uint16_t)(-(int16_t)(v & 1))); }
 
 /* Sparse mode: unbiased integer rounding of a model value v (E[result] = v). */
 REDML_HD int64_t redml_dithered_round(double v, uint32_t seed, uint64_t idx) {

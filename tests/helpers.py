@@ -5,23 +5,14 @@ import numpy as np
 
 import redml_reduce as rr
 from redml_reduce.codec import per_pixel
+from redml_reduce.synthetic import still_frame
 
 ALL_DTYPES = ("uint16", "int16", "int32", "uint32", "float32")
 
 
 def poisson_frame(rng, mu, shape, dtype="uint16", spots=0):
     """Poisson background of mean mu (photons) with optional Gaussian spots."""
-    lam = np.full(shape, float(mu))
-    if spots:
-        yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-        for _ in range(spots):
-            cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
-            peak = rng.uniform(50, 2000)
-            y0, y1 = int(max(0, cy - 6)), int(min(shape[0], cy + 7))
-            x0, x1 = int(max(0, cx - 6)), int(min(shape[1], cx + 7))
-            sub = (slice(y0, y1), slice(x0, x1))
-            lam[sub] += peak * np.exp(-((yy[sub] - cy) ** 2 + (xx[sub] - cx) ** 2) / (2 * 1.2**2))
-    return rng.poisson(lam).astype(dtype)
+    return still_frame(rng, shape, background=mu, spots=spots, dtype=dtype)
 
 
 def assert_lossless(frame, **settings):
