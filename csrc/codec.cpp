@@ -204,37 +204,32 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     TileParams tp = derive_tile_params<T>(model);
     const TileGrid &g = model.grid;
     // spots
-    const bool lossless = p.mode == REDML_MODE_LOSSLESS;
-    std::vector<uint8_t> exact;
-    if (!lossless) {
-        exact.resize(N);
-        if (roi_in) std::memcpy(exact.data(), roi_in, N);
-        else find_roi(f, usable.data(), model, p, exact.data(), nt);
-    }
+    // Lossless mode is the quantized path with every step 1: keeping special pixels (gaps,
+    // saturation) apart from the background still pays. The spot finder is not needed
+    // there: a dilated ROI only moves background pixels into the exact stream.
+    std::vector<uint8_t> exact(N);
+    if (roi_in) std::memcpy(exact.data(), roi_in, N);
+    else if (p.mode != REDML_MODE_LOSSLESS) find_roi(f, usable.data(), model, p, exact.data(), nt);
     // quantize, band by band and tile span by tile span (per-tile constants hoisted)
     size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
     std::vector<std::vector<Word>> values(nbands), codes(nbands);
-    const bool quantized = p.mode == REDML_MODE_QUANTIZED;
+    const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         size_t band_px = (size_t)(y1 - y0) * W, nv = 0, nc = 0;
         std::vector<Word> &vals = values[b];
         std::vector<Word> &cods = codes[b];
         vals.resize(band_px);
-        if (quantized) cods.resize(band_px);
+        if (coded) cods.resize(band_px);
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
                 const int64_t pred = tp.pred[t], base = tp.base[t];
                 size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
                 size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
-                if (lossless) {
-                    for (size_t i = i0; i < i1; i++) vals[nv++] = S::exact_word(f[i], pred);
-                    continue;
-                }
                 const double step = model.step[t], inv_step = 1.0 / step;
                 for (size_t i = i0; i < i1; i++) {
                     bool keep = exact[i] || !usable[i];
-                    if (!keep && quantized) {
+                    if (!keep && coded) {
                         if constexpr (S::is_float) {
                             uint32_t sym = 0;
                             keep = !(step > 0 && redml_quantize_float(f[i], step, redml_dither_float(p.seed, i, step),
@@ -293,9 +288,9 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     };
     std::vector<Pending> pending;
     pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, as_bytes(model_raw)});
-    if (!lossless) pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, encode_runs(exact.data(), N)});
+    pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, encode_runs(exact.data(), N)});
     pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_values)});
-    if (p.mode == REDML_MODE_QUANTIZED)
+    if (coded)
         pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_codes)});
 
     std::vector<std::vector<uint8_t>> stored(pending.size());
@@ -349,17 +344,15 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const ChunkHeader &h = pc.header;
     const uint32_t H = h.height, W = h.width;
     const size_t N = (size_t)H * W;
-    const bool lossless = h.mode == REDML_MODE_LOSSLESS;
 
     // Check every block table against its declared size before any large allocation.
     const Section *mask_s = pc.find(SECTION_EXACT_MASK);
     const Section *vals_s = pc.find(SECTION_EXACT_VALUES);
     const Section *codes_s = pc.find(SECTION_BACKGROUND_CODES);
-    check(vals_s != nullptr, REDML_E_CORRUPT, "chunk has no exact-values section");
-    check(lossless == (mask_s == nullptr), REDML_E_CORRUPT, "exact mask section present/absent against the mode");
-    check((h.mode == REDML_MODE_QUANTIZED) == (codes_s != nullptr), REDML_E_CORRUPT,
+    check(vals_s != nullptr && mask_s != nullptr, REDML_E_CORRUPT, "chunk lacks the exact mask or values section");
+    check((h.mode != REDML_MODE_SPARSE) == (codes_s != nullptr), REDML_E_CORRUPT,
           "background codes section present/absent against the mode");
-    uint64_t n_exact = lossless ? N : h.n_exact;
+    uint64_t n_exact = h.n_exact;
     check(vals_s->elem == sizeof(Word) && vals_s->raw_size == n_exact * sizeof(Word), REDML_E_CORRUPT,
           "exact-values section has the wrong size");
     check_stream(vals_s->data, vals_s->stored_size, vals_s->raw_size, spec_for(h, *vals_s));
@@ -368,7 +361,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
               "background-codes section has the wrong size");
         check_stream(codes_s->data, codes_s->stored_size, codes_s->raw_size, spec_for(h, *codes_s));
     }
-    if (mask_s) {
+    {
         check(mask_s->elem == 1 && mask_s->raw_size <= 10 * (uint64_t)N + 10, REDML_E_CORRUPT,
               "exact mask section has the wrong size");
         check_stream(mask_s->data, mask_s->stored_size, mask_s->raw_size, spec_for(h, *mask_s));
@@ -377,12 +370,15 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     BackgroundModel model = read_model<T>(pc, nt);
     TileParams tp = derive_tile_params<T>(model);
     const TileGrid &g = model.grid;
+    if (h.mode == REDML_MODE_LOSSLESS) {  // a lossless chunk must not carry a lossy step
+        float lossless_step = std::is_floating_point<T>::value ? 0.0f : 1.0f;
+        for (float st : model.step) check(st == lossless_step, REDML_E_CORRUPT, "lossy step in a lossless chunk");
+    }
 
-    std::vector<uint8_t> exact;
-    if (!lossless) {
+    std::vector<uint8_t> exact(N);
+    {
         std::vector<uint8_t> runs(mask_s->raw_size);
         decode_stream(mask_s->data, mask_s->stored_size, runs.data(), runs.size(), spec_for(h, *mask_s), nt);
-        exact.resize(N);
         check(decode_runs(runs.data(), runs.size(), exact.data(), N) == n_exact, REDML_E_CORRUPT,
               "exact mask does not match the exact pixel count");
     }
@@ -396,7 +392,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     // Where each band starts in the value and code streams.
     size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
     std::vector<size_t> band_exact(nbands + 1, 0), band_codes(nbands + 1, 0);
-    if (!lossless) {
+    {
         for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
             size_t c = 0;
             for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++) c += exact[i];
@@ -410,7 +406,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     }
     const bool poisson = recon == REDML_RECON_POISSON;
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
-        size_t vi = lossless ? (size_t)y0 * W : band_exact[b], ci = band_codes[b];
+        size_t vi = band_exact[b], ci = band_codes[b];
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
@@ -418,15 +414,11 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                 const double step = model.step[t];
                 uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
                 size_t row = (size_t)y * W;
-                if (lossless) {
-                    for (uint32_t x = x0; x < x1; x++) out[row + x] = S::from_exact_word(values[vi++], pred);
-                    continue;
-                }
                 for (uint32_t x = x0; x < x1; x++) {
                     size_t i = row + x;
                     if (exact[i]) {
                         out[i] = S::from_exact_word(values[vi++], pred);
-                    } else if (h.mode == REDML_MODE_QUANTIZED) {
+                    } else if (h.mode != REDML_MODE_SPARSE) {
                         Word sym = codes[ci++];
                         if constexpr (S::is_float) {
                             check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
@@ -552,7 +544,7 @@ redml_status redml_inspect(const void *chunk, size_t size, redml_info *info) {
         info->gain = h.gain;
         info->mu_min = h.mu_min;
         info->seed = h.seed;
-        info->n_exact = h.mode == REDML_MODE_LOSSLESS ? (uint64_t)h.height * h.width : h.n_exact;
+        info->n_exact = h.n_exact;
     });
 }
 
@@ -582,10 +574,7 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         size_t N = (size_t)h.height * h.width;
         check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
         const Section *s = pc.find(SECTION_EXACT_MASK);
-        if (!s) {
-            std::memset(out, 1, N);
-            return;
-        }
+        check(s != nullptr, REDML_E_CORRUPT, "chunk has no exact mask section");
         check(s->raw_size <= 10 * (uint64_t)N + 10, REDML_E_CORRUPT, "exact mask section has the wrong size");
         std::vector<uint8_t> runs(s->raw_size);
         decode_stream(s->data, s->stored_size, runs.data(), runs.size(), spec_for(h, *s), 1);

@@ -66,20 +66,24 @@ REDML_HD double redml_sigma(double mean, double gain, double mu_min) {
     return gain * sqrt(mu > mu_min ? mu : mu_min);
 }
 
-/* Step of a tile for integer data: the largest odd integer s with (s-1)/2 <= q*sigma/2.
- * s = 1 means lossless. */
+/* Step of a tile for integer data: the largest odd integer s with (s-1)/2 <= q*sigma/2,
+ * and (s-1)/2 <= mean/2: a larger half-width would put most pixels in the exact low-count
+ * regime, which costs more bits than it saves (the symbol entropy of a Poisson source is
+ * lowest near half-width = mean/2). s = 1 means lossless. */
 REDML_HD int64_t redml_step_int(double mean, double q, double gain, double mu_min) {
     if (!(q > 0.0) || !(mean > 0.0)) return 1;
     double half = floor(q * redml_sigma(mean, gain, mu_min) / 2.0);
+    if (half > floor(mean / 2.0)) half = floor(mean / 2.0);
     if (!(half >= 0.0)) half = 0.0;
     if (half > 1048576.0) half = 1048576.0;
     return 2 * (int64_t)half + 1;
 }
 
-/* Step of a tile for float data: q*sigma; 0 means lossless. */
+/* Step of a tile for float data: q*sigma, at most the mean (same reason); 0 = lossless. */
 REDML_HD float redml_step_float(double mean, double q, double gain, double mu_min) {
     if (!(q > 0.0) || !(mean > 0.0)) return 0.0f;
     double s = q * redml_sigma(mean, gain, mu_min);
+    if (s > mean) s = mean;
     return s > 0.0 && s < 1e30 ? (float)s : 0.0f;
 }
 
