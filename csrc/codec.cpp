@@ -488,7 +488,7 @@ void redml_default_params(redml_params *p) {
     p->roi_snr = 4.0f;
     p->roi_margin = 2;
     p->seed = 0x5eed1234u;
-    p->block_elems = 1u << 16;
+    p->block_elems = 1u << 18;
     p->nthreads = 0;
 }
 

@@ -79,11 +79,26 @@ size_t rans_bound(const StreamSpec &spec, size_t n) {
     return total;
 }
 
+bool is_constant(const uint8_t *p, size_t n) {
+    for (size_t i = 1; i < n; i++)
+        if (p[i] != p[0]) return false;
+    return n > 0;
+}
+
+// A plane is stored as u32 length + rANS stream, or, when all its bytes are equal (the
+// high bytes of small codes), as length 1 + that byte: a rANS stream is never 1 byte
+// long, and an X32 stream would spend 128 bytes on state flushes alone.
 size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
     size_t planes = rans_planes(spec, n), pos = 0;
     for (size_t b = 0; b < planes; b++) {
         size_t b0 = plane_begin(b, planes, n), len = plane_end(b, planes, n) - b0;
-        if (pos + 4 > cap) return 0;
+        if (pos + 5 > cap) return 0;
+        if (is_constant(src + b0, len)) {
+            put_u32(dst + pos, 1);
+            dst[pos + 4] = src[b0];
+            pos += 5;
+            continue;
+        }
         unsigned out_len = (unsigned)(cap - pos - 4);
         if (!rans_compress_to_4x16((unsigned char *)src + b0, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
             return 0;
@@ -100,6 +115,11 @@ void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n,
         check(pos + 4 <= n, REDML_E_CORRUPT, "rANS block truncated");
         size_t clen = get_u32(src + pos);
         check(clen <= n - pos - 4, REDML_E_CORRUPT, "rANS plane length exceeds its block");
+        if (clen == 1) {  // constant plane
+            std::memset(dst + b0, src[pos + 4], len);
+            pos += 5;
+            continue;
+        }
         unsigned out_len = (unsigned)len;
         unsigned char *r = rans_uncompress_to_4x16((unsigned char *)src + pos + 4, (unsigned)clen, dst + b0, &out_len);
         check(r != nullptr && out_len == len, REDML_E_CORRUPT, "rANS plane does not decode to its declared size");

@@ -53,7 +53,7 @@ class CodecSettings:
     roi_snr: float = 4.0
     roi_margin: int = 2
     seed: int = 0x5EED1234
-    block_elems: int = 1 << 16
+    block_elems: int = 1 << 18
     sparse_noise: bool = False
 
     def __post_init__(self):
