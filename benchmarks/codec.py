@@ -145,7 +145,8 @@ def check_lossless(fs: FrameSet, name: str, decoded: np.ndarray) -> Optional[str
     if decoded.dtype == fs.frames.dtype and decoded.shape == fs.frames.shape and np.array_equal(decoded, fs.frames):
         return None
     if decoded.dtype != fs.frames.dtype or decoded.shape != fs.frames.shape:
-        return f"{fs.name}/{name}: decoded {decoded.dtype}{decoded.shape} != original {fs.frames.dtype}{fs.frames.shape}"
+        got, want = f"{decoded.dtype}{decoded.shape}", f"{fs.frames.dtype}{fs.frames.shape}"
+        return f"{fs.name}/{name}: decoded {got} != original {want}"
     bad = np.argwhere(decoded != fs.frames)
     i, y, x = bad[0]
     return (f"{fs.name}/{name}: LOSSLESS MISMATCH in {len(bad)} pixels; first frame {i} (y={y}, x={x}): "
@@ -181,27 +182,26 @@ def poisson_pmf(mu: float) -> np.ndarray:
 
 
 def redml_step(mu: float, q: float) -> int:
-    """Odd integer step for a background of mean mu: redml_step_int of csrc/quantize.h (gain 1,
-    mu_min 1), half-width floor(q*sigma/2) capped at floor(mu - 3*sigma) (the low-count cap)."""
+    """Odd integer step for a background of mean mu, as redml_step_int in csrc/quantize.h
+    (gain 1, mu_min 1): half-width h = floor(q*sigma/2), at most floor(mu/2)."""
     if not q > 0:
         return 1
-    sigma = math.sqrt(max(mu, 1.0))
-    half = min(math.floor(q * sigma / 2), math.floor(mu - 3 * sigma))
+    half = min(math.floor(q * math.sqrt(max(mu, 1.0)) / 2), math.floor(mu / 2))
     return 2 * max(half, 0) + 1
 
 
 @lru_cache(maxsize=None)
 def quantized_entropy(mu: float, q: float) -> float:
-    """Bits of floor((X + u) / s), X ~ Poisson(mu), averaged over the dither u uniform on 0..s-1."""
+    """Bits of redml's symbol for X ~ Poisson(mu), given the dither u (uniform on 0..s-1):
+    X itself when X < h (low counts are exact), else the bin floor((X + u) / s)."""
     p, s = poisson_pmf(mu), redml_step(mu, q)
-    if s == 1:
-        p = p[p > 0]
-        return float(-(p * np.log2(p)).sum())
+    h, n = (s - 1) // 2, len(p)
     cdf = np.concatenate([[0.0], np.cumsum(p)])  # cdf[j] = P(X < j)
-    edges = np.arange(0, len(p) + 2 * s, s)[None, :] - np.arange(s)[:, None]  # bin k: [k*s - u, (k+1)*s - u)
-    m = np.diff(cdf[np.clip(edges, 0, len(p))], axis=1)
+    edges = np.arange(0, n + 2 * s, s)[None, :] - np.arange(s)[:, None]  # bin k: [k*s - u, (k+1)*s - u)
+    bins = np.diff(cdf[np.clip(edges, h, n)], axis=1)  # bins hold only x >= h
+    m = np.concatenate([p[:h], bins.ravel() / s])  # symbol masses, each bin weighted by P(u) = 1/s
     m = m[m > 0]
-    return float(-(m * np.log2(m)).sum() / s)
+    return float(-(m * np.log2(m)).sum() - math.log2(s) * (bins.sum() / s))
 
 
 def entropy_map(mu: np.ndarray, q: float) -> np.ndarray:
@@ -329,6 +329,20 @@ def print_targets(details: dict):
 
 # ----------------------------------------------------------------------------- main
 
+def build_id() -> str:
+    """Git commit of the source tree (+dirty) and the build time of the loaded redml core."""
+    import subprocess
+    from redml_reduce import _core
+
+    root = Path(__file__).resolve().parents[1]
+    def git(*a):
+        return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.strip()
+
+    dirty = "-dirty" if git("status", "--porcelain", "-uno") else ""
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(os.path.getmtime(_core.__file__)))
+    return f"{git('rev-parse', '--short', 'HEAD') or '?'}{dirty}, core built {built} UTC"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 thaumatin frames, one small synthetic frame, 1 repeat")
@@ -337,10 +351,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, help="timing repeats (default 3, 1 with --quick)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
-    t0 = time.perf_counter()
+    t0, build = time.perf_counter(), build_id()
     sets = frame_sets(args)
-    print(f"redml_reduce {rr.__version__}, hdf5plugin {hdf5plugin.version}, {NCORES} cores, repeats {repeats}, "
-          f"frames loaded in {time.perf_counter() - t0:.1f} s")
+    print(f"redml_reduce {rr.__version__} ({build}), hdf5plugin {hdf5plugin.version}, {NCORES} cores, "
+          f"repeats {repeats}, frames loaded in {time.perf_counter() - t0:.1f} s")
     for fs in sets:
         print(f"  {fs.name}: {fs.frames.shape[0]} x {fs.frames.shape[1]}x{fs.frames.shape[2]} {fs.frames.dtype}, "
               f"{fs.nbytes / 1e6:.0f} MB")
@@ -361,7 +375,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     print(f"\nwall time {wall:.1f} s")
     if args.json:
-        write_json(args.json, details, dict(quick=args.quick, repeats=repeats, cores=NCORES, wall_s=wall,
+        write_json(args.json, details, dict(quick=args.quick, repeats=repeats, cores=NCORES, wall_s=wall, build=build,
                                             problems=problems))
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)

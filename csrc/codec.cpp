@@ -67,29 +67,39 @@ struct Storage {
     static int64_t hi() { return is_float ? 0 : (int64_t)std::numeric_limits<T>::max(); }
 };
 
-// Per-tile numbers derived from the stored model, identical in encoder and decoder.
-struct TileParams {
-    std::vector<int64_t> pred;  // integer prediction of exact pixels
-    std::vector<int64_t> base;  // code offset of background pixels
-};
-
+// Integer prediction per tile (llround of the stored mean, clamped to the dtype),
+// identical in encoder and decoder.
 template <class T>
-TileParams derive_tile_params(const BackgroundModel &m) {
-    TileParams tp;
-    size_t n = m.mean.size();
-    tp.pred.resize(n);
-    tp.base.resize(n);
-    for (size_t t = 0; t < n; t++) {
-        double mean = m.mean[t], s = m.step[t];
-        int64_t pred = (int64_t)llround(mean);
-        if constexpr (!std::is_floating_point<T>::value)
-            pred = std::min(std::max(pred, Storage<T>::lo()), Storage<T>::hi());
-        tp.pred[t] = pred;
-        if constexpr (std::is_floating_point<T>::value) tp.base[t] = s > 0 ? redml_base_float(mean, s) : 0;
-        else tp.base[t] = redml_base_int(mean, (int64_t)s);
+std::vector<int64_t> tile_predictions(const BackgroundModel &m) {
+    std::vector<int64_t> pred(m.mean.size());
+    for (size_t t = 0; t < pred.size(); t++) {
+        int64_t v = (int64_t)llround((double)m.mean[t]);
+        if constexpr (!std::is_floating_point<T>::value) v = std::min(std::max(v, Storage<T>::lo()), Storage<T>::hi());
+        pred[t] = v;
     }
-    return tp;
+    return pred;
 }
+
+// Dither, code offset and phase of background pixel i in a tile (quantize.h).
+template <class T>
+struct PixelCode {
+    int64_t u_int = 0;
+    double u_float = 0;
+    int64_t base = 0;
+    unsigned phase = 0;
+    PixelCode(uint32_t seed, size_t i, double step, double inv_step, int64_t pred, double mean) {
+        if constexpr (std::is_floating_point<T>::value) {
+            if (step > 0) {
+                u_float = redml_dither_float(seed, i, step);
+                base = redml_offset_float(mean, u_float, step, &phase);
+            }
+        } else {
+            int64_t s = (int64_t)step;
+            u_int = s > 1 ? redml_dither_int(seed, i, s) : 0;
+            base = redml_offset_int(pred, u_int, s, inv_step, &phase);
+        }
+    }
+};
 
 template <class Fn>
 void for_bands(uint32_t height, int nthreads, Fn fn) {
@@ -201,7 +211,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     });
     // background
     BackgroundModel model = fit_background(f, usable.data(), TileGrid(H, W, p.tile), p, nt);
-    TileParams tp = derive_tile_params<T>(model);
+    const std::vector<int64_t> preds = tile_predictions<T>(model);
     const TileGrid &g = model.grid;
     // spots
     // Lossless mode is the quantized path with every step 1: keeping special pixels (gaps,
@@ -212,36 +222,34 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     else if (p.mode != REDML_MODE_LOSSLESS) find_roi(f, usable.data(), model, p, exact.data(), nt);
     // quantize, band by band and tile span by tile span (per-tile constants hoisted)
     size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
-    std::vector<std::vector<Word>> values(nbands), codes(nbands);
+    std::vector<std::vector<Word>> values(nbands);
+    std::vector<std::vector<std::vector<Word>>> codes(nbands, std::vector<std::vector<Word>>(REDML_PHASES));
     const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
-        size_t band_px = (size_t)(y1 - y0) * W, nv = 0, nc = 0;
+        size_t band_px = (size_t)(y1 - y0) * W, nv = 0;
         std::vector<Word> &vals = values[b];
-        std::vector<Word> &cods = codes[b];
+        std::vector<std::vector<Word>> &cods = codes[b];
         vals.resize(band_px);
-        if (coded) cods.resize(band_px);
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                const int64_t pred = tp.pred[t], base = tp.base[t];
+                const int64_t pred = preds[t];
                 size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
                 size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
                 const double step = model.step[t], inv_step = 1.0 / step;
                 for (size_t i = i0; i < i1; i++) {
                     bool keep = exact[i] || !usable[i];
                     if (!keep && coded) {
+                        PixelCode<T> pc(p.seed, i, step, inv_step, pred, model.mean[t]);
                         if constexpr (S::is_float) {
                             uint32_t sym = 0;
-                            keep = !(step > 0 && redml_quantize_float(f[i], step, redml_dither_float(p.seed, i, step),
-                                                                      base, &sym));
-                            if (!keep) cods[nc++] = sym;
+                            keep = !(step > 0 && redml_quantize_float(f[i], step, pc.u_float, pc.base, &sym));
+                            if (!keep) cods[pc.phase].push_back(sym);
                         } else {
-                            int64_t si = (int64_t)step;
-                            int64_t u = si > 1 ? redml_dither_int(p.seed, i, si) : 0;
                             uint64_t sym = 0;
-                            keep = !redml_quantize_int((int64_t)f[i], si, inv_step, u, base, S::lo(), S::hi(),
-                                                       S::sym_max, &sym);
-                            if (!keep) cods[nc++] = (Word)sym;
+                            keep = !redml_quantize_int((int64_t)f[i], (int64_t)step, inv_step, pc.u_int, pc.base,
+                                                       S::lo(), S::hi(), S::sym_max, &sym);
+                            if (!keep) cods[pc.phase].push_back((Word)sym);
                         }
                     }
                     if (keep) {
@@ -252,14 +260,16 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
             }
         }
         vals.resize(nv);
-        cods.resize(nc);
     });
-    std::vector<Word> all_values, all_codes;
+    std::vector<Word> all_values;
+    std::vector<std::vector<Word>> all_codes(REDML_PHASES);
     for (size_t b = 0; b < nbands; b++) {
         all_values.insert(all_values.end(), values[b].begin(), values[b].end());
-        all_codes.insert(all_codes.end(), codes[b].begin(), codes[b].end());
         std::vector<Word>().swap(values[b]);
-        std::vector<Word>().swap(codes[b]);
+        for (int ph = 0; ph < REDML_PHASES; ph++) {
+            all_codes[ph].insert(all_codes[ph].end(), codes[b][ph].begin(), codes[b][ph].end());
+            std::vector<Word>().swap(codes[b][ph]);
+        }
     }
 
     // entropy + container
@@ -291,7 +301,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, encode_runs(exact.data(), N)});
     pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_values)});
     if (coded)
-        pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_codes)});
+        for (int ph = 0; ph < REDML_PHASES; ph++)
+            pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_codes[ph])});
 
     std::vector<std::vector<uint8_t>> stored(pending.size());
     std::vector<Section> sections(pending.size());
@@ -348,19 +359,22 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     // Check every block table against its declared size before any large allocation.
     const Section *mask_s = pc.find(SECTION_EXACT_MASK);
     const Section *vals_s = pc.find(SECTION_EXACT_VALUES);
-    const Section *codes_s = pc.find(SECTION_BACKGROUND_CODES);
+    std::vector<const Section *> codes_s = pc.find_all(SECTION_BACKGROUND_CODES);
     check(vals_s != nullptr && mask_s != nullptr, REDML_E_CORRUPT, "chunk lacks the exact mask or values section");
-    check((h.mode != REDML_MODE_SPARSE) == (codes_s != nullptr), REDML_E_CORRUPT,
-          "background codes section present/absent against the mode");
+    check(codes_s.size() == (h.mode != REDML_MODE_SPARSE ? (size_t)REDML_PHASES : 0u), REDML_E_CORRUPT,
+          "wrong number of background code sections for the mode");
     uint64_t n_exact = h.n_exact;
     check(vals_s->elem == sizeof(Word) && vals_s->raw_size == n_exact * sizeof(Word), REDML_E_CORRUPT,
           "exact-values section has the wrong size");
     check_stream(vals_s->data, vals_s->stored_size, vals_s->raw_size, spec_for(h, *vals_s));
-    if (codes_s) {
-        check(codes_s->elem == sizeof(Word) && codes_s->raw_size == (N - n_exact) * sizeof(Word), REDML_E_CORRUPT,
-              "background-codes section has the wrong size");
-        check_stream(codes_s->data, codes_s->stored_size, codes_s->raw_size, spec_for(h, *codes_s));
+    uint64_t n_codes = 0;
+    for (const Section *cs : codes_s) {
+        check(cs->elem == sizeof(Word) && cs->raw_size % sizeof(Word) == 0 && cs->raw_size <= N * sizeof(Word),
+              REDML_E_CORRUPT, "background-codes section has the wrong size");
+        check_stream(cs->data, cs->stored_size, cs->raw_size, spec_for(h, *cs));
+        n_codes += cs->raw_size / sizeof(Word);
     }
+    check(codes_s.empty() || n_codes == N - n_exact, REDML_E_CORRUPT, "background code count does not match the frame");
     {
         check(mask_s->elem == 1 && mask_s->raw_size <= 10 * (uint64_t)N + 10, REDML_E_CORRUPT,
               "exact mask section has the wrong size");
@@ -368,7 +382,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     }
 
     BackgroundModel model = read_model<T>(pc, nt);
-    TileParams tp = derive_tile_params<T>(model);
+    const std::vector<int64_t> preds = tile_predictions<T>(model);
     const TileGrid &g = model.grid;
     if (h.mode == REDML_MODE_LOSSLESS) {  // a lossless chunk must not carry a lossy step
         float lossless_step = std::is_floating_point<T>::value ? 0.0f : 1.0f;
@@ -382,36 +396,52 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         check(decode_runs(runs.data(), runs.size(), exact.data(), N) == n_exact, REDML_E_CORRUPT,
               "exact mask does not match the exact pixel count");
     }
-    std::vector<Word> values(n_exact), codes(codes_s ? N - n_exact : 0);
+    std::vector<Word> values(n_exact);
     decode_stream(vals_s->data, vals_s->stored_size, (uint8_t *)values.data(), vals_s->raw_size,
                   spec_for(h, *vals_s), nt);
-    if (codes_s)
-        decode_stream(codes_s->data, codes_s->stored_size, (uint8_t *)codes.data(), codes_s->raw_size,
-                      spec_for(h, *codes_s), nt);
-
-    // Where each band starts in the value and code streams.
-    size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
-    std::vector<size_t> band_exact(nbands + 1, 0), band_codes(nbands + 1, 0);
-    {
-        for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
-            size_t c = 0;
-            for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++) c += exact[i];
-            band_exact[b + 1] = c;
-            band_codes[b + 1] = (size_t)(y1 - y0) * W - c;
-        });
-        for (size_t b = 0; b < nbands; b++) {
-            band_exact[b + 1] += band_exact[b];
-            band_codes[b + 1] += band_codes[b];
-        }
+    std::vector<std::vector<Word>> codes(codes_s.size());
+    for (size_t ph = 0; ph < codes_s.size(); ph++) {
+        const Section *cs = codes_s[ph];
+        codes[ph].resize(cs->raw_size / sizeof(Word));
+        decode_stream(cs->data, cs->stored_size, (uint8_t *)codes[ph].data(), cs->raw_size, spec_for(h, *cs), nt);
     }
+
+    // Where each band starts in the value stream and in each code stream.
+    const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand, nph = codes.size();
+    std::vector<size_t> band_exact(nbands + 1, 0), band_codes((nbands + 1) * std::max<size_t>(nph, 1), 0);
+    for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
+        size_t c = 0;
+        for (uint32_t y = y0; y < y1; y++) {
+            for (uint32_t tx = 0; tx < g.cols; tx++) {
+                const size_t t = (size_t)(y / g.tile) * g.cols + tx;
+                const double step = model.step[t], inv_step = 1.0 / step;
+                size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
+                size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
+                for (size_t i = i0; i < i1; i++) {
+                    if (exact[i]) c++;
+                    else if (nph) band_codes[(b + 1) * nph + PixelCode<T>(h.seed, i, step, inv_step, preds[t], model.mean[t]).phase]++;
+                }
+            }
+        }
+        band_exact[b + 1] = c;
+    });
+    for (size_t b = 0; b < nbands; b++) {
+        band_exact[b + 1] += band_exact[b];
+        for (size_t ph = 0; ph < nph; ph++) band_codes[(b + 1) * nph + ph] += band_codes[b * nph + ph];
+    }
+    for (size_t ph = 0; ph < nph; ph++)
+        check(band_codes[nbands * nph + ph] == codes[ph].size(), REDML_E_CORRUPT,
+              "background code stream length does not match its phase");
     const bool poisson = recon == REDML_RECON_POISSON;
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
-        size_t vi = band_exact[b], ci = band_codes[b];
+        size_t vi = band_exact[b];
+        std::vector<size_t> ci(nph);
+        for (size_t ph = 0; ph < nph; ph++) ci[ph] = band_codes[b * nph + ph];
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                const int64_t pred = tp.pred[t], base = tp.base[t];
-                const double step = model.step[t];
+                const int64_t pred = preds[t];
+                const double step = model.step[t], inv_step = 1.0 / step;
                 uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
                 size_t row = (size_t)y * W;
                 for (uint32_t x = x0; x < x1; x++) {
@@ -419,14 +449,13 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                     if (exact[i]) {
                         out[i] = S::from_exact_word(values[vi++], pred);
                     } else if (h.mode != REDML_MODE_SPARSE) {
-                        Word sym = codes[ci++];
+                        PixelCode<T> pcd(h.seed, i, step, inv_step, pred, model.mean[t]);
+                        Word sym = codes[pcd.phase][ci[pcd.phase]++];
                         if constexpr (S::is_float) {
                             check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                            out[i] = redml_recon_float(sym, step, redml_dither_float(h.seed, i, step), base);
+                            out[i] = redml_recon_float(sym, step, pcd.u_float, pcd.base);
                         } else {
-                            int64_t si = (int64_t)step;
-                            int64_t u = si > 1 ? redml_dither_int(h.seed, i, si) : 0;
-                            int64_t r = redml_recon_int(sym, si, u, base);
+                            int64_t r = redml_recon_int(sym, (int64_t)step, pcd.u_int, pcd.base);
                             check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
                             out[i] = (T)r;
                         }

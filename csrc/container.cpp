@@ -86,6 +86,13 @@ const Section *ParsedChunk::find(uint16_t type) const {
     return nullptr;
 }
 
+std::vector<const Section *> ParsedChunk::find_all(uint16_t type) const {
+    std::vector<const Section *> out;
+    for (const Section &s : sections)
+        if (s.type == type) out.push_back(&s);
+    return out;
+}
+
 ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
     check(chunk != nullptr, REDML_E_ARG, "no chunk given");
     check(size >= kFixedHeaderSize + 8, REDML_E_CORRUPT, "chunk shorter than its header");
@@ -158,7 +165,7 @@ ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
             check(!(s.flags & SECTION_REQUIRED), REDML_E_VERSION, "chunk has a required section this decoder does not know");
             continue;
         }
-        check(pc.find(s.type) == nullptr, REDML_E_CORRUPT, "duplicate section");
+        check(s.type == SECTION_BACKGROUND_CODES || pc.find(s.type) == nullptr, REDML_E_CORRUPT, "duplicate section");
         pc.sections.push_back(s);
     }
     check(pos == size, REDML_E_CORRUPT, "chunk has trailing bytes");

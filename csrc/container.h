@@ -12,7 +12,7 @@ enum SectionType : uint16_t {
     SECTION_MODEL = 1,             // per-tile mean and step, float32
     SECTION_EXACT_MASK = 2,        // run lengths of the exact-pixel map, LEB128
     SECTION_EXACT_VALUES = 3,      // exact pixels: zigzag residuals (ints) or raw bits (floats)
-    SECTION_BACKGROUND_CODES = 4,  // zigzag bin codes of the background pixels
+    SECTION_BACKGROUND_CODES = 4,  // background symbols, one section per dither phase
 };
 
 const uint8_t SECTION_REQUIRED = 1;
@@ -53,6 +53,7 @@ struct ParsedChunk {
     ChunkHeader header;
     std::vector<Section> sections;
     const Section *find(uint16_t type) const;
+    std::vector<const Section *> find_all(uint16_t type) const;
 };
 ParsedChunk parse_chunk(const uint8_t *chunk, size_t size);
 

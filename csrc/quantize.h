@@ -10,10 +10,10 @@
  * [-(s-1)/2, (s-1)/2] whatever the pixel value, hence zero mean (unbiased) for any signal,
  * with variance (s^2-1)/12 and |error| <= (s-1)/2 <= q*sigma/2.
  *
- * Low counts: with half-width h = (s-1)/2, values 0 <= x < h are coded exactly (symbols
- * 0..h-1); only x >= h go through the dithered bins (symbols h + zigzag(k - base)).
+ * Low counts: with half-width h = (s-1)/2, values 0 <= x < h are stored exactly (in the
+ * exact section); only x >= h go through the dithered bins (symbol zigzag(k - offset)).
  * A bin midpoint is then never below x - h >= 0, so nonnegative counts never decode
- * negative, and each regime is unbiased for every x (no value-dependent fallback).
+ * negative, and the choice depends on x alone, so both groups stay unbiased.
  */
 #ifndef REDML_QUANTIZE_H
 #define REDML_QUANTIZE_H
@@ -87,9 +87,6 @@ REDML_HD float redml_step_float(double mean, double q, double gain, double mu_mi
     return s > 0.0 && s < 1e30 ? (float)s : 0.0f;
 }
 
-/* Code offset of a tile: the bin index of its mean, so codes cluster around zero. */
-REDML_HD int64_t redml_base_int(double mean, int64_t s) { return (int64_t)llround(mean / (double)s); }
-REDML_HD int64_t redml_base_float(double mean, double s) { return (int64_t)llround(mean / s); }
 
 /* floor(a / s) for s >= 1 using a precomputed inv_s = 1.0 / s: the floating-point
  * estimate is corrected to the exact integer result (|a| < 2^40). */
@@ -103,12 +100,10 @@ REDML_HD int64_t redml_floordiv_inv(int64_t a, int64_t s, double inv_s) {
 REDML_HD uint64_t redml_zigzag64(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
 REDML_HD int64_t redml_unzigzag64(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
 
-/* Integer reconstruction of symbol sym (see the low-count rule above). */
+/* Integer reconstruction of symbol sym: the midpoint of its dithered bin. */
 REDML_HD int64_t redml_recon_int(uint64_t sym, int64_t s, int64_t u, int64_t base) {
-    int64_t h = (s - 1) / 2;
-    if (sym < (uint64_t)h) return (int64_t)sym;
-    int64_t k = redml_unzigzag64(sym - (uint64_t)h) + base;
-    return k * s - u + h;
+    int64_t k = redml_unzigzag64(sym) + base;
+    return k * s - u + (s - 1) / 2;
 }
 
 /* Quantizes integer x; returns 1 and sets *sym, or 0 if the pixel must be stored in the
@@ -116,16 +111,33 @@ REDML_HD int64_t redml_recon_int(uint64_t sym, int64_t s, int64_t u, int64_t bas
 REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t lo,
                                 int64_t hi, uint64_t sym_max, uint64_t *sym) {
     int64_t h = (s - 1) / 2;
-    if (x >= 0 && x < h) {
-        *sym = (uint64_t)x;
-        return 1;
-    }
+    if (x >= 0 && x < h) return 0;  /* low-count rule */
     int64_t k = redml_floordiv_inv(x + u, s, inv_s);
     int64_t r = k * s - u + h;
     uint64_t z = redml_zigzag64(k - base);
-    if (r < lo || r > hi || (x >= 0 && r < 0) || z > sym_max - (uint64_t)h) return 0;
-    *sym = (uint64_t)h + z;
+    if (r < lo || r > hi || (x >= 0 && r < 0) || z > sym_max) return 0;
+    *sym = z;
     return 1;
+}
+
+/* Per-pixel code offset and phase. The offset is the bin, under this pixel's dither,
+ * that holds the tile prediction; the phase says where the prediction falls inside that
+ * bin (REDML_PHASES steps). Symbols are coded relative to the offset and split into one
+ * stream per phase (the decoder computes both): the symbol distribution then depends
+ * little on the dither, the tile mean or the step, and each stream's own frequency table
+ * gets close to the entropy given the dither (13% fewer bits than one mixed stream at
+ * q = 2, 40% at q = 4). */
+#define REDML_PHASES 8
+REDML_HD int64_t redml_offset_int(int64_t pred, int64_t u, int64_t s, double inv_s, unsigned *phase) {
+    int64_t k = redml_floordiv_inv(pred + u, s, inv_s);
+    *phase = (unsigned)(((pred + u - k * s) * REDML_PHASES) / s);
+    return k;
+}
+REDML_HD int64_t redml_offset_float(double mean, double u, double s, unsigned *phase) {
+    double t = (mean + u) / s, k = floor(t);
+    int ph = (int)((t - k) * REDML_PHASES);
+    *phase = (unsigned)(ph < 0 ? 0 : (ph >= REDML_PHASES ? REDML_PHASES - 1 : ph));
+    return (int64_t)k;
 }
 
 REDML_HD double redml_dither_float(uint32_t seed, uint64_t idx, double s) {
