@@ -80,34 +80,41 @@ std::vector<int64_t> tile_predictions(const BackgroundModel &m) {
     return pred;
 }
 
-// Dither, code offset and phase of background pixel i in a tile (quantize.h).
+// Dither, code offset and phase of a background pixel (quantize.h), with the per-tile
+// constants computed once per tile span.
 template <class T>
-struct PixelCode {
-    int64_t u_int = 0;
-    double u_float = 0;
-    int64_t base = 0;
-    unsigned phase = 0;
-    PixelCode(uint32_t seed, size_t i, double step, double inv_step, int64_t pred, double mean) {
+struct TileCoder {
+    double step, inv_step, mean;
+    int64_t s_int;
+    redml_offset_tile off;
+    TileCoder(double step_, double mean_, int64_t pred)
+        : step(step_), inv_step(1.0 / step_), mean(mean_), s_int((int64_t)step_) {
+        if constexpr (!std::is_floating_point<T>::value) off = redml_offset_setup(pred, s_int);
+    }
+    struct Pixel {
+        int64_t u_int = 0;
+        double u_float = 0;
+        int64_t base = 0;
+        unsigned phase = 0;
+    };
+    Pixel at(uint32_t seed, size_t i) const {
+        Pixel px;
         if constexpr (std::is_floating_point<T>::value) {
             if (step > 0) {
-                u_float = redml_dither_float(seed, i, step);
-                base = redml_offset_float(mean, u_float, step, &phase);
+                px.u_float = redml_dither_float(seed, i, step);
+                px.base = redml_offset_float(mean, px.u_float, step, &px.phase);
             }
         } else {
-            int64_t s = (int64_t)step;
-            u_int = s > 1 ? redml_dither_int(seed, i, s) : 0;
-            base = redml_offset_int(pred, u_int, s, inv_step, &phase);
+            px.u_int = s_int > 1 ? redml_dither_int(seed, i, s_int) : 0;
+            px.base = redml_offset_int(&off, px.u_int, s_int, &px.phase);
         }
+        return px;
     }
 };
 
 template <class Fn>
 void for_bands(uint32_t height, int nthreads, Fn fn) {
-    size_t nbands = (height + kRowsPerBand - 1) / kRowsPerBand;
-    parallel_for(nbands, nthreads, [&](size_t b) {
-        uint32_t y0 = (uint32_t)(b * kRowsPerBand);
-        fn(b, y0, std::min(height, y0 + kRowsPerBand));
-    });
+    for_row_bands(height, kRowsPerBand, nthreads, fn);
 }
 
 // ---- exact-pixel map as LEB128 run lengths (first run: not exact) ----
@@ -229,27 +236,30 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         size_t band_px = (size_t)(y1 - y0) * W, nv = 0;
         std::vector<Word> &vals = values[b];
         std::vector<std::vector<Word>> &cods = codes[b];
+        std::vector<size_t> nc(REDML_PHASES, 0);
         vals.resize(band_px);
+        if (coded)
+            for (auto &c : cods) c.resize(band_px);
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
                 const int64_t pred = preds[t];
                 size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
                 size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
-                const double step = model.step[t], inv_step = 1.0 / step;
+                const TileCoder<T> tc(model.step[t], model.mean[t], pred);
                 for (size_t i = i0; i < i1; i++) {
                     bool keep = exact[i] || !usable[i];
                     if (!keep && coded) {
-                        PixelCode<T> pc(p.seed, i, step, inv_step, pred, model.mean[t]);
+                        auto px = tc.at(p.seed, i);
                         if constexpr (S::is_float) {
                             uint32_t sym = 0;
-                            keep = !(step > 0 && redml_quantize_float(f[i], step, pc.u_float, pc.base, &sym));
-                            if (!keep) cods[pc.phase].push_back(sym);
+                            keep = !(tc.step > 0 && redml_quantize_float(f[i], tc.step, px.u_float, px.base, &sym));
+                            if (!keep) cods[px.phase][nc[px.phase]++] = sym;
                         } else {
                             uint64_t sym = 0;
-                            keep = !redml_quantize_int((int64_t)f[i], (int64_t)step, inv_step, pc.u_int, pc.base,
+                            keep = !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int, px.base,
                                                        S::lo(), S::hi(), S::sym_max, &sym);
-                            if (!keep) cods[pc.phase].push_back((Word)sym);
+                            if (!keep) cods[px.phase][nc[px.phase]++] = (Word)sym;
                         }
                     }
                     if (keep) {
@@ -260,6 +270,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
             }
         }
         vals.resize(nv);
+        if (coded)
+            for (int ph = 0; ph < REDML_PHASES; ph++) cods[ph].resize(nc[ph]);
     });
     std::vector<Word> all_values;
     std::vector<std::vector<Word>> all_codes(REDML_PHASES);
@@ -414,12 +426,12 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 const size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                const double step = model.step[t], inv_step = 1.0 / step;
+                const TileCoder<T> tc(model.step[t], model.mean[t], preds[t]);
                 size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
                 size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
                 for (size_t i = i0; i < i1; i++) {
                     if (exact[i]) c++;
-                    else if (nph) band_codes[(b + 1) * nph + PixelCode<T>(h.seed, i, step, inv_step, preds[t], model.mean[t]).phase]++;
+                    else if (nph) band_codes[(b + 1) * nph + tc.at(h.seed, i).phase]++;
                 }
             }
         }
@@ -441,7 +453,8 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
                 const int64_t pred = preds[t];
-                const double step = model.step[t], inv_step = 1.0 / step;
+                const double step = model.step[t];
+                const TileCoder<T> tc(step, model.mean[t], pred);
                 uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
                 size_t row = (size_t)y * W;
                 for (uint32_t x = x0; x < x1; x++) {
@@ -449,13 +462,13 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                     if (exact[i]) {
                         out[i] = S::from_exact_word(values[vi++], pred);
                     } else if (h.mode != REDML_MODE_SPARSE) {
-                        PixelCode<T> pcd(h.seed, i, step, inv_step, pred, model.mean[t]);
-                        Word sym = codes[pcd.phase][ci[pcd.phase]++];
+                        auto px = tc.at(h.seed, i);
+                        Word sym = codes[px.phase][ci[px.phase]++];
                         if constexpr (S::is_float) {
                             check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                            out[i] = redml_recon_float(sym, step, pcd.u_float, pcd.base);
+                            out[i] = redml_recon_float(sym, step, px.u_float, px.base);
                         } else {
-                            int64_t r = redml_recon_int(sym, (int64_t)step, pcd.u_int, pcd.base);
+                            int64_t r = redml_recon_int(sym, tc.s_int, px.u_int, px.base);
                             check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
                             out[i] = (T)r;
                         }

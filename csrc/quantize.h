@@ -128,9 +128,34 @@ REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, i
  * gets close to the entropy given the dither (13% fewer bits than one mixed stream at
  * q = 2, 40% at q = 4). */
 #define REDML_PHASES 8
-REDML_HD int64_t redml_offset_int(int64_t pred, int64_t u, int64_t s, double inv_s, unsigned *phase) {
-    int64_t k = redml_floordiv_inv(pred + u, s, inv_s);
-    *phase = (unsigned)(((pred + u - k * s) * REDML_PHASES) / s);
+
+/* Per-tile constants of the integer offset: pred = pred_q*s + pred_r, and the phase
+ * multiplier m = floor(REDML_PHASES * 2^32 / s), so phase = (r * m) >> 32 is in
+ * [0, REDML_PHASES) for r in [0, s) without a division per pixel. */
+typedef struct {
+    int64_t pred_q, pred_r;
+    uint64_t phase_mul;
+} redml_offset_tile;
+
+REDML_HD redml_offset_tile redml_offset_setup(int64_t pred, int64_t s) {
+    redml_offset_tile o;
+    o.pred_q = pred / s;
+    o.pred_r = pred % s;
+    if (o.pred_r < 0) {
+        o.pred_r += s;
+        o.pred_q -= 1;
+    }
+    o.phase_mul = (((uint64_t)REDML_PHASES) << 32) / (uint64_t)s;
+    return o;
+}
+
+REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t s, unsigned *phase) {
+    int64_t r = o->pred_r + u, k = o->pred_q;
+    if (r >= s) {
+        r -= s;
+        k += 1;
+    }
+    *phase = (unsigned)(((uint64_t)r * o->phase_mul) >> 32);
     return k;
 }
 REDML_HD int64_t redml_offset_float(double mean, double u, double s, unsigned *phase) {

@@ -11,21 +11,7 @@
 
 namespace redml {
 
-namespace {
-
-const size_t kRowsPerTask = 64;
-
-template <class Fn>
-void for_row_bands(uint32_t height, int nthreads, Fn fn) {
-    size_t ntasks = (height + kRowsPerTask - 1) / kRowsPerTask;
-    parallel_for(ntasks, nthreads, [&](size_t t) {
-        uint32_t y0 = (uint32_t)(t * kRowsPerTask);
-        uint32_t y1 = (uint32_t)std::min<size_t>(height, y0 + kRowsPerTask);
-        for (uint32_t y = y0; y < y1; y++) fn(y);
-    });
-}
-
-}  // namespace
+const uint32_t kRowsPerBand = 32;
 
 template <class T>
 void find_roi(const T *frame, const uint8_t *usable, const BackgroundModel &model,
@@ -36,50 +22,62 @@ void find_roi(const T *frame, const uint8_t *usable, const BackgroundModel &mode
     std::vector<float> threshold(g.count());
     for (size_t t = 0; t < g.count(); t++)
         threshold[t] = (float)(p.roi_snr * 3.0 * redml_sigma(model.mean[t], p.gain, p.mu_min));
-    // Background-subtracted values and their horizontal 3-sums.
-    std::vector<float> excess((size_t)H * W), rowsum((size_t)H * W);
-    for_row_bands(H, nthreads, [&](uint32_t y) {
-        size_t o = (size_t)y * W;
-        for (uint32_t tx = 0; tx < g.cols; tx++) {
-            const float mean = model.mean[(size_t)(y / g.tile) * g.cols + tx];
-            uint32_t x1 = std::min<uint32_t>(W, (tx + 1) * g.tile);
-            for (uint32_t x = tx * g.tile; x < x1; x++)
-                excess[o + x] = usable[o + x] ? (float)frame[o + x] - mean : 0.0f;
-        }
-        const float *e = excess.data() + o;
-        float *rs = rowsum.data() + o;
-        rs[0] = e[0] + (W > 1 ? e[1] : 0.0f);
-        for (uint32_t x = 1; x + 1 < W; x++) rs[x] = e[x - 1] + e[x] + e[x + 1];
-        if (W > 1) rs[W - 1] = e[W - 2] + e[W - 1];
-    });
-    // Candidates: above background with a significant 3x3 sum; then dilated horizontally.
-    std::vector<uint8_t> wide((size_t)H * W);
     const int r = p.roi_margin;
-    for_row_bands(H, nthreads, [&](uint32_t y) {
-        size_t o = (size_t)y * W;
-        const float *up = rowsum.data() + (y > 0 ? o - W : o);
-        const float *mid = rowsum.data() + o;
-        const float *down = rowsum.data() + (y + 1 < H ? o + W : o);
-        const float wu = y > 0 ? 1.0f : 0.0f, wd = y + 1 < H ? 1.0f : 0.0f;
-        uint8_t *out = wide.data() + o;
-        for (uint32_t tx = 0; tx < g.cols; tx++) {
-            const float thr = threshold[(size_t)(y / g.tile) * g.cols + tx];
-            uint32_t x1 = std::min<uint32_t>(W, (tx + 1) * g.tile);
-            for (uint32_t x = tx * g.tile; x < x1; x++) {
-                if (!(excess[o + x] > 0.0f && wu * up[x] + mid[x] + wd * down[x] > thr)) continue;
+    std::vector<uint8_t> wide((size_t)H * W);  // candidates dilated horizontally
+
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        // Background-subtracted values and their horizontal 3-sums for the band plus a
+        // one-row halo (zero rows outside the frame).
+        const uint32_t ya = y0 > 0 ? y0 - 1 : 0, yb = std::min(H, y1 + 1);
+        const size_t rows = yb - ya + 2;  // + a zero row on each side
+        std::vector<float> excess((size_t)rows * W, 0.0f), rowsum((size_t)rows * W, 0.0f);
+        auto slot = [&](uint32_t y) { return (size_t)(y - ya + 1) * W; };
+        for (uint32_t y = ya; y < yb; y++) {
+            float *__restrict e = excess.data() + slot(y);
+            const T *__restrict f = frame + (size_t)y * W;
+            const uint8_t *__restrict ok = usable + (size_t)y * W;
+            for (uint32_t tx = 0; tx < g.cols; tx++) {
+                const float mean = model.mean[(size_t)(y / g.tile) * g.cols + tx];
+                const uint32_t x1 = std::min<uint32_t>(W, (tx + 1) * g.tile);
+                for (uint32_t x = tx * g.tile; x < x1; x++) e[x] = ok[x] ? (float)f[x] - mean : 0.0f;
+            }
+            float *__restrict rs = rowsum.data() + slot(y);
+            rs[0] = e[0] + (W > 1 ? e[1] : 0.0f);
+            for (uint32_t x = 1; x + 1 < W; x++) rs[x] = e[x - 1] + e[x] + e[x + 1];
+            if (W > 1) rs[W - 1] = e[W - 2] + e[W - 1];
+        }
+        // Candidates: above background with a significant 3x3 sum; dilated horizontally.
+        std::vector<uint8_t> cand(W);
+        for (uint32_t y = y0; y < y1; y++) {
+            const float *__restrict e = excess.data() + slot(y);
+            const float *__restrict up = rowsum.data() + slot(y) - W;
+            const float *__restrict mid = rowsum.data() + slot(y);
+            const float *__restrict down = rowsum.data() + slot(y) + W;
+            uint8_t *__restrict c = cand.data();
+            for (uint32_t tx = 0; tx < g.cols; tx++) {
+                const float thr = threshold[(size_t)(y / g.tile) * g.cols + tx];
+                const uint32_t x1 = std::min<uint32_t>(W, (tx + 1) * g.tile);
+                for (uint32_t x = tx * g.tile; x < x1; x++)
+                    c[x] = (uint8_t)((e[x] > 0.0f) & (up[x] + mid[x] + down[x] > thr));
+            }
+            uint8_t *out = wide.data() + (size_t)y * W;
+            for (uint32_t x = 0; x < W; x++) {
+                if (!c[x]) continue;
                 uint32_t a = x >= (uint32_t)r ? x - r : 0, b = std::min<uint32_t>(W - 1, x + r);
                 std::memset(out + a, 1, b - a + 1);
             }
         }
     });
     // Vertical dilation: OR of the rows within the margin.
-    for_row_bands(H, nthreads, [&](uint32_t y) {
-        uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
-        uint8_t *out = roi + (size_t)y * W;
-        std::memcpy(out, wide.data() + (size_t)ya * W, W);
-        for (uint32_t yy = ya + 1; yy <= yb; yy++) {
-            const uint8_t *in = wide.data() + (size_t)yy * W;
-            for (uint32_t x = 0; x < W; x++) out[x] |= in[x];
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        for (uint32_t y = y0; y < y1; y++) {
+            uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
+            uint8_t *__restrict out = roi + (size_t)y * W;
+            std::memcpy(out, wide.data() + (size_t)ya * W, W);
+            for (uint32_t yy = ya + 1; yy <= yb; yy++) {
+                const uint8_t *__restrict in = wide.data() + (size_t)yy * W;
+                for (uint32_t x = 0; x < W; x++) out[x] |= in[x];
+            }
         }
     });
 }

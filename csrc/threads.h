@@ -2,6 +2,7 @@
 // so the HDF5 plugin behaves in any host process, forked or not).
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
@@ -59,6 +60,17 @@ void parallel_for(size_t ntasks, int nthreads, Fn fn) {
     worker();
     for (auto &th : pool) th.join();
     if (error) std::rethrow_exception(error);
+}
+
+// Splits rows [0, height) into bands of rows_per_band and calls fn(band, y0, y1) for each,
+// in parallel. Bands are the unit of work of every per-pixel stage.
+template <class Fn>
+void for_row_bands(uint32_t height, uint32_t rows_per_band, int nthreads, Fn fn) {
+    size_t nbands = (height + rows_per_band - 1) / rows_per_band;
+    parallel_for(nbands, nthreads, [&](size_t b) {
+        uint32_t y0 = (uint32_t)(b * rows_per_band);
+        fn(b, y0, std::min(height, y0 + rows_per_band));
+    });
 }
 
 }  // namespace redml
