@@ -158,6 +158,34 @@ py::dict model(py::buffer chunk) {
     return d;
 }
 
+// Peak list as a numpy structured array (fields of redml_peak) and the spot mask.
+py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b, float sigma_s, float gain,
+                     int min_count, float threshold, int min_pixels, int max_pixels, float max_separation,
+                     int nthreads) {
+    if (frame.ndim() != 2) throw py::value_error("frame must be 2-D");
+    if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
+    redml_dtype dt = dtype_code(frame.dtype());
+    uint32_t h = (uint32_t)frame.shape(0), w = (uint32_t)frame.shape(1);
+    size_t n = (size_t)frame.shape(0) * (size_t)frame.shape(1);
+    py::object mask_arr = mask.is_none() ? mask : py::object(mask.cast<U8Array>());
+    const uint8_t *mask_p = optional_map(mask_arr, n, "mask");
+    redml_finder_params fp{kernel, sigma_b, sigma_s, gain, min_count, threshold, min_pixels, max_pixels,
+                           max_separation};
+    py::array_t<bool> spot_mask({(py::ssize_t)h, (py::ssize_t)w});
+    uint8_t *sm = (uint8_t *)spot_mask.mutable_data();
+    redml_peak *peaks = nullptr;
+    size_t npeaks = 0;
+    redml_status s;
+    {
+        py::gil_scoped_release release;
+        s = redml_find_spots(frame.data(), dt, h, w, mask_p, &fp, sm, &peaks, &npeaks, nthreads);
+    }
+    if (s != REDML_OK) raise(s);
+    py::bytes raw((const char *)peaks, npeaks * sizeof(redml_peak));
+    redml_free(peaks);
+    return py::make_tuple(raw, spot_mask);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -170,6 +198,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("inspect", &inspect, py::arg("chunk"));
     m.def("exact_mask", &exact_mask, py::arg("chunk"));
     m.def("model", &model, py::arg("chunk"));
+    m.def("find_spots", &find_spots, py::arg("frame"), py::arg("mask"), py::arg("kernel"), py::arg("sigma_b"),
+          py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),
+          py::arg("max_pixels"), py::arg("max_separation"), py::arg("nthreads"));
+    m.attr("PEAK_RECORD_SIZE") = sizeof(redml_peak);
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }

@@ -69,7 +69,7 @@ typedef struct {
     redml_shuffle shuffle; /* shuffle of the pixel streams */
     redml_recon recon;
     uint16_t tile;       /* background model tile edge in pixels */
-    float roi_snr;       /* interim ROI rule: 3x3 box SNR threshold */
+    float roi_snr;       /* spot finder's strong-pixel threshold (sigmas) for the ROI */
     uint16_t roi_margin; /* dilation of the ROI in pixels */
     uint32_t seed;       /* dither / noise seed, stored in the chunk */
     uint32_t block_elems;/* entropy block size in elements */
@@ -118,6 +118,39 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
  * redml_model_shape) its mean and quantization step, in data units. */
 redml_status redml_model_shape(const void *chunk, size_t size, uint32_t *tile_rows, uint32_t *tile_cols);
 redml_status redml_model(const void *chunk, size_t size, float *mean, float *step, size_t capacity);
+
+/* Spot finder (csrc/spots.h): local dispersion threshold + 8-connected components. */
+typedef struct {
+    int kernel;            /* half-size of the dispersion window (3: 7x7) */
+    float sigma_b;         /* dispersion threshold, sigmas (6) */
+    float sigma_s;         /* strong-pixel threshold, sigmas (3) */
+    float gain;            /* data units per photon (1) */
+    int min_count;         /* usable pixels needed in a window (2) */
+    float threshold;       /* absolute threshold, data units (0) */
+    int min_pixels;        /* pixels per spot, at least (3) */
+    int max_pixels;        /* and at most (1000) */
+    float max_separation;  /* brightest pixel to centroid, pixels (2; <= 0: off) */
+} redml_finder_params;
+
+typedef struct {
+    double x, y;           /* centroid (fast, slow), pixel centres at +0.5 */
+    double total;          /* background-subtracted integrated value */
+    double max;            /* brightest pixel */
+    double background;     /* mean local background under the spot */
+    double snr;            /* total / Poisson sigma of the spot's counts */
+    int npix;
+    int x0, y0, x1, y1;    /* bounding box, half-open */
+} redml_peak;
+
+void redml_default_finder_params(redml_finder_params *fp);
+
+/* Finds the spots of a frame. mask (optional) marks bad pixels; special values are
+ * ignored as in the codec. spot_mask (optional, height*width) receives 1 on spot pixels.
+ * *peaks is malloc'ed (free with redml_free), *n_peaks its length. */
+redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                              const uint8_t *mask, const redml_finder_params *fp, uint8_t *spot_mask,
+                              redml_peak **peaks, size_t *n_peaks, int nthreads);
+void redml_free(void *p);
 
 const char *redml_strerror(redml_status s);
 const char *redml_last_error(void);

@@ -1,78 +1,119 @@
-// spots.cpp: interim ROI rule (see spots.h).
+// spots.cpp: spot finder (see spots.h).
 #include "spots.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <vector>
+#include <numeric>
 
-#include "quantize.h"
 #include "threads.h"
 
 namespace redml {
 
+namespace {
+
 const uint32_t kRowsPerBand = 32;
 
-template <class T>
-void find_roi(const T *frame, const uint8_t *usable, const BackgroundModel &model,
-              const redml_params &p, uint8_t *roi, int nthreads) {
-    const TileGrid &g = model.grid;
-    const uint32_t H = g.height, W = g.width;
-    // Per tile: the box-sum threshold (roi_snr sigmas of a sum of 9 pixels).
-    std::vector<float> threshold(g.count());
-    for (size_t t = 0; t < g.count(); t++)
-        threshold[t] = (float)(p.roi_snr * 3.0 * redml_sigma(model.mean[t], p.gain, p.mu_min));
-    const int r = p.roi_margin;
-    std::vector<uint8_t> wide((size_t)H * W);  // candidates dilated horizontally
-
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        // Background-subtracted values and their horizontal 3-sums for the band plus a
-        // one-row halo (zero rows outside the frame).
-        const uint32_t ya = y0 > 0 ? y0 - 1 : 0, yb = std::min(H, y1 + 1);
-        const size_t rows = yb - ya + 2;  // + a zero row on each side
-        std::vector<float> excess((size_t)rows * W, 0.0f), rowsum((size_t)rows * W, 0.0f);
-        auto slot = [&](uint32_t y) { return (size_t)(y - ya + 1) * W; };
-        for (uint32_t y = ya; y < yb; y++) {
-            float *__restrict e = excess.data() + slot(y);
-            const T *__restrict f = frame + (size_t)y * W;
-            const uint8_t *__restrict ok = usable + (size_t)y * W;
-            for (uint32_t tx = 0; tx < g.cols; tx++) {
-                const float mean = model.mean[(size_t)(y / g.tile) * g.cols + tx];
-                const uint32_t x1 = std::min<uint32_t>(W, (tx + 1) * g.tile);
-                for (uint32_t x = tx * g.tile; x < x1; x++) e[x] = ok[x] ? (float)f[x] - mean : 0.0f;
-            }
-            float *__restrict rs = rowsum.data() + slot(y);
-            rs[0] = e[0] + (W > 1 ? e[1] : 0.0f);
-            for (uint32_t x = 1; x + 1 < W; x++) rs[x] = e[x - 1] + e[x] + e[x + 1];
-            if (W > 1) rs[W - 1] = e[W - 2] + e[W - 1];
+// Box sums over a (2r+1)^2 window, clipped to the frame, of weight w and w*v and w*v^2
+// for every pixel of rows [y0, y1). load(y, w, v) fills one row of weights and values;
+// emit(y, n, s, s2) receives one row of sums.
+template <class Load, class Emit>
+void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load load, Emit emit) {
+    std::vector<double> cn(W, 0.0), cs(W, 0.0), cs2(W, 0.0), w(W), v(W);
+    auto add_row = [&](int64_t y, double sign) {
+        if (y < 0 || y >= (int64_t)H) return;
+        load((uint32_t)y, w.data(), v.data());
+        for (uint32_t x = 0; x < W; x++) {
+            double wv = w[x] * v[x];
+            cn[x] += sign * w[x];
+            cs[x] += sign * wv;
+            cs2[x] += sign * wv * v[x];
         }
-        // Candidates: above background with a significant 3x3 sum; dilated horizontally.
-        std::vector<uint8_t> cand(W);
+    };
+    for (int64_t y = (int64_t)y0 - r; y <= (int64_t)y0 + r; y++) add_row(y, 1.0);
+    std::vector<double> pn(W + 1), ps(W + 1), ps2(W + 1), n(W), s(W), s2(W);
+    for (uint32_t y = y0; y < y1; y++) {
+        if (y > y0) {
+            add_row((int64_t)y + r, 1.0);
+            add_row((int64_t)y - r - 1, -1.0);
+        }
+        pn[0] = ps[0] = ps2[0] = 0.0;
+        for (uint32_t x = 0; x < W; x++) {
+            pn[x + 1] = pn[x] + cn[x];
+            ps[x + 1] = ps[x] + cs[x];
+            ps2[x + 1] = ps2[x] + cs2[x];
+        }
+        for (uint32_t x = 0; x < W; x++) {
+            uint32_t a = x >= (uint32_t)r ? x - r : 0, b = std::min<uint32_t>(W, x + r + 1);
+            n[x] = pn[b] - pn[a];
+            s[x] = ps[b] - ps[a];
+            s2[x] = ps2[b] - ps2[a];
+        }
+        emit(y, n.data(), s.data(), s2.data());
+    }
+}
+
+// AND of a (2r+1)^2 window (clipped to the frame): erosion of a byte map.
+void erode(const uint8_t *in, uint8_t *out, uint32_t H, uint32_t W, int r, int nthreads) {
+    std::vector<uint8_t> rows((size_t)H * W);
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
         for (uint32_t y = y0; y < y1; y++) {
-            const float *__restrict e = excess.data() + slot(y);
-            const float *__restrict up = rowsum.data() + slot(y) - W;
-            const float *__restrict mid = rowsum.data() + slot(y);
-            const float *__restrict down = rowsum.data() + slot(y) + W;
-            uint8_t *__restrict c = cand.data();
-            for (uint32_t tx = 0; tx < g.cols; tx++) {
-                const float thr = threshold[(size_t)(y / g.tile) * g.cols + tx];
-                const uint32_t x1 = std::min<uint32_t>(W, (tx + 1) * g.tile);
-                for (uint32_t x = tx * g.tile; x < x1; x++)
-                    c[x] = (uint8_t)((e[x] > 0.0f) & (up[x] + mid[x] + down[x] > thr));
+            const uint8_t *a = in + (size_t)y * W;
+            uint8_t *o = rows.data() + (size_t)y * W;
+            for (uint32_t x = 0; x < W; x++) {
+                uint32_t x0 = x >= (uint32_t)r ? x - r : 0, x1 = std::min<uint32_t>(W - 1, x + r);
+                uint8_t v = 1;
+                for (uint32_t xx = x0; xx <= x1 && v; xx++) v = a[xx];
+                o[x] = v;
             }
+        }
+    });
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        for (uint32_t y = y0; y < y1; y++) {
+            uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
+            uint8_t *o = out + (size_t)y * W;
+            std::memcpy(o, rows.data() + (size_t)ya * W, W);
+            for (uint32_t yy = ya + 1; yy <= yb; yy++) {
+                const uint8_t *__restrict a = rows.data() + (size_t)yy * W;
+                for (uint32_t x = 0; x < W; x++) o[x] &= a[x];
+            }
+        }
+    });
+}
+
+struct Run {
+    uint32_t y, x0, x1;  // [x0, x1)
+    uint32_t label;
+};
+
+uint32_t find_root(std::vector<uint32_t> &parent, uint32_t a) {
+    while (parent[a] != a) {
+        parent[a] = parent[parent[a]];
+        a = parent[a];
+    }
+    return a;
+}
+
+}  // namespace
+
+void dilate(uint8_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
+    if (r <= 0) return;
+    std::vector<uint8_t> wide((size_t)H * W, 0);
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        for (uint32_t y = y0; y < y1; y++) {
+            const uint8_t *in = map + (size_t)y * W;
             uint8_t *out = wide.data() + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
-                if (!c[x]) continue;
+                if (!in[x]) continue;
                 uint32_t a = x >= (uint32_t)r ? x - r : 0, b = std::min<uint32_t>(W - 1, x + r);
                 std::memset(out + a, 1, b - a + 1);
             }
         }
     });
-    // Vertical dilation: OR of the rows within the margin.
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
         for (uint32_t y = y0; y < y1; y++) {
             uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
-            uint8_t *__restrict out = roi + (size_t)y * W;
+            uint8_t *__restrict out = map + (size_t)y * W;
             std::memcpy(out, wide.data() + (size_t)ya * W, W);
             for (uint32_t yy = ya + 1; yy <= yb; yy++) {
                 const uint8_t *__restrict in = wide.data() + (size_t)yy * W;
@@ -82,8 +123,175 @@ void find_roi(const T *frame, const uint8_t *usable, const BackgroundModel &mode
     });
 }
 
-#define REDML_INSTANTIATE(T) \
-    template void find_roi<T>(const T *, const uint8_t *, const BackgroundModel &, const redml_params &, uint8_t *, int);
+template <class T>
+std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, uint32_t W,
+                             const FinderParams &fp, uint8_t *spot_mask, int nthreads) {
+    const size_t N = (size_t)H * W;
+    const int k = std::max(1, fp.kernel);
+    const double g = fp.gain;
+
+    // 1. dispersion candidates
+    std::vector<uint8_t> cand(N, 0);
+    auto load_usable = [&](uint32_t y, double *w, double *v) {
+        const T *f = frame + (size_t)y * W;
+        const uint8_t *ok = usable + (size_t)y * W;
+        for (uint32_t x = 0; x < W; x++) {
+            w[x] = ok[x] ? 1.0 : 0.0;
+            v[x] = ok[x] ? (double)f[x] : 0.0;
+        }
+    };
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        box_sums_band(H, W, k, y0, y1, load_usable, [&](uint32_t y, const double *n, const double *s, const double *s2) {
+            uint8_t *c = cand.data() + (size_t)y * W;
+            const uint8_t *ok = usable + (size_t)y * W;
+            for (uint32_t x = 0; x < W; x++) {
+                double m = n[x], sx = s[x];
+                if (!ok[x] || m < fp.min_count || sx < 0 || m < 2) continue;
+                double a = m * s2[x] - sx * sx;
+                double c_thr = g * sx * (m - 1 + fp.sigma_b * std::sqrt(2 * (m - 1)));
+                c[x] = a > c_thr;
+            }
+        });
+    });
+    // 2. erosion by the window: the candidate cores
+    std::vector<uint8_t> core(N);
+    erode(cand.data(), core.data(), H, W, k - 1, nthreads);
+    std::vector<uint8_t>().swap(cand);
+    // 3. strong pixels against the background without the cores
+    std::vector<uint8_t> strong(N, 0);
+    std::vector<float> bg(N, 0.0f);
+    auto load_background = [&](uint32_t y, double *w, double *v) {
+        const T *f = frame + (size_t)y * W;
+        const uint8_t *ok = usable + (size_t)y * W;
+        const uint8_t *c = core.data() + (size_t)y * W;
+        for (uint32_t x = 0; x < W; x++) {
+            bool use = ok[x] && !c[x];
+            w[x] = use ? 1.0 : 0.0;
+            v[x] = use ? (double)f[x] : 0.0;
+        }
+    };
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        box_sums_band(H, W, k + 2, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
+            const T *f = frame + (size_t)y * W;
+            const uint8_t *ok = usable + (size_t)y * W, *c = core.data() + (size_t)y * W;
+            uint8_t *st = strong.data() + (size_t)y * W;
+            float *b = bg.data() + (size_t)y * W;
+            for (uint32_t x = 0; x < W; x++) {
+                if (!ok[x] || !c[x]) continue;
+                double mean = n[x] >= 2 ? s[x] / n[x] : 0.0;
+                double v = (double)f[x];
+                st[x] = v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0));
+                b[x] = (float)mean;
+            }
+        });
+    });
+    std::vector<uint8_t>().swap(core);
+
+    // 4. 8-connected components over row runs (runs are few: sequential union-find)
+    std::vector<Run> runs;
+    std::vector<size_t> row_start(H + 1, 0);
+    for (uint32_t y = 0; y < H; y++) {
+        row_start[y] = runs.size();
+        const uint8_t *st = strong.data() + (size_t)y * W;
+        for (uint32_t x = 0; x < W;) {
+            if (!st[x]) {
+                x++;
+                continue;
+            }
+            uint32_t x0 = x;
+            while (x < W && st[x]) x++;
+            runs.push_back({y, x0, x, (uint32_t)runs.size()});
+        }
+    }
+    row_start[H] = runs.size();
+    std::vector<uint32_t> parent(runs.size());
+    std::iota(parent.begin(), parent.end(), 0u);
+    for (uint32_t y = 1; y < H; y++) {
+        size_t a = row_start[y - 1], a_end = row_start[y], b_end = row_start[y + 1];
+        for (size_t b = row_start[y]; b < b_end; b++) {
+            while (a < a_end && runs[a].x1 + 1 <= runs[b].x0) a++;  // previous run ends left of b
+            for (size_t c = a; c < a_end && runs[c].x0 <= runs[b].x1; c++) {
+                uint32_t ra = find_root(parent, (uint32_t)c), rb = find_root(parent, (uint32_t)b);
+                if (ra != rb) parent[std::max(ra, rb)] = std::min(ra, rb);
+            }
+        }
+    }
+    // 5. per-spot statistics and filters
+    struct Acc {
+        double sw = 0, swx = 0, swy = 0, total = 0, var = 0, bgsum = 0, max = -INFINITY;
+        uint32_t maxx = 0, maxy = 0;
+        int npix = 0;
+        uint32_t x0 = UINT32_MAX, y0 = UINT32_MAX, x1 = 0, y1 = 0;
+    };
+    std::vector<int64_t> slot(runs.size(), -1);
+    std::vector<Acc> acc;
+    for (size_t r = 0; r < runs.size(); r++) {
+        uint32_t root = find_root(parent, (uint32_t)r);
+        if (slot[root] < 0) {
+            slot[root] = (int64_t)acc.size();
+            acc.emplace_back();
+        }
+        Acc &a = acc[(size_t)slot[root]];
+        const Run &run = runs[r];
+        for (uint32_t x = run.x0; x < run.x1; x++) {
+            size_t i = (size_t)run.y * W + x;
+            double v = (double)frame[i], b = bg[i];
+            double wgt = std::max(v, 0.0);  // centroid weights: the counts, as DIALS does
+            a.sw += wgt;
+            a.swx += wgt * (x + 0.5);
+            a.swy += wgt * (run.y + 0.5);
+            a.total += v - b;
+            a.var += g * std::max(v, 0.0);
+            a.bgsum += b;
+            if (v > a.max) {
+                a.max = v;
+                a.maxx = x;
+                a.maxy = run.y;
+            }
+            a.npix++;
+        }
+        a.x0 = std::min(a.x0, run.x0);
+        a.x1 = std::max(a.x1, run.x1);
+        a.y0 = std::min(a.y0, run.y);
+        a.y1 = std::max(a.y1, run.y + 1);
+    }
+    std::vector<uint8_t> accepted(acc.size(), 0);
+    std::vector<Peak> peaks;
+    for (size_t s = 0; s < acc.size(); s++) {
+        const Acc &a = acc[s];
+        if (a.npix < fp.min_pixels || a.npix > fp.max_pixels || a.sw <= 0) continue;
+        double cx = a.swx / a.sw, cy = a.swy / a.sw;
+        if (fp.max_separation > 0 &&
+            std::hypot(a.maxx + 0.5 - cx, a.maxy + 0.5 - cy) > fp.max_separation)
+            continue;
+        accepted[s] = 1;
+        Peak p;
+        p.x = cx;
+        p.y = cy;
+        p.total = a.total;
+        p.max = a.max;
+        p.background = a.bgsum / a.npix;
+        p.snr = a.var > 0 ? a.total / std::sqrt(a.var) : 0.0;
+        p.npix = a.npix;
+        p.x0 = (int)a.x0;
+        p.y0 = (int)a.y0;
+        p.x1 = (int)a.x1;
+        p.y1 = (int)a.y1;
+        peaks.push_back(p);
+    }
+    if (spot_mask) {
+        std::memset(spot_mask, 0, N);
+        for (size_t r = 0; r < runs.size(); r++) {
+            if (!accepted[(size_t)slot[find_root(parent, (uint32_t)r)]]) continue;
+            std::memset(spot_mask + (size_t)runs[r].y * W + runs[r].x0, 1, runs[r].x1 - runs[r].x0);
+        }
+    }
+    return peaks;
+}
+
+#define REDML_INSTANTIATE(T)                                                                      \
+    template std::vector<Peak> find_spots<T>(const T *, const uint8_t *, uint32_t, uint32_t,      \
+                                             const FinderParams &, uint8_t *, int);
 REDML_INSTANTIATE(uint16_t)
 REDML_INSTANTIATE(int16_t)
 REDML_INSTANTIATE(int32_t)

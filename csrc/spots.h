@@ -1,18 +1,55 @@
-// spots.h: the region of interest kept losslessly (Bragg spots plus a margin).
+// spots.h: the spot finder (local dispersion threshold + connected components) and the
+// ROI the codec keeps exactly.
 //
-// Interim rule until the full spot finder lands: a pixel is a spot candidate when it lies
-// above the background and the sum of background-subtracted counts in its 3x3
-// neighbourhood exceeds roi_snr times the Poisson sigma of that sum; candidates are
-// dilated by roi_margin pixels (square). Unusable pixels count as background.
+// Per pixel, with box sums over the usable pixels of a (2k+1)^2 window:
+//  1. candidate: index of dispersion var/mean > gain * (1 + sigma_b * sqrt(2/(n-1)))
+//     (a Poisson background has var/mean = gain; a spot inflates it);
+//  2. the candidate regions are eroded by k pixels (the window smeared each spot by k);
+//  3. strong: an eroded candidate whose value exceeds the local background mean, taken
+//     over a (2k+5)^2 window without the eroded regions, by sigma_s * sqrt(gain * mean),
+//     and exceeds `threshold`;
+//  4. strong pixels are grouped into 8-connected spots; spots with fewer than min_pixels
+//     or more than max_pixels, or whose brightest pixel lies further than max_separation
+//     from the centroid, are dropped.
+// This is the dispersion-extended criterion of DIALS's default spot finder, written for
+// this project's streaming, multithreaded core.
 #pragma once
 #include <cstdint>
-#include "background.h"
+#include <vector>
+
 #include "redml.h"
 
 namespace redml {
 
+struct FinderParams {
+    int kernel = 3;             // half-size k of the dispersion window
+    double sigma_b = 6.0;       // dispersion threshold (sigmas)
+    double sigma_s = 3.0;       // strong-pixel threshold (sigmas)
+    double gain = 1.0;          // data units per photon
+    int min_count = 2;          // usable pixels needed in a window
+    double threshold = 0.0;     // absolute threshold (data units)
+    int min_pixels = 3;         // per spot
+    int max_pixels = 1000;
+    double max_separation = 2.0;  // brightest pixel to centroid (pixels); <= 0: no test
+};
+
+struct Peak {
+    double x, y;          // intensity-weighted centroid, pixel centres at +0.5 (fast, slow)
+    double total;         // sum of (value - local background) over the spot's pixels
+    double max;           // brightest value
+    double background;    // mean local background under the spot
+    double snr;           // total / sqrt(sum of the Poisson variances)
+    int npix;
+    int x0, y0, x1, y1;   // bounding box, half-open
+};
+
+// Finds spots. `usable` (height*width, 1 = use) excludes masked and special pixels.
+// `spot_mask` (optional, height*width) receives 1 on the pixels of accepted spots.
 template <class T>
-void find_roi(const T *frame, const uint8_t *usable, const BackgroundModel &model,
-              const redml_params &p, uint8_t *roi, int nthreads);
+std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t height, uint32_t width,
+                             const FinderParams &fp, uint8_t *spot_mask, int nthreads);
+
+// Square dilation of a byte map by `margin` pixels, in place.
+void dilate(uint8_t *map, uint32_t height, uint32_t width, int margin, int nthreads);
 
 }  // namespace redml

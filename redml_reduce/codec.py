@@ -50,7 +50,7 @@ class CodecSettings:
     gain: float = 1.0
     mu_min: float = 1.0
     tile: int = 32
-    roi_snr: float = 4.0
+    roi_snr: float = 3.0
     roi_margin: int = 2
     seed: int = 0x5EED1234
     block_elems: int = 1 << 18
