@@ -32,3 +32,16 @@ def thaumatin():
 
     assert THAUMATIN.is_dir(), f"real frames missing: {THAUMATIN}"
     return {n: fabio.open(str(THAUMATIN / f"thau_3_2_{n:04d}.cbf.bz2")).data for n in (1, 10, 17)}
+
+
+@pytest.fixture(scope="session")
+def thaumatin_all():
+    """All 19 real stills by number (loaded lazily)."""
+    import fabio
+
+    class Frames(dict):
+        def __missing__(self, n):
+            self[n] = fabio.open(str(THAUMATIN / f"thau_3_2_{n:04d}.cbf.bz2")).data
+            return self[n]
+
+    return Frames()

@@ -1,0 +1,105 @@
+"""Spot finder: recall/precision on synthetic stills, false positives, masks, DIALS."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import redml_reduce as rr
+from redml_reduce.metrics import match_spots, score_spots
+from redml_reduce.synthetic import still_frame
+
+DATA = Path(__file__).parent / "data"
+
+
+def positions(peaks):
+    return np.stack([peaks["x"], peaks["y"]], axis=1)
+
+
+def separated(centres, min_dist=8.0):
+    """Keeps spots at least min_dist from every other (overlaps are one spot)."""
+    keep = []
+    for i, c in enumerate(centres):
+        d = np.hypot(*(centres - c).T)
+        d[i] = np.inf
+        keep.append(d.min() >= min_dist if len(centres) > 1 else True)
+    return centres[np.array(keep, bool)]
+
+
+@pytest.mark.parametrize("background", [0.1, 1.0, 10.0])
+def test_recall_and_precision_on_synthetic_stills(rng, background):
+    frame, centres = still_frame(rng, (600, 700), background=background, spots=120, peak_range=(30, 500),
+                                 dtype="uint16", return_spots=True)
+    inside = (centres[:, 0] > 4) & (centres[:, 0] < 696) & (centres[:, 1] > 4) & (centres[:, 1] < 596)
+    truth = separated(centres[inside])
+    peaks, _ = rr.find_spots(frame)
+    found = positions(peaks)
+    score = score_spots([found], [truth], radius=1.5)
+    assert score.recall >= 0.95, score.as_dict()
+    # the finder may split nothing and invent little; spots that overlap count as one
+    assert len(match_spots(found, centres, 1.5)) / len(found) >= 0.97
+    err = np.hypot(*(found[match_spots(found, truth, 1.5)[:, 0]] - truth[match_spots(found, truth, 1.5)[:, 1]]).T)
+    assert np.median(err) < 0.3  # centroids are sub-pixel
+
+
+@pytest.mark.parametrize("background", [0.05, 1.0, 20.0])
+def test_few_false_spots_on_pure_background(rng, background):
+    frames = [still_frame(rng, (1024, 1024), background=background, dtype="int32") for _ in range(3)]
+    n = sum(len(rr.find_spots(f)[0]) for f in frames)
+    assert n <= 6  # < 2 per Mpx per frame
+
+
+def test_masked_and_gap_pixels_never_make_spots(rng):
+    frame = still_frame(rng, (400, 400), background=2.0, dtype="int32")
+    mask = np.zeros(frame.shape, bool)
+    hot = [(50, 60), (200, 201), (300, 10)]
+    for y, x in hot:
+        frame[y - 1 : y + 2, x - 1 : x + 2] = 5000  # bright 3x3 blobs: spots if not masked
+        mask[y - 1 : y + 2, x - 1 : x + 2] = True
+    frame[:, 150:157] = -1  # a module gap next to bright pixels
+    frame[100:103, 157:160] = 4000
+    peaks, spot_mask = rr.find_spots(frame, mask=mask)
+    assert not spot_mask[mask].any() and not spot_mask[:, 150:157].any()
+    for y, x in hot:
+        assert not ((np.abs(peaks["x"] - x - 0.5) < 3) & (np.abs(peaks["y"] - y - 0.5) < 3)).any()
+    assert ((np.abs(peaks["x"] - 158.5) < 2) & (np.abs(peaks["y"] - 101.5) < 2)).sum() == 1  # unmasked one found
+
+
+def test_peak_fields(rng):
+    frame = still_frame(rng, (200, 200), background=5.0, dtype="uint16")
+    frame[100:103, 50:53] += np.array([[50, 100, 50], [100, 400, 100], [50, 100, 50]], dtype=np.uint16)
+    peaks, spot_mask = rr.find_spots(frame)
+    assert len(peaks) == 1
+    p = peaks[0]
+    assert abs(p["x"] - 51.5) < 0.2 and abs(p["y"] - 101.5) < 0.2
+    assert p["npix"] == spot_mask.sum() and p["max"] >= 400
+    assert p["total"] == pytest.approx(1000, rel=0.1) and p["background"] == pytest.approx(5, abs=1.5)
+    assert p["snr"] > 20 and (p["x0"], p["y0"]) <= (50, 100) and (p["x1"], p["y1"]) >= (53, 103)
+
+
+@pytest.mark.parametrize("frame_no", ["0001", "0010"])
+def test_agrees_with_dials_on_real_frames(thaumatin_all, frame_no):
+    """Reference: DIALS 3.12 dials.find_spots (default dispersion_extended) on the same
+    CBF, positions stored in tests/data (see benchmarks/spotfinding.py to regenerate)."""
+    ref = np.load(DATA / f"dials_strong_thau_{frame_no}.npy")
+    peaks, _ = rr.find_spots(thaumatin_all[int(frame_no)])
+    score = score_spots([positions(peaks)], [ref], radius=2.0)
+    assert score.f1 >= 0.98, score.as_dict()
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError):
+        rr.find_spots(np.zeros((5, 5), np.float64))
+    with pytest.raises(ValueError):
+        rr.find_spots(np.zeros((5, 5), np.uint16), kernel=0)
+    with pytest.raises(ValueError):
+        rr.find_spots(np.zeros((5, 5), np.uint16), mask=np.zeros((4, 5), bool))
+    peaks, m = rr.find_spots(np.zeros((1, 1), np.uint16))
+    assert len(peaks) == 0 and m.shape == (1, 1)
+
+
+def test_metrics_one_to_one():
+    found = np.array([[10, 10], [10.5, 10], [50, 50]])
+    ref = np.array([[10.2, 10], [80, 80]])
+    s = score_spots([found], [ref], radius=2)
+    assert (s.true_positives, s.false_positives, s.false_negatives) == (1, 2, 1)
+    assert match_spots(found, ref, 2).tolist() == [[0, 0]]
