@@ -14,42 +14,56 @@ namespace {
 
 const uint32_t kRowsPerBand = 32;
 
-// Box sums over a (2r+1)^2 window, clipped to the frame, of weight w and w*v and w*v^2
-// for every pixel of rows [y0, y1). load(y, w, v) fills one row of weights and values;
-// emit(y, n, s, s2) receives one row of sums.
-template <class Load, class Emit>
+// Box sums over a (2r+1)^2 window, clipped to the frame, of weight w, w*v and (if
+// Squares) w*v^2 for every pixel of rows [y0, y1). load(y, w, v) fills one row of weights
+// and values; emit(y, n, s, s2) receives one row of sums. Column sums slide down the rows
+// and row sums slide along x (exact for integer data: all sums stay below 2^53).
+template <bool Squares, class Load, class Emit>
 void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load load, Emit emit) {
-    std::vector<double> cn(W, 0.0), cs(W, 0.0), cs2(W, 0.0), w(W), v(W);
+    std::vector<double> cn(W, 0.0), cs(W, 0.0), cs2(Squares ? W : 0, 0.0), w(W), v(W);
     auto add_row = [&](int64_t y, double sign) {
         if (y < 0 || y >= (int64_t)H) return;
         load((uint32_t)y, w.data(), v.data());
+        double *__restrict n = cn.data(), *__restrict s = cs.data();
+        const double *__restrict wp = w.data(), *__restrict vp = v.data();
         for (uint32_t x = 0; x < W; x++) {
-            double wv = w[x] * v[x];
-            cn[x] += sign * w[x];
-            cs[x] += sign * wv;
-            cs2[x] += sign * wv * v[x];
+            n[x] += sign * wp[x];
+            s[x] += sign * wp[x] * vp[x];
+        }
+        if constexpr (Squares) {
+            double *__restrict s2 = cs2.data();
+            for (uint32_t x = 0; x < W; x++) s2[x] += sign * wp[x] * vp[x] * vp[x];
         }
     };
     for (int64_t y = (int64_t)y0 - r; y <= (int64_t)y0 + r; y++) add_row(y, 1.0);
-    std::vector<double> pn(W + 1), ps(W + 1), ps2(W + 1), n(W), s(W), s2(W);
+    std::vector<double> n(W), s(W), s2(Squares ? W : 0);
     for (uint32_t y = y0; y < y1; y++) {
         if (y > y0) {
             add_row((int64_t)y + r, 1.0);
             add_row((int64_t)y - r - 1, -1.0);
         }
-        pn[0] = ps[0] = ps2[0] = 0.0;
-        for (uint32_t x = 0; x < W; x++) {
-            pn[x + 1] = pn[x] + cn[x];
-            ps[x + 1] = ps[x] + cs[x];
-            ps2[x + 1] = ps2[x] + cs2[x];
+        double bn = 0, bs = 0, bs2 = 0;
+        for (uint32_t x = 0; x < std::min<uint32_t>(W, (uint32_t)r); x++) {
+            bn += cn[x];
+            bs += cs[x];
+            if constexpr (Squares) bs2 += cs2[x];
         }
         for (uint32_t x = 0; x < W; x++) {
-            uint32_t a = x >= (uint32_t)r ? x - r : 0, b = std::min<uint32_t>(W, x + r + 1);
-            n[x] = pn[b] - pn[a];
-            s[x] = ps[b] - ps[a];
-            s2[x] = ps2[b] - ps2[a];
+            if (x + r < W) {
+                bn += cn[x + r];
+                bs += cs[x + r];
+                if constexpr (Squares) bs2 += cs2[x + r];
+            }
+            if (x >= (uint32_t)r + 1) {
+                bn -= cn[x - r - 1];
+                bs -= cs[x - r - 1];
+                if constexpr (Squares) bs2 -= cs2[x - r - 1];
+            }
+            n[x] = bn;
+            s[x] = bs;
+            if constexpr (Squares) s2[x] = bs2;
         }
-        emit(y, n.data(), s.data(), s2.data());
+        emit(y, n.data(), s.data(), Squares ? s2.data() : nullptr);
     }
 }
 
@@ -140,16 +154,20 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             v[x] = ok[x] ? (double)f[x] : 0.0;
         }
     };
+    // (m - 1) + sigma_b * sqrt(2 (m - 1)) for every possible count m in a window
+    const int max_count = (2 * k + 1) * (2 * k + 1);
+    std::vector<double> dispersion_bound(max_count + 1, 0.0);
+    for (int m = 2; m <= max_count; m++) dispersion_bound[m] = (m - 1) + fp.sigma_b * std::sqrt(2.0 * (m - 1));
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        box_sums_band(H, W, k, y0, y1, load_usable, [&](uint32_t y, const double *n, const double *s, const double *s2) {
+        box_sums_band<true>(H, W, k, y0, y1, load_usable, [&](uint32_t y, const double *n, const double *s, const double *s2) {
             uint8_t *c = cand.data() + (size_t)y * W;
             const uint8_t *ok = usable + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
-                double m = n[x], sx = s[x];
+                double sx = s[x];
+                int m = (int)(n[x] + 0.5);
                 if (!ok[x] || m < fp.min_count || sx < 0 || m < 2) continue;
                 double a = m * s2[x] - sx * sx;
-                double c_thr = g * sx * (m - 1 + fp.sigma_b * std::sqrt(2 * (m - 1)));
-                c[x] = a > c_thr;
+                c[x] = a > g * sx * dispersion_bound[m];
             }
         });
     });
@@ -171,7 +189,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         }
     };
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        box_sums_band(H, W, k + 2, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
+        box_sums_band<false>(H, W, k + 2, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
             const T *f = frame + (size_t)y * W;
             const uint8_t *ok = usable + (size_t)y * W, *c = core.data() + (size_t)y * W;
             uint8_t *st = strong.data() + (size_t)y * W;
