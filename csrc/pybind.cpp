@@ -6,6 +6,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "pixels.h"
+#include "radial.h"
+#include "threads.h"
 #include "redml.h"
 
 namespace py = pybind11;
@@ -186,6 +189,27 @@ py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b
     return py::make_tuple(raw, spot_mask);
 }
 
+// Radial profile: (mean, sigma, count) per bin, from a per-pixel bin map.
+py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_style> bins, int32_t nbins,
+                         double clip, int iterations, int nthreads) {
+    if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
+    if ((size_t)bins.size() != (size_t)frame.size()) throw py::value_error("bins must have the frame's shape");
+    if (nbins < 1 || !(clip > 0) || iterations < 0) throw py::value_error("invalid radial parameters");
+    redml_dtype dt = dtype_code(frame.dtype());
+    redml::RadialProfile prof;
+    {
+        py::gil_scoped_release release;
+        redml::dispatch_dtype(dt, [&](auto tag) {
+            using T = decltype(tag);
+            prof = redml::fit_radial<T>((const T *)frame.data(), bins.data(), (size_t)frame.size(), nbins, clip,
+                                        iterations, nthreads > 0 ? nthreads : redml::resolve_threads(0));
+        });
+    }
+    return py::make_tuple(py::array_t<double>(prof.mean.size(), prof.mean.data()),
+                          py::array_t<double>(prof.sigma.size(), prof.sigma.data()),
+                          py::array_t<int64_t>(prof.count.size(), prof.count.data()));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -202,6 +226,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),
           py::arg("max_pixels"), py::arg("max_separation"), py::arg("nthreads"));
     m.attr("PEAK_RECORD_SIZE") = sizeof(redml_peak);
+    m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
+          py::arg("iterations"), py::arg("nthreads"));
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }
