@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   compress synthetic and real still shots with the HDF5 filter, check them
 #   make test   run the test suite
+#   make fuzz   build the libFuzzer targets (csrc/fuzz/) and fuzz them for FUZZ_SECONDS each
 # Both install what a fresh Debian machine lacks first: apt packages, a virtualenv in
 # .venv, the package with its test extras.
 
@@ -8,10 +9,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := g++ make python3-dev python3-venv pkg-config libzstd-dev liblz4-dev libxxhash-dev \
-                libhtscodecs-dev hdf5-tools
+                libhtscodecs-dev hdf5-tools clang libclang-rt-14-dev valgrind
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench deps venv install clean
+.PHONY: demo test bench fuzz fuzz-build deps venv install clean
 
 demo: install
 	$(PY) -m redml_reduce.demo
@@ -38,6 +39,35 @@ venv: $(PY)
 # Rebuilds the C++ core whenever a source changed.
 install: deps $(PY)
 	$(PY) -m pip install -q -e ".[test]"
+
+# ---- fuzzing (docs/reliability.md) ----
+# The core sources and libraries are read from setup.py, the one list of them.
+CORE_SRC := $(shell sed -n 's/^CORE = \[\(.*\)\]/\1/p' setup.py | tr -d '",')
+CORE_LIBS := $(addprefix -l,$(shell sed -n 's/^LIBS = \[\(.*\)\]/\1/p' setup.py | tr -d '",'))
+CLANGXX ?= $(firstword $(foreach c,clang++ clang++-16 clang++-15 clang++-14,$(shell command -v $(c) 2>/dev/null)))
+FUZZ_DIR := build/fuzz
+FUZZ_CXXFLAGS := -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+                 -fno-sanitize-recover=all -Icsrc -MMD -MP
+FUZZ_OBJ := $(patsubst csrc/%.cpp,$(FUZZ_DIR)/obj/%.o,$(CORE_SRC) csrc/h5filter.cpp)
+FUZZ_TARGETS := $(FUZZ_DIR)/fuzz_decode $(FUZZ_DIR)/fuzz_filter $(FUZZ_DIR)/fuzz_roundtrip
+FUZZ_SECONDS ?= 300
+
+fuzz-build: $(FUZZ_TARGETS)
+
+$(FUZZ_DIR)/obj/%.o: csrc/%.cpp
+	@test -n "$(CLANGXX)" || { echo "clang++ not found: apt-get install clang libclang-rt-14-dev"; exit 1; }
+	@mkdir -p $(dir $@)
+	$(CLANGXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	$(CLANGXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $^ $(CORE_LIBS) -ldl -lpthread -o $@
+
+-include $(wildcard $(FUZZ_DIR)/obj/*.d $(FUZZ_DIR)/obj/fuzz/*.d)
+
+# Long run: every target for FUZZ_SECONDS (or FUZZ_RUNS executions), seeded with chunks of
+# every mode x dtype x codec; prints executions, crashes and sanitizer reports.
+fuzz: install fuzz-build
+	$(PY) benchmarks/fuzz.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS)) $(if $(FUZZ_JOBS),--jobs $(FUZZ_JOBS))
 
 clean:
 	rm -rf build *.egg-info redml_reduce/_core*.so redml_reduce/plugins/*.so
