@@ -68,15 +68,14 @@ struct Storage {
 };
 
 // Integer prediction per tile (llround of the stored mean, clamped to the dtype),
-// identical in encoder and decoder.
+// identical in encoder and decoder. Float frames do not use it (their means may be any
+// finite float32, beyond the range of llround): 0.
 template <class T>
 std::vector<int64_t> tile_predictions(const BackgroundModel &m) {
-    std::vector<int64_t> pred(m.mean.size());
-    for (size_t t = 0; t < pred.size(); t++) {
-        int64_t v = (int64_t)llround((double)m.mean[t]);
-        if constexpr (!std::is_floating_point<T>::value) v = std::min(std::max(v, Storage<T>::lo()), Storage<T>::hi());
-        pred[t] = v;
-    }
+    std::vector<int64_t> pred(m.mean.size(), 0);
+    if constexpr (!std::is_floating_point<T>::value)
+        for (size_t t = 0; t < pred.size(); t++)
+            pred[t] = std::min(std::max((int64_t)llround((double)m.mean[t]), Storage<T>::lo()), Storage<T>::hi());
     return pred;
 }
 
@@ -88,7 +87,7 @@ struct TileCoder {
     int64_t s_int;
     redml_offset_tile off;
     TileCoder(double step_, double mean_, int64_t pred)
-        : step(step_), inv_step(1.0 / step_), mean(mean_), s_int((int64_t)step_) {
+        : step(step_), inv_step(1.0 / step_), mean(mean_), s_int(std::is_floating_point<T>::value ? 0 : (int64_t)step_) {
         if constexpr (!std::is_floating_point<T>::value) off = redml_offset_setup(pred, s_int);
     }
     struct Pixel {
@@ -355,7 +354,9 @@ BackgroundModel read_model(const ParsedChunk &pc, int nt) {
     m.step.assign(raw.begin() + g.count(), raw.end());
     for (size_t t = 0; t < g.count(); t++) {
         float mean = m.mean[t], step = m.step[t];
-        check(std::isfinite(mean) && std::fabs(mean) < 1e10f, REDML_E_CORRUPT, "invalid model mean");
+        // Float frames: the mean of finite float32 pixels is any finite float32.
+        check(std::isfinite(mean) && (std::is_floating_point<T>::value || std::fabs(mean) < 1e10f), REDML_E_CORRUPT,
+              "invalid model mean");
         if constexpr (std::is_floating_point<T>::value) {
             check(std::isfinite(step) && step >= 0 && step < 1e30f, REDML_E_CORRUPT, "invalid model step");
         } else {

@@ -160,6 +160,13 @@ REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t
 }
 REDML_HD int64_t redml_offset_float(double mean, double u, double s, unsigned *phase) {
     double t = (mean + u) / s, k = floor(t);
+    /* A step tiny against the mean (or a hostile model) puts the offset beyond int64_t:
+       saturate it (defined arithmetic). No code can then reach the tile's pixels
+       (redml_quantize_float stores them exactly), so no valid chunk depends on the value. */
+    if (!(k > -4.0e18 && k < 4.0e18)) {
+        *phase = 0;
+        return k < 0.0 ? -4000000000000000000LL : 4000000000000000000LL;
+    }
     int ph = (int)((t - k) * REDML_PHASES);
     *phase = (unsigned)(ph < 0 ? 0 : (ph >= REDML_PHASES ? REDML_PHASES - 1 : ph));
     return (int64_t)k;
@@ -215,6 +222,7 @@ REDML_HD int64_t redml_poisson(double lambda, uint32_t seed, uint64_t idx) {
     double u2 = redml_uniform(seed, idx, 4);
     double z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
     double v = floor(lambda + sqrt(lambda) * z + 0.5);
+    if (!(v < 9.0e18)) return 9000000000000000000LL; /* huge or infinite lambda: saturate, defined */
     return v < 0.0 ? 0 : (int64_t)v;
 }
 
