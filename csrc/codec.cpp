@@ -140,6 +140,10 @@ std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
     return out;
 }
 
+// Largest exact-mask encoding of an n-pixel frame: at most n + 1 runs (the first may be
+// empty), and a run of r >= 1 pixels takes at most r bytes (one byte per 7 bits).
+uint64_t max_runs_bytes(uint64_t n) { return n + 1; }
+
 // Decodes the runs into `exact` (n bytes); returns the number of exact pixels.
 uint64_t decode_runs(const uint8_t *p, size_t size, uint8_t *exact, size_t n) {
     size_t pos = 0, i = 0;
@@ -229,6 +233,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         FinderParams fp;
         fp.gain = p.gain;
         fp.sigma_s = p.roi_snr;
+        fp.mask_all_strong = true;
+        fp.masked_pixels_neutral = true;
         find_spots(f, usable.data(), H, W, fp, exact.data(), nt);
         dilate(exact.data(), H, W, p.roi_margin, nt);
     }
@@ -346,6 +352,7 @@ BackgroundModel read_model(const ParsedChunk &pc, int nt) {
     check(s != nullptr, REDML_E_CORRUPT, "chunk has no background model section");
     TileGrid g(h.height, h.width, h.tile);
     check(s->elem == 4 && s->raw_size == 8 * (uint64_t)g.count(), REDML_E_CORRUPT, "model section has the wrong size");
+    check_stream(s->data, s->stored_size, s->raw_size, spec_for(h, *s));  // before allocating
     std::vector<float> raw(2 * g.count());
     decode_stream(s->data, s->stored_size, (uint8_t *)raw.data(), s->raw_size, spec_for(h, *s), nt);
     BackgroundModel m;
@@ -395,7 +402,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     }
     check(codes_s.empty() || n_codes == N - n_exact, REDML_E_CORRUPT, "background code count does not match the frame");
     {
-        check(mask_s->elem == 1 && mask_s->raw_size <= 10 * (uint64_t)N + 10, REDML_E_CORRUPT,
+        check(mask_s->elem == 1 && mask_s->raw_size <= max_runs_bytes(N), REDML_E_CORRUPT,
               "exact mask section has the wrong size");
         check_stream(mask_s->data, mask_s->stored_size, mask_s->raw_size, spec_for(h, *mask_s));
     }
@@ -624,7 +631,8 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
         const Section *s = pc.find(SECTION_EXACT_MASK);
         check(s != nullptr, REDML_E_CORRUPT, "chunk has no exact mask section");
-        check(s->raw_size <= 10 * (uint64_t)N + 10, REDML_E_CORRUPT, "exact mask section has the wrong size");
+        check(s->raw_size <= max_runs_bytes(N), REDML_E_CORRUPT, "exact mask section has the wrong size");
+        check_stream(s->data, s->stored_size, s->raw_size, spec_for(h, *s));  // before allocating
         std::vector<uint8_t> runs(s->raw_size);
         decode_stream(s->data, s->stored_size, runs.data(), runs.size(), spec_for(h, *s), 1);
         decode_runs(runs.data(), runs.size(), out, N);

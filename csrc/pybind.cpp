@@ -8,6 +8,7 @@
 
 #include "pixels.h"
 #include "radial.h"
+#include "spots.h"
 #include "threads.h"
 #include "redml.h"
 
@@ -210,6 +211,21 @@ py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_styl
                           py::array_t<int64_t>(prof.count.size(), prof.count.data()));
 }
 
+py::array_t<bool> dilate_mask(py::array_t<uint8_t, py::array::c_style | py::array::forcecast> map, int margin,
+                              int nthreads) {
+    if (map.ndim() != 2) throw py::value_error("mask must be 2-D");
+    if (margin < 0) throw py::value_error("margin must be >= 0");
+    uint32_t h = (uint32_t)map.shape(0), w = (uint32_t)map.shape(1);
+    py::array_t<bool> out({(py::ssize_t)h, (py::ssize_t)w});
+    uint8_t *o = (uint8_t *)out.mutable_data();
+    for (size_t i = 0; i < (size_t)h * w; i++) o[i] = map.data()[i] != 0;
+    {
+        py::gil_scoped_release release;
+        redml::dilate(o, h, w, margin, redml::resolve_threads(nthreads));
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -226,6 +242,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),
           py::arg("max_pixels"), py::arg("max_separation"), py::arg("nthreads"));
     m.attr("PEAK_RECORD_SIZE") = sizeof(redml_peak);
+    m.def("dilate", &dilate_mask, py::arg("mask"), py::arg("margin"), py::arg("nthreads") = 0);
     m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
           py::arg("iterations"), py::arg("nthreads"));
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;

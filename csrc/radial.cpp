@@ -17,15 +17,20 @@ RadialProfile fit_radial(const T *frame, const int32_t *bins, size_t npix, int32
     p.sigma.assign(nbins, INFINITY);
     p.count.assign(nbins, 0);
     const size_t chunk = 1 << 16, ntasks = (npix + chunk - 1) / chunk;
-    for (int it = 0; it <= iterations; it++) {
+    // Iterations clip at `clip` sigmas until stable; a last pass at clip + 2 sigmas takes
+    // back the Poisson tail that a tight clip removes (its bias on low counts) while
+    // still rejecting spots and zingers.
+    for (int it = 0; it <= iterations + 1; it++) {
+        const bool last = it == iterations + 1;
+        const double k = last ? clip + 2.0 : clip;
         // Per-task partial sums, merged afterwards (no locks in the pixel loop).
         std::vector<std::vector<double>> s(ntasks), s2(ntasks);
         std::vector<std::vector<int64_t>> n(ntasks);
         std::vector<double> lo(nbins), hi(nbins);
         for (int32_t b = 0; b < nbins; b++) {
             bool first = it == 0 || p.count[b] < 2;
-            lo[b] = first ? -INFINITY : p.mean[b] - clip * p.sigma[b];
-            hi[b] = first ? INFINITY : p.mean[b] + clip * p.sigma[b];
+            lo[b] = first ? -INFINITY : p.mean[b] - k * p.sigma[b];
+            hi[b] = first ? INFINITY : p.mean[b] + k * p.sigma[b];
         }
         parallel_for(ntasks, nthreads, [&](size_t t) {
             s[t].assign(nbins, 0.0);
@@ -56,7 +61,8 @@ RadialProfile fit_radial(const T *frame, const int32_t *bins, size_t npix, int32
             p.mean[b] = nn ? ss / nn : 0.0;
             p.sigma[b] = nn > 1 ? std::sqrt(std::max(0.0, (ss2 - ss * ss / nn) / (nn - 1))) : 0.0;
         }
-        if (it > 0 && !changed) break;
+        if (last) break;
+        if (it > 0 && !changed) it = iterations;  // converged: go to the last pass
     }
     return p;
 }

@@ -1,6 +1,7 @@
 // radial.h: radial background profile with iterative two-sided sigma clipping (the
 // peakfinder8 / pyFAI approach): per radial bin, the mean and standard deviation of the
-// usable pixels, recomputed without pixels beyond clip sigmas until stable.
+// usable pixels, recomputed without pixels beyond clip sigmas until stable, then once at
+// clip + 2 sigmas (so the clipped Poisson tail does not bias low counts).
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -165,7 +165,11 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             for (uint32_t x = 0; x < W; x++) {
                 double sx = s[x];
                 int m = (int)(n[x] + 0.5);
-                if (!ok[x] || m < fp.min_count || sx < 0 || m < 2) continue;
+                if (!ok[x]) {
+                    c[x] = fp.masked_pixels_neutral;  // never strong itself: strong needs ok[x]
+                    continue;
+                }
+                if (m < fp.min_count || sx < 0 || m < 2) continue;
                 double a = m * s2[x] - sx * sx;
                 c[x] = a > g * sx * dispersion_bound[m];
             }
@@ -300,7 +304,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     if (spot_mask) {
         std::memset(spot_mask, 0, N);
         for (size_t r = 0; r < runs.size(); r++) {
-            if (!accepted[(size_t)slot[find_root(parent, (uint32_t)r)]]) continue;
+            if (!fp.mask_all_strong && !accepted[(size_t)slot[find_root(parent, (uint32_t)r)]]) continue;
             std::memset(spot_mask + (size_t)runs[r].y * W + runs[r].x0, 1, runs[r].x1 - runs[r].x0);
         }
     }

@@ -31,6 +31,10 @@ struct FinderParams {
     int min_pixels = 3;         // per spot
     int max_pixels = 1000;
     double max_separation = 2.0;  // brightest pixel to centroid (pixels); <= 0: no test
+    // For the codec's ROI, which must also keep zingers, hot pixels and outliers beside
+    // bad pixels exactly (DIALS, and the defaults here, drop them):
+    bool mask_all_strong = false;        // spot_mask: every strong pixel, whatever the spot filters say
+    bool masked_pixels_neutral = false;  // the erosion ignores masked pixels instead of stopping at them
 };
 
 struct Peak {

@@ -17,7 +17,7 @@ import numpy as np
 from . import _core
 from .codec import SUPPORTED_DTYPES, _as_map, _check_range
 
-__all__ = ["FinderSettings", "find_spots", "PEAK_DTYPE"]
+__all__ = ["FinderSettings", "find_spots", "roi_mask", "is_hit", "PEAK_DTYPE"]
 
 PEAK_DTYPE = np.dtype([("x", "<f8"), ("y", "<f8"), ("total", "<f8"), ("max", "<f8"), ("background", "<f8"),
                        ("snr", "<f8"), ("npix", "<i4"), ("x0", "<i4"), ("y0", "<i4"), ("x1", "<i4"),
@@ -72,3 +72,21 @@ def find_spots(frame: np.ndarray, mask=None, *, nthreads: int = 0, **settings):
     arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
     raw, spot_mask = _core.find_spots(arr, _as_map(mask, arr.shape, "mask"), nthreads=nthreads, **asdict(s))
     return np.frombuffer(raw, dtype=PEAK_DTYPE).copy(), spot_mask
+
+
+def roi_mask(spot_mask: np.ndarray, margin: int = 2, keep=None, nthreads: int = 0) -> np.ndarray:
+    """The region to keep losslessly: the spot mask dilated by `margin` pixels (square),
+    plus user keep-regions (a boolean map). This is what the encoder does internally."""
+    _check_range("margin", margin, 0, 65535, integer=True)
+    roi = _core.dilate(np.asarray(spot_mask, dtype=np.uint8), margin, nthreads)
+    if keep is not None:
+        keep = np.asarray(keep, bool)
+        if keep.shape != roi.shape:
+            raise ValueError(f"keep has shape {keep.shape}, the mask {roi.shape}")
+        roi |= keep
+    return roi
+
+
+def is_hit(peaks: np.ndarray, min_peaks: int = 10) -> bool:
+    """A frame is a hit when it has at least min_peaks spots (the usual hit-finding rule)."""
+    return len(peaks) >= min_peaks

@@ -103,3 +103,16 @@ def test_metrics_one_to_one():
     s = score_spots([found], [ref], radius=2)
     assert (s.true_positives, s.false_positives, s.false_negatives) == (1, 2, 1)
     assert match_spots(found, ref, 2).tolist() == [[0, 0]]
+
+
+def test_roi_mask_and_hits(rng):
+    frame = still_frame(rng, (200, 200), background=2.0, spots=12, dtype="uint16")
+    peaks, spot_mask = rr.find_spots(frame)
+    roi = rr.roi_mask(spot_mask, margin=2)
+    assert roi[spot_mask].all() and roi.sum() > spot_mask.sum()
+    ys, xs = np.nonzero(spot_mask)
+    assert roi[min(ys.max() + 2, 199), xs[ys.argmax()]] and not rr.roi_mask(spot_mask, 0)[~spot_mask].any()
+    keep = np.zeros_like(roi)
+    keep[:5, :5] = True
+    assert rr.roi_mask(spot_mask, 2, keep=keep)[:5, :5].all()
+    assert rr.is_hit(peaks, min_peaks=5) and not rr.is_hit(peaks[:0], min_peaks=1)
