@@ -120,6 +120,19 @@ def _check_range(name, value, lo, hi, integer=False, open_low=False):
         raise ValueError(f"{name} must be in {'(' if open_low else '['}{lo}, {hi}], not {value!r}")
 
 
+def as_frame(frame) -> np.ndarray:
+    """A C-contiguous, native-byte-order 2-D frame of a supported dtype, or a clear error
+    (other dtypes are refused, never cast silently)."""
+    arr = np.asarray(frame)
+    if arr.ndim != 2:
+        raise ValueError(f"frame must be 2-D, got {arr.ndim} dimensions")
+    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
+    if arr.size == 0:
+        raise ValueError("frame is empty")
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+
+
 def _as_map(a, shape, name) -> Optional[np.ndarray]:
     if a is None:
         return None
@@ -142,14 +155,7 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     settings: further CodecSettings fields (codec, level, shuffle, gain, tile, ...).
     """
     s = settings.pop("_settings", None) or CodecSettings(q=q, **settings)
-    arr = np.asarray(frame)
-    if arr.ndim != 2:
-        raise ValueError(f"frame must be 2-D, got {arr.ndim} dimensions")
-    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
-    if arr.size == 0:
-        raise ValueError("frame is empty")
-    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    arr = as_frame(frame)
     _check_range("nthreads", nthreads, 0, 4096, integer=True)
     return _core.encode(arr, _as_map(roi, arr.shape, "roi"), _as_map(mask, arr.shape, "mask"),
                         nthreads=nthreads, **s.core_kwargs())

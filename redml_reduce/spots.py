@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import _core
-from .codec import SUPPORTED_DTYPES, _as_map, _check_range
+from .codec import _as_map, _check_range, as_frame
 
 __all__ = ["FinderSettings", "find_spots", "roi_mask", "is_hit", "PEAK_DTYPE"]
 
@@ -62,14 +62,7 @@ def find_spots(frame: np.ndarray, mask=None, *, nthreads: int = 0, **settings):
     values, the dtype's maximum and non-finite values are ignored too.
     """
     s = settings.pop("_settings", None) or FinderSettings(**settings)
-    arr = np.asarray(frame)
-    if arr.ndim != 2:
-        raise ValueError(f"frame must be 2-D, got {arr.ndim} dimensions")
-    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
-    if arr.size == 0:
-        raise ValueError("frame is empty")
-    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    arr = as_frame(frame)
     raw, spot_mask = _core.find_spots(arr, _as_map(mask, arr.shape, "mask"), nthreads=nthreads, **asdict(s))
     return np.frombuffer(raw, dtype=PEAK_DTYPE).copy(), spot_mask
 
