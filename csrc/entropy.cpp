@@ -267,8 +267,17 @@ void check_stream(const uint8_t *stored, size_t stored_size, size_t raw_size, co
         size_t clen = len & ~kRawFlag;
         if (len & kRawFlag) check(clen == n, REDML_E_CORRUPT, "raw block length mismatch");
         else check(clen > 0 && clen < n, REDML_E_CORRUPT, "compressed block length invalid");
+        check(clen <= stored_size - total, REDML_E_CORRUPT, "block stream truncated");
+        // What a block can decode to is checked against its bytes before the caller
+        // allocates: a zstd frame states its content size; LZ4 expands at most 255-fold.
+        // (rANS stores a constant byte plane in 5 bytes, whatever its length: a chunk that
+        // large is valid, and memory stays bounded by the declared frame.)
+        if (!(len & kRawFlag) && spec.codec == REDML_CODEC_ZSTD)
+            check(ZSTD_getFrameContentSize(stored + total, clen) == n, REDML_E_CORRUPT,
+                  "zstd block does not declare its raw size");
+        if (!(len & kRawFlag) && spec.codec == REDML_CODEC_LZ4)
+            check(n / 255 <= clen, REDML_E_CORRUPT, "lz4 block too short for its raw size");
         total += clen;
-        check(total <= stored_size, REDML_E_CORRUPT, "block stream truncated");
     }
     check(total == stored_size, REDML_E_CORRUPT, "block stream has trailing bytes");
 }

@@ -1,0 +1,330 @@
+"""Corrupt and hostile chunks: every bit of the header and section table, forged fields and
+lengths with valid checksums, declared sizes far beyond the chunk (no allocation bombs),
+in Python, h5py, h5dump, and the plugin under valgrind (no leak per chunk).
+
+tests/test_errors.py covers truncation at every length, one flipped bit per byte, forged
+header fields and random bytes; tests/test_hdf5.py corrupt chunks in h5py and h5dump.
+"""
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import redml_reduce as rr
+from chunkforge import RAW_FLAG, Chunk, block_stream, raw_stream, runs
+from helpers import ALL_DTYPES, poisson_frame
+
+H5DUMP = shutil.which("h5dump")
+VALGRIND = shutil.which("valgrind")
+PLUGIN_ENV = dict(os.environ, HDF5_PLUGIN_PATH=rr.PLUGIN_PATH, REDML_NUM_THREADS="2")
+MODEL, MASK, VALUES, CODES = 1, 2, 3, 4
+
+
+def make_frame(rng, dtype, shape=(24, 40)):
+    f = poisson_frame(rng, 25.0, shape, dtype, spots=2)
+    if np.dtype(dtype).kind == "f":
+        f[0, :2] = (np.nan, -np.inf)
+    elif np.dtype(dtype).kind == "i":
+        f[1, 3] = -1
+    return f
+
+
+@pytest.fixture(scope="module")
+def chunks():
+    rng = np.random.default_rng(17)
+    out = {}
+    for dtype in ALL_DTYPES:
+        frame = make_frame(rng, dtype)
+        for q in (0, 1.5, "sparse"):
+            for codec in ("rans", "zstd", "lz4"):
+                out[dtype, q, codec] = rr.encode(frame, q, codec=codec, tile=8, block_elems=256)
+    return out
+
+
+def decodes_identically_or_raises(bad, good):
+    try:
+        out = rr.decode(bad)
+    except rr.RedmlError:
+        return
+    assert out.tobytes() == rr.decode(good).tobytes(), "a forged chunk decoded into different data"
+
+
+# ---- every bit of the header and section table ----
+
+@pytest.mark.parametrize("codec", ["rans", "zstd", "lz4"])
+def test_every_bit_of_header_and_table(chunks, codec):
+    for (dtype, q, c), chunk in chunks.items():
+        if c != codec or dtype not in ("uint16", "float32"):
+            continue
+        hsize = struct.unpack_from("<I", chunk, 48)[0]
+        for pos in range(hsize):
+            for bit in range(8):
+                bad = bytearray(chunk)
+                bad[pos] ^= 1 << bit
+                with pytest.raises(rr.RedmlError):
+                    rr.decode(bytes(bad))
+
+
+# ---- forged fields and lengths, checksums recomputed ----
+
+def forged_headers(chunk):
+    c = Chunk.parse(chunk)
+    h = c.header
+    n = h["height"] * h["width"]
+    edits = [("nsec", h["nsec"] - 1, False), ("nsec", h["nsec"] + 1, False), ("header_size", h["header_size"] + 32, False),
+             ("mu_min", float("nan"), True), ("mu_min", -1.0, True), ("mu_min", float("inf"), True),
+             ("gain", 0.0, True), ("q", float("inf"), True), ("tile", 0, True),
+             ("block_elems", 255, True), ("block_elems", (1 << 24) + 1, True), ("block_elems", h["block_elems"] * 2, True),
+             ("n_exact", h["n_exact"] + 1, True), ("n_exact", n + 1, True), ("n_exact", 2**64 - 1, True),
+             ("width", h["width"] + 1, True), ("height", h["height"] - 1, True), ("width", 1 << 21, True),
+             ("version", 0, True), ("dtype", 0, True), ("dtype", 6, True), ("mode", 3, True), ("codec", 0, True),
+             ("codec", 4, True), ("recon", 2, True), ("reserved", 1, True)]
+    for name, value, fix in edits:
+        f = Chunk.parse(chunk)
+        f.header[name] = value
+        yield f"{name}={value}", f.build(fix_counts=fix)
+
+
+def test_forged_header_fields(chunks):
+    for key, chunk in chunks.items():
+        for what, bad in forged_headers(chunk):
+            if what.startswith("block_elems") and int(what.split("=")[1]) % 8 == 0:
+                decodes_identically_or_raises(bad, chunk)  # a valid block size: same blocks if they all fit
+                continue
+            with pytest.raises(rr.RedmlError):
+                rr.decode(bad)
+                pytest.fail(f"{key}: {what} decoded")
+
+
+def forged_tables(chunk):
+    base = Chunk.parse(chunk)
+    for i, s in enumerate(base.sections):
+        edits = {
+            "type": [0, 5, 1000, MODEL if s.type != MODEL else MASK],
+            "elem": [0, 3, 8] + [e for e in (1, 2, 4) if e != s.elem],
+            "reserved8": [1],
+            "reserved16": [1],
+            "raw_size": [0, s.raw_size - 1, s.raw_size + 1, s.raw_size * 2 + 8, 2**40, 2**63, 2**64 - 1],
+        }
+        for name, values in edits.items():
+            for v in values:
+                if v == getattr(s, name) or v < 0:
+                    continue
+                f = Chunk.parse(chunk)
+                setattr(f.sections[i], name, v)
+                yield f"section {i} (type {s.type}) {name}={v}", f.build()
+        for flags in (0, 3, 0xFF):  # the 'required' flag and unknown flag bits
+            f = Chunk.parse(chunk)
+            f.sections[i].flags = flags
+            yield f"section {i} flags={flags}", f.build()
+        for shuffle in (0, 1, 2, 3, 255):
+            f = Chunk.parse(chunk)
+            f.sections[i].shuffle = shuffle
+            yield f"section {i} shuffle={shuffle}", f.build()
+    f = Chunk.parse(chunk)  # a section missing, duplicated, reordered
+    for name, secs in [("drop first", base.sections[1:]), ("drop last", base.sections[:-1]),
+                       ("duplicate", base.sections + base.sections[-1:]), ("reversed", base.sections[::-1])]:
+        f.sections = secs
+        yield name, f.build()
+
+
+def test_forged_section_tables(chunks):
+    """Forged section-table entries: refused, or (flags, shuffle of raw blocks) harmless;
+    never a crash and never other data than the chunk's own."""
+    for key, chunk in chunks.items():
+        for what, bad in forged_tables(chunk):
+            if "flags" in what or "shuffle=" in what and not what.endswith(("=3", "=255")):
+                # not covered by any check: may decode, but only to the chunk's own pixels
+                # when the section has only raw blocks; otherwise just no crash
+                try:
+                    rr.decode(bad)
+                except rr.RedmlError:
+                    pass
+                continue
+            if what == "reversed":  # sections are found by type; phases by their order
+                decodes_identically_or_raises(bad, chunk)
+                continue
+            with pytest.raises(rr.RedmlError):
+                rr.decode(bad)
+                pytest.fail(f"{key}: {what} decoded")
+
+
+def test_forged_block_tables(chunks):
+    """Every entry of every block table (count, lengths, raw flag) forged, checksums
+    recomputed: the block structure is checked, whatever the value."""
+    for key, chunk in chunks.items():
+        base = Chunk.parse(chunk)
+        for i, s in enumerate(base.sections):
+            nb = struct.unpack_from("<I", s.data, 0)[0]
+            for k in range(1 + nb):
+                word = struct.unpack_from("<I", s.data, 4 * k)[0]
+                for v in {0, 1, word - 1, word + 1, word ^ RAW_FLAG, 0xFFFFFFFF, 0x7FFFFFFF} - {word}:
+                    f = Chunk.parse(chunk)
+                    d = bytearray(s.data)
+                    struct.pack_into("<I", d, 4 * k, v & 0xFFFFFFFF)
+                    f.sections[i].data = bytes(d)
+                    with pytest.raises(rr.RedmlError):
+                        rr.decode(f.build())
+                        pytest.fail(f"{key}: section {i} block word {k} = {v} decoded")
+
+
+# ---- declared sizes beyond the chunk: no allocation bombs ----
+
+def hostile_chunks(codec):
+    """Small chunks (< 2 kB) that declare a 2^27-pixel frame and sections as large as the
+    format allows, backed by block tables whose blocks cannot hold that much."""
+    h, w = 1 << 14, 1 << 13
+    n = h * w
+    base = Chunk.parse(rr.encode(np.zeros((64, 64), np.uint16), "sparse", codec=codec, block_elems=1 << 24))
+    base.header.update(height=h, width=w, tile=65535)
+    model_ok = raw_stream(struct.pack("<ff", 0.0, 1.0))
+    mask_ok = raw_stream(runs(n))
+    fake = b"\x28\xb5\x2f\xfd\0" if codec == "zstd" else (b"\0" * 5 if codec == "rans" else b"\0")
+
+    def chunk(model=None, mask=None, values=None, tile=65535, n_exact=0):
+        c = Chunk.parse(base.build())
+        c.header.update(tile=tile, n_exact=n_exact)
+        m = c.find(MODEL)
+        m.raw_size, m.data = model or (8, model_ok)
+        k = c.find(MASK)
+        k.raw_size, k.data = mask or (len(runs(n)), mask_ok)
+        v = c.find(VALUES)
+        v.raw_size, v.data = values or (0, struct.pack("<I", 0))
+        return c.build()
+
+    yield "mask declared 10x the frame", chunk(mask=(10 * n + 10, block_stream(10 * n + 10, 1 << 24, fake)))
+    if codec != "rans":  # a rANS plane of 5 bytes may hold a constant plane of any length (valid)
+        yield "mask at the frame bound", chunk(mask=(n + 1, block_stream(n + 1, 1 << 24, fake)))
+        yield "model of 2^27 tiles", chunk(model=(8 * n, block_stream(8 * n, 4 << 24, fake)), tile=1)
+        yield "values of 2^27 words", chunk(values=(2 * n, block_stream(2 * n, 2 << 24, fake)), n_exact=n)
+    yield "model raw 2^63", chunk(model=(1 << 63, block_stream(1 << 24, 4 << 24, fake)))
+    yield "values raw 2^64-1", chunk(values=(2**64 - 1, block_stream(1 << 24, 2 << 24, fake)), n_exact=n)
+
+
+@pytest.mark.parametrize("codec", ["rans", "zstd", "lz4"])
+def test_no_allocation_bomb(tmp_path, codec):
+    """Declared sizes are checked against the frame and against the chunk's own bytes
+    before anything is allocated: decoding these tiny chunks neither takes memory nor time
+    (run in a fresh process to read its peak memory)."""
+    cases = dict(hostile_chunks(codec))
+    assert all(len(c) < 2048 for c in cases.values())
+    for name, c in cases.items():
+        (tmp_path / f"{len(os.listdir(tmp_path))}.bin").write_bytes(c)
+    script = textwrap.dedent(f"""
+        import json, resource, sys, time
+        from pathlib import Path
+        import redml_reduce as rr
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = []
+        for p in sorted(Path({str(tmp_path)!r}).glob("*.bin")):
+            t = time.perf_counter()
+            try:
+                rr.decode(p.read_bytes())
+                out.append("decoded")
+            except rr.RedmlError as e:
+                out.append(str(e))
+            out[-1] = (out[-1], time.perf_counter() - t)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps(dict(results=out, grew_mb=(peak - base) / 1024)))
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, REDML_NUM_THREADS="2"))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    for msg, seconds in r["results"]:
+        assert msg.startswith("corrupt chunk"), msg
+        assert seconds < 0.5, (msg, seconds)
+    assert r["grew_mb"] < 40, r
+
+
+# ---- hostile chunks in HDF5: h5py raises, the process lives, h5dump exits non-zero ----
+
+def hostile_file(path, rng, n_valid=4, copies=1):
+    """A dataset of valid frames, and one single-chunk dataset per corrupt or hostile chunk
+    (h5dump goes on to the next dataset after a failed one)."""
+    shape = (32, 48)
+    valid = {q: [make_frame(rng, "uint16", shape) for _ in range(n_valid)] for q in (0, 1.5, "sparse")}
+    bad = []
+    good = rr.encode(valid[0][0], 1.5, codec="zstd", tile=8, block_elems=256)
+    for _ in range(copies):
+        bad.append(good[:100])
+        flipped = bytearray(good)
+        flipped[-3] ^= 4
+        bad.append(bytes(flipped))
+        for what, c in forged_headers(good):
+            if what.startswith(("n_exact", "mu_min")) or what in ("block_elems=255", f"block_elems={(1 << 24) + 1}"):
+                bad.append(c)
+        for what, c in forged_tables(good):
+            if "raw_size" in what or "type" in what:
+                bad.append(c)
+    with h5py.File(path, "w") as f:
+        for q, frames in valid.items():
+            d = f.create_dataset(f"valid_{q}", shape=(n_valid,) + shape, dtype="u2", chunks=(1,) + shape,
+                                 **rr.Redml(q=q))
+            for i, fr in enumerate(frames):
+                d.id.write_direct_chunk((i, 0, 0), rr.encode(fr, q))
+        for k, c in enumerate(bad):
+            d = f.create_dataset(f"bad_{k:03d}", shape=(1,) + shape, dtype="u2", chunks=(1,) + shape, **rr.Redml(q=1.5))
+            d.id.write_direct_chunk((0, 0, 0), c)
+    return valid, len(bad)
+
+
+def test_hostile_chunks_in_h5py(tmp_path, rng):
+    valid, nbad = hostile_file(tmp_path / "h.h5", rng)
+    with h5py.File(tmp_path / "h.h5") as f:
+        for k in range(nbad):
+            with pytest.raises(OSError):
+                f[f"bad_{k:03d}"][0]
+        for q, frames in valid.items():  # the process is alive and reads on
+            for i, fr in enumerate(frames):
+                assert np.array_equal(f[f"valid_{q}"][i], rr.decode(rr.encode(fr, q)))
+
+
+@pytest.mark.skipif(H5DUMP is None, reason="hdf5-tools not installed (make test installs it)")
+def test_hostile_chunks_in_h5dump(tmp_path, rng):
+    _, nbad = hostile_file(tmp_path / "h.h5", rng)
+    for k in range(0, nbad, max(1, nbad // 8)):
+        p = subprocess.run([H5DUMP, "-d", f"/bad_{k:03d}", str(tmp_path / "h.h5")], env=PLUGIN_ENV,
+                           capture_output=True, text=True, timeout=60)
+        assert 0 < p.returncode < 128 and "unable to print data" in p.stderr, (k, p.returncode, p.stderr)
+        assert "(0,0,0):" not in p.stdout  # no values printed
+    p = subprocess.run([H5DUMP, str(tmp_path / "h.h5")], env=PLUGIN_ENV, capture_output=True, text=True, timeout=60)
+    assert 0 < p.returncode < 128
+    assert p.stdout.count("DATASET") == nbad + 3  # went through every dataset
+
+
+def valgrind_h5dump(path):
+    p = subprocess.run([VALGRIND, "--leak-check=full", "--show-leak-kinds=definite,indirect,possible",
+                        "--num-callers=40", "--error-exitcode=99", H5DUMP, str(path)],
+                       env=PLUGIN_ENV, capture_output=True, text=True, timeout=300)
+    log = p.stderr
+    errors = int(re.search(r"ERROR SUMMARY: (\d+) errors", log).group(1))
+    in_use = int(re.search(r"in use at exit: ([\d,]+) bytes", log).group(1).replace(",", ""))
+    lost = {k: int(re.search(rf"{k} lost: ([\d,]+) bytes", log).group(1).replace(",", "")) if
+            re.search(rf"{k} lost: ([\d,]+) bytes", log) else 0 for k in ("definitely", "indirectly", "possibly")}
+    return p.returncode, errors, in_use, lost, log
+
+
+@pytest.mark.skipif(H5DUMP is None or VALGRIND is None, reason="hdf5-tools or valgrind missing (make test installs them)")
+def test_plugin_path_under_valgrind(tmp_path, rng):
+    """h5dump decodes valid, corrupt and hostile chunks through the plugin under valgrind:
+    no memory error, nothing lost, and the memory still in use at exit does not grow with
+    the number of chunks decoded (no leak per chunk)."""
+    small, big = tmp_path / "small.h5", tmp_path / "big.h5"
+    hostile_file(small, rng, n_valid=2, copies=1)
+    hostile_file(big, rng, n_valid=8, copies=3)
+    results = [valgrind_h5dump(p) for p in (small, big)]
+    for rc, errors, in_use, lost, log in results:
+        assert errors == 0 and rc != 99, log[-4000:]
+        assert lost == {"definitely": 0, "indirectly": 0, "possibly": 0}, log[-4000:]
+        assert "libh5redml" not in "".join(re.findall(r"lost in loss record.*?\n==\d+== \n", log, re.S))
+    assert results[1][2] <= results[0][2], f"memory in use at exit grew with the chunks: {results[0][2]} -> {results[1][2]}"
