@@ -99,7 +99,7 @@ def run(targets=TARGETS, seconds: float = 30, runs: int | None = None, jobs: int
         workdir: Path | str = FUZZ_DIR / "run", extra_args=()) -> list[FuzzResult]:
     """Fuzzes every target for `seconds` (or `runs` executions per process), `jobs`
     processes per target, all at once. Returns one FuzzResult per target."""
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()
     seeds = workdir / "seeds"
     write_seeds(seeds)
     procs = []
@@ -186,7 +186,9 @@ def main(argv=None) -> int:
     print(report(results))
     total = sum(r.executions for r in results)
     bad = sum(len(r.crashes) + r.sanitizer_reports for r in results)
-    print(f"total: {total:,} executions, {bad} crashes/sanitizer reports")
+    failed = [r.target for r in results if any(r.exit_codes)]
+    print(f"total: {total:,} executions, {bad} crashes/sanitizer reports"
+          + (f"; non-zero exit: {', '.join(failed)}" if failed else ""))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps([{**asdict(r), "exec_per_s": r.exec_per_s} for r in results], indent=1))
