@@ -12,7 +12,7 @@ namespace redml {
 
 namespace {
 
-const uint32_t kRowsPerBand = 32;
+const uint32_t kRowsPerBand = 128;
 
 // Box sums over a (2r+1)^2 window, clipped to the frame, of weight w, w*v and (if
 // Squares) w*v^2 for every pixel of rows [y0, y1). load(y, w, v) fills one row of weights

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["find_bad_pixels", "CLASSES"]
+__all__ = ["find_bad_pixels", "save_masks", "load_masks", "CLASSES"]
 
 CLASSES = ("gap", "dead", "stuck", "hot", "saturated")
 
@@ -91,3 +91,23 @@ def _safe_mean(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     total = vals.sum(axis=0) - np.where(valid, x, -np.inf).max(axis=0).clip(min=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def save_masks(path, masks: dict, group: str = "redml_pixel_mask") -> None:
+    """Stores the maps of find_bad_pixels (compressed booleans) in an HDF5 file, so the
+    mask of a detector is made once and reused for every run."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        if group in f:
+            del f[group]
+        g = f.create_group(group)
+        for name, m in masks.items():
+            g.create_dataset(name, data=np.asarray(m, bool), compression="gzip", shuffle=True)
+
+
+def load_masks(path, group: str = "redml_pixel_mask") -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {name: d[...].astype(bool) for name, d in f[group].items()}

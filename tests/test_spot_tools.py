@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import redml_reduce as rr
-from redml_reduce.automask import find_bad_pixels
+from redml_reduce.automask import find_bad_pixels, load_masks, save_masks
 from redml_reduce.peaklist import read_cxi_peaks, write_cxi_peaks
 from redml_reduce.synthetic import still_frame
 from redml_reduce.tune import tune
@@ -64,6 +64,17 @@ def test_automask_finds_planted_bad_pixels(rng):
         assert np.array_equal(masks[cls] & t, t), f"missed {cls}"
     planted = np.logical_or.reduce(list(truth.values()))
     assert (masks["bad"] & ~planted).sum() <= 2  # spots move between frames: not hot
+
+
+def test_automask_saved_and_reused(tmp_path, rng):
+    frames, truth = planted_run(rng)
+    user = np.zeros(frames.shape[1:], bool)
+    user[0, :10] = True
+    masks = find_bad_pixels(frames, user_mask=user)
+    assert masks["bad"][0, :10].all()
+    save_masks(tmp_path / "mask.h5", masks)
+    back = load_masks(tmp_path / "mask.h5")
+    assert set(back) == set(masks) and all(np.array_equal(back[k], masks[k]) for k in masks)
 
 
 def test_automask_no_false_flags_on_clean_frames(rng):
