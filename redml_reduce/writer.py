@@ -1,0 +1,103 @@
+"""Frame-by-frame writer: one redml chunk per frame, durable after every write (SWMR).
+
+    with redml_reduce.FrameWriter("run.h5", (h, w), "uint16", q=1) as w:
+        for frame in detector:
+            w.write(frame)                 # encoded, appended, flushed
+
+Each write encodes the frame with redml_reduce.encode, grows the dataset by one frame,
+stores the chunk with direct chunk write and flushes the dataset and the file. The file is
+in SWMR mode (single writer, multiple readers), so readers can follow the run while it is
+written (h5py.File(path, "r", libver="latest", swmr=True), dataset.refresh()), and a writer
+that dies (SIGKILL, an exception that never reaches close) leaves a file whose every frame
+that write() returned from is intact: SWMR readers open it as it is; a plain open needs
+`h5clear -s file` first (HDF5 refuses a file whose SWMR writer died otherwise). Flushing
+hands the data to the operating system: it survives the process, not a crash of the
+machine itself (see docs/reliability.md).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from .codec import SUPPORTED_DTYPES, encode
+from .h5filter import Redml
+
+__all__ = ["FrameWriter"]
+
+
+class FrameWriter:
+    """Appends 2-D frames to `dataset` of a new HDF5 file at `path`.
+
+    frame_shape: (height, width) of every frame; dtype: one of uint16, int16, int32,
+    uint32, float32. codec_settings: q and the other redml settings (see
+    redml_reduce.CodecSettings), also stored as the dataset's filter options so that any
+    HDF5 reader decodes the frames. nthreads: encoder threads (0 = all cores).
+    """
+
+    def __init__(self, path, frame_shape, dtype, *, dataset: str = "entry/data/data", nthreads: int = 0,
+                 **codec_settings):
+        h, w = (int(v) for v in frame_shape)
+        if h < 1 or w < 1:
+            raise ValueError(f"frame_shape must be two positive sizes, not {tuple(frame_shape)}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"unsupported dtype {self.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
+        self.frame_shape = (h, w)
+        self.nthreads = nthreads
+        self._filter = Redml(**codec_settings)  # validates the settings before the file exists
+        self.settings = self._filter.settings
+        self.path = path
+        self.count = 0
+        # SWMR needs the 1.10 file format at least; capping it at 1.10 keeps the file
+        # readable by HDF5 1.10 programs (Debian's h5dump, DIALS): libver="latest" under
+        # h5py's newer HDF5 writes structures they cannot read.
+        self._file = h5py.File(path, "w", libver=("v110", "v110"))
+        try:
+            self._dset = self._file.create_dataset(dataset, shape=(0, h, w), maxshape=(None, h, w), dtype=self.dtype,
+                                                   chunks=(1, h, w), **self._filter)
+            self._file.swmr_mode = True
+        except BaseException:
+            self._file.close()
+            raise
+        self.dataset = self._dset.name
+
+    def write(self, frame, roi=None, mask=None) -> int:
+        """Encodes and appends one frame; returns its index once it is flushed."""
+        if self._file is None:
+            raise ValueError("the writer is closed")
+        arr = np.asarray(frame)
+        if arr.shape != self.frame_shape:
+            raise ValueError(f"frame has shape {arr.shape}, the dataset {self.frame_shape}")
+        if arr.dtype.newbyteorder("=") != self.dtype:
+            raise TypeError(f"frame has dtype {arr.dtype}, the dataset {self.dtype}")
+        chunk = encode(arr, roi=roi, mask=mask, nthreads=self.nthreads, _settings=self.settings)
+        i = self.count
+        self._dset.resize(i + 1, axis=0)
+        self._dset.id.write_direct_chunk((i, 0, 0), chunk)
+        self._dset.flush()
+        self._file.flush()
+        self.count = i + 1
+        return i
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+            finally:
+                self._file.close()
+                self._file = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __enter__(self) -> "FrameWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._file is None else f"{self.count} frames"
+        return f"FrameWriter({self.path!r}, {self.frame_shape}, {self.dtype}, {state})"
