@@ -5,11 +5,8 @@ checked through Python.
 REDML_FUZZ_SECONDS sets the run time per target (default 30 s; all targets run at once).
 The long run is `make fuzz` (benchmarks/fuzz.py); figures in docs/reliability.md.
 """
-import ctypes
-import ctypes.util
 import importlib.util
 import os
-import struct
 import sys
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import numpy as np
 import pytest
 
 import redml_reduce as rr
+from chunkforge import repair_checksums
 
 ROOT = Path(__file__).resolve().parents[1]
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
@@ -59,34 +57,6 @@ def test_fuzz_targets_short_run(built, tmp_path):
 
 
 # ---- the same regressions through the Python binding (release build) ----
-
-def _xxh3(data: bytes) -> int:
-    lib = ctypes.CDLL(ctypes.util.find_library("xxhash"))
-    lib.XXH3_64bits.restype = ctypes.c_uint64
-    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    return lib.XXH3_64bits(data, len(data))
-
-
-def repair_checksums(chunk: bytes) -> bytes:
-    """What the fuzz targets do to a mutated chunk: recompute its XXH3 checksums."""
-    c = bytearray(chunk)
-    if len(c) < 64 or c[:4] != b"RDML":
-        return chunk
-    nsec = c[9]
-    hsize = 56 + 32 * nsec + 8
-    if len(c) < hsize:
-        return chunk
-    pos = hsize
-    for i in range(nsec):
-        e = 56 + 32 * i
-        stored = struct.unpack_from("<Q", c, e + 16)[0]
-        if stored > len(c) - pos:
-            break
-        struct.pack_into("<Q", c, e + 24, _xxh3(bytes(c[pos:pos + stored])))
-        pos += stored
-    struct.pack_into("<Q", c, hsize - 8, _xxh3(bytes(c[:hsize - 8])))
-    return bytes(c)
-
 
 @pytest.mark.parametrize("path", regression_files("decode"), ids=lambda p: p.name)
 def test_decode_regressions_in_python(path):
