@@ -64,10 +64,12 @@ $(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/fuzz/fuzz_%.o $(FUZZ_OBJ)
 
 -include $(wildcard $(FUZZ_DIR)/obj/*.d $(FUZZ_DIR)/obj/fuzz/*.d)
 
-# Long run: every target for FUZZ_SECONDS (or FUZZ_RUNS executions), seeded with chunks of
-# every mode x dtype x codec; prints executions, crashes and sanitizer reports.
+# Long run: every target (or those in FUZZ_ONLY, e.g. "decode filter") for FUZZ_SECONDS (or
+# FUZZ_RUNS executions), FUZZ_JOBS processes each, seeded with chunks of every mode x dtype x
+# codec; prints executions, crashes and sanitizer reports.
 fuzz: install fuzz-build
-	$(PY) benchmarks/fuzz.py --seconds $(FUZZ_SECONDS) $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS)) $(if $(FUZZ_JOBS),--jobs $(FUZZ_JOBS))
+	$(PY) benchmarks/fuzz.py --no-build --seconds $(FUZZ_SECONDS) $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS)) \
+		$(if $(FUZZ_JOBS),--jobs $(FUZZ_JOBS)) $(if $(FUZZ_ONLY),--targets $(FUZZ_ONLY)) --json build/fuzz/results.json
 
 clean:
 	rm -rf build *.egg-info redml_reduce/_core*.so redml_reduce/plugins/*.so

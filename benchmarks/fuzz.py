@@ -171,13 +171,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", 300)))
     ap.add_argument("--runs", type=int, default=None, help="stop each process after this many executions")
-    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // len(TARGETS)),
+    ap.add_argument("--jobs", type=int, default=None,
                     help="processes per target (default: the cores shared among the targets)")
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     ap.add_argument("--workdir", default=str(FUZZ_DIR / "run"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args(argv)
+    if a.jobs is None:
+        a.jobs = max(1, (os.cpu_count() or 2) // len(a.targets))
     if not a.no_build:
         build()
     print(f"fuzzing {', '.join('fuzz_' + t for t in a.targets)} for {a.seconds:.0f} s, {a.jobs} job(s) each "
