@@ -12,54 +12,33 @@ namespace redml {
 
 namespace {
 
-// Sum and count of the usable pixels of a tile at or below `limit` (branch-free inner
-// loop so the compiler vectorizes it).
-template <class T>
-void tile_sums(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t y0, uint32_t y1,
-               uint32_t x0, uint32_t x1, double limit, double *sum, double *count) {
-    double s = 0.0, n = 0.0;
-    if constexpr (std::is_floating_point<T>::value) {
-        for (uint32_t y = y0; y < y1; y++) {
-            const T *__restrict row = frame + (size_t)y * g.width;
-            const uint8_t *__restrict ok = usable + (size_t)y * g.width;
-            for (uint32_t x = x0; x < x1; x++) {
-                bool take = ok[x] && (double)row[x] <= limit;
-                s += take ? (double)row[x] : 0.0;
-                n += take ? 1.0 : 0.0;
-            }
-        }
-    } else {
-        // Integer data: compare against floor(limit) and accumulate in 64-bit integers.
-        const int64_t lim = limit >= 9.2e18 ? INT64_MAX : (int64_t)std::floor(limit);
-        int64_t si = 0, ni = 0;
-        for (uint32_t y = y0; y < y1; y++) {
-            const T *__restrict row = frame + (size_t)y * g.width;
-            const uint8_t *__restrict ok = usable + (size_t)y * g.width;
-            for (uint32_t x = x0; x < x1; x++) {
-                int64_t v = (int64_t)row[x];
-                int64_t take = (int64_t)(ok[x] != 0) & (int64_t)(v <= lim);
-                si += take * v;
-                ni += take;
-            }
-        }
-        s = (double)si;
-        n = (double)ni;
-    }
-    *sum = s;
-    *count = n;
-}
-
+// Sigma-clipped mean of one tile: its usable pixels are gathered once into a small
+// buffer, and each clipping pass is a branch-free loop over it (vectorized).
 template <class T>
 float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
-                        uint32_t tx, const redml_params &p) {
+                        uint32_t tx, const redml_params &p, std::vector<double> &buf) {
     uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
     uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
+    buf.clear();
+    for (uint32_t y = y0; y < y1; y++) {
+        const T *row = frame + (size_t)y * g.width;
+        const uint8_t *ok = usable + (size_t)y * g.width;
+        for (uint32_t x = x0; x < x1; x++)
+            if (ok[x]) buf.push_back((double)row[x]);
+    }
+    if (buf.empty()) return 0.0f;
+    const double *v = buf.data();
+    const size_t n = buf.size();
     double limit = INFINITY, mean = 0.0;
     for (int iter = 0; iter < 4; iter++) {
-        double sum, n;
-        tile_sums(frame, usable, g, y0, y1, x0, x1, limit, &sum, &n);
-        if (n == 0) break;
-        double m = sum / n;
+        double sum = 0.0, count = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            bool take = v[i] <= limit;
+            sum += take ? v[i] : 0.0;
+            count += take ? 1.0 : 0.0;
+        }
+        if (count == 0) break;
+        double m = sum / count;
         if (iter > 0 && m == mean) break;
         mean = m;
         limit = mean + 3.0 * redml_sigma(mean, p.gain, p.mu_min);
@@ -78,9 +57,11 @@ BackgroundModel fit_background(const T *frame, const uint8_t *usable, const Tile
     m.step.assign(grid.count(), std::is_floating_point<T>::value ? 0.0f : 1.0f);
     bool quantize = p.mode == REDML_MODE_QUANTIZED;
     parallel_for(grid.rows, nthreads, [&](size_t ty) {
+        std::vector<double> buf;
+        buf.reserve((size_t)grid.tile * grid.tile);
         for (uint32_t tx = 0; tx < grid.cols; tx++) {
             size_t t = ty * grid.cols + tx;
-            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p);
+            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p, buf);
             m.mean[t] = mean;
             if (!quantize) continue;
             if constexpr (std::is_floating_point<T>::value)
