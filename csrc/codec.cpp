@@ -224,12 +224,12 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     const std::vector<int64_t> preds = tile_predictions<T>(model);
     const TileGrid &g = model.grid;
     // spots
-    // Lossless mode is the quantized path with every step 1: keeping special pixels (gaps,
-    // saturation) apart from the background still pays. The spot finder is not needed
-    // there: a dilated ROI only moves background pixels into the exact stream.
+    // Lossless mode is the quantized path with every step 1: keeping spots and special
+    // pixels (gaps, saturation) apart from the background still pays (at 0.05 photons/px
+    // the background stream alone is 15% smaller than one stream with the spots in it).
     std::vector<uint8_t> exact(N);
     if (roi_in) std::memcpy(exact.data(), roi_in, N);
-    else if (p.mode != REDML_MODE_LOSSLESS) {
+    else {
         FinderParams fp;
         fp.gain = p.gain;
         fp.sigma_s = p.roi_snr;
