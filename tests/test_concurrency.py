@@ -107,21 +107,20 @@ def _other_thread_runs_during(call):
     return sum(1 for s in stamps if t0 + quarter < s < t1 - quarter), t1 - t0
 
 
-@pytest.fixture(scope="module")
-def big_frame():
-    rng = np.random.default_rng(5)
-    return poisson_frame(rng, 30.0, (1000, 1000), "uint16", spots=20)
-
-
 @pytest.mark.parametrize("what", ["encode", "decode"])
-def test_gil_released_in_long_calls(big_frame, what):
+def test_gil_released_in_long_calls(what):
     """Another Python thread keeps running while a long encode/decode is inside C++. With
     the GIL held it could run at most at the edges of the call (the switch interval is
-    5 ms); the call here lasts well over 50 ms."""
-    chunk = rr.encode(big_frame, 1.0, nthreads=1)
-    call = (lambda: rr.encode(big_frame, 1.0, nthreads=1)) if what == "encode" else (
-        lambda: rr.decode(chunk, nthreads=1))
-    inside, duration = _other_thread_runs_during(call)
+    5 ms); the frame grows until the call lasts well over 40 ms."""
+    rng = np.random.default_rng(5)
+    for side in (1000, 1600, 2500, 4000):
+        frame = poisson_frame(rng, 30.0, (side, side), "uint16", spots=20)
+        chunk = rr.encode(frame, 1.0, nthreads=1)
+        call = (lambda: rr.encode(frame, 1.0, nthreads=1)) if what == "encode" else (
+            lambda: rr.decode(chunk, nthreads=1))
+        inside, duration = _other_thread_runs_during(call)
+        if duration > 0.06:
+            break
     assert duration > 0.04, f"call too short to tell ({duration:.3f} s)"
     assert inside > 0, f"no other Python thread ran during a {duration:.3f} s {what}: the GIL was held"
 
