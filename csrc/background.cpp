@@ -89,11 +89,7 @@ double interpolate_mean(const BackgroundModel &m, uint32_t y, uint32_t x) {
 #define REDML_INSTANTIATE(T)                                                                    \
     template BackgroundModel fit_background<T>(const T *, const uint8_t *, const TileGrid &,    \
                                                const redml_params &, int);
-REDML_INSTANTIATE(uint16_t)
-REDML_INSTANTIATE(int16_t)
-REDML_INSTANTIATE(int32_t)
-REDML_INSTANTIATE(uint32_t)
-REDML_INSTANTIATE(float)
+REDML_FOR_EACH_PIXEL_TYPE(REDML_INSTANTIATE)
 #undef REDML_INSTANTIATE
 
 }  // namespace redml

@@ -22,6 +22,9 @@ auto dispatch_dtype(redml_dtype dt, F f) {
     fail(REDML_E_ARG, "unsupported dtype");
 }
 
+// Applies X to every pixel type of the format (explicit template instantiations).
+#define REDML_FOR_EACH_PIXEL_TYPE(X) X(uint16_t) X(int16_t) X(int32_t) X(uint32_t) X(float)
+
 template <class T>
 constexpr redml_dtype dtype_of() {
     if constexpr (std::is_same<T, uint16_t>::value) return REDML_UINT16;

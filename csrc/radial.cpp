@@ -69,11 +69,7 @@ RadialProfile fit_radial(const T *frame, const int32_t *bins, size_t npix, int32
 
 #define REDML_INSTANTIATE(T) \
     template RadialProfile fit_radial<T>(const T *, const int32_t *, size_t, int32_t, double, int, int);
-REDML_INSTANTIATE(uint16_t)
-REDML_INSTANTIATE(int16_t)
-REDML_INSTANTIATE(int32_t)
-REDML_INSTANTIATE(uint32_t)
-REDML_INSTANTIATE(float)
+REDML_FOR_EACH_PIXEL_TYPE(REDML_INSTANTIATE)
 #undef REDML_INSTANTIATE
 
 }  // namespace redml

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "pixels.h"
 #include "threads.h"
 
 namespace redml {
@@ -314,11 +315,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
 #define REDML_INSTANTIATE(T)                                                                      \
     template std::vector<Peak> find_spots<T>(const T *, const uint8_t *, uint32_t, uint32_t,      \
                                              const FinderParams &, uint8_t *, int);
-REDML_INSTANTIATE(uint16_t)
-REDML_INSTANTIATE(int16_t)
-REDML_INSTANTIATE(int32_t)
-REDML_INSTANTIATE(uint32_t)
-REDML_INSTANTIATE(float)
+REDML_FOR_EACH_PIXEL_TYPE(REDML_INSTANTIATE)
 #undef REDML_INSTANTIATE
 
 }  // namespace redml
