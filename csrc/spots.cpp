@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <numeric>
 
 #include "pixels.h"
@@ -182,7 +183,9 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     std::vector<uint8_t>().swap(cand);
     // 3. strong pixels against the background without the cores
     std::vector<uint8_t> strong(N, 0);
-    std::vector<float> bg(N, 0.0f);
+    // Local background, written and read only at strong pixels: left uninitialised so the
+    // untouched pages of this frame-sized buffer are never faulted in.
+    std::unique_ptr<float[]> bg(new float[N]);
     auto load_background = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
@@ -198,13 +201,13 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             const T *f = frame + (size_t)y * W;
             const uint8_t *ok = usable + (size_t)y * W, *c = core.data() + (size_t)y * W;
             uint8_t *st = strong.data() + (size_t)y * W;
-            float *b = bg.data() + (size_t)y * W;
+            float *b = bg.get() + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
                 if (!ok[x] || !c[x]) continue;
                 double mean = n[x] >= 2 ? s[x] / n[x] : 0.0;
                 double v = (double)f[x];
                 st[x] = v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0));
-                b[x] = (float)mean;
+                if (st[x]) b[x] = (float)mean;
             }
         });
     });
