@@ -172,10 +172,17 @@ uint64_t decode_runs(const uint8_t *p, size_t size, uint8_t *exact, size_t n) {
     return n_exact;
 }
 
+// Concatenates vectors of words into one (little-endian) byte buffer, in one copy.
 template <class W>
-std::vector<uint8_t> as_bytes(const std::vector<W> &v) {
-    std::vector<uint8_t> b(v.size() * sizeof(W));
-    if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+std::vector<uint8_t> concat_bytes(const std::vector<const std::vector<W> *> &parts) {
+    size_t n = 0;
+    for (const std::vector<W> *part : parts) n += part->size();
+    std::vector<uint8_t> b(n * sizeof(W));
+    size_t pos = 0;
+    for (const std::vector<W> *part : parts) {
+        if (!part->empty()) std::memcpy(b.data() + pos, part->data(), part->size() * sizeof(W));
+        pos += part->size() * sizeof(W);
+    }
     return b;
 }
 
@@ -284,15 +291,14 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         if (coded)
             for (int ph = 0; ph < REDML_PHASES; ph++) cods[ph].resize(nc[ph]);
     });
-    std::vector<Word> all_values;
-    std::vector<std::vector<Word>> all_codes(REDML_PHASES);
+    // band results in raster order: the exact values, and each phase's codes
+    std::vector<const std::vector<Word> *> value_parts;
+    std::vector<std::vector<const std::vector<Word> *>> code_parts(REDML_PHASES);
+    size_t n_exact = 0;
     for (size_t b = 0; b < nbands; b++) {
-        all_values.insert(all_values.end(), values[b].begin(), values[b].end());
-        std::vector<Word>().swap(values[b]);
-        for (int ph = 0; ph < REDML_PHASES; ph++) {
-            all_codes[ph].insert(all_codes[ph].end(), codes[b][ph].begin(), codes[b][ph].end());
-            std::vector<Word>().swap(codes[b][ph]);
-        }
+        value_parts.push_back(&values[b]);
+        n_exact += values[b].size();
+        for (int ph = 0; ph < REDML_PHASES; ph++) code_parts[ph].push_back(&codes[b][ph]);
     }
 
     // entropy + container
@@ -309,10 +315,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     h.mu_min = p.mu_min;
     h.seed = p.seed;
     h.block_elems = p.block_elems;
-    h.n_exact = all_values.size();
+    h.n_exact = n_exact;
 
-    std::vector<float> model_raw(model.mean);
-    model_raw.insert(model_raw.end(), model.step.begin(), model.step.end());
     struct Pending {
         uint16_t type;
         redml_shuffle shuffle;
@@ -320,12 +324,12 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         std::vector<uint8_t> raw;
     };
     std::vector<Pending> pending;
-    pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, as_bytes(model_raw)});
+    pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, concat_bytes<float>({&model.mean, &model.step})});
     pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, encode_runs(exact.data(), N)});
-    pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_values)});
+    pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), concat_bytes(value_parts)});
     if (coded)
         for (int ph = 0; ph < REDML_PHASES; ph++)
-            pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), as_bytes(all_codes[ph])});
+            pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), concat_bytes(code_parts[ph])});
 
     std::vector<std::vector<uint8_t>> stored(pending.size());
     std::vector<Section> sections(pending.size());
