@@ -5,13 +5,14 @@
     chunk = redml_reduce.encode(frame, q=1)   # the bytes the filter stores
     frame = redml_reduce.decode(chunk)
 """
+from . import _core
 from .codec import CodecSettings, RedmlError, background_model, decode, encode, exact_mask, inspect
 from .h5filter import FILTER_ID, PLUGIN_PATH, Redml, register
 from .spots import PEAK_DTYPE, FinderSettings, find_spots, is_hit, roi_mask
 from .writer import FrameWriter
 
 __version__ = "0.1.0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = _core.FORMAT_VERSION
 
 __all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "Redml", "CodecSettings", "RedmlError", "FILTER_ID",
            "PLUGIN_PATH", "FORMAT_VERSION", "register", "find_spots", "FinderSettings", "PEAK_DTYPE",

@@ -16,15 +16,13 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES"]
+__all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint32", "float32"))
 
 _MODES = {"lossless": 0, "quantized": 1, "sparse": 2}
 _CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
 _SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
-_DTYPE_CODES = {np.dtype("uint16"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3, np.dtype("uint32"): 4,
-                np.dtype("float32"): 5}
 
 
 class RedmlError(ValueError):
@@ -212,6 +210,17 @@ def background_model(chunk) -> dict:
     return m
 
 
+def error_bound(chunk) -> np.ndarray:
+    """The stated bound per pixel of a quantized chunk: q*sigma/2, sigma the Poisson noise
+    (gain * sqrt(max(mean/gain, mu_min))) of the stored tile mean. Background pixels decode
+    within it; exact pixels (exact_mask) decode exactly."""
+    info = inspect(chunk)
+    m = background_model(chunk)
+    mean = per_pixel(m["mean"].astype(np.float64), m["tile"], info["shape"])
+    gain, mu_min = float(info["gain"]), float(info["mu_min"])
+    return info["q"] * gain * np.sqrt(np.maximum(mean / gain, mu_min)) / 2
+
+
 def per_pixel(tile_values: np.ndarray, tile: int, shape) -> np.ndarray:
     """Expands a per-tile array (rows, cols) to the frame's shape."""
     full = np.repeat(np.repeat(tile_values, tile, axis=0), tile, axis=1)
@@ -224,8 +233,3 @@ def _as_buffer(chunk):
     if isinstance(chunk, np.ndarray):
         return np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
     raise TypeError(f"chunk must be bytes-like, not {type(chunk).__name__}")
-
-
-def dtype_code(dtype) -> int:
-    """The format's dtype code of a numpy dtype (docs/format.md)."""
-    return _DTYPE_CODES[np.dtype(dtype).newbyteorder("=")]

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 import redml_reduce as rr
-from redml_reduce.codec import per_pixel
+from redml_reduce.codec import error_bound
 from redml_reduce.synthetic import JUNGFRAU_4M_SHAPE, still_frame
 
 THAUMATIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "thaumatin_grid"
@@ -54,11 +54,10 @@ def worst_bound_ratio(path: Path, frames: np.ndarray, q) -> float:
         d = f["data"]
         for i, frame in enumerate(frames):
             chunk = d.id.read_direct_chunk((i, 0, 0))[1]
-            m = rr.background_model(chunk)
-            sigma = np.sqrt(np.maximum(per_pixel(m["mean"], m["tile"], frame.shape), 1.0))
+            bound = error_bound(chunk)
             bg = ~rr.exact_mask(chunk)
             err = np.abs(d[i].astype(np.float64) - frame)
-            worst = max(worst, float((err[bg] / (q * sigma[bg] / 2)).max(initial=0.0)))
+            worst = max(worst, float((err[bg] / bound[bg]).max(initial=0.0)))
     return worst
 
 

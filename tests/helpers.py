@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 import redml_reduce as rr
-from redml_reduce.codec import per_pixel
+from redml_reduce.codec import error_bound
 from redml_reduce.synthetic import still_frame
 
 ALL_DTYPES = ("uint16", "int16", "int32", "uint32", "float32")
@@ -24,12 +24,13 @@ def assert_lossless(frame, **settings):
     return chunk
 
 
-def bound_map(chunk, q, gain=1.0, mu_min=1.0):
-    """Per-pixel stated bound q*sigma/2 with sigma the Poisson noise of the stored model."""
-    m = rr.background_model(chunk)
-    mean = per_pixel(m["mean"].astype(np.float64), m["tile"], rr.inspect(chunk)["shape"])
-    sigma = gain * np.sqrt(np.maximum(mean / gain, mu_min))
-    return q * sigma / 2
+def bound_map(chunk, q=None, gain=None, mu_min=None):
+    """Per-pixel stated bound q*sigma/2 (redml_reduce.codec.error_bound; the chunk carries
+    q, gain and mu_min, the arguments only check they match)."""
+    info = rr.inspect(chunk)
+    for name, value in (("q", q), ("gain", gain), ("mu_min", mu_min)):
+        assert value is None or np.float32(value) == np.float32(info[name]), name
+    return error_bound(chunk)
 
 
 def assert_within_bound(frame, q, **settings):
