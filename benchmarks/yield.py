@@ -68,9 +68,15 @@ def summarize(all_results: dict) -> dict:
     return out
 
 
+def write_json(path, all_results, meta, figure, t_start) -> None:
+    out = {**summarize(all_results), "datasets": all_results, "meta": meta, "figure": figure,
+           "seconds": time.perf_counter() - t_start, "argv": sys.argv}
+    Path(path).write_text(json.dumps(out, indent=1, default=float))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one small simulated set (JUNGFRAU 1M, 10 shots)")
+    p.add_argument("--quick", action="store_true", help="one small simulated set (JUNGFRAU 1M, 8 shots)")
     p.add_argument("--frames", type=int, default=None, help="shots per simulated set (default 100; quick 10)")
     p.add_argument("--datasets", nargs="+", default=None,
                    help=f"from {', '.join(SIMULATED)}, thaumatin (default: all but sim-quick; quick: sim-quick)")
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default=None, help="PNG path (default: beside the JSON, or yield.png)")
     args = p.parse_args(argv)
     datasets = args.datasets or (["sim-quick"] if args.quick else ["sim-lowbg", "sim-highbg", "sim-weak", "thaumatin"])
-    frames = args.frames or (10 if args.quick else 100)
+    frames = args.frames or (8 if args.quick else 100)
     tmp = None
     if args.workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="redml-yield-")
@@ -118,6 +124,8 @@ def main(argv=None) -> int:
         meta[name]["commands"] = results.pop("_commands")
         all_results[name] = results
         print(format_table(results, title=f"\n{name} ({series.n} frames)"), flush=True)
+        if args.json:  # after every data set, so a long run that stops keeps what it measured
+            write_json(args.json, all_results, meta, None, t_start)
     summary = summarize(all_results)
     print("\nall data sets (ratio over all bytes; cc_intensity of the worst data set)")
     for codec, r in summary.items():
@@ -130,10 +138,8 @@ def main(argv=None) -> int:
     except ImportError:
         figure = None
         print("matplotlib is not installed: no figure (pip install .[bench])")
-    out = {**summary, "datasets": all_results, "meta": meta, "figure": figure,
-           "seconds": time.perf_counter() - t_start, "argv": sys.argv}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        write_json(args.json, all_results, meta, figure, t_start)
         print(f"json: {args.json}")
     if tmp is not None:
         tmp.cleanup()

@@ -245,25 +245,31 @@ def format_table(results: dict, title: str = "") -> str:
 
 
 def plot(all_results: dict, path) -> None:
-    """Ratio against indexing yield and against intensity CC, one point per codec and series."""
+    """Ratio against indexing yield, intensity CC and reflections integrated: one point per
+    codec and data set (marker: data set; colour: redml, SZ3, lossless peers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    panels = (("frames indexed, % of uncompressed (frame by frame)", lambda r: 100 * r["yield"]),
+              ("integrated intensity CC vs uncompressed", lambda r: r["cc_intensity"]),
+              ("reflections integrated, % of uncompressed", lambda r: 100 * r["reflections_matched"]
+               / max(r["reflections_uncompressed"], 1)))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     markers = "osD^vP*X"
     for k, (series, results) in enumerate(all_results.items()):
         for codec, r in results.items():
             if codec.startswith("_") or codec == "uncompressed":
                 continue
-            color = "C3" if codec.startswith("redml") else "C0" if codec.startswith("sz3") else "0.4"
-            for ax, y in ((ax1, 100 * r["yield"]), (ax2, r["cc_intensity"])):
-                ax.scatter(r["ratio"], y, marker=markers[k % len(markers)], color=color, s=40)
-                ax.annotate(codec.replace("redml-", ""), (r["ratio"], y), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-    for ax, label in ((ax1, "frames indexed, % of uncompressed (frame by frame)"),
-                      (ax2, "integrated intensity CC vs uncompressed")):
+            color = "C3" if codec.startswith("redml") else "C0" if codec.startswith("sz3") else "0.45"
+            for ax, (_, value) in zip(axes, panels):
+                y = value(r)
+                ax.scatter(r["ratio"], y, marker=markers[k % len(markers)], color=color, s=36, alpha=0.85)
+                if r["dials"] in ("run", "reference"):  # label the points DIALS ran on
+                    ax.annotate(codec.replace("redml-", ""), (r["ratio"], y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+    for ax, (label, _) in zip(axes, panels):
         ax.set_xscale("log")
         ax.set_xlabel("compression ratio (raw bytes / stored bytes)")
         ax.set_ylabel(label)
@@ -271,9 +277,9 @@ def plot(all_results: dict, path) -> None:
     handles = [plt.Line2D([], [], marker=markers[k % len(markers)], ls="", color="k", label=s)
                for k, s in enumerate(all_results)]
     handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=l)
-                for c, l in (("C3", "redml"), ("C0", "SZ3 (hdf5plugin)"), ("0.4", "lossless peers"))]
-    ax1.legend(handles=handles, fontsize=8, loc="lower left")
-    fig.suptitle("redml_reduce: compression ratio against DIALS indexing yield and intensity fidelity")
+                for c, l in (("C3", "redml"), ("C0", "SZ3 (hdf5plugin)"), ("0.45", "lossless peers"))]
+    axes[2].legend(handles=handles, fontsize=8, loc="lower left")
+    fig.suptitle("Compression ratio against DIALS indexing yield and intensities (benchmarks/yield.py)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
