@@ -11,6 +11,7 @@
 #include "spots.h"
 #include "threads.h"
 #include "redml.h"
+#include "quantize.h"
 
 namespace py = pybind11;
 
@@ -242,6 +243,9 @@ PYBIND11_MODULE(_core, m) {
           py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),
           py::arg("max_pixels"), py::arg("max_separation"), py::arg("nthreads"));
     m.attr("PEAK_RECORD_SIZE") = sizeof(redml_peak);
+    // The codec's per-pixel pseudo-random uniform (quantize.h), for reference implementations in tests.
+    m.def("hash_uniform", [](uint32_t seed, uint64_t idx, uint32_t stream) { return redml_uniform(seed, idx, stream); },
+          py::arg("seed"), py::arg("idx"), py::arg("stream"));
     m.def("dilate", &dilate_mask, py::arg("mask"), py::arg("margin"), py::arg("nthreads") = 0);
     m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
           py::arg("iterations"), py::arg("nthreads"));

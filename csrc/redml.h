@@ -46,8 +46,21 @@ typedef enum { REDML_SHUFFLE_NONE = 0, REDML_SHUFFLE_BYTE = 1, REDML_SHUFFLE_BIT
 /* How background pixels are reconstructed. */
 typedef enum {
     REDML_RECON_DITHER = 0,  /* quantized: dithered bin midpoint; sparse: dithered rounding of the model */
-    REDML_RECON_POISSON = 1  /* sparse only: seeded Poisson draw around the model */
+    REDML_RECON_POISSON = 1, /* sparse only: seeded Poisson draw around the model */
+    /* Quantized integer photon counts (gain 1) only; bins of s counts with s - 1 <= q*sigma/2
+     * and no low-count rule; the two decode the same chunk (see docs/format.md): */
+    REDML_RECON_MEAN = 2,    /* the mean of Poisson(model) within the bin, rounded with dither */
+    REDML_RECON_DRAW = 3     /* a seeded draw from Poisson(model) within the bin */
 } redml_recon;
+
+/* Whether a reconstruction is defined for a mode and dtype (the one rule encoder, parser
+ * and decoder check). */
+static inline int redml_recon_allowed(int mode, int recon, int is_float) {
+    if (recon == REDML_RECON_DITHER) return 1;
+    if (recon == REDML_RECON_POISSON) return mode == REDML_MODE_SPARSE;
+    if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) return mode == REDML_MODE_QUANTIZED && !is_float;
+    return 0;
+}
 
 typedef enum {
     REDML_OK = 0,
