@@ -13,16 +13,22 @@ that write() returned from is intact: SWMR readers open it as it is; a plain ope
 `h5clear -s file` first (HDF5 refuses a file whose SWMR writer died otherwise). Flushing
 hands the data to the operating system: it survives the process, not a crash of the
 machine itself (see docs/reliability.md).
+
+With a geometry the file is NXmx (redml_reduce.nxmx): dials.import reads it directly, the
+redml filter found through HDF5_PLUGIN_PATH=redml_reduce.PLUGIN_PATH. `filter=` writes
+with another HDF5 filter instead (a mapping such as hdf5plugin.Bitshuffle(), or {} for
+none), the same file layout: the benchmarks compare codecs through this one writer.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import h5py
 import numpy as np
 
-from .codec import SUPPORTED_DTYPES, encode
+from .codec import SUPPORTED_DTYPES, encode, inspect
 from .h5filter import Redml
+from .nxmx import write_nxmx
 
 __all__ = ["FrameWriter"]
 
@@ -34,9 +40,13 @@ class FrameWriter:
     uint32, float32. codec_settings: q and the other redml settings (see
     redml_reduce.CodecSettings), also stored as the dataset's filter options so that any
     HDF5 reader decodes the frames. nthreads: encoder threads (0 = all cores).
+    geometry (redml_reduce.background.Geometry), pixel_mask and nxmx (more keywords of
+    redml_reduce.nxmx.write_nxmx): write an NXmx file. filter: another HDF5 filter's
+    create_dataset keywords instead of redml ({} = uncompressed).
     """
 
     def __init__(self, path, frame_shape, dtype, *, dataset: str = "entry/data/data", nthreads: int = 0,
+                 geometry=None, pixel_mask=None, nxmx: Optional[dict] = None, filter: Optional[Mapping] = None,
                  **codec_settings):
         h, w = (int(v) for v in frame_shape)
         if h < 1 or w < 1:
@@ -46,8 +56,11 @@ class FrameWriter:
             raise TypeError(f"unsupported dtype {self.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
         self.frame_shape = (h, w)
         self.nthreads = nthreads
-        self._filter = Redml(**codec_settings)  # validates the settings before the file exists
-        self.settings = self._filter.settings
+        if filter is not None and codec_settings:
+            raise ValueError(f"redml settings {sorted(codec_settings)} given with another filter")
+        # Validates the settings before the file exists.
+        self._filter = Redml(**codec_settings) if filter is None else dict(filter)
+        self.settings = self._filter.settings if filter is None else None
         self.path = path
         self.count = 0
         # SWMR needs the 1.10 file format at least; capping it at 1.10 keeps the file
@@ -55,6 +68,9 @@ class FrameWriter:
         # h5py's newer HDF5 writes structures they cannot read.
         self._file = h5py.File(path, "w", libver=("v110", "v110"))
         try:
+            if geometry is not None:
+                write_nxmx(self._file, geometry, (h, w), data_path="/" + dataset.strip("/"), pixel_mask=pixel_mask,
+                           **(nxmx or {}))
             self._dset = self._file.create_dataset(dataset, shape=(0, h, w), maxshape=(None, h, w), dtype=self.dtype,
                                                    chunks=(1, h, w), **self._filter)
             self._file.swmr_mode = True
@@ -72,10 +88,29 @@ class FrameWriter:
             raise ValueError(f"frame has shape {arr.shape}, the dataset {self.frame_shape}")
         if arr.dtype.newbyteorder("=") != self.dtype:
             raise TypeError(f"frame has dtype {arr.dtype}, the dataset {self.dtype}")
+        if self.settings is None:
+            if roi is not None or mask is not None:
+                raise ValueError("roi and mask need the redml filter")
+            return self._append(lambda i: self._dset.write_direct(np.ascontiguousarray(arr)[None], dest_sel=np.s_[i:i + 1]))
         chunk = encode(arr, roi=roi, mask=mask, nthreads=self.nthreads, _settings=self.settings)
+        return self.write_chunk(chunk)
+
+    def write_chunk(self, chunk) -> int:
+        """Appends one frame already encoded (redml_reduce.encode, the GPU encoder) as is."""
+        if self._file is None:
+            raise ValueError("the writer is closed")
+        if self.settings is None:
+            raise ValueError("write_chunk needs the redml filter")
+        info = inspect(chunk)  # a RedmlError for anything that is not a whole redml chunk
+        if info["shape"] != self.frame_shape or info["dtype"] != self.dtype:
+            raise ValueError(f"chunk holds a {info['shape']} {info['dtype']} frame, the dataset {self.frame_shape} "
+                             f"{self.dtype}")
+        return self._append(lambda i: self._dset.id.write_direct_chunk((i, 0, 0), chunk))
+
+    def _append(self, store) -> int:
         i = self.count
         self._dset.resize(i + 1, axis=0)
-        self._dset.id.write_direct_chunk((i, 0, 0), chunk)
+        store(i)
         self._dset.flush()
         self._file.flush()
         self.count = i + 1
