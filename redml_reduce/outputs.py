@@ -177,9 +177,14 @@ class NxmxWriter:
         if geometry is not None:
             cutoff = _header_value(first, r"Count_cutoff\s+(\d+)")
             exposure = _header_value(first, r"Exposure_time\s+([-+0-9.eE]+)\s*s")
+            thickness = _header_value(first, r"thickness\s+([-+0-9.eE]+)\s*m")
+            name = re.search(r"Detector:\s*([^,\n]+)", first.get("_array_data.header_contents", ""))
+            extra = {"sensor_thickness_mm": thickness * 1000} if thickness else {}
+            if name:
+                extra["detector_name"] = name.group(1).strip()
             write_nxmx(f, geometry, self.shape, data_path="/" + self.data_path,
                        saturation_value=None if cutoff is None else int(cutoff), underload_value=0,
-                       count_time_s=exposure)
+                       count_time_s=exposure, **extra)
         else:
             entry = f.require_group("entry")
             entry.attrs["NX_class"] = np.bytes_("NXentry")
