@@ -384,7 +384,7 @@ class _Dask:
                 client = Client(scheduler)
             else:
                 self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None)
+                                             dashboard_address=":0")
                 client = Client(self._cluster)
         self.client = client
         self.workers = len(client.scheduler_info().get("workers", {})) or workers
