@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -123,7 +124,7 @@ def encode_part(inp: Input, start: int, stop: int, settings: CodecSettings, part
                 nthreads: int = 1) -> dict:
     """Task: encodes frames start..stop-1 into a part file (HDF5, redml chunks by direct
     chunk write, image headers beside them). Returns what write_output needs to check it."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     tmp = f"{part_path}.{uuid.uuid4().hex}.tmp"
     digests, raw, shape, dtype = [], 0, None, None
     try:
@@ -146,7 +147,7 @@ def encode_part(inp: Input, start: int, stop: int, settings: CodecSettings, part
         if os.path.exists(tmp):
             os.remove(tmp)
     return {"start": start, "stop": stop, "path": part_path, "shape": shape, "dtype": str(dtype), "digests": digests,
-            "raw_bytes": raw, "seconds": time.perf_counter() - t0}
+            "raw_bytes": raw, "seconds": time.perf_counter() - t0, "cpu_seconds": time.thread_time() - c0}
 
 
 def _from_parts(parts):
@@ -169,7 +170,7 @@ def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_
                  verify: bool = True, nthreads: int = 1) -> dict:
     """Task: writes the output of an input under a temporary name, from its part files (or
     encoding the frames itself when parts is None), checks it and renames it into place."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     out_path = Path(out_path)
     tmp = Path(tmp_dir) / f"{out_path.name}.{uuid.uuid4().hex}.tmp"
     if parts is None:
@@ -211,8 +212,9 @@ def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_
         if os.path.exists(p["path"]):
             os.remove(p["path"])
     seconds = time.perf_counter() - t0 + sum(p["seconds"] for p in parts or ())
+    cpu = time.thread_time() - c0 + sum(p["cpu_seconds"] for p in parts or ())
     return {"frames": n_frames, "raw_bytes": raw, "bytes_out": path_size(out_path), "seconds": seconds,
-            "output": str(out_path)}
+            "cpu_seconds": cpu, "output": str(out_path)}
 
 
 def decode_header(chunk) -> dict:
@@ -264,7 +266,8 @@ class Manifest:
 class Report:
     """Per input: name, input, output, status (done, skipped: finished by an earlier run,
     error), frames, raw_bytes (frames as arrays), bytes_in (input files), bytes_out, ratio
-    (raw_bytes / bytes_out), seconds (task time), error."""
+    (raw_bytes / bytes_out), seconds (wall time of its tasks), cpu_seconds (CPU time of its
+    tasks' threads), error."""
 
     rows: list = field(default_factory=list)
     wall_seconds: float = 0.0
@@ -284,6 +287,7 @@ class Report:
                 "errors": len(self.errors), "frames": sum(r["frames"] for r in done), "raw_bytes": raw,
                 "bytes_in": sum(r["bytes_in"] for r in done), "bytes_out": out,
                 "ratio": raw / out if out else None, "wall_seconds": self.wall_seconds,
+                "cpu_seconds": sum(r["cpu_seconds"] for r in done),
                 "mbps": raw / 1e6 / wall if done else 0.0, "files_per_s": len(done) / wall if done else 0.0}
 
     def to_json(self) -> dict:
@@ -305,13 +309,13 @@ class Report:
         lines.append(f"{t['done']} done, {t['skipped']} skipped, {t['errors']} errors; {t['frames']} frames, "
                      f"{t['raw_bytes'] / 1e6:.1f} MB of frames -> {t['bytes_out'] / 1e6:.1f} MB (ratio {ratio}) in "
                      f"{t['wall_seconds']:.1f} s: {t['mbps']:.1f} MB/s, {t['files_per_s']:.2f} files/s, "
-                     f"{self.workers or 'serial'} workers")
+                     f"{self.workers or 'serial, 0'} workers, {t['cpu_seconds']:.1f} s CPU in tasks")
         return "\n".join(lines)
 
 
 def _row(inp: Input, status: str, **values) -> dict:
     row = {"name": inp.name, "input": inp.label, "status": status, "frames": 0, "raw_bytes": 0, "bytes_in": 0,
-           "bytes_out": 0, "ratio": None, "seconds": 0.0, "output": None, "error": None}
+           "bytes_out": 0, "ratio": None, "seconds": 0.0, "cpu_seconds": 0.0, "output": None, "error": None}
     row.update(values)
     if row["bytes_out"] and row["raw_bytes"]:
         row["ratio"] = row["raw_bytes"] / row["bytes_out"]
@@ -383,14 +387,26 @@ class _Dask:
             if scheduler:
                 client = Client(scheduler)
             else:
+                # Errors of tasks are in the report; the workers' own log of them is noise.
                 self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=":0")
+                                             dashboard_address=":0", silence_logs=logging.CRITICAL)
                 client = Client(self._cluster)
         self.client = client
         self.workers = len(client.scheduler_info().get("workers", {})) or workers
 
     def submit(self, fn, *args, **kwargs):
         return self.client.submit(fn, *args, pure=False, **kwargs)
+
+    def progress_bar(self, futures):
+        """distributed's text progress bar over the tasks, drawn by a background thread."""
+        import threading
+
+        from distributed import progress
+
+        bar = threading.Thread(target=progress, args=(list(futures),), kwargs={"notebook": False, "multi": False},
+                               daemon=True)
+        bar.start()
+        return bar
 
     def as_completed(self, futures):
         from distributed import as_completed
@@ -433,7 +449,8 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
     (default: inputs split so that there are about two tasks per worker). resume: skip
     inputs the manifest records as finished. verify: decode every chunk and check it.
     nthreads: encoder threads per task. report_path: where the JSON report goes (default
-    out_dir/recompress-report.json). progress: print a line per finished input (stderr).
+    out_dir/recompress-report.json). progress: distributed's progress bar over the tasks
+    (stdout), or a line per finished input (stderr) on the serial path.
     on_result(row): called as each input finishes (an exception from it stops the run).
     """
     t_start = time.perf_counter()
@@ -470,8 +487,8 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
             out = output_path(out_dir, inp, output)
             entry = manifest.finished(inp.name, info["signature"], config, output) if resume else None
             if entry is not None:
-                rows[inp.name] = _row(inp, "skipped", **{k: entry[k] for k in ("frames", "raw_bytes", "bytes_in",
-                                                                               "bytes_out", "seconds", "output")})
+                rows[inp.name] = _row(inp, "skipped", **{k: entry.get(k, 0) for k in (
+                    "frames", "raw_bytes", "bytes_in", "bytes_out", "seconds", "cpu_seconds", "output")})
             else:
                 todo.append((inp, info, out))
         jobs, live = {}, []
@@ -489,6 +506,7 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
                             nthreads)
             jobs[fut] = (inp, info)
             live.append(fut)
+        bar = ex.progress_bar(live) if progress and isinstance(ex, _Dask) and live else None
         for k, fut in enumerate(ex.as_completed(list(jobs)), 1):
             inp, info = jobs[fut]
             bytes_in = sum(size for _, size, _ in info["signature"])
@@ -500,12 +518,15 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
             except Exception as e:
                 row = _row(inp, "error", bytes_in=bytes_in, error=_message(e))
             rows[inp.name] = row
-            if progress:
+            if progress and bar is None:
                 ratio = f", ratio {row['ratio']:.2f}" if row["ratio"] else ""
                 print(f"[{k}/{len(jobs)}] {row['status']} {inp.name}: {row['frames']} frames{ratio}"
                       f"{', ' + row['error'] if row['error'] else ''}", file=sys.stderr, flush=True)
             if on_result is not None:
                 on_result(row)
+        if bar is not None:
+            bar.join(timeout=5)
+            print(file=sys.stdout, flush=True)
     except BaseException:
         ex.cancel(live)
         raise
