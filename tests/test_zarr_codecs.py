@@ -225,3 +225,13 @@ def test_zarr_golden_stores(name):
         assert back.tobytes() == frames.tobytes()
     else:
         assert np.abs(back.astype(int) - frames).max() > 0
+
+
+def test_zarr_entry_point_in_fresh_interpreter():
+    out = run_fresh(
+        "import sys\n"
+        "from zarr.registry import get_codec_class\n"
+        "cls = get_codec_class('redml_reduce.redml')\n"
+        "codec = cls.from_dict({'name': 'redml_reduce.redml', 'configuration': {'q': 2.0}})\n"
+        "print(cls.__module__, cls.__name__, codec.to_dict()['configuration']['max_error_sigmas'])\n")
+    assert out.split() == ["redml_reduce.zarr_codec", "RedmlZarrCodec", "1.0"]
