@@ -3,6 +3,7 @@
     redml tune FRAME... --reference REF [--radius 2]
     redml find-spots FRAME... [--cxi OUT.cxi]
     redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
+    redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
 
 FRAME: any image fabio reads (CBF, SMV, ...) or FILE.h5:/path/to/dataset[:index].
 REF: a DIALS strong.refl (read with the system python that has DIALS) or a .json file
@@ -20,18 +21,6 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["main", "read_frames", "read_reference"]
-
-_DIALS_EXPORT = r"""
-import sys, json
-from dials.array_family import flex
-r = flex.reflection_table.from_file(sys.argv[1])
-x, y, z = r["xyzobs.px.value"].parts()
-out = {}
-for i, xx, yy in zip(r["id"], x, y):
-    out.setdefault(str(i), []).append([xx, yy])
-json.dump(out, open(sys.argv[2], "w"))
-"""
-
 
 def read_frames(specs) -> list[np.ndarray]:
     """Frames from files fabio reads, or FILE.h5:/dataset[:index] (all frames of a 3-D dataset)."""
@@ -60,10 +49,12 @@ def read_frames(specs) -> list[np.ndarray]:
 def read_reference(path: str, n_frames: int) -> list[np.ndarray]:
     """Reference positions per frame from a DIALS .refl or a .json file."""
     if path.endswith(".refl"):
+        from .dials_side import script
+        from .sim import DIALS_PYTHON
+
         with tempfile.TemporaryDirectory() as tmp:
-            script, out = Path(tmp) / "export.py", Path(tmp) / "spots.json"
-            script.write_text(_DIALS_EXPORT)
-            subprocess.run(["/usr/bin/python3", str(script), path, str(out)], check=True)
+            out = Path(tmp) / "spots.json"
+            subprocess.run([DIALS_PYTHON, script("strong_json.py"), path, str(out)], check=True)
             data = json.loads(out.read_text())
     else:
         data = json.loads(Path(path).read_text())
@@ -116,6 +107,25 @@ def _recompress(args) -> int:
     return 1 if report.errors else 0
 
 
+def _yield(args) -> int:
+    from .yardstick import Dials
+    from .yield_study import format_table, plot, series_from_files, study
+
+    cell = tuple(float(v) for v in args.unit_cell.split(","))
+    if len(cell) != 6:
+        raise SystemExit("--unit-cell needs six numbers: a,b,c,alpha,beta,gamma")
+    series = series_from_files(args.frames)
+    work = Path(args.workdir)
+    results = study(series, args.codecs, Dials(args.space_group, cell, nproc=args.nproc), work)
+    commands = results.pop("_commands")
+    print(format_table(results, title=f"{series.name}: {series.n} frames"))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "commands": commands}, indent=1, default=float))
+    if args.figure:
+        plot({series.name: results}, args.figure)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="redml", description="redml_reduce command line")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -143,6 +153,18 @@ def main(argv=None) -> int:
     rc.add_argument("--no-resume", action="store_true", help="redo inputs the manifest records as finished")
     rc.add_argument("--no-verify", action="store_true", help="skip decoding every chunk against its frame")
     rc.set_defaults(run=_recompress)
+    from .yield_study import DEFAULT_CODECS
+
+    y = sub.add_parser("yield", help="compression ratio against DIALS indexing yield for your frames")
+    y.add_argument("frames", nargs="+", help="CBF/SMV files (one frame each) or one NXmx file")
+    y.add_argument("--space-group", required=True)
+    y.add_argument("--unit-cell", required=True, help="a,b,c,alpha,beta,gamma")
+    y.add_argument("--codecs", nargs="+", default=DEFAULT_CODECS)
+    y.add_argument("--workdir", default="redml-yield", help="files and DIALS runs go here")
+    y.add_argument("--nproc", type=int, default=2)
+    y.add_argument("--json")
+    y.add_argument("--figure", help="PNG: ratio against yield and intensity CC")
+    y.set_defaults(run=_yield)
     args = ap.parse_args(argv)
     return args.run(args)
 

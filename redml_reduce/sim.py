@@ -282,7 +282,8 @@ class StillSimulator:
         out["intensity"] = self.full_intensity[idx] * partiality
         return out[out["intensity"] >= 0.5]
 
-    def shot(self, index: int) -> Shot:
+    def shot(self, index: int, noise: bool = True) -> Shot:
+        """Shot `index`; noise=False gives the expected photons rounded (no Poisson draw)."""
         s = self.settings
         rng = np.random.default_rng([self.seed, 1, int(index)])
         hit = bool(rng.random() < s.hit_rate)
@@ -293,7 +294,7 @@ class StillSimulator:
             refl = self.predict(rotation)
             refl["frame"] = index
             self._render(expected, refl)
-        frame = rng.poisson(expected)
+        frame = rng.poisson(expected) if noise else np.rint(expected).astype(np.int64)
         frame[self.dead] = 0
         frame[self.hot] = 4000
         frame[self.mask] = -1 if np.dtype(s.dtype).kind == "i" else np.iinfo(s.dtype).max

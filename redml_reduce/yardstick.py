@@ -34,10 +34,11 @@ from .dials_side import SHIM_DIR, script
 from .h5filter import PLUGIN_PATH
 from .sim import DIALS_PYTHON
 
-__all__ = ["Dials", "DialsRun", "DialsError", "compare", "dials_env", "INTEGRATED_DTYPE"]
+__all__ = ["Dials", "DialsRun", "DialsError", "compare", "dials_env", "INTEGRATED_DTYPE", "SPOT_DTYPE"]
 
 INTEGRATED_DTYPE = np.dtype([("image", "<i8"), ("h", "<i8"), ("k", "<i8"), ("l", "<i8"), ("intensity", "<f8"),
                              ("variance", "<f8")])
+SPOT_DTYPE = np.dtype([("image", "<i8"), ("x", "<f8"), ("y", "<f8")])  # pixel centres at +0.5
 
 
 class DialsError(RuntimeError):
@@ -65,13 +66,15 @@ def dials_env() -> dict:
 @dataclass
 class DialsRun:
     """What DIALS made of one file: per image, strong spots and whether it indexed; the
-    integrated reflections (INTEGRATED_DTYPE); seconds per step; the commands run."""
+    integrated reflections (INTEGRATED_DTYPE); the strong spots' centroids (SPOT_DTYPE);
+    seconds per step; the commands run."""
 
     path: str
     workdir: str
     strong: np.ndarray
     indexed: np.ndarray  # bool per image
     integrated: np.ndarray
+    spots: np.ndarray
     seconds: dict = field(default_factory=dict)
     commands: list = field(default_factory=list)
 
@@ -82,15 +85,15 @@ class DialsRun:
 
 @dataclass
 class Dials:
-    """How DIALS is run. nproc: processes per DIALS program. find_spots / index /
-    integrate: extra phil parameters for each program ("key=value")."""
+    """How DIALS is run. nproc: processes per DIALS program. find_spots_options,
+    index_options, integrate_options: extra phil parameters ("key=value") per program."""
 
     space_group: str
     unit_cell: tuple
     nproc: int = 2
-    find_spots: tuple = ()
-    index: tuple = ()
-    integrate: tuple = ("algorithm=stills",)
+    find_spots_options: tuple = ()
+    index_options: tuple = ()
+    integrate_options: tuple = ("algorithm=stills",)
     timeout_s: float = 7200.0
 
     def _run(self, args, cwd, commands, seconds, step):
@@ -110,7 +113,7 @@ class Dials:
     def _cell(self) -> str:
         return ",".join(f"{v:g}" for v in self.unit_cell)
 
-    def process(self, path, workdir, *, integrate: bool = True) -> DialsRun:
+    def process(self, path, workdir, *, index: bool = True, integrate: bool = True) -> DialsRun:
         """dials.import, find_spots, ssx_index (known cell and space group), ssx_integrate."""
         path = str(Path(path).resolve())
         work = Path(workdir).resolve()
@@ -120,21 +123,22 @@ class Dials:
         commands, seconds = [], {}
         nproc = f"nproc={self.nproc}"
         self._run(["dials.import", path, "output.experiments=imported.expt"], work, commands, seconds, "import")
-        self._run(["dials.find_spots", "imported.expt", nproc, "output.reflections=strong.refl", *self.find_spots],
-                  work, commands, seconds, "find_spots")
-        self._run(["dials.ssx_index", "imported.expt", "strong.refl", f"space_group={self.space_group}",
-                   f"unit_cell={self._cell()}", nproc, *self.index], work, commands, seconds, "index")
-        indexed = (work / "indexed.expt").exists() and (work / "indexed.refl").exists()
+        self._run(["dials.find_spots", "imported.expt", nproc, "output.reflections=strong.refl",
+                   *self.find_spots_options], work, commands, seconds, "find_spots")
+        if index:
+            self._run(["dials.ssx_index", "imported.expt", "strong.refl", f"space_group={self.space_group}",
+                       f"unit_cell={self._cell()}", nproc, *self.index_options], work, commands, seconds, "index")
+        indexed = index and (work / "indexed.expt").exists() and (work / "indexed.refl").exists()
         if integrate and indexed:
-            self._run(["dials.ssx_integrate", "indexed.expt", "indexed.refl", nproc, *self.integrate], work, commands,
-                      seconds, "integrate")
+            self._run(["dials.ssx_integrate", "indexed.expt", "indexed.refl", nproc, *self.integrate_options], work,
+                      commands, seconds, "integrate")
         export = [f"strong={work / 'strong.refl'}"]
         if indexed:
             export.append(f"indexed={work / 'indexed.expt'}")
-        strong, indexed_images, integrated = self._export(work, export, commands, seconds)
+        strong, indexed_images, integrated, spots = self._export(work, export, commands, seconds)
         flags = np.zeros(len(strong), bool)
         flags[indexed_images] = True
-        return DialsRun(path, str(work), strong, flags, integrated, seconds, commands)
+        return DialsRun(path, str(work), strong, flags, integrated, spots, seconds, commands)
 
     def integrate_like(self, reference: DialsRun, path, workdir) -> np.ndarray:
         """The reference's indexed crystals integrated on the images of `path` (the same
@@ -155,9 +159,9 @@ class Dials:
         (work / "indexed.expt").write_text(text.replace(old, json.dumps(path)[1:-1]))
         shutil.copy(ref / "indexed.refl", work / "indexed.refl")
         self._run(["dials.import", path, "output.experiments=imported.expt"], work, commands, seconds, "import")
-        self._run(["dials.ssx_integrate", "indexed.expt", "indexed.refl", f"nproc={self.nproc}", *self.integrate],
-                  work, commands, seconds, "integrate")
-        _, _, integrated = self._export(work, [], commands, seconds)
+        self._run(["dials.ssx_integrate", "indexed.expt", "indexed.refl", f"nproc={self.nproc}",
+                   *self.integrate_options], work, commands, seconds, "integrate")
+        integrated = self._export(work, [], commands, seconds)[2]
         reference.commands.extend(commands)
         return integrated
 
@@ -174,7 +178,10 @@ class Dials:
             integrated = np.zeros(len(z["integrated_intensity"]), INTEGRATED_DTYPE)
             for name in INTEGRATED_DTYPE.names:
                 integrated[name] = z["integrated_" + name]
-            return z["strong_per_image"].copy(), z["indexed_images"].copy(), integrated
+            spots = np.zeros(len(z["strong_x"]) if "strong_x" in z else 0, SPOT_DTYPE)
+            if len(spots):
+                spots["image"], spots["x"], spots["y"] = z["strong_image"], z["strong_x"], z["strong_y"]
+            return z["strong_per_image"].copy(), z["indexed_images"].copy(), integrated, spots
 
 
 def _keys(table: np.ndarray) -> np.ndarray:

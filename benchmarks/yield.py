@@ -1,0 +1,150 @@
+"""Compression ratio against DIALS indexing yield and intensity fidelity, all codecs in one run.
+
+    python benchmarks/yield.py --quick --json yield.json     # a small simulated set, < 10 min on 2 cores
+    python benchmarks/yield.py --json yield.json             # 100 shots x 3 simulated settings + thaumatin
+    python benchmarks/yield.py --frames 30 --datasets thaumatin sim-weak
+
+Each data set is written once per codec through the same NXmx writer (redml_reduce.FrameWriter),
+read back and compared with the original frames; DIALS 3.12 (Debian) indexes every file
+whose frames differ from the original (dials.import, find_spots, ssx_index with the known
+cell) and integrates the uncompressed file's crystals on it (ssx_integrate,
+algorithm=stills). Prints one table per data set, writes JSON (top level: each codec
+summed over the data sets, cc_intensity the worst data set's) and a figure (PNG).
+Simulated data: redml_reduce.sim (lysozyme, P43212, JUNGFRAU 4M geometry).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, jungfrau_4m
+from redml_reduce.yardstick import Dials
+from redml_reduce.yield_study import DEFAULT_CODECS, format_table, plot, series_from_files, series_from_simulator, study
+
+THAUMATIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "thaumatin_grid"
+LYSOZYME = ("P43212", (79.1, 79.1, 37.9, 90, 90, 90))
+THAUMATIN_CELL = ("P41212", (58.6, 58.6, 151.5, 90, 90, 90))
+
+# name -> (detector, shot settings); 'weak' puts most spots at SNR ~1-2.
+SIMULATED = {
+    "sim-lowbg": (jungfrau_4m(), ShotSettings(background=0.3, water_ring=0.6, signal=2000, hit_rate=0.3)),
+    "sim-highbg": (jungfrau_4m(), ShotSettings(background=4.0, water_ring=6.0, signal=2000, hit_rate=0.3)),
+    "sim-weak": (jungfrau_4m(), ShotSettings(background=1.0, water_ring=2.0, signal=120, hit_rate=0.3)),
+    # Quick: two modules (a JUNGFRAU 1M) closer to the sample, mostly hits.
+    "sim-quick": (DetectorLayout(modules=(2, 1), name="JUNGFRAU 1M (simulated)"),
+                  ShotSettings(background=2.0, water_ring=3.0, signal=2000, hit_rate=0.75, distance_mm=60.0)),
+}
+
+
+def snr_summary(truth) -> dict:
+    if truth is None or len(truth) == 0:
+        return {}
+    snr = truth["intensity"] / np.sqrt(truth["intensity"] + truth["background"])
+    return {"reflections": int(len(truth)), "median_snr": float(np.median(snr)),
+            "fraction_snr_below_2": float(np.mean(snr < 2))}
+
+
+def summarize(all_results: dict) -> dict:
+    codecs = {c for r in all_results.values() for c in r if not c.startswith("_")}
+    out = {}
+    for codec in sorted(codecs):
+        rows = [r[codec] for r in all_results.values() if codec in r]
+        raw, stored = sum(r["raw_bytes"] for r in rows), sum(r["stored_bytes"] for r in rows)
+        indexed_u = sum(r["indexed_uncompressed"] for r in rows)
+        both = sum(r["indexed_both"] for r in rows)
+        ccs = [r["cc_intensity"] for r in rows if not np.isnan(r["cc_intensity"])]
+        out[codec] = {"ratio": raw / stored, "indexed": sum(r["indexed"] for r in rows), "indexed_uncompressed": indexed_u,
+                      "indexed_both": both, "yield": both / indexed_u if indexed_u else float("nan"),
+                      "lost": sum(len(r["lost"]) for r in rows), "gained": sum(len(r["gained"]) for r in rows),
+                      "cc_intensity": min(ccs) if ccs else float("nan"),
+                      "reflections_matched": sum(r["reflections_matched"] for r in rows),
+                      "reflections_uncompressed": sum(r["reflections_uncompressed"] for r in rows)}
+    return out
+
+
+def write_json(path, all_results, meta, figure, t_start) -> None:
+    out = {**summarize(all_results), "datasets": all_results, "meta": meta, "figure": figure,
+           "seconds": time.perf_counter() - t_start, "argv": sys.argv}
+    Path(path).write_text(json.dumps(out, indent=1, default=float))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one small simulated set (JUNGFRAU 1M, 8 shots)")
+    p.add_argument("--frames", type=int, default=None, help="shots per simulated set (default 100; quick 10)")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help=f"from {', '.join(SIMULATED)}, thaumatin (default: all but sim-quick; quick: sim-quick)")
+    p.add_argument("--codecs", nargs="+", default=DEFAULT_CODECS)
+    p.add_argument("--nproc", type=int, default=2, help="processes per DIALS program")
+    p.add_argument("--dials-identical", action="store_true",
+                   help="run DIALS on lossless files too (their frames equal the original's)")
+    p.add_argument("--workdir", default=None, help="keep the files and DIALS runs here")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--json", default=None)
+    p.add_argument("--figure", default=None, help="PNG path (default: beside the JSON, or yield.png)")
+    args = p.parse_args(argv)
+    datasets = args.datasets or (["sim-quick"] if args.quick else ["sim-lowbg", "sim-highbg", "sim-weak", "thaumatin"])
+    frames = args.frames or (8 if args.quick else 100)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="redml-yield-")
+        work = Path(tmp.name)
+    else:
+        work = Path(args.workdir)
+    t_start = time.perf_counter()
+    all_results, meta = {}, {}
+    for k, name in enumerate(datasets):
+        if name == "thaumatin":
+            paths = sorted(THAUMATIN.glob("*.cbf.bz2"))
+            if not paths:
+                print(f"no thaumatin frames in {THAUMATIN}", file=sys.stderr)
+                return 2
+            series = series_from_files(paths, name="thaumatin")
+            dials = Dials(*THAUMATIN_CELL, nproc=args.nproc)
+            meta[name] = {"source": str(THAUMATIN), "frames": series.n, "detector": "Pilatus 6M (real data)"}
+        elif name in SIMULATED:
+            detector, settings = SIMULATED[name]
+            sim = StillSimulator(detector, Crystal(), settings, seed=args.seed + k)
+            series = series_from_simulator(sim, frames, name=name)
+            dials = Dials(*LYSOZYME, nproc=args.nproc)
+            meta[name] = {"frames": series.n, "hits": int(series.hits.sum()), "detector": detector.name,
+                          "shape": list(series.shape), "settings": settings.__dict__, **snr_summary(series.truth)}
+        else:
+            print(f"unknown data set {name!r}", file=sys.stderr)
+            return 2
+        print(f"{name}: {series.n} frames {series.shape} {series.dtype}", flush=True)
+        results = study(series, args.codecs, dials, work / name, dials_identical=args.dials_identical,
+                        log=lambda m: print(m, flush=True))
+        meta[name]["commands"] = results.pop("_commands")
+        all_results[name] = results
+        print(format_table(results, title=f"\n{name} ({series.n} frames)"), flush=True)
+        if args.json:  # after every data set, so a long run that stops keeps what it measured
+            write_json(args.json, all_results, meta, None, t_start)
+    summary = summarize(all_results)
+    print("\nall data sets (ratio over all bytes; cc_intensity of the worst data set)")
+    for codec, r in summary.items():
+        print(f"  {codec:15s} ratio {r['ratio']:7.2f}  indexed {r['indexed']}/{r['indexed_uncompressed']} "
+              f"(lost {r['lost']}, gained {r['gained']})  CC {r['cc_intensity']:.4f}")
+    figure = args.figure or (str(Path(args.json).with_suffix(".png")) if args.json else "yield.png")
+    try:
+        plot(all_results, figure)
+        print(f"figure: {figure}")
+    except ImportError:
+        figure = None
+        print("matplotlib is not installed: no figure (pip install .[bench])")
+    if args.json:
+        write_json(args.json, all_results, meta, figure, t_start)
+        print(f"json: {args.json}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

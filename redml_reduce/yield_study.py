@@ -1,0 +1,285 @@
+"""Compression ratio against DIALS indexing yield and intensities: "which q can I afford?"
+
+    series = series_from_files(["run_0001.cbf", ...])         # or an NXmx file, or simulated shots
+    dials = Dials("P41212", (58.6, 58.6, 151.5, 90, 90, 90))
+    results = study(series, ["bslz4", "sz3-abs1", "redml-q1", "redml-q2"], dials, "work/")
+    print(format_table(results))
+
+Each codec writes the same frames into an NXmx file through one writer (FrameWriter); the
+file is read back and compared with the original frames; DIALS indexes every file whose
+frames differ from the original and integrates the original's crystals on it (see
+redml_reduce.yardstick). Files whose decoded frames are byte-identical to the original
+would give DIALS identical input: their DIALS figures are the uncompressed run's, and the
+table says so ("dials": "identical"); likewise a codec whose decoded frames equal another
+codec's ("same frames as ...").
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import h5py
+import numpy as np
+
+from .background import Geometry
+from .nxmx import pixel_mask_from_gaps
+from .writer import FrameWriter
+from .yardstick import Dials, DialsRun, compare
+
+__all__ = ["Series", "CODECS", "series_from_files", "series_from_simulator", "write_series", "study",
+           "format_table", "plot", "codec_writer_options"]
+
+# name -> what FrameWriter gets. Peers come from hdf5plugin (imported when used).
+CODECS = {
+    "uncompressed": lambda hp: {"filter": {}},
+    "bslz4": lambda hp: {"filter": hp.Bitshuffle(cname="lz4")},
+    "bszstd": lambda hp: {"filter": hp.Bitshuffle(cname="zstd")},
+    "zstd": lambda hp: {"filter": hp.Zstd()},
+    "sz3-abs0.5": lambda hp: {"filter": hp.SZ3(absolute=0.5)},
+    "sz3-abs1": lambda hp: {"filter": hp.SZ3(absolute=1)},
+    "sz3-abs2": lambda hp: {"filter": hp.SZ3(absolute=2)},
+    "redml-lossless": lambda hp: {"q": 0},
+    "redml-q0.5": lambda hp: {"q": 0.5},
+    "redml-q1": lambda hp: {"q": 1},
+    "redml-q2": lambda hp: {"q": 2},
+    "redml-q4": lambda hp: {"q": 4},
+    "redml-sparse": lambda hp: {"q": "sparse"},
+}
+DEFAULT_CODECS = list(CODECS)
+
+
+def codec_writer_options(name: str) -> dict:
+    if name not in CODECS:
+        raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}")
+    hp = None
+    if not name.startswith("redml"):
+        import hdf5plugin as hp
+    return CODECS[name](hp)
+
+
+@dataclass
+class Series:
+    """Frames with their geometry: what one NXmx file holds."""
+
+    name: str
+    n: int
+    shape: tuple
+    dtype: np.dtype
+    geometry: Geometry
+    frames: Callable[[], Iterator[np.ndarray]]  # a fresh iterator over the n frames per call
+    pixel_mask: Optional[np.ndarray] = None
+    nxmx: dict = field(default_factory=dict)
+    truth: Optional[np.ndarray] = None  # the simulator's reflections (sim.REFLECTION_DTYPE)
+    hits: Optional[np.ndarray] = None
+
+
+def series_from_simulator(sim, n: int, name: str = "simulated", start: int = 0) -> Series:
+    """n shots of a redml_reduce.sim.StillSimulator (made again on every pass: shot i is a
+    pure function of the simulator's seed and i)."""
+    shots = [(s.reflections, s.hit) for s in (sim.shot(i) for i in range(start, start + n))]
+    truth = np.concatenate([r for r, _ in shots]) if shots else None
+    return Series(name, n, sim.detector.shape, np.dtype(sim.settings.dtype), sim.geometry,
+                  lambda: (sim.shot(i).frame for i in range(start, start + n)),
+                  pixel_mask_from_gaps(sim.mask), sim.nxmx_options(), truth, np.array([h for _, h in shots]))
+
+
+def _dials_geometry(path: str) -> dict:
+    from .dials_side import script
+    from .sim import DIALS_PYTHON
+
+    out = subprocess.run([DIALS_PYTHON, script("geometry.py"), path], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"dxtbx could not read the geometry of {path}: {out.stderr.strip()[-400:]}")
+    return json.loads(out.stdout)
+
+
+def series_from_files(paths, name: Optional[str] = None, dataset: str = "entry/data/data") -> Series:
+    """Frames and geometry from image files dxtbx and fabio read (CBF, SMV, ...: one frame
+    per file) or from one NXmx file. The pixel mask: pixels negative in the first frame
+    (module gaps of Pilatus/EIGER CBFs) or the file's NXmx pixel_mask."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("no input files")
+    if len(paths) == 1 and h5py.is_hdf5(paths[0]):
+        path = paths[0]
+        geom = Geometry.from_nxmx(path)
+        with h5py.File(path, "r") as f:
+            d = f[dataset]
+            n, shape, dtype = d.shape[0], d.shape[1:], d.dtype
+            det = f["entry/instrument/detector"]
+            mask = det["pixel_mask"][()] if "pixel_mask" in det else None
+
+        def frames():
+            with h5py.File(path, "r") as f:
+                d = f[dataset]
+                for i in range(n):
+                    yield d[i]
+
+        return Series(name or Path(path).stem, n, tuple(shape), dtype, geom, frames, mask)
+    import fabio
+
+    g = _dials_geometry(paths[0])
+    if abs(abs(g["normal_z"]) - 1) > 1e-6:
+        raise ValueError(f"{paths[0]}: the detector is not normal to the beam; only flat, untilted detectors are supported")
+    geom = Geometry(beam_x=g["beam_x"], beam_y=g["beam_y"], distance_mm=g["distance_mm"],
+                    pixel_size_mm=g["pixel_size_mm"], wavelength_a=g["wavelength_a"])
+    first = np.asarray(fabio.open(paths[0]).data)
+    options = {"detector_name": g["name"] or "detector", "sensor_material": g["sensor_material"],
+               "sensor_thickness_mm": g["sensor_thickness_mm"], "saturation_value": int(g["trusted_range"][1])}
+
+    def frames():
+        for p in paths:
+            frame = np.asarray(fabio.open(p).data)
+            if frame.shape != first.shape or frame.dtype != first.dtype:
+                raise ValueError(f"{p}: {frame.shape} {frame.dtype} frame, the series has {first.shape} {first.dtype}")
+            yield frame
+
+    return Series(name or Path(paths[0]).parent.name, len(paths), first.shape, first.dtype, geom, frames,
+                  pixel_mask_from_gaps(first < 0), options)
+
+
+def stored_bytes(path, dataset: str = "entry/data/data") -> int:
+    """Bytes of the frames as stored (chunk sizes; no metadata)."""
+    with h5py.File(path, "r") as f:
+        d = f[dataset]
+        return sum(d.id.get_chunk_info(i).size for i in range(d.id.get_num_chunks()))
+
+
+def write_series(series: Series, codec: str, path) -> dict:
+    """Writes the series with one codec; reads it back and compares with the original."""
+    options = codec_writer_options(codec)
+    t0 = time.perf_counter()
+    with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
+                     nxmx=series.nxmx, **options) as w:
+        for frame in series.frames():
+            w.write(frame)
+    seconds = time.perf_counter() - t0
+    identical, max_err, digest = True, 0.0, hashlib.sha256()
+    with h5py.File(path, "r") as f:
+        d = f["entry/data/data"]
+        for i, frame in enumerate(series.frames()):
+            back = d[i]
+            digest.update(back.tobytes())
+            if back.tobytes() != frame.tobytes():
+                identical = False
+                valid = frame >= 0
+                max_err = max(max_err, float(np.abs(back[valid].astype(np.float64) - frame[valid]).max()))
+    raw = series.n * int(np.prod(series.shape)) * series.dtype.itemsize
+    stored = stored_bytes(path)
+    return {"raw_bytes": raw, "stored_bytes": stored, "ratio": raw / stored, "write_s": seconds,
+            "identical": identical, "max_abs_error": max_err, "decoded_sha256": digest.hexdigest()}
+
+
+def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: bool = False, log=print) -> dict:
+    """Every codec on one series; returns {codec: figures} (see compare for the DIALS ones)."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    codecs = list(codecs)
+    if "uncompressed" not in codecs:
+        codecs.insert(0, "uncompressed")
+    results, runs = {}, {}
+    for codec in codecs:
+        path = work / f"{series.name}_{codec}.nxs"
+        results[codec] = write_series(series, codec, path)
+        log(f"  {series.name} {codec}: ratio {results[codec]['ratio']:.2f}, "
+            f"{'identical' if results[codec]['identical'] else 'max error %.3g' % results[codec]['max_abs_error']}")
+    ref_path = work / f"{series.name}_uncompressed.nxs"
+    t0 = time.perf_counter()
+    reference = dials.process(ref_path, work / "dials" / series.name / "uncompressed")
+    ref_seconds = time.perf_counter() - t0
+    log(f"  {series.name} DIALS on uncompressed: {reference.indexed.sum()}/{reference.n_images} indexed, "
+        f"{len(reference.integrated)} reflections integrated, {ref_seconds:.0f} s")
+    ran = {results["uncompressed"]["decoded_sha256"]: "uncompressed"}  # decoded frames -> codec DIALS ran on
+    for codec in codecs:
+        r = results[codec]
+        if codec == "uncompressed" or (r["identical"] and not dials_identical):
+            r.update(compare(reference, reference), dials="identical" if codec != "uncompressed" else "reference",
+                     dials_s=ref_seconds)
+            continue
+        twin = ran.get(r["decoded_sha256"])
+        if twin is not None and not dials_identical:
+            # Same decoded frames as a codec already run: DIALS would see the same input.
+            r.update({k: v for k, v in results[twin].items() if k not in ("raw_bytes", "stored_bytes", "ratio", "write_s",
+                                                                           "identical", "max_abs_error")},
+                     dials=f"same frames as {twin}")
+            continue
+        path = work / f"{series.name}_{codec}.nxs"
+        t0 = time.perf_counter()
+        run = dials.process(path, work / "dials" / series.name / codec, integrate=False)
+        integrated = dials.integrate_like(reference, path, work / "dials" / series.name / f"{codec}-integrate")
+        r.update(compare(reference, run, integrated), dials="run", dials_s=time.perf_counter() - t0)
+        runs[codec] = run
+        ran[r["decoded_sha256"]] = codec
+        log(f"  {series.name} {codec}: {r['indexed']}/{r['indexed_uncompressed']} indexed (lost {len(r['lost'])}, "
+            f"gained {len(r['gained'])}), CC {r['cc_intensity']:.4f}, {r['dials_s']:.0f} s")
+    results["_commands"] = reference.commands + [c for run in runs.values() for c in run.commands]
+    return results
+
+
+COLUMNS = [("codec", "{}"), ("ratio", "{:.2f}"), ("indexed", "{}"), ("yield", "{:.1%}"), ("lost", "{}"),
+           ("gained", "{}"), ("strong", "{}"), ("cc_int", "{:.4f}"), ("mean_ratio", "{:.4f}"), ("dsig", "{:+.3f}"),
+           ("weak_dsig", "{:+.3f}"), ("refl", "{}"), ("dials_s", "{:.0f}"), ("dials", "{}")]
+
+
+def format_table(results: dict, title: str = "") -> str:
+    rows = []
+    for codec, r in results.items():
+        if codec.startswith("_"):
+            continue
+        rows.append([codec, r["ratio"], f"{r['indexed']}/{r['indexed_uncompressed']}", r["yield"], len(r["lost"]),
+                     len(r["gained"]), r["strong_spots"], r["cc_intensity"], r["mean_ratio"], r["mean_dsig"],
+                     r["weak_mean_dsig"], f"{r['reflections_matched']}/{r['reflections_uncompressed']}",
+                     r["dials_s"], r["dials"]])
+    cells = [[fmt.format(v) if not (isinstance(v, float) and np.isnan(v)) else "-" for (_, fmt), v in zip(COLUMNS, row)]
+             for row in rows]
+    widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(COLUMNS)]
+    lines = [title] if title else []
+    lines.append("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def plot(all_results: dict, path) -> None:
+    """Ratio against indexing yield, intensity CC and reflections integrated: one point per
+    codec and data set (marker: data set; colour: redml, SZ3, lossless peers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("frames indexed, % of uncompressed (frame by frame)", lambda r: 100 * r["yield"]),
+              ("integrated intensity CC vs uncompressed", lambda r: r["cc_intensity"]),
+              ("reflections integrated, % of uncompressed", lambda r: 100 * r["reflections_matched"]
+               / max(r["reflections_uncompressed"], 1)))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    markers = "osD^vP*X"
+    for k, (series, results) in enumerate(all_results.items()):
+        for codec, r in results.items():
+            if codec.startswith("_") or codec == "uncompressed":
+                continue
+            color = "C3" if codec.startswith("redml") else "C0" if codec.startswith("sz3") else "0.45"
+            for ax, (_, value) in zip(axes, panels):
+                y = value(r)
+                ax.scatter(r["ratio"], y, marker=markers[k % len(markers)], color=color, s=36, alpha=0.85)
+                if r["dials"] in ("run", "reference"):  # label the points DIALS ran on
+                    ax.annotate(codec.replace("redml-", ""), (r["ratio"], y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+    for ax, (label, _) in zip(axes, panels):
+        ax.set_xscale("log")
+        ax.set_xlabel("compression ratio (raw bytes / stored bytes)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker=markers[k % len(markers)], ls="", color="k", label=s)
+               for k, s in enumerate(all_results)]
+    handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=l)
+                for c, l in (("C3", "redml"), ("C0", "SZ3 (hdf5plugin)"), ("0.45", "lossless peers"))]
+    axes[2].legend(handles=handles, fontsize=8, loc="lower left")
+    fig.suptitle("Compression ratio against DIALS indexing yield and intensities (benchmarks/yield.py)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
