@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import fabio
 import h5py
 import hdf5plugin
 import numpy as np
