@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     from distributed import Client, LocalCluster
 
     if args.quick:
-        n_files, n_frames, shape, n_stills = 8, 4, (1024, 1024), 6
+        n_files, n_frames, shape, n_stills = 8, 3, (1024, 1024), 4
     else:
         n_files, n_frames, shape, n_stills = 16, 6, (2068, 2164), 19
     work = Path(args.workdir or tempfile.mkdtemp(prefix="redml-recompress-"))
