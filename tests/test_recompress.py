@@ -333,3 +333,11 @@ def test_bad_arguments(inputs, tmp_path):
         recompress(inputs["sources"], tmp_path, q=-1, workers=0)
     with pytest.raises(FileNotFoundError):
         recompress(["/no/such/file.h5"], tmp_path, workers=0)
+
+
+def test_scheduler_address(inputs, serial, cluster, tmp_path):
+    """`scheduler=` (the CLI's --scheduler) connects to a running cluster and leaves it running."""
+    report = recompress(inputs["sources"][1:], tmp_path, scheduler=cluster.scheduler.address)
+    assert report.workers == 2 and [r["status"] for r in report.rows] == ["done", "done"]
+    assert _outputs(tmp_path) == {k: v for k, v in _outputs(serial[0]).items() if k in ("t.nxs", "s.nxs")}
+    assert cluster.submit(sum, [1, 2]).result() == 3
