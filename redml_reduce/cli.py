@@ -2,6 +2,7 @@
 
     redml tune FRAME... --reference REF [--radius 2]
     redml find-spots FRAME... [--cxi OUT.cxi]
+    redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
     redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
 
 FRAME: any image fabio reads (CBF, SMV, ...) or FILE.h5:/path/to/dataset[:index].
@@ -85,6 +86,27 @@ def _find_spots(args) -> int:
     return 0
 
 
+def _recompress(args) -> int:
+    from .recompress import recompress
+
+    settings = {}
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, not {item!r}")
+        try:
+            settings[key] = json.loads(value)  # numbers, true/false
+        except ValueError:
+            settings[key] = value  # names: codec=zstd, shuffle=bit
+    q = args.q if args.q == "sparse" else float(args.q)
+    report = recompress(args.sources, args.out, q, workers=args.workers, scheduler=args.scheduler,
+                        output=args.format, dataset=args.dataset, frames_per_task=args.frames_per_task,
+                        resume=not args.no_resume, verify=not args.no_verify, nthreads=args.threads,
+                        report_path=args.report, progress=True, **settings)
+    print(report.table())
+    return 1 if report.errors else 0
+
+
 def _yield(args) -> int:
     from .yardstick import Dials
     from .yield_study import format_table, plot, series_from_files, study
@@ -116,6 +138,21 @@ def main(argv=None) -> int:
     fs.add_argument("frames", nargs="+")
     fs.add_argument("--cxi", help="write the peak lists to this HDF5/CXI file")
     fs.set_defaults(run=_find_spots)
+    rc = sub.add_parser("recompress", help="recompress NXmx/Eiger HDF5, CBF and SMV inputs into redml (Dask)")
+    rc.add_argument("sources", nargs="+", help="HDF5 files, Eiger masters, image files or folders of them")
+    rc.add_argument("--out", required=True, help="output folder (NAME.nxs or NAME.zarr per input)")
+    rc.add_argument("-q", default="0", help="0 lossless (default), a number (lossy, bounded) or 'sparse'")
+    rc.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (0: serial)")
+    rc.add_argument("--scheduler", help="address of a running dask scheduler (instead of a LocalCluster)")
+    rc.add_argument("--format", choices=("nxmx", "zarr"), default="nxmx")
+    rc.add_argument("--dataset", help="image dataset of HDF5 inputs (default entry/data/data or Eiger data_NNNNNN)")
+    rc.add_argument("--frames-per-task", type=int, help="frames per encoding task (default: about 3 tasks per worker)")
+    rc.add_argument("--threads", type=int, default=1, help="encoder threads per task")
+    rc.add_argument("--set", action="append", metavar="KEY=VALUE", help="other codec settings (codec=zstd, tile=16...)")
+    rc.add_argument("--report", help="JSON report path (default OUT/recompress-report.json)")
+    rc.add_argument("--no-resume", action="store_true", help="redo inputs the manifest records as finished")
+    rc.add_argument("--no-verify", action="store_true", help="skip decoding every chunk against its frame")
+    rc.set_defaults(run=_recompress)
     from .yield_study import DEFAULT_CODECS
 
     y = sub.add_parser("yield", help="compression ratio against DIALS indexing yield for your frames")
