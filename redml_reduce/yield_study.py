@@ -48,9 +48,17 @@ CODECS = {
     "redml-q1": lambda hp: {"q": 1},
     "redml-q2": lambda hp: {"q": 2},
     "redml-q4": lambda hp: {"q": 4},
+    "redml-draw-q1": lambda hp: {"q": 1, "recon": "draw"},
+    "redml-draw-q2": lambda hp: {"q": 2, "recon": "draw"},
+    "redml-draw-q4": lambda hp: {"q": 4, "recon": "draw"},
+    "redml-draw-q8": lambda hp: {"q": 8, "recon": "draw"},
+    "redml-mean-q2": lambda hp: {"q": 2, "recon": "mean"},
+    "redml-mean-q4": lambda hp: {"q": 4, "recon": "mean"},
     "redml-sparse": lambda hp: {"q": "sparse"},
 }
-DEFAULT_CODECS = list(CODECS)
+# What the benchmark runs by default: the settings and the conditional reconstructions.
+DEFAULT_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs0.5", "sz3-abs1", "sz3-abs2", "redml-lossless", "redml-q0.5", "redml-q1",
+                  "redml-q2", "redml-q4", "redml-draw-q2", "redml-draw-q4", "redml-mean-q4", "redml-sparse"]
 
 
 def codec_writer_options(name: str) -> dict:
