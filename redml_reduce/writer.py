@@ -33,11 +33,13 @@ class FrameWriter:
     frame_shape: (height, width) of every frame; dtype: one of uint16, int16, int32,
     uint32, float32. codec_settings: q and the other redml settings (see
     redml_reduce.CodecSettings), also stored as the dataset's filter options so that any
-    HDF5 reader decodes the frames. nthreads: encoder threads (0 = all cores).
+    HDF5 reader decodes the frames. nthreads: encoder threads (0 = all cores). setup:
+    optional callable given the open h5py.File once the dataset exists, before SWMR mode
+    starts (SWMR allows no new objects: metadata groups are written there).
     """
 
     def __init__(self, path, frame_shape, dtype, *, dataset: str = "entry/data/data", nthreads: int = 0,
-                 **codec_settings):
+                 setup=None, **codec_settings):
         h, w = (int(v) for v in frame_shape)
         if h < 1 or w < 1:
             raise ValueError(f"frame_shape must be two positive sizes, not {tuple(frame_shape)}")
@@ -57,6 +59,8 @@ class FrameWriter:
         try:
             self._dset = self._file.create_dataset(dataset, shape=(0, h, w), maxshape=(None, h, w), dtype=self.dtype,
                                                    chunks=(1, h, w), **self._filter)
+            if setup is not None:
+                setup(self._file)  # metadata written before SWMR mode, which allows no new objects
             self._file.swmr_mode = True
         except BaseException:
             self._file.close()
