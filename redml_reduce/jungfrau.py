@@ -36,7 +36,7 @@ __all__ = ["Calibration", "Geometry", "ConversionInfo", "PedestalTracker", "Dark
            "SimulatedDetector", "convert", "markers", "read_psi_gain_file", "write_psi_gain_file", "gain_maps",
            "pedestal_from_dark", "load_calibration", "write_calibration", "read_calibration",
            "read_pedestal_updates", "describe_calibration", "compress_raw", "photons_to_raw", "simulate_dark_run",
-           "simulate_detector", "MODULE_SHAPE", "ASSEMBLED_MODULE_SHAPE", "STATUS", "TYPICAL_GAIN",
+           "simulate_detector", "read_frames_lazily", "MODULE_SHAPE", "ASSEMBLED_MODULE_SHAPE", "STATUS", "TYPICAL_GAIN",
            "TYPICAL_PEDESTAL", "ADC_MAX", "OVERLOAD_WORD", "ERROR_WORD", "GAIN_BITS"]
 
 MODULE_SHAPE = (512, 1024)
@@ -470,13 +470,18 @@ def pedestal_from_dark(dark_g0, dark_g1, dark_g2, *, max_wrong_fraction: float =
     return DarkResult(pedestal, noise, bad, reasons)
 
 
-def _read_h5_frames(spec: str):
-    """Frames of FILE.h5:/dataset (a 2-D frame or a 3-D stack), read lazily frame by frame."""
+def read_frames_lazily(spec):
+    """Frames of FILE.h5[:/dataset] (default entry/data/data, else data), one by one: a 2-D
+    dataset is one frame, a 3-D or 4-D one a stack (4-D: frames of (modules, 512, 1024))."""
     import h5py
 
     path, _, dset = str(spec).partition(":")
     with h5py.File(path, "r") as f:
-        d = f[dset or "data"]
+        if not dset:
+            dset = next((d for d in ("entry/data/data", "data") if d in f), None)
+            if dset is None:
+                raise KeyError(f"{path}: no entry/data/data or data dataset; name one as {path}:/dataset")
+        d = f[dset]
         if d.ndim == 2:
             yield d[...]
         else:
@@ -522,10 +527,10 @@ def load_calibration(path) -> Calibration:
     rel = lambda s: str(p / s)  # noqa: E731
     gain = gain_maps([rel(s) for s in cfg["gain_files"]], bool(cfg.get("high_gain", False)))
     runs = cfg["dark_runs"]
-    dark = pedestal_from_dark(*(_read_h5_frames(rel(runs[k])) for k in ("g0", "g1", "g2")))
+    dark = pedestal_from_dark(*(read_frames_lazily(rel(runs[k])) for k in ("g0", "g1", "g2")))
     mask = dark.bad
     if cfg.get("mask"):
-        mask = mask | (np.asarray(next(iter(_read_h5_frames(rel(cfg["mask"]))))) != 0)
+        mask = mask | (np.asarray(next(iter(read_frames_lazily(rel(cfg["mask"]))))) != 0)
     meta = dict(source=str(cfg_path), gain_files=list(cfg["gain_files"]), high_gain=bool(cfg.get("high_gain", False)),
                 dark_runs=[runs[k] for k in ("g0", "g1", "g2")],
                 bad_pixels={k: int(v.sum()) for k, v in dark.reasons.items()})
