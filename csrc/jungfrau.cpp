@@ -15,7 +15,9 @@
 namespace redml {
 namespace {
 
-const uint32_t kRowsPerTask = 32;  // divides 512: a task never straddles two modules
+const uint32_t kRowsPerTask = 64;
+// A task's band of rows never straddles two modules nor holds a chip-border row inside.
+static_assert(REDML_JF_CHIP % kRowsPerTask == 0, "bands must tile the chips");
 const uint64_t kMaxPixels = 1ull << 27;
 
 struct Frame {
@@ -39,8 +41,9 @@ inline int64_t out_offset(const redml_jf_module &m, int r, int c, uint32_t out_w
 
 // Converts raw row y into v[] (photons or markers) and, when the frame wants them, e[] (keV),
 // the status map and the tracked pedestal; counts the statuses other than G0.
-template <bool kMask, bool kExtras>
-void convert_row(const Frame &f, uint32_t y, int32_t lo, int32_t hi, int32_t *v, float *e, uint64_t *counts) {
+template <class T, bool kMask, bool kExtras>
+void convert_row(const Frame &f, uint32_t y, int32_t *v, float *e, uint64_t *counts) {
+    constexpr int32_t lo = std::numeric_limits<T>::min(), hi = std::numeric_limits<T>::max();
     // Locals, not f's fields: the stores below must not force reloads.
     const size_t row = (size_t)y * f.width, n = f.n;
     const uint16_t *raw = f.raw + row;
@@ -62,75 +65,112 @@ void convert_row(const Frame &f, uint32_t y, int32_t lo, int32_t hi, int32_t *v,
     }
 }
 
-// Writes converted row y to the outputs: as it is (raw layout), or into its module's place,
-// chip-border pixels split over 2 (4 at chip corners) output pixels.
+// Writes the converted rows [y0, y1) (v and e hold them, row k at k * stride) to the
+// outputs: as they are (raw layout), or into their module's place, chip-border pixels split
+// over 2 (4 at chip corners) output pixels. The rows of a band belong to one module. Whole
+// pixels are written along the output's rows: raw rows for a module whose fast axis is
+// horizontal, raw columns (across the band) for one whose fast axis is vertical.
 template <class T>
-void place_row(const Frame &f, uint32_t y, const int32_t *v, const float *e, T *photons, int32_t lo, int32_t hi) {
+void place_band(const Frame &f, uint32_t y0, uint32_t y1, const int32_t *v, const float *e, size_t stride,
+                T *photons, int32_t lo, int32_t hi) {
+    const uint32_t width = f.width;
     float *kev = f.kev;
     if (!f.modules) {
-        const size_t row = (size_t)y * f.width;
-        if (photons)
-            for (uint32_t x = 0; x < f.width; x++) photons[row + x] = (T)v[x];
-        if (kev)
-            for (uint32_t x = 0; x < f.width; x++) kev[row + x] = e[x];
+        for (uint32_t y = y0; y < y1; y++) {
+            const size_t o = (size_t)y * width, i = (size_t)(y - y0) * stride;
+            if (photons)
+                for (uint32_t x = 0; x < width; x++) photons[o + x] = (T)v[i + x];
+            if (kev)
+                for (uint32_t x = 0; x < width; x++) kev[o + x] = e[i + x];
+        }
         return;
     }
-    const redml_jf_module &m = f.modules[y / REDML_JF_MODULE_ROWS];
-    int row_extra;
-    const int r = redml_jf_expand((int)(y % REDML_JF_MODULE_ROWS), 2, &row_extra);
-    const int64_t base = out_offset(m, r, 0, f.out_width);
+    const redml_jf_module &m = f.modules[y0 / REDML_JF_MODULE_ROWS];
     const int64_t row_step = (int64_t)m.slow_y * f.out_width + m.slow_x;  // next assembled row
     const int64_t col_step = (int64_t)m.fast_y * f.out_width + m.fast_x;  // next assembled column
-    const int nrows = row_extra ? 2 : 1;
-    auto split = [&](uint32_t x) {  // any pixel, split or not
-        int col_extra;
+    auto split = [&](uint32_t y, uint32_t x) {  // any pixel, split or not
+        int row_extra, col_extra;
+        const int r = redml_jf_expand((int)(y % REDML_JF_MODULE_ROWS), 2, &row_extra);
         const int c = redml_jf_expand((int)x, 4, &col_extra);
-        const int ncols = col_extra ? 2 : 1, k = nrows * ncols;
-        const int64_t o = base + c * col_step;
+        const int nrows = row_extra ? 2 : 1, ncols = col_extra ? 2 : 1, k = nrows * ncols;
+        const int64_t o = out_offset(m, r, c, f.out_width);
+        const size_t i = (size_t)(y - y0) * stride + x;
         for (int a = 0, part = 0; a < nrows; a++)
             for (int b = 0; b < ncols; b++, part++) {
                 const int64_t oo = o + a * row_extra * row_step + b * col_extra * col_step;
-                if (photons) photons[oo] = (T)redml_jf_split(v[x], k, part, lo, hi);
-                if (kev) kev[oo] = e[x] / (float)k;
+                if (photons) photons[oo] = (T)redml_jf_split(v[i], k, part, lo, hi);
+                if (kev) kev[oo] = e[i] / (float)k;
             }
     };
-    if (nrows == 2) {  // a chip-border row: every pixel split
-        for (uint32_t x = 0; x < REDML_JF_MODULE_COLS; x++) split(x);
-        return;
+    auto border = [](uint32_t p, uint32_t n) {  // a chip-border row or column of a module side of n
+        return (p % REDML_JF_CHIP == 0 && p > 0) || (p % REDML_JF_CHIP == REDML_JF_CHIP - 1 && p < n - 1);
+    };
+    for (uint32_t y = y0; y < y1; y++) {
+        if (border(y % REDML_JF_MODULE_ROWS, REDML_JF_MODULE_ROWS)) {  // chip-border row: every pixel split
+            for (uint32_t x = 0; x < width; x++) split(y, x);
+        } else {  // chip-border columns
+            for (uint32_t x = REDML_JF_CHIP - 1; x + 1 < width; x += REDML_JF_CHIP) {
+                split(y, x);
+                split(y, x + 1);
+            }
+        }
     }
+    // Whole pixels: the band's rows minus a chip-border row at either end (a band of 32 rows
+    // lies in one chip row otherwise), the chips' columns minus their border columns.
+    const uint32_t ya = y0 + border(y0 % REDML_JF_MODULE_ROWS, REDML_JF_MODULE_ROWS);
+    const uint32_t yb = y1 - border((y1 - 1) % REDML_JF_MODULE_ROWS, REDML_JF_MODULE_ROWS);
+    if (ya >= yb) return;
+    const int ra = (int)(ya % REDML_JF_MODULE_ROWS) + 2 * (int)((ya % REDML_JF_MODULE_ROWS) / REDML_JF_CHIP);
     const int chips = REDML_JF_MODULE_COLS / REDML_JF_CHIP;
+    const bool along_rows = col_step == 1 || col_step == -1;
     for (int chip = 0; chip < chips; chip++) {
-        const uint32_t x0 = chip * REDML_JF_CHIP, x1 = x0 + REDML_JF_CHIP;
-        const uint32_t xa = chip > 0 ? x0 + 1 : x0, xb = chip < chips - 1 ? x1 - 1 : x1;  // whole pixels
-        const int64_t o = base + (int64_t)(xa + 2 * chip) * col_step;
-        if (photons)
-            for (uint32_t x = xa; x < xb; x++) photons[o + (int64_t)(x - xa) * col_step] = (T)v[x];
-        if (kev)
-            for (uint32_t x = xa; x < xb; x++) kev[o + (int64_t)(x - xa) * col_step] = e[x];
-        if (xa > x0) split(x0);
-        if (xb < x1) split(xb);
+        const uint32_t xa = chip * REDML_JF_CHIP + (chip > 0), xb = (chip + 1) * REDML_JF_CHIP - (chip < chips - 1);
+        const int64_t o = out_offset(m, ra, (int)xa + 2 * chip, f.out_width);  // pixel (ya, xa)
+        if (along_rows) {  // raw rows are output rows (or reversed): contiguous writes
+            for (uint32_t y = ya; y < yb; y++) {
+                const int64_t oy = o + (int64_t)(y - ya) * row_step;
+                const size_t i = (size_t)(y - y0) * stride;
+                if (photons)
+                    for (uint32_t x = xa; x < xb; x++) photons[oy + (int64_t)(x - xa) * col_step] = (T)v[i + x];
+                if (kev)
+                    for (uint32_t x = xa; x < xb; x++) kev[oy + (int64_t)(x - xa) * col_step] = e[i + x];
+            }
+        } else {  // raw columns are output rows: write them across the band
+            for (uint32_t x = xa; x < xb; x++) {
+                const int64_t ox = o + (int64_t)(x - xa) * col_step;
+                const size_t i = (size_t)(ya - y0) * stride + x;
+                if (photons)
+                    for (uint32_t y = 0; y < yb - ya; y++) photons[ox + (int64_t)y * row_step] = (T)v[i + y * stride];
+                if (kev)
+                    for (uint32_t y = 0; y < yb - ya; y++) kev[ox + (int64_t)y * row_step] = e[i + y * stride];
+            }
+        }
     }
 }
 
 template <class T>
-void convert_rows(const Frame &f, T *photons, uint32_t y0, uint32_t y1, uint64_t *task_counts) {
+void convert_band(const Frame &f, T *photons, uint32_t y0, uint32_t y1, uint64_t *task_counts) {
     const int32_t lo = std::numeric_limits<T>::min(), hi = std::numeric_limits<T>::max();
-    std::vector<int32_t> v(f.width);
-    std::vector<float> e(f.kev ? f.width : 0);
-    float *ep = f.kev ? e.data() : nullptr;
+    // Row stride padded by a cache line: the band is read down its columns for transposed
+    // modules, and rows 4 KiB apart would all fall into the same L1 set.
+    const size_t width = f.width, rows = y1 - y0, stride = width + 16;
+    std::vector<int32_t> v(rows * stride);
+    std::vector<float> e(f.kev ? rows * stride : 0);
     uint64_t counts[REDML_JF_NSTATUS] = {0};
     const bool extras = f.kev || f.status || f.track;
     for (uint32_t y = y0; y < y1; y++) {
+        int32_t *vy = &v[(y - y0) * stride];
+        float *ey = f.kev ? &e[(y - y0) * stride] : nullptr;
         if (f.mask) {
-            if (extras) convert_row<true, true>(f, y, lo, hi, v.data(), ep, counts);
-            else convert_row<true, false>(f, y, lo, hi, v.data(), ep, counts);
+            if (extras) convert_row<T, true, true>(f, y, vy, ey, counts);
+            else convert_row<T, true, false>(f, y, vy, ey, counts);
         } else {
-            if (extras) convert_row<false, true>(f, y, lo, hi, v.data(), ep, counts);
-            else convert_row<false, false>(f, y, lo, hi, v.data(), ep, counts);
+            if (extras) convert_row<T, false, true>(f, y, vy, ey, counts);
+            else convert_row<T, false, false>(f, y, vy, ey, counts);
         }
-        place_row<T>(f, y, v.data(), ep, photons, lo, hi);
     }
-    counts[REDML_JF_G0] = (uint64_t)(y1 - y0) * f.width;
+    place_band<T>(f, y0, y1, v.data(), e.data(), stride, photons, lo, hi);
+    counts[REDML_JF_G0] = (uint64_t)rows * width;
     for (int s = 1; s < REDML_JF_NSTATUS; s++) counts[REDML_JF_G0] -= counts[s];
     for (int s = 0; s < REDML_JF_NSTATUS; s++) task_counts[s] = counts[s];
 }
@@ -205,7 +245,7 @@ extern "C" redml_status redml_jf_convert(const uint16_t *raw, uint32_t height, u
             if (modules) fill_gaps(out, kev, gap_index, n_gap, nthreads);
             for_row_bands(height, kRowsPerTask, nthreads, [&](size_t t, uint32_t y0, uint32_t y1) {
                 task_counts[t].fill(0);
-                convert_rows<T>(f, out, y0, y1, task_counts[t].data());
+                convert_band<T>(f, out, y0, y1, task_counts[t].data());
             });
         };
         if (p->out_dtype == REDML_INT16) run((int16_t *)photons);

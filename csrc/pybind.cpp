@@ -232,7 +232,7 @@ py::tuple jf_convert(py::array_t<uint16_t, py::array::c_style> raw, py::array_t<
                      py::array_t<float, py::array::c_style> gain, py::object mask, py::object track,
                      py::object modules, py::object gap_index, uint32_t out_height, uint32_t out_width,
                      float energy_keV, int out_dtype, bool want_kev, bool want_status, float track_alpha,
-                     float track_threshold, int nthreads) {
+                     float track_threshold, int nthreads, py::object out) {
     if (raw.ndim() != 2) throw py::value_error("raw frame must be 2-D");
     uint32_t h = (uint32_t)raw.shape(0), w = (uint32_t)raw.shape(1);
     size_t n = (size_t)raw.size();
@@ -259,7 +259,15 @@ py::tuple jf_convert(py::array_t<uint16_t, py::array::c_style> raw, py::array_t<
         gaps = gap_index.cast<py::array_t<uint32_t, py::array::c_style>>();
     }
     redml_dtype dt = out_dtype == 16 ? REDML_INT16 : REDML_INT32;
-    py::array photons(numpy_dtype(dt), {(py::ssize_t)out_height, (py::ssize_t)out_width});
+    py::array photons;
+    if (out.is_none()) {
+        photons = py::array(numpy_dtype(dt), {(py::ssize_t)out_height, (py::ssize_t)out_width});
+    } else {  // the caller's buffer (reused frame after frame: no page faults for a new array)
+        photons = out.cast<py::array>();
+        if (!photons.dtype().is(numpy_dtype(dt)) || photons.ndim() != 2 || photons.shape(0) != (py::ssize_t)out_height ||
+            photons.shape(1) != (py::ssize_t)out_width || !(photons.flags() & py::array::c_style) || !photons.writeable())
+            throw py::value_error("out must be a writeable C-contiguous array of the photons' dtype and shape");
+    }
     py::object kev = py::none(), status = py::none();
     float *kev_p = nullptr;
     uint8_t *status_p = nullptr;
@@ -275,13 +283,13 @@ py::tuple jf_convert(py::array_t<uint16_t, py::array::c_style> raw, py::array_t<
     }
     redml_jf_params p{energy_keV, dt, track_alpha, track_threshold, nthreads};
     uint64_t counts[REDML_JF_NSTATUS];
-    void *out = photons.mutable_data();
+    void *dst = photons.mutable_data();
     redml_status s;
     {
         py::gil_scoped_release release;
         s = redml_jf_convert(raw.data(), h, w, pedestal.data(), gain.data(), mask_p, track_p, mods_p, n_mods,
                              mods_p ? gaps.data() : nullptr, mods_p ? (size_t)gaps.size() : 0, out_height, out_width,
-                             &p, out, kev_p, status_p, counts);
+                             &p, dst, kev_p, status_p, counts);
     }
     if (s != REDML_OK) raise(s);
     py::tuple c((size_t)REDML_JF_NSTATUS);
@@ -311,7 +319,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("jf_convert", &jf_convert, py::arg("raw"), py::arg("pedestal"), py::arg("gain"), py::arg("mask"),
           py::arg("track"), py::arg("modules"), py::arg("gap_index"), py::arg("out_height"), py::arg("out_width"),
           py::arg("energy_keV"), py::arg("out_dtype"), py::arg("want_kev"), py::arg("want_status"),
-          py::arg("track_alpha"), py::arg("track_threshold"), py::arg("nthreads"));
+          py::arg("track_alpha"), py::arg("track_threshold"), py::arg("nthreads"), py::arg("out") = py::none());
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }

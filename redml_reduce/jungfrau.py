@@ -314,14 +314,16 @@ def _raw_frame(raw, calib: Calibration) -> np.ndarray:
 
 
 def convert(raw, calib: Calibration, out_dtype=np.int32, keV: bool = False, nthreads: int = 0, *,
-            assemble: bool = True, track: Optional[PedestalTracker] = None,
-            status: bool = False) -> tuple[np.ndarray, ConversionInfo]:
+            assemble: bool = True, track: Optional[PedestalTracker] = None, status: bool = False,
+            out: Optional[np.ndarray] = None) -> tuple[np.ndarray, ConversionInfo]:
     """Converts one raw frame (uint16 words, (h, w) or (modules, 512, 1024)) to photons.
 
     out_dtype: int32 or int16 photons. keV: also return the float32 keV image (info.kev).
     assemble: place the modules by calib.geometry (when it has one). track: a
     PedestalTracker (G0 pedestal read from it and updated). status: also return the
-    per-pixel status map (info.status). Returns (photons, ConversionInfo).
+    per-pixel status map (info.status). out: an array to write the photons into (of the
+    output's shape and dtype; a stream reuses one instead of a new array per frame).
+    Returns (photons, ConversionInfo).
     """
     dt = _photon_dtype(out_dtype)
     arr = _raw_frame(raw, calib)
@@ -333,7 +335,7 @@ def convert(raw, calib: Calibration, out_dtype=np.int32, keV: bool = False, nthr
         arr, calib.pedestal, calib.gain, None if calib.mask is None else calib.mask.view(np.uint8),
         None if track is None else track.pedestal_g0, None if geom is None else geom.modules,
         None if geom is None else geom.gap_index, out_h, out_w, calib.energy_keV, dt.itemsize * 8, bool(keV),
-        bool(status), track.alpha if track else 0.0, track.threshold if track else 0.0, int(nthreads))
+        bool(status), track.alpha if track else 0.0, track.threshold if track else 0.0, int(nthreads), out)
     if track is not None:
         track._converted()
     return photons, ConversionInfo(dict(zip(STATUS, (int(c) for c in counts))), kev, st)
