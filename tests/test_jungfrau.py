@@ -29,10 +29,11 @@ def make_calib(rng, shape, signs=(1, -1, -1), energy=E, geometry=None, noise=Non
 
 
 def photons_all_stages(rng, shape):
-    """Counts spread over the three gain stages (G0 below ~26 photons, G1 below ~700 at 12.4 keV)."""
+    """Counts spread over the three gain stages at 12.4 keV: G0 switches near 24 photons, G1 near
+    700, G2 overloads near 9000 (6600 for a pixel 5 sigma off in pedestal and gain)."""
     choice = rng.integers(0, 3, shape)
     return np.choose(choice, [rng.integers(0, 20, shape), rng.integers(40, 600, shape),
-                              rng.integers(1000, 8000, shape)])
+                              rng.integers(1000, 6000, shape)])
 
 
 def random_words(rng, shape, n_special=300):
