@@ -242,6 +242,9 @@ py::tuple jf_convert(py::array_t<uint16_t, py::array::c_style> raw, py::array_t<
     const uint8_t *mask_p = optional_map(mask_arr, n, "mask");
     float *track_p = nullptr;
     if (!track.is_none()) {
+        // Updated in place: it must be a float32 C-contiguous array already, not a converted copy.
+        if (!py::isinstance<py::array_t<float, py::array::c_style>>(track))
+            throw py::type_error("track must be a C-contiguous float32 array");
         auto t = track.cast<py::array_t<float, py::array::c_style>>();
         if ((size_t)t.size() != n) throw py::value_error("track must have the frame's shape");
         track_p = t.mutable_data();  // the caller's own float32 array, updated in place
