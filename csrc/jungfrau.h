@@ -38,10 +38,10 @@
 
 /* Gain stage (REDML_JF_G0..G2) of a word, or REDML_JF_ERROR / OVERLOAD / INVALID_GAIN. */
 REDML_HD int redml_jf_classify(uint16_t word) {
-    if (word == 0xFFFFu) return REDML_JF_ERROR;
-    if (word == 0xC000u) return REDML_JF_OVERLOAD;
     unsigned g = (unsigned)word >> 14;
-    return g == 3u ? REDML_JF_G2 : (g == 2u ? REDML_JF_INVALID_GAIN : (int)g);
+    if (g < 2u) return (int)g; /* G0, G1: most words, decided first */
+    if (g == 2u) return REDML_JF_INVALID_GAIN;
+    return word == 0xFFFFu ? REDML_JF_ERROR : (word == 0xC000u ? REDML_JF_OVERLOAD : REDML_JF_G2);
 }
 
 /* Rounds half away from zero into the output range [lo, hi] of the photon type; returns
