@@ -246,6 +246,21 @@ class Calibration:
         """convert(raw, self, **kwargs)."""
         return convert(raw, self, **kwargs)
 
+    def to_dict(self) -> dict:
+        """Plain arrays and scalars (e.g. for a stream's start message, as Jungfraujoch sends
+        its calibration): energy_keV, pedestal, gain (float32), mask (uint8), noise, geometry
+        ({"modules", "shape"} or None), meta. Calibration.from_dict(d) restores it."""
+        return dict(energy_keV=self.energy_keV, pedestal=self.pedestal, gain=self.gain,
+                    mask=None if self.mask is None else self.mask.astype(np.uint8), noise=self.noise,
+                    geometry=None if self.geometry is None else self.geometry.to_dict(), meta=dict(self.meta))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        g = d.get("geometry")
+        geometry = None if g is None else Geometry(np.asarray(g["modules"]), tuple(g["shape"]))
+        return cls(np.asarray(d["pedestal"]), np.asarray(d["gain"]), d["energy_keV"], d.get("mask"), geometry,
+                   d.get("noise"), dict(d.get("meta") or {}))
+
 
 @dataclass
 class ConversionInfo:

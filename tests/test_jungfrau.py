@@ -393,6 +393,20 @@ def test_compress_cli_stores_calibration_and_redoes_conversion(tmp_path, rng, ca
     assert f"bad pixels: {int(calib.mask.sum())}" in text
 
 
+def test_calibration_as_plain_dict(rng):
+    small = jf.simulate_detector(rng, frame_shape=(16, 32)).calibration
+    d = small.to_dict()
+    assert set(d) == {"energy_keV", "pedestal", "gain", "mask", "noise", "geometry", "meta"}
+    plain = json.loads(json.dumps({k: v.tolist() if hasattr(v, "tolist") else v for k, v in d.items()}))
+    back = jf.Calibration.from_dict(plain)
+    raw = random_words(rng, small.frame_shape, 20)
+    np.testing.assert_array_equal(jf.convert(raw, back)[0], jf.convert(raw, small)[0])
+    assert back.mask.sum() == small.mask.sum() and back.energy_keV == E and back.geometry is None
+    g = jf.Geometry.jungfrau_4m()
+    again = jf.Geometry(**json.loads(json.dumps(g.to_dict())))
+    assert again.shape == g.shape and np.array_equal(again.modules, g.modules)
+
+
 def test_write_calibration_to_file_root(tmp_path, rng):
     det = jf.simulate_detector(rng, frame_shape=(8, 16))
     with h5py.File(tmp_path / "c.h5", "w") as f:
