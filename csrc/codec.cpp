@@ -517,32 +517,13 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     });
 }
 
-// ---------------------------------------------------------------- C API helpers
+}  // namespace
 
-thread_local std::string tls_error;
-
-template <class Fn>
-redml_status guarded(Fn fn) {
-    try {
-        fn();
-        tls_error.clear();
-        return REDML_OK;
-    } catch (const Error &e) {
-        tls_error = e.what();
-        return e.status;
-    } catch (const std::bad_alloc &) {
-        tls_error = "out of memory";
-        return REDML_E_NOMEM;
-    } catch (const std::exception &e) {
-        tls_error = e.what();
-        return REDML_E_INTERNAL;
-    } catch (...) {
-        tls_error = "unknown internal error";
-        return REDML_E_INTERNAL;
-    }
+std::string &last_error() {
+    thread_local std::string message;
+    return message;
 }
 
-}  // namespace
 }  // namespace redml
 
 using namespace redml;
@@ -758,6 +739,6 @@ const char *redml_strerror(redml_status s) {
     return "unknown status";
 }
 
-const char *redml_last_error(void) { return tls_error.c_str(); }
+const char *redml_last_error(void) { return last_error().c_str(); }
 
 }  // extern "C"

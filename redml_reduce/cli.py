@@ -4,6 +4,8 @@
     redml find-spots FRAME... [--cxi OUT.cxi]
     redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
     redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
+    redml compress RAW.h5[:/dataset]... -o OUT.h5 [-q 1] [--jungfrau-calibration DIR|FILE.h5]
+    redml inspect FILE.h5
 
 FRAME: any image fabio reads (CBF, SMV, ...) or FILE.h5:/path/to/dataset[:index].
 REF: a DIALS strong.refl (read with the system python that has DIALS) or a .json file
@@ -126,6 +128,56 @@ def _yield(args) -> int:
     return 0
 
 
+def _compress(args) -> int:
+    from .jungfrau import compress_raw, load_calibration, read_frames_lazily
+    from .writer import FrameWriter
+
+    q = args.q if args.q == "sparse" else float(args.q)
+    frames = (f for spec in args.frames for f in read_frames_lazily(spec))
+    if args.jungfrau_calibration:
+        calib = load_calibration(args.jungfrau_calibration)
+        r = compress_raw(frames, args.output, calib, q=q, photon_dtype=args.dtype, track_window=args.track_window,
+                         track_threshold=args.track_threshold, snapshot_every=args.snapshot_every)
+        marked = {k: v for k, v in r["counts"].items() if k not in ("g0", "g1", "g2") and v}
+        print(f"{r['frames']} raw frames converted and written to {args.output} ({args.dtype} photons, q={q}); "
+              f"calibration in /entry/instrument/detector/jungfrau_calibration; pixels by gain stage "
+              f"G0 {r['counts']['g0']}, G1 {r['counts']['g1']}, G2 {r['counts']['g2']}; marked {marked or 'none'}")
+        return 0
+    first = next(frames, None)
+    if first is None:
+        raise SystemExit("no frames")
+    with FrameWriter(args.output, first.shape, first.dtype, q=q) as w:
+        w.write(first)
+        for f in frames:
+            w.write(f)
+        print(f"{len(w)} frames written to {args.output} (q={q})")
+    return 0
+
+
+def _inspect(args) -> int:
+    import h5py
+
+    from . import inspect as chunk_info
+    from .h5filter import FILTER_ID
+    from .jungfrau import CALIBRATION_GROUP, describe_calibration
+
+    with h5py.File(args.file, "r") as f:
+        def show(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.chunks and obj.ndim == 3:
+                line = f"{obj.name}: {obj.shape[0]} frames of {obj.shape[1]} x {obj.shape[2]} {obj.dtype}"
+                dcpl = obj.id.get_create_plist()
+                if any(dcpl.get_filter(k)[0] == FILTER_ID for k in range(dcpl.get_nfilters())):
+                    if obj.shape[0]:
+                        info = chunk_info(obj.id.read_direct_chunk((0, 0, 0))[1])
+                        line += f", redml chunks (mode {info['mode']}, q={info['q']:g}, codec {info['codec']})"
+                    line += f", {obj.id.get_storage_size()} bytes stored"
+                print(line)
+            elif isinstance(obj, h5py.Group) and name.rsplit("/", 1)[-1] == CALIBRATION_GROUP:
+                print(describe_calibration(obj))
+        f.visititems(show)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="redml", description="redml_reduce command line")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -165,6 +217,20 @@ def main(argv=None) -> int:
     y.add_argument("--json")
     y.add_argument("--figure", help="PNG: ratio against yield and intensity CC")
     y.set_defaults(run=_yield)
+    c = sub.add_parser("compress", help="write frames (or raw JUNGFRAU frames, converted) as redml chunks")
+    c.add_argument("frames", nargs="+", help="FILE.h5[:/dataset] (default entry/data/data or data)")
+    c.add_argument("-o", "--output", required=True, help="HDF5 file to write (entry/data/data)")
+    c.add_argument("-q", default="1", help="0 lossless, > 0 quantized, 'sparse' (default 1)")
+    c.add_argument("--jungfrau-calibration", metavar="DIR", help="raw JUNGFRAU frames: calibration directory "
+                   "(calibration.json) or HDF5 file written by redml; stored in the output")
+    c.add_argument("--dtype", default="int32", choices=("int32", "int16"), help="photon dtype (JUNGFRAU)")
+    c.add_argument("--track-window", type=int, default=0, help="pedestal tracking window in frames (0: off)")
+    c.add_argument("--track-threshold", type=float, default=0.5, help="dark G0 pixel: |photons| below this")
+    c.add_argument("--snapshot-every", type=int, default=0, help="store the tracked pedestal every N frames")
+    c.set_defaults(run=_compress)
+    i = sub.add_parser("inspect", help="datasets, redml chunk settings and stored calibrations of an HDF5 file")
+    i.add_argument("file")
+    i.set_defaults(run=_inspect)
     args = ap.parse_args(argv)
     return args.run(args)
 

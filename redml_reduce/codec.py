@@ -158,7 +158,8 @@ def _as_map(a, shape, name) -> Optional[np.ndarray]:
     return np.ascontiguousarray(a != 0, dtype=np.uint8)
 
 
-def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, **settings) -> bytes:
+def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, calibration=None,
+           **settings) -> bytes:
     """Encodes one 2-D frame into one redml chunk (format v1, docs/format.md).
 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
@@ -168,9 +169,16 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
         built-in spot rule.
     mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
     nthreads: 0 = REDML_NUM_THREADS or all cores.
+    calibration: a redml_reduce.jungfrau.Calibration: `frame` is then a raw JUNGFRAU frame
+        (uint16 words), converted to int32 photons first (assembled by its geometry; masked,
+        invalid and overloaded pixels become markers, see redml_reduce.jungfrau).
     settings: further CodecSettings fields (codec, level, shuffle, gain, tile, ...).
     """
     s = settings.pop("_settings", None) or CodecSettings(q=q, **settings)
+    if calibration is not None:
+        from .jungfrau import convert
+
+        frame = convert(frame, calibration, nthreads=nthreads)[0]
     arr = as_frame(frame)
     _check_range("nthreads", nthreads, 0, 4096, integer=True)
     return _core.encode(arr, _as_map(roi, arr.shape, "roi"), _as_map(mask, arr.shape, "mask"),
