@@ -611,14 +611,17 @@ redml_status redml_decode(const void *chunk, size_t size, void *out, size_t out_
         const ChunkHeader &h = pc.header;
         check(out_capacity >= (size_t)h.height * h.width * redml_dtype_size(h.dtype), REDML_E_ARG,
               "output buffer too small for the decoded frame");
-        int recon = recon_override < 0 ? (int)h.recon : recon_override;
-        // An override must read the same bins: dither <-> Poisson for sparse chunks,
-        // mean <-> draw for conditional chunks.
-        auto family = [](int r) { return r == REDML_RECON_MEAN || r == REDML_RECON_DRAW ? 1 : 0; };
-        check(recon >= REDML_RECON_DITHER && recon <= REDML_RECON_DRAW &&
-                  redml_recon_allowed(h.mode, recon, h.dtype == REDML_FLOAT32) &&
-                  (h.mode != REDML_MODE_QUANTIZED || family(recon) == family((int)h.recon)),
-              REDML_E_ARG, "this reconstruction cannot decode this chunk");
+        int recon = (int)h.recon;
+        if (recon_override >= 0) {
+            // mean <-> draw read the same bins; dither <-> Poisson apply to sparse chunks
+            // and are ignored by others (as they always were).
+            check(recon_override <= REDML_RECON_DRAW, REDML_E_ARG, "unknown reconstruction");
+            const bool cond_override = recon_override == REDML_RECON_MEAN || recon_override == REDML_RECON_DRAW;
+            const bool cond_chunk = h.recon == REDML_RECON_MEAN || h.recon == REDML_RECON_DRAW;
+            check(!cond_override || cond_chunk, REDML_E_ARG,
+                  "the mean and draw reconstructions decode only chunks written with one of them");
+            if (cond_override || h.mode == REDML_MODE_SPARSE) recon = recon_override;
+        }
         int nt = resolve_threads(nthreads);
         dispatch_dtype(h.dtype, [&](auto tag) {
             using T = decltype(tag);

@@ -120,7 +120,9 @@ typedef struct {
 redml_status redml_inspect(const void *chunk, size_t size, redml_info *info);
 
 /* Decodes into `out`, which must hold height*width elements of the chunk's dtype
- * (out_capacity bytes). recon_override < 0 keeps the chunk's reconstruction. */
+ * (out_capacity bytes). recon_override < 0 keeps the chunk's reconstruction; DITHER or
+ * POISSON switch a sparse chunk's (others ignore them); MEAN or DRAW switch a chunk
+ * written with MEAN or DRAW (REDML_E_ARG for any other chunk). */
 redml_status redml_decode(const void *chunk, size_t size, void *out, size_t out_capacity,
                           int recon_override, int nthreads);
 
