@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--dials-identical", action="store_true",
                    help="run DIALS on lossless files too (their frames equal the original's)")
     p.add_argument("--workdir", default=None, help="keep the files and DIALS runs here")
+    p.add_argument("--resume", action="store_true", help="with --workdir: reuse files and DIALS runs finished there")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--json", default=None)
     p.add_argument("--figure", default=None, help="PNG path (default: beside the JSON, or yield.png)")
@@ -107,13 +108,13 @@ def main(argv=None) -> int:
                 print(f"no thaumatin frames in {THAUMATIN}", file=sys.stderr)
                 return 2
             series = series_from_files(paths, name="thaumatin")
-            dials = Dials(*THAUMATIN_CELL, nproc=args.nproc)
+            dials = Dials(*THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume)
             meta[name] = {"source": str(THAUMATIN), "frames": series.n, "detector": "Pilatus 6M (real data)"}
         elif name in SIMULATED:
             detector, settings = SIMULATED[name]
             sim = StillSimulator(detector, Crystal(), settings, seed=args.seed + k)
             series = series_from_simulator(sim, frames, name=name)
-            dials = Dials(*LYSOZYME, nproc=args.nproc)
+            dials = Dials(*LYSOZYME, nproc=args.nproc, reuse=args.resume)
             meta[name] = {"frames": series.n, "hits": int(series.hits.sum()), "detector": detector.name,
                           "shape": list(series.shape), "settings": settings.__dict__, **snr_summary(series.truth)}
         else:
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         series = cached(series)
         print(f"{name}: {series.n} frames {series.shape} {series.dtype}", flush=True)
         results = study(series, args.codecs, dials, work / name, dials_identical=args.dials_identical,
-                        log=lambda m: print(m, flush=True))
+                        log=lambda m: print(m, flush=True), reuse=args.resume)
         meta[name]["commands"] = results.pop("_commands")
         all_results[name] = results
         print(format_table(results, title=f"\n{name} ({series.n} frames)"), flush=True)

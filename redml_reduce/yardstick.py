@@ -95,6 +95,25 @@ class Dials:
     index_options: tuple = ()
     integrate_options: tuple = ("algorithm=stills",)
     timeout_s: float = 7200.0
+    reuse: bool = False  # keep a finished run whose input file and options are unchanged (resume)
+
+    def _stamp(self, path: str, kind: str) -> dict:
+        st = os.stat(path)
+        return {"kind": kind, "path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "options": [self.space_group, list(self.unit_cell), list(self.find_spots_options),
+                            list(self.index_options), list(self.integrate_options)]}
+
+    def _finished(self, work: Path, stamp: dict):
+        done = work / "done.json"
+        if not (self.reuse and done.exists() and (work / "export.npz").exists()):
+            return None
+        record = json.loads(done.read_text())
+        return record if record.get("stamp") == stamp else None
+
+    def _fresh(self, work: Path) -> None:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
 
     def _run(self, args, cwd, commands, seconds, step):
         commands.append(f"(cd {shlex.quote(str(cwd))} && {shlex.join(args)})")
@@ -117,9 +136,14 @@ class Dials:
         """dials.import, find_spots, ssx_index (known cell and space group), ssx_integrate."""
         path = str(Path(path).resolve())
         work = Path(workdir).resolve()
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
+        stamp = self._stamp(path, f"process index={index} integrate={integrate}")
+        record = self._finished(work, stamp)
+        if record is not None:
+            strong, indexed_images, integrated, spots = self._load(work)
+            flags = np.zeros(len(strong), bool)
+            flags[indexed_images] = True
+            return DialsRun(path, str(work), strong, flags, integrated, spots, record["seconds"], record["commands"])
+        self._fresh(work)
         commands, seconds = [], {}
         nproc = f"nproc={self.nproc}"
         self._run(["dials.import", path, "output.experiments=imported.expt"], work, commands, seconds, "import")
@@ -138,6 +162,7 @@ class Dials:
         strong, indexed_images, integrated, spots = self._export(work, export, commands, seconds)
         flags = np.zeros(len(strong), bool)
         flags[indexed_images] = True
+        (work / "done.json").write_text(json.dumps({"stamp": stamp, "seconds": seconds, "commands": commands}))
         return DialsRun(path, str(work), strong, flags, integrated, spots, seconds, commands)
 
     def integrate_like(self, reference: DialsRun, path, workdir) -> np.ndarray:
@@ -145,9 +170,12 @@ class Dials:
         frames, coded differently): INTEGRATED_DTYPE rows."""
         path = str(Path(path).resolve())
         work = Path(workdir).resolve()
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
+        stamp = {**self._stamp(path, "integrate_like"), "reference": self._stamp(reference.path, "reference")}
+        record = self._finished(work, stamp)
+        if record is not None:
+            reference.commands.extend(record["commands"])
+            return self._load(work)[2]
+        self._fresh(work)
         ref = Path(reference.workdir)
         commands, seconds = [], {}
         if not (ref / "indexed.expt").exists():
@@ -162,6 +190,7 @@ class Dials:
         self._run(["dials.ssx_integrate", "indexed.expt", "indexed.refl", f"nproc={self.nproc}",
                    *self.integrate_options], work, commands, seconds, "integrate")
         integrated = self._export(work, [], commands, seconds)[2]
+        (work / "done.json").write_text(json.dumps({"stamp": stamp, "seconds": seconds, "commands": commands}))
         reference.commands.extend(commands)
         return integrated
 
@@ -174,7 +203,11 @@ class Dials:
         out = work / "export.npz"
         self._run([DIALS_PYTHON, script("export.py"), str(work / "imported.expt"), str(out), *extra, *pairs], work,
                   commands, seconds, "export")
-        with np.load(out) as z:
+        return self._load(work)
+
+    @staticmethod
+    def _load(work: Path):
+        with np.load(work / "export.npz") as z:
             integrated = np.zeros(len(z["integrated_intensity"]), INTEGRATED_DTYPE)
             for name in INTEGRATED_DTYPE.names:
                 integrated[name] = z["integrated_" + name]

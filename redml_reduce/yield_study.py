@@ -185,10 +185,24 @@ def write_series(series: Series, codec: str, path) -> dict:
                      nxmx=series.nxmx, **options) as w:
         for frame in series.frames():
             w.write(frame)
-    seconds = time.perf_counter() - t0
+    return measure_file(series, codec, path, write_s=time.perf_counter() - t0)
+
+
+def _complete(path, n: int) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f["entry/data/data"].shape[0] == n
+    except (OSError, KeyError):
+        return False
+
+
+def measure_file(series: Series, codec: str, path, write_s: float = float("nan")) -> dict:
+    """Ratio of a written file, and its decoded frames against the original ones."""
     identical, max_err, digest = True, 0.0, hashlib.sha256()
     with h5py.File(path, "r") as f:
         d = f["entry/data/data"]
+        if d.shape[0] != series.n:
+            raise ValueError(f"{path} holds {d.shape[0]} frames, the series {series.n}")
         for i, frame in enumerate(series.frames()):
             back = d[i]
             digest.update(back.tobytes())
@@ -198,7 +212,7 @@ def write_series(series: Series, codec: str, path) -> dict:
                 max_err = max(max_err, float(np.abs(back[valid].astype(np.float64) - frame[valid]).max()))
     raw = series.n * int(np.prod(series.shape)) * series.dtype.itemsize
     stored = stored_bytes(path)
-    out = {"raw_bytes": raw, "stored_bytes": stored, "ratio": raw / stored, "write_s": seconds,
+    out = {"raw_bytes": raw, "stored_bytes": stored, "ratio": raw / stored, "write_s": write_s,
            "identical": identical, "max_abs_error": max_err, "decoded_sha256": digest.hexdigest(), "dials_path": str(path)}
     if codec.endswith(CLIP_SUFFIX):
         out.update(clipped_copy(series, path))
@@ -224,8 +238,10 @@ def clipped_copy(series: Series, path) -> dict:
     return {"dials_path": str(clipped), "decoded_sha256": digest.hexdigest(), "identical": False}
 
 
-def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: bool = False, log=print) -> dict:
-    """Every codec on one series; returns {codec: figures} (see compare for the DIALS ones)."""
+def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: bool = False, log=print,
+          reuse: bool = False) -> dict:
+    """Every codec on one series; returns {codec: figures} (see compare for the DIALS ones).
+    reuse: keep files and DIALS runs a stopped study finished in the same workdir (resume)."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     codecs = list(codecs)
@@ -234,10 +250,16 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
     results, runs = {}, {}
     for codec in codecs:
         path = work / f"{series.name}_{codec}.nxs"
-        if codec.endswith(CLIP_SUFFIX) and base_codec(codec) in results:
+        record = path.with_suffix(".json")
+        if reuse and path.exists() and record.exists() and json.loads(record.read_text()).get("n") == series.n:
+            results[codec] = json.loads(record.read_text())["result"]
+        elif reuse and path.exists() and not codec.endswith(CLIP_SUFFIX) and _complete(path, series.n):
+            results[codec] = measure_file(series, codec, path)  # written by a run that stopped before its record
+        elif codec.endswith(CLIP_SUFFIX) and base_codec(codec) in results:
             results[codec] = {**results[base_codec(codec)], **clipped_copy(series, work / f"{series.name}_{base_codec(codec)}.nxs")}
         else:
             results[codec] = write_series(series, codec, path)
+        record.write_text(json.dumps({"n": series.n, "result": results[codec]}))
         log(f"  {series.name} {codec}: ratio {results[codec]['ratio']:.2f}, "
             f"{'identical' if results[codec]['identical'] else 'max error %.3g' % results[codec]['max_abs_error']}")
     ref_path = work / f"{series.name}_uncompressed.nxs"
