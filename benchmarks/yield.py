@@ -43,6 +43,10 @@ SIMULATED = {
 }
 
 
+QUICK_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs0.5", "sz3-abs1", "sz3-abs2", "redml-lossless",
+                "redml-q0.5", "redml-q1", "redml-q2", "redml-q4", "redml-draw-q4", "redml-sparse"]
+
+
 def snr_summary(truth) -> dict:
     if truth is None or len(truth) == 0:
         return {}
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=None, help="shots per simulated set (default 100; quick 10)")
     p.add_argument("--datasets", nargs="+", default=None,
                    help=f"from {', '.join(SIMULATED)}, thaumatin (default: all but sim-quick; quick: sim-quick)")
-    p.add_argument("--codecs", nargs="+", default=DEFAULT_CODECS)
+    p.add_argument("--codecs", nargs="+", default=None, help="default: all; quick: the issue's list and draw-q4")
     p.add_argument("--nproc", type=int, default=2, help="processes per DIALS program")
     p.add_argument("--dials-identical", action="store_true",
                    help="run DIALS on lossless files too (their frames equal the original's)")
@@ -91,6 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--figure", default=None, help="PNG path (default: beside the JSON, or yield.png)")
     args = p.parse_args(argv)
+    codecs = args.codecs or (QUICK_CODECS if args.quick else DEFAULT_CODECS)
     datasets = args.datasets or (["sim-quick"] if args.quick else ["sim-lowbg", "sim-highbg", "sim-weak", "thaumatin"])
     frames = args.frames or (8 if args.quick else 100)
     tmp = None
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
             return 2
         series = cached(series)
         print(f"{name}: {series.n} frames {series.shape} {series.dtype}", flush=True)
-        results = study(series, args.codecs, dials, work / name, dials_identical=args.dials_identical,
+        results = study(series, codecs, dials, work / name, dials_identical=args.dials_identical,
                         log=lambda m: print(m, flush=True), reuse=args.resume)
         meta[name]["commands"] = results.pop("_commands")
         all_results[name] = results
