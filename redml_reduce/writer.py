@@ -21,7 +21,7 @@ none), the same file layout: the benchmarks compare codecs through this one writ
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import h5py
 import numpy as np
@@ -47,7 +47,7 @@ class FrameWriter:
 
     def __init__(self, path, frame_shape, dtype, *, dataset: str = "entry/data/data", nthreads: int = 0,
                  geometry=None, pixel_mask=None, nxmx: Optional[dict] = None, filter: Optional[Mapping] = None,
-                 **codec_settings):
+                 prepare: Optional[Callable[[h5py.File], None]] = None, **codec_settings):
         h, w = (int(v) for v in frame_shape)
         if h < 1 or w < 1:
             raise ValueError(f"frame_shape must be two positive sizes, not {tuple(frame_shape)}")
@@ -73,6 +73,8 @@ class FrameWriter:
                            **(nxmx or {}))
             self._dset = self._file.create_dataset(dataset, shape=(0, h, w), maxshape=(None, h, w), dtype=self.dtype,
                                                    chunks=(1, h, w), **self._filter)
+            if prepare is not None:
+                prepare(self._file)
             self._file.swmr_mode = True
         except BaseException:
             self._file.close()
@@ -96,11 +98,16 @@ class FrameWriter:
         return self.write_chunk(chunk)
 
     def write_chunk(self, chunk) -> int:
-        """Appends one frame already encoded (redml_reduce.encode, the GPU encoder) as is."""
+        """Appends one frame already encoded (redml_reduce.encode, the GPU encoder) as is.
+
+        With another filter the bytes must be that filter's encoding of one frame (e.g. a
+        detector's bitshuffle-LZ4 frame under hdf5plugin.Bitshuffle()); they are not checked."""
         if self._file is None:
             raise ValueError("the writer is closed")
         if self.settings is None:
-            raise ValueError("write_chunk needs the redml filter")
+            if not self._filter:
+                raise ValueError("write_chunk needs a filter (the redml filter, or the one the chunk was made with)")
+            return self._append(lambda i: self._dset.id.write_direct_chunk((i, 0, 0), bytes(chunk)))
         info = inspect(chunk)  # a RedmlError for anything that is not a whole redml chunk
         if info["shape"] != self.frame_shape or info["dtype"] != self.dtype:
             raise ValueError(f"chunk holds a {info['shape']} {info['dtype']} frame, the dataset {self.frame_shape} "
@@ -115,6 +122,11 @@ class FrameWriter:
         self._file.flush()
         self.count = i + 1
         return i
+
+    def flush(self) -> None:
+        """Flushes the file (after writing other datasets of it, made in prepare())."""
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
