@@ -3,6 +3,8 @@
     redml tune FRAME... --reference REF [--radius 2]
     redml find-spots FRAME... [--cxi OUT.cxi]
     redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
+    redml simulate-detector --bind tcp://*:31001 --frames N --rate HZ [--compression bslz4]
+    redml acquire --connect tcp://HOST:31001 --out run.nxs --q 1 [--veto sparse] [--dashboard :8080]
 
 FRAME: any image fabio reads (CBF, SMV, ...) or FILE.h5:/path/to/dataset[:index].
 REF: a DIALS strong.refl (read with the system python that has DIALS) or a .json file
@@ -128,6 +130,9 @@ def main(argv=None) -> int:
     y.add_argument("--json")
     y.add_argument("--figure", help="PNG: ratio against yield and intensity CC")
     y.set_defaults(run=_yield)
+    from .acqcli import add_commands as add_acquire_commands
+
+    add_acquire_commands(sub)  # acquire, simulate-detector
     args = ap.parse_args(argv)
     return args.run(args)
 

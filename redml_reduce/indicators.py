@@ -4,7 +4,7 @@
     live = LiveStats();  live.frame(st, ...);  live.snapshot()   # JSON-ready dict
 
 Per frame: spots (the built-in finder, DIALS's criterion), hit or not, background level
-(median of the good pixels on a 1-in-16 grid), saturated pixels, the resolution of the
+(mean of the good pixels on a 1-in-16 grid, clipped at 5 sigma), saturated pixels, the resolution of the
 spots (the d-spacing beyond which only 5% of them lie: a robust high-resolution limit).
 LiveStats keeps counts, the last few hundred frames (hit rate, spots per frame and per hit,
 resolution, background, ratio, frames/s, latency) and per-second history for the plots.
@@ -64,7 +64,10 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
     if saturation is not None:
         good &= sub < saturation
     if good.any():
-        st.background = float(np.median(sub[good]))
+        # mean of the good pixels on the grid, Bragg spots and zingers clipped away (5 sigma)
+        v = sub[good].astype(np.float64)
+        m = v.mean()
+        st.background = float(v[v <= m + 5 * math.sqrt(max(m, 1.0))].mean())
     if saturation is not None:
         sat = frame >= saturation
         if bad is not None:

@@ -575,7 +575,7 @@ def publish_series(sender: StreamSender, frames: Sequence[np.ndarray], n_images:
     if not frames:
         raise ValueError("no frames to send")
     shape, dtype = frames[0].shape, frames[0].dtype
-    sat = np.iinfo(dtype).max if dtype.kind in "ui" else None
+    sat = np.iinfo(dtype).max - 1 if dtype.kind in "ui" else None  # the maximum means 'no data'
     sender.start(shape, dtype, geometry, number_of_images=n_images, pixel_mask=pixel_mask,
                  compression=compression, saturation_value=sat,
                  frame_time_s=1.0 / rate_hz if rate_hz > 0 else 0.001, **(start_kw or {}))
