@@ -84,17 +84,19 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
 
 def thumbnail(frame: np.ndarray, bad=None, size: int = 512) -> tuple[np.ndarray, int]:
     """(uint8 image, factor): the frame max-pooled by `factor` to at most `size` pixels a
-    side, log-scaled between the background and the brightest spot; bad pixels black."""
-    f = np.asarray(frame, dtype=np.float32)
+    side, log-scaled between the background and the brightest spot; blocks with a bad pixel,
+    negative and non-finite values black."""
+    factor = max(1, math.ceil(max(frame.shape) / size))
+    h, w = (frame.shape[0] // factor) * factor, (frame.shape[1] // factor) * factor
+    a = frame[:h, :w]
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    pooled = a.reshape(h // factor, factor, w // factor, factor).max(axis=(1, 3)).astype(np.float32)
     if bad is not None:
-        f = np.where(bad, 0, f)
-    f = np.where(np.isfinite(f) & (f > 0), f, 0)
-    factor = max(1, math.ceil(max(f.shape) / size))
-    h, w = (f.shape[0] // factor) * factor, (f.shape[1] // factor) * factor
-    pooled = f[:h, :w].reshape(h // factor, factor, w // factor, factor).max(axis=(1, 3))
+        pooled[bad[:h, :w].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))] = 0
+    np.maximum(pooled, 0, out=pooled)
     lo = float(np.median(pooled))
-    hi = float(np.quantile(pooled, 0.9995))
-    hi = max(hi, lo + 4)
+    hi = max(float(np.quantile(pooled, 0.9995)), lo + 4)
     scaled = np.log1p(np.clip(pooled - lo, 0, None)) / math.log1p(hi - lo)
     return (np.clip(scaled, 0, 1) * 255).astype(np.uint8), factor
 

@@ -541,7 +541,7 @@ class StreamSender:
 
         if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
             raise TimeoutError(f"no receiver took a message for {timeout_s} s")
-        self.sock.send(message, copy=len(message) < 65536)
+        self.sock.send(message, copy=True)
         self.sent += 1
 
     def start(self, shape, dtype, geometry=None, **kw) -> None:
