@@ -93,6 +93,14 @@ def _simulate(args) -> int:
                 geometry = Geometry.from_nxmx(first)
             except (KeyError, OSError, ValueError):
                 geometry = None
+            try:
+                import h5py
+
+                with h5py.File(first, "r") as f:
+                    if "entry/instrument/detector/pixel_mask" in f:
+                        mask = f["entry/instrument/detector/pixel_mask"][...].astype(np.uint32)
+            except OSError:
+                mask = None
         if geometry is None:
             h, w = frames[0].shape
             geometry = Geometry(beam_x=w / 2, beam_y=h / 2, distance_mm=100.0, pixel_size_mm=0.075, wavelength_a=1.0)

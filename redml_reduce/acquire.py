@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from array import array
 import queue
 import threading
 import time
@@ -38,7 +39,8 @@ from .acqfile import SeriesFile
 from .codec import SUPPORTED_DTYPES, CodecSettings, QLike, encode
 from .indicators import COUNT_NAMES, FrameStats, LiveStats, analyse, format_line, thumbnail
 from .spots import FinderSettings, roi_mask
-from .stream import EncodedArray, EndMessage, ImageMessage, StartMessage, StreamError, compress, parse_message
+from .stream import (EncodedArray, EndMessage, ImageMessage, StartMessage, StreamError, _declared_size, compress,
+                     parse_message)
 
 __all__ = ["AcquireSettings", "Acquisition"]
 
@@ -134,6 +136,9 @@ class _Series:
         self.bad: Optional[np.ndarray] = None
         self.pixel_mask: Optional[np.ndarray] = None
         self.t0 = time.perf_counter()
+        self.t_first: Optional[float] = None  # first image's arrival
+        self.t_last: Optional[float] = None  # last frame's flush
+        self.latencies = array("d")  # seconds, arrival to flush (8 bytes a frame)
         self.closing = False
         self.closed = threading.Event()
         self.summary: Optional[dict] = None
@@ -252,6 +257,8 @@ class Acquisition:
             self.stats.count("orphans")
             return
         series.count("received")
+        if series.t_first is None:
+            series.t_first = t
         self.stats.received(msg.wire_bytes)
         if msg.image_id in series.seen:
             self._error(f"series {series.id}: image {msg.image_id} received twice: the second copy is rejected")
@@ -324,7 +331,17 @@ class Acquisition:
     # ------------------------------------------------------------------ workers
     def _work(self, series: _Series, image_id: int, enc: EncodedArray, t: float) -> _Result:
         res = _Result(image_id, t)
+        s = self.settings
         try:
+            if s.codec == "bslz4" and not s.spots and self._passthrough(series, enc):
+                # the plain writer: the detector's chunk as it came, its size checked, not decoded
+                if _declared_size(enc.payload) != enc.nbytes:
+                    raise StreamError(f"bslz4 data declares {_declared_size(enc.payload)} bytes, the frame needs "
+                                      f"{enc.nbytes}")
+                res.stats = FrameStats(image_id=image_id, raw_bytes=enc.nbytes, stored_bytes=len(enc.payload),
+                                       mode="raw")
+                res.chunk, res.shape, res.dtype = enc.payload, enc.shape, enc.dtype.newbyteorder("=")
+                return res
             frame = enc.decode()
             if frame.dtype in _WIDEN:
                 frame = frame.astype(_WIDEN[frame.dtype])
@@ -335,7 +352,6 @@ class Acquisition:
             if self.settings.codec == "redml" and frame.dtype not in SUPPORTED_DTYPES:
                 raise StreamError(f"frames of {frame.dtype} cannot be encoded by redml")
             bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
-            s = self.settings
             st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
                                            saturation=series.start.saturation_value, min_spots=s.min_spots,
                                            spots=s.spots, finder=s.finder, image_id=image_id)
@@ -343,9 +359,7 @@ class Acquisition:
                 img, factor = thumbnail(frame, bad)
                 self.stats.set_latest_hit(image_id, img, factor, peaks)
             if s.codec == "bslz4":
-                passthrough = (enc.compression == "bslz4" and enc.elem_size == frame.dtype.itemsize
-                               and enc.dtype == frame.dtype and not enc.column_major)
-                res.chunk = enc.payload if passthrough else compress(frame, "bslz4")
+                res.chunk = enc.payload if self._passthrough(series, enc) else compress(frame, "bslz4")
                 st.mode = "raw"
             elif st.hit is False and s.veto == "drop":
                 st.mode = "vetoed"
@@ -362,6 +376,15 @@ class Acquisition:
             log.exception("series %d image %d", series.id, image_id)
             res.error = f"{type(e).__name__}: {e}"
         return res
+
+    @staticmethod
+    def _passthrough(series: _Series, enc: EncodedArray) -> bool:
+        """Whether the detector's chunk can be stored as it came (codec bslz4)."""
+        dt = enc.dtype.newbyteorder("=")
+        return (enc.compression == "bslz4" and enc.dtype.isnative and enc.elem_size == enc.dtype.itemsize
+                and not enc.column_major and dt not in _WIDEN and len(enc.shape) == 2
+                and (series.shape is None or tuple(enc.shape) == series.shape)
+                and (series.dtype is None or dt == series.dtype))
 
     # ------------------------------------------------------------------ writer thread
     def _writer_loop(self) -> None:
@@ -442,7 +465,9 @@ class Acquisition:
                 self._reject(series, res.image_id)
                 return
             series.count(key)
-            self.stats.frame(st, time.perf_counter() - res.t_arrival)
+            series.t_last = time.perf_counter()
+            series.latencies.append(series.t_last - res.t_arrival)
+            self.stats.frame(st, series.t_last - res.t_arrival)
         finally:
             self._give_slot()
 
@@ -461,11 +486,16 @@ class Acquisition:
                 series.file.close()
         except Exception as e:
             self._error(f"series {series.id}: closing {series.path} failed: {type(e).__name__}: {e}")
-        dt = time.perf_counter() - series.t0
-        stored = c["written"] + c["sparse"]
+        done = c["written"] + c["sparse"] + c["vetoed"]
+        span = (series.t_last - series.t_first) if series.t_first is not None and series.t_last is not None else 0.0
+        lat = np.array(series.latencies) * 1e3
         summary = {"series_id": series.id, "series_unique_id": series.uid,
                    "path": str(series.path) if series.file is not None else None, "counts": c,
-                   "seconds": round(dt, 3), "fps": (stored + c["vetoed"]) / dt if dt > 0 else None,
+                   "seconds": round(time.perf_counter() - series.t0, 3),
+                   # from the first image's arrival to the last frame's flush
+                   "frames_seconds": round(span, 4), "fps": done / span if span > 0 else None,
+                   "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+                   "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
                    "ended": "end message" if reason is None else reason}
         lost = c["dropped"] + c["rejected"] + c["missing"]
         text = (f"series {series.id} closed ({summary['ended']}): {c['received']} received, {c['written']} written, "

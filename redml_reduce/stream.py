@@ -519,13 +519,15 @@ def encode_end(series_id: int = 1, series_unique_id: str = "") -> bytes:
 
 class StreamSender:
     """A detector's side of the stream: a ZeroMQ PUSH socket that binds (like a DCU) or
-    connects. send_hwm bounds the messages queued for a slow receiver (send then blocks)."""
+    connects. send_hwm bounds the messages queued for a slow receiver (send then blocks).
+    close() waits up to linger_ms for the receiver to take what is still queued (the last
+    images and the end message), then gives up on them."""
 
     def __init__(self, endpoint: str = f"tcp://*:{DEFAULT_PORT}", *, bind: bool = True, send_hwm: int = 4,
-                 linger_ms: int = 10000):
+                 linger_ms: int = 120000):
         import zmq
 
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, int(send_hwm))
         self.sock.setsockopt(zmq.LINGER, int(linger_ms))
@@ -558,6 +560,7 @@ class StreamSender:
 
     def close(self) -> None:
         self.sock.close()
+        self.ctx.term()  # returns once the queued messages are delivered, or after linger_ms
 
     def __enter__(self) -> "StreamSender":
         return self
@@ -576,10 +579,10 @@ def publish_series(sender: StreamSender, frames: Sequence[np.ndarray], n_images:
         raise ValueError("no frames to send")
     shape, dtype = frames[0].shape, frames[0].dtype
     sat = np.iinfo(dtype).max - 1 if dtype.kind in "ui" else None  # the maximum means 'no data'
+    payloads = [compress(f, compression) if compression else None for f in frames]  # once, before the series
     sender.start(shape, dtype, geometry, number_of_images=n_images, pixel_mask=pixel_mask,
                  compression=compression, saturation_value=sat,
                  frame_time_s=1.0 / rate_hz if rate_hz > 0 else 0.001, **(start_kw or {}))
-    payloads = [compress(f, compression) if compression else None for f in frames]
     wire = 0
     t0 = time.perf_counter()
     for i in range(n_images):
