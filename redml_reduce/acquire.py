@@ -244,6 +244,9 @@ class Acquisition:
                                    "detector": msg.detector_description, "frames_done": 0})
         log.info("series %d (%s) started: %s images of %s -> %s", msg.series_id, msg.series_unique_id,
                  msg.number_of_images, series.shape, series.path)
+        if len(msg.channels) > 1:
+            log.info("series %d: storing channel %r of %s", msg.series_id, self.settings.channel or msg.channels[0],
+                     msg.channels)
 
     def _on_image(self, msg: ImageMessage, t: float) -> None:
         series = self._series
