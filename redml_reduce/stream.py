@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -601,11 +601,3 @@ def publish_series(sender: StreamSender, frames: Sequence[np.ndarray], n_images:
     dt = time.perf_counter() - t0
     return {"images": n_images, "seconds": dt, "rate_hz": n_images / dt if dt > 0 else math.inf, "wire_bytes": wire}
 
-
-def iter_messages(messages: Iterable[bytes]):
-    """Parses a sequence of raw messages, yielding a message or a StreamError for each."""
-    for m in messages:
-        try:
-            yield parse_message(m)
-        except StreamError as e:
-            yield e
