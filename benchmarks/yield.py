@@ -25,7 +25,8 @@ import numpy as np
 
 from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, jungfrau_4m
 from redml_reduce.yardstick import Dials
-from redml_reduce.yield_study import DEFAULT_CODECS, format_table, plot, series_from_files, series_from_simulator, study
+from redml_reduce.yield_study import (DEFAULT_CODECS, cached, format_table, plot, series_from_files,
+                                      series_from_simulator, study)
 
 THAUMATIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "thaumatin_grid"
 LYSOZYME = ("P43212", (79.1, 79.1, 37.9, 90, 90, 90))
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
         else:
             print(f"unknown data set {name!r}", file=sys.stderr)
             return 2
+        series = cached(series)
         print(f"{name}: {series.n} frames {series.shape} {series.dtype}", flush=True)
         results = study(series, args.codecs, dials, work / name, dials_identical=args.dials_identical,
                         log=lambda m: print(m, flush=True))

@@ -16,7 +16,7 @@ namespace {
 // buffer, and each clipping pass is a branch-free loop over it (vectorized).
 template <class T>
 float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
-                        uint32_t tx, const redml_params &p, std::vector<double> &buf) {
+                        uint32_t tx, const redml_params &p, std::vector<double> &buf, double *clip_limit) {
     uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
     uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
     buf.clear();
@@ -26,6 +26,7 @@ float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g
         for (uint32_t x = x0; x < x1; x++)
             if (ok[x]) buf.push_back((double)row[x]);
     }
+    *clip_limit = INFINITY;
     if (buf.empty()) return 0.0f;
     const double *v = buf.data();
     const size_t n = buf.size();
@@ -39,11 +40,35 @@ float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g
         }
         if (count == 0) break;
         double m = sum / count;
+        *clip_limit = limit;
         if (iter > 0 && m == mean) break;
         mean = m;
         limit = mean + 3.0 * redml_sigma(mean, p.gain, p.mu_min);
     }
     return (float)mean;
+}
+
+// The Poisson mean lambda whose values up to L average m (the clipped mean above lost
+// the tail beyond the clip: at lambda = 1 the 3-sigma clip biases the mean by -0.02
+// sigma). E[x | x <= L] = lambda * P(x <= L-1) / P(x <= L), solved by fixed point.
+double untruncated_poisson_mean(double m, double limit) {
+    if (!(m > 0.0) || !(limit < 1e6)) return m;
+    const int64_t L = (int64_t)std::floor(limit);
+    if (L < 1) return m;
+    double lambda = m;
+    for (int iter = 0; iter < 50; iter++) {
+        // P(x <= L-1) / P(x <= L) from the pmf recurrence, relative to pmf(0)
+        double term = 1.0, below = 0.0;
+        for (int64_t k = 0; k < L; k++) {
+            below += term;
+            term *= lambda / (double)(k + 1);
+        }
+        double next = m * (below + term) / below;
+        if (!(next < 4.0 * m + 10.0)) return m;  // not a clipped Poisson sample: keep the mean
+        if (std::fabs(next - lambda) < 1e-9 * (1.0 + lambda)) return next;
+        lambda = next;
+    }
+    return lambda;
 }
 
 }  // namespace
@@ -61,13 +86,21 @@ BackgroundModel fit_background(const T *frame, const uint8_t *usable, const Tile
         buf.reserve((size_t)grid.tile * grid.tile);
         for (uint32_t tx = 0; tx < grid.cols; tx++) {
             size_t t = ty * grid.cols + tx;
-            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p, buf);
+            double limit;
+            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p, buf, &limit);
+            // The conditional reconstructions decode from this mean's Poisson law: undo the
+            // clip's bias for them (photon counts; other modes keep the clipped mean).
+            if (!std::is_floating_point<T>::value && quantize &&
+                (p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW))
+                mean = (float)untruncated_poisson_mean(mean, limit);
             m.mean[t] = mean;
             if (!quantize) continue;
             if constexpr (std::is_floating_point<T>::value)
                 m.step[t] = redml_step_float(mean, p.q, p.gain, p.mu_min);
             else
-                m.step[t] = (float)redml_step_int(mean, p.q, p.gain, p.mu_min);
+                m.step[t] = (float)(p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW
+                                        ? redml_step_int_bin(mean, p.q, p.gain, p.mu_min)
+                                        : redml_step_int(mean, p.q, p.gain, p.mu_min));
         }
     });
     return m;

@@ -197,8 +197,10 @@ void validate_params(const redml_params &p) {
     check(p.codec != REDML_CODEC_RANS || p.shuffle != REDML_SHUFFLE_BIT, REDML_E_ARG,
           "rans codes byte planes: use the byte shuffle (or none)");
     check(p.shuffle >= REDML_SHUFFLE_NONE && p.shuffle <= REDML_SHUFFLE_BIT, REDML_E_ARG, "unknown shuffle");
-    check(p.recon == REDML_RECON_DITHER || (p.recon == REDML_RECON_POISSON && p.mode == REDML_MODE_SPARSE),
-          REDML_E_ARG, "Poisson reconstruction is only defined for the sparse mode");
+    check(redml_recon_allowed(p.mode, p.recon, 0), REDML_E_ARG,
+          "reconstruction not defined for this mode (Poisson: sparse only; mean and draw: quantized only)");
+    check(!(p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW) || p.gain == 1.0f, REDML_E_ARG,
+          "the mean and draw reconstructions model photon counts: gain must be 1");
     check(p.tile >= 1, REDML_E_ARG, "tile must be >= 1");
     check(p.block_elems >= 256 && p.block_elems <= (1u << 24) && p.block_elems % 8 == 0, REDML_E_ARG,
           "block_elems must be a multiple of 8 in [256, 2^24]");
@@ -250,6 +252,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     std::vector<std::vector<Word>> values(nbands);
     std::vector<std::vector<std::vector<Word>>> codes(nbands, std::vector<std::vector<Word>>(REDML_PHASES));
     const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
+    const bool conditional = p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW;
+    check(!conditional || !S::is_float, REDML_E_ARG, "the mean and draw reconstructions need integer data");
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         size_t band_px = (size_t)(y1 - y0) * W, nv = 0;
         std::vector<Word> &vals = values[b];
@@ -275,8 +279,10 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
                             if (!keep) cods[px.phase][nc[px.phase]++] = sym;
                         } else {
                             uint64_t sym = 0;
-                            keep = !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int, px.base,
-                                                       S::lo(), S::hi(), S::sym_max, &sym);
+                            keep = conditional ? !redml_quantize_bin((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
+                                                                     px.base, S::hi(), S::sym_max, &sym)
+                                               : !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
+                                                                     px.base, S::lo(), S::hi(), S::sym_max, &sym);
                             if (!keep) cods[px.phase][nc[px.phase]++] = (Word)sym;
                         }
                     }
@@ -371,7 +377,8 @@ BackgroundModel read_model(const ParsedChunk &pc, int nt) {
         if constexpr (std::is_floating_point<T>::value) {
             check(std::isfinite(step) && step >= 0 && step < 1e30f, REDML_E_CORRUPT, "invalid model step");
         } else {
-            check(step >= 1 && step <= 2097153.0f && std::floor(step) == step && ((int64_t)step & 1),
+            const bool conditional = h.recon == REDML_RECON_MEAN || h.recon == REDML_RECON_DRAW;
+            check(step >= 1 && step <= 2097153.0f && std::floor(step) == step && (conditional || ((int64_t)step & 1)),
                   REDML_E_CORRUPT, "invalid model step");
         }
     }
@@ -463,6 +470,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         check(band_codes[nbands * nph + ph] == codes[ph].size(), REDML_E_CORRUPT,
               "background code stream length does not match its phase");
     const bool poisson = recon == REDML_RECON_POISSON;
+    const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         size_t vi = band_exact[b];
         std::vector<size_t> ci(nph);
@@ -485,6 +493,12 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                         if constexpr (S::is_float) {
                             check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
                             out[i] = redml_recon_float(sym, step, px.u_float, px.base);
+                        } else if (conditional) {
+                            int64_t a, b;
+                            redml_bin_int(sym, tc.s_int, px.u_int, px.base, &a, &b);
+                            check(b >= 0 && b <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
+                            double lambda = interpolate_mean(model, y, x);
+                            out[i] = (T)redml_recon_conditional(a, b, lambda, recon == REDML_RECON_DRAW, h.seed, i);
                         } else {
                             int64_t r = redml_recon_int(sym, tc.s_int, px.u_int, px.base);
                             check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
@@ -503,32 +517,13 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     });
 }
 
-// ---------------------------------------------------------------- C API helpers
+}  // namespace
 
-thread_local std::string tls_error;
-
-template <class Fn>
-redml_status guarded(Fn fn) {
-    try {
-        fn();
-        tls_error.clear();
-        return REDML_OK;
-    } catch (const Error &e) {
-        tls_error = e.what();
-        return e.status;
-    } catch (const std::bad_alloc &) {
-        tls_error = "out of memory";
-        return REDML_E_NOMEM;
-    } catch (const std::exception &e) {
-        tls_error = e.what();
-        return REDML_E_INTERNAL;
-    } catch (...) {
-        tls_error = "unknown internal error";
-        return REDML_E_INTERNAL;
-    }
+std::string &last_error() {
+    thread_local std::string message;
+    return message;
 }
 
-}  // namespace
 }  // namespace redml
 
 using namespace redml;
@@ -616,8 +611,17 @@ redml_status redml_decode(const void *chunk, size_t size, void *out, size_t out_
         const ChunkHeader &h = pc.header;
         check(out_capacity >= (size_t)h.height * h.width * redml_dtype_size(h.dtype), REDML_E_ARG,
               "output buffer too small for the decoded frame");
-        int recon = recon_override < 0 ? (int)h.recon : recon_override;
-        check(recon == REDML_RECON_DITHER || recon == REDML_RECON_POISSON, REDML_E_ARG, "unknown reconstruction");
+        int recon = (int)h.recon;
+        if (recon_override >= 0) {
+            // mean <-> draw read the same bins; dither <-> Poisson apply to sparse chunks
+            // and are ignored by others (as they always were).
+            check(recon_override <= REDML_RECON_DRAW, REDML_E_ARG, "unknown reconstruction");
+            const bool cond_override = recon_override == REDML_RECON_MEAN || recon_override == REDML_RECON_DRAW;
+            const bool cond_chunk = h.recon == REDML_RECON_MEAN || h.recon == REDML_RECON_DRAW;
+            check(!cond_override || cond_chunk, REDML_E_ARG,
+                  "the mean and draw reconstructions decode only chunks written with one of them");
+            if (cond_override || h.mode == REDML_MODE_SPARSE) recon = recon_override;
+        }
         int nt = resolve_threads(nthreads);
         dispatch_dtype(h.dtype, [&](auto tag) {
             using T = decltype(tag);
@@ -738,6 +742,6 @@ const char *redml_strerror(redml_status s) {
     return "unknown status";
 }
 
-const char *redml_last_error(void) { return tls_error.c_str(); }
+const char *redml_last_error(void) { return last_error().c_str(); }
 
 }  // extern "C"

@@ -125,8 +125,8 @@ ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
     check(dtype >= REDML_UINT16 && dtype <= REDML_FLOAT32, REDML_E_CORRUPT, "unknown dtype code");
     check(mode <= REDML_MODE_SPARSE, REDML_E_CORRUPT, "unknown mode");
     check(codec >= REDML_CODEC_LZ4 && codec <= REDML_CODEC_RANS, REDML_E_CORRUPT, "unknown entropy codec");
-    check(recon == REDML_RECON_DITHER || (recon == REDML_RECON_POISSON && mode == REDML_MODE_SPARSE),
-          REDML_E_CORRUPT, "unknown reconstruction for this mode");
+    check(redml_recon_allowed(mode, recon, dtype == REDML_FLOAT32), REDML_E_CORRUPT,
+          "unknown reconstruction for this mode");
     h.dtype = (redml_dtype)dtype;
     h.mode = (redml_mode)mode;
     h.codec = (redml_codec)codec;

@@ -11,6 +11,7 @@
 #include "spots.h"
 #include "threads.h"
 #include "redml.h"
+#include "quantize.h"
 
 namespace py = pybind11;
 
@@ -226,6 +227,80 @@ py::array_t<bool> dilate_mask(py::array_t<uint8_t, py::array::c_style | py::arra
     return out;
 }
 
+// JUNGFRAU raw -> photons (redml_jf_convert). The Python layer (redml_reduce/jungfrau.py)
+// checks shapes and dtypes with user-facing messages; the core re-checks them.
+py::tuple jf_convert(py::array_t<uint16_t, py::array::c_style> raw, py::array_t<float, py::array::c_style> pedestal,
+                     py::array_t<float, py::array::c_style> gain, py::object mask, py::object track,
+                     py::object modules, py::object gap_index, uint32_t out_height, uint32_t out_width,
+                     float energy_keV, int out_dtype, bool want_kev, bool want_status, float track_alpha,
+                     float track_threshold, int nthreads, py::object out) {
+    if (raw.ndim() != 2) throw py::value_error("raw frame must be 2-D");
+    uint32_t h = (uint32_t)raw.shape(0), w = (uint32_t)raw.shape(1);
+    size_t n = (size_t)raw.size();
+    if ((size_t)pedestal.size() != 3 * n || (size_t)gain.size() != 3 * n)
+        throw py::value_error("pedestal and gain must be [3][frame] planes");
+    py::object mask_arr = mask.is_none() ? mask : py::object(mask.cast<U8Array>());
+    const uint8_t *mask_p = optional_map(mask_arr, n, "mask");
+    float *track_p = nullptr;
+    if (!track.is_none()) {
+        // Updated in place: it must be a float32 C-contiguous array already, not a converted copy.
+        if (!py::isinstance<py::array_t<float, py::array::c_style>>(track))
+            throw py::type_error("track must be a C-contiguous float32 array");
+        auto t = track.cast<py::array_t<float, py::array::c_style>>();
+        if ((size_t)t.size() != n) throw py::value_error("track must have the frame's shape");
+        track_p = t.mutable_data();  // the caller's own float32 array, updated in place
+    }
+    py::array_t<int32_t, py::array::c_style> mods;
+    py::array_t<uint32_t, py::array::c_style> gaps;
+    const redml_jf_module *mods_p = nullptr;
+    uint32_t n_mods = 0;
+    if (!modules.is_none()) {
+        mods = modules.cast<py::array_t<int32_t, py::array::c_style>>();
+        if (mods.ndim() != 2 || mods.shape(1) != 6) throw py::value_error("modules must be (n, 6) int32");
+        static_assert(sizeof(redml_jf_module) == 6 * sizeof(int32_t), "redml_jf_module layout");
+        mods_p = (const redml_jf_module *)mods.data();
+        n_mods = (uint32_t)mods.shape(0);
+        gaps = gap_index.cast<py::array_t<uint32_t, py::array::c_style>>();
+    }
+    redml_dtype dt = out_dtype == 16 ? REDML_INT16 : REDML_INT32;
+    py::array photons;
+    if (out.is_none()) {
+        photons = py::array(numpy_dtype(dt), {(py::ssize_t)out_height, (py::ssize_t)out_width});
+    } else {  // the caller's buffer (reused frame after frame: no page faults for a new array)
+        photons = out.cast<py::array>();
+        if (!photons.dtype().is(numpy_dtype(dt)) || photons.ndim() != 2 || photons.shape(0) != (py::ssize_t)out_height ||
+            photons.shape(1) != (py::ssize_t)out_width || !(photons.flags() & py::array::c_style) || !photons.writeable())
+            throw py::value_error("out must be a writeable C-contiguous array of the photons' dtype and shape");
+    }
+    py::object kev = py::none(), status = py::none();
+    float *kev_p = nullptr;
+    uint8_t *status_p = nullptr;
+    if (want_kev) {
+        py::array_t<float> k({(py::ssize_t)out_height, (py::ssize_t)out_width});
+        kev_p = k.mutable_data();
+        kev = k;
+    }
+    if (want_status) {
+        py::array_t<uint8_t> st({(py::ssize_t)h, (py::ssize_t)w});
+        status_p = st.mutable_data();
+        status = st;
+    }
+    redml_jf_params p{energy_keV, dt, track_alpha, track_threshold, nthreads};
+    uint64_t counts[REDML_JF_NSTATUS];
+    void *dst = photons.mutable_data();
+    redml_status s;
+    {
+        py::gil_scoped_release release;
+        s = redml_jf_convert(raw.data(), h, w, pedestal.data(), gain.data(), mask_p, track_p, mods_p, n_mods,
+                             mods_p ? gaps.data() : nullptr, mods_p ? (size_t)gaps.size() : 0, out_height, out_width,
+                             &p, dst, kev_p, status_p, counts);
+    }
+    if (s != REDML_OK) raise(s);
+    py::tuple c((size_t)REDML_JF_NSTATUS);
+    for (int k = 0; k < REDML_JF_NSTATUS; k++) c[k] = counts[k];
+    return py::make_tuple(photons, kev, status, c);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -242,9 +317,16 @@ PYBIND11_MODULE(_core, m) {
           py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),
           py::arg("max_pixels"), py::arg("max_separation"), py::arg("nthreads"));
     m.attr("PEAK_RECORD_SIZE") = sizeof(redml_peak);
+    // The codec's per-pixel pseudo-random uniform (quantize.h), for reference implementations in tests.
+    m.def("hash_uniform", [](uint32_t seed, uint64_t idx, uint32_t stream) { return redml_uniform(seed, idx, stream); },
+          py::arg("seed"), py::arg("idx"), py::arg("stream"));
     m.def("dilate", &dilate_mask, py::arg("mask"), py::arg("margin"), py::arg("nthreads") = 0);
     m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
           py::arg("iterations"), py::arg("nthreads"));
+    m.def("jf_convert", &jf_convert, py::arg("raw"), py::arg("pedestal"), py::arg("gain"), py::arg("mask"),
+          py::arg("track"), py::arg("modules"), py::arg("gap_index"), py::arg("out_height"), py::arg("out_width"),
+          py::arg("energy_keV"), py::arg("out_dtype"), py::arg("want_kev"), py::arg("want_status"),
+          py::arg("track_alpha"), py::arg("track_threshold"), py::arg("nthreads"), py::arg("out") = py::none());
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }

@@ -198,6 +198,73 @@ REDML_HD int redml_quantize_float(float x, double s, double u, int64_t base, uin
     return 1;
 }
 
+/* ---- Conditional reconstructions (REDML_RECON_MEAN, REDML_RECON_DRAW) ----
+ * Integer photon counts are binned on the same dithered lattice, but with bins of s counts
+ * where s - 1 <= q*sigma/2: the decoder may put the value anywhere in its bin. It does so
+ * from the background model's Poisson distribution restricted to the bin, so a blank
+ * background keeps its mean and its variance-to-mean ratio (what DIALS's dispersion spot
+ * finder tests) at any count, and no low-count pixel needs to be stored exactly. */
+
+/* Step: the largest integer s with s - 1 <= q*sigma/2 (1 = lossless). */
+REDML_HD int64_t redml_step_int_bin(double mean, double q, double gain, double mu_min) {
+    if (!(q > 0.0)) return 1;
+    double b = floor(q * redml_sigma(mean > 0.0 ? mean : 0.0, gain, mu_min) / 2.0);
+    if (!(b >= 0.0)) b = 0.0;
+    if (b > 1048576.0) b = 1048576.0;
+    return (int64_t)b + 1;
+}
+
+/* Codes x >= 0 by its bin [k*s - u, k*s - u + s - 1]; returns 0 (store exactly) for
+ * negative values, a bin reaching above hi, or a symbol above sym_max. */
+REDML_HD int redml_quantize_bin(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t hi,
+                                uint64_t sym_max, uint64_t *sym) {
+    if (x < 0) return 0;
+    int64_t k = redml_floordiv_inv(x + u, s, inv_s);
+    uint64_t z = redml_zigzag64(k - base);
+    if (k * s - u + s - 1 > hi || z > sym_max) return 0;
+    *sym = z;
+    return 1;
+}
+
+/* The values [*a, *b] of symbol sym's bin that are >= 0. */
+REDML_HD void redml_bin_int(uint64_t sym, int64_t s, int64_t u, int64_t base, int64_t *a, int64_t *b) {
+    int64_t k = redml_unzigzag64(sym) + base;
+    *a = k * s - u;
+    *b = *a + s - 1;
+    if (*a < 0) *a = 0;
+}
+
+/* A value in [a, b] from Poisson(lambda) restricted to [a, b]: its mean, rounded with a
+ * seeded dither (draw = 0; E[result] = the conditional mean), or a seeded draw (draw = 1).
+ * Weights are taken relative to the distribution's mode in [a, b], so none exceeds 1. */
+REDML_HD int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, int draw, uint32_t seed, uint64_t idx) {
+    if (b <= a) return a;
+    if (!(lambda > 0.0)) return a; /* all the mass at the lowest count */
+    double fl = floor(lambda);
+    int64_t m = fl < (double)a ? a : (fl > (double)b ? b : (int64_t)fl);
+    double wa = 1.0;
+    for (int64_t x = m; x > a; x--) wa *= (double)x / lambda;
+    double total = 0.0, moment = 0.0, w = wa;
+    for (int64_t x = a; x <= b; x++) {
+        total += w;
+        moment += (double)(x - a) * w;
+        w *= lambda / (double)(x + 1);
+    }
+    if (!(total > 0.0)) return m; /* weights underflowed below the mode: keep the mode */
+    if (!draw) {
+        int64_t r = a + (int64_t)floor(moment / total + redml_uniform(seed, idx, 5));
+        return r > b ? b : r;
+    }
+    double target = redml_uniform(seed, idx, 6) * total, c = 0.0;
+    w = wa;
+    for (int64_t x = a; x <= b; x++) {
+        c += w;
+        if (c > target) return x;
+        w *= lambda / (double)(x + 1);
+    }
+    return b;
+}
+
 /* Sparse mode: unbiased integer rounding of a model value v (E[result] = v). */
 REDML_HD int64_t redml_dithered_round(double v, uint32_t seed, uint64_t idx) {
     return (int64_t)floor(v + redml_uniform(seed, idx, 2));

@@ -62,10 +62,10 @@ class SeriesFile:
         self._start = start_fields or {}
         kw = dict(codec_settings or {}) if filter is None else {"filter": filter}
         self.writer = FrameWriter(path, shape, dtype, geometry=geometry, pixel_mask=pixel_mask, nxmx=nxmx,
-                                  prepare=self._prepare, nthreads=1, **kw)
+                                  setup=self._setup, nthreads=1, **kw)
         self.path = str(path)
 
-    def _prepare(self, f: h5py.File) -> None:
+    def _setup(self, f: h5py.File) -> None:
         g = f.require_group(TABLE)
         g.attrs["NX_class"] = np.bytes_("NXcollection")
         for k, v in self._attrs.items():

@@ -2,7 +2,10 @@
 
     redml tune FRAME... --reference REF [--radius 2]
     redml find-spots FRAME... [--cxi OUT.cxi]
+    redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
     redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
+    redml compress RAW.h5[:/dataset]... -o OUT.h5 [-q 1] [--jungfrau-calibration DIR|FILE.h5]
+    redml inspect FILE.h5
     redml simulate-detector --bind tcp://*:31001 --frames N --rate HZ [--compression bslz4]
     redml acquire --connect tcp://HOST:31001 --out run.nxs --q 1 [--veto sparse] [--dashboard :8080]
 
@@ -87,6 +90,27 @@ def _find_spots(args) -> int:
     return 0
 
 
+def _recompress(args) -> int:
+    from .recompress import recompress
+
+    settings = {}
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, not {item!r}")
+        try:
+            settings[key] = json.loads(value)  # numbers, true/false
+        except ValueError:
+            settings[key] = value  # names: codec=zstd, shuffle=bit
+    q = args.q if args.q == "sparse" else float(args.q)
+    report = recompress(args.sources, args.out, q, workers=args.workers, scheduler=args.scheduler,
+                        output=args.format, dataset=args.dataset, frames_per_task=args.frames_per_task,
+                        resume=not args.no_resume, verify=not args.no_verify, nthreads=args.threads,
+                        report_path=args.report, progress=True, **settings)
+    print(report.table())
+    return 1 if report.errors else 0
+
+
 def _yield(args) -> int:
     from .yardstick import Dials
     from .yield_study import format_table, plot, series_from_files, study
@@ -106,6 +130,56 @@ def _yield(args) -> int:
     return 0
 
 
+def _compress(args) -> int:
+    from .jungfrau import compress_raw, load_calibration, read_frames_lazily
+    from .writer import FrameWriter
+
+    q = args.q if args.q == "sparse" else float(args.q)
+    frames = (f for spec in args.frames for f in read_frames_lazily(spec))
+    if args.jungfrau_calibration:
+        calib = load_calibration(args.jungfrau_calibration)
+        r = compress_raw(frames, args.output, calib, q=q, photon_dtype=args.dtype, track_window=args.track_window,
+                         track_threshold=args.track_threshold, snapshot_every=args.snapshot_every)
+        marked = {k: v for k, v in r["counts"].items() if k not in ("g0", "g1", "g2") and v}
+        print(f"{r['frames']} raw frames converted and written to {args.output} ({args.dtype} photons, q={q}); "
+              f"calibration in /entry/instrument/detector/jungfrau_calibration; pixels by gain stage "
+              f"G0 {r['counts']['g0']}, G1 {r['counts']['g1']}, G2 {r['counts']['g2']}; marked {marked or 'none'}")
+        return 0
+    first = next(frames, None)
+    if first is None:
+        raise SystemExit("no frames")
+    with FrameWriter(args.output, first.shape, first.dtype, q=q) as w:
+        w.write(first)
+        for f in frames:
+            w.write(f)
+        print(f"{len(w)} frames written to {args.output} (q={q})")
+    return 0
+
+
+def _inspect(args) -> int:
+    import h5py
+
+    from . import inspect as chunk_info
+    from .h5filter import FILTER_ID
+    from .jungfrau import CALIBRATION_GROUP, describe_calibration
+
+    with h5py.File(args.file, "r") as f:
+        def show(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.chunks and obj.ndim == 3:
+                line = f"{obj.name}: {obj.shape[0]} frames of {obj.shape[1]} x {obj.shape[2]} {obj.dtype}"
+                dcpl = obj.id.get_create_plist()
+                if any(dcpl.get_filter(k)[0] == FILTER_ID for k in range(dcpl.get_nfilters())):
+                    if obj.shape[0]:
+                        info = chunk_info(obj.id.read_direct_chunk((0, 0, 0))[1])
+                        line += f", redml chunks (mode {info['mode']}, q={info['q']:g}, codec {info['codec']})"
+                    line += f", {obj.id.get_storage_size()} bytes stored"
+                print(line)
+            elif isinstance(obj, h5py.Group) and name.rsplit("/", 1)[-1] == CALIBRATION_GROUP:
+                print(describe_calibration(obj))
+        f.visititems(show)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="redml", description="redml_reduce command line")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -118,6 +192,21 @@ def main(argv=None) -> int:
     fs.add_argument("frames", nargs="+")
     fs.add_argument("--cxi", help="write the peak lists to this HDF5/CXI file")
     fs.set_defaults(run=_find_spots)
+    rc = sub.add_parser("recompress", help="recompress NXmx/Eiger HDF5, CBF and SMV inputs into redml (Dask)")
+    rc.add_argument("sources", nargs="+", help="HDF5 files, Eiger masters, image files or folders of them")
+    rc.add_argument("--out", required=True, help="output folder (NAME.nxs or NAME.zarr per input)")
+    rc.add_argument("-q", default="0", help="0 lossless (default), a number (lossy, bounded) or 'sparse'")
+    rc.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (0: serial)")
+    rc.add_argument("--scheduler", help="address of a running dask scheduler (instead of a LocalCluster)")
+    rc.add_argument("--format", choices=("nxmx", "zarr"), default="nxmx")
+    rc.add_argument("--dataset", help="image dataset of HDF5 inputs (default entry/data/data or Eiger data_NNNNNN)")
+    rc.add_argument("--frames-per-task", type=int, help="frames per encoding task (default: about 3 tasks per worker)")
+    rc.add_argument("--threads", type=int, default=1, help="encoder threads per task")
+    rc.add_argument("--set", action="append", metavar="KEY=VALUE", help="other codec settings (codec=zstd, tile=16...)")
+    rc.add_argument("--report", help="JSON report path (default OUT/recompress-report.json)")
+    rc.add_argument("--no-resume", action="store_true", help="redo inputs the manifest records as finished")
+    rc.add_argument("--no-verify", action="store_true", help="skip decoding every chunk against its frame")
+    rc.set_defaults(run=_recompress)
     from .yield_study import DEFAULT_CODECS
 
     y = sub.add_parser("yield", help="compression ratio against DIALS indexing yield for your frames")
@@ -130,6 +219,20 @@ def main(argv=None) -> int:
     y.add_argument("--json")
     y.add_argument("--figure", help="PNG: ratio against yield and intensity CC")
     y.set_defaults(run=_yield)
+    c = sub.add_parser("compress", help="write frames (or raw JUNGFRAU frames, converted) as redml chunks")
+    c.add_argument("frames", nargs="+", help="FILE.h5[:/dataset] (default entry/data/data or data)")
+    c.add_argument("-o", "--output", required=True, help="HDF5 file to write (entry/data/data)")
+    c.add_argument("-q", default="1", help="0 lossless, > 0 quantized, 'sparse' (default 1)")
+    c.add_argument("--jungfrau-calibration", metavar="DIR", help="raw JUNGFRAU frames: calibration directory "
+                   "(calibration.json) or HDF5 file written by redml; stored in the output")
+    c.add_argument("--dtype", default="int32", choices=("int32", "int16"), help="photon dtype (JUNGFRAU)")
+    c.add_argument("--track-window", type=int, default=0, help="pedestal tracking window in frames (0: off)")
+    c.add_argument("--track-threshold", type=float, default=0.5, help="dark G0 pixel: |photons| below this")
+    c.add_argument("--snapshot-every", type=int, default=0, help="store the tracked pedestal every N frames")
+    c.set_defaults(run=_compress)
+    i = sub.add_parser("inspect", help="datasets, redml chunk settings and stored calibrations of an HDF5 file")
+    i.add_argument("file")
+    i.set_defaults(run=_inspect)
     from .acqcli import add_commands as add_acquire_commands
 
     add_acquire_commands(sub)  # acquire, simulate-detector

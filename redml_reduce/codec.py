@@ -23,6 +23,8 @@ SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint
 _MODES = {"lossless": 0, "quantized": 1, "sparse": 2}
 _CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
 _SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
+_RECONS = {"midpoint": 0, "mean": 2, "draw": 3}  # quantized mode (docs/format.md, "Reconstruction")
+_RECON_NAMES = ("dither", "poisson", "mean", "draw")  # as stored in a chunk
 
 
 class RedmlError(ValueError):
@@ -39,6 +41,12 @@ class CodecSettings:
     q: the one knob. 0 = lossless; q > 0 = background quantized with a step of q Poisson
        sigmas (every background pixel within q*sigma/2, unbiased); "sparse" (or math.inf)
        = background replaced by the stored model.
+    recon: how quantized background decodes. "midpoint": the dithered bin's midpoint
+       (unbiased for any signal; counts below the half-step stay exact). "mean" / "draw"
+       (integer photon counts, gain 1): bins of up to q*sigma/2 + 1 counts, decoded as the
+       mean of / a seeded draw from the background model's Poisson distribution within the
+       bin (keeps the background's statistics at any count; a chunk of either decodes as
+       the other too).
     """
 
     q: QLike = 0.0
@@ -53,6 +61,7 @@ class CodecSettings:
     seed: int = 0x5EED1234
     block_elems: int = 1 << 18
     sparse_noise: bool = False
+    recon: str = "midpoint"
 
     def __post_init__(self):
         q = self.q
@@ -83,6 +92,10 @@ class CodecSettings:
         _check_range("block_elems", self.block_elems, 256, 1 << 24, integer=True)
         if self.block_elems % 8:
             raise ValueError("block_elems must be a multiple of 8")
+        if self.recon not in _RECONS:
+            raise ValueError(f"recon must be one of {sorted(_RECONS)}, not {self.recon!r}")
+        if self.recon != "midpoint" and self.gain != 1:
+            raise ValueError("recon='mean' and 'draw' model photon counts: gain must be 1")
 
     @property
     def mode(self) -> str:
@@ -97,9 +110,14 @@ class CodecSettings:
     def core_kwargs(self) -> dict:
         return dict(mode=_MODES[self.mode], q=self.q_value, gain=float(self.gain), mu_min=float(self.mu_min),
                     codec=_CODECS[self.codec], level=int(self.level), shuffle=_SHUFFLES[self.shuffle],
-                    recon=1 if (self.mode == "sparse" and self.sparse_noise) else 0, tile=int(self.tile),
+                    recon=self._core_recon(), tile=int(self.tile),
                     roi_snr=float(self.roi_snr), roi_margin=int(self.roi_margin), seed=int(self.seed),
                     block_elems=int(self.block_elems))
+
+    def _core_recon(self) -> int:
+        if self.mode == "sparse":
+            return 1 if self.sparse_noise else 0
+        return _RECONS[self.recon] if self.mode == "quantized" else 0
 
     def cd_values(self) -> tuple:
         """The filter's user cd_values (see docs/format.md, 'HDF5 filter')."""
@@ -140,7 +158,8 @@ def _as_map(a, shape, name) -> Optional[np.ndarray]:
     return np.ascontiguousarray(a != 0, dtype=np.uint8)
 
 
-def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, **settings) -> bytes:
+def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, calibration=None,
+           **settings) -> bytes:
     """Encodes one 2-D frame into one redml chunk (format v1, docs/format.md).
 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
@@ -150,25 +169,40 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
         built-in spot rule.
     mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
     nthreads: 0 = REDML_NUM_THREADS or all cores.
+    calibration: a redml_reduce.jungfrau.Calibration: `frame` is then a raw JUNGFRAU frame
+        (uint16 words), converted to int32 photons first (assembled by its geometry; masked,
+        invalid and overloaded pixels become markers, see redml_reduce.jungfrau).
     settings: further CodecSettings fields (codec, level, shuffle, gain, tile, ...).
     """
     s = settings.pop("_settings", None) or CodecSettings(q=q, **settings)
+    if calibration is not None:
+        from .jungfrau import convert
+
+        frame = convert(frame, calibration, nthreads=nthreads)[0]
     arr = as_frame(frame)
     _check_range("nthreads", nthreads, 0, 4096, integer=True)
     return _core.encode(arr, _as_map(roi, arr.shape, "roi"), _as_map(mask, arr.shape, "mask"),
                         nthreads=nthreads, **s.core_kwargs())
 
 
-def decode(chunk, *, sparse_noise: Optional[bool] = None, nthreads: int = 0) -> np.ndarray:
+def decode(chunk, *, sparse_noise: Optional[bool] = None, recon: Optional[str] = None, nthreads: int = 0) -> np.ndarray:
     """Decodes one redml chunk (bytes-like) into a 2-D array of its original dtype.
 
     sparse_noise: for sparse chunks, override the stored reconstruction (True: seeded
         Poisson noise around the model; False: the model, unbiasedly rounded).
+    recon: for chunks written with recon="mean" or "draw", decode with the other one.
     Raises RedmlError for corrupt, truncated or foreign data.
     """
-    recon = -1 if sparse_noise is None else int(bool(sparse_noise))
+    if recon is not None and sparse_noise is not None:
+        raise ValueError("give sparse_noise or recon, not both")
+    if recon is not None:
+        if recon not in ("mean", "draw"):
+            raise ValueError(f"recon override must be 'mean' or 'draw', not {recon!r}")
+        code = _RECONS[recon]
+    else:
+        code = -1 if sparse_noise is None else int(bool(sparse_noise))
     try:
-        return _core.decode(_as_buffer(chunk), recon, nthreads)
+        return _core.decode(_as_buffer(chunk), code, nthreads)
     except ValueError as e:
         raise RedmlError(str(e)) from None
 
@@ -181,7 +215,7 @@ def inspect(chunk) -> dict:
         raise RedmlError(str(e)) from None
     info["mode"] = {v: k for k, v in _MODES.items()}[info["mode"]]
     info["codec"] = {v: k for k, v in _CODECS.items()}[info["codec"]]
-    info["recon"] = ("dither", "poisson")[info["recon"]]
+    info["recon"] = _RECON_NAMES[info["recon"]]
     return info
 
 

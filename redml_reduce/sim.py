@@ -217,7 +217,10 @@ class StillSimulator:
         self.mask = det.gap_mask()
         self.mu = attenuation_per_mm(s.sensor_material, s.wavelength_a) if s.sensor_thickness_mm > 0 else 0.0
         lat = lattice(self.crystal, s.d_min)
-        self.hkl, self.d = lat["hkl"], lat["d"]
+        self.hkl, self.d, self.asu = lat["hkl"], lat["d"], lat["asu"]
+        keys = self._hkl_key(self.hkl)
+        self._key_order = np.argsort(keys)
+        self._sorted_keys = keys[self._key_order]
         self.r_crystal = self.hkl @ lat["B"].T  # reciprocal vectors in the crystal frame
         rlen = 1.0 / self.d
         # Width of the Ewald-sphere shell a reflection is excited in (1/Angstrom): mosaic
@@ -234,6 +237,19 @@ class StillSimulator:
         bad &= ~self.mask
         self.hot = bad & (np.random.default_rng([self.seed, 0x407]).random(det.shape) < 0.5)
         self.dead = bad & ~self.hot
+
+    @staticmethod
+    def _hkl_key(hkl) -> np.ndarray:
+        hkl = np.asarray(hkl, np.int64) + 1024
+        return (hkl[:, 0] << 22) | (hkl[:, 1] << 11) | hkl[:, 2]
+
+    def asu_of(self, hkl) -> np.ndarray:
+        """The symmetry-unique reflection (cctbx's asymmetric unit) of each (h, k, l); -1
+        for indices outside the lattice to d_min or systematically absent."""
+        keys = self._hkl_key(np.asarray(hkl).reshape(-1, 3))
+        pos = np.clip(np.searchsorted(self._sorted_keys, keys), 0, len(self._sorted_keys) - 1)
+        found = self._sorted_keys[pos] == keys
+        return np.where(found, self.asu[self._key_order[pos]], -1).astype(np.int64)
 
     def nxmx_options(self) -> dict:
         """The detector description for FrameWriter(nxmx=...)."""

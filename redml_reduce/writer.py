@@ -21,7 +21,7 @@ none), the same file layout: the benchmarks compare codecs through this one writ
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import h5py
 import numpy as np
@@ -42,12 +42,14 @@ class FrameWriter:
     HDF5 reader decodes the frames. nthreads: encoder threads (0 = all cores).
     geometry (redml_reduce.background.Geometry), pixel_mask and nxmx (more keywords of
     redml_reduce.nxmx.write_nxmx): write an NXmx file. filter: another HDF5 filter's
-    create_dataset keywords instead of redml ({} = uncompressed).
+    create_dataset keywords instead of redml ({} = uncompressed). setup: optional callable
+    given the open h5py.File once the dataset exists, before SWMR mode starts (SWMR allows
+    no new objects: metadata groups such as a JUNGFRAU calibration are written there).
     """
 
     def __init__(self, path, frame_shape, dtype, *, dataset: str = "entry/data/data", nthreads: int = 0,
                  geometry=None, pixel_mask=None, nxmx: Optional[dict] = None, filter: Optional[Mapping] = None,
-                 prepare: Optional[Callable[[h5py.File], None]] = None, **codec_settings):
+                 setup=None, **codec_settings):
         h, w = (int(v) for v in frame_shape)
         if h < 1 or w < 1:
             raise ValueError(f"frame_shape must be two positive sizes, not {tuple(frame_shape)}")
@@ -73,8 +75,8 @@ class FrameWriter:
                            **(nxmx or {}))
             self._dset = self._file.create_dataset(dataset, shape=(0, h, w), maxshape=(None, h, w), dtype=self.dtype,
                                                    chunks=(1, h, w), **self._filter)
-            if prepare is not None:
-                prepare(self._file)
+            if setup is not None:
+                setup(self._file)  # metadata written before SWMR mode, which allows no new objects
             self._file.swmr_mode = True
         except BaseException:
             self._file.close()
@@ -124,7 +126,7 @@ class FrameWriter:
         return i
 
     def flush(self) -> None:
-        """Flushes the file (after writing other datasets of it, made in prepare())."""
+        """Flushes the file (after writing other datasets of it, made in setup())."""
         if self._file is not None:
             self._file.flush()
 

@@ -197,12 +197,14 @@ def match(reference: np.ndarray, test: np.ndarray):
     return reference[ir], test[it]
 
 
-def compare(reference: DialsRun, test: DialsRun, integrated: Optional[np.ndarray] = None) -> dict:
+def compare(reference: DialsRun, test: DialsRun, integrated: Optional[np.ndarray] = None,
+            blank: Optional[np.ndarray] = None) -> dict:
     """Frame-by-frame indexing and intensities of `test` against `reference`.
 
     integrated: the test file's integration of the reference's crystals (integrate_like);
     by default test.integrated. mean_dsig: mean of (I_test - I_ref) / sigma_ref; weak:
-    reflections with I_ref / sigma_ref < 2."""
+    reflections with I_ref / sigma_ref < 2. blank: a boolean per image (frames without a
+    crystal), for the strong spots found on them (false spots)."""
     if reference.n_images != test.n_images:
         raise ValueError(f"{reference.n_images} images against {test.n_images}")
     integrated = test.integrated if integrated is None else integrated
@@ -215,6 +217,9 @@ def compare(reference: DialsRun, test: DialsRun, integrated: Optional[np.ndarray
         "gained": [int(i) for i in np.flatnonzero(test.indexed & ~reference.indexed)],
         "strong_spots": int(test.strong.sum()),
         "strong_spots_uncompressed": int(reference.strong.sum()),
+        "blank_frames": int(blank.sum()) if blank is not None else 0,
+        "blank_spots": int(test.strong[blank].sum()) if blank is not None else 0,
+        "blank_spots_uncompressed": int(reference.strong[blank].sum()) if blank is not None else 0,
         "reflections_uncompressed": int(len(reference.integrated)),
         "reflections_matched": int(len(ref_i)),
     }

@@ -31,7 +31,7 @@ from .nxmx import pixel_mask_from_gaps
 from .writer import FrameWriter
 from .yardstick import Dials, DialsRun, compare
 
-__all__ = ["Series", "CODECS", "series_from_files", "series_from_simulator", "write_series", "study",
+__all__ = ["Series", "CODECS", "cached", "series_from_files", "series_from_simulator", "write_series", "study",
            "format_table", "plot", "codec_writer_options"]
 
 # name -> what FrameWriter gets. Peers come from hdf5plugin (imported when used).
@@ -43,17 +43,34 @@ CODECS = {
     "sz3-abs0.5": lambda hp: {"filter": hp.SZ3(absolute=0.5)},
     "sz3-abs1": lambda hp: {"filter": hp.SZ3(absolute=1)},
     "sz3-abs2": lambda hp: {"filter": hp.SZ3(absolute=2)},
+    "zfp-acc4": lambda hp: {"filter": hp.Zfp(accuracy=4)},
     "redml-lossless": lambda hp: {"q": 0},
     "redml-q0.5": lambda hp: {"q": 0.5},
     "redml-q1": lambda hp: {"q": 1},
     "redml-q2": lambda hp: {"q": 2},
     "redml-q4": lambda hp: {"q": 4},
+    "redml-draw-q1": lambda hp: {"q": 1, "recon": "draw"},
+    "redml-draw-q2": lambda hp: {"q": 2, "recon": "draw"},
+    "redml-draw-q4": lambda hp: {"q": 4, "recon": "draw"},
+    "redml-draw-q8": lambda hp: {"q": 8, "recon": "draw"},
+    "redml-mean-q2": lambda hp: {"q": 2, "recon": "mean"},
+    "redml-mean-q4": lambda hp: {"q": 4, "recon": "mean"},
     "redml-sparse": lambda hp: {"q": "sparse"},
 }
-DEFAULT_CODECS = list(CODECS)
+# What the benchmark runs by default: the issue's settings and the conditional reconstructions.
+DEFAULT_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs0.5", "sz3-abs1", "sz3-abs2", "redml-lossless", "redml-q0.5", "redml-q1",
+                  "redml-q2", "redml-q4", "redml-draw-q2", "redml-draw-q4", "redml-mean-q4", "redml-sparse"]
+
+
+CLIP_SUFFIX = "-clip0"  # a lossy peer whose decoded counts a careful user clips at 0 before DIALS
+
+
+def base_codec(name: str) -> str:
+    return name[: -len(CLIP_SUFFIX)] if name.endswith(CLIP_SUFFIX) else name
 
 
 def codec_writer_options(name: str) -> dict:
+    name = base_codec(name)
     if name not in CODECS:
         raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}")
     hp = None
@@ -76,6 +93,15 @@ class Series:
     nxmx: dict = field(default_factory=dict)
     truth: Optional[np.ndarray] = None  # the simulator's reflections (sim.REFLECTION_DTYPE)
     hits: Optional[np.ndarray] = None
+    asu_of: Optional[Callable[[np.ndarray], np.ndarray]] = None  # (n, 3) hkl -> symmetry-unique id (-1: none)
+
+
+def cached(series: Series) -> Series:
+    """The same series with its frames made (or read) once and kept in memory: every codec
+    then sees them without re-simulating or re-reading compressed CBFs."""
+    frames = list(series.frames())
+    series.frames = lambda: iter(frames)
+    return series
 
 
 def series_from_simulator(sim, n: int, name: str = "simulated", start: int = 0) -> Series:
@@ -85,7 +111,8 @@ def series_from_simulator(sim, n: int, name: str = "simulated", start: int = 0) 
     truth = np.concatenate([r for r, _ in shots]) if shots else None
     return Series(name, n, sim.detector.shape, np.dtype(sim.settings.dtype), sim.geometry,
                   lambda: (sim.shot(i).frame for i in range(start, start + n)),
-                  pixel_mask_from_gaps(sim.mask), sim.nxmx_options(), truth, np.array([h for _, h in shots]))
+                  pixel_mask_from_gaps(sim.mask), sim.nxmx_options(), truth, np.array([h for _, h in shots], bool),
+                  sim.asu_of)
 
 
 def _dials_geometry(path: str) -> dict:
@@ -171,8 +198,30 @@ def write_series(series: Series, codec: str, path) -> dict:
                 max_err = max(max_err, float(np.abs(back[valid].astype(np.float64) - frame[valid]).max()))
     raw = series.n * int(np.prod(series.shape)) * series.dtype.itemsize
     stored = stored_bytes(path)
-    return {"raw_bytes": raw, "stored_bytes": stored, "ratio": raw / stored, "write_s": seconds,
-            "identical": identical, "max_abs_error": max_err, "decoded_sha256": digest.hexdigest()}
+    out = {"raw_bytes": raw, "stored_bytes": stored, "ratio": raw / stored, "write_s": seconds,
+           "identical": identical, "max_abs_error": max_err, "decoded_sha256": digest.hexdigest(), "dials_path": str(path)}
+    if codec.endswith(CLIP_SUFFIX):
+        out.update(clipped_copy(series, path))
+    return out
+
+
+def clipped_copy(series: Series, path) -> dict:
+    """The decoded frames with negative counts set to 0 (outside the pixel mask, which DIALS
+    ignores anyway), written uncompressed beside `path` for DIALS: what a careful user of a
+    lossy peer does for a photon counter. The ratio stays the peer file's."""
+    path = Path(path)
+    clipped = path.with_name(path.stem + ".clipped.nxs")
+    digest = hashlib.sha256()
+    keep = series.pixel_mask != 0 if series.pixel_mask is not None else np.zeros(series.shape, bool)
+    with h5py.File(path, "r") as f, FrameWriter(clipped, series.shape, series.dtype, geometry=series.geometry,
+                                                 pixel_mask=series.pixel_mask, nxmx=series.nxmx, filter={}) as w:
+        d = f["entry/data/data"]
+        for i in range(series.n):
+            frame = d[i]
+            frame = np.where((frame < 0) & ~keep, 0, frame).astype(series.dtype)
+            digest.update(frame.tobytes())
+            w.write(frame)
+    return {"dials_path": str(clipped), "decoded_sha256": digest.hexdigest(), "identical": False}
 
 
 def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: bool = False, log=print) -> dict:
@@ -185,7 +234,10 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
     results, runs = {}, {}
     for codec in codecs:
         path = work / f"{series.name}_{codec}.nxs"
-        results[codec] = write_series(series, codec, path)
+        if codec.endswith(CLIP_SUFFIX) and base_codec(codec) in results:
+            results[codec] = {**results[base_codec(codec)], **clipped_copy(series, work / f"{series.name}_{base_codec(codec)}.nxs")}
+        else:
+            results[codec] = write_series(series, codec, path)
         log(f"  {series.name} {codec}: ratio {results[codec]['ratio']:.2f}, "
             f"{'identical' if results[codec]['identical'] else 'max error %.3g' % results[codec]['max_abs_error']}")
     ref_path = work / f"{series.name}_uncompressed.nxs"
@@ -194,12 +246,15 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
     ref_seconds = time.perf_counter() - t0
     log(f"  {series.name} DIALS on uncompressed: {reference.indexed.sum()}/{reference.n_images} indexed, "
         f"{len(reference.integrated)} reflections integrated, {ref_seconds:.0f} s")
+    # Blank frames: the simulator's non-hits, or frames that did not index and have <= 5 strong spots.
+    blank = ~series.hits if series.hits is not None else (~reference.indexed & (reference.strong <= 5))
+    truth_ref = truth_error(reference.integrated, series)
     ran = {results["uncompressed"]["decoded_sha256"]: "uncompressed"}  # decoded frames -> codec DIALS ran on
     for codec in codecs:
         r = results[codec]
         if codec == "uncompressed" or (r["identical"] and not dials_identical):
-            r.update(compare(reference, reference), dials="identical" if codec != "uncompressed" else "reference",
-                     dials_s=ref_seconds)
+            r.update(compare(reference, reference, blank=blank), **_prefixed(truth_ref, "truth_"),
+                     dials="identical" if codec != "uncompressed" else "reference", dials_s=ref_seconds)
             continue
         twin = ran.get(r["decoded_sha256"])
         if twin is not None and not dials_identical:
@@ -208,17 +263,50 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
                                                                            "identical", "max_abs_error")},
                      dials=f"same frames as {twin}")
             continue
-        path = work / f"{series.name}_{codec}.nxs"
+        path = r["dials_path"]
         t0 = time.perf_counter()
         run = dials.process(path, work / "dials" / series.name / codec, integrate=False)
         integrated = dials.integrate_like(reference, path, work / "dials" / series.name / f"{codec}-integrate")
-        r.update(compare(reference, run, integrated), dials="run", dials_s=time.perf_counter() - t0)
+        r.update(compare(reference, run, integrated, blank=blank), **_prefixed(truth_error(integrated, series), "truth_"),
+                 dials="run", dials_s=time.perf_counter() - t0)
         runs[codec] = run
         ran[r["decoded_sha256"]] = codec
         log(f"  {series.name} {codec}: {r['indexed']}/{r['indexed_uncompressed']} indexed (lost {len(r['lost'])}, "
             f"gained {len(r['gained'])}), CC {r['cc_intensity']:.4f}, {r['dials_s']:.0f} s")
     results["_commands"] = reference.commands + [c for run in runs.values() for c in run.commands]
     return results
+
+
+def _prefixed(d: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in d.items()}
+
+
+def truth_error(integrated: np.ndarray, series: Series) -> dict:
+    """Integrated intensities against the simulator's expected photons (simulated series
+    only): mean of (I - I_true) / sigma over the reflections found in the truth list, all
+    and weak (I_true / sigma < 2). Reflections are matched by frame and symmetry-unique
+    index (DIALS may pick any of the equivalent settings of the crystal)."""
+    if series.truth is None or series.asu_of is None or len(integrated) == 0:
+        return {}
+    truth = series.truth
+    t_key = truth["frame"].astype(np.int64) * (1 << 32) + series.asu_of(np.stack([truth["h"], truth["k"], truth["l"]], 1))
+    i_asu = series.asu_of(np.stack([integrated["h"], integrated["k"], integrated["l"]], 1))
+    i_key = integrated["image"] * (1 << 32) + i_asu
+    keys, counts = np.unique(t_key, return_counts=True)
+    unique = keys[counts == 1]  # equivalents excited together in one shot are ambiguous: left out
+    order = np.argsort(t_key)
+    pos = np.searchsorted(t_key[order], i_key)
+    pos = np.clip(pos, 0, len(order) - 1)
+    hit = (t_key[order][pos] == i_key) & np.isin(i_key, unique) & (i_asu >= 0)
+    if not hit.any():
+        return {"matched": 0}
+    t = truth[order][pos[hit]]
+    i = integrated[hit]
+    sigma = np.sqrt(np.maximum(i["variance"], 1e-12))
+    d = (i["intensity"] - t["intensity"]) / sigma
+    weak = t["intensity"] / sigma < 2
+    return {"matched": int(hit.sum()), "mean_dsig": float(d.mean()),
+            "weak_mean_dsig": float(d[weak].mean()) if weak.any() else float("nan")}
 
 
 COLUMNS = [("codec", "{}"), ("ratio", "{:.2f}"), ("indexed", "{}"), ("yield", "{:.1%}"), ("lost", "{}"),

@@ -87,7 +87,7 @@ def forged_headers(chunk):
              ("n_exact", h["n_exact"] + 1, True), ("n_exact", n + 1, True), ("n_exact", 2**64 - 1, True),
              ("width", h["width"] + 1, True), ("height", h["height"] - 1, True), ("width", 1 << 21, True),
              ("version", 0, True), ("dtype", 0, True), ("dtype", 6, True), ("mode", 3, True), ("codec", 0, True),
-             ("codec", 4, True), ("recon", 2, True), ("reserved", 1, True)]
+             ("codec", 4, True), ("recon", 4, True), ("reserved", 1, True)]
     for name, value, fix in edits:
         f = Chunk.parse(chunk)
         f.header[name] = value

@@ -94,3 +94,40 @@ def test_compare_counts_lost_and_gained_frames():
     assert c["yield"] == pytest.approx(2 / 3) and c["reflections_matched"] == 3
     assert c["mean_dsig"] == pytest.approx((2 / 2 + 0 + 0) / 3)
     assert c["weak_mean_dsig"] == pytest.approx(0.0)  # I/sigma < 2: the last two
+
+
+def test_truth_error_matches_by_symmetry_unique_index():
+    from redml_reduce.yardstick import INTEGRATED_DTYPE
+    from redml_reduce.yield_study import truth_error
+
+    sim = StillSimulator(ONE_MODULE, Crystal(), ShotSettings(distance_mm=50.0, hit_rate=1.0), seed=2)
+    series = series_from_simulator(sim, 2)
+    t = series.truth
+    integ = np.zeros(len(t), INTEGRATED_DTYPE)
+    # DIALS may index in another setting: (k, h, -l) is the same reflection in P43212
+    integ["image"], integ["h"], integ["k"], integ["l"] = t["frame"], t["k"], t["h"], -t["l"]
+    integ["intensity"], integ["variance"] = t["intensity"] + 3.0, 9.0
+    e = truth_error(integ, series)
+    assert e["matched"] > 0.9 * len(t)
+    assert e["mean_dsig"] == pytest.approx(1.0)
+    integ["image"] = 1 - integ["image"]  # the other shot: nothing should match
+    assert truth_error(integ, series).get("matched", 0) < 0.05 * len(t)
+
+
+def test_clipped_copy_sets_negative_counts_to_zero_outside_the_mask(tmp_path):
+    from redml_reduce.yield_study import write_series
+
+    sim = StillSimulator(ONE_MODULE, Crystal(), ShotSettings(hit_rate=0.0, background=0.3), seed=4)
+    sim.mask[:, :3] = True  # pretend gap columns
+    series = series_from_simulator(sim, 1)
+    r = write_series(series, "sz3-abs2-clip0", tmp_path / "s.nxs")
+    assert r["dials_path"].endswith(".clipped.nxs") and r["ratio"] > 1
+    with h5py.File(tmp_path / "s.nxs", "r") as f:
+        lossy = f["entry/data/data"][0]
+    with h5py.File(r["dials_path"], "r") as f:
+        clipped = f["entry/data/data"][0]
+    gaps = series.pixel_mask != 0
+    assert (lossy[~gaps] < 0).any()  # SZ3 did make negative counts ...
+    assert (clipped[~gaps] >= 0).all()  # ... and the copy has none outside the mask
+    np.testing.assert_array_equal(clipped[~gaps], np.maximum(lossy[~gaps], 0))
+    np.testing.assert_array_equal(clipped[gaps], lossy[gaps])

@@ -51,9 +51,14 @@ void run(const uint8_t *data, size_t size, uint8_t control) {
     // Exactly sized heap buffers, so AddressSanitizer sees any write past the frame.
     std::vector<uint8_t> out(nbytes);
     FUZZ_ASSERT(redml_decode(data, size, out.data(), nbytes - 1, -1, 1) == REDML_E_ARG);
-    // control bit 0: override the stored reconstruction of sparse chunks
-    int recon = (control & 1) ? (int)((control >> 1) & 1) : -1;
+    // control bit 0: override the stored reconstruction with bits 1-2 (0..3)
+    int recon = (control & 1) ? (int)((control >> 1) & 3) : -1;
     redml_status ds = redml_decode(data, size, out.data(), nbytes, recon, 1);
+    const bool conditional_chunk = info.recon == REDML_RECON_MEAN || info.recon == REDML_RECON_DRAW;
+    if (recon >= REDML_RECON_MEAN && !conditional_chunk) {
+        FUZZ_ASSERT(ds == REDML_E_ARG);  // mean/draw cannot read other chunks' bins
+        ds = redml_decode(data, size, out.data(), nbytes, -1, 1);
+    }
     check_status(ds);
 
     std::vector<uint8_t> mask(npix);

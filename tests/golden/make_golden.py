@@ -26,12 +26,16 @@ CASES = {
     "u32_sparse_noise": ("uint32", "sparse", {"sparse_noise": True}),
     "f32_lossless": ("float32", 0, {}),
     "f32_q1_gain": ("float32", 1.0, {"gain": 2.5}),
+    # added with the conditional reconstructions (recon codes 2 and 3 of format v1)
+    "u16_q2_mean": ("uint16", 2.0, {"recon": "mean"}),
+    "i32_q4_draw_gaps": ("int32", 4.0, {"recon": "draw"}),
+    "u16_q4_draw_lowcount": ("uint16", 4.0, {"recon": "draw"}),
 }
 
 
 def frame_for(name, dtype):
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    lam = np.full((45, 67), 60.0)
+    lam = np.full((45, 67), 0.8 if "lowcount" in name else 60.0)
     lam[20:23, 30:33] += 3000.0  # a spot
     x = rng.poisson(lam).astype(np.float64)
     if dtype == "float32":

@@ -1,0 +1,162 @@
+"""Fidelity beyond indexing yield: intensities, false spots on blanks, the reconstructions side by side.
+
+    python benchmarks/fidelity.py --quick --json fidelity.json   # 6 thaumatin stills (4 hits, 2 blanks), < 15 min
+    python benchmarks/fidelity.py --json fidelity.json           # all 19 thaumatin stills + 100 weak simulated shots
+
+The yield benchmark's machinery (redml_reduce.yield_study) with the fidelity columns: frames
+indexed frame by frame (lost and gained apart), strong spots on blank frames, reflections
+integrated when the uncompressed file's crystals are integrated on the decoded frames,
+mean (I_dec - I_orig)/sigma_orig overall and for weak reflections (I/sigma < 2), the change
+of sigma, and for simulated shots the error against the simulator's true intensities.
+Lossy peers' decoded counts are clipped at 0 before DIALS sees them ("-clip0"), as a careful
+user of a photon counter would do; the ratio is the peer's file. redml's quantized modes
+appear with each reconstruction: "midpoint" (q1, q2, q4), "draw" and "mean".
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from redml_reduce.sim import Crystal, StillSimulator
+from redml_reduce.yardstick import Dials
+from redml_reduce.yield_study import cached, format_table, series_from_files, series_from_simulator, study
+
+bench = importlib.import_module("yield")  # benchmarks/yield.py: data sets and cells
+
+CODECS = ["bslz4", "bszstd", "zstd", "sz3-abs1-clip0", "sz3-abs2-clip0", "zfp-acc4-clip0", "redml-lossless",
+          "redml-q1", "redml-q2", "redml-q4", "redml-mean-q2", "redml-mean-q4", "redml-draw-q2", "redml-draw-q4",
+          "redml-draw-q8", "redml-sparse"]
+QUICK_CODECS = ["bslz4", "sz3-abs1-clip0", "sz3-abs2-clip0", "redml-q2", "redml-q4", "redml-mean-q4",
+                "redml-draw-q2", "redml-draw-q4", "redml-draw-q8"]
+QUICK_FRAMES = [1, 2, 5, 10, 16, 18]  # thaumatin stills: 4 hits (strong to weak) and 2 blanks
+KEYS = ["ratio", "indexed", "indexed_uncompressed", "lost", "gained", "reflections_matched", "reflections_uncompressed",
+        "mean_dsig", "weak_mean_dsig", "sigma_ratio", "cc_intensity", "blank_spots", "blank_spots_uncompressed",
+        "blank_frames", "strong_spots", "truth_mean_dsig", "truth_weak_mean_dsig", "dials"]
+
+
+def fidelity_table(results: dict, title: str) -> str:
+    cols = [("codec", "{}"), ("ratio", "{:.2f}"), ("indexed", "{}"), ("lost", "{}"), ("gained", "{}"),
+            ("refl", "{}"), ("dsig", "{:+.3f}"), ("weak", "{:+.3f}"), ("sig_ratio", "{:.3f}"), ("blank_spots", "{}"),
+            ("truth_dsig", "{:+.3f}")]
+    rows = []
+    for codec, r in results.items():
+        if codec.startswith("_"):
+            continue
+        rows.append([codec, r["ratio"], f"{r['indexed']}/{r['indexed_uncompressed']}", len(r["lost"]), len(r["gained"]),
+                     f"{r['reflections_matched']}/{r['reflections_uncompressed']}", r["mean_dsig"], r["weak_mean_dsig"],
+                     r["sigma_ratio"], f"{r['blank_spots']} ({r['blank_spots_uncompressed']})",
+                     r.get("truth_mean_dsig", float("nan"))])
+    cells = [[fmt.format(v) if not (isinstance(v, float) and np.isnan(v)) else "-" for (_, fmt), v in zip(cols, row)]
+             for row in rows]
+    widths = [max(len(n), *(len(c[i]) for c in cells)) for i, (n, _) in enumerate(cols)]
+    lines = [title, "  ".join(n.rjust(w) for (n, _), w in zip(cols, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.append("blank_spots: strong spots on blank frames (uncompressed in brackets); -clip0: decoded counts "
+                 "clipped at 0 before DIALS; dsig/weak: mean (I_dec - I_orig)/sigma_orig, all / I/sigma < 2")
+    return "\n".join(lines)
+
+
+def plot(all_results: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    panels = (("mean (I_dec - I_orig) / sigma, all reflections", lambda r: r["mean_dsig"]),
+              ("mean (I_dec - I_orig) / sigma, weak (I/sigma < 2)", lambda r: r["weak_mean_dsig"]),
+              ("reflections lost, % of uncompressed",
+               lambda r: 100 * (1 - r["reflections_matched"] / max(r["reflections_uncompressed"], 1))))
+    markers = "osD^"
+    for k, (name, results) in enumerate(all_results.items()):
+        for codec, r in results.items():
+            if codec.startswith("_") or codec == "uncompressed":
+                continue
+            color = ("C3" if "draw" in codec else "C1" if "mean" in codec else "C2" if codec.startswith("redml")
+                     else "C0" if codec.startswith(("sz3", "zfp")) else "0.45")
+            for ax, (_, f) in zip(axes, panels):
+                ax.scatter(r["ratio"], f(r), color=color, marker=markers[k % 4], s=36)
+                if r["dials"] == "run":
+                    ax.annotate(codec.replace("redml-", ""), (r["ratio"], f(r)), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+    for ax, (label, _) in zip(axes, panels):
+        ax.set_xscale("log")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xlabel("compression ratio")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=l) for c, l in
+               (("C3", "redml draw"), ("C1", "redml mean"), ("C2", "redml midpoint / sparse"),
+                ("C0", "SZ3 / ZFP, clipped at 0"), ("0.45", "lossless peers"))]
+    handles += [plt.Line2D([], [], marker=markers[k % 4], ls="", color="k", label=n) for k, n in enumerate(all_results)]
+    axes[0].legend(handles=handles, fontsize=8)
+    fig.suptitle("Fidelity: intensity bias and lost reflections against compression ratio (benchmarks/fidelity.py)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--codecs", nargs="+", default=None)
+    p.add_argument("--frames", type=int, default=100, help="simulated shots (full run)")
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--json", default=None)
+    p.add_argument("--figure", default=None)
+    p.add_argument("--seed", type=int, default=2026)
+    args = p.parse_args(argv)
+    codecs = args.codecs or (QUICK_CODECS if args.quick else CODECS)
+    tmp = tempfile.TemporaryDirectory(prefix="redml-fidelity-") if args.workdir is None else None
+    work = Path(tmp.name if tmp else args.workdir)
+    paths = sorted(bench.THAUMATIN.glob("*.cbf.bz2"))
+    if not paths:
+        print(f"no thaumatin frames in {bench.THAUMATIN}", file=sys.stderr)
+        return 2
+    datasets = [("thaumatin", lambda: series_from_files([paths[i - 1] for i in QUICK_FRAMES] if args.quick else paths,
+                                                         name="thaumatin"), Dials(*bench.THAUMATIN_CELL, nproc=args.nproc))]
+    if not args.quick:
+        detector, settings = bench.SIMULATED["sim-weak"]
+        sim = StillSimulator(detector, Crystal(), settings, seed=args.seed)
+        datasets.append(("sim-weak", lambda: series_from_simulator(sim, args.frames, name="sim-weak"),
+                         Dials(*bench.LYSOZYME, nproc=args.nproc)))
+    t0 = time.perf_counter()
+    all_results = {}
+    for name, make, dials in datasets:
+        series = cached(make())
+        print(f"{name}: {series.n} frames", flush=True)
+        results = study(series, codecs, dials, work / name, log=lambda m: print(m, flush=True))
+        results.pop("_commands")
+        all_results[name] = results
+        print(fidelity_table(results, f"\n{name} ({series.n} frames)"), flush=True)
+    first = all_results["thaumatin"]
+    out = {c: {k: (len(v) if isinstance(v, list) else v) for k, v in r.items() if k in KEYS}
+           for c, r in first.items() if not c.startswith("_")}
+    out["datasets"] = all_results
+    out["seconds"] = time.perf_counter() - t0
+    out["note"] = "lossy peers (-clip0) decoded counts clipped at 0 before DIALS; top level: the thaumatin stills"
+    figure = args.figure or (str(Path(args.json).with_suffix(".png")) if args.json else "fidelity.png")
+    try:
+        plot(all_results, figure)
+        out["figure"] = figure
+        print(f"figure: {figure}")
+    except ImportError:
+        print("matplotlib is not installed: no figure")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        print(f"json: {args.json}")
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+// jungfrau.cpp: JUNGFRAU raw frames -> photons (redml_jf_convert in redml.h). One threaded
+// pass over the raw words, fused with masking, pedestal tracking and module assembly; the
+// per-pixel rule is csrc/jungfrau.h (shared with the GPU path).
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "error.h"
+#include "jungfrau.h"
+#include "redml.h"
+#include "threads.h"
+
+namespace redml {
+namespace {
+
+const uint32_t kRowsPerTask = 64;
+// A task's band of rows never straddles two modules nor holds a chip-border row inside.
+static_assert(REDML_JF_CHIP % kRowsPerTask == 0, "bands must tile the chips");
+const uint64_t kMaxPixels = 1ull << 27;
+
+struct Frame {
+    const uint16_t *raw;
+    uint32_t width;
+    size_t n;
+    const float *pedestal, *gain, *ped0;
+    const uint8_t *mask;
+    float *track;
+    float inv_energy, alpha, threshold;
+    const redml_jf_module *modules;
+    uint32_t out_width;
+    float *kev;
+    uint8_t *status;
+};
+
+// Output offset of assembled pixel (r, c) of module m.
+inline int64_t out_offset(const redml_jf_module &m, int r, int c, uint32_t out_width) {
+    return (int64_t)(m.origin_y + r * m.slow_y + c * m.fast_y) * out_width + (m.origin_x + r * m.slow_x + c * m.fast_x);
+}
+
+// Converts raw row y into v[] (photons or markers) and, when the frame wants them, e[] (keV),
+// the status map and the tracked pedestal; counts the statuses other than G0.
+template <class T, bool kMask, bool kExtras>
+void convert_row(const Frame &f, uint32_t y, int32_t *v, float *e, uint64_t *counts) {
+    constexpr int32_t lo = std::numeric_limits<T>::min(), hi = std::numeric_limits<T>::max();
+    // Locals, not f's fields: the stores below must not force reloads.
+    const size_t row = (size_t)y * f.width, n = f.n;
+    const uint16_t *raw = f.raw + row;
+    const float *ped0 = f.ped0, *pedestal = f.pedestal, *gain = f.gain;
+    const uint8_t *mask = f.mask;
+    const float inv_energy = f.inv_energy;
+    const uint32_t width = f.width;
+    for (uint32_t x = 0; x < width; x++) {
+        const size_t i = row + x;
+        float ex;
+        const int s = redml_jf_pixel(raw[x], kMask ? mask[i] : 0, ped0, pedestal, gain, i, n, inv_energy, lo, hi,
+                                     &v[x], &ex);
+        if (s != REDML_JF_G0) counts[s]++;  // G0 (most pixels) by difference: no chain of increments
+        if (kExtras) {
+            if (e) e[x] = ex;
+            if (f.status) f.status[i] = (uint8_t)s;
+            if (f.track) f.track[i] = redml_jf_track(f.track[i], raw[x], s, ex, inv_energy, f.alpha, f.threshold);
+        }
+    }
+}
+
+// Writes the converted rows [y0, y1) (v and e hold them, row k at k * stride) to the
+// outputs: as they are (raw layout), or into their module's place, chip-border pixels split
+// over 2 (4 at chip corners) output pixels. The rows of a band belong to one module. Whole
+// pixels are written along the output's rows: raw rows for a module whose fast axis is
+// horizontal, raw columns (across the band) for one whose fast axis is vertical.
+template <class T>
+void place_band(const Frame &f, uint32_t y0, uint32_t y1, const int32_t *v, const float *e, size_t stride,
+                T *photons, int32_t lo, int32_t hi) {
+    const uint32_t width = f.width;
+    float *kev = f.kev;
+    if (!f.modules) {
+        for (uint32_t y = y0; y < y1; y++) {
+            const size_t o = (size_t)y * width, i = (size_t)(y - y0) * stride;
+            if (photons)
+                for (uint32_t x = 0; x < width; x++) photons[o + x] = (T)v[i + x];
+            if (kev)
+                for (uint32_t x = 0; x < width; x++) kev[o + x] = e[i + x];
+        }
+        return;
+    }
+    const redml_jf_module &m = f.modules[y0 / REDML_JF_MODULE_ROWS];
+    const int64_t row_step = (int64_t)m.slow_y * f.out_width + m.slow_x;  // next assembled row
+    const int64_t col_step = (int64_t)m.fast_y * f.out_width + m.fast_x;  // next assembled column
+    auto split = [&](uint32_t y, uint32_t x) {  // any pixel, split or not
+        int row_extra, col_extra;
+        const int r = redml_jf_expand((int)(y % REDML_JF_MODULE_ROWS), 2, &row_extra);
+        const int c = redml_jf_expand((int)x, 4, &col_extra);
+        const int nrows = row_extra ? 2 : 1, ncols = col_extra ? 2 : 1, k = nrows * ncols;
+        const int64_t o = out_offset(m, r, c, f.out_width);
+        const size_t i = (size_t)(y - y0) * stride + x;
+        for (int a = 0, part = 0; a < nrows; a++)
+            for (int b = 0; b < ncols; b++, part++) {
+                const int64_t oo = o + a * row_extra * row_step + b * col_extra * col_step;
+                if (photons) photons[oo] = (T)redml_jf_split(v[i], k, part, lo, hi);
+                if (kev) kev[oo] = e[i] / (float)k;
+            }
+    };
+    auto border = [](uint32_t p, uint32_t n) {  // a chip-border row or column of a module side of n
+        return (p % REDML_JF_CHIP == 0 && p > 0) || (p % REDML_JF_CHIP == REDML_JF_CHIP - 1 && p < n - 1);
+    };
+    for (uint32_t y = y0; y < y1; y++) {
+        if (border(y % REDML_JF_MODULE_ROWS, REDML_JF_MODULE_ROWS)) {  // chip-border row: every pixel split
+            for (uint32_t x = 0; x < width; x++) split(y, x);
+        } else {  // chip-border columns
+            for (uint32_t x = REDML_JF_CHIP - 1; x + 1 < width; x += REDML_JF_CHIP) {
+                split(y, x);
+                split(y, x + 1);
+            }
+        }
+    }
+    // Whole pixels: the band's rows minus a chip-border row at either end (a band of 32 rows
+    // lies in one chip row otherwise), the chips' columns minus their border columns.
+    const uint32_t ya = y0 + border(y0 % REDML_JF_MODULE_ROWS, REDML_JF_MODULE_ROWS);
+    const uint32_t yb = y1 - border((y1 - 1) % REDML_JF_MODULE_ROWS, REDML_JF_MODULE_ROWS);
+    if (ya >= yb) return;
+    const int ra = (int)(ya % REDML_JF_MODULE_ROWS) + 2 * (int)((ya % REDML_JF_MODULE_ROWS) / REDML_JF_CHIP);
+    const int chips = REDML_JF_MODULE_COLS / REDML_JF_CHIP;
+    const bool along_rows = col_step == 1 || col_step == -1;
+    for (int chip = 0; chip < chips; chip++) {
+        const uint32_t xa = chip * REDML_JF_CHIP + (chip > 0), xb = (chip + 1) * REDML_JF_CHIP - (chip < chips - 1);
+        const int64_t o = out_offset(m, ra, (int)xa + 2 * chip, f.out_width);  // pixel (ya, xa)
+        if (along_rows) {  // raw rows are output rows (or reversed): contiguous writes
+            for (uint32_t y = ya; y < yb; y++) {
+                const int64_t oy = o + (int64_t)(y - ya) * row_step;
+                const size_t i = (size_t)(y - y0) * stride;
+                if (photons)
+                    for (uint32_t x = xa; x < xb; x++) photons[oy + (int64_t)(x - xa) * col_step] = (T)v[i + x];
+                if (kev)
+                    for (uint32_t x = xa; x < xb; x++) kev[oy + (int64_t)(x - xa) * col_step] = e[i + x];
+            }
+        } else {  // raw columns are output rows: write them across the band
+            for (uint32_t x = xa; x < xb; x++) {
+                const int64_t ox = o + (int64_t)(x - xa) * col_step;
+                const size_t i = (size_t)(ya - y0) * stride + x;
+                if (photons)
+                    for (uint32_t y = 0; y < yb - ya; y++) photons[ox + (int64_t)y * row_step] = (T)v[i + y * stride];
+                if (kev)
+                    for (uint32_t y = 0; y < yb - ya; y++) kev[ox + (int64_t)y * row_step] = e[i + y * stride];
+            }
+        }
+    }
+}
+
+template <class T>
+void convert_band(const Frame &f, T *photons, uint32_t y0, uint32_t y1, uint64_t *task_counts) {
+    const int32_t lo = std::numeric_limits<T>::min(), hi = std::numeric_limits<T>::max();
+    // Row stride padded by a cache line: the band is read down its columns for transposed
+    // modules, and rows 4 KiB apart would all fall into the same L1 set.
+    const size_t width = f.width, rows = y1 - y0, stride = width + 16;
+    std::vector<int32_t> v(rows * stride);
+    std::vector<float> e(f.kev ? rows * stride : 0);
+    uint64_t counts[REDML_JF_NSTATUS] = {0};
+    const bool extras = f.kev || f.status || f.track;
+    for (uint32_t y = y0; y < y1; y++) {
+        int32_t *vy = &v[(y - y0) * stride];
+        float *ey = f.kev ? &e[(y - y0) * stride] : nullptr;
+        if (f.mask) {
+            if (extras) convert_row<T, true, true>(f, y, vy, ey, counts);
+            else convert_row<T, true, false>(f, y, vy, ey, counts);
+        } else {
+            if (extras) convert_row<T, false, true>(f, y, vy, ey, counts);
+            else convert_row<T, false, false>(f, y, vy, ey, counts);
+        }
+    }
+    place_band<T>(f, y0, y1, v.data(), e.data(), stride, photons, lo, hi);
+    counts[REDML_JF_G0] = (uint64_t)rows * width;
+    for (int s = 1; s < REDML_JF_NSTATUS; s++) counts[REDML_JF_G0] -= counts[s];
+    for (int s = 0; s < REDML_JF_NSTATUS; s++) task_counts[s] = counts[s];
+}
+
+bool unit_axis(int32_t dy, int32_t dx) { return (dy == 0) != (dx == 0) && dy >= -1 && dy <= 1 && dx >= -1 && dx <= 1; }
+
+void check_module(const redml_jf_module &m, uint32_t out_height, uint32_t out_width) {
+    check(unit_axis(m.fast_y, m.fast_x) && unit_axis(m.slow_y, m.slow_x) && m.fast_y * m.slow_y + m.fast_x * m.slow_x == 0,
+          REDML_E_ARG, "module axes must be perpendicular unit steps along the image axes");
+    for (int r : {0, REDML_JF_ASM_ROWS - 1})
+        for (int c : {0, REDML_JF_ASM_COLS - 1}) {
+            int64_t y = (int64_t)m.origin_y + (int64_t)r * m.slow_y + (int64_t)c * m.fast_y;
+            int64_t x = (int64_t)m.origin_x + (int64_t)r * m.slow_x + (int64_t)c * m.fast_x;
+            check(y >= 0 && y < out_height && x >= 0 && x < out_width, REDML_E_ARG, "a module lies outside the image");
+        }
+}
+
+template <class T>
+void fill_gaps(T *photons, float *kev, const uint32_t *gap, size_t n_gap, int nthreads) {
+    const size_t per = 1 << 16;
+    parallel_for((n_gap + per - 1) / per, nthreads, [&](size_t t) {
+        for (size_t k = t * per; k < std::min(n_gap, (t + 1) * per); k++) {
+            if (photons) photons[gap[k]] = std::numeric_limits<T>::min();
+            if (kev) kev[gap[k]] = NAN;
+        }
+    });
+}
+
+}  // namespace
+}  // namespace redml
+
+using namespace redml;
+
+extern "C" redml_status redml_jf_convert(const uint16_t *raw, uint32_t height, uint32_t width, const float *pedestal,
+                                         const float *gain, const uint8_t *mask, float *track_g0,
+                                         const redml_jf_module *modules, uint32_t n_modules, const uint32_t *gap_index,
+                                         size_t n_gap, uint32_t out_height, uint32_t out_width,
+                                         const redml_jf_params *p, void *photons, float *kev, uint8_t *status,
+                                         uint64_t counts[REDML_JF_NSTATUS]) {
+    return guarded([&] {
+        check(raw && pedestal && gain && p, REDML_E_ARG, "null argument");
+        check(height >= 1 && width >= 1 && (uint64_t)height * width <= kMaxPixels, REDML_E_ARG,
+              "frame shape out of range (at most 2^27 pixels)");
+        check(p->out_dtype == REDML_INT16 || p->out_dtype == REDML_INT32, REDML_E_ARG,
+              "photons are int16 or int32");
+        check(std::isfinite(p->energy_keV) && p->energy_keV > 0, REDML_E_ARG, "the photon energy must be > 0");
+        if (track_g0)
+            check(p->track_alpha > 0 && p->track_alpha <= 1 && std::isfinite(p->track_threshold) &&
+                      p->track_threshold >= 0,
+                  REDML_E_ARG, "tracking needs 0 < alpha <= 1 and a threshold >= 0");
+        check(out_height >= 1 && out_width >= 1 && (uint64_t)out_height * out_width <= kMaxPixels, REDML_E_ARG,
+              "output shape out of range");
+        if (modules) {
+            check(n_modules >= 1 && height == (uint64_t)n_modules * REDML_JF_MODULE_ROWS &&
+                      width == REDML_JF_MODULE_COLS,
+                  REDML_E_ARG, "an assembled frame needs n_modules x 512 x 1024 raw words");
+            for (uint32_t k = 0; k < n_modules; k++) check_module(modules[k], out_height, out_width);
+            check(gap_index || n_gap == 0, REDML_E_ARG, "null gap_index");
+            for (size_t k = 0; k < n_gap; k++)
+                check(gap_index[k] < (uint64_t)out_height * out_width, REDML_E_ARG, "gap index outside the image");
+        } else {
+            check(out_height == height && out_width == width, REDML_E_ARG,
+                  "without modules the output has the raw frame's shape");
+        }
+        const int nthreads = resolve_threads(p->nthreads);
+        Frame f{raw, width, (size_t)height * width, pedestal, gain, track_g0 ? track_g0 : pedestal, mask, track_g0,
+                1.0f / p->energy_keV, p->track_alpha, p->track_threshold, modules, out_width, kev, status};
+        const size_t ntasks = (height + kRowsPerTask - 1) / kRowsPerTask;
+        std::vector<std::array<uint64_t, REDML_JF_NSTATUS>> task_counts(ntasks);
+        auto run = [&](auto *out) {
+            using T = std::remove_pointer_t<decltype(out)>;
+            if (modules) fill_gaps(out, kev, gap_index, n_gap, nthreads);
+            for_row_bands(height, kRowsPerTask, nthreads, [&](size_t t, uint32_t y0, uint32_t y1) {
+                task_counts[t].fill(0);
+                convert_band<T>(f, out, y0, y1, task_counts[t].data());
+            });
+        };
+        if (p->out_dtype == REDML_INT16) run((int16_t *)photons);
+        else run((int32_t *)photons);
+        if (counts) {
+            for (int s = 0; s < REDML_JF_NSTATUS; s++) counts[s] = 0;
+            for (auto &c : task_counts)
+                for (int s = 0; s < REDML_JF_NSTATUS; s++) counts[s] += c[s];
+        }
+    });
+}
