@@ -6,6 +6,8 @@
     redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
     redml compress RAW.h5[:/dataset]... -o OUT.h5 [-q 1] [--jungfrau-calibration DIR|FILE.h5]
     redml inspect FILE.h5
+    redml simulate-detector --bind tcp://*:31001 --frames N --rate HZ [--compression bslz4]
+    redml acquire --connect tcp://HOST:31001 --out run.nxs --q 1 [--veto sparse] [--dashboard :8080]
 
 FRAME: any image fabio reads (CBF, SMV, ...) or FILE.h5:/path/to/dataset[:index].
 REF: a DIALS strong.refl (read with the system python that has DIALS) or a .json file
@@ -231,6 +233,9 @@ def main(argv=None) -> int:
     i = sub.add_parser("inspect", help="datasets, redml chunk settings and stored calibrations of an HDF5 file")
     i.add_argument("file")
     i.set_defaults(run=_inspect)
+    from .acqcli import add_commands as add_acquire_commands
+
+    add_acquire_commands(sub)  # acquire, simulate-detector
     args = ap.parse_args(argv)
     return args.run(args)
 

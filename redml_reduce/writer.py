@@ -100,11 +100,16 @@ class FrameWriter:
         return self.write_chunk(chunk)
 
     def write_chunk(self, chunk) -> int:
-        """Appends one frame already encoded (redml_reduce.encode, the GPU encoder) as is."""
+        """Appends one frame already encoded (redml_reduce.encode, the GPU encoder) as is.
+
+        With another filter the bytes must be that filter's encoding of one frame (e.g. a
+        detector's bitshuffle-LZ4 frame under hdf5plugin.Bitshuffle()); they are not checked."""
         if self._file is None:
             raise ValueError("the writer is closed")
         if self.settings is None:
-            raise ValueError("write_chunk needs the redml filter")
+            if not self._filter:
+                raise ValueError("write_chunk needs a filter (the redml filter, or the one the chunk was made with)")
+            return self._append(lambda i: self._dset.id.write_direct_chunk((i, 0, 0), bytes(chunk)))
         info = inspect(chunk)  # a RedmlError for anything that is not a whole redml chunk
         if info["shape"] != self.frame_shape or info["dtype"] != self.dtype:
             raise ValueError(f"chunk holds a {info['shape']} {info['dtype']} frame, the dataset {self.frame_shape} "
@@ -119,6 +124,11 @@ class FrameWriter:
         self._file.flush()
         self.count = i + 1
         return i
+
+    def flush(self) -> None:
+        """Flushes the file (after writing other datasets of it, made in setup())."""
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:

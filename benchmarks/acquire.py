@@ -1,0 +1,176 @@
+"""Acquisition end to end: a detector stream of 4M-class uint16 frames in, a file out.
+
+    python benchmarks/acquire.py --quick --json acquire.json     # < 5 minutes
+    python benchmarks/acquire.py --json acquire.json             # more frames, more pipelines
+
+The stream: simulated JUNGFRAU 4M still shots (2164 x 2068, uint16, half of them hits),
+bitshuffle-LZ4 compressed like an EIGER/Jungfraujoch stream, published by `redml
+simulate-detector` (its own process) as fast as the receiver takes them. Each pipeline is a
+`redml acquire` process fed the same stream in the same run:
+
+  bslz4      the plain writer: the detector's bslz4 chunks stored as they came, by direct
+             chunk write (hdf5plugin's filter in the file), no decoding, no spots
+  redml-q1   receive, decompress, mask, find spots, encode at q=1, write (the default)
+  redml-q0   the same, lossless
+  redml-q1-veto   q=1 for hits, blanks stored sparse
+
+Figures: sustained frames/s and MB/s (uncompressed frame bytes) from the first image's
+arrival to the last frame's flush; latency from a frame's arrival to its flush (median,
+p99); the receiving process's peak RSS; frames lost (dropped + rejected + missing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = {
+    "bslz4": ["--codec", "bslz4", "--no-spots"],
+    "redml-q1": ["--q", "1"],
+    "redml-q0": ["--q", "0"],
+    "redml-q1-veto": ["--q", "1", "--veto", "sparse"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def make_pool(path: Path, n: int, seed: int, hit_rate: float, background: float) -> dict:
+    """n distinct simulated 4M shots in an uncompressed NXmx file (geometry, pixel mask)."""
+    import redml_reduce as rr
+    from redml_reduce.nxmx import pixel_mask_from_gaps
+    from redml_reduce.sim import Crystal, ShotSettings, StillSimulator, jungfrau_4m
+
+    t = time.perf_counter()
+    sim = StillSimulator(jungfrau_4m(), Crystal(), ShotSettings(dtype="uint16", hit_rate=hit_rate,
+                                                                 background=background), seed=seed)
+    hits = 0
+    with rr.FrameWriter(path, sim.detector.shape, "uint16", filter={}, geometry=sim.geometry,
+                        pixel_mask=pixel_mask_from_gaps(sim.mask), nxmx=sim.nxmx_options()) as w:
+        for i in range(n):
+            shot = sim.shot(i)
+            hits += shot.hit
+            w.write(shot.frame)
+    return {"shape": list(sim.detector.shape), "hits": hits, "seconds": time.perf_counter() - t}
+
+
+def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path) -> dict:
+    port = free_port()
+    out = work / f"{name}.nxs"
+    summary = work / f"{name}.json"
+    for p in (out, summary):
+        if p.exists():
+            p.unlink()
+    recv_cmd = [sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", f"tcp://127.0.0.1:{port}",
+                "--out", str(out), "--json", str(summary), "--quiet", "--wait", "300", "--workers", str(workers),
+                *PIPELINES[name]]
+    send_cmd = [sys.executable, "-m", "redml_reduce.cli", "simulate-detector", "--bind", f"tcp://127.0.0.1:{port}",
+                "--files", f"{pool}:/entry/data/data", "--frames", str(n_frames), "--rate", "0",
+                "--compression", "bslz4"]
+    recv = subprocess.Popen(recv_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    send = subprocess.Popen(send_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(recv.pid, 0)  # the receiver's own peak RSS
+    recv.returncode = os.waitstatus_to_exitcode(status)
+    r_err = recv.stderr.read()
+    s_out, s_err = send.communicate(timeout=600)
+    if recv.returncode != 0 or send.returncode != 0:
+        raise RuntimeError(f"{name}: receiver rc {recv.returncode}, sender rc {send.returncode}\n{r_err[-3000:]}\n"
+                           f"{s_err[-3000:]}")
+    res = json.loads(summary.read_text())
+    (series,) = res["series"]
+    c = series["counts"]
+    frame_mb = np.prod(json.loads(pool.with_suffix(".json").read_text())["shape"]) * 2 / 1e6
+    fps = series["fps"]
+    stored_mb = out.stat().st_size / 1e6
+    return {"pipeline": name, "frames": c["received"], "written": c["written"], "sparse": c["sparse"],
+            "lost": c["dropped"] + c["rejected"] + c["missing"], "fps": fps, "mb_per_s": fps * frame_mb,
+            "written_mb_per_s": fps * stored_mb / max(1, c["written"] + c["sparse"]),
+            "ratio": c["received"] * frame_mb / stored_mb, "latency_ms_p50": series["latency_ms_p50"],
+            "latency_ms_p99": series["latency_ms_p99"], "peak_rss_mb": usage.ru_maxrss / 1024,
+            "seconds": series["frames_seconds"], "hit_rate": res["indicators"].get("hit_rate_total"),
+            "sender": s_err.strip().splitlines()[-1] if s_err.strip() else ""}
+
+
+def table(rows, title) -> str:
+    head = ("| pipeline | frames | frames/s | MB/s (raw) | MB/s written | ratio | latency p50 ms | latency p99 ms "
+            "| peak RSS MB | lost |")
+    lines = [f"### {title}", "", head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['pipeline']} | {r['frames']} | {r['fps']:.2f} | {r['mb_per_s']:.0f} | "
+                     f"{r['written_mb_per_s']:.1f} | {r['ratio']:.2f} | {r['latency_ms_p50']:.0f} | "
+                     f"{r['latency_ms_p99']:.0f} | {r['peak_rss_mb']:.0f} | {r['lost']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="redml-q1 and bslz4, 40 frames (< 5 minutes)")
+    ap.add_argument("--frames", type=int, help="images in each stream (default 40 quick, 200 full)")
+    ap.add_argument("--pool", type=int, help="distinct simulated shots, cycled (default 6 quick, 16 full)")
+    ap.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES))
+    ap.add_argument("--workers", type=int, default=0, help="encoder threads (default: one per core)")
+    ap.add_argument("--hit-rate", type=float, default=0.5)
+    ap.add_argument("--background", type=float, default=0.5, help="photons/px near the beam")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+    n_frames = args.frames or (40 if args.quick else 200)
+    n_pool = args.pool or (6 if args.quick else 16)
+    pipelines = args.pipelines or (["bslz4", "redml-q1"] if args.quick else ["bslz4", "redml-q1", "redml-q0",
+                                                                             "redml-q1-veto"])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="redml-acq-bench-") as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        pool = work / "pool.nxs"
+        meta = make_pool(pool, n_pool, args.seed, args.hit_rate, args.background)
+        pool.with_suffix(".json").write_text(json.dumps(meta))
+        print(f"pool: {n_pool} simulated JUNGFRAU 4M shots {meta['shape']} uint16 ({meta['hits']} hits) "
+              f"in {meta['seconds']:.0f} s", flush=True)
+        rows = []
+        for name in pipelines:
+            r = run_pipeline(name, pool, n_frames, args.workers, work)
+            rows.append(r)
+            print(f"{name}: {r['fps']:.2f} frames/s, {r['mb_per_s']:.0f} MB/s, latency p99 "
+                  f"{r['latency_ms_p99']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB, lost {r['lost']} "
+                  f"[sender: {r['sender']}]", flush=True)
+    cores = os.cpu_count()
+    title = (f"{n_frames} frames of {meta['shape'][0]} x {meta['shape'][1]} uint16 (bslz4 stream), "
+             f"{cores} cores shared by sender and receiver, workers={args.workers or cores}")
+    print()
+    print(table(rows, title))
+    by = {r["pipeline"]: r for r in rows}
+    out = {"fps": {k: r["fps"] for k, r in by.items()},
+           "mb_per_s": {k: r["mb_per_s"] for k, r in by.items()},
+           "latency_ms_p50": {k: r["latency_ms_p50"] for k, r in by.items()},
+           "latency_ms_p99": {k: r["latency_ms_p99"] for k, r in by.items()},
+           "ratio": {k: r["ratio"] for k, r in by.items()},
+           "frames_lost": int(sum(r["lost"] for r in rows)),
+           "peak_rss_mb": float(max(r["peak_rss_mb"] for r in rows)),
+           "peak_rss_mb_by_pipeline": {k: r["peak_rss_mb"] for k, r in by.items()},
+           "rows": rows, "frames": n_frames, "pool": n_pool, "frame_shape": meta["shape"], "cores": cores,
+           "workers": args.workers or cores, "machine": platform.platform(), "seconds": time.perf_counter() - t0}
+    if "redml-q1" in by and "bslz4" in by:
+        out["redml_q1_vs_bslz4_fps"] = by["redml-q1"]["fps"] / by["bslz4"]["fps"]
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    print(f"\ntotal {out['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,603 @@
+"""Detector stream protocol: DECTRIS Stream V2 (also published by Jungfraujoch).
+
+    msg = parse_message(zmq_bytes)        # StartMessage | ImageMessage | EndMessage, or StreamError
+    frame = msg.data["threshold_1"].decode()
+
+    with StreamSender("tcp://*:31001") as s:             # what a detector does (tests, simulator)
+        s.start(shape, "uint16", geometry, number_of_images=n)
+        s.image(frame, image_id=0, compression="bslz4")
+        s.end()
+
+One CBOR message per ZeroMQ message on a PUSH socket (clients PULL; DECTRIS default port
+31001), each a map of text keys wrapped in the self-described CBOR tag 55799, whose first
+key is "type": "start" (series settings and geometry), "image" (one exposure: a map from
+channel name to frame), "end". Frames are RFC 8746 multi-dimensional arrays (tag 40:
+[[rows, cols], typed array]); a typed array is a tag 64-87 (element type and byte order)
+around a byte string, or around a DECTRIS compressed byte string (tag 56500:
+["bslz4", element size, bytes] or ["lz4", 0, bytes], HDF5 filter framing). Geometry units
+are those of the DECTRIS start message: beam centre in pixels, lengths in metres
+(detector_distance, as Jungfraujoch sends it, or the z of detector_translation), wavelength
+in angstrom (or incident_energy in eV).
+
+Parsing never decompresses: an ImageMessage holds EncodedArray objects that a worker thread
+decodes (EncodedArray.decode, with dectris-compression, the DECTRIS reference decoder, which
+releases the GIL; when it is missing, with HDF5's bitshuffle/LZ4 filters from hdf5plugin
+through an in-memory HDF5 file). Anything malformed raises StreamError (a ValueError) and
+nothing else; declared sizes are checked before anything is allocated.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .background import Geometry
+
+__all__ = ["DEFAULT_PORT", "StreamError", "EncodedArray", "StartMessage", "ImageMessage", "EndMessage",
+           "parse_message", "encode_start", "encode_image", "encode_end", "compress", "decompress",
+           "StreamSender", "publish_series", "typed_array_dtype", "typed_array_tag"]
+
+DEFAULT_PORT = 31001
+TAG_SELF_DESCRIBED = 55799
+TAG_DATETIME = 0
+TAG_MULTI_DIM = 40  # row major
+TAG_MULTI_DIM_COLUMN_MAJOR = 1040
+TAG_COMPRESSED = 56500
+ALGORITHMS = ("bslz4", "lz4")
+MAX_FRAME_PIXELS = 1 << 27  # the codec's own limit (docs/reliability.md)
+
+
+class StreamError(ValueError):
+    """A message that is not valid Stream V2 (or not what this receiver can use)."""
+
+
+# ---------------------------------------------------------------- typed arrays (RFC 8746)
+
+def typed_array_dtype(tag: int) -> Optional[np.dtype]:
+    """The element type of typed-array tag 64..87 (tag = 0b010_f_s_e_ll: float, signed,
+    little-endian, log2 of the size), None for other or reserved tags."""
+    if not 64 <= tag <= 87:
+        return None
+    v = tag - 64
+    is_float, signed, little, ll = (v >> 4) & 1, (v >> 3) & 1, (v >> 2) & 1, v & 3
+    order = "<" if little else ">"
+    if is_float:
+        if signed or ll == 3:  # reserved; binary128 has no portable numpy type
+            return None
+        return np.dtype(f"{order}f{2 << ll}")
+    size = 1 << ll
+    if size == 1:
+        if signed and little:  # tag 76 is reserved
+            return None
+        return np.dtype("i1" if signed else "u1")  # 68: uint8 clamped, same bits
+    return np.dtype(f"{order}{'i' if signed else 'u'}{size}")
+
+
+def typed_array_tag(dtype) -> int:
+    """The little-endian typed-array tag of a numpy dtype (uint8: 64)."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        sizes = {2: 0, 4: 1, 8: 2}
+        if dt.itemsize not in sizes:
+            raise TypeError(f"no typed-array tag for {dt}")
+        return 64 + 16 + 4 + sizes[dt.itemsize]
+    if dt.kind not in "ui":
+        raise TypeError(f"no typed-array tag for {dt}")
+    ll = {1: 0, 2: 1, 4: 2, 8: 3}[dt.itemsize]
+    if dt.itemsize == 1:
+        return 72 if dt.kind == "i" else 64
+    return 64 + (8 if dt.kind == "i" else 0) + 4 + ll
+
+
+# ---------------------------------------------------------------- compression
+
+def _declared_size(payload: bytes) -> int:
+    """Uncompressed size in the HDF5 framing shared by bslz4 and lz4 (big-endian uint64)."""
+    if len(payload) < 12:
+        raise StreamError(f"compressed data of {len(payload)} bytes is shorter than its 12-byte header")
+    return int.from_bytes(payload[:8], "big")
+
+
+def decompress(payload: bytes, algorithm: str, elem_size: int, expected_nbytes: int) -> bytes:
+    """Decompresses a tag-56500 byte string whose header must declare expected_nbytes."""
+    if algorithm not in ALGORITHMS:
+        raise StreamError(f"unknown compression {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+    declared = _declared_size(payload)
+    if declared != expected_nbytes:
+        raise StreamError(f"compressed data declares {declared} bytes, the array needs {expected_nbytes}")
+    try:
+        from dectris.compression import decompress as _dectris
+    except ImportError:
+        out = _decompress_h5(payload, algorithm, elem_size, expected_nbytes)
+    else:
+        try:
+            out = _dectris(bytes(payload), algorithm, elem_size=int(elem_size))
+        except (ValueError, RuntimeError) as e:
+            raise StreamError(f"{algorithm} data cannot be decompressed: {e}") from None
+    if len(out) != expected_nbytes:
+        raise StreamError(f"{algorithm} data decompressed to {len(out)} bytes, expected {expected_nbytes}")
+    return out
+
+
+_h5_lock = threading.Lock()
+
+
+def _h5_dataset(f, algorithm: str, elem_size: int, nbytes: int):
+    """A one-chunk dataset of nbytes with the bitshuffle-LZ4 or LZ4 filter (hdf5plugin)."""
+    import hdf5plugin
+
+    dtype = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}.get(int(elem_size))
+    if dtype is None or nbytes % int(elem_size):
+        raise StreamError(f"element size {elem_size} does not divide {nbytes} bytes")
+    n = nbytes // int(elem_size)
+    flt = hdf5plugin.Bitshuffle(cname="lz4") if algorithm == "bslz4" else hdf5plugin.LZ4()
+    return f.create_dataset("x", shape=(n,), chunks=(n,), dtype=dtype, **flt)
+
+
+def _decompress_h5(payload: bytes, algorithm: str, elem_size: int, nbytes: int) -> bytes:
+    """The fallback decoder: HDF5's own filters (hdf5plugin) read the chunk back."""
+    import h5py
+
+    with _h5_lock, h5py.File(f"mem-{uuid.uuid4().hex}", "w", driver="core", backing_store=False) as f:
+        d = _h5_dataset(f, algorithm, elem_size if algorithm == "bslz4" else 1, nbytes)
+        d.id.write_direct_chunk((0,), bytes(payload))
+        try:
+            return d[...].tobytes()
+        except OSError as e:
+            raise StreamError(f"{algorithm} data cannot be decompressed: {e}") from None
+
+
+def compress(array: np.ndarray, algorithm: str = "bslz4") -> bytes:
+    """The tag-56500 byte string of an array: HDF5 framing, made by hdf5plugin's filters."""
+    import h5py
+
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {algorithm!r}")
+    a = np.ascontiguousarray(array)
+    raw = a.view(np.uint8).reshape(-1)
+    elem = a.dtype.itemsize if algorithm == "bslz4" else 1
+    with _h5_lock, h5py.File(f"mem-{uuid.uuid4().hex}", "w", driver="core", backing_store=False) as f:
+        d = _h5_dataset(f, algorithm, elem, raw.size)
+        d[...] = raw.view(d.dtype)
+        return d.id.read_direct_chunk((0,))[1]
+
+
+# ---------------------------------------------------------------- messages
+
+@dataclass
+class _Compressed:
+    algorithm: str
+    elem_size: int
+    payload: bytes
+
+
+@dataclass
+class _Typed:
+    dtype: np.dtype
+    content: Any  # bytes or _Compressed
+
+
+@dataclass
+class EncodedArray:
+    """A multi-dimensional array as it arrived: raw or compressed bytes, not yet decoded."""
+
+    shape: tuple
+    dtype: np.dtype
+    payload: bytes
+    compression: Optional[str] = None  # None, "bslz4" or "lz4"
+    elem_size: int = 0
+    column_major: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def wire_bytes(self) -> int:
+        return len(self.payload)
+
+    def decode(self) -> np.ndarray:
+        """The array (native byte order, C order); StreamError when the bytes do not fit."""
+        n = self.nbytes
+        if self.compression is None:
+            raw = self.payload
+            if len(raw) != n:
+                raise StreamError(f"array of shape {self.shape} {self.dtype} needs {n} bytes, got {len(raw)}")
+        else:
+            raw = decompress(self.payload, self.compression, self.elem_size, n)
+        a = np.frombuffer(raw, dtype=self.dtype)
+        a = a.reshape(self.shape, order="F" if self.column_major else "C")
+        if self.column_major or not self.dtype.isnative:
+            a = np.ascontiguousarray(a, dtype=self.dtype.newbyteorder("="))
+        return a
+
+
+@dataclass
+class StartMessage:
+    series_id: int
+    series_unique_id: str
+    shape: Optional[tuple]  # (height, width) from image_size_y/x
+    dtype: Optional[np.dtype]  # image_dtype
+    number_of_images: Optional[int]
+    geometry: Optional[Geometry]
+    geometry_error: Optional[str]
+    pixel_mask: Optional[EncodedArray]
+    channels: list
+    saturation_value: Optional[int]
+    detector_description: str = "detector"
+    sensor_material: Optional[str] = None
+    sensor_thickness_mm: Optional[float] = None
+    count_time_s: Optional[float] = None
+    frame_time_s: Optional[float] = None
+    fields: dict = field(default_factory=dict, repr=False)  # every field as received
+    type: str = "start"
+
+    def nxmx_options(self) -> dict:
+        """The detector description for FrameWriter(nxmx=...)."""
+        out = {"detector_name": self.detector_description}
+        if self.sensor_material:
+            out["sensor_material"] = self.sensor_material
+        if self.sensor_thickness_mm:
+            out["sensor_thickness_mm"] = self.sensor_thickness_mm
+        if self.saturation_value is not None:
+            out["saturation_value"] = self.saturation_value
+        if self.count_time_s:
+            out["count_time_s"] = self.count_time_s
+        return out
+
+
+@dataclass
+class ImageMessage:
+    series_id: int
+    series_unique_id: str
+    image_id: int
+    data: dict  # channel -> EncodedArray
+    fields: dict = field(default_factory=dict, repr=False)
+    type: str = "image"
+
+    @property
+    def wire_bytes(self) -> int:
+        return sum(a.wire_bytes for a in self.data.values())
+
+
+@dataclass
+class EndMessage:
+    series_id: int
+    series_unique_id: str
+    fields: dict = field(default_factory=dict, repr=False)
+    type: str = "end"
+
+
+def _tag_hook(*args):
+    """cbor2 tag hook (both call conventions): typed arrays, multi-dim arrays, 56500."""
+    import cbor2
+
+    tag = next(a for a in args if isinstance(a, cbor2.CBORTag))
+    t, v = tag.tag, tag.value
+    if t == TAG_COMPRESSED:
+        if not (isinstance(v, Sequence) and len(v) == 3 and isinstance(v[0], str) and isinstance(v[1], int)
+                and isinstance(v[2], bytes)):
+            raise StreamError("tag 56500 needs [algorithm, element size, bytes]")
+        if v[0] not in ALGORITHMS:
+            raise StreamError(f"unknown compression {v[0]!r}")
+        if v[0] == "bslz4" and v[1] not in (1, 2, 4, 8):
+            raise StreamError(f"bslz4 element size {v[1]} is not 1, 2, 4 or 8")
+        return _Compressed(v[0], int(v[1]), v[2])
+    dtype = typed_array_dtype(t)
+    if dtype is not None:
+        if not isinstance(v, (bytes, _Compressed)):
+            raise StreamError(f"typed array (tag {t}) holds {type(v).__name__}, not bytes")
+        if isinstance(v, _Compressed) and v.algorithm == "bslz4" and v.elem_size != dtype.itemsize:
+            raise StreamError(f"bslz4 element size {v.elem_size} for {dtype} elements")
+        return _Typed(dtype, v)
+    if t in (TAG_MULTI_DIM, TAG_MULTI_DIM_COLUMN_MAJOR):
+        if not (isinstance(v, Sequence) and len(v) == 2 and isinstance(v[0], Sequence)):
+            raise StreamError("multi-dimensional array needs [dimensions, typed array]")
+        dims, content = v
+        if not (1 <= len(dims) <= 8 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)):
+            raise StreamError(f"bad array dimensions {list(dims)!r}")
+        if not isinstance(content, _Typed):
+            raise StreamError("multi-dimensional array without a typed array (classical arrays are not frames)")
+        if math.prod(dims) > MAX_FRAME_PIXELS:
+            raise StreamError(f"array of {math.prod(dims)} elements is larger than {MAX_FRAME_PIXELS}")
+        c = content.content
+        if isinstance(c, _Compressed):
+            return EncodedArray(tuple(dims), content.dtype, c.payload, c.algorithm, c.elem_size,
+                                t == TAG_MULTI_DIM_COLUMN_MAJOR)
+        return EncodedArray(tuple(dims), content.dtype, c, None, 0, t == TAG_MULTI_DIM_COLUMN_MAJOR)
+    return tag
+
+
+def _uint(fields, key, required=True) -> Optional[int]:
+    v = fields.get(key)
+    if v is None:
+        if required:
+            raise StreamError(f"{fields.get('type')} message without {key}")
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise StreamError(f"{key} must be an unsigned integer, not {v!r}")
+    return v
+
+
+def _float(fields, key) -> Optional[float]:
+    v = fields.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise StreamError(f"{key} must be a finite number, not {v!r}")
+    return float(v)
+
+
+def _text(fields, key, default=None) -> Optional[str]:
+    v = fields.get(key, default)
+    if v is not None and not isinstance(v, str):
+        raise StreamError(f"{key} must be a text string, not {type(v).__name__}")
+    return v
+
+
+def _thaw(v):
+    """cbor2 may hand out frozen maps and tuples: plain dicts and lists."""
+    if isinstance(v, Mapping):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def _start(f: dict) -> StartMessage:
+    w, h = _uint(f, "image_size_x", False), _uint(f, "image_size_y", False)
+    shape = (h, w) if w is not None and h is not None else None
+    dtype = None
+    if f.get("image_dtype") is not None:
+        try:
+            dtype = np.dtype(_text(f, "image_dtype").replace("le", "").replace("be", ""))
+        except TypeError:
+            raise StreamError(f"unknown image_dtype {f['image_dtype']!r}") from None
+    channels = f.get("channels") or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise StreamError("channels must be a list of text strings")
+    mask = None
+    pm = f.get("pixel_mask")
+    if isinstance(pm, Mapping) and pm:
+        name = channels[0] if channels and channels[0] in pm else next(iter(pm))
+        mask = pm[name]
+        if not isinstance(mask, EncodedArray) or len(mask.shape) != 2:
+            raise StreamError("pixel_mask must map channels to 2-D arrays")
+    elif pm is not None and not isinstance(pm, Mapping):
+        raise StreamError("pixel_mask must be a map from channel to array")
+    geometry, geometry_error = None, None
+    try:
+        distance_m = _float(f, "detector_distance")
+        if distance_m is None:
+            tr = f.get("detector_translation")
+            if isinstance(tr, list) and len(tr) == 3 and all(isinstance(x, (int, float)) for x in tr):
+                distance_m = float(tr[2])
+        wavelength = _float(f, "incident_wavelength")
+        energy = _float(f, "incident_energy")
+        if wavelength is None and energy:
+            wavelength = 12398.4198 / energy
+        px = _float(f, "pixel_size_x")
+        missing = [k for k, v in (("beam_center_x", f.get("beam_center_x")), ("beam_center_y", f.get("beam_center_y")),
+                                  ("detector distance", distance_m), ("incident_wavelength", wavelength),
+                                  ("pixel_size_x", px)) if v is None]
+        if missing:
+            geometry_error = f"start message lacks {', '.join(missing)}"
+        else:
+            geometry = Geometry(beam_x=_float(f, "beam_center_x"), beam_y=_float(f, "beam_center_y"),
+                                distance_mm=distance_m * 1e3, pixel_size_mm=px * 1e3, wavelength_a=wavelength)
+    except (StreamError, ValueError) as e:
+        geometry, geometry_error = None, str(e)
+    thickness = _float(f, "sensor_thickness")
+    sat = f.get("saturation_value")
+    return StartMessage(
+        series_id=_uint(f, "series_id"), series_unique_id=_text(f, "series_unique_id", ""), shape=shape, dtype=dtype,
+        number_of_images=_uint(f, "number_of_images", False), geometry=geometry, geometry_error=geometry_error,
+        pixel_mask=mask, channels=channels, saturation_value=sat if isinstance(sat, int) and not isinstance(sat, bool) else None,
+        detector_description=_text(f, "detector_description") or "detector",
+        sensor_material=_text(f, "sensor_material"),
+        sensor_thickness_mm=thickness * 1e3 if thickness is not None else None,
+        count_time_s=_float(f, "count_time"), frame_time_s=_float(f, "frame_time"), fields=f)
+
+
+def _image(f: dict) -> ImageMessage:
+    data = f.get("data")
+    if not isinstance(data, Mapping) or not data:
+        raise StreamError("image message without data")
+    for name, a in data.items():
+        if not isinstance(a, EncodedArray):
+            raise StreamError(f"image channel {name!r} is not a typed multi-dimensional array")
+        if len(a.shape) != 2:
+            raise StreamError(f"image channel {name!r} has {len(a.shape)} dimensions, not 2")
+    return ImageMessage(_uint(f, "series_id"), _text(f, "series_unique_id", ""), _uint(f, "image_id"), dict(data),
+                        fields=f)
+
+
+def parse_message(buf) -> StartMessage | ImageMessage | EndMessage:
+    """One Stream V2 message from its bytes; StreamError for anything else."""
+    import cbor2
+
+    try:
+        obj = cbor2.loads(bytes(buf), tag_hook=_tag_hook)
+    except StreamError:
+        raise
+    except Exception as e:  # cbor2 errors, and a tag hook's error wrapped in them
+        cause = e.__cause__ if isinstance(e.__cause__, StreamError) else e
+        raise StreamError(f"not a CBOR message: {cause}") from None
+    if isinstance(obj, type(None)) or not isinstance(obj, Mapping):
+        raise StreamError(f"message is a CBOR {type(obj).__name__}, not a map")
+    f = _thaw(obj)
+    kind = f.get("type")
+    if kind == "start":
+        return _start(f)
+    if kind == "image":
+        return _image(f)
+    if kind == "end":
+        return EndMessage(_uint(f, "series_id"), _text(f, "series_unique_id", ""), fields=f)
+    raise StreamError(f"unknown message type {kind!r}")
+
+
+def _tagged_array(a: np.ndarray, compression: Optional[str] = None, payload: Optional[bytes] = None):
+    import cbor2
+
+    a = np.asarray(a)
+    dt = a.dtype.newbyteorder("<") if a.dtype.itemsize > 1 else a.dtype
+    if compression is None:
+        content = np.ascontiguousarray(a, dtype=dt).tobytes()
+    else:
+        if payload is None:
+            payload = compress(np.ascontiguousarray(a, dtype=dt), compression)
+        content = cbor2.CBORTag(TAG_COMPRESSED, [compression, dt.itemsize if compression == "bslz4" else 0, payload])
+    return cbor2.CBORTag(TAG_MULTI_DIM, [list(a.shape), cbor2.CBORTag(typed_array_tag(dt), content)])
+
+
+def _dumps(fields: dict) -> bytes:
+    import cbor2
+
+    return cbor2.dumps(cbor2.CBORTag(TAG_SELF_DESCRIBED, fields))
+
+
+def encode_start(shape, dtype, geometry: Optional[Geometry] = None, *, series_id: int = 1,
+                 series_unique_id: Optional[str] = None, number_of_images: int = 0, pixel_mask=None,
+                 channel: str = "threshold_1", detector_description: str = "redml simulated detector",
+                 saturation_value: Optional[int] = None, sensor_material: str = "Si",
+                 sensor_thickness_mm: float = 0.32, count_time_s: float = 0.001, frame_time_s: float = 0.001,
+                 compression: Optional[str] = None, user_data: Any = None) -> bytes:
+    """A start message (DECTRIS fields; lengths in metres; also Jungfraujoch's
+    detector_distance). pixel_mask: uint32 NXmx bits, nonzero = bad."""
+    h, w = (int(v) for v in shape)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    f = {"type": "start", "series_id": int(series_id),
+         "series_unique_id": series_unique_id or f"redml-{uuid.uuid4().hex[:12]}",
+         "arm_date": now, "channels": [channel], "count_time": float(count_time_s),
+         "detector_description": detector_description, "detector_serial_number": "SIM-0",
+         "frame_time": float(frame_time_s), "image_dtype": np.dtype(dtype).name,
+         "image_size_x": w, "image_size_y": h, "number_of_images": int(number_of_images),
+         "sensor_material": sensor_material, "sensor_thickness": float(sensor_thickness_mm) / 1e3,
+         "countrate_correction_enabled": False, "flatfield_enabled": False,
+         "virtual_pixel_interpolation_enabled": False, "user_data": user_data}
+    if geometry is not None:
+        f.update({"beam_center_x": float(geometry.beam_x), "beam_center_y": float(geometry.beam_y),
+                  "detector_distance": geometry.distance_mm / 1e3,
+                  "detector_translation": [0.0, 0.0, geometry.distance_mm / 1e3],
+                  "incident_wavelength": float(geometry.wavelength_a),
+                  "incident_energy": 12398.4198 / geometry.wavelength_a,
+                  "pixel_size_x": geometry.pixel_size_mm / 1e3, "pixel_size_y": geometry.pixel_size_mm / 1e3})
+    if saturation_value is not None:
+        f["saturation_value"] = int(saturation_value)
+    f["pixel_mask_enabled"] = pixel_mask is not None
+    if pixel_mask is not None:
+        f["pixel_mask"] = {channel: _tagged_array(np.asarray(pixel_mask).astype(np.uint32), compression)}
+    return _dumps(f)
+
+
+def encode_image(frame: np.ndarray, image_id: int, *, series_id: int = 1, series_unique_id: str = "",
+                 channel: str = "threshold_1", compression: Optional[str] = None, payload: Optional[bytes] = None,
+                 start_time: Optional[float] = None, exposure_s: float = 0.001, user_data: Any = None) -> bytes:
+    """An image message; compression "bslz4"/"lz4" compresses here unless `payload` (the
+    compressed bytes of this frame) is given."""
+    base = 10**7  # time base of the rationals (100 ns)
+    t = time.time() if start_time is None else start_time
+    start = int(round(t * base))
+    stop = start + int(round(exposure_s * base))
+    f = {"type": "image", "series_id": int(series_id), "series_unique_id": series_unique_id, "image_id": int(image_id),
+         "real_time": [stop - start, base], "start_time": [start, base], "stop_time": [stop, base],
+         "data": {channel: _tagged_array(frame, compression, payload)}, "user_data": user_data}
+    return _dumps(f)
+
+
+def encode_end(series_id: int = 1, series_unique_id: str = "") -> bytes:
+    return _dumps({"type": "end", "series_id": int(series_id), "series_unique_id": series_unique_id})
+
+
+# ---------------------------------------------------------------- sender
+
+class StreamSender:
+    """A detector's side of the stream: a ZeroMQ PUSH socket that binds (like a DCU) or
+    connects. send_hwm bounds the messages queued for a slow receiver (send then blocks).
+    close() waits up to linger_ms for the receiver to take what is still queued (the last
+    images and the end message), then gives up on them."""
+
+    def __init__(self, endpoint: str = f"tcp://*:{DEFAULT_PORT}", *, bind: bool = True, send_hwm: int = 4,
+                 linger_ms: int = 120000):
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, int(send_hwm))
+        self.sock.setsockopt(zmq.LINGER, int(linger_ms))
+        (self.sock.bind if bind else self.sock.connect)(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
+        self.series_id = 0
+        self.series_unique_id = ""
+        self.sent = 0
+
+    def send(self, message: bytes, timeout_s: Optional[float] = None) -> None:
+        """Sends one message; blocks while the receiver's queue is full (TimeoutError after timeout_s)."""
+        import zmq
+
+        if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
+            raise TimeoutError(f"no receiver took a message for {timeout_s} s")
+        self.sock.send(message, copy=True)
+        self.sent += 1
+
+    def start(self, shape, dtype, geometry=None, **kw) -> None:
+        self.series_id = kw.pop("series_id", self.series_id + 1)
+        self.series_unique_id = kw.pop("series_unique_id", None) or f"redml-{uuid.uuid4().hex[:12]}"
+        self.send(encode_start(shape, dtype, geometry, series_id=self.series_id,
+                               series_unique_id=self.series_unique_id, **kw))
+
+    def image(self, frame, image_id: int, **kw) -> None:
+        self.send(encode_image(frame, image_id, series_id=self.series_id, series_unique_id=self.series_unique_id, **kw))
+
+    def end(self) -> None:
+        self.send(encode_end(self.series_id, self.series_unique_id))
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()  # returns once the queued messages are delivered, or after linger_ms
+
+    def __enter__(self) -> "StreamSender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def publish_series(sender: StreamSender, frames: Sequence[np.ndarray], n_images: int, *, rate_hz: float = 0.0,
+                   compression: Optional[str] = None, geometry=None, pixel_mask=None, start_kw: Optional[dict] = None,
+                   progress=None) -> dict:
+    """Sends one series: start, n_images image messages cycling through `frames` (each
+    compressed once), end. rate_hz > 0 paces the images (0 = as fast as the receiver
+    takes them). Returns {"images", "seconds", "rate_hz", "wire_bytes"}."""
+    if not frames:
+        raise ValueError("no frames to send")
+    shape, dtype = frames[0].shape, frames[0].dtype
+    sat = np.iinfo(dtype).max - 1 if dtype.kind in "ui" else None  # the maximum means 'no data'
+    payloads = [compress(f, compression) if compression else None for f in frames]  # once, before the series
+    sender.start(shape, dtype, geometry, number_of_images=n_images, pixel_mask=pixel_mask,
+                 compression=compression, saturation_value=sat,
+                 frame_time_s=1.0 / rate_hz if rate_hz > 0 else 0.001, **(start_kw or {}))
+    wire = 0
+    t0 = time.perf_counter()
+    for i in range(n_images):
+        if rate_hz > 0:
+            delay = t0 + i / rate_hz - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        k = i % len(frames)
+        msg = encode_image(frames[k], i, series_id=sender.series_id, series_unique_id=sender.series_unique_id,
+                           compression=compression, payload=payloads[k])
+        sender.send(msg)
+        wire += len(msg)
+        if progress is not None:
+            progress(i + 1)
+    sender.end()
+    dt = time.perf_counter() - t0
+    return {"images": n_images, "seconds": dt, "rate_hz": n_images / dt if dt > 0 else math.inf, "wire_bytes": wire}
+

@@ -1,0 +1,424 @@
+"""redml acquire: a detector stream (Stream V2 over ZeroMQ) in, one NXmx file per series out.
+
+Frames come back byte for byte (q=0) or within the bound (q>0), in arrival order; every
+image not stored is counted and listed by reason (received = written + sparse + vetoed +
+dropped + rejected); back-pressure blocks or drops with a record and bounded memory; bad
+messages are logged and skipped; a killed acquisition leaves every flushed frame readable.
+"""
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+
+import redml_reduce as rr
+from helpers import poisson_frame
+from redml_reduce import acquire as acquire_mod
+from redml_reduce import stream as s
+from redml_reduce.acqfile import read_acquisition
+from redml_reduce.acquire import AcquireSettings, Acquisition
+from redml_reduce.background import Geometry
+from redml_reduce.codec import error_bound
+from redml_reduce.peaklist import read_cxi_peaks
+
+SHAPE = (96, 128)
+GEOM = Geometry(beam_x=64.3, beam_y=47.8, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H5CLEAR = shutil.which("h5clear")
+
+
+def make_frames(rng, n, hits=None, dtype="uint16", shape=SHAPE):
+    """Poisson frames, every other one with 25 spots (a hit) unless `hits` says which."""
+    hits = hits if hits is not None else [i % 2 == 1 for i in range(n)]
+    return [poisson_frame(rng, 4.0, shape, dtype, spots=25 if h else 0) for h in hits]
+
+
+def stored_frames(path):
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        d = f["entry/data/data"]
+        d.refresh()
+        return [d[i] for i in range(d.shape[0])], [d.id.read_direct_chunk((i, 0, 0))[1] for i in range(d.shape[0])]
+
+
+def serve_in_thread(acq, endpoint, **kw):
+    out = {}
+
+    def run():
+        out["summaries"] = acq.serve(endpoint, **kw)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def check_counts(c):
+    assert c["received"] == c["written"] + c["sparse"] + c["vetoed"] + c["dropped"] + c["rejected"], c
+    assert c["missing"] == max(0, c["expected"] - c["received"]), c
+
+
+@pytest.mark.parametrize("compressions", [(None,), ("bslz4",), (None, "bslz4", "lz4")])
+def test_lossless_stream_to_file_byte_for_byte(tmp_path, rng, compressions):
+    frames = make_frames(rng, 9)
+    mask = np.zeros(SHAPE, bool)
+    mask[:, 60:64] = True  # a module gap
+    out = tmp_path / "run.nxs"
+    acq = Acquisition(out, AcquireSettings(q=0, workers=2))
+    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+        t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
+        sender.start(SHAPE, "uint16", GEOM, number_of_images=len(frames), pixel_mask=mask,
+                     compression=compressions[-1])
+        for i, f in enumerate(frames):
+            sender.image(f, i, compression=compressions[i % len(compressions)])
+            if i == 4:
+                sender.send(b"\xa1\x64type\x64junk")  # a malformed message mid-series
+        sender.end()
+        t.join(60)
+    acq.close()
+    assert not t.is_alive()
+    (summary,) = res["summaries"]
+    c = summary["counts"]
+    assert c == {"received": 9, "written": 9, "sparse": 0, "vetoed": 0, "dropped": 0, "rejected": 0,
+                 "missing": 0, "expected": 9}
+    assert acq.stats.snapshot()["counts"]["malformed"] == 1
+    back, chunks = stored_frames(out)
+    assert len(back) == len(frames)
+    for f, b in zip(frames, back):
+        assert b.dtype == f.dtype and b.tobytes() == f.tobytes()
+    info = read_acquisition(out)
+    assert info["counts"] == c
+    assert list(info["image_id"]) == list(range(9))
+    # NXmx from the start message: geometry, pixel mask
+    g = Geometry.from_nxmx(out)
+    for k in ("beam_x", "beam_y", "distance_mm", "pixel_size_mm", "wavelength_a"):
+        assert np.isclose(getattr(g, k), getattr(GEOM, k)), k
+    with h5py.File(out, "r", libver="latest", swmr=True) as f:
+        assert np.array_equal(f["entry/instrument/detector/pixel_mask"][...] != 0, mask)
+    # per-frame spots and hits agree with the spot finder run here; CXI peak tables too
+    peaks = read_cxi_peaks(out)
+    for i, f in enumerate(frames):
+        p, _ = rr.find_spots(f, mask=mask)
+        assert info["n_spots"][i] == len(p) == len(peaks[i])
+        assert info["hit"][i] == (len(p) >= 10)
+        np.testing.assert_allclose(peaks[i]["x"], p["x"], atol=1e-3)
+
+
+def test_quantized_frames_within_bound_and_veto_counts(tmp_path, rng):
+    hits = [True, False, False, True, False, True, True, False]
+    frames = make_frames(rng, len(hits), hits)
+    found = [len(rr.find_spots(f)[0]) >= 10 for f in frames]
+    n_hits = sum(found)
+    assert 0 < n_hits < len(frames)
+    for veto in ("sparse", "drop"):
+        out = tmp_path / f"run_{veto}.nxs"
+        with Acquisition(out, AcquireSettings(q=1.0, veto=veto, workers=2)) as acq:
+            acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=len(frames)))
+            for i, f in enumerate(frames):
+                acq.feed(s.encode_image(f, i, compression="bslz4"))
+            acq.feed(s.encode_end())
+        c = acq.series[0].summary["counts"]
+        check_counts(c)
+        info = read_acquisition(out)
+        assert info["counts"] == c and c["received"] == len(frames) and c["written"] == n_hits
+        back, chunks = stored_frames(out)
+        ids = list(info["image_id"])
+        if veto == "sparse":
+            assert c["sparse"] == len(frames) - n_hits and c["vetoed"] == 0 and ids == list(range(len(frames)))
+        else:
+            assert c["vetoed"] == len(frames) - n_hits and c["sparse"] == 0
+            assert ids == [i for i in range(len(frames)) if found[i]]
+            assert sorted(info["vetoed_image_ids"]) == [i for i in range(len(frames)) if not found[i]]
+        for k, i in enumerate(ids):
+            meta = rr.inspect(chunks[k])
+            if not found[i]:
+                assert meta["mode"] == "sparse" and info["sparse"][k] == 1
+                continue
+            assert meta["mode"] == "quantized" and meta["q"] == 1.0
+            x, b = frames[i].astype(np.float64), back[k].astype(np.float64)
+            exact = rr.exact_mask(chunks[k])
+            assert np.array_equal(back[k][exact], frames[i][exact])
+            assert np.all(np.abs(b - x)[~exact] <= error_bound(chunks[k])[~exact] * (1 + 1e-6))
+            p, spot_mask = rr.find_spots(frames[i])
+            assert exact[spot_mask].all()  # the finder's spots are kept exactly
+
+
+@pytest.fixture
+def slow_encoder(monkeypatch):
+    """The encoder made slower than the stream (the C++ encoder is fast on these small frames)."""
+    real = acquire_mod.encode
+
+    def slow(*a, **k):
+        time.sleep(0.02)
+        return real(*a, **k)
+
+    monkeypatch.setattr(acquire_mod, "encode", slow)
+
+
+def test_back_pressure_blocks_with_bounded_memory(tmp_path, rng, slow_encoder):
+    """on_full="block": a sender faster than the encoder is slowed down; nothing is lost and
+    what the process holds stays a few frames, not the stream (42 MB)."""
+    n, shape = 80, (512, 512)
+    frames = make_frames(rng, 4, shape=shape)
+    s.parse_message(s.encode_image(frames[0], 0)).data["threshold_1"].decode()  # imports before measuring
+    out = tmp_path / "run.nxs"
+    acq = Acquisition(out, AcquireSettings(q=0, workers=1, max_pending=2, rcv_hwm=1, on_full="block", spots=False))
+    tracemalloc.start()
+    try:
+        with s.StreamSender("tcp://127.0.0.1:*", send_hwm=1) as sender:
+            t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
+            sender.start(shape, "uint16", GEOM, number_of_images=n)
+            for i in range(n):
+                sender.image(frames[i % 4], i)  # raw frames, 512 KB each
+            sender.end()
+            t.join(300)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    acq.close()
+    c = res["summaries"][0]["counts"]
+    assert c["written"] == n and c["dropped"] == 0 and c["rejected"] == 0
+    snap = acq.stats.snapshot()
+    assert snap["max_pending_seen"] == 2  # the queue filled up (back-pressure engaged) and never grew past its bound
+    sent = n * frames[0].nbytes
+    # measured: 5 MB with this bound; an unbounded queue (max_pending=1000) held 41 MB of the 42 MB
+    assert peak < sent / 5, f"peak {peak / 1e6:.1f} MB of traced memory for {sent / 1e6:.1f} MB sent"
+    back, _ = stored_frames(out)
+    assert all(b.tobytes() == frames[i % 4].tobytes() for i, b in enumerate(back))
+
+
+def test_back_pressure_drops_with_a_record(tmp_path, rng, slow_encoder):
+    """on_full="drop": frames the encoder cannot take are dropped, counted, and listed."""
+    n = 40
+    frames = make_frames(rng, n)
+    out = tmp_path / "run.nxs"
+    with Acquisition(out, AcquireSettings(q=0, workers=1, max_pending=1, on_full="drop")) as acq:
+        acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=n))
+        for i, f in enumerate(frames):  # as fast as feed() takes them: far faster than 30 ms a frame
+            acq.feed(s.encode_image(f, i))
+        acq.feed(s.encode_end())
+    c = acq.series[0].summary["counts"]
+    check_counts(c)
+    assert c["dropped"] > 0 and c["written"] > 0 and c["written"] + c["dropped"] == n
+    info = read_acquisition(out)
+    stored, dropped = list(info["image_id"]), list(info["dropped_image_ids"])
+    assert info["counts"]["dropped"] == len(dropped) == c["dropped"]
+    assert sorted(stored + dropped) == list(range(n))
+    back, _ = stored_frames(out)
+    assert all(b.tobytes() == frames[i].tobytes() for i, b in zip(stored, back))
+    assert acq.stats.snapshot()["indicators"]["frames_lost"] == c["dropped"]
+
+
+def test_bad_and_out_of_order_messages_are_logged_and_skipped(tmp_path, rng, caplog):
+    frames = make_frames(rng, 6)
+    out = tmp_path / "run_{series}.nxs"
+    good_img = s.encode_image(frames[0], 0, series_id=1, series_unique_id="s1")
+    corrupt = s.compress(frames[1], "bslz4")
+    corrupt = corrupt[:20] + bytes(len(corrupt) - 20)
+    caplog.set_level(logging.INFO, logger="redml_reduce.acquire")
+    with Acquisition(out, AcquireSettings(q=0, workers=2)) as acq:
+        feed = acq.feed
+        feed(b"\xff\x00 not cbor")                                           # malformed
+        feed(s.encode_image(frames[0], 0, series_id=1))                      # image before any start
+        feed(s.encode_end(1))                                                # end without start
+        feed(s.encode_start(SHAPE, "uint16", GEOM, series_id=1, series_unique_id="s1", number_of_images=6))
+        feed(good_img)                                                       # image 0
+        feed(good_img[: len(good_img) // 2])                                 # truncated
+        feed(s.encode_image(frames[1][:, :100].copy(), 1, series_id=1, series_unique_id="s1"))  # wrong shape
+        feed(s.encode_image(frames[1], 1, series_id=1, series_unique_id="s1", compression="bslz4",
+                            payload=corrupt))                               # undecodable
+        feed(good_img)                                                       # duplicate of image 0
+        feed(s.encode_image(frames[3], 3, series_id=1, series_unique_id="s1"))
+        feed(s.encode_image(frames[2], 2, series_id=1, series_unique_id="s1"))  # out of order: kept
+        feed(s.encode_image(frames[4], 4, series_id=7, series_unique_id="s7"))  # another series
+        feed(s.encode_end(7, "s7"))                                          # end of another series
+        feed(s.encode_start(SHAPE, "uint16", GEOM, series_id=2, series_unique_id="s2", number_of_images=2))
+        for i in range(2):                                                   # series 1 never ended
+            feed(s.encode_image(frames[i], i, series_id=2, series_unique_id="s2"))
+        feed(s.encode_end(2, "s2"))
+    s1, s2 = acq.series
+    c1, c2 = s1.summary["counts"], s2.summary["counts"]
+    check_counts(c1)
+    check_counts(c2)
+    assert c1 == {"received": 6, "written": 3, "sparse": 0, "vetoed": 0, "dropped": 0, "rejected": 3,
+                  "missing": 0, "expected": 6}
+    assert "new series" in s1.summary["ended"]
+    assert c2["written"] == 2 and c2["missing"] == 0 and s2.summary["ended"] == "end message"
+    totals = acq.stats.snapshot()["counts"]
+    assert totals["malformed"] == 2 and totals["orphans"] == 2 and totals["out_of_order"] == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    for text in ("malformed", "outside a series", "without its start", "received twice", "shape", "during series 1",
+                 "its end message never came"):
+        assert any(text in e for e in errors), (text, errors)
+    info = read_acquisition(tmp_path / "run_1.nxs")
+    assert list(info["image_id"]) == [0, 3, 2]  # arrival order
+    assert sorted(info["rejected_image_ids"]) == [0, 1, 1]
+    back, _ = stored_frames(tmp_path / "run_1.nxs")
+    assert [b.tobytes() for b in back] == [frames[i].tobytes() for i in (0, 3, 2)]
+    assert len(stored_frames(tmp_path / "run_2.nxs")[0]) == 2
+
+
+def test_series_without_end_closes_after_silence(tmp_path, rng):
+    frames = make_frames(rng, 3)
+    acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=0, workers=1, idle_timeout_s=0.5))
+    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+        t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
+        sender.start(SHAPE, "uint16", GEOM, number_of_images=10)
+        for i, f in enumerate(frames):
+            sender.image(f, i)
+        t.join(60)  # the detector died: no end message
+    acq.close()
+    (summary,) = res["summaries"]
+    assert summary["counts"]["written"] == 3 and summary["counts"]["missing"] == 7
+    assert "no message" in summary["ended"]
+    assert read_acquisition(tmp_path / "run.nxs")["counts"]["missing"] == 7
+
+
+def test_existing_files_are_never_overwritten(tmp_path, rng):
+    out = tmp_path / "run.nxs"
+    out.write_bytes(b"precious")
+    with Acquisition(out, AcquireSettings(q=0, workers=1)) as acq:
+        acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=1))
+        acq.feed(s.encode_image(make_frames(rng, 1)[0], 0))
+        acq.feed(s.encode_end())
+    assert out.read_bytes() == b"precious"
+    assert acq.series[0].summary["path"] == str(tmp_path / "run-1.nxs")
+
+
+def test_bslz4_codec_stores_the_detector_chunks(tmp_path, rng):
+    """The plain writer: the detector's bslz4 frames stored as they came (raw ones compressed),
+    read back through hdf5plugin's filter."""
+    import hdf5plugin  # noqa: F401 (registers the filter)
+
+    frames = make_frames(rng, 4)
+    payloads = [s.compress(f, "bslz4") for f in frames]
+    out = tmp_path / "plain.h5"
+    with Acquisition(out, AcquireSettings(codec="bslz4", spots=False, workers=1)) as acq:
+        acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=4))
+        for i, f in enumerate(frames):
+            acq.feed(s.encode_image(f, i, compression="bslz4" if i < 3 else None, payload=payloads[i] if i < 3 else None))
+        acq.feed(s.encode_end())
+    back, chunks = stored_frames(out)
+    assert chunks[:3] == payloads[:3]
+    assert [b.tobytes() for b in back] == [f.tobytes() for f in frames]
+    assert read_acquisition(out)["counts"]["written"] == 4
+
+
+def free_port():
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def test_acquire_killed_mid_series_keeps_flushed_frames(tmp_path, rng):
+    """SIGKILL of `redml acquire` mid-series: every frame in the file decodes to what was sent
+    for its image_id, the tables have a row for each."""
+    n = 400
+    frames = make_frames(rng, 5)
+    out = tmp_path / "run.nxs"
+    with s.StreamSender("tcp://127.0.0.1:*", linger_ms=0) as sender:
+        child = subprocess.Popen([sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", sender.endpoint,
+                                  "--out", str(out), "--q", "0", "--workers", "1", "--quiet"],
+                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            sender.start(SHAPE, "uint16", GEOM, number_of_images=n)
+            seen = 0
+            for i in range(n):
+                sender.send(s.encode_image(frames[i % 5], i, series_id=sender.series_id,
+                                           series_unique_id=sender.series_unique_id), timeout_s=30)
+                time.sleep(0.01)
+                if i % 10 == 9 and out.exists():
+                    try:
+                        with h5py.File(out, "r", libver="latest", swmr=True) as f:
+                            seen = f["entry/data/data"].shape[0]
+                    except (OSError, KeyError):
+                        pass
+                if seen >= 8:
+                    break
+            assert seen >= 8, "the acquisition wrote nothing"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+            err = child.stderr.read().decode()
+            child.stderr.close()
+    assert child.returncode == -signal.SIGKILL, err
+    sent_ids = list(range(i + 1))
+
+    def check(f):
+        d = f["entry/data/data"]
+        g = f["entry/redml_acquire"]
+        ids = g["image_id"][...]
+        nframes = d.shape[0]
+        assert nframes >= seen and len(ids) >= nframes - 1
+        readable = 0
+        for k in range(nframes):
+            try:
+                b = d[k]
+            except OSError:
+                assert k == nframes - 1, f"frame {k} of {nframes} unreadable"
+                continue
+            if k < len(ids):
+                assert ids[k] in sent_ids and b.tobytes() == frames[ids[k] % 5].tobytes(), f"frame {k} damaged"
+                readable += 1
+        return readable
+
+    with h5py.File(out, "r", libver="latest", swmr=True) as f:
+        readable = check(f)
+    assert readable >= seen
+    if H5CLEAR is not None:
+        subprocess.run([H5CLEAR, "-s", str(out)], check=True, capture_output=True, timeout=60)
+        with h5py.File(out, "r") as f:
+            assert check(f) == readable
+
+
+def test_cli_simulate_detector_and_acquire(tmp_path):
+    """The two commands of a beamline, as processes: the simulator's shots arrive in the file."""
+    port = free_port()
+    out = tmp_path / "run.nxs"
+    summary = tmp_path / "summary.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    acq = subprocess.Popen(
+        [sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", f"tcp://127.0.0.1:{port}", "--out",
+         str(out), "--q", "1", "--veto", "sparse", "--workers", "2", "--json", str(summary), "--quiet", "--wait",
+         "120"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sim = subprocess.run([sys.executable, "-m", "redml_reduce.cli", "simulate-detector", "--bind",
+                          f"tcp://127.0.0.1:{port}", "--frames", "6", "--rate", "0", "--detector", "0.5m", "--pool", "3",
+                          "--hit-rate", "0.7", "--seed", "5"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    stdout, stderr = acq.communicate(timeout=300)
+    assert acq.returncode == 0, stderr
+    result = json.loads(summary.read_text())
+    c = result["series"][0]["counts"]
+    check_counts(c)
+    assert c["received"] == 6 and c["written"] + c["sparse"] == 6
+    from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
+
+    sim_ = StillSimulator(DetectorLayout(modules=(1, 1), name="x"), Crystal(),
+                          ShotSettings(background=0.5, hit_rate=0.7, dtype="uint16"), seed=5)
+    shots = [sim_.shot(i).frame for i in range(3)]
+    back, chunks = stored_frames(out)
+    info = read_acquisition(out)
+    for k, b in enumerate(back):
+        shot = shots[k % 3]
+        if rr.inspect(chunks[k])["mode"] == "sparse":
+            assert not info["hit"][k]
+            continue
+        bound = error_bound(chunks[k])
+        exact = rr.exact_mask(chunks[k])
+        err = np.abs(b.astype(np.float64) - shot)
+        assert np.all(err[exact] == 0) and np.all(err[~exact] <= bound[~exact] * (1 + 1e-6))
+    assert g_close(Geometry.from_nxmx(out), sim_.geometry)
+
+
+def g_close(a, b):
+    return all(np.isclose(getattr(a, k), getattr(b, k)) for k in ("beam_x", "beam_y", "distance_mm", "pixel_size_mm",
+                                                                   "wavelength_a"))
