@@ -73,13 +73,36 @@ def _acquire(args) -> int:
     return code
 
 
+def _jungfrau_raw_frames(args):
+    """Simulated shots in the raw module layout (8, 2 or 1 modules of 512 x 1024) turned into
+    raw JUNGFRAU words by a simulated detector; its calibration goes in the start message."""
+    import numpy as np
+
+    from .jungfrau import simulate_detector
+    from .sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
+
+    modules = {"4m": 8, "1m": 2, "0.5m": 1}[args.detector]
+    layout = DetectorLayout(module_shape=(512, 1024), modules=(modules, 1), gap=(0, 0),
+                            name=f"JUNGFRAU {args.detector.upper()} (simulated, raw module layout)")
+    sim = StillSimulator(layout, Crystal(), ShotSettings(background=args.background, hit_rate=args.hit_rate,
+                                                         dtype="int32", bad_pixel_fraction=0), seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    det = simulate_detector(rng, n_modules=modules, energy_keV=12.3984198 / sim.geometry.wavelength_a, geometry=None)
+    n = min(args.pool, args.frames) if args.pool else args.frames
+    print(f"simulating {n} raw JUNGFRAU shots ({modules} modules) ...", file=sys.stderr, flush=True)
+    frames = [det.raw(sim.shot(i).frame, rng) for i in range(n)]
+    return frames, sim.geometry, det.calibration.mask.astype(np.uint32), det.calibration
+
+
 def _simulate(args) -> int:
     import numpy as np
 
     from .stream import DEFAULT_PORT, StreamSender, publish_series
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    geometry, mask = None, None
+    geometry, mask, start_kw = None, None, None
+    if args.files and args.jungfrau_raw:
+        raise SystemExit("--jungfrau-raw simulates its own frames: give it without --files")
     if args.files:
         from .background import Geometry
         from .cli import read_frames
@@ -107,6 +130,9 @@ def _simulate(args) -> int:
             print(f"no geometry in {first}: sending a made-up one ({geometry})", file=sys.stderr)
         if args.dtype:
             frames = [f.astype(args.dtype) for f in frames]
+    elif args.jungfrau_raw:
+        frames, geometry, mask, calibration = _jungfrau_raw_frames(args)
+        start_kw = {"jungfrau_calibration": calibration.to_dict(), "detector_description": "JUNGFRAU (simulated, raw)"}
     else:
         from .sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
 
@@ -128,7 +154,7 @@ def _simulate(args) -> int:
         for k in range(args.series):
             r = publish_series(sender, frames, args.frames, rate_hz=args.rate,
                                compression=None if args.compression == "none" else args.compression,
-                               geometry=geometry, pixel_mask=mask)
+                               geometry=geometry, pixel_mask=mask, start_kw=start_kw)
             print(f"series {sender.series_id}: {r['images']} images in {r['seconds']:.2f} s "
                   f"({r['rate_hz']:.1f} Hz, {r['wire_bytes'] / 1e6:.1f} MB)", file=sys.stderr, flush=True)
     return 0
@@ -182,4 +208,7 @@ def add_commands(sub) -> None:
     s.add_argument("--dtype", choices=("uint16", "int32", "uint32"), help="default uint16 (simulated)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--pool", type=int, default=16, help="distinct simulated shots, cycled (0: all distinct)")
+    s.add_argument("--jungfrau-raw", action="store_true",
+                   help="send raw JUNGFRAU words (gain bits + ADC) with the calibration in the start message; "
+                        "redml acquire converts them to photons")
     s.set_defaults(run=_simulate)

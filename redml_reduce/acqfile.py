@@ -56,8 +56,9 @@ class SeriesFile:
 
     def __init__(self, path, shape, dtype, *, geometry=None, pixel_mask=None, nxmx: Optional[dict] = None,
                  filter=None, codec_settings: Optional[dict] = None, attrs: Optional[dict] = None,
-                 start_fields: Optional[dict] = None, peaks: bool = True):
+                 start_fields: Optional[dict] = None, peaks: bool = True, calibration=None):
         self._peaks = peaks
+        self._calibration = calibration  # raw JUNGFRAU series: stored once, to see and redo the conversion
         self._attrs = attrs or {}
         self._start = start_fields or {}
         kw = dict(codec_settings or {}) if filter is None else {"filter": filter}
@@ -66,6 +67,10 @@ class SeriesFile:
         self.path = str(path)
 
     def _setup(self, f: h5py.File) -> None:
+        if self._calibration is not None:
+            from .jungfrau import write_calibration
+
+            write_calibration(f.require_group("entry/instrument/detector"), self._calibration)
         g = f.require_group(TABLE)
         g.attrs["NX_class"] = np.bytes_("NXcollection")
         for k, v in self._attrs.items():

@@ -135,6 +135,7 @@ class _Series:
         self.dtype = _WIDEN.get(start.dtype, start.dtype) if start.dtype is not None else None
         self.bad: Optional[np.ndarray] = None
         self.pixel_mask: Optional[np.ndarray] = None
+        self.calibration = None  # raw JUNGFRAU images: redml_reduce.jungfrau.Calibration
         self.t0 = time.perf_counter()
         self.t_first: Optional[float] = None  # first image's arrival
         self.t_last: Optional[float] = None  # last frame's flush
@@ -219,12 +220,32 @@ class Acquisition:
         log.warning("%s exists: series %d goes to %s", p, start.series_id, alt)
         return alt
 
+    @staticmethod
+    def _raw_jungfrau(series: "_Series", msg: StartMessage) -> None:
+        """Raw JUNGFRAU images: the series converts them to int32 photons with the start
+        message's calibration (raw module layout), which is also stored in the file."""
+        from .jungfrau import Calibration
+
+        c = msg.jungfrau_calibration
+        calib = Calibration(c["pedestal"].decode(), c["gain"].decode(), c["energy_keV"],
+                            c["mask"].decode() if c.get("mask") is not None else None)
+        if series.shape is not None and tuple(series.shape) != tuple(calib.frame_shape):
+            raise StreamError(f"calibration for {calib.frame_shape} raw frames, the images are {series.shape}")
+        series.calibration = calib
+        series.shape, series.dtype = tuple(calib.image_shape()), np.dtype(np.int32)
+
     def _on_start(self, msg: StartMessage) -> None:
         if self._series is not None:
             self._error(f"start of series {msg.series_id} while series {self._series.id} is open "
                         "(its end message never came): closing it")
             self.close_series("a new series started before its end message")
         series = _Series(msg, self._path_for(msg))
+        if msg.jungfrau_calibration is not None:
+            try:
+                self._raw_jungfrau(series, msg)
+            except (StreamError, ValueError) as e:
+                self._error(f"series {msg.series_id}: JUNGFRAU calibration unusable ({e}); its images will be rejected")
+                series.shape, series.dtype = (-1, -1), None  # raw words are never stored as photons
         if msg.pixel_mask is not None:
             try:
                 pm = msg.pixel_mask.decode()
@@ -346,6 +367,14 @@ class Acquisition:
                 res.chunk, res.shape, res.dtype = enc.payload, enc.shape, enc.dtype.newbyteorder("=")
                 return res
             frame = enc.decode()
+            if series.calibration is not None:  # raw JUNGFRAU words -> photons (bad words become markers)
+                from .jungfrau import convert
+
+                if frame.dtype != np.uint16:
+                    raise StreamError(f"raw JUNGFRAU images must be uint16 words, not {frame.dtype}")
+                if frame.shape != tuple(series.calibration.frame_shape):
+                    raise StreamError(f"raw frame of shape {frame.shape}, the calibration {series.calibration.frame_shape}")
+                frame = convert(frame, series.calibration, nthreads=1)[0]
             if frame.dtype in _WIDEN:
                 frame = frame.astype(_WIDEN[frame.dtype])
             if series.shape is not None and frame.shape != series.shape:
@@ -418,7 +447,8 @@ class Acquisition:
             series.file = SeriesFile(series.path, shape, dtype, geometry=st.geometry, pixel_mask=series.pixel_mask,
                                      nxmx=st.nxmx_options() if st.geometry is not None else None, filter=filt,
                                      codec_settings=self._file_codec(),
-                                     attrs=attrs, start_fields=st.fields, peaks=s.peaks and s.spots)
+                                     attrs=attrs, start_fields=st.fields, peaks=s.peaks and s.spots,
+                                     calibration=series.calibration)
         except Exception as e:
             series.file_error = f"{type(e).__name__}: {e}"
             self._error(f"series {series.id}: cannot create {series.path}: {series.file_error}")

@@ -237,6 +237,7 @@ class StartMessage:
     frame_time_s: Optional[float] = None
     fields: dict = field(default_factory=dict, repr=False)  # every field as received
     type: str = "start"
+    jungfrau_calibration: Optional[dict] = None  # energy_keV and EncodedArray pedestal, gain (3-D), mask (2-D)
 
     def nxmx_options(self) -> dict:
         """The detector description for FrameWriter(nxmx=...)."""
@@ -393,6 +394,13 @@ def _start(f: dict) -> StartMessage:
                                 distance_mm=distance_m * 1e3, pixel_size_mm=px * 1e3, wavelength_a=wavelength)
     except (StreamError, ValueError) as e:
         geometry, geometry_error = None, str(e)
+    calib = f.get("jungfrau_calibration")
+    if calib is not None:
+        ok = isinstance(calib, Mapping) and isinstance(calib.get("energy_keV"), (int, float)) and all(
+            isinstance(calib.get(k), EncodedArray) and len(calib[k].shape) == 3 for k in ("pedestal", "gain"))
+        ok = ok and (calib.get("mask") is None or (isinstance(calib["mask"], EncodedArray) and len(calib["mask"].shape) == 2))
+        if not ok:
+            raise StreamError("jungfrau_calibration needs energy_keV, pedestal and gain (3-D arrays), mask (2-D)")
     thickness = _float(f, "sensor_thickness")
     sat = f.get("saturation_value")
     return StartMessage(
@@ -402,7 +410,8 @@ def _start(f: dict) -> StartMessage:
         detector_description=_text(f, "detector_description") or "detector",
         sensor_material=_text(f, "sensor_material"),
         sensor_thickness_mm=thickness * 1e3 if thickness is not None else None,
-        count_time_s=_float(f, "count_time"), frame_time_s=_float(f, "frame_time"), fields=f)
+        count_time_s=_float(f, "count_time"), frame_time_s=_float(f, "frame_time"), fields=f,
+        jungfrau_calibration=dict(calib) if calib is not None else None)
 
 
 def _image(f: dict) -> ImageMessage:
@@ -467,9 +476,12 @@ def encode_start(shape, dtype, geometry: Optional[Geometry] = None, *, series_id
                  channel: str = "threshold_1", detector_description: str = "redml simulated detector",
                  saturation_value: Optional[int] = None, sensor_material: str = "Si",
                  sensor_thickness_mm: float = 0.32, count_time_s: float = 0.001, frame_time_s: float = 0.001,
-                 compression: Optional[str] = None, user_data: Any = None) -> bytes:
+                 compression: Optional[str] = None, user_data: Any = None,
+                 jungfrau_calibration: Optional[dict] = None) -> bytes:
     """A start message (DECTRIS fields; lengths in metres; also Jungfraujoch's
-    detector_distance). pixel_mask: uint32 NXmx bits, nonzero = bad."""
+    detector_distance). pixel_mask: uint32 NXmx bits, nonzero = bad. jungfrau_calibration:
+    redml_reduce.jungfrau.Calibration.to_dict() when the images are raw JUNGFRAU words (sent
+    once per series, as Jungfraujoch does; the receiver converts the images to photons)."""
     h, w = (int(v) for v in shape)
     now = _dt.datetime.now(_dt.timezone.utc)
     f = {"type": "start", "series_id": int(series_id),
@@ -493,6 +505,11 @@ def encode_start(shape, dtype, geometry: Optional[Geometry] = None, *, series_id
     f["pixel_mask_enabled"] = pixel_mask is not None
     if pixel_mask is not None:
         f["pixel_mask"] = {channel: _tagged_array(np.asarray(pixel_mask).astype(np.uint32), compression)}
+    if jungfrau_calibration is not None:
+        c = jungfrau_calibration
+        f["jungfrau_calibration"] = {"energy_keV": float(c["energy_keV"]),
+                                     **{k: _tagged_array(np.asarray(c[k]), compression)
+                                        for k in ("pedestal", "gain", "mask") if c.get(k) is not None}}
     return _dumps(f)
 
 

@@ -422,3 +422,36 @@ def test_cli_simulate_detector_and_acquire(tmp_path):
 def g_close(a, b):
     return all(np.isclose(getattr(a, k), getattr(b, k)) for k in ("beam_x", "beam_y", "distance_mm", "pixel_size_mm",
                                                                    "wavelength_a"))
+
+
+def test_raw_jungfrau_stream_is_converted_and_its_calibration_kept(tmp_path, rng):
+    """Raw JUNGFRAU words with the calibration in the start message: the file holds the
+    photons the core's conversion gives (q=0: byte for byte) and the calibration."""
+    from redml_reduce.jungfrau import convert, read_calibration, simulate_detector
+
+    det = simulate_detector(rng, frame_shape=SHAPE, geometry=None)
+    photons = [poisson_frame(rng, 2.0, SHAPE, "int32", spots=20) for _ in range(4)]
+    raw = [det.raw(p, rng) for p in photons]
+    raw[2][5, 7] = 0xC000  # an overload word
+    out = tmp_path / "raw.nxs"
+    acq = Acquisition(out, AcquireSettings(q=0, workers=2))
+    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+        t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
+        sender.start(SHAPE, "uint16", GEOM, number_of_images=len(raw), jungfrau_calibration=det.calibration.to_dict(),
+                     compression="bslz4")
+        for i, f in enumerate(raw):
+            sender.image(f, i, compression="bslz4")
+        sender.end()
+        t.join(60)
+    acq.close()
+    (summary,) = res["summaries"]
+    assert summary["counts"]["written"] == 4 and summary["counts"]["rejected"] == 0
+    back, _ = stored_frames(out)
+    for r, b in zip(raw, back):
+        expected = convert(r, det.calibration)[0]
+        assert b.dtype == np.int32 and b.tobytes() == expected.tobytes()
+    assert back[2][5, 7] == np.iinfo(np.int32).max  # overload kept as the saturation marker
+    with h5py.File(out, "r", libver="latest", swmr=True) as f:
+        stored = read_calibration(f["entry/instrument/detector/jungfrau_calibration"])
+    np.testing.assert_array_equal(stored.pedestal, det.calibration.pedestal)
+    np.testing.assert_array_equal(stored.gain, det.calibration.gain)
