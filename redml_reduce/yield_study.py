@@ -53,6 +53,10 @@ CODECS = {
     "redml-draw-q2": lambda hp: {"q": 2, "recon": "draw"},
     "redml-draw-q4": lambda hp: {"q": 4, "recon": "draw"},
     "redml-draw-q8": lambda hp: {"q": 8, "recon": "draw"},
+    # draw with a wider ROI margin: spot tails kept exact instead of pulled towards the model
+    "redml-draw-q4-m4": lambda hp: {"q": 4, "recon": "draw", "roi_margin": 4},
+    "redml-draw-q6-m4": lambda hp: {"q": 6, "recon": "draw", "roi_margin": 4},
+    "redml-draw-q8-m6": lambda hp: {"q": 8, "recon": "draw", "roi_margin": 6},
     "redml-mean-q2": lambda hp: {"q": 2, "recon": "mean"},
     "redml-mean-q4": lambda hp: {"q": 4, "recon": "mean"},
     "redml-sparse": lambda hp: {"q": "sparse"},
