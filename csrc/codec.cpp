@@ -214,6 +214,52 @@ StreamSpec spec_for(const ChunkHeader &h, const Section &s) {
 
 // ---------------------------------------------------------------- encoder
 
+// The model the conditional reconstructions decode from: tile means of the background
+// pixels only (ROI pixels left out: spot signal in a tile would raise its mean, and every
+// background pixel decoded from it, so integrated intensities would come out low), and a
+// tile without background pixels (ROI, gaps) takes its neighbours' mean, so interpolation
+// near it does not pull towards 0.
+template <class T>
+BackgroundModel fit_background_model_outside_roi(const T *f, const std::vector<uint8_t> &usable,
+                                                 const std::vector<uint8_t> &exact, uint32_t H, uint32_t W,
+                                                 const redml_params &p, int nt) {
+    const size_t N = (size_t)H * W;
+    std::vector<uint8_t> background(N);
+    for (size_t i = 0; i < N; i++) background[i] = usable[i] && !exact[i];
+    TileGrid g(H, W, p.tile);
+    BackgroundModel m = fit_background(f, background.data(), g, p, nt);
+    std::vector<uint8_t> known(g.count(), 0);
+    for (uint32_t y = 0; y < H; y++)
+        for (uint32_t x = 0; x < W; x++)
+            if (background[(size_t)y * W + x]) known[(size_t)(y / g.tile) * g.cols + x / g.tile] = 1;
+    for (bool changed = true; changed;) {  // grow the known tiles into the empty ones
+        changed = false;
+        std::vector<uint8_t> next = known;
+        for (uint32_t ty = 0; ty < g.rows; ty++)
+            for (uint32_t tx = 0; tx < g.cols; tx++) {
+                size_t t = (size_t)ty * g.cols + tx;
+                if (known[t]) continue;
+                double sum = 0;
+                int n = 0;
+                for (int dy = -1; dy <= 1; dy++)
+                    for (int dx = -1; dx <= 1; dx++) {
+                        int64_t yy = (int64_t)ty + dy, xx = (int64_t)tx + dx;
+                        if (yy < 0 || xx < 0 || yy >= g.rows || xx >= g.cols) continue;
+                        size_t u = (size_t)yy * g.cols + (size_t)xx;
+                        if (known[u]) sum += m.mean[u], n++;
+                    }
+                if (n) {
+                    m.mean[t] = (float)(sum / n);
+                    m.step[t] = (float)redml_step_int_bin(m.mean[t], p.q, p.gain, p.mu_min);
+                    next[t] = 1;
+                    changed = true;
+                }
+            }
+        known.swap(next);
+    }
+    return m;
+}
+
 template <class T>
 void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, const uint8_t *mask_in,
                   const redml_params &p, void **out, size_t *out_size) {
@@ -228,10 +274,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++)
             usable[i] = !(mask_in && mask_in[i]) && !is_special_value(f[i]);
     });
-    // background
-    BackgroundModel model = fit_background(f, usable.data(), TileGrid(H, W, p.tile), p, nt);
-    const std::vector<int64_t> preds = tile_predictions<T>(model);
-    const TileGrid &g = model.grid;
+    const bool conditional = p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW;
+    check(!conditional || !S::is_float, REDML_E_ARG, "the mean and draw reconstructions need integer data");
     // spots
     // Lossless mode is the quantized path with every step 1: keeping spots and special
     // pixels (gaps, saturation) apart from the background still pays (at 0.05 photons/px
@@ -247,13 +291,16 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         find_spots(f, usable.data(), H, W, fp, exact.data(), nt);
         dilate(exact.data(), H, W, p.roi_margin, nt);
     }
+    // background
+    BackgroundModel model = conditional ? fit_background_model_outside_roi(f, usable, exact, H, W, p, nt)
+                                        : fit_background(f, usable.data(), TileGrid(H, W, p.tile), p, nt);
+    const std::vector<int64_t> preds = tile_predictions<T>(model);
+    const TileGrid &g = model.grid;
     // quantize, band by band and tile span by tile span (per-tile constants hoisted)
     size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
     std::vector<std::vector<Word>> values(nbands);
     std::vector<std::vector<std::vector<Word>>> codes(nbands, std::vector<std::vector<Word>>(REDML_PHASES));
     const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
-    const bool conditional = p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW;
-    check(!conditional || !S::is_float, REDML_E_ARG, "the mean and draw reconstructions need integer data");
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         size_t band_px = (size_t)(y1 - y0) * W, nv = 0;
         std::vector<Word> &vals = values[b];
