@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from redml_reduce.sim import Crystal, StillSimulator
 from redml_reduce.yardstick import Dials
-from redml_reduce.yield_study import cached, format_table, series_from_files, series_from_simulator, study
+from redml_reduce.yield_study import cached, render_table, series_from_files, series_from_simulator, study
 
 bench = importlib.import_module("yield")  # benchmarks/yield.py: data sets and cells
 
@@ -53,14 +52,9 @@ def fidelity_table(results: dict, title: str) -> str:
                      f"{r['reflections_matched']}/{r['reflections_uncompressed']}", r["mean_dsig"], r["weak_mean_dsig"],
                      r["sigma_ratio"], f"{r['blank_spots']} ({r['blank_spots_uncompressed']})",
                      r.get("truth_mean_dsig", float("nan"))])
-    cells = [[fmt.format(v) if not (isinstance(v, float) and np.isnan(v)) else "-" for (_, fmt), v in zip(cols, row)]
-             for row in rows]
-    widths = [max(len(n), *(len(c[i]) for c in cells)) for i, (n, _) in enumerate(cols)]
-    lines = [title, "  ".join(n.rjust(w) for (n, _), w in zip(cols, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    lines.append("blank_spots: strong spots on blank frames (uncompressed in brackets); -clip0: decoded counts "
-                 "clipped at 0 before DIALS; dsig/weak: mean (I_dec - I_orig)/sigma_orig, all / I/sigma < 2")
-    return "\n".join(lines)
+    legend = ("blank_spots: strong spots on blank frames (uncompressed in brackets); -clip0: decoded counts "
+              "clipped at 0 before DIALS; dsig/weak: mean (I_dec - I_orig)/sigma_orig, all / I/sigma < 2")
+    return render_table(cols, rows, title) + "\n" + legend
 
 
 def plot(all_results: dict, path) -> None:

@@ -139,10 +139,7 @@ class Dials:
         stamp = self._stamp(path, f"process index={index} integrate={integrate}")
         record = self._finished(work, stamp)
         if record is not None:
-            strong, indexed_images, integrated, spots = self._load(work)
-            flags = np.zeros(len(strong), bool)
-            flags[indexed_images] = True
-            return DialsRun(path, str(work), strong, flags, integrated, spots, record["seconds"], record["commands"])
+            return self._run_from(path, work, record["seconds"], record["commands"])
         self._fresh(work)
         commands, seconds = [], {}
         nproc = f"nproc={self.nproc}"
@@ -159,10 +156,15 @@ class Dials:
         export = [f"strong={work / 'strong.refl'}"]
         if indexed:
             export.append(f"indexed={work / 'indexed.expt'}")
-        strong, indexed_images, integrated, spots = self._export(work, export, commands, seconds)
+        self._export(work, export, commands, seconds)
+        (work / "done.json").write_text(json.dumps({"stamp": stamp, "seconds": seconds, "commands": commands}))
+        return self._run_from(path, work, seconds, commands)
+
+    def _run_from(self, path: str, work: Path, seconds: dict, commands: list) -> DialsRun:
+        """The DialsRun of a finished workdir (its export.npz)."""
+        strong, indexed_images, integrated, spots = self._load(work)
         flags = np.zeros(len(strong), bool)
         flags[indexed_images] = True
-        (work / "done.json").write_text(json.dumps({"stamp": stamp, "seconds": seconds, "commands": commands}))
         return DialsRun(path, str(work), strong, flags, integrated, spots, seconds, commands)
 
     def integrate_like(self, reference: DialsRun, path, workdir) -> np.ndarray:

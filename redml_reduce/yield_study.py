@@ -29,7 +29,7 @@ import numpy as np
 from .background import Geometry
 from .nxmx import pixel_mask_from_gaps
 from .writer import FrameWriter
-from .yardstick import Dials, DialsRun, compare
+from .yardstick import Dials, compare
 
 __all__ = ["Series", "CODECS", "cached", "series_from_files", "series_from_simulator", "write_series", "study",
            "format_table", "plot", "codec_writer_options"]
@@ -349,11 +349,16 @@ def format_table(results: dict, title: str = "") -> str:
                      len(r["gained"]), r["strong_spots"], r["cc_intensity"], r["mean_ratio"], r["mean_dsig"],
                      r["weak_mean_dsig"], f"{r['reflections_matched']}/{r['reflections_uncompressed']}",
                      r["dials_s"], r["dials"]])
-    cells = [[fmt.format(v) if not (isinstance(v, float) and np.isnan(v)) else "-" for (_, fmt), v in zip(COLUMNS, row)]
+    return render_table(COLUMNS, rows, title)
+
+
+def render_table(columns, rows, title: str = "") -> str:
+    """Right-aligned text table: columns are (name, format) pairs; NaN prints as '-'."""
+    cells = [[fmt.format(v) if not (isinstance(v, float) and np.isnan(v)) else "-" for (_, fmt), v in zip(columns, row)]
              for row in rows]
-    widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(COLUMNS)]
+    widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(columns)]
     lines = [title] if title else []
-    lines.append("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
+    lines.append("  ".join(name.rjust(w) for (name, _), w in zip(columns, widths)))
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 
