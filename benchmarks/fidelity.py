@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 
-from redml_reduce.sim import Crystal, StillSimulator
 from redml_reduce.yardstick import Dials
 from redml_reduce.yield_study import cached, render_table, series_from_files, series_from_simulator, study
 
@@ -102,8 +101,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--codecs", nargs="+", default=None)
     p.add_argument("--frames", type=int, default=100, help="simulated shots (full run)")
+    p.add_argument("--datasets", nargs="+", default=None, choices=["thaumatin", "sim-weak"],
+                   help="full run: both (default); --quick: thaumatin")
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--workdir", default=None)
+    p.add_argument("--workdir", default=None, help="keep the files and DIALS runs here (the yield benchmark's "
+                   "--workdir can be shared: same data sets, same codec names)")
+    p.add_argument("--resume", action="store_true", help="with --workdir: reuse files and DIALS runs finished there")
     p.add_argument("--json", default=None)
     p.add_argument("--figure", default=None)
     p.add_argument("--seed", type=int, default=2026)
@@ -115,28 +118,32 @@ def main(argv=None) -> int:
     if not paths:
         print(f"no thaumatin frames in {bench.THAUMATIN}", file=sys.stderr)
         return 2
-    datasets = [("thaumatin", lambda: series_from_files([paths[i - 1] for i in QUICK_FRAMES] if args.quick else paths,
-                                                         name="thaumatin"), Dials(*bench.THAUMATIN_CELL, nproc=args.nproc))]
-    if not args.quick:
-        detector, settings = bench.SIMULATED["sim-weak"]
-        sim = StillSimulator(detector, Crystal(), settings, seed=args.seed)
+    names = args.datasets or (["thaumatin"] if args.quick else ["thaumatin", "sim-weak"])
+    datasets = []
+    if "thaumatin" in names:
+        chosen = [paths[i - 1] for i in QUICK_FRAMES] if args.quick else paths
+        datasets.append(("thaumatin", lambda: series_from_files(chosen, name="thaumatin"),
+                         Dials(*bench.THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume)))
+    if "sim-weak" in names:
+        sim = bench.simulator("sim-weak", args.seed)
         datasets.append(("sim-weak", lambda: series_from_simulator(sim, args.frames, name="sim-weak"),
-                         Dials(*bench.LYSOZYME, nproc=args.nproc)))
+                         Dials(*bench.LYSOZYME, nproc=args.nproc, reuse=args.resume)))
     t0 = time.perf_counter()
     all_results = {}
     for name, make, dials in datasets:
         series = cached(make())
         print(f"{name}: {series.n} frames", flush=True)
-        results = study(series, codecs, dials, work / name, log=lambda m: print(m, flush=True))
+        results = study(series, codecs, dials, work / name, log=lambda m: print(m, flush=True), reuse=args.resume)
         results.pop("_commands")
         all_results[name] = results
         print(fidelity_table(results, f"\n{name} ({series.n} frames)"), flush=True)
-    first = all_results["thaumatin"]
+    first = next(iter(all_results.values()))
     out = {c: {k: (len(v) if isinstance(v, list) else v) for k, v in r.items() if k in KEYS}
            for c, r in first.items() if not c.startswith("_")}
     out["datasets"] = all_results
     out["seconds"] = time.perf_counter() - t0
-    out["note"] = "lossy peers (-clip0) decoded counts clipped at 0 before DIALS; top level: the thaumatin stills"
+    out["note"] = ("lossy peers (-clip0): decoded counts clipped at 0 before DIALS; top level: "
+                   f"{next(iter(all_results))}")
     figure = args.figure or (str(Path(args.json).with_suffix(".png")) if args.json else "fidelity.png")
     try:
         plot(all_results, figure)
