@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .features import prepare
 from .models import build
 
-__all__ = ["load", "Predictor", "WEIGHTS_DIR", "MODEL_FILES", "DEFAULT_MODEL", "inputs_for", "peaks_from_map"]
+__all__ = ["load", "Predictor", "WEIGHTS_DIR", "MODEL_FILES", "DEFAULT_MODEL", "inputs_for", "peaks_from_map", "maps_of"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_FILES = {"logistic": "logistic-v1.pt", "cnn": "cnn-v1.pt", "ensemble": "ensemble-v1.pt", "unet": "unet-v1.pt"}
@@ -46,11 +46,16 @@ def inputs_for(frame, mask=None, geometry=None) -> np.ndarray:
     return np.stack([excess, background, inv_d])
 
 
-def peaks_from_map(prob: torch.Tensor, threshold: float, size: int = 5) -> np.ndarray:
-    """Local maxima (size x size) of a (H, W) probability map at or above threshold: (n, 2)
-    x, y of the 3x3 probability-weighted centroid around each (pixel centres at +0.5)."""
+def peaks_from_map(prob: torch.Tensor, threshold: float, score: torch.Tensor | None = None,
+                   size: int = 5) -> np.ndarray:
+    """Spots of a (H, W) probability map: pixels at or above threshold that are the maximum
+    of `score` (default: prob; the logits avoid ties where sigmoid saturates) over size x size
+    and above the mean of their 3 x 3 neighbourhood (no peaks on flat plateaus). Returns
+    (n, 2) x, y of the 3x3 probability-weighted centroid around each (pixel centres at +0.5)."""
+    s = (prob if score is None else score)[None, None]
     p = prob[None, None]
-    is_max = (p == F.max_pool2d(p, size, stride=1, padding=size // 2)) & (p >= threshold)
+    is_max = (s == F.max_pool2d(s, size, stride=1, padding=size // 2)) & (p >= threshold)
+    is_max &= s > F.avg_pool2d(s, 3, stride=1, padding=1, count_include_pad=False) + 1e-6
     iy, ix = torch.nonzero(is_max[0, 0], as_tuple=True)
     if len(iy) == 0:
         return np.zeros((0, 2))
@@ -62,6 +67,14 @@ def peaks_from_map(prob: torch.Tensor, threshold: float, size: int = 5) -> np.nd
     cx = (win.sum(dim=1) * offs).sum(1) / tot
     xy = torch.stack([ix + 0.5 + cx, iy + 0.5 + cy], 1)
     return xy.cpu().numpy().astype(np.float64)
+
+
+def maps_of(logits: torch.Tensor):
+    """(mean probability, spread, mean logit) of (members, H, W) logits."""
+    p = torch.sigmoid(logits)
+    if len(p) == 1:
+        return p[0], torch.zeros_like(p[0]), logits[0]
+    return p.mean(0), p.std(0), logits.mean(0)
 
 
 class Predictor:
@@ -105,27 +118,29 @@ class Predictor:
     def _input(self, frame, mask, geometry) -> torch.Tensor:
         return torch.from_numpy(inputs_for(frame, mask, geometry)).to(self.device)
 
+    def maps(self, frame, mask=None, geometry=None, tile=None):
+        """(mean probability, spread, mean logit) torch maps on the model's device; the
+        spread (standard deviation over the members) is 0 for one model."""
+        logits = self._logits(self._input(frame, mask, geometry), tile)
+        return maps_of(logits)
+
     def probability_t(self, frame, mask=None, geometry=None, tile=None):
-        """(mean, spread) torch maps on the model's device; spread is 0 for one model."""
-        p = torch.sigmoid(self._logits(self._input(frame, mask, geometry), tile))
-        if len(p) == 1:
-            return p[0], torch.zeros_like(p[0])
-        return p.mean(0), p.std(0)
+        return self.maps(frame, mask, geometry, tile)[:2]
 
     def probability(self, frame, mask=None, geometry=None, tile=None):
         mean, spread = self.probability_t(frame, mask, geometry, tile)
         return mean.cpu().numpy(), spread.cpu().numpy()
 
     def spots(self, frame, mask=None, geometry=None, threshold=None, maps=None) -> np.ndarray:
-        mean, _ = maps if maps is not None else self.probability_t(frame, mask, geometry)
-        return peaks_from_map(mean, self.threshold if threshold is None else threshold)
+        mean, _, logit = maps if maps is not None else self.maps(frame, mask, geometry)
+        return peaks_from_map(mean, self.threshold if threshold is None else threshold, logit)
 
     def roi(self, frame, mask=None, geometry=None, margin: int = 2, maps=None) -> np.ndarray:
         """Pixels whose upper bound (mean + 2 spread; the mean for one model) reaches the
         ROI threshold, dilated by margin (the encoder's ROI map)."""
         from ..spots import roi_mask
 
-        mean, spread = maps if maps is not None else self.probability_t(frame, mask, geometry)
+        mean, spread = (maps if maps is not None else self.maps(frame, mask, geometry))[:2]
         keep = ((mean + UPPER_K * spread) >= self.roi_threshold).cpu().numpy()
         return roi_mask(keep, margin)
 
@@ -138,7 +153,7 @@ class Predictor:
             raise ValueError("frame outputs come from the global model (load('unet'))")
         x = self._input(frame, mask, geometry)
         logits, hit = self.members[0](x[None], with_hit=True)
-        xy = peaks_from_map(torch.sigmoid(logits[0, 0]), self.threshold)
+        xy = peaks_from_map(torch.sigmoid(logits[0, 0]), self.threshold, logits[0, 0])
         res = float("nan")
         if geometry is not None and len(xy) >= 5:
             d = geometry.resolution_at(xy[:, 0], xy[:, 1])

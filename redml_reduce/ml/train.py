@@ -24,7 +24,7 @@ import torch
 
 from ..metrics import score_spots
 from .data import ARTEFACT, IGNORE, KINDS, LATTICE, make_sets
-from .infer import MODEL_FILES, WEIGHTS_DIR, Predictor, inputs_for, peaks_from_map
+from .infer import MODEL_FILES, WEIGHTS_DIR, Predictor, inputs_for, maps_of, peaks_from_map
 from .losses import loss_fn
 from .models import build, n_parameters
 
@@ -106,13 +106,9 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 def score_at(pred: Predictor, data: Prepared, thresholds=THRESHOLDS) -> dict:
     """{threshold: SpotScore} of the predictor's spots against the detectable reflections."""
-    maps = []
-    for inp in data.inputs:
-        with torch.inference_mode():
-            p = torch.sigmoid(pred._logits(torch.from_numpy(inp).to(pred.device), None))
-        maps.append(p.mean(0))
+    maps = [maps_of(pred._logits(torch.from_numpy(inp).to(pred.device), None)) for inp in data.inputs]
     truth = [s.truth for s in data.samples]
-    return {t: score_spots([peaks_from_map(m, t) for m in maps], truth) for t in thresholds}
+    return {t: score_spots([peaks_from_map(m[0], t, m[2]) for m in maps], truth) for t in thresholds}
 
 
 def make_blob(name, recipe, models, threshold) -> dict:
@@ -121,7 +117,7 @@ def make_blob(name, recipe, models, threshold) -> dict:
             "recipe": {"loss": recipe["loss"], "steps": recipe["steps"], "seeds": recipe["seeds"],
                        "crop": recipe.get("crop", 64), "batch": recipe.get("batch", 16), "train_seed": TRAIN_SEED,
                        "val_seed": VAL_SEED, "train_frames_per_kind": TRAIN_FRAMES, "val_frames_per_kind": VAL_FRAMES,
-                       "kinds": list(KINDS), "torch": torch.__version__}}
+                       "kinds": list(KINDS), "torch": str(torch.__version__)}}
 
 
 def fit(name, recipe, train, val, log=print, members=None):
