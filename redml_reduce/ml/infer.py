@@ -36,13 +36,19 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def inputs_for(frame, mask=None, geometry=None) -> np.ndarray:
-    """The (3, H, W) float32 model input of one frame (see redml_reduce.ml.models)."""
+@lru_cache(maxsize=4)
+def _inverse_resolution(geometry, shape) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return (1.0 / geometry.resolution_map(shape)).astype(np.float32)
+
+
+def inputs_for(frame, mask=None, geometry=None, resolution: bool = True) -> np.ndarray:
+    """The (3, H, W) float32 model input of one frame (see redml_reduce.ml.models);
+    resolution=False leaves channel 2 (1/d, only the U-Net reads it) zero."""
     excess, background = prepare(frame, mask, geometry)
     inv_d = np.zeros_like(excess)
-    if geometry is not None:
-        with np.errstate(divide="ignore"):
-            inv_d = (1.0 / geometry.resolution_map(excess.shape)).astype(np.float32)
+    if geometry is not None and resolution:
+        inv_d = _inverse_resolution(geometry, excess.shape)
     return np.stack([excess, background, inv_d])
 
 
@@ -116,7 +122,7 @@ class Predictor:
         return out
 
     def _input(self, frame, mask, geometry) -> torch.Tensor:
-        return torch.from_numpy(inputs_for(frame, mask, geometry)).to(self.device)
+        return torch.from_numpy(inputs_for(frame, mask, geometry, resolution=self.is_unet)).to(self.device)
 
     def maps(self, frame, mask=None, geometry=None, tile=None):
         """(mean probability, spread, mean logit) torch maps on the model's device; the

@@ -11,6 +11,8 @@ Transforms (the first layer, no weights):
   log    log(1 + x) - log(1 + b)
   gfr    Gaussian-filter ratio: (G * excess) / sqrt(G^2 * b), G a unit Gaussian (sigma 1 px,
          7 x 7): the matched-filter SNR of a spot centred on the pixel
+  gfr+sqrt  both, as two channels (the filtered SNR finds faint spots, the per-pixel one
+         shows their shape: a hot pixel or zinger is one pixel wide, a reflection is not)
 Local models see a patch x patch window (9 or 21): LocalLogistic is one patch-sized
 convolution (logistic regression on the transformed patch); LocalCNN stacks dilated 3x3
 convolutions whose receptive field is exactly the patch. Both are fully convolutional:
@@ -24,9 +26,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .artefacts import ICE_RINGS_A  # hexagonal ice's strongest rings
+
 __all__ = ["Transform", "LocalLogistic", "LocalCNN", "UNet", "TRANSFORMS", "build"]
 
-TRANSFORMS = ("raw", "sqrt", "log", "gfr")
+TRANSFORMS = ("raw", "sqrt", "log", "gfr", "gfr+sqrt")
+
 _CLAMP = 50.0
 
 
@@ -44,26 +49,40 @@ class Transform(nn.Module):
         self.name = name
         g = _gaussian()
         self.register_buffer("g", g, persistent=False)
-        self.halo = len(g) // 2 if name == "gfr" else 0
+        self.halo = len(g) // 2 if name.startswith("gfr") else 0
+        self.channels = 2 if name == "gfr+sqrt" else 1
 
-    def _sep(self, x, g):
-        k = len(g)
-        x = F.conv2d(x, g.view(1, 1, 1, k), padding=(0, k // 2))
-        return F.conv2d(x, g.view(1, 1, k, 1), padding=(k // 2, 0))
+    @staticmethod
+    def _sep(x, g):
+        """Separable filtering with zero padding, as shifted sums (much faster than a
+        one-channel conv2d on CPU)."""
+        k, r = len(g), len(g) // 2
+        h, w = x.shape[-2:]
+        p = F.pad(x, (r, r, 0, 0))
+        x = sum(g[i] * p[..., :, i:i + w] for i in range(k))
+        p = F.pad(x, (0, 0, r, r))
+        return sum(g[i] * p[..., i:i + h, :] for i in range(k))
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         e, b = inp[:, 0:1], inp[:, 1:2]
         if self.name == "raw":
             t = e / 10
         elif self.name == "sqrt":
-            t = 2 * (torch.sqrt(torch.clamp(e + b, min=0) + 0.375) - torch.sqrt(b + 0.375))
+            t = self._anscombe(e, b)
         elif self.name == "log":
             t = torch.log1p(torch.clamp(e + b, min=0)) - torch.log1p(b)
+        elif self.name == "gfr":
+            t = self._gfr(e, b)
         else:
-            num = self._sep(e, self.g)
-            var = self._sep(torch.clamp(b, min=0.1), self.g * self.g)
-            t = num / torch.sqrt(var)
+            t = torch.cat([self._gfr(e, b), self._anscombe(e, b)], 1)
         return torch.clamp(t, -_CLAMP, _CLAMP)
+
+    @staticmethod
+    def _anscombe(e, b):
+        return 2 * (torch.sqrt(torch.clamp(e + b, min=0) + 0.375) - torch.sqrt(b + 0.375))
+
+    def _gfr(self, e, b):
+        return self._sep(e, self.g) / torch.sqrt(self._sep(torch.clamp(b, min=0.1), self.g * self.g))
 
 
 class LocalLogistic(nn.Module):
@@ -72,7 +91,7 @@ class LocalLogistic(nn.Module):
     def __init__(self, transform: str = "gfr", patch: int = 9):
         super().__init__()
         self.transform = Transform(transform)
-        self.conv = nn.Conv2d(1, 1, patch, padding=patch // 2)
+        self.conv = nn.Conv2d(self.transform.channels, 1, patch, padding=patch // 2)
         self.halo = self.transform.halo + patch // 2
 
     def forward(self, inp):
@@ -80,7 +99,8 @@ class LocalLogistic(nn.Module):
 
 
 class LocalCNN(nn.Module):
-    """Dilated 3x3 convolutions (receptive field = patch) and a 1x1 read-out."""
+    """Dilated 3x3 convolutions (receptive field = patch; leaky ReLUs, so no unit dies in
+    training) and a 1x1 read-out."""
 
     DILATIONS = {9: (1, 1, 2), 21: (1, 2, 3, 4)}
 
@@ -89,9 +109,9 @@ class LocalCNN(nn.Module):
         if patch not in self.DILATIONS:
             raise ValueError(f"patch must be one of {sorted(self.DILATIONS)}")
         self.transform = Transform(transform)
-        layers, c = [], 1
+        layers, c = [], self.transform.channels
         for d in self.DILATIONS[patch]:
-            layers += [nn.Conv2d(c, width, 3, padding=d, dilation=d), nn.ReLU()]
+            layers += [nn.Conv2d(c, width, 3, padding=d, dilation=d), nn.LeakyReLU(0.05)]
             c = width
         layers.append(nn.Conv2d(c, 1, 1))
         self.net = nn.Sequential(*layers)
@@ -102,7 +122,7 @@ class LocalCNN(nn.Module):
 
 
 def _block(cin, cout, dilation=1):
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.LeakyReLU(0.05))
 
 
 class UNet(nn.Module):
@@ -115,7 +135,7 @@ class UNet(nn.Module):
         super().__init__()
         w = width
         self.transform = Transform(transform)
-        self.stem = _block(2, w)
+        self.stem = _block(self.transform.channels + 2, w)
         self.down1 = _block(w, 2 * w)
         self.down2 = _block(2 * w, 4 * w)
         self.bottom = nn.Sequential(_block(4 * w, 4 * w), _block(4 * w, 4 * w, 2), _block(4 * w, 4 * w, 4))
@@ -128,7 +148,9 @@ class UNet(nn.Module):
     def forward(self, inp, with_hit: bool = False):
         h, w = inp.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
-        x = torch.cat([self.transform(inp), inp[:, 2:3] * 4], dim=1)
+        inv_d = inp[:, 2:3]
+        ice = sum(torch.exp(-0.5 * ((inv_d - 1 / d) / 0.002) ** 2) for d in ICE_RINGS_A) * (inv_d > 0)
+        x = torch.cat([self.transform(inp), inv_d * 4, ice], dim=1)
         x = F.pad(x, (0, pw, 0, ph))
         s0 = self.stem(x)
         s1 = self.down1(F.max_pool2d(s0, 2))

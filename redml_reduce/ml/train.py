@@ -8,7 +8,7 @@ Data (redml_reduce.ml.data, regenerated from the seeds, nothing downloaded): TRA
 frames of each kind (strong, weak, artefact, mixed) with seed TRAIN_SEED to train on,
 VAL_FRAMES of each with VAL_SEED to choose the spot threshold (the one of best F1 against
 the simulator's detectable reflections). Training: random crops, half of them centred on a
-lattice or artefact pixel; Adam; planted artefacts weigh 3 in the loss, faint reflections
+lattice or artefact pixel; Adam (lr 0.005, cosine decay, gradients clipped at norm 1); planted artefacts weigh 3 in the loss, faint reflections
 (SNR < 1) are ignored. Deterministic for a given torch build and thread count.
 """
 from __future__ import annotations
@@ -34,11 +34,12 @@ VERSION = 1
 
 RECIPES = {
     "logistic": dict(specs=[{"arch": "logistic", "transform": "gfr", "patch": 9}], loss="wbce", steps=300, seeds=[0]),
-    "cnn": dict(specs=[{"arch": "cnn", "transform": "gfr", "patch": 9, "width": 4}], loss="wbce", steps=500, seeds=[0]),
-    "ensemble": dict(specs=[{"arch": "cnn", "transform": "gfr", "patch": 9, "width": 4}] * 5, loss="wbce", steps=500,
-                     seeds=[0, 1, 2, 3, 4]),
-    "unet": dict(specs=[{"arch": "unet", "transform": "gfr", "width": 4}], loss="wbce", steps=400, seeds=[0], crop=128,
-                 batch=6),
+    "cnn": dict(specs=[{"arch": "cnn", "transform": "gfr+sqrt", "patch": 9, "width": 4}], loss="wbce", steps=600,
+                seeds=[0]),
+    "ensemble": dict(specs=[{"arch": "cnn", "transform": "gfr+sqrt", "patch": 9, "width": 4}] * 5, loss="wbce",
+                     steps=600, seeds=[0, 1, 2, 3, 4]),
+    "unet": dict(specs=[{"arch": "unet", "transform": "gfr+sqrt", "width": 4}], loss="wbce", steps=800, seeds=[0],
+                 crop=128, batch=6),
 }
 
 
@@ -77,7 +78,7 @@ def batch(rng: np.random.Generator, data: Prepared, n: int, size: int):
 
 
 def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop: int = 64, batch_size: int = 16,
-              lr: float = 0.01, log=None):
+              lr: float = 0.005, log=None):
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 0x7A1])
     model = build(spec)
@@ -94,6 +95,7 @@ def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop
             value = fn(model(x), t, w)
         opt.zero_grad()
         value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         if log and (step + 1) % 100 == 0:
