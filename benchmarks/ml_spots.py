@@ -134,7 +134,7 @@ def yield_scores(n_frames, codecs, workdir, log):
 
 
 def table(rows, columns, title):
-    return render_table(columns, rows, title)
+    return render_table([(c, "{}") for c in columns], rows, title)
 
 
 def main(argv=None) -> int:
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
                         "\nagainst DIALS on thaumatin (Pilatus 6M)"), flush=True)
 
     log("3. inference time")
-    ms, shape = timing(3 if args.quick else 5, log)
+    ms, shape = timing(2 if args.quick else 5, log)
     out["ms_per_frame"], out["timing_shape"] = ms, shape
     print(table([[m, f"{v:.0f}", f"{v / ms['classical']:.1f}x"] for m, v in ms.items()],
                 ["method", "ms/frame", "vs classical"], f"\nms per {shape[0]}x{shape[1]} frame, one thread"), flush=True)

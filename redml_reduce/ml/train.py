@@ -8,7 +8,8 @@ Data (redml_reduce.ml.data, regenerated from the seeds, nothing downloaded): TRA
 frames of each kind (strong, weak, artefact, mixed) with seed TRAIN_SEED to train on,
 VAL_FRAMES of each with VAL_SEED to choose the spot threshold (the one of best F1 against
 the simulator's detectable reflections). Training: random crops, half of them centred on a
-lattice or artefact pixel; Adam (lr 0.005, cosine decay, gradients clipped at norm 1); planted artefacts weigh 3 in the loss, faint reflections
+lattice or artefact pixel; Adam (lr 0.005, cosine decay, gradients clipped at norm 1); planted artefacts weigh 3 in the
+loss (recipe key artefact_weight), faint reflections
 (SNR < 1) are ignored. Deterministic for a given torch build and thread count.
 """
 from __future__ import annotations
@@ -50,12 +51,10 @@ class Prepared:
         self.samples = samples
         self.inputs = [inputs_for(s.frame, s.mask, s.geometry) for s in samples]
         self.labels = [s.label for s in samples]
-        self.weights = [np.where(s.label == IGNORE, 0.0, np.where(s.label == ARTEFACT, 3.0, 1.0)).astype(np.float32)
-                        for s in samples]
         self.hot = [np.argwhere((s.label == LATTICE) | (s.label == ARTEFACT)) for s in samples]
 
 
-def batch(rng: np.random.Generator, data: Prepared, n: int, size: int):
+def batch(rng: np.random.Generator, data: Prepared, n: int, size: int, artefact_weight: float = 3.0):
     xs, ts, ws, hits = [], [], [], []
     for _ in range(n):
         k = int(rng.integers(len(data.inputs)))
@@ -71,14 +70,15 @@ def batch(rng: np.random.Generator, data: Prepared, n: int, size: int):
         xs.append(inp[:, y0:y0 + size, x0:x0 + size])
         t = lab[sl] == LATTICE
         ts.append(t)
-        ws.append(data.weights[k][sl])
+        crop = lab[sl]
+        ws.append(np.where(crop == IGNORE, 0.0, np.where(crop == ARTEFACT, artefact_weight, 1.0)))
         hits.append(t.sum() >= 20)
     f = lambda a: torch.from_numpy(np.stack(a).astype(np.float32))  # noqa: E731
     return f(xs), f(ts)[:, None], f(ws)[:, None], f(hits)
 
 
 def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop: int = 64, batch_size: int = 16,
-              lr: float = 0.005, log=None):
+              lr: float = 0.005, log=None, artefact_weight: float = 3.0):
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 0x7A1])
     model = build(spec)
@@ -87,7 +87,7 @@ def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop
     fn = loss_fn(loss)
     unet = spec["arch"] == "unet"
     for step in range(steps):
-        x, t, w, hit = batch(rng, data, batch_size, crop)
+        x, t, w, hit = batch(rng, data, batch_size, crop, artefact_weight)
         if unet:
             logits, hit_logit = model(x, with_hit=True)
             value = fn(logits, t, w) + 0.2 * torch.nn.functional.binary_cross_entropy_with_logits(hit_logit, hit)
@@ -117,7 +117,8 @@ def make_blob(name, recipe, models, threshold) -> dict:
     return {"version": VERSION, "name": name, "specs": recipe["specs"], "states": [m.state_dict() for m in models],
             "threshold": float(threshold), "roi_threshold": float(threshold),
             "recipe": {"loss": recipe["loss"], "steps": recipe["steps"], "seeds": recipe["seeds"],
-                       "crop": recipe.get("crop", 64), "batch": recipe.get("batch", 16), "train_seed": TRAIN_SEED,
+                       "crop": recipe.get("crop", 64), "batch": recipe.get("batch", 16),
+                       "artefact_weight": recipe.get("artefact_weight", 3.0), "train_seed": TRAIN_SEED,
                        "val_seed": VAL_SEED, "train_frames_per_kind": TRAIN_FRAMES, "val_frames_per_kind": VAL_FRAMES,
                        "kinds": list(KINDS), "torch": str(torch.__version__)}}
 
@@ -125,7 +126,8 @@ def make_blob(name, recipe, models, threshold) -> dict:
 def fit(name, recipe, train, val, log=print, members=None):
     t0 = time.perf_counter()
     models = members or [train_one(spec, recipe["loss"], recipe["steps"], seed, train, recipe.get("crop", 64),
-                                   recipe.get("batch", 16), log=log)
+                                   recipe.get("batch", 16), log=log,
+                                   artefact_weight=recipe.get("artefact_weight", 3.0))
                          for spec, seed in zip(recipe["specs"], recipe["seeds"])]
     blob = make_blob(name, recipe, models, 0.5)
     scores = score_at(Predictor(blob, "cpu"), val)
