@@ -151,10 +151,13 @@ class Predictor:
         return roi_mask(keep, margin)
 
     @torch.inference_mode()
-    def frame_outputs(self, frame, mask=None, geometry=None) -> dict:
+    def frame_outputs(self, frame, mask=None, geometry=None, min_spots: int = 10) -> dict:
         """U-Net only: hit probability, the lattice spots found and the resolution limit
         (Angstrom; the 95th percentile of 1/d over the spots, nan below 5 spots or
-        without a geometry)."""
+        without a geometry). hit_probability = sigmoid((spots - min_spots) / 2): the usual
+        hit rule on the global model's lattice spots (artefacts left out). hit_head: the
+        U-Net's own hit head (trained on 128 px crops; over-confident on whole artefact-only
+        frames, see docs/ml.md)."""
         if not self.is_unet:
             raise ValueError("frame outputs come from the global model (load('unet'))")
         x = self._input(frame, mask, geometry)
@@ -164,7 +167,9 @@ class Predictor:
         if geometry is not None and len(xy) >= 5:
             d = geometry.resolution_at(xy[:, 0], xy[:, 1])
             res = float(1.0 / np.percentile(1.0 / d, 95))
-        return {"hit_probability": float(torch.sigmoid(hit[0])), "spots": len(xy), "resolution_a": res}
+        hit_probability = 1.0 / (1.0 + np.exp(-(len(xy) - min_spots) / 2.0))
+        return {"hit_probability": float(hit_probability), "hit_head": float(torch.sigmoid(hit[0])), "spots": len(xy),
+                "resolution_a": res}
 
 
 @lru_cache(maxsize=8)
