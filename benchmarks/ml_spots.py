@@ -142,8 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--frames", type=int, default=None, help="test frames per kind (default 12; quick 4)")
     ap.add_argument("--dials-frames", type=int, default=None, help="thaumatin frames scored (default 19; quick 4)")
-    ap.add_argument("--yield-frames", type=int, default=None, help="frames of the yield set (default 20; quick 8)")
+    ap.add_argument("--yield-frames", type=int, default=None, help="frames of the yield set (default 20; quick 6)")
     ap.add_argument("--no-yield", action="store_true", help="skip the DIALS yield study")
+    ap.add_argument("--codecs", nargs="+", help="yield study codecs (redml_reduce.yield_study.CODECS names)")
     ap.add_argument("--no-dials", action="store_true", help="skip the scores against DIALS labels")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("REDML_CACHE", Path.home() / ".cache/redml_reduce"))
                     / "ml_dials_thaumatin", help="DIALS labels of the thaumatin frames are kept here")
@@ -152,9 +153,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n = args.frames or (4 if args.quick else 12)
     n_dials = args.dials_frames or (4 if args.quick else 19)
-    n_yield = args.yield_frames or (8 if args.quick else 20)
-    codecs = (["uncompressed", "redml-q2", "redml-q2-ml", "redml-q2-union", "redml-sparse", "redml-sparse-ml",
-               "redml-sparse-union"] if args.quick else
+    n_yield = args.yield_frames or (6 if args.quick else 20)
+    codecs = args.codecs or (["uncompressed", "redml-q2", "redml-q2-ml", "redml-sparse", "redml-sparse-ml"] if args.quick else
               ["uncompressed"] + [f"redml-{q}{s}" for q in ("q2", "sparse")
                                   for s in ("", "-logistic", "-ml", "-ensemble", "-unet", "-union")])
     log = lambda m: print(m, flush=True)  # noqa: E731
