@@ -13,7 +13,9 @@
    torch.set_num_threads(1); median of repeats; ML times include the background model).
 4. Each mask fed to the encoder (q=2 and sparse) through FrameWriter(roi=...), then the
    DIALS yield study (redml_reduce.yield_study): ratio and frames indexed relative to the
-   uncompressed file, on a weak simulated JUNGFRAU 1M set.
+   uncompressed file, on a weak simulated JUNGFRAU 1M set; and (--artefact-yield, default
+   without --quick) strong hits with planted artefacts at sparse with the classical, CNN
+   and U-Net masks.
 """
 from __future__ import annotations
 
@@ -133,6 +135,34 @@ def yield_scores(n_frames, codecs, workdir, log):
     return res
 
 
+def artefact_series(n_frames):
+    """Strong lysozyme hits with planted artefacts (redml_reduce.ml.data kind "mixed", one
+    JUNGFRAU module, test seed) as a yield-study series."""
+    from redml_reduce.ml.data import sample, simulator
+    from redml_reduce.nxmx import pixel_mask_from_gaps
+    from redml_reduce.yield_study import Series
+
+    sim = simulator("mixed", TEST_SEED)
+    frames = [sample(sim, "mixed", i, TEST_SEED).frame for i in range(n_frames)]
+    return Series("ml-artefacts", n_frames, frames[0].shape, frames[0].dtype, sim.geometry, lambda: iter(frames),
+                  pixel_mask_from_gaps(sim.mask), sim.nxmx_options())
+
+
+def yield_rows(y):
+    out = {c: {k: y[c].get(k) for k in ("ratio", "indexed", "indexed_uncompressed", "indexed_both", "lost", "gained",
+                                        "cc_intensity", "dials")} for c in y}
+    for r in out.values():
+        r["lost"], r["gained"] = len(r["lost"] or []), len(r["gained"] or [])
+        r["yield"] = r["indexed_both"] / r["indexed_uncompressed"] if r["indexed_uncompressed"] else float("nan")
+    return out
+
+
+def yield_table(rows, title):
+    return table([[c, f"{r['ratio']:.2f}", f"{r['indexed']}/{r['indexed_uncompressed']}", f"{r['yield']:.3f}",
+                   str(r["lost"]), str(r["gained"]), f"{r['cc_intensity']:.4f}"] for c, r in rows.items()],
+                 ["codec", "ratio", "indexed", "yield", "lost", "gained", "CC"], title)
+
+
 def table(rows, columns, title):
     return render_table([(c, "{}") for c in columns], rows, title)
 
@@ -145,6 +175,9 @@ def main(argv=None) -> int:
     ap.add_argument("--yield-frames", type=int, default=None, help="frames of the yield set (default 20; quick 6)")
     ap.add_argument("--no-yield", action="store_true", help="skip the DIALS yield study")
     ap.add_argument("--codecs", nargs="+", help="yield study codecs (redml_reduce.yield_study.CODECS names)")
+    ap.add_argument("--artefact-yield", action=argparse.BooleanOptionalAction, default=None,
+                    help="also hits with planted artefacts at sparse: classical, cnn and U-Net masks (default: on; "
+                         "off with --quick)")
     ap.add_argument("--no-dials", action="store_true", help="skip the scores against DIALS labels")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("REDML_CACHE", Path.home() / ".cache/redml_reduce"))
                     / "ml_dials_thaumatin", help="DIALS labels of the thaumatin frames are kept here")
@@ -154,6 +187,8 @@ def main(argv=None) -> int:
     n = args.frames or (4 if args.quick else 12)
     n_dials = args.dials_frames or (4 if args.quick else 19)
     n_yield = args.yield_frames or (6 if args.quick else 20)
+    if args.artefact_yield is None:
+        args.artefact_yield = not args.quick
     codecs = args.codecs or (["uncompressed", "redml-q2", "redml-q2-ml", "redml-sparse", "redml-sparse-ml"] if args.quick else
               ["uncompressed"] + [f"redml-{q}{s}" for q in ("q2", "sparse")
                                   for s in ("", "-logistic", "-ml", "-ensemble", "-unet", "-union")])
@@ -194,17 +229,16 @@ def main(argv=None) -> int:
         if work is None:
             tmp = tempfile.TemporaryDirectory(prefix="redml-ml-yield-")
             work = Path(tmp.name)
-        y = yield_scores(n_yield, codecs, work, log)
-        out["yield"] = {c: {k: y[c].get(k) for k in ("ratio", "indexed", "indexed_uncompressed", "indexed_both",
-                                                      "lost", "gained", "cc_intensity", "dials")} for c in y}
-        for c in out["yield"]:
-            r = out["yield"][c]
-            r["lost"], r["gained"] = len(r["lost"] or []), len(r["gained"] or [])
-            r["yield"] = r["indexed_both"] / r["indexed_uncompressed"] if r["indexed_uncompressed"] else float("nan")
-        rows = [[c, f"{r['ratio']:.2f}", f"{r['indexed']}/{r['indexed_uncompressed']}", f"{r['yield']:.3f}",
-                 str(r["lost"]), str(r["gained"]), f"{r['cc_intensity']:.4f}"] for c, r in out["yield"].items()]
-        print(table(rows, ["codec", "ratio", "indexed", "yield", "lost", "gained", "CC"],
-                    f"\nratio and DIALS yield, weak JUNGFRAU 1M set ({n_yield} frames)"), flush=True)
+        out["yield"] = yield_rows(yield_scores(n_yield, codecs, work, log))
+        print(yield_table(out["yield"], f"\nratio and DIALS yield, weak JUNGFRAU 1M set ({n_yield} frames)"), flush=True)
+        if args.artefact_yield:
+            series = artefact_series(n_yield)
+            y = study(series, ["uncompressed", "redml-sparse", "redml-sparse-ml", "redml-sparse-unet"],
+                      Dials(*LYSOZYME, nproc=2, reuse=True), work / "artefacts", log=log, reuse=True)
+            y.pop("_commands", None)
+            out["yield_artefacts"] = yield_rows(y)
+            print(yield_table(out["yield_artefacts"], f"\nratio and DIALS yield, hits with planted artefacts "
+                                                      f"({n_yield} frames, one JUNGFRAU module)"), flush=True)
         if tmp is not None:
             tmp.cleanup()
 
