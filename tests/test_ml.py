@@ -168,3 +168,20 @@ def test_ml_roi_without_torch_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r"redml_reduce\[ml\]"):
         rr.encode(frame, 1, roi="ml")
     rr.encode(frame, 1, roi="classical")  # the classical path needs no torch
+
+
+def test_hit_model_drives_the_indicators(test_frames):
+    from redml_reduce.acquire import AcquireSettings
+    from redml_reduce.indicators import analyse
+
+    blank = make_set("artefact", 1, TEST_SEED)[0]
+    classical, _, _ = analyse(blank.frame, bad=blank.mask, geometry=blank.geometry)
+    learned, _, _ = analyse(blank.frame, bad=blank.mask, geometry=blank.geometry, hit_model="unet")
+    assert classical.hit and classical.n_spots >= 10  # planted artefacts pass the spot-count rule
+    assert learned.hit is False and learned.hit_probability < 0.5
+    hit = test_frames[0]
+    st, _, _ = analyse(hit.frame, bad=hit.mask, geometry=hit.geometry, hit_model="unet")
+    assert st.hit is True and st.hit_probability > 0.9 and np.isfinite(st.resolution_a)
+    assert AcquireSettings(veto="sparse", hit_model="unet").hit_model == "unet"
+    with pytest.raises(FileNotFoundError):
+        AcquireSettings(hit_model="no-such-model")
