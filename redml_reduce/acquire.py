@@ -59,7 +59,9 @@ class AcquireSettings:
     veto: non-hits (fewer than min_spots spots) stored at q ("none"), as "sparse", or not at
     all ("drop"). workers: encoder threads (0: one per core). max_pending: frames between
     arrival and flush (0: 2 * workers + 2). on_full: "block" or "drop". channel: the image
-    channel to store (default: the first of the start message)."""
+    channel to store (default: the first of the start message). hit_model: "unet" lets the
+    learned global model (redml_reduce.ml, the [ml] extra) decide hits for the veto and the
+    live indicators (hit probability >= 0.5, its resolution estimate)."""
 
     q: QLike = 1.0
     codec: str = "redml"
@@ -77,8 +79,13 @@ class AcquireSettings:
     peaks: bool = True
     codec_settings: dict = field(default_factory=dict)
     finder: dict = field(default_factory=dict)
+    hit_model: Optional[str] = None
 
     def __post_init__(self):
+        if self.hit_model is not None:
+            from .roi import require_torch
+
+            require_torch().load(self.hit_model)  # a missing model or torch fails here, not per frame
         if self.veto not in VETO:
             raise ValueError(f"veto must be one of {VETO}, not {self.veto!r}")
         if self.on_full not in ON_FULL:
@@ -386,7 +393,7 @@ class Acquisition:
             bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
             st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
                                            saturation=series.start.saturation_value, min_spots=s.min_spots,
-                                           spots=s.spots, finder=s.finder, image_id=image_id)
+                                           spots=s.spots, finder=s.finder, image_id=image_id, hit_model=s.hit_model)
             if st.hit and self.stats.want_thumbnail():
                 img, factor = thumbnail(frame, bad)
                 self.stats.set_latest_hit(image_id, img, factor, peaks)

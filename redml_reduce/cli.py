@@ -4,7 +4,7 @@
     redml find-spots FRAME... [--cxi OUT.cxi]
     redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
     redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
-    redml compress RAW.h5[:/dataset]... -o OUT.h5 [-q 1] [--jungfrau-calibration DIR|FILE.h5]
+    redml compress RAW.h5[:/dataset]... -o OUT.h5 [-q 1] [--roi classical|ml|union] [--jungfrau-calibration DIR|FILE.h5]
     redml inspect FILE.h5
     redml simulate-detector --bind tcp://*:31001 --frames N --rate HZ [--compression bslz4]
     redml acquire --connect tcp://HOST:31001 --out run.nxs --q 1 [--veto sparse] [--dashboard :8080]
@@ -137,6 +137,8 @@ def _compress(args) -> int:
     q = args.q if args.q == "sparse" else float(args.q)
     frames = (f for spec in args.frames for f in read_frames_lazily(spec))
     if args.jungfrau_calibration:
+        if args.roi != "classical":
+            raise SystemExit("--roi ml/union works on photon frames, not with --jungfrau-calibration")
         calib = load_calibration(args.jungfrau_calibration)
         r = compress_raw(frames, args.output, calib, q=q, photon_dtype=args.dtype, track_window=args.track_window,
                          track_threshold=args.track_threshold, snapshot_every=args.snapshot_every)
@@ -148,11 +150,11 @@ def _compress(args) -> int:
     first = next(frames, None)
     if first is None:
         raise SystemExit("no frames")
-    with FrameWriter(args.output, first.shape, first.dtype, q=q) as w:
+    with FrameWriter(args.output, first.shape, first.dtype, q=q, roi=args.roi) as w:
         w.write(first)
         for f in frames:
             w.write(f)
-        print(f"{len(w)} frames written to {args.output} (q={q})")
+        print(f"{len(w)} frames written to {args.output} (q={q}, roi={args.roi})")
     return 0
 
 
@@ -223,6 +225,8 @@ def main(argv=None) -> int:
     c.add_argument("frames", nargs="+", help="FILE.h5[:/dataset] (default entry/data/data or data)")
     c.add_argument("-o", "--output", required=True, help="HDF5 file to write (entry/data/data)")
     c.add_argument("-q", default="1", help="0 lossless, > 0 quantized, 'sparse' (default 1)")
+    c.add_argument("--roi", default="classical", choices=("classical", "ml", "union"),
+                   help="exact region: the classical spot rule, the learned model (needs redml_reduce[ml]) or both")
     c.add_argument("--jungfrau-calibration", metavar="DIR", help="raw JUNGFRAU frames: calibration directory "
                    "(calibration.json) or HDF5 file written by redml; stored in the output")
     c.add_argument("--dtype", default="int32", choices=("int32", "int16"), help="photon dtype (JUNGFRAU)")

@@ -165,8 +165,9 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
         converted; other dtypes are refused, never cast silently).
     q: 0 lossless, > 0 quantized background (|error| <= q*sigma/2, unbiased), "sparse".
-    roi: optional boolean map of pixels to keep exactly (Bragg regions); default: the
-        built-in spot rule.
+    roi: where the exactly kept region comes from: "classical" (default, the built-in spot
+        rule), "ml" (the learned model, needs the [ml] extra), "union" (both), or a boolean
+        map of pixels to keep exactly (see redml_reduce.roi).
     mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
     nthreads: 0 = REDML_NUM_THREADS or all cores.
     calibration: a redml_reduce.jungfrau.Calibration: `frame` is then a raw JUNGFRAU frame
@@ -181,6 +182,10 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
         frame = convert(frame, calibration, nthreads=nthreads)[0]
     arr = as_frame(frame)
     _check_range("nthreads", nthreads, 0, 4096, integer=True)
+    if isinstance(roi, str):
+        from .roi import resolve_roi
+
+        roi = resolve_roi(arr, roi, mask, margin=s.roi_margin, roi_snr=s.roi_snr)
     return _core.encode(arr, _as_map(roi, arr.shape, "roi"), _as_map(mask, arr.shape, "mask"),
                         nthreads=nthreads, **s.core_kwargs())
 

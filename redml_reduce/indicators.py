@@ -40,6 +40,7 @@ class FrameStats:
     raw_bytes: int = 0
     stored_bytes: int = 0
     mode: str = ""  # "q", "sparse", "vetoed" (not stored), "raw" (another codec)
+    hit_probability: float = math.nan  # from the learned global model (hit_model=), else nan
 
 
 def resolution_limit(peaks: np.ndarray, geometry, fraction: float = 0.05) -> float:
@@ -52,8 +53,12 @@ def resolution_limit(peaks: np.ndarray, geometry, fraction: float = 0.05) -> flo
 
 
 def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[int] = None, min_spots: int = 10,
-            spots: bool = True, finder: Optional[dict] = None, image_id: int = 0):
-    """(FrameStats, peaks, spot_mask) of one frame; peaks and spot_mask are None with spots=False."""
+            spots: bool = True, finder: Optional[dict] = None, image_id: int = 0, hit_model: Optional[str] = None):
+    """(FrameStats, peaks, spot_mask) of one frame; peaks and spot_mask are None with spots=False.
+
+    hit_model: a learned global model ("unet", redml_reduce.ml; needs the [ml] extra) decides
+    hit (its hit probability >= 0.5) and the resolution limit (from its lattice spots) instead
+    of the spot count; the classical spots are still found (they make the ROI)."""
     st = FrameStats(image_id=image_id, raw_bytes=frame.nbytes)
     sub = frame[::4, ::4]
     good = np.isfinite(sub) if sub.dtype.kind == "f" else np.ones(sub.shape, bool)
@@ -79,6 +84,13 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
         st.n_spots = len(peaks)
         st.hit = st.n_spots >= min_spots
         st.resolution_a = resolution_limit(peaks, geometry)
+    if hit_model is not None:
+        from .roi import require_torch
+
+        out = require_torch().load(hit_model).frame_outputs(frame, bad, geometry)
+        st.hit_probability = out["hit_probability"]
+        st.hit = st.hit_probability >= 0.5
+        st.resolution_a = out["resolution_a"]
     return st, peaks, spot_mask
 
 

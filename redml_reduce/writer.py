@@ -29,6 +29,7 @@ import numpy as np
 from .codec import SUPPORTED_DTYPES, encode, inspect
 from .h5filter import Redml
 from .nxmx import write_nxmx
+from .roi import ROI_SOURCES, is_source, require_torch, resolve_roi
 
 __all__ = ["FrameWriter"]
 
@@ -45,11 +46,15 @@ class FrameWriter:
     create_dataset keywords instead of redml ({} = uncompressed). setup: optional callable
     given the open h5py.File once the dataset exists, before SWMR mode starts (SWMR allows
     no new objects: metadata groups such as a JUNGFRAU calibration are written there).
+    roi: the ROI source of every frame written with write() (redml_reduce.roi):
+    "classical" (the encoder's rule, as the HDF5 filter), "ml" or "union" (the learned
+    model, with the geometry's radial background when a geometry is given); write(roi=)
+    overrides it per frame.
     """
 
     def __init__(self, path, frame_shape, dtype, *, dataset: str = "entry/data/data", nthreads: int = 0,
                  geometry=None, pixel_mask=None, nxmx: Optional[dict] = None, filter: Optional[Mapping] = None,
-                 setup=None, **codec_settings):
+                 setup=None, roi="classical", **codec_settings):
         h, w = (int(v) for v in frame_shape)
         if h < 1 or w < 1:
             raise ValueError(f"frame_shape must be two positive sizes, not {tuple(frame_shape)}")
@@ -58,6 +63,13 @@ class FrameWriter:
             raise TypeError(f"unsupported dtype {self.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
         self.frame_shape = (h, w)
         self.nthreads = nthreads
+        if not is_source(roi):
+            raise ValueError(f"roi must be one of {ROI_SOURCES} (or ml:MODEL, union:MODEL), not {roi!r}")
+        if filter is not None and roi != "classical":
+            raise ValueError("roi='ml' and 'union' need the redml filter (direct chunk write)")
+        if roi != "classical":
+            require_torch()
+        self.roi, self.geometry = roi, geometry
         if filter is not None and codec_settings:
             raise ValueError(f"redml settings {sorted(codec_settings)} given with another filter")
         # Validates the settings before the file exists.
@@ -96,6 +108,8 @@ class FrameWriter:
             if roi is not None or mask is not None:
                 raise ValueError("roi and mask need the redml filter")
             return self._append(lambda i: self._dset.write_direct(np.ascontiguousarray(arr)[None], dest_sel=np.s_[i:i + 1]))
+        roi = resolve_roi(arr, self.roi if roi is None else roi, mask, margin=self.settings.roi_margin,
+                          roi_snr=self.settings.roi_snr, geometry=self.geometry)
         chunk = encode(arr, roi=roi, mask=mask, nthreads=self.nthreads, _settings=self.settings)
         return self.write_chunk(chunk)
 

@@ -61,6 +61,13 @@ CODECS = {
     "redml-mean-q4": lambda hp: {"q": 4, "recon": "mean"},
     "redml-sparse": lambda hp: {"q": "sparse"},
 }
+# The exact region from the learned models (redml_reduce.roi; needs the [ml] extra):
+# redml-q2-ml (default CNN), redml-q2-union (classical or CNN), redml-q2-ensemble, ...
+for _q in (2, "sparse"):
+    for _src in ("ml", "union", "ml:logistic", "ml:ensemble", "ml:unet"):
+        _name = f"redml-{'q' if _q != 'sparse' else ''}{_q}-{_src.split(':')[-1]}"
+        CODECS[_name] = (lambda q, src: lambda hp: {"q": q, "roi": src})(_q, _src)
+del _q, _src, _name
 # What the benchmark runs by default: the settings and the conditional reconstructions.
 DEFAULT_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs0.5", "sz3-abs1", "sz3-abs2", "redml-lossless", "redml-q0.5", "redml-q1",
                   "redml-q2", "redml-q4", "redml-draw-q2", "redml-draw-q4", "redml-mean-q4", "redml-sparse"]

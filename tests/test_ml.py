@@ -1,0 +1,187 @@
+"""Learned spot finding: training, shipped weights, tiling, artefacts, the ROI interface."""
+from __future__ import annotations
+
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import redml_reduce as rr  # noqa: E402
+from redml_reduce.metrics import score_spots  # noqa: E402
+from redml_reduce.ml.data import LATTICE, make_set  # noqa: E402
+from redml_reduce.ml.infer import MODEL_FILES, WEIGHTS_DIR, Predictor, load  # noqa: E402
+from redml_reduce.ml.train import TEST_SEED, Prepared, make_blob, train_one  # noqa: E402
+from redml_reduce.roi import require_torch, resolve_roi  # noqa: E402
+
+# F1 of the shipped weights on make_set("strong", 2, TEST_SEED) + make_set("weak", 2, TEST_SEED)
+# (docs/ml.md); a retrained model must land within TOLERANCE.
+DOCUMENTED_F1 = {"logistic": 0.601, "cnn": 0.725, "ensemble": 0.753, "unet": 0.725}
+TOLERANCE = 0.03
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Prepared(make_set("strong", 1, seed=7) + make_set("artefact", 1, seed=7))
+
+
+@pytest.fixture(scope="module")
+def test_frames():
+    return make_set("strong", 2, TEST_SEED) + make_set("weak", 2, TEST_SEED)
+
+
+def average_precision(scores, labels):
+    order = np.argsort(-scores, kind="stable")
+    hits = labels[order]
+    tp = np.cumsum(hits)
+    return float((tp / np.arange(1, len(hits) + 1))[hits].sum() / max(hits.sum(), 1))
+
+
+def test_training_is_deterministic_and_beats_chance(tiny):
+    spec = {"arch": "cnn", "transform": "gfr", "patch": 9, "width": 4}
+    a = train_one(spec, "wbce", 150, 0, tiny)
+    b = train_one(spec, "wbce", 150, 0, tiny)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), k
+    c = train_one(spec, "wbce", 10, 1, tiny)
+    d = train_one(spec, "wbce", 10, 2, tiny)
+    assert not all(torch.equal(x, y) for x, y in zip(c.state_dict().values(), d.state_dict().values()))
+    # On a frame it never saw: pixel average precision far above chance (the positives' share).
+    held = make_set("strong", 1, seed=8)[0]
+    pred = Predictor(make_blob("t", {"specs": [spec], "loss": "wbce", "steps": 150, "seeds": [0]}, [a], 0.5), "cpu")
+    prob, _ = pred.probability(held.frame, held.mask, held.geometry)
+    keep = held.label != 255
+    labels = held.label[keep] == LATTICE
+    chance = labels.mean()
+    ap = average_precision(prob[keep], labels)
+    assert ap > 10 * chance, (ap, chance)
+
+
+def test_shipped_weights_are_small_and_load():
+    total = 0
+    for name, file in MODEL_FILES.items():
+        size = (WEIGHTS_DIR / file).stat().st_size
+        total += size
+        assert size < 1_000_000, (name, size)
+        blob = load(name).blob
+        assert blob["version"] == 1 and blob["recipe"]["train_seed"] == 101
+    assert total < 1_000_000
+
+
+@pytest.mark.parametrize("name", list(MODEL_FILES))
+def test_shipped_weights_give_documented_f1(name, test_frames):
+    model = load(name, device="cpu")
+    found = [model.spots(s.frame, s.mask, s.geometry) for s in test_frames]
+    f1 = score_spots(found, [s.truth for s in test_frames]).f1
+    assert DOCUMENTED_F1[name] is not None
+    assert abs(f1 - DOCUMENTED_F1[name]) <= TOLERANCE, (name, f1)
+
+
+@pytest.mark.parametrize("name", ["logistic", "cnn", "ensemble"])
+def test_probability_map_same_in_tiles(name, test_frames):
+    s = test_frames[0]
+    model = load(name, device="cpu")
+    whole, spread = model.probability(s.frame, s.mask, s.geometry)
+    tiled, spread_t = model.probability(s.frame, s.mask, s.geometry, tile=96)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    np.testing.assert_allclose(spread_t, spread, atol=1e-5)
+    assert whole.max() > 0.5  # the frame has spots: the comparison is not between two empty maps
+
+
+def test_unet_finds_few_lattice_spots_on_artefact_frames():
+    frames = make_set("artefact", 3, TEST_SEED)
+    unet = load("unet", device="cpu")
+    classical = sum(len(rr.find_spots(s.frame, s.mask)[0]) for s in frames)
+    learned = sum(len(unet.spots(s.frame, s.mask, s.geometry)) for s in frames)
+    assert classical > 100  # the artefacts fool the classical finder
+    # Measured: ~80% fewer (docs/ml.md); the issue's aim of 90% fewer is not reached yet.
+    assert learned <= 0.25 * classical and learned <= 10 * len(frames), (learned, classical)
+
+
+def test_unet_frame_outputs(test_frames):
+    unet = load("unet", device="cpu")
+    blank = make_set("artefact", 1, TEST_SEED)[0]
+    hit = test_frames[0]
+    out_hit = unet.frame_outputs(hit.frame, hit.mask, hit.geometry)
+    out_blank = unet.frame_outputs(blank.frame, blank.mask, blank.geometry)
+    assert out_hit["hit_probability"] > 0.9 and out_blank["hit_probability"] < 0.5, (out_hit, out_blank)
+    assert np.isfinite(out_hit["resolution_a"])
+    assert abs(out_hit["resolution_a"] - hit.d_min) < 0.5 * hit.d_min
+
+
+def test_encode_with_ml_roi_keeps_the_map_exactly(test_frames):
+    s = test_frames[0]
+    frame = s.frame
+    ml = resolve_roi(frame, "ml", s.mask)
+    assert ml.dtype == bool and ml.shape == frame.shape and 0 < ml.sum() < 0.2 * ml.size
+    chunk = rr.encode(frame, 2, roi="ml", mask=s.mask)
+    exact = rr.exact_mask(chunk)
+    assert exact[ml].all()
+    back = rr.decode(chunk)
+    np.testing.assert_array_equal(back[ml], frame[ml])
+    union = resolve_roi(frame, "union", s.mask)
+    assert (union >= ml).all() and union.sum() > ml.sum()
+    assert resolve_roi(frame, "classical") is None
+    with pytest.raises(ValueError, match="roi must be"):
+        rr.encode(frame, 2, roi="learned")
+
+
+def test_writer_and_cli_take_a_roi_source(tmp_path, test_frames):
+    s = test_frames[0]
+    with rr.FrameWriter(tmp_path / "ml.h5", s.frame.shape, s.frame.dtype, q="sparse", roi="ml",
+                        geometry=s.geometry) as w:
+        w.write(s.frame)
+    with rr.FrameWriter(tmp_path / "classical.h5", s.frame.shape, s.frame.dtype, q="sparse") as w:
+        w.write(s.frame)
+    with h5py.File(tmp_path / "ml.h5") as f, h5py.File(tmp_path / "classical.h5") as g:
+        ml, cl = f["entry/data/data"][0], g["entry/data/data"][0]
+    spots = np.floor(s.truth).astype(int)
+    # the ML region keeps more of the true reflections' centre pixels exactly than the classical one
+    centre = s.frame[spots[:, 1], spots[:, 0]]
+    assert (ml[spots[:, 1], spots[:, 0]] == centre).sum() > (cl[spots[:, 1], spots[:, 0]] == centre).sum()
+    with pytest.raises(ValueError, match="roi must be"):
+        rr.FrameWriter(tmp_path / "x.h5", s.frame.shape, s.frame.dtype, roi="bogus")
+    from redml_reduce.cli import main as cli
+
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f["entry/data/data"] = s.frame[None]
+    assert cli(["compress", str(tmp_path / "in.h5"), "-o", str(tmp_path / "cli.h5"), "-q", "sparse", "--roi", "ml"]) == 0
+    with h5py.File(tmp_path / "cli.h5") as f:
+        assert f["entry/data/data"].shape == (1, *s.frame.shape)
+
+
+def test_ml_roi_without_torch_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"redml_reduce\[ml\]"):
+        require_torch()
+    frame = np.zeros((64, 64), np.uint16)
+    with pytest.raises(ImportError, match=r"redml_reduce\[ml\]"):
+        rr.encode(frame, 1, roi="ml")
+    rr.encode(frame, 1, roi="classical")  # the classical path needs no torch
+
+
+def test_hit_model_drives_the_indicators(test_frames):
+    from redml_reduce.acquire import AcquireSettings
+    from redml_reduce.indicators import analyse
+
+    blank = make_set("artefact", 1, TEST_SEED)[0]
+    classical, _, _ = analyse(blank.frame, bad=blank.mask, geometry=blank.geometry)
+    learned, _, _ = analyse(blank.frame, bad=blank.mask, geometry=blank.geometry, hit_model="unet")
+    assert classical.hit and classical.n_spots >= 10  # planted artefacts pass the spot-count rule
+    assert learned.hit is False and learned.hit_probability < 0.5
+    hit = test_frames[0]
+    st, _, _ = analyse(hit.frame, bad=hit.mask, geometry=hit.geometry, hit_model="unet")
+    assert st.hit is True and st.hit_probability > 0.9 and np.isfinite(st.resolution_a)
+    assert AcquireSettings(veto="sparse", hit_model="unet").hit_model == "unet"
+    with pytest.raises(FileNotFoundError):
+        AcquireSettings(hit_model="no-such-model")
