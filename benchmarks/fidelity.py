@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from redml_reduce.yardstick import Dials
 from redml_reduce.yield_study import cached, render_table, series_from_files, series_from_simulator, study
 

@@ -126,12 +126,11 @@ def main(argv=None) -> int:
             dials = Dials(*THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume)
             meta[name] = {"source": str(THAUMATIN), "frames": series.n, "detector": "Pilatus 6M (real data)"}
         elif name in SIMULATED:
-            detector, settings = SIMULATED[name]
             sim = simulator(name, args.seed)
             series = series_from_simulator(sim, frames, name=name)
             dials = Dials(*LYSOZYME, nproc=args.nproc, reuse=args.resume)
-            meta[name] = {"frames": series.n, "hits": int(series.hits.sum()), "detector": detector.name,
-                          "shape": list(series.shape), "settings": settings.__dict__, **snr_summary(series.truth)}
+            meta[name] = {"frames": series.n, "hits": int(series.hits.sum()), "detector": sim.detector.name,
+                          "shape": list(series.shape), "settings": sim.settings.__dict__, **snr_summary(series.truth)}
         else:
             print(f"unknown data set {name!r}", file=sys.stderr)
             return 2
