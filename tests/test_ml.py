@@ -91,11 +91,54 @@ def test_shipped_weights_give_documented_f1(name, test_frames):
 def test_probability_map_same_in_tiles(name, test_frames):
     s = test_frames[0]
     model = load(name, device="cpu")
-    whole, spread = model.probability(s.frame, s.mask, s.geometry)
-    tiled, spread_t = model.probability(s.frame, s.mask, s.geometry, tile=96)
-    np.testing.assert_allclose(tiled, whole, atol=1e-5)
-    np.testing.assert_allclose(spread_t, spread, atol=1e-5)
+    whole, spread = model.probability(s.frame, s.mask, s.geometry, tile=None)
+    for tile in (96, "auto"):  # "auto": the CPU default (CPU_TILE)
+        tiled, spread_t = model.probability(s.frame, s.mask, s.geometry, tile=tile)
+        np.testing.assert_allclose(tiled, whole, atol=1e-5)
+        np.testing.assert_allclose(spread_t, spread, atol=1e-5)
     assert whole.max() > 0.5  # the frame has spots: the comparison is not between two empty maps
+
+
+@pytest.mark.parametrize("name", ["gfr", "gfr+sqrt"])
+def test_inference_transform_equals_training_transform(name, test_frames):
+    from redml_reduce.ml.infer import inputs_for
+    from redml_reduce.ml.models import Transform
+
+    s = test_frames[2]
+    x = torch.from_numpy(inputs_for(s.frame, s.mask, s.geometry))[None]
+    t = Transform(name)
+    with torch.no_grad():
+        np.testing.assert_allclose(t.eval()(x).numpy(), t.train()(x).numpy(), atol=1e-5)
+
+
+def _peaks_by_brute_force(prob, logit, threshold):
+    """The spot rule of peaks_from_map, pixel by pixel."""
+    h, w = prob.shape
+    out = []
+    for y, x in zip(*np.nonzero(prob >= threshold)):
+        win5 = logit[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]
+        win3 = logit[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2]
+        if logit[y, x] == win5.max() and logit[y, x] > win3.mean() + 1e-6:
+            p = np.pad(prob, 1)[y:y + 3, x:x + 3]
+            off = np.array([-1.0, 0.0, 1.0])
+            out.append((x + 0.5 + (p.sum(0) * off).sum() / p.sum(), y + 0.5 + (p.sum(1) * off).sum() / p.sum()))
+    return np.array(out).reshape(-1, 2)
+
+
+def test_peaks_match_the_rule_pixel_by_pixel():
+    from redml_reduce.ml.infer import peaks_from_map
+
+    rng = np.random.default_rng(5)
+    logit = rng.normal(0, 2, (40, 50)).astype(np.float32)
+    logit[0, :3] = 9  # maxima and plateaus on the border
+    logit[10, 10:12] = 7
+    prob = 1 / (1 + np.exp(-logit))
+    ref = _peaks_by_brute_force(prob, logit, 0.8)
+    assert len(ref) > 5
+    for found in (peaks_from_map(torch.from_numpy(prob), 0.8, torch.from_numpy(logit)),
+                  peaks_from_map(None, 0.8, torch.from_numpy(logit))):  # one model: from the logits alone
+        order = np.lexsort((found[:, 0], found[:, 1]))
+        np.testing.assert_allclose(found[order], ref[np.lexsort((ref[:, 0], ref[:, 1]))], atol=1e-5)
 
 
 def test_unet_finds_few_lattice_spots_on_artefact_frames():

@@ -62,12 +62,12 @@ def block_background(frame: np.ndarray, bad: np.ndarray, block: int = 32) -> np.
 @lru_cache(maxsize=4)
 def _rings(geometry, shape):
     """Radial bin of each pixel (1-px rings) and the linear interpolation between ring
-    centres: (bins, lower ring, upper ring, weight of the upper), cached per geometry."""
+    centres: (bins, lower ring, weight of the next ring, number of rings), cached per geometry."""
     radius = geometry.radius_map(shape).astype(np.float32)
     bins = np.floor(radius).astype(np.int32)
     pos = np.maximum(radius - 0.5, 0)
-    lo = np.floor(pos).astype(np.int32)
-    return bins, lo, lo + 1, (pos - lo).astype(np.float32), int(bins.max()) + 2
+    lo = np.floor(pos).astype(np.intp)  # numpy's index type: no conversion per gather
+    return bins, lo, (pos - lo).astype(np.float32), int(bins.max()) + 2
 
 
 def radial_background(frame, bad, geometry, nthreads: int = 0) -> np.ndarray:
@@ -75,25 +75,32 @@ def radial_background(frame, bad, geometry, nthreads: int = 0) -> np.ndarray:
     every other row and column (a quarter of the pixels: still hundreds per ring away from
     the beam), interpolated linearly between ring centres; rings without good pixels take
     their neighbours' values."""
-    bins, lo, hi, f, nbins = _rings(geometry, frame.shape)
+    bins, lo, f, nbins = _rings(geometry, frame.shape)
     b = np.where(bad[::2, ::2], -1, bins[::2, ::2]).astype(np.int32)
     mean, _, count = _core.radial_profile(np.ascontiguousarray(frame[::2, ::2]), b, nbins, 3.0, 3, nthreads)
     ok = count > 0
     if not ok.any():
         return np.zeros(frame.shape, np.float32)
     mean = np.interp(np.arange(nbins), np.flatnonzero(ok), mean[ok]).astype(np.float32)
-    return np.maximum(mean[lo] * (1 - f) + mean[np.minimum(hi, nbins - 1)] * f, 0)
+    step = np.diff(mean, append=mean[-1])  # to the next ring (0 after the last)
+    out = np.take(mean, lo)
+    out += f * np.take(step, lo)
+    return np.maximum(out, 0, out=out)
 
 
-def prepare(frame, mask=None, geometry=None, nthreads: int = 0):
+def prepare(frame, mask=None, geometry=None, nthreads: int = 0, out=None):
     """(excess, background): float32 maps, excess = frame - background (0 on invalid pixels),
-    background >= 0."""
+    background >= 0; written into out[0] and out[1] when given (a (C, H, W) float32 array).
+    nthreads: the C++ profile's threads (0: all cores)."""
     frame = np.asarray(frame)
+    if out is None:
+        out = np.empty((2,) + frame.shape, np.float32)
+    excess, background = out[0], out[1]
     bad = invalid_pixels(frame, mask)
     if geometry is not None:
-        background = radial_background(frame, bad, geometry, nthreads)
+        background[...] = radial_background(frame, bad, geometry, nthreads)
     else:
-        background = np.maximum(block_background(frame, bad), 0).astype(np.float32)
-    excess = frame.astype(np.float32) - background
+        np.maximum(block_background(frame, bad), 0, out=background)
+    np.subtract(frame, background, out=excess, dtype=np.float32, casting="unsafe")
     excess[bad] = 0
     return excess, background

@@ -48,23 +48,47 @@ class Transform(nn.Module):
             raise ValueError(f"transform must be one of {TRANSFORMS}, not {name!r}")
         self.name = name
         g = _gaussian()
-        self.register_buffer("g", g, persistent=False)
+        self.g, self.g2 = g.tolist(), (g * g).tolist()  # taps as numbers (the in-place adds' alpha)
+        pair = torch.stack([g, g * g]).view(2, 1, 1, -1)  # the same taps as depthwise kernels (inference)
+        self.register_buffer("taps_x", pair, persistent=False)
+        self.register_buffer("taps_y", pair.transpose(2, 3).contiguous(), persistent=False)
         self.halo = len(g) // 2 if name.startswith("gfr") else 0
         self.channels = 2 if name == "gfr+sqrt" else 1
 
     @staticmethod
     def _sep(x, g):
-        """Separable filtering with zero padding, as shifted sums (much faster than a
-        one-channel conv2d on CPU)."""
+        """Separable filtering with zero padding, as shifted multiply-adds accumulated in
+        place (much faster than a one-channel conv2d on CPU)."""
         k, r = len(g), len(g) // 2
         h, w = x.shape[-2:]
         p = F.pad(x, (r, r, 0, 0))
-        x = sum(g[i] * p[..., :, i:i + w] for i in range(k))
-        p = F.pad(x, (0, 0, r, r))
-        return sum(g[i] * p[..., i:i + h, :] for i in range(k))
+        out = p[..., :, 0:w] * g[0]
+        for i in range(1, k):
+            out.add_(p[..., :, i:i + w], alpha=g[i])
+        p = F.pad(out, (0, 0, r, r))
+        out = p[..., 0:h, :] * g[0]
+        for i in range(1, k):
+            out.add_(p[..., i:i + h, :], alpha=g[i])
+        return out
+
+    def _filtered_pair(self, e, b):
+        """(G * e, G^2 * max(b, 0.1)) as two channels of one channels-last depthwise
+        convolution: the same sums as _sep, ~2x faster on the CPU (inference only, so
+        training keeps the arithmetic the shipped weights were trained with)."""
+        r = len(self.g) // 2
+        eb = torch.stack([e[:, 0], torch.clamp(b[:, 0], min=0.1)], -1).permute(0, 3, 1, 2)  # channels-last
+        eb = F.conv2d(eb, self.taps_x, padding=(0, r), groups=2)
+        return F.conv2d(eb, self.taps_y, padding=(r, 0), groups=2)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         e, b = inp[:, 0:1], inp[:, 1:2]
+        if not self.training and self.name.startswith("gfr"):
+            f = self._filtered_pair(e, b)
+            f[:, 0:1].div_(f[:, 1:2].sqrt_())
+            if self.name == "gfr":
+                return f[:, 0:1].clamp_(-_CLAMP, _CLAMP)
+            f[:, 1:2] = self._anscombe(e, b)
+            return f.clamp_(-_CLAMP, _CLAMP)
         if self.name == "raw":
             t = e / 10
         elif self.name == "sqrt":
@@ -73,16 +97,17 @@ class Transform(nn.Module):
             t = torch.log1p(torch.clamp(e + b, min=0)) - torch.log1p(b)
         elif self.name == "gfr":
             t = self._gfr(e, b)
-        else:
-            t = torch.cat([self._gfr(e, b), self._anscombe(e, b)], 1)
-        return torch.clamp(t, -_CLAMP, _CLAMP)
+        else:  # stacked channels-last (N, H, W, 2): the layout the CNN's convolutions want
+            t = torch.stack([self._gfr(e, b)[:, 0], self._anscombe(e, b)[:, 0]], -1).permute(0, 3, 1, 2)
+        return t.clamp_(-_CLAMP, _CLAMP)
 
     @staticmethod
     def _anscombe(e, b):
-        return 2 * (torch.sqrt(torch.clamp(e + b, min=0) + 0.375) - torch.sqrt(b + 0.375))
+        # in place on fresh temporaries: the inputs are data (no gradient flows into them)
+        return torch.clamp(e + b, min=0).add_(0.375).sqrt_().sub_((b + 0.375).sqrt_()).mul_(2)
 
     def _gfr(self, e, b):
-        return self._sep(e, self.g) / torch.sqrt(self._sep(torch.clamp(b, min=0.1), self.g * self.g))
+        return self._sep(e, self.g).div_(self._sep(torch.clamp(b, min=0.1), self.g2).sqrt_())
 
 
 class LocalLogistic(nn.Module):
@@ -133,7 +158,37 @@ class LocalCNN(nn.Module):
         self.halo = self.transform.halo + sum(self.DILATIONS[patch])
 
     def forward(self, inp):
-        return self.net(self.transform(inp))
+        x = self.transform(inp)
+        if self.training:
+            return self.net(x)
+        # Inference, the same arithmetic faster: channels-last activations (oneDNN's fast
+        # layout for a few channels on the CPU), each convolution fused with its leaky ReLU,
+        # and the 1 x 1 read-out as a matrix-vector product over the (innermost) channels.
+        x = x.contiguous(memory_format=torch.channels_last)
+        *hidden, readout = self.net
+        for conv, act in zip(hidden[0::2], hidden[1::2]):
+            x = _conv_leaky(x, conv, act.negative_slope)
+        out = torch.matmul(x.permute(0, 2, 3, 1), readout.weight.view(1, -1).t()).add_(readout.bias)
+        return out.permute(0, 3, 1, 2)
+
+
+def _fused_conv_op():
+    """oneDNN's convolution with a fused element-wise post-op (the kernel torch.compile
+    emits for conv + activation on the CPU), or None where this torch build lacks it."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED_CONV = _fused_conv_op()
+
+
+def _conv_leaky(x, conv: nn.Conv2d, slope: float):
+    if _FUSED_CONV is not None and x.device.type == "cpu":
+        return _FUSED_CONV(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                           conv.groups, "leaky_relu", [slope], "")
+    return F.leaky_relu_(conv(x), slope)
 
 
 def _block(cin, cout, dilation=1):
