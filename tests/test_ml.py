@@ -18,7 +18,7 @@ from redml_reduce.roi import require_torch, resolve_roi  # noqa: E402
 
 # F1 of the shipped weights on make_set("strong", 2, TEST_SEED) + make_set("weak", 2, TEST_SEED)
 # (docs/ml.md); a retrained model must land within TOLERANCE.
-DOCUMENTED_F1 = {"logistic": 0.601, "cnn": 0.725, "ensemble": 0.753, "unet": 0.725}
+DOCUMENTED_F1 = {"logistic": 0.601, "cnn": 0.725, "ensemble": 0.753, "unet": 0.695}
 TOLERANCE = 0.03
 
 
@@ -147,8 +147,9 @@ def test_unet_finds_few_lattice_spots_on_artefact_frames():
     classical = sum(len(rr.find_spots(s.frame, s.mask)[0]) for s in frames)
     learned = sum(len(unet.spots(s.frame, s.mask, s.geometry)) for s in frames)
     assert classical > 100  # the artefacts fool the classical finder
-    # Measured: ~80% fewer (docs/ml.md); the aim of 90% fewer is not reached yet.
-    assert learned <= 0.25 * classical and learned <= 10 * len(frames), (learned, classical)
+    # The aim: at least 90% fewer false lattice spots than the classical finder
+    # (measured ~95% fewer, docs/ml.md).
+    assert learned <= 0.10 * classical, (learned, classical)
 
 
 def test_unet_frame_outputs(test_frames):

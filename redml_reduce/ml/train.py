@@ -40,7 +40,7 @@ RECIPES = {
     "ensemble": dict(specs=[{"arch": "cnn", "transform": "gfr+sqrt", "patch": 9, "width": 4}] * 5, loss="wbce",
                      steps=600, seeds=[0, 1, 2, 3, 4]),
     "unet": dict(specs=[{"arch": "unet", "transform": "gfr+sqrt", "width": 4}], loss="wbce", steps=800, seeds=[0],
-                 crop=128, batch=6),
+                 crop=128, batch=6, max_artefact_share=0.1),
 }
 
 
@@ -103,24 +103,57 @@ def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop
     return model.eval()
 
 
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
-def score_at(pred: Predictor, data: Prepared, thresholds=THRESHOLDS) -> dict:
-    """{threshold: SpotScore} of the predictor's spots against the detectable reflections."""
-    maps = [maps_of(pred._logits(torch.from_numpy(inp).to(pred.device), None)) for inp in data.inputs]
-    truth = [s.truth for s in data.samples]
+def score_at(pred: Predictor, data: Prepared, thresholds=THRESHOLDS, kinds=None) -> dict:
+    """{threshold: SpotScore} of the predictor's spots against the detectable reflections
+    (on the frames of the given kinds; all by default)."""
+    pick = [i for i, s in enumerate(data.samples) if kinds is None or s.kind in kinds]
+    maps = [maps_of(pred._logits(torch.from_numpy(data.inputs[i]).to(pred.device), None)) for i in pick]
+    truth = [data.samples[i].truth for i in pick]
     return {t: score_spots([peaks_from_map(m[0], t, m[2]) for m in maps], truth) for t in thresholds}
 
 
-def make_blob(name, recipe, models, threshold) -> dict:
+def classical_false_spots(data: Prepared) -> float:
+    """Spots per artefact-only frame of the classical finder (all of them false)."""
+    from ..spots import find_spots
+
+    frames = [s for s in data.samples if s.kind == "artefact"]
+    return float(np.mean([len(find_spots(s.frame, s.mask)[0]) for s in frames]))
+
+
+def choose_thresholds(pred: Predictor, recipe: dict, val: Prepared, log=print):
+    """(spot threshold, ROI threshold, validation score at the spot threshold). Both are the
+    threshold of best validation F1, except for a recipe with max_artefact_share (the
+    global model, whose job is telling lattice spots from everything else): its spot
+    threshold is the best-F1 one among those calling at most that share of the classical
+    finder's false spots on the artefact-only validation frames, while its ROI keeps the
+    best-F1 threshold (pixels it is unsure of stay exact)."""
+    scores = score_at(pred, val)
+    best = max(scores, key=lambda t: scores[t].f1)
+    share = recipe.get("max_artefact_share")
+    if share is None:
+        return best, best, scores[best]
+    cap = share * classical_false_spots(val)
+    false = score_at(pred, val, kinds=("artefact",))
+    allowed = [t for t in scores if false[t].false_positives_per_frame <= cap] or [max(scores)]
+    spot = max(allowed, key=lambda t: scores[t].f1)
+    log(f"  artefact-only validation frames: at most {cap:.1f} false spots per frame -> spot threshold {spot} "
+        f"({false[spot].false_positives_per_frame:.2f} per frame; at {best}: {false[best].false_positives_per_frame:.2f})")
+    return spot, best, scores[spot]
+
+
+def make_blob(name, recipe, models, threshold, roi_threshold=None) -> dict:
+    roi_threshold = threshold if roi_threshold is None else roi_threshold
+    extra = {k: recipe[k] for k in ("max_artefact_share",) if k in recipe}
     return {"version": VERSION, "name": name, "specs": recipe["specs"], "states": [m.state_dict() for m in models],
-            "threshold": float(threshold), "roi_threshold": float(threshold),
+            "threshold": float(threshold), "roi_threshold": float(roi_threshold),
             "recipe": {"loss": recipe["loss"], "steps": recipe["steps"], "seeds": recipe["seeds"],
                        "crop": recipe.get("crop", 64), "batch": recipe.get("batch", 16),
                        "artefact_weight": recipe.get("artefact_weight", 3.0), "train_seed": TRAIN_SEED,
                        "val_seed": VAL_SEED, "train_frames_per_kind": TRAIN_FRAMES, "val_frames_per_kind": VAL_FRAMES,
-                       "kinds": list(KINDS), "torch": str(torch.__version__)}}
+                       "kinds": list(KINDS), "torch": str(torch.__version__), **extra}}
 
 
 def fit(name, recipe, train, val, log=print, members=None):
@@ -129,13 +162,11 @@ def fit(name, recipe, train, val, log=print, members=None):
                                    recipe.get("batch", 16), log=log,
                                    artefact_weight=recipe.get("artefact_weight", 3.0))
                          for spec, seed in zip(recipe["specs"], recipe["seeds"])]
-    blob = make_blob(name, recipe, models, 0.5)
-    scores = score_at(Predictor(blob, "cpu"), val)
-    best = max(scores, key=lambda t: scores[t].f1)
-    blob = make_blob(name, recipe, models, best)
-    log(f"  {name}: {sum(map(n_parameters, models))} parameters, threshold {best} (validation F1 "
-        f"{scores[best].f1:.3f}), {time.perf_counter() - t0:.0f} s")
-    return blob, models, scores[best]
+    spot, roi, score = choose_thresholds(Predictor(make_blob(name, recipe, models, 0.5), "cpu"), recipe, val, log)
+    blob = make_blob(name, recipe, models, spot, roi)
+    log(f"  {name}: {sum(map(n_parameters, models))} parameters, threshold {spot} (ROI {roi}; validation F1 "
+        f"{score.f1:.3f}), {time.perf_counter() - t0:.0f} s")
+    return blob, models, score
 
 
 def compare(train, val, steps: int, log=print) -> list:
