@@ -67,6 +67,26 @@ def test_training_is_deterministic_and_beats_chance(tiny):
     assert ap > 10 * chance, (ap, chance)
 
 
+def test_recipe_reproduces_the_shipped_cnn_bit_for_bit():
+    """The default model's recipe (data from the seeds, 600 steps, one thread) gives the
+    shipped tensors exactly: any change to the data, the inputs or the training arithmetic
+    shows here."""
+    from redml_reduce.ml.data import make_sets
+    from redml_reduce.ml.train import RECIPES, TRAIN_FRAMES, TRAIN_SEED
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        r = RECIPES["cnn"]
+        model = train_one(r["specs"][0], r["loss"], r["steps"], r["seeds"][0],
+                          Prepared(make_sets(TRAIN_FRAMES, TRAIN_SEED)), r.get("crop", 64), r.get("batch", 16),
+                          artefact_weight=r.get("artefact_weight", 3.0))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    shipped = load("cnn").blob["states"][0]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, shipped[key]), key
+
+
 def test_shipped_weights_are_small_and_load():
     total = 0
     for name, file in MODEL_FILES.items():

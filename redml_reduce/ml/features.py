@@ -62,12 +62,15 @@ def block_background(frame: np.ndarray, bad: np.ndarray, block: int = 32) -> np.
 @lru_cache(maxsize=4)
 def _rings(geometry, shape):
     """Radial bin of each pixel (1-px rings) and the linear interpolation between ring
-    centres: (bins, lower ring, weight of the next ring, number of rings), cached per geometry."""
+    centres: (bins, lower ring, upper ring, weight of the lower, weight of the upper,
+    number of rings), cached per geometry."""
     radius = geometry.radius_map(shape).astype(np.float32)
     bins = np.floor(radius).astype(np.int32)
+    nbins = int(bins.max()) + 2
     pos = np.maximum(radius - 0.5, 0)
     lo = np.floor(pos).astype(np.intp)  # numpy's index type: no conversion per gather
-    return bins, lo, (pos - lo).astype(np.float32), int(bins.max()) + 2
+    f = (pos - lo).astype(np.float32)
+    return bins, lo, np.minimum(lo + 1, nbins - 1), 1 - f, f, nbins
 
 
 def radial_background(frame, bad, geometry, nthreads: int = 0) -> np.ndarray:
@@ -75,16 +78,16 @@ def radial_background(frame, bad, geometry, nthreads: int = 0) -> np.ndarray:
     every other row and column (a quarter of the pixels: still hundreds per ring away from
     the beam), interpolated linearly between ring centres; rings without good pixels take
     their neighbours' values."""
-    bins, lo, f, nbins = _rings(geometry, frame.shape)
+    bins, lo, hi, w_lo, w_hi, nbins = _rings(geometry, frame.shape)
     b = np.where(bad[::2, ::2], -1, bins[::2, ::2]).astype(np.int32)
     mean, _, count = _core.radial_profile(np.ascontiguousarray(frame[::2, ::2]), b, nbins, 3.0, 3, nthreads)
     ok = count > 0
     if not ok.any():
         return np.zeros(frame.shape, np.float32)
     mean = np.interp(np.arange(nbins), np.flatnonzero(ok), mean[ok]).astype(np.float32)
-    step = np.diff(mean, append=mean[-1])  # to the next ring (0 after the last)
     out = np.take(mean, lo)
-    out += f * np.take(step, lo)
+    out *= w_lo
+    out += np.take(mean, hi) * w_hi
     return np.maximum(out, 0, out=out)
 
 
