@@ -43,7 +43,7 @@ from redml_reduce.metrics import SpotScore, score_spots  # noqa: E402
 from redml_reduce.ml.data import make_set  # noqa: E402
 from redml_reduce.ml.infer import inputs_for, load, peaks_from_map  # noqa: E402
 from redml_reduce.ml.models import Transform  # noqa: E402
-from redml_reduce.ml.train import TEST_SEED  # noqa: E402
+from redml_reduce.ml.train import TEST_SEED, WEAK_GRID  # noqa: E402
 from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, jungfrau_4m  # noqa: E402
 from redml_reduce.yardstick import Dials  # noqa: E402
 from redml_reduce.yield_study import cached, render_table, series_from_simulator, study  # noqa: E402
@@ -84,19 +84,27 @@ def truth_scores(n_frames, log):
     return results
 
 
-CLASSICAL_SIGMA_B = (6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.25)   # DIALS dispersion threshold; 6 is the default
-MODEL_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+CLASSICAL_SIGMA_B = (6.0, 5.0, 4.0, 3.0, 2.5, 2.25, 2.0, 1.75, 1.5, 1.25)   # DIALS dispersion threshold; 6 is the default
+MODEL_THRESHOLDS = WEAK_GRID + (0.97, 0.98, 0.99, 0.995)  # logits -3 ... 3 by 0.1, then the U-Net's range
 FP_BUDGETS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
-MATCHED_FILTER_SIGMA = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0)
+MATCHED_FILTER_SIGMA = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.25, 6.5, 7.0)
 
 
 def operating_curves(n_frames, log):
-    """Recall against false positives per frame on the weak frames: the classical finder
-    over its dispersion threshold sigma_b, each model over its probability threshold. Then,
+    """Recall against false positives per frame on the weak frames (gaps and hot pixels
+    masked): the classical finder over its dispersion threshold sigma_b, the matched filter
+    over its SNR, each model over its probability threshold. Then,
     per false-positive budget, the best recall each method reaches within it: the
     comparison at the same false-positive rate."""
+    from redml_reduce.ml.data import simulator
+
     t0 = time.perf_counter()
     samples = make_set("weak", n_frames, TEST_SEED)
+    # every method gets the mask the pipeline has: gaps and the detector's hot pixels (the
+    # automatic bad-pixel mask finds those), so no one's false positives are a hot pixel
+    hot = simulator("weak", TEST_SEED).hot
+    for s in samples:
+        s.mask = s.mask | hot
     truth = [s.truth for s in samples]
     curves = {"classical": []}
     for sb in CLASSICAL_SIGMA_B:
@@ -120,7 +128,7 @@ def operating_curves(n_frames, log):
         model = load(name)
         maps = [model.maps(s.frame, s.mask, s.geometry) for s in samples]
         curves[name] = []
-        for t in MODEL_THRESHOLDS:
+        for t in sorted(set(MODEL_THRESHOLDS) | {model.threshold}):
             sc = score_spots([model.spots(None, threshold=t, maps=m) for m in maps], truth)
             curves[name].append({"setting": f"threshold={t}", "recall": sc.recall,
                                  "fp_per_frame": sc.false_positives_per_frame})

@@ -15,7 +15,9 @@ loss (recipe key artefact_weight), faint reflections
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from ..metrics import score_spots
-from .data import ARTEFACT, IGNORE, KINDS, LATTICE, make_sets
+from .data import ARTEFACT, IGNORE, KINDS, LATTICE, make_set, make_sets
 from .infer import MODEL_FILES, WEIGHTS_DIR, Predictor, inputs_for, maps_of, peaks_from_map
 from .losses import loss_fn
 from .models import build, n_parameters
@@ -33,10 +35,17 @@ TRAIN_SEED, VAL_SEED, TEST_SEED = 101, 202, 303
 TRAIN_FRAMES, VAL_FRAMES = 6, 3
 VERSION = 1
 
+# Optional recipe keys (absent: the shipped behaviour): pos_weight (wbce's weight of lattice
+# pixels, default 10), centre_share (share of crops centred on a lattice/artefact pixel, 0.5),
+# extra_weak (that many more weak training frames, seed TRAIN_SEED, after the first
+# TRAIN_FRAMES), max_weak_fp (spot-threshold rule, see choose_thresholds).
 RECIPES = {
     "logistic": dict(specs=[{"arch": "logistic", "transform": "gfr", "patch": 9}], loss="wbce", steps=300, seeds=[0]),
-    "cnn": dict(specs=[{"arch": "cnn", "transform": "gfr+sqrt", "patch": 9, "width": 4}], loss="wbce", steps=600,
-                seeds=[0]),
+    # v1's CNN was trained like the ensemble's members (positives x10, 600 steps, best-F1
+    # threshold); this recipe trades its false positives for precision at the same F1
+    # (docs/ml.md, "Recall at the same false-positive rate").
+    "cnn": dict(specs=[{"arch": "cnn", "transform": "gfr+sqrt", "patch": 9, "width": 4}], loss="wbce", steps=2000,
+                seeds=[0], pos_weight=3.0, extra_weak=12, max_weak_fp=1.0),
     "ensemble": dict(specs=[{"arch": "cnn", "transform": "gfr+sqrt", "patch": 9, "width": 4}] * 5, loss="wbce",
                      steps=600, seeds=[0, 1, 2, 3, 4]),
     "unet": dict(specs=[{"arch": "unet", "transform": "gfr+sqrt", "width": 4}], loss="wbce", steps=800, seeds=[0],
@@ -47,20 +56,30 @@ RECIPES = {
 class Prepared:
     """Model inputs and labels of a list of samples, with the truth for scoring."""
 
-    def __init__(self, samples):
+    def __add__(self, other: "Prepared") -> "Prepared":
+        out = Prepared([])
+        for k in ("samples", "inputs", "labels", "hot"):
+            setattr(out, k, getattr(self, k) + getattr(other, k))
+        return out
+
+    def __init__(self, samples, bad_pixels: bool = False):
+        """bad_pixels: mask the hot pixels too (label ARTEFACT on frames without planted
+        features), as the pipeline's automatic bad-pixel mask does."""
         self.samples = samples
-        self.inputs = [inputs_for(s.frame, s.mask, s.geometry) for s in samples]
+        self.inputs = [inputs_for(s.frame, s.mask | ((s.label == ARTEFACT) if bad_pixels and not KINDS[s.kind][2]
+                                                     else False), s.geometry) for s in samples]
         self.labels = [s.label for s in samples]
         self.hot = [np.argwhere((s.label == LATTICE) | (s.label == ARTEFACT)) for s in samples]
 
 
-def batch(rng: np.random.Generator, data: Prepared, n: int, size: int, artefact_weight: float = 3.0):
+def batch(rng: np.random.Generator, data: Prepared, n: int, size: int, artefact_weight: float = 3.0,
+          centre_share: float = 0.5):
     xs, ts, ws, hits = [], [], [], []
     for _ in range(n):
         k = int(rng.integers(len(data.inputs)))
         inp, lab = data.inputs[k], data.labels[k]
         h, w = lab.shape
-        if len(data.hot[k]) and rng.random() < 0.5:
+        if len(data.hot[k]) and rng.random() < centre_share:
             cy, cx = data.hot[k][rng.integers(len(data.hot[k]))]
             y0 = int(np.clip(cy - rng.integers(size), 0, h - size))
             x0 = int(np.clip(cx - rng.integers(size), 0, w - size))
@@ -78,16 +97,21 @@ def batch(rng: np.random.Generator, data: Prepared, n: int, size: int, artefact_
 
 
 def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop: int = 64, batch_size: int = 16,
-              lr: float = 0.005, log=None, artefact_weight: float = 3.0):
+              lr: float = 0.005, log=None, artefact_weight: float = 3.0, pos_weight: float | None = None,
+              centre_share: float = 0.5):
+    """One model; pos_weight (wbce only; None: the loss's default 10) weighs lattice pixels,
+    centre_share is the share of crops centred on a lattice or artefact pixel."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 0x7A1])
     model = build(spec)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     fn = loss_fn(loss)
+    if pos_weight is not None:
+        fn = functools.partial(fn, pos_weight=pos_weight)
     unet = spec["arch"] == "unet"
     for step in range(steps):
-        x, t, w, hit = batch(rng, data, batch_size, crop, artefact_weight)
+        x, t, w, hit = batch(rng, data, batch_size, crop, artefact_weight, centre_share)
         if unet:
             logits, hit_logit = model(x, with_hit=True)
             value = fn(logits, t, w) + 0.2 * torch.nn.functional.binary_cross_entropy_with_logits(hit_logit, hit)
@@ -104,6 +128,8 @@ def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop
 
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+# finer grid (logits -3 ... 3 in steps of 0.1) for the false-positive-capped rule (max_weak_fp)
+WEAK_GRID = tuple(round(1 / (1 + math.exp(-i / 10)), 4) for i in range(-30, 31))
 
 
 def score_at(pred: Predictor, data: Prepared, thresholds=THRESHOLDS, kinds=None) -> dict:
@@ -129,9 +155,21 @@ def choose_thresholds(pred: Predictor, recipe: dict, val: Prepared, log=print):
     global model, whose job is telling lattice spots from everything else): its spot
     threshold is the best-F1 one among those calling at most that share of the classical
     finder's false spots on the artefact-only validation frames, while its ROI keeps the
-    best-F1 threshold (pixels it is unsure of stay exact)."""
+    best-F1 threshold (pixels it is unsure of stay exact). A recipe with max_weak_fp (the
+    CNNs) takes as spot threshold the lowest of WEAK_GRID (so the highest recall) that calls
+    at most that many false spots per weak validation frame (hot pixels masked, as the
+    pipeline's bad-pixel mask does); its ROI keeps the best-F1 threshold."""
     scores = score_at(pred, val)
     best = max(scores, key=lambda t: scores[t].f1)
+    cap_weak = recipe.get("max_weak_fp")
+    if cap_weak is not None:
+        weak = Prepared([s for s in val.samples if s.kind == "weak"], bad_pixels=True)
+        wscores = score_at(pred, weak, WEAK_GRID)
+        allowed = [t for t in WEAK_GRID if wscores[t].false_positives_per_frame <= cap_weak] or [max(WEAK_GRID)]
+        spot = min(allowed)
+        log(f"  weak validation frames (hot pixels masked): at most {cap_weak} false spots per frame -> spot threshold "
+            f"{spot} (recall {wscores[spot].recall:.3f}, {wscores[spot].false_positives_per_frame:.2f} per frame)")
+        return spot, best, score_at(pred, val, (spot,))[spot]
     share = recipe.get("max_artefact_share")
     if share is None:
         return best, best, scores[best]
@@ -146,7 +184,8 @@ def choose_thresholds(pred: Predictor, recipe: dict, val: Prepared, log=print):
 
 def make_blob(name, recipe, models, threshold, roi_threshold=None) -> dict:
     roi_threshold = threshold if roi_threshold is None else roi_threshold
-    extra = {k: recipe[k] for k in ("max_artefact_share",) if k in recipe}
+    extra = {k: recipe[k] for k in ("max_artefact_share", "pos_weight", "extra_weak", "centre_share", "max_weak_fp")
+             if k in recipe}
     return {"version": VERSION, "name": name, "specs": recipe["specs"], "states": [m.state_dict() for m in models],
             "threshold": float(threshold), "roi_threshold": float(roi_threshold),
             "recipe": {"loss": recipe["loss"], "steps": recipe["steps"], "seeds": recipe["seeds"],
@@ -160,7 +199,8 @@ def fit(name, recipe, train, val, log=print, members=None):
     t0 = time.perf_counter()
     models = members or [train_one(spec, recipe["loss"], recipe["steps"], seed, train, recipe.get("crop", 64),
                                    recipe.get("batch", 16), log=log,
-                                   artefact_weight=recipe.get("artefact_weight", 3.0))
+                                   artefact_weight=recipe.get("artefact_weight", 3.0),
+                                   pos_weight=recipe.get("pos_weight"), centre_share=recipe.get("centre_share", 0.5))
                          for spec, seed in zip(recipe["specs"], recipe["seeds"])]
     spot, roi, score = choose_thresholds(Predictor(make_blob(name, recipe, models, 0.5), "cpu"), recipe, val, log)
     blob = make_blob(name, recipe, models, spot, roi)
@@ -212,18 +252,28 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}, indent=1))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    done = {}
+    done, extra = {}, {}
     for name in args.models:
         recipe = RECIPES[name]
         members = None
+        data = train
+        if recipe.get("extra_weak"):  # more weak frames (seed TRAIN_SEED, after the first TRAIN_FRAMES)
+            n = recipe["extra_weak"]
+            if n not in extra:
+                extra[n] = Prepared(make_set("weak", n, TRAIN_SEED, start=TRAIN_FRAMES))
+            data = train + extra[n]
+        same = ("loss", "steps", "pos_weight", "extra_weak", "centre_share", "artefact_weight", "crop", "batch")
         if name == "ensemble" and "cnn" in done and recipe["specs"][0] == RECIPES["cnn"]["specs"][0] \
-                and recipe["loss"] == RECIPES["cnn"]["loss"] and recipe["steps"] == RECIPES["cnn"]["steps"]:
-            # member 0 is the default CNN (same spec, seed, steps): reuse it
-            rest = [train_one(spec, recipe["loss"], recipe["steps"], seed, train, log=log)
+                and recipe["seeds"][0] == RECIPES["cnn"]["seeds"][0] \
+                and all(recipe.get(k) == RECIPES["cnn"].get(k) for k in same):
+            # member 0 is the default CNN (same spec, seed, recipe): reuse it
+            rest = [train_one(spec, recipe["loss"], recipe["steps"], seed, data, log=log,
+                              artefact_weight=recipe.get("artefact_weight", 3.0), pos_weight=recipe.get("pos_weight"),
+                              centre_share=recipe.get("centre_share", 0.5))
                     for spec, seed in zip(recipe["specs"][1:], recipe["seeds"][1:])]
             members = [done["cnn"][0]] + rest
         print(f"{name}:", flush=True)
-        blob, models, _ = fit(name, recipe, train, val, log, members)
+        blob, models, _ = fit(name, recipe, data, val, log, members)
         done[name] = models
         torch.save(blob, args.out / MODEL_FILES[name])
         print(f"  wrote {args.out / MODEL_FILES[name]} ({(args.out / MODEL_FILES[name]).stat().st_size} bytes)",
