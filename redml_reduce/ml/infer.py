@@ -113,7 +113,13 @@ def maps_of(logits: torch.Tensor):
     p = torch.sigmoid(logits)
     if len(p) == 1:  # no spread: zeros without memory
         return p[0], torch.zeros((), device=p.device, dtype=p.dtype).expand_as(p[0]), logits[0]
-    return p.mean(0), p.std(0), logits.mean(0)
+    # The spread (unbiased, as p.std(0)) summed member by member: torch's std over the
+    # leading dimension takes ~1 s on a 4M frame on one CPU thread, this ~0.1 s.
+    mean = p.mean(0)
+    var, d = torch.zeros_like(mean), torch.empty_like(mean)
+    for q in p:
+        var.addcmul_(torch.sub(q, mean, out=d), d)
+    return mean, var.div_(len(p) - 1).sqrt_(), logits.mean(0)
 
 
 class Predictor:
