@@ -28,7 +28,7 @@ class BuildExt(build_ext):
 
 core = Pybind11Extension(
     "redml_reduce._core",
-    ["csrc/pybind.cpp"] + CORE,
+    ["csrc/pybind.cpp", "csrc/conv.cpp"] + CORE,  # conv.cpp: the learned spot finder's layers (not the plugin's)
     include_dirs=["csrc"],
     libraries=LIBS,
     extra_compile_args=CFLAGS,

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "conv.h"
 #include "pixels.h"
 #include "radial.h"
 #include "spots.h"
@@ -301,6 +302,33 @@ py::tuple jf_convert(py::array_t<uint16_t, py::array::c_style> raw, py::array_t<
     return py::make_tuple(photons, kev, status, c);
 }
 
+// 3x3 dilated convolution + bias + leaky ReLU (conv.h) on planar float32 arrays.
+py::array_t<float> conv3x3_leaky(py::array x, py::array weight, py::array bias, int dilation, float slope,
+                                 int nthreads) {
+    // No silent conversions: the caller (redml_reduce.ml.models) passes float32 C-contiguous
+    // arrays, and anything else is a bug there, better seen than copied.
+    for (const py::array *a : {&x, &weight, &bias})
+        if (!a->dtype().is(py::dtype::of<float>()) || !(a->flags() & py::array::c_style))
+            throw py::value_error("conv3x3_leaky: x, weight and bias must be C-contiguous float32 arrays");
+    if (x.ndim() != 3) throw py::value_error("conv3x3_leaky: x must be (cin, H, W)");
+    const py::ssize_t cin = x.shape(0), h = x.shape(1), w = x.shape(2);
+    if (weight.ndim() != 4 || weight.shape(1) != cin || weight.shape(2) != 3 || weight.shape(3) != 3)
+        throw py::value_error("conv3x3_leaky: weight must be (cout, cin, 3, 3) with x's cin");
+    const py::ssize_t cout = weight.shape(0);
+    if (bias.ndim() != 1 || bias.shape(0) != cout) throw py::value_error("conv3x3_leaky: bias must be (cout,)");
+    if (dilation < 1) throw py::value_error("conv3x3_leaky: dilation must be >= 1");
+    if (nthreads < 0) throw py::value_error("conv3x3_leaky: nthreads must be >= 0");
+    py::array_t<float> out({cout, h, w});
+    const float *xp = (const float *)x.data(), *wp = (const float *)weight.data(), *bp = (const float *)bias.data();
+    float *op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        redml::conv3x3_leaky(xp, (size_t)cin, (size_t)h, (size_t)w, wp, bp, (size_t)cout, (size_t)dilation, slope, op,
+                             nthreads);
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -327,6 +355,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("track"), py::arg("modules"), py::arg("gap_index"), py::arg("out_height"), py::arg("out_width"),
           py::arg("energy_keV"), py::arg("out_dtype"), py::arg("want_kev"), py::arg("want_status"),
           py::arg("track_alpha"), py::arg("track_threshold"), py::arg("nthreads"), py::arg("out") = py::none());
+    m.def("conv3x3_leaky", &conv3x3_leaky, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dilation"),
+          py::arg("slope"), py::arg("nthreads") = 0);
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }

@@ -119,6 +119,17 @@ def test_probability_map_same_in_tiles(name, test_frames):
     assert whole.max() > 0.5  # the frame has spots: the comparison is not between two empty maps
 
 
+def test_ensemble_spread_is_the_standard_deviation():
+    from redml_reduce.ml.infer import maps_of
+
+    logits = torch.randn(5, 37, 41, generator=torch.Generator().manual_seed(0)) * 4
+    mean, spread, logit = maps_of(logits)
+    p = torch.sigmoid(logits)
+    torch.testing.assert_close(mean, p.mean(0))
+    torch.testing.assert_close(spread, p.std(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(logit, logits.mean(0))
+
+
 @pytest.mark.parametrize("name", ["gfr", "gfr+sqrt"])
 def test_inference_transform_equals_training_transform(name, test_frames):
     from redml_reduce.ml.infer import inputs_for

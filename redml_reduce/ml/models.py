@@ -26,6 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .. import _core
 from .artefacts import ICE_RINGS_A  # hexagonal ice's strongest rings
 
 __all__ = ["Transform", "LocalLogistic", "LocalCNN", "UNet", "TRANSFORMS", "build"]
@@ -78,12 +79,14 @@ class Transform(nn.Module):
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         e, b = inp[:, 0:1], inp[:, 1:2]
         if not self.training and self.name.startswith("gfr"):
+            # The filters run channels-last; the division writes a planar (N, C, H, W)
+            # output, the layout of LocalCNN's convolution kernel, with no copy of its own.
             f = self._filtered_pair(e, b)
-            f[:, 0:1].div_(f[:, 1:2].sqrt_())
-            if self.name == "gfr":
-                return f[:, 0:1].clamp_(-_CLAMP, _CLAMP)
-            f[:, 1:2] = self._anscombe(e, b)
-            return f.clamp_(-_CLAMP, _CLAMP)
+            out = e.new_empty((e.shape[0], self.channels) + e.shape[2:])
+            torch.div(f[:, 0:1], f[:, 1:2].sqrt_(), out=out[:, 0:1])
+            if self.name == "gfr+sqrt":
+                out[:, 1:2] = self._anscombe(e, b)
+            return out.clamp_(-_CLAMP, _CLAMP)
         if self.name == "raw":
             t = e / 10
         elif self.name == "sqrt":
@@ -154,36 +157,28 @@ class LocalCNN(nn.Module):
 
     def forward(self, inp):
         x = self.transform(inp)
-        if self.training:
-            return self.net(x)
-        # Inference, the same arithmetic faster: channels-last activations (oneDNN's fast
-        # layout for a few channels on the CPU), each convolution fused with its leaky ReLU,
-        # and the 1 x 1 read-out as a matrix-vector product over the (innermost) channels.
-        x = x.contiguous(memory_format=torch.channels_last)
+        if self.training or torch.is_grad_enabled() or not self._fits_kernel(x):
+            return self.net(x)  # torch, the reference: training, gradients, CUDA, other dtypes, wide layers
+        # CPU inference, the same arithmetic faster: each 3 x 3 convolution and its leaky ReLU
+        # in one pass of the C++ kernel (conv3x3_leaky, csrc/conv.h; oneDNN is slow with a
+        # few channels), on planar (C, H, W) arrays, one image at a time; the 1 x 1
+        # read-out as a matrix product over the channels.
         *hidden, readout = self.net
-        for conv, act in zip(hidden[0::2], hidden[1::2]):
-            x = _conv_leaky(x, conv, act.negative_slope)
-        out = torch.matmul(x.permute(0, 2, 3, 1), readout.weight.view(1, -1).t()).add_(readout.bias)
-        return out.permute(0, 3, 1, 2)
+        nthreads = torch.get_num_threads()
+        out = x.new_empty((x.shape[0], 1) + x.shape[2:])
+        for t, o in zip(x, out):
+            t = t.contiguous().numpy()
+            for conv, act in zip(hidden[0::2], hidden[1::2]):
+                t = _core.conv3x3_leaky(t, conv.weight.detach().numpy(), conv.bias.detach().numpy(), conv.dilation[0],
+                                        act.negative_slope, nthreads)
+            c = t.shape[0]
+            torch.addmm(readout.bias.view(1, 1), readout.weight.view(1, c), torch.from_numpy(t).view(c, -1),
+                        out=o.view(1, -1))
+        return out
 
-
-def _fused_conv_op():
-    """oneDNN's convolution with a fused element-wise post-op (the kernel torch.compile
-    emits for conv + activation on the CPU), or None where this torch build lacks it."""
-    try:
-        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_FUSED_CONV = _fused_conv_op()
-
-
-def _conv_leaky(x, conv: nn.Conv2d, slope: float):
-    if _FUSED_CONV is not None and x.device.type == "cpu":
-        return _FUSED_CONV(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-                           conv.groups, "leaky_relu", [slope], "")
-    return F.leaky_relu_(conv(x), slope)
+    def _fits_kernel(self, x) -> bool:
+        return x.device.type == "cpu" and x.dtype == torch.float32 and all(
+            c.in_channels <= 8 and c.out_channels <= 8 for c in self.net[:-1:2])
 
 
 def _block(cin, cout, dilation=1):
