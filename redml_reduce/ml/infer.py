@@ -28,7 +28,7 @@ from .models import build
 __all__ = ["load", "Predictor", "WEIGHTS_DIR", "MODEL_FILES", "DEFAULT_MODEL", "inputs_for", "peaks_from_map", "maps_of"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-MODEL_FILES = {"logistic": "logistic-v1.pt", "cnn": "cnn-v1.pt", "ensemble": "ensemble-v1.pt", "unet": "unet-v1.pt"}
+MODEL_FILES = {"logistic": "logistic-v1.pt", "cnn": "cnn-v2.pt", "ensemble": "ensemble-v1.pt", "unet": "unet-v1.pt"}
 DEFAULT_MODEL = "cnn"
 UPPER_K = 2.0  # ensemble ROI: a pixel is kept when mean + UPPER_K * spread crosses the ROI threshold
 # Local models on the CPU run in tiles of this edge per architecture (with their halo of
