@@ -56,8 +56,8 @@ YIELD_SET = (DetectorLayout(modules=(2, 1), name="JUNGFRAU 1M (simulated)"),
              ShotSettings(background=1.0, water_ring=2.0, signal=150, hit_rate=0.8, distance_mm=70.0))
 
 
-def classical_spots(frame, mask, threads=1):
-    peaks, _ = rr.find_spots(frame, mask, nthreads=threads)
+def classical_spots(frame, mask, threads=1, **settings):
+    peaks, _ = rr.find_spots(frame, mask, nthreads=threads, **settings)
     return np.stack([peaks["x"], peaks["y"]], axis=1)
 
 
@@ -108,7 +108,7 @@ def operating_curves(n_frames, log):
     truth = [s.truth for s in samples]
     curves = {"classical": []}
     for sb in CLASSICAL_SIGMA_B:
-        found = [np.stack([p["x"], p["y"]], 1) for p in (rr.find_spots(s.frame, s.mask, sigma_b=sb)[0] for s in samples)]
+        found = [classical_spots(s.frame, s.mask, 0, sigma_b=sb) for s in samples]
         sc = score_spots(found, truth)
         curves["classical"].append({"setting": f"sigma_b={sb}", "recall": sc.recall,
                                     "fp_per_frame": sc.false_positives_per_frame})

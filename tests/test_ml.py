@@ -72,14 +72,12 @@ def test_recipe_reproduces_shipped_weights_bit_for_bit():
     thread) gives the shipped tensors exactly: any change to the data, the inputs or the
     training arithmetic shows here."""
     from redml_reduce.ml.data import make_sets
-    from redml_reduce.ml.train import RECIPES, TRAIN_FRAMES, TRAIN_SEED
+    from redml_reduce.ml.train import RECIPES, TRAIN_FRAMES, TRAIN_SEED, train_member
 
     r = RECIPES["ensemble"]
     torch.use_deterministic_algorithms(True)
     try:
-        model = train_one(r["specs"][0], r["loss"], r["steps"], r["seeds"][0],
-                          Prepared(make_sets(TRAIN_FRAMES, TRAIN_SEED)), r.get("crop", 64), r.get("batch", 16),
-                          artefact_weight=r.get("artefact_weight", 3.0))
+        model = train_member(r["specs"][0], r["seeds"][0], r, Prepared(make_sets(TRAIN_FRAMES, TRAIN_SEED)))
     finally:
         torch.use_deterministic_algorithms(False)
     shipped = load("ensemble").blob["states"][0]

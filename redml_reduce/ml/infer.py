@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .features import prepare
 from .models import build
@@ -92,13 +91,11 @@ def peaks_from_map(prob: torch.Tensor, threshold: float, score: torch.Tensor | N
     centre = s[iy, ix]
     vals, inside = _neighbours(s, iy, ix, size // 2)
     keep = (torch.where(inside, vals, torch.full_like(vals, -torch.inf)).amax(1) == centre)
-    vals, inside = _neighbours(s, iy, ix, 1)
-    mean3 = torch.where(inside, vals, torch.zeros_like(vals)).sum(1) / inside.sum(1)
+    near, inside = _neighbours(s, iy, ix, 1)
+    mean3 = torch.where(inside, near, torch.zeros_like(near)).sum(1) / inside.sum(1)
     keep &= centre > mean3 + 1e-6
-    iy, ix = iy[keep], ix[keep]
-    win, inside = _neighbours(s, iy, ix, 1) if prob is None else _neighbours(prob, iy, ix, 1)
-    if prob is None:
-        win = torch.sigmoid(win)
+    iy, ix, near, inside = iy[keep], ix[keep], near[keep], inside[keep]
+    win = torch.sigmoid(near) if prob is None else _neighbours(prob, iy, ix, 1)[0]
     win = torch.where(inside, win, torch.zeros_like(win)).view(-1, 3, 3)
     offs = torch.tensor([-1, 0, 1], device=s.device, dtype=win.dtype)
     tot = win.sum(dim=(1, 2)).clamp(min=1e-12)

@@ -127,6 +127,13 @@ def train_one(spec: dict, loss: str, steps: int, seed: int, data: Prepared, crop
     return model.eval()
 
 
+def train_member(spec: dict, seed: int, recipe: dict, data: Prepared, log=None):
+    """One model of a recipe (RECIPES entry): its loss, steps and optional keys."""
+    return train_one(spec, recipe["loss"], recipe["steps"], seed, data, recipe.get("crop", 64), recipe.get("batch", 16),
+                     log=log, artefact_weight=recipe.get("artefact_weight", 3.0), pos_weight=recipe.get("pos_weight"),
+                     centre_share=recipe.get("centre_share", 0.5))
+
+
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 # finer grid (logits -3 ... 3 in steps of 0.1) for the false-positive-capped rule (max_weak_fp)
 WEAK_GRID = tuple(round(1 / (1 + math.exp(-i / 10)), 4) for i in range(-30, 31))
@@ -197,10 +204,7 @@ def make_blob(name, recipe, models, threshold, roi_threshold=None) -> dict:
 
 def fit(name, recipe, train, val, log=print, members=None):
     t0 = time.perf_counter()
-    models = members or [train_one(spec, recipe["loss"], recipe["steps"], seed, train, recipe.get("crop", 64),
-                                   recipe.get("batch", 16), log=log,
-                                   artefact_weight=recipe.get("artefact_weight", 3.0),
-                                   pos_weight=recipe.get("pos_weight"), centre_share=recipe.get("centre_share", 0.5))
+    models = members or [train_member(spec, seed, recipe, train, log)
                          for spec, seed in zip(recipe["specs"], recipe["seeds"])]
     spot, roi, score = choose_thresholds(Predictor(make_blob(name, recipe, models, 0.5), "cpu"), recipe, val, log)
     blob = make_blob(name, recipe, models, spot, roi)
@@ -267,9 +271,7 @@ def main(argv=None) -> int:
                 and recipe["seeds"][0] == RECIPES["cnn"]["seeds"][0] \
                 and all(recipe.get(k) == RECIPES["cnn"].get(k) for k in same):
             # member 0 is the default CNN (same spec, seed, recipe): reuse it
-            rest = [train_one(spec, recipe["loss"], recipe["steps"], seed, data, log=log,
-                              artefact_weight=recipe.get("artefact_weight", 3.0), pos_weight=recipe.get("pos_weight"),
-                              centre_share=recipe.get("centre_share", 0.5))
+            rest = [train_member(spec, seed, recipe, data, log)
                     for spec, seed in zip(recipe["specs"][1:], recipe["seeds"][1:])]
             members = [done["cnn"][0]] + rest
         print(f"{name}:", flush=True)
