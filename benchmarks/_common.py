@@ -40,7 +40,12 @@ def thaumatin_paths(data_dir: Path | str = DATA_DIR, indices: Optional[Sequence[
         paths = [data_dir / f"thau_3_2_{i:04d}.cbf.bz2" for i in indices]
     missing = [p for p in paths if not p.exists()]
     if not paths or missing:
-        raise FileNotFoundError(f"thaumatin frames not found in {data_dir}: {missing or 'no thau_3_2_*.cbf.bz2'}")
+        # The 19 stills are the project's reference data (../shared/data beside the checkout);
+        # a clone without it gets one clear line, not a traceback.
+        raise SystemExit(f"benchmark: thaumatin stills not found in {data_dir} "
+                         f"({', '.join(p.name for p in missing) if missing else 'no thau_3_2_*.cbf.bz2'}); "
+                         "they come with the project's reference data (../shared/data/thaumatin_grid): "
+                         "pass --data DIR where the benchmark has it")
     return paths
 
 

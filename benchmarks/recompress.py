@@ -40,11 +40,11 @@ import h5py  # noqa: E402
 import hdf5plugin  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _common import thaumatin_paths  # noqa: E402
 from redml_reduce.recompress import recompress  # noqa: E402
 from redml_reduce.sources import find_inputs, open_frames  # noqa: E402
 from redml_reduce.synthetic import still_frame  # noqa: E402
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/thaumatin_grid"
 
 
 def make_simulated(folder: Path, n_files: int, n_frames: int, shape, seed: int = 1) -> None:
@@ -64,9 +64,7 @@ def make_simulated(folder: Path, n_files: int, n_frames: int, shape, seed: int =
 
 
 def link_stills(folder: Path, n: int) -> None:
-    paths = sorted(DATA_DIR.glob("thau_3_2_*.cbf.bz2"))[:n]
-    if len(paths) < n:
-        raise FileNotFoundError(f"{n} thaumatin stills wanted in {DATA_DIR}, found {len(paths)}")
+    paths = thaumatin_paths(indices=range(1, n + 1))
     folder.mkdir(parents=True)
     for p in paths:
         (folder / p.name).symlink_to(p)

@@ -9,8 +9,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-THAUMATIN = SHARED / "data" / "thaumatin_grid"
+# Three real Pilatus 6M stills (from the DIALS regression data, thaumatin_grid) ship with the
+# tests, so a fresh clone needs nothing beside it; benchmarks read all 19 from ../shared/data.
+THAUMATIN = Path(__file__).resolve().parent / "data" / "thaumatin"
+THAUMATIN_FRAMES = (1, 10, 17)
 
 # Fresh random data each run; REDML_TEST_SEED=<n> reproduces a run (printed in the header).
 BASE_SEED = int(os.environ.get("REDML_TEST_SEED", random.randrange(2**31)))
@@ -30,18 +32,4 @@ def thaumatin():
     """Real Pilatus 6M stills (int32, gaps negative): a strong hit, a weak one, a blank."""
     import fabio
 
-    assert THAUMATIN.is_dir(), f"real frames missing: {THAUMATIN}"
-    return {n: fabio.open(str(THAUMATIN / f"thau_3_2_{n:04d}.cbf.bz2")).data for n in (1, 10, 17)}
-
-
-@pytest.fixture(scope="session")
-def thaumatin_all():
-    """All 19 real stills by number (loaded lazily)."""
-    import fabio
-
-    class Frames(dict):
-        def __missing__(self, n):
-            self[n] = fabio.open(str(THAUMATIN / f"thau_3_2_{n:04d}.cbf.bz2")).data
-            return self[n]
-
-    return Frames()
+    return {n: fabio.open(str(THAUMATIN / f"thau_3_2_{n:04d}.cbf.bz2")).data for n in THAUMATIN_FRAMES}

@@ -67,12 +67,23 @@ def test_training_is_deterministic_and_beats_chance(tiny):
     assert ap > 10 * chance, (ap, chance)
 
 
-def test_recipe_reproduces_shipped_weights_bit_for_bit():
+# Retraining on another x86-64 CPU (other SIMD paths in torch and numpy) moves the weights in
+# the 4th-5th significant digit: here, inputs changed in their last float32 bit moved them by
+# 5e-5 (relative, per tensor), while 10 fewer training steps moved them by 8e-3 and an artefact
+# weight of 2.5 instead of 3 by 8e-2. So the recipe's reproduction is checked to 1e-3, and its
+# operating point (validation F1 at every threshold) to 0.002 (those changes: 0.006 and 0.07).
+WEIGHT_RTOL = 1e-3
+F1_TOL = 0.002
+
+
+def test_recipe_reproduces_shipped_weights_and_operating_point():
     """The recipe of the ensemble's first member (data from the seeds, 600 steps, one
-    thread) gives the shipped tensors exactly: any change to the data, the inputs or the
-    training arithmetic shows here."""
+    thread) gives the shipped tensors within WEIGHT_RTOL and the same validation F1 at
+    every threshold, so the same operating point: any change to the data, the inputs or
+    the training arithmetic shows here, on any x86-64 CPU."""
     from redml_reduce.ml.data import make_sets
-    from redml_reduce.ml.train import RECIPES, TRAIN_FRAMES, TRAIN_SEED, train_member
+    from redml_reduce.ml.train import (RECIPES, TRAIN_FRAMES, TRAIN_SEED, VAL_FRAMES, VAL_SEED, score_at,
+                                       train_member)
 
     r = RECIPES["ensemble"]
     torch.use_deterministic_algorithms(True)
@@ -82,7 +93,17 @@ def test_recipe_reproduces_shipped_weights_bit_for_bit():
         torch.use_deterministic_algorithms(False)
     shipped = load("ensemble").blob["states"][0]
     for key, value in model.state_dict().items():
-        assert torch.equal(value, shipped[key]), key
+        change = float((value - shipped[key]).norm() / shipped[key].norm())
+        assert change <= WEIGHT_RTOL, (key, change)
+
+    one = dict(r, specs=r["specs"][:1], seeds=r["seeds"][:1])
+    val = Prepared(make_sets(VAL_FRAMES, VAL_SEED))
+    retrained = score_at(Predictor(make_blob("retrained", one, [model], 0.5), "cpu"), val)
+    model.load_state_dict(shipped)
+    reference = score_at(Predictor(make_blob("shipped", one, [model], 0.5), "cpu"), val)
+    assert max(reference, key=lambda t: reference[t].f1) == max(retrained, key=lambda t: retrained[t].f1)
+    for t in reference:
+        assert abs(retrained[t].f1 - reference[t].f1) <= F1_TOL, (t, retrained[t].f1, reference[t].f1)
 
 
 def test_shipped_weights_are_small_and_load():

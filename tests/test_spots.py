@@ -77,11 +77,11 @@ def test_peak_fields(rng):
 
 
 @pytest.mark.parametrize("frame_no", ["0001", "0010"])
-def test_agrees_with_dials_on_real_frames(thaumatin_all, frame_no):
+def test_agrees_with_dials_on_real_frames(thaumatin, frame_no):
     """Reference: DIALS 3.12 dials.find_spots (default dispersion_extended) on the same
     CBF, positions stored in tests/data (see benchmarks/spotfinding.py to regenerate)."""
     ref = np.load(DATA / f"dials_strong_thau_{frame_no}.npy")
-    peaks, _ = rr.find_spots(thaumatin_all[int(frame_no)])
+    peaks, _ = rr.find_spots(thaumatin[int(frame_no)])
     score = score_spots([positions(peaks)], [ref], radius=2.0)
     assert score.f1 >= 0.98, score.as_dict()
 
