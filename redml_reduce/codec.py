@@ -240,7 +240,11 @@ class CodecSettings:
         if full[CD_MODE_SLOT] not in modes:
             raise ValueError(f"unknown redml mode {full[CD_MODE_SLOT]} in cd_values")
         mode = modes[full[CD_MODE_SLOT]]
-        kw = {s.name: s.from_word(full[s.slot]) for s in SETTINGS if mode in s.modes}
+        used = [s for s in SETTINGS if mode in s.modes]
+        for slot in {s.slot for s in SETTINGS} - {s.slot for s in used}:
+            if full[slot] != 0:  # what cd_values() writes there, and all the plugin accepts
+                raise ValueError(f"redml cd_values: value {slot} must be 0 in {mode} mode, not {full[slot]}")
+        kw = {s.name: s.from_word(full[s.slot]) for s in used}
         if mode == "sparse":
             kw["q"] = "sparse"
         elif mode == "quantized" and kw["q"] <= 0:
