@@ -269,3 +269,15 @@ def test_ignored_fields_take_their_defaults():
         CodecSettings(gain=1e39)  # does not fit the float32 the filter stores
     with pytest.raises(ValueError, match="q below"):
         CodecSettings(q=1e-9)
+
+
+def test_acquisition_file_states_every_setting(tmp_path):
+    """Was: the acquisition's filter options listed the fields by hand and dropped recon."""
+    from redml_reduce.acquire import Acquisition, AcquireSettings
+
+    acq = Acquisition(tmp_path / "{series}.h5", AcquireSettings(q=2.0, codec_settings={"recon": "draw", "tile": 16}))
+    try:
+        assert CodecSettings(**acq._file_codec()) == CodecSettings(q=2.0, recon="draw", tile=16)
+        assert rr.Redml(**acq._file_codec()).settings.recon == "draw"
+    finally:
+        acq.close()
