@@ -97,8 +97,8 @@ class Setting:
             if value not in self.encoding:
                 raise ValueError(f"{self.name} must be one of {sorted(self.encoding)}, not {value!r}")
         elif self.encoding == "bool":
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{self.name} must be True or False, not {type(value).__name__}")
+            if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
+                raise TypeError(f"{self.name} must be True or False, not {value!r}")
         else:
             hi = min(self.hi, _F32_MAX) if self.encoding == "f32" else self.hi  # as the filter stores it
             _check_range(self.name, value, self.lo, hi, integer=self.encoding != "f32", open_low=self.open_low)

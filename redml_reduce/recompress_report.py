@@ -77,7 +77,8 @@ class Report:
         Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
 
     def table(self) -> str:
-        head = f"{'input':<28} {'status':<8} {'frames':>6} {'MB in':>9} {'MB out':>9} {'ratio':>7} {'s':>7}  error or note"
+        head = (f"{'input':<28} {'status':<8} {'frames':>6} {'MB in':>9} {'MB out':>9} {'ratio':>7} {'s':>7}  "
+                "error or note")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"

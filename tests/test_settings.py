@@ -108,7 +108,8 @@ def test_plugin_defaults_agree_with_the_table(rng, tmp_path):
             full = _cd_values(d)
             assert full[:k] == cut
             assert CodecSettings.from_cd_values(full) == CodecSettings.from_cd_values(cut)
-            assert d.id.read_direct_chunk((0, 0, 0))[1] == rr.encode(frame[0], _settings=CodecSettings.from_cd_values(cut))
+            expected = rr.encode(frame[0], _settings=CodecSettings.from_cd_values(cut))
+            assert d.id.read_direct_chunk((0, 0, 0))[1] == expected
 
 
 def _word(v):
@@ -126,7 +127,8 @@ def _cd(**slots):
 BAD_CD = {
     "tile 0": _cd(s7=0), "tile > 16 bits": _cd(s7=65537), "roi_margin > 16 bits": _cd(s11=70000),
     "quantized q 0": _cd(s2=0), "lossless with a q": _cd(s1=0), "sparse with a q": _cd(s1=2),
-    "lossless recon mean": _cd(s1=0, s2=0, s6=2), "quantized poisson": _cd(s6=1), "sparse recon draw": _cd(s1=2, s2=0, s6=3),
+    "lossless recon mean": _cd(s1=0, s2=0, s6=2), "quantized poisson": _cd(s6=1),
+    "sparse recon draw": _cd(s1=2, s2=0, s6=3),
     "codec 9": _cd(s3=9), "shuffle 7": _cd(s5=7), "mode 5": _cd(s1=5), "rans bit shuffle": _cd(s5=2),
     "level 23": _cd(s4=23), "block_elems 100": _cd(s13=100), "gain 0": _cd(s8=0), "gain inf": _cd(s8=_word(np.inf)),
     "roi_snr nan": _cd(s10=_word(np.nan)), "mean with gain 2": _cd(s6=2, s8=_word(2.0)), "layout 2": _cd(s0=2),
@@ -242,7 +244,8 @@ def test_manifest_tells_every_field_apart(name):
         assert v != s and settings_to_config(v) != settings_to_config(s), field
         assert CodecSettings.from_cd_values(v.cd_values()) == v
         seen.add(field)
-    assert seen >= {spec.name for spec in SETTINGS if s.mode in spec.modes} - ({"gain"} if s.recon != "midpoint" else set())
+    used = {spec.name for spec in SETTINGS if s.mode in spec.modes}
+    assert seen >= used - ({"gain"} if s.recon != "midpoint" else set())
 
 
 def test_resume_with_only_recon_changed_redoes_the_input(rng, tmp_path):
