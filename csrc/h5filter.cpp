@@ -94,8 +94,10 @@ float as_float(unsigned v) {
     return f;
 }
 
-// Fills params from cd_values (missing trailing values keep their defaults).
-void params_from_cd(size_t n, const unsigned cd[], redml_params *p) {
+// Fills params from cd_values (missing trailing values keep their defaults). False when a
+// value does not fit its field. This parser and the Python table of the settings
+// (redml_reduce.codec.SETTINGS, which writes and reads these values) must agree.
+bool params_from_cd(size_t n, const unsigned cd[], redml_params *p) {
     redml_default_params(p);
     if (n > 1) p->mode = (redml_mode)cd[1];
     if (n > 2) p->q = as_float(cd[2]);
@@ -110,6 +112,9 @@ void params_from_cd(size_t n, const unsigned cd[], redml_params *p) {
     if (n > 11) p->roi_margin = (uint16_t)cd[11];
     if (n > 12) p->seed = cd[12];
     if (n > 13) p->block_elems = cd[13];
+    if ((n > 7 && cd[7] > 0xFFFF) || (n > 11 && cd[11] > 0xFFFF)) return false;  // 16-bit fields
+    // q is stored in quantized mode only (> 0 there); the other modes store 0.0.
+    return p->mode == REDML_MODE_QUANTIZED ? p->q > 0 : (n <= 2 || cd[2] == 0);
 }
 
 // Defaults of the user values, as their 32-bit words.
@@ -138,8 +143,8 @@ herr_t set_local(hid_t dcpl, hid_t type, hid_t) {
     for (size_t i = 0; i < n && i < kUserValues; i++) full[i] = cd[i];
     if (full[0] != kCdVersion) return -1;
     redml_params p;
-    params_from_cd(kUserValues, full, &p);
-    if (redml_check_params(&p) != REDML_OK) return -1;  // refuse at creation, not at the first write
+    // refuse at creation, not at the first write
+    if (!params_from_cd(kUserValues, full, &p) || redml_check_params(&p) != REDML_OK) return -1;
 
     int cls = api.Tget_class(type);
     size_t size = api.Tget_size(type);
@@ -187,7 +192,7 @@ size_t filter(unsigned flags, size_t n, const unsigned cd[], size_t nbytes, size
     }
     if (n < kAllValues || cd[0] != kCdVersion) return 0;
     redml_params p;
-    params_from_cd(n, cd, &p);
+    if (!params_from_cd(n, cd, &p)) return 0;
     redml_dtype dt = (redml_dtype)cd[14];
     uint32_t h = cd[15], w = cd[16];
     if (redml_dtype_size(dt) == 0 || nbytes != (size_t)h * w * redml_dtype_size(dt)) return 0;

@@ -463,9 +463,7 @@ class Acquisition:
 
     def _file_codec(self) -> dict:
         """The dataset's filter options: the chosen q (blanks stored sparse say so in their chunks)."""
-        c = self._codec["q"]
-        return {k: getattr(c, k) for k in ("q", "codec", "level", "shuffle", "gain", "mu_min", "tile", "roi_snr",
-                                           "roi_margin", "seed", "block_elems", "sparse_noise")}
+        return self._codec["q"].to_config()  # every field (codec.SETTINGS), recon included
 
     def _save_ids(self, series: _Series) -> None:
         if series.file is None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Optional, Union
 
 import numpy as np
 
 from . import _core
 
-__all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES"]
+__all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
+           "SETTINGS", "Setting"]
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint32", "float32"))
 
@@ -33,6 +35,100 @@ class RedmlError(ValueError):
 
 QLike = Union[float, int, str]
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of CodecSettings, as every representation of the settings stores it.
+
+    name: the field, and its key in configurations (numcodecs, zarr v3, the recompression
+        manifest). slot: its index in the HDF5 filter's cd_values (docs/format.md, "HDF5
+        filter"; a format contract). encoding: how the slot holds it: "f32" (IEEE-754 bit
+        pattern), "i32" (two's complement), "u16", "u32", "bool", or a dict name -> code.
+    lo, hi, open_low: the range of a number. modes: where the field has an effect; in the
+        other modes it takes its default (recon and sparse_noise share slot 6).
+    """
+
+    name: str
+    slot: int
+    encoding: object
+    lo: float = 0
+    hi: float = math.inf
+    open_low: bool = False
+    modes: tuple = ("lossless", "quantized", "sparse")
+
+    def to_word(self, value) -> int:
+        """The field's 32-bit cd_values word."""
+        if isinstance(self.encoding, dict):
+            return self.encoding[value]
+        if self.encoding == "f32":
+            return int(np.array(value, dtype="<f4").view("<u4"))
+        return int(value) & 0xFFFFFFFF
+
+    def from_word(self, word: int):
+        """The field's value from its cd_values word (ValueError if no value has that word)."""
+        word = int(word)
+        if isinstance(self.encoding, dict):
+            names = {v: k for k, v in self.encoding.items()}
+            if word not in names:
+                raise ValueError(f"unknown redml {self.name} code {word} in cd_values")
+            return names[word]
+        if self.encoding == "f32":  # the shortest decimal that gives the float32 (0.3, not 0.30000001...)
+            return float(str(np.array(word, dtype="<u4").view("<f4")[()]))
+        if self.encoding == "i32":
+            return word - (1 << 32) if word >= 1 << 31 else word
+        if self.encoding == "bool":
+            if word not in (0, 1):
+                raise ValueError(f"redml {self.name} must be 0 or 1 in cd_values, not {word}")
+            return bool(word)
+        return word
+
+    def to_json(self, value):
+        """The field's value in a JSON configuration."""
+        if isinstance(self.encoding, dict):
+            return str(value)
+        if self.encoding == "f32":
+            return float(value)
+        return bool(value) if self.encoding == "bool" else int(value)
+
+    def check(self, value) -> None:
+        if isinstance(self.encoding, dict):
+            if value not in self.encoding:
+                raise ValueError(f"{self.name} must be one of {sorted(self.encoding)}, not {value!r}")
+        elif self.encoding == "bool":
+            if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
+                raise TypeError(f"{self.name} must be True or False, not {value!r}")
+        else:
+            hi = min(self.hi, _F32_MAX) if self.encoding == "f32" else self.hi  # as the filter stores it
+            _check_range(self.name, value, self.lo, hi, integer=self.encoding != "f32", open_low=self.open_low)
+
+
+# The one table of the settings: CodecSettings' validation, its HDF5 cd_values (and the
+# plugin's parser, csrc/h5filter.cpp, which must agree), and its configuration for numcodecs,
+# zarr v3 metadata, zero-copy views and the recompression manifest all come from it.
+# Slot 0 holds the layout version (CD_LAYOUT) and slot 1 the mode, which follows from q;
+# set_local appends 14-16 (dtype, height, width).
+SETTINGS = (
+    Setting("q", 2, "f32", hi=1e6, modes=("quantized",)),
+    Setting("codec", 3, _CODECS),
+    Setting("level", 4, "i32", lo=-7, hi=22),
+    Setting("shuffle", 5, _SHUFFLES),
+    Setting("recon", 6, _RECONS, modes=("quantized",)),
+    Setting("sparse_noise", 6, "bool", modes=("sparse",)),
+    Setting("tile", 7, "u16", lo=1, hi=65535),
+    Setting("gain", 8, "f32", open_low=True),
+    Setting("mu_min", 9, "f32"),
+    Setting("roi_snr", 10, "f32", open_low=True),
+    Setting("roi_margin", 11, "u16", hi=65535),
+    Setting("seed", 12, "u32", hi=2**32 - 1),
+    Setting("block_elems", 13, "u32", lo=256, hi=1 << 24),
+)
+CD_LAYOUT = 1
+CD_MODE_SLOT = 1
+CD_USER_VALUES = 14  # set_local appends dtype code, height, width
+CD_ALL_VALUES = 17
+
 
 @dataclass(frozen=True)
 class CodecSettings:
@@ -47,6 +143,11 @@ class CodecSettings:
        mean of / a seeded draw from the background model's Poisson distribution within the
        bin (keeps the background's statistics at any count; a chunk of either decodes as
        the other too).
+    sparse_noise: sparse mode: decode with seeded Poisson noise around the model.
+
+    A field a mode ignores takes its default (recon outside quantized mode, sparse_noise
+    outside sparse mode; q=math.inf becomes "sparse"), so settings that write the same
+    chunks compare equal and every representation (SETTINGS) gives them back.
     """
 
     q: QLike = 0.0
@@ -72,34 +173,30 @@ class CodecSettings:
             raise TypeError(f"q must be a number >= 0 or 'sparse', not {type(q).__name__}")
         elif math.isnan(q) or q < 0:
             raise ValueError(f"q must be a number >= 0 or 'sparse', not {q!r}")
-        elif not math.isinf(q) and q > 1e6:
+        elif math.isinf(q):
+            object.__setattr__(self, "q", "sparse")
+        elif q > 1e6:
             raise ValueError("q above 1e6 is meaningless; use q='sparse'")
-        if self.codec not in _CODECS:
-            raise ValueError(f"codec must be one of {sorted(_CODECS)}, not {self.codec!r}")
-        if self.shuffle is None:
+        elif 0 < q < 1e-6:
+            raise ValueError("q below 1e-6 is meaningless; use q=0 (lossless)")
+        if self.codec in _CODECS and self.shuffle is None:
             object.__setattr__(self, "shuffle", "byte" if self.codec == "rans" else "bit")
-        if self.shuffle not in _SHUFFLES:
-            raise ValueError(f"shuffle must be one of {sorted(_SHUFFLES)}, not {self.shuffle!r}")
+        for s in SETTINGS:
+            if s.name == "q":
+                continue
+            s.check(getattr(self, s.name))
+            if self.mode not in s.modes:
+                object.__setattr__(self, s.name, self.__dataclass_fields__[s.name].default)
         if self.codec == "rans" and self.shuffle == "bit":
             raise ValueError("the rans codec codes byte planes: use shuffle='byte' or 'none'")
-        _check_range("level", self.level, -7, 22, integer=True)
-        _check_range("gain", self.gain, 0, math.inf, open_low=True)
-        _check_range("mu_min", self.mu_min, 0, math.inf)
-        _check_range("tile", self.tile, 1, 65535, integer=True)
-        _check_range("roi_snr", self.roi_snr, 0, math.inf, open_low=True)
-        _check_range("roi_margin", self.roi_margin, 0, 65535, integer=True)
-        _check_range("seed", self.seed, 0, 2**32 - 1, integer=True)
-        _check_range("block_elems", self.block_elems, 256, 1 << 24, integer=True)
         if self.block_elems % 8:
             raise ValueError("block_elems must be a multiple of 8")
-        if self.recon not in _RECONS:
-            raise ValueError(f"recon must be one of {sorted(_RECONS)}, not {self.recon!r}")
         if self.recon != "midpoint" and self.gain != 1:
             raise ValueError("recon='mean' and 'draw' model photon counts: gain must be 1")
 
     @property
     def mode(self) -> str:
-        if self.q == "sparse" or (not isinstance(self.q, str) and math.isinf(self.q)):
+        if self.q == "sparse":
             return "sparse"
         return "quantized" if self.q > 0 else "lossless"
 
@@ -121,11 +218,54 @@ class CodecSettings:
 
     def cd_values(self) -> tuple:
         """The filter's user cd_values (see docs/format.md, 'HDF5 filter')."""
-        k = self.core_kwargs()
-        f32 = lambda v: int(np.array(v, dtype="<f4").view("<u4"))  # noqa: E731
-        return (1, k["mode"], f32(k["q"]), k["codec"], k["level"] & 0xFFFFFFFF, k["shuffle"], k["recon"],
-                k["tile"], f32(k["gain"]), f32(k["mu_min"]), f32(k["roi_snr"]), k["roi_margin"], k["seed"],
-                k["block_elems"])
+        cd = [0] * CD_USER_VALUES
+        cd[0], cd[CD_MODE_SLOT] = CD_LAYOUT, _MODES[self.mode]
+        for s in SETTINGS:
+            if self.mode in s.modes:
+                cd[s.slot] = s.to_word(self.q_value if s.name == "q" else getattr(self, s.name))
+        return tuple(cd)
+
+    @classmethod
+    def from_cd_values(cls, cd) -> "CodecSettings":
+        """The settings of a redml filter pipeline entry (the cd_values of an HDF5 dataset's
+        filter, as the plugin reads them): missing trailing values take their defaults,
+        values 14-16 (set_local's dtype and shape) are not settings."""
+        cd = [int(v) for v in cd]
+        if not cd or cd[0] != CD_LAYOUT:
+            raise ValueError(f"unknown redml cd_values layout {cd[:1]} (this version reads layout {CD_LAYOUT})")
+        if len(cd) > CD_ALL_VALUES:
+            raise ValueError(f"redml cd_values hold at most {CD_ALL_VALUES} values, not {len(cd)}")
+        full = cd[:CD_USER_VALUES] + list(_DEFAULT_CD[len(cd):])
+        modes = {v: k for k, v in _MODES.items()}
+        if full[CD_MODE_SLOT] not in modes:
+            raise ValueError(f"unknown redml mode {full[CD_MODE_SLOT]} in cd_values")
+        mode = modes[full[CD_MODE_SLOT]]
+        used = [s for s in SETTINGS if mode in s.modes]
+        for slot in {s.slot for s in SETTINGS} - {s.slot for s in used}:
+            if full[slot] != 0:  # what cd_values() writes there, and all the plugin accepts
+                raise ValueError(f"redml cd_values: value {slot} must be 0 in {mode} mode, not {full[slot]}")
+        kw = {s.name: s.from_word(full[s.slot]) for s in used}
+        if mode == "sparse":
+            kw["q"] = "sparse"
+        elif mode == "quantized" and kw["q"] <= 0:
+            raise ValueError("redml cd_values: quantized mode needs q > 0")
+        return cls(**kw)
+
+    def to_config(self) -> dict:
+        """The JSON-safe configuration: every field under its name (q: "sparse" or a number)."""
+        config = {s.name: s.to_json(getattr(self, s.name)) for s in SETTINGS if s.name != "q"}
+        return {"q": "sparse" if self.mode == "sparse" else self.q_value, **config}
+
+    @classmethod
+    def from_config(cls, config) -> "CodecSettings":
+        """Settings from a configuration (to_config's, or any subset of its keys: missing
+        ones take their defaults); an unknown key is refused."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"a redml configuration is a dict, not {type(config).__name__}")
+        unknown = sorted(set(config) - {s.name for s in SETTINGS})
+        if unknown:
+            raise ValueError(f"unknown redml configuration keys: {', '.join(map(str, unknown))}")
+        return cls(**config)
 
 
 def _check_range(name, value, lo, hi, integer=False, open_low=False):
@@ -134,6 +274,9 @@ def _check_range(name, value, lo, hi, integer=False, open_low=False):
         raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, not {type(value).__name__}")
     if math.isnan(value) or value < lo or value > hi or (open_low and value == lo):
         raise ValueError(f"{name} must be in {'(' if open_low else '['}{lo}, {hi}], not {value!r}")
+
+
+_DEFAULT_CD = CodecSettings().cd_values()  # what the plugin takes for missing trailing values
 
 
 def as_frame(frame) -> np.ndarray:

@@ -27,9 +27,6 @@ __all__ = ["RedmlCodec", "CODEC_ID", "settings_to_config", "settings_from_config
 
 CODEC_ID = "redml"
 
-# CodecSettings fields that go into a configuration, in this order.
-_FIELDS = ("q", "codec", "level", "shuffle", "gain", "mu_min", "tile", "roi_snr", "roi_margin", "seed",
-           "block_elems", "sparse_noise")
 _BOUND_KEY = "max_error_sigmas"
 
 
@@ -48,20 +45,7 @@ def stated_bound(settings: CodecSettings):
 
 def settings_to_config(settings: CodecSettings) -> dict:
     """JSON-safe configuration (no id or name) of the settings, with the stated bound."""
-    config = {}
-    for name in _FIELDS:
-        value = getattr(settings, name)
-        if name == "q":
-            value = "sparse" if settings.mode == "sparse" else settings.q_value
-        elif isinstance(value, (bool, np.bool_)):
-            value = bool(value)
-        elif isinstance(value, (int, np.integer)):
-            value = int(value)
-        elif isinstance(value, (float, np.floating)):
-            value = float(value)
-        config[name] = value
-    config[_BOUND_KEY] = stated_bound(settings)
-    return config
+    return {**settings.to_config(), _BOUND_KEY: stated_bound(settings)}
 
 
 def settings_from_config(config: dict) -> CodecSettings:
@@ -70,10 +54,7 @@ def settings_from_config(config: dict) -> CodecSettings:
     imply, or an unknown key, is refused."""
     if not isinstance(config, dict):
         raise TypeError(f"a redml configuration is a dict, not {type(config).__name__}")
-    unknown = sorted(set(config) - set(_FIELDS) - {_BOUND_KEY})
-    if unknown:
-        raise ValueError(f"unknown redml configuration keys: {', '.join(unknown)}")
-    settings = CodecSettings(**{k: v for k, v in config.items() if k in _FIELDS})
+    settings = CodecSettings.from_config({k: v for k, v in config.items() if k != _BOUND_KEY})
     if _BOUND_KEY in config:
         stated, implied = config[_BOUND_KEY], stated_bound(settings)
         if (stated is None) != (implied is None) or (
@@ -99,8 +80,8 @@ class RedmlCodec(Codec):
     """numcodecs codec `redml`: one 2-D diffraction frame per chunk (docs/format.md).
 
     q: 0 lossless; > 0 background within q*sigma/2 (unbiased); "sparse". Other keywords:
-    the fields of redml_reduce.CodecSettings (codec, level, shuffle, gain, mu_min, tile,
-    roi_snr, roi_margin, seed, block_elems, sparse_noise). max_error_sigmas: optional; if
+    the fields of redml_reduce.CodecSettings (codec, level, shuffle, recon, gain, mu_min,
+    tile, roi_snr, roi_margin, seed, block_elems, sparse_noise). max_error_sigmas: optional; if
     given it must match what q implies (configurations carry it so that readers see the
     bound).
     """

@@ -15,6 +15,7 @@ array whose codec is `redml_reduce.redml`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from .h5filter import Redml
 from .sources import Input, image_datasets
 
 __all__ = ["NxmxWriter", "ZarrWriter", "open_writer", "output_chunks", "copy_hdf5_skeleton", "geometry_from_header",
-           "output_path", "path_size"]
+           "output_path", "path_size", "path_digest"]
 
 OUTPUT_SUFFIX = {"nxmx": ".nxs", "zarr": ".zarr"}
 _STR = h5py.string_dtype()
@@ -48,6 +49,21 @@ def path_size(path) -> int:
     if p.is_dir():
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
     return p.stat().st_size
+
+
+def path_digest(path) -> str:
+    """Digest of an output's bytes: a file's, or a folder's files (their paths inside it and
+    contents, in path order). Recorded in the manifest to tell a finished output intact."""
+    p = Path(path)
+    h = hashlib.blake2b(digest_size=16)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(f"{f.relative_to(p).as_posix()}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _redml_kwargs(settings: CodecSettings):

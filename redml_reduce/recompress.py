@@ -27,8 +27,9 @@ for an existing cluster, e.g. dask-jobqueue's SLURMCluster):
 Files are opened inside the tasks (only paths and bytes travel between processes). Chunks
 do not depend on how the frames were split or on which worker encoded them, so outputs are
 byte-identical to a serial run (`workers=0`). A rerun skips inputs whose manifest entry
-matches (same input files, sizes and times, same settings and format, output present with
-its recorded size). An input that cannot be read or verified is reported with its error;
+matches (same input files, sizes and times, same settings and format) and whose output is
+intact (its recorded size and digest); a damaged or missing output is redone, with a note
+in the report. An input that cannot be read or verified is reported with its error;
 the others go on. A worker that dies mid-task is replaced and its tasks rerun (temporary
 names are unique per attempt).
 """
@@ -45,7 +46,8 @@ from .codec import CodecSettings
 from .numcodecs_codec import settings_to_config
 from .outputs import OUTPUT_SUFFIX, output_path
 from .recompress_report import Manifest, Report, row as _row
-from .recompress_tasks import VerificationError, encode_part, inspect_input, verify_chunk, write_output
+from .recompress_tasks import (VerificationError, check_output, encode_part, inspect_input, verify_chunk,
+                               write_output)
 from .sources import find_inputs
 
 __all__ = ["recompress", "Report", "Manifest", "VerificationError", "verify_chunk", "MANIFEST_NAME", "TMP_NAME"]
@@ -212,18 +214,25 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
                 inspected[inp.name] = fut.result()
             except Exception as e:
                 rows[inp.name] = _row(inp, "error", error=_message(e))
-        todo = []
+        entries = {inp.name: manifest.finished(inp.name, inspected[inp.name]["signature"], config, output)
+                   for inp in inputs if resume and inp.name not in rows}
+        outs = {inp.name: output_path(out_dir, inp, output) for inp in inputs}
+        checks = {name: ex.submit(check_output, str(outs[name]), e) for name, e in entries.items() if e is not None}
+        live = list(checks.values())
+        todo, notes = [], {}
         for inp in inputs:
             if inp.name in rows:
                 continue
-            info = inspected[inp.name]
-            out = output_path(out_dir, inp, output)
-            entry = manifest.finished(inp.name, info["signature"], config, output) if resume else None
-            if entry is not None:
-                rows[inp.name] = _row(inp, "skipped", **{k: entry.get(k, 0) for k in (
-                    "frames", "raw_bytes", "bytes_in", "bytes_out", "seconds", "cpu_seconds", "output")})
-            else:
-                todo.append((inp, info, out))
+            info, out = inspected[inp.name], outs[inp.name]
+            if inp.name in checks:  # an earlier run finished it: skipped if its output is intact
+                problem = checks[inp.name].result()
+                if problem is None:
+                    entry = entries[inp.name]
+                    rows[inp.name] = _row(inp, "skipped", **{k: entry.get(k, 0) for k in (
+                        "frames", "raw_bytes", "bytes_in", "bytes_out", "seconds", "cpu_seconds", "output")})
+                    continue
+                notes[inp.name] = f"redone: {problem}"
+            todo.append((inp, info, out))
         jobs, live = {}, []
         total_work = sum(info["frames"] * info["frame_pixels"] for _, info, _ in todo)
         for inp, info, out in todo:
@@ -245,11 +254,11 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
             bytes_in = sum(size for _, size, _ in info["signature"])
             try:
                 res = fut.result()
-                row = _row(inp, "done", bytes_in=bytes_in, **res)
+                row = _row(inp, "done", bytes_in=bytes_in, note=notes.get(inp.name), **res)
                 manifest.record({"name": inp.name, "signature": info["signature"], "settings": config,
                                  "format": output, "bytes_in": bytes_in, **res})
             except Exception as e:
-                row = _row(inp, "error", bytes_in=bytes_in, error=_message(e))
+                row = _row(inp, "error", bytes_in=bytes_in, error=_message(e), note=notes.get(inp.name))
             rows[inp.name] = row
             if progress and bar is None:
                 ratio = f", ratio {row['ratio']:.2f}" if row["ratio"] else ""

@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .outputs import path_size
 from .sources import Input
 
 __all__ = ["Manifest", "Report", "row"]
@@ -28,11 +27,10 @@ class Manifest:
                     continue  # a line cut by a stop mid-write
 
     def finished(self, name, signature, config, fmt) -> dict | None:
+        """The entry of an earlier run of the same input files, settings and format, or None.
+        Whether its output is still intact is for recompress_tasks.check_output to say."""
         e = self.entries.get(name)
         if not e or e.get("signature") != signature or e.get("settings") != config or e.get("format") != fmt:
-            return None
-        out = Path(e.get("output", ""))
-        if not out.exists() or path_size(out) != e.get("bytes_out"):
             return None
         return e
 
@@ -49,7 +47,7 @@ class Report:
     """Per input: name, input, output, status (done, skipped: finished by an earlier run,
     error), frames, raw_bytes (frames as arrays), bytes_in (input files), bytes_out, ratio
     (raw_bytes / bytes_out), seconds (wall time of its tasks), cpu_seconds (CPU time of its
-    tasks' threads), error."""
+    tasks' threads), error, note (why an input an earlier run finished was done again)."""
 
     rows: list = field(default_factory=list)
     wall_seconds: float = 0.0
@@ -79,12 +77,14 @@ class Report:
         Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
 
     def table(self) -> str:
-        head = f"{'input':<28} {'status':<8} {'frames':>6} {'MB in':>9} {'MB out':>9} {'ratio':>7} {'s':>7}  error"
+        head = (f"{'input':<28} {'status':<8} {'frames':>6} {'MB in':>9} {'MB out':>9} {'ratio':>7} {'s':>7}  "
+                "error or note")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
             lines.append(f"{r['name'][:28]:<28} {r['status']:<8} {r['frames']:>6} {r['bytes_in'] / 1e6:>9.2f} "
-                         f"{r['bytes_out'] / 1e6:>9.2f} {ratio:>7} {r['seconds']:>7.2f}  {r.get('error') or ''}")
+                         f"{r['bytes_out'] / 1e6:>9.2f} {ratio:>7} {r['seconds']:>7.2f}  "
+                         f"{r.get('error') or r.get('note') or ''}")
         t = self.totals()
         ratio = f"{t['ratio']:.2f}" if t["ratio"] else "-"
         lines.append("-" * len(head))
@@ -97,7 +97,8 @@ class Report:
 
 def row(inp: Input, status: str, **values) -> dict:
     row = {"name": inp.name, "input": inp.label, "status": status, "frames": 0, "raw_bytes": 0, "bytes_in": 0,
-           "bytes_out": 0, "ratio": None, "seconds": 0.0, "cpu_seconds": 0.0, "output": None, "error": None}
+           "bytes_out": 0, "ratio": None, "seconds": 0.0, "cpu_seconds": 0.0, "output": None, "error": None,
+           "note": None}
     row.update(values)
     if row["bytes_out"] and row["raw_bytes"]:
         row["ratio"] = row["raw_bytes"] / row["bytes_out"]

@@ -17,10 +17,10 @@ import numpy as np
 
 from .codec import CodecSettings, decode, encode, error_bound, exact_mask
 from .h5filter import Redml
-from .outputs import open_writer, output_chunks, path_size
+from .outputs import open_writer, output_chunks, path_digest, path_size
 from .sources import Input, open_frames
 
-__all__ = ["VerificationError", "verify_chunk", "inspect_input", "encode_part", "write_output"]
+__all__ = ["VerificationError", "verify_chunk", "inspect_input", "encode_part", "write_output", "check_output"]
 
 
 class VerificationError(RuntimeError):
@@ -159,6 +159,7 @@ def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_
             for i in range(n):
                 if _digest(read(i)) != digests[i]:
                     raise VerificationError(f"{out_path.name}: frame {i} is not the chunk that was verified")
+        digest = path_digest(tmp)  # of the checked bytes; a resumed run compares it (check_output)
         if out_path.is_dir():
             shutil.rmtree(out_path)
         os.replace(tmp, out_path)
@@ -172,8 +173,26 @@ def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_
             os.remove(p["path"])
     seconds = time.perf_counter() - t0 + sum(p["seconds"] for p in parts or ())
     cpu = time.thread_time() - c0 + sum(p["cpu_seconds"] for p in parts or ())
-    return {"frames": n_frames, "raw_bytes": raw, "bytes_out": path_size(out_path), "seconds": seconds,
-            "cpu_seconds": cpu, "output": str(out_path)}
+    return {"frames": n_frames, "raw_bytes": raw, "bytes_out": path_size(out_path), "digest": digest,
+            "seconds": seconds, "cpu_seconds": cpu, "output": str(out_path)}
+
+
+def check_output(out_path: str, entry: dict) -> str | None:
+    """Task: None when the output at out_path is still what its manifest entry says was
+    written and checked (same size and digest), else why not."""
+    out = Path(out_path)
+    if not out.exists():
+        return "its output is missing"
+    if not entry.get("digest"):
+        return "its manifest entry has no digest (written by an older version)"
+    try:
+        if path_size(out) != entry.get("bytes_out"):
+            return "its output changed size"
+        if path_digest(out) != entry["digest"]:
+            return "its output changed (digest differs)"
+    except OSError as e:
+        return f"its output cannot be read ({e})"
+    return None
 
 
 def decode_header(chunk) -> dict:

@@ -37,8 +37,9 @@ ZARR_CODEC_NAME = "redml_reduce.redml"
 class RedmlZarrCodec(ArrayBytesCodec):
     """zarr v3 array-to-bytes codec `redml_reduce.redml`: one redml chunk per frame.
 
-    Takes the keywords of redml_reduce.CodecSettings (q, codec, shuffle, gain, mu_min,
-    tile, roi_snr, roi_margin, seed, block_elems, sparse_noise) or settings=CodecSettings.
+    Takes the keywords of redml_reduce.CodecSettings (q, codec, level, shuffle, recon, gain,
+    mu_min, tile, roi_snr, roi_margin, seed, block_elems, sparse_noise) or
+    settings=CodecSettings.
     """
 
     is_fixed_size = False

@@ -34,38 +34,10 @@ __all__ = ["references", "write_references", "open_view", "to_dask", "settings_f
 
 DEFAULT_DATASET = "entry/data/data"
 
-_MODES = {0: "lossless", 1: "quantized", 2: "sparse"}
-_CODECS = {1: "lz4", 2: "zstd", 3: "rans"}
-_SHUFFLES = {0: "none", 1: "byte", 2: "bit"}
-
-
-def _f32(bits: int) -> float:
-    """A float32 cd_value as the shortest decimal that round-trips it (0.3, not 0.30000001...)."""
-    return float(str(np.array(bits, dtype="<u4").view("<f4")[()]))
-
-
 def settings_from_cd_values(cd) -> CodecSettings:
     """The CodecSettings a redml filter pipeline entry was created with (docs/format.md,
     'HDF5 filter'); missing trailing values take their defaults."""
-    cd = [int(v) for v in cd]
-    if not cd or cd[0] != 1:
-        raise ValueError(f"unknown redml cd_values layout {cd[:1]} (this version reads layout 1)")
-    defaults = CodecSettings()
-    get = lambda i, default: cd[i] if len(cd) > i else default  # noqa: E731
-    mode = _MODES.get(get(1, 0))
-    if mode is None:
-        raise ValueError(f"unknown redml mode {cd[1]} in cd_values")
-    q = {"lossless": 0.0, "sparse": "sparse"}.get(mode) or _f32(get(2, 0))
-    level = get(4, defaults.level)
-    kw = dict(codec=_CODECS.get(get(3, 3)), level=level - (1 << 32) if level >= 1 << 31 else level,
-              shuffle=_SHUFFLES.get(get(5, 1)), sparse_noise=bool(get(6, 0)), tile=get(7, defaults.tile),
-              roi_margin=get(11, defaults.roi_margin), seed=get(12, defaults.seed),
-              block_elems=get(13, defaults.block_elems))
-    for i, name in ((8, "gain"), (9, "mu_min"), (10, "roi_snr")):
-        kw[name] = _f32(cd[i]) if len(cd) > i else getattr(defaults, name)
-    if kw["codec"] is None or kw["shuffle"] is None:
-        raise ValueError(f"unknown codec or shuffle in redml cd_values {cd}")
-    return CodecSettings(q=q, **kw)
+    return CodecSettings.from_cd_values(cd)
 
 
 def _redml_dataset(f: h5py.File, dataset: str) -> h5py.Dataset:

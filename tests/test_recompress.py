@@ -19,6 +19,7 @@ import redml_reduce as rr
 from conftest import BASE_SEED
 from redml_reduce.cli import main as cli_main
 from redml_reduce.codec import error_bound
+from redml_reduce.outputs import OUTPUT_SUFFIX, path_size
 from redml_reduce.recompress import MANIFEST_NAME, TMP_NAME, VerificationError, recompress, verify_chunk
 from redml_reduce.sources import find_inputs, open_frames
 from redml_reduce.synthetic import still_frame
@@ -208,6 +209,55 @@ def test_rerun_skips_finished_inputs(inputs, serial, tmp_path):
     os.utime(a, ns=(time.time_ns(), time.time_ns()))
     report = recompress(inputs["sources"], out, 1.0, workers=0)
     assert {r["name"] for r in report.rows if r["status"] == "done"} == {"a"}
+
+
+def _corrupt_chunk(out, fmt, i):
+    """Flips a byte in the middle of frame i's chunk, in place (the output keeps its size)."""
+    if fmt == "zarr":
+        path, offset = out / "a.zarr" / "data" / "c" / str(i) / "0" / "0", None
+    else:
+        path = out / "a.nxs"
+        with h5py.File(path, "r") as f:
+            info = f["entry/data/data"].id.get_chunk_info(i)
+            offset = info.byte_offset + info.size // 2
+    raw = bytearray(path.read_bytes())
+    offset = len(raw) // 2 if offset is None else offset
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _read(out, fmt):
+    if fmt == "zarr":
+        return zarr.open_group(str(out / "a.zarr"), mode="r")["data"][...]
+    with h5py.File(out / "a.nxs", "r") as f:
+        return f["entry/data/data"][...]
+
+
+@pytest.mark.parametrize("fmt", ["nxmx", "zarr"])
+def test_resume_redoes_a_damaged_output(inputs, fmt, tmp_path):
+    """Was: an output with a corrupt chunk but its recorded size was skipped, and stayed unreadable."""
+    out = tmp_path / "out"
+    recompress(inputs["sources"], out, workers=0, output=fmt)
+    a = next(i for i in find_inputs(inputs["sources"]) if i.name == "a")
+    expected = _source_frames(a)
+    size = path_size(out / f"a{OUTPUT_SUFFIX[fmt]}")
+    _corrupt_chunk(out, fmt, 1)
+    assert path_size(out / f"a{OUTPUT_SUFFIX[fmt]}") == size
+    with pytest.raises((OSError, ValueError)):
+        _read(out, fmt)
+    report = recompress(inputs["sources"], out, workers=0, output=fmt)
+    rows = {r["name"]: r for r in report.rows}
+    assert rows["a"]["status"] == "done" and "digest differs" in rows["a"]["note"]
+    assert {n for n, r in rows.items() if r["status"] == "skipped"} == {"b", "c", "s", "t"}
+    assert "redone" in report.table()
+    assert _read(out, fmt).tobytes() == expected.tobytes()
+    # a manifest without digests (an older version's) proves nothing: its outputs are redone
+    manifest = out / MANIFEST_NAME
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "digest"}) + "\n" for e in lines))
+    report = recompress(inputs["sources"], out, workers=0, output=fmt)
+    assert all(r["status"] == "done" and "no digest" in r["note"] for r in report.rows if r["name"] != "d_broken")
+    assert recompress(inputs["sources"], out, workers=0, output=fmt).totals()["skipped"] == 5
 
 
 def test_interrupted_dask_run_resumes(inputs, serial, cluster, tmp_path):

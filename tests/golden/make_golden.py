@@ -1,19 +1,28 @@
-"""Writes the golden chunks of format v1 (run once; never regenerate existing files).
+"""Writes the golden chunks of format v1 and the golden HDF5 file (run once; never
+regenerate existing files).
 
 Each case stores the input frame, the chunk and the frame the v1 decoder returned when
 the chunk was written. tests/test_golden.py checks that today's decoder still returns
 exactly that frame, so old files stay readable as the code evolves.
 
+hdf5_v1/settings.h5 holds one group per H5_CASES entry, written through the HDF5 filter:
+`data` (redml, two frames, the filter's cd_values as this version wrote them; its
+attribute `redml_settings` is the settings' JSON configuration), `input` (the frames) and
+`decoded` (what the filter returned when the file was written), both gzip.
+
     python tests/golden/make_golden.py     # only writes cases that do not exist yet
 """
+import json
 import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 import redml_reduce as rr
 
 OUT = Path(__file__).parent / "v1"
+H5_OUT = Path(__file__).parent / "hdf5_v1" / "settings.h5"
 
 CASES = {
     "u16_lossless_rans": ("uint16", 0, {}),
@@ -32,6 +41,22 @@ CASES = {
     "u16_q4_draw_lowcount": ("uint16", 4.0, {"recon": "draw"}),
 }
 
+# The golden HDF5 file: every mode, recon, codec and shuffle, and the other settings away
+# from their defaults (cd_values layout 1).
+H5_CASES = {
+    "u16_lossless_rans": ("uint16", 0, {}),
+    "u16_lossless_lz4_bit": ("uint16", 0, {"codec": "lz4", "shuffle": "bit", "block_elems": 1024}),
+    "i32_lossless_zstd_none": ("int32", 0, {"codec": "zstd", "shuffle": "none", "level": -3}),
+    "f32_lossless": ("float32", 0, {}),
+    "u16_q1_settings": ("uint16", 1.0, {"tile": 16, "roi_snr": 4.5, "roi_margin": 3, "seed": 4000000000,
+                                         "mu_min": 0.5}),
+    "f32_q1_gain": ("float32", 1.0, {"gain": 2.5}),
+    "u16_q2_mean": ("uint16", 2.0, {"recon": "mean"}),
+    "i32_q4_draw_zstd": ("int32", 4.0, {"recon": "draw", "codec": "zstd", "level": 9}),
+    "u32_sparse": ("uint32", "sparse", {}),
+    "u16_sparse_noise_lz4": ("uint16", "sparse", {"sparse_noise": True, "codec": "lz4", "shuffle": "byte"}),
+}
+
 
 def frame_for(name, dtype):
     rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -46,7 +71,25 @@ def frame_for(name, dtype):
     return x.astype(dtype)
 
 
+def make_hdf5():
+    if H5_OUT.exists():
+        return
+    H5_OUT.parent.mkdir(exist_ok=True)
+    with h5py.File(H5_OUT, "w", track_order=True) as f:
+        for name, (dtype, q, kw) in H5_CASES.items():
+            frames = np.stack([frame_for(f"{name}.{k}", dtype) for k in range(2)])
+            g = f.create_group(name)
+            d = g.create_dataset("data", data=frames, chunks=(1, *frames.shape[1:]), **rr.Redml(q, **kw))
+            d.attrs["redml_settings"] = json.dumps(rr.CodecSettings(q=q, **kw).to_config())
+            g.create_dataset("input", data=frames, compression="gzip", shuffle=True)
+    with h5py.File(H5_OUT, "a") as f:  # reopened: read through the filter, not HDF5's chunk cache
+        for name in H5_CASES:
+            f[name].create_dataset("decoded", data=f[name]["data"][...], compression="gzip", shuffle=True)
+    print("wrote", H5_OUT, H5_OUT.stat().st_size, "bytes")
+
+
 def main():
+    make_hdf5()
     OUT.mkdir(exist_ok=True)
     for name, (dtype, q, kw) in CASES.items():
         if (OUT / f"{name}.rdml").exists():
