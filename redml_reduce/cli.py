@@ -57,6 +57,13 @@ def parse_q(text: str):
     return int(v) if v.is_integer() else v
 
 
+def _require_file(path) -> None:
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+
+
 def _refuse_existing(path, force: bool) -> None:
     if os.path.lexists(path) and not force:
         raise FileExistsError(errno.EEXIST, "exists (--force overwrites it)", str(path))
@@ -208,8 +215,7 @@ def _decompress(args) -> int:
     from .outputs import redml_datasets, write_decoded
     from .progress import progress_bar
 
-    if not os.path.isfile(args.input):
-        raise FileNotFoundError(errno.ENOENT, "no such file", args.input)
+    _require_file(args.input)
     _refuse_existing(args.output, args.force)
     try:
         with h5py.File(args.input, "r") as f:
@@ -239,7 +245,7 @@ def _summarise_chunks(d) -> str:
         except RedmlError:
             bad += 1
             continue
-        kinds[(h["mode"], "" if h["mode"] == "lossless" else f" q={h['q']:g}", h["codec"])] += 1
+        kinds[(h["mode"], f" q={h['q']:g}" if h["mode"] == "quantized" else "", h["codec"])] += 1
     parts = [f"{c} {mode}{q} ({codec})" for (mode, q, codec), c in sorted(kinds.items())]
     if bad:
         parts.append(f"{bad} unreadable")
@@ -254,8 +260,7 @@ def _inspect(args) -> int:
     from .h5filter import FILTER_ID
     from .jungfrau import CALIBRATION_GROUP, describe_calibration
 
-    if not os.path.isfile(args.file):
-        raise FileNotFoundError(errno.ENOENT, "no such file", args.file)
+    _require_file(args.file)
     try:
         f = h5py.File(args.file, "r")
     except OSError as e:

@@ -249,12 +249,11 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
             bytes_in = sum(size for _, size, _ in info["signature"])
             try:
                 res = fut.result()
-                row = _row(inp, "done", bytes_in=bytes_in, **res)
+                row = rows[inp.name] = _row(inp, "done", bytes_in=bytes_in, **res)  # reported even if Ctrl-C ...
                 manifest.record({"name": inp.name, "signature": info["signature"], "settings": config,
-                                 "format": output, "bytes_in": bytes_in, **res})
+                                 "format": output, "bytes_in": bytes_in, **res})  # ... stops the record
             except Exception as e:
-                row = _row(inp, "error", bytes_in=bytes_in, error=_message(e))
-            rows[inp.name] = row
+                row = rows[inp.name] = _row(inp, "error", bytes_in=bytes_in, error=_message(e))
             bar.update(info["frames"])
             if on_result is not None:
                 on_result(row)
