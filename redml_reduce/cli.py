@@ -65,8 +65,12 @@ def _require_file(path) -> None:
 
 
 def _refuse_existing(path, force: bool) -> None:
+    """An output is written only into an existing folder, and replaces a file only with --force."""
     if os.path.lexists(path) and not force:
         raise FileExistsError(errno.EEXIST, "exists (--force overwrites it)", str(path))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such folder", folder)
 
 
 def read_reference(path: str, n_frames: int) -> list[np.ndarray]:
@@ -221,7 +225,7 @@ def _decompress(args) -> int:
         with h5py.File(args.input, "r") as f:
             n = sum(f[name].shape[0] if f[name].ndim == 3 else 1 for name in redml_datasets(f))
     except OSError as e:
-        raise ValueError(f"{args.input}: not a readable HDF5 file ({e})") from None
+        raise OSError(f"{args.input}: not a readable HDF5 file ({e})") from None
     with progress_bar(n, "decompress") as bar:
         r = write_decoded(args.input, args.output, args.codec, on_frame=bar.update)
     print(f"{r['frames']} frames of {', '.join(r['datasets'])} written to {args.output} ({args.codec}), "
@@ -264,7 +268,7 @@ def _inspect(args) -> int:
     try:
         f = h5py.File(args.file, "r")
     except OSError as e:
-        raise ValueError(f"{args.file}: not a readable HDF5 file ({e})") from None
+        raise OSError(f"{args.file}: not a readable HDF5 file ({e})") from None
     with f:
         def show(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.chunks and obj.ndim == 3:

@@ -277,7 +277,7 @@ class Frames:
         except OSError as e:
             if not os.path.isfile(path):
                 raise
-            raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+            raise OSError(f"{path}: not a readable HDF5 file ({e})") from None
         first = 0
         for name in image_datasets(self._file, self.input.dataset):
             d = self._file[name]

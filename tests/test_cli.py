@@ -113,6 +113,7 @@ def files(tmp_path, rng):
     (["compress", "run.h5", "-o", "taken.h5"], "taken.h5: exists (--force overwrites it)", 1),
     (["decompress", "run.h5", "taken.h5"], "taken.h5: exists (--force overwrites it)", 1),
     (["decompress", "run.h5", "x.h5"], "no redml datasets", 1),
+    (["compress", "run.h5", "-o", "nodir/x.h5"], "nodir: no such folder", 1),
 ])
 def test_errors_are_one_line(files, args, expected, code):
     out = _run(*args, cwd=files)
