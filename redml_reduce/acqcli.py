@@ -15,23 +15,13 @@ from pathlib import Path
 __all__ = ["add_commands"]
 
 
-def _q(text: str):
-    if text == "sparse":
-        return "sparse"
-    try:
-        v = float(text)
-    except ValueError:
-        raise SystemExit(f"--q must be a number >= 0 or 'sparse', not {text!r}") from None
-    return int(v) if v.is_integer() else v
-
-
 def _acquire(args) -> int:
     from .acquire import AcquireSettings, Acquisition
     from .dashboard import Dashboard, parse_listen
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    settings = AcquireSettings(q=_q(args.q), codec=args.codec, veto=args.veto, min_spots=args.min_spots,
+    settings = AcquireSettings(q=args.q, codec=args.codec, veto=args.veto, min_spots=args.min_spots,
                                spots=not args.no_spots, workers=args.workers, max_pending=args.max_pending,
                                on_full=args.on_full, idle_timeout_s=args.timeout, overwrite=args.overwrite,
                                channel=args.channel)
@@ -47,16 +37,14 @@ def _acquire(args) -> int:
     print(f"{'listening on' if args.bind else 'connecting to'} {endpoint}; files: {args.out}", file=sys.stderr, flush=True)
     code = 0
     try:
-        summaries = acq.serve(endpoint, bind=bool(args.bind), max_series=args.series, stop=stop, wait_s=args.wait,
-                              status_every_s=0 if args.quiet else args.status_every)
+        acq.serve(endpoint, bind=bool(args.bind), max_series=args.series, stop=stop, wait_s=args.wait,
+                  status_every_s=0 if args.quiet else args.status_every)
     except KeyboardInterrupt:
         code = 130
     finally:
         summaries = [s for s in acq.close() if s is not None]
         if dash is not None:
-            if args.linger > 0:
-                stop.wait(args.linger)
-            dash.stop()
+            code = _linger(dash, stop, args.linger, code)
     snap = acq.stats.snapshot()
     if args.json:
         Path(args.json).write_text(json.dumps({"series": summaries, "indicators": snap["indicators"],
@@ -70,6 +58,19 @@ def _acquire(args) -> int:
     if not summaries and code == 0:
         print("no series received", file=sys.stderr)
         code = 2
+    return code
+
+
+def _linger(dash, stop, seconds: float, code: int) -> int:
+    """Keeps the dashboard up `seconds` after the end (Ctrl-C ends it: exit status 130), then stops it."""
+    try:
+        if seconds > 0 and code == 0:
+            print(f"dashboard stays up {seconds:g} s at {dash.url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+            stop.wait(seconds)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        dash.stop()
     return code
 
 
@@ -102,14 +103,14 @@ def _simulate(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     geometry, mask, start_kw = None, None, None
     if args.files and args.jungfrau_raw:
-        raise SystemExit("--jungfrau-raw simulates its own frames: give it without --files")
+        raise ValueError("--jungfrau-raw simulates its own frames: give it without --files")
     if args.files:
         from .background import Geometry
         from .cli import read_frames
 
         frames = [np.asarray(f) for f in read_frames(args.files)]
         if not frames:
-            raise SystemExit("no frames in the files given")
+            raise ValueError("no frames in the files given")
         first = args.files[0].split(":")[0]
         if first.endswith((".nxs", ".h5")):
             try:
@@ -161,13 +162,15 @@ def _simulate(args) -> int:
 
 
 def add_commands(sub) -> None:
+    from .cli import parse_q
+
     a = sub.add_parser("acquire", help="receive a detector stream (DECTRIS Stream V2 / Jungfraujoch), write "
                                        "compressed NXmx, show live indicators")
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--connect", metavar="ENDPOINT", help="the detector's PUSH socket, e.g. tcp://dcu:31001")
     src.add_argument("--bind", metavar="ENDPOINT", help="listen instead, e.g. tcp://*:31001")
     a.add_argument("--out", required=True, help="file per series; {series} is replaced by the series id")
-    a.add_argument("--q", default="1", help="0 lossless, > 0 bounded lossy (default 1), or 'sparse'")
+    a.add_argument("--q", "-q", type=parse_q, default=1, help="0 lossless, > 0 bounded lossy (default 1), or 'sparse'")
     a.add_argument("--codec", choices=("redml", "bslz4"), default="redml",
                    help="bslz4: store the detector's bitshuffle-LZ4 frames as they come (no redml)")
     a.add_argument("--veto", choices=("none", "sparse", "drop"), default="none",

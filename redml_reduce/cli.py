@@ -4,19 +4,28 @@
     redml find-spots FRAME... [--cxi OUT.cxi]
     redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
     redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
-    redml compress RAW.h5[:/dataset]... -o OUT.h5 [-q 1] [--roi classical|ml|union] [--jungfrau-calibration DIR|FILE.h5]
+    redml compress INPUT... -o OUT.h5 [-q 0] [--roi classical|ml|union] [--force]
+    redml compress RAW.h5[:/dataset]... -o OUT.h5 --jungfrau-calibration DIR|FILE.h5
+    redml decompress IN.h5 OUT.h5 [--codec bslz4|none] [--force]
     redml inspect FILE.h5
     redml simulate-detector --bind tcp://*:31001 --frames N --rate HZ [--compression bslz4]
     redml acquire --connect tcp://HOST:31001 --out run.nxs --q 1 [--veto sparse] [--dashboard :8080]
 
-FRAME: any image fabio reads (CBF, SMV, ...) or FILE.h5:/path/to/dataset[:index].
+FRAME, INPUT: what `redml recompress` reads (redml_reduce.sources): HDF5/NXmx files (every
+frame of entry/data/data, Eiger masters with their data files; bitshuffle-LZ4, gzip, ...),
+CBF/SMV images (a series per name template), folders of them, or FILE.h5:/dataset[:index].
 REF: a DIALS strong.refl (read with the system python that has DIALS) or a .json file
 {"0": [[x, y], ...], "1": ...} with one list per frame (pixel centres at +0.5).
+
+Errors are one line on stderr (`redml: error: ...`) and exit status 1 (2 for a bad
+argument, 130 for Ctrl-C); `redml --debug ...` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,30 +33,44 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "read_frames", "read_reference"]
+__all__ = ["main", "read_frames", "read_reference", "parse_q"]
+
 
 def read_frames(specs) -> list[np.ndarray]:
-    """Frames from files fabio reads, or FILE.h5:/dataset[:index] (all frames of a 3-D dataset)."""
-    frames = []
-    for spec in specs:
-        if ".h5:" in spec or ".nxs:" in spec or ".cxi:" in spec:
-            import h5py
+    """Every frame named by specs (files, folders, FILE.h5:/dataset[:index]; redml_reduce.sources)."""
+    from .sources import iter_frames
 
-            path, _, rest = spec.partition(":")
-            dset, _, index = rest.partition(":")
-            with h5py.File(path, "r") as f:
-                d = f[dset]
-                if d.ndim == 2:
-                    frames.append(d[...])
-                elif index:
-                    frames.append(d[int(index)])
-                else:
-                    frames.extend(d[i] for i in range(d.shape[0]))
-        else:
-            import fabio
+    return list(iter_frames(specs))
 
-            frames.append(np.asarray(fabio.open(spec).data))
-    return frames
+
+def parse_q(text: str):
+    """-q/--q: 'sparse' or a number >= 0 (an int when whole), checked as CodecSettings checks it."""
+    from .codec import CodecSettings
+
+    if text == "sparse":
+        return text
+    try:
+        v = float(text)
+        CodecSettings(q=v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"q must be a number >= 0 or 'sparse', not {text!r}") from None
+    return int(v) if v.is_integer() else v
+
+
+def _require_file(path) -> None:
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+
+
+def _refuse_existing(path, force: bool) -> None:
+    """An output is written only into an existing folder, and replaces a file only with --force."""
+    if os.path.lexists(path) and not force:
+        raise FileExistsError(errno.EEXIST, "exists (--force overwrites it)", str(path))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such folder", folder)
 
 
 def read_reference(path: str, n_frames: int) -> list[np.ndarray]:
@@ -69,6 +92,8 @@ def _tune(args) -> int:
     from .tune import tune
 
     frames = read_frames(args.frames)
+    if not frames:
+        raise ValueError("no frames")
     reference = read_reference(args.reference, len(frames))
     result = tune(frames, reference, radius=args.radius)
     print(result.report())
@@ -78,12 +103,16 @@ def _tune(args) -> int:
 
 def _find_spots(args) -> int:
     from .peaklist import write_cxi_peaks
+    from .progress import progress_bar
+    from .sources import iter_frames
     from .spots import find_spots
 
-    frames = read_frames(args.frames)
-    peaks = [find_spots(f)[0] for f in frames]
-    for i, p in enumerate(peaks):
-        print(f"frame {i}: {len(p)} spots")
+    peaks = []
+    with progress_bar(None, "find-spots") as bar:
+        for i, frame in enumerate(iter_frames(args.frames)):
+            peaks.append(find_spots(frame)[0])
+            bar.update()
+            print(f"frame {i}: {len(peaks[-1])} spots", flush=True)
     if args.cxi:
         write_cxi_peaks(args.cxi, peaks)
         print(f"peak lists written to {args.cxi} (/entry_1/result_1)")
@@ -91,23 +120,31 @@ def _find_spots(args) -> int:
 
 
 def _recompress(args) -> int:
-    from .recompress import recompress
+    from .recompress import Interrupted, recompress
 
     settings = {}
     for item in args.set or ():
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, not {item!r}")
+            raise ValueError(f"--set takes KEY=VALUE, not {item!r}")
         try:
             settings[key] = json.loads(value)  # numbers, true/false
         except ValueError:
             settings[key] = value  # names: codec=zstd, shuffle=bit
-    q = args.q if args.q == "sparse" else float(args.q)
-    report = recompress(args.sources, args.out, q, workers=args.workers, scheduler=args.scheduler,
-                        output=args.format, dataset=args.dataset, frames_per_task=args.frames_per_task,
-                        resume=not args.no_resume, verify=not args.no_verify, nthreads=args.threads,
-                        report_path=args.report, progress=True, **settings)
+    try:
+        report = recompress(args.sources, args.out, args.q, workers=args.workers, scheduler=args.scheduler,
+                            output=args.format, dataset=args.dataset, frames_per_task=args.frames_per_task,
+                            resume=not args.no_resume, verify=not args.no_verify, nthreads=args.threads,
+                            report_path=args.report, progress=None, **settings)
+    except Interrupted as stop:
+        print(stop.report.table())
+        t = stop.report.totals()
+        print(f"redml: interrupted: {t['done']} of {t['inputs']} inputs done; report in {stop.report_path}",
+              file=sys.stderr)
+        return 130
     print(report.table())
+    if report.errors:
+        print(f"redml: error: {len(report.errors)} of {len(report.rows)} inputs failed (see the table)", file=sys.stderr)
     return 1 if report.errors else 0
 
 
@@ -117,7 +154,7 @@ def _yield(args) -> int:
 
     cell = tuple(float(v) for v in args.unit_cell.split(","))
     if len(cell) != 6:
-        raise SystemExit("--unit-cell needs six numbers: a,b,c,alpha,beta,gamma")
+        raise ValueError("--unit-cell needs six numbers: a,b,c,alpha,beta,gamma")
     series = series_from_files(args.frames)
     work = Path(args.workdir)
     results = study(series, args.codecs, Dials(args.space_group, cell, nproc=args.nproc), work)
@@ -131,50 +168,114 @@ def _yield(args) -> int:
 
 
 def _compress(args) -> int:
-    from .jungfrau import compress_raw, load_calibration, read_frames_lazily
-    from .writer import FrameWriter
-
-    q = args.q if args.q == "sparse" else float(args.q)
-    frames = (f for spec in args.frames for f in read_frames_lazily(spec))
+    _refuse_existing(args.output, args.force)
     if args.jungfrau_calibration:
-        if args.roi != "classical":
-            raise SystemExit("--roi ml/union works on photon frames, not with --jungfrau-calibration")
-        calib = load_calibration(args.jungfrau_calibration)
-        r = compress_raw(frames, args.output, calib, q=q, photon_dtype=args.dtype, track_window=args.track_window,
-                         track_threshold=args.track_threshold, snapshot_every=args.snapshot_every)
-        marked = {k: v for k, v in r["counts"].items() if k not in ("g0", "g1", "g2") and v}
-        print(f"{r['frames']} raw frames converted and written to {args.output} ({args.dtype} photons, q={q}); "
-              f"calibration in /entry/instrument/detector/jungfrau_calibration; pixels by gain stage "
-              f"G0 {r['counts']['g0']}, G1 {r['counts']['g1']}, G2 {r['counts']['g2']}; marked {marked or 'none'}")
-        return 0
-    first = next(frames, None)
-    if first is None:
-        raise SystemExit("no frames")
-    with FrameWriter(args.output, first.shape, first.dtype, q=q, roi=args.roi) as w:
-        w.write(first)
-        for f in frames:
-            w.write(f)
-        print(f"{len(w)} frames written to {args.output} (q={q}, roi={args.roi})")
+        return _compress_jungfrau(args)
+    from .codec import CodecSettings
+    from .progress import progress_bar
+    from .recompress_tasks import inspect_input, write_output
+    from .roi import require_torch
+    from .sources import inputs_from_specs
+
+    inputs = inputs_from_specs(args.frames)
+    if len(inputs) != 1 or inputs[0][1] is not None:
+        raise ValueError(f"compress writes one input per file (an HDF5 file, an Eiger master or the images of one "
+                         f"series), not {len(inputs)} inputs; `redml recompress` writes one file per input")
+    inp = inputs[0][0]
+    if args.roi != "classical":
+        require_torch()
+    settings = CodecSettings(q=args.q)
+    n = inspect_input(inp)["frames"]
+    out = Path(args.output).absolute()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".redml-compress-") as tmp, \
+            progress_bar(n, "compress") as bar:
+        r = write_output(inp, n, None, settings, str(out), tmp, "nxmx", nthreads=args.threads, roi=args.roi,
+                         on_frame=bar.update)
+    print(f"{n} frames written to {args.output} (q={args.q}, roi={args.roi}, every frame verified; "
+          f"ratio {r['raw_bytes'] / r['bytes_out']:.2f} with the metadata)")
     return 0
+
+
+def _compress_jungfrau(args) -> int:
+    from .jungfrau import compress_raw, load_calibration
+    from .sources import iter_frames
+
+    if args.roi != "classical":
+        raise ValueError("--roi ml/union works on photon frames, not with --jungfrau-calibration")
+    calib = load_calibration(args.jungfrau_calibration)
+    frames = iter_frames(args.frames, modules=True)
+    r = compress_raw(frames, args.output, calib, q=args.q, photon_dtype=args.dtype, track_window=args.track_window,
+                     track_threshold=args.track_threshold, snapshot_every=args.snapshot_every)
+    marked = {k: v for k, v in r["counts"].items() if k not in ("g0", "g1", "g2") and v}
+    print(f"{r['frames']} raw frames converted and written to {args.output} ({args.dtype} photons, q={args.q}); "
+          f"calibration in /entry/instrument/detector/jungfrau_calibration; pixels by gain stage "
+          f"G0 {r['counts']['g0']}, G1 {r['counts']['g1']}, G2 {r['counts']['g2']}; marked {marked or 'none'}")
+    return 0
+
+
+def _decompress(args) -> int:
+    import h5py
+
+    from .outputs import redml_datasets, write_decoded
+    from .progress import progress_bar
+
+    _require_file(args.input)
+    _refuse_existing(args.output, args.force)
+    try:
+        with h5py.File(args.input, "r") as f:
+            n = sum(f[name].shape[0] if f[name].ndim == 3 else 1 for name in redml_datasets(f))
+    except OSError as e:
+        raise OSError(f"{args.input}: not a readable HDF5 file ({e})") from None
+    with progress_bar(n, "decompress") as bar:
+        r = write_decoded(args.input, args.output, args.codec, on_frame=bar.update)
+    print(f"{r['frames']} frames of {', '.join(r['datasets'])} written to {args.output} ({args.codec}), "
+          f"everything else copied")
+    return 0
+
+
+def _summarise_chunks(d) -> str:
+    """Modes, q and codecs of every chunk of a redml dataset, and its ratio."""
+    from collections import Counter
+
+    from . import RedmlError, inspect as chunk_info
+
+    kinds, stored, bad = Counter(), 0, 0
+    n = d.id.get_num_chunks()
+    for k in range(n):
+        info = d.id.get_chunk_info(k)
+        stored += info.size
+        try:
+            h = chunk_info(d.id.read_direct_chunk(info.chunk_offset)[1])
+        except RedmlError:
+            bad += 1
+            continue
+        kinds[(h["mode"], f" q={h['q']:g}" if h["mode"] == "quantized" else "", h["codec"])] += 1
+    parts = [f"{c} {mode}{q} ({codec})" for (mode, q, codec), c in sorted(kinds.items())]
+    if bad:
+        parts.append(f"{bad} unreadable")
+    raw = n * d.dtype.itemsize * int(np.prod(d.chunks))
+    ratio = f", ratio {raw / stored:.2f}" if stored else ""
+    return f", {n} redml chunks: {', '.join(parts) or 'none'}; {stored} bytes stored{ratio}"
 
 
 def _inspect(args) -> int:
     import h5py
 
-    from . import inspect as chunk_info
     from .h5filter import FILTER_ID
     from .jungfrau import CALIBRATION_GROUP, describe_calibration
 
-    with h5py.File(args.file, "r") as f:
+    _require_file(args.file)
+    try:
+        f = h5py.File(args.file, "r")
+    except OSError as e:
+        raise OSError(f"{args.file}: not a readable HDF5 file ({e})") from None
+    with f:
         def show(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.chunks and obj.ndim == 3:
                 line = f"{obj.name}: {obj.shape[0]} frames of {obj.shape[1]} x {obj.shape[2]} {obj.dtype}"
                 dcpl = obj.id.get_create_plist()
                 if any(dcpl.get_filter(k)[0] == FILTER_ID for k in range(dcpl.get_nfilters())):
-                    if obj.shape[0]:
-                        info = chunk_info(obj.id.read_direct_chunk((0, 0, 0))[1])
-                        line += f", redml chunks (mode {info['mode']}, q={info['q']:g}, codec {info['codec']})"
-                    line += f", {obj.id.get_storage_size()} bytes stored"
+                    line += _summarise_chunks(obj)
                 print(line)
             elif isinstance(obj, h5py.Group) and name.rsplit("/", 1)[-1] == CALIBRATION_GROUP:
                 print(describe_calibration(obj))
@@ -182,8 +283,35 @@ def _inspect(args) -> int:
     return 0
 
 
+def _error_line(e: BaseException) -> str:
+    """One line saying what went wrong, without the traceback."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"  # "No such file..." -> "no such file..."
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    text = " ".join(str(e).split())
+    if isinstance(e, (OSError, ValueError, TypeError, ImportError, RuntimeError)) and text:
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors on one line (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from . import FORMAT_VERSION, __version__
+
+    return f"redml {__version__} (chunk format version {FORMAT_VERSION})"
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="redml", description="redml_reduce command line")
+    ap = _Parser(prog="redml", description="redml_reduce command line")
+    ap.add_argument("--version", action="version", version=_version())
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tune", help="tune the spot finder against reference spots")
     t.add_argument("frames", nargs="+")
@@ -197,7 +325,7 @@ def main(argv=None) -> int:
     rc = sub.add_parser("recompress", help="recompress NXmx/Eiger HDF5, CBF and SMV inputs into redml (Dask)")
     rc.add_argument("sources", nargs="+", help="HDF5 files, Eiger masters, image files or folders of them")
     rc.add_argument("--out", required=True, help="output folder (NAME.nxs or NAME.zarr per input)")
-    rc.add_argument("-q", default="0", help="0 lossless (default), a number (lossy, bounded) or 'sparse'")
+    rc.add_argument("-q", type=parse_q, default=0, help="0 lossless (default), a number (lossy, bounded) or 'sparse'")
     rc.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (0: serial)")
     rc.add_argument("--scheduler", help="address of a running dask scheduler (instead of a LocalCluster)")
     rc.add_argument("--format", choices=("nxmx", "zarr"), default="nxmx")
@@ -221,10 +349,13 @@ def main(argv=None) -> int:
     y.add_argument("--json")
     y.add_argument("--figure", help="PNG: ratio against yield and intensity CC")
     y.set_defaults(run=_yield)
-    c = sub.add_parser("compress", help="write frames (or raw JUNGFRAU frames, converted) as redml chunks")
-    c.add_argument("frames", nargs="+", help="FILE.h5[:/dataset] (default entry/data/data or data)")
-    c.add_argument("-o", "--output", required=True, help="HDF5 file to write (entry/data/data)")
-    c.add_argument("-q", default="1", help="0 lossless, > 0 quantized, 'sparse' (default 1)")
+    c = sub.add_parser("compress", help="write one input (HDF5/NXmx, Eiger master, CBF/SMV series) as redml chunks, "
+                                        "its metadata kept; or raw JUNGFRAU frames, converted")
+    c.add_argument("frames", nargs="+", help="what recompress reads, or FILE.h5:/dataset")
+    c.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    c.add_argument("-q", type=parse_q, default=0, help="0 lossless (default), > 0 quantized, 'sparse'")
+    c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    c.add_argument("--threads", type=int, default=0, help="encoder threads (default: all cores)")
     c.add_argument("--roi", default="classical", choices=("classical", "ml", "union"),
                    help="exact region: the classical spot rule, the learned model (needs redml_reduce[ml]) or both")
     c.add_argument("--jungfrau-calibration", metavar="DIR", help="raw JUNGFRAU frames: calibration directory "
@@ -234,14 +365,32 @@ def main(argv=None) -> int:
     c.add_argument("--track-threshold", type=float, default=0.5, help="dark G0 pixel: |photons| below this")
     c.add_argument("--snapshot-every", type=int, default=0, help="store the tracked pedestal every N frames")
     c.set_defaults(run=_compress)
-    i = sub.add_parser("inspect", help="datasets, redml chunk settings and stored calibrations of an HDF5 file")
+    dc = sub.add_parser("decompress", help="rewrite a redml file with bitshuffle-LZ4 or uncompressed, "
+                                           "everything else kept (XDS/Neggia, archives leaving redml)")
+    dc.add_argument("input")
+    dc.add_argument("output")
+    dc.add_argument("--codec", choices=("bslz4", "none"), default="bslz4")
+    dc.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    dc.set_defaults(run=_decompress)
+    i = sub.add_parser("inspect", help="datasets, redml chunks (modes, q, ratio) and stored calibrations of an HDF5 file")
     i.add_argument("file")
     i.set_defaults(run=_inspect)
     from .acqcli import add_commands as add_acquire_commands
 
     add_acquire_commands(sub)  # acquire, simulate-detector
     args = ap.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("redml: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"redml: error: {_error_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,10 +39,12 @@ def real_frames(n: int):
     if not files:
         return None
     try:
-        import fabio
+        import fabio  # noqa: F401  (reads the images for redml_reduce.sources)
     except ImportError:
         return None
-    return np.stack([fabio.open(str(f)).data for f in files])
+    from .sources import iter_frames
+
+    return np.stack(list(iter_frames(map(str, files))))
 
 
 def worst_bound_ratio(path: Path, frames: np.ndarray, q) -> float:

@@ -490,20 +490,9 @@ def pedestal_from_dark(dark_g0, dark_g1, dark_g2, *, max_wrong_fraction: float =
 def read_frames_lazily(spec):
     """Frames of FILE.h5[:/dataset] (default entry/data/data, else data), one by one: a 2-D
     dataset is one frame, a 3-D or 4-D one a stack (4-D: frames of (modules, 512, 1024))."""
-    import h5py
+    from .sources import iter_frames
 
-    path, _, dset = str(spec).partition(":")
-    with h5py.File(path, "r") as f:
-        if not dset:
-            dset = next((d for d in ("entry/data/data", "data") if d in f), None)
-            if dset is None:
-                raise KeyError(f"{path}: no entry/data/data or data dataset; name one as {path}:/dataset")
-        d = f[dset]
-        if d.ndim == 2:
-            yield d[...]
-        else:
-            for i in range(d.shape[0]):
-                yield d[i]
+    return iter_frames([str(spec)], modules=True)
 
 
 def _geometry_from(spec) -> Optional[Geometry]:

@@ -11,6 +11,9 @@ array whose codec is `redml_reduce.redml`.
 - Image files (CBF, SMV): an NXmx file written by redml_reduce.nxmx.write_nxmx with the
   geometry of a Pilatus mini-CBF header when there is one, and every image file's name and
   full header kept in /entry/redml_source (nothing of the source is lost).
+
+`write_decoded` goes the other way (redml decompress): a redml HDF5 file copied whole, its
+redml datasets rewritten with bitshuffle-LZ4 or uncompressed.
 """
 from __future__ import annotations
 
@@ -27,11 +30,11 @@ import h5py
 import numpy as np
 
 from .codec import CodecSettings
-from .h5filter import Redml
+from .h5filter import FILTER_ID, Redml
 from .sources import Input, image_datasets
 
 __all__ = ["NxmxWriter", "ZarrWriter", "open_writer", "output_chunks", "copy_hdf5_skeleton", "geometry_from_header",
-           "output_path", "path_size", "path_digest"]
+           "output_path", "path_size", "path_digest", "redml_datasets", "write_decoded", "DECODED_CODECS"]
 
 OUTPUT_SUFFIX = {"nxmx": ".nxs", "zarr": ".zarr"}
 _STR = h5py.string_dtype()
@@ -277,3 +280,71 @@ class ZarrWriter:
 def open_writer(fmt: str, path, inp: Input, n_frames, frame_shape, dtype, settings):
     cls = {"nxmx": NxmxWriter, "zarr": ZarrWriter}[fmt]
     return cls(path, inp, n_frames, frame_shape, dtype, settings)
+
+
+DECODED_CODECS = ("bslz4", "none")
+
+
+def redml_datasets(f: h5py.File) -> list:
+    """Paths (no leading slash) of the datasets of an open file stored with the redml filter."""
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.chunks:
+            dcpl = obj.id.get_create_plist()
+            if any(dcpl.get_filter(k)[0] == FILTER_ID for k in range(dcpl.get_nfilters())):
+                found.append(name)
+
+    f.visititems(visit)
+    return found
+
+
+def _decoded_filter(codec: str) -> dict:
+    if codec == "bslz4":
+        import hdf5plugin
+
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if codec == "none":
+        return {}
+    raise ValueError(f"codec must be one of {DECODED_CODECS}, not {codec!r}")
+
+
+def write_decoded(src_path, dst_path, codec: str = "bslz4", on_frame=None) -> dict:
+    """Writes the redml HDF5 file `src_path` to `dst_path` with every redml dataset rewritten
+    with bitshuffle-LZ4 (codec="bslz4", hdf5plugin's filter: XDS/Neggia, DIALS read it) or
+    uncompressed ("none"); every other object, attribute and link copied as it is. Each frame
+    is read back and compared with the decoded one. Written under a temporary name and renamed
+    into place. on_frame(): called after each frame. Returns {"datasets", "frames"}."""
+    filters = _decoded_filter(codec)
+    dst_path = Path(dst_path)
+    tmp = dst_path.with_name(f".{dst_path.name}.{os.getpid()}.tmp")
+    frames = 0
+    try:
+        with h5py.File(src_path, "r") as src, h5py.File(tmp, "w") as dst:
+            names = redml_datasets(src)
+            if not names:
+                raise ValueError(f"{src_path}: no redml datasets to decompress")
+            copy_hdf5_skeleton(src, dst, names)
+            for name in names:
+                frames += _rewrite_dataset(src[name], dst, name, filters, on_frame)
+        os.replace(tmp, dst_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"datasets": names, "frames": frames}
+
+
+def _rewrite_dataset(d: h5py.Dataset, dst: h5py.File, name: str, filters: dict, on_frame) -> int:
+    """Copies dataset d (decoded) to dst[name] with `filters`, a frame (first-axis slice) at a time."""
+    out = dst.create_dataset(name, shape=d.shape, dtype=d.dtype, chunks=d.chunks, maxshape=d.maxshape,
+                             track_times=False, **filters)
+    _copy_attrs(d, out)
+    slices = [np.s_[i] for i in range(d.shape[0])] if d.ndim == 3 else [np.s_[...]]
+    for sel in slices:
+        frame = d[sel]
+        out[sel] = frame
+        if out[sel].tobytes() != frame.tobytes():
+            raise RuntimeError(f"{dst.filename}:{name}: {sel} does not read back as written")
+        if on_frame is not None:
+            on_frame()
+    return len(slices)

@@ -37,24 +37,35 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from .codec import CodecSettings
 from .numcodecs_codec import settings_to_config
 from .outputs import OUTPUT_SUFFIX, output_path
+from .progress import progress_bar
 from .recompress_report import Manifest, Report, row as _row
 from .recompress_tasks import (VerificationError, check_output, encode_part, inspect_input, verify_chunk,
                                write_output)
 from .sources import find_inputs
 
-__all__ = ["recompress", "Report", "Manifest", "VerificationError", "verify_chunk", "MANIFEST_NAME", "TMP_NAME"]
+__all__ = ["recompress", "Report", "Manifest", "VerificationError", "Interrupted", "verify_chunk", "MANIFEST_NAME",
+           "TMP_NAME"]
 
 MANIFEST_NAME = "recompress-manifest.jsonl"
 REPORT_NAME = "recompress-report.json"
 TMP_NAME = ".recompress-tmp"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or KeyboardInterrupt from on_result) stopped a run: `report` (saved at
+    `report_path`) holds what was done, the inputs left marked "interrupted"."""
+
+    def __init__(self, report, report_path):
+        super().__init__(f"interrupted; report in {report_path}")
+        self.report, self.report_path = report, report_path
 
 
 # ---------------------------------------------------------------- executors
@@ -132,17 +143,6 @@ class _Dask:
     def submit(self, fn, *args, **kwargs):
         return self.client.submit(fn, *args, pure=False, **kwargs)
 
-    def progress_bar(self, futures):
-        """distributed's text progress bar over the tasks, drawn by a background thread."""
-        import threading
-
-        from distributed import progress
-
-        bar = threading.Thread(target=progress, args=(list(futures),), kwargs={"notebook": False, "multi": False},
-                               daemon=True)
-        bar.start()
-        return bar
-
     def as_completed(self, futures):
         from distributed import as_completed
 
@@ -184,17 +184,19 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
     (default: inputs split so that there are about two tasks per worker). resume: skip
     inputs the manifest records as finished. verify: decode every chunk and check it.
     nthreads: encoder threads per task. report_path: where the JSON report goes (default
-    out_dir/recompress-report.json). progress: distributed's progress bar over the tasks
-    (stdout), or a line per finished input (stderr) on the serial path.
+    out_dir/recompress-report.json). progress: a progress bar over the frames on stderr
+    (True, False, or None: only when stderr is a terminal).
     on_result(row): called as each input finishes (an exception from it stops the run).
+    Paths are made absolute first (workers of a scheduler may run in another folder).
+    Ctrl-C saves the report of what was done and raises Interrupted (a KeyboardInterrupt).
     """
     t_start = time.perf_counter()
     codec_settings = CodecSettings(q=q, **settings)
     config = settings_to_config(codec_settings)
     if output not in OUTPUT_SUFFIX:
         raise ValueError(f"output must be one of {sorted(OUTPUT_SUFFIX)}, not {output!r}")
-    inputs = find_inputs(sources, dataset)
-    out_dir = Path(out_dir)
+    inputs = find_inputs([os.path.abspath(s) for s in sources], dataset)
+    out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir / TMP_NAME
     if tmp_dir.exists():
@@ -205,6 +207,8 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
     report = Report(workers=ex.workers, settings=config)
     rows = {}
     live = []
+    interrupted = False
+    bar = progress_bar(0, "recompress", enabled=progress)
     try:
         inspected = {}
         futures = [ex.submit(inspect_input, inp) for inp in inputs]
@@ -248,36 +252,38 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
                             nthreads)
             jobs[fut] = (inp, info)
             live.append(fut)
-        bar = ex.progress_bar(live) if progress and isinstance(ex, _Dask) and live else None
-        for k, fut in enumerate(ex.as_completed(list(jobs)), 1):
+        bar.reset(total=sum(info["frames"] for _, info in jobs.values()))
+        for fut in ex.as_completed(list(jobs)):
             inp, info = jobs[fut]
             bytes_in = sum(size for _, size, _ in info["signature"])
             try:
                 res = fut.result()
-                row = _row(inp, "done", bytes_in=bytes_in, note=notes.get(inp.name), **res)
+                row = rows[inp.name] = _row(inp, "done", bytes_in=bytes_in, note=notes.get(inp.name),
+                                            **res)  # reported even if Ctrl-C ...
                 manifest.record({"name": inp.name, "signature": info["signature"], "settings": config,
-                                 "format": output, "bytes_in": bytes_in, **res})
+                                 "format": output, "bytes_in": bytes_in, **res})  # ... stops the record
             except Exception as e:
-                row = _row(inp, "error", bytes_in=bytes_in, error=_message(e), note=notes.get(inp.name))
-            rows[inp.name] = row
-            if progress and bar is None:
-                ratio = f", ratio {row['ratio']:.2f}" if row["ratio"] else ""
-                print(f"[{k}/{len(jobs)}] {row['status']} {inp.name}: {row['frames']} frames{ratio}"
-                      f"{', ' + row['error'] if row['error'] else ''}", file=sys.stderr, flush=True)
+                row = rows[inp.name] = _row(inp, "error", bytes_in=bytes_in, error=_message(e),
+                                            note=notes.get(inp.name))
+            bar.update(info["frames"])
             if on_result is not None:
                 on_result(row)
-        if bar is not None:
-            bar.join(timeout=5)
-            print(file=sys.stdout, flush=True)
+    except KeyboardInterrupt:
+        ex.cancel(live)
+        interrupted = True
     except BaseException:
         ex.cancel(live)
         raise
     finally:
+        bar.close()
         ex.close()
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    report.rows = [rows[inp.name] for inp in inputs]
+    report.rows = [rows.get(inp.name) or _row(inp, "interrupted") for inp in inputs]
     report.wall_seconds = time.perf_counter() - t_start
-    report.save(report_path or out_dir / REPORT_NAME)
+    report_path = Path(report_path or out_dir / REPORT_NAME)
+    report.save(report_path)
+    if interrupted:
+        raise Interrupted(report, report_path)
     return report
 
 

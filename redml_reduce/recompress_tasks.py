@@ -65,12 +65,14 @@ def inspect_input(inp: Input) -> dict:
     return {"frames": n, "frame_pixels": int(np.prod(shape)), "signature": inp.signature()}
 
 
-def _encoded(inp: Input, start: int, stop: int, settings: CodecSettings, verify: bool, nthreads: int):
-    """Yields (index, chunk, header, frame) for frames start..stop-1 of an input."""
+def _encoded(inp: Input, start: int, stop: int, settings: CodecSettings, verify: bool, nthreads: int,
+             roi="classical"):
+    """Yields (index, chunk, header, frame) for frames start..stop-1 of an input; roi: the
+    exact region's source (redml_reduce.roi)."""
     with open_frames(inp) as frames:
         for i in range(start, stop):
             frame, header = frames.read(i)
-            chunk = encode(frame, nthreads=nthreads, _settings=settings)
+            chunk = encode(frame, roi=roi, nthreads=nthreads, _settings=settings)
             if verify:
                 try:
                     verify_chunk(frame, chunk, settings)
@@ -126,14 +128,15 @@ def _from_parts(parts):
 
 
 def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_path: str, tmp_dir: str, fmt: str,
-                 verify: bool = True, nthreads: int = 1) -> dict:
+                 verify: bool = True, nthreads: int = 1, roi="classical", on_frame=None) -> dict:
     """Task: writes the output of an input under a temporary name, from its part files (or
-    encoding the frames itself when parts is None), checks it and renames it into place."""
+    encoding the frames itself, with the exact region from `roi`, when parts is None),
+    checks it and renames it into place. on_frame(): called after each frame is stored."""
     t0, c0 = time.perf_counter(), time.thread_time()
     out_path = Path(out_path)
     tmp = Path(tmp_dir) / f"{out_path.name}.{uuid.uuid4().hex}.tmp"
     if parts is None:
-        stream, raw = _encoded(inp, 0, n_frames, settings, verify, nthreads), 0
+        stream, raw = _encoded(inp, 0, n_frames, settings, verify, nthreads, roi), 0
     else:
         stream, raw = _from_parts(parts), sum(p["raw_bytes"] for p in parts)
     writer, digests = None, []
@@ -147,6 +150,8 @@ def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_
                 digests.append(_digest(chunk))
                 if frame is not None:
                     raw += frame.nbytes
+                if on_frame is not None:
+                    on_frame()
             writer.finish()
         finally:
             if writer is not None:

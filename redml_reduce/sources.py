@@ -5,7 +5,7 @@ Kinds of input (`find_inputs` turns paths into a sorted list of `Input`):
 - HDF5/NXmx files (.h5, .hdf5, .nxs, .nx5, .cxi): the frames of `entry/data/data` (any
   filter h5py and hdf5plugin read: bitshuffle-LZ4, gzip, uncompressed, redml), or of
   `entry/data/data_000001`, `data_000002`, ... in an Eiger master file (external links to
-  its data files), or of the dataset named by `dataset=`.
+  its data files), or of a top-level `data`, or of the dataset named by `dataset=`.
 - Eiger data files (`NAME_data_000001.h5`) beside their `NAME_master.h5` in a folder are
   part of the master's input, not inputs of their own.
 - Image files fabio reads (CBF, SMV .img, MarCCD .mccd, possibly .gz/.bz2 compressed):
@@ -14,9 +14,14 @@ Kinds of input (`find_inputs` turns paths into a sorted list of `Input`):
 
 Folders are searched (not recursively) for both kinds. h5py objects never leave the
 process that opened them: an Input holds only paths, and `open_frames` opens the files.
+
+This is the one frame reader of the package: the command line (`inputs_from_specs`,
+`iter_frames`: files, folders and FILE.h5:/dataset[:index]), the recompression, the yield
+study and the JUNGFRAU tools read their frames through it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,13 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Input", "find_inputs", "open_frames", "image_datasets", "HDF5_SUFFIXES", "IMAGE_SUFFIXES"]
+__all__ = ["Input", "find_inputs", "open_frames", "image_datasets", "inputs_from_specs", "iter_frames", "parse_spec",
+           "HDF5_SUFFIXES", "IMAGE_SUFFIXES"]
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 IMAGE_SUFFIXES = (".cbf", ".img", ".smv", ".mccd")
 _PACKED = ("", ".gz", ".bz2")
 _EIGER_DATA = re.compile(r"^(?P<prefix>.+)_data_\d{6}\.h5$")
 _FRAME_NUMBER = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)$")
+_SPEC = re.compile(r"^(?P<path>.+?(?:%s)):(?P<dataset>[^:]*)(?::(?P<index>-?\d+))?$"
+                   % "|".join(re.escape(s) for s in HDF5_SUFFIXES), re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -137,19 +145,68 @@ def find_inputs(paths, dataset: str | None = None) -> list:
                 raise ValueError(f"{p}: not an HDF5 file ({', '.join(HDF5_SUFFIXES)}) or an image "
                                  f"({', '.join(IMAGE_SUFFIXES)}, optionally .gz/.bz2)")
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
-    found = []
-    for p in sorted(set(hdf5)):
-        name = p.name
-        for suffix in ("_master.h5",) + HDF5_SUFFIXES:
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        found.append(Input("hdf5", name, (str(p),), dataset))
+            raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(p))
+    found = [Input("hdf5", _hdf5_name(p), (str(p),), dataset) for p in sorted(set(hdf5))]
     for (folder, prefix, suffix), files in sorted(images.items()):
         name = prefix.rstrip("_.-") or "images"
         found.append(Input("images", name, tuple(str(f) for f in sorted(set(files)))))
+    if not found:
+        raise ValueError(f"no inputs in {', '.join(map(str, paths))}: no HDF5 files ({', '.join(HDF5_SUFFIXES)}) "
+                         f"or images ({', '.join(IMAGE_SUFFIXES)})")
     return _unique_names(sorted(found, key=lambda i: i.files[0]))
+
+
+def _hdf5_name(p: Path) -> str:
+    name = p.name
+    for suffix in ("_master.h5",) + HDF5_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def parse_spec(spec) -> tuple:
+    """(path, dataset, index) of FILE.h5:/dataset[:index]; (spec, None, None) for anything
+    else (a file or folder for find_inputs)."""
+    m = _SPEC.match(str(spec))
+    if m is None:
+        return str(spec), None, None
+    index = m.group("index")
+    return m.group("path"), m.group("dataset") or None, None if index is None else int(index)
+
+
+def inputs_from_specs(specs, dataset: str | None = None) -> list:
+    """[(Input, frame index or None for all frames)] named on a command line: files and
+    folders as find_inputs sees them (image files of one template are one input), or
+    FILE.h5:/dataset[:index] for one dataset (and one frame of it). Keeps the given order."""
+    out, plain = [], []
+
+    def flush():
+        if plain:
+            out.extend((inp, None) for inp in find_inputs(plain, dataset))
+            plain.clear()
+
+    for spec in specs:
+        path, dset, index = parse_spec(spec)
+        if path == str(spec):
+            plain.append(spec)
+            continue
+        flush()
+        if not Path(path).is_file():
+            raise FileNotFoundError(errno.ENOENT, "no such file", path)
+        out.append((Input("hdf5", _hdf5_name(Path(path)), (path,), dset or dataset), index))
+    flush()
+    return out
+
+
+def iter_frames(specs, dataset: str | None = None, modules: bool = False):
+    """Every frame named by `specs` (see inputs_from_specs), in order, one at a time.
+    modules: a 4-D dataset is a stack of (modules, height, width) frames (raw JUNGFRAU)."""
+    for inp, index in inputs_from_specs(specs, dataset):
+        with open_frames(inp, modules=modules) as frames:
+            if index is None:
+                yield from frames
+            else:
+                yield frames.read(len(frames) + index if index < 0 else index)[0]
 
 
 def _template(path: Path, stem: str):
@@ -174,7 +231,7 @@ def image_datasets(f, dataset: str | None = None) -> list:
 
     if dataset is not None:
         if not isinstance(f.get(dataset), h5py.Dataset):
-            raise KeyError(f"{f.filename} has no dataset {dataset!r}")
+            raise KeyError(f"{f.filename}: no dataset {dataset!r}")
         return [dataset]
     if isinstance(f.get("entry/data/data"), h5py.Dataset):
         return ["entry/data/data"]
@@ -183,17 +240,21 @@ def image_datasets(f, dataset: str | None = None) -> list:
         names = sorted(n for n in grp if re.fullmatch(r"data_\d{6}", n))
         if names:
             return [f"entry/data/{n}" for n in names]
-    raise KeyError(f"{f.filename}: no entry/data/data or Eiger entry/data/data_NNNNNN datasets; "
-                   "name the image dataset (dataset=, --dataset)")
+    if isinstance(f.get("data"), h5py.Dataset):
+        return ["data"]
+    raise KeyError(f"{f.filename}: no entry/data/data, Eiger entry/data/data_NNNNNN or data dataset; "
+                   "name the image dataset (dataset=, --dataset, FILE.h5:/dataset)")
 
 
 class Frames:
     """The frames of one input, opened in this process: len(), shape, dtype (HDF5: known
     at once; images: from the first frame read), read(i) -> (frame, header) where header
-    is the image file's header as JSON text (None for HDF5 inputs)."""
+    is the image file's header as JSON text (None for HDF5 inputs). modules: a 4-D
+    dataset is a stack of 3-D frames (raw JUNGFRAU modules); frames are 2-D otherwise."""
 
-    def __init__(self, inp: Input):
+    def __init__(self, inp: Input, modules: bool = False):
         self.input = inp
+        self._ndims = (2, 3, 4) if modules else (2, 3)
         self._file = None
         self._segments = []  # HDF5: (first frame, h5py dataset)
         self.shape = self.dtype = None
@@ -211,15 +272,20 @@ class Frames:
         import hdf5plugin  # noqa: F401  (bitshuffle-LZ4 and the other filters of detector files)
 
         path = self.input.files[0]
-        self._file = h5py.File(path, "r")
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as e:
+            if not os.path.isfile(path):
+                raise
+            raise OSError(f"{path}: not a readable HDF5 file ({e})") from None
         first = 0
         for name in image_datasets(self._file, self.input.dataset):
             d = self._file[name]
-            if d.ndim not in (2, 3):
+            if d.ndim not in self._ndims:
                 raise ValueError(f"{path}:{name} has {d.ndim} dimensions; frames are 2-D")
             self._segments.append((first, d))
             first += 1 if d.ndim == 2 else d.shape[0]
-        shapes = {d.shape[-2:] for _, d in self._segments}
+        shapes = {d.shape if d.ndim == 2 else d.shape[1:] for _, d in self._segments}
         dtypes = {d.dtype for _, d in self._segments}
         if len(shapes) > 1 or len(dtypes) > 1:
             raise ValueError(f"{path}: image datasets differ in frame shape or dtype: {shapes} {dtypes}")
@@ -229,9 +295,14 @@ class Frames:
     def __len__(self):
         return self.count
 
+    def __iter__(self):
+        """The frames, in order (without headers)."""
+        for i in range(self.count):
+            yield self.read(i)[0]
+
     def read(self, i: int):
         if not 0 <= i < self.count:
-            raise IndexError(f"frame {i} of {self.count}")
+            raise IndexError(f"{self.input.label}: no frame {i} (it has {self.count})")
         if self.input.kind == "hdf5":
             for first, d in reversed(self._segments):
                 if i >= first:
@@ -260,8 +331,8 @@ class Frames:
 
 
 @contextmanager
-def open_frames(inp: Input):
-    frames = Frames(inp)
+def open_frames(inp: Input, modules: bool = False):
+    frames = Frames(inp, modules)
     try:
         yield frames
     finally:

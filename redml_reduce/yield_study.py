@@ -28,6 +28,7 @@ import numpy as np
 
 from .background import Geometry
 from .nxmx import pixel_mask_from_gaps
+from .sources import Input, open_frames
 from .writer import FrameWriter
 from .yardstick import Dials, compare
 
@@ -146,36 +147,32 @@ def series_from_files(paths, name: Optional[str] = None, dataset: str = "entry/d
     if len(paths) == 1 and h5py.is_hdf5(paths[0]):
         path = paths[0]
         geom = Geometry.from_nxmx(path)
+        inp = Input("hdf5", Path(path).stem, (path,), dataset)
+        with open_frames(inp) as fr:
+            n, shape, dtype = len(fr), fr.shape, fr.dtype
         with h5py.File(path, "r") as f:
-            d = f[dataset]
-            n, shape, dtype = d.shape[0], d.shape[1:], d.dtype
             det = f["entry/instrument/detector"]
             mask = det["pixel_mask"][()] if "pixel_mask" in det else None
 
         def frames():
-            with h5py.File(path, "r") as f:
-                d = f[dataset]
-                for i in range(n):
-                    yield d[i]
+            with open_frames(inp) as fr:
+                yield from fr
 
         return Series(name or Path(path).stem, n, tuple(shape), dtype, geom, frames, mask)
-    import fabio
-
     g = _dials_geometry(paths[0])
     if abs(abs(g["normal_z"]) - 1) > 1e-6:
         raise ValueError(f"{paths[0]}: the detector is not normal to the beam; only flat, untilted detectors are supported")
     geom = Geometry(beam_x=g["beam_x"], beam_y=g["beam_y"], distance_mm=g["distance_mm"],
                     pixel_size_mm=g["pixel_size_mm"], wavelength_a=g["wavelength_a"])
-    first = np.asarray(fabio.open(paths[0]).data)
+    inp = Input("images", Path(paths[0]).parent.name, tuple(paths))
+    with open_frames(inp) as fr:
+        first = fr.read(0)[0]
     options = {"detector_name": g["name"] or "detector", "sensor_material": g["sensor_material"],
                "sensor_thickness_mm": g["sensor_thickness_mm"], "saturation_value": int(g["trusted_range"][1])}
 
     def frames():
-        for p in paths:
-            frame = np.asarray(fabio.open(p).data)
-            if frame.shape != first.shape or frame.dtype != first.dtype:
-                raise ValueError(f"{p}: {frame.shape} {frame.dtype} frame, the series has {first.shape} {first.dtype}")
-            yield frame
+        with open_frames(inp) as fr:
+            yield from fr
 
     return Series(name or Path(paths[0]).parent.name, len(paths), first.shape, first.dtype, geom, frames,
                   pixel_mask_from_gaps(first < 0), options)

@@ -388,7 +388,7 @@ def test_compress_cli_stores_calibration_and_redoes_conversion(tmp_path, rng, ca
     assert list(updates["frames"]) == [1, 2, 3]
     assert cli(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "3 frames of 514 x 1030 int32, redml chunks (mode lossless" in text
+    assert "3 frames of 514 x 1030 int32, 3 redml chunks: 3 lossless" in text
     assert "photon energy 12.4 keV" in text and "pedestal tracking: window 10" in text
     assert f"bad pixels: {int(calib.mask.sum())}" in text
 
