@@ -74,23 +74,32 @@ def _linger(dash, stop, seconds: float, code: int) -> int:
     return code
 
 
+def _simulated_layout(detector: str):
+    from .sim import DetectorLayout
+
+    return {"4m": DetectorLayout(), "1m": DetectorLayout(modules=(2, 1), name="JUNGFRAU 1M (simulated)"),
+            "0.5m": DetectorLayout(modules=(1, 1), name="JUNGFRAU 0.5M (simulated)")}[detector]
+
+
 def _jungfrau_raw_frames(args):
-    """Simulated shots in the raw module layout (8, 2 or 1 modules of 512 x 1024) turned into
-    raw JUNGFRAU words by a simulated detector; its calibration goes in the start message."""
+    """Simulated shots of the assembled detector turned into raw JUNGFRAU words (module layout)
+    by a simulated detector; its calibration, with the module geometry, goes in the start
+    message, so the receiver assembles the images back (the shots' beam centre holds)."""
     import numpy as np
 
-    from .jungfrau import simulate_detector
-    from .sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
+    from .jungfrau import Geometry, simulate_detector
+    from .sim import Crystal, ShotSettings, StillSimulator
 
-    modules = {"4m": 8, "1m": 2, "0.5m": 1}[args.detector]
-    layout = DetectorLayout(module_shape=(512, 1024), modules=(modules, 1), gap=(0, 0),
-                            name=f"JUNGFRAU {args.detector.upper()} (simulated, raw module layout)")
+    layout = _simulated_layout(args.detector)
+    (rows, cols), (gap_y, gap_x) = layout.modules, layout.gap
+    geometry = Geometry.grid(rows * cols, cols, gap_x=gap_x, gap_y=gap_y)  # the layout's modules, row by row
     sim = StillSimulator(layout, Crystal(), ShotSettings(background=args.background, hit_rate=args.hit_rate,
                                                          dtype="int32", bad_pixel_fraction=0), seed=args.seed)
     rng = np.random.default_rng(args.seed)
-    det = simulate_detector(rng, n_modules=modules, energy_keV=12.3984198 / sim.geometry.wavelength_a, geometry=None)
+    det = simulate_detector(rng, n_modules=rows * cols, energy_keV=12.3984198 / sim.geometry.wavelength_a,
+                            geometry=geometry)
     n = min(args.pool, args.frames) if args.pool else args.frames
-    print(f"simulating {n} raw JUNGFRAU shots ({modules} modules) ...", file=sys.stderr, flush=True)
+    print(f"simulating {n} raw JUNGFRAU shots ({rows * cols} modules) ...", file=sys.stderr, flush=True)
     frames = [det.raw(sim.shot(i).frame, rng) for i in range(n)]
     return frames, sim.geometry, det.calibration.mask.astype(np.uint32), det.calibration
 
@@ -135,11 +144,9 @@ def _simulate(args) -> int:
         frames, geometry, mask, calibration = _jungfrau_raw_frames(args)
         start_kw = {"jungfrau_calibration": calibration.to_dict(), "detector_description": "JUNGFRAU (simulated, raw)"}
     else:
-        from .sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
+        from .sim import Crystal, ShotSettings, StillSimulator
 
-        layouts = {"4m": DetectorLayout(), "1m": DetectorLayout(modules=(2, 1), name="JUNGFRAU 1M (simulated)"),
-                   "0.5m": DetectorLayout(modules=(1, 1), name="JUNGFRAU 0.5M (simulated)")}
-        sim = StillSimulator(layouts[args.detector], Crystal(),
+        sim = StillSimulator(_simulated_layout(args.detector), Crystal(),
                              ShotSettings(background=args.background, hit_rate=args.hit_rate, dtype=args.dtype or "uint16"),
                              seed=args.seed)
         n = min(args.pool, args.frames) if args.pool else args.frames

@@ -230,12 +230,16 @@ class Acquisition:
     @staticmethod
     def _raw_jungfrau(series: "_Series", msg: StartMessage) -> None:
         """Raw JUNGFRAU images: the series converts them to int32 photons with the start
-        message's calibration (raw module layout), which is also stored in the file."""
-        from .jungfrau import Calibration
+        message's calibration, which is also stored in the file; with its geometry the images
+        are assembled (as `redml compress --jungfrau-calibration` does), else raw module layout."""
+        from .jungfrau import MODULE_SHAPE, Calibration, Geometry
 
         c = msg.jungfrau_calibration
-        calib = Calibration(c["pedestal"].decode(), c["gain"].decode(), c["energy_keV"],
-                            c["mask"].decode() if c.get("mask") is not None else None)
+        pedestal = c["pedestal"].decode()
+        geometry = None if c.get("geometry") is None else Geometry.from_dict(
+            c["geometry"], n_modules=pedestal.shape[1] // MODULE_SHAPE[0])
+        calib = Calibration(pedestal, c["gain"].decode(), c["energy_keV"],
+                            c["mask"].decode() if c.get("mask") is not None else None, geometry)
         if series.shape is not None and tuple(series.shape) != tuple(calib.frame_shape):
             raise StreamError(f"calibration for {calib.frame_shape} raw frames, the images are {series.shape}")
         series.calibration = calib
@@ -256,6 +260,9 @@ class Acquisition:
         if msg.pixel_mask is not None:
             try:
                 pm = msg.pixel_mask.decode()
+                geo = series.calibration.geometry if series.calibration is not None else None
+                if geo is not None and pm.shape == geo.raw_shape:  # raw JUNGFRAU layout: assembled as the images
+                    pm = geo.assemble(pm, fill=1)  # gaps: NXmx bit 0
                 if series.shape is not None and pm.shape != series.shape:
                     raise StreamError(f"pixel mask has shape {pm.shape}, the images {series.shape}")
                 series.pixel_mask = pm.astype(np.uint32)

@@ -10,7 +10,12 @@ GET /api/latest_hit.png  the latest hit, max-pooled and log-scaled (spots come i
 It listens on localhost unless told otherwise. Listening on any other interface needs
 allow_remote=True and then always an access token (one is made when none is given): every
 request must carry it (?token=..., an "Authorization: Bearer ..." header, or the cookie the
-page sets), or it is refused with 403. The page works offline (no external scripts).
+page sets), or it is refused with 403. On localhost a request must also name the dashboard in
+its Host header (localhost, 127.0.0.1, [::1] or the bound address, with or without the port),
+or it is refused with 403: a web page whose name an attacker rebinds to 127.0.0.1 cannot read
+it (DNS rebinding). At most max_connections connections are served at once (the others are
+closed unanswered) and a connection that sends no complete request within request_timeout_s
+is closed, so idle sockets cannot pile up threads. The page works offline (no external scripts).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import ipaddress
 import json
 import math
 import secrets
+import socket
 import struct
 import threading
 import zlib
@@ -47,6 +53,55 @@ def parse_listen(spec: str, default_port: int = 8080) -> tuple[str, int]:
         host, port = "", spec
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port) if port else default_port
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _reachable_host(host: str) -> str:
+    """The address others reach a server bound to `host` at: for a wildcard (0.0.0.0, ::) the
+    address of the interface that routes outwards, else the hostname."""
+    if host not in ("", "0.0.0.0", "::"):
+        return host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # a UDP connect only picks the route: nothing is sent
+            addr = s.getsockname()[0]
+        if not ipaddress.ip_address(addr).is_loopback and addr != "0.0.0.0":
+            return addr
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most max_connections of them: a connection beyond is closed
+    at once, unanswered (the page polls again a second later)."""
+
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog (socketserver's 5 makes bursts of connects wait for SYN retries)
+
+    def __init__(self, address, handler, max_connections: int):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def png_gray(image: np.ndarray) -> bytes:
@@ -80,21 +135,32 @@ class Dashboard:
     """Serves a LiveStats (indicators.LiveStats) over HTTP in a background thread."""
 
     def __init__(self, stats, host: str = "127.0.0.1", port: int = 8080, *, token: Optional[str] = None,
-                 allow_remote: bool = False, title: str = "redml acquire"):
+                 allow_remote: bool = False, title: str = "redml acquire", max_connections: int = 32,
+                 request_timeout_s: float = 5.0):
         if not is_loopback(host) and not allow_remote:
             raise ValueError(f"the dashboard listens on localhost only unless allowed: {host!r} needs "
                              "allow_remote=True (redml acquire --dashboard-public) and a token")
+        if max_connections < 1 or not request_timeout_s > 0:
+            raise ValueError("max_connections must be >= 1 and request_timeout_s > 0")
         self.stats = stats
         self.title = title
         self.token = token or (None if is_loopback(host) else secrets.token_urlsafe(18))
-        self._server = ThreadingHTTPServer((host, int(port)), self._handler())
-        self._server.daemon_threads = True
+        self.request_timeout_s = float(request_timeout_s)
+        self._server = _Server((host, int(port)), self._handler(), int(max_connections))
         self.host, self.port = host, self._server.server_address[1]
+        self.allowed_hosts = self._host_names() if is_loopback(host) else None  # None: any (the token guards)
         self._thread: Optional[threading.Thread] = None
+
+    def _host_names(self) -> frozenset:
+        """Host header values a request to this localhost dashboard may carry."""
+        names = {"localhost", "127.0.0.1", "[::1]", _url_host(self.host).lower()}
+        return frozenset(names | {f"{n}:{self.port}" for n in names})
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else ("[::1]" if self.host == "::" else self.host)
+        """Where a browser reaches it (with the token): for a wildcard bind, the address of the
+        outward interface (or the hostname), not 0.0.0.0."""
+        host = _url_host(_reachable_host(self.host))
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     def start(self) -> "Dashboard":
@@ -119,6 +185,7 @@ class Dashboard:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "redml-dashboard"
+            timeout = dash.request_timeout_s  # socket timeout: an idle connection is closed after it
 
             def log_message(self, *args):  # quiet: the acquisition log is what matters
                 pass
@@ -147,13 +214,21 @@ class Dashboard:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _host_known(self) -> bool:
+                host = self.headers.get("Host")  # absent: not a browser (HTTP/1.0 tools)
+                return dash.allowed_hosts is None or host is None or host.strip().lower() in dash.allowed_hosts
+
             def do_GET(self):  # noqa: N802 (http.server's name)
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
-                if not self._authorised(query):
-                    self._send(403, b"forbidden: this dashboard needs its access token\n", "text/plain")
-                    return
                 try:
+                    if not self._host_known():
+                        self._send(403, b"forbidden: unknown Host (this dashboard answers localhost names only)\n",
+                                   "text/plain")
+                        return
+                    if not self._authorised(query):
+                        self._send(403, b"forbidden: this dashboard needs its access token\n", "text/plain")
+                        return
                     if parts.path == "/":
                         extra = {}
                         if dash.token:
@@ -171,8 +246,8 @@ class Dashboard:
                             self._send(200, png_gray(got[0]), "image/png")
                     else:
                         self._send(404, b"not found\n", "text/plain")
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                except OSError:  # the client went away or stopped reading (timeout)
+                    self.close_connection = True
 
         return Handler
 
@@ -220,7 +295,9 @@ PAGE = r"""<!DOCTYPE html>
   <div class="plot"><div class="t">spots per frame</div><canvas id="p_spots"></canvas></div>
   <div class="plot"><div class="t">resolution of hits (&Aring;)</div><canvas id="p_res"></canvas></div>
   <div class="plot"><div class="t">background (counts/px)</div><canvas id="p_bg"></canvas></div>
-  <div class="plot"><div class="t">compression ratio</div><canvas id="p_ratio"></canvas></div>
+  <div class="plot"><div class="t">compression ratio (log):
+   <span style="color:#d07010">&#9679; hits</span> <span style="color:#207070">&#9679; other frames</span></div>
+   <canvas id="p_ratio"></canvas></div>
   <div class="plot"><div class="t">frames / s</div><canvas id="p_fps"></canvas></div>
  </div>
  <div class="hit"><div class="t" id="hittitle">latest hit: none yet</div>
@@ -234,23 +311,35 @@ const token = new URLSearchParams(location.search).get("token");
 const q = token ? ("?token=" + encodeURIComponent(token)) : "";
 function fmt(v, d) { return (v === null || v === undefined) ? "-" : Number(v).toFixed(d); }
 function set(id, text) { document.getElementById(id).textContent = text; }
-function plot(id, t, ys, color) {
+function plot(id, t, series, log) {
+  // series: [[values, colour], ...] over the times t; log: a log10 axis (decades labelled)
   const c = document.getElementById(id), r = window.devicePixelRatio || 1;
   const W = c.clientWidth, H = c.clientHeight; c.width = W * r; c.height = H * r;
   const g = c.getContext("2d"); g.scale(r, r); g.clearRect(0, 0, W, H);
-  const pts = []; for (let i = 0; i < t.length; i++) if (ys[i] !== null && ys[i] !== undefined) pts.push([t[i], ys[i]]);
+  const ok = v => v !== null && v !== undefined && (!log || v > 0);
+  const lines = series.map(([ys, color]) => [t.map((x, i) => [x, ys[i]]).filter(p => ok(p[1])), color]);
+  const all = lines.flatMap(l => l[0]);
   g.strokeStyle = "#ccd"; g.lineWidth = 1; g.strokeRect(34.5, 4.5, W - 40, H - 22);
   g.fillStyle = "#556"; g.font = "11px sans-serif";
-  if (!pts.length) { g.fillText("no data yet", W / 2 - 28, H / 2); return; }
-  let x0 = pts[0][0], x1 = pts[pts.length - 1][0]; if (x1 <= x0) x1 = x0 + 1;
-  let y0 = Math.min(...pts.map(p => p[1])), y1 = Math.max(...pts.map(p => p[1]));
-  if (y0 > 0 && y0 < 0.3 * y1) y0 = 0; if (y1 - y0 < 1e-9) { y1 += 1; y0 = Math.max(0, y0 - 1); }
-  const X = x => 35 + (x - x0) / (x1 - x0) * (W - 42), Y = y => H - 19 - (y - y0) / (y1 - y0) * (H - 26);
-  g.fillText(y1.toPrecision(3), 1, 13); g.fillText(y0.toPrecision(3), 1, H - 19);
-  g.fillText(x0 + " s", 35, H - 5); g.fillText(x1 + " s", W - 40, H - 5);
-  g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
-  pts.forEach((p, i) => i ? g.lineTo(X(p[0]), Y(p[1])) : g.moveTo(X(p[0]), Y(p[1]))); g.stroke();
-  if (pts.length < 40) { g.fillStyle = color; pts.forEach(p => { g.beginPath(); g.arc(X(p[0]), Y(p[1]), 2.5, 0, 7); g.fill(); }); }
+  if (!all.length) { g.fillText("no data yet", W / 2 - 28, H / 2); return; }
+  const f = log ? Math.log10 : (v => v);
+  let x0 = Math.min(...all.map(p => p[0])), x1 = Math.max(...all.map(p => p[0])); if (x1 <= x0) x1 = x0 + 1;
+  let y0 = Math.min(...all.map(p => f(p[1]))), y1 = Math.max(...all.map(p => f(p[1])));
+  if (log) { y0 = Math.floor(y0); y1 = Math.max(Math.ceil(y1), y0 + 1); }
+  else { if (y0 > 0 && y0 < 0.3 * y1) y0 = 0; if (y1 - y0 < 1e-9) { y1 += 1; y0 = Math.max(0, y0 - 1); } }
+  const X = x => 35 + (x - x0) / (x1 - x0) * (W - 42), Y = y => H - 19 - (f(y) - y0) / (y1 - y0) * (H - 26);
+  if (log) {  // a grid line and a label per decade
+    for (let k = y0; k <= y1; k++) {
+      const v = 10 ** k, y = Y(v); g.fillStyle = "#556"; g.fillText(k >= 0 ? String(v) : v.toFixed(-k), 1, y + 4);
+      g.strokeStyle = "#e4e6ee"; g.beginPath(); g.moveTo(35, y + 0.5); g.lineTo(W - 6, y + 0.5); g.stroke();
+    }
+  } else { g.fillText(y1.toPrecision(3), 1, 13); g.fillText(y0.toPrecision(3), 1, H - 19); }
+  g.fillStyle = "#556"; g.fillText(x0 + " s", 35, H - 5); g.fillText(x1 + " s", W - 40, H - 5);
+  for (const [pts, color] of lines) {
+    g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
+    pts.forEach((p, i) => i ? g.lineTo(X(p[0]), Y(p[1])) : g.moveTo(X(p[0]), Y(p[1]))); g.stroke();
+    if (pts.length < 40) { g.fillStyle = color; pts.forEach(p => { g.beginPath(); g.arc(X(p[0]), Y(p[1]), 2.5, 0, 7); g.fill(); }); }
+  }
 }
 let hitVersion = -1, lastHit = null;
 function drawSpots() {
@@ -283,9 +372,11 @@ async function tick() {
       `malformed messages ${c.malformed} - outside a series ${c.orphans}`);
     set("errors", s.errors.map(e => `[${e.t} s] ${e.text}`).join("\n"));
     const h = s.history;
-    plot("p_hit", h.t, h.hit_rate.map(v => v === null ? null : 100 * v), "#2f7d4f");
-    plot("p_spots", h.t, h.spots_per_frame, "#2060a0"); plot("p_res", h.t, h.resolution_a, "#8040a0");
-    plot("p_bg", h.t, h.background, "#a06020"); plot("p_ratio", h.t, h.ratio, "#207070"); plot("p_fps", h.t, h.fps, "#404040");
+    plot("p_hit", h.t, [[h.hit_rate.map(v => v === null ? null : 100 * v), "#2f7d4f"]]);
+    plot("p_spots", h.t, [[h.spots_per_frame, "#2060a0"]]); plot("p_res", h.t, [[h.resolution_a, "#8040a0"]]);
+    plot("p_bg", h.t, [[h.background, "#a06020"]]);
+    plot("p_ratio", h.t, [[h.ratio_other, "#207070"], [h.ratio_hits, "#d07010"]], true);
+    plot("p_fps", h.t, [[h.fps, "#404040"]]);
     if (s.latest_hit && s.latest_hit.version !== hitVersion) {
       hitVersion = s.latest_hit.version; lastHit = s.latest_hit;
       set("hittitle", `latest hit: image ${lastHit.image_id}, ${lastHit.peaks.length} spots (1:${lastHit.factor})`);

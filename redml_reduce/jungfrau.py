@@ -183,8 +183,38 @@ class Geometry:
                           minlength=self.raw_shape[0] * self.raw_shape[1])  # exact for counts below 2^53
         return acc.reshape(self.raw_shape).astype(image.dtype)
 
+    def assemble(self, values: np.ndarray, fill) -> np.ndarray:
+        """An assembled image of a per-pixel map of the raw layout (a pixel mask, say): each
+        output pixel shows the value of the raw pixel it belongs to; gaps hold `fill`."""
+        values = np.asarray(values)
+        if values.shape != self.raw_shape:
+            raise ValueError(f"map has shape {values.shape}, the raw frames {self.raw_shape}")
+        src = self.source_index
+        return np.where(src >= 0, values.ravel()[np.maximum(src, 0)], np.asarray(fill, values.dtype))
+
     def to_dict(self) -> dict:
         return {"modules": self.modules.tolist(), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d, n_modules: Optional[int] = None) -> "Geometry":
+        """The inverse of to_dict, for input from outside (a stream's start message): anything
+        malformed raises ValueError. n_modules: the modules the raw frames hold, checked before
+        the image (whose size the geometry sets) is allocated."""
+        try:
+            modules = np.asarray(d["modules"])
+            shape = tuple(d["shape"])
+            ok = modules.dtype.kind in "iu" and modules.ndim == 2 and modules.shape[1:] == (6,) and len(shape) == 2
+            ok = ok and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError("a geometry is {'modules': (n, 6) integer table, 'shape': [height, width]}")
+        if n_modules is not None and len(modules) != n_modules:
+            raise ValueError(f"the geometry places {len(modules)} modules, the raw frames hold {n_modules}")
+        area = ASSEMBLED_MODULE_SHAPE[0] * ASSEMBLED_MODULE_SHAPE[1] * len(modules)
+        if not (0 < shape[0] and 0 < shape[1] and shape[0] * shape[1] <= 4 * area) or np.abs(modules).max() > 2**20:
+            raise ValueError(f"a geometry image of {shape} for {len(modules)} modules is out of bounds")
+        return cls(modules, shape)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -257,7 +287,7 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         g = d.get("geometry")
-        geometry = None if g is None else Geometry(np.asarray(g["modules"]), tuple(g["shape"]))
+        geometry = None if g is None else Geometry.from_dict(g)
         return cls(np.asarray(d["pedestal"]), np.asarray(d["gain"]), d["energy_keV"], d.get("mask"), geometry,
                    d.get("noise"), dict(d.get("meta") or {}))
 
@@ -501,7 +531,7 @@ def _geometry_from(spec) -> Optional[Geometry]:
     if spec == "4m":
         return Geometry.jungfrau_4m()
     if isinstance(spec, dict) and "modules" in spec:
-        return Geometry(np.array(spec["modules"]), tuple(spec["shape"]))
+        return Geometry.from_dict(spec)
     if isinstance(spec, dict):
         return Geometry.grid(**spec)
     raise ValueError(f"geometry must be '4m', a Geometry.grid argument dict or a modules/shape dict, not {spec!r}")

@@ -510,6 +510,10 @@ def encode_start(shape, dtype, geometry: Optional[Geometry] = None, *, series_id
         f["jungfrau_calibration"] = {"energy_keV": float(c["energy_keV"]),
                                      **{k: _tagged_array(np.asarray(c[k]), compression)
                                         for k in ("pedestal", "gain", "mask") if c.get(k) is not None}}
+        if c.get("geometry") is not None:  # the module placement: the receiver assembles the images by it
+            g = c["geometry"]
+            f["jungfrau_calibration"]["geometry"] = {"modules": np.asarray(g["modules"]).tolist(),
+                                                     "shape": [int(v) for v in g["shape"]]}
     return _dumps(f)
 
 

@@ -177,3 +177,152 @@ def test_dashboard_in_headless_chromium(tmp_path, rng):
     # the latest hit: a dark image with bright spots in the right-hand column
     right = img[200:700, 850:1390].mean(axis=2)
     assert (right < 40).mean() > 0.3 and (right > 200).sum() > 20
+
+
+def test_foreign_host_refused_localhost_names_accepted():
+    """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 sends Host:
+    evil.example; the localhost dashboard refuses it and answers its own names only."""
+    stats = LiveStats()
+    with Dashboard(stats, "127.0.0.1", 0) as dash:
+        base, p = f"http://127.0.0.1:{dash.port}", dash.port
+        for host in ("evil.example", f"evil.example:{p}", f"127.0.0.1.evil.example:{p}", f"localhost.evil:{p}",
+                     f"192.168.1.7:{p}"):
+            for path in ("/", "/api/status", "/api/latest_hit.png"):
+                code, body, _ = get(base + path, {"Host": host})
+                assert code == 403 and b"counts" not in body and b"<canvas" not in body, (host, path)
+        for host in ("localhost", f"localhost:{p}", f"LocalHost:{p}", "127.0.0.1", f"127.0.0.1:{p}", f"[::1]:{p}"):
+            code, body, _ = get(base + "/api/status", {"Host": host})
+            assert code == 200 and "counts" in json.loads(body), host
+    # public (token required): the names it is reached by are not known in advance, the token guards
+    with Dashboard(stats, "0.0.0.0", 0, allow_remote=True) as dash:
+        base = f"http://127.0.0.1:{dash.port}"
+        assert get(base + f"/api/status?token={dash.token}", {"Host": "beamline-pc.example:1"})[0] == 200
+        assert get(base + "/api/status", {"Host": "beamline-pc.example:1"})[0] == 403
+
+
+def threads_now() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_half_open_connections_hold_a_bounded_number_of_threads():
+    """300 sockets that send half a request: the dashboard serves a bounded number of
+    connections (the others are closed at once), closes the idle ones after its request
+    timeout, and then answers a normal request."""
+    import socket
+
+    stats = LiveStats()
+    before = threads_now()
+    with Dashboard(stats, "127.0.0.1", 0) as dash:
+        socks = []
+        try:
+            for _ in range(300):
+                c = socket.create_connection(("127.0.0.1", dash.port), timeout=30)
+                c.sendall(b"GET /api/status HTTP/1.1\r\nHost: localh")  # and never the rest
+                c.setblocking(False)
+                socks.append(c)
+
+            def closed_by_server() -> int:
+                n = 0
+                for c in socks:
+                    try:
+                        n += c.recv(1) == b""
+                    except BlockingIOError:
+                        pass
+                return n
+
+            deadline = time.time() + 60  # a bound against hanging, not a timing requirement
+            while closed_by_server() < 300 - 32 and time.time() < deadline:
+                time.sleep(0.1)
+            peak = threads_now()
+            assert peak <= before + 1 + 32 + 2, peak  # server loop + at most 32 connections (+ slack)
+            assert threading.active_count() <= before + 1 + 32 + 2
+            while closed_by_server() < 300 and time.time() < deadline:  # the idle ones time out
+                time.sleep(0.2)
+            assert closed_by_server() == 300
+        finally:
+            for c in socks:
+                c.close()
+        code, body, _ = get(f"http://127.0.0.1:{dash.port}/api/status")
+        assert code == 200 and json.loads(body)["counts"]["received"] == 0
+
+
+def test_url_is_reachable_when_bound_to_all_interfaces():
+    from urllib.parse import urlsplit
+
+    from redml_reduce.dashboard import is_loopback
+
+    with Dashboard(LiveStats(), "0.0.0.0", 0, allow_remote=True) as dash:
+        parts = urlsplit(dash.url)
+        assert parts.hostname not in ("0.0.0.0", "") and not is_loopback(parts.hostname), dash.url
+        assert parts.port == dash.port and parts.query == f"token={dash.token}"
+        code, body, _ = get(dash.url)  # reachable at the address printed
+        assert code == 200 and b"<canvas" in body
+    with Dashboard(LiveStats(), "127.0.0.1", 0) as dash:
+        assert dash.url == f"http://127.0.0.1:{dash.port}/"
+
+
+def test_acquire_prints_the_reachable_dashboard_url(tmp_path, capsys):
+    from urllib.parse import urlsplit
+
+    from redml_reduce.cli import main
+    from redml_reduce.dashboard import is_loopback
+
+    code = main(["acquire", "--bind", "tcp://127.0.0.1:*", "--out", str(tmp_path / "run.nxs"), "--quiet",
+                 "--dashboard", "0.0.0.0:0", "--dashboard-public", "--token", "tok-123-abc", "--wait", "0.2"])
+    assert code == 2  # no series came
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("dashboard: "))
+    parts = urlsplit(line.split(" ", 1)[1])
+    assert parts.scheme == "http" and parts.port and parts.query == "token=tok-123-abc", line
+    assert parts.hostname != "0.0.0.0" and not is_loopback(parts.hostname), line
+
+
+def test_ratio_history_keeps_hits_and_other_frames_apart(monkeypatch):
+    """Sparse non-hits compress ~100x better than hits: in one series they flatten the hits'
+    curve, so the history has the ratio of each apart (vetoed frames, not stored, in neither)."""
+    from types import SimpleNamespace
+
+    from redml_reduce import indicators
+    from redml_reduce.indicators import FrameStats
+
+    monkeypatch.setattr(indicators, "time", SimpleNamespace(time=lambda: 1000.0))  # every frame in one bin
+    stats = LiveStats()
+    for i in range(6):
+        stats.frame(FrameStats(i, n_spots=40, hit=True, raw_bytes=1000, stored_bytes=200, mode="q"))
+        stats.frame(FrameStats(i, n_spots=1, hit=False, raw_bytes=1000, stored_bytes=4, mode="sparse"))
+        stats.frame(FrameStats(i, n_spots=0, hit=False, raw_bytes=1000, stored_bytes=0, mode="vetoed"))
+    h = stats.snapshot()["history"]
+    assert h["t"] == [0] and h["fps"] == [18]
+    assert h["ratio_hits"] == [pytest.approx(5.0)] and h["ratio_other"] == [pytest.approx(250.0)]
+    assert h["ratio"] == [pytest.approx(2000 / 204)]  # the vetoed frames' bytes are not counted as compressed
+
+
+def test_ratio_plot_readable_with_sparse_non_hits(tmp_path, rng):
+    """With sparse non-hits the page plots the ratio of hits and of the other frames as two
+    curves on a log axis: both visible, the sparse frames' curve above the hits' one."""
+    hits = [poisson_frame(rng, 6.0, SHAPE, "uint16", spots=40) for _ in range(3)]
+    blanks = [poisson_frame(rng, 6.0, SHAPE, "uint16") for _ in range(3)]
+    acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=1, workers=1, veto="sparse"))
+    acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=40))
+    for i in range(40):  # ~4 s: a few one-second bins of history
+        frame = hits[i % 3] if i % 2 else blanks[i % 3]
+        acq.feed(s.encode_image(frame, i, compression="bslz4"))
+        time.sleep(0.1)
+    acq.feed(s.encode_end())
+    acq.wait(60)
+    h = acq.stats.snapshot()["history"]
+    hit_r = [v for v in h["ratio_hits"] if v is not None]
+    other_r = [v for v in h["ratio_other"] if v is not None]
+    assert len(hit_r) >= 2 and len(other_r) >= 2 and min(other_r) > 3 * max(hit_r), (hit_r, other_r)
+    with Dashboard(acq.stats, "127.0.0.1", 0) as dash:
+        shot = tmp_path / "dashboard.png"
+        r = chromium(tmp_path, dash.url, f"--screenshot={shot}")
+        assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
+    acq.close()
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+    def rows_of(rgb, tol=40):
+        return np.nonzero((np.abs(img - np.array(rgb)).sum(axis=2) < tol))[0]
+
+    hit_rows, other_rows = rows_of((208, 112, 16)), rows_of((32, 112, 112))  # #d07010 hits, #207070 others
+    assert len(hit_rows) > 150 and len(other_rows) > 150, (len(hit_rows), len(other_rows))  # two drawn curves
+    assert np.median(other_rows) + 20 < np.median(hit_rows)  # far apart: sparse frames above, hits below
