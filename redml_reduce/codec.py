@@ -25,6 +25,7 @@ _CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
 _SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
 _RECONS = {"midpoint": 0, "mean": 2, "draw": 3}  # quantized mode (docs/format.md, "Reconstruction")
 _RECON_NAMES = ("dither", "poisson", "mean", "draw")  # as stored in a chunk
+MAX_TILE = 1024  # the encoder's largest tile (kMaxTile in csrc/container.h: one tile^2 buffer per thread)
 
 
 class RedmlError(ValueError):
@@ -85,7 +86,7 @@ class CodecSettings:
         _check_range("level", self.level, -7, 22, integer=True)
         _check_range("gain", self.gain, 0, math.inf, open_low=True)
         _check_range("mu_min", self.mu_min, 0, math.inf)
-        _check_range("tile", self.tile, 1, 65535, integer=True)
+        _check_range("tile", self.tile, 1, MAX_TILE, integer=True)
         _check_range("roi_snr", self.roi_snr, 0, math.inf, open_low=True)
         _check_range("roi_margin", self.roi_margin, 0, 65535, integer=True)
         _check_range("seed", self.seed, 0, 2**32 - 1, integer=True)

@@ -328,3 +328,121 @@ def test_plugin_path_under_valgrind(tmp_path, rng):
         assert lost == {"definitely": 0, "indirectly": 0, "possibly": 0}, log[-4000:]
         assert "libh5redml" not in "".join(re.findall(r"lost in loss record.*?\n==\d+== \n", log, re.S))
     assert results[1][2] <= results[0][2], f"memory in use at exit grew with the chunks: {results[0][2]} -> {results[1][2]}"
+
+
+# ---- under a memory limit: a forged chunk is a RedmlError, never a MemoryError ----
+
+LIMITED = textwrap.dedent("""
+    import resource
+    def limit_memory(extra_mb):
+        # address space: what the process holds now and extra_mb more (no room for a 2^27-pixel frame)
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
+        lim = vm + (extra_mb << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+""")
+
+
+def run_limited(body: str, extra_mb: int = 128) -> dict:
+    """Runs `body` (which sets `out`) in a fresh process whose address space is limited;
+    returns `out`."""
+    script = LIMITED + textwrap.dedent("""
+        import json, sys
+        sys.path.insert(0, {tests!r})
+        import numpy as np
+        import redml_reduce as rr
+        out = {{}}
+    """).format(tests=os.path.dirname(__file__)) + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, REDML_NUM_THREADS="2"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+def test_forged_chunks_raise_redml_errors_under_a_memory_limit():
+    """Every section is checked against the header before the frame is allocated: the
+    hostile chunks (2^27 pixels declared) fail with RedmlError in a process that has no room
+    for their frame, from decode, inspect, exact_mask and background_model alike (the
+    output used to be allocated first: MemoryError)."""
+    out = run_limited("""
+        from test_hostile import hostile_chunks
+        chunks = [(c, name, ch) for c in ("rans", "zstd", "lz4") for name, ch in hostile_chunks(c)]
+        limit_memory(128)
+        for codec, name, ch in chunks:
+            for fn in (rr.decode, rr.inspect, rr.exact_mask, rr.background_model):
+                try:
+                    fn(ch)
+                    r = "accepted"
+                except rr.RedmlError as e:
+                    r = str(e)
+                except MemoryError as e:
+                    r = f"MemoryError: {e}"
+                out[f"{codec} {name} {fn.__name__}"] = r
+    """)
+    assert len(out) == 4 * sum(len(list(hostile_chunks(c))) for c in ("rans", "zstd", "lz4"))
+    for what, r in out.items():
+        assert r.startswith("corrupt chunk"), (what, r)
+
+
+def big_valid_chunk(dtype=np.uint32):
+    """A valid sparse chunk of 2^14 x 2^13 pixels (constant, one tile) in a few hundred bytes."""
+    n = 1 << 27
+    c = Chunk.parse(rr.encode(np.zeros((64, 64), dtype), "sparse", block_elems=1 << 24))
+    c.header.update(height=1 << 14, width=1 << 13, tile=65535)
+    m, k = c.find(MODEL), c.find(MASK)
+    m.raw_size, m.data = 8, raw_stream(struct.pack("<ff", 0.0, 1.0))
+    k.raw_size, k.data = len(runs(n)), raw_stream(runs(n))
+    return c.build()
+
+
+def test_zarr_codec_checks_the_chunk_header_before_decoding(tmp_path):
+    """A 2^27-pixel chunk in a 16 x 16 zarr v3 array: refused from its header, in a process
+    with no room for the frame (it used to be decoded, 512 MB, then compared)."""
+    pytest.importorskip("zarr")
+    chunk = big_valid_chunk()
+    assert len(chunk) < 512 and rr.inspect(chunk)["shape"] == (1 << 14, 1 << 13)
+    (tmp_path / "chunk.bin").write_bytes(chunk)
+    out = run_limited(f"""
+        import zarr
+        from pathlib import Path
+        from redml_reduce.zarr_codec import RedmlZarrCodec
+        a = zarr.create_array(str(Path({str(tmp_path)!r}) / "a.zarr"), shape=(2, 16, 16), chunks=(1, 16, 16),
+                              dtype="uint32", serializer=RedmlZarrCodec(q=0), compressors=None)
+        a[1] = np.arange(256, dtype=np.uint32).reshape(16, 16)
+        key = Path({str(tmp_path)!r}) / "a.zarr" / "c" / "0" / "0" / "0"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(Path({str(tmp_path)!r}, "chunk.bin").read_bytes())
+        limit_memory(128)
+        try:
+            a[0]
+            out["r"] = "decoded"
+        except rr.RedmlError as e:
+            out["r"] = str(e)
+        except MemoryError as e:
+            out["r"] = f"MemoryError: {{e}}"
+        out["other"] = int(a[1].sum())
+    """)
+    assert "the array expects" in out["r"], out
+    assert out["other"] == sum(range(256))
+
+
+def test_tile_is_bounded_by_what_the_encoder_supports():
+    """The encoder gathers one tile's pixels per thread: tile is refused above MAX_TILE by
+    the settings and by the core (the HDF5 filter's path), with a clear error, not a
+    MemoryError on every frame."""
+    from redml_reduce import _core
+    from redml_reduce.codec import MAX_TILE, CodecSettings
+
+    frame = np.ones((40, 50), np.uint16)
+    assert rr.decode(rr.encode(frame, 1, tile=MAX_TILE)).tobytes() == frame.tobytes()
+    for tile in (MAX_TILE + 1, 65535):
+        with pytest.raises(ValueError, match="tile"):
+            CodecSettings(tile=tile)
+        kw = CodecSettings(q=1).core_kwargs()
+        kw["tile"] = tile
+        with pytest.raises(ValueError, match="tile"):
+            _core.encode(frame, None, None, nthreads=1, **kw)
+    # a chunk of a larger tile (written by hand: the format allows 65535) still decodes
+    c = Chunk.parse(rr.encode(frame, "sparse"))
+    c.header["tile"] = 65535
+    c.find(MODEL).raw_size, c.find(MODEL).data = 8, raw_stream(struct.pack("<ff", 1.0, 1.0))
+    assert rr.decode(c.build()).shape == frame.shape
