@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 
 import redml_reduce as rr
-from chunkforge import RAW_FLAG, Chunk, block_stream, raw_stream, runs
+from chunkforge import MASK, MODEL, RAW_FLAG, Chunk, big_valid_chunk, hostile_chunks, raw_stream
 from helpers import ALL_DTYPES, poisson_frame
 
 H5DUMP = shutil.which("h5dump")
 VALGRIND = shutil.which("valgrind")
 PLUGIN_ENV = dict(os.environ, HDF5_PLUGIN_PATH=rr.PLUGIN_PATH, REDML_NUM_THREADS="2")
-MODEL, MASK, VALUES, CODES = 1, 2, 3, 4
 
 
 def make_frame(rng, dtype, shape=(24, 40)):
@@ -178,37 +177,6 @@ def test_forged_block_tables(chunks):
 
 
 # ---- declared sizes beyond the chunk: no allocation bombs ----
-
-def hostile_chunks(codec):
-    """Small chunks (< 2 kB) that declare a 2^27-pixel frame and sections as large as the
-    format allows, backed by block tables whose blocks cannot hold that much."""
-    h, w = 1 << 14, 1 << 13
-    n = h * w
-    base = Chunk.parse(rr.encode(np.zeros((64, 64), np.uint16), "sparse", codec=codec, block_elems=1 << 24))
-    base.header.update(height=h, width=w, tile=65535)
-    model_ok = raw_stream(struct.pack("<ff", 0.0, 1.0))
-    mask_ok = raw_stream(runs(n))
-    fake = b"\x28\xb5\x2f\xfd\0" if codec == "zstd" else (b"\0" * 5 if codec == "rans" else b"\0")
-
-    def chunk(model=None, mask=None, values=None, tile=65535, n_exact=0):
-        c = Chunk.parse(base.build())
-        c.header.update(tile=tile, n_exact=n_exact)
-        m = c.find(MODEL)
-        m.raw_size, m.data = model or (8, model_ok)
-        k = c.find(MASK)
-        k.raw_size, k.data = mask or (len(runs(n)), mask_ok)
-        v = c.find(VALUES)
-        v.raw_size, v.data = values or (0, struct.pack("<I", 0))
-        return c.build()
-
-    yield "mask declared 10x the frame", chunk(mask=(10 * n + 10, block_stream(10 * n + 10, 1 << 24, fake)))
-    if codec != "rans":  # a rANS plane of 5 bytes may hold a constant plane of any length (valid)
-        yield "mask at the frame bound", chunk(mask=(n + 1, block_stream(n + 1, 1 << 24, fake)))
-        yield "model of 2^27 tiles", chunk(model=(8 * n, block_stream(8 * n, 4 << 24, fake)), tile=1)
-        yield "values of 2^27 words", chunk(values=(2 * n, block_stream(2 * n, 2 << 24, fake)), n_exact=n)
-    yield "model raw 2^63", chunk(model=(1 << 63, block_stream(1 << 24, 4 << 24, fake)))
-    yield "values raw 2^64-1", chunk(values=(2**64 - 1, block_stream(1 << 24, 2 << 24, fake)), n_exact=n)
-
 
 @pytest.mark.parametrize("codec", ["rans", "zstd", "lz4"])
 def test_no_allocation_bomb(tmp_path, codec):
@@ -364,7 +332,7 @@ def test_forged_chunks_raise_redml_errors_under_a_memory_limit():
     for their frame, from decode, inspect, exact_mask and background_model alike (the
     output used to be allocated first: MemoryError)."""
     out = run_limited("""
-        from test_hostile import hostile_chunks
+        from chunkforge import hostile_chunks
         chunks = [(c, name, ch) for c in ("rans", "zstd", "lz4") for name, ch in hostile_chunks(c)]
         limit_memory(128)
         for codec, name, ch in chunks:
@@ -381,17 +349,6 @@ def test_forged_chunks_raise_redml_errors_under_a_memory_limit():
     assert len(out) == 4 * sum(len(list(hostile_chunks(c))) for c in ("rans", "zstd", "lz4"))
     for what, r in out.items():
         assert r.startswith("corrupt chunk"), (what, r)
-
-
-def big_valid_chunk(dtype=np.uint32):
-    """A valid sparse chunk of 2^14 x 2^13 pixels (constant, one tile) in a few hundred bytes."""
-    n = 1 << 27
-    c = Chunk.parse(rr.encode(np.zeros((64, 64), dtype), "sparse", block_elems=1 << 24))
-    c.header.update(height=1 << 14, width=1 << 13, tile=65535)
-    m, k = c.find(MODEL), c.find(MASK)
-    m.raw_size, m.data = 8, raw_stream(struct.pack("<ff", 0.0, 1.0))
-    k.raw_size, k.data = len(runs(n)), raw_stream(runs(n))
-    return c.build()
 
 
 def test_zarr_codec_checks_the_chunk_header_before_decoding(tmp_path):
