@@ -140,10 +140,6 @@ std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
     return out;
 }
 
-// Largest exact-mask encoding of an n-pixel frame: at most n + 1 runs (the first may be
-// empty), and a run of r >= 1 pixels takes at most r bytes (one byte per 7 bits).
-uint64_t max_runs_bytes(uint64_t n) { return n + 1; }
-
 // Decodes the runs into `exact` (n bytes); returns the number of exact pixels.
 uint64_t decode_runs(const uint8_t *p, size_t size, uint8_t *exact, size_t n) {
     size_t pos = 0, i = 0;
@@ -201,7 +197,7 @@ void validate_params(const redml_params &p) {
           "reconstruction not defined for this mode (Poisson: sparse only; mean and draw: quantized only)");
     check(!(p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW) || p.gain == 1.0f, REDML_E_ARG,
           "the mean and draw reconstructions model photon counts: gain must be 1");
-    check(p.tile >= 1, REDML_E_ARG, "tile must be >= 1");
+    check(p.tile >= 1 && p.tile <= kMaxTile, REDML_E_ARG, "tile must be in [1, 1024]");
     check(p.block_elems >= 256 && p.block_elems <= (1u << 24) && p.block_elems % 8 == 0, REDML_E_ARG,
           "block_elems must be a multiple of 8 in [256, 2^24]");
     check(std::isfinite(p.roi_snr) && p.roi_snr > 0, REDML_E_ARG, "roi_snr must be a finite number > 0");
@@ -405,11 +401,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
 template <class T>
 BackgroundModel read_model(const ParsedChunk &pc, int nt) {
     const ChunkHeader &h = pc.header;
-    const Section *s = pc.find(SECTION_MODEL);
-    check(s != nullptr, REDML_E_CORRUPT, "chunk has no background model section");
+    const Section *s = pc.find(SECTION_MODEL);  // its size checked by parse_chunk
     TileGrid g(h.height, h.width, h.tile);
-    check(s->elem == 4 && s->raw_size == 8 * (uint64_t)g.count(), REDML_E_CORRUPT, "model section has the wrong size");
-    check_stream(s->data, s->stored_size, s->raw_size, spec_for(h, *s));  // before allocating
     std::vector<float> raw(2 * g.count());
     decode_stream(s->data, s->stored_size, (uint8_t *)raw.data(), s->raw_size, spec_for(h, *s), nt);
     BackgroundModel m;
@@ -440,30 +433,11 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const uint32_t H = h.height, W = h.width;
     const size_t N = (size_t)H * W;
 
-    // Check every block table against its declared size before any large allocation.
+    // Sections and block tables were checked against the header by parse_chunk.
     const Section *mask_s = pc.find(SECTION_EXACT_MASK);
     const Section *vals_s = pc.find(SECTION_EXACT_VALUES);
     std::vector<const Section *> codes_s = pc.find_all(SECTION_BACKGROUND_CODES);
-    check(vals_s != nullptr && mask_s != nullptr, REDML_E_CORRUPT, "chunk lacks the exact mask or values section");
-    check(codes_s.size() == (h.mode != REDML_MODE_SPARSE ? (size_t)REDML_PHASES : 0u), REDML_E_CORRUPT,
-          "wrong number of background code sections for the mode");
-    uint64_t n_exact = h.n_exact;
-    check(vals_s->elem == sizeof(Word) && vals_s->raw_size == n_exact * sizeof(Word), REDML_E_CORRUPT,
-          "exact-values section has the wrong size");
-    check_stream(vals_s->data, vals_s->stored_size, vals_s->raw_size, spec_for(h, *vals_s));
-    uint64_t n_codes = 0;
-    for (const Section *cs : codes_s) {
-        check(cs->elem == sizeof(Word) && cs->raw_size % sizeof(Word) == 0 && cs->raw_size <= N * sizeof(Word),
-              REDML_E_CORRUPT, "background-codes section has the wrong size");
-        check_stream(cs->data, cs->stored_size, cs->raw_size, spec_for(h, *cs));
-        n_codes += cs->raw_size / sizeof(Word);
-    }
-    check(codes_s.empty() || n_codes == N - n_exact, REDML_E_CORRUPT, "background code count does not match the frame");
-    {
-        check(mask_s->elem == 1 && mask_s->raw_size <= max_runs_bytes(N), REDML_E_CORRUPT,
-              "exact mask section has the wrong size");
-        check_stream(mask_s->data, mask_s->stored_size, mask_s->raw_size, spec_for(h, *mask_s));
-    }
+    const uint64_t n_exact = h.n_exact;
 
     BackgroundModel model = read_model<T>(pc, nt);
     const std::vector<int64_t> preds = tile_predictions<T>(model);
@@ -684,10 +658,7 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         const ChunkHeader &h = pc.header;
         size_t N = (size_t)h.height * h.width;
         check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
-        const Section *s = pc.find(SECTION_EXACT_MASK);
-        check(s != nullptr, REDML_E_CORRUPT, "chunk has no exact mask section");
-        check(s->raw_size <= max_runs_bytes(N), REDML_E_CORRUPT, "exact mask section has the wrong size");
-        check_stream(s->data, s->stored_size, s->raw_size, spec_for(h, *s));  // before allocating
+        const Section *s = pc.find(SECTION_EXACT_MASK);  // its size checked by parse_chunk
         std::vector<uint8_t> runs(s->raw_size);
         decode_stream(s->data, s->stored_size, runs.data(), runs.size(), spec_for(h, *s), 1);
         decode_runs(runs.data(), runs.size(), out, N);

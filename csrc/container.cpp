@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "entropy.h"
 #include "error.h"
+#include "quantize.h"
 
 namespace redml {
 
@@ -32,6 +34,43 @@ struct Reader {
 };
 
 const uint8_t kMagic[4] = {'R', 'D', 'M', 'L'};
+
+// The block table of a section, against its declared raw size (check_stream: block count,
+// lengths, what each block can expand to).
+void check_blocks(const ChunkHeader &h, const Section &s) {
+    check_stream(s.data, s.stored_size, s.raw_size, StreamSpec{s.elem, s.shuffle, h.codec, 0, h.block_elems});
+}
+
+// Every section a decoder reads, sized from the header: the model holds a mean and a step
+// (float32) per tile, the exact values n_exact pixel words, the codes (one section per
+// dither phase unless sparse) the other pixels, the mask's runs at most one byte a pixel.
+void check_sections(const ParsedChunk &pc) {
+    const ChunkHeader &h = pc.header;
+    const uint64_t n = (uint64_t)h.height * h.width;
+    const uint64_t tiles = (uint64_t)((h.height + h.tile - 1) / h.tile) * ((h.width + h.tile - 1) / h.tile);
+    const uint8_t word = h.dtype == REDML_UINT16 || h.dtype == REDML_INT16 ? 2 : 4;
+    const Section *model = pc.find(SECTION_MODEL), *mask = pc.find(SECTION_EXACT_MASK);
+    const Section *values = pc.find(SECTION_EXACT_VALUES);
+    check(model != nullptr, REDML_E_CORRUPT, "chunk has no background model section");
+    check(mask != nullptr && values != nullptr, REDML_E_CORRUPT, "chunk lacks the exact mask or values section");
+    check(model->elem == 4 && model->raw_size == 8 * tiles, REDML_E_CORRUPT, "model section has the wrong size");
+    check(mask->elem == 1 && mask->raw_size <= max_runs_bytes(n), REDML_E_CORRUPT,
+          "exact mask section has the wrong size");
+    check(values->elem == word && values->raw_size == h.n_exact * word, REDML_E_CORRUPT,
+          "exact-values section has the wrong size");
+    std::vector<const Section *> codes = pc.find_all(SECTION_BACKGROUND_CODES);
+    check(codes.size() == (h.mode != REDML_MODE_SPARSE ? (size_t)REDML_PHASES : 0u), REDML_E_CORRUPT,
+          "wrong number of background code sections for the mode");
+    uint64_t n_codes = 0;
+    for (const Section *cs : codes) {
+        check(cs->elem == word && cs->raw_size % word == 0 && cs->raw_size <= n * word, REDML_E_CORRUPT,
+              "background-codes section has the wrong size");
+        n_codes += cs->raw_size / word;
+    }
+    check(codes.empty() || n_codes == n - h.n_exact, REDML_E_CORRUPT, "background code count does not match the frame");
+    for (const Section *s : {values, mask, model}) check_blocks(h, *s);
+    for (const Section *cs : codes) check_blocks(h, *cs);
+}
 
 }  // namespace
 
@@ -169,6 +208,7 @@ ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
         pc.sections.push_back(s);
     }
     check(pos == size, REDML_E_CORRUPT, "chunk has trailing bytes");
+    check_sections(pc);
     return pc;
 }
 

@@ -43,11 +43,17 @@ struct Section {
 const size_t kFixedHeaderSize = 56, kSectionEntrySize = 32;
 const uint32_t kMaxSide = 1u << 20;
 const uint64_t kMaxPixels = 1ull << 27;
+// Largest background tile the encoder takes: it gathers a tile's pixels in one buffer of
+// tile^2 values per thread (8 MB at 1024). Chunks of larger tiles (up to the header's
+// 65535) still decode.
+const uint32_t kMaxTile = 1024;
 
 // Serializes header + sections (checksums computed here) into one malloc'ed buffer.
 void write_chunk(const ChunkHeader &h, const std::vector<Section> &sections, void **out, size_t *out_size);
 
-// Parses and validates a chunk: magic, version, field ranges, checksums, sizes. Section
+// Parses and validates a chunk: magic, version, field ranges, checksums, and every known
+// section against the header (sizes from its shape, dtype, tile and mode; block tables
+// against the sizes), so that a caller may allocate the frame once this returns. Section
 // data pointers refer into `chunk`. Unknown optional sections are skipped.
 struct ParsedChunk {
     ChunkHeader header;
@@ -56,5 +62,9 @@ struct ParsedChunk {
     std::vector<const Section *> find_all(uint16_t type) const;
 };
 ParsedChunk parse_chunk(const uint8_t *chunk, size_t size);
+
+// Largest exact-mask encoding of an n-pixel frame: at most n + 1 runs (the first may be
+// empty), and a run of r >= 1 pixels takes at most r bytes (one byte per 7 bits).
+inline uint64_t max_runs_bytes(uint64_t n) { return n + 1; }
 
 }  // namespace redml

@@ -3,9 +3,9 @@
     /entry/data/data                       the frames (redml chunks, or the detector's bslz4)
     /entry/instrument/...                  NXmx geometry from the start message (nxmx.py)
     /entry/redml_acquire/                  NXcollection, one row per stored frame:
-        image_id, hit (-1 = not analysed), n_spots, resolution_a, background, saturated,
-        stored_bytes, sparse (1 = a blank stored with q="sparse")
-        vetoed_image_ids, dropped_image_ids, rejected_image_ids   every image not stored
+        image_id (uint64, as the stream's), hit (-1 = not analysed), n_spots, resolution_a,
+        background, saturated, stored_bytes, sparse (1 = a blank stored with q="sparse")
+        vetoed_image_ids, dropped_image_ids, rejected_image_ids   every image not stored (uint64)
         counts (int64, names in its "names" attribute)            received = written +
             sparse + vetoed + dropped + rejected; missing = expected - received
         start_message                      the start message's scalar fields (JSON)
@@ -13,7 +13,9 @@
                                            --peaks=cxi), one row per stored frame
 
 Everything is appended frame by frame under SWMR (writer.FrameWriter): the tables of a
-frame are written before its chunk and flushed with it, the counters after every frame.
+frame are written before its chunk and flushed with it, the counters after every frame. A
+frame's row is converted to the columns' types before any column grows, and a failed write
+shrinks them back: the rows stay aligned with the frames whatever is refused.
 A writer killed mid-series leaves every flushed frame and its rows readable.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = ["SeriesFile", "read_acquisition", "MAX_PEAKS"]
 
 MAX_PEAKS = 2048
 TABLE = "entry/redml_acquire"
-_COLUMNS = {"image_id": np.int64, "hit": np.int8, "n_spots": np.int32, "resolution_a": np.float32,
+_COLUMNS = {"image_id": np.uint64, "hit": np.int8, "n_spots": np.int32, "resolution_a": np.float32,
             "background": np.float32, "saturated": np.int32, "stored_bytes": np.int64, "sparse": np.uint8}
 _PEAK_FIELDS = {"peakXPosRaw": np.float32, "peakYPosRaw": np.float32, "peakTotalIntensity": np.float32,
                 "peakMaximumValue": np.float32, "peakNPixels": np.int32, "peakSNR": np.float32}
@@ -49,6 +51,15 @@ def _scalars(fields: dict) -> dict:
         elif hasattr(v, "isoformat"):
             out[k] = v.isoformat()
     return out
+
+
+def _exact(value, dtype):
+    """value as a numpy scalar of dtype; OverflowError where it would not fit (numpy would
+    wrap or refuse depending on its version)."""
+    dt = np.dtype(dtype)
+    if dt.kind in "ui" and not np.iinfo(dt).min <= int(value) <= np.iinfo(dt).max:
+        raise OverflowError(f"{value} does not fit {dt}")
+    return dt.type(value)
 
 
 class SeriesFile:
@@ -77,7 +88,7 @@ class SeriesFile:
             g.attrs[k] = v if not isinstance(v, str) else np.bytes_(v)
         self.cols = {name: g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
                      for name, dt in _COLUMNS.items()}
-        self.ids = {name: g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+        self.ids = {name: g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint64, chunks=(4096,))
                     for name in _ID_LISTS}
         self.counts = g.create_dataset("counts", data=np.zeros(len(COUNT_NAMES), np.int64))
         self.counts.attrs["names"] = np.array([n.encode() for n in COUNT_NAMES])
@@ -96,18 +107,18 @@ class SeriesFile:
         d.resize(n + 1, axis=0)
         d[n] = value
 
-    def write(self, chunk: bytes, st: FrameStats, peaks=None, counts: Optional[dict] = None) -> int:
-        """Appends a frame's rows and peaks, then its chunk (one flush for all)."""
+    def _rows(self, chunk: bytes, st: FrameStats, peaks) -> dict:
+        """A frame's row of every table, converted to the columns' types (raises before any
+        column is touched: an id beyond uint64, a value beyond its column)."""
         row = {"image_id": st.image_id, "hit": -1 if st.hit is None else int(st.hit), "n_spots": st.n_spots,
                "resolution_a": st.resolution_a, "background": st.background, "saturated": st.saturated,
                "stored_bytes": len(chunk), "sparse": int(st.mode == "sparse")}
-        for name, value in row.items():
-            self._append(self.cols[name], value)
+        out = {self.cols[name]: _exact(value, _COLUMNS[name]) for name, value in row.items()}
         if self._peaks:
             p = peaks if peaks is not None else np.zeros(0)
             if len(p) > MAX_PEAKS:
                 p = p[np.argsort(-p["total"], kind="stable")[:MAX_PEAKS]]
-            self._append(self.npeaks, len(p))
+            out[self.npeaks] = np.int32(len(p))
             vals = {"peakXPosRaw": lambda: p["x"] - 0.5, "peakYPosRaw": lambda: p["y"] - 0.5,
                     "peakTotalIntensity": lambda: p["total"], "peakMaximumValue": lambda: p["max"],
                     "peakNPixels": lambda: p["npix"], "peakSNR": lambda: p["snr"]}
@@ -115,14 +126,29 @@ class SeriesFile:
                 rowv = np.zeros(MAX_PEAKS, d.dtype)
                 if len(p):
                     rowv[:len(p)] = vals[name]()
-                self._append(d, rowv)
-        if counts is not None:
-            self.set_counts(counts, flush=False)
-        return self.writer.write_chunk(chunk)
+                out[d] = rowv
+        return out
+
+    def write(self, chunk: bytes, st: FrameStats, peaks=None, counts: Optional[dict] = None) -> int:
+        """Appends a frame's rows and peaks, then its chunk (one flush for all); on any
+        failure the tables are cut back to the frames stored."""
+        rows = self._rows(chunk, st, peaks)
+        try:
+            for d, value in rows.items():
+                self._append(d, value)
+            if counts is not None:
+                self.set_counts(counts, flush=False)
+            return self.writer.write_chunk(chunk)
+        except BaseException:
+            n = len(self.writer)
+            for d in rows:
+                if d.shape[0] > n:
+                    d.resize(n, axis=0)
+            raise
 
     def add_ids(self, kind: str, ids) -> None:
         d = self.ids[f"{kind}_image_ids"]
-        ids = np.asarray(list(ids), np.int64)
+        ids = np.array([_exact(i, np.uint64) for i in ids], np.uint64)
         if len(ids):
             n = d.shape[0]
             d.resize(n + len(ids), axis=0)

@@ -18,7 +18,13 @@ rejected, and missing = number_of_images - received; each image_id not stored is
 the file by reason. Malformed messages, images outside a series or of another series,
 duplicates and undecodable frames are logged, counted and skipped; a start while a series
 is open closes that series first; a series whose end never comes is closed after
-idle_timeout_s of silence. The service itself never stops on bad input.
+idle_timeout_s of silence. The service itself never stops on bad input: whatever handling a
+message raises is logged and counted (an image as rejected in its series).
+
+Memory is bounded before anything is decompressed: a series' frames have one shape and
+dtype (the start message's, or the first image's when it gives none), and an image that
+declares another, or any array (frame, pixel mask, calibration map) larger than
+max_array_bytes once decoded, is refused on arrival.
 """
 from __future__ import annotations
 
@@ -61,7 +67,9 @@ class AcquireSettings:
     arrival and flush (0: 2 * workers + 2). on_full: "block" or "drop". channel: the image
     channel to store (default: the first of the start message). hit_model: "unet" lets the
     learned global model (redml_reduce.ml, the [ml] extra) decide hits for the veto and the
-    live indicators (hit probability >= 0.5, its resolution estimate)."""
+    live indicators (hit probability >= 0.5, its resolution estimate). max_array_bytes: the
+    largest array (frame, pixel mask, calibration map) a message may declare, decoded; larger
+    ones are refused before decompression (256 MiB: a 16M detector's uint32 frames fit)."""
 
     q: QLike = 1.0
     codec: str = "redml"
@@ -75,6 +83,7 @@ class AcquireSettings:
     channel: Optional[str] = None
     idle_timeout_s: float = 60.0
     max_message_bytes: int = 1 << 30
+    max_array_bytes: int = 1 << 28
     overwrite: bool = False
     peaks: bool = True
     codec_settings: dict = field(default_factory=dict)
@@ -101,6 +110,8 @@ class AcquireSettings:
         for name in ("workers", "max_pending", "min_spots"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.max_array_bytes < 1:
+            raise ValueError("max_array_bytes must be >= 1")
         if self.rcv_hwm < 1:
             raise ValueError("rcv_hwm must be >= 1")
 
@@ -205,12 +216,17 @@ class Acquisition:
             self._error(f"malformed message of {len(raw)} bytes ignored: {e}")
             self.stats.count("malformed")
             return
-        if isinstance(msg, StartMessage):
-            self._on_start(msg)
-        elif isinstance(msg, ImageMessage):
-            self._on_image(msg, t)
-        elif isinstance(msg, EndMessage):
-            self._on_end(msg)
+        try:
+            if isinstance(msg, StartMessage):
+                self._on_start(msg)
+            elif isinstance(msg, ImageMessage):
+                self._on_image(msg, t)
+            elif isinstance(msg, EndMessage):
+                self._on_end(msg)
+        except Exception as e:  # the handlers count what they refuse; this is for what they did not foresee
+            log.exception("%s message", msg.type)
+            self._error(f"{msg.type} message of {len(raw)} bytes could not be handled: {type(e).__name__}: {e}")
+            self.stats.count("malformed")
 
     def _error(self, text: str) -> None:
         log.error(text)
@@ -245,30 +261,56 @@ class Acquisition:
         series.calibration = calib
         series.shape, series.dtype = tuple(calib.image_shape()), np.dtype(np.int32)
 
+    def _check_size(self, name: str, a: EncodedArray) -> None:
+        """Refuses an array whose decoded size exceeds max_array_bytes, before decoding it."""
+        if a.nbytes > self.settings.max_array_bytes:
+            raise StreamError(f"{name} of shape {a.shape} {a.dtype} would take {a.nbytes} bytes decoded, more than "
+                              f"max_array_bytes ({self.settings.max_array_bytes})")
+
+    def _new_series(self, msg: StartMessage) -> "_Series":
+        """The series of a start message; StreamError when the series cannot be taken."""
+        if msg.shape is not None and msg.dtype is not None:
+            self._check_size("frames", EncodedArray(msg.shape, _WIDEN.get(msg.dtype, msg.dtype), b""))
+        series = _Series(msg, self._path_for(msg))
+        if msg.jungfrau_calibration is not None:
+            try:
+                for k in ("pedestal", "gain", "mask"):
+                    if msg.jungfrau_calibration.get(k) is not None:
+                        self._check_size(f"JUNGFRAU calibration {k}", msg.jungfrau_calibration[k])
+                self._raw_jungfrau(series, msg)
+            except (StreamError, ValueError) as e:
+                self._error(f"series {msg.series_id}: JUNGFRAU calibration unusable ({e}); its images will be rejected")
+                series.shape, series.dtype = (-1, -1), None  # raw words are never stored as photons
+        mask_error = msg.pixel_mask_error
+        if msg.pixel_mask is not None:
+            try:
+                self._check_size("pixel mask", msg.pixel_mask)
+                geo = series.calibration.geometry if series.calibration is not None else None
+                raw_layout = geo is not None and tuple(msg.pixel_mask.shape) == geo.raw_shape
+                if series.shape is not None and not raw_layout and tuple(msg.pixel_mask.shape) != series.shape:
+                    raise StreamError(f"pixel mask has shape {msg.pixel_mask.shape}, the images {series.shape}")
+                pm = msg.pixel_mask.decode()
+                if raw_layout:  # raw JUNGFRAU module layout: assembled as the images are
+                    pm = geo.assemble(pm, fill=1)  # gaps: NXmx bit 0
+                series.pixel_mask = pm.astype(np.uint32)
+                series.bad = pm != 0
+            except StreamError as e:
+                mask_error = str(e)
+        if mask_error is not None:
+            self._error(f"series {msg.series_id}: pixel mask unusable ({mask_error}); continuing without it")
+        return series
+
     def _on_start(self, msg: StartMessage) -> None:
         if self._series is not None:
             self._error(f"start of series {msg.series_id} while series {self._series.id} is open "
                         "(its end message never came): closing it")
             self.close_series("a new series started before its end message")
-        series = _Series(msg, self._path_for(msg))
-        if msg.jungfrau_calibration is not None:
-            try:
-                self._raw_jungfrau(series, msg)
-            except (StreamError, ValueError) as e:
-                self._error(f"series {msg.series_id}: JUNGFRAU calibration unusable ({e}); its images will be rejected")
-                series.shape, series.dtype = (-1, -1), None  # raw words are never stored as photons
-        if msg.pixel_mask is not None:
-            try:
-                pm = msg.pixel_mask.decode()
-                geo = series.calibration.geometry if series.calibration is not None else None
-                if geo is not None and pm.shape == geo.raw_shape:  # raw JUNGFRAU layout: assembled as the images
-                    pm = geo.assemble(pm, fill=1)  # gaps: NXmx bit 0
-                if series.shape is not None and pm.shape != series.shape:
-                    raise StreamError(f"pixel mask has shape {pm.shape}, the images {series.shape}")
-                series.pixel_mask = pm.astype(np.uint32)
-                series.bad = pm != 0
-            except StreamError as e:
-                self._error(f"series {msg.series_id}: pixel mask unusable ({e}); continuing without it")
+        try:
+            series = self._new_series(msg)
+        except StreamError as e:
+            self._error(f"start of series {msg.series_id} refused: {e}; its images will be ignored")
+            self.stats.count("malformed")
+            return
         if msg.geometry is None:
             self._error(f"series {msg.series_id}: {msg.geometry_error}; the file will not be NXmx")
         self._series = series
@@ -298,10 +340,18 @@ class Acquisition:
         if series.t_first is None:
             series.t_first = t
         self.stats.received(msg.wire_bytes)
-        if msg.image_id in series.seen:
-            self._error(f"series {series.id}: image {msg.image_id} received twice: the second copy is rejected")
+        try:
+            self._admit(series, msg, t)
+        except Exception as e:  # from here on an image is counted: whatever it raises, it is rejected
+            if not isinstance(e, StreamError):
+                log.exception("series %d image %d", series.id, msg.image_id)
+            self._error(f"series {series.id}: image {msg.image_id} rejected: {e}")
             self._reject(series, msg.image_id)
-            return
+
+    def _admit(self, series: _Series, msg: ImageMessage, t: float) -> None:
+        """Sends a received image to the workers, drops it (queue full), or raises StreamError."""
+        if msg.image_id in series.seen:
+            raise StreamError("received twice: the second copy is rejected")
         series.seen.add(msg.image_id)
         if msg.image_id < series.max_id:
             self.stats.count("out_of_order")
@@ -312,17 +362,41 @@ class Acquisition:
                                             series.start.channels[0] in msg.data else next(iter(msg.data)))
         enc = msg.data.get(channel)
         if enc is None:
-            self._error(f"series {series.id}: image {msg.image_id} has no channel {channel!r}: rejected")
-            self._reject(series, msg.image_id)
-            return
+            raise StreamError(f"no channel {channel!r}")
+        self._check_frame(series, enc)
         if not self._take_slot():
             series.count("dropped", msg.image_id)
             self.stats.count("dropped")
             if series.counts["dropped"] in (1, 10, 100) or series.counts["dropped"] % 1000 == 0:
                 self._error(f"series {series.id}: the encoder is behind: {series.counts['dropped']} frames dropped so far")
             return
-        fut = self._pool.submit(self._work, series, msg.image_id, enc, t)
+        try:
+            fut = self._pool.submit(self._work, series, msg.image_id, enc, t)
+        except BaseException:
+            self._give_slot()
+            raise
         self._wq.put(("frame", series, fut))
+
+    def _check_frame(self, series: _Series, enc: EncodedArray) -> None:
+        """Refuses a frame from what it declares, before it is decompressed: shape and dtype
+        against the series (whose first frame fixes them when the start message did not),
+        decoded size against max_array_bytes."""
+        dt = enc.dtype.newbyteorder("=")
+        if series.calibration is not None:  # raw JUNGFRAU words, converted by the worker
+            shape, dtype = tuple(series.calibration.frame_shape), np.dtype(np.uint16)
+        else:
+            shape, dtype, dt = series.shape, series.dtype, _WIDEN.get(dt, dt)
+        if shape is not None and tuple(enc.shape) != tuple(shape):
+            raise StreamError(f"frame of shape {enc.shape}, the series has {shape}")
+        if dtype is not None and dt != dtype:
+            raise StreamError(f"frame of dtype {dt}, the series has {dtype}")
+        if self.settings.codec == "redml" and series.calibration is None and dt not in SUPPORTED_DTYPES:
+            raise StreamError(f"frames of {dt} cannot be encoded by redml")
+        self._check_size("frame", enc)
+        if series.calibration is None and series.shape is None:
+            series.shape = tuple(enc.shape)
+        if series.calibration is None and series.dtype is None:
+            series.dtype = dt
 
     def _reject(self, series: _Series, image_id: int) -> None:
         series.count("rejected", image_id)

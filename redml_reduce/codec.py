@@ -27,6 +27,7 @@ _CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
 _SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
 _RECONS = {"midpoint": 0, "mean": 2, "draw": 3}  # quantized mode (docs/format.md, "Reconstruction")
 _RECON_NAMES = ("dither", "poisson", "mean", "draw")  # as stored in a chunk
+MAX_TILE = 1024  # the encoder's largest tile (kMaxTile in csrc/container.h: one tile^2 buffer per thread)
 
 
 class RedmlError(ValueError):
@@ -116,7 +117,7 @@ SETTINGS = (
     Setting("shuffle", 5, _SHUFFLES),
     Setting("recon", 6, _RECONS, modes=("quantized",)),
     Setting("sparse_noise", 6, "bool", modes=("sparse",)),
-    Setting("tile", 7, "u16", lo=1, hi=65535),
+    Setting("tile", 7, "u16", lo=1, hi=MAX_TILE),
     Setting("gain", 8, "f32", open_low=True),
     Setting("mu_min", 9, "f32"),
     Setting("roi_snr", 10, "f32", open_low=True),

@@ -23,7 +23,12 @@ Parsing never decompresses: an ImageMessage holds EncodedArray objects that a wo
 decodes (EncodedArray.decode, with dectris-compression, the DECTRIS reference decoder, which
 releases the GIL; when it is missing, with HDF5's bitshuffle/LZ4 filters from hdf5plugin
 through an in-memory HDF5 file). Anything malformed raises StreamError (a ValueError) and
-nothing else; declared sizes are checked before anything is allocated.
+nothing else; declared sizes are checked before anything is allocated. Every field used is
+checked for its type and range: ids are CBOR unsigned integers (< 2^64; counts < 2^63),
+image_dtype one of IMAGE_DTYPES, numbers finite and within the ranges of FLOAT_RANGES
+(geometry outside them leaves the series without geometry; other fields refuse the start
+message), frame sides 1..2^20 pixels and at most MAX_FRAME_PIXELS, a pixel mask an integer
+2-D array of the image size, the arrays of a JUNGFRAU calibration of the raw frame size.
 """
 from __future__ import annotations
 
@@ -51,6 +56,23 @@ TAG_MULTI_DIM_COLUMN_MAJOR = 1040
 TAG_COMPRESSED = 56500
 ALGORITHMS = ("bslz4", "lz4")
 MAX_FRAME_PIXELS = 1 << 27  # the codec's own limit (docs/reliability.md)
+MAX_SIDE = 1 << 20  # the codec's limit per side
+UINT64_MAX = (1 << 64) - 1  # ids: CBOR unsigned integers
+INT64_MAX = (1 << 63) - 1  # counts, stored as int64
+# image_dtype: plain numeric types only, with an optional byte-order suffix ("uint16le")
+IMAGE_DTYPES = {n: np.dtype(n) for n in ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+                                         "float32", "float64")}
+# (low, high) of the numbers of a start message, in its units; low excluded where > 0 is needed
+FLOAT_RANGES = {
+    "beam_center_x": (-1e7, 1e7), "beam_center_y": (-1e7, 1e7),  # pixels
+    "detector_distance": (0.0, 1e3), "detector_translation": (-1e3, 1e3),  # m
+    "incident_wavelength": (0.0, 1e4), "incident_energy": (0.0, 1e9),  # angstrom, eV
+    "pixel_size_x": (0.0, 1.0), "pixel_size_y": (0.0, 1.0), "sensor_thickness": (0.0, 1.0),  # m
+    "count_time": (0.0, 1e6), "frame_time": (0.0, 1e6),  # s
+    "energy_keV": (0.0, 1e6),  # JUNGFRAU calibration
+}
+_POSITIVE = {"detector_distance", "incident_wavelength", "incident_energy", "pixel_size_x", "pixel_size_y",
+             "energy_keV"}
 
 
 class StreamError(ValueError):
@@ -238,6 +260,7 @@ class StartMessage:
     fields: dict = field(default_factory=dict, repr=False)  # every field as received
     type: str = "start"
     jungfrau_calibration: Optional[dict] = None  # energy_keV and EncodedArray pedestal, gain (3-D), mask (2-D)
+    pixel_mask_error: Optional[str] = None  # why the message's pixel mask cannot be used
 
     def nxmx_options(self) -> dict:
         """The detector description for FrameWriter(nxmx=...)."""
@@ -315,24 +338,72 @@ def _tag_hook(*args):
     return tag
 
 
-def _uint(fields, key, required=True) -> Optional[int]:
+def _short(v) -> str:
+    """A value for an error message (a bignum of 400 digits is not printed whole)."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:40] + f"... ({len(r)} characters)"
+
+
+def _uint(fields, key, required=True, hi=UINT64_MAX) -> Optional[int]:
     v = fields.get(key)
     if v is None:
         if required:
             raise StreamError(f"{fields.get('type')} message without {key}")
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise StreamError(f"{key} must be an unsigned integer, not {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+        raise StreamError(f"{key} must be an unsigned integer <= {hi}, not {_short(v)}")
     return v
+
+
+def _number(key, v) -> float:
+    """v as a finite float within FLOAT_RANGES[key] (bignums, NaN, infinities refused)."""
+    lo, hi = FLOAT_RANGES[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise StreamError(f"{key} must be a number, not {type(v).__name__}")
+    try:
+        x = float(v)
+    except OverflowError:
+        raise StreamError(f"{key} {_short(v)} is out of range") from None
+    if not (math.isfinite(x) and lo <= x <= hi and (x > lo or key not in _POSITIVE)):
+        raise StreamError(f"{key} must be a finite number in {'(' if key in _POSITIVE else '['}{lo:g}, {hi:g}], "
+                          f"not {_short(v)}")
+    return x
 
 
 def _float(fields, key) -> Optional[float]:
     v = fields.get(key)
-    if v is None:
+    return None if v is None else _number(key, v)
+
+
+def _image_dtype(f) -> Optional[np.dtype]:
+    name = _text(f, "image_dtype")
+    if name is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise StreamError(f"{key} must be a finite number, not {v!r}")
-    return float(v)
+    base = name[:-2] if name.endswith(("le", "be")) else name
+    if base not in IMAGE_DTYPES:
+        raise StreamError(f"unknown image_dtype {_short(name)} (known: {', '.join(IMAGE_DTYPES)}, "
+                          "optionally with le or be)")
+    return IMAGE_DTYPES[base]  # frames are compared after decoding, in native order
+
+
+def _image_shape(f) -> Optional[tuple]:
+    w, h = _uint(f, "image_size_x", False, MAX_SIDE), _uint(f, "image_size_y", False, MAX_SIDE)
+    if w is None and h is None:
+        return None
+    if w is None or h is None or w < 1 or h < 1 or w * h > MAX_FRAME_PIXELS:
+        raise StreamError(f"image size {w} x {h} is not 1..{MAX_SIDE} per side and at most {MAX_FRAME_PIXELS} pixels")
+    return (h, w)
+
+
+def _check_array(name: str, a, ndim: int, shape: Optional[tuple] = None, kinds: str = "uif") -> "EncodedArray":
+    """An EncodedArray of ndim dimensions (trailing ones `shape`) and an element kind in kinds."""
+    if not isinstance(a, EncodedArray) or len(a.shape) != ndim:
+        raise StreamError(f"{name} must be a {ndim}-D typed array")
+    if a.dtype.kind not in kinds:
+        raise StreamError(f"{name} of {a.dtype} elements (expected kind {kinds!r})")
+    if shape is not None and tuple(a.shape[ndim - len(shape):]) != tuple(shape):
+        raise StreamError(f"{name} has shape {a.shape}, expected {shape} pixels")
+    return a
 
 
 def _text(fields, key, default=None) -> Optional[str]:
@@ -351,67 +422,86 @@ def _thaw(v):
     return v
 
 
+def _geometry(f: dict) -> tuple:
+    """(Geometry, None) from the start message's fields, or (None, why not)."""
+    try:
+        distance_m = _float(f, "detector_distance")
+        tr = f.get("detector_translation")
+        if distance_m is None and tr is not None:
+            if not (isinstance(tr, list) and len(tr) == 3):
+                raise StreamError("detector_translation must be a list of 3 numbers")
+            distance_m = _number("detector_distance", _number("detector_translation", tr[2]))
+        wavelength = _float(f, "incident_wavelength")
+        energy = _float(f, "incident_energy")
+        if wavelength is None and energy is not None:
+            wavelength = _number("incident_wavelength", 12398.4198 / energy)
+        bx, by, px = _float(f, "beam_center_x"), _float(f, "beam_center_y"), _float(f, "pixel_size_x")
+    except StreamError as e:
+        return None, str(e)
+    missing = [k for k, v in (("beam_center_x", bx), ("beam_center_y", by), ("detector distance", distance_m),
+                              ("incident_wavelength", wavelength), ("pixel_size_x", px)) if v is None]
+    if missing:
+        return None, f"start message lacks {', '.join(missing)}"
+    return Geometry(beam_x=bx, beam_y=by, distance_mm=distance_m * 1e3, pixel_size_mm=px * 1e3,
+                    wavelength_a=wavelength), None
+
+
+def _pixel_mask(f: dict, channels: list, shape: Optional[tuple]) -> tuple:
+    """(the pixel mask of the stored channel, None), or (None, why it is unusable): integer
+    bits (NXmx) of the image size. Nothing is decoded here."""
+    pm = f.get("pixel_mask")
+    if pm is None or (isinstance(pm, Mapping) and not pm):
+        return None, None
+    try:
+        if not isinstance(pm, Mapping):
+            raise StreamError("pixel_mask must be a map from channel to array")
+        name = channels[0] if channels and channels[0] in pm else next(iter(pm))
+        return _check_array("pixel_mask", pm[name], 2, shape, kinds="ui"), None
+    except StreamError as e:
+        return None, str(e)
+
+
+def _calibration(f: dict, shape: Optional[tuple]) -> Optional[dict]:
+    """A JUNGFRAU calibration: energy_keV, pedestal and gain (3, h, w), mask (h, w) of the raw frames."""
+    c = f.get("jungfrau_calibration")
+    if c is None:
+        return None
+    if not isinstance(c, Mapping):
+        raise StreamError("jungfrau_calibration must be a map")
+    out = dict(c)
+    out["energy_keV"] = _number("energy_keV", c.get("energy_keV"))
+    ped = _check_array("jungfrau_calibration pedestal", c.get("pedestal"), 3, shape, kinds="uif")
+    if ped.shape[0] != 3:
+        raise StreamError(f"jungfrau_calibration pedestal has shape {ped.shape}, not (3, height, width)")
+    _check_array("jungfrau_calibration gain", c.get("gain"), 3, ped.shape, kinds="uif")
+    if c.get("mask") is not None:
+        _check_array("jungfrau_calibration mask", c["mask"], 2, ped.shape[1:], kinds="uib")
+    return out
+
+
 def _start(f: dict) -> StartMessage:
-    w, h = _uint(f, "image_size_x", False), _uint(f, "image_size_y", False)
-    shape = (h, w) if w is not None and h is not None else None
-    dtype = None
-    if f.get("image_dtype") is not None:
-        try:
-            dtype = np.dtype(_text(f, "image_dtype").replace("le", "").replace("be", ""))
-        except TypeError:
-            raise StreamError(f"unknown image_dtype {f['image_dtype']!r}") from None
+    shape = _image_shape(f)
     channels = f.get("channels") or []
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
         raise StreamError("channels must be a list of text strings")
-    mask = None
-    pm = f.get("pixel_mask")
-    if isinstance(pm, Mapping) and pm:
-        name = channels[0] if channels and channels[0] in pm else next(iter(pm))
-        mask = pm[name]
-        if not isinstance(mask, EncodedArray) or len(mask.shape) != 2:
-            raise StreamError("pixel_mask must map channels to 2-D arrays")
-    elif pm is not None and not isinstance(pm, Mapping):
-        raise StreamError("pixel_mask must be a map from channel to array")
-    geometry, geometry_error = None, None
-    try:
-        distance_m = _float(f, "detector_distance")
-        if distance_m is None:
-            tr = f.get("detector_translation")
-            if isinstance(tr, list) and len(tr) == 3 and all(isinstance(x, (int, float)) for x in tr):
-                distance_m = float(tr[2])
-        wavelength = _float(f, "incident_wavelength")
-        energy = _float(f, "incident_energy")
-        if wavelength is None and energy:
-            wavelength = 12398.4198 / energy
-        px = _float(f, "pixel_size_x")
-        missing = [k for k, v in (("beam_center_x", f.get("beam_center_x")), ("beam_center_y", f.get("beam_center_y")),
-                                  ("detector distance", distance_m), ("incident_wavelength", wavelength),
-                                  ("pixel_size_x", px)) if v is None]
-        if missing:
-            geometry_error = f"start message lacks {', '.join(missing)}"
-        else:
-            geometry = Geometry(beam_x=_float(f, "beam_center_x"), beam_y=_float(f, "beam_center_y"),
-                                distance_mm=distance_m * 1e3, pixel_size_mm=px * 1e3, wavelength_a=wavelength)
-    except (StreamError, ValueError) as e:
-        geometry, geometry_error = None, str(e)
-    calib = f.get("jungfrau_calibration")
-    if calib is not None:
-        ok = isinstance(calib, Mapping) and isinstance(calib.get("energy_keV"), (int, float)) and all(
-            isinstance(calib.get(k), EncodedArray) and len(calib[k].shape) == 3 for k in ("pedestal", "gain"))
-        ok = ok and (calib.get("mask") is None or (isinstance(calib["mask"], EncodedArray) and len(calib["mask"].shape) == 2))
-        if not ok:
-            raise StreamError("jungfrau_calibration needs energy_keV, pedestal and gain (3-D arrays), mask (2-D)")
+    geometry, geometry_error = _geometry(f)
+    mask, mask_error = _pixel_mask(f, channels, shape)
     thickness = _float(f, "sensor_thickness")
     sat = f.get("saturation_value")
+    if isinstance(sat, int) and not isinstance(sat, bool):
+        if not -INT64_MAX - 1 <= sat <= INT64_MAX:
+            raise StreamError(f"saturation_value {_short(sat)} is out of range")
+    else:
+        sat = None
     return StartMessage(
-        series_id=_uint(f, "series_id"), series_unique_id=_text(f, "series_unique_id", ""), shape=shape, dtype=dtype,
-        number_of_images=_uint(f, "number_of_images", False), geometry=geometry, geometry_error=geometry_error,
-        pixel_mask=mask, channels=channels, saturation_value=sat if isinstance(sat, int) and not isinstance(sat, bool) else None,
-        detector_description=_text(f, "detector_description") or "detector",
+        series_id=_uint(f, "series_id"), series_unique_id=_text(f, "series_unique_id", ""), shape=shape,
+        dtype=_image_dtype(f), number_of_images=_uint(f, "number_of_images", False, INT64_MAX), geometry=geometry,
+        geometry_error=geometry_error, pixel_mask=mask, pixel_mask_error=mask_error, channels=channels,
+        saturation_value=sat, detector_description=_text(f, "detector_description") or "detector",
         sensor_material=_text(f, "sensor_material"),
         sensor_thickness_mm=thickness * 1e3 if thickness is not None else None,
         count_time_s=_float(f, "count_time"), frame_time_s=_float(f, "frame_time"), fields=f,
-        jungfrau_calibration=dict(calib) if calib is not None else None)
+        jungfrau_calibration=_calibration(f, shape))
 
 
 def _image(f: dict) -> ImageMessage:
@@ -420,9 +510,11 @@ def _image(f: dict) -> ImageMessage:
         raise StreamError("image message without data")
     for name, a in data.items():
         if not isinstance(a, EncodedArray):
-            raise StreamError(f"image channel {name!r} is not a typed multi-dimensional array")
+            raise StreamError(f"image channel {_short(name)} is not a typed multi-dimensional array")
         if len(a.shape) != 2:
-            raise StreamError(f"image channel {name!r} has {len(a.shape)} dimensions, not 2")
+            raise StreamError(f"image channel {_short(name)} has {len(a.shape)} dimensions, not 2")
+        if not all(1 <= n <= MAX_SIDE for n in a.shape):
+            raise StreamError(f"image channel {_short(name)} of shape {a.shape}: sides must be 1..{MAX_SIDE}")
     return ImageMessage(_uint(f, "series_id"), _text(f, "series_unique_id", ""), _uint(f, "image_id"), dict(data),
                         fields=f)
 
@@ -442,27 +534,38 @@ def parse_message(buf) -> StartMessage | ImageMessage | EndMessage:
         raise StreamError(f"message is a CBOR {type(obj).__name__}, not a map")
     f = _thaw(obj)
     kind = f.get("type")
-    if kind == "start":
-        return _start(f)
-    if kind == "image":
-        return _image(f)
-    if kind == "end":
-        return EndMessage(_uint(f, "series_id"), _text(f, "series_unique_id", ""), fields=f)
-    raise StreamError(f"unknown message type {kind!r}")
+    try:
+        if kind == "start":
+            return _start(f)
+        if kind == "image":
+            return _image(f)
+        if kind == "end":
+            return EndMessage(_uint(f, "series_id"), _text(f, "series_unique_id", ""), fields=f)
+    except StreamError:
+        raise
+    except Exception as e:  # a check missed above: still a bad message, never a crash
+        raise StreamError(f"{kind} message unusable: {type(e).__name__}: {e}") from None
+    raise StreamError(f"unknown message type {_short(kind)}")
 
 
 def _tagged_array(a: np.ndarray, compression: Optional[str] = None, payload: Optional[bytes] = None):
-    import cbor2
-
     a = np.asarray(a)
     dt = a.dtype.newbyteorder("<") if a.dtype.itemsize > 1 else a.dtype
-    if compression is None:
-        content = np.ascontiguousarray(a, dtype=dt).tobytes()
-    else:
-        if payload is None:
-            payload = compress(np.ascontiguousarray(a, dtype=dt), compression)
-        content = cbor2.CBORTag(TAG_COMPRESSED, [compression, dt.itemsize if compression == "bslz4" else 0, payload])
-    return cbor2.CBORTag(TAG_MULTI_DIM, [list(a.shape), cbor2.CBORTag(typed_array_tag(dt), content)])
+    if payload is None:
+        c = np.ascontiguousarray(a, dtype=dt)
+        payload = c.tobytes() if compression is None else compress(c, compression)
+    return _declared_array(a.shape, dt, payload, compression)
+
+
+def _declared_array(shape, dtype, payload: bytes, compression: Optional[str] = None):
+    """The CBOR of an array as declared: shape and (little-endian) dtype, raw or compressed
+    bytes taken as they are (tests forge arrays whose bytes do not hold what they declare)."""
+    import cbor2
+
+    dt = np.dtype(dtype)
+    content = payload if compression is None else cbor2.CBORTag(
+        TAG_COMPRESSED, [compression, dt.itemsize if compression == "bslz4" else 0, payload])
+    return cbor2.CBORTag(TAG_MULTI_DIM, [list(shape), cbor2.CBORTag(typed_array_tag(dt), content)])
 
 
 def _dumps(fields: dict) -> bytes:

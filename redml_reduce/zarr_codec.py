@@ -24,7 +24,7 @@ import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import parse_named_configuration
 
-from .codec import SUPPORTED_DTYPES, CodecSettings, RedmlError, decode, encode
+from .codec import SUPPORTED_DTYPES, CodecSettings, RedmlError, decode, encode, inspect
 from .numcodecs_codec import frame_of, settings_from_config, settings_to_config, stated_bound
 
 __all__ = ["RedmlZarrCodec", "ZARR_CODEC_NAME"]
@@ -81,11 +81,13 @@ class RedmlZarrCodec(ArrayBytesCodec):
         return chunk_spec.prototype.buffer.from_bytes(chunk)
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
-        frame = decode(chunk_bytes.as_numpy_array())
+        chunk = chunk_bytes.as_numpy_array()
         expected = chunk_spec.dtype.to_native_dtype()
-        if frame.dtype != expected.newbyteorder("=") or frame.size != int(np.prod(chunk_spec.shape)):
-            raise RedmlError(f"chunk holds a {frame.shape} {frame.dtype} frame; the array expects "
+        info = inspect(chunk)  # the header, against the array, before the frame is allocated
+        if info["dtype"] != expected.newbyteorder("=") or tuple(info["shape"]) != tuple(chunk_spec.shape[-2:]):
+            raise RedmlError(f"chunk holds a {tuple(info['shape'])} {info['dtype']} frame; the array expects "
                              f"chunks of {chunk_spec.shape} {expected}")
+        frame = decode(chunk)
         out = frame.reshape(chunk_spec.shape)
         if out.dtype != expected:
             out = out.astype(expected)

@@ -8,11 +8,16 @@ import ctypes.util
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
+
+import redml_reduce as rr
+
 HEADER = struct.Struct("<4sBBBBBBHIIfffIIQII")  # 56 bytes
 ENTRY = struct.Struct("<HBBBBHQQQ")  # 32 bytes
 FIELDS = ("magic", "version", "dtype", "mode", "codec", "recon", "nsec", "tile", "height", "width", "q", "gain",
           "mu_min", "seed", "block_elems", "n_exact", "header_size", "reserved")
 RAW_FLAG = 0x80000000
+MODEL, MASK, VALUES, CODES = 1, 2, 3, 4  # section types
 
 _xxh = None
 
@@ -122,3 +127,47 @@ def runs(*lengths: int) -> bytes:
             v >>= 7
         out.append(v)
     return bytes(out)
+
+
+# ---- chunks that declare more than they hold (hostile-input tests, benchmarks/hostile.py) ----
+
+def hostile_chunks(codec):
+    """Small chunks (< 2 kB) that declare a 2^27-pixel frame and sections as large as the
+    format allows, backed by block tables whose blocks cannot hold that much."""
+    h, w = 1 << 14, 1 << 13
+    n = h * w
+    base = Chunk.parse(rr.encode(np.zeros((64, 64), np.uint16), "sparse", codec=codec, block_elems=1 << 24))
+    base.header.update(height=h, width=w, tile=65535)
+    model_ok = raw_stream(struct.pack("<ff", 0.0, 1.0))
+    mask_ok = raw_stream(runs(n))
+    fake = b"\x28\xb5\x2f\xfd\0" if codec == "zstd" else (b"\0" * 5 if codec == "rans" else b"\0")
+
+    def chunk(model=None, mask=None, values=None, tile=65535, n_exact=0):
+        c = Chunk.parse(base.build())
+        c.header.update(tile=tile, n_exact=n_exact)
+        m = c.find(MODEL)
+        m.raw_size, m.data = model or (8, model_ok)
+        k = c.find(MASK)
+        k.raw_size, k.data = mask or (len(runs(n)), mask_ok)
+        v = c.find(VALUES)
+        v.raw_size, v.data = values or (0, struct.pack("<I", 0))
+        return c.build()
+
+    yield "mask declared 10x the frame", chunk(mask=(10 * n + 10, block_stream(10 * n + 10, 1 << 24, fake)))
+    if codec != "rans":  # a rANS plane of 5 bytes may hold a constant plane of any length (valid)
+        yield "mask at the frame bound", chunk(mask=(n + 1, block_stream(n + 1, 1 << 24, fake)))
+        yield "model of 2^27 tiles", chunk(model=(8 * n, block_stream(8 * n, 4 << 24, fake)), tile=1)
+        yield "values of 2^27 words", chunk(values=(2 * n, block_stream(2 * n, 2 << 24, fake)), n_exact=n)
+    yield "model raw 2^63", chunk(model=(1 << 63, block_stream(1 << 24, 4 << 24, fake)))
+    yield "values raw 2^64-1", chunk(values=(2**64 - 1, block_stream(1 << 24, 2 << 24, fake)), n_exact=n)
+
+
+def big_valid_chunk(dtype=np.uint32):
+    """A valid sparse chunk of 2^14 x 2^13 pixels (constant, one tile) in a few hundred bytes."""
+    n = 1 << 27
+    c = Chunk.parse(rr.encode(np.zeros((64, 64), dtype), "sparse", block_elems=1 << 24))
+    c.header.update(height=1 << 14, width=1 << 13, tile=65535)
+    m, k = c.find(MODEL), c.find(MASK)
+    m.raw_size, m.data = 8, raw_stream(struct.pack("<ff", 0.0, 1.0))
+    k.raw_size, k.data = len(runs(n)), raw_stream(runs(n))
+    return c.build()

@@ -457,3 +457,240 @@ def test_raw_jungfrau_stream_is_converted_and_its_calibration_kept(tmp_path, rng
         stored = read_calibration(f["entry/instrument/detector/jungfrau_calibration"])
     np.testing.assert_array_equal(stored.pedestal, det.calibration.pedestal)
     np.testing.assert_array_equal(stored.gain, det.calibration.gain)
+
+
+# ---- hostile input: the service keeps receiving, counts add up, nothing big is decoded ----
+
+def _fields(raw):
+    import cbor2
+
+    return dict(cbor2.loads(raw))
+
+
+def _message(fields):
+    import cbor2
+
+    return cbor2.dumps(cbor2.CBORTag(55799, fields))
+
+
+def _start(shape=SHAPE, sid=1, uid="s1", n=2, **over):
+    f = _fields(s.encode_start(shape, "uint16", GEOM, series_id=sid, series_unique_id=uid, number_of_images=n))
+    for k, v in over.items():
+        if v is None:
+            f.pop(k, None)
+        else:
+            f[k] = v
+    return _message(f)
+
+
+def _image(image_id, array, sid=1, uid="s1"):
+    """An image message whose data is `array`: a frame, or a declared array (stream._declared_array)."""
+    f = _fields(s.encode_image(np.zeros((1, 1), np.uint16), image_id, series_id=sid, series_unique_id=uid))
+    f["data"] = {"threshold_1": array if not isinstance(array, np.ndarray) else s._tagged_array(array)}
+    return _message(f)
+
+
+ISSUE_STARTS = {  # the six start messages that ended `redml acquire` with exit 1
+    "image_dtype i4,,": {"image_dtype": "i4,,"},
+    "image_dtype (100000,100000)f8": {"image_dtype": "(100000,100000)f8"},
+    "bignum detector_distance": {"detector_distance": 10**400},
+    "bignum detector_translation": {"detector_distance": None, "detector_translation": [0, 0, 10**400]},
+    "bignum sensor_thickness": {"sensor_thickness": 10**400},
+    "bignum count_time": {"count_time": 10**400},
+}
+
+
+def test_hostile_start_messages_never_stop_the_service(tmp_path, rng, caplog):
+    """Each start is followed by an image and an end: a refused start leaves its image an
+    orphan (counted), an accepted one (unusable geometry) stores it without geometry; the
+    service then takes a good series as if nothing happened."""
+    frames = make_frames(rng, 2)
+    caplog.set_level(logging.INFO, logger="redml_reduce.acquire")
+    with Acquisition(tmp_path / "run_{series}.nxs", AcquireSettings(q=0, workers=2)) as acq:
+        for k, over in enumerate(ISSUE_STARTS.values()):
+            acq.feed(_start(sid=10 + k, uid=f"h{k}", n=1, **over))
+            acq.feed(_image(0, frames[0], sid=10 + k, uid=f"h{k}"))
+            acq.feed(s.encode_end(10 + k, f"h{k}"))
+        acq.feed(_start())
+        for i, f in enumerate(frames):
+            acq.feed(_image(i, f))
+        acq.feed(s.encode_end(1, "s1"))
+    totals = acq.stats.snapshot()["counts"]
+    refused = len(ISSUE_STARTS) - 2  # the bad distances leave the series without geometry
+    assert totals["malformed"] == refused and totals["orphans"] == refused
+    assert len(acq.series) == 3
+    for series in acq.series:
+        check_counts(series.summary["counts"])
+        assert series.summary["counts"]["written"] == series.summary["counts"]["received"]
+    assert acq.series[-1].summary["counts"]["written"] == 2
+    back, _ = stored_frames(tmp_path / "run_1.nxs")
+    assert [b.tobytes() for b in back] == [f.tobytes() for f in frames]
+    errors = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    for text in ("image_dtype", "sensor_thickness", "count_time", "detector_distance", "detector_translation"):
+        assert text in errors, text
+
+
+def test_anything_a_handler_raises_is_contained_and_counted(tmp_path, rng, monkeypatch):
+    """Faults the checks did not foresee: the image is counted as rejected in its series, a
+    start as malformed; the service goes on."""
+    frames = make_frames(rng, 3)
+    with Acquisition(tmp_path / "run_{series}.nxs", AcquireSettings(q=0, workers=1)) as acq:
+        real_check = Acquisition._check_frame
+
+        def flaky(self, series, enc):
+            if flaky.fail:
+                flaky.fail = False
+                raise RuntimeError("unforeseen")
+            return real_check(self, series, enc)
+
+        flaky.fail = True
+        monkeypatch.setattr(Acquisition, "_check_frame", flaky)
+        acq.feed(_start(n=3))
+        for i, f in enumerate(frames):
+            acq.feed(_image(i, f))
+        acq.feed(s.encode_end(1, "s1"))
+        monkeypatch.setattr(Acquisition, "_new_series", lambda *a: 1 / 0)
+        acq.feed(_start(sid=2, uid="s2"))
+    c = acq.series[0].summary["counts"]
+    check_counts(c)
+    assert (c["received"], c["written"], c["rejected"]) == (3, 2, 1)
+    assert list(read_acquisition(tmp_path / "run_1.nxs")["rejected_image_ids"]) == [0]
+    assert acq.stats.snapshot()["counts"]["malformed"] == 1 and len(acq.series) == 1
+
+
+def test_uint64_image_ids_are_stored_with_their_own_ids(tmp_path, rng):
+    """Image ids are CBOR uint64: 2^63 and 2^64 - 1 are stored like any other, each frame
+    beside its own id (they used to be lost and shift the id column)."""
+    ids = [0, 1 << 63, 7, (1 << 64) - 1, 3]
+    frames = make_frames(rng, len(ids))
+    out = tmp_path / "run.nxs"
+    with Acquisition(out, AcquireSettings(q=0, workers=2)) as acq:
+        acq.feed(_start(n=len(ids)))
+        for i, f in zip(ids, frames):
+            acq.feed(_image(i, f))
+        acq.feed(_image(1 << 63, frames[0]))  # a duplicate: rejected, listed with its id
+        acq.feed(s.encode_end(1, "s1"))
+    c = acq.series[0].summary["counts"]
+    check_counts(c)
+    assert (c["received"], c["written"], c["rejected"]) == (len(ids) + 1, len(ids), 1)
+    info = read_acquisition(out)
+    assert info["counts"] == c
+    assert [int(i) for i in info["image_id"]] == ids
+    assert [int(i) for i in info["rejected_image_ids"]] == [1 << 63]
+    back, _ = stored_frames(out)
+    assert [b.tobytes() for b in back] == [f.tobytes() for f in frames]
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Records the shape of every array decoded; refuses (without allocating) any over 1 MB."""
+    shapes = []
+    real = s.EncodedArray.decode
+
+    def decode(self):
+        shapes.append(tuple(self.shape))
+        if self.nbytes > 1 << 20:
+            raise s.StreamError(f"the test refuses to decode {self.nbytes} bytes")
+        return real(self)
+
+    monkeypatch.setattr(s.EncodedArray, "decode", decode)
+    return shapes
+
+
+def _bomb(shape, dtype, compression="bslz4"):
+    """A small array message declaring `shape` (header of the HDF5 framing says so too)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    payload = nbytes.to_bytes(8, "big") + (8192).to_bytes(4, "big") + bytes(4096)
+    return s._declared_array(shape, dtype, payload, compression)
+
+
+def test_frames_of_another_size_are_refused_before_decompression(tmp_path, rng, decoded):
+    """Frames declaring 8192 x 16384 uint64 (1 GiB decoded) in a 128 x 128 series, another
+    dtype, or beyond max_array_bytes in a series without image size: rejected on arrival,
+    never decompressed; the series' own frames are stored."""
+    shape = (128, 128)
+    frames = make_frames(rng, 2, shape=shape)
+    with Acquisition(tmp_path / "run_{series}.nxs", AcquireSettings(q=0, workers=2, max_array_bytes=1 << 20)) as acq:
+        acq.feed(_start(shape=shape, n=6))
+        acq.feed(_image(0, frames[0]))
+        for i in range(1, 4):
+            acq.feed(_image(i, _bomb((8192, 16384), "uint64")))
+        acq.feed(_image(4, _bomb(shape, "float32", "lz4")))  # right shape, another dtype
+        acq.feed(_image(5, frames[1]))
+        acq.feed(s.encode_end(1, "s1"))
+        acq.feed(_start(sid=2, uid="s2", n=2, image_size_x=None, image_size_y=None, image_dtype=None))
+        acq.feed(_image(0, _bomb((1024, 1024), "uint16"), sid=2, uid="s2"))  # 2 MiB > max_array_bytes
+        acq.feed(_image(1, frames[0], sid=2, uid="s2"))
+        acq.feed(s.encode_end(2, "s2"))
+    c1, c2 = (x.summary["counts"] for x in acq.series)
+    check_counts(c1)
+    check_counts(c2)
+    assert (c1["written"], c1["rejected"]) == (2, 4) and (c2["written"], c2["rejected"]) == (1, 1)
+    assert decoded == [shape] * 3, decoded
+    assert sorted(int(i) for i in read_acquisition(tmp_path / "run_1.nxs")["rejected_image_ids"]) == [1, 2, 3, 4]
+
+
+def test_series_without_image_size_takes_the_first_frames(tmp_path, rng, decoded):
+    """No image size or dtype in the start message: the first frame fixes them, and a later
+    frame of another shape is refused before it is decoded."""
+    a, b = make_frames(rng, 2)
+    other = make_frames(rng, 1, shape=(64, 64))[0]
+    out = tmp_path / "run.nxs"
+    with Acquisition(out, AcquireSettings(q=0, workers=1)) as acq:
+        acq.feed(_start(n=3, image_size_x=None, image_size_y=None, image_dtype=None))
+        acq.feed(_image(0, a))
+        acq.feed(_image(1, other))
+        acq.feed(_image(2, b))
+        acq.feed(s.encode_end(1, "s1"))
+    c = acq.series[0].summary["counts"]
+    assert (c["written"], c["rejected"]) == (2, 1)
+    assert decoded == [SHAPE, SHAPE]
+    assert [x.tobytes() for x in stored_frames(out)[0]] == [a.tobytes(), b.tobytes()]
+
+
+def test_oversize_pixel_masks_are_refused_before_decompression(tmp_path, rng, decoded, caplog):
+    """A start message with a 2^27-pixel float64 or uint32 mask for 128 x 128 frames, or
+    (without image size) a mask beyond max_array_bytes: the mask is set aside undecoded, the
+    series goes on without it."""
+    caplog.set_level(logging.INFO, logger="redml_reduce.acquire")
+    shape = (128, 128)
+    frame = make_frames(rng, 1, shape=shape)[0]
+    starts = [(dt, {}) for dt in ("float64", "uint32")]
+    starts.append(("uint32", {"image_size_x": None, "image_size_y": None}))
+    with Acquisition(tmp_path / "run_{series}.nxs", AcquireSettings(q=0, workers=1, max_array_bytes=1 << 20)) as acq:
+        for k, (dt, over) in enumerate(starts):
+            acq.feed(_start(shape=shape, sid=k + 1, uid=f"s{k}", n=1,
+                            pixel_mask={"threshold_1": _bomb((8192, 16384), dt)}, **over))
+            acq.feed(_image(0, frame, sid=k + 1, uid=f"s{k}"))
+            acq.feed(s.encode_end(k + 1, f"s{k}"))
+    assert decoded == [shape] * len(starts)
+    for series in acq.series:
+        assert series.summary["counts"]["written"] == 1 and series.pixel_mask is None
+    masks = [r.getMessage() for r in caplog.records if "pixel mask unusable" in r.getMessage()]
+    assert len(masks) == len(starts), masks
+
+
+def test_series_file_rows_stay_aligned_when_a_write_fails(tmp_path, rng):
+    """A row that does not fit its columns, or a chunk the writer refuses: the tables are as
+    before the attempt, and the next frame's row sits beside its chunk."""
+    from redml_reduce.acqfile import SeriesFile
+    from redml_reduce.indicators import FrameStats
+
+    frames = make_frames(rng, 3)
+    chunks = [rr.encode(f, 0) for f in frames]
+    path = tmp_path / "series.nxs"
+    f = SeriesFile(path, SHAPE, np.uint16, codec_settings={"q": 0})
+    f.write(chunks[0], FrameStats(image_id=5, mode="q"))
+    with pytest.raises(OverflowError):
+        f.write(chunks[1], FrameStats(image_id=1 << 64, mode="q"))
+    with pytest.raises(Exception):
+        f.write(rr.encode(frames[1][:, :64].copy(), 0), FrameStats(image_id=6, mode="q"))
+    with pytest.raises(OverflowError):
+        f.add_ids("rejected", [3, -1])
+    f.write(chunks[2], FrameStats(image_id=(1 << 64) - 1, mode="q"))
+    f.close()
+    info = read_acquisition(path)
+    assert [int(i) for i in info["image_id"]] == [5, (1 << 64) - 1] and info["n_frames"] == 2
+    assert len(info["rejected_image_ids"]) == 0
+    back, _ = stored_frames(path)
+    assert [b.tobytes() for b in back] == [frames[0].tobytes(), frames[2].tobytes()]

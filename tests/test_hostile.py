@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 
 import redml_reduce as rr
-from chunkforge import RAW_FLAG, Chunk, block_stream, raw_stream, runs
+from chunkforge import MASK, MODEL, RAW_FLAG, Chunk, big_valid_chunk, hostile_chunks, raw_stream
 from helpers import ALL_DTYPES, poisson_frame
 
 H5DUMP = shutil.which("h5dump")
 VALGRIND = shutil.which("valgrind")
 PLUGIN_ENV = dict(os.environ, HDF5_PLUGIN_PATH=rr.PLUGIN_PATH, REDML_NUM_THREADS="2")
-MODEL, MASK, VALUES, CODES = 1, 2, 3, 4
 
 
 def make_frame(rng, dtype, shape=(24, 40)):
@@ -179,37 +178,6 @@ def test_forged_block_tables(chunks):
 
 # ---- declared sizes beyond the chunk: no allocation bombs ----
 
-def hostile_chunks(codec):
-    """Small chunks (< 2 kB) that declare a 2^27-pixel frame and sections as large as the
-    format allows, backed by block tables whose blocks cannot hold that much."""
-    h, w = 1 << 14, 1 << 13
-    n = h * w
-    base = Chunk.parse(rr.encode(np.zeros((64, 64), np.uint16), "sparse", codec=codec, block_elems=1 << 24))
-    base.header.update(height=h, width=w, tile=65535)
-    model_ok = raw_stream(struct.pack("<ff", 0.0, 1.0))
-    mask_ok = raw_stream(runs(n))
-    fake = b"\x28\xb5\x2f\xfd\0" if codec == "zstd" else (b"\0" * 5 if codec == "rans" else b"\0")
-
-    def chunk(model=None, mask=None, values=None, tile=65535, n_exact=0):
-        c = Chunk.parse(base.build())
-        c.header.update(tile=tile, n_exact=n_exact)
-        m = c.find(MODEL)
-        m.raw_size, m.data = model or (8, model_ok)
-        k = c.find(MASK)
-        k.raw_size, k.data = mask or (len(runs(n)), mask_ok)
-        v = c.find(VALUES)
-        v.raw_size, v.data = values or (0, struct.pack("<I", 0))
-        return c.build()
-
-    yield "mask declared 10x the frame", chunk(mask=(10 * n + 10, block_stream(10 * n + 10, 1 << 24, fake)))
-    if codec != "rans":  # a rANS plane of 5 bytes may hold a constant plane of any length (valid)
-        yield "mask at the frame bound", chunk(mask=(n + 1, block_stream(n + 1, 1 << 24, fake)))
-        yield "model of 2^27 tiles", chunk(model=(8 * n, block_stream(8 * n, 4 << 24, fake)), tile=1)
-        yield "values of 2^27 words", chunk(values=(2 * n, block_stream(2 * n, 2 << 24, fake)), n_exact=n)
-    yield "model raw 2^63", chunk(model=(1 << 63, block_stream(1 << 24, 4 << 24, fake)))
-    yield "values raw 2^64-1", chunk(values=(2**64 - 1, block_stream(1 << 24, 2 << 24, fake)), n_exact=n)
-
-
 @pytest.mark.parametrize("codec", ["rans", "zstd", "lz4"])
 def test_no_allocation_bomb(tmp_path, codec):
     """Declared sizes are checked against the frame and against the chunk's own bytes
@@ -328,3 +296,110 @@ def test_plugin_path_under_valgrind(tmp_path, rng):
         assert lost == {"definitely": 0, "indirectly": 0, "possibly": 0}, log[-4000:]
         assert "libh5redml" not in "".join(re.findall(r"lost in loss record.*?\n==\d+== \n", log, re.S))
     assert results[1][2] <= results[0][2], f"memory in use at exit grew with the chunks: {results[0][2]} -> {results[1][2]}"
+
+
+# ---- under a memory limit: a forged chunk is a RedmlError, never a MemoryError ----
+
+LIMITED = textwrap.dedent("""
+    import resource
+    def limit_memory(extra_mb):
+        # address space: what the process holds now and extra_mb more (no room for a 2^27-pixel frame)
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
+        lim = vm + (extra_mb << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+""")
+
+
+def run_limited(body: str, extra_mb: int = 128) -> dict:
+    """Runs `body` (which sets `out`) in a fresh process whose address space is limited;
+    returns `out`."""
+    script = LIMITED + textwrap.dedent("""
+        import json, sys
+        sys.path.insert(0, {tests!r})
+        import numpy as np
+        import redml_reduce as rr
+        out = {{}}
+    """).format(tests=os.path.dirname(__file__)) + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, REDML_NUM_THREADS="2"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+def test_forged_chunks_raise_redml_errors_under_a_memory_limit():
+    """Every section is checked against the header before the frame is allocated: the
+    hostile chunks (2^27 pixels declared) fail with RedmlError in a process that has no room
+    for their frame, from decode, inspect, exact_mask and background_model alike (the
+    output used to be allocated first: MemoryError)."""
+    out = run_limited("""
+        from chunkforge import hostile_chunks
+        chunks = [(c, name, ch) for c in ("rans", "zstd", "lz4") for name, ch in hostile_chunks(c)]
+        limit_memory(128)
+        for codec, name, ch in chunks:
+            for fn in (rr.decode, rr.inspect, rr.exact_mask, rr.background_model):
+                try:
+                    fn(ch)
+                    r = "accepted"
+                except rr.RedmlError as e:
+                    r = str(e)
+                except MemoryError as e:
+                    r = f"MemoryError: {e}"
+                out[f"{codec} {name} {fn.__name__}"] = r
+    """)
+    assert len(out) == 4 * sum(len(list(hostile_chunks(c))) for c in ("rans", "zstd", "lz4"))
+    for what, r in out.items():
+        assert r.startswith("corrupt chunk"), (what, r)
+
+
+def test_zarr_codec_checks_the_chunk_header_before_decoding(tmp_path):
+    """A 2^27-pixel chunk in a 16 x 16 zarr v3 array: refused from its header, in a process
+    with no room for the frame (it used to be decoded, 512 MB, then compared)."""
+    pytest.importorskip("zarr")
+    chunk = big_valid_chunk()
+    assert len(chunk) < 512 and rr.inspect(chunk)["shape"] == (1 << 14, 1 << 13)
+    (tmp_path / "chunk.bin").write_bytes(chunk)
+    out = run_limited(f"""
+        import zarr
+        from pathlib import Path
+        from redml_reduce.zarr_codec import RedmlZarrCodec
+        a = zarr.create_array(str(Path({str(tmp_path)!r}) / "a.zarr"), shape=(2, 16, 16), chunks=(1, 16, 16),
+                              dtype="uint32", serializer=RedmlZarrCodec(q=0), compressors=None)
+        a[1] = np.arange(256, dtype=np.uint32).reshape(16, 16)
+        key = Path({str(tmp_path)!r}) / "a.zarr" / "c" / "0" / "0" / "0"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(Path({str(tmp_path)!r}, "chunk.bin").read_bytes())
+        limit_memory(128)
+        try:
+            a[0]
+            out["r"] = "decoded"
+        except rr.RedmlError as e:
+            out["r"] = str(e)
+        except MemoryError as e:
+            out["r"] = f"MemoryError: {{e}}"
+        out["other"] = int(a[1].sum())
+    """)
+    assert "the array expects" in out["r"], out
+    assert out["other"] == sum(range(256))
+
+
+def test_tile_is_bounded_by_what_the_encoder_supports():
+    """The encoder gathers one tile's pixels per thread: tile is refused above MAX_TILE by
+    the settings and by the core (the HDF5 filter's path), with a clear error, not a
+    MemoryError on every frame."""
+    from redml_reduce import _core
+    from redml_reduce.codec import MAX_TILE, CodecSettings
+
+    frame = np.ones((40, 50), np.uint16)
+    assert rr.decode(rr.encode(frame, 1, tile=MAX_TILE)).tobytes() == frame.tobytes()
+    for tile in (MAX_TILE + 1, 65535):
+        with pytest.raises(ValueError, match="tile"):
+            CodecSettings(tile=tile)
+        kw = CodecSettings(q=1).core_kwargs()
+        kw["tile"] = tile
+        with pytest.raises(ValueError, match="tile"):
+            _core.encode(frame, None, None, nthreads=1, **kw)
+    # a chunk of a larger tile (written by hand: the format allows 65535) still decodes
+    c = Chunk.parse(rr.encode(frame, "sparse"))
+    c.header["tile"] = 65535
+    c.find(MODEL).raw_size, c.find(MODEL).data = 8, raw_stream(struct.pack("<ff", 1.0, 1.0))
+    assert rr.decode(c.build()).shape == frame.shape

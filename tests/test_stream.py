@@ -181,3 +181,97 @@ def test_sender_and_receiver_over_zeromq(rng):
     assert len({m.series_unique_id for m in got}) == 1
     for m, f in zip(got[1:4], frames):
         assert m.data["threshold_1"].decode().tobytes() == f.tobytes()
+
+
+# ---- hostile start fields: every field checked for type and range (issue: one start killed acquire) ----
+
+def _start_with(**over):
+    """A valid start message (geometry, 32 x 48 uint16) with fields replaced (None: removed)."""
+    f = dict(cbor2.loads(s.encode_start((32, 48), "uint16", GEOM, number_of_images=4)))
+    for k, v in over.items():
+        if v is None:
+            f.pop(k, None)
+        else:
+            f[k] = v
+    return cbor2.dumps(cbor2.CBORTag(55799, f))
+
+
+BIG = 10**400  # a CBOR bignum (tag 2)
+HOSTILE_STARTS = {
+    "image_dtype with a structured-dtype syntax error": {"image_dtype": "i4,,"},
+    "image_dtype of a 10^10-element subarray": {"image_dtype": "(100000,100000)f8"},
+    "image_dtype object": {"image_dtype": "O"},
+    "image_dtype record": {"image_dtype": "u2,u2"},
+    "bignum sensor_thickness": {"sensor_thickness": BIG},
+    "bignum count_time": {"count_time": BIG},
+    "bignum frame_time": {"frame_time": -BIG},
+    "NaN count_time": {"count_time": math.nan},
+    "negative count_time": {"count_time": -1.0},
+    "image size beyond 2^20": {"image_size_x": 1 << 21},
+    "image size beyond 2^27 pixels": {"image_size_x": 1 << 14, "image_size_y": 1 << 14},
+    "image size of zero": {"image_size_x": 0},
+    "half an image size": {"image_size_y": None},
+    "bignum image size": {"image_size_x": BIG},
+    "number_of_images beyond int64": {"number_of_images": 1 << 63},
+    "bignum series_id": {"series_id": BIG},
+    "bignum saturation_value": {"saturation_value": BIG},
+    "JUNGFRAU calibration with a bignum energy": {"jungfrau_calibration": {"energy_keV": BIG}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_STARTS))
+def test_hostile_start_fields_are_stream_errors(name):
+    with pytest.raises(s.StreamError):
+        s.parse_message(_start_with(**HOSTILE_STARTS[name]))
+
+
+@pytest.mark.parametrize("fields", [{"detector_distance": BIG}, {"detector_distance": None,
+                                                                "detector_translation": [0.0, 0.0, BIG]},
+                                    {"detector_distance": -0.1}, {"incident_wavelength": math.inf},
+                                    {"incident_wavelength": None, "incident_energy": BIG},
+                                    {"beam_center_x": BIG}, {"pixel_size_x": 0.0}])
+def test_geometry_out_of_range_leaves_no_geometry_and_says_why(fields):
+    """Geometry that cannot be used does not refuse the series: it has no geometry (the file
+    is not NXmx), and the reason names the field."""
+    st = s.parse_message(_start_with(**fields))
+    assert st.geometry is None
+    assert any(k.split("_")[0] in st.geometry_error for k in fields), st.geometry_error
+
+
+def test_image_dtype_names_with_byte_order_suffix():
+    for name, dt in (("uint16", "uint16"), ("uint32le", "uint32"), ("float32be", "float32"), ("int8", "int8")):
+        assert s.parse_message(_start_with(image_dtype=name)).dtype == np.dtype(dt)
+
+
+def test_pixel_mask_of_another_size_or_type_is_set_aside_undecoded():
+    """A mask that does not fit the image size, or holds floats, is not decoded: the start
+    stays usable without it and says why."""
+    f = dict(cbor2.loads(_start_with()))
+    for arr in (np.zeros((64, 48), np.uint32), np.zeros((32, 48), np.float64)):
+        f["pixel_mask"] = {"threshold_1": s._tagged_array(arr)}
+        st = s.parse_message(cbor2.dumps(cbor2.CBORTag(55799, f)))
+        assert st.pixel_mask is None and "pixel_mask" in st.pixel_mask_error
+
+
+def test_image_ids_are_cbor_uint64():
+    """Every CBOR uint64 is an image id (2^63 and 2^64 - 1 too); a bignum is not."""
+    frame = np.zeros((2, 2), np.uint16)
+    for i in (0, 1 << 63, (1 << 64) - 1):
+        assert s.parse_message(s.encode_image(frame, i)).image_id == i
+    with pytest.raises(s.StreamError):
+        s.parse_message(s.encode_image(frame, 1 << 64))
+
+
+def test_parse_message_raises_only_stream_errors_for_odd_values():
+    """Fields of unexpected types anywhere: a StreamError, never another exception."""
+    odd = [BIG, -BIG, math.nan, "x" * 100, [BIG], {"a": BIG}, b"\0" * 9, True, None, 2.5, [[[]]]]
+    keys = ["series_id", "image_size_x", "image_dtype", "number_of_images", "beam_center_x", "detector_translation",
+            "incident_energy", "pixel_size_x", "sensor_thickness", "count_time", "channels", "pixel_mask",
+            "saturation_value", "detector_description", "sensor_material", "series_unique_id",
+            "jungfrau_calibration"]
+    for k in keys:
+        for v in odd:
+            try:
+                s.parse_message(_start_with(**{k: v}))
+            except s.StreamError:
+                pass
