@@ -19,6 +19,7 @@
 #include "quantize.h"
 #include "redml.h"
 #include "spots.h"
+#include "stages.h"
 #include "threads.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the chunk format is little-endian");
@@ -263,6 +264,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     using Word = typename S::Word;
     const int nt = resolve_threads(p.nthreads);
     const size_t N = (size_t)H * W;
+    stage_begin();
 
     // mask: pixels the model must ignore and that are always stored exactly
     std::vector<uint8_t> usable(N);
@@ -270,6 +272,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++)
             usable[i] = !(mask_in && mask_in[i]) && !is_special_value(f[i]);
     });
+    stage_mark("mask");
     const bool conditional = p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW;
     check(!conditional || !S::is_float, REDML_E_ARG, "the mean and draw reconstructions need integer data");
     // spots
@@ -286,12 +289,14 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         fp.masked_pixels_neutral = true;
         find_spots(f, usable.data(), H, W, fp, exact.data(), nt);
         dilate(exact.data(), H, W, p.roi_margin, nt);
+        stage_mark("roi dilation");
     }
     // background
     BackgroundModel model = conditional ? fit_background_model_outside_roi(f, usable, exact, H, W, p, nt)
                                         : fit_background(f, usable.data(), TileGrid(H, W, p.tile), p, nt);
     const std::vector<int64_t> preds = tile_predictions<T>(model);
     const TileGrid &g = model.grid;
+    stage_mark("background model");
     // quantize, band by band and tile span by tile span (per-tile constants hoisted)
     size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
     std::vector<std::vector<Word>> values(nbands);
@@ -340,6 +345,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         if (coded)
             for (int ph = 0; ph < REDML_PHASES; ph++) cods[ph].resize(nc[ph]);
     });
+    stage_mark("quantize");
     // band results in raster order: the exact values, and each phase's codes
     std::vector<const std::vector<Word> *> value_parts;
     std::vector<std::vector<const std::vector<Word> *>> code_parts(REDML_PHASES);
@@ -380,6 +386,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         for (int ph = 0; ph < REDML_PHASES; ph++)
             pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), concat_bytes(code_parts[ph])});
 
+    stage_mark("runs + concat");
     std::vector<std::vector<uint8_t>> stored(pending.size());
     std::vector<Section> sections(pending.size());
     for (size_t k = 0; k < pending.size(); k++) {
@@ -393,7 +400,9 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         s.data = stored[k].data();
         s.stored_size = stored[k].size();
     }
+    stage_mark("entropy");
     write_chunk(h, sections, out, out_size);
+    stage_mark("write chunk");
 }
 
 // ---------------------------------------------------------------- decoder

@@ -10,6 +10,7 @@
 #include "pixels.h"
 #include "radial.h"
 #include "spots.h"
+#include "stages.h"
 #include "threads.h"
 #include "redml.h"
 #include "quantize.h"
@@ -357,6 +358,13 @@ PYBIND11_MODULE(_core, m) {
           py::arg("track_alpha"), py::arg("track_threshold"), py::arg("nthreads"), py::arg("out") = py::none());
     m.def("conv3x3_leaky", &conv3x3_leaky, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dilation"),
           py::arg("slope"), py::arg("nthreads") = 0);
+    // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
+    m.def("stage_timing", [](bool on) { redml::stage_times().enabled = on; }, py::arg("enable"));
+    m.def("last_stages", [] {
+        py::dict d;
+        for (const auto &entry : redml::stage_times().ms) d[py::str(entry.first)] = entry.second;
+        return d;
+    });
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }

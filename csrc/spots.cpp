@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "pixels.h"
+#include "stages.h"
 #include "threads.h"
 
 namespace redml {
@@ -177,10 +178,12 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             }
         });
     });
+    stage_mark("dispersion 7x7");
     // 2. erosion by the window: the candidate cores
     std::vector<uint8_t> core(N);
     erode(cand.data(), core.data(), H, W, k - 1, nthreads);
     std::vector<uint8_t>().swap(cand);
+    stage_mark("erosion");
     // 3. strong pixels against the background without the cores
     std::vector<uint8_t> strong(N, 0);
     // Local background, written and read only at strong pixels: left uninitialised so the
@@ -212,6 +215,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         });
     });
     std::vector<uint8_t>().swap(core);
+    stage_mark("background 11x11");
 
     // 4. 8-connected components over row runs (runs are few: sequential union-find)
     std::vector<Run> runs;
@@ -305,6 +309,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         p.y1 = (int)a.y1;
         peaks.push_back(p);
     }
+    stage_mark("labelling");
     if (spot_mask) {
         std::memset(spot_mask, 0, N);
         for (size_t r = 0; r < runs.size(); r++) {
@@ -312,6 +317,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             std::memset(spot_mask + (size_t)runs[r].y * W + runs[r].x0, 1, runs[r].x1 - runs[r].x0);
         }
     }
+    stage_mark("spot mask");
     return peaks;
 }
 
