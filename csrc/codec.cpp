@@ -127,16 +127,29 @@ void put_varint(std::vector<uint8_t> &out, uint64_t v) {
     out.push_back((uint8_t)v);
 }
 
+// End of the run starting at i of zero bytes (nonzero = false) or of nonzero bytes,
+// eight bytes at a time.
+size_t run_end(const uint8_t *p, size_t i, size_t n, bool nonzero) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        const bool has_zero = ((w - ones) & ~w & highs) != 0;
+        if (nonzero ? has_zero : w != 0) break;
+    }
+    while (i < n && (p[i] != 0) == nonzero) i++;
+    return i;
+}
+
 std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
     std::vector<uint8_t> out;
-    uint8_t cur = 0;
+    bool cur = false;
     size_t i = 0;
     while (i < n) {
-        size_t j = i;
-        while (j < n && (exact[j] != 0) == (cur != 0)) j++;
+        size_t j = run_end(exact, i, n, cur);
         put_varint(out, j - i);
         i = j;
-        cur ^= 1;
+        cur = !cur;
     }
     return out;
 }
@@ -217,8 +230,8 @@ StreamSpec spec_for(const ChunkHeader &h, const Section &s) {
 // tile without background pixels (ROI, gaps) takes its neighbours' mean, so interpolation
 // near it does not pull towards 0.
 template <class T>
-BackgroundModel fit_background_model_outside_roi(const T *f, const std::vector<uint8_t> &usable,
-                                                 const std::vector<uint8_t> &exact, uint32_t H, uint32_t W,
+BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usable, const uint8_t *exact,
+                                                 uint32_t H, uint32_t W,
                                                  const redml_params &p, int nt) {
     const size_t N = (size_t)H * W;
     std::vector<uint8_t> background(N);
@@ -257,6 +270,121 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const std::vector<u
     return m;
 }
 
+// Work buffers of one encode, kept by the calling thread across frames: no allocation,
+// zeroing or page faults per frame once they have grown to the frame's size. Released
+// after a frame above kKeepScratchBytes, so a one-off huge frame does not pin its memory.
+struct EncodeScratch {
+    std::vector<uint8_t> usable, exact, tags;
+    std::vector<uint32_t> words;  // band outputs, then the streams (as Words)
+};
+const size_t kKeepScratchBytes = (size_t)256 << 20;
+
+// A buffer of at least n elements; its contents are unspecified.
+template <class V>
+typename V::value_type *scratch(V &v, size_t n) {
+    if (v.size() < n) {
+        V().swap(v);
+        v.resize(n);
+    }
+    return v.data();
+}
+
+// usable[i] = 1 where pixel i is neither masked nor a special value (pixels.h), else 0.
+template <class T>
+void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_t *__restrict usable, size_t n) {
+    if constexpr (std::is_floating_point<T>::value) {
+        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
+    } else {  // is_special_value without branches, so the loops vectorize
+        const T top = std::numeric_limits<T>::max();
+        if (mask)
+            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((mask[i] == 0) & (f[i] >= 0) & (f[i] != top));
+        else
+            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((f[i] >= 0) & (f[i] != top));
+    }
+}
+
+// Step-1 pixels of one tile row: branch-free, counters in registers.
+template <class T>
+void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
+                int64_t pred, typename Storage<T>::Word *__restrict vals, typename Storage<T>::Word *__restrict codes,
+                size_t *nv_io, size_t *nc_io) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    size_t nv = *nv_io, nc = *nc_io;
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t z = redml_zigzag64((int64_t)f[i] - pred);
+        const bool keep = (exact[i] != 0) | (usable[i] == 0) | (z > S::sym_max);
+        codes[nc] = (Word)z;
+        vals[nv] = S::exact_word(f[i], pred);
+        nc += !keep;
+        nv += keep;
+        exact[i] = keep;
+    }
+    *nv_io = nv;
+    *nc_io = nc;
+}
+
+struct BandCounts {
+    size_t values = 0, codes = 0;
+    bool tagged = false;  // codes carry their phases in tags (else all are phase 0)
+};
+
+// Quantizes the rows [y0, y1) into the band's exact values and codes (codes[j] of phase
+// tags[j], tags written only where some tile of the band is not lossless); marks every
+// exactly stored pixel in `exact`.
+template <class T>
+BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint32_t y0, uint32_t y1,
+                                        uint32_t W, const BackgroundModel &model, const std::vector<int64_t> &preds,
+                                        const redml_params &p, bool coded, bool conditional,
+                                        typename Storage<T>::Word *vals, typename Storage<T>::Word *codes,
+                                        uint8_t *tags) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    const TileGrid &g = model.grid;
+    size_t nv = 0, nc = 0;
+    bool tagged = false;
+    for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
+        tagged |= S::is_float || model.step[t] != 1.0f;
+    for (uint32_t y = y0; y < y1; y++) {
+        for (uint32_t tx = 0; tx < g.cols; tx++) {
+            const size_t t = (size_t)(y / g.tile) * g.cols + tx;
+            const int64_t pred = preds[t];
+            const size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
+            const size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
+            if (!S::is_float && coded && model.step[t] == 1.0f) {
+                // Step 1 (lossless tile): no dither, one bin per value, phase 0, and the
+                // code is the zigzag residual against the prediction (redml_quantize_int
+                // and redml_quantize_bin reduce to this).
+                if (tagged) std::memset(tags + nc, 0, i1 - i0);
+                step1_span(f + i0, exact + i0, usable + i0, i1 - i0, pred, vals, codes, &nv, &nc);
+                continue;
+            }
+            const TileCoder<T> tc(model.step[t], model.mean[t], pred);
+            for (size_t i = i0; i < i1; i++) {
+                bool keep = exact[i] || !usable[i];
+                if (!keep && coded) {
+                    auto px = tc.at(p.seed, i);
+                    if constexpr (S::is_float) {
+                        uint32_t sym = 0;
+                        keep = !(tc.step > 0 && redml_quantize_float(f[i], tc.step, px.u_float, px.base, &sym));
+                        if (!keep) codes[nc] = sym, tags[nc++] = (uint8_t)px.phase;
+                    } else {
+                        uint64_t sym = 0;
+                        keep = conditional ? !redml_quantize_bin((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
+                                                                 px.base, S::hi(), S::sym_max, &sym)
+                                           : !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
+                                                                 px.base, S::lo(), S::hi(), S::sym_max, &sym);
+                        if (!keep) codes[nc] = (Word)sym, tags[nc++] = (uint8_t)px.phase;
+                    }
+                }
+                if (keep) vals[nv++] = S::exact_word(f[i], pred);
+                exact[i] = keep;
+            }
+        }
+    }
+    return {nv, nc, tagged};
+}
+
 template <class T>
 void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, const uint8_t *mask_in,
                   const redml_params &p, void **out, size_t *out_size) {
@@ -265,12 +393,20 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     const int nt = resolve_threads(p.nthreads);
     const size_t N = (size_t)H * W;
     stage_begin();
+    thread_local EncodeScratch sc;
+    struct Release {  // a frame too large to keep its buffers for the next one
+        EncodeScratch &sc;
+        size_t bytes;
+        ~Release() {
+            if (bytes > kKeepScratchBytes) sc = EncodeScratch();
+        }
+    } release{sc, N * (3 + 2 * sizeof(Word))};
 
     // mask: pixels the model must ignore and that are always stored exactly
-    std::vector<uint8_t> usable(N);
+    uint8_t *usable = scratch(sc.usable, N);
     for_bands(H, nt, [&](size_t, uint32_t y0, uint32_t y1) {
-        for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++)
-            usable[i] = !(mask_in && mask_in[i]) && !is_special_value(f[i]);
+        const size_t i0 = (size_t)y0 * W;
+        usable_pixels(f + i0, mask_in ? mask_in + i0 : nullptr, usable + i0, (size_t)(y1 - y0) * W);
     });
     stage_mark("mask");
     const bool conditional = p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW;
@@ -279,82 +415,71 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     // Lossless mode is the quantized path with every step 1: keeping spots and special
     // pixels (gaps, saturation) apart from the background still pays (at 0.05 photons/px
     // the background stream alone is 15% smaller than one stream with the spots in it).
-    std::vector<uint8_t> exact(N);
-    if (roi_in) std::memcpy(exact.data(), roi_in, N);
+    uint8_t *exact = scratch(sc.exact, N);
+    if (roi_in) std::memcpy(exact, roi_in, N);
     else {
         FinderParams fp;
         fp.gain = p.gain;
         fp.sigma_s = p.roi_snr;
         fp.mask_all_strong = true;
         fp.masked_pixels_neutral = true;
-        find_spots(f, usable.data(), H, W, fp, exact.data(), nt);
-        dilate(exact.data(), H, W, p.roi_margin, nt);
+        find_spots(f, usable, H, W, fp, exact, nt);
+        dilate(exact, H, W, p.roi_margin, nt);
         stage_mark("roi dilation");
     }
     // background
     BackgroundModel model = conditional ? fit_background_model_outside_roi(f, usable, exact, H, W, p, nt)
-                                        : fit_background(f, usable.data(), TileGrid(H, W, p.tile), p, nt);
+                                        : fit_background(f, usable, TileGrid(H, W, p.tile), p, nt);
     const std::vector<int64_t> preds = tile_predictions<T>(model);
-    const TileGrid &g = model.grid;
     stage_mark("background model");
-    // quantize, band by band and tile span by tile span (per-tile constants hoisted)
-    size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
-    std::vector<std::vector<Word>> values(nbands);
-    std::vector<std::vector<std::vector<Word>>> codes(nbands, std::vector<std::vector<Word>>(REDML_PHASES));
+    // quantize, band by band: each band writes its exact values and codes (with their
+    // phases) into its own slice of the frame-sized work buffers
+    const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
     const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
+    Word *words = (Word *)scratch(sc.words, (3 * N * sizeof(Word) + 3) / 4);
+    Word *band_vals = words, *band_codes = words + N, *streams = words + 2 * N;
+    uint8_t *tags = scratch(sc.tags, N);
+    std::vector<size_t> nv(nbands), nc(nbands);
+    std::vector<uint8_t> tagged(nbands);
+    std::vector<size_t> band_phase((nbands + 1) * REDML_PHASES, 0);  // codes of each phase per band
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
-        size_t band_px = (size_t)(y1 - y0) * W, nv = 0;
-        std::vector<Word> &vals = values[b];
-        std::vector<std::vector<Word>> &cods = codes[b];
-        std::vector<size_t> nc(REDML_PHASES, 0);
-        vals.resize(band_px);
-        if (coded)
-            for (auto &c : cods) c.resize(band_px);
-        for (uint32_t y = y0; y < y1; y++) {
-            for (uint32_t tx = 0; tx < g.cols; tx++) {
-                size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                const int64_t pred = preds[t];
-                size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
-                size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
-                const TileCoder<T> tc(model.step[t], model.mean[t], pred);
-                for (size_t i = i0; i < i1; i++) {
-                    bool keep = exact[i] || !usable[i];
-                    if (!keep && coded) {
-                        auto px = tc.at(p.seed, i);
-                        if constexpr (S::is_float) {
-                            uint32_t sym = 0;
-                            keep = !(tc.step > 0 && redml_quantize_float(f[i], tc.step, px.u_float, px.base, &sym));
-                            if (!keep) cods[px.phase][nc[px.phase]++] = sym;
-                        } else {
-                            uint64_t sym = 0;
-                            keep = conditional ? !redml_quantize_bin((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
-                                                                     px.base, S::hi(), S::sym_max, &sym)
-                                               : !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
-                                                                     px.base, S::lo(), S::hi(), S::sym_max, &sym);
-                            if (!keep) cods[px.phase][nc[px.phase]++] = (Word)sym;
-                        }
-                    }
-                    if (keep) {
-                        vals[nv++] = S::exact_word(f[i], pred);
-                        exact[i] = 1;
-                    }
-                }
-            }
-        }
-        vals.resize(nv);
-        if (coded)
-            for (int ph = 0; ph < REDML_PHASES; ph++) cods[ph].resize(nc[ph]);
+        const size_t o = (size_t)y0 * W;
+        const BandCounts counts = quantize_band(f, exact, usable, y0, y1, W, model, preds, p, coded, conditional,
+                                                band_vals + o, band_codes + o, tags + o);
+        nv[b] = counts.values;
+        nc[b] = counts.codes;
+        tagged[b] = counts.tagged;
+        size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
+        if (!counts.tagged) ph[0] = counts.codes;
+        else
+            for (size_t j = 0; j < counts.codes; j++) ph[tags[o + j]]++;
     });
     stage_mark("quantize");
-    // band results in raster order: the exact values, and each phase's codes
-    std::vector<const std::vector<Word> *> value_parts;
-    std::vector<std::vector<const std::vector<Word> *>> code_parts(REDML_PHASES);
+    // streams: the exact values in raster order, then each phase's codes in raster order
     size_t n_exact = 0;
-    for (size_t b = 0; b < nbands; b++) {
-        value_parts.push_back(&values[b]);
-        n_exact += values[b].size();
-        for (int ph = 0; ph < REDML_PHASES; ph++) code_parts[ph].push_back(&codes[b][ph]);
+    for (size_t b = 0; b < nbands; b++) {  // values moved down in place (never forwards)
+        std::memmove(band_vals + n_exact, band_vals + (size_t)b * kRowsPerBand * W, nv[b] * sizeof(Word));
+        n_exact += nv[b];
     }
+    size_t phase_start[REDML_PHASES + 1] = {0};
+    for (int ph = 0; ph < REDML_PHASES; ph++) {
+        size_t total = 0;
+        for (size_t b = 0; b < nbands; b++) {  // band_phase becomes each band's start within the phase
+            size_t n = band_phase[(b + 1) * REDML_PHASES + ph];
+            band_phase[b * REDML_PHASES + ph] = total;
+            total += n;
+        }
+        phase_start[ph + 1] = phase_start[ph] + total;
+    }
+    if (coded)
+        for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t) {
+            const size_t o = (size_t)y0 * W;
+            size_t pos[REDML_PHASES];
+            for (int ph = 0; ph < REDML_PHASES; ph++) pos[ph] = phase_start[ph] + band_phase[b * REDML_PHASES + ph];
+            if (!tagged[b]) std::memcpy(streams + pos[0], band_codes + o, nc[b] * sizeof(Word));
+            else
+                for (size_t j = 0; j < nc[b]; j++) streams[pos[tags[o + j]]++] = band_codes[o + j];
+        });
 
     // entropy + container
     ChunkHeader h;
@@ -376,27 +501,32 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         uint16_t type;
         redml_shuffle shuffle;
         uint8_t elem;
-        std::vector<uint8_t> raw;
+        const uint8_t *raw;
+        size_t size;
     };
+    const std::vector<uint8_t> model_bytes = concat_bytes<float>({&model.mean, &model.step});
+    const std::vector<uint8_t> runs = encode_runs(exact, N);
     std::vector<Pending> pending;
-    pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, concat_bytes<float>({&model.mean, &model.step})});
-    pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, encode_runs(exact.data(), N)});
-    pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), concat_bytes(value_parts)});
+    pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, model_bytes.data(), model_bytes.size()});
+    pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, runs.data(), runs.size()});
+    pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), (const uint8_t *)band_vals,
+                       n_exact * sizeof(Word)});
     if (coded)
         for (int ph = 0; ph < REDML_PHASES; ph++)
-            pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word), concat_bytes(code_parts[ph])});
-
-    stage_mark("runs + concat");
+            pending.push_back({SECTION_BACKGROUND_CODES, p.shuffle, (uint8_t)sizeof(Word),
+                               (const uint8_t *)(streams + phase_start[ph]),
+                               (phase_start[ph + 1] - phase_start[ph]) * sizeof(Word)});
+    stage_mark("runs + streams");
     std::vector<std::vector<uint8_t>> stored(pending.size());
     std::vector<Section> sections(pending.size());
     for (size_t k = 0; k < pending.size(); k++) {
         StreamSpec spec{pending[k].elem, pending[k].shuffle, p.codec, p.level, p.block_elems};
-        stored[k] = encode_stream(pending[k].raw.data(), pending[k].raw.size(), spec, nt);
+        stored[k] = encode_stream(pending[k].raw, pending[k].size, spec, nt);
         Section &s = sections[k];
         s.type = pending[k].type;
         s.shuffle = pending[k].shuffle;
         s.elem = pending[k].elem;
-        s.raw_size = pending[k].raw.size();
+        s.raw_size = pending[k].size;
         s.data = stored[k].data();
         s.stored_size = stored[k].size();
     }

@@ -70,32 +70,96 @@ void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load
     }
 }
 
-// AND of a (2r+1)^2 window (clipped to the frame): erosion of a byte map.
-void erode(const uint8_t *in, uint8_t *out, uint32_t H, uint32_t W, int r, int nthreads) {
-    std::vector<uint8_t> rows((size_t)H * W);
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        for (uint32_t y = y0; y < y1; y++) {
-            const uint8_t *a = in + (size_t)y * W;
-            uint8_t *o = rows.data() + (size_t)y * W;
-            for (uint32_t x = 0; x < W; x++) {
-                uint32_t x0 = x >= (uint32_t)r ? x - r : 0, x1 = std::min<uint32_t>(W - 1, x + r);
-                uint8_t v = 1;
-                for (uint32_t xx = x0; xx <= x1 && v; xx++) v = a[xx];
-                o[x] = v;
-            }
-        }
-    });
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        for (uint32_t y = y0; y < y1; y++) {
-            uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
-            uint8_t *o = out + (size_t)y * W;
-            std::memcpy(o, rows.data() + (size_t)ya * W, W);
-            for (uint32_t yy = ya + 1; yy <= yb; yy++) {
-                const uint8_t *__restrict a = rows.data() + (size_t)yy * W;
+// Work buffers of one call, kept by the calling thread across frames (no allocation,
+// zeroing or page faults per frame); released after a frame above kKeepBytes.
+struct FinderScratch {
+    std::vector<uint8_t> cand, core, strong, rows;
+    std::vector<float> bg;
+};
+const size_t kKeepBytes = (size_t)128 << 20;
+
+template <class V>
+typename V::value_type *scratch(V &v, size_t n) {
+    if (v.size() < n) {
+        V().swap(v);
+        v.resize(n);
+    }
+    return v.data();
+}
+
+// One row of a 0/1 byte map combined over a window of 2r+1 columns, clipped to the row:
+// AND (erosion) or OR (dilation). pad: room for W + 2r bytes. Plain loops over a padded
+// copy, so they vectorize.
+template <bool And>
+void window_row(const uint8_t *in, uint8_t *out, uint32_t W, int r, uint8_t *pad) {
+    const uint8_t outside = And ? 1 : 0;  // clipped: outside pixels never decide
+    std::memset(pad, outside, (size_t)r);
+    for (uint32_t x = 0; x < W; x++) pad[r + x] = in[x] != 0;
+    std::memset(pad + r + W, outside, (size_t)r);
+    std::memcpy(out, pad, W);
+    for (int d = 1; d <= 2 * r; d++) {
+        const uint8_t *__restrict a = pad + d;
+        uint8_t *__restrict o = out;
+        if (And)
+            for (uint32_t x = 0; x < W; x++) o[x] &= a[x];
+        else
+            for (uint32_t x = 0; x < W; x++) o[x] |= a[x];
+    }
+}
+
+// Rows [y0, y1) of `out`: the column-wise AND (OR) of `rows` over 2r+1 rows, clipped.
+template <bool And>
+void window_columns(const uint8_t *rows, uint8_t *out, uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1) {
+    for (uint32_t y = y0; y < y1; y++) {
+        uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
+        uint8_t *__restrict o = out + (size_t)y * W;
+        std::memcpy(o, rows + (size_t)ya * W, W);
+        for (uint32_t yy = ya + 1; yy <= yb; yy++) {
+            const uint8_t *__restrict a = rows + (size_t)yy * W;
+            if (And)
                 for (uint32_t x = 0; x < W; x++) o[x] &= a[x];
-            }
+            else
+                for (uint32_t x = 0; x < W; x++) o[x] |= a[x];
         }
+    }
+}
+
+// AND (erosion) or OR (dilation) of a (2r+1)^2 window, clipped to the frame, of a 0/1
+// byte map; `rows` (H*W) holds the row pass. in may equal out.
+template <bool And>
+void window_filter(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        std::vector<uint8_t> pad(W + 2 * (size_t)r);
+        for (uint32_t y = y0; y < y1; y++) window_row<And>(in + (size_t)y * W, rows + (size_t)y * W, W, r, pad.data());
     });
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        window_columns<And>(rows, out, H, W, r, y0, y1);
+    });
+}
+
+// AND of a (2r+1)^2 window (clipped to the frame): erosion of a 0/1 byte map.
+void erode(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
+    window_filter<true>(in, out, rows, H, W, r, nthreads);
+}
+
+// The mean of the usable pixels outside the candidate cores in the (2R+1)^2 window
+// around (y, x), clipped to the frame: the strong test's local background at one pixel,
+// summed directly (integer data: exact, as the box sums are).
+template <class T>
+double window_background(const T *frame, const uint8_t *usable, const uint8_t *core, uint32_t H, uint32_t W, int R,
+                         uint32_t y, uint32_t x) {
+    uint32_t ya = y >= (uint32_t)R ? y - R : 0, yb = std::min<uint32_t>(H - 1, y + R);
+    uint32_t xa = x >= (uint32_t)R ? x - R : 0, xb = std::min<uint32_t>(W - 1, x + R);
+    int64_t n = 0, sum = 0;
+    for (uint32_t yy = ya; yy <= yb; yy++) {
+        const size_t row = (size_t)yy * W;
+        for (uint32_t xx = xa; xx <= xb; xx++) {
+            const int64_t use = usable[row + xx] && !core[row + xx];
+            n += use;
+            sum += use ? (int64_t)frame[row + xx] : 0;
+        }
+    }
+    return n >= 2 ? (double)sum / (double)n : 0.0;
 }
 
 struct Run {
@@ -115,29 +179,158 @@ uint32_t find_root(std::vector<uint32_t> &parent, uint32_t a) {
 
 void dilate(uint8_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
     if (r <= 0) return;
-    std::vector<uint8_t> wide((size_t)H * W, 0);
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        for (uint32_t y = y0; y < y1; y++) {
-            const uint8_t *in = map + (size_t)y * W;
-            uint8_t *out = wide.data() + (size_t)y * W;
-            for (uint32_t x = 0; x < W; x++) {
-                if (!in[x]) continue;
-                uint32_t a = x >= (uint32_t)r ? x - r : 0, b = std::min<uint32_t>(W - 1, x + r);
-                std::memset(out + a, 1, b - a + 1);
-            }
+    thread_local std::vector<uint8_t> wide;
+    const size_t N = (size_t)H * W;
+    window_filter<false>(map, map, scratch(wide, N), H, W, r, nthreads);
+    if (N > kKeepBytes) std::vector<uint8_t>().swap(wide);
+}
+
+// Dispersion candidates of rows [y0, y1) from 32-bit integer box sums, for integer
+// frames whose usable values in the rows the windows reach are small enough that every
+// window sum of squares fits in 32 bits (counts below ~6600 for 7x7 windows). Returns
+// false, writing nothing, where they are not. The sums equal the double box sums exactly,
+// and the test is the same double expression, so the candidates are identical. Plain
+// loops over padded column sums: they vectorize (AVX2 where the CPU has it).
+#define SPOTS_INLINE inline __attribute__((always_inline))
+
+struct DispersionArgs {
+    const uint8_t *usable;
+    uint32_t H, W;
+    const double *bound;  // (m - 1) + sigma_b * sqrt(2 (m - 1)) per count m
+    double gain;
+    int min_count;
+    uint8_t neutral;  // candidate value of an unusable pixel
+    uint8_t *cand;
+};
+
+// out[x] = in[x] + ... + in[x + 2R]: the row pass of a box sum over padded column sums.
+SPOTS_INLINE void add_row(const int32_t *__restrict in, int32_t *__restrict out, uint32_t W) {
+    for (uint32_t x = 0; x < W; x++) out[x] += in[x];
+}
+
+template <int R>
+SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
+    std::memcpy(out, in, W * sizeof(int32_t));
+    for (int d = 1; d <= 2 * R; d++) add_row(in + d, out, W);
+}
+
+// The dispersion test of one row from its window counts n, sums sm and sums of squares
+// s2: the double expression of the box-sum path, branch-free (unusable: `neutral`).
+SPOTS_INLINE void dispersion_test(const int32_t *__restrict n, const int32_t *__restrict sm,
+                                  const int32_t *__restrict s2, const uint8_t *__restrict ok, uint8_t *__restrict c,
+                                  uint32_t W, int32_t min_count, double gain, const double *__restrict bound,
+                                  uint8_t neutral) {
+    for (uint32_t x = 0; x < W; x++) {
+        const int32_t m = n[x];
+        const double sx = (double)sm[x];
+        const double var = (double)m * (double)s2[x] - sx * sx;
+        const int32_t pass = (m >= min_count) & (var > gain * sx * bound[m]);
+        const int32_t o = ok[x] != 0;
+        c[x] = (uint8_t)((pass & o) | (neutral & (o ^ 1)));
+    }
+}
+
+// Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums.
+template <int R, class T>
+SPOTS_INLINE void column_sums_row(const DispersionArgs &a, const T *frame, int64_t y, int32_t sign, int32_t *cols) {
+    if (y < 0 || y >= (int64_t)a.H) return;
+    const uint32_t W = a.W, P = W + 2 * R;
+    const T *__restrict f = frame + (size_t)y * W;
+    const uint8_t *__restrict ok = a.usable + (size_t)y * W;
+    int32_t *__restrict pn = cols + R, *__restrict ps = cols + P + R, *__restrict ps2 = cols + 2 * P + R;
+    for (uint32_t x = 0; x < W; x++) {
+        const int32_t w = ok[x] != 0, v = (int32_t)f[x] * w;  // unusable: 0 (whatever its value)
+        pn[x] += sign * w;
+        ps[x] += sign * v;
+        ps2[x] += sign * v * v;
+    }
+}
+
+template <int R, class T>
+SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
+                                      int32_t *cols, int32_t *sums) {
+    const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
+    const int32_t *cn = cols, *cs = cols + P, *cs2 = cols + 2 * P;
+    int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
+    std::memset(cols, 0, 3 * (size_t)P * sizeof(int32_t));
+    auto add_row = [&](int64_t y, int32_t sign) __attribute__((always_inline)) {
+        column_sums_row<R>(a, frame, y, sign, cols);
+    };
+    for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) add_row(y, 1);
+    for (uint32_t y = y0; y < y1; y++) {
+        if (y > y0) {
+            add_row((int64_t)y + R, 1);
+            add_row((int64_t)y - R - 1, -1);
         }
-    });
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        for (uint32_t y = y0; y < y1; y++) {
-            uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
-            uint8_t *__restrict out = map + (size_t)y * W;
-            std::memcpy(out, wide.data() + (size_t)ya * W, W);
-            for (uint32_t yy = ya + 1; yy <= yb; yy++) {
-                const uint8_t *__restrict in = wide.data() + (size_t)yy * W;
-                for (uint32_t x = 0; x < W; x++) out[x] |= in[x];
-            }
+        window_sum<R>(cn, n, W);
+        window_sum<R>(cs, sm, W);
+        window_sum<R>(cs2, s2, W);
+        dispersion_test(n, sm, s2, a.usable + (size_t)y * W, a.cand + (size_t)y * W, W, std::max(a.min_count, 2),
+                        a.gain, a.bound, a.neutral);
+    }
+}
+
+template <class T>
+SPOTS_INLINE void dispersion_band_int_body(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
+                                           int32_t *cols, int32_t *sums) {
+    switch (r) {
+        case 1: return dispersion_rows_int<1>(a, frame, y0, y1, cols, sums);
+        case 2: return dispersion_rows_int<2>(a, frame, y0, y1, cols, sums);
+        case 3: return dispersion_rows_int<3>(a, frame, y0, y1, cols, sums);
+        default: return dispersion_rows_int<4>(a, frame, y0, y1, cols, sums);
+    }
+}
+
+template <class T>
+void dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
+                                 int32_t *cols, int32_t *sums) {
+    dispersion_band_int_body(a, frame, r, y0, y1, cols, sums);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+template <class T>
+__attribute__((target("avx2"))) void dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r,
+                                                               uint32_t y0, uint32_t y1, int32_t *cols,
+                                                               int32_t *sums) {
+    dispersion_band_int_body(a, frame, r, y0, y1, cols, sums);
+}
+
+bool cpu_has_avx2() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#endif
+
+// Largest usable value of n pixels (usable integer pixels are >= 0), branch-free.
+template <class T>
+T usable_max(const T *__restrict f, const uint8_t *__restrict ok, size_t n) {
+    T m = 0;
+    for (size_t i = 0; i < n; i++) m = std::max<T>(m, (T)(f[i] * (T)(ok[i] != 0)));
+    return m;
+}
+
+template <class T>
+bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1) {
+    if constexpr (std::is_floating_point<T>::value) {
+        return false;
+    } else {
+        if (r < 1 || r > 4) return false;
+        const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
+        const int64_t limit = (int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1;
+        const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
+        if ((int64_t)usable_max(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
+            return false;
+        std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W);
+#if defined(__x86_64__) && defined(__GNUC__)
+        static const bool avx2 = cpu_has_avx2();
+        if (avx2) {
+            dispersion_band_int_avx2(a, frame, r, y0, y1, cols.data(), sums.data());
+            return true;
         }
-    });
+#endif
+        dispersion_band_int_default(a, frame, r, y0, y1, cols.data(), sums.data());
+        return true;
+    }
 }
 
 template <class T>
@@ -146,9 +339,17 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     const size_t N = (size_t)H * W;
     const int k = std::max(1, fp.kernel);
     const double g = fp.gain;
+    thread_local FinderScratch sc;
+    struct Release {
+        FinderScratch &sc;
+        size_t bytes;
+        ~Release() {
+            if (bytes > kKeepBytes) sc = FinderScratch();
+        }
+    } release{sc, N};
 
     // 1. dispersion candidates
-    std::vector<uint8_t> cand(N, 0);
+    uint8_t *cand = scratch(sc.cand, N);
     auto load_usable = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
@@ -161,13 +362,17 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     const int max_count = (2 * k + 1) * (2 * k + 1);
     std::vector<double> dispersion_bound(max_count + 1, 0.0);
     for (int m = 2; m <= max_count; m++) dispersion_bound[m] = (m - 1) + fp.sigma_b * std::sqrt(2.0 * (m - 1));
+    const DispersionArgs dargs{usable, H, W, dispersion_bound.data(), g, fp.min_count,
+                               (uint8_t)fp.masked_pixels_neutral, cand};
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        if (dispersion_band_int(dargs, frame, k, y0, y1)) return;
         box_sums_band<true>(H, W, k, y0, y1, load_usable, [&](uint32_t y, const double *n, const double *s, const double *s2) {
-            uint8_t *c = cand.data() + (size_t)y * W;
+            uint8_t *c = cand + (size_t)y * W;
             const uint8_t *ok = usable + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
                 double sx = s[x];
                 int m = (int)(n[x] + 0.5);
+                c[x] = 0;
                 if (!ok[x]) {
                     c[x] = fp.masked_pixels_neutral;  // never strong itself: strong needs ok[x]
                     continue;
@@ -180,41 +385,53 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     });
     stage_mark("dispersion 7x7");
     // 2. erosion by the window: the candidate cores
-    std::vector<uint8_t> core(N);
-    erode(cand.data(), core.data(), H, W, k - 1, nthreads);
-    std::vector<uint8_t>().swap(cand);
+    uint8_t *core = scratch(sc.core, N);
+    erode(cand, core, scratch(sc.rows, N), H, W, k - 1, nthreads);
     stage_mark("erosion");
     // 3. strong pixels against the background without the cores
-    std::vector<uint8_t> strong(N, 0);
-    // Local background, written and read only at strong pixels: left uninitialised so the
-    // untouched pages of this frame-sized buffer are never faulted in.
-    std::unique_ptr<float[]> bg(new float[N]);
+    uint8_t *strong = scratch(sc.strong, N);
+    // Local background, written and read only at strong pixels.
+    float *bg = scratch(sc.bg, N);
     auto load_background = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
-        const uint8_t *c = core.data() + (size_t)y * W;
+        const uint8_t *c = core + (size_t)y * W;
         for (uint32_t x = 0; x < W; x++) {
             bool use = ok[x] && !c[x];
             w[x] = use ? 1.0 : 0.0;
             v[x] = use ? (double)f[x] : 0.0;
         }
     };
+    auto strong_test = [&](uint32_t y, uint32_t x, double mean) {
+        const size_t i = (size_t)y * W + x;
+        double v = (double)frame[i];
+        strong[i] = v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0));
+        if (strong[i]) bg[i] = (float)mean;
+    };
+    const int R = k + 2;
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        box_sums_band<false>(H, W, k + 2, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
-            const T *f = frame + (size_t)y * W;
-            const uint8_t *ok = usable + (size_t)y * W, *c = core.data() + (size_t)y * W;
-            uint8_t *st = strong.data() + (size_t)y * W;
-            float *b = bg.get() + (size_t)y * W;
+        std::memset(strong + (size_t)y0 * W, 0, (size_t)(y1 - y0) * W);
+        // Integer frames with few tested pixels (usable candidate cores): their window
+        // sums directly, instead of box sums over the whole band.
+        size_t tested = 0;
+        for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++) tested += usable[i] && core[i];
+        const size_t window = (size_t)(2 * R + 1) * (2 * R + 1);
+        if (!std::is_floating_point<T>::value && tested * window <= (size_t)(y1 - y0) * W * 4) {
+            for (uint32_t y = y0; y < y1; y++) {
+                const uint8_t *ok = usable + (size_t)y * W, *c = core + (size_t)y * W;
+                for (uint32_t x = 0; x < W; x++)
+                    if (ok[x] && c[x]) strong_test(y, x, window_background(frame, usable, core, H, W, R, y, x));
+            }
+            return;
+        }
+        box_sums_band<false>(H, W, R, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
+            const uint8_t *ok = usable + (size_t)y * W, *c = core + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
                 if (!ok[x] || !c[x]) continue;
-                double mean = n[x] >= 2 ? s[x] / n[x] : 0.0;
-                double v = (double)f[x];
-                st[x] = v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0));
-                if (st[x]) b[x] = (float)mean;
+                strong_test(y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
             }
         });
     });
-    std::vector<uint8_t>().swap(core);
     stage_mark("background 11x11");
 
     // 4. 8-connected components over row runs (runs are few: sequential union-find)
@@ -222,7 +439,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     std::vector<size_t> row_start(H + 1, 0);
     for (uint32_t y = 0; y < H; y++) {
         row_start[y] = runs.size();
-        const uint8_t *st = strong.data() + (size_t)y * W;
+        const uint8_t *st = strong + (size_t)y * W;
         for (uint32_t x = 0; x < W;) {
             if (!st[x]) {
                 x++;
