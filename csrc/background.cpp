@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 
 #include "pixels.h"
 #include "quantize.h"
@@ -12,31 +14,35 @@ namespace redml {
 
 namespace {
 
-// Sigma-clipped mean of one tile: its usable pixels are gathered once into a small
-// buffer, and each clipping pass is a branch-free loop over it (vectorized).
-template <class T>
-float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
-                        uint32_t tx, const redml_params &p, std::vector<double> &buf, double *clip_limit) {
-    uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
-    uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
-    buf.clear();
-    for (uint32_t y = y0; y < y1; y++) {
-        const T *row = frame + (size_t)y * g.width;
-        const uint8_t *ok = usable + (size_t)y * g.width;
-        for (uint32_t x = x0; x < x1; x++)
-            if (ok[x]) buf.push_back((double)row[x]);
-    }
+// Sigma-clipped mean of values v[0..n) (upper side, 3 sigma, up to 4 passes); *clip_limit
+// receives the limit of the last pass. Integer values are compared with the integer
+// part of the limit and summed exactly in 64 bits, which gives the same sums as double
+// arithmetic (the sums stay below 2^53); each pass is a branch-free loop.
+template <class V>
+double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, double *clip_limit) {
     *clip_limit = INFINITY;
-    if (buf.empty()) return 0.0f;
-    const double *v = buf.data();
-    const size_t n = buf.size();
+    if (n == 0) return 0.0;
     double limit = INFINITY, mean = 0.0;
     for (int iter = 0; iter < 4; iter++) {
         double sum = 0.0, count = 0.0;
-        for (size_t i = 0; i < n; i++) {
-            bool take = v[i] <= limit;
-            sum += take ? v[i] : 0.0;
-            count += take ? 1.0 : 0.0;
+        if constexpr (std::is_floating_point<V>::value) {
+            for (size_t i = 0; i < n; i++) {
+                bool take = v[i] <= limit;
+                sum += take ? v[i] : 0.0;
+                count += take ? 1.0 : 0.0;
+            }
+        } else {
+            const V top = limit >= (double)std::numeric_limits<V>::max() ? std::numeric_limits<V>::max()
+                                                                          : (V)std::floor(limit);
+            if (limit < (double)std::numeric_limits<V>::lowest()) break;  // nothing at or below it
+            int64_t isum = 0, icount = 0;
+            for (size_t i = 0; i < n; i++) {
+                const int64_t take = v[i] <= top;
+                isum += take * (int64_t)v[i];
+                icount += take;
+            }
+            sum = (double)isum;
+            count = (double)icount;
         }
         if (count == 0) break;
         double m = sum / count;
@@ -45,7 +51,40 @@ float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g
         mean = m;
         limit = mean + 3.0 * redml_sigma(mean, p.gain, p.mu_min);
     }
-    return (float)mean;
+    return mean;
+}
+
+// The usable pixels of one tile, gathered branch-free into buf (as the integer or double
+// type clipped_mean sums).
+template <class T, class V>
+size_t gather_tile(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, uint32_t tx, V *buf) {
+    uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
+    uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
+    size_t n = 0;
+    for (uint32_t y = y0; y < y1; y++) {
+        const T *row = frame + (size_t)y * g.width;
+        const uint8_t *ok = usable + (size_t)y * g.width;
+        for (uint32_t x = x0; x < x1; x++) {
+            buf[n] = (V)row[x];
+            n += ok[x] != 0;
+        }
+    }
+    return n;
+}
+
+// Sigma-clipped mean of one tile's usable pixels.
+template <class T>
+float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, uint32_t tx,
+                        const redml_params &p, std::vector<double> &dbuf, std::vector<int64_t> &ibuf,
+                        double *clip_limit) {
+    // Integer pixels: int64 values (the clip limit as an integer); floats: doubles.
+    if constexpr (std::is_floating_point<T>::value) {
+        size_t n = gather_tile(frame, usable, g, ty, tx, dbuf.data());
+        return (float)clipped_mean(dbuf.data(), n, p, clip_limit);
+    } else {
+        size_t n = gather_tile(frame, usable, g, ty, tx, ibuf.data());
+        return (float)clipped_mean(ibuf.data(), n, p, clip_limit);
+    }
 }
 
 // The Poisson mean lambda whose values up to L average m (the clipped mean above lost
@@ -82,12 +121,12 @@ BackgroundModel fit_background(const T *frame, const uint8_t *usable, const Tile
     m.step.assign(grid.count(), std::is_floating_point<T>::value ? 0.0f : 1.0f);
     bool quantize = p.mode == REDML_MODE_QUANTIZED;
     parallel_for(grid.rows, nthreads, [&](size_t ty) {
-        std::vector<double> buf;
-        buf.reserve((size_t)grid.tile * grid.tile);
+        std::vector<double> dbuf(std::is_floating_point<T>::value ? (size_t)grid.tile * grid.tile : 0);
+        std::vector<int64_t> ibuf(std::is_floating_point<T>::value ? 0 : (size_t)grid.tile * grid.tile);
         for (uint32_t tx = 0; tx < grid.cols; tx++) {
             size_t t = ty * grid.cols + tx;
             double limit;
-            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p, buf, &limit);
+            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p, dbuf, ibuf, &limit);
             // The conditional reconstructions decode from this mean's Poisson law: undo the
             // clip's bias for them (photon counts; other modes keep the clipped mean).
             if (!std::is_floating_point<T>::value && quantize &&

@@ -87,6 +87,11 @@ typename V::value_type *scratch(V &v, size_t n) {
     return v.data();
 }
 
+// out[x] = (in[x] != 0), n bytes.
+void copy_01(const uint8_t *__restrict in, uint8_t *__restrict out, size_t n) {
+    for (size_t x = 0; x < n; x++) out[x] = in[x] != 0;
+}
+
 // One row of a 0/1 byte map combined over a window of 2r+1 columns, clipped to the row:
 // AND (erosion) or OR (dilation). pad: room for W + 2r bytes. Plain loops over a padded
 // copy, so they vectorize.
@@ -94,7 +99,7 @@ template <bool And>
 void window_row(const uint8_t *in, uint8_t *out, uint32_t W, int r, uint8_t *pad) {
     const uint8_t outside = And ? 1 : 0;  // clipped: outside pixels never decide
     std::memset(pad, outside, (size_t)r);
-    for (uint32_t x = 0; x < W; x++) pad[r + x] = in[x] != 0;
+    copy_01(in, pad + r, W);
     std::memset(pad + r + W, outside, (size_t)r);
     std::memcpy(out, pad, W);
     for (int d = 1; d <= 2 * r; d++) {
@@ -140,6 +145,37 @@ void window_filter(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, u
 // AND of a (2r+1)^2 window (clipped to the frame): erosion of a 0/1 byte map.
 void erode(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
     window_filter<true>(in, out, rows, H, W, r, nthreads);
+}
+
+// Number of i < n with a[i] = b[i] = 1 (0/1 maps), eight bytes at a time: the byte sum
+// of a word of 0/1 bytes is its product with 0x0101... shifted down by 56.
+size_t count_both(const uint8_t *a, const uint8_t *b, size_t n) {
+    size_t c = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t wa, wb;
+        std::memcpy(&wa, a + i, 8);
+        std::memcpy(&wb, b + i, 8);
+        c += ((wa & wb) * 0x0101010101010101ull) >> 56;
+    }
+    for (; i < n; i++) c += a[i] & b[i];
+    return c;
+}
+
+// Calls fn(i) for each i < n with a[i] and b[i] both nonzero, skipping 8 bytes at a time
+// where either map is all zero.
+template <class Fn>
+void for_each_both(const uint8_t *a, const uint8_t *b, size_t n, Fn fn) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t wa, wb;
+        std::memcpy(&wa, a + i, 8);
+        std::memcpy(&wb, b + i, 8);
+        if (!wa || !wb) continue;
+        for (size_t j = i; j < i + 8; j++)
+            if (a[j] && b[j]) fn(j);
+    }
+    for (; i < n; i++)
+        if (a[i] && b[i]) fn(i);
 }
 
 // The mean of the usable pixels outside the candidate cores in the (2R+1)^2 window
@@ -413,15 +449,13 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         std::memset(strong + (size_t)y0 * W, 0, (size_t)(y1 - y0) * W);
         // Integer frames with few tested pixels (usable candidate cores): their window
         // sums directly, instead of box sums over the whole band.
-        size_t tested = 0;
-        for (size_t i = (size_t)y0 * W; i < (size_t)y1 * W; i++) tested += usable[i] && core[i];
+        const size_t i0 = (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
         const size_t window = (size_t)(2 * R + 1) * (2 * R + 1);
-        if (!std::is_floating_point<T>::value && tested * window <= (size_t)(y1 - y0) * W * 4) {
-            for (uint32_t y = y0; y < y1; y++) {
-                const uint8_t *ok = usable + (size_t)y * W, *c = core + (size_t)y * W;
-                for (uint32_t x = 0; x < W; x++)
-                    if (ok[x] && c[x]) strong_test(y, x, window_background(frame, usable, core, H, W, R, y, x));
-            }
+        if (!std::is_floating_point<T>::value && count_both(usable + i0, core + i0, n) * window <= n * 4) {
+            for_each_both(usable + i0, core + i0, n, [&](size_t j) {
+                const uint32_t y = (uint32_t)((i0 + j) / W), x = (uint32_t)((i0 + j) % W);
+                strong_test(y, x, window_background(frame, usable, core, H, W, R, y, x));
+            });
             return;
         }
         box_sums_band<false>(H, W, R, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
