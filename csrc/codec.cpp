@@ -279,6 +279,12 @@ struct EncodeScratch {
 };
 const size_t kKeepScratchBytes = (size_t)256 << 20;
 
+// The calling thread's buffers (one set for every pixel type, encoder and decoder).
+EncodeScratch &work_scratch() {
+    thread_local EncodeScratch sc;
+    return sc;
+}
+
 // A buffer of at least n elements; its contents are unspecified.
 template <class V>
 typename V::value_type *scratch(V &v, size_t n) {
@@ -393,7 +399,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     const int nt = resolve_threads(p.nthreads);
     const size_t N = (size_t)H * W;
     stage_begin();
-    thread_local EncodeScratch sc;
+    EncodeScratch &sc = work_scratch();
     struct Release {  // a frame too large to keep its buffers for the next one
         EncodeScratch &sc;
         size_t bytes;
@@ -564,6 +570,53 @@ BackgroundModel read_model(const ParsedChunk &pc, int nt) {
     return m;
 }
 
+// Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1).
+template <class T>
+bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
+    if (std::is_floating_point<T>::value) return false;
+    const TileGrid &g = m.grid;
+    for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
+        if (m.step[t] != 1.0f) return false;
+    return true;
+}
+
+// Number of nonzero bytes of a 0/1 map, eight at a time (see count_both in spots.cpp).
+size_t count_nonzero(const uint8_t *a, size_t n) {
+    size_t c = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, a + i, 8);
+        c += (w * 0x0101010101010101ull) >> 56;
+    }
+    for (; i < n; i++) c += a[i] != 0;
+    return c;
+}
+
+// Decodes n pixels of a step-1 tile row: exact ones from the values, the others from the
+// phase-0 codes (k = unzigzag(code) + pred; the conditional reconstructions keep k too,
+// their bin holding one value, which must be >= 0).
+template <class T>
+void decode_step1_span(const uint8_t *exact, T *out, size_t n, int64_t pred, bool conditional,
+                       const typename Storage<T>::Word *values, size_t *vi_io, const typename Storage<T>::Word *codes,
+                       size_t *ci_io) {
+    using S = Storage<T>;
+    size_t vi = *vi_io, ci = *ci_io;
+    const int64_t lo = conditional ? 0 : S::lo();
+    bool ok = true;
+    for (size_t x = 0; x < n; x++) {
+        if (exact[x]) {
+            out[x] = S::from_exact_word(values[vi++], pred);
+        } else {
+            const int64_t k = redml_unzigzag64(codes[ci++]) + pred;
+            ok &= (k >= lo) & (k <= S::hi());
+            out[x] = (T)k;
+        }
+    }
+    check(ok, REDML_E_CORRUPT, "decoded value out of range");
+    *vi_io = vi;
+    *ci_io = ci;
+}
+
 template <class T>
 void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     using S = Storage<T>;
@@ -586,27 +639,46 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (float st : model.step) check(st == lossless_step, REDML_E_CORRUPT, "lossy step in a lossless chunk");
     }
 
-    std::vector<uint8_t> exact(N);
+    // Work buffers kept by the calling thread across frames (see EncodeScratch).
+    EncodeScratch &sc = work_scratch();
+    struct Release {
+        EncodeScratch &sc;
+        size_t bytes;
+        ~Release() {
+            if (bytes > kKeepScratchBytes) sc = EncodeScratch();
+        }
+    } release{sc, N * (2 + 2 * sizeof(Word))};
+    uint8_t *exact = scratch(sc.exact, N);
     {
-        std::vector<uint8_t> runs(mask_s->raw_size);
-        decode_stream(mask_s->data, mask_s->stored_size, runs.data(), runs.size(), spec_for(h, *mask_s), nt);
-        check(decode_runs(runs.data(), runs.size(), exact.data(), N) == n_exact, REDML_E_CORRUPT,
+        uint8_t *runs = scratch(sc.usable, std::max<size_t>(1, mask_s->raw_size));
+        decode_stream(mask_s->data, mask_s->stored_size, runs, mask_s->raw_size, spec_for(h, *mask_s), nt);
+        check(decode_runs(runs, mask_s->raw_size, exact, N) == n_exact, REDML_E_CORRUPT,
               "exact mask does not match the exact pixel count");
     }
-    std::vector<Word> values(n_exact);
-    decode_stream(vals_s->data, vals_s->stored_size, (uint8_t *)values.data(), vals_s->raw_size,
-                  spec_for(h, *vals_s), nt);
-    std::vector<std::vector<Word>> codes(codes_s.size());
-    for (size_t ph = 0; ph < codes_s.size(); ph++) {
+    // The exact values, then each phase's codes (sizes checked by parse_chunk: n_exact
+    // values and N - n_exact codes in all).
+    Word *values = (Word *)scratch(sc.words, (N * sizeof(Word) + 3) / 4);
+    decode_stream(vals_s->data, vals_s->stored_size, (uint8_t *)values, vals_s->raw_size, spec_for(h, *vals_s), nt);
+    std::vector<Word *> codes(codes_s.size());
+    std::vector<size_t> code_count(codes_s.size());
+    for (size_t ph = 0, pos = n_exact; ph < codes_s.size(); ph++) {
         const Section *cs = codes_s[ph];
-        codes[ph].resize(cs->raw_size / sizeof(Word));
-        decode_stream(cs->data, cs->stored_size, (uint8_t *)codes[ph].data(), cs->raw_size, spec_for(h, *cs), nt);
+        codes[ph] = values + pos;
+        code_count[ph] = cs->raw_size / sizeof(Word);
+        pos += code_count[ph];
+        decode_stream(cs->data, cs->stored_size, (uint8_t *)codes[ph], cs->raw_size, spec_for(h, *cs), nt);
     }
 
     // Where each band starts in the value stream and in each code stream.
     const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand, nph = codes.size();
     std::vector<size_t> band_exact(nbands + 1, 0), band_codes((nbands + 1) * std::max<size_t>(nph, 1), 0);
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
+        if (nph && band_is_step1<T>(model, y0, y1)) {  // every code of the band has phase 0
+            const size_t ne = count_nonzero(exact + (size_t)y0 * W, (size_t)(y1 - y0) * W);
+            band_exact[b + 1] = ne;
+            band_codes[(b + 1) * nph] = (size_t)(y1 - y0) * W - ne;
+            return;
+        }
         size_t c = 0;
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
@@ -627,7 +699,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (size_t ph = 0; ph < nph; ph++) band_codes[(b + 1) * nph + ph] += band_codes[b * nph + ph];
     }
     for (size_t ph = 0; ph < nph; ph++)
-        check(band_codes[nbands * nph + ph] == codes[ph].size(), REDML_E_CORRUPT,
+        check(band_codes[nbands * nph + ph] == code_count[ph], REDML_E_CORRUPT,
               "background code stream length does not match its phase");
     const bool poisson = recon == REDML_RECON_POISSON;
     const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
@@ -643,6 +715,12 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                 const TileCoder<T> tc(step, model.mean[t], pred);
                 uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
                 size_t row = (size_t)y * W;
+                if (!S::is_float && step == 1.0 && h.mode != REDML_MODE_SPARSE) {
+                    // step 1: phase 0, code = zigzag residual (the general path below reduces to this)
+                    decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred, conditional, values, &vi,
+                                         codes[0], &ci[0]);
+                    continue;
+                }
                 for (uint32_t x = x0; x < x1; x++) {
                     size_t i = row + x;
                     if (exact[i]) {

@@ -78,6 +78,11 @@ struct FinderScratch {
 };
 const size_t kKeepBytes = (size_t)128 << 20;
 
+FinderScratch &finder_scratch() {  // the calling thread's, one set for every pixel type
+    thread_local FinderScratch sc;
+    return sc;
+}
+
 template <class V>
 typename V::value_type *scratch(V &v, size_t n) {
     if (v.size() < n) {
@@ -375,7 +380,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     const size_t N = (size_t)H * W;
     const int k = std::max(1, fp.kernel);
     const double g = fp.gain;
-    thread_local FinderScratch sc;
+    FinderScratch &sc = finder_scratch();
     struct Release {
         FinderScratch &sc;
         size_t bytes;
