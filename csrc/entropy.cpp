@@ -155,6 +155,23 @@ void decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint
     check(!ZSTD_isError(r) && r == raw, REDML_E_CORRUPT, "zstd block does not decode to its declared size");
 }
 
+// Per-thread block buffers, reused across blocks and frames (a fresh vector per block was
+// an mmap, zeroing and page faults for every block of every frame).
+struct BlockScratch {
+    std::vector<uint8_t> shuffled, packed;
+};
+BlockScratch &block_scratch() {
+    thread_local BlockScratch sc;
+    return sc;
+}
+uint8_t *grow(std::vector<uint8_t> &v, size_t n) {
+    if (v.size() < n) {
+        std::vector<uint8_t>().swap(v);
+        v.resize(n);
+    }
+    return v.data();
+}
+
 size_t count_blocks(size_t raw_size, const StreamSpec &spec) {
     size_t bb = block_bytes(spec);
     return (raw_size + bb - 1) / bb;
@@ -227,17 +244,12 @@ std::vector<uint8_t> encode_stream(const uint8_t *raw, size_t raw_size, const St
     std::vector<std::vector<uint8_t>> out(nblocks);
     parallel_for(nblocks, nthreads, [&](size_t k) {
         size_t off = k * bb, n = std::min(bb, raw_size - off);
-        std::vector<uint8_t> shuffled(n);
-        shuffle(spec, raw + off, shuffled.data(), n);
-        std::vector<uint8_t> &dst = out[k];
-        dst.resize(cap);
-        size_t c = compress_block(spec, shuffled.data(), n, dst.data(), cap);
-        if (c == 0) {  // incompressible: store the unshuffled bytes
-            dst.assign(raw + off, raw + off + n);
-        } else {
-            dst.resize(c);
-            dst.shrink_to_fit();
-        }
+        BlockScratch &sc = block_scratch();
+        uint8_t *shuffled = grow(sc.shuffled, n), *packed = grow(sc.packed, cap);
+        shuffle(spec, raw + off, shuffled, n);
+        size_t c = compress_block(spec, shuffled, n, packed, cap);
+        if (c == 0) out[k].assign(raw + off, raw + off + n);  // incompressible: the unshuffled bytes
+        else out[k].assign(packed, packed + c);
     });
     size_t total = 4 + 4 * nblocks;
     for (auto &b : out) total += b.size();
@@ -298,9 +310,9 @@ void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size
             std::memcpy(dst, src, n);
             return;
         }
-        std::vector<uint8_t> shuffled(n);
-        decompress_block(spec, src, len & ~kRawFlag, shuffled.data(), n);
-        unshuffle(spec, shuffled.data(), dst, n);
+        uint8_t *shuffled = grow(block_scratch().shuffled, n);
+        decompress_block(spec, src, len & ~kRawFlag, shuffled, n);
+        unshuffle(spec, shuffled, dst, n);
     });
 }
 
