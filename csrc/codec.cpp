@@ -592,6 +592,23 @@ size_t count_nonzero(const uint8_t *a, size_t n) {
     return c;
 }
 
+// out[j] = unzigzag(codes[j]) + pred for j < n; whether all lie in [lo, T's max].
+template <class T>
+bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restrict out, size_t n, int64_t pred,
+                  int64_t lo) {
+    // 16-bit pixels: codes, predictions and results all fit 32-bit arithmetic (vectorizes)
+    using A = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+    A kmin = std::numeric_limits<A>::max(), kmax = std::numeric_limits<A>::min();
+    for (size_t j = 0; j < n; j++) {
+        const A z = (A)codes[j];
+        const A k = ((z >> 1) ^ -(z & 1)) + (A)pred;
+        kmin = std::min(kmin, k);
+        kmax = std::max(kmax, k);
+        out[j] = (T)k;
+    }
+    return n == 0 || ((int64_t)kmin >= lo && (int64_t)kmax <= Storage<T>::hi());
+}
+
 // Decodes n pixels of a step-1 tile row: exact ones from the values, the others from the
 // phase-0 codes (k = unzigzag(code) + pred; the conditional reconstructions keep k too,
 // their bin holding one value, which must be >= 0).
@@ -603,14 +620,16 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, int64_t pred, boo
     size_t vi = *vi_io, ci = *ci_io;
     const int64_t lo = conditional ? 0 : S::lo();
     bool ok = true;
-    for (size_t x = 0; x < n; x++) {
+    for (size_t x = 0; x < n;) {
         if (exact[x]) {
             out[x] = S::from_exact_word(values[vi++], pred);
-        } else {
-            const int64_t k = redml_unzigzag64(codes[ci++]) + pred;
-            ok &= (k >= lo) & (k <= S::hi());
-            out[x] = (T)k;
+            x++;
+            continue;
         }
+        const size_t end = run_end(exact, x, n, false);  // a run of coded pixels: one tight loop
+        ok &= decode_codes<T>(codes + ci, out + x, end - x, pred, lo);
+        ci += end - x;
+        x = end;
     }
     check(ok, REDML_E_CORRUPT, "decoded value out of range");
     *vi_io = vi;

@@ -179,22 +179,47 @@ size_t count_blocks(size_t raw_size, const StreamSpec &spec) {
 
 }  // namespace
 
+// The byte (un)shuffle of E-byte elements with E known at compile time: loops the
+// compiler turns into vector shuffles.
+template <int E>
+void byte_shuffle_fixed(const uint8_t *__restrict src, uint8_t *__restrict dst, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < E; b++) dst[(size_t)b * n + i] = src[i * E + b];
+}
+template <int E>
+void byte_unshuffle_fixed(const uint8_t *__restrict src, uint8_t *__restrict dst, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < E; b++) dst[i * E + b] = src[(size_t)b * n + i];
+}
+
 void byte_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
     size_t n = nbytes / (size_t)elem;
-    for (int b = 0; b < elem; b++) {
-        uint8_t *plane = dst + (size_t)b * n;
-        const uint8_t *s = src + b;
-        for (size_t i = 0; i < n; i++) plane[i] = s[i * (size_t)elem];
+    if (elem == 2) {
+        byte_shuffle_fixed<2>(src, dst, n);
+    } else if (elem == 4) {
+        byte_shuffle_fixed<4>(src, dst, n);
+    } else {
+        for (int b = 0; b < elem; b++) {
+            uint8_t *plane = dst + (size_t)b * n;
+            const uint8_t *s = src + b;
+            for (size_t i = 0; i < n; i++) plane[i] = s[i * (size_t)elem];
+        }
     }
     std::memcpy(dst + n * (size_t)elem, src + n * (size_t)elem, nbytes - n * (size_t)elem);
 }
 
 void byte_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
     size_t n = nbytes / (size_t)elem;
-    for (int b = 0; b < elem; b++) {
-        const uint8_t *plane = src + (size_t)b * n;
-        uint8_t *d = dst + b;
-        for (size_t i = 0; i < n; i++) d[i * (size_t)elem] = plane[i];
+    if (elem == 2) {
+        byte_unshuffle_fixed<2>(src, dst, n);
+    } else if (elem == 4) {
+        byte_unshuffle_fixed<4>(src, dst, n);
+    } else {
+        for (int b = 0; b < elem; b++) {
+            const uint8_t *plane = src + (size_t)b * n;
+            uint8_t *d = dst + b;
+            for (size_t i = 0; i < n; i++) d[i * (size_t)elem] = plane[i];
+        }
     }
     std::memcpy(dst + n * (size_t)elem, src + n * (size_t)elem, nbytes - n * (size_t)elem);
 }
