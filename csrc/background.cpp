@@ -147,15 +147,7 @@ BackgroundModel fit_background(const T *frame, const uint8_t *usable, const Tile
 
 double interpolate_mean(const BackgroundModel &m, uint32_t y, uint32_t x) {
     const TileGrid &g = m.grid;
-    // Position in tile-centre coordinates, clamped to the outermost centres.
-    double fy = ((double)y + 0.5) / g.tile - 0.5, fx = ((double)x + 0.5) / g.tile - 0.5;
-    fy = std::min(std::max(fy, 0.0), (double)(g.rows - 1));
-    fx = std::min(std::max(fx, 0.0), (double)(g.cols - 1));
-    uint32_t y0 = (uint32_t)fy, x0 = (uint32_t)fx;
-    uint32_t y1 = std::min(y0 + 1, g.rows - 1), x1 = std::min(x0 + 1, g.cols - 1);
-    double wy = fy - y0, wx = fx - x0;
-    auto at = [&](uint32_t ty, uint32_t tx) { return (double)m.mean[(size_t)ty * g.cols + tx]; };
-    return (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) + wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1));
+    return bilinear_at(m, bilinear_axis(y, g.tile, g.rows), bilinear_axis(x, g.tile, g.cols));
 }
 
 #define REDML_INSTANTIATE(T)                                                                    \

@@ -31,4 +31,23 @@ BackgroundModel fit_background(const T *frame, const uint8_t *usable, const Tile
 // Model value at a pixel, bilinear between tile centres (used by the sparse mode).
 double interpolate_mean(const BackgroundModel &m, uint32_t y, uint32_t x);
 
+// interpolate_mean in two steps, for callers that reuse a row's or a column's terms:
+// the neighbouring tile centres of pixel coordinate p and its weight, then the value.
+struct BilinearAxis {
+    uint32_t i0, i1;
+    double w;
+};
+inline BilinearAxis bilinear_axis(uint32_t p, uint32_t tile, uint32_t count) {
+    // Position in tile-centre coordinates, clamped to the outermost centres.
+    double f = ((double)p + 0.5) / tile - 0.5;
+    f = f < 0.0 ? 0.0 : (f > (double)(count - 1) ? (double)(count - 1) : f);
+    uint32_t i0 = (uint32_t)f;
+    return BilinearAxis{i0, i0 + 1 < count ? i0 + 1 : count - 1, f - i0};
+}
+inline double bilinear_at(const BackgroundModel &m, const BilinearAxis &r, const BilinearAxis &c) {
+    auto at = [&](uint32_t ty, uint32_t tx) { return (double)m.mean[(size_t)ty * m.grid.cols + tx]; };
+    return (1 - r.w) * ((1 - c.w) * at(r.i0, c.i0) + c.w * at(r.i0, c.i1)) +
+           r.w * ((1 - c.w) * at(r.i1, c.i0) + c.w * at(r.i1, c.i1));
+}
+
 }  // namespace redml

@@ -570,6 +570,22 @@ BackgroundModel read_model(const ParsedChunk &pc, int nt) {
     return m;
 }
 
+// interpolate_mean with each row's and column's terms computed once (background.h).
+class Bilinear {
+  public:
+    Bilinear() = default;
+    explicit Bilinear(const BackgroundModel &m) : m_(&m) {
+        const TileGrid &g = m.grid;
+        for (uint32_t y = 0; y < g.height; y++) rows_.push_back(bilinear_axis(y, g.tile, g.rows));
+        for (uint32_t x = 0; x < g.width; x++) cols_.push_back(bilinear_axis(x, g.tile, g.cols));
+    }
+    double at(uint32_t y, uint32_t x) const { return bilinear_at(*m_, rows_[y], cols_[x]); }
+
+  private:
+    const BackgroundModel *m_ = nullptr;
+    std::vector<BilinearAxis> rows_, cols_;
+};
+
 // Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1).
 template <class T>
 bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
@@ -615,7 +631,7 @@ bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restri
 template <class T>
 void decode_step1_span(const uint8_t *exact, T *out, size_t n, int64_t pred, bool conditional,
                        const typename Storage<T>::Word *values, size_t *vi_io, const typename Storage<T>::Word *codes,
-                       size_t *ci_io) {
+                       size_t n_codes, size_t *ci_io) {
     using S = Storage<T>;
     size_t vi = *vi_io, ci = *ci_io;
     const int64_t lo = conditional ? 0 : S::lo();
@@ -627,6 +643,7 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, int64_t pred, boo
             continue;
         }
         const size_t end = run_end(exact, x, n, false);  // a run of coded pixels: one tight loop
+        check(end - x <= n_codes - ci, REDML_E_CORRUPT, "background code stream length does not match its phase");
         ok &= decode_codes<T>(codes + ci, out + x, end - x, pred, lo);
         ci += end - x;
         x = end;
@@ -688,8 +705,70 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         decode_stream(cs->data, cs->stored_size, (uint8_t *)codes[ph], cs->raw_size, spec_for(h, *cs), nt);
     }
 
-    // Where each band starts in the value stream and in each code stream.
-    const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand, nph = codes.size();
+    const size_t nph = codes.size();
+    const bool poisson = recon == REDML_RECON_POISSON;
+    const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
+    const Bilinear bilinear = conditional || h.mode == REDML_MODE_SPARSE ? Bilinear(model) : Bilinear();
+    // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on;
+    // every code read is checked against its stream's length.
+    auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
+        for (uint32_t y = y0; y < y1; y++) {
+            for (uint32_t tx = 0; tx < g.cols; tx++) {
+                size_t t = (size_t)(y / g.tile) * g.cols + tx;
+                const int64_t pred = preds[t];
+                const double step = model.step[t];
+                const TileCoder<T> tc(step, model.mean[t], pred);
+                uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
+                size_t row = (size_t)y * W;
+                if (!S::is_float && step == 1.0 && h.mode != REDML_MODE_SPARSE) {
+                    // step 1: phase 0, code = zigzag residual (the general path below reduces to this)
+                    decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred, conditional, values, &vi,
+                                         codes[0], code_count[0], &ci[0]);
+                    continue;
+                }
+                for (uint32_t x = x0; x < x1; x++) {
+                    size_t i = row + x;
+                    if (exact[i]) {
+                        out[i] = S::from_exact_word(values[vi++], pred);
+                    } else if (h.mode != REDML_MODE_SPARSE) {
+                        auto px = tc.at(h.seed, i);
+                        check(ci[px.phase] < code_count[px.phase], REDML_E_CORRUPT,
+                              "background code stream length does not match its phase");
+                        Word sym = codes[px.phase][ci[px.phase]++];
+                        if constexpr (S::is_float) {
+                            check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+                            out[i] = redml_recon_float(sym, step, px.u_float, px.base);
+                        } else if (conditional) {
+                            int64_t a, b;
+                            redml_bin_int(sym, tc.s_int, px.u_int, px.base, &a, &b);
+                            check(b >= 0 && b <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
+                            double lambda = bilinear.at(y, x);
+                            out[i] = (T)redml_recon_conditional(a, b, lambda, recon == REDML_RECON_DRAW, h.seed, i);
+                        } else {
+                            int64_t r = redml_recon_int(sym, tc.s_int, px.u_int, px.base);
+                            check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
+                            out[i] = (T)r;
+                        }
+                    } else {  // sparse: the model, made unbiased (dither) or noisy (Poisson)
+                        double v = std::max(0.0, bilinear.at(y, x));
+                        double r = poisson ? (double)h.gain * (double)redml_poisson(v / h.gain, h.seed, i)
+                                           : (S::is_float ? v : (double)redml_dithered_round(v, h.seed, i));
+                        if constexpr (S::is_float) out[i] = (T)r;
+                        else out[i] = (T)std::min((double)S::hi(), std::floor(r + 0.5));
+                    }
+                }
+            }
+        }
+    };
+    const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
+    if (nt <= 1 || nbands == 1) {  // one pass in raster order: no need to know where bands start
+        std::vector<size_t> ci(std::max<size_t>(nph, 1), 0);
+        reconstruct(0, H, 0, ci.data());
+        for (size_t ph = 0; ph < nph; ph++)
+            check(ci[ph] == code_count[ph], REDML_E_CORRUPT, "background code stream length does not match its phase");
+        return;
+    }
+    // Bands in parallel: where each band starts in the value stream and in each code stream.
     std::vector<size_t> band_exact(nbands + 1, 0), band_codes((nbands + 1) * std::max<size_t>(nph, 1), 0);
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         if (nph && band_is_step1<T>(model, y0, y1)) {  // every code of the band has phase 0
@@ -720,57 +799,10 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     for (size_t ph = 0; ph < nph; ph++)
         check(band_codes[nbands * nph + ph] == code_count[ph], REDML_E_CORRUPT,
               "background code stream length does not match its phase");
-    const bool poisson = recon == REDML_RECON_POISSON;
-    const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
-        size_t vi = band_exact[b];
-        std::vector<size_t> ci(nph);
+        std::vector<size_t> ci(std::max<size_t>(nph, 1), 0);
         for (size_t ph = 0; ph < nph; ph++) ci[ph] = band_codes[b * nph + ph];
-        for (uint32_t y = y0; y < y1; y++) {
-            for (uint32_t tx = 0; tx < g.cols; tx++) {
-                size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                const int64_t pred = preds[t];
-                const double step = model.step[t];
-                const TileCoder<T> tc(step, model.mean[t], pred);
-                uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
-                size_t row = (size_t)y * W;
-                if (!S::is_float && step == 1.0 && h.mode != REDML_MODE_SPARSE) {
-                    // step 1: phase 0, code = zigzag residual (the general path below reduces to this)
-                    decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred, conditional, values, &vi,
-                                         codes[0], &ci[0]);
-                    continue;
-                }
-                for (uint32_t x = x0; x < x1; x++) {
-                    size_t i = row + x;
-                    if (exact[i]) {
-                        out[i] = S::from_exact_word(values[vi++], pred);
-                    } else if (h.mode != REDML_MODE_SPARSE) {
-                        auto px = tc.at(h.seed, i);
-                        Word sym = codes[px.phase][ci[px.phase]++];
-                        if constexpr (S::is_float) {
-                            check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                            out[i] = redml_recon_float(sym, step, px.u_float, px.base);
-                        } else if (conditional) {
-                            int64_t a, b;
-                            redml_bin_int(sym, tc.s_int, px.u_int, px.base, &a, &b);
-                            check(b >= 0 && b <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
-                            double lambda = interpolate_mean(model, y, x);
-                            out[i] = (T)redml_recon_conditional(a, b, lambda, recon == REDML_RECON_DRAW, h.seed, i);
-                        } else {
-                            int64_t r = redml_recon_int(sym, tc.s_int, px.u_int, px.base);
-                            check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
-                            out[i] = (T)r;
-                        }
-                    } else {  // sparse: the model, made unbiased (dither) or noisy (Poisson)
-                        double v = std::max(0.0, interpolate_mean(model, y, x));
-                        double r = poisson ? (double)h.gain * (double)redml_poisson(v / h.gain, h.seed, i)
-                                           : (S::is_float ? v : (double)redml_dithered_round(v, h.seed, i));
-                        if constexpr (S::is_float) out[i] = (T)r;
-                        else out[i] = (T)std::min((double)S::hi(), std::floor(r + 0.5));
-                    }
-                }
-            }
-        }
+        reconstruct(y0, y1, band_exact[b], ci.data());
     });
 }
 

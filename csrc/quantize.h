@@ -244,8 +244,12 @@ REDML_HD int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, in
     int64_t m = fl < (double)a ? a : (fl > (double)b ? b : (int64_t)fl);
     double wa = 1.0;
     for (int64_t x = m; x > a; x--) wa *= (double)x / lambda;
+    /* The draw walks the same weights again: those of a narrow bin are kept. */
+    enum { KEPT = 16 };
+    double kept[KEPT];
     double total = 0.0, moment = 0.0, w = wa;
     for (int64_t x = a; x <= b; x++) {
+        if (x - a < KEPT) kept[x - a] = w;
         total += w;
         moment += (double)(x - a) * w;
         w *= lambda / (double)(x + 1);
@@ -256,6 +260,13 @@ REDML_HD int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, in
         return r > b ? b : r;
     }
     double target = redml_uniform(seed, idx, 6) * total, c = 0.0;
+    if (b - a < KEPT) {
+        for (int64_t x = a; x <= b; x++) {
+            c += kept[x - a];
+            if (c > target) return x;
+        }
+        return b;
+    }
     w = wa;
     for (int64_t x = a; x <= b; x++) {
         c += w;
