@@ -309,6 +309,25 @@ void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_
     }
 }
 
+// The codes of n step-1 pixels, written as if none were kept exactly; whether none is
+// (then they are the span's codes). A loop without stores that depend on the data, so it
+// vectorizes (32-bit arithmetic for 16-bit pixels, where residuals fit).
+template <class T>
+bool step1_codes(const T *__restrict f, const uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
+                 int64_t pred, typename Storage<T>::Word *__restrict codes) {
+    using S = Storage<T>;
+    using A = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+    using U = typename std::make_unsigned<A>::type;
+    int keep = 0;
+    for (size_t i = 0; i < n; i++) {
+        const A d = (A)f[i] - (A)pred;
+        const U z = ((U)d << 1) ^ (U)(d >> (8 * sizeof(A) - 1));
+        keep |= (exact[i] != 0) | (usable[i] == 0) | (z > (U)S::sym_max);
+        codes[i] = (typename S::Word)z;
+    }
+    return !keep;
+}
+
 // Step-1 pixels of one tile row: branch-free, counters in registers.
 template <class T>
 void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
@@ -317,6 +336,10 @@ void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t 
     using S = Storage<T>;
     using Word = typename S::Word;
     size_t nv = *nv_io, nc = *nc_io;
+    if (step1_codes(f, exact, usable, n, pred, codes + nc)) {  // no pixel kept exactly (the usual span)
+        *nc_io = nc + n;
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         const uint64_t z = redml_zigzag64((int64_t)f[i] - pred);
         const bool keep = (exact[i] != 0) | (usable[i] == 0) | (z > S::sym_max);
