@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -54,6 +55,19 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
     return mean;
 }
 
+// Whether all n bytes of a 0/1 map are 1, eight at a time.
+bool all_set(const uint8_t *p, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        if (w != 0x0101010101010101ull) return false;
+    }
+    for (; i < n; i++)
+        if (p[i] != 1) return false;
+    return true;
+}
+
 // The usable pixels of one tile, gathered branch-free into buf (as the integer or double
 // type clipped_mean sums).
 template <class T, class V>
@@ -62,9 +76,14 @@ size_t gather_tile(const T *frame, const uint8_t *usable, const TileGrid &g, uin
     uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
     size_t n = 0;
     for (uint32_t y = y0; y < y1; y++) {
-        const T *row = frame + (size_t)y * g.width;
-        const uint8_t *ok = usable + (size_t)y * g.width;
-        for (uint32_t x = x0; x < x1; x++) {
+        const T *row = frame + (size_t)y * g.width + x0;
+        const uint8_t *ok = usable + (size_t)y * g.width + x0;
+        if (all_set(ok, x1 - x0)) {  // the usual row: a plain (vectorized) copy
+            for (uint32_t x = 0; x < x1 - x0; x++) buf[n + x] = (V)row[x];
+            n += x1 - x0;
+            continue;
+        }
+        for (uint32_t x = 0; x < x1 - x0; x++) {
             buf[n] = (V)row[x];
             n += ok[x] != 0;
         }
@@ -82,6 +101,11 @@ float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g
         size_t n = gather_tile(frame, usable, g, ty, tx, dbuf.data());
         return (float)clipped_mean(dbuf.data(), n, p, clip_limit);
     } else {
+        if constexpr (sizeof(T) == 2) {  // 16-bit pixels: 32-bit values (the passes vectorize)
+            int32_t *v = (int32_t *)ibuf.data();
+            size_t n = gather_tile(frame, usable, g, ty, tx, v);
+            return (float)clipped_mean(v, n, p, clip_limit);
+        }
         size_t n = gather_tile(frame, usable, g, ty, tx, ibuf.data());
         return (float)clipped_mean(ibuf.data(), n, p, clip_limit);
     }
