@@ -91,9 +91,11 @@ REDML_HD float redml_step_float(double mean, double q, double gain, double mu_mi
 /* floor(a / s) for s >= 1 using a precomputed inv_s = 1.0 / s: the floating-point
  * estimate is corrected to the exact integer result (|a| < 2^40). */
 REDML_HD int64_t redml_floordiv_inv(int64_t a, int64_t s, double inv_s) {
-    int64_t k = (int64_t)floor((double)a * inv_s);
-    if (k * s > a) k--;
-    else if ((k + 1) * s <= a) k++;
+    /* the truncated estimate (no floor(): a libm call without SSE4.1, and its conversion
+       back a dependency chain) is corrected to the exact result in integers */
+    int64_t k = (int64_t)((double)a * inv_s);
+    while (k * s > a) k--;
+    while ((k + 1) * s <= a) k++;
     return k;
 }
 
@@ -150,11 +152,10 @@ REDML_HD redml_offset_tile redml_offset_setup(int64_t pred, int64_t s) {
 }
 
 REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t s, unsigned *phase) {
-    int64_t r = o->pred_r + u, k = o->pred_q;
-    if (r >= s) {
-        r -= s;
-        k += 1;
-    }
+    int64_t r = o->pred_r + u;
+    const int64_t wrap = r >= s; /* branch-free: taken half the time, at random */
+    r -= wrap * s;
+    const int64_t k = o->pred_q + wrap;
     *phase = (unsigned)(((uint64_t)r * o->phase_mul) >> 32);
     return k;
 }
