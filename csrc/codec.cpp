@@ -127,26 +127,12 @@ void put_varint(std::vector<uint8_t> &out, uint64_t v) {
     out.push_back((uint8_t)v);
 }
 
-// End of the run starting at i of zero bytes (nonzero = false) or of nonzero bytes,
-// eight bytes at a time.
-size_t run_end(const uint8_t *p, size_t i, size_t n, bool nonzero) {
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, p + i, 8);
-        const bool has_zero = ((w - ones) & ~w & highs) != 0;
-        if (nonzero ? has_zero : w != 0) break;
-    }
-    while (i < n && (p[i] != 0) == nonzero) i++;
-    return i;
-}
-
 std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
     std::vector<uint8_t> out;
     bool cur = false;
     size_t i = 0;
     while (i < n) {
-        size_t j = run_end(exact, i, n, cur);
+        size_t j = byte_run_end(exact, i, n, cur);
         put_varint(out, j - i);
         i = j;
         cur = !cur;
@@ -619,18 +605,6 @@ bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
     return true;
 }
 
-// Number of nonzero bytes of a 0/1 map, eight at a time (see count_both in spots.cpp).
-size_t count_nonzero(const uint8_t *a, size_t n) {
-    size_t c = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, a + i, 8);
-        c += (w * 0x0101010101010101ull) >> 56;
-    }
-    for (; i < n; i++) c += a[i] != 0;
-    return c;
-}
-
 // out[j] = unzigzag(codes[j]) + pred for j < n; whether all lie in [lo, T's max].
 template <class T>
 bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restrict out, size_t n, int64_t pred,
@@ -665,7 +639,7 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, int64_t pred, boo
             x++;
             continue;
         }
-        const size_t end = run_end(exact, x, n, false);  // a run of coded pixels: one tight loop
+        const size_t end = byte_run_end(exact, x, n, false);  // a run of coded pixels: one tight loop
         check(end - x <= n_codes - ci, REDML_E_CORRUPT, "background code stream length does not match its phase");
         ok &= decode_codes<T>(codes + ci, out + x, end - x, pred, lo);
         ci += end - x;
@@ -795,7 +769,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     std::vector<size_t> band_exact(nbands + 1, 0), band_codes((nbands + 1) * std::max<size_t>(nph, 1), 0);
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         if (nph && band_is_step1<T>(model, y0, y1)) {  // every code of the band has phase 0
-            const size_t ne = count_nonzero(exact + (size_t)y0 * W, (size_t)(y1 - y0) * W);
+            const size_t ne = count_ones(exact + (size_t)y0 * W, nullptr, (size_t)(y1 - y0) * W);
             band_exact[b + 1] = ne;
             band_codes[(b + 1) * nph] = (size_t)(y1 - y0) * W - ne;
             return;

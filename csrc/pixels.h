@@ -1,6 +1,8 @@
 // pixels.h: dtype dispatch and per-type facts shared by the pipeline stages.
 #pragma once
 #include <cmath>
+#include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -44,6 +46,35 @@ inline bool is_special_value(T v) {
     } else {
         return v < 0 || v == std::numeric_limits<T>::max();
     }
+}
+
+// ---- 0/1 byte maps (usable, exact, candidate, strong pixels), eight bytes at a time ----
+
+// End of the run of zero bytes (nonzero = false) or of nonzero bytes starting at i.
+inline size_t byte_run_end(const uint8_t *p, size_t i, size_t n, bool nonzero) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        const bool has_zero = ((w - ones) & ~w & highs) != 0;
+        if (nonzero ? has_zero : w != 0) break;
+    }
+    while (i < n && (p[i] != 0) == nonzero) i++;
+    return i;
+}
+
+// Number of i < n with a[i] = 1 and (b == nullptr or b[i] = 1), for maps of 0/1 bytes:
+// the byte sum of a word of 0/1 bytes is its product with 0x0101... shifted down by 56.
+inline size_t count_ones(const uint8_t *a, const uint8_t *b, size_t n) {
+    size_t c = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t wa, wb = ~0ull;
+        std::memcpy(&wa, a + i, 8);
+        if (b) std::memcpy(&wb, b + i, 8);
+        c += ((wa & wb) * 0x0101010101010101ull) >> 56;
+    }
+    for (; i < n; i++) c += a[i] & (b ? b[i] : 1);
+    return c;
 }
 
 }  // namespace redml

@@ -118,18 +118,34 @@ void window_row(const uint8_t *in, uint8_t *out, uint32_t W, int r, uint8_t *pad
 }
 
 // Rows [y0, y1) of `out`: the column-wise AND (OR) of `rows` over 2r+1 rows, clipped.
+// any[y]: whether row y of `rows` has a nonzero byte (an all-zero row decides an AND
+// alone, and an OR of all-zero rows is zero: no pass over the bytes).
 template <bool And>
-void window_columns(const uint8_t *rows, uint8_t *out, uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1) {
+void window_columns(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H, uint32_t W, int r,
+                    uint32_t y0, uint32_t y1) {
     for (uint32_t y = y0; y < y1; y++) {
         uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
         uint8_t *__restrict o = out + (size_t)y * W;
-        std::memcpy(o, rows + (size_t)ya * W, W);
-        for (uint32_t yy = ya + 1; yy <= yb; yy++) {
+        bool all_any = true, some_any = false;
+        for (uint32_t yy = ya; yy <= yb; yy++) {
+            all_any &= any[yy] != 0;
+            some_any |= any[yy] != 0;
+        }
+        if (And ? !all_any : !some_any) {
+            std::memset(o, 0, W);
+            continue;
+        }
+        bool first = true;  // rows without a nonzero byte were not written by the row pass
+        for (uint32_t yy = ya; yy <= yb; yy++) {
+            if (!any[yy]) continue;
             const uint8_t *__restrict a = rows + (size_t)yy * W;
-            if (And)
+            if (first)
+                std::memcpy(o, a, W);
+            else if (And)
                 for (uint32_t x = 0; x < W; x++) o[x] &= a[x];
             else
                 for (uint32_t x = 0; x < W; x++) o[x] |= a[x];
+            first = false;
         }
     }
 }
@@ -138,32 +154,23 @@ void window_columns(const uint8_t *rows, uint8_t *out, uint32_t H, uint32_t W, i
 // byte map; `rows` (H*W) holds the row pass. in may equal out.
 template <bool And>
 void window_filter(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
+    std::vector<uint8_t> any(H);
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
         std::vector<uint8_t> pad(W + 2 * (size_t)r);
-        for (uint32_t y = y0; y < y1; y++) window_row<And>(in + (size_t)y * W, rows + (size_t)y * W, W, r, pad.data());
+        for (uint32_t y = y0; y < y1; y++) {
+            const uint8_t *row = in + (size_t)y * W;
+            any[y] = byte_run_end(row, 0, W, false) < W;
+            if (any[y]) window_row<And>(row, rows + (size_t)y * W, W, r, pad.data());
+        }
     });
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        window_columns<And>(rows, out, H, W, r, y0, y1);
+        window_columns<And>(rows, any.data(), out, H, W, r, y0, y1);
     });
 }
 
 // AND of a (2r+1)^2 window (clipped to the frame): erosion of a 0/1 byte map.
 void erode(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
     window_filter<true>(in, out, rows, H, W, r, nthreads);
-}
-
-// Number of i < n with a[i] = b[i] = 1 (0/1 maps), eight bytes at a time: the byte sum
-// of a word of 0/1 bytes is its product with 0x0101... shifted down by 56.
-size_t count_both(const uint8_t *a, const uint8_t *b, size_t n) {
-    size_t c = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t wa, wb;
-        std::memcpy(&wa, a + i, 8);
-        std::memcpy(&wb, b + i, 8);
-        c += ((wa & wb) * 0x0101010101010101ull) >> 56;
-    }
-    for (; i < n; i++) c += a[i] & b[i];
-    return c;
 }
 
 // Calls fn(i) for each i < n with a[i] and b[i] both nonzero, skipping 8 bytes at a time
@@ -488,7 +495,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         // sums directly, instead of box sums over the whole band.
         const size_t i0 = (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
         const size_t window = (size_t)(2 * R + 1) * (2 * R + 1);
-        if (!std::is_floating_point<T>::value && count_both(usable + i0, core + i0, n) * window <= n * 4) {
+        if (!std::is_floating_point<T>::value && count_ones(usable + i0, core + i0, n) * window <= n * 4) {
             for_each_both(usable + i0, core + i0, n, [&](size_t j) {
                 const uint32_t y = (uint32_t)((i0 + j) / W), x = (uint32_t)((i0 + j) % W);
                 strong_test(y, x, window_background(frame, usable, core, H, W, R, y, x));
@@ -511,13 +518,10 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     for (uint32_t y = 0; y < H; y++) {
         row_start[y] = runs.size();
         const uint8_t *st = strong + (size_t)y * W;
-        for (uint32_t x = 0; x < W;) {
-            if (!st[x]) {
-                x++;
-                continue;
-            }
+        for (uint32_t x = (uint32_t)byte_run_end(st, 0, W, false); x < W;
+             x = (uint32_t)byte_run_end(st, x, W, false)) {
             uint32_t x0 = x;
-            while (x < W && st[x]) x++;
+            x = (uint32_t)byte_run_end(st, x, W, true);
             runs.push_back({y, x0, x, (uint32_t)runs.size()});
         }
     }
