@@ -8,7 +8,7 @@ encoder's time per stage.
 Method: the process is pinned to one core and every codec runs on one thread
 (REDML_NUM_THREADS, OMP_NUM_THREADS and blosc2's nthreads = 1); times are CPU time
 (time.process_time) of one call, the median over interleaved repeats (each repeat runs
-every setting on every frame, in a rotated order), so the peers and redml see the same
+every setting on every frame, in a shuffled order), so the peers and redml see the same
 machine load. Ratios to bitshuffle-LZ4 are taken in the same run.
 
 Frame sets: simulated JUNGFRAU 4M uint16 frames (Poisson background of 1 photon/px plus 300
@@ -36,6 +36,7 @@ os.environ["BLOSC_NTHREADS"] = "1"
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import random  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -129,7 +130,8 @@ def measure(fs: FrameSet, settings: list[Setting], repeats: int) -> dict:
     dec = {s.name: [[] for _ in frames] for s in settings}
     size = {s.name: 0 for s in settings}
     for r in range(repeats):
-        order = settings[r % len(settings):] + settings[:r % len(settings)]
+        order = list(settings)
+        random.Random(r).shuffle(order)  # what runs before a setting (allocator, caches) changes its time
         for s in order:
             for k, frame in enumerate(frames):
                 te, chunk = cpu_time(lambda: s.encode(frame))
