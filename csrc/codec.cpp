@@ -714,7 +714,6 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
                 const int64_t pred = preds[t];
                 const double step = model.step[t];
-                const TileCoder<T> tc(step, model.mean[t], pred);
                 uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
                 size_t row = (size_t)y * W;
                 if (!S::is_float && step == 1.0 && h.mode != REDML_MODE_SPARSE) {
@@ -723,6 +722,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                                          codes[0], code_count[0], &ci[0]);
                     continue;
                 }
+                const TileCoder<T> tc(step, model.mean[t], pred);
                 for (uint32_t x = x0; x < x1; x++) {
                     size_t i = row + x;
                     if (exact[i]) {

@@ -191,24 +191,51 @@ void for_each_both(const uint8_t *a, const uint8_t *b, size_t n, Fn fn) {
 }
 
 // The mean of the usable pixels outside the candidate cores in the (2R+1)^2 window
-// around (y, x), clipped to the frame: the strong test's local background at one pixel,
-// summed directly (integer data: exact, as the box sums are).
+// around (y, x), clipped to the frame: the strong test's local background at the tested
+// pixels, summed directly (integer data: exact, as the box sums are). Along a run of
+// tested pixels of one row the window slides: one column in, one column out.
 template <class T>
-double window_background(const T *frame, const uint8_t *usable, const uint8_t *core, uint32_t H, uint32_t W, int R,
-                         uint32_t y, uint32_t x) {
-    uint32_t ya = y >= (uint32_t)R ? y - R : 0, yb = std::min<uint32_t>(H - 1, y + R);
-    uint32_t xa = x >= (uint32_t)R ? x - R : 0, xb = std::min<uint32_t>(W - 1, x + R);
-    int64_t n = 0, sum = 0;
-    for (uint32_t yy = ya; yy <= yb; yy++) {
-        const size_t row = (size_t)yy * W;
-        for (uint32_t xx = xa; xx <= xb; xx++) {
-            const int64_t use = usable[row + xx] && !core[row + xx];
-            n += use;
-            sum += use ? (int64_t)frame[row + xx] : 0;
+class WindowBackground {
+  public:
+    WindowBackground(const T *frame, const uint8_t *usable, const uint8_t *core, uint32_t H, uint32_t W, int R)
+        : f_(frame), ok_(usable), core_(core), H_(H), W_(W), R_(R) {}
+
+    double at(uint32_t y, uint32_t x) {
+        if (!(valid_ && y == y_ && x == x_ + 1)) {
+            const uint32_t xa = x >= (uint32_t)R_ ? x - R_ : 0, xb = std::min<uint32_t>(W_ - 1, x + R_);
+            n_ = sum_ = 0;
+            for (uint32_t xx = xa; xx <= xb; xx++) add_column(y, xx, 1);
+        } else {  // slid right by one
+            if (x_ >= (uint32_t)R_) add_column(y, x_ - R_, -1);
+            if (x + R_ <= W_ - 1) add_column(y, x + R_, 1);
         }
+        valid_ = true;
+        y_ = y;
+        x_ = x;
+        return n_ >= 2 ? (double)sum_ / (double)n_ : 0.0;
     }
-    return n >= 2 ? (double)sum / (double)n : 0.0;
-}
+
+  private:
+    void add_column(uint32_t y, uint32_t x, int64_t sign) {
+        const uint32_t ya = y >= (uint32_t)R_ ? y - R_ : 0, yb = std::min<uint32_t>(H_ - 1, y + R_);
+        int64_t n = 0, sum = 0;
+        for (uint32_t yy = ya; yy <= yb; yy++) {  // branch-free (0/1 maps)
+            const size_t i = (size_t)yy * W_ + x;
+            const int64_t use = ok_[i] & (core_[i] ^ 1);
+            n += use;
+            sum += (int64_t)f_[i] * use;
+        }
+        n_ += sign * n;
+        sum_ += sign * sum;
+    }
+    const T *f_;
+    const uint8_t *ok_, *core_;
+    uint32_t H_, W_;
+    int R_;
+    bool valid_ = false;
+    uint32_t y_ = 0, x_ = 0;
+    int64_t n_ = 0, sum_ = 0;
+};
 
 struct Run {
     uint32_t y, x0, x1;  // [x0, x1)
@@ -496,9 +523,10 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         const size_t i0 = (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
         const size_t window = (size_t)(2 * R + 1) * (2 * R + 1);
         if (!std::is_floating_point<T>::value && count_ones(usable + i0, core + i0, n) * window <= n * 4) {
+            WindowBackground<T> background(frame, usable, core, H, W, R);
             for_each_both(usable + i0, core + i0, n, [&](size_t j) {
                 const uint32_t y = (uint32_t)((i0 + j) / W), x = (uint32_t)((i0 + j) % W);
-                strong_test(y, x, window_background(frame, usable, core, H, W, R, y, x));
+                strong_test(y, x, background.at(y, x));
             });
             return;
         }
