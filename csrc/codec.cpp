@@ -112,6 +112,19 @@ struct TileCoder {
     }
 };
 
+// Every tile's coder (three divisions each: built once per frame, not per tile row), or
+// none where no pixel needs one (sparse mode; integer frames whose tiles are all lossless).
+template <class T>
+std::vector<TileCoder<T>> tile_coders(const BackgroundModel &m, const std::vector<int64_t> &preds, bool coded) {
+    std::vector<TileCoder<T>> coders;
+    bool needed = coded && (std::is_floating_point<T>::value ||
+                            std::any_of(m.step.begin(), m.step.end(), [](float st) { return st != 1.0f; }));
+    if (!needed) return coders;
+    coders.reserve(m.step.size());
+    for (size_t t = 0; t < m.step.size(); t++) coders.emplace_back(m.step[t], m.mean[t], preds[t]);
+    return coders;
+}
+
 template <class Fn>
 void for_bands(uint32_t height, int nthreads, Fn fn) {
     for_row_bands(height, kRowsPerBand, nthreads, fn);
@@ -210,6 +223,31 @@ StreamSpec spec_for(const ChunkHeader &h, const Section &s) {
 
 // ---------------------------------------------------------------- encoder
 
+// Work buffers of one encode, kept by the calling thread across frames: no allocation,
+// zeroing or page faults per frame once they have grown to the frame's size. Released
+// after a frame above kKeepScratchBytes, so a one-off huge frame does not pin its memory.
+struct EncodeScratch {
+    std::vector<uint8_t> usable, exact, tags, background;
+    std::vector<uint32_t> words;  // band outputs, then the streams (as Words)
+};
+const size_t kKeepScratchBytes = (size_t)256 << 20;
+
+// The calling thread's buffers (one set for every pixel type, encoder and decoder).
+EncodeScratch &work_scratch() {
+    thread_local EncodeScratch sc;
+    return sc;
+}
+
+// A buffer of at least n elements; its contents are unspecified.
+template <class V>
+typename V::value_type *scratch(V &v, size_t n) {
+    if (v.size() < n) {
+        V().swap(v);
+        v.resize(n);
+    }
+    return v.data();
+}
+
 // The model the conditional reconstructions decode from: tile means of the background
 // pixels only (ROI pixels left out: spot signal in a tile would raise its mean, and every
 // background pixel decoded from it, so integrated intensities would come out low), and a
@@ -220,14 +258,18 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
                                                  uint32_t H, uint32_t W,
                                                  const redml_params &p, int nt) {
     const size_t N = (size_t)H * W;
-    std::vector<uint8_t> background(N);
-    for (size_t i = 0; i < N; i++) background[i] = usable[i] && !exact[i];
+    std::vector<uint8_t> &buffer = work_scratch().background;
+    uint8_t *background = scratch(buffer, N);
+    for (size_t i = 0; i < N; i++) background[i] = usable[i] & (exact[i] == 0);
     TileGrid g(H, W, p.tile);
-    BackgroundModel m = fit_background(f, background.data(), g, p, nt);
+    BackgroundModel m = fit_background(f, background, g, p, nt);
     std::vector<uint8_t> known(g.count(), 0);
     for (uint32_t y = 0; y < H; y++)
-        for (uint32_t x = 0; x < W; x++)
-            if (background[(size_t)y * W + x]) known[(size_t)(y / g.tile) * g.cols + x / g.tile] = 1;
+        for (uint32_t tx = 0; tx < g.cols; tx++) {  // a tile is known if any of its pixels is background
+            const size_t x0 = (size_t)tx * g.tile, len = std::min<size_t>(g.tile, W - x0);
+            uint8_t &k = known[(size_t)(y / g.tile) * g.cols + tx];
+            k |= byte_run_end(background + (size_t)y * W + x0, 0, len, false) < len;
+        }
     for (bool changed = true; changed;) {  // grow the known tiles into the empty ones
         changed = false;
         std::vector<uint8_t> next = known;
@@ -254,31 +296,6 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
         known.swap(next);
     }
     return m;
-}
-
-// Work buffers of one encode, kept by the calling thread across frames: no allocation,
-// zeroing or page faults per frame once they have grown to the frame's size. Released
-// after a frame above kKeepScratchBytes, so a one-off huge frame does not pin its memory.
-struct EncodeScratch {
-    std::vector<uint8_t> usable, exact, tags;
-    std::vector<uint32_t> words;  // band outputs, then the streams (as Words)
-};
-const size_t kKeepScratchBytes = (size_t)256 << 20;
-
-// The calling thread's buffers (one set for every pixel type, encoder and decoder).
-EncodeScratch &work_scratch() {
-    thread_local EncodeScratch sc;
-    return sc;
-}
-
-// A buffer of at least n elements; its contents are unspecified.
-template <class V>
-typename V::value_type *scratch(V &v, size_t n) {
-    if (v.size() < n) {
-        V().swap(v);
-        v.resize(n);
-    }
-    return v.data();
 }
 
 // usable[i] = 1 where pixel i is neither masked nor a special value (pixels.h), else 0.
@@ -350,7 +367,8 @@ struct BandCounts {
 template <class T>
 BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint32_t y0, uint32_t y1,
                                         uint32_t W, const BackgroundModel &model, const std::vector<int64_t> &preds,
-                                        const redml_params &p, bool coded, bool conditional,
+                                        const std::vector<TileCoder<T>> &coders, const redml_params &p, bool coded,
+                                        bool conditional,
                                         typename Storage<T>::Word *vals, typename Storage<T>::Word *codes,
                                         uint8_t *tags) {
     using S = Storage<T>;
@@ -374,10 +392,10 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
                 step1_span(f + i0, exact + i0, usable + i0, i1 - i0, pred, vals, codes, &nv, &nc);
                 continue;
             }
-            const TileCoder<T> tc(model.step[t], model.mean[t], pred);
             for (size_t i = i0; i < i1; i++) {
                 bool keep = exact[i] || !usable[i];
                 if (!keep && coded) {
+                    const TileCoder<T> &tc = coders[t];
                     auto px = tc.at(p.seed, i);
                     if constexpr (S::is_float) {
                         uint32_t sym = 0;
@@ -447,10 +465,11 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
                                         : fit_background(f, usable, TileGrid(H, W, p.tile), p, nt);
     const std::vector<int64_t> preds = tile_predictions<T>(model);
     stage_mark("background model");
+    const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
+    const std::vector<TileCoder<T>> coders = tile_coders<T>(model, preds, coded);
     // quantize, band by band: each band writes its exact values and codes (with their
     // phases) into its own slice of the frame-sized work buffers
     const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
-    const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
     Word *words = (Word *)scratch(sc.words, (3 * N * sizeof(Word) + 3) / 4);
     Word *band_vals = words, *band_codes = words + N, *streams = words + 2 * N;
     uint8_t *tags = scratch(sc.tags, N);
@@ -459,7 +478,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     std::vector<size_t> band_phase((nbands + 1) * REDML_PHASES, 0);  // codes of each phase per band
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         const size_t o = (size_t)y0 * W;
-        const BandCounts counts = quantize_band(f, exact, usable, y0, y1, W, model, preds, p, coded, conditional,
+        const BandCounts counts = quantize_band(f, exact, usable, y0, y1, W, model, preds, coders, p, coded, conditional,
                                                 band_vals + o, band_codes + o, tags + o);
         nv[b] = counts.values;
         nc[b] = counts.codes;
@@ -703,6 +722,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     }
 
     const size_t nph = codes.size();
+    const std::vector<TileCoder<T>> coders = tile_coders<T>(model, preds, h.mode != REDML_MODE_SPARSE);
     const bool poisson = recon == REDML_RECON_POISSON;
     const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
     const Bilinear bilinear = conditional || h.mode == REDML_MODE_SPARSE ? Bilinear(model) : Bilinear();
@@ -722,12 +742,12 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                                          codes[0], code_count[0], &ci[0]);
                     continue;
                 }
-                const TileCoder<T> tc(step, model.mean[t], pred);
                 for (uint32_t x = x0; x < x1; x++) {
                     size_t i = row + x;
                     if (exact[i]) {
                         out[i] = S::from_exact_word(values[vi++], pred);
                     } else if (h.mode != REDML_MODE_SPARSE) {
+                        const TileCoder<T> &tc = coders[t];
                         auto px = tc.at(h.seed, i);
                         check(ci[px.phase] < code_count[px.phase], REDML_E_CORRUPT,
                               "background code stream length does not match its phase");
@@ -778,12 +798,11 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 const size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                const TileCoder<T> tc(model.step[t], model.mean[t], preds[t]);
                 size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
                 size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
                 for (size_t i = i0; i < i1; i++) {
                     if (exact[i]) c++;
-                    else if (nph) band_codes[(b + 1) * nph + tc.at(h.seed, i).phase]++;
+                    else if (nph) band_codes[(b + 1) * nph + coders[t].at(h.seed, i).phase]++;
                 }
             }
         }
