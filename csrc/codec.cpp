@@ -624,16 +624,20 @@ bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
     return true;
 }
 
-// out[j] = unzigzag(codes[j]) + pred for j < n; whether all lie in [lo, T's max].
+// Integer type of a step-1 decode: 16-bit pixels' codes, predictions and results all fit
+// 32-bit arithmetic (which vectorizes).
 template <class T>
-bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restrict out, size_t n, int64_t pred,
-                  int64_t lo) {
-    // 16-bit pixels: codes, predictions and results all fit 32-bit arithmetic (vectorizes)
-    using A = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+using DecodeInt = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+
+// out[j] = unzigzag(codes[j]) + pred[j] for j < n; whether all lie in [lo, T's max].
+template <class T>
+bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restrict out, size_t n,
+                  const DecodeInt<T> *__restrict pred, int64_t lo) {
+    using A = DecodeInt<T>;
     A kmin = std::numeric_limits<A>::max(), kmax = std::numeric_limits<A>::min();
     for (size_t j = 0; j < n; j++) {
         const A z = (A)codes[j];
-        const A k = ((z >> 1) ^ -(z & 1)) + (A)pred;
+        const A k = ((z >> 1) ^ -(z & 1)) + pred[j];
         kmin = std::min(kmin, k);
         kmax = std::max(kmax, k);
         out[j] = (T)k;
@@ -641,11 +645,11 @@ bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restri
     return n == 0 || ((int64_t)kmin >= lo && (int64_t)kmax <= Storage<T>::hi());
 }
 
-// Decodes n pixels of a step-1 tile row: exact ones from the values, the others from the
-// phase-0 codes (k = unzigzag(code) + pred; the conditional reconstructions keep k too,
-// their bin holding one value, which must be >= 0).
+// Decodes n pixels of step-1 tiles (pred: each pixel's tile prediction): exact ones from
+// the values, the others from the phase-0 codes (k = unzigzag(code) + pred; the
+// conditional reconstructions keep k too, their bin holding one value, which must be >= 0).
 template <class T>
-void decode_step1_span(const uint8_t *exact, T *out, size_t n, int64_t pred, bool conditional,
+void decode_step1_span(const uint8_t *exact, T *out, size_t n, const DecodeInt<T> *pred, bool conditional,
                        const typename Storage<T>::Word *values, size_t *vi_io, const typename Storage<T>::Word *codes,
                        size_t n_codes, size_t *ci_io) {
     using S = Storage<T>;
@@ -654,13 +658,13 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, int64_t pred, boo
     bool ok = true;
     for (size_t x = 0; x < n;) {
         if (exact[x]) {
-            out[x] = S::from_exact_word(values[vi++], pred);
+            out[x] = S::from_exact_word(values[vi++], pred[x]);
             x++;
             continue;
         }
         const size_t end = byte_run_end(exact, x, n, false);  // a run of coded pixels: one tight loop
         check(end - x <= n_codes - ci, REDML_E_CORRUPT, "background code stream length does not match its phase");
-        ok &= decode_codes<T>(codes + ci, out + x, end - x, pred, lo);
+        ok &= decode_codes<T>(codes + ci, out + x, end - x, pred + x, lo);
         ci += end - x;
         x = end;
     }
@@ -728,8 +732,27 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const Bilinear bilinear = conditional || h.mode == REDML_MODE_SPARSE ? Bilinear(model) : Bilinear();
     // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on;
     // every code read is checked against its stream's length.
+    // Per tile row: whether all its tiles are lossless integer tiles (decoded a whole pixel
+    // row at a time), and the tile predictions spread over a pixel row.
+    std::vector<uint8_t> row_step1(g.rows, 0);
+    if (!S::is_float && h.mode != REDML_MODE_SPARSE)
+        for (uint32_t ty = 0; ty < g.rows; ty++)
+            row_step1[ty] = std::all_of(model.step.begin() + (size_t)ty * g.cols,
+                                        model.step.begin() + (size_t)(ty + 1) * g.cols, [](float st) { return st == 1.0f; });
     auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
+        std::vector<DecodeInt<T>> pred_row(W);
+        uint32_t pred_ty = UINT32_MAX;
         for (uint32_t y = y0; y < y1; y++) {
+            const uint32_t ty = y / g.tile;
+            if (ty != pred_ty && !S::is_float) {
+                for (uint32_t x = 0; x < W; x++) pred_row[x] = (DecodeInt<T>)preds[(size_t)ty * g.cols + x / g.tile];
+                pred_ty = ty;
+            }
+            if (row_step1[ty]) {  // the whole row at once: few calls, long vectorized runs
+                decode_step1_span<T>(exact + (size_t)y * W, out + (size_t)y * W, W, pred_row.data(), conditional,
+                                     values, &vi, codes[0], code_count[0], &ci[0]);
+                continue;
+            }
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 size_t t = (size_t)(y / g.tile) * g.cols + tx;
                 const int64_t pred = preds[t];
@@ -738,8 +761,8 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                 size_t row = (size_t)y * W;
                 if (!S::is_float && step == 1.0 && h.mode != REDML_MODE_SPARSE) {
                     // step 1: phase 0, code = zigzag residual (the general path below reduces to this)
-                    decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred, conditional, values, &vi,
-                                         codes[0], code_count[0], &ci[0]);
+                    decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred_row.data() + x0, conditional,
+                                         values, &vi, codes[0], code_count[0], &ci[0]);
                     continue;
                 }
                 for (uint32_t x = x0; x < x1; x++) {
