@@ -312,18 +312,30 @@ void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_
     }
 }
 
+// Integer type of step-1 codes: 16-bit pixels' codes, predictions and residuals all fit
+// 32-bit arithmetic (which vectorizes).
+template <class T>
+using Step1Int = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+
+// The tile predictions spread over pixel row y (pred[x] = preds of x's tile).
+template <class T>
+void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32_t y, Step1Int<T> *pred) {
+    const int64_t *p = preds.data() + (size_t)(y / g.tile) * g.cols;
+    for (uint32_t x = 0; x < g.width; x++) pred[x] = (Step1Int<T>)p[x / g.tile];
+}
+
 // The codes of n step-1 pixels, written as if none were kept exactly; whether none is
 // (then they are the span's codes). A loop without stores that depend on the data, so it
 // vectorizes (32-bit arithmetic for 16-bit pixels, where residuals fit).
 template <class T>
 bool step1_codes(const T *__restrict f, const uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
-                 int64_t pred, typename Storage<T>::Word *__restrict codes) {
+                 const Step1Int<T> *__restrict pred, typename Storage<T>::Word *__restrict codes) {
     using S = Storage<T>;
-    using A = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+    using A = Step1Int<T>;
     using U = typename std::make_unsigned<A>::type;
     int keep = 0;
     for (size_t i = 0; i < n; i++) {
-        const A d = (A)f[i] - (A)pred;
+        const A d = (A)f[i] - pred[i];
         const U z = ((U)d << 1) ^ (U)(d >> (8 * sizeof(A) - 1));
         keep |= (exact[i] != 0) | (usable[i] == 0) | (z > (U)S::sym_max);
         codes[i] = (typename S::Word)z;
@@ -331,26 +343,31 @@ bool step1_codes(const T *__restrict f, const uint8_t *__restrict exact, const u
     return !keep;
 }
 
-// Step-1 pixels of one tile row: branch-free, counters in registers.
+// Step-1 pixels: chunks without an exactly kept pixel (the usual ones) vectorized, the
+// others compacted branch-free, counters in registers.
 template <class T>
 void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
-                int64_t pred, typename Storage<T>::Word *__restrict vals, typename Storage<T>::Word *__restrict codes,
-                size_t *nv_io, size_t *nc_io) {
+                const Step1Int<T> *pred, typename Storage<T>::Word *__restrict vals,
+                typename Storage<T>::Word *__restrict codes, size_t *nv_io, size_t *nc_io) {
     using S = Storage<T>;
     using Word = typename S::Word;
+    const size_t kChunk = 64;
     size_t nv = *nv_io, nc = *nc_io;
-    if (step1_codes(f, exact, usable, n, pred, codes + nc)) {  // no pixel kept exactly (the usual span)
-        *nc_io = nc + n;
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const uint64_t z = redml_zigzag64((int64_t)f[i] - pred);
-        const bool keep = (exact[i] != 0) | (usable[i] == 0) | (z > S::sym_max);
-        codes[nc] = (Word)z;
-        vals[nv] = S::exact_word(f[i], pred);
-        nc += !keep;
-        nv += keep;
-        exact[i] = keep;
+    for (size_t c0 = 0; c0 < n; c0 += kChunk) {
+        const size_t c1 = std::min(n, c0 + kChunk);
+        if (step1_codes(f + c0, exact + c0, usable + c0, c1 - c0, pred + c0, codes + nc)) {
+            nc += c1 - c0;
+            continue;
+        }
+        for (size_t i = c0; i < c1; i++) {
+            const uint64_t z = redml_zigzag64((int64_t)f[i] - (int64_t)pred[i]);
+            const bool keep = (exact[i] != 0) | (usable[i] == 0) | (z > S::sym_max);
+            codes[nc] = (Word)z;
+            vals[nv] = S::exact_word(f[i], pred[i]);
+            nc += !keep;
+            nv += keep;
+            exact[i] = keep;
+        }
     }
     *nv_io = nv;
     *nc_io = nc;
@@ -378,7 +395,14 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     bool tagged = false;
     for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
         tagged |= S::is_float || model.step[t] != 1.0f;
+    std::vector<Step1Int<T>> pred_row(S::is_float ? 0 : W);
     for (uint32_t y = y0; y < y1; y++) {
+        if (!S::is_float && (y == y0 || y % g.tile == 0)) prediction_row<T>(preds, g, y, pred_row.data());
+        if (!tagged && coded) {  // all tiles lossless: the whole row at once
+            const size_t i0 = (size_t)y * W;
+            step1_span(f + i0, exact + i0, usable + i0, W, pred_row.data(), vals, codes, &nv, &nc);
+            continue;
+        }
         for (uint32_t tx = 0; tx < g.cols; tx++) {
             const size_t t = (size_t)(y / g.tile) * g.cols + tx;
             const int64_t pred = preds[t];
@@ -389,7 +413,8 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
                 // code is the zigzag residual against the prediction (redml_quantize_int
                 // and redml_quantize_bin reduce to this).
                 if (tagged) std::memset(tags + nc, 0, i1 - i0);
-                step1_span(f + i0, exact + i0, usable + i0, i1 - i0, pred, vals, codes, &nv, &nc);
+                step1_span(f + i0, exact + i0, usable + i0, i1 - i0, pred_row.data() + (i0 - (size_t)y * W), vals, codes,
+                           &nv, &nc);
                 continue;
             }
             for (size_t i = i0; i < i1; i++) {
@@ -624,16 +649,11 @@ bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
     return true;
 }
 
-// Integer type of a step-1 decode: 16-bit pixels' codes, predictions and results all fit
-// 32-bit arithmetic (which vectorizes).
-template <class T>
-using DecodeInt = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
-
 // out[j] = unzigzag(codes[j]) + pred[j] for j < n; whether all lie in [lo, T's max].
 template <class T>
 bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restrict out, size_t n,
-                  const DecodeInt<T> *__restrict pred, int64_t lo) {
-    using A = DecodeInt<T>;
+                  const Step1Int<T> *__restrict pred, int64_t lo) {
+    using A = Step1Int<T>;
     A kmin = std::numeric_limits<A>::max(), kmax = std::numeric_limits<A>::min();
     for (size_t j = 0; j < n; j++) {
         const A z = (A)codes[j];
@@ -649,7 +669,7 @@ bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restri
 // the values, the others from the phase-0 codes (k = unzigzag(code) + pred; the
 // conditional reconstructions keep k too, their bin holding one value, which must be >= 0).
 template <class T>
-void decode_step1_span(const uint8_t *exact, T *out, size_t n, const DecodeInt<T> *pred, bool conditional,
+void decode_step1_span(const uint8_t *exact, T *out, size_t n, const Step1Int<T> *pred, bool conditional,
                        const typename Storage<T>::Word *values, size_t *vi_io, const typename Storage<T>::Word *codes,
                        size_t n_codes, size_t *ci_io) {
     using S = Storage<T>;
@@ -740,12 +760,12 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
             row_step1[ty] = std::all_of(model.step.begin() + (size_t)ty * g.cols,
                                         model.step.begin() + (size_t)(ty + 1) * g.cols, [](float st) { return st == 1.0f; });
     auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
-        std::vector<DecodeInt<T>> pred_row(W);
+        std::vector<Step1Int<T>> pred_row(W);
         uint32_t pred_ty = UINT32_MAX;
         for (uint32_t y = y0; y < y1; y++) {
             const uint32_t ty = y / g.tile;
             if (ty != pred_ty && !S::is_float) {
-                for (uint32_t x = 0; x < W; x++) pred_row[x] = (DecodeInt<T>)preds[(size_t)ty * g.cols + x / g.tile];
+                prediction_row<T>(preds, g, y, pred_row.data());
                 pred_ty = ty;
             }
             if (row_step1[ty]) {  // the whole row at once: few calls, long vectorized runs
