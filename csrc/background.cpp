@@ -37,10 +37,26 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
                                                                           : (V)std::floor(limit);
             if (limit < (double)std::numeric_limits<V>::lowest()) break;  // nothing at or below it
             int64_t isum = 0, icount = 0;
-            for (size_t i = 0; i < n; i++) {
-                const int64_t take = v[i] <= top;
-                isum += take * (int64_t)v[i];
-                icount += take;
+            if constexpr (sizeof(V) == 4) {
+                // 32-bit partial sums over chunks short enough not to overflow (16-bit
+                // pixel values): the loop vectorizes in 32-bit lanes
+                for (size_t c0 = 0; c0 < n; c0 += 32768) {
+                    const size_t c1 = std::min(n, c0 + 32768);
+                    int32_t psum = 0, pcount = 0;
+                    for (size_t i = c0; i < c1; i++) {
+                        const int32_t take = v[i] <= top;
+                        psum += take * (int32_t)v[i];
+                        pcount += take;
+                    }
+                    isum += psum;
+                    icount += pcount;
+                }
+            } else {
+                for (size_t i = 0; i < n; i++) {
+                    const int64_t take = v[i] <= top;
+                    isum += take * (int64_t)v[i];
+                    icount += take;
+                }
             }
             sum = (double)isum;
             count = (double)icount;
