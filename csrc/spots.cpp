@@ -74,7 +74,6 @@ void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load
 // zeroing or page faults per frame); released after a frame above kKeepBytes.
 struct FinderScratch {
     std::vector<uint8_t> cand, core, strong, rows;
-    std::vector<float> bg;
 };
 const size_t kKeepBytes = (size_t)128 << 20;
 
@@ -497,8 +496,11 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     stage_mark("erosion");
     // 3. strong pixels against the background without the cores
     uint8_t *strong = scratch(sc.strong, N);
-    // Local background, written and read only at strong pixels.
-    float *bg = scratch(sc.bg, N);
+    // Local background, written and read only at strong pixels: left uninitialised (not
+    // kept with the other buffers) so the untouched pages of this frame-sized buffer are
+    // never faulted in.
+    std::unique_ptr<float[]> bg_buffer(new float[N]);
+    float *bg = bg_buffer.get();
     auto load_background = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
