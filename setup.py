@@ -9,7 +9,7 @@ import os
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import Extension, setup
 
-CORE = ["csrc/codec.cpp", "csrc/container.cpp", "csrc/entropy.cpp", "csrc/background.cpp", "csrc/spots.cpp", "csrc/radial.cpp", "csrc/jungfrau.cpp"]
+CORE = ["csrc/codec.cpp", "csrc/container.cpp", "csrc/entropy.cpp", "csrc/background.cpp", "csrc/spots.cpp", "csrc/spots_api.cpp", "csrc/radial.cpp", "csrc/jungfrau.cpp"]
 LIBS = ["zstd", "lz4", "xxhash", "htscodecs"]
 # Portable release flags: no -march=native, no fast-math (the quantizer relies on IEEE rounding).
 CFLAGS = ["-O3", "-fvisibility=hidden", "-fno-fast-math", "-Wall"]

@@ -12,6 +12,8 @@
 #include "spots.h"
 #include "threads.h"
 #include "redml.h"
+#include "redml_jungfrau.h"
+#include "redml_spots.h"
 #include "quantize.h"
 
 namespace py = pybind11;
