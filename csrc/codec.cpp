@@ -690,6 +690,8 @@ redml_status redml_model(const void *chunk, size_t size, float *mean, float *ste
 
 void redml_free(void *p) { std::free(p); }
 
+unsigned redml_version_number(void) { return REDML_VERSION_NUMBER; }
+
 const char *redml_strerror(redml_status s) {
     switch (s) {
         case REDML_OK: return "ok";

@@ -1,8 +1,11 @@
-/* redml.h: the contract of the redml_reduce codec core.
+/* redml.h: the C API of the redml_reduce codec, and the part common to every redml_*.h.
  *
- * One chunk = one 2D frame. The byte layout of a chunk is specified in docs/format.md;
- * this header is the only interface the HDF5 plugin, the Python binding and the GPU
- * path use. Everything here is plain C so it can be called from C hosts.
+ * Three public headers, one per job, all plain C so they can be called from C hosts:
+ *   redml.h           the codec (one chunk = one 2D frame; the byte layout of a chunk is
+ *                     specified in docs/format.md): what the HDF5 plugin uses;
+ *   redml_spots.h     the spot finder (the one the codec's ROI runs) and its helpers;
+ *   redml_jungfrau.h  the JUNGFRAU raw -> photon conversion.
+ * The other headers of csrc/ are internal.
  *
  * Errors never abort: every call returns a status code, and redml_strerror() turns it
  * into text. The detailed message of the last failure on the calling thread is
@@ -14,15 +17,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* REDML_API marks the functions of the C API: default visibility, so that a shared library
+ * built from csrc/ with -fvisibility=hidden exports them (and only them). A build that
+ * embeds the core and exports none of it (the Python extension, the HDF5 plugin) defines
+ * it empty (-DREDML_API=). */
+#ifndef REDML_API
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define REDML_API __attribute__((visibility("default")))
+#else
+#define REDML_API
+#endif
+#endif
+
+/* Version of the library (of the redml_reduce package); the chunk format has its own,
+ * REDML_FORMAT_VERSION. */
+#define REDML_VERSION_MAJOR 0
+#define REDML_VERSION_MINOR 1
+#define REDML_VERSION_PATCH 0
+#define REDML_VERSION_NUMBER (REDML_VERSION_MAJOR * 10000 + REDML_VERSION_MINOR * 100 + REDML_VERSION_PATCH)
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define REDML_FORMAT_VERSION 1
-
-/* HDF5 filter id: taken from the range 256-511 that HDF5 reserves for testing and
- * unregistered filters, until an official id is assigned. */
-#define REDML_H5_FILTER_ID 310
+/* ---- common to every redml_*.h ---- */
 
 typedef enum {
     REDML_UINT16 = 1,
@@ -31,6 +49,35 @@ typedef enum {
     REDML_UINT32 = 4,
     REDML_FLOAT32 = 5
 } redml_dtype;
+
+typedef enum {
+    REDML_OK = 0,
+    REDML_E_ARG = 1,       /* invalid argument (dtype, shape, parameter) */
+    REDML_E_CORRUPT = 2,   /* chunk is malformed, truncated or fails its checksum */
+    REDML_E_VERSION = 3,   /* chunk needs a newer decoder */
+    REDML_E_NOMEM = 4,     /* allocation failed */
+    REDML_E_ENTROPY = 5,   /* zstd/lz4 reported an error */
+    REDML_E_INTERNAL = 6
+} redml_status;
+
+/* REDML_VERSION_NUMBER of the library linked at run time (the macro is the one compiled
+ * against). */
+REDML_API unsigned redml_version_number(void);
+
+REDML_API const char *redml_strerror(redml_status s);
+REDML_API const char *redml_last_error(void);
+REDML_API size_t redml_dtype_size(redml_dtype dtype);
+
+/* Frees a buffer the library malloc'ed for the caller. */
+REDML_API void redml_free(void *p);
+
+/* ---- the codec ---- */
+
+#define REDML_FORMAT_VERSION 1
+
+/* HDF5 filter id: taken from the range 256-511 that HDF5 reserves for testing and
+ * unregistered filters, until an official id is assigned. */
+#define REDML_H5_FILTER_ID 310
 
 typedef enum {
     REDML_MODE_LOSSLESS = 0,  /* every pixel byte-exact */
@@ -62,16 +109,6 @@ static inline int redml_recon_allowed(int mode, int recon, int is_float) {
     return 0;
 }
 
-typedef enum {
-    REDML_OK = 0,
-    REDML_E_ARG = 1,       /* invalid argument (dtype, shape, parameter) */
-    REDML_E_CORRUPT = 2,   /* chunk is malformed, truncated or fails its checksum */
-    REDML_E_VERSION = 3,   /* chunk needs a newer decoder */
-    REDML_E_NOMEM = 4,     /* allocation failed */
-    REDML_E_ENTROPY = 5,   /* zstd/lz4 reported an error */
-    REDML_E_INTERNAL = 6
-} redml_status;
-
 typedef struct {
     redml_mode mode;
     float q;             /* step in units of the local Poisson sigma (mode QUANTIZED) */
@@ -90,18 +127,18 @@ typedef struct {
 } redml_params;
 
 /* Fills p with the documented defaults (lossless, rANS over byte planes). */
-void redml_default_params(redml_params *p);
+REDML_API void redml_default_params(redml_params *p);
 
 /* Checks encoder parameters without encoding (REDML_E_ARG with a message if invalid). */
-redml_status redml_check_params(const redml_params *p);
+REDML_API redml_status redml_check_params(const redml_params *p);
 
 /* Encodes one frame. `roi` and `mask` are optional (NULL) uint8 maps of height*width:
  * roi != 0 marks pixels to keep exactly (Bragg regions; NULL = built-in finder),
  * mask != 0 marks bad pixels, kept exactly and ignored by the background model.
  * On success *out is a malloc'ed buffer of *out_size bytes owned by the caller. */
-redml_status redml_encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
-                          const uint8_t *roi, const uint8_t *mask, const redml_params *p,
-                          void **out, size_t *out_size);
+REDML_API redml_status redml_encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                                    const uint8_t *roi, const uint8_t *mask, const redml_params *p,
+                                    void **out, size_t *out_size);
 
 typedef struct {
     int version;
@@ -117,28 +154,22 @@ typedef struct {
 } redml_info;
 
 /* Parses and validates the header (and section table) without decoding pixels. */
-redml_status redml_inspect(const void *chunk, size_t size, redml_info *info);
+REDML_API redml_status redml_inspect(const void *chunk, size_t size, redml_info *info);
 
 /* Decodes into `out`, which must hold height*width elements of the chunk's dtype
  * (out_capacity bytes). recon_override < 0 keeps the chunk's reconstruction; DITHER or
  * POISSON switch a sparse chunk's (others ignore them); MEAN or DRAW switch a chunk
  * written with MEAN or DRAW (REDML_E_ARG for any other chunk). */
-redml_status redml_decode(const void *chunk, size_t size, void *out, size_t out_capacity,
-                          int recon_override, int nthreads);
+REDML_API redml_status redml_decode(const void *chunk, size_t size, void *out, size_t out_capacity,
+                                    int recon_override, int nthreads);
 
 /* Stored exact-pixel map (1 = stored losslessly) of a chunk, height*width bytes. */
-redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size_t out_capacity);
+REDML_API redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size_t out_capacity);
 
 /* The stored background model: per tile (row-major, tile_rows x tile_cols, see
  * redml_model_shape) its mean and quantization step, in data units. */
-redml_status redml_model_shape(const void *chunk, size_t size, uint32_t *tile_rows, uint32_t *tile_cols);
-redml_status redml_model(const void *chunk, size_t size, float *mean, float *step, size_t capacity);
-
-void redml_free(void *p);
-
-const char *redml_strerror(redml_status s);
-const char *redml_last_error(void);
-size_t redml_dtype_size(redml_dtype dtype);
+REDML_API redml_status redml_model_shape(const void *chunk, size_t size, uint32_t *tile_rows, uint32_t *tile_cols);
+REDML_API redml_status redml_model(const void *chunk, size_t size, float *mean, float *step, size_t capacity);
 
 #ifdef __cplusplus
 }

@@ -50,11 +50,11 @@ typedef struct {
  * (the pixels no module covers) set to the masked marker. Outputs (each optional):
  * photons (out_dtype), kev (float32), status (uint8 redml_jf_status, raw layout).
  * counts (optional) receives the number of raw pixels of each status. */
-redml_status redml_jf_convert(const uint16_t *raw, uint32_t height, uint32_t width, const float *pedestal,
-                              const float *gain, const uint8_t *mask, float *track_g0,
-                              const redml_jf_module *modules, uint32_t n_modules, const uint32_t *gap_index,
-                              size_t n_gap, uint32_t out_height, uint32_t out_width, const redml_jf_params *p,
-                              void *photons, float *kev, uint8_t *status, uint64_t counts[REDML_JF_NSTATUS]);
+REDML_API redml_status redml_jf_convert(const uint16_t *raw, uint32_t height, uint32_t width, const float *pedestal,
+                                        const float *gain, const uint8_t *mask, float *track_g0,
+                                        const redml_jf_module *modules, uint32_t n_modules, const uint32_t *gap_index,
+                                        size_t n_gap, uint32_t out_height, uint32_t out_width, const redml_jf_params *p,
+                                        void *photons, float *kev, uint8_t *status, uint64_t counts[REDML_JF_NSTATUS]);
 
 #ifdef __cplusplus
 }

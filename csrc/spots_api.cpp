@@ -1,4 +1,4 @@
-// spots_api.cpp: the spot finder's C API (redml_spots.h) over the finder of spots.h.
+// spots_api.cpp: the C API of redml_spots.h over spots.h and radial.h.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -7,6 +7,7 @@
 #include "container.h"  // kMaxPixels
 #include "error.h"
 #include "pixels.h"
+#include "radial.h"
 #include "redml_spots.h"
 #include "spots.h"
 #include "threads.h"
@@ -68,6 +69,32 @@ redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t hei
             }
             *peaks = out;
             *n_peaks = found.size();
+        });
+    });
+}
+
+redml_status redml_dilate(uint8_t *map, uint32_t height, uint32_t width, int margin, int nthreads) {
+    return guarded([&] {
+        check(map || (size_t)height * width == 0, REDML_E_ARG, "null argument");
+        check(margin >= 0, REDML_E_ARG, "margin must be >= 0");
+        dilate(map, height, width, margin, resolve_threads(nthreads));
+    });
+}
+
+redml_status redml_radial_profile(const void *frame, redml_dtype dtype, size_t npix, const int32_t *bins,
+                                  int32_t nbins, double clip, int iterations, double *mean, double *sigma,
+                                  int64_t *count, int nthreads) {
+    return guarded([&] {
+        check(((frame && bins) || npix == 0) && mean && sigma && count, REDML_E_ARG, "null argument");
+        check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
+        check(nbins >= 1 && clip > 0 && iterations >= 0, REDML_E_ARG, "invalid radial parameters");
+        dispatch_dtype(dtype, [&](auto tag) {
+            using T = decltype(tag);
+            RadialProfile p = fit_radial<T>((const T *)frame, bins, npix, nbins, clip, iterations,
+                                            resolve_threads(nthreads));
+            std::copy(p.mean.begin(), p.mean.end(), mean);
+            std::copy(p.sigma.begin(), p.sigma.end(), sigma);
+            std::copy(p.count.begin(), p.count.end(), count);
         });
     });
 }
