@@ -19,6 +19,7 @@
 
 #include "redml.h"
 
+// The plugin's exports (also listed in h5filter.map, the version script that hides the rest).
 #define REDML_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace {
