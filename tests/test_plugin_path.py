@@ -1,0 +1,135 @@
+"""HDF5_PLUGIN_PATH, whatever it holds, changes nothing for Python and serves the C tools.
+
+The README tells C-tool users to export HDF5_PLUGIN_PATH=redml_reduce.PLUGIN_PATH; a Python
+process started with it set (to this package's folder, hdf5plugin's, or both) must write and
+read exactly as without it. Each configuration runs in its own process, the variable set
+before HDF5 starts: create_dataset (q=0 byte for byte, q=1 within the bound), FrameWriter,
+`redml compress`, h5py on its own (HDF5 loads the plugin from the path), and h5dump /
+h5repack on what Python wrote.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+
+import redml_reduce as rr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H5DUMP = shutil.which("h5dump")
+H5REPACK = shutil.which("h5repack")
+OURS, THEIRS = rr.PLUGIN_PATH, hdf5plugin.PLUGIN_PATH
+CONFIGS = {"unset": None, "redml": [OURS], "hdf5plugin": [THEIRS], "both": [OURS, THEIRS],
+           "both-reversed": [THEIRS, OURS]}
+SHAPE = (3, 48, 40)
+
+# Runs in the configured process: writes with the filter and FrameWriter, reads back.
+WRITE_AND_READ = """
+import sys
+import h5py, numpy as np
+import redml_reduce as rr
+from redml_reduce.codec import error_bound
+
+out = sys.argv[1]
+frames = np.load(out + "/frames.npy")
+with h5py.File(out + "/filter.h5", "w") as f:
+    for q in (0, 1):
+        f.create_dataset(f"q{q}", data=frames, chunks=(1,) + frames.shape[1:], **rr.Redml(q=q))
+with h5py.File(out + "/filter.h5") as f:
+    assert f["q0"][...].tobytes() == frames.tobytes()
+    for i, frame in enumerate(frames):
+        chunk = f["q1"].id.read_direct_chunk((i, 0, 0))[1]
+        assert (np.abs(f["q1"][i].astype(float) - frame) <= error_bound(chunk) + 1e-9).all()
+with rr.FrameWriter(out + "/writer.h5", frames.shape[1:], frames.dtype, q=0) as w:
+    for frame in frames:
+        w.write(frame)
+with h5py.File(out + "/writer.h5") as f:
+    assert f["entry/data/data"][...].tobytes() == frames.tobytes()
+"""
+
+# h5py alone, redml_reduce never imported: HDF5 loads the plugin from the path by itself.
+H5PY_ALONE = """
+import sys
+import h5py, numpy as np
+
+out = sys.argv[1]
+frames = np.load(out + "/frames.npy")
+with h5py.File(out + "/alone.h5", "w") as f:
+    f.create_dataset("data", data=frames, chunks=(1,) + frames.shape[1:], compression=310)
+with h5py.File(out + "/alone.h5") as f:
+    assert f["data"][...].tobytes() == frames.tobytes()
+assert "redml_reduce" not in sys.modules
+"""
+
+
+def env_for(dirs):
+    env = {k: v for k, v in os.environ.items() if k != "HDF5_PLUGIN_PATH"}
+    env["PYTHONPATH"] = ROOT
+    if dirs is not None:
+        env["HDF5_PLUGIN_PATH"] = os.pathsep.join(dirs)
+    return env
+
+
+def run(args, env, cwd=ROOT):
+    out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"{args[:4]} failed with HDF5_PLUGIN_PATH={env.get('HDF5_PLUGIN_PATH')}:\n{out.stderr}"
+    return out
+
+
+def stored(path, dataset):
+    with h5py.File(path) as f:
+        d = f[dataset]
+        assert d.id.get_create_plist().get_filter(0)[0] == rr.FILTER_ID
+        return d[...]
+
+
+@pytest.fixture
+def frames(rng, tmp_path):
+    frames = rng.poisson(30.0, SHAPE).astype(np.uint16)
+    np.save(tmp_path / "frames.npy", frames)
+    return frames
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_python_writes_and_reads(tmp_path, frames, config):
+    env = env_for(CONFIGS[config])
+    run([sys.executable, "-c", WRITE_AND_READ, str(tmp_path)], env)
+    # and this process, with its own registration, reads what that one wrote
+    assert stored(tmp_path / "filter.h5", "q0").tobytes() == frames.tobytes()
+    assert stored(tmp_path / "writer.h5", "entry/data/data").tobytes() == frames.tobytes()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_cli_compress(tmp_path, frames, config):
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f.create_dataset("data", data=frames)
+    out = tmp_path / "compressed.h5"
+    run([sys.executable, "-m", "redml_reduce.cli", "compress", str(tmp_path / "plain.h5"), "-o", str(out), "-q", "0"],
+        env_for(CONFIGS[config]))
+    assert stored(out, "entry/data/data").tobytes() == frames.tobytes()
+
+
+@pytest.mark.parametrize("config", ["redml", "both", "both-reversed"])
+def test_h5py_alone_finds_the_plugin(tmp_path, frames, config):
+    run([sys.executable, "-c", H5PY_ALONE, str(tmp_path)], env_for(CONFIGS[config]))
+    assert stored(tmp_path / "alone.h5", "data").tobytes() == frames.tobytes()
+
+
+@pytest.mark.skipif(H5DUMP is None or H5REPACK is None, reason="hdf5-tools not installed (make test installs it)")
+@pytest.mark.parametrize("config", ["redml", "both", "both-reversed"])
+def test_c_tools_read_and_write_what_python_wrote(tmp_path, frames, config):
+    env = env_for(CONFIGS[config])
+    run([sys.executable, "-c", WRITE_AND_READ, str(tmp_path)], env)
+    for path, dataset in ((tmp_path / "filter.h5", "/q0"), (tmp_path / "writer.h5", "/entry/data/data")):
+        out = run([H5DUMP, "-d", dataset, "-s", "1,5,10", "-c", "1,2,6", str(path)], env)
+        data = re.sub(r"\(\d+,\d+,\d+\):", "", out.stdout.split("DATA {")[1])
+        assert [int(v) for v in re.findall(r"-?\d+", data)] == frames[1, 5:7, 10:16].ravel().tolist()
+    # h5repack re-encodes the redml dataset with the filter: lossless, byte for byte
+    packed = tmp_path / "repacked.h5"
+    run([H5REPACK, "-f", rr.Redml(q=0).h5repack_arg("q0"), str(tmp_path / "filter.h5"), str(packed)], env)
+    assert stored(packed, "q0").tobytes() == frames.tobytes()
