@@ -28,6 +28,7 @@ PLUGIN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins"
 
 _PLUGIN_FILE = os.path.join(PLUGIN_PATH, "libh5redml.so")
 _lib = None
+_hdf5plugin_set_up = False
 
 
 def register(force: bool = False) -> None:
@@ -52,6 +53,22 @@ def register(force: bool = False) -> None:
     lib.H5PLget_plugin_info.restype = ctypes.c_void_p
     h5py.h5z.register_filter(lib.H5PLget_plugin_info())
     _lib = lib
+
+
+def load_hdf5plugin():
+    """hdf5plugin (an optional dependency), its filters ready to write from h5py.
+
+    Its import skips setting up a filter that HDF5_PLUGIN_PATH already offers (hdf5plugin's
+    own folder on the path), and such a filter then fails every write; registering them
+    again sets them up.
+    """
+    global _hdf5plugin_set_up
+    import hdf5plugin
+
+    if not _hdf5plugin_set_up and os.environ.get("HDF5_PLUGIN_PATH"):
+        hdf5plugin.register(force=True)
+    _hdf5plugin_set_up = True
+    return hdf5plugin
 
 
 def is_registered() -> bool:

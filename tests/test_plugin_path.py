@@ -4,14 +4,18 @@ The README tells C-tool users to export HDF5_PLUGIN_PATH=redml_reduce.PLUGIN_PAT
 process started with it set (to this package's folder, hdf5plugin's, or both) must write and
 read exactly as without it. Each configuration runs in its own process, the variable set
 before HDF5 starts: create_dataset (q=0 byte for byte, q=1 within the bound), FrameWriter,
-`redml compress`, h5py on its own (HDF5 loads the plugin from the path), and h5dump /
-h5repack on what Python wrote.
+`redml compress`, `redml acquire`, h5py on its own (HDF5 loads the plugin from the path),
+and h5dump / h5repack on what Python wrote. And an acquisition that cannot write its file
+stops with one clear line and a non-zero exit, never reporting success over an empty file.
 """
 import os
+import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 
 import h5py
 import hdf5plugin
@@ -133,3 +137,84 @@ def test_c_tools_read_and_write_what_python_wrote(tmp_path, frames, config):
     packed = tmp_path / "repacked.h5"
     run([H5REPACK, "-f", rr.Redml(q=0).h5repack_arg("q0"), str(tmp_path / "filter.h5"), str(packed)], env)
     assert stored(packed, "q0").tobytes() == frames.tobytes()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def acquire(tmp_path, out, env, frames=4, codec="redml"):
+    """`redml acquire` of `frames` simulated shots; returns the finished acquire process."""
+    port = free_port()
+    cli = [sys.executable, "-m", "redml_reduce.cli"]
+    acq = subprocess.Popen(cli + ["acquire", "--connect", f"tcp://127.0.0.1:{port}", "--out", str(out), "--q", "0",
+                                  "--codec", codec, "--workers", "1", "--json", str(tmp_path / "summary.json"), "--quiet", "--wait",
+                                  "120"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sim = subprocess.Popen(cli + ["simulate-detector", "--bind", f"tcp://127.0.0.1:{port}", "--frames", str(frames),
+                                  "--rate", "0", "--detector", "0.5m", "--pool", "2", "--seed", "3"],
+                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        acq.stdout_text, acq.stderr_text = acq.communicate(timeout=300)
+    finally:
+        try:
+            sim.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a receiver that stopped early leaves its sends pending
+            sim.kill()
+            sim.wait()
+    return acq
+
+
+@pytest.mark.parametrize("config, codec", [("redml", "redml"), ("both", "redml"), ("both", "bslz4")])
+def test_acquire_writes_with_the_plugin_path(tmp_path, config, codec):
+    """bslz4: hdf5plugin's own filter, which its import leaves unusable for writes when
+    HDF5_PLUGIN_PATH holds hdf5plugin's folder."""
+    out = tmp_path / "run.nxs"
+    acq = acquire(tmp_path, out, env_for(CONFIGS[config]), codec=codec)
+    assert acq.returncode == 0, acq.stderr_text
+    counts = json.loads((tmp_path / "summary.json").read_text())["series"][0]["counts"]
+    assert counts["received"] == 4 and counts["written"] == 4 and counts["rejected"] == 0
+    with h5py.File(out) as f:
+        d = f["entry/data/data"]
+        assert d.shape[0] == 4 and all(d[i].any() for i in range(4))
+
+
+def test_acquire_stops_when_it_cannot_create_its_file(tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    out = tmp_path / "afile" / "run.nxs"
+    acq = acquire(tmp_path, out, env_for(None))
+    assert acq.returncode == 1, acq.stderr_text
+    last = acq.stderr_text.strip().splitlines()[-1]
+    assert last.startswith("redml acquire: stopped, frames cannot be stored: series") and "cannot create" in last
+    assert str(out) in last and "Traceback" not in acq.stderr_text
+    assert (tmp_path / "afile").read_text() == "not a directory"
+
+
+def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
+    """A frame the file refuses (disk full, I/O error) is recorded as fatal and serve() stops
+    at once, instead of rejecting every frame after it until the series ends."""
+    from redml_reduce import acqfile
+    from redml_reduce import stream as s
+    from redml_reduce.acquire import AcquireSettings, Acquisition
+    from redml_reduce.background import Geometry
+
+    def disk_full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(acqfile.SeriesFile, "write", disk_full)
+    shape = (64, 64)
+    geometry = Geometry(beam_x=32, beam_y=32, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
+    acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=0, workers=1, idle_timeout_s=600))
+    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(s=acq.serve(sender.endpoint, max_series=1)), daemon=True)
+        t.start()
+        sender.start(shape, "uint16", geometry, number_of_images=10)
+        for i in range(3):
+            sender.image(rng.poisson(5.0, shape).astype(np.uint16), i)
+        t.join(120)  # no end message: only the failed write can end serve()
+        assert not t.is_alive()
+    acq.close()
+    assert "image 0 could not be written: OSError" in acq.fatal and "No space left" in acq.fatal
+    assert result["s"][0]["counts"]["written"] == 0
