@@ -56,6 +56,7 @@ const int H5T_SGN_NONE = 0;
 const int H5T_ORDER_LE = 0;
 
 const size_t kUserValues = 14, kAllValues = 17;
+const char *const kBadSettings = "settings out of range (tile or roi_margin above 65535, or q not matching the mode)";
 const unsigned kCdVersion = 1;
 
 struct Hdf5Api {
@@ -211,7 +212,7 @@ herr_t set_local(hid_t dcpl, hid_t type, hid_t) try {
         return fail("settings layout " + std::to_string(full[0]) + ", this plugin reads " + std::to_string(kCdVersion));
     redml_params p;
     // refuse at creation, not at the first write
-    if (!params_from_cd(kUserValues, full, &p)) return fail("settings out of range (tile or roi_margin above 65535, or q not matching the mode)");
+    if (!params_from_cd(kUserValues, full, &p)) return fail(kBadSettings);
     redml_status st = redml_check_params(&p);
     if (st != REDML_OK) return fail(why(st));
 
@@ -263,8 +264,8 @@ size_t decode_chunk(size_t n, const unsigned cd[], size_t nbytes, size_t *buf_si
     redml_status st = redml_inspect(*buf, nbytes, &info);
     if (st != REDML_OK) return failed(reason, what + why(st));
     if (n >= kAllValues && (cd[14] != (unsigned)info.dtype || cd[15] != info.height || cd[16] != info.width))
-        return failed(reason, what + "it holds a " + frame_text(info.dtype, info.height, info.width) +
-                                  " frame, the dataset's frames are " + frame_text((redml_dtype)cd[14], cd[15], cd[16]));
+        return failed(reason, what + "it holds a " + frame_text(info.dtype, info.height, info.width) + " frame, " +
+                                  "the dataset's frames are " + frame_text((redml_dtype)cd[14], cd[15], cd[16]));
     size_t out_size = (size_t)info.height * info.width * redml_dtype_size(info.dtype);
     void *out = std::malloc(out_size);
     if (!out) return failed(reason, what + "out of memory");
@@ -283,7 +284,7 @@ size_t decode_chunk(size_t n, const unsigned cd[], size_t nbytes, size_t *buf_si
 size_t encode_chunk(size_t n, const unsigned cd[], size_t nbytes, size_t *buf_size, void **buf, std::string &reason) {
     if (n < kAllValues || cd[0] != kCdVersion) return failed(reason, "settings incomplete (set_local did not run)");
     redml_params p;
-    if (!params_from_cd(n, cd, &p)) return failed(reason, "settings out of range (tile or roi_margin above 65535, or q not matching the mode)");
+    if (!params_from_cd(n, cd, &p)) return failed(reason, kBadSettings);
     redml_dtype dt = (redml_dtype)cd[14];
     uint32_t h = cd[15], w = cd[16];
     if (redml_dtype_size(dt) == 0 || nbytes != (size_t)h * w * redml_dtype_size(dt))

@@ -109,13 +109,20 @@ def test_python_writes_and_reads(tmp_path, frames, config):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_cli_compress(tmp_path, frames, config):
+def test_cli_compress_and_decompress(tmp_path, frames, config):
+    """redml compress, then redml decompress to bitshuffle-LZ4 (hdf5plugin's filter)."""
+    env = env_for(CONFIGS[config])
     with h5py.File(tmp_path / "plain.h5", "w") as f:
-        f.create_dataset("data", data=frames)
-    out = tmp_path / "compressed.h5"
-    run([sys.executable, "-m", "redml_reduce.cli", "compress", str(tmp_path / "plain.h5"), "-o", str(out), "-q", "0"],
-        env_for(CONFIGS[config]))
+        f.create_dataset("entry/data/data", data=frames)
+    out, back = tmp_path / "compressed.h5", tmp_path / "bslz4.h5"
+    cli = [sys.executable, "-m", "redml_reduce.cli"]
+    run(cli + ["compress", str(tmp_path / "plain.h5"), "-o", str(out), "-q", "0"], env)
     assert stored(out, "entry/data/data").tobytes() == frames.tobytes()
+    run(cli + ["decompress", str(out), str(back)], env)
+    with h5py.File(back) as f:
+        d = f["entry/data/data"]
+        assert d.id.get_create_plist().get_filter(0)[0] == hdf5plugin.BSHUF_ID
+        assert d[...].tobytes() == frames.tobytes()
 
 
 @pytest.mark.parametrize("config", ["redml", "both", "both-reversed"])
