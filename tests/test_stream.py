@@ -221,8 +221,10 @@ HOSTILE_STARTS = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_STARTS))
 def test_hostile_start_fields_are_stream_errors(name):
-    with pytest.raises(s.StreamError):
+    """Refused by the field checks themselves, not by parse_message's catch-all."""
+    with pytest.raises(s.StreamError) as e:
         s.parse_message(_start_with(**HOSTILE_STARTS[name]))
+    assert "unusable:" not in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("fields", [{"detector_distance": BIG}, {"detector_distance": None,
@@ -263,7 +265,8 @@ def test_image_ids_are_cbor_uint64():
 
 
 def test_parse_message_raises_only_stream_errors_for_odd_values():
-    """Fields of unexpected types anywhere: a StreamError, never another exception."""
+    """Fields of unexpected types anywhere: a StreamError from the field checks, never
+    another exception, and never one that only parse_message's catch-all stopped."""
     odd = [BIG, -BIG, math.nan, "x" * 100, [BIG], {"a": BIG}, b"\0" * 9, True, None, 2.5, [[[]]]]
     keys = ["series_id", "image_size_x", "image_dtype", "number_of_images", "beam_center_x", "detector_translation",
             "incident_energy", "pixel_size_x", "sensor_thickness", "count_time", "channels", "pixel_mask",
@@ -273,5 +276,5 @@ def test_parse_message_raises_only_stream_errors_for_odd_values():
         for v in odd:
             try:
                 s.parse_message(_start_with(**{k: v}))
-            except s.StreamError:
-                pass
+            except s.StreamError as e:
+                assert "unusable:" not in str(e), (k, v, str(e))
