@@ -1,6 +1,5 @@
-"""`redml acquire` and `redml simulate-detector` (registered by cli.py).
+"""`redml acquire` (registered by redml_reduce.cli).
 
-    redml simulate-detector --bind tcp://*:31001 --frames 1000 --rate 100 --compression bslz4
     redml acquire --connect tcp://localhost:31001 --out run.nxs --q 1 --dashboard :8080
 """
 from __future__ import annotations
@@ -16,7 +15,7 @@ __all__ = ["add_commands"]
 
 
 def _acquire(args) -> int:
-    from .acquire import AcquireSettings, Acquisition
+    from .server import AcquireSettings, Acquisition
     from .dashboard import Dashboard, parse_listen
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -74,103 +73,8 @@ def _linger(dash, stop, seconds: float, code: int) -> int:
     return code
 
 
-def _simulated_layout(detector: str):
-    from .sim import DetectorLayout
-
-    return {"4m": DetectorLayout(), "1m": DetectorLayout(modules=(2, 1), name="JUNGFRAU 1M (simulated)"),
-            "0.5m": DetectorLayout(modules=(1, 1), name="JUNGFRAU 0.5M (simulated)")}[detector]
-
-
-def _jungfrau_raw_frames(args):
-    """Simulated shots of the assembled detector turned into raw JUNGFRAU words (module layout)
-    by a simulated detector; its calibration, with the module geometry, goes in the start
-    message, so the receiver assembles the images back (the shots' beam centre holds)."""
-    import numpy as np
-
-    from .jungfrau import Geometry, simulate_detector
-    from .sim import Crystal, ShotSettings, StillSimulator
-
-    layout = _simulated_layout(args.detector)
-    (rows, cols), (gap_y, gap_x) = layout.modules, layout.gap
-    geometry = Geometry.grid(rows * cols, cols, gap_x=gap_x, gap_y=gap_y)  # the layout's modules, row by row
-    sim = StillSimulator(layout, Crystal(), ShotSettings(background=args.background, hit_rate=args.hit_rate,
-                                                         dtype="int32", bad_pixel_fraction=0), seed=args.seed)
-    rng = np.random.default_rng(args.seed)
-    det = simulate_detector(rng, n_modules=rows * cols, energy_keV=12.3984198 / sim.geometry.wavelength_a,
-                            geometry=geometry)
-    n = min(args.pool, args.frames) if args.pool else args.frames
-    print(f"simulating {n} raw JUNGFRAU shots ({rows * cols} modules) ...", file=sys.stderr, flush=True)
-    frames = [det.raw(sim.shot(i).frame, rng) for i in range(n)]
-    return frames, sim.geometry, det.calibration.mask.astype(np.uint32), det.calibration
-
-
-def _simulate(args) -> int:
-    import numpy as np
-
-    from .stream import DEFAULT_PORT, StreamSender, publish_series
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    geometry, mask, start_kw = None, None, None
-    if args.files and args.jungfrau_raw:
-        raise ValueError("--jungfrau-raw simulates its own frames: give it without --files")
-    if args.files:
-        from .background import Geometry
-        from .cli import read_frames
-
-        frames = [np.asarray(f) for f in read_frames(args.files)]
-        if not frames:
-            raise ValueError("no frames in the files given")
-        first = args.files[0].split(":")[0]
-        if first.endswith((".nxs", ".h5")):
-            try:
-                geometry = Geometry.from_nxmx(first)
-            except (KeyError, OSError, ValueError):
-                geometry = None
-            try:
-                import h5py
-
-                with h5py.File(first, "r") as f:
-                    if "entry/instrument/detector/pixel_mask" in f:
-                        mask = f["entry/instrument/detector/pixel_mask"][...].astype(np.uint32)
-            except OSError:
-                mask = None
-        if geometry is None:
-            h, w = frames[0].shape
-            geometry = Geometry(beam_x=w / 2, beam_y=h / 2, distance_mm=100.0, pixel_size_mm=0.075, wavelength_a=1.0)
-            print(f"no geometry in {first}: sending a made-up one ({geometry})", file=sys.stderr)
-        if args.dtype:
-            frames = [f.astype(args.dtype) for f in frames]
-    elif args.jungfrau_raw:
-        frames, geometry, mask, calibration = _jungfrau_raw_frames(args)
-        start_kw = {"jungfrau_calibration": calibration.to_dict(), "detector_description": "JUNGFRAU (simulated, raw)"}
-    else:
-        from .sim import Crystal, ShotSettings, StillSimulator
-
-        sim = StillSimulator(_simulated_layout(args.detector), Crystal(),
-                             ShotSettings(background=args.background, hit_rate=args.hit_rate, dtype=args.dtype or "uint16"),
-                             seed=args.seed)
-        n = min(args.pool, args.frames) if args.pool else args.frames
-        print(f"simulating {n} distinct shots of {sim.detector.name} ...", file=sys.stderr, flush=True)
-        frames = [sim.shot(i).frame for i in range(n)]
-        geometry, mask = sim.geometry, sim.mask.astype(np.uint32)
-    endpoint = args.connect or args.bind or f"tcp://*:{DEFAULT_PORT}"
-    with StreamSender(endpoint, bind=not args.connect) as sender:
-        print(f"{'connected to' if args.connect else 'bound to'} {sender.endpoint}: {args.series} series of "
-              f"{args.frames} frames {frames[0].shape} {frames[0].dtype}, "
-              f"{'as fast as taken' if args.rate <= 0 else f'{args.rate:g} Hz'}, compression {args.compression}",
-              file=sys.stderr, flush=True)
-        for k in range(args.series):
-            r = publish_series(sender, frames, args.frames, rate_hz=args.rate,
-                               compression=None if args.compression == "none" else args.compression,
-                               geometry=geometry, pixel_mask=mask, start_kw=start_kw)
-            print(f"series {sender.series_id}: {r['images']} images in {r['seconds']:.2f} s "
-                  f"({r['rate_hz']:.1f} Hz, {r['wire_bytes'] / 1e6:.1f} MB)", file=sys.stderr, flush=True)
-    return 0
-
-
-def add_commands(sub) -> None:
-    from .cli import parse_q
-
+def add_commands(sub, parse_q) -> None:
+    """Adds `acquire` to the subcommands `sub`; parse_q: the -q argument type of the redml command line."""
     a = sub.add_parser("acquire", help="receive a detector stream (DECTRIS Stream V2 / Jungfraujoch), write "
                                        "compressed NXmx, show live indicators")
     src = a.add_mutually_exclusive_group(required=True)
@@ -202,23 +106,3 @@ def add_commands(sub) -> None:
     a.add_argument("--quiet", action="store_true", help="no status lines, warnings only")
     a.add_argument("--json", help="write the series summaries and final indicators here")
     a.set_defaults(run=_acquire)
-
-    s = sub.add_parser("simulate-detector", help="publish simulated (or your) frames as a Stream V2 detector")
-    dst = s.add_mutually_exclusive_group()
-    dst.add_argument("--bind", metavar="ENDPOINT", help="default tcp://*:31001 (like a DCU)")
-    dst.add_argument("--connect", metavar="ENDPOINT", help="push to a receiver that binds")
-    s.add_argument("--frames", type=int, default=100, help="images per series")
-    s.add_argument("--rate", type=float, default=10.0, help="images per second (0: as fast as the receiver takes them)")
-    s.add_argument("--series", type=int, default=1)
-    s.add_argument("--compression", choices=("none", "bslz4", "lz4"), default="bslz4")
-    s.add_argument("--files", nargs="+", help="send these frames (CBF, FILE.h5:/dataset) instead of simulated shots")
-    s.add_argument("--detector", choices=("4m", "1m", "0.5m"), default="4m", help="simulated JUNGFRAU size")
-    s.add_argument("--hit-rate", type=float, default=0.5)
-    s.add_argument("--background", type=float, default=0.5, help="photons/px near the beam")
-    s.add_argument("--dtype", choices=("uint16", "int32", "uint32"), help="default uint16 (simulated)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--pool", type=int, default=16, help="distinct simulated shots, cycled (0: all distinct)")
-    s.add_argument("--jungfrau-raw", action="store_true",
-                   help="send raw JUNGFRAU words (gain bits + ADC) with the calibration in the start message; "
-                        "redml acquire converts them to photons")
-    s.set_defaults(run=_simulate)

@@ -22,9 +22,9 @@ from typing import Optional
 
 import numpy as np
 
-from .spots import find_spots
+from ..spots import find_spots
 
-__all__ = ["FrameStats", "analyse", "resolution_limit", "thumbnail", "LiveStats", "COUNT_NAMES", "format_line"]
+__all__ = ["FrameStats", "analyse", "resolution_limit", "thumbnail", "LiveStats", "COUNT_NAMES", "format_line", "print_status"]
 
 # Per series; received = written + sparse + vetoed + dropped + rejected once a series ends.
 COUNT_NAMES = ("received", "written", "sparse", "vetoed", "dropped", "rejected", "missing", "expected")
@@ -86,7 +86,7 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
         st.hit = st.n_spots >= min_spots
         st.resolution_a = resolution_limit(peaks, geometry)
     if hit_model is not None:
-        from .roi import require_torch
+        from ..pipeline import require_torch
 
         out = require_torch().load(hit_model).frame_outputs(frame, bad, geometry)
         st.hit_probability = out["hit_probability"]
@@ -332,3 +332,16 @@ def format_line(snap: dict) -> str:
             f"spots/hit {_fmt(ind['spots_per_hit'], '.0f')} | d {_fmt(ind['resolution_a'], '.2f')} A | "
             f"bg {_fmt(ind['background'], '.1f')} | ratio {_fmt(ind['ratio'], '.1f')} | "
             f"lost {ind['frames_lost']} (dropped {c['dropped']}, rejected {c['rejected']}, missing {c['missing']})")
+
+
+def print_status(stats: LiveStats, stream=None, final=False) -> None:
+    """Writes the status line of `stats` to stream (stderr): one line rewritten in place on a terminal."""
+    import sys
+
+    stream = stream or sys.stderr
+    line = format_line(stats.snapshot())
+    if stream.isatty():
+        stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+    else:
+        stream.write(line + "\n")
+    stream.flush()

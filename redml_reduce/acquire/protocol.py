@@ -42,7 +42,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .background import Geometry
+from ..background import BeamGeometry
 
 __all__ = ["DEFAULT_PORT", "StreamError", "EncodedArray", "StartMessage", "ImageMessage", "EndMessage",
            "parse_message", "encode_start", "encode_image", "encode_end", "compress", "decompress",
@@ -247,7 +247,7 @@ class StartMessage:
     shape: Optional[tuple]  # (height, width) from image_size_y/x
     dtype: Optional[np.dtype]  # image_dtype
     number_of_images: Optional[int]
-    geometry: Optional[Geometry]
+    geometry: Optional[BeamGeometry]
     geometry_error: Optional[str]
     pixel_mask: Optional[EncodedArray]
     channels: list
@@ -423,7 +423,7 @@ def _thaw(v):
 
 
 def _geometry(f: dict) -> tuple:
-    """(Geometry, None) from the start message's fields, or (None, why not)."""
+    """(BeamGeometry, None) from the start message's fields, or (None, why not)."""
     try:
         distance_m = _float(f, "detector_distance")
         tr = f.get("detector_translation")
@@ -442,7 +442,7 @@ def _geometry(f: dict) -> tuple:
                               ("incident_wavelength", wavelength), ("pixel_size_x", px)) if v is None]
     if missing:
         return None, f"start message lacks {', '.join(missing)}"
-    return Geometry(beam_x=bx, beam_y=by, distance_mm=distance_m * 1e3, pixel_size_mm=px * 1e3,
+    return BeamGeometry(beam_x=bx, beam_y=by, distance_mm=distance_m * 1e3, pixel_size_mm=px * 1e3,
                     wavelength_a=wavelength), None
 
 
@@ -574,7 +574,7 @@ def _dumps(fields: dict) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(TAG_SELF_DESCRIBED, fields))
 
 
-def encode_start(shape, dtype, geometry: Optional[Geometry] = None, *, series_id: int = 1,
+def encode_start(shape, dtype, geometry: Optional[BeamGeometry] = None, *, series_id: int = 1,
                  series_unique_id: Optional[str] = None, number_of_images: int = 0, pixel_mask=None,
                  channel: str = "threshold_1", detector_description: str = "redml simulated detector",
                  saturation_value: Optional[int] = None, sensor_material: str = "Si",
@@ -583,7 +583,7 @@ def encode_start(shape, dtype, geometry: Optional[Geometry] = None, *, series_id
                  jungfrau_calibration: Optional[dict] = None) -> bytes:
     """A start message (DECTRIS fields; lengths in metres; also Jungfraujoch's
     detector_distance). pixel_mask: uint32 NXmx bits, nonzero = bad. jungfrau_calibration:
-    redml_reduce.jungfrau.Calibration.to_dict() when the images are raw JUNGFRAU words (sent
+    redml_reduce.jungfrau.calibration.Calibration.to_dict() when the images are raw JUNGFRAU words (sent
     once per series, as Jungfraujoch does; the receiver converts the images to photons)."""
     h, w = (int(v) for v in shape)
     now = _dt.datetime.now(_dt.timezone.utc)

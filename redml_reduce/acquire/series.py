@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 
 from .indicators import COUNT_NAMES, FrameStats
-from .peaklist import GROUP as PEAK_GROUP
-from .writer import FrameWriter
+from ..formats.peaklist import GROUP as PEAK_GROUP
+from ..formats.writer import FrameWriter
 
 __all__ = ["SeriesFile", "read_acquisition", "MAX_PEAKS"]
 
@@ -79,7 +79,7 @@ class SeriesFile:
 
     def _setup(self, f: h5py.File) -> None:
         if self._calibration is not None:
-            from .jungfrau import write_calibration
+            from ..jungfrau.calibration import write_calibration
 
             write_calibration(f.require_group("entry/instrument/detector"), self._calibration)
         g = f.require_group(TABLE)

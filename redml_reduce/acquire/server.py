@@ -41,12 +41,12 @@ from typing import Optional
 
 import numpy as np
 
-from .acqfile import SeriesFile
-from .codec import SUPPORTED_DTYPES, CodecSettings, QLike, encode
-from .indicators import COUNT_NAMES, FrameStats, LiveStats, analyse, format_line, thumbnail
-from .spots import FinderSettings, roi_mask
-from .stream import (EncodedArray, EndMessage, ImageMessage, StartMessage, StreamError, _declared_size, compress,
-                     parse_message)
+from ..codec import SUPPORTED_DTYPES, CodecSettings, QLike
+from ..spots import FinderSettings
+from .indicators import COUNT_NAMES, LiveStats, print_status
+from .protocol import EncodedArray, EndMessage, ImageMessage, StartMessage, StreamError, parse_message
+from .series import SeriesFile
+from .worker import WIDEN, Result, work
 
 __all__ = ["AcquireSettings", "Acquisition"]
 
@@ -55,7 +55,6 @@ log = logging.getLogger("redml_reduce.acquire")
 VETO = ("none", "sparse", "drop")
 ON_FULL = ("block", "drop")
 CODECS = ("redml", "bslz4")
-_WIDEN = {np.dtype("uint8"): np.dtype("uint16"), np.dtype("int8"): np.dtype("int16")}
 
 
 @dataclass
@@ -92,7 +91,7 @@ class AcquireSettings:
 
     def __post_init__(self):
         if self.hit_model is not None:
-            from .roi import require_torch
+            from ..pipeline import require_torch
 
             require_torch().load(self.hit_model)  # a missing model or torch fails here, not per frame
         if self.veto not in VETO:
@@ -124,18 +123,6 @@ class AcquireSettings:
         return self.max_pending or 2 * self.n_workers + 2
 
 
-@dataclass
-class _Result:
-    image_id: int
-    t_arrival: float
-    stats: Optional[FrameStats] = None
-    chunk: Optional[bytes] = None
-    peaks: Optional[np.ndarray] = None
-    shape: Optional[tuple] = None
-    dtype: Optional[np.dtype] = None
-    error: Optional[str] = None
-
-
 class _Series:
     def __init__(self, start: StartMessage, path: Path):
         self.start = start
@@ -150,10 +137,10 @@ class _Series:
         self.file: Optional[SeriesFile] = None
         self.file_error: Optional[str] = None
         self.shape = tuple(start.shape) if start.shape else None
-        self.dtype = _WIDEN.get(start.dtype, start.dtype) if start.dtype is not None else None
+        self.dtype = WIDEN.get(start.dtype, start.dtype) if start.dtype is not None else None
         self.bad: Optional[np.ndarray] = None
         self.pixel_mask: Optional[np.ndarray] = None
-        self.calibration = None  # raw JUNGFRAU images: redml_reduce.jungfrau.Calibration
+        self.calibration = None  # raw JUNGFRAU images: redml_reduce.jungfrau.calibration.Calibration
         self.t0 = time.perf_counter()
         self.t_first: Optional[float] = None  # first image's arrival
         self.t_last: Optional[float] = None  # last frame's flush
@@ -248,11 +235,12 @@ class Acquisition:
         """Raw JUNGFRAU images: the series converts them to int32 photons with the start
         message's calibration, which is also stored in the file; with its geometry the images
         are assembled (as `redml compress --jungfrau-calibration` does), else raw module layout."""
-        from .jungfrau import MODULE_SHAPE, Calibration, Geometry
+        from ..jungfrau.calibration import Calibration
+        from ..jungfrau.layout import MODULE_SHAPE, ModuleLayout
 
         c = msg.jungfrau_calibration
         pedestal = c["pedestal"].decode()
-        geometry = None if c.get("geometry") is None else Geometry.from_dict(
+        geometry = None if c.get("geometry") is None else ModuleLayout.from_dict(
             c["geometry"], n_modules=pedestal.shape[1] // MODULE_SHAPE[0])
         calib = Calibration(pedestal, c["gain"].decode(), c["energy_keV"],
                             c["mask"].decode() if c.get("mask") is not None else None, geometry)
@@ -270,7 +258,7 @@ class Acquisition:
     def _new_series(self, msg: StartMessage) -> "_Series":
         """The series of a start message; StreamError when the series cannot be taken."""
         if msg.shape is not None and msg.dtype is not None:
-            self._check_size("frames", EncodedArray(msg.shape, _WIDEN.get(msg.dtype, msg.dtype), b""))
+            self._check_size("frames", EncodedArray(msg.shape, WIDEN.get(msg.dtype, msg.dtype), b""))
         series = _Series(msg, self._path_for(msg))
         if msg.jungfrau_calibration is not None:
             try:
@@ -371,7 +359,7 @@ class Acquisition:
                 self._error(f"series {series.id}: the encoder is behind: {series.counts['dropped']} frames dropped so far")
             return
         try:
-            fut = self._pool.submit(self._work, series, msg.image_id, enc, t)
+            fut = self._pool.submit(work, series, msg.image_id, enc, t, self.settings, self._codec, self.stats)
         except BaseException:
             self._give_slot()
             raise
@@ -385,7 +373,7 @@ class Acquisition:
         if series.calibration is not None:  # raw JUNGFRAU words, converted by the worker
             shape, dtype = tuple(series.calibration.frame_shape), np.dtype(np.uint16)
         else:
-            shape, dtype, dt = series.shape, series.dtype, _WIDEN.get(dt, dt)
+            shape, dtype, dt = series.shape, series.dtype, WIDEN.get(dt, dt)
         if shape is not None and tuple(enc.shape) != tuple(shape):
             raise StreamError(f"frame of shape {enc.shape}, the series has {shape}")
         if dtype is not None and dt != dtype:
@@ -440,72 +428,6 @@ class Acquisition:
             self._wq.put(("close", series, reason))
         return series
 
-    # ------------------------------------------------------------------ workers
-    def _work(self, series: _Series, image_id: int, enc: EncodedArray, t: float) -> _Result:
-        res = _Result(image_id, t)
-        s = self.settings
-        try:
-            if s.codec == "bslz4" and not s.spots and self._passthrough(series, enc):
-                # the plain writer: the detector's chunk as it came, its size checked, not decoded
-                if _declared_size(enc.payload) != enc.nbytes:
-                    raise StreamError(f"bslz4 data declares {_declared_size(enc.payload)} bytes, the frame needs "
-                                      f"{enc.nbytes}")
-                res.stats = FrameStats(image_id=image_id, raw_bytes=enc.nbytes, stored_bytes=len(enc.payload),
-                                       mode="raw")
-                res.chunk, res.shape, res.dtype = enc.payload, enc.shape, enc.dtype.newbyteorder("=")
-                return res
-            frame = enc.decode()
-            if series.calibration is not None:  # raw JUNGFRAU words -> photons (bad words become markers)
-                from .jungfrau import convert
-
-                if frame.dtype != np.uint16:
-                    raise StreamError(f"raw JUNGFRAU images must be uint16 words, not {frame.dtype}")
-                if frame.shape != tuple(series.calibration.frame_shape):
-                    raise StreamError(f"raw frame of shape {frame.shape}, the calibration {series.calibration.frame_shape}")
-                frame = convert(frame, series.calibration, nthreads=1)[0]
-            if frame.dtype in _WIDEN:
-                frame = frame.astype(_WIDEN[frame.dtype])
-            if series.shape is not None and frame.shape != series.shape:
-                raise StreamError(f"frame of shape {frame.shape}, the series has {series.shape}")
-            if series.dtype is not None and frame.dtype != series.dtype:
-                raise StreamError(f"frame of dtype {frame.dtype}, the series has {series.dtype}")
-            if self.settings.codec == "redml" and frame.dtype not in SUPPORTED_DTYPES:
-                raise StreamError(f"frames of {frame.dtype} cannot be encoded by redml")
-            bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
-            st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
-                                           saturation=series.start.saturation_value, min_spots=s.min_spots,
-                                           spots=s.spots, finder=s.finder, image_id=image_id, hit_model=s.hit_model)
-            if st.hit and self.stats.want_thumbnail():
-                img, factor = thumbnail(frame, bad)
-                self.stats.set_latest_hit(image_id, img, factor, peaks)
-            if s.codec == "bslz4":
-                res.chunk = enc.payload if self._passthrough(series, enc) else compress(frame, "bslz4")
-                st.mode = "raw"
-            elif st.hit is False and s.veto == "drop":
-                st.mode = "vetoed"
-            else:
-                mode = "sparse" if st.hit is False and s.veto == "sparse" else "q"
-                roi = roi_mask(spot_mask, self._codec["q"].roi_margin, nthreads=1) if spot_mask is not None else None
-                res.chunk = encode(frame, roi=roi, mask=bad, nthreads=1, _settings=self._codec[mode])
-                st.mode = mode
-            st.stored_bytes = len(res.chunk) if res.chunk is not None else 0
-            res.stats, res.peaks, res.shape, res.dtype = st, peaks, frame.shape, frame.dtype
-        except StreamError as e:
-            res.error = str(e)
-        except Exception as e:  # never lose a frame without a record
-            log.exception("series %d image %d", series.id, image_id)
-            res.error = f"{type(e).__name__}: {e}"
-        return res
-
-    @staticmethod
-    def _passthrough(series: _Series, enc: EncodedArray) -> bool:
-        """Whether the detector's chunk can be stored as it came (codec bslz4)."""
-        dt = enc.dtype.newbyteorder("=")
-        return (enc.compression == "bslz4" and enc.dtype.isnative and enc.elem_size == enc.dtype.itemsize
-                and not enc.column_major and dt not in _WIDEN and len(enc.shape) == 2
-                and (series.shape is None or tuple(enc.shape) == series.shape)
-                and (series.dtype is None or dt == series.dtype))
-
     # ------------------------------------------------------------------ writer thread
     def _writer_loop(self) -> None:
         while True:
@@ -555,9 +477,9 @@ class Acquisition:
 
     def _write_frame(self, series: _Series, fut) -> None:
         try:
-            res: _Result = fut.result()
+            res: Result = fut.result()
         except Exception as e:  # _work catches everything; belt and braces
-            res = _Result(-1, time.perf_counter(), error=f"{type(e).__name__}: {e}")
+            res = Result(-1, time.perf_counter(), error=f"{type(e).__name__}: {e}")
         try:
             if res.error is None:
                 f = self._open(series, series.shape or res.shape, series.dtype or res.dtype)
@@ -663,29 +585,18 @@ class Acquisition:
                     break
                 if status_every_s and now - last_status >= status_every_s:
                     last_status = now
-                    self._print_status(status_stream)
+                    print_status(self.stats, status_stream)
         finally:
             if self._series is not None:
                 self.close_series("acquisition stopped")
             for s in self.series:
                 while not s.closed.wait(0.5):
                     if status_every_s:
-                        self._print_status(status_stream)
+                        print_status(self.stats, status_stream)
             sock.close()
             if status_every_s:
-                self._print_status(status_stream, final=True)
+                print_status(self.stats, status_stream, final=True)
         return [s.summary for s in self.series if s.summary is not None]
-
-    def _print_status(self, stream=None, final=False) -> None:
-        import sys
-
-        stream = stream or sys.stderr
-        line = format_line(self.stats.snapshot())
-        if stream.isatty():
-            stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
-        else:
-            stream.write(line + "\n")
-        stream.flush()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Waits until every series so far is closed."""

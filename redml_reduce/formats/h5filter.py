@@ -16,14 +16,14 @@ from collections.abc import Mapping
 
 import h5py
 
-from .codec import CodecSettings
+from ..codec import CodecSettings
 
 __all__ = ["FILTER_ID", "PLUGIN_PATH", "Redml", "register", "is_registered"]
 
 FILTER_ID = 310
 """Filter id, from the range HDF5 reserves for unregistered filters (256-511)."""
 
-PLUGIN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins")
+PLUGIN_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
 """Directory to put in HDF5_PLUGIN_PATH for h5dump, h5repack, DIALS and other C tools."""
 
 _PLUGIN_FILE = os.path.join(PLUGIN_PATH, "libh5redml.so")

@@ -21,7 +21,7 @@ import numpy as np
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_contiguous_ndarray, ndarray_copy
 
-from .codec import CodecSettings, decode, encode
+from ..codec import CodecSettings, decode, encode
 
 __all__ = ["RedmlCodec", "CODEC_ID", "settings_to_config", "settings_from_config", "stated_bound", "frame_of"]
 
@@ -92,7 +92,7 @@ class RedmlCodec(Codec):
         self.settings = settings_from_config({"q": q, **config})
 
     def encode(self, buf) -> bytes:
-        return encode(frame_of(buf), _settings=self.settings)
+        return encode(frame_of(buf), settings=self.settings)
 
     def decode(self, buf, out=None):
         chunk = ensure_contiguous_ndarray(buf).view(np.uint8).reshape(-1)

@@ -1,6 +1,6 @@
 """NXmx metadata: what DIALS (dials.import), XDS and CrystFEL need beside the frames.
 
-    geom = Geometry(beam_x=1034.3, beam_y=1082.7, distance_mm=120, pixel_size_mm=0.075, wavelength_a=1.0)
+    geom = BeamGeometry(beam_x=1034.3, beam_y=1082.7, distance_mm=120, pixel_size_mm=0.075, wavelength_a=1.0)
     with FrameWriter("run.nxs", (h, w), "int32", q=1, geometry=geom, pixel_mask=gaps) as w:
         for frame in frames:
             w.write(frame)
@@ -19,7 +19,7 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from .background import Geometry
+from ..background import BeamGeometry
 
 __all__ = ["write_nxmx", "pixel_mask_from_gaps"]
 
@@ -47,7 +47,7 @@ def pixel_mask_from_gaps(gaps: np.ndarray) -> np.ndarray:
     return np.asarray(gaps, bool).astype(np.uint32)
 
 
-def write_nxmx(f: h5py.File, geometry: Geometry, frame_shape, *, data_path: str = "/entry/data/data",
+def write_nxmx(f: h5py.File, geometry: BeamGeometry, frame_shape, *, data_path: str = "/entry/data/data",
                pixel_mask: Optional[np.ndarray] = None, detector_name: str = "redml_reduce detector",
                sensor_material: str = "Si", sensor_thickness_mm: float = 0.32,
                saturation_value: Optional[int] = None, underload_value: Optional[int] = 0,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from .spots import PEAK_DTYPE
+from ..spots import PEAK_DTYPE
 
 __all__ = ["write_cxi_peaks", "read_cxi_peaks"]
 

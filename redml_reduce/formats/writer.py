@@ -4,7 +4,7 @@
         for frame in detector:
             w.write(frame)                 # encoded, appended, flushed
 
-Each write encodes the frame with redml_reduce.encode, grows the dataset by one frame,
+Each write encodes the frame with redml_reduce.encode (redml_reduce.pipeline), grows the dataset by one frame,
 stores the chunk with direct chunk write and flushes the dataset and the file. The file is
 in SWMR mode (single writer, multiple readers), so readers can follow the run while it is
 written (h5py.File(path, "r", libver="latest", swmr=True), dataset.refresh()), and a writer
@@ -14,7 +14,7 @@ that write() returned from is intact: SWMR readers open it as it is; a plain ope
 hands the data to the operating system: it survives the process, not a crash of the
 machine itself (see docs/reliability.md).
 
-With a geometry the file is NXmx (redml_reduce.nxmx): dials.import reads it directly, the
+With a geometry the file is NXmx (redml_reduce.formats.nxmx): dials.import reads it directly, the
 redml filter found through HDF5_PLUGIN_PATH=redml_reduce.PLUGIN_PATH. `filter=` writes
 with another HDF5 filter instead (a mapping such as hdf5plugin.Bitshuffle(), or {} for
 none), the same file layout: the benchmarks compare codecs through this one writer.
@@ -26,10 +26,10 @@ from typing import Mapping, Optional
 import h5py
 import numpy as np
 
-from .codec import SUPPORTED_DTYPES, encode, inspect
+from ..codec import SUPPORTED_DTYPES, inspect
 from .h5filter import Redml
 from .nxmx import write_nxmx
-from .roi import ROI_SOURCES, is_source, require_torch, resolve_roi
+from ..pipeline import ROI_SOURCES, encode, is_source, require_torch
 
 __all__ = ["FrameWriter"]
 
@@ -41,12 +41,12 @@ class FrameWriter:
     uint32, float32. codec_settings: q and the other redml settings (see
     redml_reduce.CodecSettings), also stored as the dataset's filter options so that any
     HDF5 reader decodes the frames. nthreads: encoder threads (0 = all cores).
-    geometry (redml_reduce.background.Geometry), pixel_mask and nxmx (more keywords of
-    redml_reduce.nxmx.write_nxmx): write an NXmx file. filter: another HDF5 filter's
+    geometry (redml_reduce.background.BeamGeometry), pixel_mask and nxmx (more keywords of
+    redml_reduce.formats.nxmx.write_nxmx): write an NXmx file. filter: another HDF5 filter's
     create_dataset keywords instead of redml ({} = uncompressed). setup: optional callable
     given the open h5py.File once the dataset exists, before SWMR mode starts (SWMR allows
     no new objects: metadata groups such as a JUNGFRAU calibration are written there).
-    roi: the ROI source of every frame written with write() (redml_reduce.roi):
+    roi: the ROI source of every frame written with write() (redml_reduce.pipeline):
     "classical" (the encoder's rule, as the HDF5 filter), "ml" or "union" (the learned
     model, with the geometry's radial background when a geometry is given); write(roi=)
     overrides it per frame.
@@ -108,9 +108,8 @@ class FrameWriter:
             if roi is not None or mask is not None:
                 raise ValueError("roi and mask need the redml filter")
             return self._append(lambda i: self._dset.write_direct(np.ascontiguousarray(arr)[None], dest_sel=np.s_[i:i + 1]))
-        roi = resolve_roi(arr, self.roi if roi is None else roi, mask, margin=self.settings.roi_margin,
-                          roi_snr=self.settings.roi_snr, geometry=self.geometry)
-        chunk = encode(arr, roi=roi, mask=mask, nthreads=self.nthreads, _settings=self.settings)
+        chunk = encode(arr, roi=self.roi if roi is None else roi, mask=mask, nthreads=self.nthreads,
+                       geometry=self.geometry, settings=self.settings)
         return self.write_chunk(chunk)
 
     def write_chunk(self, chunk) -> int:

@@ -1,7 +1,7 @@
 """The redml codec for zarr v3: an array-to-bytes codec (it needs the chunk's dtype and shape).
 
     import zarr
-    from redml_reduce.zarr_codec import RedmlZarrCodec
+    from redml_reduce.formats.zarr_codec import RedmlZarrCodec
     a = zarr.create_array(store, shape=(n, h, w), chunks=(1, h, w), dtype="uint16",
                           serializer=RedmlZarrCodec(q=1), compressors=None)
 
@@ -24,7 +24,7 @@ import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import parse_named_configuration
 
-from .codec import SUPPORTED_DTYPES, CodecSettings, RedmlError, decode, encode, inspect
+from ..codec import SUPPORTED_DTYPES, CodecSettings, RedmlError, decode, encode, inspect
 from .numcodecs_codec import frame_of, settings_from_config, settings_to_config, stated_bound
 
 __all__ = ["RedmlZarrCodec", "ZARR_CODEC_NAME"]
@@ -77,7 +77,7 @@ class RedmlZarrCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array, chunk_spec):
         frame = frame_of(chunk_array.as_numpy_array())
-        chunk = encode(frame, _settings=self.settings)
+        chunk = encode(frame, settings=self.settings)
         return chunk_spec.prototype.buffer.from_bytes(chunk)
 
     def _decode_sync(self, chunk_bytes, chunk_spec):

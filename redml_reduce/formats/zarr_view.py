@@ -1,6 +1,6 @@
 """Zero-copy zarr views of redml-compressed HDF5/NXmx files.
 
-    from redml_reduce.zarr_view import references, open_view
+    from redml_reduce.formats.zarr_view import references, open_view
     refs = references("run.nxs")               # kerchunk references, JSON-safe
     arr = open_view("run.nxs")                  # a read-only zarr.Array on the same bytes
     frames = dask.array.from_zarr(arr)          # or to_dask("run.nxs")
@@ -25,7 +25,7 @@ import os
 import h5py
 import numpy as np
 
-from .codec import SUPPORTED_DTYPES, CodecSettings
+from ..codec import SUPPORTED_DTYPES, CodecSettings
 from .h5filter import FILTER_ID
 from .numcodecs_codec import CODEC_ID, settings_to_config
 from .zarr_codec import ZARR_CODEC_NAME

@@ -8,7 +8,7 @@ array whose codec is `redml_reduce.redml`.
 - HDF5/NXmx input: everything but the image data is copied from the input file (groups,
   attributes, datasets, links: H5Ocopy), and the frames go to the input's image dataset
   path (`entry/data/data` for Eiger masters, whose `data_NNNNNN` links are replaced by it).
-- Image files (CBF, SMV): an NXmx file written by redml_reduce.nxmx.write_nxmx with the
+- Image files (CBF, SMV): an NXmx file written by redml_reduce.formats.nxmx.write_nxmx with the
   geometry of a Pilatus mini-CBF header when there is one, and every image file's name and
   full header kept in /entry/redml_source (nothing of the source is lost).
 
@@ -29,9 +29,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .codec import CodecSettings
-from .h5filter import FILTER_ID, Redml
-from .sources import Input, image_datasets
+from ..codec import CodecSettings
+from ..formats.h5filter import FILTER_ID, Redml
+from ..formats.sources import Input, image_datasets
 
 __all__ = ["NxmxWriter", "ZarrWriter", "open_writer", "output_chunks", "copy_hdf5_skeleton", "geometry_from_header",
            "output_path", "path_size", "path_digest", "redml_datasets", "write_decoded", "DECODED_CODECS"]
@@ -111,9 +111,9 @@ def copy_hdf5_skeleton(src: h5py.File, dst: h5py.File, skip) -> None:
 
 
 def geometry_from_header(header: dict):
-    """redml_reduce Geometry from a Pilatus mini-CBF header (fabio's header dict), or None
+    """redml_reduce BeamGeometry from a Pilatus mini-CBF header (fabio's header dict), or None
     when the header does not state it."""
-    from .background import Geometry
+    from ..background import BeamGeometry
 
     text = header.get("_array_data.header_contents", "")
     num = r"([-+0-9.eE]+)"
@@ -129,7 +129,7 @@ def geometry_from_header(header: dict):
     if not (pixel and distance and wavelength and beam):
         return None
     try:
-        return Geometry(beam_x=beam[0], beam_y=beam[1], distance_mm=distance[0] * 1000,
+        return BeamGeometry(beam_x=beam[0], beam_y=beam[1], distance_mm=distance[0] * 1000,
                         pixel_size_mm=pixel[0] * 1000, wavelength_a=wavelength[0])
     except ValueError:
         return None
@@ -188,7 +188,7 @@ class NxmxWriter:
             self._write_image_metadata()
 
     def _write_image_metadata(self):
-        from .nxmx import write_nxmx
+        from ..formats.nxmx import write_nxmx
 
         first = json.loads(self.headers[0]) if self.headers else {}
         geometry = geometry_from_header(first)
@@ -248,7 +248,7 @@ class ZarrWriter:
     def __init__(self, path, inp: Input, n_frames: int, frame_shape, dtype, settings: CodecSettings):
         import zarr
 
-        from .zarr_codec import RedmlZarrCodec
+        from ..formats.zarr_codec import RedmlZarrCodec
 
         self.path, self.input, self.n = Path(path), inp, int(n_frames)
         self.headers = []

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sources import Input
+from ..formats.sources import Input
 
 __all__ = ["Manifest", "Report", "row"]
 

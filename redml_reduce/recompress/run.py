@@ -1,13 +1,13 @@
 """Bulk recompression of detector archives into redml chunks, on Dask.
 
-    from redml_reduce.recompress import recompress
+    from redml_reduce.recompress.run import recompress
     report = recompress(["/data/run1", "/data/eiger_master.h5"], "/data/redml", q=0, workers=2)
     print(report.table())
 
     redml recompress /data/run1 /data/eiger_master.h5 --out /data/redml --workers 2
     redml recompress ... --out DIR --scheduler tcp://host:8786      # an existing cluster
 
-Inputs (redml_reduce.sources): NXmx/Eiger HDF5 files (bitshuffle-LZ4, gzip or
+Inputs (redml_reduce.formats.sources): NXmx/Eiger HDF5 files (bitshuffle-LZ4, gzip or
 uncompressed), Eiger masters with their data files, folders of CBF/SMV images (one input
 per template). Each input becomes one output: `DIR/NAME.nxs` (NXmx, redml chunks; the
 input's other groups copied) or `DIR/NAME.zarr` (zarr v3 store, codec redml_reduce.redml).
@@ -42,14 +42,14 @@ import shutil
 import time
 from pathlib import Path
 
-from .codec import CodecSettings
-from .numcodecs_codec import settings_to_config
+from ..codec import CodecSettings
+from ..formats.numcodecs_codec import settings_to_config
 from .outputs import OUTPUT_SUFFIX, output_path
-from .progress import progress_bar
-from .recompress_report import Manifest, Report, row as _row
-from .recompress_tasks import (VerificationError, check_output, encode_part, inspect_input, verify_chunk,
+from ..progress import progress_bar
+from .report import Manifest, Report, row as _row
+from .tasks import (VerificationError, check_output, encode_part, inspect_input, verify_chunk,
                                write_output)
-from .sources import find_inputs
+from ..formats.sources import find_inputs
 
 __all__ = ["recompress", "Report", "Manifest", "VerificationError", "Interrupted", "verify_chunk", "MANIFEST_NAME",
            "TMP_NAME"]

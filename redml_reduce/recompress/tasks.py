@@ -1,7 +1,7 @@
-"""The tasks of a recompression (redml_reduce.recompress), run on Dask workers or in order.
+"""The tasks of a recompression (redml_reduce.recompress.run), run on Dask workers or in order.
 
 Each opens its files itself and returns plain data (paths, digests, sizes): no h5py
-object leaves the process. See redml_reduce.recompress for how they are chained.
+object leaves the process. See redml_reduce.recompress.run for how they are chained.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .codec import CodecSettings, decode, encode, error_bound, exact_mask
-from .h5filter import Redml
+from ..codec import CodecSettings, decode, error_bound, exact_mask
+from ..formats.h5filter import Redml
+from ..formats.sources import Input, open_frames
+from ..pipeline import encode
 from .outputs import open_writer, output_chunks, path_digest, path_size
-from .sources import Input, open_frames
 
 __all__ = ["VerificationError", "verify_chunk", "inspect_input", "encode_part", "write_output", "check_output"]
 
@@ -68,11 +69,11 @@ def inspect_input(inp: Input) -> dict:
 def _encoded(inp: Input, start: int, stop: int, settings: CodecSettings, verify: bool, nthreads: int,
              roi="classical"):
     """Yields (index, chunk, header, frame) for frames start..stop-1 of an input; roi: the
-    exact region's source (redml_reduce.roi)."""
+    exact region's source (redml_reduce.pipeline)."""
     with open_frames(inp) as frames:
         for i in range(start, stop):
             frame, header = frames.read(i)
-            chunk = encode(frame, roi=roi, nthreads=nthreads, _settings=settings)
+            chunk = encode(frame, roi=roi, nthreads=nthreads, settings=settings)
             if verify:
                 try:
                     verify_chunk(frame, chunk, settings)
@@ -201,7 +202,7 @@ def check_output(out_path: str, entry: dict) -> str | None:
 
 
 def decode_header(chunk) -> dict:
-    from .codec import inspect
+    from ..codec import inspect
 
     info = inspect(chunk)
     return {"shape": tuple(info["shape"]), "dtype": np.dtype(info["dtype"])}

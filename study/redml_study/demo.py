@@ -1,6 +1,6 @@
 """The main job in one command: compress still shots with the HDF5 filter and check them.
 
-    python -m redml_reduce.demo [--frames 4] [--out DIR]
+    python -m redml_study.demo [--frames 4] [--out DIR]
 
 Makes JUNGFRAU-4M-sized synthetic still shots (and uses the real Pilatus 6M thaumatin
 stills when ../shared/data is there), writes them with the redml filter at several q,
@@ -22,9 +22,9 @@ import numpy as np
 
 import redml_reduce as rr
 from redml_reduce.codec import error_bound
-from redml_reduce.synthetic import JUNGFRAU_4M_SHAPE, still_frame
+from redml_study.synthetic import JUNGFRAU_4M_SHAPE, still_frame
 
-THAUMATIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "thaumatin_grid"
+THAUMATIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "thaumatin_grid"
 SETTINGS = [("lossless", 0), ("q=1", 1.0), ("q=2", 2.0), ("q=4", 4.0), ("sparse", "sparse")]
 
 
@@ -39,10 +39,10 @@ def real_frames(n: int):
     if not files:
         return None
     try:
-        import fabio  # noqa: F401  (reads the images for redml_reduce.sources)
+        import fabio  # noqa: F401  (reads the images for redml_reduce.formats.sources)
     except ImportError:
         return None
-    from .sources import iter_frames
+    from redml_reduce.formats.sources import iter_frames
 
     return np.stack(list(iter_frames(map(str, files))))
 

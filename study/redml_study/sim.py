@@ -1,6 +1,6 @@
 """Still shots of serial crystallography with a known crystal and the true reflection list.
 
-    from redml_reduce.sim import StillSimulator, Crystal, ShotSettings, jungfrau_4m
+    from redml_study.sim import StillSimulator, Crystal, ShotSettings, jungfrau_4m
     sim = StillSimulator(jungfrau_4m(), Crystal(), ShotSettings(background=0.5, hit_rate=0.3), seed=1)
     shot = sim.shot(0)            # shot.frame (int32 photons, gaps -1), shot.reflections, shot.hit
     sim.geometry, sim.mask        # for the NXmx writer and for DIALS
@@ -30,12 +30,11 @@ from typing import Optional
 
 import numpy as np
 
-from .background import Geometry
+from redml_reduce.background import BeamGeometry
 
 __all__ = ["DetectorLayout", "jungfrau_4m", "Crystal", "ShotSettings", "Shot", "StillSimulator",
-           "REFLECTION_DTYPE", "DIALS_PYTHON", "lattice"]
+           "REFLECTION_DTYPE", "lattice"]
 
-DIALS_PYTHON = os.environ.get("REDML_DIALS_PYTHON", "/usr/bin/python3")
 
 REFLECTION_DTYPE = np.dtype([("frame", "<i4"), ("h", "<i4"), ("k", "<i4"), ("l", "<i4"), ("x", "<f8"),
                              ("y", "<f8"), ("intensity", "<f8"), ("partiality", "<f8"), ("d", "<f8"),
@@ -147,7 +146,7 @@ def _cache_dir() -> Path:
 
 def lattice(crystal: Crystal, d_min: float) -> dict:
     """Every reflection to d_min (from cctbx, cached): hkl, asu, d, B (see dials_side/lattice.py)."""
-    from .dials_side import script
+    from .dials_side import DIALS_PYTHON, script
 
     cell = ",".join(f"{v:g}" for v in crystal.unit_cell)
     key = hashlib.sha1(f"{crystal.space_group}|{cell}|{d_min:g}".encode()).hexdigest()[:16]
@@ -170,7 +169,7 @@ def lattice(crystal: Crystal, d_min: float) -> dict:
 
 def attenuation_per_mm(material: str, wavelength_a: float) -> float:
     """The sensor's linear attenuation coefficient (1/mm), the value dxtbx uses."""
-    from .dials_side import script
+    from .dials_side import DIALS_PYTHON, script
 
     out = subprocess.run([DIALS_PYTHON, script("attenuation.py"), material, f"{wavelength_a!r}"],
                          check=True, capture_output=True, text=True, timeout=120)
@@ -212,7 +211,7 @@ class StillSimulator:
         s, det = self.settings, self.detector
         h, w = det.shape
         bx, by = s.beam_center if s.beam_center is not None else (w / 2 + 0.3, h / 2 + 0.7)
-        self.geometry = Geometry(beam_x=float(bx), beam_y=float(by), distance_mm=s.distance_mm,
+        self.geometry = BeamGeometry(beam_x=float(bx), beam_y=float(by), distance_mm=s.distance_mm,
                                  pixel_size_mm=det.pixel_size_mm, wavelength_a=s.wavelength_a)
         self.mask = det.gap_mask()
         self.mu = attenuation_per_mm(s.sensor_material, s.wavelength_a) if s.sensor_thickness_mm > 0 else 0.0

@@ -1,6 +1,6 @@
 """Finder parameter tuning against reference spots (DIALS strong spots or a labelled set).
 
-    result = redml_reduce.tune.tune(frames, reference_positions)
+    result = redml_study.tune.tune(frames, reference_positions)
     result.best            # FinderSettings with the highest F1
     result.table           # every setting tried with its precision / recall / F1
 
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .metrics import score_spots
-from .spots import FinderSettings, find_spots
+from redml_reduce.spots import FinderSettings, find_spots
 
 __all__ = ["tune", "TuneResult", "DEFAULT_GRID"]
 
@@ -61,7 +61,7 @@ def tune(frames, reference, *, masks=None, radius: float = 2.0, grid=None, round
         if key not in cache:
             found = []
             for i, f in enumerate(frames):
-                peaks, _ = find_spots(f, None if masks is None else masks[i], nthreads=nthreads, _settings=s)
+                peaks, _ = find_spots(f, None if masks is None else masks[i], nthreads=nthreads, settings=s)
                 found.append(np.stack([peaks["x"], peaks["y"]], axis=1))
             cache[key] = score_spots(found, reference, radius).as_dict()
         return cache[key]

@@ -30,9 +30,8 @@ from typing import Optional
 
 import numpy as np
 
-from .dials_side import SHIM_DIR, script
-from .h5filter import PLUGIN_PATH
-from .sim import DIALS_PYTHON
+from .dials_side import DIALS_PYTHON, SHIM_DIR, script
+from redml_reduce.formats.h5filter import PLUGIN_PATH
 
 __all__ = ["Dials", "DialsRun", "DialsError", "compare", "dials_env", "INTEGRATED_DTYPE", "SPOT_DTYPE"]
 

@@ -8,7 +8,7 @@
 Each codec writes the same frames into an NXmx file through one writer (FrameWriter); the
 file is read back and compared with the original frames; DIALS indexes every file whose
 frames differ from the original and integrates the original's crystals on it (see
-redml_reduce.yardstick). Files whose decoded frames are byte-identical to the original
+redml_study.yardstick). Files whose decoded frames are byte-identical to the original
 would give DIALS identical input: their DIALS figures are the uncompressed run's, and the
 table says so ("dials": "identical"); likewise a codec whose decoded frames equal another
 codec's ("same frames as ...").
@@ -26,10 +26,10 @@ from typing import Callable, Iterator, Optional
 import h5py
 import numpy as np
 
-from .background import Geometry
-from .nxmx import pixel_mask_from_gaps
-from .sources import Input, open_frames
-from .writer import FrameWriter
+from redml_reduce.background import BeamGeometry
+from redml_reduce.formats.nxmx import pixel_mask_from_gaps
+from redml_reduce.formats.sources import Input, open_frames
+from redml_reduce.formats.writer import FrameWriter
 from .yardstick import Dials, compare
 
 __all__ = ["Series", "CODECS", "cached", "series_from_files", "series_from_simulator", "write_series", "study",
@@ -62,7 +62,7 @@ CODECS = {
     "redml-mean-q4": lambda hp: {"q": 4, "recon": "mean"},
     "redml-sparse": lambda hp: {"q": "sparse"},
 }
-# The exact region from the learned models (redml_reduce.roi; needs the [ml] extra):
+# The exact region from the learned models (redml_reduce.pipeline; needs the [ml] extra):
 # redml-q2-ml (default CNN), redml-q2-union (classical or CNN), redml-q2-ensemble, ...
 for _q in (2, "sparse"):
     for _src in ("ml", "union", "ml:logistic", "ml:ensemble", "ml:unet"):
@@ -99,7 +99,7 @@ class Series:
     n: int
     shape: tuple
     dtype: np.dtype
-    geometry: Geometry
+    geometry: BeamGeometry
     frames: Callable[[], Iterator[np.ndarray]]  # a fresh iterator over the n frames per call
     pixel_mask: Optional[np.ndarray] = None
     nxmx: dict = field(default_factory=dict)
@@ -117,7 +117,7 @@ def cached(series: Series) -> Series:
 
 
 def series_from_simulator(sim, n: int, name: str = "simulated", start: int = 0) -> Series:
-    """n shots of a redml_reduce.sim.StillSimulator (made again on every pass: shot i is a
+    """n shots of a redml_study.sim.StillSimulator (made again on every pass: shot i is a
     pure function of the simulator's seed and i)."""
     shots = [(s.reflections, s.hit) for s in (sim.shot(i) for i in range(start, start + n))]
     truth = np.concatenate([r for r, _ in shots]) if shots else None
@@ -128,8 +128,7 @@ def series_from_simulator(sim, n: int, name: str = "simulated", start: int = 0) 
 
 
 def _dials_geometry(path: str) -> dict:
-    from .dials_side import script
-    from .sim import DIALS_PYTHON
+    from .dials_side import DIALS_PYTHON, script
 
     out = subprocess.run([DIALS_PYTHON, script("geometry.py"), path], capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
@@ -146,7 +145,7 @@ def series_from_files(paths, name: Optional[str] = None, dataset: str = "entry/d
         raise ValueError("no input files")
     if len(paths) == 1 and h5py.is_hdf5(paths[0]):
         path = paths[0]
-        geom = Geometry.from_nxmx(path)
+        geom = BeamGeometry.from_nxmx(path)
         inp = Input("hdf5", Path(path).stem, (path,), dataset)
         with open_frames(inp) as fr:
             n, shape, dtype = len(fr), fr.shape, fr.dtype
@@ -162,7 +161,7 @@ def series_from_files(paths, name: Optional[str] = None, dataset: str = "entry/d
     g = _dials_geometry(paths[0])
     if abs(abs(g["normal_z"]) - 1) > 1e-6:
         raise ValueError(f"{paths[0]}: the detector is not normal to the beam; only flat, untilted detectors are supported")
-    geom = Geometry(beam_x=g["beam_x"], beam_y=g["beam_y"], distance_mm=g["distance_mm"],
+    geom = BeamGeometry(beam_x=g["beam_x"], beam_y=g["beam_y"], distance_mm=g["distance_mm"],
                     pixel_size_mm=g["pixel_size_mm"], wavelength_a=g["wavelength_a"])
     inp = Input("images", Path(paths[0]).parent.name, tuple(paths))
     with open_frames(inp) as fr:

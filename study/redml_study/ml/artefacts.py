@@ -19,9 +19,10 @@ import math
 
 import numpy as np
 
+from redml_reduce.background import ICE_RINGS_A
+
 __all__ = ["ICE_RINGS_A", "plant", "KINDS"]
 
-ICE_RINGS_A = (3.897, 3.669, 3.441)
 KINDS = ("ice", "zinger", "hot", "streak", "glow")
 
 

@@ -3,12 +3,12 @@
     samples = make_set("weak", n=8, seed=1)        # list of Sample
     s.frame, s.mask, s.geometry, s.label, s.truth (n, 2) x, y, s.artefacts (k, 2)
 
-Kinds (redml_reduce.sim, one JUNGFRAU module of 514 x 1030 pixels by default):
+Kinds (redml_study.sim, one JUNGFRAU module of 514 x 1030 pixels by default):
   strong    lysozyme (P43212), bright spots;
   weak      a large cell (thaumatin, P41212 58.6 58.6 151.5), weak signal: most detectable
             reflections at SNR ~1-2;
   artefact  blank shots (no crystal) with planted non-lattice features
-            (redml_reduce.ml.artefacts): every spot found there is false;
+            (redml_study.ml.artefacts): every spot found there is false;
   mixed     strong hits with planted features.
 A reflection is *detectable* (a positive, and counted by recall) when its expected SNR
 I / sqrt(I + B) >= SNR_FLOOR, B the background under a 3x3 box (the simulator's
@@ -54,7 +54,7 @@ class Sample:
     kind: str
     frame: np.ndarray           # int32 photons, gaps -1
     mask: np.ndarray            # bool: module gaps
-    geometry: object            # redml_reduce.background.Geometry
+    geometry: object            # redml_reduce.background.BeamGeometry
     label: np.ndarray           # uint8 per pixel (see module doc)
     truth: np.ndarray           # (n, 2) x, y of the detectable reflections
     truth_d: np.ndarray         # their d-spacings (Angstrom)

@@ -5,7 +5,7 @@
 
 The frames are written once, uncompressed, through the project's NXmx writer and DIALS
 runs on that file exactly as the yield yardstick runs it (dials.import, find_spots,
-ssx_index with the known cell; redml_reduce.yardstick.Dials); the indexed reflections'
+ssx_index with the known cell; redml_study.yardstick.Dials); the indexed reflections'
 centroids come from indexed.refl (dials_side/indexed_spots.py). Results are kept in
 `workdir` and reused when the input is unchanged.
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dials_side import script
-from ..sim import DIALS_PYTHON
+from ..dials_side import DIALS_PYTHON, script
 from ..yardstick import Dials, dials_env
 from ..yield_study import cached, series_from_files, write_series
 
@@ -29,7 +28,7 @@ __all__ = ["DialsLabels", "dials_labels"]
 class DialsLabels:
     frames: list          # the frames (as read from the image files)
     mask: np.ndarray      # bad / gap pixels
-    geometry: object      # redml_reduce.background.Geometry
+    geometry: object      # redml_reduce.background.BeamGeometry
     strong: list          # per frame, (n, 2) x, y of dials.find_spots strong spots
     indexed: list         # per frame, (m, 2) x, y of the strong spots that indexed
     indexed_frames: np.ndarray  # bool per frame

@@ -1,10 +1,10 @@
 """Training recipe of the shipped weights (seeded; a few minutes on 2 CPU cores).
 
-    python -m redml_reduce.ml.train                  # writes redml_reduce/ml/weights/*.pt
-    python -m redml_reduce.ml.train --out DIR        # elsewhere
-    python -m redml_reduce.ml.train --compare --json compare.json   # transforms x patches x models x losses
+    python -m redml_study.ml.train                  # writes redml_reduce/ml/weights/*.pt
+    python -m redml_study.ml.train --out DIR        # elsewhere
+    python -m redml_study.ml.train --compare --json compare.json   # transforms x patches x models x losses
 
-Data (redml_reduce.ml.data, regenerated from the seeds, nothing downloaded): TRAIN_FRAMES
+Data (redml_study.ml.data, regenerated from the seeds, nothing downloaded): TRAIN_FRAMES
 frames of each kind (strong, weak, artefact, mixed) with seed TRAIN_SEED to train on,
 VAL_FRAMES of each with VAL_SEED to choose the spot threshold (the one of best F1 against
 the simulator's detectable reflections). Training: random crops, half of them centred on a
@@ -27,9 +27,9 @@ import torch
 
 from ..metrics import score_spots
 from .data import ARTEFACT, IGNORE, KINDS, LATTICE, make_set, make_sets
-from .infer import MODEL_FILES, WEIGHTS_DIR, Predictor, inputs_for, maps_of, peaks_from_map
+from redml_reduce.ml.infer import MODEL_FILES, WEIGHTS_DIR, Predictor, inputs_for, maps_of, peaks_from_map
 from .losses import loss_fn
-from .models import build, n_parameters
+from redml_reduce.ml.models import build, n_parameters
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 101, 202, 303
 TRAIN_FRAMES, VAL_FRAMES = 6, 3
@@ -150,7 +150,7 @@ def score_at(pred: Predictor, data: Prepared, thresholds=THRESHOLDS, kinds=None)
 
 def classical_false_spots(data: Prepared) -> float:
     """Spots per artefact-only frame of the classical finder (all of them false)."""
-    from ..spots import find_spots
+    from redml_reduce.spots import find_spots
 
     frames = [s for s in data.samples if s.kind == "artefact"]
     return float(np.mean([len(find_spots(s.frame, s.mask)[0]) for s in frames]))
