@@ -54,6 +54,9 @@ def _acquire(args) -> int:
         print(f"series {s['series_id']}: {c['written']} written, {c['sparse']} sparse, {c['vetoed']} vetoed, "
               f"{c['dropped']} dropped, {c['rejected']} rejected, {c['missing']} missing of {c['expected']} "
               f"({s['ended']}) -> {s['path']}")
+    if acq.fatal and code == 0:
+        print(f"redml acquire: stopped, frames cannot be stored: {acq.fatal}", file=sys.stderr)
+        code = 1
     if not summaries and code == 0:
         print("no series received", file=sys.stderr)
         code = 2

@@ -152,7 +152,9 @@ _h5_lock = threading.Lock()
 
 def _h5_dataset(f, algorithm: str, elem_size: int, nbytes: int):
     """A one-chunk dataset of nbytes with the bitshuffle-LZ4 or LZ4 filter (hdf5plugin)."""
-    import hdf5plugin
+    from ..formats.h5filter import load_hdf5plugin
+
+    hdf5plugin = load_hdf5plugin()
 
     dtype = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}.get(int(elem_size))
     if dtype is None or nbytes % int(elem_size):

@@ -19,7 +19,9 @@ the file by reason. Malformed messages, images outside a series or of another se
 duplicates and undecodable frames are logged, counted and skipped; a start while a series
 is open closes that series first; a series whose end never comes is closed after
 idle_timeout_s of silence. The service itself never stops on bad input: whatever handling a
-message raises is logged and counted (an image as rejected in its series).
+message raises is logged and counted (an image as rejected in its series). A series file
+it cannot create or write does stop it (Acquisition.fatal says why): every frame after it
+would be lost.
 
 Memory is bounded before anything is decompressed: a series' frames have one shape and
 dtype (the start message's, or the first image's when it gives none), and an image that
@@ -191,6 +193,7 @@ class Acquisition:
         self.last_message_t = time.perf_counter()
         self._stop = threading.Event()
         self._closed = False
+        self.fatal: Optional[str] = None  # why frames could not be stored (no file, failed write): serve() stops
 
     # ------------------------------------------------------------------ receiver side
     def feed(self, raw, t_arrival: Optional[float] = None) -> None:
@@ -218,6 +221,12 @@ class Acquisition:
     def _error(self, text: str) -> None:
         log.error(text)
         self.stats.error(text)
+
+    def _fail(self, text: str) -> None:
+        """A series file that cannot be written loses every frame after: never carry on silently."""
+        self._error(text)
+        if self.fatal is None:
+            self.fatal = text
 
     def _path_for(self, start: StartMessage) -> Path:
         p = Path(self.out.format(series=start.series_id, series_id=start.series_id)) if "{" in self.out \
@@ -449,9 +458,9 @@ class Acquisition:
         try:
             filt = None
             if s.codec == "bslz4":
-                import hdf5plugin
+                from ..formats.h5filter import load_hdf5plugin
 
-                filt = hdf5plugin.Bitshuffle(cname="lz4")
+                filt = load_hdf5plugin().Bitshuffle(cname="lz4")
             attrs = {"series_id": series.id, "series_unique_id": series.uid, "codec": s.codec, "q": str(s.q),
                      "veto": s.veto, "min_spots": s.min_spots, "on_full": s.on_full}
             series.file = SeriesFile(series.path, shape, dtype, geometry=st.geometry, pixel_mask=series.pixel_mask,
@@ -461,7 +470,7 @@ class Acquisition:
                                      calibration=series.calibration)
         except Exception as e:
             series.file_error = f"{type(e).__name__}: {e}"
-            self._error(f"series {series.id}: cannot create {series.path}: {series.file_error}")
+            self._fail(f"series {series.id}: cannot create {series.path}: {series.file_error}")
         return series.file
 
     def _file_codec(self) -> dict:
@@ -502,7 +511,7 @@ class Acquisition:
                 else:
                     series.file.write(res.chunk, st, res.peaks, counts=counts)
             except Exception as e:
-                self._error(f"series {series.id}: image {res.image_id} could not be written: {type(e).__name__}: {e}")
+                self._fail(f"series {series.id}: image {res.image_id} could not be written: {type(e).__name__}: {e}")
                 self._reject(series, res.image_id)
                 return
             series.count(key)
@@ -526,7 +535,7 @@ class Acquisition:
                 series.file.set_counts(c)
                 series.file.close()
         except Exception as e:
-            self._error(f"series {series.id}: closing {series.path} failed: {type(e).__name__}: {e}")
+            self._fail(f"series {series.id}: closing {series.path} failed: {type(e).__name__}: {e}")
         done = c["written"] + c["sparse"] + c["vetoed"]
         span = (series.t_last - series.t_first) if series.t_first is not None and series.t_last is not None else 0.0
         lat = np.array(series.latencies) * 1e3
@@ -565,7 +574,7 @@ class Acquisition:
         ended = 0
         t_begin = last_status = time.perf_counter()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self.fatal is None:
                 if sock.poll(100):
                     raw = sock.recv()
                     had = self._series

@@ -28,26 +28,47 @@ PLUGIN_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 _PLUGIN_FILE = os.path.join(PLUGIN_PATH, "libh5redml.so")
 _lib = None
+_hdf5plugin_set_up = False
 
 
 def register(force: bool = False) -> None:
-    """Registers the filter with h5py's HDF5 library (done on `import redml_reduce`)."""
+    """Registers this package's filter with h5py's HDF5 library (done on `import redml_reduce`).
+
+    Always this package's plugin, even when HDF5_PLUGIN_PATH already offers filter 310 (this
+    one or another install's): registering replaces it. The plugin resolves the HDF5
+    functions it calls from whichever libhdf5 calls it, so the same file also serves the
+    C tools through HDF5_PLUGIN_PATH. force=True registers again.
+    """
     global _lib
-    if h5py.h5z.filter_avail(FILTER_ID) and not force:
+    if _lib is not None and not force:
         return
     if not os.path.exists(_PLUGIN_FILE):
         raise ImportError(f"redml filter plugin not found at {_PLUGIN_FILE}; reinstall redml_reduce")
     lib = ctypes.CDLL(_PLUGIN_FILE)
-    lib.redml_h5_init.argtypes = [ctypes.c_char_p]
-    lib.redml_h5_init.restype = ctypes.c_int
-    # h5py.h5z links h5py's own libhdf5: the plugin takes the HDF5 functions it needs from there.
-    if lib.redml_h5_init(h5py.h5z.__file__.encode()) != 0:
-        raise ImportError("redml filter: cannot resolve HDF5 functions from h5py")
+    lib.redml_h5_check.argtypes = [ctypes.c_char_p]
+    lib.redml_h5_check.restype = ctypes.c_int
+    # h5py.h5z links h5py's own libhdf5, the library that will call the filter.
+    if lib.redml_h5_check(h5py.h5z.__file__.encode()) != 0:
+        raise ImportError("redml filter: h5py's HDF5 library lacks functions the filter calls")
     lib.H5PLget_plugin_info.restype = ctypes.c_void_p
-    if force and h5py.h5z.filter_avail(FILTER_ID):
-        h5py.h5z.unregister_filter(FILTER_ID)
     h5py.h5z.register_filter(lib.H5PLget_plugin_info())
     _lib = lib
+
+
+def load_hdf5plugin():
+    """hdf5plugin (an optional dependency), its filters ready to write from h5py.
+
+    Its import skips setting up a filter that HDF5_PLUGIN_PATH already offers (hdf5plugin's
+    own folder on the path), and such a filter then fails every write; registering them
+    again sets them up.
+    """
+    global _hdf5plugin_set_up
+    import hdf5plugin
+
+    if not _hdf5plugin_set_up and os.environ.get("HDF5_PLUGIN_PATH"):
+        hdf5plugin.register(force=True)
+    _hdf5plugin_set_up = True
+    return hdf5plugin
 
 
 def is_registered() -> bool:

@@ -301,9 +301,9 @@ def redml_datasets(f: h5py.File) -> list:
 
 def _decoded_filter(codec: str) -> dict:
     if codec == "bslz4":
-        import hdf5plugin
+        from ..formats.h5filter import load_hdf5plugin
 
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+        return dict(load_hdf5plugin().Bitshuffle(cname="lz4"))
     if codec == "none":
         return {}
     raise ValueError(f"codec must be one of {DECODED_CODECS}, not {codec!r}")

@@ -87,7 +87,9 @@ def codec_writer_options(name: str) -> dict:
         raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}")
     hp = None
     if not name.startswith("redml"):
-        import hdf5plugin as hp
+        from redml_reduce.formats.h5filter import load_hdf5plugin
+
+        hp = load_hdf5plugin()
     return CODECS[name](hp)
 
 

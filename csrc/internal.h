@@ -1,0 +1,6 @@
+// internal.h: what the Python binding uses beyond the public C API (redml.h, redml_spots.h,
+// redml_jungfrau.h): the learned spot finder's convolution, and the codec's per-pixel hash
+// (for reference implementations in tests). Not part of the ABI.
+#pragma once
+#include "conv.h"      // conv3x3_leaky
+#include "quantize.h"  // redml_uniform
