@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test bench fuzz fuzz-build deps venv install clean
 
 demo: install
-	$(PY) -m redml_reduce.demo
+	$(PY) -m redml_study.demo
 
 test: install
 	$(PY) -m pytest -q
@@ -39,7 +39,7 @@ venv: $(PY)
 
 # Rebuilds the C++ core whenever a source changed.
 install: deps $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test]" -e ./study
 
 # ---- fuzzing (docs/reliability.md) ----
 # The targets fuzz the codec and the HDF5 filter: the plugin's sources (csrc/sources.mk, the

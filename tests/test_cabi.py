@@ -12,7 +12,7 @@ import pytest
 
 import redml_reduce as rr
 from redml_reduce import _core
-from redml_reduce.h5filter import _PLUGIN_FILE
+from redml_reduce.formats.h5filter import _PLUGIN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"

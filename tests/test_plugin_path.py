@@ -159,7 +159,7 @@ def acquire(tmp_path, out, env, frames=4, codec="redml"):
     acq = subprocess.Popen(cli + ["acquire", "--connect", f"tcp://127.0.0.1:{port}", "--out", str(out), "--q", "0",
                                   "--codec", codec, "--workers", "1", "--json", str(tmp_path / "summary.json"), "--quiet", "--wait",
                                   "120"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sim = subprocess.Popen(cli + ["simulate-detector", "--bind", f"tcp://127.0.0.1:{port}", "--frames", str(frames),
+    sim = subprocess.Popen([sys.executable, "-m", "redml_study.cli", "simulate-detector", "--bind", f"tcp://127.0.0.1:{port}", "--frames", str(frames),
                                   "--rate", "0", "--detector", "0.5m", "--pool", "2", "--seed", "3"],
                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -201,17 +201,17 @@ def test_acquire_stops_when_it_cannot_create_its_file(tmp_path):
 def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
     """A frame the file refuses (disk full, I/O error) is recorded as fatal and serve() stops
     at once, instead of rejecting every frame after it until the series ends."""
-    from redml_reduce import acqfile
-    from redml_reduce import stream as s
+    from redml_reduce.acquire import series as acqfile
+    from redml_reduce.acquire import protocol as s
     from redml_reduce.acquire import AcquireSettings, Acquisition
-    from redml_reduce.background import Geometry
+    from redml_reduce.background import BeamGeometry
 
     def disk_full(self, *a, **k):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(acqfile.SeriesFile, "write", disk_full)
     shape = (64, 64)
-    geometry = Geometry(beam_x=32, beam_y=32, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
+    geometry = BeamGeometry(beam_x=32, beam_y=32, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
     acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=0, workers=1, idle_timeout_s=600))
     with s.StreamSender("tcp://127.0.0.1:*") as sender:
         result = {}

@@ -1,4 +1,4 @@
-"""The Stream V2 protocol (redml_reduce.stream): messages round-trip, typed arrays follow
+"""The Stream V2 protocol (redml_reduce.acquire.protocol): messages round-trip, typed arrays follow
 RFC 8746, compressed arrays decode with dectris-compression and with HDF5's own filters alike,
 and anything malformed is a StreamError, never another exception or a huge allocation."""
 import math
@@ -7,10 +7,10 @@ import cbor2
 import numpy as np
 import pytest
 
-from redml_reduce import stream as s
-from redml_reduce.background import Geometry
+from redml_reduce.acquire import protocol as s
+from redml_reduce.background import BeamGeometry
 
-GEOM = Geometry(beam_x=101.3, beam_y=88.6, distance_mm=150.0, pixel_size_mm=0.075, wavelength_a=0.98)
+GEOM = BeamGeometry(beam_x=101.3, beam_y=88.6, distance_mm=150.0, pixel_size_mm=0.075, wavelength_a=0.98)
 
 
 def frame_of(rng, dtype, shape=(48, 70)):
