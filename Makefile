@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test bench fuzz fuzz-build deps venv install clean
 
 demo: install
-	$(PY) -m redml_reduce.demo
+	$(PY) -m redml_study.demo
 
 test: install
 	$(PY) -m pytest -q
@@ -39,17 +39,17 @@ venv: $(PY)
 
 # Rebuilds the C++ core whenever a source changed.
 install: deps $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test]" -e ./study
 
 # ---- fuzzing (docs/reliability.md) ----
-# The core sources and libraries are read from setup.py, the one list of them.
-CORE_SRC := $(shell sed -n 's/^CORE = \[\(.*\)\]/\1/p' setup.py | tr -d '",')
-CORE_LIBS := $(addprefix -l,$(shell sed -n 's/^LIBS = \[\(.*\)\]/\1/p' setup.py | tr -d '",'))
+# The targets fuzz the codec and the HDF5 filter: the plugin's sources (csrc/sources.mk, the
+# one list of them, which setup.py reads too).
+include csrc/sources.mk
 CLANGXX ?= $(firstword $(foreach c,clang++ clang++-16 clang++-15 clang++-14,$(shell command -v $(c) 2>/dev/null)))
 FUZZ_DIR := build/fuzz
 FUZZ_CXXFLAGS := -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
                  -fno-sanitize-recover=all -Icsrc -MMD -MP
-FUZZ_OBJ := $(patsubst csrc/%.cpp,$(FUZZ_DIR)/obj/%.o,$(CORE_SRC) csrc/h5filter.cpp)
+FUZZ_OBJ := $(patsubst csrc/%.cpp,$(FUZZ_DIR)/obj/%.o,$(REDML_PLUGIN_SRC))
 FUZZ_TARGETS := $(FUZZ_DIR)/fuzz_decode $(FUZZ_DIR)/fuzz_filter $(FUZZ_DIR)/fuzz_roundtrip
 FUZZ_SECONDS ?= 300
 
@@ -61,7 +61,7 @@ $(FUZZ_DIR)/obj/%.o: csrc/%.cpp
 	$(CLANGXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/fuzz/fuzz_%.o $(FUZZ_OBJ)
-	$(CLANGXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $^ $(CORE_LIBS) -ldl -lpthread -o $@
+	$(CLANGXX) $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $^ $(addprefix -l,$(REDML_LIBS)) -ldl -lpthread -o $@
 
 -include $(wildcard $(FUZZ_DIR)/obj/*.d $(FUZZ_DIR)/obj/fuzz/*.d)
 

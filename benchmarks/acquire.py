@@ -51,8 +51,8 @@ def free_port() -> int:
 def make_pool(path: Path, n: int, seed: int, hit_rate: float, background: float) -> dict:
     """n distinct simulated 4M shots in an uncompressed NXmx file (geometry, pixel mask)."""
     import redml_reduce as rr
-    from redml_reduce.nxmx import pixel_mask_from_gaps
-    from redml_reduce.sim import Crystal, ShotSettings, StillSimulator, jungfrau_4m
+    from redml_reduce.formats.nxmx import pixel_mask_from_gaps
+    from redml_study.sim import Crystal, ShotSettings, StillSimulator, jungfrau_4m
 
     t = time.perf_counter()
     sim = StillSimulator(jungfrau_4m(), Crystal(), ShotSettings(dtype="uint16", hit_rate=hit_rate,
@@ -77,7 +77,7 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
     recv_cmd = [sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", f"tcp://127.0.0.1:{port}",
                 "--out", str(out), "--json", str(summary), "--quiet", "--wait", "300", "--workers", str(workers),
                 *PIPELINES[name]]
-    send_cmd = [sys.executable, "-m", "redml_reduce.cli", "simulate-detector", "--bind", f"tcp://127.0.0.1:{port}",
+    send_cmd = [sys.executable, "-m", "redml_study.cli", "simulate-detector", "--bind", f"tcp://127.0.0.1:{port}",
                 "--files", f"{pool}:/entry/data/data", "--frames", str(n_frames), "--rate", "0",
                 "--compression", "bslz4"]
     recv = subprocess.Popen(recv_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -3,7 +3,7 @@
     python benchmarks/fidelity.py --quick --json fidelity.json   # 6 thaumatin stills (4 hits, 2 blanks), < 15 min
     python benchmarks/fidelity.py --json fidelity.json           # all 19 thaumatin stills + 100 weak simulated shots
 
-The yield benchmark's machinery (redml_reduce.yield_study) with the fidelity columns: frames
+The yield benchmark's machinery (redml_study.yield_study) with the fidelity columns: frames
 indexed frame by frame (lost and gained apart), strong spots on blank frames, reflections
 integrated when the uncompressed file's crystals are integrated on the decoded frames,
 mean (I_dec - I_orig)/sigma_orig overall and for weak reflections (I/sigma < 2), the change
@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from redml_reduce.yardstick import Dials
-from redml_reduce.yield_study import cached, render_table, series_from_files, series_from_simulator, study
+from redml_study.yardstick import Dials
+from redml_study.yield_study import cached, render_table, series_from_files, series_from_simulator, study
 
 bench = importlib.import_module("yield")  # benchmarks/yield.py: data sets and cells
 

@@ -55,7 +55,7 @@ def binary(target: str) -> Path:
 
 
 def build() -> None:
-    """Builds the targets (make fuzz-build: incremental, core sources from setup.py)."""
+    """Builds the targets (make fuzz-build: incremental, the plugin's sources from csrc/sources.mk)."""
     subprocess.run(["make", "-s", f"-j{os.cpu_count() or 1}", "fuzz-build"], cwd=ROOT, check=True)
 
 

@@ -77,10 +77,10 @@ def _dumps(fields: dict) -> bytes:
 
 def start_message(sid: int, n: int, shape=SHAPE, **over) -> bytes:
     """A valid start message (geometry, uint16) with fields replaced (None: removed)."""
-    from redml_reduce import stream as s
-    from redml_reduce.background import Geometry
+    from redml_reduce.acquire import protocol as s
+    from redml_reduce.background import BeamGeometry
 
-    geom = Geometry(beam_x=shape[1] / 2, beam_y=shape[0] / 2, distance_mm=100.0, pixel_size_mm=0.075,
+    geom = BeamGeometry(beam_x=shape[1] / 2, beam_y=shape[0] / 2, distance_mm=100.0, pixel_size_mm=0.075,
                     wavelength_a=1.0)
     f = _fields(s.encode_start(shape, "uint16", geom, series_id=sid, series_unique_id=f"bench-{sid}",
                                number_of_images=n))
@@ -94,7 +94,7 @@ def start_message(sid: int, n: int, shape=SHAPE, **over) -> bytes:
 
 def image_message(sid: int, image_id: int, array) -> bytes:
     """An image message holding a frame (ndarray) or a declared array (stream._declared_array)."""
-    from redml_reduce import stream as s
+    from redml_reduce.acquire import protocol as s
 
     f = _fields(s.encode_image(np.zeros((1, 1), np.uint16), image_id, series_id=sid, series_unique_id=f"bench-{sid}"))
     f["data"] = {"threshold_1": s._tagged_array(array) if isinstance(array, np.ndarray) else array}
@@ -104,7 +104,7 @@ def image_message(sid: int, image_id: int, array) -> bytes:
 def bomb(shape, dtype):
     """A valid bitshuffle-LZ4 array of zeros declaring `shape`: one compressed block
     repeated (a 1 GiB array takes about 6 MB), so it really decompresses to its size."""
-    from redml_reduce import stream as s
+    from redml_reduce.acquire import protocol as s
 
     dt = np.dtype(dtype)
     one = s.compress(np.zeros(8192 // dt.itemsize, dt), "bslz4")  # header + one block of 8192 bytes
@@ -149,7 +149,7 @@ STREAM_ATTACKS = ("starts", "ids", "frames", "mask")
 def attack_stream(sender, plan: Plan, rng, copies: int, timeout_s: float, which=STREAM_ATTACKS) -> list:
     """Sends every attack; returns the names of the attacks sent (stops at the first send the
     receiver does not take within timeout_s: it is gone)."""
-    from redml_reduce import stream as s
+    from redml_reduce.acquire import protocol as s
 
     def send(raw):
         sender.send(raw, timeout_s=timeout_s)
@@ -201,7 +201,7 @@ def attack_stream(sender, plan: Plan, rng, copies: int, timeout_s: float, which=
 
 
 def good_series(sender, plan: Plan, rng, n: int, timeout_s: float) -> int:
-    from redml_reduce import stream as s
+    from redml_reduce.acquire import protocol as s
 
     sid = 1
     sender.send(start_message(sid, n), timeout_s=timeout_s)
@@ -301,7 +301,7 @@ def check_files(summary: dict, plan: Plan) -> dict:
     import h5py
 
     import redml_reduce  # noqa: F401 (the filter)
-    from redml_reduce.acqfile import read_acquisition
+    from redml_reduce.acquire.series import read_acquisition
 
     consistent, wrong_id, received = True, 0, {}
     for s in summary.get("series", []):
@@ -380,7 +380,7 @@ ZARR_ATTACK = textwrap.dedent("""
     import numpy as np, zarr
     import redml_reduce as rr
     from chunkforge import big_valid_chunk
-    from redml_reduce.zarr_codec import RedmlZarrCodec
+    from redml_reduce.formats.zarr_codec import RedmlZarrCodec
     root = Path(tempfile.mkdtemp()) / "a.zarr"
     a = zarr.create_array(str(root), shape=(1, 16, 16), chunks=(1, 16, 16), dtype="uint32",
                           serializer=RedmlZarrCodec(q=0), compressors=None)
@@ -445,7 +445,7 @@ def codec_attacks() -> dict:
 # ---------------------------------------------------------------- the run
 
 def run_acquire(work: Path, copies: int, n_good: int, n_half_open: int, seed: int, which=STREAM_ATTACKS) -> dict:
-    from redml_reduce import stream as s
+    from redml_reduce.acquire import protocol as s
 
     rng = np.random.default_rng(seed)
     dport = free_port()
@@ -505,7 +505,7 @@ def run_acquire(work: Path, copies: int, n_good: int, n_half_open: int, seed: in
 
 
 def done_series(path: Path, n: int) -> bool:
-    from redml_reduce.acqfile import read_acquisition
+    from redml_reduce.acquire.series import read_acquisition
 
     if not path.exists():
         return False

@@ -5,9 +5,9 @@ bitshuffle-LZ4, in one run.
     .venv/bin/python benchmarks/jungfrau.py --quick --json /tmp/jf_quick.json   # < 5 min on 2 shared cores
     .venv/bin/python benchmarks/jungfrau.py --json /tmp/jf.json                  # more frames, 3 repeats
 
-Frames: a simulated JUNGFRAU 4M (8 modules, redml_reduce.jungfrau.simulate_detector: per-pixel
+Frames: a simulated JUNGFRAU 4M (8 modules, redml_study.detector.simulate_detector: per-pixel
 pedestals, gains and noise, a few dead and noisy pixels) seeing still shots
-(redml_reduce.synthetic.still_frame on the assembled 2068 x 2164 image: Poisson background,
+(redml_study.synthetic.still_frame on the assembled 2068 x 2164 image: Poisson background,
 water ring, spots up to a few thousand photons, so all three gain stages occur), converted to
 raw words with gain switching and electronic noise (photons_to_raw).
 
@@ -35,8 +35,9 @@ import numpy as np  # noqa: E402
 
 import redml_reduce as rr  # noqa: E402
 from redml_reduce import jungfrau as jf  # noqa: E402
+from redml_study.detector import simulate_detector  # noqa: E402
 from redml_reduce.codec import error_bound  # noqa: E402
-from redml_reduce.synthetic import still_frame  # noqa: E402
+from redml_study.synthetic import still_frame  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -50,7 +51,7 @@ STREAM_GBPS = 16.8  # JUNGFRAU 4M raw at 2 kHz
 
 def make_frames(n: int, seed: int):
     rng = np.random.default_rng(seed)
-    det = jf.simulate_detector(rng, 8)
+    det = simulate_detector(rng, 8)
     shape = det.calibration.geometry.shape
     photons = [still_frame(rng, shape, background=0.5, water_ring=2.0, spots=150, peak_range=(50, 5000))
                for _ in range(n)]

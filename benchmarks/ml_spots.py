@@ -3,7 +3,7 @@
     python benchmarks/ml_spots.py --quick --json ml.json    # shipped weights, no training; < 10 min on 2 cores
     python benchmarks/ml_spots.py --json ml.json            # more frames, every mask through DIALS
 
-1. Spots against the simulator's truth (redml_reduce.ml.data, test seed 303, never trained
+1. Spots against the simulator's truth (redml_study.ml.data, test seed 303, never trained
    on): strong, weak and artefact frames (blank shots with planted ice-ring spots,
    zingers, hot pixels, streaks, module-edge glow: every spot found there is false).
    Truth = reflections of expected SNR >= 1; one-to-one matching within 2 px.
@@ -16,7 +16,7 @@
    set_num_threads(1)) and all cores; medians of interleaved repeats and of the per-repeat
    ratio to the classical finder; ML times include the background model and the peaks.
 4. Each mask fed to the encoder (q=2 and sparse) through FrameWriter(roi=...), then the
-   DIALS yield study (redml_reduce.yield_study): ratio and frames indexed relative to the
+   DIALS yield study (redml_study.yield_study): ratio and frames indexed relative to the
    uncompressed file, on a weak simulated JUNGFRAU 1M set; on ordinary strong hits (one
    JUNGFRAU module) with the classical, CNN and U-Net masks; and (--artefact-yield, default
    without --quick) on strong hits with planted artefacts, the same masks.
@@ -39,14 +39,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import thaumatin_paths  # noqa: E402
 
 import redml_reduce as rr  # noqa: E402
-from redml_reduce.metrics import SpotScore, score_spots  # noqa: E402
-from redml_reduce.ml.data import make_set  # noqa: E402
+from redml_study.metrics import SpotScore, score_spots  # noqa: E402
+from redml_study.ml.data import make_set  # noqa: E402
 from redml_reduce.ml.infer import inputs_for, load, peaks_from_map  # noqa: E402
 from redml_reduce.ml.models import Transform  # noqa: E402
-from redml_reduce.ml.train import TEST_SEED, WEAK_GRID  # noqa: E402
-from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, jungfrau_4m  # noqa: E402
-from redml_reduce.yardstick import Dials  # noqa: E402
-from redml_reduce.yield_study import cached, render_table, series_from_simulator, study  # noqa: E402
+from redml_study.ml.train import TEST_SEED, WEAK_GRID  # noqa: E402
+from redml_study.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, jungfrau_4m  # noqa: E402
+from redml_study.yardstick import Dials  # noqa: E402
+from redml_study.yield_study import cached, render_table, series_from_simulator, study  # noqa: E402
 
 MODELS = ("logistic", "cnn", "ensemble", "unet")
 METHODS = ("classical",) + MODELS
@@ -96,7 +96,7 @@ def operating_curves(n_frames, log):
     over its SNR, each model over its probability threshold. Then,
     per false-positive budget, the best recall each method reaches within it: the
     comparison at the same false-positive rate."""
-    from redml_reduce.ml.data import simulator
+    from redml_study.ml.data import simulator
 
     t0 = time.perf_counter()
     samples = make_set("weak", n_frames, TEST_SEED)
@@ -139,7 +139,7 @@ def operating_curves(n_frames, log):
 
 
 def dials_scores(n_frames, cache, log):
-    from redml_reduce.ml.dials_labels import dials_labels
+    from redml_study.ml.dials_labels import dials_labels
 
     paths = thaumatin_paths()
     if not paths:
@@ -200,12 +200,12 @@ def yield_scores(n_frames, codecs, workdir, log):
 
 
 def module_series(kind, n_frames):
-    """n frames of one kind of redml_reduce.ml.data (one JUNGFRAU module, test seed) as a
+    """n frames of one kind of redml_study.ml.data (one JUNGFRAU module, test seed) as a
     yield-study series: "strong" = ordinary lysozyme hits, "mixed" = the same with planted
     artefacts."""
-    from redml_reduce.ml.data import sample, simulator
-    from redml_reduce.nxmx import pixel_mask_from_gaps
-    from redml_reduce.yield_study import Series
+    from redml_study.ml.data import sample, simulator
+    from redml_reduce.formats.nxmx import pixel_mask_from_gaps
+    from redml_study.yield_study import Series
 
     sim = simulator(kind, TEST_SEED)
     frames = [sample(sim, kind, i, TEST_SEED).frame for i in range(n_frames)]
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dials-frames", type=int, default=None, help="thaumatin frames scored (default 19; quick 4)")
     ap.add_argument("--yield-frames", type=int, default=None, help="frames of the yield set (default 20; quick 6)")
     ap.add_argument("--no-yield", action="store_true", help="skip the DIALS yield study")
-    ap.add_argument("--codecs", nargs="+", help="yield study codecs (redml_reduce.yield_study.CODECS names)")
+    ap.add_argument("--codecs", nargs="+", help="yield study codecs (redml_study.yield_study.CODECS names)")
     ap.add_argument("--artefact-yield", action=argparse.BooleanOptionalAction, default=None,
                     help="also hits with planted artefacts at sparse: classical, cnn and U-Net masks (default: on; "
                          "off with --quick)")

@@ -2,7 +2,7 @@
 
     python benchmarks/ml_unsupervised.py [--json PATH] [--figure PNG]
 
-Patches of 9 x 9 pixels of simulated frames (redml_reduce.ml.data, seed 404; transform:
+Patches of 9 x 9 pixels of simulated frames (redml_study.ml.data, seed 404; transform:
 Anscombe difference against the radial background) in three classes: centred on a true
 reflection (SNR >= 1), on a planted spot-like artefact (ice-ring spot, zinger, hot pixel),
 or on a random background pixel. Without using the labels:
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from redml_reduce.ml.data import LATTICE, make_set
+from redml_study.ml.data import LATTICE, make_set
 from redml_reduce.ml.features import prepare
 
 SEED = 404

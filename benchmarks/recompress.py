@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 
 from _common import thaumatin_paths  # noqa: E402
 from redml_reduce.recompress import recompress  # noqa: E402
-from redml_reduce.sources import find_inputs, open_frames  # noqa: E402
-from redml_reduce.synthetic import still_frame  # noqa: E402
+from redml_reduce.formats.sources import find_inputs, open_frames  # noqa: E402
+from redml_study.synthetic import still_frame  # noqa: E402
 
 
 

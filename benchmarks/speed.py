@@ -179,9 +179,10 @@ def conversion_ms(frames: np.ndarray, repeats: int) -> float:
     """CPU ms of converting one raw JUNGFRAU 4M frame (the first of `frames`, made raw with a
     simulated detector's calibration) to int16 photons, assembled: median of repeats."""
     from redml_reduce import jungfrau as jf
+    from redml_study.detector import simulate_detector
 
     rng = np.random.default_rng(7)
-    det = jf.simulate_detector(rng, 8)
+    det = simulate_detector(rng, 8)
     calib = det.calibration
     raw = det.raw(frames[0].astype(np.int32), rng)
     out = np.empty(frames[0].shape, np.int16)

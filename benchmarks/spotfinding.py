@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import DATA_DIR, thaumatin_paths  # noqa: E402
 
 import redml_reduce as rr  # noqa: E402
-from redml_reduce.metrics import score_spots  # noqa: E402
-from redml_reduce.synthetic import still_frame  # noqa: E402
+from redml_study.metrics import score_spots  # noqa: E402
+from redml_study.synthetic import still_frame  # noqa: E402
 
 EXPORT = r"""
 import sys, json

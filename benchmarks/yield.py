@@ -10,7 +10,7 @@ whose frames differ from the original (dials.import, find_spots, ssx_index with 
 cell) and integrates the uncompressed file's crystals on it (ssx_integrate,
 algorithm=stills). Prints one table per data set, writes JSON (top level: each codec
 summed over the data sets, cc_intensity the worst data set's) and a figure (PNG).
-Simulated data: redml_reduce.sim (lysozyme, P43212, JUNGFRAU 4M geometry).
+Simulated data: redml_study.sim (lysozyme, P43212, JUNGFRAU 4M geometry).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, jungfrau_4m
-from redml_reduce.yardstick import Dials
-from redml_reduce.yield_study import (DEFAULT_CODECS, cached, format_table, plot, series_from_files,
+from redml_study.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, jungfrau_4m
+from redml_study.yardstick import Dials
+from redml_study.yield_study import (DEFAULT_CODECS, cached, format_table, plot, series_from_files,
                                       series_from_simulator, study)
 
 THAUMATIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "thaumatin_grid"

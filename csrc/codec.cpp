@@ -1015,64 +1015,9 @@ redml_status redml_model(const void *chunk, size_t size, float *mean, float *ste
     });
 }
 
-void redml_default_finder_params(redml_finder_params *fp) {
-    FinderParams d;
-    fp->kernel = d.kernel;
-    fp->sigma_b = (float)d.sigma_b;
-    fp->sigma_s = (float)d.sigma_s;
-    fp->gain = (float)d.gain;
-    fp->min_count = d.min_count;
-    fp->threshold = (float)d.threshold;
-    fp->min_pixels = d.min_pixels;
-    fp->max_pixels = d.max_pixels;
-    fp->max_separation = (float)d.max_separation;
-}
-
-redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
-                              const uint8_t *mask, const redml_finder_params *fpp, uint8_t *spot_mask,
-                              redml_peak **peaks, size_t *n_peaks, int nthreads) {
-    return guarded([&] {
-        check(frame && fpp && peaks && n_peaks, REDML_E_ARG, "null argument");
-        check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
-        check(height >= 1 && width >= 1 && (uint64_t)height * width <= kMaxPixels, REDML_E_ARG,
-              "frame shape out of range");
-        check(fpp->kernel >= 1 && fpp->kernel <= 64 && fpp->min_count >= 2 && fpp->min_pixels >= 1 &&
-                  fpp->max_pixels >= fpp->min_pixels && std::isfinite(fpp->sigma_b) && fpp->sigma_b >= 0 &&
-                  std::isfinite(fpp->sigma_s) && fpp->sigma_s >= 0 && std::isfinite(fpp->gain) && fpp->gain > 0 &&
-                  std::isfinite(fpp->threshold) && std::isfinite(fpp->max_separation),
-              REDML_E_ARG, "invalid spot finder parameters");
-        FinderParams fp;
-        fp.kernel = fpp->kernel;
-        fp.sigma_b = fpp->sigma_b;
-        fp.sigma_s = fpp->sigma_s;
-        fp.gain = fpp->gain;
-        fp.min_count = fpp->min_count;
-        fp.threshold = fpp->threshold;
-        fp.min_pixels = fpp->min_pixels;
-        fp.max_pixels = fpp->max_pixels;
-        fp.max_separation = fpp->max_separation;
-        const size_t N = (size_t)height * width;
-        int nt = resolve_threads(nthreads);
-        dispatch_dtype(dtype, [&](auto tag) {
-            using T = decltype(tag);
-            const T *f = (const T *)frame;
-            std::vector<uint8_t> usable(N);
-            for (size_t i = 0; i < N; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
-            std::vector<Peak> found = find_spots(f, usable.data(), height, width, fp, spot_mask, nt);
-            redml_peak *out = (redml_peak *)std::malloc(sizeof(redml_peak) * std::max<size_t>(1, found.size()));
-            check(out != nullptr, REDML_E_NOMEM, "cannot allocate the peak list");
-            for (size_t j = 0; j < found.size(); j++) {
-                const Peak &pk = found[j];
-                out[j] = redml_peak{pk.x, pk.y, pk.total, pk.max, pk.background, pk.snr, pk.npix,
-                                    pk.x0, pk.y0, pk.x1, pk.y1};
-            }
-            *peaks = out;
-            *n_peaks = found.size();
-        });
-    });
-}
-
 void redml_free(void *p) { std::free(p); }
+
+unsigned redml_version_number(void) { return REDML_VERSION_NUMBER; }
 
 const char *redml_strerror(redml_status s) {
     switch (s) {

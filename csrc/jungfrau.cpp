@@ -1,4 +1,4 @@
-// jungfrau.cpp: JUNGFRAU raw frames -> photons (redml_jf_convert in redml.h). One threaded
+// jungfrau.cpp: JUNGFRAU raw frames -> photons (redml_jf_convert in redml_jungfrau.h). One threaded
 // pass over the raw words, fused with masking, pedestal tracking and module assembly; the
 // per-pixel rule is csrc/jungfrau.h (shared with the GPU path).
 #include <array>
@@ -9,7 +9,7 @@
 
 #include "error.h"
 #include "jungfrau.h"
-#include "redml.h"
+#include "redml_jungfrau.h"
 #include "threads.h"
 
 namespace redml {

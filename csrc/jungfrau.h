@@ -24,8 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "quantize.h" /* REDML_HD */
-#include "redml.h"    /* redml_jf_status */
+#include "quantize.h"       /* REDML_HD */
+#include "redml_jungfrau.h" /* redml_jf_status */
 
 /* Raw module: 512 x 1024 pixels in 2 x 4 chips of 256 x 256. Assembled module: the pixels at
  * chip borders are twice as wide (four times at chip corners), so each border row and column

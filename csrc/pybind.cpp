@@ -1,4 +1,4 @@
-// pybind.cpp: redml_reduce._core, a thin binding of redml.h. Argument checking with
+// pybind.cpp: redml_reduce._core, a thin binding of redml.h, redml_spots.h and redml_jungfrau.h. Argument checking with
 // user-facing messages happens in redml_reduce/codec.py; the core re-checks everything.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -6,14 +6,10 @@
 #include <cstdlib>
 #include <string>
 
-#include "conv.h"
-#include "pixels.h"
-#include "radial.h"
-#include "spots.h"
-#include "stages.h"
-#include "threads.h"
+#include "internal.h"
 #include "redml.h"
-#include "quantize.h"
+#include "redml_jungfrau.h"
+#include "redml_spots.h"
 
 namespace py = pybind11;
 
@@ -200,18 +196,18 @@ py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_styl
     if ((size_t)bins.size() != (size_t)frame.size()) throw py::value_error("bins must have the frame's shape");
     if (nbins < 1 || !(clip > 0) || iterations < 0) throw py::value_error("invalid radial parameters");
     redml_dtype dt = dtype_code(frame.dtype());
-    redml::RadialProfile prof;
+    py::array_t<double> mean(nbins), sigma(nbins);
+    py::array_t<int64_t> count(nbins);
+    double *mean_p = mean.mutable_data(), *sigma_p = sigma.mutable_data();
+    int64_t *count_p = count.mutable_data();
+    redml_status s;
     {
         py::gil_scoped_release release;
-        redml::dispatch_dtype(dt, [&](auto tag) {
-            using T = decltype(tag);
-            prof = redml::fit_radial<T>((const T *)frame.data(), bins.data(), (size_t)frame.size(), nbins, clip,
-                                        iterations, nthreads > 0 ? nthreads : redml::resolve_threads(0));
-        });
+        s = redml_radial_profile(frame.data(), dt, (size_t)frame.size(), bins.data(), nbins, clip, iterations, mean_p,
+                                 sigma_p, count_p, nthreads);
     }
-    return py::make_tuple(py::array_t<double>(prof.mean.size(), prof.mean.data()),
-                          py::array_t<double>(prof.sigma.size(), prof.sigma.data()),
-                          py::array_t<int64_t>(prof.count.size(), prof.count.data()));
+    if (s != REDML_OK) raise(s);
+    return py::make_tuple(mean, sigma, count);
 }
 
 py::array_t<bool> dilate_mask(py::array_t<uint8_t, py::array::c_style | py::array::forcecast> map, int margin,
@@ -222,10 +218,12 @@ py::array_t<bool> dilate_mask(py::array_t<uint8_t, py::array::c_style | py::arra
     py::array_t<bool> out({(py::ssize_t)h, (py::ssize_t)w});
     uint8_t *o = (uint8_t *)out.mutable_data();
     for (size_t i = 0; i < (size_t)h * w; i++) o[i] = map.data()[i] != 0;
+    redml_status s;
     {
         py::gil_scoped_release release;
-        redml::dilate(o, h, w, margin, redml::resolve_threads(nthreads));
+        s = redml_dilate(o, h, w, margin, nthreads);
     }
+    if (s != REDML_OK) raise(s);
     return out;
 }
 
@@ -366,5 +364,6 @@ PYBIND11_MODULE(_core, m) {
         return d;
     });
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
+    m.attr("VERSION_NUMBER") = redml_version_number();
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
 }

@@ -6,10 +6,11 @@
     frame = redml_reduce.decode(chunk)
 """
 from . import _core
-from .codec import CodecSettings, RedmlError, background_model, decode, encode, exact_mask, inspect
-from .h5filter import FILTER_ID, PLUGIN_PATH, Redml, register
+from .codec import CodecSettings, RedmlError, background_model, decode, exact_mask, inspect
+from .formats.h5filter import FILTER_ID, PLUGIN_PATH, Redml, register
 from .spots import PEAK_DTYPE, FinderSettings, find_spots, is_hit, roi_mask
-from .writer import FrameWriter
+from .formats.writer import FrameWriter
+from .pipeline import encode  # photons (or raw JUNGFRAU frames) -> ROI -> chunk
 
 __version__ = "0.1.0"
 FORMAT_VERSION = _core.FORMAT_VERSION

@@ -1,6 +1,6 @@
 """Detector geometry and the radial background model (streaming across frames).
 
-    geom = Geometry(beam_x=1231.5, beam_y=1263.5, distance_mm=300, pixel_size_mm=0.172, wavelength_a=0.98)
+    geom = BeamGeometry(beam_x=1231.5, beam_y=1263.5, distance_mm=300, pixel_size_mm=0.172, wavelength_a=0.98)
     bg = RadialBackground(geom, frame.shape, mask=bad_pixels)
     bg.update(frame)                 # fit (first frame) or blend in (later frames)
     clean = bg.subtract(frame)       # background-subtracted frame (float32)
@@ -17,11 +17,13 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Geometry", "RadialBackground"]
+__all__ = ["BeamGeometry", "RadialBackground", "ICE_RINGS_A"]
+
+ICE_RINGS_A = (3.897, 3.669, 3.441)  # d-spacings (angstrom) of hexagonal ice's strongest rings
 
 
 @dataclass(frozen=True)
-class Geometry:
+class BeamGeometry:
     """A flat detector normal to the beam: beam centre in pixels (fast x, slow y; pixel
     centres at +0.5), sample-detector distance, pixel size, wavelength."""
 
@@ -61,7 +63,7 @@ class Geometry:
             return self.wavelength_a / (2 * np.sin(np.arctan2(r, self.distance_mm) / 2))
 
     @classmethod
-    def from_nxmx(cls, path, entry: str = "entry") -> "Geometry":
+    def from_nxmx(cls, path, entry: str = "entry") -> "BeamGeometry":
         """Reads beam centre, distance, pixel size and wavelength from an NXmx file."""
         import h5py
 
@@ -84,7 +86,7 @@ class RadialBackground:
     """Radial background with sigma clipping; update() blends new frames in so the model
     follows a slowly changing background (weight = the new frame's share)."""
 
-    def __init__(self, geometry: Geometry, shape, *, bin_width: float = 1.0, clip: float = 3.0,
+    def __init__(self, geometry: BeamGeometry, shape, *, bin_width: float = 1.0, clip: float = 3.0,
                  iterations: int = 5, mask=None, weight: float = 0.2, nthreads: int = 0):
         if not (bin_width > 0 and clip > 0 and 0 < weight <= 1):
             raise ValueError("bin_width and clip must be > 0, weight in (0, 1]")

@@ -1,21 +1,18 @@
 """The `redml` command line.
 
-    redml tune FRAME... --reference REF [--radius 2]
     redml find-spots FRAME... [--cxi OUT.cxi]
     redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
-    redml yield FRAME... --space-group SG --unit-cell a,b,c,al,be,ga [--codecs ...] [--json OUT]
     redml compress INPUT... -o OUT.h5 [-q 0] [--roi classical|ml|union] [--force]
     redml compress RAW.h5[:/dataset]... -o OUT.h5 --jungfrau-calibration DIR|FILE.h5
     redml decompress IN.h5 OUT.h5 [--codec bslz4|none] [--force]
     redml inspect FILE.h5
-    redml simulate-detector --bind tcp://*:31001 --frames N --rate HZ [--compression bslz4]
     redml acquire --connect tcp://HOST:31001 --out run.nxs --q 1 [--veto sparse] [--dashboard :8080]
 
-FRAME, INPUT: what `redml recompress` reads (redml_reduce.sources): HDF5/NXmx files (every
+FRAME, INPUT: what `redml recompress` reads (redml_reduce.formats.sources): HDF5/NXmx files (every
 frame of entry/data/data, Eiger masters with their data files; bitshuffle-LZ4, gzip, ...),
 CBF/SMV images (a series per name template), folders of them, or FILE.h5:/dataset[:index].
-REF: a DIALS strong.refl (read with the system python that has DIALS) or a .json file
-{"0": [[x, y], ...], "1": ...} with one list per frame (pixel centres at +0.5).
+
+The studies (tune, yield, simulate-detector) are the `redml-study` command (redml_study.cli).
 
 Errors are one line on stderr (`redml: error: ...`) and exit status 1 (2 for a bad
 argument, 130 for Ctrl-C); `redml --debug ...` shows the traceback instead.
@@ -26,19 +23,18 @@ import argparse
 import errno
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "read_frames", "read_reference", "parse_q"]
+__all__ = ["main", "run", "Parser", "read_frames", "parse_q"]
 
 
 def read_frames(specs) -> list[np.ndarray]:
-    """Every frame named by specs (files, folders, FILE.h5:/dataset[:index]; redml_reduce.sources)."""
-    from .sources import iter_frames
+    """Every frame named by specs (files, folders, FILE.h5:/dataset[:index]; redml_reduce.formats.sources)."""
+    from .formats.sources import iter_frames
 
     return list(iter_frames(specs))
 
@@ -73,38 +69,10 @@ def _refuse_existing(path, force: bool) -> None:
         raise FileNotFoundError(errno.ENOENT, "no such folder", folder)
 
 
-def read_reference(path: str, n_frames: int) -> list[np.ndarray]:
-    """Reference positions per frame from a DIALS .refl or a .json file."""
-    if path.endswith(".refl"):
-        from .dials_side import script
-        from .sim import DIALS_PYTHON
-
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "spots.json"
-            subprocess.run([DIALS_PYTHON, script("strong_json.py"), path, str(out)], check=True)
-            data = json.loads(out.read_text())
-    else:
-        data = json.loads(Path(path).read_text())
-    return [np.array(data.get(str(i), []), dtype=float).reshape(-1, 2) for i in range(n_frames)]
-
-
-def _tune(args) -> int:
-    from .tune import tune
-
-    frames = read_frames(args.frames)
-    if not frames:
-        raise ValueError("no frames")
-    reference = read_reference(args.reference, len(frames))
-    result = tune(frames, reference, radius=args.radius)
-    print(result.report())
-    print("best settings:", json.dumps({k: v for k, v in vars(result.best).items()}))
-    return 0
-
-
 def _find_spots(args) -> int:
-    from .peaklist import write_cxi_peaks
+    from .formats.peaklist import write_cxi_peaks
     from .progress import progress_bar
-    from .sources import iter_frames
+    from .formats.sources import iter_frames
     from .spots import find_spots
 
     peaks = []
@@ -120,7 +88,7 @@ def _find_spots(args) -> int:
 
 
 def _recompress(args) -> int:
-    from .recompress import Interrupted, recompress
+    from .recompress.run import Interrupted, recompress
 
     settings = {}
     for item in args.set or ():
@@ -148,34 +116,15 @@ def _recompress(args) -> int:
     return 1 if report.errors else 0
 
 
-def _yield(args) -> int:
-    from .yardstick import Dials
-    from .yield_study import format_table, plot, series_from_files, study
-
-    cell = tuple(float(v) for v in args.unit_cell.split(","))
-    if len(cell) != 6:
-        raise ValueError("--unit-cell needs six numbers: a,b,c,alpha,beta,gamma")
-    series = series_from_files(args.frames)
-    work = Path(args.workdir)
-    results = study(series, args.codecs, Dials(args.space_group, cell, nproc=args.nproc), work)
-    commands = results.pop("_commands")
-    print(format_table(results, title=f"{series.name}: {series.n} frames"))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "commands": commands}, indent=1, default=float))
-    if args.figure:
-        plot({series.name: results}, args.figure)
-    return 0
-
-
 def _compress(args) -> int:
     _refuse_existing(args.output, args.force)
     if args.jungfrau_calibration:
         return _compress_jungfrau(args)
     from .codec import CodecSettings
     from .progress import progress_bar
-    from .recompress_tasks import inspect_input, write_output
-    from .roi import require_torch
-    from .sources import inputs_from_specs
+    from .recompress.tasks import inspect_input, write_output
+    from .pipeline import require_torch
+    from .formats.sources import inputs_from_specs
 
     inputs = inputs_from_specs(args.frames)
     if len(inputs) != 1 or inputs[0][1] is not None:
@@ -197,8 +146,8 @@ def _compress(args) -> int:
 
 
 def _compress_jungfrau(args) -> int:
-    from .jungfrau import compress_raw, load_calibration
-    from .sources import iter_frames
+    from .formats.jungfrau_raw import compress_raw, load_calibration
+    from .formats.sources import iter_frames
 
     if args.roi != "classical":
         raise ValueError("--roi ml/union works on photon frames, not with --jungfrau-calibration")
@@ -216,7 +165,7 @@ def _compress_jungfrau(args) -> int:
 def _decompress(args) -> int:
     import h5py
 
-    from .outputs import redml_datasets, write_decoded
+    from .recompress.outputs import redml_datasets, write_decoded
     from .progress import progress_bar
 
     _require_file(args.input)
@@ -261,8 +210,8 @@ def _summarise_chunks(d) -> str:
 def _inspect(args) -> int:
     import h5py
 
-    from .h5filter import FILTER_ID
-    from .jungfrau import CALIBRATION_GROUP, describe_calibration
+    from .formats.h5filter import FILTER_ID
+    from .jungfrau.calibration import CALIBRATION_GROUP, describe_calibration
 
     _require_file(args.file)
     try:
@@ -295,7 +244,7 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """Argument errors on one line (no usage block)."""
 
     def error(self, message):
@@ -309,15 +258,10 @@ def _version() -> str:
 
 
 def main(argv=None) -> int:
-    ap = _Parser(prog="redml", description="redml_reduce command line")
+    ap = Parser(prog="redml", description="redml_reduce command line")
     ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("tune", help="tune the spot finder against reference spots")
-    t.add_argument("frames", nargs="+")
-    t.add_argument("--reference", required=True, help="DIALS strong.refl or positions .json")
-    t.add_argument("--radius", type=float, default=2.0, help="matching radius in pixels")
-    t.set_defaults(run=_tune)
     fs = sub.add_parser("find-spots", help="find spots and write CXI peak lists")
     fs.add_argument("frames", nargs="+")
     fs.add_argument("--cxi", help="write the peak lists to this HDF5/CXI file")
@@ -337,18 +281,6 @@ def main(argv=None) -> int:
     rc.add_argument("--no-resume", action="store_true", help="redo inputs the manifest records as finished")
     rc.add_argument("--no-verify", action="store_true", help="skip decoding every chunk against its frame")
     rc.set_defaults(run=_recompress)
-    from .yield_study import DEFAULT_CODECS
-
-    y = sub.add_parser("yield", help="compression ratio against DIALS indexing yield for your frames")
-    y.add_argument("frames", nargs="+", help="CBF/SMV files (one frame each) or one NXmx file")
-    y.add_argument("--space-group", required=True)
-    y.add_argument("--unit-cell", required=True, help="a,b,c,alpha,beta,gamma")
-    y.add_argument("--codecs", nargs="+", default=DEFAULT_CODECS)
-    y.add_argument("--workdir", default="redml-yield", help="files and DIALS runs go here")
-    y.add_argument("--nproc", type=int, default=2)
-    y.add_argument("--json")
-    y.add_argument("--figure", help="PNG: ratio against yield and intensity CC")
-    y.set_defaults(run=_yield)
     c = sub.add_parser("compress", help="write one input (HDF5/NXmx, Eiger master, CBF/SMV series) as redml chunks, "
                                         "its metadata kept; or raw JUNGFRAU frames, converted")
     c.add_argument("frames", nargs="+", help="what recompress reads, or FILE.h5:/dataset")
@@ -375,21 +307,25 @@ def main(argv=None) -> int:
     i = sub.add_parser("inspect", help="datasets, redml chunks (modes, q, ratio) and stored calibrations of an HDF5 file")
     i.add_argument("file")
     i.set_defaults(run=_inspect)
-    from .acqcli import add_commands as add_acquire_commands
+    from .acquire.cli import add_commands as add_acquire_commands
 
-    add_acquire_commands(sub)  # acquire, simulate-detector
-    args = ap.parse_args(argv)
+    add_acquire_commands(sub, parse_q)
+    return run(ap.parse_args(argv), ap.prog)
+
+
+def run(args, prog: str) -> int:
+    """Runs the command that args.run names; errors as one line on stderr (the traceback with --debug)."""
     try:
         return args.run(args)
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("redml: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if args.debug:
             raise
-        print(f"redml: error: {_error_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {_error_line(e)}", file=sys.stderr)
         return 1
 
 

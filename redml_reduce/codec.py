@@ -16,11 +16,11 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
+from .arrays import SUPPORTED_DTYPES, as_frame, as_map, check_range
 
 __all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
-           "SETTINGS", "Setting"]
+           "SETTINGS", "Setting", "as_frame", "resolve_settings"]
 
-SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint32", "float32"))
 
 _MODES = {"lossless": 0, "quantized": 1, "sparse": 2}
 _CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
@@ -102,7 +102,7 @@ class Setting:
                 raise TypeError(f"{self.name} must be True or False, not {value!r}")
         else:
             hi = min(self.hi, _F32_MAX) if self.encoding == "f32" else self.hi  # as the filter stores it
-            _check_range(self.name, value, self.lo, hi, integer=self.encoding != "f32", open_low=self.open_low)
+            check_range(self.name, value, self.lo, hi, integer=self.encoding != "f32", open_low=self.open_low)
 
 
 # The one table of the settings: CodecSettings' validation, its HDF5 cd_values (and the
@@ -269,69 +269,44 @@ class CodecSettings:
         return cls(**config)
 
 
-def _check_range(name, value, lo, hi, integer=False, open_low=False):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer) if integer else (int, float, np.integer,
-                                                                                             np.floating)):
-        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, not {type(value).__name__}")
-    if math.isnan(value) or value < lo or value > hi or (open_low and value == lo):
-        raise ValueError(f"{name} must be in {'(' if open_low else '['}{lo}, {hi}], not {value!r}")
-
-
 _DEFAULT_CD = CodecSettings().cd_values()  # what the plugin takes for missing trailing values
 
 
-def as_frame(frame) -> np.ndarray:
-    """A C-contiguous, native-byte-order 2-D frame of a supported dtype, or a clear error
-    (other dtypes are refused, never cast silently)."""
-    arr = np.asarray(frame)
-    if arr.ndim != 2:
-        raise ValueError(f"frame must be 2-D, got {arr.ndim} dimensions")
-    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
-    if arr.size == 0:
-        raise ValueError("frame is empty")
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
-
-
-def _as_map(a, shape, name) -> Optional[np.ndarray]:
-    if a is None:
-        return None
-    a = np.asarray(a)
-    if a.shape != shape:
-        raise ValueError(f"{name} has shape {a.shape}, the frame {shape}")
-    return np.ascontiguousarray(a != 0, dtype=np.uint8)
-
-
-def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, calibration=None,
-           **settings) -> bytes:
-    """Encodes one 2-D frame into one redml chunk (format v1, docs/format.md).
+def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0,
+           settings: Optional[CodecSettings] = None, **fields) -> bytes:
+    """Encodes one 2-D frame of photons (or any supported values) into one redml chunk
+    (format v1, docs/format.md). redml_reduce.encode (redml_reduce.pipeline) is this with
+    ROI sources ("ml", "union") and raw JUNGFRAU frames on top.
 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
         converted; other dtypes are refused, never cast silently).
     q: 0 lossless, > 0 quantized background (|error| <= q*sigma/2, unbiased), "sparse".
-    roi: where the exactly kept region comes from: "classical" (default, the built-in spot
-        rule), "ml" (the learned model, needs the [ml] extra), "union" (both), or a boolean
-        map of pixels to keep exactly (see redml_reduce.roi).
+    roi: None (the built-in spot rule, as the HDF5 filter) or a boolean map of pixels to
+        keep exactly.
     mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
     nthreads: 0 = REDML_NUM_THREADS or all cores.
-    calibration: a redml_reduce.jungfrau.Calibration: `frame` is then a raw JUNGFRAU frame
-        (uint16 words), converted to int32 photons first (assembled by its geometry; masked,
-        invalid and overloaded pixels become markers, see redml_reduce.jungfrau).
-    settings: further CodecSettings fields (codec, level, shuffle, gain, tile, ...).
+    settings: a CodecSettings (then q and fields are not given); fields: further
+        CodecSettings fields (codec, level, shuffle, gain, tile, ...).
     """
-    s = settings.pop("_settings", None) or CodecSettings(q=q, **settings)
-    if calibration is not None:
-        from .jungfrau import convert
-
-        frame = convert(frame, calibration, nthreads=nthreads)[0]
+    s = resolve_settings(settings, q, fields)
     arr = as_frame(frame)
-    _check_range("nthreads", nthreads, 0, 4096, integer=True)
+    check_range("nthreads", nthreads, 0, 4096, integer=True)
     if isinstance(roi, str):
-        from .roi import resolve_roi
-
-        roi = resolve_roi(arr, roi, mask, margin=s.roi_margin, roi_snr=s.roi_snr)
-    return _core.encode(arr, _as_map(roi, arr.shape, "roi"), _as_map(mask, arr.shape, "mask"),
+        raise TypeError(f"roi={roi!r}: ROI sources are resolved by redml_reduce.encode (redml_reduce.pipeline); "
+                        "codec.encode takes None or a boolean map")
+    return _core.encode(arr, as_map(roi, arr.shape, "roi"), as_map(mask, arr.shape, "mask"),
                         nthreads=nthreads, **s.core_kwargs())
+
+
+def resolve_settings(settings: Optional[CodecSettings], q, fields: dict) -> CodecSettings:
+    """The settings of one encode call: a CodecSettings given whole, or q and its fields."""
+    if settings is None:
+        return CodecSettings(q=q, **fields)
+    if not isinstance(settings, CodecSettings):
+        raise TypeError(f"settings must be a CodecSettings, not {type(settings).__name__}")
+    if fields or q not in (0, 0.0):
+        raise ValueError("give settings= or q and the settings' fields, not both")
+    return settings
 
 
 def decode(chunk, *, sparse_noise: Optional[bool] = None, recon: Optional[str] = None, nthreads: int = 0) -> np.ndarray:

@@ -11,11 +11,12 @@ peak-to-centroid distance <= 2), so the spots it keeps are the spots DIALS will 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
 from . import _core
-from .codec import _as_map, _check_range, as_frame
+from .arrays import as_frame, as_map, check_range
 
 __all__ = ["FinderSettings", "find_spots", "roi_mask", "is_hit", "PEAK_DTYPE"]
 
@@ -43,34 +44,38 @@ class FinderSettings:
     max_separation: float = 2.0
 
     def __post_init__(self):
-        _check_range("kernel", self.kernel, 1, 64, integer=True)
-        _check_range("sigma_b", self.sigma_b, 0, 1e6)
-        _check_range("sigma_s", self.sigma_s, 0, 1e6)
-        _check_range("gain", self.gain, 0, 1e9, open_low=True)
-        _check_range("min_count", self.min_count, 2, (2 * self.kernel + 1) ** 2, integer=True)
-        _check_range("threshold", self.threshold, -1e30, 1e30)
-        _check_range("min_pixels", self.min_pixels, 1, 10**9, integer=True)
-        _check_range("max_pixels", self.max_pixels, self.min_pixels, 10**9, integer=True)
-        _check_range("max_separation", self.max_separation, -1, 1e6)
+        check_range("kernel", self.kernel, 1, 64, integer=True)
+        check_range("sigma_b", self.sigma_b, 0, 1e6)
+        check_range("sigma_s", self.sigma_s, 0, 1e6)
+        check_range("gain", self.gain, 0, 1e9, open_low=True)
+        check_range("min_count", self.min_count, 2, (2 * self.kernel + 1) ** 2, integer=True)
+        check_range("threshold", self.threshold, -1e30, 1e30)
+        check_range("min_pixels", self.min_pixels, 1, 10**9, integer=True)
+        check_range("max_pixels", self.max_pixels, self.min_pixels, 10**9, integer=True)
+        check_range("max_separation", self.max_separation, -1, 1e6)
 
 
-def find_spots(frame: np.ndarray, mask=None, *, nthreads: int = 0, **settings):
+def find_spots(frame: np.ndarray, mask=None, *, nthreads: int = 0, settings: Optional[FinderSettings] = None,
+               **fields):
     """Finds the spots of one frame.
 
     Returns (peaks, spot_mask): a structured array of PEAK_DTYPE and a boolean map of the
     pixels that belong to the accepted spots. `mask` marks bad pixels (ignored); negative
-    values, the dtype's maximum and non-finite values are ignored too.
+    values, the dtype's maximum and non-finite values are ignored too. settings: a FinderSettings,
+    or its fields as keywords.
     """
-    s = settings.pop("_settings", None) or FinderSettings(**settings)
+    if settings is not None and fields:
+        raise ValueError("give settings= or the finder's fields, not both")
+    s = settings if settings is not None else FinderSettings(**fields)
     arr = as_frame(frame)
-    raw, spot_mask = _core.find_spots(arr, _as_map(mask, arr.shape, "mask"), nthreads=nthreads, **asdict(s))
+    raw, spot_mask = _core.find_spots(arr, as_map(mask, arr.shape, "mask"), nthreads=nthreads, **asdict(s))
     return np.frombuffer(raw, dtype=PEAK_DTYPE).copy(), spot_mask
 
 
 def roi_mask(spot_mask: np.ndarray, margin: int = 2, keep=None, nthreads: int = 0) -> np.ndarray:
     """The region to keep losslessly: the spot mask dilated by `margin` pixels (square),
     plus user keep-regions (a boolean map). This is what the encoder does internally."""
-    _check_range("margin", margin, 0, 65535, integer=True)
+    check_range("margin", margin, 0, 65535, integer=True)
     roi = _core.dilate(np.asarray(spot_mask, dtype=np.uint8), margin, nthreads)
     if keep is not None:
         keep = np.asarray(keep, bool)

@@ -23,16 +23,16 @@ import pytest
 
 import redml_reduce as rr
 from helpers import poisson_frame
-from redml_reduce import acquire as acquire_mod
-from redml_reduce import stream as s
-from redml_reduce.acqfile import read_acquisition
+from redml_reduce.acquire import worker as acquire_mod
+from redml_reduce.acquire import protocol as s
+from redml_reduce.acquire.series import read_acquisition
 from redml_reduce.acquire import AcquireSettings, Acquisition
-from redml_reduce.background import Geometry
+from redml_reduce.background import BeamGeometry
 from redml_reduce.codec import error_bound
-from redml_reduce.peaklist import read_cxi_peaks
+from redml_reduce.formats.peaklist import read_cxi_peaks
 
 SHAPE = (96, 128)
-GEOM = Geometry(beam_x=64.3, beam_y=47.8, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
+GEOM = BeamGeometry(beam_x=64.3, beam_y=47.8, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H5CLEAR = shutil.which("h5clear")
 
@@ -98,7 +98,7 @@ def test_lossless_stream_to_file_byte_for_byte(tmp_path, rng, compressions):
     assert info["counts"] == c
     assert list(info["image_id"]) == list(range(9))
     # NXmx from the start message: geometry, pixel mask
-    g = Geometry.from_nxmx(out)
+    g = BeamGeometry.from_nxmx(out)
     for k in ("beam_x", "beam_y", "distance_mm", "pixel_size_mm", "wavelength_a"):
         assert np.isclose(getattr(g, k), getattr(GEOM, k)), k
     with h5py.File(out, "r", libver="latest", swmr=True) as f:
@@ -391,7 +391,7 @@ def test_cli_simulate_detector_and_acquire(tmp_path):
         [sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", f"tcp://127.0.0.1:{port}", "--out",
          str(out), "--q", "1", "--veto", "sparse", "--workers", "2", "--json", str(summary), "--quiet", "--wait",
          "120"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sim = subprocess.run([sys.executable, "-m", "redml_reduce.cli", "simulate-detector", "--bind",
+    sim = subprocess.run([sys.executable, "-m", "redml_study.cli", "simulate-detector", "--bind",
                           f"tcp://127.0.0.1:{port}", "--frames", "6", "--rate", "0", "--detector", "0.5m", "--pool", "3",
                           "--hit-rate", "0.7", "--seed", "5"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
@@ -402,7 +402,7 @@ def test_cli_simulate_detector_and_acquire(tmp_path):
     c = result["series"][0]["counts"]
     check_counts(c)
     assert c["received"] == 6 and c["written"] + c["sparse"] == 6
-    from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
+    from redml_study.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
 
     sim_ = StillSimulator(DetectorLayout(modules=(1, 1), name="x"), Crystal(),
                           ShotSettings(background=0.5, hit_rate=0.7, dtype="uint16"), seed=5)
@@ -418,7 +418,7 @@ def test_cli_simulate_detector_and_acquire(tmp_path):
         exact = rr.exact_mask(chunks[k])
         err = np.abs(b.astype(np.float64) - shot)
         assert np.all(err[exact] == 0) and np.all(err[~exact] <= bound[~exact] * (1 + 1e-6))
-    assert g_close(Geometry.from_nxmx(out), sim_.geometry)
+    assert g_close(BeamGeometry.from_nxmx(out), sim_.geometry)
 
 
 def g_close(a, b):
@@ -429,7 +429,8 @@ def g_close(a, b):
 def test_raw_jungfrau_stream_is_converted_and_its_calibration_kept(tmp_path, rng):
     """Raw JUNGFRAU words with the calibration in the start message: the file holds the
     photons the core's conversion gives (q=0: byte for byte) and the calibration."""
-    from redml_reduce.jungfrau import convert, read_calibration, simulate_detector
+    from redml_reduce.jungfrau import convert, read_calibration
+    from redml_study.detector import simulate_detector
 
     det = simulate_detector(rng, frame_shape=SHAPE, geometry=None)
     photons = [poisson_frame(rng, 2.0, SHAPE, "int32", spots=20) for _ in range(4)]
@@ -673,8 +674,8 @@ def test_oversize_pixel_masks_are_refused_before_decompression(tmp_path, rng, de
 def test_series_file_rows_stay_aligned_when_a_write_fails(tmp_path, rng):
     """A row that does not fit its columns, or a chunk the writer refuses: the tables are as
     before the attempt, and the next frame's row sits beside its chunk."""
-    from redml_reduce.acqfile import SeriesFile
-    from redml_reduce.indicators import FrameStats
+    from redml_reduce.acquire.series import SeriesFile
+    from redml_reduce.acquire.indicators import FrameStats
 
     frames = make_frames(rng, 3)
     chunks = [rr.encode(f, 0) for f in frames]

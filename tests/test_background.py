@@ -1,9 +1,9 @@
-"""Geometry and the radial background model."""
+"""BeamGeometry and the radial background model."""
 import h5py
 import numpy as np
 import pytest
 
-from redml_reduce.background import Geometry, RadialBackground
+from redml_reduce.background import BeamGeometry, RadialBackground
 
 
 def ring_profile(r, r0=300.0):
@@ -11,7 +11,7 @@ def ring_profile(r, r0=300.0):
 
 
 def test_recovers_radial_profile_with_water_ring(rng):
-    geom = Geometry(beam_x=400.5, beam_y=380.0)
+    geom = BeamGeometry(beam_x=400.5, beam_y=380.0)
     shape = (800, 820)
     r = geom.radius_map(shape)
     frame = rng.poisson(ring_profile(r)).astype(np.int32)
@@ -32,7 +32,7 @@ def test_recovers_radial_profile_with_water_ring(rng):
 
 
 def test_streaming_follows_slow_change(rng):
-    geom = Geometry(beam_x=150, beam_y=150)
+    geom = BeamGeometry(beam_x=150, beam_y=150)
     bg = RadialBackground(geom, (300, 300), bin_width=3.0, weight=0.5)
     for level in (5.0, 5.0, 10.0, 10.0, 10.0, 10.0):
         bg.update(rng.poisson(level, (300, 300)).astype(np.uint16))
@@ -41,7 +41,7 @@ def test_streaming_follows_slow_change(rng):
 
 
 def test_resolution_map_and_nxmx(tmp_path):
-    geom = Geometry(beam_x=100.0, beam_y=50.0, distance_mm=200.0, pixel_size_mm=0.1, wavelength_a=1.0)
+    geom = BeamGeometry(beam_x=100.0, beam_y=50.0, distance_mm=200.0, pixel_size_mm=0.1, wavelength_a=1.0)
     d = geom.resolution_map((100, 200))
     # pixel at 100 px = 10 mm from the beam: 2theta = atan(10/200)
     theta = np.arctan(10 / 200) / 2
@@ -55,13 +55,13 @@ def test_resolution_map_and_nxmx(tmp_path):
         det["x_pixel_size"] = 0.0001
         det["x_pixel_size"].attrs["units"] = "m"
         f["entry/instrument/beam/incident_wavelength"] = 1.0
-    assert Geometry.from_nxmx(tmp_path / "g.nxs") == geom
+    assert BeamGeometry.from_nxmx(tmp_path / "g.nxs") == geom
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError):
-        Geometry(beam_x=1, beam_y=1, distance_mm=0)
-    bg = RadialBackground(Geometry(5, 5), (10, 10))
+        BeamGeometry(beam_x=1, beam_y=1, distance_mm=0)
+    bg = RadialBackground(BeamGeometry(5, 5), (10, 10))
     with pytest.raises(ValueError, match="update"):
         bg.background()
     with pytest.raises(ValueError, match="shape"):

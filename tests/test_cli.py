@@ -22,9 +22,9 @@ import pytest
 from fabio.cbfimage import CbfImage
 
 import redml_reduce as rr
-from redml_reduce.background import Geometry
+from redml_reduce.background import BeamGeometry
 from redml_reduce.cli import main, read_frames
-from redml_reduce.synthetic import still_frame
+from redml_study.synthetic import still_frame
 
 REDML = str(Path(sys.executable).with_name("redml"))
 PILATUS_HEADER = ("# Detector: PILATUS 6M, S/N 60-0100\n# Pixel_size 172e-6 m x 172e-6 m\n"
@@ -40,7 +40,7 @@ def _frames(rng, n=3, shape=(96, 120), dtype="int32"):
 def _nxmx(path, frames, **filters):
     """An NXmx file as a detector writes it: NXmx geometry (FrameWriter with a geometry), the
     frames with `filters`, extra attributes on the root, the data and a group of its own."""
-    g = Geometry(beam_x=60, beam_y=48, distance_mm=120.0, pixel_size_mm=0.075, wavelength_a=0.98)
+    g = BeamGeometry(beam_x=60, beam_y=48, distance_mm=120.0, pixel_size_mm=0.075, wavelength_a=0.98)
     with rr.FrameWriter(path, frames.shape[1:], frames.dtype, geometry=g, filter=filters) as w:
         for f in frames:
             w.write(f)
@@ -212,7 +212,7 @@ def test_compressed_nxmx_imports_in_dials(tmp_path, rng):
             "el = ExperimentListFactory.from_json_file('c.expt')\n"
             "print([int(sum(flex.sum(p.as_double()) for p in s.get_raw_data(i)))"
             " for s in el.imagesets() for i in range(len(s))])\n")
-    from redml_reduce.sim import DIALS_PYTHON
+    from redml_study.dials_side import DIALS_PYTHON
 
     out = subprocess.run([DIALS_PYTHON, "-c", read], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -242,7 +242,7 @@ def test_find_spots_processes_every_frame(tmp_path, rng, capsys):
     assert main(["find-spots", str(tmp_path / "run.nxs"), "--cxi", str(tmp_path / "p.cxi")]) == 0
     out = capsys.readouterr().out
     assert [line.split(":")[0] for line in out.splitlines() if line.startswith("frame")] == [f"frame {i}" for i in range(4)]
-    from redml_reduce.peaklist import read_cxi_peaks
+    from redml_reduce.formats.peaklist import read_cxi_peaks
 
     assert len(read_cxi_peaks(tmp_path / "p.cxi")) == 4
 
@@ -250,7 +250,7 @@ def test_find_spots_processes_every_frame(tmp_path, rng, capsys):
 def test_one_reader_for_files_datasets_and_indices(tmp_path, rng):
     frames = _frames(rng, 3)
     _nxmx(tmp_path / "run.nxs", frames)
-    from redml_reduce.jungfrau import read_frames_lazily
+    from redml_reduce.formats.jungfrau_raw import read_frames_lazily
 
     for got in (read_frames([str(tmp_path / "run.nxs")]), read_frames([f"{tmp_path}/run.nxs:/entry/data/data"]),
                 list(read_frames_lazily(tmp_path / "run.nxs"))):

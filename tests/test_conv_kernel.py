@@ -76,7 +76,7 @@ def test_cnn_map_with_the_kernel_equals_torch(monkeypatch):
     """The shipped CNN's probability map on a simulated frame: the CPU inference path (the
     kernel) against the model's torch layers."""
     from redml_reduce.ml import models
-    from redml_reduce.ml.data import make_set
+    from redml_study.ml.data import make_set
     from redml_reduce.ml.infer import load
 
     s = make_set("weak", 1, 303)[0]

@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 
 from helpers import poisson_frame
-from redml_reduce import stream as s
+from redml_reduce.acquire import protocol as s
 from redml_reduce.acquire import AcquireSettings, Acquisition
-from redml_reduce.background import Geometry
-from redml_reduce.dashboard import Dashboard, parse_listen, png_gray
-from redml_reduce.indicators import LiveStats
+from redml_reduce.background import BeamGeometry
+from redml_reduce.acquire.dashboard import Dashboard, parse_listen, png_gray
+from redml_reduce.acquire.indicators import LiveStats
 
 SHAPE = (192, 256)
-GEOM = Geometry(beam_x=128.4, beam_y=96.2, distance_mm=60.0, pixel_size_mm=0.075, wavelength_a=1.0)
+GEOM = BeamGeometry(beam_x=128.4, beam_y=96.2, distance_mm=60.0, pixel_size_mm=0.075, wavelength_a=1.0)
 
 
 def get(url, headers=None):
@@ -249,7 +249,7 @@ def test_half_open_connections_hold_a_bounded_number_of_threads():
 def test_url_is_reachable_when_bound_to_all_interfaces():
     from urllib.parse import urlsplit
 
-    from redml_reduce.dashboard import is_loopback
+    from redml_reduce.acquire.dashboard import is_loopback
 
     with Dashboard(LiveStats(), "0.0.0.0", 0, allow_remote=True) as dash:
         parts = urlsplit(dash.url)
@@ -265,7 +265,7 @@ def test_acquire_prints_the_reachable_dashboard_url(tmp_path, capsys):
     from urllib.parse import urlsplit
 
     from redml_reduce.cli import main
-    from redml_reduce.dashboard import is_loopback
+    from redml_reduce.acquire.dashboard import is_loopback
 
     code = main(["acquire", "--bind", "tcp://127.0.0.1:*", "--out", str(tmp_path / "run.nxs"), "--quiet",
                  "--dashboard", "0.0.0.0:0", "--dashboard-public", "--token", "tok-123-abc", "--wait", "0.2"])
@@ -281,8 +281,8 @@ def test_ratio_history_keeps_hits_and_other_frames_apart(monkeypatch):
     curve, so the history has the ratio of each apart (vetoed frames, not stored, in neither)."""
     from types import SimpleNamespace
 
-    from redml_reduce import indicators
-    from redml_reduce.indicators import FrameStats
+    from redml_reduce.acquire import indicators
+    from redml_reduce.acquire.indicators import FrameStats
 
     monkeypatch.setattr(indicators, "time", SimpleNamespace(time=lambda: 1000.0))  # every frame in one bin
     stats = LiveStats()

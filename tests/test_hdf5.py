@@ -69,13 +69,13 @@ def test_direct_chunk_write_equals_filter(tmp_path, rng, q):
 
 def test_multi_frame_chunks_refused(tmp_path):
     with h5py.File(tmp_path / "f.h5", "w") as f:
-        with pytest.raises((ValueError, OSError)):
+        with pytest.raises((ValueError, OSError), match="a chunk must hold one frame"):
             f.create_dataset("data", shape=(4, 8, 8), dtype="u2", chunks=(2, 8, 8), **rr.Redml())
 
 
 def test_unsupported_dtype_refused(tmp_path):
     with h5py.File(tmp_path / "f.h5", "w") as f:
-        with pytest.raises((ValueError, OSError)):
+        with pytest.raises((ValueError, OSError), match="element type not supported"):
             f.create_dataset("data", shape=(4, 8, 8), dtype="f8", chunks=(1, 8, 8), **rr.Redml())
 
 
@@ -83,7 +83,7 @@ def test_invalid_settings_refused_at_creation(tmp_path):
     opts = list(rr.Redml(q=1.0).filter_options)
     opts[7] = 0  # tile 0
     with h5py.File(tmp_path / "f.h5", "w") as f:
-        with pytest.raises((ValueError, OSError)):
+        with pytest.raises((ValueError, OSError), match="redml filter: invalid argument: .*tile"):
             f.create_dataset("data", shape=(2, 16, 16), dtype="u2", chunks=(1, 16, 16),
                              compression=rr.FILTER_ID, compression_opts=tuple(opts))
 
@@ -129,6 +129,74 @@ def test_chunk_of_other_shape_refused(tmp_path, rng):
         d.id.write_direct_chunk((0, 0, 0), rr.encode(np.ones((8, 32), np.uint16)))
         with pytest.raises(OSError):
             d[0]
+
+
+def damaged_file(path, frames, damage):
+    """frames stored losslessly, frame 1 damaged: 'checksum' flips a byte of its chunk on
+    disk (found with get_chunk_info_by_coord), 'truncated' stores half of it, 'version'
+    marks it as written by a newer format, 'shape' stores a frame of another shape."""
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("data", data=frames, chunks=(1,) + frames.shape[1:], **rr.Redml(q=0))
+        good = d.id.read_direct_chunk((1, 0, 0))[1]
+        if damage == "truncated":
+            d.id.write_direct_chunk((1, 0, 0), good[: len(good) // 2])
+        elif damage == "version":
+            d.id.write_direct_chunk((1, 0, 0), good[:4] + bytes([9]) + good[5:])
+        elif damage == "shape":
+            d.id.write_direct_chunk((1, 0, 0), rr.encode(frames[1].reshape(frames.shape[2], -1), 0))
+        where = d.id.get_chunk_info_by_coord((1, 0, 0))
+    if damage == "checksum":
+        with open(path, "r+b") as fh:
+            fh.seek(where.byte_offset + where.size - 3)
+            byte = fh.read(1)[0]
+            fh.seek(-1, os.SEEK_CUR)
+            fh.write(bytes([byte ^ 0x10]))
+
+
+# what the error says, as a regular expression
+REASONS = {"checksum": "corrupt chunk: section checksum mismatch",
+           "truncated": "corrupt chunk: .*(truncated|past the end|shorter than)",
+           "version": "unsupported format version", "shape": "it holds a 70 x 60 uint16 frame, the dataset's frames "
+                                                             "are 60 x 70 uint16"}
+
+
+@pytest.mark.parametrize("damage", REASONS)
+def test_h5py_says_why_a_chunk_failed(tmp_path, rng, damage):
+    frames = frames_of(rng, "uint16")
+    damaged_file(tmp_path / "bad.h5", frames, damage)
+    with h5py.File(tmp_path / "bad.h5") as f:
+        d = f["data"]
+        with pytest.raises(OSError) as err:
+            d[1]
+        assert re.search("redml filter: cannot decode a chunk of .*" + REASONS[damage], str(err.value))
+        # the intact chunks around it still read, byte for byte, and so does the next read
+        assert d[0].tobytes() == frames[0].tobytes() and d[2].tobytes() == frames[2].tobytes()
+        with pytest.raises(OSError, match=REASONS[damage]):
+            d[1, :4, :4]
+        with pytest.raises(KeyError, match="doesn't exist"):  # HDF5's own errors are unchanged
+            f["missing"]
+
+
+@pytest.mark.skipif(H5DUMP is None, reason="hdf5-tools not installed (make test installs it)")
+def test_h5dump_says_why_a_chunk_failed(tmp_path, rng):
+    frames = frames_of(rng, "uint16")
+    path = tmp_path / "bad.h5"
+    damaged_file(path, frames, "checksum")
+
+    def dump(*args):
+        return subprocess.run([H5DUMP, "--enable-error-stack", "-d", "/data", *args, str(path)], env=PLUGIN_ENV,
+                              capture_output=True, text=True, timeout=60)
+
+    out = dump("-s", "1,0,0", "-c", "1,4,4")
+    assert re.search("redml filter: cannot decode a chunk of .*" + REASONS["checksum"], out.stderr)
+    assert "(1,0,0):" not in out.stdout  # no value of the damaged frame is printed
+    # HDF5's tools ignore a failed read of a subset (h5dump exits 0 there, whatever the
+    # filter says); a dump of the whole dataset exits non-zero, with the reason
+    whole = dump()
+    assert 0 < whole.returncode < 128 and re.search(REASONS["checksum"], whole.stderr)
+    intact = dump("-s", "2,0,0", "-c", "1,1,3")
+    assert intact.returncode == 0 and "redml" not in intact.stderr
+    assert re.findall(r"\(2,0,0\): (\d+), (\d+), (\d+)", intact.stdout) == [tuple(map(str, frames[2, 0, :3]))]
 
 
 @pytest.mark.skipif(H5DUMP is None, reason="hdf5-tools not installed (make test installs it)")

@@ -361,7 +361,7 @@ def test_zarr_codec_checks_the_chunk_header_before_decoding(tmp_path):
     out = run_limited(f"""
         import zarr
         from pathlib import Path
-        from redml_reduce.zarr_codec import RedmlZarrCodec
+        from redml_reduce.formats.zarr_codec import RedmlZarrCodec
         a = zarr.create_array(str(Path({str(tmp_path)!r}) / "a.zarr"), shape=(2, 16, 16), chunks=(1, 16, 16),
                               dtype="uint32", serializer=RedmlZarrCodec(q=0), compressors=None)
         a[1] = np.arange(256, dtype=np.uint32).reshape(16, 16)

@@ -10,9 +10,11 @@ import pytest
 
 import redml_reduce as rr
 from redml_reduce import jungfrau as jf
+from redml_reduce.formats.jungfrau_raw import load_calibration
 from redml_reduce.cli import main as cli
 from redml_reduce.codec import error_bound
-from redml_reduce.synthetic import still_frame
+from redml_study.detector import photons_to_raw, simulate_detector
+from redml_study.synthetic import JUNGFRAU_4M_SHAPE, still_frame
 
 from jungfrau_reference import STATUS, assemble_reference, convert_reference, track_reference
 
@@ -50,7 +52,7 @@ def random_words(rng, shape, n_special=300):
 def test_roundtrip_exact_without_noise(rng, signs, dtype):
     calib = make_calib(rng, (64, 256), signs)
     photons = photons_all_stages(rng, calib.frame_shape)
-    raw = jf.photons_to_raw(photons, calib, rng, noise=False)
+    raw = photons_to_raw(photons, calib, rng, noise=False)
     back, info = jf.convert(raw, calib, dtype, status=True)
     assert back.dtype == dtype
     np.testing.assert_array_equal(back, photons)
@@ -61,7 +63,7 @@ def test_roundtrip_exact_without_noise(rng, signs, dtype):
 
 
 def test_roundtrip_with_noise_within_stated_rounding(rng):
-    det = jf.simulate_detector(rng, frame_shape=(128, 256), dead_fraction=0, noisy_fraction=0)
+    det = simulate_detector(rng, frame_shape=(128, 256), dead_fraction=0, noisy_fraction=0)
     calib = det.calibration
     photons = photons_all_stages(rng, calib.frame_shape)
     back, info = jf.convert(det.raw(photons, rng), calib, status=True)
@@ -105,7 +107,7 @@ def test_core_equals_reference_on_random_words(rng, dtype):
 
 
 def test_core_equals_reference_on_realistic_frames(rng):
-    det = jf.simulate_detector(rng, frame_shape=(256, 512), dead_fraction=0.002, noisy_fraction=0.002)
+    det = simulate_detector(rng, frame_shape=(256, 512), dead_fraction=0.002, noisy_fraction=0.002)
     frame = still_frame(rng, det.calibration.frame_shape, background=0.3, spots=30, peak_range=(50, 5000))
     raw = det.raw(frame, rng)
     for dtype in (np.int16, np.int32):
@@ -117,7 +119,7 @@ def test_core_equals_reference_on_realistic_frames(rng):
 
 def test_special_words_masked_and_counted(rng):
     calib = make_calib(rng, (32, 64))
-    raw = jf.photons_to_raw(rng.integers(0, 5, calib.frame_shape), calib, rng, noise=False)
+    raw = photons_to_raw(rng.integers(0, 5, calib.frame_shape), calib, rng, noise=False)
     places = rng.choice(raw.size, 30, replace=False)
     invalid, over, err = places[:10], places[10:20], places[20:]
     raw.flat[invalid] = 0x8000 | rng.integers(0, 0x4000, 10)  # gain bits 10
@@ -166,7 +168,7 @@ def test_shape_and_type_errors_are_clear(rng):
     with pytest.raises(ValueError, match="energy_keV"):
         jf.Calibration(calib.pedestal, calib.gain, 0.0)
     with pytest.raises(ValueError, match="geometry has 1 modules"):
-        jf.Calibration(calib.pedestal, calib.gain, E, geometry=jf.Geometry.grid(1))
+        jf.Calibration(calib.pedestal, calib.gain, E, geometry=jf.ModuleLayout.grid(1))
     other = jf.PedestalTracker(make_calib(rng, (32, 32)))
     with pytest.raises(ValueError, match="tracker"):
         jf.convert(np.zeros((64, 128), np.uint16), calib, track=other)
@@ -175,7 +177,7 @@ def test_shape_and_type_errors_are_clear(rng):
 # ----------------------------------------------------------------------------- dark runs, tracking
 
 def test_pedestal_from_simulated_dark_runs(rng):
-    det = jf.simulate_detector(rng, frame_shape=(64, 128), dead_fraction=0.004, noisy_fraction=0.004)
+    det = simulate_detector(rng, frame_shape=(64, 128), dead_fraction=0.004, noisy_fraction=0.004)
     truth, n = det.calibration, 200
     dark = jf.pedestal_from_dark(*(det.dark_run(rng, n, stage) for stage in range(3)))
     good = ~det.dead & ~det.noisy
@@ -190,7 +192,7 @@ def test_pedestal_from_simulated_dark_runs(rng):
 
 
 def test_dark_run_bad_gain_detected(rng):
-    det = jf.simulate_detector(rng, frame_shape=(16, 32), dead_fraction=0, noisy_fraction=0)
+    det = simulate_detector(rng, frame_shape=(16, 32), dead_fraction=0, noisy_fraction=0)
     runs = [det.dark_run(rng, 50, s) for s in range(3)]
     runs[1][:5, 3, 7] = runs[1][:5, 3, 7] & 0x3FFF  # pixel (3, 7) stays in G0 in 5 of the G1 frames
     dark = jf.pedestal_from_dark(*runs)
@@ -203,7 +205,7 @@ def test_dark_run_bad_gain_detected(rng):
 
 
 def test_tracking_follows_slow_drift(rng):
-    det = jf.simulate_detector(rng, frame_shape=(32, 64), dead_fraction=0, noisy_fraction=0)
+    det = simulate_detector(rng, frame_shape=(32, 64), dead_fraction=0, noisy_fraction=0)
     start = det.calibration
     tracker = jf.PedestalTracker(start, window=20, threshold=0.5, snapshot_every=100)
     drift_per_frame, n = 0.25, 400  # ADU: 100 ADU in all, 0.2 photon at 12.4 keV
@@ -214,7 +216,7 @@ def test_tracking_follows_slow_drift(rng):
         ped[0] += drift_per_frame * (t + 1)
         truth = jf.Calibration(ped, start.gain, E, noise=start.noise)
         photons = np.where(lit, 5, rng.poisson(0.05, start.frame_shape))
-        raw = jf.photons_to_raw(photons, truth, rng)
+        raw = photons_to_raw(photons, truth, rng)
         before = tracker.pedestal_g0.copy()
         _, info = jf.convert(raw, start, track=tracker, keV=True, status=True)
         if t < 3:  # the fused update is the reference rule
@@ -237,8 +239,8 @@ def unit_calibration(geometry):
 
 
 def test_4m_pattern_lands_where_the_geometry_says():
-    g = jf.Geometry.jungfrau_4m()
-    assert g.shape == (2068, 2164) == rr.synthetic.JUNGFRAU_4M_SHAPE
+    g = jf.ModuleLayout.jungfrau_4m()
+    assert g.shape == (2068, 2164) == JUNGFRAU_4M_SHAPE
     value = 400 * (np.arange(8) + 1)  # per module, divisible by 4: split parts are exact quarters/halves
     raw = np.repeat(value, 512)[:, None].repeat(1024, 1).astype(np.uint16)
     photons, info = jf.convert(raw, unit_calibration(g))
@@ -262,10 +264,10 @@ def test_4m_pattern_lands_where_the_geometry_says():
 
 
 @pytest.mark.parametrize("geometry", [
-    jf.Geometry.grid(2, 2, gap_x=3, gap_y=5),
-    jf.Geometry.grid(2, 1, gap_x=0, gap_y=2, transpose=True),
+    jf.ModuleLayout.grid(2, 2, gap_x=3, gap_y=5),
+    jf.ModuleLayout.grid(2, 1, gap_x=0, gap_y=2, transpose=True),
     # flipped and rotated modules, with a margin
-    jf.Geometry(np.array([[513 + 4, 1029 + 4, 0, -1, -1, 0], [4, 1040 + 513, 1, 0, 0, -1]]), (1040, 1560)),
+    jf.ModuleLayout(np.array([[513 + 4, 1029 + 4, 0, -1, -1, 0], [4, 1040 + 513, 1, 0, 0, -1]]), (1040, 1560)),
 ])
 def test_assembly_equals_reference_and_conserves_totals(rng, geometry):
     calib = unit_calibration(geometry)
@@ -284,19 +286,19 @@ def test_assembly_equals_reference_and_conserves_totals(rng, geometry):
 
 
 def test_geometry_parameters():
-    g16 = jf.Geometry.grid(32, 4)
+    g16 = jf.ModuleLayout.grid(32, 4)
     assert g16.shape == (8 * 514 + 7 * 36, 4 * 1030 + 3 * 8) and g16.raw_shape == (32 * 512, 1024)
-    assert jf.Geometry.grid(2, 1).shape == (2 * 514 + 36, 1030)  # 1M
+    assert jf.ModuleLayout.grid(2, 1).shape == (2 * 514 + 36, 1030)  # 1M
     with pytest.raises(ValueError, match="overlap"):
-        jf.Geometry(np.array([[0, 0, 0, 1, 1, 0], [10, 10, 0, 1, 1, 0]]), (600, 1100))
+        jf.ModuleLayout(np.array([[0, 0, 0, 1, 1, 0], [10, 10, 0, 1, 1, 0]]), (600, 1100))
     with pytest.raises(ValueError, match="outside"):
-        jf.Geometry(np.array([[0, 0, 0, 1, 1, 0]]), (514, 1029))
+        jf.ModuleLayout(np.array([[0, 0, 0, 1, 1, 0]]), (514, 1029))
     with pytest.raises(ValueError, match="perpendicular"):
-        jf.Geometry(np.array([[0, 0, 0, 1, 0, 1]]), (1030, 1030))
+        jf.ModuleLayout(np.array([[0, 0, 0, 1, 0, 1]]), (1030, 1030))
 
 
 def test_simulator_takes_assembled_frames(rng):
-    det = jf.simulate_detector(rng, 2, dead_fraction=0, noisy_fraction=0)
+    det = simulate_detector(rng, 2, dead_fraction=0, noisy_fraction=0)
     g = det.calibration.geometry
     frame = still_frame(rng, g.shape, background=0.5, spots=20)
     back, _ = jf.convert(det.raw(frame, rng, noise=False), det.calibration)
@@ -311,7 +313,7 @@ def test_simulator_takes_assembled_frames(rng):
 # ----------------------------------------------------------------------------- pipeline and storage
 
 def test_encode_with_calibration(rng):
-    det = jf.simulate_detector(rng, 1)
+    det = simulate_detector(rng, 1)
     frame = still_frame(rng, det.calibration.geometry.shape, background=2.0, spots=10)
     raw = det.raw(frame, rng)
     photons, _ = jf.convert(raw, det.calibration)
@@ -358,9 +360,9 @@ def write_calibration_dir(tmp_path, det, rng, n_dark=6):
 
 
 def test_compress_cli_stores_calibration_and_redoes_conversion(tmp_path, rng, capsys):
-    det = jf.simulate_detector(rng, 1, dead_fraction=1e-3, noisy_fraction=0)
+    det = simulate_detector(rng, 1, dead_fraction=1e-3, noisy_fraction=0)
     caldir = write_calibration_dir(tmp_path / "cal", det, rng)
-    calib = jf.load_calibration(caldir)
+    calib = load_calibration(caldir)
     assert calib.geometry.shape == (514, 1030) and calib.meta["gain_files"] == ["gainMaps_M001.bin"]
     np.testing.assert_array_equal(calib.gain, det.calibration.gain)
     assert calib.mask[det.dead].all()  # dead pixels found in the dark runs
@@ -394,7 +396,7 @@ def test_compress_cli_stores_calibration_and_redoes_conversion(tmp_path, rng, ca
 
 
 def test_calibration_as_plain_dict(rng):
-    small = jf.simulate_detector(rng, frame_shape=(16, 32)).calibration
+    small = simulate_detector(rng, frame_shape=(16, 32)).calibration
     d = small.to_dict()
     assert set(d) == {"energy_keV", "pedestal", "gain", "mask", "noise", "geometry", "meta"}
     plain = json.loads(json.dumps({k: v.tolist() if hasattr(v, "tolist") else v for k, v in d.items()}))
@@ -402,16 +404,16 @@ def test_calibration_as_plain_dict(rng):
     raw = random_words(rng, small.frame_shape, 20)
     np.testing.assert_array_equal(jf.convert(raw, back)[0], jf.convert(raw, small)[0])
     assert back.mask.sum() == small.mask.sum() and back.energy_keV == E and back.geometry is None
-    g = jf.Geometry.jungfrau_4m()
-    again = jf.Geometry(**json.loads(json.dumps(g.to_dict())))
+    g = jf.ModuleLayout.jungfrau_4m()
+    again = jf.ModuleLayout(**json.loads(json.dumps(g.to_dict())))
     assert again.shape == g.shape and np.array_equal(again.modules, g.modules)
 
 
 def test_write_calibration_to_file_root(tmp_path, rng):
-    det = jf.simulate_detector(rng, frame_shape=(8, 16))
+    det = simulate_detector(rng, frame_shape=(8, 16))
     with h5py.File(tmp_path / "c.h5", "w") as f:
         jf.write_calibration(f, det.calibration, photon_dtype=np.int16)
-    back = jf.load_calibration(tmp_path / "c.h5")  # finds the group
+    back = load_calibration(tmp_path / "c.h5")  # finds the group
     np.testing.assert_array_equal(back.pedestal, det.calibration.pedestal)
     assert back.geometry is None and back.meta == {"simulated": True}
     with h5py.File(tmp_path / "c.h5") as f:
@@ -422,9 +424,9 @@ def test_write_calibration_to_file_root(tmp_path, rng):
 
 def acquire_raw_stream(out, raw, calibration: dict, pixel_mask=None):
     """`redml acquire` (q=0) of raw frames sent with `calibration` in the start message."""
-    from redml_reduce import stream as s
+    from redml_reduce.acquire import protocol as s
     from redml_reduce.acquire import AcquireSettings, Acquisition
-    from redml_reduce.background import Geometry as BeamGeometry
+    from redml_reduce.background import BeamGeometry
 
     beam = BeamGeometry(beam_x=500.0, beam_y=520.0, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
     acq = Acquisition(out, AcquireSettings(q=0, workers=1))
@@ -442,7 +444,7 @@ def test_acquire_stores_the_frames_compress_stores(tmp_path, rng):
     """A raw JUNGFRAU stream whose start message carries the calibration (with its module
     geometry) is stored as `redml compress --jungfrau-calibration` stores the same raw frames:
     assembled, same shape, same pixel positions (q=0: byte for byte), same geometry record."""
-    det = jf.simulate_detector(rng, 2)  # two modules, assembled in a column: 1064 x 1030
+    det = simulate_detector(rng, 2)  # two modules, assembled in a column: 1064 x 1030
     calib = det.calibration
     raw = [det.raw(still_frame(rng, calib.geometry.shape, background=1.0, spots=10), rng) for _ in range(3)]
     raw[1][5, 7] = jf.OVERLOAD_WORD
@@ -472,14 +474,14 @@ def test_acquire_stores_the_frames_compress_stores(tmp_path, rng):
 
 
 def test_stream_geometry_out_of_bounds_rejects_the_series_not_the_service(tmp_path, rng):
-    det = jf.simulate_detector(rng, 1)
+    det = simulate_detector(rng, 1)
     raw = [det.raw(still_frame(rng, det.calibration.geometry.shape, background=1.0), rng)]
     for bad in ({"modules": [[0, 0, 0, 1, 1, 0]], "shape": [10**6, 10**6]},  # 10^12 pixels: refused before allocating
                 {"modules": [[0, 0, 0, 1, 1, 0]] * 2, "shape": [1064, 1030]},  # 2 modules, the frames hold 1
                 {"modules": [[10**400, 0, 0, 1, 1, 0]], "shape": [514, 1030]},
                 {"modules": "x", "shape": [514, 1030]}, {"shape": [514, 1030]}, [1, 2]):
         with pytest.raises(ValueError):
-            jf.Geometry.from_dict(bad, n_modules=1)
+            jf.ModuleLayout.from_dict(bad, n_modules=1)
         if not isinstance(bad, dict) or "modules" not in bad:
             continue  # our sender cannot even encode it
         summary = acquire_raw_stream(tmp_path / "bad.nxs", raw, dict(det.calibration.to_dict(), geometry=bad))
@@ -488,11 +490,11 @@ def test_stream_geometry_out_of_bounds_rejects_the_series_not_the_service(tmp_pa
 
 @pytest.mark.parametrize("detector", ["0.5m", "1m"])
 def test_simulated_raw_stream_carries_the_geometry_of_its_shots(detector):
-    """`redml simulate-detector --jungfrau-raw`: the shots are simulated on the assembled
+    """`redml-study simulate-detector --jungfrau-raw`: the shots are simulated on the assembled
     detector (their beam centre refers to it) and the calibration sent places the modules there."""
     from argparse import Namespace
 
-    from redml_reduce.acqcli import _jungfrau_raw_frames, _simulated_layout
+    from redml_study.cli import _jungfrau_raw_frames, _simulated_layout
 
     args = Namespace(detector=detector, background=0.5, hit_rate=1.0, seed=0, pool=1, frames=1)
     frames, beam, mask, calib = _jungfrau_raw_frames(args)

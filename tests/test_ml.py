@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import redml_reduce as rr  # noqa: E402
-from redml_reduce.metrics import score_spots  # noqa: E402
-from redml_reduce.ml.data import LATTICE, make_set  # noqa: E402
+from redml_study.metrics import score_spots  # noqa: E402
+from redml_study.ml.data import LATTICE, make_set  # noqa: E402
 from redml_reduce.ml.infer import MODEL_FILES, WEIGHTS_DIR, Predictor, load  # noqa: E402
-from redml_reduce.ml.train import TEST_SEED, Prepared, make_blob, train_one  # noqa: E402
-from redml_reduce.roi import require_torch, resolve_roi  # noqa: E402
+from redml_study.ml.train import TEST_SEED, Prepared, make_blob, train_one  # noqa: E402
+from redml_reduce.pipeline import require_torch, resolve_roi  # noqa: E402
 
 # F1 of the shipped weights on make_set("strong", 2, TEST_SEED) + make_set("weak", 2, TEST_SEED)
 # (docs/ml.md); a retrained model must land within TOLERANCE.
@@ -81,8 +81,8 @@ def test_recipe_reproduces_shipped_weights_and_operating_point():
     thread) gives the shipped tensors within WEIGHT_RTOL and the same validation F1 at
     every threshold, so the same operating point: any change to the data, the inputs or
     the training arithmetic shows here, on any x86-64 CPU."""
-    from redml_reduce.ml.data import make_sets
-    from redml_reduce.ml.train import (RECIPES, TRAIN_FRAMES, TRAIN_SEED, VAL_FRAMES, VAL_SEED, score_at,
+    from redml_study.ml.data import make_sets
+    from redml_study.ml.train import (RECIPES, TRAIN_FRAMES, TRAIN_SEED, VAL_FRAMES, VAL_SEED, score_at,
                                        train_member)
 
     r = RECIPES["ensemble"]
@@ -266,7 +266,7 @@ def test_ml_roi_without_torch_says_what_to_install(monkeypatch):
 
 def test_hit_model_drives_the_indicators(test_frames):
     from redml_reduce.acquire import AcquireSettings
-    from redml_reduce.indicators import analyse
+    from redml_reduce.acquire.indicators import analyse
 
     blank = make_set("artefact", 1, TEST_SEED)[0]
     classical, _, _ = analyse(blank.frame, bad=blank.mask, geometry=blank.geometry)

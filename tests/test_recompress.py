@@ -19,11 +19,11 @@ import redml_reduce as rr
 from conftest import BASE_SEED
 from redml_reduce.cli import main as cli_main
 from redml_reduce.codec import error_bound
-from redml_reduce.outputs import OUTPUT_SUFFIX, path_size
+from redml_reduce.recompress.outputs import OUTPUT_SUFFIX, path_size
 from redml_reduce.recompress import MANIFEST_NAME, TMP_NAME, VerificationError, recompress, verify_chunk
-from redml_reduce.sources import find_inputs, open_frames
-from redml_reduce.synthetic import still_frame
-from redml_reduce.zarr_view import open_view
+from redml_reduce.formats.sources import find_inputs, open_frames
+from redml_study.synthetic import still_frame
+from redml_reduce.formats.zarr_view import open_view
 
 PILATUS_HEADER = ("# Detector: PILATUS3 6M, S/N 60-0000\n# Pixel_size 172e-6 m x 172e-6 m\n"
                   "# Silicon sensor, thickness 0.000450 m\n# Exposure_time 0.0190000 s\n"

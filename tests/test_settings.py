@@ -11,12 +11,12 @@ import pytest
 import zarr
 
 import redml_reduce as rr
-from redml_reduce import zarr_view
+from redml_reduce.formats import zarr_view
 from redml_reduce.codec import CD_USER_VALUES, SETTINGS, CodecSettings
-from redml_reduce.numcodecs_codec import settings_from_config, settings_to_config
+from redml_reduce.formats.numcodecs_codec import settings_from_config, settings_to_config
 from redml_reduce.recompress import MANIFEST_NAME, recompress
-from redml_reduce.synthetic import still_frame
-from redml_reduce.zarr_codec import RedmlZarrCodec
+from redml_study.synthetic import still_frame
+from redml_reduce.formats.zarr_codec import RedmlZarrCodec
 
 # Every mode, recon, codec and shuffle, and every other field away from its default.
 CASES = {
@@ -88,7 +88,7 @@ def test_hdf5_cd_values_round_trip(name, rng, tmp_path):
         assert zarr_view.settings_from_cd_values(cd) == s
         for i, frame in enumerate(frames):
             chunk = d.id.read_direct_chunk((i, 0, 0))[1]
-            assert chunk == rr.encode(frame, _settings=s)  # the plugin encodes what encode() does
+            assert chunk == rr.encode(frame, settings=s)  # the plugin encodes what encode() does
             back = d[i]
             assert back.dtype == frame.dtype and back.tobytes() == rr.decode(chunk).tobytes()
             if s.mode == "lossless":
@@ -108,7 +108,7 @@ def test_plugin_defaults_agree_with_the_table(rng, tmp_path):
             full = _cd_values(d)
             assert full[:k] == cut
             assert CodecSettings.from_cd_values(full) == CodecSettings.from_cd_values(cut)
-            expected = rr.encode(frame[0], _settings=CodecSettings.from_cd_values(cut))
+            expected = rr.encode(frame[0], settings=CodecSettings.from_cd_values(cut))
             assert d.id.read_direct_chunk((0, 0, 0))[1] == expected
 
 
@@ -155,7 +155,7 @@ def test_numcodecs_config_round_trip(name, rng):
     assert numcodecs.get_codec(json.loads(json.dumps(codec.get_config()))).settings == s
     assert CodecSettings.from_config(s.to_config()) == s
     frame = _frames(rng, name, 1)[0]
-    assert codec.encode(frame) == rr.encode(frame, _settings=s)
+    assert codec.encode(frame) == rr.encode(frame, settings=s)
 
 
 def test_numcodecs_takes_recon():
@@ -178,7 +178,7 @@ def test_zarr_v3_metadata_round_trip(name, rng, tmp_path):
     again = zarr.open_array(str(tmp_path / "z"), mode="r")
     assert again.metadata.codecs[0].settings == s
     assert RedmlZarrCodec.from_dict(RedmlZarrCodec(settings=s).to_dict()).settings == s
-    assert (tmp_path / "z" / "c" / "1" / "0" / "0").read_bytes() == rr.encode(frames[1], _settings=s)
+    assert (tmp_path / "z" / "c" / "1" / "0" / "0").read_bytes() == rr.encode(frames[1], settings=s)
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from redml_reduce.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, random_rotation
+from redml_study.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator, random_rotation
 
 ONE_MODULE = DetectorLayout(modules=(1, 1), name="JUNGFRAU 0.5M (simulated)")
 

@@ -9,9 +9,9 @@ import pytest
 
 import redml_reduce as rr
 from redml_reduce.automask import find_bad_pixels, load_masks, save_masks
-from redml_reduce.peaklist import read_cxi_peaks, write_cxi_peaks
-from redml_reduce.synthetic import still_frame
-from redml_reduce.tune import tune
+from redml_reduce.formats.peaklist import read_cxi_peaks, write_cxi_peaks
+from redml_study.synthetic import still_frame
+from redml_study.tune import tune
 
 
 def test_cxi_peak_lists_round_trip(tmp_path, rng):
@@ -112,7 +112,7 @@ def test_cli_find_spots_and_tune(tmp_path, rng):
                           "--cxi", str(tmp_path / "p.cxi")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "frame 0:" in out.stdout and len(read_cxi_peaks(tmp_path / "p.cxi")) == 1
-    out = subprocess.run([sys.executable, "-m", "redml_reduce.cli", "tune", f"{tmp_path}/frames.h5:/data",
+    out = subprocess.run([sys.executable, "-m", "redml_study.cli", "tune", f"{tmp_path}/frames.h5:/data",
                           "--reference", str(tmp_path / "ref.json")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "best F1" in out.stdout and "best settings" in out.stdout

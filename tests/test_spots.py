@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import redml_reduce as rr
-from redml_reduce.metrics import match_spots, score_spots
-from redml_reduce.synthetic import still_frame
+from redml_study.metrics import match_spots, score_spots
+from redml_study.synthetic import still_frame
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,4 +1,4 @@
-"""The Stream V2 protocol (redml_reduce.stream): messages round-trip, typed arrays follow
+"""The Stream V2 protocol (redml_reduce.acquire.protocol): messages round-trip, typed arrays follow
 RFC 8746, compressed arrays decode with dectris-compression and with HDF5's own filters alike,
 and anything malformed is a StreamError, never another exception or a huge allocation."""
 import math
@@ -7,10 +7,10 @@ import cbor2
 import numpy as np
 import pytest
 
-from redml_reduce import stream as s
-from redml_reduce.background import Geometry
+from redml_reduce.acquire import protocol as s
+from redml_reduce.background import BeamGeometry
 
-GEOM = Geometry(beam_x=101.3, beam_y=88.6, distance_mm=150.0, pixel_size_mm=0.075, wavelength_a=0.98)
+GEOM = BeamGeometry(beam_x=101.3, beam_y=88.6, distance_mm=150.0, pixel_size_mm=0.075, wavelength_a=0.98)
 
 
 def frame_of(rng, dtype, shape=(48, 70)):
@@ -221,8 +221,10 @@ HOSTILE_STARTS = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_STARTS))
 def test_hostile_start_fields_are_stream_errors(name):
-    with pytest.raises(s.StreamError):
+    """Refused by the field checks themselves, not by parse_message's catch-all."""
+    with pytest.raises(s.StreamError) as e:
         s.parse_message(_start_with(**HOSTILE_STARTS[name]))
+    assert "unusable:" not in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("fields", [{"detector_distance": BIG}, {"detector_distance": None,
@@ -263,7 +265,8 @@ def test_image_ids_are_cbor_uint64():
 
 
 def test_parse_message_raises_only_stream_errors_for_odd_values():
-    """Fields of unexpected types anywhere: a StreamError, never another exception."""
+    """Fields of unexpected types anywhere: a StreamError from the field checks, never
+    another exception, and never one that only parse_message's catch-all stopped."""
     odd = [BIG, -BIG, math.nan, "x" * 100, [BIG], {"a": BIG}, b"\0" * 9, True, None, 2.5, [[[]]]]
     keys = ["series_id", "image_size_x", "image_dtype", "number_of_images", "beam_center_x", "detector_translation",
             "incident_energy", "pixel_size_x", "sensor_thickness", "count_time", "channels", "pixel_mask",
@@ -273,5 +276,5 @@ def test_parse_message_raises_only_stream_errors_for_odd_values():
         for v in odd:
             try:
                 s.parse_message(_start_with(**{k: v}))
-            except s.StreamError:
-                pass
+            except s.StreamError as e:
+                assert "unusable:" not in str(e), (k, v, str(e))

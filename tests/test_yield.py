@@ -9,10 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from redml_reduce.dials_side import script
-from redml_reduce.sim import DIALS_PYTHON, Crystal, DetectorLayout, ShotSettings, StillSimulator
-from redml_reduce.yardstick import Dials, compare
-from redml_reduce.yield_study import format_table, series_from_files, series_from_simulator, study
+from redml_study.dials_side import script
+from redml_study.dials_side import DIALS_PYTHON
+from redml_study.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
+from redml_study.yardstick import Dials, compare
+from redml_study.yield_study import format_table, series_from_files, series_from_simulator, study
 
 ONE_MODULE = DetectorLayout(modules=(1, 1), name="JUNGFRAU 0.5M (simulated)")
 LYSOZYME = ("P43212", (79.1, 79.1, 37.9, 90, 90, 90))
@@ -23,7 +24,7 @@ def test_dials_finds_the_simulated_spots_where_the_list_says(tmp_path):
     sim = StillSimulator(ONE_MODULE, Crystal(), ShotSettings(distance_mm=50.0, hit_rate=1.0, background=1.0), seed=11)
     series = series_from_simulator(sim, 1, name="noiseless")
     series.frames = lambda: iter([sim.shot(0, noise=False).frame])
-    from redml_reduce.yield_study import write_series
+    from redml_study.yield_study import write_series
 
     write_series(series, "uncompressed", tmp_path / "noiseless.nxs")
     run = Dials(*LYSOZYME).process(tmp_path / "noiseless.nxs", tmp_path / "dials", index=False)
@@ -41,7 +42,7 @@ def test_dials_finds_the_simulated_spots_where_the_list_says(tmp_path):
 def test_nxmx_geometry_reads_back_through_dxtbx(tmp_path):
     sim = StillSimulator(ONE_MODULE, Crystal(), ShotSettings(distance_mm=80.0, wavelength_a=0.9, hit_rate=0.0), seed=1)
     series = series_from_simulator(sim, 2)
-    from redml_reduce.yield_study import write_series
+    from redml_study.yield_study import write_series
 
     write_series(series, "redml-q1", tmp_path / "g.nxs")
     out = subprocess.run([DIALS_PYTHON, script("geometry.py"), str(tmp_path / "g.nxs")], capture_output=True, text=True,
@@ -79,7 +80,7 @@ def test_yield_chain_uncompressed_and_redml(tmp_path):
 
 
 def test_compare_counts_lost_and_gained_frames():
-    from redml_reduce.yardstick import INTEGRATED_DTYPE, DialsRun
+    from redml_study.yardstick import INTEGRATED_DTYPE, DialsRun
 
     def run(indexed, intensities):
         t = np.zeros(len(intensities), INTEGRATED_DTYPE)
@@ -97,8 +98,8 @@ def test_compare_counts_lost_and_gained_frames():
 
 
 def test_truth_error_matches_by_symmetry_unique_index():
-    from redml_reduce.yardstick import INTEGRATED_DTYPE
-    from redml_reduce.yield_study import truth_error
+    from redml_study.yardstick import INTEGRATED_DTYPE
+    from redml_study.yield_study import truth_error
 
     sim = StillSimulator(ONE_MODULE, Crystal(), ShotSettings(distance_mm=50.0, hit_rate=1.0), seed=2)
     series = series_from_simulator(sim, 2)
@@ -115,7 +116,7 @@ def test_truth_error_matches_by_symmetry_unique_index():
 
 
 def test_clipped_copy_sets_negative_counts_to_zero_outside_the_mask(tmp_path):
-    from redml_reduce.yield_study import write_series
+    from redml_study.yield_study import write_series
 
     sim = StillSimulator(ONE_MODULE, Crystal(), ShotSettings(hit_rate=0.0, background=0.3), seed=4)
     sim.mask[:, :3] = True  # pretend gap columns

@@ -8,7 +8,7 @@ import pytest
 
 import redml_reduce as rr
 from helpers import poisson_frame
-from redml_reduce import zarr_view
+from redml_reduce.formats import zarr_view
 from redml_reduce.codec import CodecSettings
 
 

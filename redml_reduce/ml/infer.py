@@ -227,5 +227,5 @@ def load(name: str = DEFAULT_MODEL, device=None) -> Predictor:
     """A shipped model by name, or a weights file by path (cached per process)."""
     path = Path(name) if name not in MODEL_FILES else WEIGHTS_DIR / MODEL_FILES[name]
     if not path.is_file():
-        raise FileNotFoundError(f"no weights at {path} (train them: python -m redml_reduce.ml.train)")
+        raise FileNotFoundError(f"no weights at {path} (train them: python -m redml_study.ml.train)")
     return _load_cached(str(path), None if device is None else str(device))

@@ -27,7 +27,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .. import _core
-from .artefacts import ICE_RINGS_A  # hexagonal ice's strongest rings
+from ..background import ICE_RINGS_A
 
 __all__ = ["Transform", "LocalLogistic", "LocalCNN", "UNet", "TRANSFORMS", "build"]
 

@@ -45,7 +45,7 @@ def frames():
 
 
 def write_numcodecs():
-    from redml_reduce.numcodecs_codec import RedmlCodec
+    from redml_reduce.formats.numcodecs_codec import RedmlCodec
 
     NUMCODECS.mkdir(exist_ok=True)
     arrays = frames()
@@ -72,8 +72,8 @@ def write_numcodecs():
 def write_zarr():
     import zarr
 
-    from redml_reduce.numcodecs_codec import RedmlCodec
-    from redml_reduce.zarr_codec import RedmlZarrCodec
+    from redml_reduce.formats.numcodecs_codec import RedmlCodec
+    from redml_reduce.formats.zarr_codec import RedmlZarrCodec
 
     ZARR.mkdir(exist_ok=True)
     rng = np.random.default_rng(zlib.crc32(b"zarr stores"))

@@ -1,0 +1,101 @@
+"""The frame workers of redml acquire: one image from its stream message to a chunk, through the
+pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the server's pool."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..codec import SUPPORTED_DTYPES
+from ..pipeline import encode, photons
+from ..spots import roi_mask
+from .indicators import FrameStats, LiveStats, analyse, thumbnail
+from .protocol import EncodedArray, StreamError, _declared_size, compress
+
+__all__ = ["work", "passthrough", "Result", "WIDEN"]
+
+log = logging.getLogger("redml_reduce.acquire")
+
+WIDEN = {np.dtype("uint8"): np.dtype("uint16"), np.dtype("int8"): np.dtype("int16")}  # stored as the codec takes them
+
+
+@dataclass
+class Result:
+    """What a worker made of one image, for the writer thread."""
+
+    image_id: int
+    t_arrival: float
+    stats: Optional[FrameStats] = None
+    chunk: Optional[bytes] = None
+    peaks: Optional[np.ndarray] = None
+    shape: Optional[tuple] = None
+    dtype: Optional[np.dtype] = None
+    error: Optional[str] = None
+
+
+def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, stats: LiveStats) -> Result:
+    """One image of a series on a worker thread: decoded, converted to photons (raw JUNGFRAU),
+    analysed, encoded by the pipeline (or stored as it came, codec bslz4). series: the
+    server's record of it; s: the AcquireSettings; codecs: the CodecSettings of "q" and
+    "sparse" frames. Never raises: what goes wrong is the result's error."""
+    res = Result(image_id, t)
+    try:
+        if s.codec == "bslz4" and not s.spots and passthrough(series, enc):
+            # the plain writer: the detector's chunk as it came, its size checked, not decoded
+            if _declared_size(enc.payload) != enc.nbytes:
+                raise StreamError(f"bslz4 data declares {_declared_size(enc.payload)} bytes, the frame needs "
+                                  f"{enc.nbytes}")
+            res.stats = FrameStats(image_id=image_id, raw_bytes=enc.nbytes, stored_bytes=len(enc.payload),
+                                   mode="raw")
+            res.chunk, res.shape, res.dtype = enc.payload, enc.shape, enc.dtype.newbyteorder("=")
+            return res
+        frame = enc.decode()
+        if series.calibration is not None:  # raw JUNGFRAU words -> photons (bad words become markers)
+            if frame.dtype != np.uint16:
+                raise StreamError(f"raw JUNGFRAU images must be uint16 words, not {frame.dtype}")
+            if frame.shape != tuple(series.calibration.frame_shape):
+                raise StreamError(f"raw frame of shape {frame.shape}, the calibration {series.calibration.frame_shape}")
+            frame = photons(frame, series.calibration, nthreads=1)
+        if frame.dtype in WIDEN:
+            frame = frame.astype(WIDEN[frame.dtype])
+        if series.shape is not None and frame.shape != series.shape:
+            raise StreamError(f"frame of shape {frame.shape}, the series has {series.shape}")
+        if series.dtype is not None and frame.dtype != series.dtype:
+            raise StreamError(f"frame of dtype {frame.dtype}, the series has {series.dtype}")
+        if s.codec == "redml" and frame.dtype not in SUPPORTED_DTYPES:
+            raise StreamError(f"frames of {frame.dtype} cannot be encoded by redml")
+        bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
+        st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
+                                       saturation=series.start.saturation_value, min_spots=s.min_spots,
+                                       spots=s.spots, finder=s.finder, image_id=image_id, hit_model=s.hit_model)
+        if st.hit and stats.want_thumbnail():
+            img, factor = thumbnail(frame, bad)
+            stats.set_latest_hit(image_id, img, factor, peaks)
+        if s.codec == "bslz4":
+            res.chunk = enc.payload if passthrough(series, enc) else compress(frame, "bslz4")
+            st.mode = "raw"
+        elif st.hit is False and s.veto == "drop":
+            st.mode = "vetoed"
+        else:
+            mode = "sparse" if st.hit is False and s.veto == "sparse" else "q"
+            roi = roi_mask(spot_mask, codecs["q"].roi_margin, nthreads=1) if spot_mask is not None else None
+            res.chunk = encode(frame, roi=roi, mask=bad, nthreads=1, settings=codecs[mode])
+            st.mode = mode
+        st.stored_bytes = len(res.chunk) if res.chunk is not None else 0
+        res.stats, res.peaks, res.shape, res.dtype = st, peaks, frame.shape, frame.dtype
+    except StreamError as e:
+        res.error = str(e)
+    except Exception as e:  # never lose a frame without a record
+        log.exception("series %d image %d", series.id, image_id)
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+def passthrough(series, enc: EncodedArray) -> bool:
+    """Whether the detector's chunk can be stored as it came (codec bslz4)."""
+    dt = enc.dtype.newbyteorder("=")
+    return (enc.compression == "bslz4" and enc.dtype.isnative and enc.elem_size == enc.dtype.itemsize
+            and not enc.column_major and dt not in WIDEN and len(enc.shape) == 2
+            and (series.shape is None or tuple(enc.shape) == series.shape)
+            and (series.dtype is None or dt == series.dtype))

@@ -1,0 +1,44 @@
+"""Argument checks shared by the codec and the spot finder: frames, per-pixel maps, ranges."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["SUPPORTED_DTYPES", "as_frame", "as_map", "check_range"]
+
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint32", "float32"))
+
+
+def check_range(name, value, lo, hi, integer=False, open_low=False):
+    """Raises TypeError unless value is a number (an integer if integer), ValueError unless lo <= value <= hi
+    (lo < value if open_low)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer) if integer else (int, float, np.integer,
+                                                                                             np.floating)):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, not {type(value).__name__}")
+    if math.isnan(value) or value < lo or value > hi or (open_low and value == lo):
+        raise ValueError(f"{name} must be in {'(' if open_low else '['}{lo}, {hi}], not {value!r}")
+
+
+def as_frame(frame) -> np.ndarray:
+    """A C-contiguous, native-byte-order 2-D frame of a supported dtype, or a clear error
+    (other dtypes are refused, never cast silently)."""
+    arr = np.asarray(frame)
+    if arr.ndim != 2:
+        raise ValueError(f"frame must be 2-D, got {arr.ndim} dimensions")
+    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {', '.join(map(str, SUPPORTED_DTYPES))}")
+    if arr.size == 0:
+        raise ValueError("frame is empty")
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+
+
+def as_map(a, shape, name) -> Optional[np.ndarray]:
+    """A per-pixel boolean map of `shape` as the core takes it (uint8, C order), or None."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, the frame {shape}")
+    return np.ascontiguousarray(a != 0, dtype=np.uint8)

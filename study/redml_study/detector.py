@@ -1,0 +1,130 @@
+"""A simulated JUNGFRAU: random per-pixel pedestals, gains and noise, dead and noisy pixels, raw
+words from photon images (photons_to_raw) and dark runs (simulate_dark_run)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from redml_reduce.jungfrau import (ADC_MAX, GAIN_BITS, MODULE_SHAPE, OVERLOAD_WORD, TYPICAL_GAIN, TYPICAL_PEDESTAL,
+                                   Calibration, ModuleLayout)
+
+__all__ = ["SimulatedDetector", "simulate_detector", "photons_to_raw", "simulate_dark_run"]
+
+
+@dataclass
+class SimulatedDetector:
+    """A simulated JUNGFRAU: the true calibration (pedestal, gain, noise maps; mask = dead or
+    noisy pixels, as a facility's calibration would flag them) and its bad pixels."""
+
+    calibration: Calibration
+    dead: np.ndarray
+    noisy: np.ndarray
+    switch_fraction: float = 0.9
+    noisy_factor: float = 10.0
+
+    def raw(self, photons, rng, noise: bool = True) -> np.ndarray:
+        return photons_to_raw(photons, self.calibration, rng, noise=noise, dead=self.dead, noisy=self.noisy,
+                              noisy_factor=self.noisy_factor, switch_fraction=self.switch_fraction)
+
+    def dark_run(self, rng, n_frames: int, stage: int) -> np.ndarray:
+        return simulate_dark_run(self.calibration, rng, n_frames, stage, dead=self.dead, noisy=self.noisy,
+                                 noisy_factor=self.noisy_factor)
+
+
+def simulate_detector(rng: np.random.Generator, n_modules: int = 1, energy_keV: float = 12.4, *, frame_shape=None,
+                      geometry="auto", pedestal=TYPICAL_PEDESTAL, gain=TYPICAL_GAIN, noise=(12.0, 4.0, 3.0),
+                      spread=(0.02, 0.05, 0.1), dead_fraction: float = 2e-4, noisy_fraction: float = 2e-4,
+                      switch_fraction: float = 0.9) -> SimulatedDetector:
+    """A random JUNGFRAU of n_modules (or any frame_shape, without geometry): per-pixel
+    pedestals (ADU), gains (ADU/keV) and noise (ADU) around the given per-stage values, with
+    relative Gaussian spreads (pedestal, gain, noise), and a few dead (stuck ADC) and noisy
+    pixels. geometry "auto": the 4M layout for 8 modules, a column of modules otherwise;
+    None: raw layout only."""
+    shape = tuple(frame_shape) if frame_shape is not None else (n_modules * MODULE_SHAPE[0], MODULE_SHAPE[1])
+    if geometry == "auto":
+        geometry = None if frame_shape is not None else (
+            ModuleLayout.jungfrau_4m() if n_modules == 8 else ModuleLayout.grid(n_modules, 1))
+
+    def maps(values, rel):
+        v = np.asarray(values, np.float64)[:, None, None]
+        return (v * (1 + rel * rng.standard_normal((3, *shape)))).astype(np.float32)
+
+    dead = rng.random(shape) < dead_fraction
+    noisy = (rng.random(shape) < noisy_fraction) & ~dead
+    calib = Calibration(np.clip(maps(pedestal, spread[0]), 0, ADC_MAX), maps(gain, spread[1]), energy_keV,
+                        dead | noisy, geometry, np.abs(maps(noise, spread[2])), dict(simulated=True))
+    return SimulatedDetector(calib, dead, noisy, switch_fraction)
+
+
+def _stage_ranges(calib: Calibration) -> np.ndarray:
+    """(3, h, w) charge in keV that fills each stage's ADC range from its pedestal."""
+    ped, gain = calib.pedestal.astype(np.float64), calib.gain.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(gain > 0, (ADC_MAX - ped) / gain, ped / -gain)
+
+
+def photons_to_raw(photons, calib: Calibration, rng: np.random.Generator, *, noise: bool = True,
+                   dead: Optional[np.ndarray] = None, noisy: Optional[np.ndarray] = None, noisy_factor: float = 10.0,
+                   switch_fraction: float = 0.9) -> np.ndarray:
+    """Raw JUNGFRAU words (uint16, raw layout) that `calib` converts back to `photons`.
+
+    photons: counts per pixel in the raw layout (h, w), or an assembled image of
+    calib.geometry's shape (double pixels collect the sum of their output pixels; photons in
+    gaps are lost). The charge (photons * energy) picks the gain stage the way the hardware
+    switches: G0 until it would fill switch_fraction of G0's ADC range, then G1 likewise,
+    then G2; G2 beyond its range gives the overload word 0xC000. ADC = round(pedestal +
+    charge * gain + noise), noise: calib.noise (ADU, per stage) if `noise`, times
+    noisy_factor on `noisy` pixels; `dead` pixels read 0 (G0, ADC 0) whatever the charge.
+    Noise-free, the conversion gives the photons back exactly wherever |gain| * energy >= 1
+    ADU per photon (each photon moves the ADC by at least one step)."""
+    ph = np.asarray(photons)
+    if calib.geometry is not None and ph.shape == calib.geometry.shape and ph.shape != calib.frame_shape:
+        ph = calib.geometry.disassemble(ph)
+    if ph.shape != calib.frame_shape:
+        raise ValueError(f"photons have shape {ph.shape}; the calibration takes {calib.frame_shape} "
+                         f"(or the geometry's {calib.geometry.shape if calib.geometry else None})")
+    charge = ph.astype(np.float64) * calib.energy_keV
+    limit = switch_fraction * _stage_ranges(calib)
+    stage = np.where(charge < limit[0], 0, np.where(charge < limit[1], 1, 2))
+    idx = stage[None]
+    ped = np.take_along_axis(calib.pedestal, idx, 0)[0].astype(np.float64)
+    gain = np.take_along_axis(calib.gain, idx, 0)[0].astype(np.float64)
+    adc = ped + charge * gain
+    if noise:
+        if calib.noise is None:
+            raise ValueError("noise=True needs calib.noise")
+        sigma = np.take_along_axis(calib.noise, idx, 0)[0].astype(np.float64)
+        if noisy is not None:
+            sigma = np.where(noisy, sigma * noisy_factor, sigma)
+        adc = adc + sigma * rng.standard_normal(adc.shape)
+    adc = np.rint(adc)
+    over = (stage == 2) & ((adc <= 0) | (adc >= ADC_MAX))
+    words = (np.asarray(GAIN_BITS, np.uint16)[stage] << 14) | np.clip(adc, 0, ADC_MAX).astype(np.uint16)
+    words[over] = OVERLOAD_WORD
+    if dead is not None:
+        words[np.asarray(dead, bool)] = 0
+    return words
+
+
+def simulate_dark_run(calib: Calibration, rng: np.random.Generator, n_frames: int, stage: int = 0, *,
+                      dead: Optional[np.ndarray] = None, noisy: Optional[np.ndarray] = None,
+                      noisy_factor: float = 10.0) -> np.ndarray:
+    """(n_frames, h, w) raw dark frames in `stage` (0, 1, 2; G1/G2 forced as on a real pedestal
+    run): pedestal plus calib.noise, dead pixels at 0, noisy ones times noisy_factor."""
+    if stage not in (0, 1, 2):
+        raise ValueError("stage is 0, 1 or 2")
+    if calib.noise is None:
+        raise ValueError("a dark run needs calib.noise")
+    sigma = calib.noise[stage].astype(np.float64)
+    if noisy is not None:
+        sigma = np.where(noisy, sigma * noisy_factor, sigma)
+    ped = calib.pedestal[stage].astype(np.float64)
+    frames = np.empty((n_frames, *calib.frame_shape), np.uint16)
+    for i in range(n_frames):
+        adc = np.clip(np.rint(ped + sigma * rng.standard_normal(ped.shape)), 0, ADC_MAX).astype(np.uint16)
+        frames[i] = (GAIN_BITS[stage] << 14) | adc
+        if dead is not None:
+            frames[i][np.asarray(dead, bool)] = GAIN_BITS[stage] << 14
+    return frames
