@@ -197,3 +197,75 @@ def test_sparse_keeps_outliers_beside_bad_pixels(thaumatin):
     for q in (2.0, "sparse"):
         back = rr.decode(rr.encode(frame, q))
         assert np.array_equal(back[hot], frame[hot])
+
+
+# ---- the encoder's and decoder's per-thread work buffers, and the two decoder paths ----
+
+@pytest.mark.parametrize("q", [0, 2, "sparse", 4])
+def test_work_buffers_carry_nothing_between_frames(rng, q):
+    """Buffers kept from frame to frame (per thread) leave no trace: a frame encodes and
+    decodes the same before and after frames of other shapes and dtypes."""
+    recon = {"recon": "draw"} if q == 4 else {}
+    a = poisson_frame(rng, 10.0, (150, 233), "uint16", spots=4)
+    first = rr.encode(a, q, nthreads=1, **recon)
+    back = rr.decode(first, nthreads=1)
+    for shape, dtype in [((300, 400), "int32"), ((7, 5), "uint16"), ((150, 233), "float32")]:
+        other = poisson_frame(rng, 3.0, shape, dtype, spots=2)
+        rr.decode(rr.encode(other, 0 if dtype == "float32" and q == 4 else q, nthreads=1), nthreads=1)
+    assert rr.encode(a, q, nthreads=1, **recon) == first
+    assert np.array_equal(rr.decode(first, nthreads=1), back)
+
+
+@pytest.mark.parametrize("q,recon", [(0, "midpoint"), (2, "midpoint"), (4, "draw"), ("sparse", "midpoint")])
+def test_one_pass_and_band_parallel_decoders_agree(rng, q, recon):
+    """On one thread the decoder reads the streams in one raster pass; on several it first
+    counts where each band starts: same pixels."""
+    frame = poisson_frame(rng, 10.0, (300, 257), "uint16", spots=6)
+    chunk = rr.encode(frame, q, recon=recon) if q != "sparse" else rr.encode(frame, q)
+    assert np.array_equal(rr.decode(chunk, nthreads=1), rr.decode(chunk, nthreads=3))
+
+
+def _move_one_code(chunk: bytes, src: int, dst: int) -> bytes:
+    """The chunk with one code fewer in phase `src` and one more in phase `dst` (zero codes,
+    stored raw): the total still matches the frame, the phases do not."""
+    from chunkforge import CODES, Chunk, raw_stream
+
+    c = Chunk.parse(chunk)
+    codes = [s for s in c.sections if s.type == CODES]
+    for s, delta in ((codes[src], -1), (codes[dst], 1)):
+        s.raw_size += delta * s.elem
+        s.data = raw_stream(bytes(s.raw_size))
+        s.shuffle = 0
+    return c.build()
+
+
+@pytest.mark.parametrize("q,src,dst", [(0, 0, 1), (2, 0, 1), (2, 1, 0)])  # lossless: all codes in phase 0
+@pytest.mark.parametrize("nthreads", [1, 3])
+def test_code_streams_that_do_not_match_their_phases_are_refused(rng, q, src, dst, nthreads):
+    """Phase streams one code too short or too long (total unchanged): refused by the
+    one-pass decoder (it checks every read against its stream) as by the band decoder."""
+    frame = poisson_frame(rng, 10.0, (200, 131), "uint16")
+    chunk = rr.encode(frame, q)
+    with pytest.raises(rr.RedmlError, match="code stream length"):
+        rr.decode(_move_one_code(chunk, src, dst), nthreads=nthreads)
+
+
+def test_stage_times_of_the_encoder():
+    """The debug stage timer (benchmarks/speed.py): every stage of an encode, in order, on
+    request only."""
+    from redml_reduce import _core
+    from redml_reduce.codec import CodecSettings
+
+    frame = poisson_frame(np.random.default_rng(3), 1.0, (130, 140), "uint16", spots=3)
+    kw = CodecSettings(q=1).core_kwargs()
+    _core.stage_timing(True)
+    try:
+        _core.encode(frame, None, None, nthreads=1, **kw)
+        stages = dict(_core.last_stages())
+    finally:
+        _core.stage_timing(False)
+    assert list(stages)[0] == "mask" and list(stages)[-1] == "write chunk"
+    assert {"dispersion 7x7", "background model", "quantize", "entropy"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    _core.encode(frame, None, None, nthreads=1, **kw)
+    assert dict(_core.last_stages()) == stages  # disabled: the record is left alone
