@@ -328,8 +328,10 @@ void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32
 // (then they are the span's codes). A loop without stores that depend on the data, so it
 // vectorizes (32-bit arithmetic for 16-bit pixels, where residuals fit).
 template <class T>
-bool step1_codes(const T *__restrict f, const uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
-                 const Step1Int<T> *__restrict pred, typename Storage<T>::Word *__restrict codes) {
+REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *__restrict exact,
+                                          const uint8_t *__restrict usable, size_t n,
+                                          const Step1Int<T> *__restrict pred,
+                                          typename Storage<T>::Word *__restrict codes) {
     using S = Storage<T>;
     using A = Step1Int<T>;
     using U = typename std::make_unsigned<A>::type;
@@ -341,6 +343,27 @@ bool step1_codes(const T *__restrict f, const uint8_t *__restrict exact, const u
         codes[i] = (typename S::Word)z;
     }
     return !keep;
+}
+
+template <class T>
+bool step1_codes_portable(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
+                          typename Storage<T>::Word *codes) {
+    return step1_codes_body<T>(f, exact, usable, n, pred, codes);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 bool step1_codes_avx2(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n,
+                                        const Step1Int<T> *pred, typename Storage<T>::Word *codes) {
+    return step1_codes_body<T>(f, exact, usable, n, pred, codes);
+}
+#endif
+template <class T>
+bool step1_codes(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
+                 typename Storage<T>::Word *codes) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return step1_codes_avx2<T>(f, exact, usable, n, pred, codes);
+#endif
+    return step1_codes_portable<T>(f, exact, usable, n, pred, codes);
 }
 
 // Step-1 pixels: chunks without an exactly kept pixel (the usual ones) vectorized, the
@@ -651,8 +674,8 @@ bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
 
 // out[j] = unzigzag(codes[j]) + pred[j] for j < n; whether all lie in [lo, T's max].
 template <class T>
-bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restrict out, size_t n,
-                  const Step1Int<T> *__restrict pred, int64_t lo) {
+REDML_ALWAYS_INLINE bool decode_codes_body(const typename Storage<T>::Word *__restrict codes, T *__restrict out,
+                                           size_t n, const Step1Int<T> *__restrict pred, int64_t lo) {
     using A = Step1Int<T>;
     A kmin = std::numeric_limits<A>::max(), kmax = std::numeric_limits<A>::min();
     for (size_t j = 0; j < n; j++) {
@@ -663,6 +686,26 @@ bool decode_codes(const typename Storage<T>::Word *__restrict codes, T *__restri
         out[j] = (T)k;
     }
     return n == 0 || ((int64_t)kmin >= lo && (int64_t)kmax <= Storage<T>::hi());
+}
+
+template <class T>
+bool decode_codes_portable(const typename Storage<T>::Word *codes, T *out, size_t n, const Step1Int<T> *pred,
+                           int64_t lo) {
+    return decode_codes_body<T>(codes, out, n, pred, lo);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 bool decode_codes_avx2(const typename Storage<T>::Word *codes, T *out, size_t n,
+                                         const Step1Int<T> *pred, int64_t lo) {
+    return decode_codes_body<T>(codes, out, n, pred, lo);
+}
+#endif
+template <class T>
+bool decode_codes(const typename Storage<T>::Word *codes, T *out, size_t n, const Step1Int<T> *pred, int64_t lo) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return decode_codes_avx2<T>(codes, out, n, pred, lo);
+#endif
+    return decode_codes_portable<T>(codes, out, n, pred, lo);
 }
 
 // Decodes n pixels of step-1 tiles (pred: each pixel's tile prediction): exact ones from
@@ -682,7 +725,9 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, const Step1Int<T>
             x++;
             continue;
         }
-        const size_t end = byte_run_end(exact, x, n, false);  // a run of coded pixels: one tight loop
+        // a run of coded pixels, up to the next exact one (the map holds 0/1: memchr, SIMD in libc)
+        const uint8_t *next = (const uint8_t *)std::memchr(exact + x, 1, n - x);
+        const size_t end = next ? (size_t)(next - exact) : n;
         check(end - x <= n_codes - ci, REDML_E_CORRUPT, "background code stream length does not match its phase");
         ok &= decode_codes<T>(codes + ci, out + x, end - x, pred + x, lo);
         ci += end - x;

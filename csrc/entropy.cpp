@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "error.h"
+#include "pixels.h"
 #include "threads.h"
 
 namespace redml {
@@ -180,24 +181,39 @@ size_t count_blocks(size_t raw_size, const StreamSpec &spec) {
 }  // namespace
 
 // The byte (un)shuffle of E-byte elements with E known at compile time: loops the
-// compiler turns into vector shuffles.
-template <int E>
-void byte_shuffle_fixed(const uint8_t *__restrict src, uint8_t *__restrict dst, size_t n) {
+// compiler turns into vector shuffles (AVX2 where the CPU has it).
+template <int E, bool Un>
+REDML_ALWAYS_INLINE void byte_shuffle_body(const uint8_t *__restrict src, uint8_t *__restrict dst, size_t n) {
     for (size_t i = 0; i < n; i++)
-        for (int b = 0; b < E; b++) dst[(size_t)b * n + i] = src[i * E + b];
+        for (int b = 0; b < E; b++) {
+            if (Un) dst[i * E + b] = src[(size_t)b * n + i];
+            else dst[(size_t)b * n + i] = src[i * E + b];
+        }
 }
-template <int E>
-void byte_unshuffle_fixed(const uint8_t *__restrict src, uint8_t *__restrict dst, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        for (int b = 0; b < E; b++) dst[i * E + b] = src[(size_t)b * n + i];
+template <int E, bool Un>
+void byte_shuffle_portable(const uint8_t *src, uint8_t *dst, size_t n) {
+    byte_shuffle_body<E, Un>(src, dst, n);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <int E, bool Un>
+REDML_TARGET_AVX2 void byte_shuffle_avx2(const uint8_t *src, uint8_t *dst, size_t n) {
+    byte_shuffle_body<E, Un>(src, dst, n);
+}
+#endif
+template <int E, bool Un>
+void byte_shuffle_fixed(const uint8_t *src, uint8_t *dst, size_t n) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return byte_shuffle_avx2<E, Un>(src, dst, n);
+#endif
+    byte_shuffle_portable<E, Un>(src, dst, n);
 }
 
 void byte_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
     size_t n = nbytes / (size_t)elem;
     if (elem == 2) {
-        byte_shuffle_fixed<2>(src, dst, n);
+        byte_shuffle_fixed<2, false>(src, dst, n);
     } else if (elem == 4) {
-        byte_shuffle_fixed<4>(src, dst, n);
+        byte_shuffle_fixed<4, false>(src, dst, n);
     } else {
         for (int b = 0; b < elem; b++) {
             uint8_t *plane = dst + (size_t)b * n;
@@ -211,9 +227,9 @@ void byte_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
 void byte_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
     size_t n = nbytes / (size_t)elem;
     if (elem == 2) {
-        byte_unshuffle_fixed<2>(src, dst, n);
+        byte_shuffle_fixed<2, true>(src, dst, n);
     } else if (elem == 4) {
-        byte_unshuffle_fixed<4>(src, dst, n);
+        byte_shuffle_fixed<4, true>(src, dst, n);
     } else {
         for (int b = 0; b < elem; b++) {
             const uint8_t *plane = src + (size_t)b * n;

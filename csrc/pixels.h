@@ -48,6 +48,27 @@ inline bool is_special_value(T v) {
     }
 }
 
+// ---- run-time SIMD dispatch ----
+// A few hot loops are compiled twice, portable (SSE2 on x86-64) and for AVX2, from one
+// always-inlined body; the AVX2 build runs where the CPU has it. Build flags stay portable.
+#define REDML_ALWAYS_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__)
+#define REDML_AVX2_DISPATCH 1
+#define REDML_TARGET_AVX2 __attribute__((target("avx2")))
+#endif
+
+inline bool cpu_has_avx2() {
+#ifdef REDML_AVX2_DISPATCH
+    static const bool has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    }();
+    return has;
+#else
+    return false;
+#endif
+}
+
 // ---- 0/1 byte maps (usable, exact, candidate, strong pixels), eight bytes at a time ----
 
 // End of the run of zero bytes (nonzero = false) or of nonzero bytes starting at i.

@@ -265,7 +265,7 @@ void dilate(uint8_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
 // false, writing nothing, where they are not. The sums equal the double box sums exactly,
 // and the test is the same double expression, so the candidates are identical. Plain
 // loops over padded column sums: they vectorize (AVX2 where the CPU has it).
-#define SPOTS_INLINE inline __attribute__((always_inline))
+#define SPOTS_INLINE REDML_ALWAYS_INLINE
 
 struct DispersionArgs {
     const uint8_t *usable;
@@ -393,17 +393,11 @@ void dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r,
     dispersion_band_int_body(a, frame, r, y0, y1, cols, sums);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef REDML_AVX2_DISPATCH
 template <class T>
-__attribute__((target("avx2"))) void dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r,
-                                                               uint32_t y0, uint32_t y1, int32_t *cols,
-                                                               int32_t *sums) {
+REDML_TARGET_AVX2 void dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
+                                                uint32_t y1, int32_t *cols, int32_t *sums) {
     dispersion_band_int_body(a, frame, r, y0, y1, cols, sums);
-}
-
-bool cpu_has_avx2() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
 }
 #endif
 
@@ -427,9 +421,8 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         if ((int64_t)usable_max(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
             return false;
         std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W);
-#if defined(__x86_64__) && defined(__GNUC__)
-        static const bool avx2 = cpu_has_avx2();
-        if (avx2) {
+#ifdef REDML_AVX2_DISPATCH
+        if (cpu_has_avx2()) {
             dispersion_band_int_avx2(a, frame, r, y0, y1, cols.data(), sums.data());
             return true;
         }
