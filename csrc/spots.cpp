@@ -92,7 +92,7 @@ typename V::value_type *scratch(V &v, size_t n) {
 }
 
 // out[x] = (in[x] != 0), n bytes.
-void copy_01(const uint8_t *__restrict in, uint8_t *__restrict out, size_t n) {
+REDML_ALWAYS_INLINE void copy_01(const uint8_t *__restrict in, uint8_t *__restrict out, size_t n) {
     for (size_t x = 0; x < n; x++) out[x] = in[x] != 0;
 }
 
@@ -100,7 +100,7 @@ void copy_01(const uint8_t *__restrict in, uint8_t *__restrict out, size_t n) {
 // AND (erosion) or OR (dilation). pad: room for W + 2r bytes. Plain loops over a padded
 // copy, so they vectorize.
 template <bool And>
-void window_row(const uint8_t *in, uint8_t *out, uint32_t W, int r, uint8_t *pad) {
+REDML_ALWAYS_INLINE void window_row(const uint8_t *in, uint8_t *out, uint32_t W, int r, uint8_t *pad) {
     const uint8_t outside = And ? 1 : 0;  // clipped: outside pixels never decide
     std::memset(pad, outside, (size_t)r);
     copy_01(in, pad + r, W);
@@ -120,8 +120,8 @@ void window_row(const uint8_t *in, uint8_t *out, uint32_t W, int r, uint8_t *pad
 // any[y]: whether row y of `rows` has a nonzero byte (an all-zero row decides an AND
 // alone, and an OR of all-zero rows is zero: no pass over the bytes).
 template <bool And>
-void window_columns(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H, uint32_t W, int r,
-                    uint32_t y0, uint32_t y1) {
+REDML_ALWAYS_INLINE void window_columns(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H, uint32_t W,
+                                        int r, uint32_t y0, uint32_t y1) {
     for (uint32_t y = y0; y < y1; y++) {
         uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
         uint8_t *__restrict o = out + (size_t)y * W;
@@ -149,21 +149,60 @@ void window_columns(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint3
     }
 }
 
+// The row pass of rows [y0, y1) (any[y]: whether input row y has a nonzero byte).
+template <bool And>
+REDML_ALWAYS_INLINE void window_rows(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r, uint32_t y0,
+                                     uint32_t y1, uint8_t *pad) {
+    for (uint32_t y = y0; y < y1; y++) {
+        const uint8_t *row = in + (size_t)y * W;
+        any[y] = byte_run_end(row, 0, W, false) < W;
+        if (any[y]) window_row<And>(row, rows + (size_t)y * W, W, r, pad);
+    }
+}
+
+// The two passes, portable and AVX2 builds (pixels.h).
+template <bool And>
+void window_rows_portable(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r, uint32_t y0, uint32_t y1,
+                          uint8_t *pad) {
+    window_rows<And>(in, rows, any, W, r, y0, y1, pad);
+}
+template <bool And>
+void window_columns_portable(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H, uint32_t W, int r,
+                             uint32_t y0, uint32_t y1) {
+    window_columns<And>(rows, any, out, H, W, r, y0, y1);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <bool And>
+REDML_TARGET_AVX2 void window_rows_avx2(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r,
+                                        uint32_t y0, uint32_t y1, uint8_t *pad) {
+    window_rows<And>(in, rows, any, W, r, y0, y1, pad);
+}
+template <bool And>
+REDML_TARGET_AVX2 void window_columns_avx2(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H,
+                                           uint32_t W, int r, uint32_t y0, uint32_t y1) {
+    window_columns<And>(rows, any, out, H, W, r, y0, y1);
+}
+#endif
+
 // AND (erosion) or OR (dilation) of a (2r+1)^2 window, clipped to the frame, of a 0/1
 // byte map; `rows` (H*W) holds the row pass. in may equal out.
 template <bool And>
 void window_filter(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
     std::vector<uint8_t> any(H);
+    auto row_pass = window_rows_portable<And>;
+    auto column_pass = window_columns_portable<And>;
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) {
+        row_pass = window_rows_avx2<And>;
+        column_pass = window_columns_avx2<And>;
+    }
+#endif
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
         std::vector<uint8_t> pad(W + 2 * (size_t)r);
-        for (uint32_t y = y0; y < y1; y++) {
-            const uint8_t *row = in + (size_t)y * W;
-            any[y] = byte_run_end(row, 0, W, false) < W;
-            if (any[y]) window_row<And>(row, rows + (size_t)y * W, W, r, pad.data());
-        }
+        row_pass(in, rows, any.data(), W, r, y0, y1, pad.data());
     });
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        window_columns<And>(rows, any.data(), out, H, W, r, y0, y1);
+        column_pass(rows, any.data(), out, H, W, r, y0, y1);
     });
 }
 
