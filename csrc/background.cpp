@@ -15,6 +15,34 @@ namespace redml {
 
 namespace {
 
+// Sum and count of the values v[i] <= top (32-bit: no overflow for n <= 32768 values
+// below 2^16), branch-free; portable and AVX2 builds (pixels.h).
+REDML_ALWAYS_INLINE void sum_at_most_body(const int32_t *__restrict v, size_t n, int32_t top, int32_t *sum,
+                                          int32_t *count) {
+    int32_t s = 0, c = 0;
+    for (size_t i = 0; i < n; i++) {
+        const int32_t take = v[i] <= top;
+        s += take * v[i];
+        c += take;
+    }
+    *sum = s;
+    *count = c;
+}
+void sum_at_most_portable(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t *count) {
+    sum_at_most_body(v, n, top, sum, count);
+}
+#ifdef REDML_AVX2_DISPATCH
+REDML_TARGET_AVX2 void sum_at_most_avx2(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t *count) {
+    sum_at_most_body(v, n, top, sum, count);
+}
+#endif
+void sum_at_most(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t *count) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return sum_at_most_avx2(v, n, top, sum, count);
+#endif
+    sum_at_most_portable(v, n, top, sum, count);
+}
+
 // Sigma-clipped mean of values v[0..n) (upper side, 3 sigma, up to 4 passes); *clip_limit
 // receives the limit of the last pass. Integer values are compared with the integer
 // part of the limit and summed exactly in 64 bits, which gives the same sums as double
@@ -43,11 +71,7 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
                 for (size_t c0 = 0; c0 < n; c0 += 32768) {
                     const size_t c1 = std::min(n, c0 + 32768);
                     int32_t psum = 0, pcount = 0;
-                    for (size_t i = c0; i < c1; i++) {
-                        const int32_t take = v[i] <= top;
-                        psum += take * (int32_t)v[i];
-                        pcount += take;
-                    }
+                    sum_at_most((const int32_t *)v + c0, c1 - c0, (int32_t)top, &psum, &pcount);
                     isum += psum;
                     icount += pcount;
                 }
