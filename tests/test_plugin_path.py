@@ -203,6 +203,7 @@ def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
     at once, instead of rejecting every frame after it until the series ends."""
     from redml_reduce.acquire import series as acqfile
     from redml_reduce.acquire import protocol as s
+    from redml_reduce.acquire.sender import StreamSender
     from redml_reduce.acquire import AcquireSettings, Acquisition
     from redml_reduce.background import BeamGeometry
 
@@ -213,7 +214,7 @@ def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
     shape = (64, 64)
     geometry = BeamGeometry(beam_x=32, beam_y=32, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
     acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=0, workers=1, idle_timeout_s=600))
-    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+    with StreamSender("tcp://127.0.0.1:*") as sender:
         result = {}
         t = threading.Thread(target=lambda: result.update(s=acq.serve(sender.endpoint, max_series=1)), daemon=True)
         t.start()

@@ -280,7 +280,7 @@ def test_acquisition_file_states_every_setting(tmp_path):
 
     acq = Acquisition(tmp_path / "{series}.h5", AcquireSettings(q=2.0, codec_settings={"recon": "draw", "tile": 16}))
     try:
-        assert CodecSettings(**acq._file_codec()) == CodecSettings(q=2.0, recon="draw", tile=16)
-        assert rr.Redml(**acq._file_codec()).settings.recon == "draw"
+        assert CodecSettings(**acq.writer.file_codec()) == CodecSettings(q=2.0, recon="draw", tile=16)
+        assert rr.Redml(**acq.writer.file_codec()).settings.recon == "draw"
     finally:
         acq.close()
