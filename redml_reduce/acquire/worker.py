@@ -1,5 +1,5 @@
 """The frame workers of redml acquire: one image from its stream message to a chunk, through the
-pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the server's pool."""
+pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the worker pool (pool.py)."""
 from __future__ import annotations
 
 import logging
