@@ -446,7 +446,6 @@ def codec_attacks() -> dict:
 # ---------------------------------------------------------------- the run
 
 def run_acquire(work: Path, copies: int, n_good: int, n_half_open: int, seed: int, which=STREAM_ATTACKS) -> dict:
-    from redml_reduce.acquire import protocol as s
     from redml_reduce.acquire.sender import StreamSender
 
     rng = np.random.default_rng(seed)

@@ -202,7 +202,6 @@ def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
     """A frame the file refuses (disk full, I/O error) is recorded as fatal and serve() stops
     at once, instead of rejecting every frame after it until the series ends."""
     from redml_reduce.acquire import series as acqfile
-    from redml_reduce.acquire import protocol as s
     from redml_reduce.acquire.sender import StreamSender
     from redml_reduce.acquire import AcquireSettings, Acquisition
     from redml_reduce.background import BeamGeometry
