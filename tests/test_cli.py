@@ -259,6 +259,40 @@ def test_one_reader_for_files_datasets_and_indices(tmp_path, rng):
     assert np.array_equal(read_frames([f"{tmp_path}/run.nxs:/entry/data/data:-1"])[0], frames[2])
 
 
+def test_image_files_keep_the_order_given(tmp_path, rng):
+    """Was: plain specs went through find_inputs, which sorts them (b.cbf a.cbf read as a, b;
+    numbering in find-spots and rows of --cxi did not follow the command line)."""
+    from redml_reduce.formats.sources import inputs_from_specs
+
+    frames = _frames(rng, 2)
+    for name, frame in zip(("a.cbf", "b.cbf"), frames):
+        CbfImage(data=frame).write(str(tmp_path / name))
+    got = read_frames([str(tmp_path / "b.cbf"), str(tmp_path / "a.cbf")])
+    assert [g.tobytes() for g in got] == [frames[1].tobytes(), frames[0].tobytes()]
+    series = [str(tmp_path / f"s_{i:03d}.cbf") for i in (2, 1)]  # one template, given in reverse
+    for path, frame in zip(series, frames):
+        CbfImage(data=frame).write(path)
+    (inp, index), = inputs_from_specs(series)
+    assert inp.files == tuple(series) and index is None
+    assert [g.tobytes() for g in read_frames(series)] == [f.tobytes() for f in frames]
+
+
+def test_other_image_formats_fabio_reads(tmp_path, rng):
+    """Was: anything but CBF/SMV/MCCD refused ("not an HDF5 file ... or an image")."""
+    from fabio.edfimage import EdfImage
+    from fabio.tifimage import TifImage
+
+    frames = _frames(rng, 2, dtype="uint16")
+    TifImage(data=frames[0]).write(str(tmp_path / "a.tif"))
+    EdfImage(data=frames[1]).write(str(tmp_path / "b.edf"))
+    got = read_frames([str(tmp_path / "a.tif"), str(tmp_path / "b.edf")])
+    assert [g.tobytes() for g in got] == [f.tobytes() for f in frames]
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    out = _run("find-spots", "notes.txt", cwd=tmp_path)
+    assert out.returncode == 1
+    _one_error_line(out.stderr, "notes.txt: cannot read the image")
+
+
 # ------------------------------------------------------------------ progress, Ctrl-C, scheduler
 
 
