@@ -237,6 +237,33 @@ def test_inspect_summarises_every_chunk(tmp_path, rng, capsys):
     assert f"ratio {ratio:.2f}" in line
 
 
+def test_inspect_walks_the_chunk_index_once(tmp_path, rng):
+    """Was: get_chunk_info(k) for every k (HDF5 walks the index from its start each time:
+    quadratic in the frames). The summary takes one pass and no chunk is decoded; frames
+    never written (a hole) are left out."""
+    from redml_reduce.cli import _summarise_chunks
+
+    frames = _frames(rng, 4)
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        d = f.create_dataset("data", shape=(5, *frames.shape[1:]), dtype=frames.dtype,
+                             chunks=(1, *frames.shape[1:]), **rr.Redml(q=0))
+        d[:2], d[3:] = frames[:2], frames[2:]
+
+        class NoPerIndexLookup:  # the dataset's id, without get_chunk_info(k)
+            def __getattr__(self, name):
+                assert name != "get_chunk_info", "one lookup per chunk index"
+                return getattr(d.id, name)
+
+        class Dataset:
+            id, dtype, chunks, shape = NoPerIndexLookup(), d.dtype, d.chunks, d.shape
+
+        stored = sum(d.id.get_chunk_info(k).size for k in range(4))
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(rr.codec._core, "decode", lambda *a, **k: pytest.fail("inspect decoded a chunk"))
+            line = _summarise_chunks(Dataset())
+    assert f"4 redml chunks: 4 lossless (rans); {stored} bytes stored" in line
+
+
 def test_find_spots_processes_every_frame(tmp_path, rng, capsys):
     _nxmx(tmp_path / "run.nxs", _frames(rng, 4))
     assert main(["find-spots", str(tmp_path / "run.nxs"), "--cxi", str(tmp_path / "p.cxi")]) == 0
