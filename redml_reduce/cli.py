@@ -48,9 +48,12 @@ def parse_q(text: str):
         return text
     try:
         v = float(text)
-        CodecSettings(q=v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"q must be a number >= 0 or 'sparse', not {text!r}") from None
+    try:
+        CodecSettings(q=v).check_encodable()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return int(v) if v.is_integer() else v
 
 

@@ -107,6 +107,7 @@ def files(tmp_path, rng):
     (["compress", "run.h5", "-o", "x.h5", "-q", "-1"], "q must be a number >= 0", 2),
     (["compress", "run.h5", "-o", "x.h5", "-q", "lots"], "q must be a number >= 0", 2),
     (["recompress", "run.h5", "--out", "o", "-q", "nan"], "q must be a number >= 0", 2),
+    (["compress", "run.h5", "-o", "x.h5", "-q", "1e-9"], "q below 1e-06 is meaningless", 2),
     (["acquire", "--bind", "tcp://127.0.0.1:1", "--out", "a.nxs", "--q", "-2"], "q must be a number >= 0", 2),
     (["compress", "run.h5:/entry/nope", "-o", "x.h5"], "no dataset '/entry/nope'", 1),
     (["find-spots", "run.h5:/entry/nope"], "no dataset '/entry/nope'", 1),

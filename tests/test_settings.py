@@ -289,6 +289,11 @@ def test_data_beyond_the_encoders_limits_still_opens(rng, tmp_path):
     assert CodecSettings.from_cd_values(cd).tile == 4096
     assert zarr_view.settings_from_cd_values(cd).tile == 4096  # what a zero-copy view parses
     frame = _frames(rng, "lossless", 1)
+    from redml_reduce.recompress import recompress
+
+    with pytest.raises(ValueError, match="tile must be in"):  # refused before any output
+        recompress([str(tmp_path / "none")], tmp_path / "out", 1.0, tile=4096, workers=0)
+    assert not (tmp_path / "out").exists()
     s = settings_from_config(config)
     for write in (lambda: rr.encode(frame[0], settings=s), s.cd_values,
                   lambda: numcodecs.get_codec({"id": "redml", **config}).encode(frame[0])):
