@@ -698,3 +698,12 @@ def test_series_file_rows_stay_aligned_when_a_write_fails(tmp_path, rng):
     assert len(info["rejected_image_ids"]) == 0
     back, _ = stored_frames(path)
     assert [b.tobytes() for b in back] == [frames[0].tobytes(), frames[2].tobytes()]
+
+
+@pytest.mark.parametrize("codec_settings", [{"tile": 4096}, {"level": 99}])
+def test_settings_the_encoder_cannot_write_are_refused_before_any_file(tmp_path, codec_settings):
+    """A tile the format holds but the encoder does not write (or any bad codec setting)
+    is refused when the settings are made, not later by every frame."""
+    with pytest.raises(ValueError):
+        AcquireSettings(q=1, codec_settings=codec_settings)
+    assert not list(tmp_path.iterdir())

@@ -102,7 +102,7 @@ class AcquireSettings:
             raise ValueError("the veto needs spot finding (spots=True)")
         if self.veto != "none" and self.codec != "redml":
             raise ValueError("the veto needs the redml codec")
-        CodecSettings(q=self.q, **self.codec_settings)  # refuse bad settings before any file exists
+        CodecSettings(q=self.q, **self.codec_settings).check_encodable()  # refused before any file exists
         FinderSettings(**self.finder)
         for name in ("workers", "max_pending", "min_spots"):
             if int(getattr(self, name)) < 0:
