@@ -93,7 +93,7 @@ def start_message(sid: int, n: int, shape=SHAPE, **over) -> bytes:
 
 
 def image_message(sid: int, image_id: int, array) -> bytes:
-    """An image message holding a frame (ndarray) or a declared array (stream._declared_array)."""
+    """An image message holding a frame (ndarray) or a declared array (protocol._declared_array)."""
     from redml_reduce.acquire import protocol as s
 
     f = _fields(s.encode_image(np.zeros((1, 1), np.uint16), image_id, series_id=sid, series_unique_id=f"bench-{sid}"))
@@ -105,9 +105,10 @@ def bomb(shape, dtype):
     """A valid bitshuffle-LZ4 array of zeros declaring `shape`: one compressed block
     repeated (a 1 GiB array takes about 6 MB), so it really decompresses to its size."""
     from redml_reduce.acquire import protocol as s
+    from redml_reduce.acquire.compression import compress
 
     dt = np.dtype(dtype)
-    one = s.compress(np.zeros(8192 // dt.itemsize, dt), "bslz4")  # header + one block of 8192 bytes
+    one = compress(np.zeros(8192 // dt.itemsize, dt), "bslz4")  # header + one block of 8192 bytes
     assert int.from_bytes(one[8:12], "big") == 8192
     nbytes = int(np.prod(shape)) * dt.itemsize
     assert nbytes % 8192 == 0
@@ -445,13 +446,13 @@ def codec_attacks() -> dict:
 # ---------------------------------------------------------------- the run
 
 def run_acquire(work: Path, copies: int, n_good: int, n_half_open: int, seed: int, which=STREAM_ATTACKS) -> dict:
-    from redml_reduce.acquire import protocol as s
+    from redml_reduce.acquire.sender import StreamSender
 
     rng = np.random.default_rng(seed)
     dport = free_port()
     summary_path = work / "summary.json"
     plan = Plan()
-    with s.StreamSender("tcp://127.0.0.1:*", linger_ms=0) as sender:
+    with StreamSender("tcp://127.0.0.1:*", linger_ms=0) as sender:
         cmd = [sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", sender.endpoint, "--out",
                str(work / "run_{series}.nxs"), "--q", "0", "--workers", "2", "--series", "0", "--quiet",
                "--json", str(summary_path), "--dashboard", f"127.0.0.1:{dport}", "--timeout", "120"]

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "background.h"
 #include "entropy.h"
 #include "error.h"
 #include "quantize.h"
@@ -47,8 +48,8 @@ void check_blocks(const ChunkHeader &h, const Section &s) {
 void check_sections(const ParsedChunk &pc) {
     const ChunkHeader &h = pc.header;
     const uint64_t n = (uint64_t)h.height * h.width;
-    const uint64_t tiles = (uint64_t)((h.height + h.tile - 1) / h.tile) * ((h.width + h.tile - 1) / h.tile);
-    const uint8_t word = h.dtype == REDML_UINT16 || h.dtype == REDML_INT16 ? 2 : 4;
+    const uint64_t tiles = TileGrid(h.height, h.width, h.tile).count();
+    const uint8_t word = (uint8_t)redml_dtype_size(h.dtype);
     const Section *model = pc.find(SECTION_MODEL), *mask = pc.find(SECTION_EXACT_MASK);
     const Section *values = pc.find(SECTION_EXACT_VALUES);
     check(model != nullptr, REDML_E_CORRUPT, "chunk has no background model section");

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import json
 import os
 import sys
@@ -47,9 +48,12 @@ def parse_q(text: str):
         return text
     try:
         v = float(text)
-        CodecSettings(q=v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"q must be a number >= 0 or 'sparse', not {text!r}") from None
+    try:
+        CodecSettings(q=v).check_encodable()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return int(v) if v.is_integer() else v
 
 
@@ -182,6 +186,21 @@ def _decompress(args) -> int:
     return 0
 
 
+def _stored_chunks(d) -> list:
+    """The StoreInfo of every stored chunk, in one pass over the chunk index (get_chunk_info(k)
+    walks the index from its start for each k: quadratic in the number of chunks)."""
+    infos = []
+    if hasattr(d.id, "chunk_iter"):  # h5py built against HDF5 >= 1.12.3 / 1.14
+        d.id.chunk_iter(infos.append)
+        return infos
+    grid = [range(0, n, c) for n, c in zip(d.shape, d.chunks)]
+    for coord in itertools.product(*grid):
+        info = d.id.get_chunk_info_by_coord(coord)
+        if info.byte_offset is not None:  # None: not stored (fill value)
+            infos.append(info)
+    return infos
+
+
 def _summarise_chunks(d) -> str:
     """Modes, q and codecs of every chunk of a redml dataset, and its ratio."""
     from collections import Counter
@@ -189,9 +208,9 @@ def _summarise_chunks(d) -> str:
     from . import RedmlError, inspect as chunk_info
 
     kinds, stored, bad = Counter(), 0, 0
-    n = d.id.get_num_chunks()
-    for k in range(n):
-        info = d.id.get_chunk_info(k)
+    infos = _stored_chunks(d)
+    n = len(infos)
+    for info in infos:
         stored += info.size
         try:
             h = chunk_info(d.id.read_direct_chunk(info.chunk_offset)[1])

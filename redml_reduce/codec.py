@@ -28,6 +28,7 @@ _SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
 _RECONS = {"midpoint": 0, "mean": 2, "draw": 3}  # quantized mode (docs/format.md, "Reconstruction")
 _RECON_NAMES = ("dither", "poisson", "mean", "draw")  # as stored in a chunk
 MAX_TILE = 1024  # the encoder's largest tile (kMaxTile in csrc/container.h: one tile^2 buffer per thread)
+ENCODE_Q_RANGE = (1e-6, 1e6)  # the q the encoder accepts: outside it, use q=0 (lossless) or q="sparse"
 
 
 class RedmlError(ValueError):
@@ -111,13 +112,13 @@ class Setting:
 # Slot 0 holds the layout version (CD_LAYOUT) and slot 1 the mode, which follows from q;
 # set_local appends 14-16 (dtype, height, width).
 SETTINGS = (
-    Setting("q", 2, "f32", hi=1e6, modes=("quantized",)),
+    Setting("q", 2, "f32", open_low=True, modes=("quantized",)),
     Setting("codec", 3, _CODECS),
     Setting("level", 4, "i32", lo=-7, hi=22),
     Setting("shuffle", 5, _SHUFFLES),
     Setting("recon", 6, _RECONS, modes=("quantized",)),
     Setting("sparse_noise", 6, "bool", modes=("sparse",)),
-    Setting("tile", 7, "u16", lo=1, hi=MAX_TILE),
+    Setting("tile", 7, "u16", lo=1, hi=65535),
     Setting("gain", 8, "f32", open_low=True),
     Setting("mu_min", 9, "f32"),
     Setting("roi_snr", 10, "f32", open_low=True),
@@ -133,7 +134,7 @@ CD_ALL_VALUES = 17
 
 @dataclass(frozen=True)
 class CodecSettings:
-    """Validated encoder settings, shared by encode() and the HDF5 filter helper.
+    """Validated codec settings, shared by encode() and the HDF5 filter helper.
 
     q: the one knob. 0 = lossless; q > 0 = background quantized with a step of q Poisson
        sigmas (every background pixel within q*sigma/2, unbiased); "sparse" (or math.inf)
@@ -149,6 +150,11 @@ class CodecSettings:
     A field a mode ignores takes its default (recon outside quantized mode, sparse_noise
     outside sparse mode; q=math.inf becomes "sparse"), so settings that write the same
     chunks compare equal and every representation (SETTINGS) gives them back.
+
+    Construction accepts the format's full range (what data written earlier, or by other
+    writers, may hold); what this encoder supports on top (tile <= MAX_TILE, q within
+    ENCODE_Q_RANGE) is checked when encoding: check_encodable(), called by core_kwargs()
+    and cd_values().
     """
 
     q: QLike = 0.0
@@ -176,10 +182,8 @@ class CodecSettings:
             raise ValueError(f"q must be a number >= 0 or 'sparse', not {q!r}")
         elif math.isinf(q):
             object.__setattr__(self, "q", "sparse")
-        elif q > 1e6:
-            raise ValueError("q above 1e6 is meaningless; use q='sparse'")
-        elif 0 < q < 1e-6:
-            raise ValueError("q below 1e-6 is meaningless; use q=0 (lossless)")
+        elif q > _F32_MAX:
+            raise ValueError(f"q must be at most {_F32_MAX:g} (a float32) or 'sparse', not {q!r}")
         if self.codec in _CODECS and self.shuffle is None:
             object.__setattr__(self, "shuffle", "byte" if self.codec == "rans" else "bit")
         for s in SETTINGS:
@@ -205,7 +209,20 @@ class CodecSettings:
     def q_value(self) -> float:
         return float(self.q) if self.mode == "quantized" else 0.0
 
+    def check_encodable(self) -> None:
+        """Refuse what the format can hold but this encoder does not write (ValueError)."""
+        lo, hi = ENCODE_Q_RANGE
+        if self.mode == "quantized" and self.q_value > hi:
+            raise ValueError(f"q above {hi:g} is meaningless; use q='sparse'")
+        if self.mode == "quantized" and self.q_value < lo:
+            raise ValueError(f"q below {lo:g} is meaningless; use q=0 (lossless)")
+        if self.tile > MAX_TILE:
+            raise ValueError(f"tile must be in [1, {MAX_TILE}] to encode (the format holds up to 65535 "
+                             f"and decodes them), not {self.tile}")
+
     def core_kwargs(self) -> dict:
+        """The encoder's arguments (ValueError if it does not write these settings)."""
+        self.check_encodable()
         return dict(mode=_MODES[self.mode], q=self.q_value, gain=float(self.gain), mu_min=float(self.mu_min),
                     codec=_CODECS[self.codec], level=int(self.level), shuffle=_SHUFFLES[self.shuffle],
                     recon=self._core_recon(), tile=int(self.tile),
@@ -218,7 +235,9 @@ class CodecSettings:
         return _RECONS[self.recon] if self.mode == "quantized" else 0
 
     def cd_values(self) -> tuple:
-        """The filter's user cd_values (see docs/format.md, 'HDF5 filter')."""
+        """The filter's user cd_values (see docs/format.md, 'HDF5 filter'), to write with:
+        ValueError if the encoder does not write these settings."""
+        self.check_encodable()
         cd = [0] * CD_USER_VALUES
         cd[0], cd[CD_MODE_SLOT] = CD_LAYOUT, _MODES[self.mode]
         for s in SETTINGS:
@@ -258,15 +277,16 @@ class CodecSettings:
         return {"q": "sparse" if self.mode == "sparse" else self.q_value, **config}
 
     @classmethod
-    def from_config(cls, config) -> "CodecSettings":
+    def from_config(cls, config, ignore=()) -> "CodecSettings":
         """Settings from a configuration (to_config's, or any subset of its keys: missing
-        ones take their defaults); an unknown key is refused."""
+        ones take their defaults); an unknown key is refused, except those in ignore (the
+        caller's own keys). Accepts the format's full range (see check_encodable)."""
         if not isinstance(config, Mapping):
             raise TypeError(f"a redml configuration is a dict, not {type(config).__name__}")
-        unknown = sorted(set(config) - {s.name for s in SETTINGS})
+        unknown = sorted(set(config) - {s.name for s in SETTINGS} - set(ignore))
         if unknown:
             raise ValueError(f"unknown redml configuration keys: {', '.join(map(str, unknown))}")
-        return cls(**config)
+        return cls(**{k: v for k, v in config.items() if k not in ignore})
 
 
 _DEFAULT_CD = CodecSettings().cd_values()  # what the plugin takes for missing trailing values

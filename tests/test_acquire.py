@@ -25,6 +25,9 @@ import redml_reduce as rr
 from helpers import poisson_frame
 from redml_reduce.acquire import worker as acquire_mod
 from redml_reduce.acquire import protocol as s
+from redml_reduce.acquire.compression import compress
+from redml_reduce.acquire.receiver import Receiver
+from redml_reduce.acquire.sender import StreamSender
 from redml_reduce.acquire.series import read_acquisition
 from redml_reduce.acquire import AcquireSettings, Acquisition
 from redml_reduce.background import BeamGeometry
@@ -73,7 +76,7 @@ def test_lossless_stream_to_file_byte_for_byte(tmp_path, rng, compressions):
     mask[:, 60:64] = True  # a module gap
     out = tmp_path / "run.nxs"
     acq = Acquisition(out, AcquireSettings(q=0, workers=2))
-    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+    with StreamSender("tcp://127.0.0.1:*") as sender:
         t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
         sender.start(SHAPE, "uint16", GEOM, number_of_images=len(frames), pixel_mask=mask,
                      compression=compressions[-1])
@@ -173,7 +176,7 @@ def test_back_pressure_blocks_with_bounded_memory(tmp_path, rng, slow_encoder):
     acq = Acquisition(out, AcquireSettings(q=0, workers=1, max_pending=2, rcv_hwm=1, on_full="block", spots=False))
     tracemalloc.start()
     try:
-        with s.StreamSender("tcp://127.0.0.1:*", send_hwm=1) as sender:
+        with StreamSender("tcp://127.0.0.1:*", send_hwm=1) as sender:
             t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
             sender.start(shape, "uint16", GEOM, number_of_images=n)
             for i in range(n):
@@ -221,7 +224,7 @@ def test_bad_and_out_of_order_messages_are_logged_and_skipped(tmp_path, rng, cap
     frames = make_frames(rng, 6)
     out = tmp_path / "run_{series}.nxs"
     good_img = s.encode_image(frames[0], 0, series_id=1, series_unique_id="s1")
-    corrupt = s.compress(frames[1], "bslz4")
+    corrupt = compress(frames[1], "bslz4")
     corrupt = corrupt[:20] + bytes(len(corrupt) - 20)
     caplog.set_level(logging.INFO, logger="redml_reduce.acquire")
     with Acquisition(out, AcquireSettings(q=0, workers=2)) as acq:
@@ -269,7 +272,7 @@ def test_bad_and_out_of_order_messages_are_logged_and_skipped(tmp_path, rng, cap
 def test_series_without_end_closes_after_silence(tmp_path, rng):
     frames = make_frames(rng, 3)
     acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=0, workers=1, idle_timeout_s=0.5))
-    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+    with StreamSender("tcp://127.0.0.1:*") as sender:
         t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
         sender.start(SHAPE, "uint16", GEOM, number_of_images=10)
         for i, f in enumerate(frames):
@@ -299,7 +302,7 @@ def test_bslz4_codec_stores_the_detector_chunks(tmp_path, rng):
     import hdf5plugin  # noqa: F401 (registers the filter)
 
     frames = make_frames(rng, 4)
-    payloads = [s.compress(f, "bslz4") for f in frames]
+    payloads = [compress(f, "bslz4") for f in frames]
     out = tmp_path / "plain.h5"
     with Acquisition(out, AcquireSettings(codec="bslz4", spots=False, workers=1)) as acq:
         acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=4))
@@ -324,7 +327,7 @@ def test_acquire_killed_mid_series_keeps_flushed_frames(tmp_path, rng):
     n = 3000  # an upper bound: the loop stops once 8 frames are on disk (slow starts under load)
     frames = make_frames(rng, 5)
     out = tmp_path / "run.nxs"
-    with s.StreamSender("tcp://127.0.0.1:*", linger_ms=0) as sender:
+    with StreamSender("tcp://127.0.0.1:*", linger_ms=0) as sender:
         child = subprocess.Popen([sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", sender.endpoint,
                                   "--out", str(out), "--q", "0", "--workers", "1", "--quiet"],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -438,7 +441,7 @@ def test_raw_jungfrau_stream_is_converted_and_its_calibration_kept(tmp_path, rng
     raw[2][5, 7] = 0xC000  # an overload word
     out = tmp_path / "raw.nxs"
     acq = Acquisition(out, AcquireSettings(q=0, workers=2))
-    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+    with StreamSender("tcp://127.0.0.1:*") as sender:
         t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
         sender.start(SHAPE, "uint16", GEOM, number_of_images=len(raw), jungfrau_calibration=det.calibration.to_dict(),
                      compression="bslz4")
@@ -485,7 +488,7 @@ def _start(shape=SHAPE, sid=1, uid="s1", n=2, **over):
 
 
 def _image(image_id, array, sid=1, uid="s1"):
-    """An image message whose data is `array`: a frame, or a declared array (stream._declared_array)."""
+    """An image message whose data is `array`: a frame, or a declared array (protocol._declared_array)."""
     f = _fields(s.encode_image(np.zeros((1, 1), np.uint16), image_id, series_id=sid, series_unique_id=uid))
     f["data"] = {"threshold_1": array if not isinstance(array, np.ndarray) else s._tagged_array(array)}
     return _message(f)
@@ -536,7 +539,7 @@ def test_anything_a_handler_raises_is_contained_and_counted(tmp_path, rng, monke
     start as malformed; the service goes on."""
     frames = make_frames(rng, 3)
     with Acquisition(tmp_path / "run_{series}.nxs", AcquireSettings(q=0, workers=1)) as acq:
-        real_check = Acquisition._check_frame
+        real_check = Receiver._check_frame
 
         def flaky(self, series, enc):
             if flaky.fail:
@@ -545,12 +548,12 @@ def test_anything_a_handler_raises_is_contained_and_counted(tmp_path, rng, monke
             return real_check(self, series, enc)
 
         flaky.fail = True
-        monkeypatch.setattr(Acquisition, "_check_frame", flaky)
+        monkeypatch.setattr(Receiver, "_check_frame", flaky)
         acq.feed(_start(n=3))
         for i, f in enumerate(frames):
             acq.feed(_image(i, f))
         acq.feed(s.encode_end(1, "s1"))
-        monkeypatch.setattr(Acquisition, "_new_series", lambda *a: 1 / 0)
+        monkeypatch.setattr(Receiver, "_new_series", lambda *a: 1 / 0)
         acq.feed(_start(sid=2, uid="s2"))
     c = acq.series[0].summary["counts"]
     check_counts(c)
@@ -695,3 +698,12 @@ def test_series_file_rows_stay_aligned_when_a_write_fails(tmp_path, rng):
     assert len(info["rejected_image_ids"]) == 0
     back, _ = stored_frames(path)
     assert [b.tobytes() for b in back] == [frames[0].tobytes(), frames[2].tobytes()]
+
+
+@pytest.mark.parametrize("codec_settings", [{"tile": 4096}, {"level": 99}])
+def test_settings_the_encoder_cannot_write_are_refused_before_any_file(tmp_path, codec_settings):
+    """A tile the format holds but the encoder does not write (or any bad codec setting)
+    is refused when the settings are made, not later by every frame."""
+    with pytest.raises(ValueError):
+        AcquireSettings(q=1, codec_settings=codec_settings)
+    assert not list(tmp_path.iterdir())

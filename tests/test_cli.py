@@ -107,6 +107,7 @@ def files(tmp_path, rng):
     (["compress", "run.h5", "-o", "x.h5", "-q", "-1"], "q must be a number >= 0", 2),
     (["compress", "run.h5", "-o", "x.h5", "-q", "lots"], "q must be a number >= 0", 2),
     (["recompress", "run.h5", "--out", "o", "-q", "nan"], "q must be a number >= 0", 2),
+    (["compress", "run.h5", "-o", "x.h5", "-q", "1e-9"], "q below 1e-06 is meaningless", 2),
     (["acquire", "--bind", "tcp://127.0.0.1:1", "--out", "a.nxs", "--q", "-2"], "q must be a number >= 0", 2),
     (["compress", "run.h5:/entry/nope", "-o", "x.h5"], "no dataset '/entry/nope'", 1),
     (["find-spots", "run.h5:/entry/nope"], "no dataset '/entry/nope'", 1),
@@ -237,6 +238,33 @@ def test_inspect_summarises_every_chunk(tmp_path, rng, capsys):
     assert f"ratio {ratio:.2f}" in line
 
 
+def test_inspect_walks_the_chunk_index_once(tmp_path, rng):
+    """Was: get_chunk_info(k) for every k (HDF5 walks the index from its start each time:
+    quadratic in the frames). The summary takes one pass and no chunk is decoded; frames
+    never written (a hole) are left out."""
+    from redml_reduce.cli import _summarise_chunks
+
+    frames = _frames(rng, 4)
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        d = f.create_dataset("data", shape=(5, *frames.shape[1:]), dtype=frames.dtype,
+                             chunks=(1, *frames.shape[1:]), **rr.Redml(q=0))
+        d[:2], d[3:] = frames[:2], frames[2:]
+
+        class NoPerIndexLookup:  # the dataset's id, without get_chunk_info(k)
+            def __getattr__(self, name):
+                assert name != "get_chunk_info", "one lookup per chunk index"
+                return getattr(d.id, name)
+
+        class Dataset:
+            id, dtype, chunks, shape = NoPerIndexLookup(), d.dtype, d.chunks, d.shape
+
+        stored = sum(d.id.get_chunk_info(k).size for k in range(4))
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(rr.codec._core, "decode", lambda *a, **k: pytest.fail("inspect decoded a chunk"))
+            line = _summarise_chunks(Dataset())
+    assert f"4 redml chunks: 4 lossless (rans); {stored} bytes stored" in line
+
+
 def test_find_spots_processes_every_frame(tmp_path, rng, capsys):
     _nxmx(tmp_path / "run.nxs", _frames(rng, 4))
     assert main(["find-spots", str(tmp_path / "run.nxs"), "--cxi", str(tmp_path / "p.cxi")]) == 0
@@ -257,6 +285,40 @@ def test_one_reader_for_files_datasets_and_indices(tmp_path, rng):
         assert np.array_equal(np.stack(got), frames)
     assert np.array_equal(read_frames([f"{tmp_path}/run.nxs:/entry/data/data:1"])[0], frames[1])
     assert np.array_equal(read_frames([f"{tmp_path}/run.nxs:/entry/data/data:-1"])[0], frames[2])
+
+
+def test_image_files_keep_the_order_given(tmp_path, rng):
+    """Was: plain specs went through find_inputs, which sorts them (b.cbf a.cbf read as a, b;
+    numbering in find-spots and rows of --cxi did not follow the command line)."""
+    from redml_reduce.formats.sources import inputs_from_specs
+
+    frames = _frames(rng, 2)
+    for name, frame in zip(("a.cbf", "b.cbf"), frames):
+        CbfImage(data=frame).write(str(tmp_path / name))
+    got = read_frames([str(tmp_path / "b.cbf"), str(tmp_path / "a.cbf")])
+    assert [g.tobytes() for g in got] == [frames[1].tobytes(), frames[0].tobytes()]
+    series = [str(tmp_path / f"s_{i:03d}.cbf") for i in (2, 1)]  # one template, given in reverse
+    for path, frame in zip(series, frames):
+        CbfImage(data=frame).write(path)
+    (inp, index), = inputs_from_specs(series)
+    assert inp.files == tuple(series) and index is None
+    assert [g.tobytes() for g in read_frames(series)] == [f.tobytes() for f in frames]
+
+
+def test_other_image_formats_fabio_reads(tmp_path, rng):
+    """Was: anything but CBF/SMV/MCCD refused ("not an HDF5 file ... or an image")."""
+    from fabio.edfimage import EdfImage
+    from fabio.tifimage import TifImage
+
+    frames = _frames(rng, 2, dtype="uint16")
+    TifImage(data=frames[0]).write(str(tmp_path / "a.tif"))
+    EdfImage(data=frames[1]).write(str(tmp_path / "b.edf"))
+    got = read_frames([str(tmp_path / "a.tif"), str(tmp_path / "b.edf")])
+    assert [g.tobytes() for g in got] == [f.tobytes() for f in frames]
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    out = _run("find-spots", "notes.txt", cwd=tmp_path)
+    assert out.returncode == 1
+    _one_error_line(out.stderr, "notes.txt: cannot read the image")
 
 
 # ------------------------------------------------------------------ progress, Ctrl-C, scheduler

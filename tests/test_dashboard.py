@@ -246,6 +246,33 @@ def test_half_open_connections_hold_a_bounded_number_of_threads():
         assert code == 200 and json.loads(body)["counts"]["received"] == 0
 
 
+def test_trickling_client_is_closed_at_the_request_deadline():
+    """Was: the request timeout was a per-read socket timeout, so a client sending a byte
+    more often than it kept its connection (and a thread) forever. The deadline is for the
+    whole request."""
+    import socket
+
+    with Dashboard(LiveStats(), "127.0.0.1", 0, request_timeout_s=1.0) as dash:
+        with socket.create_connection(("127.0.0.1", dash.port), timeout=30) as c:
+            give_up = time.monotonic() + 60  # a bound against hanging, not a timing requirement
+            request = b"GET /api/status HTTP/1.1\r\nX-Pad: " + b"a" * 10000
+            c.settimeout(0.25)  # paces the trickle: a byte well within the 1 s that each read may wait
+            closed = False
+            for i in range(len(request)):
+                try:
+                    c.sendall(request[i:i + 1])
+                    closed = c.recv(1) == b""
+                except socket.timeout:
+                    pass
+                except OSError:  # reset by the server
+                    closed = True
+                if closed or time.monotonic() > give_up:
+                    break
+            assert closed, "the server kept a trickling connection past its request deadline"
+        code, body, _ = get(f"http://127.0.0.1:{dash.port}/api/status")
+        assert code == 200
+
+
 def test_url_is_reachable_when_bound_to_all_interfaces():
     from urllib.parse import urlsplit
 
@@ -296,17 +323,27 @@ def test_ratio_history_keeps_hits_and_other_frames_apart(monkeypatch):
     assert h["ratio"] == [pytest.approx(2000 / 204)]  # the vetoed frames' bytes are not counted as compressed
 
 
-def test_ratio_plot_readable_with_sparse_non_hits(tmp_path, rng):
+def test_ratio_plot_readable_with_sparse_non_hits(tmp_path, rng, monkeypatch):
     """With sparse non-hits the page plots the ratio of hits and of the other frames as two
     curves on a log axis: both visible, the sparse frames' curve above the hits' one."""
+    from types import SimpleNamespace
+
+    from redml_reduce.acquire import indicators
+
+    clock = {"t": 1000.0}
+
+    def tick() -> float:  # a clock 0.1 s later at each reading: the frames spread over several bins
+        clock["t"] += 0.1
+        return clock["t"]
+
+    monkeypatch.setattr(indicators, "time", SimpleNamespace(time=tick))
     hits = [poisson_frame(rng, 6.0, SHAPE, "uint16", spots=40) for _ in range(3)]
     blanks = [poisson_frame(rng, 6.0, SHAPE, "uint16") for _ in range(3)]
     acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=1, workers=1, veto="sparse"))
     acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=40))
-    for i in range(40):  # ~4 s: a few one-second bins of history
+    for i in range(40):  # several one-second bins of history
         frame = hits[i % 3] if i % 2 else blanks[i % 3]
         acq.feed(s.encode_image(frame, i, compression="bslz4"))
-        time.sleep(0.1)
     acq.feed(s.encode_end())
     acq.wait(60)
     h = acq.stats.snapshot()["history"]

@@ -202,7 +202,7 @@ def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
     """A frame the file refuses (disk full, I/O error) is recorded as fatal and serve() stops
     at once, instead of rejecting every frame after it until the series ends."""
     from redml_reduce.acquire import series as acqfile
-    from redml_reduce.acquire import protocol as s
+    from redml_reduce.acquire.sender import StreamSender
     from redml_reduce.acquire import AcquireSettings, Acquisition
     from redml_reduce.background import BeamGeometry
 
@@ -213,7 +213,7 @@ def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
     shape = (64, 64)
     geometry = BeamGeometry(beam_x=32, beam_y=32, distance_mm=80.0, pixel_size_mm=0.075, wavelength_a=1.0)
     acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=0, workers=1, idle_timeout_s=600))
-    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+    with StreamSender("tcp://127.0.0.1:*") as sender:
         result = {}
         t = threading.Thread(target=lambda: result.update(s=acq.serve(sender.endpoint, max_series=1)), daemon=True)
         t.start()
@@ -225,3 +225,48 @@ def test_acquire_stops_when_a_write_fails(tmp_path, rng, monkeypatch):
     acq.close()
     assert "image 0 could not be written: OSError" in acq.fatal and "No space left" in acq.fatal
     assert result["s"][0]["counts"]["written"] == 0
+
+
+@pytest.fixture
+def counted_registration(monkeypatch):
+    """hdf5plugin's forced registration counted (and not done), as on a process started with
+    HDF5_PLUGIN_PATH set that has not set hdf5plugin up yet. Each call records the threads
+    alive at that moment."""
+    from redml_reduce.formats import h5filter
+
+    calls = []
+
+    def register(force=False):
+        calls.append(set(threading.enumerate()))
+        threading.Event().wait(0.05)  # a registration takes a while: others may call meanwhile
+
+    monkeypatch.setenv("HDF5_PLUGIN_PATH", THEIRS)
+    monkeypatch.setattr(h5filter, "_hdf5plugin_set_up", False)
+    monkeypatch.setattr(hdf5plugin, "register", register)
+    return calls
+
+
+def test_hdf5plugin_is_registered_once_whatever_the_threads(counted_registration):
+    """Registering unregisters the filters first, which HDF5 refuses while another thread's
+    dataset uses one: threads calling load_hdf5plugin at once register it once."""
+    from redml_reduce.formats.h5filter import load_hdf5plugin
+
+    barrier = threading.Barrier(8)
+    threads = [threading.Thread(target=lambda: (barrier.wait(), load_hdf5plugin())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(counted_registration) == 1
+    load_hdf5plugin()
+    assert len(counted_registration) == 1
+
+
+def test_acquisition_sets_up_hdf5plugin_before_its_threads(tmp_path, counted_registration):
+    """codec bslz4 writes with hdf5plugin's filter: the acquisition sets it up in its
+    constructor, before its writer and worker threads exist, and never again."""
+    from redml_reduce.acquire import AcquireSettings, Acquisition
+
+    with Acquisition(tmp_path / "run.nxs", AcquireSettings(codec="bslz4", spots=False, workers=1)) as acq:
+        assert len(counted_registration) == 1
+        assert acq.writer._thread not in counted_registration[0]

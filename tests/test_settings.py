@@ -271,7 +271,34 @@ def test_ignored_fields_take_their_defaults():
     with pytest.raises(ValueError, match="gain"):
         CodecSettings(gain=1e39)  # does not fit the float32 the filter stores
     with pytest.raises(ValueError, match="q below"):
-        CodecSettings(q=1e-9)
+        CodecSettings(q=1e-9).cd_values()  # the encoder's limit, checked when writing
+
+
+def test_data_beyond_the_encoders_limits_still_opens(rng, tmp_path):
+    """Was: the settings table capped tile at MAX_TILE and q at 1e-6 for parsing too, so
+    configurations and files written with tile 1025-65535 (which the decoder reads) failed
+    to open. Those limits are the encoder's: refused when encoding, accepted when parsing."""
+    from redml_reduce.codec import MAX_TILE
+
+    config = {"q": 1.0, "tile": 4096}
+    assert settings_from_config(config).tile == 4096
+    assert numcodecs.get_codec({"id": "redml", **config}).settings.tile == 4096
+    assert CodecSettings.from_config({"q": 1e-9}).q == 1e-9
+    cd = list(CodecSettings(q=1.0).cd_values())
+    cd[7] = 4096
+    assert CodecSettings.from_cd_values(cd).tile == 4096
+    assert zarr_view.settings_from_cd_values(cd).tile == 4096  # what a zero-copy view parses
+    frame = _frames(rng, "lossless", 1)
+    from redml_reduce.recompress import recompress
+
+    with pytest.raises(ValueError, match="tile must be in"):  # refused before any output
+        recompress([str(tmp_path / "none")], tmp_path / "out", 1.0, tile=4096, workers=0)
+    assert not (tmp_path / "out").exists()
+    s = settings_from_config(config)
+    for write in (lambda: rr.encode(frame[0], settings=s), s.cd_values,
+                  lambda: numcodecs.get_codec({"id": "redml", **config}).encode(frame[0])):
+        with pytest.raises(ValueError, match=f"tile must be in \\[1, {MAX_TILE}\\] to encode"):
+            write()
 
 
 def test_acquisition_file_states_every_setting(tmp_path):
@@ -280,7 +307,7 @@ def test_acquisition_file_states_every_setting(tmp_path):
 
     acq = Acquisition(tmp_path / "{series}.h5", AcquireSettings(q=2.0, codec_settings={"recon": "draw", "tile": 16}))
     try:
-        assert CodecSettings(**acq._file_codec()) == CodecSettings(q=2.0, recon="draw", tile=16)
-        assert rr.Redml(**acq._file_codec()).settings.recon == "draw"
+        assert CodecSettings(**acq.writer.file_codec()) == CodecSettings(q=2.0, recon="draw", tile=16)
+        assert rr.Redml(**acq.writer.file_codec()).settings.recon == "draw"
     finally:
         acq.close()

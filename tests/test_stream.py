@@ -7,7 +7,8 @@ import cbor2
 import numpy as np
 import pytest
 
-from redml_reduce.acquire import protocol as s
+from redml_reduce.acquire import compression as comp, protocol as s
+from redml_reduce.acquire.sender import StreamSender
 from redml_reduce.background import BeamGeometry
 
 GEOM = BeamGeometry(beam_x=101.3, beam_y=88.6, distance_mm=150.0, pixel_size_mm=0.075, wavelength_a=0.98)
@@ -50,7 +51,7 @@ def test_image_round_trip(rng, dtype, compression):
     assert back.dtype == frame.dtype and back.tobytes() == frame.tobytes()
     if compression is not None:
         # the DECTRIS reference decoder and HDF5's own filter (hdf5plugin) agree byte for byte
-        assert s._decompress_h5(a.payload, compression, a.elem_size, a.nbytes) == frame.tobytes()
+        assert comp._decompress_h5(a.payload, compression, a.elem_size, a.nbytes) == frame.tobytes()
 
 
 def test_big_endian_and_column_major_arrays(rng):
@@ -151,7 +152,7 @@ def test_undecodable_payloads_fail_on_decode(rng, compression):
     """Parsing keeps compressed bytes as they are; decode() checks them: a header declaring
     another size (no allocation of it), or corrupt blocks, are StreamErrors."""
     frame = frame_of(rng, "uint16", (64, 64))
-    good = s.compress(frame, compression)
+    good = comp.compress(frame, compression)
     for payload in (_bslz4_claiming(1 << 40), _bslz4_claiming(frame.nbytes * 2), good[:11],
                     good[:12] + bytes(len(good) - 12), good[:-7]):
         a = s.EncodedArray(frame.shape, frame.dtype, payload, compression, 2)
@@ -166,7 +167,7 @@ def test_sender_and_receiver_over_zeromq(rng):
     import zmq
 
     frames = [frame_of(rng, "uint16") for _ in range(3)]
-    with s.StreamSender("tcp://127.0.0.1:*") as sender:
+    with StreamSender("tcp://127.0.0.1:*") as sender:
         pull = zmq.Context.instance().socket(zmq.PULL)
         pull.connect(sender.endpoint)
         try:

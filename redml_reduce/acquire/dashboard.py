@@ -14,12 +14,14 @@ page sets), or it is refused with 403. On localhost a request must also name the
 its Host header (localhost, 127.0.0.1, [::1] or the bound address, with or without the port),
 or it is refused with 403: a web page whose name an attacker rebinds to 127.0.0.1 cannot read
 it (DNS rebinding). At most max_connections connections are served at once (the others are
-closed unanswered) and a connection that sends no complete request within request_timeout_s
-is closed, so idle sockets cannot pile up threads. The page works offline (no external scripts).
+closed unanswered) and a connection that has not sent its complete request request_timeout_s
+after it opened is closed (a deadline for the whole request, not per read: a client trickling
+a byte at a time cannot hold its slot), so idle sockets cannot pile up threads. The page works offline (no external scripts).
 """
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import json
 import math
@@ -27,6 +29,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
@@ -73,6 +76,24 @@ def _reachable_host(host: str) -> str:
     except OSError:
         pass
     return socket.gethostname()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket until a deadline: each read waits at most the time left, and none
+    starts after it (TimeoutError, which http.server answers by closing the connection)."""
+
+    def __init__(self, sock, deadline: float):
+        self._sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive before its deadline")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buf)
 
 
 class _Server(ThreadingHTTPServer):
@@ -185,10 +206,21 @@ class Dashboard:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "redml-dashboard"
-            timeout = dash.request_timeout_s  # socket timeout: an idle connection is closed after it
+            timeout = dash.request_timeout_s  # socket timeout of the writes (the reads have a deadline)
 
             def log_message(self, *args):  # quiet: the acquisition log is what matters
                 pass
+
+            def setup(self):
+                super().setup()
+                self.rfile.close()  # socketserver's reader: replaced by one with a deadline
+                deadline = time.monotonic() + dash.request_timeout_s
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()  # reads the headers (a GET has no body)
+                self.connection.settimeout(dash.request_timeout_s)  # received: the writes' own timeout
+                return ok
 
             def _authorised(self, query) -> bool:
                 if dash.token is None:

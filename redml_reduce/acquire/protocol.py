@@ -1,12 +1,9 @@
-"""Detector stream protocol: DECTRIS Stream V2 (also published by Jungfraujoch).
+"""Detector stream protocol: DECTRIS Stream V2 (also published by Jungfraujoch): the messages,
+their parsing and validation, and their encoding (what a detector sends: sender.py sends it).
 
     msg = parse_message(zmq_bytes)        # StartMessage | ImageMessage | EndMessage, or StreamError
     frame = msg.data["threshold_1"].decode()
-
-    with StreamSender("tcp://*:31001") as s:             # what a detector does (tests, simulator)
-        s.start(shape, "uint16", geometry, number_of_images=n)
-        s.image(frame, image_id=0, compression="bslz4")
-        s.end()
+    raw = encode_image(frame, image_id=0, compression="bslz4")
 
 One CBOR message per ZeroMQ message on a PUSH socket (clients PULL; DECTRIS default port
 31001), each a map of text keys wrapped in the self-described CBOR tag 55799, whose first
@@ -20,9 +17,7 @@ are those of the DECTRIS start message: beam centre in pixels, lengths in metres
 in angstrom (or incident_energy in eV).
 
 Parsing never decompresses: an ImageMessage holds EncodedArray objects that a worker thread
-decodes (EncodedArray.decode, with dectris-compression, the DECTRIS reference decoder, which
-releases the GIL; when it is missing, with HDF5's bitshuffle/LZ4 filters from hdf5plugin
-through an in-memory HDF5 file). Anything malformed raises StreamError (a ValueError) and
+decodes (EncodedArray.decode, through compression.py). Anything malformed raises StreamError (a ValueError) and
 nothing else; declared sizes are checked before anything is allocated. Every field used is
 checked for its type and range: ids are CBOR unsigned integers (< 2^64; counts < 2^63),
 image_dtype one of IMAGE_DTYPES, numbers finite and within the ranges of FLOAT_RANGES
@@ -34,7 +29,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,10 +37,11 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..background import BeamGeometry
+from .compression import ALGORITHMS, compress, decompress
+from .errors import StreamError
 
 __all__ = ["DEFAULT_PORT", "StreamError", "EncodedArray", "StartMessage", "ImageMessage", "EndMessage",
-           "parse_message", "encode_start", "encode_image", "encode_end", "compress", "decompress",
-           "StreamSender", "publish_series", "typed_array_dtype", "typed_array_tag"]
+           "parse_message", "encode_start", "encode_image", "encode_end", "typed_array_dtype", "typed_array_tag"]
 
 DEFAULT_PORT = 31001
 TAG_SELF_DESCRIBED = 55799
@@ -54,7 +49,6 @@ TAG_DATETIME = 0
 TAG_MULTI_DIM = 40  # row major
 TAG_MULTI_DIM_COLUMN_MAJOR = 1040
 TAG_COMPRESSED = 56500
-ALGORITHMS = ("bslz4", "lz4")
 MAX_FRAME_PIXELS = 1 << 27  # the codec's own limit (docs/reliability.md)
 MAX_SIDE = 1 << 20  # the codec's limit per side
 UINT64_MAX = (1 << 64) - 1  # ids: CBOR unsigned integers
@@ -73,10 +67,6 @@ FLOAT_RANGES = {
 }
 _POSITIVE = {"detector_distance", "incident_wavelength", "incident_energy", "pixel_size_x", "pixel_size_y",
              "energy_keV"}
-
-
-class StreamError(ValueError):
-    """A message that is not valid Stream V2 (or not what this receiver can use)."""
 
 
 # ---------------------------------------------------------------- typed arrays (RFC 8746)
@@ -115,82 +105,6 @@ def typed_array_tag(dtype) -> int:
     if dt.itemsize == 1:
         return 72 if dt.kind == "i" else 64
     return 64 + (8 if dt.kind == "i" else 0) + 4 + ll
-
-
-# ---------------------------------------------------------------- compression
-
-def _declared_size(payload: bytes) -> int:
-    """Uncompressed size in the HDF5 framing shared by bslz4 and lz4 (big-endian uint64)."""
-    if len(payload) < 12:
-        raise StreamError(f"compressed data of {len(payload)} bytes is shorter than its 12-byte header")
-    return int.from_bytes(payload[:8], "big")
-
-
-def decompress(payload: bytes, algorithm: str, elem_size: int, expected_nbytes: int) -> bytes:
-    """Decompresses a tag-56500 byte string whose header must declare expected_nbytes."""
-    if algorithm not in ALGORITHMS:
-        raise StreamError(f"unknown compression {algorithm!r} (known: {', '.join(ALGORITHMS)})")
-    declared = _declared_size(payload)
-    if declared != expected_nbytes:
-        raise StreamError(f"compressed data declares {declared} bytes, the array needs {expected_nbytes}")
-    try:
-        from dectris.compression import decompress as _dectris
-    except ImportError:
-        out = _decompress_h5(payload, algorithm, elem_size, expected_nbytes)
-    else:
-        try:
-            out = _dectris(bytes(payload), algorithm, elem_size=int(elem_size))
-        except (ValueError, RuntimeError) as e:
-            raise StreamError(f"{algorithm} data cannot be decompressed: {e}") from None
-    if len(out) != expected_nbytes:
-        raise StreamError(f"{algorithm} data decompressed to {len(out)} bytes, expected {expected_nbytes}")
-    return out
-
-
-_h5_lock = threading.Lock()
-
-
-def _h5_dataset(f, algorithm: str, elem_size: int, nbytes: int):
-    """A one-chunk dataset of nbytes with the bitshuffle-LZ4 or LZ4 filter (hdf5plugin)."""
-    from ..formats.h5filter import load_hdf5plugin
-
-    hdf5plugin = load_hdf5plugin()
-
-    dtype = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}.get(int(elem_size))
-    if dtype is None or nbytes % int(elem_size):
-        raise StreamError(f"element size {elem_size} does not divide {nbytes} bytes")
-    n = nbytes // int(elem_size)
-    flt = hdf5plugin.Bitshuffle(cname="lz4") if algorithm == "bslz4" else hdf5plugin.LZ4()
-    return f.create_dataset("x", shape=(n,), chunks=(n,), dtype=dtype, **flt)
-
-
-def _decompress_h5(payload: bytes, algorithm: str, elem_size: int, nbytes: int) -> bytes:
-    """The fallback decoder: HDF5's own filters (hdf5plugin) read the chunk back."""
-    import h5py
-
-    with _h5_lock, h5py.File(f"mem-{uuid.uuid4().hex}", "w", driver="core", backing_store=False) as f:
-        d = _h5_dataset(f, algorithm, elem_size if algorithm == "bslz4" else 1, nbytes)
-        d.id.write_direct_chunk((0,), bytes(payload))
-        try:
-            return d[...].tobytes()
-        except OSError as e:
-            raise StreamError(f"{algorithm} data cannot be decompressed: {e}") from None
-
-
-def compress(array: np.ndarray, algorithm: str = "bslz4") -> bytes:
-    """The tag-56500 byte string of an array: HDF5 framing, made by hdf5plugin's filters."""
-    import h5py
-
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {algorithm!r}")
-    a = np.ascontiguousarray(array)
-    raw = a.view(np.uint8).reshape(-1)
-    elem = a.dtype.itemsize if algorithm == "bslz4" else 1
-    with _h5_lock, h5py.File(f"mem-{uuid.uuid4().hex}", "w", driver="core", backing_store=False) as f:
-        d = _h5_dataset(f, algorithm, elem, raw.size)
-        d[...] = raw.view(d.dtype)
-        return d.id.read_direct_chunk((0,))[1]
-
 
 # ---------------------------------------------------------------- messages
 
@@ -639,91 +553,3 @@ def encode_image(frame: np.ndarray, image_id: int, *, series_id: int = 1, series
 
 def encode_end(series_id: int = 1, series_unique_id: str = "") -> bytes:
     return _dumps({"type": "end", "series_id": int(series_id), "series_unique_id": series_unique_id})
-
-
-# ---------------------------------------------------------------- sender
-
-class StreamSender:
-    """A detector's side of the stream: a ZeroMQ PUSH socket that binds (like a DCU) or
-    connects. send_hwm bounds the messages queued for a slow receiver (send then blocks).
-    close() waits up to linger_ms for the receiver to take what is still queued (the last
-    images and the end message), then gives up on them."""
-
-    def __init__(self, endpoint: str = f"tcp://*:{DEFAULT_PORT}", *, bind: bool = True, send_hwm: int = 4,
-                 linger_ms: int = 120000):
-        import zmq
-
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.SNDHWM, int(send_hwm))
-        self.sock.setsockopt(zmq.LINGER, int(linger_ms))
-        (self.sock.bind if bind else self.sock.connect)(endpoint)
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
-        self.series_id = 0
-        self.series_unique_id = ""
-        self.sent = 0
-
-    def send(self, message: bytes, timeout_s: Optional[float] = None) -> None:
-        """Sends one message; blocks while the receiver's queue is full (TimeoutError after timeout_s)."""
-        import zmq
-
-        if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
-            raise TimeoutError(f"no receiver took a message for {timeout_s} s")
-        self.sock.send(message, copy=True)
-        self.sent += 1
-
-    def start(self, shape, dtype, geometry=None, **kw) -> None:
-        self.series_id = kw.pop("series_id", self.series_id + 1)
-        self.series_unique_id = kw.pop("series_unique_id", None) or f"redml-{uuid.uuid4().hex[:12]}"
-        self.send(encode_start(shape, dtype, geometry, series_id=self.series_id,
-                               series_unique_id=self.series_unique_id, **kw))
-
-    def image(self, frame, image_id: int, **kw) -> None:
-        self.send(encode_image(frame, image_id, series_id=self.series_id, series_unique_id=self.series_unique_id, **kw))
-
-    def end(self) -> None:
-        self.send(encode_end(self.series_id, self.series_unique_id))
-
-    def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()  # returns once the queued messages are delivered, or after linger_ms
-
-    def __enter__(self) -> "StreamSender":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def publish_series(sender: StreamSender, frames: Sequence[np.ndarray], n_images: int, *, rate_hz: float = 0.0,
-                   compression: Optional[str] = None, geometry=None, pixel_mask=None, start_kw: Optional[dict] = None,
-                   progress=None) -> dict:
-    """Sends one series: start, n_images image messages cycling through `frames` (each
-    compressed once), end. rate_hz > 0 paces the images (0 = as fast as the receiver
-    takes them). Returns {"images", "seconds", "rate_hz", "wire_bytes"}."""
-    if not frames:
-        raise ValueError("no frames to send")
-    shape, dtype = frames[0].shape, frames[0].dtype
-    sat = np.iinfo(dtype).max - 1 if dtype.kind in "ui" else None  # the maximum means 'no data'
-    payloads = [compress(f, compression) if compression else None for f in frames]  # once, before the series
-    sender.start(shape, dtype, geometry, number_of_images=n_images, pixel_mask=pixel_mask,
-                 compression=compression, saturation_value=sat,
-                 frame_time_s=1.0 / rate_hz if rate_hz > 0 else 0.001, **(start_kw or {}))
-    wire = 0
-    t0 = time.perf_counter()
-    for i in range(n_images):
-        if rate_hz > 0:
-            delay = t0 + i / rate_hz - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        k = i % len(frames)
-        msg = encode_image(frames[k], i, series_id=sender.series_id, series_unique_id=sender.series_unique_id,
-                           compression=compression, payload=payloads[k])
-        sender.send(msg)
-        wire += len(msg)
-        if progress is not None:
-            progress(i + 1)
-    sender.end()
-    dt = time.perf_counter() - t0
-    return {"images": n_images, "seconds": dt, "rate_hz": n_images / dt if dt > 0 else math.inf, "wire_bytes": wire}
-

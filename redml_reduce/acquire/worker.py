@@ -1,5 +1,5 @@
 """The frame workers of redml acquire: one image from its stream message to a chunk, through the
-pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the server's pool."""
+pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the worker pool (pool.py)."""
 from __future__ import annotations
 
 import logging
@@ -8,11 +8,12 @@ from typing import Optional
 
 import numpy as np
 
-from ..codec import SUPPORTED_DTYPES
 from ..pipeline import encode, photons
 from ..spots import roi_mask
 from .indicators import FrameStats, LiveStats, analyse, thumbnail
-from .protocol import EncodedArray, StreamError, _declared_size, compress
+from .compression import compress, declared_size
+from .errors import StreamError
+from .protocol import EncodedArray
 
 __all__ = ["work", "passthrough", "Result", "WIDEN"]
 
@@ -44,28 +45,19 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
     try:
         if s.codec == "bslz4" and not s.spots and passthrough(series, enc):
             # the plain writer: the detector's chunk as it came, its size checked, not decoded
-            if _declared_size(enc.payload) != enc.nbytes:
-                raise StreamError(f"bslz4 data declares {_declared_size(enc.payload)} bytes, the frame needs "
+            if declared_size(enc.payload) != enc.nbytes:
+                raise StreamError(f"bslz4 data declares {declared_size(enc.payload)} bytes, the frame needs "
                                   f"{enc.nbytes}")
             res.stats = FrameStats(image_id=image_id, raw_bytes=enc.nbytes, stored_bytes=len(enc.payload),
                                    mode="raw")
             res.chunk, res.shape, res.dtype = enc.payload, enc.shape, enc.dtype.newbyteorder("=")
             return res
+        # shape and dtype were checked on arrival (receiver.py), from what the frame declares
         frame = enc.decode()
         if series.calibration is not None:  # raw JUNGFRAU words -> photons (bad words become markers)
-            if frame.dtype != np.uint16:
-                raise StreamError(f"raw JUNGFRAU images must be uint16 words, not {frame.dtype}")
-            if frame.shape != tuple(series.calibration.frame_shape):
-                raise StreamError(f"raw frame of shape {frame.shape}, the calibration {series.calibration.frame_shape}")
             frame = photons(frame, series.calibration, nthreads=1)
         if frame.dtype in WIDEN:
             frame = frame.astype(WIDEN[frame.dtype])
-        if series.shape is not None and frame.shape != series.shape:
-            raise StreamError(f"frame of shape {frame.shape}, the series has {series.shape}")
-        if series.dtype is not None and frame.dtype != series.dtype:
-            raise StreamError(f"frame of dtype {frame.dtype}, the series has {series.dtype}")
-        if s.codec == "redml" and frame.dtype not in SUPPORTED_DTYPES:
-            raise StreamError(f"frames of {frame.dtype} cannot be encoded by redml")
         bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
         st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
                                        saturation=series.start.saturation_value, min_spots=s.min_spots,

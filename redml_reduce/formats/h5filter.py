@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections.abc import Mapping
 
 import h5py
@@ -29,6 +30,7 @@ PLUGIN_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 _PLUGIN_FILE = os.path.join(PLUGIN_PATH, "libh5redml.so")
 _lib = None
 _hdf5plugin_set_up = False
+_hdf5plugin_lock = threading.Lock()
 
 
 def register(force: bool = False) -> None:
@@ -60,14 +62,17 @@ def load_hdf5plugin():
 
     Its import skips setting up a filter that HDF5_PLUGIN_PATH already offers (hdf5plugin's
     own folder on the path), and such a filter then fails every write; registering them
-    again sets them up.
+    again sets them up. That is done once, under a lock: it unregisters the filters first,
+    which HDF5 refuses while an open dataset uses one, so it must not run again once another
+    thread writes with them (call this before starting such threads).
     """
     global _hdf5plugin_set_up
     import hdf5plugin
 
-    if not _hdf5plugin_set_up and os.environ.get("HDF5_PLUGIN_PATH"):
-        hdf5plugin.register(force=True)
-    _hdf5plugin_set_up = True
+    with _hdf5plugin_lock:
+        if not _hdf5plugin_set_up and os.environ.get("HDF5_PLUGIN_PATH"):
+            hdf5plugin.register(force=True)
+        _hdf5plugin_set_up = True
     return hdf5plugin
 
 

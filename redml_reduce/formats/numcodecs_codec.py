@@ -52,9 +52,7 @@ def settings_from_config(config: dict) -> CodecSettings:
     """CodecSettings from a configuration (settings_to_config's output, or any subset of
     its keys: missing ones take their defaults). A stated bound that the settings do not
     imply, or an unknown key, is refused."""
-    if not isinstance(config, dict):
-        raise TypeError(f"a redml configuration is a dict, not {type(config).__name__}")
-    settings = CodecSettings.from_config({k: v for k, v in config.items() if k != _BOUND_KEY})
+    settings = CodecSettings.from_config(config, ignore=(_BOUND_KEY,))
     if _BOUND_KEY in config:
         stated, implied = config[_BOUND_KEY], stated_bound(settings)
         if (stated is None) != (implied is None) or (

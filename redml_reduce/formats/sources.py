@@ -10,7 +10,8 @@ Kinds of input (`find_inputs` turns paths into a sorted list of `Input`):
   part of the master's input, not inputs of their own.
 - Image files fabio reads (CBF, SMV .img, MarCCD .mccd, possibly .gz/.bz2 compressed):
   grouped by template (the name without its trailing frame number), one input per
-  template, frames in name order.
+  template, frames in name order. On a command line (`inputs_from_specs`) image files
+  keep the order given, and any other format fabio reads (TIFF, EDF, ...) is taken too.
 
 Folders are searched (not recursively) for both kinds. h5py objects never leave the
 process that opened them: an Input holds only paths, and `open_frames` opens the files.
@@ -147,9 +148,8 @@ def find_inputs(paths, dataset: str | None = None) -> list:
         else:
             raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(p))
     found = [Input("hdf5", _hdf5_name(p), (str(p),), dataset) for p in sorted(set(hdf5))]
-    for (folder, prefix, suffix), files in sorted(images.items()):
-        name = prefix.rstrip("_.-") or "images"
-        found.append(Input("images", name, tuple(str(f) for f in sorted(set(files)))))
+    for _, files in sorted(images.items()):
+        found.append(_images_input(sorted(set(files))))
     if not found:
         raise ValueError(f"no inputs in {', '.join(map(str, paths))}: no HDF5 files ({', '.join(HDF5_SUFFIXES)}) "
                          f"or images ({', '.join(IMAGE_SUFFIXES)})")
@@ -175,27 +175,44 @@ def parse_spec(spec) -> tuple:
 
 
 def inputs_from_specs(specs, dataset: str | None = None) -> list:
-    """[(Input, frame index or None for all frames)] named on a command line: files and
-    folders as find_inputs sees them (image files of one template are one input), or
-    FILE.h5:/dataset[:index] for one dataset (and one frame of it). Keeps the given order."""
-    out, plain = [], []
-
-    def flush():
-        if plain:
-            out.extend((inp, None) for inp in find_inputs(plain, dataset))
-            plain.clear()
-
+    """[(Input, frame index or None for all frames)] named on a command line, in the given
+    order, each spec resolved on its own: a folder as find_inputs sees it (its contents
+    sorted), an HDF5 file, an image file (consecutive images of one template are one
+    input; a suffix other than the known ones is left to fabio), or FILE.h5:/dataset[:index]
+    for one dataset (and one frame of it)."""
+    out = []
     for spec in specs:
         path, dset, index = parse_spec(spec)
-        if path == str(spec):
-            plain.append(spec)
-            continue
-        flush()
-        if not Path(path).is_file():
-            raise FileNotFoundError(errno.ENOENT, "no such file", path)
-        out.append((Input("hdf5", _hdf5_name(Path(path)), (path,), dset or dataset), index))
-    flush()
-    return out
+        p = Path(path)
+        if path != str(spec) or (p.is_file() and _suffix_kind(p)[0] == "hdf5"):
+            if not p.is_file():
+                raise FileNotFoundError(errno.ENOENT, "no such file", path)
+            out.append((Input("hdf5", _hdf5_name(p), (path,), dset or dataset), index))
+        elif p.is_file():
+            prev = out[-1][0] if out and out[-1][1] is None else None
+            if prev is not None and prev.kind == "images" and _same_series(Path(prev.files[-1]), p):
+                out[-1] = (_images_input([*map(Path, prev.files), p]), None)
+            else:
+                out.append((_images_input([p]), None))
+        else:
+            out.extend((inp, None) for inp in find_inputs([spec], dataset))  # a folder (or a missing path)
+    names = _unique_names([inp for inp, _ in out])
+    return [(inp, index) for inp, (_, index) in zip(names, out)]
+
+
+def _image_template(p: Path):
+    """(folder, prefix, extension) shared by the frames of one image series."""
+    return _template(p, _suffix_kind(p)[1])
+
+
+def _same_series(a: Path, b: Path) -> bool:
+    return _image_template(a) == _image_template(b)
+
+
+def _images_input(files) -> Input:
+    """One input of image files (frames in the order given), named after their template."""
+    name = _image_template(Path(files[0]))[1].rstrip("_.-") or "images"
+    return Input("images", name, tuple(str(f) for f in files))
 
 
 def iter_frames(specs, dataset: str | None = None, modules: bool = False):

@@ -192,6 +192,7 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
     """
     t_start = time.perf_counter()
     codec_settings = CodecSettings(q=q, **settings)
+    codec_settings.check_encodable()  # refused before any output is written
     config = settings_to_config(codec_settings)
     if output not in OUTPUT_SUFFIX:
         raise ValueError(f"output must be one of {sorted(OUTPUT_SUFFIX)}, not {output!r}")

@@ -102,7 +102,8 @@ def _jungfrau_raw_frames(args):
 
 
 def _simulate(args) -> int:
-    from redml_reduce.acquire.protocol import DEFAULT_PORT, StreamSender, publish_series
+    from redml_reduce.acquire.protocol import DEFAULT_PORT
+    from redml_reduce.acquire.sender import StreamSender, publish_series
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     geometry, mask, start_kw = None, None, None
