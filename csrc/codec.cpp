@@ -217,9 +217,6 @@ void validate_params(const redml_params &p) {
     check(p.level >= -7 && p.level <= 22, REDML_E_ARG, "zstd level must be in [-7, 22]");
 }
 
-StreamSpec spec_for(const ChunkHeader &h, const Section &s) {
-    return StreamSpec{s.elem, s.shuffle, h.codec, 0, h.block_elems};
-}
 
 // ---------------------------------------------------------------- encoder
 

@@ -39,7 +39,7 @@ const uint8_t kMagic[4] = {'R', 'D', 'M', 'L'};
 // The block table of a section, against its declared raw size (check_stream: block count,
 // lengths, what each block can expand to).
 void check_blocks(const ChunkHeader &h, const Section &s) {
-    check_stream(s.data, s.stored_size, s.raw_size, StreamSpec{s.elem, s.shuffle, h.codec, 0, h.block_elems});
+    check_stream(s.data, s.stored_size, s.raw_size, spec_for(h, s));
 }
 
 // Every section a decoder reads, sized from the header: the model holds a mean and a step

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <vector>
+#include "entropy.h"
 #include "redml.h"
 
 namespace redml {
@@ -62,6 +63,12 @@ struct ParsedChunk {
     std::vector<const Section *> find_all(uint16_t type) const;
 };
 ParsedChunk parse_chunk(const uint8_t *chunk, size_t size);
+
+// How a section's stored bytes are entropy-coded: its element size and shuffle, the chunk's
+// codec and block size.
+inline StreamSpec spec_for(const ChunkHeader &h, const Section &s) {
+    return StreamSpec{s.elem, s.shuffle, h.codec, 0, h.block_elems};
+}
 
 // Largest exact-mask encoding of an n-pixel frame: at most n + 1 runs (the first may be
 // empty), and a run of r >= 1 pixels takes at most r bytes (one byte per 7 bits).
