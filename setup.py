@@ -34,8 +34,9 @@ def read_source_lists(path):
 
 SOURCES = read_source_lists(os.path.join(HERE, "csrc", "sources.mk"))
 LIBS = SOURCES["REDML_LIBS"]
-# Portable release flags: no -march=native, no fast-math (the quantizer relies on IEEE rounding).
-CFLAGS = ["-O3", "-fvisibility=hidden", "-fno-fast-math", "-Wall"]
+# Portable release flags: no -march=native, no fast-math (the quantizer relies on IEEE rounding),
+# no FMA contraction (a packager's -march=x86-64-v3 must not change the chunks).
+CFLAGS = ["-O3", "-fvisibility=hidden", "-fno-fast-math", "-ffp-contract=off", "-Wall"]
 if os.environ.get("REDML_DEBUG"):
     CFLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-Wall"]
 # Both artifacts embed the core and export none of its C API (REDML_API in csrc/redml.h).

@@ -18,6 +18,7 @@
 #include "pixels.h"
 #include "quantize.h"
 #include "redml.h"
+#include "scratch.h"
 #include "spots.h"
 #include "stages.h"
 #include "threads.h"
@@ -226,8 +227,8 @@ void validate_params(const redml_params &p) {
 struct EncodeScratch {
     std::vector<uint8_t> usable, exact, tags, background;
     std::vector<uint32_t> words;  // band outputs, then the streams (as Words)
+    size_t held() const { return held_bytes(usable, exact, tags, background, words); }
 };
-const size_t kKeepScratchBytes = (size_t)256 << 20;
 
 // The calling thread's buffers (one set for every pixel type, encoder and decoder).
 EncodeScratch &work_scratch() {
@@ -235,15 +236,6 @@ EncodeScratch &work_scratch() {
     return sc;
 }
 
-// A buffer of at least n elements; its contents are unspecified.
-template <class V>
-typename V::value_type *scratch(V &v, size_t n) {
-    if (v.size() < n) {
-        V().swap(v);
-        v.resize(n);
-    }
-    return v.data();
-}
 
 // The model the conditional reconstructions decode from: tile means of the background
 // pixels only (ROI pixels left out: spot signal in a tile would raise its mean, and every
@@ -472,13 +464,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     const size_t N = (size_t)H * W;
     stage_begin();
     EncodeScratch &sc = work_scratch();
-    struct Release {  // a frame too large to keep its buffers for the next one
-        EncodeScratch &sc;
-        size_t bytes;
-        ~Release() {
-            if (bytes > kKeepScratchBytes) sc = EncodeScratch();
-        }
-    } release{sc, N * (3 + 2 * sizeof(Word))};
+    ReleaseIfLarge<EncodeScratch> release{sc};
 
     // mask: pixels the model must ignore and that are always stored exactly
     uint8_t *usable = scratch(sc.usable, N);
@@ -759,13 +745,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
 
     // Work buffers kept by the calling thread across frames (see EncodeScratch).
     EncodeScratch &sc = work_scratch();
-    struct Release {
-        EncodeScratch &sc;
-        size_t bytes;
-        ~Release() {
-            if (bytes > kKeepScratchBytes) sc = EncodeScratch();
-        }
-    } release{sc, N * (2 + 2 * sizeof(Word))};
+    ReleaseIfLarge<EncodeScratch> release{sc};
     uint8_t *exact = scratch(sc.exact, N);
     {
         uint8_t *runs = scratch(sc.usable, std::max<size_t>(1, mask_s->raw_size));

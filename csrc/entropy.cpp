@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "error.h"
+#include "scratch.h"
 #include "pixels.h"
 #include "threads.h"
 
@@ -160,17 +161,11 @@ void decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint
 // an mmap, zeroing and page faults for every block of every frame).
 struct BlockScratch {
     std::vector<uint8_t> shuffled, packed;
+    size_t held() const { return held_bytes(shuffled, packed); }
 };
 BlockScratch &block_scratch() {
     thread_local BlockScratch sc;
     return sc;
-}
-uint8_t *grow(std::vector<uint8_t> &v, size_t n) {
-    if (v.size() < n) {
-        std::vector<uint8_t>().swap(v);
-        v.resize(n);
-    }
-    return v.data();
 }
 
 size_t count_blocks(size_t raw_size, const StreamSpec &spec) {
@@ -276,6 +271,7 @@ void bit_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
 
 std::vector<uint8_t> encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec,
                                    int nthreads) {
+    ReleaseIfLarge<BlockScratch> release{block_scratch(), kKeepBlockBytes};  // (huge block_elems)
     size_t nblocks = count_blocks(raw_size, spec);
     check(nblocks < kRawFlag, REDML_E_ARG, "stream too large");
     size_t bb = block_bytes(spec);
@@ -286,7 +282,7 @@ std::vector<uint8_t> encode_stream(const uint8_t *raw, size_t raw_size, const St
     parallel_for(nblocks, nthreads, [&](size_t k) {
         size_t off = k * bb, n = std::min(bb, raw_size - off);
         BlockScratch &sc = block_scratch();
-        uint8_t *shuffled = grow(sc.shuffled, n), *packed = grow(sc.packed, cap);
+        uint8_t *shuffled = scratch(sc.shuffled, n), *packed = scratch(sc.packed, cap);
         shuffle(spec, raw + off, shuffled, n);
         size_t c = compress_block(spec, shuffled, n, packed, cap);
         if (c == 0) out[k].assign(raw + off, raw + off + n);  // incompressible: the unshuffled bytes
@@ -337,6 +333,7 @@ void check_stream(const uint8_t *stored, size_t stored_size, size_t raw_size, co
 
 void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size_t raw_size,
                    const StreamSpec &spec, int nthreads) {
+    ReleaseIfLarge<BlockScratch> release{block_scratch(), kKeepBlockBytes};  // (huge block_elems)
     check_stream(stored, stored_size, raw_size, spec);
     size_t nblocks = count_blocks(raw_size, spec), bb = block_bytes(spec);
     std::vector<size_t> offsets(nblocks + 1);
@@ -351,7 +348,7 @@ void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size
             std::memcpy(dst, src, n);
             return;
         }
-        uint8_t *shuffled = grow(block_scratch().shuffled, n);
+        uint8_t *shuffled = scratch(block_scratch().shuffled, n);
         decompress_block(spec, src, len & ~kRawFlag, shuffled, n);
         unshuffle(spec, shuffled, dst, n);
     });

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "pixels.h"
+#include "scratch.h"
 #include "stages.h"
 #include "threads.h"
 
@@ -71,25 +72,17 @@ void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load
 }
 
 // Work buffers of one call, kept by the calling thread across frames (no allocation,
-// zeroing or page faults per frame); released after a frame above kKeepBytes.
+// zeroing or page faults per frame); released after a frame above kKeepScratchBytes (scratch.h).
 struct FinderScratch {
     std::vector<uint8_t> cand, core, strong, rows;
+    size_t held() const { return held_bytes(cand, core, strong, rows); }
 };
-const size_t kKeepBytes = (size_t)128 << 20;
 
 FinderScratch &finder_scratch() {  // the calling thread's, one set for every pixel type
     thread_local FinderScratch sc;
     return sc;
 }
 
-template <class V>
-typename V::value_type *scratch(V &v, size_t n) {
-    if (v.size() < n) {
-        V().swap(v);
-        v.resize(n);
-    }
-    return v.data();
-}
 
 // out[x] = (in[x] != 0), n bytes.
 REDML_ALWAYS_INLINE void copy_01(const uint8_t *__restrict in, uint8_t *__restrict out, size_t n) {
@@ -197,12 +190,15 @@ void window_filter(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, u
         column_pass = window_columns_avx2<And>;
     }
 #endif
+    // A clipped window wider than the frame covers all of it: the same result at a radius of
+    // side - 1, so a huge radius (roi_margin up to 65535) costs no more than the frame.
+    const int rx = (int)std::min<int64_t>(r, (int64_t)W - 1), ry = (int)std::min<int64_t>(r, (int64_t)H - 1);
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        std::vector<uint8_t> pad(W + 2 * (size_t)r);
-        row_pass(in, rows, any.data(), W, r, y0, y1, pad.data());
+        std::vector<uint8_t> pad(W + 2 * (size_t)rx);
+        row_pass(in, rows, any.data(), W, rx, y0, y1, pad.data());
     });
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        column_pass(rows, any.data(), out, H, W, r, y0, y1);
+        column_pass(rows, any.data(), out, H, W, ry, y0, y1);
     });
 }
 
@@ -295,7 +291,7 @@ void dilate(uint8_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
     thread_local std::vector<uint8_t> wide;
     const size_t N = (size_t)H * W;
     window_filter<false>(map, map, scratch(wide, N), H, W, r, nthreads);
-    if (N > kKeepBytes) std::vector<uint8_t>().swap(wide);
+    if (held_bytes(wide) > kKeepScratchBytes) std::vector<uint8_t>().swap(wide);
 }
 
 // Dispersion candidates of rows [y0, y1) from 32-bit integer box sums, for integer
@@ -478,13 +474,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     const int k = std::max(1, fp.kernel);
     const double g = fp.gain;
     FinderScratch &sc = finder_scratch();
-    struct Release {
-        FinderScratch &sc;
-        size_t bytes;
-        ~Release() {
-            if (bytes > kKeepBytes) sc = FinderScratch();
-        }
-    } release{sc, N};
+    ReleaseIfLarge<FinderScratch> release{sc};
 
     // 1. dispersion candidates
     uint8_t *cand = scratch(sc.cand, N);

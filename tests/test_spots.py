@@ -116,3 +116,17 @@ def test_roi_mask_and_hits(rng):
     keep[:5, :5] = True
     assert rr.roi_mask(spot_mask, 2, keep=keep)[:5, :5].all()
     assert rr.is_hit(peaks, min_peaks=5) and not rr.is_hit(peaks[:0], min_peaks=1)
+
+
+def test_roi_margin_beyond_the_frame_covers_it_at_no_extra_cost(rng):
+    """A clipped square window wider than the frame covers the whole frame: margin 65535 (the
+    largest the format holds) gives what a margin of the frame's side gives, and its cost
+    is bounded by the frame (it used to grow with the margin: minutes for a 4M frame)."""
+    spots = rng.random((37, 53)) < 0.002
+    spots[5, 7] = True
+    wide = rr.roi_mask(spots, margin=65535)
+    assert np.array_equal(wide, rr.roi_mask(spots, margin=53)) and wide.all()
+    one_row = np.zeros((1, 40), bool)
+    one_row[0, 3] = True
+    assert np.array_equal(rr.roi_mask(one_row, margin=65535), np.ones((1, 40), bool))
+    assert np.array_equal(rr.roi_mask(one_row, margin=2)[0, :7], [0, 1, 1, 1, 1, 1, 0])
