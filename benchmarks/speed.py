@@ -75,8 +75,11 @@ class Setting:
 
 
 def peer_settings() -> list[Setting]:
-    import bitshuffle
-    import blosc2
+    try:
+        import bitshuffle
+        import blosc2
+    except ImportError as e:
+        raise SystemExit(f"speed.py: the peers need the bench extra ({e}): .venv/bin/python -m pip install -e '.[bench]'")
 
     blosc2.set_nthreads(1)
     cparams = {"codec": blosc2.Codec.LZ4, "clevel": 5, "filters": [blosc2.Filter.BITSHUFFLE], "nthreads": 1}
