@@ -203,36 +203,33 @@ void byte_shuffle_fixed(const uint8_t *src, uint8_t *dst, size_t n) {
     byte_shuffle_portable<E, Un>(src, dst, n);
 }
 
-void byte_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
+// Byte planes of n = nbytes / elem elements (Un: back to elements); the tail of fewer than
+// elem bytes is copied as it is.
+template <bool Un>
+void byte_planes(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
     size_t n = nbytes / (size_t)elem;
     if (elem == 2) {
-        byte_shuffle_fixed<2, false>(src, dst, n);
+        byte_shuffle_fixed<2, Un>(src, dst, n);
     } else if (elem == 4) {
-        byte_shuffle_fixed<4, false>(src, dst, n);
+        byte_shuffle_fixed<4, Un>(src, dst, n);
     } else {
         for (int b = 0; b < elem; b++) {
-            uint8_t *plane = dst + (size_t)b * n;
-            const uint8_t *s = src + b;
-            for (size_t i = 0; i < n; i++) plane[i] = s[i * (size_t)elem];
+            for (size_t i = 0; i < n; i++) {
+                size_t element = i * (size_t)elem + b, plane = (size_t)b * n + i;
+                if (Un) dst[element] = src[plane];
+                else dst[plane] = src[element];
+            }
         }
     }
     std::memcpy(dst + n * (size_t)elem, src + n * (size_t)elem, nbytes - n * (size_t)elem);
 }
 
+void byte_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
+    byte_planes<false>(src, dst, nbytes, elem);
+}
+
 void byte_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
-    size_t n = nbytes / (size_t)elem;
-    if (elem == 2) {
-        byte_shuffle_fixed<2, true>(src, dst, n);
-    } else if (elem == 4) {
-        byte_shuffle_fixed<4, true>(src, dst, n);
-    } else {
-        for (int b = 0; b < elem; b++) {
-            const uint8_t *plane = src + (size_t)b * n;
-            uint8_t *d = dst + b;
-            for (size_t i = 0; i < n; i++) d[i * (size_t)elem] = plane[i];
-        }
-    }
-    std::memcpy(dst + n * (size_t)elem, src + n * (size_t)elem, nbytes - n * (size_t)elem);
+    byte_planes<true>(src, dst, nbytes, elem);
 }
 
 // Bit plane p = 8*b + j holds bit j of byte b of every element, element i at bit (i % 8)
