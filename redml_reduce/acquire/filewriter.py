@@ -135,9 +135,11 @@ class SeriesWriter:
 
     def _finish(self, series: SeriesState, reason: Optional[str]) -> None:
         c = series.counts_copy()
+        if self.settings.shared_stream:  # one receiver of several: the series' count and what it misses are the master's
+            c["expected"] = c["received"]
         c["missing"] = max(0, c["expected"] - c["received"]) if c["expected"] else 0
         with series.lock:
-            series.counts["missing"] = c["missing"]
+            series.counts["missing"], series.counts["expected"] = c["missing"], c["expected"]
         if series.file is None and series.shape is not None and series.dtype is not None and \
                 (self.settings.codec != "redml" or series.dtype in SUPPORTED_DTYPES):
             self._open(series, series.shape, series.dtype)  # an empty series still leaves its record
