@@ -94,6 +94,27 @@ def test_three_receivers_store_every_frame_once_and_the_master_is_the_series(tmp
     assert sorted(m["data_files"]) == sorted(p.name for p in data)  # relative: the set moves as one
     assert BeamGeometry.from_nxmx(out).beam_x == pytest.approx(GEOM.beam_x)
     assert "master of series 1" in results[0][1]
+    dials_reads_the_master(tmp_path, out, back)
+
+
+def dials_reads_the_master(tmp_path, master, frames):
+    """dials.import takes the master; DIALS decodes its images (through the virtual dataset
+    and the redml filter) to the series' pixels."""
+    import redml_reduce as rr
+    from redml_study.dials_side import DIALS_PYTHON
+
+    env = dict(os.environ, HDF5_PLUGIN_PATH=rr.PLUGIN_PATH)
+    out = subprocess.run(["dials.import", master.name, "output.experiments=m.expt"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    read = ("from scitbx.array_family import flex\n"
+            "from dxtbx.model.experiment_list import ExperimentListFactory\n"
+            "el = ExperimentListFactory.from_json_file('m.expt')\n"
+            "print([int(sum(flex.sum(p.as_double()) for p in s.get_raw_data(i)))"
+            " for s in el.imagesets() for i in range(len(s))])\n")
+    out = subprocess.run([DIALS_PYTHON, "-c", read], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == [int(f.astype(np.int64).sum()) for f in frames]
 
 
 def test_receiver_killed_mid_series_loses_only_its_in_flight_frames(tmp_path, rng):
@@ -173,3 +194,113 @@ def test_virtual_mappings_follow_round_robin_runs():
         with pytest.raises(ValueError):
             parse_receiver(bad)
     assert fill_value(np.int32) == np.iinfo(np.int32).min and fill_value(np.uint16) == 65535
+
+
+def consecutive_ports(n):
+    """A base port whose next n-1 ports are free too (the simulator binds one per receiver)."""
+    import socket
+
+    for base in np.random.default_rng().integers(20000, 60000, 50):
+        socks = []
+        try:
+            for k in range(n):
+                so = socket.socket()
+                socks.append(so)
+                so.bind(("127.0.0.1", int(base) + k))
+            return int(base)
+        except OSError:
+            continue
+        finally:
+            for so in socks:
+                so.close()
+    raise RuntimeError("no free ports")
+
+
+def test_launcher_and_simulated_detector_as_processes(tmp_path):
+    """`redml acquire --receivers 3` and `redml-study simulate-detector --peers 3`: two series,
+    one master each, every image stored once."""
+    base = consecutive_ports(3)
+    endpoints = ",".join(f"tcp://127.0.0.1:{base + k}" for k in range(3))
+    out = tmp_path / "run_{series}.nxs"
+    summary = tmp_path / "launch.json"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "redml_reduce.cli", "acquire", "--receivers", "3", "--connect", endpoints, "--out",
+         str(out), "--q", "1", "--workers", "1", "--series", "2", "--quiet", "--wait", "120", "--json", str(summary)],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sim = subprocess.run([sys.executable, "-m", "redml_study.cli", "simulate-detector", "--bind",
+                          f"tcp://127.0.0.1:{base}", "--peers", "3", "--peer-wait", "120", "--frames", "9", "--rate",
+                          "0", "--series", "2", "--detector", "0.5m", "--pool", "3", "--seed", "5"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    stdout, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr
+    result = json.loads(summary.read_text())
+    assert result["receivers"] == [0, 0, 0] and len(result["masters"]) == 2
+    for series in (1, 2):
+        m = read_master(tmp_path / f"run_{series}.nxs")
+        check_master_counts(m["counts"])
+        assert m["counts"]["written"] == 9 and m["counts"]["missing"] == 0
+        assert sorted(set(m["receiver"].tolist())) == [0, 1, 2]  # round-robin: every receiver took images
+        with h5py.File(tmp_path / f"run_{series}.nxs", "r") as f:
+            assert f["entry/data/data"].shape[0] == 9
+
+
+def test_late_receiver_joins_the_next_series(tmp_path, rng):
+    """A receiver not connected when a series starts gets nothing of it and takes part in the next."""
+    import threading
+
+    from redml_reduce.acquire import AcquireSettings, Acquisition
+
+    frames = frames_for(rng, 4)
+    with StreamSender("tcp://127.0.0.1:*", peers=2, peer_wait_s=0.5, end_timeout_s=5) as sender:
+        acqs = [Acquisition(tmp_path / f"r{k}_{{series}}.nxs", AcquireSettings(q=0, workers=1, shared_stream=True))
+                for k in range(2)]
+        threads = [threading.Thread(target=a.serve, args=(e,), kwargs={"max_series": m, "wait_s": 60}, daemon=True)
+                   for a, e, m in zip(acqs, sender.endpoints, (2, 1))]
+        threads[0].start()
+        for series in (1, 2):
+            sender.start(SHAPE, "uint16", GEOM, number_of_images=8)
+            assert len(sender.active) == series
+            for i in range(8):
+                sender.image(frames[i % 4], i)
+            sender.end()
+            if series == 1:
+                threads[1].start()
+                time.sleep(1.0)
+        for t in threads:
+            t.join(60)
+        for a in acqs:
+            a.close()
+    assert read_acquisition(tmp_path / "r0_1.nxs")["counts"]["written"] == 8
+    assert not (tmp_path / "r1_1.nxs").exists()
+    got = [read_acquisition(tmp_path / f"r{k}_2.nxs")["image_id"].tolist() for k in range(2)]
+    assert sorted(got[0] + got[1]) == list(range(8)) and got[0] and got[1]
+
+
+def test_aggregate_dashboard_sums_receivers_and_names_the_gone_one():
+    from redml_reduce.acquire.dashboard import Dashboard
+    from redml_reduce.acquire.indicators import FrameStats, LiveStats
+
+    stats = [LiveStats(), LiveStats()]
+    for k, st in enumerate(stats):
+        st.series_started({"series_id": 1, "series_unique_id": "u", "expected": 10})
+        for i in range(3 + k):
+            st.received(100)
+            st.frame(FrameStats(i, n_spots=20, hit=True, raw_bytes=1000, stored_bytes=100, mode="q"), 0.01)
+    dashes = [Dashboard(st, "127.0.0.1", 0).start() for st in stats]
+    try:
+        agg = AggregateStats([d.url for d in dashes], gone_s=60)
+        snap = agg.snapshot()
+        assert snap["counts"]["written"] == 7 and snap["counts"]["received"] == 7
+        assert snap["series"]["frames_done"] == 7
+        assert [r["state"] for r in snap["receivers"]] == ["ok", "ok"]
+        assert snap["indicators"]["ratio_total"] == pytest.approx(10.0)
+        dashes[1].stop()
+        agg.gone_s = 0.0
+        time.sleep(0.05)
+        snap = agg.snapshot()
+        assert [r["state"] for r in snap["receivers"]] == ["ok", "gone"]
+        assert snap["indicators"]["receivers_gone"] == 1 and snap["counts"]["written"] == 3
+        assert any("gone" in e["text"] for e in snap["errors"])
+    finally:
+        dashes[0].stop()
