@@ -127,10 +127,12 @@ def test_receiver_killed_mid_series_loses_only_its_in_flight_frames(tmp_path, rn
         for i in range(n_img):
             sender.image(frames[i % 5], i)
             time.sleep(0.01)
-            if i == n_img // 2:  # receiver 2 has written frames by now (else wait for it)
-                t_end = time.monotonic() + 60
+            if i == n_img // 2:  # receiver 2 has written frames by now (else wait for it): it stops taking
+                t_end = time.monotonic() + 60  # frames, those sent to it next are in flight when it is killed
                 while time.monotonic() < t_end and not os.path.exists(victim):
                     time.sleep(0.1)
+                procs[2].send_signal(signal.SIGSTOP)
+            if i == n_img // 2 + 6:
                 procs[2].send_signal(signal.SIGKILL)
         sender.end()
         results = finish(procs)
@@ -167,7 +169,7 @@ def test_master_of_a_series_without_one_receiver_and_with_unstored_frames(tmp_pa
     paths = []
     for k, ids in enumerate(([0, 3], [1, 4])):
         p = tmp_path / f"d{k}.nxs"
-        with Acquisition(p, AcquireSettings(q=0, workers=1, shared_stream=True)) as acq:
+        with Acquisition(p, AcquireSettings(q=0, workers=1, receiver=f"{k}/3")) as acq:
             acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=6, series_unique_id="u"))
             for i in ids:
                 acq.feed(s.encode_image(frames[i], i, series_unique_id="u"))
@@ -235,7 +237,8 @@ def test_launcher_and_simulated_detector_as_processes(tmp_path):
     stdout, stderr = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, stderr
     result = json.loads(summary.read_text())
-    assert result["receivers"] == [0, 0, 0] and len(result["masters"]) == 2
+    assert [r["status"] for r in result["receivers"]] == [0, 0, 0] and len(result["masters"]) == 2
+    assert [len(r["series"]) for r in result["receivers"]] == [2, 2, 2]
     for series in (1, 2):
         m = read_master(tmp_path / f"run_{series}.nxs")
         check_master_counts(m["counts"])
@@ -253,7 +256,7 @@ def test_late_receiver_joins_the_next_series(tmp_path, rng):
 
     frames = frames_for(rng, 4)
     with StreamSender("tcp://127.0.0.1:*", peers=2, peer_wait_s=0.5, end_timeout_s=5) as sender:
-        acqs = [Acquisition(tmp_path / f"r{k}_{{series}}.nxs", AcquireSettings(q=0, workers=1, shared_stream=True))
+        acqs = [Acquisition(tmp_path / f"r{k}_{{series}}.nxs", AcquireSettings(q=0, workers=1, receiver=f"{k}/2"))
                 for k in range(2)]
         threads = [threading.Thread(target=a.serve, args=(e,), kwargs={"max_series": m, "wait_s": 60}, daemon=True)
                    for a, e, m in zip(acqs, sender.endpoints, (2, 1))]

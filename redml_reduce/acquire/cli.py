@@ -26,13 +26,14 @@ def _acquire(args) -> int:
     settings = AcquireSettings(q=args.q, codec=args.codec, veto=args.veto, min_spots=args.min_spots,
                                spots=not args.no_spots, workers=args.workers, max_pending=args.max_pending,
                                on_full=args.on_full, idle_timeout_s=args.timeout, overwrite=args.overwrite,
-                               channel=args.channel, shared_stream=fanout is not None)
+                               channel=args.channel,
+                               receiver=None if fanout is None else f"{fanout['k']}/{fanout['n']}")
     acq = Acquisition(args.out if fanout is None else fanout["out"], settings)
     hook = None
-    if fanout is not None:
+    if fanout is not None and fanout["k"] == 0:  # receiver 0 writes the master files
         from .fanout import FanoutHook
 
-        hook = FanoutHook(acq, args.out, fanout["k"], fanout["n"], master_wait_s=args.master_wait).start()
+        hook = FanoutHook(acq, args.out, fanout["n"], master_wait_s=args.master_wait).start()
     dash = None
     if args.dashboard:
         host, port = parse_listen(args.dashboard)
@@ -56,8 +57,8 @@ def _acquire(args) -> int:
             code = _linger(dash, stop, args.linger, code)
     snap = acq.stats.snapshot()
     if args.json:
-        extra = {} if hook is None else {"receiver": f"{hook.k}/{hook.n}", "masters": hook.masters,
-                                         "master_errors": hook.errors}
+        extra = {} if fanout is None else {"receiver": settings.receiver, "masters": hook.masters if hook else [],
+                                           "master_errors": hook.errors if hook else []}
         Path(args.json).write_text(json.dumps({"series": summaries, "indicators": snap["indicators"],
                                                "counts": snap["counts"], "max_pending_seen": snap["max_pending_seen"],
                                                **extra}, indent=1, default=float))
@@ -100,6 +101,7 @@ def _launch(args) -> int:
     """--receivers N: N receiver processes on this machine (receiver k of N each, receiver 0
     writing the master files) and one dashboard over them all (--dashboard); a receiver that
     dies is reported, the others go on; a master receiver 0 could not write is written here."""
+    import shutil
     import subprocess
     import tempfile
 
@@ -136,17 +138,19 @@ def _launch(args) -> int:
     finally:
         if dash is not None:
             dash.stop()
-    results = [json.loads(p.read_text()) if p.exists() else None for p in sorted(tmp.glob("receiver_*.json"),
-                                                                                 key=lambda p: int(p.stem[9:]))]
+    results = [json.loads(p.read_text()) if p.exists() else None
+               for p in (tmp / f"receiver_{k}.json" for k in range(n))]
     for k, c in enumerate(codes):
         if c != 0:
             print(f"receiver {k}/{n} exited with status {c}", file=sys.stderr)
-    summary = {"receivers": codes, "masters": []}
+    summary = {"receivers": [{"receiver": f"{k}/{n}", "status": c, "series": (r or {}).get("series", [])}
+                             for k, (c, r) in enumerate(zip(codes, results))], "masters": []}
     seen = {}
     for r in results:
         for s in (r or {}).get("series", []):
             seen.setdefault(s["series_unique_id"], s)
         summary["masters"] += (r or {}).get("masters", [])
+    shutil.rmtree(tmp, ignore_errors=True)
     for uid, s in seen.items():  # receiver 0 died before writing them
         if master_path(args.out, s["series_id"]).exists():
             continue

@@ -20,7 +20,7 @@ from typing import Optional
 
 import h5py
 
-from .master import is_closed, mark_closed, write_master
+from .master import is_closed, write_master
 from .series import TABLE
 
 __all__ = ["parse_receiver", "data_pattern", "master_path", "find_data_files", "FanoutHook", "write_series_master"]
@@ -119,13 +119,12 @@ def write_series_master(out: str, n: int, series_id: int, uid: Optional[str], ex
 
 
 class FanoutHook:
-    """Follows an Acquisition that is receiver k of n: marks each closed series' data file,
-    and (receiver 0) writes the series' master file. `masters` holds their summaries."""
+    """Follows the Acquisition of receiver 0 of n: writes the master file of each series once
+    it has ended. `masters` holds their summaries, `errors` what failed."""
 
-    def __init__(self, acq, out: str, k: int, n: int, *, master_wait_s: float = 30.0, write_masters: bool = True):
-        self.acq, self.out, self.k, self.n = acq, out, k, n
+    def __init__(self, acq, out: str, n: int, *, master_wait_s: float = 30.0):
+        self.acq, self.out, self.n = acq, out, n
         self.master_wait_s = master_wait_s
-        self.write_masters = write_masters and k == 0
         self.masters: list = []
         self.errors: list = []
         self._done: set = set()
@@ -148,15 +147,12 @@ class FanoutHook:
 
     def _series_closed(self, s) -> None:
         try:
-            if s.file is not None:
-                mark_closed(s.path, f"{self.k}/{self.n}", s.start.number_of_images or 0)
-            if self.write_masters:
-                m = write_series_master(self.out, self.n, s.id, s.uid, s.start.number_of_images,
-                                        wait_s=self.master_wait_s, overwrite=self.acq.settings.overwrite)
-                self.masters.append(m)
-                c = m["counts"]
-                print(f"master of series {s.id}: {m['stored']} of {c['expected']} images stored by {self.n} "
-                      f"receivers, {c['missing']} missing -> {m['path']}", flush=True)
+            m = write_series_master(self.out, self.n, s.id, s.uid, s.start.number_of_images,
+                                    wait_s=self.master_wait_s, overwrite=self.acq.settings.overwrite)
+            self.masters.append(m)
+            c = m["counts"]
+            print(f"master of series {s.id}: {m['stored']} of {c['expected']} images stored by {self.n} "
+                  f"receivers, {c['missing']} missing -> {m['path']}", flush=True)
         except Exception as e:  # a master that cannot be written is reported, the receiver goes on
             log.exception("series %d", s.id)
             self.errors.append(f"series {s.id}: {type(e).__name__}: {e}")

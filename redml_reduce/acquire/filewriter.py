@@ -78,6 +78,8 @@ class SeriesWriter:
                 filt = load_hdf5plugin().Bitshuffle(cname="lz4")
             attrs = {"series_id": series.id, "series_unique_id": series.uid, "codec": s.codec, "q": str(s.q),
                      "veto": s.veto, "min_spots": s.min_spots, "on_full": s.on_full}
+            if s.receiver:  # one of several receivers of the stream (fanout.py)
+                attrs["receiver"] = s.receiver
             series.file = SeriesFile(series.path, shape, dtype, geometry=st.geometry, pixel_mask=series.pixel_mask,
                                      nxmx=st.nxmx_options() if st.geometry is not None else None, filter=filt,
                                      codec_settings=self.file_codec(),
@@ -135,7 +137,7 @@ class SeriesWriter:
 
     def _finish(self, series: SeriesState, reason: Optional[str]) -> None:
         c = series.counts_copy()
-        if self.settings.shared_stream:  # one receiver of several: the series' count and what it misses are the master's
+        if self.settings.receiver:  # one receiver of several: the series' count and what it misses are the master's
             c["expected"] = c["received"]
         c["missing"] = max(0, c["expected"] - c["received"]) if c["expected"] else 0
         with series.lock:

@@ -36,7 +36,7 @@ import numpy as np
 
 from .series import TABLE
 
-__all__ = ["write_master", "read_master", "mark_closed", "is_closed", "fill_value", "MASTER_COUNTS"]
+__all__ = ["write_master", "read_master", "is_closed", "fill_value", "MASTER_COUNTS"]
 
 log = logging.getLogger("redml_reduce.acquire")
 
@@ -59,14 +59,6 @@ def is_closed(path) -> bool:
             return True
     except OSError:
         return False
-
-
-def mark_closed(path, receiver: str, series_expected: int) -> None:
-    """Marks a closed data file as receiver `receiver` ("K/N") of a shared series whose start
-    message announced series_expected images (its own counts are of what it received)."""
-    with h5py.File(path, "r+") as f:
-        f[TABLE].attrs["receiver"] = np.bytes_(receiver)
-        f[TABLE].attrs["series_expected"] = np.int64(series_expected)
 
 
 def _recover(path: Path) -> Path:

@@ -67,8 +67,9 @@ class AcquireSettings:
     live indicators (hit probability >= 0.5, its resolution estimate). max_array_bytes: the
     largest array (frame, pixel mask, calibration map) a message may declare, decoded; larger
     ones are refused before decompression (256 MiB: a 16M detector's uint32 frames fit).
-    shared_stream: this is one of several receivers of the stream (fanout.py): a series' file
-    counts what this receiver got (expected = received), the master file what all missed."""
+    receiver: "K/N" when this is receiver K of N sharing the stream (fanout.py): a series'
+    file says so and counts what this receiver got (expected = received); the master file
+    counts what they all missed."""
 
     q: QLike = 1.0
     codec: str = "redml"
@@ -88,7 +89,7 @@ class AcquireSettings:
     codec_settings: dict = field(default_factory=dict)
     finder: dict = field(default_factory=dict)
     hit_model: Optional[str] = None
-    shared_stream: bool = False
+    receiver: Optional[str] = None
 
     def __post_init__(self):
         if self.hit_model is not None:
