@@ -307,3 +307,56 @@ def test_aggregate_dashboard_sums_receivers_and_names_the_gone_one():
         assert any("gone" in e["text"] for e in snap["errors"])
     finally:
         dashes[0].stop()
+
+
+def test_aggregate_names_the_receiver_that_is_behind(monkeypatch):
+    from redml_reduce.acquire import aggregate
+    from redml_reduce.acquire.indicators import LiveStats
+
+    snaps = {}
+    for port, fps in ((1, 10.0), (2, 9.0), (3, 2.0)):
+        snap = LiveStats().snapshot()
+        snap["indicators"]["fps"] = fps
+        snap["series"] = {"series_id": 1, "series_unique_id": "u", "state": "running"}
+        snaps[f"http://127.0.0.1:{port}/api/status"] = snap
+    monkeypatch.setattr(aggregate, "_fetch", lambda url, token, timeout: snaps[url])
+    agg = AggregateStats([f"http://127.0.0.1:{p}/?token=t" for p in (1, 2, 3)])
+    snap = agg.snapshot()
+    assert [r["state"] for r in snap["receivers"]] == ["ok", "ok", "behind"]
+    assert snap["indicators"]["fps"] == pytest.approx(21.0) and snap["indicators"]["receivers_behind"] == 1
+
+
+def test_launcher_writes_the_master_when_receiver_0_dies(tmp_path, rng):
+    n_img, frames = 40, frames_for(rng, 5)
+    out = tmp_path / "run.nxs"
+    summary = tmp_path / "launch.json"
+    with StreamSender("tcp://127.0.0.1:*", peers=2, peer_wait_s=120, linger_ms=60000, end_timeout_s=3) as sender:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "redml_reduce.cli", "acquire", "--receivers", "2", "--connect",
+             ",".join(sender.endpoints), "--out", str(out), "--q", "0", "--workers", "1", "--quiet", "--wait", "120",
+             "--json", str(summary)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = launcher.stderr.readline()
+        pid0 = int(line.split("pids ")[1].split()[0])
+        sender.start(SHAPE, "uint16", GEOM, number_of_images=n_img)
+        for i in range(n_img):
+            sender.image(frames[i % 5], i)
+            time.sleep(0.01)
+            if i == 10:
+                t_end = time.monotonic() + 60
+                while time.monotonic() < t_end and not os.path.exists(data_pattern(str(out), 0)):
+                    time.sleep(0.1)
+                os.kill(pid0, signal.SIGKILL)
+        sender.end()
+        stdout, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1, stderr  # a receiver failed: said so, the master written all the same
+    assert "receiver 0/2 exited with status -9" in stderr
+    result = json.loads(summary.read_text())
+    assert [r["status"] for r in result["receivers"]] == [-signal.SIGKILL, 0] and len(result["masters"]) == 1
+    m = read_master(out)
+    check_master_counts(m["counts"])
+    assert m["counts"]["expected"] == n_img
+    assert {r["state"] for r in m["receivers"]} == {"recovered", "closed"}
+    back = master_frames(out)
+    for i in range(n_img):
+        if m["receiver"][i] >= 0:
+            assert back[i].tobytes() == frames[i % 5].tobytes()

@@ -105,7 +105,7 @@ def _launch(args) -> int:
     import subprocess
     import tempfile
 
-    from .fanout import master_path, write_series_master
+    from .fanout import find_master, write_series_master
 
     if args.bind or not args.connect:
         raise ValueError("--receivers needs --connect (the receivers connect to the detector)")
@@ -128,11 +128,17 @@ def _launch(args) -> int:
                          allow_remote=args.dashboard_public, title=f"redml acquire: {n} receivers").start()
         print(f"dashboard: {dash.url}", file=sys.stderr, flush=True)
     code = 0
+
+    def stop_children(*_):  # SIGTERM or Ctrl-C: every receiver closes its files and stops
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_children)
     try:
         codes = [c.wait() for c in children]
     except KeyboardInterrupt:
-        for c in children:
-            c.send_signal(signal.SIGINT)
+        stop_children()
         codes = [c.wait() for c in children]
         code = 130
     finally:
@@ -152,7 +158,7 @@ def _launch(args) -> int:
         summary["masters"] += (r or {}).get("masters", [])
     shutil.rmtree(tmp, ignore_errors=True)
     for uid, s in seen.items():  # receiver 0 died before writing them
-        if master_path(args.out, s["series_id"]).exists():
+        if find_master(args.out, s["series_id"], uid) is not None:
             continue
         try:
             m = write_series_master(args.out, n, s["series_id"], uid, None, wait_s=0, overwrite=args.overwrite)

@@ -23,7 +23,8 @@ import h5py
 from .master import is_closed, write_master
 from .series import TABLE
 
-__all__ = ["parse_receiver", "data_pattern", "master_path", "find_data_files", "FanoutHook", "write_series_master"]
+__all__ = ["parse_receiver", "data_pattern", "master_path", "find_data_files", "find_master", "FanoutHook",
+           "write_series_master"]
 
 log = logging.getLogger("redml_reduce.acquire")
 
@@ -62,16 +63,22 @@ def _series_uid(path: Path) -> Optional[str]:
         return None
 
 
+def _of_series(base: Path, uid: Optional[str]) -> Optional[Path]:
+    """The file of series uid among NAME and its -1, -2, ... variants (files are never overwritten)."""
+    variants = [base] + sorted(p for p in base.parent.glob(f"{base.stem}-*{base.suffix}")
+                               if p.stem[len(base.stem) + 1:].isdigit())
+    return next((p for p in variants if p.exists() and (uid is None or _series_uid(p) == uid)), None)
+
+
 def find_data_files(out: str, n: int, series_id: int, uid: Optional[str]) -> list[Path]:
-    """Receiver k's data file of the series, for k in 0..n-1: the one whose series_unique_id
-    is uid among NAME and its -1, -2, ... variants (files never overwritten), else NAME."""
-    paths = []
-    for k in range(n):
-        base = _fill(data_pattern(out, k), series_id)
-        variants = [base] + sorted(p for p in base.parent.glob(f"{base.stem}-*{base.suffix}")
-                                   if p.stem[len(base.stem) + 1:].isdigit())
-        paths.append(next((p for p in variants if p.exists() and (uid is None or _series_uid(p) == uid)), base))
-    return paths
+    """Receiver k's data file of the series, for k in 0..n-1 (its plain name when there is none yet)."""
+    bases = [_fill(data_pattern(out, k), series_id) for k in range(n)]
+    return [_of_series(base, uid) or base for base in bases]
+
+
+def find_master(out: str, series_id: int, uid: Optional[str]) -> Optional[Path]:
+    """The master file already written for the series, if any."""
+    return _of_series(master_path(out, series_id), uid)
 
 
 def _frames(path: Path) -> int:
