@@ -5,6 +5,7 @@ The receivers are separate processes on loopback (the sockets receivers on sever
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -360,3 +361,29 @@ def test_launcher_writes_the_master_when_receiver_0_dies(tmp_path, rng):
     for i in range(n_img):
         if m["receiver"][i] >= 0:
             assert back[i].tobytes() == frames[i % 5].tobytes()
+
+
+def test_aggregate_page_lists_the_receivers_in_a_browser(tmp_path):
+    """The dashboard page over two receivers (headless chromium): totals summed, each receiver
+    listed with its state."""
+    from test_dashboard import chromium, frames_shown
+    from redml_reduce.acquire.dashboard import Dashboard
+    from redml_reduce.acquire.indicators import FrameStats, LiveStats
+
+    stats = [LiveStats(), LiveStats()]
+    for k, st in enumerate(stats):
+        st.series_started({"series_id": 1, "series_unique_id": "u", "expected": 10, "frames_done": 0})
+        for i in range(2 + k):
+            st.received(100)
+            st.frame(FrameStats(i, n_spots=20, hit=True, raw_bytes=1000, stored_bytes=100, mode="q"), 0.01)
+    dashes = [Dashboard(st, "127.0.0.1", 0).start() for st in stats]
+    try:
+        with Dashboard(AggregateStats([d.url for d in dashes]), "127.0.0.1", 0) as agg:
+            r = chromium(tmp_path, agg.url, "--dump-dom")
+            assert r.returncode == 0, r.stderr[-2000:]
+            assert frames_shown(r.stdout) == 5
+            listed = re.findall(r"127\.0\.0\.1:(\d+): (ok|behind), [\d.]+ frames/s, (\d) stored", r.stdout)
+            assert sorted((int(p), int(n)) for p, _, n in listed) == sorted((d.port, 2 + k) for k, d in enumerate(dashes))
+    finally:
+        for d in dashes:
+            d.stop()

@@ -119,8 +119,9 @@ class AggregateStats:
             series["frames_done"] = sum(s["series"].get("frames_done", 0) for s in snaps
                                         if s["series"].get("series_unique_id") == series.get("series_unique_id"))
         errors = [dict(e, text=f"[{name}] {e['text']}") for name, s, _ in polled if s for e in s["errors"]]
-        errors += [{"t": None, "text": f"[{r['name']}] receiver {r['state']}"} for r in rows if r["state"] != "ok"]
-        return {"t": round(time.time() - self.t0, 3), "series": series, "counts": counts,
+        t = round(time.time() - self.t0, 3)
+        errors += [{"t": t, "text": f"[{r['name']}] receiver {r['state']}"} for r in rows if r["state"] != "ok"]
+        return {"t": t, "series": series, "counts": counts,
                 "pending": sum(s["pending"] for s in snaps), "max_pending_seen": max(
                     (s["max_pending_seen"] for s in snaps), default=0),
                 "errors": errors[-20:], "finished_series": [f for s in snaps for f in s["finished_series"]],
