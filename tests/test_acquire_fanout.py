@@ -49,6 +49,20 @@ def finish(procs, timeout=240):
     return outs
 
 
+def wait_for_frames(path, timeout=60):
+    """Until the data file at path has a flushed frame (SWMR readers see it)."""
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        try:
+            with h5py.File(path, "r", libver="latest", swmr=True) as f:
+                if f["entry/data/data"].shape[0] > 0:
+                    return
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: no frame within {timeout} s")
+
+
 def master_frames(path):
     with h5py.File(path, "r") as f:
         d = f["entry/data/data"]
@@ -129,9 +143,7 @@ def test_receiver_killed_mid_series_loses_only_its_in_flight_frames(tmp_path, rn
             sender.image(frames[i % 5], i)
             time.sleep(0.01)
             if i == n_img // 2:  # receiver 2 has written frames by now (else wait for it): it stops taking
-                t_end = time.monotonic() + 60  # frames, those sent to it next are in flight when it is killed
-                while time.monotonic() < t_end and not os.path.exists(victim):
-                    time.sleep(0.1)
+                wait_for_frames(victim)  # frames, those sent to it next are in flight when it is killed
                 procs[2].send_signal(signal.SIGSTOP)
             if i == n_img // 2 + 6:
                 procs[2].send_signal(signal.SIGKILL)
@@ -343,9 +355,7 @@ def test_launcher_writes_the_master_when_receiver_0_dies(tmp_path, rng):
             sender.image(frames[i % 5], i)
             time.sleep(0.01)
             if i == 10:
-                t_end = time.monotonic() + 60
-                while time.monotonic() < t_end and not os.path.exists(data_pattern(str(out), 0)):
-                    time.sleep(0.1)
+                wait_for_frames(data_pattern(str(out), 0))
                 os.kill(pid0, signal.SIGKILL)
         sender.end()
         stdout, stderr = launcher.communicate(timeout=300)

@@ -102,20 +102,51 @@ def _launch(args) -> int:
     writing the master files) and one dashboard over them all (--dashboard); a receiver that
     dies is reported, the others go on; a master receiver 0 could not write is written here."""
     import shutil
-    import subprocess
     import tempfile
 
-    from .fanout import find_master, write_series_master
+    from .fanout import write_missing_masters
 
     if args.bind or not args.connect:
         raise ValueError("--receivers needs --connect (the receivers connect to the detector)")
     n = args.receivers
     tmp = Path(tempfile.mkdtemp(prefix="redml-receivers-"))
+    try:
+        codes, results, code = _run_receivers(args, n, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for k, c in enumerate(codes):
+        if c != 0:
+            print(f"receiver {k}/{n} exited with status {c}", file=sys.stderr)
+    series = [s for r in results if r for s in r["series"]]
+    masters = [m for r in results if r for m in r.get("masters", [])]
+    more, errors = write_missing_masters(args.out, n, series, overwrite=args.overwrite)
+    for m in more:
+        print(f"master of series {m['series_id']}: {m['stored']} of {m['counts']['expected']} images stored, "
+              f"{m['counts']['missing']} missing -> {m['path']}", flush=True)
+    for e in errors:
+        print(f"redml acquire: master file not written: {e}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"receivers": [{"receiver": f"{k}/{n}", "status": c, "series": (r or {}).get("series", [])}
+                           for k, (c, r) in enumerate(zip(codes, results))], "masters": masters + more},
+            indent=1, default=float))
+    if code == 0 and (any(codes) or errors):
+        code = 1
+    if not series and code == 0:
+        print("no series received", file=sys.stderr)
+        code = 2
+    return code
+
+
+def _run_receivers(args, n: int, tmp: Path) -> tuple:
+    """Starts the n receivers (and the dashboard over them), waits for them; returns their
+    exit statuses, their --json results (None for one that died) and 130 after Ctrl-C, else 0."""
+    import subprocess
+
     ports = [_free_port() for _ in range(n)] if args.dashboard else []
-    children = []
-    for k in range(n):
-        argv = _child_argv(args, k, n, tmp / f"receiver_{k}.json", ports[k] if ports else None)
-        children.append(subprocess.Popen([sys.executable, "-m", "redml_reduce.cli", "acquire", *argv]))
+    children = [subprocess.Popen([sys.executable, "-m", "redml_reduce.cli", "acquire",
+                                  *_child_argv(args, k, n, tmp / f"receiver_{k}.json", ports[k] if ports else None)])
+                for k in range(n)]
     print(f"{n} receivers started (pids {' '.join(str(c.pid) for c in children)}); files: {args.out}",
           file=sys.stderr, flush=True)
     dash = None
@@ -127,7 +158,6 @@ def _launch(args) -> int:
         dash = Dashboard(AggregateStats([f"http://127.0.0.1:{p}/" for p in ports]), host, port, token=args.token,
                          allow_remote=args.dashboard_public, title=f"redml acquire: {n} receivers").start()
         print(f"dashboard: {dash.url}", file=sys.stderr, flush=True)
-    code = 0
 
     def stop_children(*_):  # SIGTERM or Ctrl-C: every receiver closes its files and stops
         for c in children:
@@ -135,6 +165,7 @@ def _launch(args) -> int:
                 c.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop_children)
+    code = 0
     try:
         codes = [c.wait() for c in children]
     except KeyboardInterrupt:
@@ -143,40 +174,9 @@ def _launch(args) -> int:
         code = 130
     finally:
         if dash is not None:
-            dash.stop()
-    results = [json.loads(p.read_text()) if p.exists() else None
-               for p in (tmp / f"receiver_{k}.json" for k in range(n))]
-    for k, c in enumerate(codes):
-        if c != 0:
-            print(f"receiver {k}/{n} exited with status {c}", file=sys.stderr)
-    summary = {"receivers": [{"receiver": f"{k}/{n}", "status": c, "series": (r or {}).get("series", [])}
-                             for k, (c, r) in enumerate(zip(codes, results))], "masters": []}
-    seen = {}
-    for r in results:
-        for s in (r or {}).get("series", []):
-            seen.setdefault(s["series_unique_id"], s)
-        summary["masters"] += (r or {}).get("masters", [])
-    shutil.rmtree(tmp, ignore_errors=True)
-    for uid, s in seen.items():  # receiver 0 died before writing them
-        if find_master(args.out, s["series_id"], uid) is not None:
-            continue
-        try:
-            m = write_series_master(args.out, n, s["series_id"], uid, None, wait_s=0, overwrite=args.overwrite)
-        except (OSError, ValueError) as e:
-            print(f"series {s['series_id']}: master file not written: {e}", file=sys.stderr)
-            code = code or 1
-            continue
-        summary["masters"].append(m)
-        print(f"master of series {s['series_id']}: {m['stored']} of {m['counts']['expected']} images stored, "
-              f"{m['counts']['missing']} missing -> {m['path']}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
-    if code == 0 and any(codes):
-        code = 1
-    if not seen and code == 0:
-        print("no series received", file=sys.stderr)
-        code = 2
-    return code
+            code = _linger(dash, threading.Event(), args.linger, code)
+    paths = [tmp / f"receiver_{k}.json" for k in range(n)]
+    return codes, [json.loads(p.read_text()) if p.exists() else None for p in paths], code
 
 
 def _free_port() -> int:
@@ -188,7 +188,7 @@ def _free_port() -> int:
 
 
 _NOT_FORWARDED = {"receivers", "receiver", "json", "dashboard", "dashboard_public", "token", "linger", "run",
-                  "command", "debug", "parser"}
+                  "command", "debug", "parser"}  # the launcher's own, or set per receiver
 
 
 def _child_argv(args, k: int, n: int, json_path: Path, dashboard_port) -> list:

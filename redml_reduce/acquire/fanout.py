@@ -24,7 +24,7 @@ from .master import is_closed, write_master
 from .series import TABLE
 
 __all__ = ["parse_receiver", "data_pattern", "master_path", "find_data_files", "find_master", "FanoutHook",
-           "write_series_master"]
+           "write_series_master", "write_missing_masters"]
 
 log = logging.getLogger("redml_reduce.acquire")
 
@@ -91,7 +91,7 @@ def _frames(path: Path) -> int:
         return -1
 
 
-def wait_for_receivers(find, wait_s: float, stop: Optional[threading.Event] = None) -> list[Path]:
+def wait_for_receivers(find, wait_s: float) -> list[Path]:
     """Waits until every data file find() names is closed, or has made no progress (no new
     frame, or no file at all) for wait_s: its receiver is gone. Returns find()'s last answer."""
     last: dict = {}
@@ -104,7 +104,7 @@ def wait_for_receivers(find, wait_s: float, stop: Optional[threading.Event] = No
             if last.get(p, (None,))[0] != n:
                 last[p] = (n, now)
         stalled = [p for p in pending if now - last[p][1] > wait_s]
-        if len(stalled) == len(pending) or (stop is not None and stop.is_set()):
+        if len(stalled) == len(pending):
             for p in stalled:
                 log.warning("%s: no progress for %g s, its receiver is taken as gone", p, wait_s)
             return paths
@@ -112,9 +112,9 @@ def wait_for_receivers(find, wait_s: float, stop: Optional[threading.Event] = No
 
 
 def write_series_master(out: str, n: int, series_id: int, uid: Optional[str], expected: Optional[int] = None,
-                        *, wait_s: float = 30.0, overwrite: bool = False, stop=None) -> dict:
+                        *, wait_s: float = 30.0, overwrite: bool = False) -> dict:
     """Waits for the n receivers' data files of a series, then writes its master file."""
-    paths = wait_for_receivers(lambda: find_data_files(out, n, series_id, uid), wait_s, stop)
+    paths = wait_for_receivers(lambda: find_data_files(out, n, series_id, uid), wait_s)
     master = master_path(out, series_id)
     if master.exists() and not overwrite:
         k = 1
@@ -122,7 +122,23 @@ def write_series_master(out: str, n: int, series_id: int, uid: Optional[str], ex
             k += 1
         log.warning("%s exists: the master of series %d goes to %s", master, series_id, alt)
         master = alt
-    return write_master(master, paths, expected=expected, overwrite=overwrite)
+    return dict(write_master(master, paths, expected=expected, overwrite=overwrite), series_id=series_id)
+
+
+def write_missing_masters(out: str, n: int, series: list, *, overwrite: bool = False) -> tuple[list, list]:
+    """The master files receiver 0 did not write (it died), once every receiver has stopped:
+    series holds the receivers' series summaries. Returns the masters written and the errors."""
+    written, errors, seen = [], [], set()
+    for s in series:
+        uid = s["series_unique_id"]
+        if uid in seen or find_master(out, s["series_id"], uid) is not None:
+            continue
+        seen.add(uid)
+        try:
+            written.append(write_series_master(out, n, s["series_id"], uid, wait_s=0, overwrite=overwrite))
+        except (OSError, ValueError) as e:
+            errors.append(f"series {s['series_id']}: {e}")
+    return written, errors
 
 
 class FanoutHook:

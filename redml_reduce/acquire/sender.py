@@ -25,7 +25,10 @@ class StreamSender:
     """A detector's side of the stream: a ZeroMQ PUSH socket that binds (like a DCU) or
     connects. send_hwm bounds the messages queued for a slow receiver (send then blocks).
     close() waits up to linger_ms for the receiver to take what is still queued (the last
-    images and the end message), then gives up on them."""
+    images and the end message), then gives up on them. peers > 1 (bind only): one socket
+    per receiver on consecutive ports (`endpoints`); a series' start waits up to peer_wait_s
+    for every receiver to be connected (at least one, however long), its end up to
+    end_timeout_s for each receiver that took the start (a dead one never takes it)."""
 
     def __init__(self, endpoint: str = f"tcp://*:{DEFAULT_PORT}", *, bind: bool = True, send_hwm: int = 4,
                  linger_ms: int = 120000, peers: int = 1, peer_wait_s: float = 0.0, end_timeout_s: float = 30.0):
