@@ -175,14 +175,16 @@ def test_receiver_killed_mid_series_loses_only_its_in_flight_frames(tmp_path, rn
 
 
 def test_master_of_a_series_without_one_receiver_and_with_unstored_frames(tmp_path, rng):
-    """write_master from files made in-process: a receiver with no file, ids vetoed by one."""
+    """write_master from files made in-process: a receiver with no file, one that does not
+    store its blank frames (veto drop: frame 4)."""
     from redml_reduce.acquire import AcquireSettings, Acquisition
 
-    frames = frames_for(rng, 6)
+    frames = frames_for(rng, 6)  # odd ones are hits
     paths = []
     for k, ids in enumerate(([0, 3], [1, 4])):
         p = tmp_path / f"d{k}.nxs"
-        with Acquisition(p, AcquireSettings(q=0, workers=1, receiver=f"{k}/3")) as acq:
+        veto = "drop" if k == 1 else "none"
+        with Acquisition(p, AcquireSettings(q=0, workers=1, receiver=f"{k}/3", veto=veto)) as acq:
             acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=6, series_unique_id="u"))
             for i in ids:
                 acq.feed(s.encode_image(frames[i], i, series_unique_id="u"))
@@ -192,11 +194,14 @@ def test_master_of_a_series_without_one_receiver_and_with_unstored_frames(tmp_pa
     summary = write_master(tmp_path / "m.nxs", paths + [tmp_path / "absent.nxs"])
     c = summary["counts"]
     check_master_counts(c)
-    assert c["expected"] == 6 and c["written"] == 4 and summary["missing_image_ids"] == [2, 5]
+    assert c["expected"] == 6 and c["written"] == 3 and c["vetoed"] == 1 and summary["missing_image_ids"] == [2, 5]
+    m = read_master(tmp_path / "m.nxs")
+    assert m["vetoed_image_ids"].tolist() == [4] and m["missing_image_ids"].tolist() == [2, 5]
+    assert m["receiver"].tolist() == [0, 1, -1, 0, -1, -1]
     back = master_frames(tmp_path / "m.nxs")
-    for i in (0, 1, 3, 4):
+    for i in (0, 1, 3):
         assert back[i].tobytes() == frames[i].tobytes()
-    assert np.all(back[[2, 5]] == 65535)
+    assert np.all(back[[2, 4, 5]] == 65535)
     with pytest.raises(FileExistsError):
         write_master(tmp_path / "m.nxs", paths)
 

@@ -45,10 +45,13 @@ MASTER_COUNTS = ("expected", "received", "written", "sparse", "vetoed", "dropped
 _ID_KINDS = ("vetoed", "dropped", "rejected")
 
 
-def fill_value(dtype) -> int:
+def fill_value(dtype):
     """What an image no receiver stored reads as: the type's maximum (unsigned, as EIGER marks
-    pixels without data) or minimum (signed)."""
-    info = np.iinfo(np.dtype(dtype))
+    pixels without data), its minimum (signed), NaN (floating point)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return float("nan")
+    info = np.iinfo(dtype)
     return int(info.max if info.min == 0 else info.min)
 
 
@@ -175,14 +178,11 @@ def write_master(master, data_files: Sequence, *, expected: Optional[int] = None
     n_out = max([int(expected or 0)] + [i + 1 for i in where] + [i + 1 for v in unstored.values() for i in v])
     counts = dict.fromkeys(MASTER_COUNTS, 0)
     counts["expected"] = int(expected or 0)
-    for _, rec in files:
-        sparse = sum(1 for r, i in rec["rows"] if r in rec["sparse_rows"])
-        counts["written"] += len(rec["rows"]) - sparse
-        counts["sparse"] += sparse
-        for kind in _ID_KINDS:
-            counts[kind] += len(rec["ids"][kind])
+    for k, r in where.values():  # each image once, from the data file the master reads it in
+        counts["sparse" if r in files[k][1]["sparse_rows"] else "written"] += 1
+    for kind in _ID_KINDS:
+        counts[kind] = len(unstored[kind])
     counts["duplicates"] = duplicates
-    counts["written"] -= duplicates  # a frame stored twice is received once
     counts["received"] = sum(counts[k] for k in ("written", "sparse", "vetoed", "dropped", "rejected"))
     recorded = set(where) | {i for v in unstored.values() for i in v}
     missing = sorted(set(range(n_out)) - recorded)
