@@ -402,3 +402,53 @@ def test_aggregate_page_lists_the_receivers_in_a_browser(tmp_path):
     finally:
         for d in dashes:
             d.stop()
+
+
+def test_two_series_into_one_name_each_get_their_own_master(tmp_path, rng):
+    """--out without {series}: the second series' files and master take -1 names, and its
+    master reads only that series' data files."""
+    frames = frames_for(rng, 5)
+    out = tmp_path / "run.nxs"
+    with StreamSender("tcp://127.0.0.1:*", peers=2, peer_wait_s=60, linger_ms=60000) as sender:
+        procs = [receiver(k, 2, sender.endpoints, out, "--series", "2") for k in range(2)]
+        for series, n_img in ((1, 6), (2, 8)):
+            sender.start(SHAPE, "uint16", GEOM, number_of_images=n_img)
+            for i in range(n_img):
+                sender.image(frames[(i + series) % 5], i)
+            sender.end()
+        results = finish(procs)
+    for code, _, err in results:
+        assert code == 0, err
+    for master, series, n_img in ((out, 1, 6), (tmp_path / "run-1.nxs", 2, 8)):
+        m = read_master(master)
+        assert m["attrs"]["series_id"] == series and m["counts"]["written"] == n_img and m["counts"]["missing"] == 0
+        assert master_frames(master).tobytes() == np.stack([frames[(i + series) % 5] for i in range(n_img)]).tobytes()
+
+
+def test_back_to_back_series_never_share_a_file(tmp_path, rng, monkeypatch):
+    """A series' file is created by the writer thread at its first frame: a second series
+    starting before that (back to back, --out without {series}) must not take the same name
+    (it would truncate the first series' file)."""
+    from redml_reduce.acquire import AcquireSettings, Acquisition
+    from redml_reduce.acquire import filewriter
+
+    real = filewriter.SeriesFile
+
+    def slow(*a, **k):  # the writer thread behind: the next start message comes first
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(filewriter, "SeriesFile", slow)
+    frames = frames_for(rng, 3)
+    with Acquisition(tmp_path / "run.nxs", AcquireSettings(q=0, workers=1)) as acq:
+        for sid in (1, 2):
+            acq.feed(s.encode_start(SHAPE, "uint16", GEOM, number_of_images=3, series_id=sid, series_unique_id=f"u{sid}"))
+            for i in range(3):
+                acq.feed(s.encode_image(frames[(i + sid) % 3], i, series_id=sid, series_unique_id=f"u{sid}"))
+            acq.feed(s.encode_end(sid, f"u{sid}"))
+        assert acq.wait(60)
+        paths = [x.path for x in acq.series]
+    assert [p.name for p in paths] == ["run.nxs", "run-1.nxs"]
+    for sid, p in zip((1, 2), paths):
+        info = read_acquisition(p)
+        assert info["attrs"]["series_unique_id"] == f"u{sid}" and info["n_frames"] == 3
