@@ -452,3 +452,27 @@ def test_back_to_back_series_never_share_a_file(tmp_path, rng, monkeypatch):
     for sid, p in zip((1, 2), paths):
         info = read_acquisition(p)
         assert info["attrs"]["series_unique_id"] == f"u{sid}" and info["n_frames"] == 3
+
+
+def test_acquire_dashboard_command_serves_the_aggregate():
+    """`redml acquire-dashboard URL...`: the receivers' JSON summed, SIGTERM ends it."""
+    import urllib.request
+
+    from redml_reduce.acquire.dashboard import Dashboard
+    from redml_reduce.acquire.indicators import FrameStats, LiveStats
+
+    st = LiveStats()
+    st.received(10)
+    st.frame(FrameStats(0, mode="q", raw_bytes=100, stored_bytes=10))
+    with Dashboard(st, "127.0.0.1", 0) as recv:
+        cmd = subprocess.Popen([sys.executable, "-m", "redml_reduce.cli", "acquire-dashboard", recv.url,
+                                "--dashboard", "127.0.0.1:0"], cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
+        try:
+            url = cmd.stderr.readline().split()[1]
+            with urllib.request.urlopen(url + "api/status", timeout=30) as r:
+                snap = json.loads(r.read())
+            assert snap["counts"]["written"] == 1 and [x["state"] for x in snap["receivers"]] == ["ok"]
+        finally:
+            cmd.send_signal(signal.SIGTERM)
+            cmd.wait(30)
+    assert cmd.returncode == 0
