@@ -476,3 +476,21 @@ def test_acquire_dashboard_command_serves_the_aggregate():
             cmd.send_signal(signal.SIGTERM)
             cmd.wait(30)
     assert cmd.returncode == 0
+
+
+@pytest.mark.parametrize("argv, message, code", [
+    (["--connect", "tcp://127.0.0.1:1", "--receiver", "3/3"], "K must be in 0..N-1", 2),
+    (["--connect", "tcp://127.0.0.1:1", "--receivers", "0"], "N must be a whole number >= 1", 2),
+    (["--connect", "tcp://127.0.0.1:1,tcp://127.0.0.1:2"], "several --connect endpoints need --receiver", 1),
+    (["--connect", "tcp://127.0.0.1:1,tcp://127.0.0.1:2", "--receiver", "0/3"], "lists 2 endpoints for 3 receivers", 1),
+    (["--bind", "tcp://127.0.0.1:1", "--receivers", "2"], "--receivers needs --connect", 1),
+])
+def test_fanout_arguments_refused_with_their_reason(tmp_path, capsys, argv, message, code):
+    from redml_reduce.cli import main
+
+    try:
+        rc = main(["acquire", "--out", str(tmp_path / "a.nxs"), *argv])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    assert rc == code and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

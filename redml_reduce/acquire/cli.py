@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import signal
@@ -79,6 +80,21 @@ def _acquire(args) -> int:
     return code
 
 
+def _receiver_arg(text: str) -> tuple:
+    from .fanout import parse_receiver
+
+    try:
+        return parse_receiver(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _count_arg(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"N must be a whole number >= 1, not {text!r}")
+    return int(text)
+
+
 def _fanout_role(args):
     """--receiver K/N: this receiver's index, count, endpoint (the K-th of a list, or the one
     all share) and data file pattern; None without it."""
@@ -86,9 +102,9 @@ def _fanout_role(args):
         if args.connect and "," in args.connect:
             raise ValueError("several --connect endpoints need --receiver K/N or --receivers N")
         return None
-    from .fanout import data_pattern, parse_receiver
+    from .fanout import data_pattern
 
-    k, n = parse_receiver(args.receiver)
+    k, n = args.receiver
     if not args.connect:
         raise ValueError("--receiver needs --connect (the detector's socket, or one per receiver)")
     endpoints = args.connect.split(",")
@@ -276,9 +292,9 @@ def add_commands(sub, parse_q) -> None:
     a.add_argument("--quiet", action="store_true", help="no status lines, warnings only")
     a.add_argument("--json", help="write the series summaries and final indicators here")
     f = a.add_mutually_exclusive_group()
-    f.add_argument("--receiver", metavar="K/N", help="receiver K of N sharing the stream: its frames go to "
+    f.add_argument("--receiver", metavar="K/N", type=_receiver_arg, help="receiver K of N sharing the stream: its frames go to "
                    "OUT_data_00000{K+1}, receiver 0 also writes OUT as the master file")
-    f.add_argument("--receivers", type=int, metavar="N", help="start N receivers here (and one dashboard over them)")
+    f.add_argument("--receivers", type=_count_arg, metavar="N", help="start N receivers here (and one dashboard over them)")
     a.add_argument("--master-wait", type=float, default=30.0,
                    help="receiver 0 gives up on a receiver whose data file made no progress for this many seconds")
     a.set_defaults(run=_acquire, parser=a)
