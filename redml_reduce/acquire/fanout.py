@@ -1,11 +1,11 @@
 """Several receivers sharing one detector stream (`redml acquire --receiver K/N`, or
 `--receivers N` to start N on this machine).
 
-As with Jungfraujoch's writers (and several PULL clients of a DECTRIS Stream V2 detector),
-every receiver gets each series' start and end messages and a share of its images. Receiver
-K of N writes its frames to OUT_data_00000{K+1}.EXT (OUT: the --out pattern) with their
-image ids; once a series has ended, receiver 0 (the one that writes the master, as socket 0
-does for Jungfraujoch) waits for the other data files to be closed, or to make no progress
+Every receiver gets each series' start and end messages and a share of its images (the
+detector sends them so: sender.py, one socket per receiver as Jungfraujoch serves its
+writers). Receiver K of N writes its frames to OUT_data_00000{K+1}.EXT (OUT: the --out
+pattern) with their image ids; once a series has ended, receiver 0 (a fixed one: no
+coordination needed) waits for the other data files to be closed, or to make no progress
 for `master_wait_s` (their receiver is gone), and writes OUT as the master file (master.py):
 a virtual dataset over the data files in image-id order, with what no receiver stored.
 Receivers on several machines need the same OUT on a shared filesystem.

@@ -8,7 +8,8 @@ readers see one series:
     /entry/instrument, sample, source      copied from a data file (same start message)
     /entry/data/data                       virtual: image id i -> the data file that stored it;
                                            an image stored nowhere reads as the fill value
-                                           (the dtype's maximum, or its minimum if signed)
+                                           (the dtype's maximum; its minimum if signed, NaN
+                                           if floating point)
     /entry/redml_acquire/                  NXcollection
         data_files                         the data files (paths relative to the master)
         receiver, row                      per image id: which data file, which frame (-1: none)
