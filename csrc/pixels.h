@@ -48,6 +48,18 @@ inline bool is_special_value(T v) {
     }
 }
 
+// Whether v is one of the detector's markers (redml_markers): never quantized nor used by
+// the model. Photon counters (NEGATIVE): is_special_value. Integrating detectors: negative
+// values are noise; the markers are the extremes (the type's maximum, a signed type's
+// minimum, non-finite floats) and, with GAPS, -1 and -2.
+template <class T>
+inline bool is_marker(T v, redml_markers markers) {
+    if (markers == REDML_MARKERS_NEGATIVE) return is_special_value(v);
+    const bool gap = markers == REDML_MARKERS_GAPS && (v == (T)-1 || v == (T)-2) && std::numeric_limits<T>::is_signed;
+    if constexpr (std::is_floating_point<T>::value) return !std::isfinite(v) || gap;
+    else return v == std::numeric_limits<T>::max() || (std::numeric_limits<T>::is_signed && v == std::numeric_limits<T>::lowest()) || gap;
+}
+
 // ---- run-time SIMD dispatch ----
 // A few hot loops are compiled twice, portable (SSE2 on x86-64) and for AVX2, from one
 // always-inlined body; the AVX2 build runs where the CPU has it. Build flags stay portable.
