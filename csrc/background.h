@@ -39,8 +39,9 @@ template <class T>
 float tile_step(double mean, const redml_params &p);
 
 // The read noise of a frame of an integrating detector, in data units: the median over
-// tiles of the clipped variance above the Poisson term (variance - gain * mean), at least
-// 1e-3 * gain.
+// tiles of the variance above the Poisson term (variance - gain * mean) of the values up to
+// 5 sigma above the clipped mean, at least 1e-3 * gain. Precise where the read noise
+// matters (a few photons per pixel or less); noisy at high flux, where it hardly does.
 template <class T>
 double estimate_read_noise(const T *frame, const uint8_t *usable, const TileGrid &grid, const redml_params &p,
                            int nthreads);
