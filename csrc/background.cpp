@@ -43,6 +43,16 @@ void sum_at_most(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t 
     sum_at_most_portable(v, n, top, sum, count);
 }
 
+// The sigma of the clip: the model's, at least one photon's worth for integrating data (a
+// clip at 3 sigma of a pixel of 0.05 photon and 0.2 photon of read noise would cut into the
+// one-photon peak, and the mean's correction for the clip would extrapolate from there).
+double clip_sigma(double mean, const redml_params &p) {
+    if (!integrating(p) || p.mu_min >= 1.0f) return model_sigma(mean, p);
+    redml_params one = p;
+    one.mu_min = 1.0f;
+    return model_sigma(mean, one);
+}
+
 // Sigma-clipped mean of values v[0..n) (upper side, 3 sigma, up to 4 passes); *clip_limit
 // receives the limit of the last pass. Integer values are compared with the integer
 // part of the limit and summed exactly in 64 bits, which gives the same sums as double
@@ -90,7 +100,7 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
         *clip_limit = limit;
         if (iter > 0 && m == mean) break;
         mean = m;
-        limit = mean + 3.0 * model_sigma(mean, p);
+        limit = mean + 3.0 * clip_sigma(mean, p);
     }
     return mean;
 }
@@ -227,7 +237,7 @@ double estimate_read_noise(const T *frame, const uint8_t *usable, const TileGrid
             // keeps spots and zingers out, and its width its bias on both negligible (a 3-sigma
             // clip takes ~1% off the variance, more than the read noise at high flux).
             double limit, mean = clipped_mean(v.data(), n, clip, &limit);
-            const double top = mean + 5.0 * model_sigma(mean, clip);
+            const double top = mean + 5.0 * clip_sigma(mean, clip);
             double s1 = 0.0, s2 = 0.0, c = 0.0;
             for (size_t i = 0; i < n; i++)
                 if (v[i] <= top) s1 += v[i] - mean, s2 += (v[i] - mean) * (v[i] - mean), c += 1.0;

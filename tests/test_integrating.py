@@ -40,7 +40,8 @@ def sigma_adu(mu):
 @pytest.mark.parametrize("mu", LEVELS)
 def test_conditional_reconstructions_keep_mean_and_variance_adu(rng, mu):
     f = adu_blank(rng, mu)
-    assert (f < 0).mean() > (0.25 if mu < 0.5 else 0.0)  # negative values everywhere at low flux
+    if mu < 0.5:
+        assert (f < 0).mean() > 0.25  # negative values everywhere
     kw = dict(q=4, gain=GAIN, mu_min=0.0, markers="extremes", read_noise=RN_ADU, roi=no_roi(f))
     mean = rr.decode(rr.encode(f, recon="mean", **kw)).astype(np.float64)
     c = rr.encode(f, recon="draw", **kw)
