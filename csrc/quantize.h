@@ -385,19 +385,20 @@ REDML_HD double redml_normal_mass(double a, double b) {
 REDML_HD double redml_normal_pdf(double z) { return isinf(z) ? 0.0 : 0.3989422804014327 * exp(-0.5 * z * z); }
 
 /* z in [a, b] (finite) with redml_normal_mass(a, z) = t * redml_normal_mass(a, b): a draw
- * from the normal truncated to [a, b] for t uniform. Safeguarded Newton, on the side of
- * zero where the masses keep their precision. */
+ * from the normal truncated to [a, b] for t uniform. Safeguarded Newton on the side of zero
+ * where the masses keep their precision (a < 0: Phi(z) - Phi(a), one erfc per step). */
 REDML_HD double redml_truncnorm_inverse(double a, double b, double t) {
     if (a >= 0.0) return -redml_truncnorm_inverse(-b, -a, 1.0 - t);
+    const double r = 0.70710678118654752, phi_a = 0.5 * erfc(-a * r);
     const double target = t * redml_normal_mass(a, b);
     double lo = a, hi = b, z = a + t * (b - a);
     for (int it = 0; it < 60; it++) {
-        double g = redml_normal_mass(a, z) - target;
+        double g = 0.5 * erfc(-z * r) - phi_a - target;
         if (g > 0.0) hi = z;
         else lo = z;
         double d = redml_normal_pdf(z), next = d > 0.0 ? z - g / d : 0.5 * (lo + hi);
         if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
-        if (fabs(next - z) <= 1e-12 * (1.0 + fabs(z))) return next;
+        if (fabs(next - z) <= 1e-10 * (1.0 + fabs(z))) return next;
         z = next;
     }
     return z;
@@ -416,7 +417,7 @@ REDML_HD void redml_noise_components(double lo, double hi, double mu, double gai
         *k0 = *k1 = -1;
         return;
     }
-    double a = floor((lo - 8.0 * rn) / gain), b = ceil((hi + 8.0 * rn) / gain), top = mu + 12.0 * sqrt(mu) + 20.0;
+    double a = floor((lo - 6.0 * rn) / gain), b = ceil((hi + 6.0 * rn) / gain), top = mu + 12.0 * sqrt(mu) + 20.0;
     *k0 = a < 0.0 ? 0 : (int64_t)(a < top ? a : top);
     *k1 = b < 0.0 ? -1 : (int64_t)(b < top ? b : top);
 }
@@ -452,22 +453,36 @@ REDML_HD double redml_noise_mass(double lo, double hi, double mu, double gain, d
 /* A value in [lo, hi] from the model (photon mean mu, gain, read noise rn > 0) restricted
  * to it: its conditional mean (draw = 0) or a draw with uniform t (draw = 1: the component
  * is picked with t, the value within it drawn with what is left of t). A bin the model
- * gives no mass (an outlier) takes the model mean clipped to the bin. */
+ * gives no mass (an outlier) takes the model mean clipped to the bin. The components'
+ * Poisson weights follow by recurrence from the first; their masses are kept for the draw. */
+#define REDML_NOISE_KEPT 64
 REDML_HD double redml_recon_noise(double lo, double hi, double mu, double gain, double rn, int draw, double t) {
-    double moment, mass = redml_noise_mass(lo, hi, mu, gain, rn, &moment);
+    int64_t k0, k1;
+    redml_noise_components(lo, hi, mu, gain, rn, &k0, &k1);
+    double kept[REDML_NOISE_KEPT], mass = 0.0, moment = 0.0, c = 0.0, sd = 1.0;
+    double w = k0 <= k1 ? redml_noise_component(k0, mu, gain, rn, &c, &sd) : 0.0;
+    for (int64_t k = k0; k <= k1; k++) {
+        if (k != k0) { /* the next photon count: w *= mu / k */
+            c = (double)k * gain;
+            w *= mu / (double)k;
+        }
+        double a = (lo - c) / sd, b = (hi - c) / sd, m = w * redml_normal_mass(a, b);
+        if (k - k0 < REDML_NOISE_KEPT) kept[k - k0] = m;
+        mass += m;
+        moment += m * c + w * sd * (redml_normal_pdf(a) - redml_normal_pdf(b));
+    }
     if (!(mass > 0.0)) {
         double v = mu * gain;
         return v < lo ? lo : (v > hi ? hi : v);
     }
     double v = moment / mass;
     if (draw) {
-        int64_t k0, k1;
-        redml_noise_components(lo, hi, mu, gain, rn, &k0, &k1);
-        double target = t * mass, c = 0.0, sd = 1.0;
+        double target = t * mass;
         for (int64_t k = k0; k <= k1; k++) {
-            double w = redml_noise_component(k, mu, gain, rn, &c, &sd);
-            double m = w * redml_normal_mass((lo - c) / sd, (hi - c) / sd);
+            double m = k - k0 < REDML_NOISE_KEPT ? kept[k - k0] : -1.0;
+            if (m < 0.0) m = redml_noise_component(k, mu, gain, rn, &c, &sd) * redml_normal_mass((lo - c) / sd, (hi - c) / sd);
             if (m > 0.0 && (target < m || k == k1)) {
+                redml_noise_component(k, mu, gain, rn, &c, &sd);
                 double r = target / m;
                 r = r < 0.0 ? 0.0 : (r > 1.0 ? 1.0 : r);
                 v = c + sd * redml_truncnorm_inverse((lo - c) / sd, (hi - c) / sd, r);

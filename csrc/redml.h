@@ -141,7 +141,7 @@ typedef struct {
     uint32_t block_elems;/* entropy block size in elements */
     int nthreads;        /* 0 = REDML_NUM_THREADS or all cores */
     /* Integrating detectors (markers other than NEGATIVE): Gaussian read noise in data
-     * units, sigma^2 = gain^2*max(mean/gain, mu_min) + read_noise^2; < 0: estimated from
+     * units, sigma^2 = gain^2*max(mean/gain, mu_min) + read_noise^2; -1: estimated from
      * the frame. Must be 0 with MARKERS_NEGATIVE. */
     float read_noise;
     redml_markers markers;
