@@ -36,9 +36,9 @@ constexpr redml_dtype dtype_of() {
     else return REDML_FLOAT32;
 }
 
-// A pixel that is never quantized nor used by the background model: non-finite floats,
-// negative values (detector masks such as Pilatus gaps, or pedestal noise) and the
-// type's maximum (saturation / fill value of photon counters).
+// A pixel of a photon counter that is never quantized nor used by the background model:
+// non-finite floats, negative values (detector masks such as Pilatus gaps) and the type's
+// maximum (saturation / fill value). Integrating detectors' data: is_marker.
 template <class T>
 inline bool is_special_value(T v) {
     if constexpr (std::is_floating_point<T>::value) {

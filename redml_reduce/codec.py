@@ -159,7 +159,8 @@ class CodecSettings:
        (integer photon counts, gain 1): bins of up to q*sigma/2 + 1 counts, decoded as the
        mean of / a seeded draw from the background model's Poisson distribution within the
        bin (keeps the background's statistics at any count; a chunk of either decodes as
-       the other too).
+       the other too). Integrating data (markers, read_noise; integer or float, any gain):
+       from Poisson photons convolved with the Gaussian read noise.
     sparse_noise: sparse mode: decode with seeded Poisson noise around the model.
     markers: which values are the detector's markers, kept exactly and left out of the model:
        "negative" (photon counters: every negative value, the dtype's maximum, NaN/inf);

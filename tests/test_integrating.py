@@ -185,3 +185,20 @@ def test_midpoint_chunk_with_a_read_noise_is_refused():
     c[52:56] = np.float32(2.0).tobytes()
     with pytest.raises(rr.RedmlError, match="read noise"):
         rr.decode(repair_checksums(bytes(c)))
+
+
+def test_plugin_refuses_integrating_settings_the_table_refuses(tmp_path):
+    """cd_values written by hand (not through CodecSettings): the plugin's parser refuses an
+    unknown markers code, and a read noise without integrating markers, when the dataset is
+    created."""
+    h5py = pytest.importorskip("h5py")
+    good = list(CodecSettings(q=2, recon="draw", gain=GAIN, markers="extremes", read_noise=4.0).cd_values())
+    bad_markers = good[:18] + [7]
+    counting_rn = good[:18] + [0]  # read noise 4.0 with markers "negative"
+    with h5py.File(tmp_path / "p.h5", "w") as fh:
+        fh.create_dataset("ok", shape=(1, 8, 8), dtype="int16", chunks=(1, 8, 8), compression=rr.FILTER_ID,
+                          compression_opts=tuple(good))
+        for name, cd in (("markers", bad_markers), ("read_noise", counting_rn)):
+            with pytest.raises(ValueError):
+                fh.create_dataset(name, shape=(1, 8, 8), dtype="int16", chunks=(1, 8, 8), compression=rr.FILTER_ID,
+                                  compression_opts=tuple(cd))
