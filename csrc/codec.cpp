@@ -4,8 +4,10 @@
 //   -> quantize (quantize.h) -> entropy (entropy.cpp) -> container (container.cpp)
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -582,21 +584,34 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
                                (const uint8_t *)(streams + phase_start[ph]),
                                (phase_start[ph + 1] - phase_start[ph]) * sizeof(Word)});
     stage_mark("runs + streams");
-    std::vector<std::vector<uint8_t>> stored(pending.size());
+    // The chunk is written once, in place, into a buffer of its largest possible size
+    // (pages never touched cost nothing), then trimmed to its size.
+    std::vector<StreamSpec> specs;
+    size_t bound = chunk_header_size(pending.size());
+    for (const Pending &pd : pending) {
+        specs.push_back({pd.elem, pd.shuffle, p.codec, p.level, p.block_elems});
+        bound += stream_bound(pd.size, specs.back());
+    }
+    std::unique_ptr<uint8_t, decltype(&std::free)> chunk((uint8_t *)std::malloc(bound), &std::free);
+    check(chunk != nullptr, REDML_E_NOMEM, "cannot allocate the output chunk");
     std::vector<Section> sections(pending.size());
+    size_t pos = chunk_header_size(pending.size());
     for (size_t k = 0; k < pending.size(); k++) {
-        StreamSpec spec{pending[k].elem, pending[k].shuffle, p.codec, p.level, p.block_elems};
-        stored[k] = encode_stream(pending[k].raw, pending[k].size, spec, nt);
         Section &s = sections[k];
         s.type = pending[k].type;
         s.shuffle = pending[k].shuffle;
         s.elem = pending[k].elem;
         s.raw_size = pending[k].size;
-        s.data = stored[k].data();
-        s.stored_size = stored[k].size();
+        s.data = chunk.get() + pos;
+        s.stored_size = encode_stream(pending[k].raw, pending[k].size, specs[k], nt, chunk.get() + pos);
+        pos += s.stored_size;
     }
     stage_mark("entropy");
-    write_chunk(h, sections, out, out_size);
+    write_chunk_header(h, sections, chunk.get());
+    void *trimmed = std::realloc(chunk.get(), pos);  // shrinking: fails only in theory
+    *out = trimmed ? trimmed : chunk.get();
+    chunk.release();
+    *out_size = pos;
     stage_mark("write chunk");
 }
 
