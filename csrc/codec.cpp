@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -229,7 +228,8 @@ void validate_params(const redml_params &p) {
 struct EncodeScratch {
     std::vector<uint8_t> usable, exact, tags, background;
     std::vector<uint32_t> words;  // band outputs, then the streams (as Words)
-    size_t held() const { return held_bytes(usable, exact, tags, background, words); }
+    std::vector<uint8_t> chunk;   // the chunk being written
+    size_t held() const { return held_bytes(usable, exact, tags, background, words, chunk); }
 };
 
 // The calling thread's buffers (one set for every pixel type, encoder and decoder).
@@ -584,16 +584,16 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
                                (const uint8_t *)(streams + phase_start[ph]),
                                (phase_start[ph + 1] - phase_start[ph]) * sizeof(Word)});
     stage_mark("runs + streams");
-    // The chunk is written once, in place, into a buffer of its largest possible size
-    // (pages never touched cost nothing), then trimmed to its size.
+    // The chunk is written in place into a buffer of its largest possible size, kept by the
+    // thread (a fresh one was page faults and zeroing each frame), then copied once into
+    // the caller's buffer.
     std::vector<StreamSpec> specs;
     size_t bound = chunk_header_size(pending.size());
     for (const Pending &pd : pending) {
         specs.push_back({pd.elem, pd.shuffle, p.codec, p.level, p.block_elems});
         bound += stream_bound(pd.size, specs.back());
     }
-    std::unique_ptr<uint8_t, decltype(&std::free)> chunk((uint8_t *)std::malloc(bound), &std::free);
-    check(chunk != nullptr, REDML_E_NOMEM, "cannot allocate the output chunk");
+    uint8_t *chunk = scratch(sc.chunk, bound);
     std::vector<Section> sections(pending.size());
     size_t pos = chunk_header_size(pending.size());
     for (size_t k = 0; k < pending.size(); k++) {
@@ -602,15 +602,15 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         s.shuffle = pending[k].shuffle;
         s.elem = pending[k].elem;
         s.raw_size = pending[k].size;
-        s.data = chunk.get() + pos;
-        s.stored_size = encode_stream(pending[k].raw, pending[k].size, specs[k], nt, chunk.get() + pos);
+        s.data = chunk + pos;
+        s.stored_size = encode_stream(pending[k].raw, pending[k].size, specs[k], nt, chunk + pos);
         pos += s.stored_size;
     }
     stage_mark("entropy");
-    write_chunk_header(h, sections, chunk.get());
-    void *trimmed = std::realloc(chunk.get(), pos);  // shrinking: fails only in theory
-    *out = trimmed ? trimmed : chunk.get();
-    chunk.release();
+    write_chunk_header(h, sections, chunk);
+    *out = std::malloc(pos);
+    check(*out != nullptr, REDML_E_NOMEM, "cannot allocate the output chunk");
+    std::memcpy(*out, chunk, pos);
     *out_size = pos;
     stage_mark("write chunk");
 }

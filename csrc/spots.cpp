@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <numeric>
 
 #include "pixels.h"
@@ -207,21 +206,23 @@ void erode(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t 
     window_filter<true>(in, out, rows, H, W, r, nthreads);
 }
 
-// Calls fn(i) for each i < n with a[i] and b[i] both nonzero, skipping 8 bytes at a time
-// where either map is all zero.
-template <class Fn>
-void for_each_both(const uint8_t *a, const uint8_t *b, size_t n, Fn fn) {
+// Appends to `out` the offsets i < n where a[i] and b[i] are both nonzero, in order, while
+// there are at most `limit` of them (else returns false). b is the sparse map: 32 bytes
+// where it is all zero are skipped at once.
+bool collect_both(const uint8_t *a, const uint8_t *b, size_t n, size_t limit, std::vector<uint32_t> &out) {
+    out.clear();
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t wa, wb;
-        std::memcpy(&wa, a + i, 8);
-        std::memcpy(&wb, b + i, 8);
-        if (!wa || !wb) continue;
-        for (size_t j = i; j < i + 8; j++)
-            if (a[j] && b[j]) fn(j);
+    for (; i + 32 <= n; i += 32) {
+        uint64_t w[4];
+        std::memcpy(w, b + i, 32);
+        if (!(w[0] | w[1] | w[2] | w[3])) continue;
+        for (size_t j = i; j < i + 32; j++)
+            if (a[j] && b[j]) out.push_back((uint32_t)j);
+        if (out.size() > limit) return false;
     }
     for (; i < n; i++)
-        if (a[i] && b[i]) fn(i);
+        if (a[i] && b[i]) out.push_back((uint32_t)i);
+    return out.size() <= limit;
 }
 
 // The mean of the usable pixels outside the candidate cores in the (2R+1)^2 window
@@ -518,11 +519,9 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     stage_mark("erosion");
     // 3. strong pixels against the background without the cores
     uint8_t *strong = scratch(sc.strong, N);
-    // Local background, written and read only at strong pixels: left uninitialised (not
-    // kept with the other buffers) so the untouched pages of this frame-sized buffer are
-    // never faulted in.
-    std::unique_ptr<float[]> bg_buffer(new float[N]);
-    float *bg = bg_buffer.get();
+    // The local background of each strong pixel, per band in raster order (the order of the
+    // runs below): a frame-sized buffer here cost a page fault per spot row.
+    std::vector<std::vector<float>> band_bg((H + kRowsPerBand - 1) / kRowsPerBand);
     auto load_background = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
@@ -533,35 +532,39 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             v[x] = use ? (double)f[x] : 0.0;
         }
     };
-    auto strong_test = [&](uint32_t y, uint32_t x, double mean) {
+    auto strong_test = [&](std::vector<float> &bg, uint32_t y, uint32_t x, double mean) {
         const size_t i = (size_t)y * W + x;
         double v = (double)frame[i];
         strong[i] = v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0));
-        if (strong[i]) bg[i] = (float)mean;
+        if (strong[i]) bg.push_back((float)mean);
     };
     const int R = k + 2;
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t b, uint32_t y0, uint32_t y1) {
         std::memset(strong + (size_t)y0 * W, 0, (size_t)(y1 - y0) * W);
+        std::vector<float> &bg = band_bg[b];
         // Integer frames with few tested pixels (usable candidate cores): their window
         // sums directly, instead of box sums over the whole band.
         const size_t i0 = (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
         const size_t window = (size_t)(2 * R + 1) * (2 * R + 1);
-        if (!std::is_floating_point<T>::value && count_ones(usable + i0, core + i0, n) * window <= n * 4) {
+        std::vector<uint32_t> tested;
+        if (!std::is_floating_point<T>::value && collect_both(usable + i0, core + i0, n, n * 4 / window, tested)) {
             WindowBackground<T> background(frame, usable, core, H, W, R);
-            for_each_both(usable + i0, core + i0, n, [&](size_t j) {
+            for (uint32_t j : tested) {
                 const uint32_t y = (uint32_t)((i0 + j) / W), x = (uint32_t)((i0 + j) % W);
-                strong_test(y, x, background.at(y, x));
-            });
+                strong_test(bg, y, x, background.at(y, x));
+            }
             return;
         }
         box_sums_band<false>(H, W, R, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
             const uint8_t *ok = usable + (size_t)y * W, *c = core + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
                 if (!ok[x] || !c[x]) continue;
-                strong_test(y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
+                strong_test(bg, y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
             }
         });
     });
+    std::vector<float> bg;  // of every strong pixel, raster order
+    for (const std::vector<float> &b : band_bg) bg.insert(bg.end(), b.begin(), b.end());
     stage_mark("background 11x11");
 
     // 4. 8-connected components over row runs (runs are few: sequential union-find)
@@ -599,6 +602,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     };
     std::vector<int64_t> slot(runs.size(), -1);
     std::vector<Acc> acc;
+    size_t next_bg = 0;  // runs cover the strong pixels in raster order, as bg does
     for (size_t r = 0; r < runs.size(); r++) {
         uint32_t root = find_root(parent, (uint32_t)r);
         if (slot[root] < 0) {
@@ -609,7 +613,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         const Run &run = runs[r];
         for (uint32_t x = run.x0; x < run.x1; x++) {
             size_t i = (size_t)run.y * W + x;
-            double v = (double)frame[i], b = bg[i];
+            double v = (double)frame[i], b = bg[next_bg++];
             double wgt = std::max(v, 0.0);  // centroid weights: the counts, as DIALS does
             a.sw += wgt;
             a.swx += wgt * (x + 0.5);
