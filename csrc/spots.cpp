@@ -336,20 +336,49 @@ SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
     }
 }
 
-// The dispersion test of one row from its window counts n, sums sm and sums of squares
-// s2: the double expression of the box-sum path, branch-free (unusable: `neutral`).
-SPOTS_INLINE void dispersion_test(const int32_t *__restrict n, const int32_t *__restrict sm,
-                                  const int32_t *__restrict s2, const uint8_t *__restrict ok, uint8_t *__restrict c,
-                                  uint32_t W, int32_t min_count, double gain, const double *__restrict bound,
-                                  uint8_t neutral) {
+// The dispersion test of one pixel from its window count m, sum sm and sum of squares s2:
+// the double expression of the box-sum path, branch-free (unusable: `neutral`).
+SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count, int32_t m, int32_t sm, int32_t s2,
+                                      uint8_t ok) {
+    const double sx = (double)sm;
+    const double var = (double)m * (double)s2 - sx * sx;  // exact: below 2^53
+    const int32_t pass = (m >= min_count) & (var > a.gain * sx * a.bound[m]);
+    const int32_t o = ok != 0;
+    return (uint8_t)((pass & o) | (a.neutral & (o ^ 1)));
+}
+
+// The test of pixels whose windows are full (every pixel usable, the centre too), in
+// float, 8 lanes without a table lookup: c[x] = whether var > rhs where var - rhs lies
+// beyond a bound on the float rounding errors (16 times the worst case), so that it
+// decides as the double test does; open[x] = 1 where it does not decide (a window not
+// full, or a pixel too close to call). Needs rhs >= 0.
+SPOTS_INLINE void dispersion_screen(const int32_t *__restrict n, const int32_t *__restrict sm,
+                                    const int32_t *__restrict s2, uint8_t *__restrict c, uint8_t *__restrict open,
+                                    uint32_t W, int32_t full, float gain, float bound) {
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t m = n[x];
-        const double sx = (double)sm[x];
-        const double var = (double)m * (double)s2[x] - sx * sx;
-        const int32_t pass = (m >= min_count) & (var > gain * sx * bound[m]);
-        const int32_t o = ok[x] != 0;
-        c[x] = (uint8_t)((pass & o) | (neutral & (o ^ 1)));
+        const float sx = (float)sm[x], ms = (float)full * (float)s2[x], sq = sx * sx;
+        const float var = ms - sq, rhs = gain * sx * bound, tol = (ms + sq + rhs) * 0x1p-20f;
+        const int32_t pass = var > rhs + tol;
+        const int32_t fail = (var < rhs - tol) | (sm[x] == 0);  // an all-zero window: var = rhs = 0
+        c[x] = (uint8_t)pass;
+        open[x] = (uint8_t)((n[x] != full) | ((pass | fail) ^ 1));
     }
+}
+
+// The dispersion test of one row from its window counts n, sums sm and sums of squares
+// s2: the float screen where it applies, the double test for every pixel it leaves open.
+SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__restrict n, const int32_t *__restrict sm,
+                                  const int32_t *__restrict s2, const uint8_t *__restrict ok, uint8_t *__restrict c,
+                                  uint8_t *__restrict open, uint32_t W, int32_t full) {
+    const int32_t min_count = std::max(a.min_count, 2);
+    const double bound_full = a.bound[full];
+    if (!(full >= min_count && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full))) {
+        for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
+        return;
+    }
+    dispersion_screen(n, sm, s2, c, open, W, full, (float)a.gain, (float)bound_full);
+    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
+        c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
 }
 
 // Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums.
@@ -397,6 +426,7 @@ SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, u
     const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
     const int32_t *cn = cols, *cs = cols + P, *cs2 = cols + 2 * P;
     int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
+    uint8_t *open = (uint8_t *)(sums + 3 * W);
     std::memset(cols, 0, 3 * (size_t)P * sizeof(int32_t));
     auto add_row = [&](int64_t y, int32_t sign) __attribute__((always_inline)) {
         column_sums_row<R>(a, frame, y, sign, cols);
@@ -407,8 +437,7 @@ SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, u
         window_sum<R>(cn, n, W);
         window_sum<R>(cs, sm, W);
         window_sum<R>(cs2, s2, W);
-        dispersion_test(n, sm, s2, a.usable + (size_t)y * W, a.cand + (size_t)y * W, W, std::max(a.min_count, 2),
-                        a.gain, a.bound, a.neutral);
+        dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, a.cand + (size_t)y * W, open, W, (2 * R + 1) * (2 * R + 1));
     }
 }
 
@@ -456,7 +485,8 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
         if ((int64_t)usable_max(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
             return false;
-        std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W);
+        // sums: the window sums of a row (3 W) and its open pixels (W bytes)
+        std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W + ((size_t)a.W + 3) / 4);
 #ifdef REDML_AVX2_DISPATCH
         if (cpu_has_avx2()) {
             dispersion_band_int_avx2(a, frame, r, y0, y1, cols.data(), sums.data());
