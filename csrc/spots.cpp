@@ -141,14 +141,46 @@ REDML_ALWAYS_INLINE void window_columns(const uint8_t *rows, const uint8_t *any,
     }
 }
 
-// The row pass of rows [y0, y1) (any[y]: whether input row y has a nonzero byte).
+// The row of window_row, run by run of nonzero input bytes (the maps are sparse: a few
+// runs per row cost less than 2r passes over it). Returns whether the output has a
+// nonzero byte, or -1, with `out` unspecified, for a row of more than W / 32 runs.
+template <bool And>
+REDML_ALWAYS_INLINE int window_row_runs(const uint8_t *in, uint8_t *out, uint32_t W, int r) {
+    std::memset(out, 0, W);
+    size_t runs = 0;
+    bool any = false;
+    for (size_t a = byte_run_end(in, 0, W, false); a < W; a = byte_run_end(in, a, W, false)) {
+        if (++runs > W / 32) return -1;
+        const size_t b = byte_run_end(in, a, W, true);
+        // the output run of input run [a, b), clipped (pixels outside never decide)
+        const size_t lo = And ? (a == 0 ? 0 : a + r) : (a >= (size_t)r ? a - r : 0);
+        const size_t hi = And ? (b == W ? W : (b >= (size_t)r ? b - r : 0)) : std::min<size_t>(W, b + r);
+        if (lo < hi) {
+            std::memset(out + lo, 1, hi - lo);
+            any = true;
+        }
+        a = b;
+    }
+    return any;
+}
+
+// The row pass of rows [y0, y1): any[y] = whether row y of `rows` has a nonzero byte
+// (rows without one are not written).
 template <bool And>
 REDML_ALWAYS_INLINE void window_rows(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r, uint32_t y0,
                                      uint32_t y1, uint8_t *pad) {
     for (uint32_t y = y0; y < y1; y++) {
         const uint8_t *row = in + (size_t)y * W;
-        any[y] = byte_run_end(row, 0, W, false) < W;
-        if (any[y]) window_row<And>(row, rows + (size_t)y * W, W, r, pad);
+        uint8_t *out = rows + (size_t)y * W;
+        any[y] = 0;
+        if (byte_run_end(row, 0, W, false) == W) continue;
+        const int runs = window_row_runs<And>(row, out, W, r);
+        if (runs >= 0) {
+            any[y] = (uint8_t)runs;
+            continue;
+        }
+        window_row<And>(row, out, W, r, pad);
+        any[y] = byte_run_end(out, 0, W, false) < W;
     }
 }
 
