@@ -509,12 +509,22 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     std::vector<size_t> nv(nbands), nc(nbands);
     std::vector<uint8_t> tagged(nbands);
     std::vector<size_t> band_phase((nbands + 1) * REDML_PHASES, 0);  // codes of each phase per band
+    // With one thread the bands run in order: where every code is of phase 0 (all tiles
+    // lossless, or no codes), each band writes its values and codes right after the
+    // previous band's, into their streams, and nothing is moved afterwards.
+    const bool all_step1 = !S::is_float && std::all_of(model.step.begin(), model.step.end(),
+                                                       [](float st) { return st == 1.0f; });
+    const bool in_order = nt == 1 && (all_step1 || !coded);
+    size_t nv_before = 0, nc_before = 0;  // (in_order) values and codes of the bands before
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         const size_t o = (size_t)y0 * W;
+        Word *vals = in_order ? band_vals + nv_before : band_vals + o;
+        Word *codes = in_order ? streams + nc_before : band_codes + o;
         const BandCounts counts = quantize_band(f, exact, usable, y0, y1, W, model, preds, coders, p, coded, conditional,
-                                                band_vals + o, band_codes + o, tags + o);
+                                                vals, codes, tags + o);
         nv[b] = counts.values;
         nc[b] = counts.codes;
+        if (in_order) nv_before += counts.values, nc_before += counts.codes;
         tagged[b] = counts.tagged;
         size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
         if (!counts.tagged) ph[0] = counts.codes;
@@ -525,7 +535,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     // streams: the exact values in raster order, then each phase's codes in raster order
     size_t n_exact = 0;
     for (size_t b = 0; b < nbands; b++) {  // values moved down in place (never forwards)
-        std::memmove(band_vals + n_exact, band_vals + (size_t)b * kRowsPerBand * W, nv[b] * sizeof(Word));
+        const Word *from = in_order ? band_vals + n_exact : band_vals + (size_t)b * kRowsPerBand * W;
+        if (from != band_vals + n_exact) std::memmove(band_vals + n_exact, from, nv[b] * sizeof(Word));
         n_exact += nv[b];
     }
     size_t phase_start[REDML_PHASES + 1] = {0};
@@ -538,7 +549,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         }
         phase_start[ph + 1] = phase_start[ph] + total;
     }
-    if (coded)
+    if (coded && !in_order)
         for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t) {
             const size_t o = (size_t)y0 * W;
             size_t pos[REDML_PHASES];
