@@ -73,8 +73,8 @@ void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load
 // Work buffers of one call, kept by the calling thread across frames (no allocation,
 // zeroing or page faults per frame); released after a frame above kKeepScratchBytes (scratch.h).
 struct FinderScratch {
-    std::vector<uint8_t> cand, core, strong, rows;
-    size_t held() const { return held_bytes(cand, core, strong, rows); }
+    std::vector<uint8_t> cand, core, rows;
+    size_t held() const { return held_bytes(cand, core, rows); }
 };
 
 FinderScratch &finder_scratch() {  // the calling thread's, one set for every pixel type
@@ -580,10 +580,13 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     erode(cand, core, scratch(sc.rows, N), H, W, k - 1, nthreads);
     stage_mark("erosion");
     // 3. strong pixels against the background without the cores
-    uint8_t *strong = scratch(sc.strong, N);
-    // The local background of each strong pixel, per band in raster order (the order of the
-    // runs below): a frame-sized buffer here cost a page fault per spot row.
-    std::vector<std::vector<float>> band_bg((H + kRowsPerBand - 1) / kRowsPerBand);
+    // The strong pixels and their local backgrounds, per band in raster order (few: a list
+    // instead of frame-sized maps to clear and scan).
+    struct StrongPixel {
+        uint32_t i;  // pixel index
+        float bg;
+    };
+    std::vector<std::vector<StrongPixel>> band_strong((H + kRowsPerBand - 1) / kRowsPerBand);
     auto load_background = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
@@ -594,16 +597,15 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             v[x] = use ? (double)f[x] : 0.0;
         }
     };
-    auto strong_test = [&](std::vector<float> &bg, uint32_t y, uint32_t x, double mean) {
+    auto strong_test = [&](std::vector<StrongPixel> &strong, uint32_t y, uint32_t x, double mean) {
         const size_t i = (size_t)y * W + x;
         double v = (double)frame[i];
-        strong[i] = v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0));
-        if (strong[i]) bg.push_back((float)mean);
+        if (v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0)))
+            strong.push_back({(uint32_t)i, (float)mean});
     };
     const int R = k + 2;
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t b, uint32_t y0, uint32_t y1) {
-        std::memset(strong + (size_t)y0 * W, 0, (size_t)(y1 - y0) * W);
-        std::vector<float> &bg = band_bg[b];
+        std::vector<StrongPixel> &strong = band_strong[b];
         // Integer frames with few tested pixels (usable candidate cores): their window
         // sums directly, instead of box sums over the whole band.
         const size_t i0 = (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
@@ -613,7 +615,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             WindowBackground<T> background(frame, usable, core, H, W, R);
             for (uint32_t j : tested) {
                 const uint32_t y = (uint32_t)((i0 + j) / W), x = (uint32_t)((i0 + j) % W);
-                strong_test(bg, y, x, background.at(y, x));
+                strong_test(strong, y, x, background.at(y, x));
             }
             return;
         }
@@ -621,28 +623,28 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             const uint8_t *ok = usable + (size_t)y * W, *c = core + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
                 if (!ok[x] || !c[x]) continue;
-                strong_test(bg, y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
+                strong_test(strong, y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
             }
         });
     });
-    std::vector<float> bg;  // of every strong pixel, raster order
-    for (const std::vector<float> &b : band_bg) bg.insert(bg.end(), b.begin(), b.end());
+    std::vector<StrongPixel> strong;  // raster order
+    for (const std::vector<StrongPixel> &b : band_strong) strong.insert(strong.end(), b.begin(), b.end());
     stage_mark("background 11x11");
 
     // 4. 8-connected components over row runs (runs are few: sequential union-find)
     std::vector<Run> runs;
-    std::vector<size_t> row_start(H + 1, 0);
-    for (uint32_t y = 0; y < H; y++) {
-        row_start[y] = runs.size();
-        const uint8_t *st = strong + (size_t)y * W;
-        for (uint32_t x = (uint32_t)byte_run_end(st, 0, W, false); x < W;
-             x = (uint32_t)byte_run_end(st, x, W, false)) {
-            uint32_t x0 = x;
-            x = (uint32_t)byte_run_end(st, x, W, true);
-            runs.push_back({y, x0, x, (uint32_t)runs.size()});
+    std::vector<size_t> row_start(H + 1, 0);  // first run of each row (of a later row if none)
+    uint32_t rows_started = 0;
+    for (const StrongPixel &sp : strong) {
+        const uint32_t y = sp.i / W, x = sp.i % W;
+        if (!runs.empty() && runs.back().y == y && runs.back().x1 == x) {
+            runs.back().x1++;
+            continue;
         }
+        for (; rows_started <= y; rows_started++) row_start[rows_started] = runs.size();
+        runs.push_back({y, x, x + 1, (uint32_t)runs.size()});
     }
-    row_start[H] = runs.size();
+    for (; rows_started <= H; rows_started++) row_start[rows_started] = runs.size();
     std::vector<uint32_t> parent(runs.size());
     std::iota(parent.begin(), parent.end(), 0u);
     for (uint32_t y = 1; y < H; y++) {
@@ -664,7 +666,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     };
     std::vector<int64_t> slot(runs.size(), -1);
     std::vector<Acc> acc;
-    size_t next_bg = 0;  // runs cover the strong pixels in raster order, as bg does
+    size_t next_strong = 0;  // the runs cover the strong pixels in their order
     for (size_t r = 0; r < runs.size(); r++) {
         uint32_t root = find_root(parent, (uint32_t)r);
         if (slot[root] < 0) {
@@ -675,7 +677,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         const Run &run = runs[r];
         for (uint32_t x = run.x0; x < run.x1; x++) {
             size_t i = (size_t)run.y * W + x;
-            double v = (double)frame[i], b = bg[next_bg++];
+            double v = (double)frame[i], b = strong[next_strong++].bg;
             double wgt = std::max(v, 0.0);  // centroid weights: the counts, as DIALS does
             a.sw += wgt;
             a.swx += wgt * (x + 0.5);
