@@ -228,9 +228,20 @@ void validate_params(const redml_params &p) {
 struct EncodeScratch {
     std::vector<uint8_t> usable, exact, tags, background;
     std::vector<uint32_t> words;  // band outputs, then the streams (as Words)
-    std::vector<uint8_t> chunk;   // the chunk being written
-    size_t held() const { return held_bytes(usable, exact, tags, background, words, chunk); }
+    size_t held() const { return held_bytes(usable, exact, tags, background, words); }
 };
+
+// The chunk being written, kept by the calling thread apart from the work buffers (their
+// limit stays for them: a Pilatus 6M int32 frame's fill 100 MB).
+struct ChunkScratch {
+    std::vector<uint8_t> chunk;
+    size_t held() const { return held_bytes(chunk); }
+};
+
+ChunkScratch &chunk_scratch() {  // the calling thread's, one for every pixel type
+    thread_local ChunkScratch sc;
+    return sc;
+}
 
 // The calling thread's buffers (one set for every pixel type, encoder and decoder).
 EncodeScratch &work_scratch() {
@@ -604,7 +615,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         specs.push_back({pd.elem, pd.shuffle, p.codec, p.level, p.block_elems});
         bound += stream_bound(pd.size, specs.back());
     }
-    uint8_t *chunk = scratch(sc.chunk, bound);
+    ReleaseIfLarge<ChunkScratch> release_chunk{chunk_scratch()};
+    uint8_t *chunk = scratch(chunk_scratch().chunk, bound);
     std::vector<Section> sections(pending.size());
     size_t pos = chunk_header_size(pending.size());
     for (size_t k = 0; k < pending.size(); k++) {

@@ -171,13 +171,13 @@ size_t count_blocks(size_t raw_size, const StreamSpec &spec) {
     return (raw_size + bb - 1) / bb;
 }
 
-// Room for one stored block: its compressed bytes, or its raw bytes if they do not shrink.
-size_t block_slot(const StreamSpec &spec) {
-    size_t bb = block_bytes(spec);
-    size_t cap = spec.codec == REDML_CODEC_RANS  ? rans_bound(spec, bb)
-                 : spec.codec == REDML_CODEC_LZ4 ? (size_t)LZ4_compressBound((int)bb)
-                                                 : ZSTD_compressBound(bb);
-    return std::max(cap, bb);
+// Room for one stored block of n bytes: its compressed bytes, or its raw bytes if they do
+// not shrink.
+size_t block_slot(const StreamSpec &spec, size_t n) {
+    size_t cap = spec.codec == REDML_CODEC_RANS  ? rans_bound(spec, n)
+                 : spec.codec == REDML_CODEC_LZ4 ? (size_t)LZ4_compressBound((int)n)
+                                                 : ZSTD_compressBound(n);
+    return std::max(cap, n);
 }
 
 }  // namespace
@@ -274,15 +274,17 @@ void bit_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
 }
 
 size_t stream_bound(size_t raw_size, const StreamSpec &spec) {
-    size_t nblocks = count_blocks(raw_size, spec);
-    return 4 + 4 * nblocks + nblocks * block_slot(spec);
+    size_t nblocks = count_blocks(raw_size, spec), bb = block_bytes(spec);
+    if (nblocks == 0) return 4;
+    // slots of whole blocks, then the last block's own
+    return 4 + 4 * nblocks + (nblocks - 1) * block_slot(spec, bb) + block_slot(spec, raw_size - (nblocks - 1) * bb);
 }
 
 size_t encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec, int nthreads, uint8_t *dst) {
     ReleaseIfLarge<BlockScratch> release{block_scratch(), kKeepBlockBytes};  // (huge block_elems)
     size_t nblocks = count_blocks(raw_size, spec);
     check(nblocks < kRawFlag, REDML_E_ARG, "stream too large");
-    const size_t bb = block_bytes(spec), slot = block_slot(spec);
+    const size_t bb = block_bytes(spec), slot = block_slot(spec, bb);
     uint8_t *data = dst + 4 + 4 * nblocks;
     std::vector<size_t> stored(nblocks);
     // Block k is stored in its own slot of dst (blocks run in parallel), then moved down.
@@ -295,7 +297,7 @@ size_t encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec
             src = shuffled;
         }
         uint8_t *d = data + k * slot;
-        size_t c = compress_block(spec, src, n, d, slot);
+        size_t c = compress_block(spec, src, n, d, block_slot(spec, n));
         if (c == 0) {  // incompressible: the unshuffled bytes
             std::memcpy(d, raw + off, n);
             c = n;
