@@ -4,6 +4,7 @@
 //   -> quantize (quantize.h) -> entropy (entropy.cpp) -> container (container.cpp)
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -237,6 +238,18 @@ struct EncodeScratch {
     std::vector<uint32_t> words;  // band outputs, then the streams (as Words)
     size_t held() const { return held_bytes(usable, exact, tags, background, words); }
 };
+
+// The chunk being written, kept by the calling thread apart from the work buffers (their
+// limit stays for them: a Pilatus 6M int32 frame's fill 100 MB).
+struct ChunkScratch {
+    std::vector<uint8_t> chunk;
+    size_t held() const { return held_bytes(chunk); }
+};
+
+ChunkScratch &chunk_scratch() {  // the calling thread's, one for every pixel type
+    thread_local ChunkScratch sc;
+    return sc;
+}
 
 // The calling thread's buffers (one set for every pixel type, encoder and decoder).
 EncodeScratch &work_scratch() {
@@ -554,12 +567,22 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     std::vector<size_t> nv(nbands), nc(nbands);
     std::vector<uint8_t> tagged(nbands);
     std::vector<size_t> band_phase((nbands + 1) * REDML_PHASES, 0);  // codes of each phase per band
+    // With one thread the bands run in order: where every code is of phase 0 (all tiles
+    // lossless, or no codes), each band writes its values and codes right after the
+    // previous band's, into their streams, and nothing is moved afterwards.
+    const bool all_step1 = !S::is_float && std::all_of(model.step.begin(), model.step.end(),
+                                                       [](float st) { return st == 1.0f; });
+    const bool in_order = nt == 1 && (all_step1 || !coded);
+    size_t nv_before = 0, nc_before = 0;  // (in_order) values and codes of the bands before
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         const size_t o = (size_t)y0 * W;
+        Word *vals = in_order ? band_vals + nv_before : band_vals + o;
+        Word *codes = in_order ? streams + nc_before : band_codes + o;
         const BandCounts counts = quantize_band(f, exact, usable, y0, y1, W, model, preds, coders, p, coded, conditional,
-                                                band_vals + o, band_codes + o, tags + o);
+                                                vals, codes, tags + o);
         nv[b] = counts.values;
         nc[b] = counts.codes;
+        if (in_order) nv_before += counts.values, nc_before += counts.codes;
         tagged[b] = counts.tagged;
         size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
         if (!counts.tagged) ph[0] = counts.codes;
@@ -570,7 +593,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     // streams: the exact values in raster order, then each phase's codes in raster order
     size_t n_exact = 0;
     for (size_t b = 0; b < nbands; b++) {  // values moved down in place (never forwards)
-        std::memmove(band_vals + n_exact, band_vals + (size_t)b * kRowsPerBand * W, nv[b] * sizeof(Word));
+        const Word *from = in_order ? band_vals + n_exact : band_vals + (size_t)b * kRowsPerBand * W;
+        if (from != band_vals + n_exact) std::memmove(band_vals + n_exact, from, nv[b] * sizeof(Word));
         n_exact += nv[b];
     }
     size_t phase_start[REDML_PHASES + 1] = {0};
@@ -583,7 +607,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         }
         phase_start[ph + 1] = phase_start[ph] + total;
     }
-    if (coded)
+    if (coded && !in_order)
         for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t) {
             const size_t o = (size_t)y0 * W;
             size_t pos[REDML_PHASES];
@@ -630,21 +654,35 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
                                (const uint8_t *)(streams + phase_start[ph]),
                                (phase_start[ph + 1] - phase_start[ph]) * sizeof(Word)});
     stage_mark("runs + streams");
-    std::vector<std::vector<uint8_t>> stored(pending.size());
+    // The chunk is written in place into a buffer of its largest possible size, kept by the
+    // thread (a fresh one was page faults and zeroing each frame), then copied once into
+    // the caller's buffer.
+    std::vector<StreamSpec> specs;
+    size_t bound = chunk_header_size(pending.size());
+    for (const Pending &pd : pending) {
+        specs.push_back({pd.elem, pd.shuffle, p.codec, p.level, p.block_elems});
+        bound += stream_bound(pd.size, specs.back());
+    }
+    ReleaseIfLarge<ChunkScratch> release_chunk{chunk_scratch()};
+    uint8_t *chunk = scratch(chunk_scratch().chunk, bound);
     std::vector<Section> sections(pending.size());
+    size_t pos = chunk_header_size(pending.size());
     for (size_t k = 0; k < pending.size(); k++) {
-        StreamSpec spec{pending[k].elem, pending[k].shuffle, p.codec, p.level, p.block_elems};
-        stored[k] = encode_stream(pending[k].raw, pending[k].size, spec, nt);
         Section &s = sections[k];
         s.type = pending[k].type;
         s.shuffle = pending[k].shuffle;
         s.elem = pending[k].elem;
         s.raw_size = pending[k].size;
-        s.data = stored[k].data();
-        s.stored_size = stored[k].size();
+        s.data = chunk + pos;
+        s.stored_size = encode_stream(pending[k].raw, pending[k].size, specs[k], nt, chunk + pos);
+        pos += s.stored_size;
     }
     stage_mark("entropy");
-    write_chunk(h, sections, out, out_size);
+    write_chunk_header(h, sections, chunk);
+    *out = std::malloc(pos);
+    check(*out != nullptr, REDML_E_NOMEM, "cannot allocate the output chunk");
+    std::memcpy(*out, chunk, pos);
+    *out_size = pos;
     stage_mark("write chunk");
 }
 

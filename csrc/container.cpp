@@ -75,12 +75,10 @@ void check_sections(const ParsedChunk &pc) {
 
 }  // namespace
 
-void write_chunk(const ChunkHeader &h, const std::vector<Section> &sections, void **out, size_t *out_size) {
-    size_t header_size = kFixedHeaderSize + kSectionEntrySize * sections.size() + 8;
-    size_t total = header_size;
-    for (const Section &s : sections) total += s.stored_size;
-    uint8_t *buf = (uint8_t *)std::malloc(total);
-    check(buf != nullptr, REDML_E_NOMEM, "cannot allocate the output chunk");
+size_t chunk_header_size(size_t nsections) { return kFixedHeaderSize + kSectionEntrySize * nsections + 8; }
+
+void write_chunk_header(const ChunkHeader &h, const std::vector<Section> &sections, uint8_t *buf) {
+    const size_t header_size = chunk_header_size(sections.size());
     Writer w{buf};
     for (uint8_t c : kMagic) w.u8(c);
     w.u8(h.version);
@@ -112,12 +110,6 @@ void write_chunk(const ChunkHeader &h, const std::vector<Section> &sections, voi
         w.u64(XXH3_64bits(s.data, s.stored_size));
     }
     w.u64(XXH3_64bits(buf, header_size - 8));
-    for (const Section &s : sections) {
-        if (s.stored_size) std::memcpy(w.p, s.data, s.stored_size);
-        w.p += s.stored_size;
-    }
-    *out = buf;
-    *out_size = total;
 }
 
 const Section *ParsedChunk::find(uint16_t type) const {

@@ -50,8 +50,11 @@ const uint64_t kMaxPixels = 1ull << 27;
 // 65535) still decode.
 const uint32_t kMaxTile = 1024;
 
-// Serializes header + sections (checksums computed here) into one malloc'ed buffer.
-void write_chunk(const ChunkHeader &h, const std::vector<Section> &sections, void **out, size_t *out_size);
+// Bytes of a chunk's header and section table (its sections' stored bytes follow).
+size_t chunk_header_size(size_t nsections);
+// Writes the header and section table (checksums computed here) at buf; the sections'
+// stored bytes must already follow it there, in order (the encoder writes them in place).
+void write_chunk_header(const ChunkHeader &h, const std::vector<Section> &sections, uint8_t *buf);
 
 // Parses and validates a chunk: magic, version, field ranges, checksums, and every known
 // section against the header (sizes from its shape, dtype, tile and mode; block tables

@@ -5,6 +5,7 @@
 #include <lz4.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -81,11 +82,8 @@ size_t rans_bound(const StreamSpec &spec, size_t n) {
     return total;
 }
 
-bool is_constant(const uint8_t *p, size_t n) {
-    for (size_t i = 1; i < n; i++)
-        if (p[i] != p[0]) return false;
-    return n > 0;
-}
+// All n bytes equal: each byte equals its successor (memcmp is vectorized).
+bool is_constant(const uint8_t *p, size_t n) { return n > 0 && std::memcmp(p, p + 1, n - 1) == 0; }
 
 // A plane is stored as u32 length + rANS stream, or, when all its bytes are equal (the
 // high bytes of small codes), as length 1 + that byte: a rANS stream is never 1 byte
@@ -157,11 +155,11 @@ void decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint
     check(!ZSTD_isError(r) && r == raw, REDML_E_CORRUPT, "zstd block does not decode to its declared size");
 }
 
-// Per-thread block buffers, reused across blocks and frames (a fresh vector per block was
+// Per-thread block buffer, reused across blocks and frames (a fresh vector per block was
 // an mmap, zeroing and page faults for every block of every frame).
 struct BlockScratch {
-    std::vector<uint8_t> shuffled, packed;
-    size_t held() const { return held_bytes(shuffled, packed); }
+    std::vector<uint8_t> shuffled;
+    size_t held() const { return held_bytes(shuffled); }
 };
 BlockScratch &block_scratch() {
     thread_local BlockScratch sc;
@@ -171,6 +169,15 @@ BlockScratch &block_scratch() {
 size_t count_blocks(size_t raw_size, const StreamSpec &spec) {
     size_t bb = block_bytes(spec);
     return (raw_size + bb - 1) / bb;
+}
+
+// Room for one stored block of n bytes: its compressed bytes, or its raw bytes if they do
+// not shrink.
+size_t block_slot(const StreamSpec &spec, size_t n) {
+    size_t cap = spec.codec == REDML_CODEC_RANS  ? rans_bound(spec, n)
+                 : spec.codec == REDML_CODEC_LZ4 ? (size_t)LZ4_compressBound((int)n)
+                                                 : ZSTD_compressBound(n);
+    return std::max(cap, n);
 }
 
 }  // namespace
@@ -266,39 +273,47 @@ void bit_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem) {
     std::memcpy(dst + done, src + done, nbytes - done);
 }
 
-std::vector<uint8_t> encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec,
-                                   int nthreads) {
+size_t stream_bound(size_t raw_size, const StreamSpec &spec) {
+    size_t nblocks = count_blocks(raw_size, spec), bb = block_bytes(spec);
+    if (nblocks == 0) return 4;
+    // slots of whole blocks, then the last block's own
+    return 4 + 4 * nblocks + (nblocks - 1) * block_slot(spec, bb) + block_slot(spec, raw_size - (nblocks - 1) * bb);
+}
+
+size_t encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec, int nthreads, uint8_t *dst) {
     ReleaseIfLarge<BlockScratch> release{block_scratch(), kKeepBlockBytes};  // (huge block_elems)
     size_t nblocks = count_blocks(raw_size, spec);
     check(nblocks < kRawFlag, REDML_E_ARG, "stream too large");
-    size_t bb = block_bytes(spec);
-    size_t cap = spec.codec == REDML_CODEC_RANS  ? rans_bound(spec, bb)
-                 : spec.codec == REDML_CODEC_LZ4 ? (size_t)LZ4_compressBound((int)bb)
-                                                 : ZSTD_compressBound(bb);
-    std::vector<std::vector<uint8_t>> out(nblocks);
+    const size_t bb = block_bytes(spec), slot = block_slot(spec, bb);
+    uint8_t *data = dst + 4 + 4 * nblocks;
+    std::vector<size_t> stored(nblocks);
+    // Block k is stored in its own slot of dst (blocks run in parallel), then moved down.
     parallel_for(nblocks, nthreads, [&](size_t k) {
         size_t off = k * bb, n = std::min(bb, raw_size - off);
-        BlockScratch &sc = block_scratch();
-        uint8_t *shuffled = scratch(sc.shuffled, n), *packed = scratch(sc.packed, cap);
-        shuffle(spec, raw + off, shuffled, n);
-        size_t c = compress_block(spec, shuffled, n, packed, cap);
-        if (c == 0) out[k].assign(raw + off, raw + off + n);  // incompressible: the unshuffled bytes
-        else out[k].assign(packed, packed + c);
+        const uint8_t *src = raw + off;
+        if (spec.shuffle != REDML_SHUFFLE_NONE) {
+            uint8_t *shuffled = scratch(block_scratch().shuffled, n);
+            shuffle(spec, src, shuffled, n);
+            src = shuffled;
+        }
+        uint8_t *d = data + k * slot;
+        size_t c = compress_block(spec, src, n, d, block_slot(spec, n));
+        if (c == 0) {  // incompressible: the unshuffled bytes
+            std::memcpy(d, raw + off, n);
+            c = n;
+        }
+        stored[k] = c;
     });
-    size_t total = 4 + 4 * nblocks;
-    for (auto &b : out) total += b.size();
-    std::vector<uint8_t> s(total);
-    put_u32(s.data(), (uint32_t)nblocks);
-    size_t pos = 4 + 4 * nblocks;
+    put_u32(dst, (uint32_t)nblocks);
+    size_t pos = 0;
     for (size_t k = 0; k < nblocks; k++) {
         size_t n = std::min(bb, raw_size - k * bb);
-        bool is_raw = out[k].size() == n;  // compressed blocks are always shorter than n
-        uint32_t len = (uint32_t)out[k].size() | (is_raw ? kRawFlag : 0u);
-        put_u32(s.data() + 4 + 4 * k, len);
-        std::memcpy(s.data() + pos, out[k].data(), out[k].size());
-        pos += out[k].size();
+        bool is_raw = stored[k] == n;  // compressed blocks are always shorter than n
+        put_u32(dst + 4 + 4 * k, (uint32_t)stored[k] | (is_raw ? kRawFlag : 0u));
+        std::memmove(data + pos, data + k * slot, stored[k]);  // never forwards: pos <= k * slot
+        pos += stored[k];
     }
-    return s;
+    return 4 + 4 * nblocks + pos;
 }
 
 void check_stream(const uint8_t *stored, size_t stored_size, size_t raw_size, const StreamSpec &spec) {

@@ -23,9 +23,12 @@ void byte_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem);
 void bit_shuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem);
 void bit_unshuffle(const uint8_t *src, uint8_t *dst, size_t nbytes, int elem);
 
-// Encodes raw bytes as a block stream.
-std::vector<uint8_t> encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec,
-                                   int nthreads);
+// Most bytes the block stream of raw_size bytes can take.
+size_t stream_bound(size_t raw_size, const StreamSpec &spec);
+
+// Encodes raw bytes as a block stream into dst (room for stream_bound bytes, written in
+// place: no copy of the output); returns the stream's size.
+size_t encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec, int nthreads, uint8_t *dst);
 
 // Decodes a block stream into exactly raw_size bytes; throws redml::Error on any mismatch.
 void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size_t raw_size,

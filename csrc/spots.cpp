@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <numeric>
 
 #include "pixels.h"
@@ -74,8 +73,8 @@ void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load
 // Work buffers of one call, kept by the calling thread across frames (no allocation,
 // zeroing or page faults per frame); released after a frame above kKeepScratchBytes (scratch.h).
 struct FinderScratch {
-    std::vector<uint8_t> cand, core, strong, rows;
-    size_t held() const { return held_bytes(cand, core, strong, rows); }
+    std::vector<uint8_t> cand, core, rows;
+    size_t held() const { return held_bytes(cand, core, rows); }
 };
 
 FinderScratch &finder_scratch() {  // the calling thread's, one set for every pixel type
@@ -142,14 +141,46 @@ REDML_ALWAYS_INLINE void window_columns(const uint8_t *rows, const uint8_t *any,
     }
 }
 
-// The row pass of rows [y0, y1) (any[y]: whether input row y has a nonzero byte).
+// The row of window_row, run by run of nonzero input bytes (the maps are sparse: a few
+// runs per row cost less than 2r passes over it). Returns whether the output has a
+// nonzero byte, or -1, with `out` unspecified, for a row of more than W / 32 runs.
+template <bool And>
+REDML_ALWAYS_INLINE int window_row_runs(const uint8_t *in, uint8_t *out, uint32_t W, int r) {
+    std::memset(out, 0, W);
+    size_t runs = 0;
+    bool any = false;
+    for (size_t a = byte_run_end(in, 0, W, false); a < W; a = byte_run_end(in, a, W, false)) {
+        if (++runs > W / 32) return -1;
+        const size_t b = byte_run_end(in, a, W, true);
+        // the output run of input run [a, b), clipped (pixels outside never decide)
+        const size_t lo = And ? (a == 0 ? 0 : a + r) : (a >= (size_t)r ? a - r : 0);
+        const size_t hi = And ? (b == W ? W : (b >= (size_t)r ? b - r : 0)) : std::min<size_t>(W, b + r);
+        if (lo < hi) {
+            std::memset(out + lo, 1, hi - lo);
+            any = true;
+        }
+        a = b;
+    }
+    return any;
+}
+
+// The row pass of rows [y0, y1): any[y] = whether row y of `rows` has a nonzero byte
+// (rows without one are not written).
 template <bool And>
 REDML_ALWAYS_INLINE void window_rows(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r, uint32_t y0,
                                      uint32_t y1, uint8_t *pad) {
     for (uint32_t y = y0; y < y1; y++) {
         const uint8_t *row = in + (size_t)y * W;
-        any[y] = byte_run_end(row, 0, W, false) < W;
-        if (any[y]) window_row<And>(row, rows + (size_t)y * W, W, r, pad);
+        uint8_t *out = rows + (size_t)y * W;
+        any[y] = 0;
+        if (byte_run_end(row, 0, W, false) == W) continue;
+        const int runs = window_row_runs<And>(row, out, W, r);
+        if (runs >= 0) {
+            any[y] = (uint8_t)runs;
+            continue;
+        }
+        window_row<And>(row, out, W, r, pad);
+        any[y] = byte_run_end(out, 0, W, false) < W;
     }
 }
 
@@ -207,21 +238,23 @@ void erode(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t 
     window_filter<true>(in, out, rows, H, W, r, nthreads);
 }
 
-// Calls fn(i) for each i < n with a[i] and b[i] both nonzero, skipping 8 bytes at a time
-// where either map is all zero.
-template <class Fn>
-void for_each_both(const uint8_t *a, const uint8_t *b, size_t n, Fn fn) {
+// Appends to `out` the offsets i < n where a[i] and b[i] are both nonzero, in order, while
+// there are at most `limit` of them (else returns false). b is the sparse map: 32 bytes
+// where it is all zero are skipped at once.
+bool collect_both(const uint8_t *a, const uint8_t *b, size_t n, size_t limit, std::vector<uint32_t> &out) {
+    out.clear();
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t wa, wb;
-        std::memcpy(&wa, a + i, 8);
-        std::memcpy(&wb, b + i, 8);
-        if (!wa || !wb) continue;
-        for (size_t j = i; j < i + 8; j++)
-            if (a[j] && b[j]) fn(j);
+    for (; i + 32 <= n; i += 32) {
+        uint64_t w[4];
+        std::memcpy(w, b + i, 32);
+        if (!(w[0] | w[1] | w[2] | w[3])) continue;
+        for (size_t j = i; j < i + 32; j++)
+            if (a[j] && b[j]) out.push_back((uint32_t)j);
+        if (out.size() > limit) return false;
     }
     for (; i < n; i++)
-        if (a[i] && b[i]) fn(i);
+        if (a[i] && b[i]) out.push_back((uint32_t)i);
+    return out.size() <= limit;
 }
 
 // The mean of the usable pixels outside the candidate cores in the (2R+1)^2 window
@@ -335,20 +368,49 @@ SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
     }
 }
 
-// The dispersion test of one row from its window counts n, sums sm and sums of squares
-// s2: the double expression of the box-sum path, branch-free (unusable: `neutral`).
-SPOTS_INLINE void dispersion_test(const int32_t *__restrict n, const int32_t *__restrict sm,
-                                  const int32_t *__restrict s2, const uint8_t *__restrict ok, uint8_t *__restrict c,
-                                  uint32_t W, int32_t min_count, double gain, const double *__restrict bound,
-                                  uint8_t neutral) {
+// The dispersion test of one pixel from its window count m, sum sm and sum of squares s2:
+// the double expression of the box-sum path, branch-free (unusable: `neutral`).
+SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count, int32_t m, int32_t sm, int32_t s2,
+                                      uint8_t ok) {
+    const double sx = (double)sm;
+    const double var = (double)m * (double)s2 - sx * sx;  // exact: below 2^53
+    const int32_t pass = (m >= min_count) & (var > a.gain * sx * a.bound[m]);
+    const int32_t o = ok != 0;
+    return (uint8_t)((pass & o) | (a.neutral & (o ^ 1)));
+}
+
+// The test of pixels whose windows are full (every pixel usable, the centre too), in
+// float, 8 lanes without a table lookup: c[x] = whether var > rhs where var - rhs lies
+// beyond a bound on the float rounding errors (16 times the worst case), so that it
+// decides as the double test does; open[x] = 1 where it does not decide (a window not
+// full, or a pixel too close to call). Needs rhs >= 0.
+SPOTS_INLINE void dispersion_screen(const int32_t *__restrict n, const int32_t *__restrict sm,
+                                    const int32_t *__restrict s2, uint8_t *__restrict c, uint8_t *__restrict open,
+                                    uint32_t W, int32_t full, float gain, float bound) {
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t m = n[x];
-        const double sx = (double)sm[x];
-        const double var = (double)m * (double)s2[x] - sx * sx;
-        const int32_t pass = (m >= min_count) & (var > gain * sx * bound[m]);
-        const int32_t o = ok[x] != 0;
-        c[x] = (uint8_t)((pass & o) | (neutral & (o ^ 1)));
+        const float sx = (float)sm[x], ms = (float)full * (float)s2[x], sq = sx * sx;
+        const float var = ms - sq, rhs = gain * sx * bound, tol = (ms + sq + rhs) * 0x1p-20f;
+        const int32_t pass = var > rhs + tol;
+        const int32_t fail = (var < rhs - tol) | (sm[x] == 0);  // an all-zero window: var = rhs = 0
+        c[x] = (uint8_t)pass;
+        open[x] = (uint8_t)((n[x] != full) | ((pass | fail) ^ 1));
     }
+}
+
+// The dispersion test of one row from its window counts n, sums sm and sums of squares
+// s2: the float screen where it applies, the double test for every pixel it leaves open.
+SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__restrict n, const int32_t *__restrict sm,
+                                  const int32_t *__restrict s2, const uint8_t *__restrict ok, uint8_t *__restrict c,
+                                  uint8_t *__restrict open, uint32_t W, int32_t full) {
+    const int32_t min_count = std::max(a.min_count, 2);
+    const double bound_full = a.bound[full];
+    if (!(full >= min_count && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full))) {
+        for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
+        return;
+    }
+    dispersion_screen(n, sm, s2, c, open, W, full, (float)a.gain, (float)bound_full);
+    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
+        c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
 }
 
 // Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums.
@@ -396,6 +458,7 @@ SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, u
     const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
     const int32_t *cn = cols, *cs = cols + P, *cs2 = cols + 2 * P;
     int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
+    uint8_t *open = (uint8_t *)(sums + 3 * W);
     std::memset(cols, 0, 3 * (size_t)P * sizeof(int32_t));
     auto add_row = [&](int64_t y, int32_t sign) __attribute__((always_inline)) {
         column_sums_row<R>(a, frame, y, sign, cols);
@@ -406,8 +469,7 @@ SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, u
         window_sum<R>(cn, n, W);
         window_sum<R>(cs, sm, W);
         window_sum<R>(cs2, s2, W);
-        dispersion_test(n, sm, s2, a.usable + (size_t)y * W, a.cand + (size_t)y * W, W, std::max(a.min_count, 2),
-                        a.gain, a.bound, a.neutral);
+        dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, a.cand + (size_t)y * W, open, W, (2 * R + 1) * (2 * R + 1));
     }
 }
 
@@ -455,7 +517,8 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
         if ((int64_t)usable_max(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
             return false;
-        std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W);
+        // sums: the window sums of a row (3 W) and its open pixels (W bytes)
+        std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W + ((size_t)a.W + 3) / 4);
 #ifdef REDML_AVX2_DISPATCH
         if (cpu_has_avx2()) {
             dispersion_band_int_avx2(a, frame, r, y0, y1, cols.data(), sums.data());
@@ -517,12 +580,13 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     erode(cand, core, scratch(sc.rows, N), H, W, k - 1, nthreads);
     stage_mark("erosion");
     // 3. strong pixels against the background without the cores
-    uint8_t *strong = scratch(sc.strong, N);
-    // Local background, written and read only at strong pixels: left uninitialised (not
-    // kept with the other buffers) so the untouched pages of this frame-sized buffer are
-    // never faulted in.
-    std::unique_ptr<float[]> bg_buffer(new float[N]);
-    float *bg = bg_buffer.get();
+    // The strong pixels and their local backgrounds, per band in raster order (few: a list
+    // instead of frame-sized maps to clear and scan).
+    struct StrongPixel {
+        uint32_t i;  // pixel index
+        float bg;
+    };
+    std::vector<std::vector<StrongPixel>> band_strong((H + kRowsPerBand - 1) / kRowsPerBand);
     auto load_background = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
@@ -533,51 +597,54 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             v[x] = use ? (double)f[x] : 0.0;
         }
     };
-    auto strong_test = [&](uint32_t y, uint32_t x, double mean) {
+    auto strong_test = [&](std::vector<StrongPixel> &strong, uint32_t y, uint32_t x, double mean) {
         const size_t i = (size_t)y * W + x;
         double v = (double)frame[i];
-        strong[i] = v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0));
-        if (strong[i]) bg[i] = (float)mean;
+        if (v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0)))
+            strong.push_back({(uint32_t)i, (float)mean});
     };
     const int R = k + 2;
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        std::memset(strong + (size_t)y0 * W, 0, (size_t)(y1 - y0) * W);
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t b, uint32_t y0, uint32_t y1) {
+        std::vector<StrongPixel> &strong = band_strong[b];
         // Integer frames with few tested pixels (usable candidate cores): their window
         // sums directly, instead of box sums over the whole band.
         const size_t i0 = (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
         const size_t window = (size_t)(2 * R + 1) * (2 * R + 1);
-        if (!std::is_floating_point<T>::value && count_ones(usable + i0, core + i0, n) * window <= n * 4) {
+        std::vector<uint32_t> tested;
+        if (!std::is_floating_point<T>::value && collect_both(usable + i0, core + i0, n, n * 4 / window, tested)) {
             WindowBackground<T> background(frame, usable, core, H, W, R);
-            for_each_both(usable + i0, core + i0, n, [&](size_t j) {
+            for (uint32_t j : tested) {
                 const uint32_t y = (uint32_t)((i0 + j) / W), x = (uint32_t)((i0 + j) % W);
-                strong_test(y, x, background.at(y, x));
-            });
+                strong_test(strong, y, x, background.at(y, x));
+            }
             return;
         }
         box_sums_band<false>(H, W, R, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
             const uint8_t *ok = usable + (size_t)y * W, *c = core + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
                 if (!ok[x] || !c[x]) continue;
-                strong_test(y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
+                strong_test(strong, y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
             }
         });
     });
+    std::vector<StrongPixel> strong;  // raster order
+    for (const std::vector<StrongPixel> &b : band_strong) strong.insert(strong.end(), b.begin(), b.end());
     stage_mark("background 11x11");
 
     // 4. 8-connected components over row runs (runs are few: sequential union-find)
     std::vector<Run> runs;
-    std::vector<size_t> row_start(H + 1, 0);
-    for (uint32_t y = 0; y < H; y++) {
-        row_start[y] = runs.size();
-        const uint8_t *st = strong + (size_t)y * W;
-        for (uint32_t x = (uint32_t)byte_run_end(st, 0, W, false); x < W;
-             x = (uint32_t)byte_run_end(st, x, W, false)) {
-            uint32_t x0 = x;
-            x = (uint32_t)byte_run_end(st, x, W, true);
-            runs.push_back({y, x0, x, (uint32_t)runs.size()});
+    std::vector<size_t> row_start(H + 1, 0);  // first run of each row (of a later row if none)
+    uint32_t rows_started = 0;
+    for (const StrongPixel &sp : strong) {
+        const uint32_t y = sp.i / W, x = sp.i % W;
+        if (!runs.empty() && runs.back().y == y && runs.back().x1 == x) {
+            runs.back().x1++;
+            continue;
         }
+        for (; rows_started <= y; rows_started++) row_start[rows_started] = runs.size();
+        runs.push_back({y, x, x + 1, (uint32_t)runs.size()});
     }
-    row_start[H] = runs.size();
+    for (; rows_started <= H; rows_started++) row_start[rows_started] = runs.size();
     std::vector<uint32_t> parent(runs.size());
     std::iota(parent.begin(), parent.end(), 0u);
     for (uint32_t y = 1; y < H; y++) {
@@ -599,6 +666,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     };
     std::vector<int64_t> slot(runs.size(), -1);
     std::vector<Acc> acc;
+    size_t next_strong = 0;  // the runs cover the strong pixels in their order
     for (size_t r = 0; r < runs.size(); r++) {
         uint32_t root = find_root(parent, (uint32_t)r);
         if (slot[root] < 0) {
@@ -609,7 +677,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         const Run &run = runs[r];
         for (uint32_t x = run.x0; x < run.x1; x++) {
             size_t i = (size_t)run.y * W + x;
-            double v = (double)frame[i], b = bg[i];
+            double v = (double)frame[i], b = strong[next_strong++].bg;
             double wgt = std::max(v, 0.0);  // centroid weights: the counts, as DIALS does
             a.sw += wgt;
             a.swx += wgt * (x + 0.5);

@@ -130,3 +130,51 @@ def test_roi_margin_beyond_the_frame_covers_it_at_no_extra_cost(rng):
     one_row[0, 3] = True
     assert np.array_equal(rr.roi_mask(one_row, margin=65535), np.ones((1, 40), bool))
     assert np.array_equal(rr.roi_mask(one_row, margin=2)[0, :7], [0, 1, 1, 1, 1, 1, 0])
+
+
+@pytest.mark.parametrize("kernel, sigma_b, gain, level", [(1, 0.5, 1.0, 2.0), (2, 1.5, 1.0, 0.3), (3, 6.0, 0.7, 3.0),
+                                                          (3, 2.0, 1.0, 2000.0)])
+def test_integer_frames_find_what_their_float_copies_find(rng, kernel, sigma_b, gain, level):
+    """The dispersion test of integer frames (integer window sums, a float screen, the double
+    test where the screen cannot decide) finds the spots the double box sums find on the same
+    values as float32, at the threshold too: with a 3x3 window and sigma_b 0.5 the bound is
+    10 and many windows have var = rhs exactly; at 2000 counts the float sums are inexact;
+    all-zero windows at 0.3 counts."""
+    frame = rng.poisson(level, (260, 300)).astype(np.int64)
+    ys, xs = rng.integers(5, 255, 40), rng.integers(5, 295, 40)
+    for y, x, h in zip(ys, xs, rng.integers(2, 4 * level + 20, 40)):
+        frame[y - 1:y + 2, x - 1:x + 2] += rng.poisson(h, (3, 3))
+    frame = np.minimum(frame, 6000)  # within the integer path's range for 7x7 windows
+    settings = rr.FinderSettings(kernel=kernel, sigma_b=sigma_b, sigma_s=0.0, gain=gain, min_pixels=1,
+                                 max_separation=-1)
+    ref_peaks, ref_mask = rr.find_spots(frame.astype(np.float32), settings=settings, nthreads=1)
+    assert ref_mask.sum() > 0
+    for dtype in (np.uint16, np.int32):
+        peaks, mask = rr.find_spots(frame.astype(dtype), settings=settings, nthreads=1)
+        np.testing.assert_array_equal(mask, ref_mask)
+        np.testing.assert_array_equal(peaks, ref_peaks)
+
+
+def test_integer_frames_decide_windows_a_few_counts_from_the_threshold_exactly():
+    """A 3x3 window of eight pixels a and one b has var = 8 (a - b)^2 and, with sigma_b 0.5,
+    rhs = 10 (8a + b): pairs (a, b) with var - rhs in [-40, 40] at a few thousand counts, where
+    float sums are off by hundreds, must decide as the double test does."""
+    pairs = []
+    for a in range(1000, 6000):
+        b = a + int(np.sqrt(10 * 9 * a / 8))  # about where var = rhs
+        for bb in range(b - 3, b + 4):
+            if abs(8 * (bb - a) ** 2 - 10 * (8 * a + bb)) <= 40:
+                pairs.append((a, bb))
+    assert len(pairs) > 100
+    side = int(np.ceil(np.sqrt(len(pairs))))
+    frame = np.zeros((4 * side, 4 * side), np.int64)
+    for k, (a, b) in enumerate(pairs):
+        y, x = 4 * (k // side), 4 * (k % side)
+        frame[y:y + 4, x:x + 4] = a
+        frame[y + 1, x + 1] = b
+    settings = rr.FinderSettings(kernel=1, sigma_b=0.5, sigma_s=0.0, min_pixels=1, max_separation=-1)
+    ref_peaks, ref_mask = rr.find_spots(frame.astype(np.float32), settings=settings, nthreads=1)
+    assert 0 < ref_mask.sum() < ref_mask.size
+    peaks, mask = rr.find_spots(frame.astype(np.uint16), settings=settings, nthreads=1)
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_array_equal(peaks, ref_peaks)
