@@ -73,6 +73,48 @@ double parallax_factor(const LatticeGeometry &g, double X, double Y) {
     return o / len;
 }
 
+struct LRange {
+    int32_t lo, hi;
+};
+
+// The l (ascending ranges, at most two, within [-lmax, lmax]) for which s0 + h a* + k b* + l c*
+// = p + l c* can lie within tol of the Ewald sphere (radius k0): between the spheres of radii
+// k0 - tol and k0 + tol. Widened by one index on each side against rounding.
+int l_ranges(const double p[3], const double A[9], double k0, double tol, int32_t lmax, LRange out[2]) {
+    const double c[3] = {A[2], A[5], A[8]};
+    const double cc = c[0] * c[0] + c[1] * c[1] + c[2] * c[2];
+    const double pc = p[0] * c[0] + p[1] * c[1] + p[2] * c[2];
+    const double pp = p[0] * p[0] + p[1] * p[1] + p[2] * p[2];
+    const double outer = k0 + tol;
+    const double disc_o = pc * pc - cc * (pp - outer * outer);
+    if (disc_o < 0) return 0;
+    const double root_o = std::sqrt(disc_o);
+    const double lo_o = std::ceil((-pc - root_o) / cc) - 1.0, hi_o = std::floor((-pc + root_o) / cc) + 1.0;
+    const double inner = k0 - tol;
+    double cut_lo = hi_o + 1.0, cut_hi = hi_o;  // the l strictly inside the inner sphere: none yet
+    if (inner > 0) {
+        const double disc_i = pc * pc - cc * (pp - inner * inner);
+        if (disc_i > 0) {
+            const double root_i = std::sqrt(disc_i);
+            cut_lo = std::floor((-pc - root_i) / cc) + 2.0;  // first l surely inside
+            cut_hi = std::ceil((-pc + root_i) / cc) - 2.0;   // last l surely inside
+        }
+    }
+    const double lim = (double)lmax;
+    auto clip = [&](double a, double b, LRange &r) {
+        a = a < -lim ? -lim : a;
+        b = b > lim ? lim : b;
+        if (a > b) return false;
+        r = LRange{(int32_t)a, (int32_t)b};
+        return true;
+    };
+    int n = 0;
+    if (cut_lo > cut_hi) return clip(lo_o, hi_o, out[0]) ? 1 : 0;
+    if (clip(lo_o, cut_lo - 1.0, out[n])) n++;
+    if (clip(cut_hi + 1.0, hi_o, out[n])) n++;
+    return n;
+}
+
 double row_norm(const double m[9], int row) {
     const double *v = m + 3 * row;
     return std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
@@ -145,9 +187,19 @@ bool predict_reflections(const double A[9], const LatticeGeometry &g, uint32_t h
     const double x_lo = -margin, x_hi = (double)width + margin;
     const double y_lo = -margin, y_hi = (double)height + margin;
 
+    // Pruning: the rotation onto the sphere moves r by at least its distance from the sphere,
+    // so only l within tol_max of the sphere can pass; the per-reflection test below decides.
+    const double sin_max = 0.5 * r_max / k0;
+    const double tol_max = sin_max < 0.999
+        ? (inv_domain + r_max * mosaic + r_max * (sin_max / std::sqrt(1.0 - sin_max * sin_max)) * half_band) * 1.000001
+        : 2.0 * k0;  // near back-scattering: no pruning
+    LRange ranges[2];
     for (int32_t h = -hmax; h <= hmax; h++) {
         for (int32_t k = -kmax; k <= kmax; k++) {
-            for (int32_t l = -lmax; l <= lmax; l++) {
+            const double p[3] = {A[0] * h + A[1] * k, A[3] * h + A[4] * k, A[6] * h + A[7] * k + k0};
+            const int nr = l_ranges(p, A, k0, tol_max, lmax, ranges);
+            for (int ri = 0; ri < nr; ri++)
+            for (int32_t l = ranges[ri].lo; l <= ranges[ri].hi; l++) {
                 if ((h | k | l) == 0 || absent(centring, h, k, l)) continue;
                 const double qx = A[0] * h + A[1] * k + A[2] * l;
                 const double qy = A[3] * h + A[4] * k + A[5] * l;
