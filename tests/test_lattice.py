@@ -112,6 +112,22 @@ def test_resolution_limit_margin_and_centring(dials):
     assert {tuple(h) for h in hkl_i.tolist()} == {tuple(h) for h in hkl.tolist() if sum(h) % 2 == 0}
 
 
+def test_enumeration_misses_nothing(dials):
+    """Only l near the Ewald sphere are enumerated: the result is the wide prediction's subset
+    that passes the tolerance (1/D + |r| eta/2), with nothing missing."""
+    table, _ = dials
+    for name in ("thau_3_2_0001.cbf.bz2", "thau_3_2_0010.cbf.bz2"):
+        c = _crystal(table, name)
+        xy, hkl = predict(c, None, PILATUS_SHAPE)
+        wide = LatticeSettings(domain_size_a=1e-6, half_mosaicity_deg=c.half_mosaicity_deg)
+        xyw, hklw, rot = predict(c, None, PILATUS_SHAPE, settings=wide, return_rotation=True)
+        tol = 1 / c.domain_size_a + np.linalg.norm(hklw @ c.A.T, axis=1) * np.radians(c.half_mosaicity_deg) / 2
+        got = {tuple(h) for h in hkl.tolist()}
+        assert got <= {tuple(h) for h in hklw.tolist()}
+        assert {tuple(h) for h in hklw[rot < tol * (1 - 1e-9)].tolist()} <= got
+        assert not got & {tuple(h) for h in hklw[rot > tol * (1 + 1e-9)].tolist()}
+
+
 def test_deterministic_exp():
     x = -np.concatenate([np.linspace(0, 40, 4001), [1e-300, 700.0, 744.0, 800.0]])
     got = np.array([_core.lattice_exp(float(v)) for v in x])
