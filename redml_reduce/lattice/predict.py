@@ -41,7 +41,7 @@ decoder predicting from the same model gets the same region bit for bit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -167,8 +167,7 @@ def lattice_roi(frame_shape, geometry: Optional[BeamGeometry], A, radius: float 
     shape = _shape(frame_shape)
     settings = settings or LatticeSettings()
     if radius != settings.radius:
-        settings = LatticeSettings(radius, settings.d_min, settings.domain_size_a, settings.half_mosaicity_deg,
-                                   settings.bandwidth)
+        settings = replace(settings, radius=radius)
     out = np.zeros(shape, np.uint8)
     for crystal in _as_crystals(A):
         _, xy, _ = _predict_one(crystal, geometry, shape, settings, settings.radius)
