@@ -10,7 +10,10 @@ mean (I_dec - I_orig)/sigma_orig overall and for weak reflections (I/sigma < 2),
 of sigma, and for simulated shots the error against the simulator's true intensities.
 Lossy peers' decoded counts are clipped at 0 before DIALS sees them ("-clip0"), as a careful
 user of a photon counter would do; the ratio is the peer's file. redml's quantized modes
-appear with each reconstruction: "midpoint" (q1, q2, q4), "draw" and "mean".
+appear with each reconstruction: "midpoint" (q1, q2, q4), "draw" and "mean"; the lattice
+settings "redml-lattice-dials-qK" keep a disc of 8 px around every reflection that DIALS's
+crystals of the uncompressed file predict (with the finder's spots) exact and draw the rest
+at q; frames without a crystal are hits (midpoint) or blanks (draw).
 """
 from __future__ import annotations
 
@@ -29,13 +32,15 @@ bench = importlib.import_module("yield")  # benchmarks/yield.py: data sets and c
 
 CODECS = ["bslz4", "bszstd", "zstd", "sz3-abs1-clip0", "sz3-abs2-clip0", "zfp-acc4-clip0", "redml-lossless",
           "redml-q1", "redml-q2", "redml-q4", "redml-mean-q2", "redml-mean-q4", "redml-draw-q2", "redml-draw-q4",
-          "redml-draw-q8", "redml-sparse"]
+          "redml-draw-q8", "redml-sparse", "redml-lattice-dials-q8", "redml-lattice-dials-q16"]
 QUICK_CODECS = ["bslz4", "sz3-abs1-clip0", "sz3-abs2-clip0", "redml-q2", "redml-q4", "redml-mean-q4",
-                "redml-draw-q2", "redml-draw-q4", "redml-draw-q8"]
+                "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-lattice-dials-q8", "redml-lattice-dials-q16"]
 QUICK_FRAMES = [1, 2, 5, 10, 16, 18]  # thaumatin stills: 4 hits (strong to weak) and 2 blanks
 KEYS = ["ratio", "indexed", "indexed_uncompressed", "lost", "gained", "reflections_matched", "reflections_uncompressed",
         "mean_dsig", "weak_mean_dsig", "sigma_ratio", "cc_intensity", "blank_spots", "blank_spots_uncompressed",
-        "blank_frames", "strong_spots", "truth_mean_dsig", "truth_weak_mean_dsig", "dials"]
+        "blank_frames", "strong_spots", "truth_mean_dsig", "truth_weak_mean_dsig", "dials",
+        # lattice settings (redml-lattice-dials-qK: exact region from DIALS's crystals of the original)
+        "frames_indexed_dials", "predicted_fraction"]
 
 
 def fidelity_table(results: dict, title: str) -> str:

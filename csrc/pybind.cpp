@@ -7,6 +7,7 @@
 #include <string>
 
 #include "internal.h"
+#include "lattice.h"
 #include "redml.h"
 #include "redml_jungfrau.h"
 #include "redml_spots.h"
@@ -331,6 +332,55 @@ py::array_t<float> conv3x3_leaky(py::array x, py::array weight, py::array bias, 
     return out;
 }
 
+// ---- lattice prediction (lattice.h) ----
+py::tuple lattice_predict(py::array_t<double, py::array::c_style | py::array::forcecast> A, double beam_x,
+                          double beam_y, double distance_mm, double pixel_mm, double wavelength_a,
+                          double sensor_mu_per_mm, double sensor_thickness_mm, uint32_t height,
+                          uint32_t width, double domain_size_a, double half_mosaicity_deg, double bandwidth,
+                          double d_min, double margin, const std::string &centring) {
+    if (A.ndim() != 2 || A.shape(0) != 3 || A.shape(1) != 3) throw py::value_error("A must be a 3x3 matrix");
+    if (centring.size() != 1) throw py::value_error("centring must be one letter (P, A, B, C, I, F, R)");
+    double a[9];
+    for (int i = 0; i < 9; i++) a[i] = A.data()[i];
+    redml::LatticeGeometry g{beam_x, beam_y, distance_mm, pixel_mm, wavelength_a, sensor_mu_per_mm, sensor_thickness_mm};
+    redml::ExcitationProfile prof{domain_size_a, half_mosaicity_deg, bandwidth};
+    std::vector<redml::Prediction> pred;
+    const char *error = nullptr;
+    bool ok;
+    {
+        py::gil_scoped_release release;
+        ok = redml::predict_reflections(a, g, height, width, prof, d_min, margin, centring[0], pred, &error);
+    }
+    if (!ok) throw py::value_error(error ? error : "invalid prediction arguments");
+    const py::ssize_t n = (py::ssize_t)pred.size();
+    py::array_t<int32_t> hkl({n, (py::ssize_t)3});
+    py::array_t<double> xy({n, (py::ssize_t)2});
+    py::array_t<double> rotation(n);
+    int32_t *hp = hkl.mutable_data();
+    double *xp = xy.mutable_data(), *rp = rotation.mutable_data();
+    for (py::ssize_t i = 0; i < n; i++) {
+        hp[3 * i] = pred[i].h, hp[3 * i + 1] = pred[i].k, hp[3 * i + 2] = pred[i].l;
+        xp[2 * i] = pred[i].x, xp[2 * i + 1] = pred[i].y;
+        rp[i] = pred[i].rotation;
+    }
+    return py::make_tuple(hkl, xy, rotation);
+}
+
+// Marks the pixels within `radius` of each (x, y) in `map` (uint8, C-contiguous, modified in place).
+void lattice_paint(py::array_t<uint8_t, py::array::c_style> map, py::array_t<double, py::array::c_style> xy,
+                   double radius) {
+    if (map.ndim() != 2) throw py::value_error("map must be 2-D");
+    if (xy.ndim() != 2 || xy.shape(1) != 2) throw py::value_error("xy must be (n, 2)");
+    if (!(radius >= 0 && radius <= 1e4)) throw py::value_error("radius must be in [0, 1e4] pixels");
+    const size_t n = (size_t)xy.shape(0);
+    std::vector<redml::Prediction> pred(n);
+    for (size_t i = 0; i < n; i++) pred[i] = redml::Prediction{0, 0, 0, xy.data()[2 * i], xy.data()[2 * i + 1], 0.0};
+    uint8_t *mp = map.mutable_data();
+    const uint32_t h = (uint32_t)map.shape(0), w = (uint32_t)map.shape(1);
+    py::gil_scoped_release release;
+    redml::paint_discs(pred.data(), n, radius, h, w, mp);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -369,4 +419,12 @@ PYBIND11_MODULE(_core, m) {
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("VERSION_NUMBER") = redml_version_number();
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
+    // Lattice prediction (lattice.h): redml_reduce.lattice.predict
+    m.def("lattice_predict", &lattice_predict, py::arg("A"), py::arg("beam_x"), py::arg("beam_y"),
+          py::arg("distance_mm"), py::arg("pixel_mm"), py::arg("wavelength_a"), py::arg("sensor_mu_per_mm"),
+          py::arg("sensor_thickness_mm"), py::arg("height"), py::arg("width"),
+          py::arg("domain_size_a"), py::arg("half_mosaicity_deg"), py::arg("bandwidth"), py::arg("d_min"),
+          py::arg("margin"), py::arg("centring"));
+    m.def("lattice_paint", &lattice_paint, py::arg("map"), py::arg("xy"), py::arg("radius"));
+    m.def("lattice_exp", &redml::deterministic_exp, py::arg("x"));
 }

@@ -2,6 +2,7 @@
 
     redml find-spots FRAME... [--cxi OUT.cxi]
     redml recompress SRC... --out DIR [-q Q] [--workers N | --scheduler ADDRESS] [--format nxmx|zarr]
+                     [--crystals indexed.expt|run.stream]
     redml compress INPUT... -o OUT.h5 [-q 0] [--roi classical|ml|union] [--force]
     redml compress RAW.h5[:/dataset]... -o OUT.h5 --jungfrau-calibration DIR|FILE.h5
     redml decompress IN.h5 OUT.h5 [--codec bslz4|none] [--force]
@@ -107,7 +108,8 @@ def _recompress(args) -> int:
         report = recompress(args.sources, args.out, args.q, workers=args.workers, scheduler=args.scheduler,
                             output=args.format, dataset=args.dataset, frames_per_task=args.frames_per_task,
                             resume=not args.no_resume, verify=not args.no_verify, nthreads=args.threads,
-                            report_path=args.report, progress=None, **settings)
+                            report_path=args.report, progress=None, crystals=args.crystals,
+                            lattice=_lattice_arg(args), **settings)
     except Interrupted as stop:
         print(stop.report.table())
         t = stop.report.totals()
@@ -118,6 +120,15 @@ def _recompress(args) -> int:
     if report.errors:
         print(f"redml: error: {len(report.errors)} of {len(report.rows)} inputs failed (see the table)", file=sys.stderr)
     return 1 if report.errors else 0
+
+
+def _lattice_arg(args):
+    """The footprint of --crystals (None without crystals)."""
+    if args.crystals is None:
+        return None
+    from .lattice import LatticeSettings
+
+    return LatticeSettings(radius=args.lattice_radius)
 
 
 def _compress(args) -> int:
@@ -299,6 +310,11 @@ def main(argv=None) -> int:
     rc.add_argument("--report", help="JSON report path (default OUT/recompress-report.json)")
     rc.add_argument("--no-resume", action="store_true", help="redo inputs the manifest records as finished")
     rc.add_argument("--no-verify", action="store_true", help="skip decoding every chunk against its frame")
+    rc.add_argument("--crystals", metavar="FILE", help="DIALS .expt or CrystFEL .stream: per-frame policy (indexed "
+                    "frames: predicted reflections and spots exact, the rest drawn at q; other hits midpoint, "
+                    "blanks drawn)")
+    rc.add_argument("--lattice-radius", type=float, default=8.0, help="--crystals: disc radius in pixels around "
+                    "each predicted reflection (default 8)")
     rc.set_defaults(run=_recompress)
     c = sub.add_parser("compress", help="write one input (HDF5/NXmx, Eiger master, CBF/SMV series) as redml chunks, "
                                         "its metadata kept; or raw JUNGFRAU frames, converted")

@@ -18,10 +18,19 @@ other frames are taken as they are. The exact region (ROI) comes from one of the
   "union"      both: the classical finder's strong pixels (sigma_strong = roi_snr, dilated
                by roi_margin) or the ML map.
   "ml:NAME", "union:NAME"  the same with another shipped model (logistic, cnn, ensemble, unet).
+  "lattice"    the classical finder's strong pixels (dilated by roi_margin) or a disc around
+               every reflection the frame's crystals predict (redml_reduce.lattice: needs
+               `crystals` and the frame's `geometry`, or crystals that carry their own);
+               without crystals, the finder's region alone.
   a boolean map: used as is.
+
+Per-frame policy (encode_by_policy, issue 21): frames with a crystal keep the lattice region
+exact and draw the rest at q; frames without one are hits (at least `min_peaks` spots:
+midpoint at q, unbiased for any signal a later integration may look for) or blanks (draw).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -29,11 +38,13 @@ import numpy as np
 from . import codec
 from .codec import CodecSettings, QLike
 from .jungfrau.conversion import convert
-from .spots import find_spots, roi_mask
+from .spots import find_spots, is_hit, roi_mask
 
-__all__ = ["encode", "photons", "ROI_SOURCES", "resolve_roi", "require_torch", "is_source"]
+__all__ = ["encode", "photons", "ROI_SOURCES", "resolve_roi", "require_torch", "is_source", "encode_by_policy",
+           "FRAME_KINDS"]
 
-ROI_SOURCES = ("classical", "ml", "union")
+ROI_SOURCES = ("classical", "ml", "union", "lattice")
+FRAME_KINDS = ("lattice", "hit", "blank")  # what encode_by_policy made of a frame
 
 
 def require_torch():
@@ -48,16 +59,25 @@ def require_torch():
 
 
 def is_source(roi) -> bool:
-    """True for a ROI source name ("classical", "ml", "union", "ml:MODEL", "union:MODEL")."""
+    """True for a ROI source name ("classical", "ml", "union", "lattice", "ml:MODEL", "union:MODEL")."""
     if not isinstance(roi, str):
         return False
     source, sep, name = roi.partition(":")
-    return source in ROI_SOURCES and (not sep or (source != "classical" and bool(name)))
+    return source in ROI_SOURCES and (not sep or (source in ("ml", "union") and bool(name)))
 
 
-def resolve_roi(frame, roi, mask=None, *, margin: int = 2, roi_snr: float = 3.0, geometry=None, model: str = "cnn"):
+def _finder_roi(frame, mask, margin: int, roi_snr: float):
+    """(peaks, region): the classical finder's spots and its strong pixels dilated by margin."""
+    peaks, strong = find_spots(frame, mask, sigma_s=roi_snr)
+    return peaks, roi_mask(strong, margin)
+
+
+def resolve_roi(frame, roi, mask=None, *, margin: int = 2, roi_snr: float = 3.0, geometry=None, model: str = "cnn",
+                crystals=None, lattice=None):
     """The encoder's roi argument for a ROI source (see the module doc): None for the
-    built-in rule, else a boolean map of the frame's shape."""
+    built-in rule, else a boolean map of the frame's shape. crystals, lattice: the "lattice"
+    source's crystals (A matrices or redml_reduce.lattice.Crystal) and footprint
+    (redml_reduce.lattice.LatticeSettings; default discs of 8 px)."""
     if roi is None or (isinstance(roi, str) and roi == "classical"):
         return None
     if isinstance(roi, str):
@@ -65,13 +85,24 @@ def resolve_roi(frame, roi, mask=None, *, margin: int = 2, roi_snr: float = 3.0,
         if not is_source(roi):
             raise ValueError(f"roi must be one of {ROI_SOURCES} (ml and union optionally as ml:MODEL) or a boolean "
                              f"map, not {roi!r}")
+        if source == "lattice":
+            return _finder_roi(frame, mask, margin, roi_snr)[1] | _lattice_region(frame.shape, crystals, geometry,
+                                                                                 lattice)
         infer = require_torch()
         learned = infer.load(name or model).roi(frame, mask, geometry, margin=margin)
         if source == "ml":
             return learned
-        _, strong = find_spots(frame, mask, sigma_s=roi_snr)
-        return roi_mask(strong, margin) | learned
+        return _finder_roi(frame, mask, margin, roi_snr)[1] | learned
     return np.asarray(roi)
+
+
+def _lattice_region(shape, crystals, geometry, lattice):
+    from .lattice.predict import lattice_roi, LatticeSettings
+
+    lattice = lattice or LatticeSettings()
+    if crystals is None or len(crystals) == 0:
+        return np.zeros(shape, bool)
+    return lattice_roi(shape, geometry, crystals, lattice.radius, settings=lattice)
 
 
 def photons(raw, calibration, *, nthreads: int = 0) -> np.ndarray:
@@ -81,7 +112,7 @@ def photons(raw, calibration, *, nthreads: int = 0) -> np.ndarray:
 
 
 def encode(frame, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, calibration=None, geometry=None,
-           settings: Optional[CodecSettings] = None, **fields) -> bytes:
+           crystals=None, lattice=None, settings: Optional[CodecSettings] = None, **fields) -> bytes:
     """Encodes one frame into one redml chunk (format v1, docs/format.md).
 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
@@ -94,7 +125,10 @@ def encode(frame, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, cal
     nthreads: 0 = REDML_NUM_THREADS or all cores.
     calibration: a redml_reduce.jungfrau.Calibration: `frame` is then a raw JUNGFRAU frame
         (uint16 words), converted to int32 photons first (photons()).
-    geometry: the beam geometry (redml_reduce.background.BeamGeometry) the learned model uses.
+    geometry: the beam geometry (redml_reduce.background.BeamGeometry) the learned model and
+        the lattice prediction use.
+    crystals, lattice: roi="lattice": the frame's crystals (A matrices or
+        redml_reduce.lattice.Crystal) and their footprint (redml_reduce.lattice.LatticeSettings).
     settings: a CodecSettings (then q and fields are not given); fields: further
         CodecSettings fields (codec, level, shuffle, gain, tile, ...).
     """
@@ -102,5 +136,25 @@ def encode(frame, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, cal
     if calibration is not None:
         frame = photons(frame, calibration, nthreads=nthreads)
     if isinstance(roi, str):
-        roi = resolve_roi(codec.as_frame(frame), roi, mask, margin=s.roi_margin, roi_snr=s.roi_snr, geometry=geometry)
+        roi = resolve_roi(codec.as_frame(frame), roi, mask, margin=s.roi_margin, roi_snr=s.roi_snr, geometry=geometry,
+                          crystals=crystals, lattice=lattice)
     return codec.encode(frame, roi=roi, mask=mask, nthreads=nthreads, settings=s)
+
+
+def encode_by_policy(frame, settings: CodecSettings, crystals=(), *, geometry=None, lattice=None, min_peaks: int = 10,
+                     mask=None, nthreads: int = 0):
+    """(chunk, kind): one photon frame encoded by the per-frame policy (module doc), kind one
+    of FRAME_KINDS. settings give q and the other fields; recon is chosen here ("draw" for
+    "lattice" and "blank", "midpoint" for "hit"; lossless and sparse settings are kept as
+    they are). The exact region is the classical finder's (as roi="classical"), plus the
+    crystals' predicted discs on a "lattice" frame."""
+    arr = codec.as_frame(frame)
+    peaks, region = _finder_roi(arr, mask, settings.roi_margin, settings.roi_snr)
+    if crystals is not None and len(crystals) > 0:
+        kind = "lattice"
+        region = region | _lattice_region(arr.shape, crystals, geometry, lattice)
+    else:
+        kind = "hit" if is_hit(peaks, min_peaks) else "blank"
+    if settings.mode == "quantized":
+        settings = replace(settings, recon="midpoint" if kind == "hit" else "draw")
+    return codec.encode(arr, roi=region, mask=mask, nthreads=nthreads, settings=settings), kind

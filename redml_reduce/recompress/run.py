@@ -35,6 +35,8 @@ names are unique per attempt).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -47,8 +49,8 @@ from ..formats.numcodecs_codec import settings_to_config
 from .outputs import OUTPUT_SUFFIX, output_path
 from ..progress import progress_bar
 from .report import Manifest, Report, row as _row
-from .tasks import (VerificationError, check_output, encode_part, inspect_input, verify_chunk,
-                               write_output)
+from .tasks import (VerificationError, check_output, encode_part, inspect_input, policy_slice, verify_chunk,
+                    write_output)
 from ..formats.sources import find_inputs
 
 __all__ = ["recompress", "Report", "Manifest", "VerificationError", "Interrupted", "verify_chunk", "MANIFEST_NAME",
@@ -174,7 +176,8 @@ def _split(n: int, work: float, total_work: float, frames_per_task: int | None, 
 def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | None = None, client=None,
                output: str = "nxmx", dataset: str | None = None, frames_per_task: int | None = None,
                resume: bool = True, verify: bool = True, nthreads: int = 1, report_path=None,
-               progress: bool = False, on_result=None, **settings) -> Report:
+               progress: bool = False, on_result=None, crystals=None, lattice=None, min_peaks: int = 10,
+               **settings) -> Report:
     """Recompresses every input named by `sources` (files and folders) into `out_dir`.
 
     q and settings: redml CodecSettings. workers: LocalCluster worker processes (0: serial,
@@ -187,6 +190,12 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
     out_dir/recompress-report.json). progress: a progress bar over the frames on stderr
     (True, False, or None: only when stderr is a terminal).
     on_result(row): called as each input finishes (an exception from it stops the run).
+    crystals: a DIALS .expt or CrystFEL .stream path (or a redml_reduce.lattice.CrystalTable):
+    each frame is then encoded by the per-frame policy (redml_reduce.pipeline.encode_by_policy:
+    frames with a crystal keep the finder's region and a disc around every predicted
+    reflection exact and draw the rest at q; frames without one are hits (at least min_peaks
+    spots, midpoint) or blanks (draw)); lattice: the discs (redml_reduce.lattice.LatticeSettings).
+    Each row of the report then counts its frames by kind (frames_by_kind).
     Paths are made absolute first (workers of a scheduler may run in another folder).
     Ctrl-C saves the report of what was done and raises Interrupted (a KeyboardInterrupt).
     """
@@ -194,6 +203,10 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
     codec_settings = CodecSettings(q=q, **settings)
     codec_settings.check_encodable()  # refused before any output is written
     config = settings_to_config(codec_settings)
+    table, lattice = _crystal_table(crystals), _lattice_settings(lattice)
+    if table is not None:  # a different crystal file or footprint is a different output
+        config = {**config, "crystals": {"source": os.path.basename(table.source), "digest": _file_digest(table.source),
+                                         "lattice": dataclasses.asdict(lattice), "min_peaks": int(min_peaks)}}
     if output not in OUTPUT_SUFFIX:
         raise ValueError(f"output must be one of {sorted(OUTPUT_SUFFIX)}, not {output!r}")
     inputs = find_inputs([os.path.abspath(s) for s in sources], dataset)
@@ -244,13 +257,16 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
             n = info["frames"]
             ranges = _split(n, n * info["frame_pixels"], total_work, frames_per_task, ex.workers)
             parts = None
+            policy = None if table is None else {"crystals": table.for_input(inp, n), "lattice": lattice,
+                                                 "min_peaks": int(min_peaks)}
             if len(ranges) > 1:
                 parts = [ex.submit(encode_part, inp, a, b, codec_settings,
-                                   str(tmp_dir / f"{inp.name}.{a:06d}-{b:06d}.part.h5"), verify, nthreads)
+                                   str(tmp_dir / f"{inp.name}.{a:06d}-{b:06d}.part.h5"), verify, nthreads,
+                                   policy_slice(policy, a, b))
                          for a, b in ranges]
                 live += parts
             fut = ex.submit(write_output, inp, n, parts, codec_settings, str(out), str(tmp_dir), output, verify,
-                            nthreads)
+                            nthreads, policy=policy)
             jobs[fut] = (inp, info)
             live.append(fut)
         bar.reset(total=sum(info["frames"] for _, info in jobs.values()))
@@ -286,6 +302,33 @@ def recompress(sources, out_dir, q=0.0, *, workers: int = 2, scheduler: str | No
     if interrupted:
         raise Interrupted(report, report_path)
     return report
+
+
+def _crystal_table(crystals):
+    """A CrystalTable from a path (DIALS .expt, CrystFEL .stream), a table, or None."""
+    if crystals is None:
+        return None
+    from ..lattice import CrystalTable, read_crystals
+
+    return crystals if isinstance(crystals, CrystalTable) else read_crystals(os.path.abspath(crystals))
+
+
+def _lattice_settings(lattice):
+    from ..lattice import LatticeSettings
+
+    if lattice is None:
+        return LatticeSettings()
+    if not isinstance(lattice, LatticeSettings):
+        raise TypeError(f"lattice must be a LatticeSettings, not {type(lattice).__name__}")
+    return lattice
+
+
+def _file_digest(path) -> str | None:
+    """Digest of a crystal file's bytes (None for a table built in memory)."""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as fh:
+        return hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
 
 
 def _message(e: BaseException) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from ..codec import CodecSettings, decode, error_bound, exact_mask
 from ..formats.h5filter import Redml
 from ..formats.sources import Input, open_frames
-from ..pipeline import encode
+from ..pipeline import FRAME_KINDS, encode, encode_by_policy
 from .outputs import open_writer, output_chunks, path_digest, path_size
 
 __all__ = ["VerificationError", "verify_chunk", "inspect_input", "encode_part", "write_output", "check_output"]
@@ -67,13 +67,23 @@ def inspect_input(inp: Input) -> dict:
 
 
 def _encoded(inp: Input, start: int, stop: int, settings: CodecSettings, verify: bool, nthreads: int,
-             roi="classical"):
+             roi="classical", policy=None, kinds=None):
     """Yields (index, chunk, header, frame) for frames start..stop-1 of an input; roi: the
-    exact region's source (redml_reduce.pipeline)."""
+    exact region's source (redml_reduce.pipeline). policy: None, or the per-frame policy
+    (redml_reduce.pipeline.encode_by_policy) as {"crystals": [crystals of frame start, ...],
+    "lattice": LatticeSettings, "min_peaks": int}; kinds: a dict counting the frames of each
+    kind it gave."""
     with open_frames(inp) as frames:
         for i in range(start, stop):
             frame, header = frames.read(i)
-            chunk = encode(frame, roi=roi, nthreads=nthreads, settings=settings)
+            if policy is None:
+                chunk = encode(frame, roi=roi, nthreads=nthreads, settings=settings)
+            else:
+                chunk, kind = encode_by_policy(frame, settings, policy["crystals"][i - start],
+                                               lattice=policy["lattice"], min_peaks=policy["min_peaks"],
+                                               nthreads=nthreads)
+                if kinds is not None:
+                    kinds[kind] = kinds.get(kind, 0) + 1
             if verify:
                 try:
                     verify_chunk(frame, chunk, settings)
@@ -82,17 +92,29 @@ def _encoded(inp: Input, start: int, stop: int, settings: CodecSettings, verify:
             yield i, chunk, header, frame
 
 
+def policy_slice(policy, start: int, stop: int):
+    """The per-frame policy of frames start..stop-1 (None stays None)."""
+    return None if policy is None else {**policy, "crystals": policy["crystals"][start:stop]}
+
+
+def _kinds_result(kinds: dict, policy) -> dict:
+    """The frames per kind of a policy run, for the report ({} without a policy)."""
+    return {} if policy is None else {"frames_by_kind": {k: kinds.get(k, 0) for k in FRAME_KINDS}}
+
+
 def encode_part(inp: Input, start: int, stop: int, settings: CodecSettings, part_path: str, verify: bool = True,
-                nthreads: int = 1) -> dict:
+                nthreads: int = 1, policy=None) -> dict:
     """Task: encodes frames start..stop-1 into a part file (HDF5, redml chunks by direct
-    chunk write, image headers beside them). Returns what write_output needs to check it."""
+    chunk write, image headers beside them). Returns what write_output needs to check it.
+    policy: the per-frame policy of these frames (see _encoded), or None."""
     t0, c0 = time.perf_counter(), time.thread_time()
     tmp = f"{part_path}.{uuid.uuid4().hex}.tmp"
-    digests, raw, shape, dtype = [], 0, None, None
+    digests, raw, shape, dtype, kinds = [], 0, None, None, {}
     try:
         with h5py.File(tmp, "w") as f:
             headers = []
-            for i, chunk, header, frame in _encoded(inp, start, stop, settings, verify, nthreads):
+            for i, chunk, header, frame in _encoded(inp, start, stop, settings, verify, nthreads, policy=policy,
+                                                    kinds=kinds):
                 if shape is None:
                     shape, dtype = frame.shape, frame.dtype.newbyteorder("=")
                     d = f.create_dataset("data", shape=(stop - start, *shape), dtype=dtype, chunks=(1, *shape),
@@ -109,7 +131,8 @@ def encode_part(inp: Input, start: int, stop: int, settings: CodecSettings, part
         if os.path.exists(tmp):
             os.remove(tmp)
     return {"start": start, "stop": stop, "path": part_path, "shape": shape, "dtype": str(dtype), "digests": digests,
-            "raw_bytes": raw, "seconds": time.perf_counter() - t0, "cpu_seconds": time.thread_time() - c0}
+            "raw_bytes": raw, "seconds": time.perf_counter() - t0, "cpu_seconds": time.thread_time() - c0,
+            **_kinds_result(kinds, policy)}
 
 
 def _from_parts(parts):
@@ -129,15 +152,17 @@ def _from_parts(parts):
 
 
 def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_path: str, tmp_dir: str, fmt: str,
-                 verify: bool = True, nthreads: int = 1, roi="classical", on_frame=None) -> dict:
+                 verify: bool = True, nthreads: int = 1, roi="classical", on_frame=None, policy=None) -> dict:
     """Task: writes the output of an input under a temporary name, from its part files (or
-    encoding the frames itself, with the exact region from `roi`, when parts is None),
-    checks it and renames it into place. on_frame(): called after each frame is stored."""
+    encoding the frames itself, with the exact region from `roi` or the per-frame `policy`
+    (see _encoded), when parts is None), checks it and renames it into place. on_frame():
+    called after each frame is stored."""
     t0, c0 = time.perf_counter(), time.thread_time()
     out_path = Path(out_path)
     tmp = Path(tmp_dir) / f"{out_path.name}.{uuid.uuid4().hex}.tmp"
+    kinds = {}
     if parts is None:
-        stream, raw = _encoded(inp, 0, n_frames, settings, verify, nthreads, roi), 0
+        stream, raw = _encoded(inp, 0, n_frames, settings, verify, nthreads, roi, policy, kinds), 0
     else:
         stream, raw = _from_parts(parts), sum(p["raw_bytes"] for p in parts)
     writer, digests = None, []
@@ -179,8 +204,11 @@ def write_output(inp: Input, n_frames: int, parts, settings: CodecSettings, out_
             os.remove(p["path"])
     seconds = time.perf_counter() - t0 + sum(p["seconds"] for p in parts or ())
     cpu = time.thread_time() - c0 + sum(p["cpu_seconds"] for p in parts or ())
+    for p in parts or ():
+        for k, v in p.get("frames_by_kind", {}).items():
+            kinds[k] = kinds.get(k, 0) + v
     return {"frames": n_frames, "raw_bytes": raw, "bytes_out": path_size(out_path), "digest": digest,
-            "seconds": seconds, "cpu_seconds": cpu, "output": str(out_path)}
+            "seconds": seconds, "cpu_seconds": cpu, "output": str(out_path), **_kinds_result(kinds, policy)}
 
 
 def check_output(out_path: str, entry: dict) -> str | None:

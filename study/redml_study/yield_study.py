@@ -69,6 +69,20 @@ for _q in (2, "sparse"):
         _name = f"redml-{'q' if _q != 'sparse' else ''}{_q}-{_src.split(':')[-1]}"
         CODECS[_name] = (lambda q, src: lambda hp: {"q": q, "roi": src})(_q, _src)
 del _q, _src, _name
+# The exact region from DIALS's indexing of the uncompressed file (issue 21): every frame by the
+# per-frame policy (redml_reduce.pipeline.encode_by_policy), indexed frames with discs of 8 px
+# around the reflections DIALS's crystals predict, drawn at q. Written once DIALS has indexed
+# the reference (study() below), so not in CODECS.
+LATTICE_DIALS_PREFIX = "redml-lattice-dials-q"
+
+
+def lattice_dials_q(name: str):
+    """q of a redml-lattice-dials-qK codec name, None for other names."""
+    if not name.startswith(LATTICE_DIALS_PREFIX):
+        return None
+    return float(name[len(LATTICE_DIALS_PREFIX):])
+
+
 # What the benchmark runs by default: the issue's settings and the conditional reconstructions.
 DEFAULT_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs0.5", "sz3-abs1", "sz3-abs2", "redml-lossless", "redml-q0.5", "redml-q1",
                   "redml-q2", "redml-q4", "redml-draw-q2", "redml-draw-q4", "redml-mean-q4", "redml-sparse"]
@@ -83,6 +97,8 @@ def base_codec(name: str) -> str:
 
 def codec_writer_options(name: str) -> dict:
     name = base_codec(name)
+    if lattice_dials_q(name) is not None:
+        return {"q": lattice_dials_q(name), "recon": "draw"}
     if name not in CODECS:
         raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}")
     hp = None
@@ -197,6 +213,35 @@ def write_series(series: Series, codec: str, path) -> dict:
     return measure_file(series, codec, path, write_s=time.perf_counter() - t0)
 
 
+def write_series_lattice(series: Series, codec: str, path, reference) -> dict:
+    """Writes the series by the per-frame policy with the crystals DIALS found on the
+    reference file (reference: a DialsRun of the uncompressed file); reads it back and
+    compares. Adds frames_indexed_dials and predicted_fraction (the fraction of the
+    reference's integrated reflections whose Miller index is predicted on their frame: their
+    positions agree with DIALS's to 1e-6 px, tests/test_lattice.py)."""
+    from redml_reduce.codec import CodecSettings
+    from redml_reduce.lattice import predict, read_expt
+    from redml_reduce.pipeline import encode_by_policy
+
+    expt = Path(reference.workdir) / "indexed.expt"
+    table = read_expt(expt) if expt.exists() else None
+    crystals = [table.for_frame(reference.path, i) if table else [] for i in range(series.n)]
+    settings = CodecSettings(**codec_writer_options(codec))
+    t0 = time.perf_counter()
+    with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
+                     nxmx=series.nxmx, **codec_writer_options(codec)) as w:
+        for frame, frame_crystals in zip(series.frames(), crystals):
+            w.write_chunk(encode_by_policy(frame, settings, frame_crystals)[0])
+    out = measure_file(series, codec, path, write_s=time.perf_counter() - t0)
+    predicted = {(i, *h) for i, cs in enumerate(crystals) for c in cs
+                 for h in predict(c, None, series.shape)[1].tolist()}
+    ref = reference.integrated
+    hits = [(int(r["image"]), int(r["h"]), int(r["k"]), int(r["l"])) in predicted for r in ref]
+    out.update(frames_indexed_dials=sum(bool(cs) for cs in crystals),
+               predicted_fraction=float(np.mean(hits)) if len(hits) else float("nan"))
+    return out
+
+
 def _complete(path, n: int) -> bool:
     try:
         with h5py.File(path, "r") as f:
@@ -257,7 +302,7 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
     if "uncompressed" not in codecs:
         codecs.insert(0, "uncompressed")
     results, runs = {}, {}
-    for codec in codecs:
+    for codec in [c for c in codecs if lattice_dials_q(c) is None]:
         path = work / f"{series.name}_{codec}.nxs"
         record = path.with_suffix(".json")
         if reuse and path.exists() and record.exists() and json.loads(record.read_text()).get("n") == series.n:
@@ -277,6 +322,11 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
     ref_seconds = time.perf_counter() - t0
     log(f"  {series.name} DIALS on uncompressed: {reference.indexed.sum()}/{reference.n_images} indexed, "
         f"{len(reference.integrated)} reflections integrated, {ref_seconds:.0f} s")
+    for codec in [c for c in codecs if lattice_dials_q(c) is not None]:  # need the reference's crystals
+        results[codec] = write_series_lattice(series, codec, work / f"{series.name}_{codec}.nxs", reference)
+        log(f"  {series.name} {codec}: ratio {results[codec]['ratio']:.2f}, "
+            f"{results[codec]['frames_indexed_dials']} frames with crystals, "
+            f"{results[codec]['predicted_fraction']:.4f} of the reflections predicted")
     # Blank frames: the simulator's non-hits, or frames that did not index and have <= 5 strong spots.
     blank = ~series.hits if series.hits is not None else (~reference.indexed & (reference.strong <= 5))
     truth_ref = truth_error(reference.integrated, series)
