@@ -707,3 +707,35 @@ def test_settings_the_encoder_cannot_write_are_refused_before_any_file(tmp_path,
     with pytest.raises(ValueError):
         AcquireSettings(q=1, codec_settings=codec_settings)
     assert not list(tmp_path.iterdir())
+
+
+def test_series_file_is_created_at_its_start_message(tmp_path, rng):
+    """A start message that gives the frames' shape and dtype has its file created before its
+    first image arrives: the first frames never wait for the file's creation."""
+    out = tmp_path / "run.nxs"
+    frame = make_frames(rng, 1)[0]
+    with Acquisition(out, AcquireSettings(q=0, workers=1)) as acq:
+        acq.feed(_start(n=1))
+        deadline = time.monotonic() + 60
+        while acq.series[0].file is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert acq.series[0].file is not None and out.exists()
+        acq.feed(_image(0, frame))
+        acq.feed(s.encode_end(1, "s1"))
+    assert acq.series[0].summary["counts"]["written"] == 1
+    assert [x.tobytes() for x in stored_frames(out)[0]] == [frame.tobytes()]
+
+
+def test_bool_maps_reach_the_core_without_a_copy(rng):
+    """The workers' bad-pixel and ROI maps are bool arrays: the core reads their bytes as they
+    are (no per-frame copy); other maps still become 0/1 bytes."""
+    from redml_reduce.arrays import as_map
+
+    bad = rng.random(SHAPE) < 0.1
+    m = as_map(bad, SHAPE, "mask")
+    assert m.dtype == np.uint8 and np.shares_memory(m, bad) and np.array_equal(m, bad)
+    ints = bad.astype(np.int32) * 7
+    assert np.array_equal(as_map(ints, SHAPE, "mask"), bad.view(np.uint8))
+    assert np.array_equal(as_map(np.asfortranarray(bad), SHAPE, "mask"), bad)
+    spots = rng.random(SHAPE) < 0.01
+    assert np.array_equal(rr.roi_mask(spots, 2), rr.roi_mask(spots.astype(np.uint8) * 3, 2))

@@ -36,6 +36,12 @@ class SeriesWriter:
         self._thread = threading.Thread(target=self._loop, name="redml-writer", daemon=True)
         self._thread.start()
 
+    def open_series(self, series: SeriesState) -> None:
+        """Creates the file of a new series ahead of its frames when its start message gave their
+        shape and dtype: creating it (NXmx groups, tables, SWMR) takes as long as encoding
+        several frames, and the first frames would wait for it."""
+        self._q.put(("open", series))
+
     def frame(self, series: SeriesState, fut) -> None:
         """Writes the frame a worker is making (a future of its Result), after those before it."""
         self._q.put(("frame", series, fut))
@@ -59,12 +65,20 @@ class SeriesWriter:
             try:
                 if item[0] == "frame":
                     self._write_frame(item[1], item[2])
+                elif item[0] == "open":
+                    if self._openable(item[1]):
+                        self._open(item[1], item[1].shape, item[1].dtype)
                 elif item[0] == "close":
                     self._finish(item[1], item[2])
                 elif item[0] == "stop":
                     return
             except Exception:  # the writer must outlive anything
                 log.exception("writer")
+
+    def _openable(self, series: SeriesState) -> bool:
+        """Whether the series' frames have a known shape and dtype that the codec stores."""
+        return series.shape is not None and series.dtype is not None and \
+            (self.settings.codec != "redml" or series.dtype in SUPPORTED_DTYPES)
 
     def _open(self, series: SeriesState, shape, dtype) -> Optional[SeriesFile]:
         if series.file is not None or series.file_error is not None:
@@ -142,8 +156,7 @@ class SeriesWriter:
         c["missing"] = max(0, c["expected"] - c["received"]) if c["expected"] else 0
         with series.lock:
             series.counts["missing"], series.counts["expected"] = c["missing"], c["expected"]
-        if series.file is None and series.shape is not None and series.dtype is not None and \
-                (self.settings.codec != "redml" or series.dtype in SUPPORTED_DTYPES):
+        if series.file is None and self._openable(series):
             self._open(series, series.shape, series.dtype)  # an empty series still leaves its record
         try:
             if series.file is not None:

@@ -151,6 +151,7 @@ class Receiver:
             self.report.error(f"series {msg.series_id}: {msg.geometry_error}; the file will not be NXmx")
         self.current = series
         self.series.append(series)
+        self.writer.open_series(series)
         self.stats.series_started({"series_id": msg.series_id, "series_unique_id": msg.series_unique_id,
                                    "path": str(series.path), "expected": msg.number_of_images,
                                    "shape": list(series.shape) if series.shape else None,
