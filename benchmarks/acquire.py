@@ -216,13 +216,15 @@ def main(argv=None) -> int:
             print(f"{name}: {r['fps']:.2f} frames/s, {r['mb_per_s']:.0f} MB/s, latency p99 "
                   f"{r['latency_ms_p99']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB, lost {r['lost']} "
                   f"[sender: {r['sender']}]", flush=True)
+        from redml_reduce.acquire.server import usable_cores
+
         fanout = {}
         for n in [int(v) for v in args.receivers.split(",")] if args.receivers else []:
-            per = max(1, (args.workers or os.cpu_count() or 1) // n)  # the same cores, split between the receivers
+            per = max(1, (args.workers or usable_cores()) // n)  # the same cores, split between the receivers
             fanout[str(n)] = run_fanout(n, pool, n_frames, work, per)
             print(f"fan-out, {n} receivers: {fanout[str(n)]['fps']:.2f} frames/s, lost "
                   f"{fanout[str(n)]['frames_lost']}, master ok: {fanout[str(n)]['master_ok']}", flush=True)
-    cores = os.cpu_count()
+    cores = usable_cores()  # what the receiver's default workers count
     title = (f"{n_frames} frames of {meta['shape'][0]} x {meta['shape'][1]} uint16 (bslz4 stream), "
              f"{cores} cores shared by sender and receiver, workers={args.workers or cores}")
     print()

@@ -739,3 +739,15 @@ def test_bool_maps_reach_the_core_without_a_copy(rng):
     assert np.array_equal(as_map(np.asfortranarray(bad), SHAPE, "mask"), bad)
     spots = rng.random(SHAPE) < 0.01
     assert np.array_equal(rr.roi_mask(spots, 2), rr.roi_mask(spots.astype(np.uint8) * 3, 2))
+
+
+def test_default_workers_are_the_cores_the_process_may_use(monkeypatch):
+    """One worker per core the process may run on (its CPU affinity: a container's share),
+    not per core of the machine: more workers than cores only add switching."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    s = AcquireSettings()
+    assert (s.n_workers, s.n_pending) == (1, 4)
+    assert AcquireSettings(workers=3).n_workers == 3
