@@ -143,7 +143,7 @@ class SeriesWriter:
                 self.report.reject(series, res.image_id)
                 return
             series.count(key)
-            series.t_last = time.perf_counter()
+            series.t_last, series.cpu_last = time.perf_counter(), time.process_time()
             series.latencies.append(series.t_last - res.t_arrival)
             self.stats.frame(st, series.t_last - res.t_arrival)
         finally:
@@ -185,6 +185,9 @@ class SeriesWriter:
                 "seconds": round(time.perf_counter() - series.t0, 3),
                 # from the first image's arrival to the last frame's flush
                 "frames_seconds": round(span, 4), "fps": done / span if span > 0 else None,
+                # the whole process's CPU time over that span (every thread): what a frame costs, whatever else runs
+                "cpu_ms_per_frame": 1e3 * (series.cpu_last - series.cpu_first) / done
+                if done and series.cpu_first is not None and series.cpu_last is not None else None,
                 "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
                 "ended": "end message" if reason is None else reason}

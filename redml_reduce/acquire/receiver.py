@@ -175,7 +175,7 @@ class Receiver:
             return
         series.count("received")
         if series.t_first is None:
-            series.t_first = t
+            series.t_first, series.cpu_first = t, time.process_time()
         self.stats.received(msg.wire_bytes)
         try:
             self._admit(series, msg, t)
