@@ -723,6 +723,7 @@ def test_series_file_is_created_at_its_start_message(tmp_path, rng):
         acq.feed(_image(0, frame))
         acq.feed(s.encode_end(1, "s1"))
     assert acq.series[0].summary["counts"]["written"] == 1
+    assert acq.series[0].summary["cpu_ms_per_frame"] > 0  # what a frame cost the process (benchmarks/acquire.py)
     assert [x.tobytes() for x in stored_frames(out)[0]] == [frame.tobytes()]
 
 
@@ -751,3 +752,20 @@ def test_default_workers_are_the_cores_the_process_may_use(monkeypatch):
     s = AcquireSettings()
     assert (s.n_workers, s.n_pending) == (1, 4)
     assert AcquireSettings(workers=3).n_workers == 3
+
+
+def test_saturated_pixels_are_counted_outside_the_bad_ones(rng):
+    """The indicators' saturated count: pixels at or above the saturation value that are not
+    bad (module gaps hold the maximum; a bad map given as 0/1 bytes counts the same)."""
+    from redml_reduce.acquire.indicators import analyse
+
+    frame = poisson_frame(rng, 4.0, SHAPE, "uint16")
+    bad = np.zeros(SHAPE, bool)
+    bad[:, 60:64] = True
+    frame[bad] = 65535
+    frame[5, 7] = frame[9, 100] = 65534
+    frame[50, 61] = 65534  # in the gap: not counted
+    for b in (bad, bad.astype(np.uint8) * 2):
+        st, _, _ = analyse(frame, bad=b, saturation=65534, spots=False)
+        assert st.saturated == 2
+    assert analyse(frame, saturation=65534, spots=False)[0].saturated == 2 + bad.sum()
