@@ -86,11 +86,16 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
                 "--files", f"{pool}:/entry/data/data", "--frames", str(n_frames), "--rate", "0",
                 "--compression", "bslz4"]
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    recv = subprocess.Popen(recv_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The receiver's output goes to a file: a pipe nobody reads until it exits fills up (64 KiB of
+    # logged errors) and blocks its logging threads for good.
+    r_log = open(work / f"{name}.stderr", "w+")
+    recv = subprocess.Popen(recv_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=r_log, text=True)
     send = subprocess.Popen(send_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(recv.pid, 0)  # the receiver's own peak RSS
     recv.returncode = os.waitstatus_to_exitcode(status)
-    r_err = recv.stderr.read()
+    with r_log:
+        r_log.seek(0)
+        r_err = r_log.read()
     s_out, s_err = send.communicate(timeout=600)
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     send_cpu = sum(getattr(children1, k) - getattr(children0, k) - getattr(usage, k) for k in ("ru_utime", "ru_stime"))
