@@ -86,6 +86,7 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         res.error = f"{type(e).__name__}: {e}"
     return res
 
+
 _local = threading.local()
 
 
