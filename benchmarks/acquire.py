@@ -16,8 +16,11 @@ simulate-detector` (its own process) as fast as the receiver takes them. Each pi
   redml-q1-veto   q=1 for hits, blanks stored sparse
 
 Figures: sustained frames/s and MB/s (uncompressed frame bytes) from the first image's
-arrival to the last frame's flush; latency from a frame's arrival to its flush (median,
-p99); the receiving process's peak RSS; frames lost (dropped + rejected + missing).
+arrival to the last frame's flush; the receiving process's CPU time per frame over that span
+(all its threads; unlike frames/s, robust to other load on the machine: cores / CPU per frame
+is the rate its work allows) and the sender's (its whole run); latency from a frame's arrival
+to its flush (median, p99); the receiving process's peak RSS; frames lost (dropped +
+rejected + missing).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -81,12 +85,20 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
     send_cmd = [sys.executable, "-m", "redml_study.cli", "simulate-detector", "--bind", f"tcp://127.0.0.1:{port}",
                 "--files", f"{pool}:/entry/data/data", "--frames", str(n_frames), "--rate", "0",
                 "--compression", "bslz4"]
-    recv = subprocess.Popen(recv_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The receiver's output goes to a file: a pipe nobody reads until it exits fills up (64 KiB of
+    # logged errors) and blocks its logging threads for good.
+    r_log = open(work / f"{name}.stderr", "w+")
+    recv = subprocess.Popen(recv_cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=r_log, text=True)
     send = subprocess.Popen(send_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(recv.pid, 0)  # the receiver's own peak RSS
     recv.returncode = os.waitstatus_to_exitcode(status)
-    r_err = recv.stderr.read()
+    with r_log:
+        r_log.seek(0)
+        r_err = r_log.read()
     s_out, s_err = send.communicate(timeout=600)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    send_cpu = sum(getattr(children1, k) - getattr(children0, k) - getattr(usage, k) for k in ("ru_utime", "ru_stime"))
     if recv.returncode != 0 or send.returncode != 0:
         raise RuntimeError(f"{name}: receiver rc {recv.returncode}, sender rc {send.returncode}\n{r_err[-3000:]}\n"
                            f"{s_err[-3000:]}")
@@ -101,6 +113,8 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
             "written_mb_per_s": fps * stored_mb / max(1, c["written"] + c["sparse"]),
             "ratio": c["received"] * frame_mb / stored_mb, "latency_ms_p50": series["latency_ms_p50"],
             "latency_ms_p99": series["latency_ms_p99"], "peak_rss_mb": usage.ru_maxrss / 1024,
+            "cpu_ms_per_frame": series["cpu_ms_per_frame"],
+            "sender_cpu_ms_per_frame": 1e3 * send_cpu / max(1, c["received"]),
             "seconds": series["frames_seconds"], "hit_rate": res["indicators"].get("hit_rate_total"),
             "sender": s_err.strip().splitlines()[-1] if s_err.strip() else ""}
 
@@ -173,12 +187,13 @@ def run_fanout(n: int, pool: Path, n_frames: int, work: Path, workers: int) -> d
 
 def table(rows, title) -> str:
     head = ("| pipeline | frames | frames/s | MB/s (raw) | MB/s written | ratio | latency p50 ms | latency p99 ms "
-            "| peak RSS MB | lost |")
-    lines = [f"### {title}", "", head, "|" + "---|" * 10]
+            "| peak RSS MB | lost | receiver CPU ms/frame | sender CPU ms/frame |")
+    lines = [f"### {title}", "", head, "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r['pipeline']} | {r['frames']} | {r['fps']:.2f} | {r['mb_per_s']:.0f} | "
                      f"{r['written_mb_per_s']:.1f} | {r['ratio']:.2f} | {r['latency_ms_p50']:.0f} | "
-                     f"{r['latency_ms_p99']:.0f} | {r['peak_rss_mb']:.0f} | {r['lost']} |")
+                     f"{r['latency_ms_p99']:.0f} | {r['peak_rss_mb']:.0f} | {r['lost']} | {r['cpu_ms_per_frame']:.1f} "
+                     f"| {r['sender_cpu_ms_per_frame']:.1f} |")
     return "\n".join(lines)
 
 
@@ -213,16 +228,18 @@ def main(argv=None) -> int:
         for name in pipelines:
             r = run_pipeline(name, pool, n_frames, args.workers, work)
             rows.append(r)
-            print(f"{name}: {r['fps']:.2f} frames/s, {r['mb_per_s']:.0f} MB/s, latency p99 "
+            print(f"{name}: {r['fps']:.2f} frames/s, {r['cpu_ms_per_frame']:.1f} CPU ms/frame, {r['mb_per_s']:.0f} MB/s, latency p99 "
                   f"{r['latency_ms_p99']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB, lost {r['lost']} "
                   f"[sender: {r['sender']}]", flush=True)
+        from redml_reduce.acquire.server import usable_cores
+
         fanout = {}
         for n in [int(v) for v in args.receivers.split(",")] if args.receivers else []:
-            per = max(1, (args.workers or os.cpu_count() or 1) // n)  # the same cores, split between the receivers
+            per = max(1, (args.workers or usable_cores()) // n)  # the same cores, split between the receivers
             fanout[str(n)] = run_fanout(n, pool, n_frames, work, per)
             print(f"fan-out, {n} receivers: {fanout[str(n)]['fps']:.2f} frames/s, lost "
                   f"{fanout[str(n)]['frames_lost']}, master ok: {fanout[str(n)]['master_ok']}", flush=True)
-    cores = os.cpu_count()
+    cores = usable_cores()  # what the receiver's default workers count
     title = (f"{n_frames} frames of {meta['shape'][0]} x {meta['shape'][1]} uint16 (bslz4 stream), "
              f"{cores} cores shared by sender and receiver, workers={args.workers or cores}")
     print()
@@ -233,6 +250,7 @@ def main(argv=None) -> int:
            "latency_ms_p50": {k: r["latency_ms_p50"] for k, r in by.items()},
            "latency_ms_p99": {k: r["latency_ms_p99"] for k, r in by.items()},
            "ratio": {k: r["ratio"] for k, r in by.items()},
+           "cpu_ms_per_frame": {k: r["cpu_ms_per_frame"] for k, r in by.items()},
            "frames_lost": int(sum(r["lost"] for r in rows)),
            "peak_rss_mb": float(max(r["peak_rss_mb"] for r in rows)),
            "peak_rss_mb_by_pipeline": {k: r["peak_rss_mb"] for k, r in by.items()},

@@ -7,9 +7,15 @@
 #include <limits>
 #include <vector>
 
+#ifdef __x86_64__
+#include <immintrin.h>
+#endif
+
 #include "error.h"
 #include "jungfrau.h"
+#include "pixels.h"
 #include "redml_jungfrau.h"
+#include "scratch.h"
 #include "threads.h"
 
 namespace redml {
@@ -39,6 +45,46 @@ inline int64_t out_offset(const redml_jf_module &m, int r, int c, uint32_t out_w
     return (int64_t)(m.origin_y + r * m.slow_y + c * m.fast_y) * out_width + (m.origin_x + r * m.slow_x + c * m.fast_x);
 }
 
+#ifdef REDML_AVX2_DISPATCH
+// G0 pixels eight at a time: the scalar rule's float operations in the same order (the
+// division kept: a reciprocal would move some counts across a rounding edge), rounding half
+// away from zero as trunc(v) + (|v - trunc(v)| >= 0.5 ? sign(v) : 0), which equals the
+// scalar trunc(v +- 0.5) exactly. A group with a masked pixel, another gain stage, or a
+// count that is non-finite or beyond (lo, hi) goes to slow(x0, x1), the scalar rule.
+// raw, ped0, gain and mask point at the row; returns where the scalar tail starts.
+template <bool kMask, class Slow>
+REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const uint16_t *raw, const float *ped0, const float *gain,
+                                          const uint8_t *mask, uint32_t width, float inv_energy, int32_t lo,
+                                          int32_t hi, int32_t *v, Slow slow) {
+    const __m256 inv = _mm256_set1_ps(inv_energy), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f), vlo = _mm256_set1_ps((float)lo), vhi = _mm256_set1_ps((float)hi);
+    const __m128i stage_bits = _mm_set1_epi16((short)0xC000);
+    uint32_t x = 0;
+    for (; x + 8 <= width; x += 8) {
+        const __m128i words = _mm_loadu_si128((const __m128i *)(raw + x));
+        bool fast = _mm_testz_si128(words, stage_bits);  // all G0: the words are the ADC values
+        if (kMask) fast = fast && _mm_cvtsi128_si64(_mm_loadl_epi64((const __m128i *)(mask + x))) == 0;
+        if (fast) {
+            const __m256 adc = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(words));
+            const __m256 e = _mm256_div_ps(_mm256_sub_ps(adc, _mm256_loadu_ps(ped0 + x)), _mm256_loadu_ps(gain + x));
+            const __m256 p = _mm256_mul_ps(e, inv);
+            const __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t));  // NaN for infinities
+            const __m256 away = _mm256_or_ps(one, _mm256_and_ps(p, sign));     // +-1, the sign of p
+            const __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), away));
+            // lo < r < hi, false for NaN; (float)hi of int32 is 2^31, and no float lies in [hi, 2^31)
+            const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(r, vlo, _CMP_GT_OQ), _mm256_cmp_ps(r, vhi, _CMP_LT_OQ));
+            if (_mm256_movemask_ps(inside) == 0xFF) {
+                _mm256_storeu_si256((__m256i *)(v + x), _mm256_cvttps_epi32(r));
+                continue;
+            }
+        }
+        slow(x, x + 8);
+    }
+    return x;
+}
+#endif
+
 // Converts raw row y into v[] (photons or markers) and, when the frame wants them, e[] (keV),
 // the status map and the tracked pedestal; counts the statuses other than G0.
 template <class T, bool kMask, bool kExtras>
@@ -51,18 +97,27 @@ void convert_row(const Frame &f, uint32_t y, int32_t *v, float *e, uint64_t *cou
     const uint8_t *mask = f.mask;
     const float inv_energy = f.inv_energy;
     const uint32_t width = f.width;
-    for (uint32_t x = 0; x < width; x++) {
-        const size_t i = row + x;
-        float ex;
-        const int s = redml_jf_pixel(raw[x], kMask ? mask[i] : 0, ped0, pedestal, gain, i, n, inv_energy, lo, hi,
-                                     &v[x], &ex);
-        if (s != REDML_JF_G0) counts[s]++;  // G0 (most pixels) by difference: no chain of increments
-        if (kExtras) {
-            if (e) e[x] = ex;
-            if (f.status) f.status[i] = (uint8_t)s;
-            if (f.track) f.track[i] = redml_jf_track(f.track[i], raw[x], s, ex, inv_energy, f.alpha, f.threshold);
+    auto pixels = [&](uint32_t x0, uint32_t x1) {
+        for (uint32_t x = x0; x < x1; x++) {
+            const size_t i = row + x;
+            float ex;
+            const int s = redml_jf_pixel(raw[x], kMask ? mask[i] : 0, ped0, pedestal, gain, i, n, inv_energy, lo, hi,
+                                         &v[x], &ex);
+            if (s != REDML_JF_G0) counts[s]++;  // G0 (most pixels) by difference: no chain of increments
+            if (kExtras) {
+                if (e) e[x] = ex;
+                if (f.status) f.status[i] = (uint8_t)s;
+                if (f.track) f.track[i] = redml_jf_track(f.track[i], raw[x], s, ex, inv_energy, f.alpha, f.threshold);
+            }
         }
-    }
+    };
+    uint32_t x0 = 0;
+#ifdef REDML_AVX2_DISPATCH
+    if (!kExtras && cpu_has_avx2())
+        x0 = g0_groups_avx2<kMask>(raw, ped0 + row, gain + row, kMask ? mask + row : nullptr, width, inv_energy, lo, hi,
+                                   v, pixels);
+#endif
+    pixels(x0, width);
 }
 
 // Writes the converted rows [y0, y1) (v and e hold them, row k at k * stride) to the
@@ -148,19 +203,28 @@ void place_band(const Frame &f, uint32_t y0, uint32_t y1, const int32_t *v, cons
     }
 }
 
+struct BandScratch {
+    std::vector<int32_t> v;
+    std::vector<float> e;
+    size_t held() const { return held_bytes(v, e); }
+};
+
 template <class T>
 void convert_band(const Frame &f, T *photons, uint32_t y0, uint32_t y1, uint64_t *task_counts) {
     const int32_t lo = std::numeric_limits<T>::min(), hi = std::numeric_limits<T>::max();
     // Row stride padded by a cache line: the band is read down its columns for transposed
     // modules, and rows 4 KiB apart would all fall into the same L1 set.
     const size_t width = f.width, rows = y1 - y0, stride = width + 16;
-    std::vector<int32_t> v(rows * stride);
-    std::vector<float> e(f.kev ? rows * stride : 0);
+    // The band's rows, kept by the thread across bands and frames (every element read is written first).
+    thread_local BandScratch sc;
+    ReleaseIfLarge<BandScratch> release{sc};
+    int32_t *v = scratch(sc.v, rows * stride);
+    float *e = f.kev ? scratch(sc.e, rows * stride) : nullptr;
     uint64_t counts[REDML_JF_NSTATUS] = {0};
     const bool extras = f.kev || f.status || f.track;
     for (uint32_t y = y0; y < y1; y++) {
-        int32_t *vy = &v[(y - y0) * stride];
-        float *ey = f.kev ? &e[(y - y0) * stride] : nullptr;
+        int32_t *vy = v + (y - y0) * stride;
+        float *ey = f.kev ? e + (y - y0) * stride : nullptr;
         if (f.mask) {
             if (extras) convert_row<T, true, true>(f, y, vy, ey, counts);
             else convert_row<T, true, false>(f, y, vy, ey, counts);
@@ -169,7 +233,7 @@ void convert_band(const Frame &f, T *photons, uint32_t y0, uint32_t y1, uint64_t
             else convert_row<T, false, false>(f, y, vy, ey, counts);
         }
     }
-    place_band<T>(f, y0, y1, v.data(), e.data(), stride, photons, lo, hi);
+    place_band<T>(f, y0, y1, v, e, stride, photons, lo, hi);
     counts[REDML_JF_G0] = (uint64_t)rows * width;
     for (int s = 1; s < REDML_JF_NSTATUS; s++) counts[REDML_JF_G0] -= counts[s];
     for (int s = 0; s < REDML_JF_NSTATUS; s++) task_counts[s] = counts[s];

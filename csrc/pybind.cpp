@@ -221,10 +221,11 @@ py::array_t<bool> dilate_mask(py::array_t<uint8_t, py::array::c_style | py::arra
     uint32_t h = (uint32_t)map.shape(0), w = (uint32_t)map.shape(1);
     py::array_t<bool> out({(py::ssize_t)h, (py::ssize_t)w});
     uint8_t *o = (uint8_t *)out.mutable_data();
-    for (size_t i = 0; i < (size_t)h * w; i++) o[i] = map.data()[i] != 0;
+    const uint8_t *in = map.data();
     redml_status s;
     {
-        py::gil_scoped_release release;
+        py::gil_scoped_release release;  // the copy too: a frame-sized loop must not hold the GIL
+        for (size_t i = 0; i < (size_t)h * w; i++) o[i] = in[i] != 0;
         s = redml_dilate(o, h, w, margin, nthreads);
     }
     if (s != REDML_OK) raise(s);

@@ -41,4 +41,6 @@ def as_map(a, shape, name) -> Optional[np.ndarray]:
     a = np.asarray(a)
     if a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, the frame {shape}")
-    return np.ascontiguousarray(a != 0, dtype=np.uint8)
+    if a.dtype == np.bool_:  # the core reads nonzero bytes as set: a bool map's bytes as they are, no copy
+        return np.ascontiguousarray(a).view(np.uint8)
+    return np.ascontiguousarray(a != 0).view(np.uint8)

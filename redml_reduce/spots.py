@@ -76,7 +76,8 @@ def roi_mask(spot_mask: np.ndarray, margin: int = 2, keep=None, nthreads: int = 
     """The region to keep losslessly: the spot mask dilated by `margin` pixels (square),
     plus user keep-regions (a boolean map). This is what the encoder does internally."""
     check_range("margin", margin, 0, 65535, integer=True)
-    roi = _core.dilate(np.asarray(spot_mask, dtype=np.uint8), margin, nthreads)
+    m = np.asarray(spot_mask)
+    roi = _core.dilate(m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8), margin, nthreads)
     if keep is not None:
         keep = np.asarray(keep, bool)
         if keep.shape != roi.shape:

@@ -707,3 +707,65 @@ def test_settings_the_encoder_cannot_write_are_refused_before_any_file(tmp_path,
     with pytest.raises(ValueError):
         AcquireSettings(q=1, codec_settings=codec_settings)
     assert not list(tmp_path.iterdir())
+
+
+def test_series_file_is_created_at_its_start_message(tmp_path, rng):
+    """A start message that gives the frames' shape and dtype has its file created before its
+    first image arrives: the first frames never wait for the file's creation."""
+    out = tmp_path / "run.nxs"
+    frame = make_frames(rng, 1)[0]
+    with Acquisition(out, AcquireSettings(q=0, workers=1)) as acq:
+        acq.feed(_start(n=1))
+        deadline = time.monotonic() + 60
+        while acq.series[0].file is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert acq.series[0].file is not None and out.exists()
+        acq.feed(_image(0, frame))
+        acq.feed(s.encode_end(1, "s1"))
+    assert acq.series[0].summary["counts"]["written"] == 1
+    assert acq.series[0].summary["cpu_ms_per_frame"] > 0  # what a frame cost the process (benchmarks/acquire.py)
+    assert [x.tobytes() for x in stored_frames(out)[0]] == [frame.tobytes()]
+
+
+def test_bool_maps_reach_the_core_without_a_copy(rng):
+    """The workers' bad-pixel and ROI maps are bool arrays: the core reads their bytes as they
+    are (no per-frame copy); other maps still become 0/1 bytes."""
+    from redml_reduce.arrays import as_map
+
+    bad = rng.random(SHAPE) < 0.1
+    m = as_map(bad, SHAPE, "mask")
+    assert m.dtype == np.uint8 and np.shares_memory(m, bad) and np.array_equal(m, bad)
+    ints = bad.astype(np.int32) * 7
+    assert np.array_equal(as_map(ints, SHAPE, "mask"), bad.view(np.uint8))
+    assert np.array_equal(as_map(np.asfortranarray(bad), SHAPE, "mask"), bad)
+    spots = rng.random(SHAPE) < 0.01
+    assert np.array_equal(rr.roi_mask(spots, 2), rr.roi_mask(spots.astype(np.uint8) * 3, 2))
+
+
+def test_default_workers_are_the_cores_the_process_may_use(monkeypatch):
+    """One worker per core the process may run on (its CPU affinity: a container's share),
+    not per core of the machine: more workers than cores only add switching."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    s = AcquireSettings()
+    assert (s.n_workers, s.n_pending) == (1, 4)
+    assert AcquireSettings(workers=3).n_workers == 3
+
+
+def test_saturated_pixels_are_counted_outside_the_bad_ones(rng):
+    """The indicators' saturated count: pixels at or above the saturation value that are not
+    bad (module gaps hold the maximum; a bad map given as 0/1 bytes counts the same)."""
+    from redml_reduce.acquire.indicators import analyse
+
+    frame = poisson_frame(rng, 4.0, SHAPE, "uint16")
+    bad = np.zeros(SHAPE, bool)
+    bad[:, 60:64] = True
+    frame[bad] = 65535
+    frame[5, 7] = frame[9, 100] = 65534
+    frame[50, 61] = 65534  # in the gap: not counted
+    for b in (bad, bad.astype(np.uint8) * 2):
+        st, _, _ = analyse(frame, bad=b, saturation=65534, spots=False)
+        assert st.saturated == 2
+    assert analyse(frame, saturation=65534, spots=False)[0].saturated == 2 + bad.sum()

@@ -117,6 +117,33 @@ def test_core_equals_reference_on_realistic_frames(rng):
         np.testing.assert_array_equal(photons, ref)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("masked", [False, True])
+def test_vectorized_g0_path_equals_reference_at_rounding_and_range_edges(rng, dtype, masked):
+    """Photons alone (no keV, status or tracking) take the vectorized G0 path: mostly-G0 rows
+    whose counts fall on half-integers (ties round away from zero), next to them, and on the
+    edges of the output range, among other stages, special words and hostile calibrations."""
+    shape = (64, 1024)
+    calib = hostile_calibration(rng, shape)
+    ped, gain = calib.pedestal.copy(), calib.gain.copy()
+    edges = rng.random(shape) < 0.5  # E keV per ADU: count = adc - pedestal
+    ped[0][edges] = rng.choice([0.0, 0.5, -0.5, 0.25, 0.49999997, 0.50000006], edges.sum())
+    gain[0][edges] = 1.0
+    near_max = rng.random(shape) < 0.05  # counts about the int16 maximum (adc up to 16383, 2 per ADU)
+    gain[0][near_max], ped[0][near_max] = 0.5, rng.choice([0.0, 0.25, 0.5, 0.75], near_max.sum())
+    calib = jf.Calibration(ped, gain, 1.0, calib.mask if masked else None)
+    raw = rng.integers(0, 1 << 14, shape).astype(np.uint16)  # G0 words
+    raw[near_max] = rng.integers(16370, 1 << 14, near_max.sum())
+    other = rng.random(shape) < 0.002  # a few other stages and special words among them
+    raw[other] = random_words(rng, shape)[other]
+    for nthreads in (1, 2):
+        photons, info = jf.convert(raw, calib, dtype, nthreads=nthreads)
+        ref, _, ref_status = convert_reference(raw, calib.pedestal, calib.gain, 1.0, calib.mask, dtype)
+        np.testing.assert_array_equal(photons, ref)
+        assert info.counts == {k: int((ref_status == v).sum()) for k, v in STATUS.items()}
+    assert np.isin([-1, 1, 32765, 32766], ref).all()  # ties and counts next to the int16 edge were exercised
+
+
 def test_special_words_masked_and_counted(rng):
     calib = make_calib(rng, (32, 64))
     raw = photons_to_raw(rng.integers(0, 5, calib.frame_shape), calib, rng, noise=False)

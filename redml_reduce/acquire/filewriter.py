@@ -36,6 +36,12 @@ class SeriesWriter:
         self._thread = threading.Thread(target=self._loop, name="redml-writer", daemon=True)
         self._thread.start()
 
+    def open_series(self, series: SeriesState) -> None:
+        """Creates the file of a new series ahead of its frames when its start message gave their
+        shape and dtype: creating it (NXmx groups, tables, SWMR) takes as long as encoding
+        several frames, and the first frames would wait for it."""
+        self._q.put(("open", series))
+
     def frame(self, series: SeriesState, fut) -> None:
         """Writes the frame a worker is making (a future of its Result), after those before it."""
         self._q.put(("frame", series, fut))
@@ -59,12 +65,20 @@ class SeriesWriter:
             try:
                 if item[0] == "frame":
                     self._write_frame(item[1], item[2])
+                elif item[0] == "open":
+                    if self._openable(item[1]):
+                        self._open(item[1], item[1].shape, item[1].dtype)
                 elif item[0] == "close":
                     self._finish(item[1], item[2])
                 elif item[0] == "stop":
                     return
             except Exception:  # the writer must outlive anything
                 log.exception("writer")
+
+    def _openable(self, series: SeriesState) -> bool:
+        """Whether the series' frames have a known shape and dtype that the codec stores."""
+        return series.shape is not None and series.dtype is not None and \
+            (self.settings.codec != "redml" or series.dtype in SUPPORTED_DTYPES)
 
     def _open(self, series: SeriesState, shape, dtype) -> Optional[SeriesFile]:
         if series.file is not None or series.file_error is not None:
@@ -129,7 +143,7 @@ class SeriesWriter:
                 self.report.reject(series, res.image_id)
                 return
             series.count(key)
-            series.t_last = time.perf_counter()
+            series.t_last, series.cpu_last = time.perf_counter(), time.process_time()
             series.latencies.append(series.t_last - res.t_arrival)
             self.stats.frame(st, series.t_last - res.t_arrival)
         finally:
@@ -142,8 +156,7 @@ class SeriesWriter:
         c["missing"] = max(0, c["expected"] - c["received"]) if c["expected"] else 0
         with series.lock:
             series.counts["missing"], series.counts["expected"] = c["missing"], c["expected"]
-        if series.file is None and series.shape is not None and series.dtype is not None and \
-                (self.settings.codec != "redml" or series.dtype in SUPPORTED_DTYPES):
+        if series.file is None and self._openable(series):
             self._open(series, series.shape, series.dtype)  # an empty series still leaves its record
         try:
             if series.file is not None:
@@ -172,6 +185,9 @@ class SeriesWriter:
                 "seconds": round(time.perf_counter() - series.t0, 3),
                 # from the first image's arrival to the last frame's flush
                 "frames_seconds": round(span, 4), "fps": done / span if span > 0 else None,
+                # the whole process's CPU time over that span (every thread): what a frame costs, whatever else runs
+                "cpu_ms_per_frame": 1e3 * (series.cpu_last - series.cpu_first) / done
+                if done and series.cpu_first is not None and series.cpu_last is not None else None,
                 "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
                 "ended": "end message" if reason is None else reason}

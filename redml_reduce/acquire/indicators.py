@@ -61,6 +61,7 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
     hit (its hit probability >= 0.5) and the resolution limit (from its lattice spots) instead
     of the spot count; the classical spots are still found (they make the ROI)."""
     st = FrameStats(image_id=image_id, raw_bytes=frame.nbytes)
+    bad = None if bad is None else np.asarray(bad, dtype=bool)  # nonzero = bad (no copy of a bool map)
     sub = frame[::4, ::4]
     good = np.isfinite(sub) if sub.dtype.kind == "f" else np.ones(sub.shape, bool)
     if bad is not None:
@@ -77,7 +78,7 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
     if saturation is not None:
         sat = frame >= saturation
         if bad is not None:
-            sat &= ~bad
+            np.greater(sat, bad, out=sat)  # sat and not bad, in place: no frame-sized ~bad per frame
         st.saturated = int(np.count_nonzero(sat))
     peaks = spot_mask = None
     if spots:

@@ -151,6 +151,7 @@ class Receiver:
             self.report.error(f"series {msg.series_id}: {msg.geometry_error}; the file will not be NXmx")
         self.current = series
         self.series.append(series)
+        self.writer.open_series(series)
         self.stats.series_started({"series_id": msg.series_id, "series_unique_id": msg.series_unique_id,
                                    "path": str(series.path), "expected": msg.number_of_images,
                                    "shape": list(series.shape) if series.shape else None,
@@ -174,7 +175,7 @@ class Receiver:
             return
         series.count("received")
         if series.t_first is None:
-            series.t_first = t
+            series.t_first, series.cpu_first = t, time.process_time()
         self.stats.received(msg.wire_bytes)
         try:
             self._admit(series, msg, t)

@@ -60,7 +60,7 @@ class AcquireSettings:
     """q: redml's knob (0 lossless, > 0 bounded, "sparse"); codec "bslz4" stores the
     detector's bitshuffle-LZ4 frames as they came (compressing those that came raw) instead.
     veto: non-hits (fewer than min_spots spots) stored at q ("none"), as "sparse", or not at
-    all ("drop"). workers: encoder threads (0: one per core). max_pending: frames between
+    all ("drop"). workers: encoder threads (0: one per core it may use). max_pending: frames between
     arrival and flush (0: 2 * workers + 2). on_full: "block" or "drop". channel: the image
     channel to store (default: the first of the start message). hit_model: "unet" lets the
     learned global model (redml_reduce.ml, the [ml] extra) decide hits for the veto and the
@@ -118,11 +118,20 @@ class AcquireSettings:
 
     @property
     def n_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        return self.workers or usable_cores()
 
     @property
     def n_pending(self) -> int:
         return self.max_pending or 2 * self.n_workers + 2
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share,
+    not every core of the machine)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 class Acquisition:

@@ -46,6 +46,8 @@ class SeriesState:
         self.t0 = time.perf_counter()
         self.t_first: Optional[float] = None  # first image's arrival
         self.t_last: Optional[float] = None  # last frame's flush
+        self.cpu_first: Optional[float] = None  # the process's CPU seconds at those two moments
+        self.cpu_last: Optional[float] = None
         self.latencies = array("d")  # seconds, arrival to flush (8 bytes a frame)
         self.closing = False
         self.closed = threading.Event()

@@ -3,12 +3,14 @@ pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of t
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from ..pipeline import encode, photons
+from ..jungfrau import convert
+from ..pipeline import encode
 from ..spots import roi_mask
 from .indicators import FrameStats, LiveStats, analyse, thumbnail
 from .compression import compress, declared_size
@@ -55,7 +57,7 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         # shape and dtype were checked on arrival (receiver.py), from what the frame declares
         frame = enc.decode()
         if series.calibration is not None:  # raw JUNGFRAU words -> photons (bad words become markers)
-            frame = photons(frame, series.calibration, nthreads=1)
+            frame = convert(frame, series.calibration, nthreads=1, out=_photon_buffer(series.calibration))[0]
         if frame.dtype in WIDEN:
             frame = frame.astype(WIDEN[frame.dtype])
         bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
@@ -83,6 +85,20 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         log.exception("series %d image %d", series.id, image_id)
         res.error = f"{type(e).__name__}: {e}"
     return res
+
+
+_local = threading.local()
+
+
+def _photon_buffer(calibration) -> np.ndarray:
+    """The worker thread's own int32 photon frame, reused frame after frame (a frame is done with
+    before the thread takes the next): no fresh frame-sized array, no page faults, per frame."""
+    shape = tuple(calibration.image_shape())
+    buf = getattr(_local, "photons", None)
+    if buf is None or buf.shape != shape:
+        buf = _local.photons = np.empty(shape, np.int32)
+    return buf
+
 
 def passthrough(series, enc: EncodedArray) -> bool:
     """Whether the detector's chunk can be stored as it came (codec bslz4)."""
