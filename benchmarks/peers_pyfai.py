@@ -136,6 +136,13 @@ def densified(path, noise: float = DENSIFY_NOISE, dummy=None, seed: int = 0) -> 
         image.close()
 
 
+def gap_marker(dtype):
+    """What masked pixels hold in the rebuilt frames: the detectors' own markers (-1 as in a
+    Pilatus CBF, the largest count of an unsigned type as in EIGER files, NaN for floats)."""
+    dtype = np.dtype(dtype)
+    return -1 if dtype.kind == "i" else np.iinfo(dtype).max if dtype.kind == "u" else np.nan
+
+
 def write_pyfai_sparsify(series, path, **params) -> dict:
     """The study's peer codec (redml_study.yield_study.FILE_PEERS): sparsifies the series into
     pyFAI's file beside `path`, writes its densified frames to `path` (uncompressed NXmx, for
@@ -152,10 +159,9 @@ def write_pyfai_sparsify(series, path, **params) -> dict:
     sparsifier = Sparsifier(series.geometry, series.shape, bad, error_model=error_model_for(first, bad), **params)
     save(sparse_path, [sparsifier(f) for f in itertools.chain([first], frames)], sparsifier)
     write_s = time.perf_counter() - t0
-    marker = -1 if series.dtype.kind == "i" else None  # gaps as in a Pilatus CBF; DIALS masks them too
     with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
                      nxmx=series.nxmx, filter={}) as w:
-        for frame in densified(sparse_path, dummy=marker):
+        for frame in densified(sparse_path, dummy=gap_marker(series.dtype)):
             w.write(np.asarray(frame, series.dtype))
     out = measure_file(series, NAME, path, write_s=write_s)
     sizes = stored_bytes(sparse_path)
@@ -184,4 +190,4 @@ def register(codecs) -> tuple[list, dict]:
 
 
 __all__ = ["NAME", "NOTE", "unavailable", "azimuthal_integrator", "error_model_for", "Sparsifier", "save",
-           "stored_bytes", "densified", "write_pyfai_sparsify", "register"]
+           "stored_bytes", "densified", "gap_marker", "write_pyfai_sparsify", "register"]

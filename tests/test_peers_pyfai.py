@@ -124,3 +124,8 @@ def test_error_model_follows_the_data():
     bad[0, :] = True
     assert peers.error_model_for(counts - 3, bad) == "poisson"  # only masked pixels were negative
     assert peers.error_model_for(counts.astype(np.float32), np.zeros((4, 4), bool)) == "azimuthal"
+
+
+def test_masked_pixels_get_the_detectors_markers():
+    assert peers.gap_marker(np.int32) == -1 and peers.gap_marker(np.uint16) == 65535
+    assert np.isnan(peers.gap_marker(np.float32))
