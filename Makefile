@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := g++ make python3-dev python3-venv pkg-config libzstd-dev liblz4-dev libxxhash-dev \
                 libhtscodecs-dev hdf5-tools clang libclang-rt-14-dev valgrind dials \
-                chromium
+                chromium pocl-opencl-icd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test bench fuzz fuzz-build deps venv install clean

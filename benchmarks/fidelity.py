@@ -13,7 +13,9 @@ user of a photon counter would do; the ratio is the peer's file. redml's quantiz
 appear with each reconstruction: "midpoint" (q1, q2, q4), "draw" and "mean"; the lattice
 settings "redml-lattice-dials-qK" keep a disc of 8 px around every reflection that DIALS's
 crystals of the uncompressed file predict (with the finder's spots) exact and draw the rest
-at q; frames without a crystal are hits (midpoint) or blanks (draw).
+at q; frames without a crystal are hits (midpoint) or blanks (draw). The sparse mode's peer is
+pyFAI's sparsify-Bragg ("pyfai-sparsify", benchmarks/peers_pyfai.py: its own file, its own
+densify for DIALS), run where pyFAI and an OpenCL device are installed, skipped otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import peers_pyfai
 from redml_study.yardstick import Dials
 from redml_study.yield_study import cached, render_table, series_from_files, series_from_simulator, study
 
@@ -32,9 +35,10 @@ bench = importlib.import_module("yield")  # benchmarks/yield.py: data sets and c
 
 CODECS = ["bslz4", "bszstd", "zstd", "sz3-abs1-clip0", "sz3-abs2-clip0", "zfp-acc4-clip0", "redml-lossless",
           "redml-q1", "redml-q2", "redml-q4", "redml-mean-q2", "redml-mean-q4", "redml-draw-q2", "redml-draw-q4",
-          "redml-draw-q8", "redml-sparse", "redml-lattice-dials-q8", "redml-lattice-dials-q16"]
+          "redml-draw-q8", "redml-sparse", "redml-lattice-dials-q8", "redml-lattice-dials-q16", peers_pyfai.NAME]
 QUICK_CODECS = ["bslz4", "sz3-abs1-clip0", "sz3-abs2-clip0", "redml-q2", "redml-q4", "redml-mean-q4",
-                "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-lattice-dials-q8", "redml-lattice-dials-q16"]
+                "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-lattice-dials-q8", "redml-lattice-dials-q16",
+                "redml-sparse", peers_pyfai.NAME]
 QUICK_FRAMES = [1, 2, 5, 10, 16, 18]  # thaumatin stills: 4 hits (strong to weak) and 2 blanks
 KEYS = ["ratio", "indexed", "indexed_uncompressed", "lost", "gained", "reflections_matched", "reflections_uncompressed",
         "mean_dsig", "weak_mean_dsig", "sigma_ratio", "cc_intensity", "blank_spots", "blank_spots_uncompressed",
@@ -77,7 +81,7 @@ def plot(all_results: dict, path) -> None:
             if codec.startswith("_") or codec == "uncompressed":
                 continue
             color = ("C3" if "draw" in codec else "C1" if "mean" in codec else "C2" if codec.startswith("redml")
-                     else "C0" if codec.startswith(("sz3", "zfp")) else "0.45")
+                     else "C0" if codec.startswith(("sz3", "zfp")) else "C4" if codec.startswith("pyfai") else "0.45")
             for ax, (_, f) in zip(axes, panels):
                 ax.scatter(r["ratio"], f(r), color=color, marker=markers[k % 4], s=36)
                 if r["dials"] == "run":
@@ -91,7 +95,7 @@ def plot(all_results: dict, path) -> None:
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=l) for c, l in
                (("C3", "redml draw"), ("C1", "redml mean"), ("C2", "redml midpoint / sparse"),
-                ("C0", "SZ3 / ZFP, clipped at 0"), ("0.45", "lossless peers"))]
+                ("C0", "SZ3 / ZFP, clipped at 0"), ("C4", "pyFAI sparsify"), ("0.45", "lossless peers"))]
     handles += [plt.Line2D([], [], marker=markers[k % 4], ls="", color="k", label=n) for k, n in enumerate(all_results)]
     axes[0].legend(handles=handles, fontsize=8)
     fig.suptitle("Fidelity: intensity bias and lost reflections against compression ratio (benchmarks/fidelity.py)")
@@ -115,7 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default=None)
     p.add_argument("--seed", type=int, default=2026)
     args = p.parse_args(argv)
-    codecs = args.codecs or (QUICK_CODECS if args.quick else CODECS)
+    codecs, skipped = peers_pyfai.register(args.codecs or (QUICK_CODECS if args.quick else CODECS))
+    for codec, why in skipped.items():
+        print(f"{codec} skipped: {why}", flush=True)
     tmp = tempfile.TemporaryDirectory(prefix="redml-fidelity-") if args.workdir is None else None
     work = Path(tmp.name if tmp else args.workdir)
     paths = sorted(bench.THAUMATIN.glob("*.cbf.bz2"))
@@ -147,7 +153,8 @@ def main(argv=None) -> int:
     out["datasets"] = all_results
     out["seconds"] = time.perf_counter() - t0
     out["note"] = ("lossy peers (-clip0): decoded counts clipped at 0 before DIALS; top level: "
-                   f"{next(iter(all_results))}")
+                   f"{next(iter(all_results))}; {peers_pyfai.NOTE}")
+    out["skipped"] = skipped
     figure = args.figure or (str(Path(args.json).with_suffix(".png")) if args.json else "fidelity.png")
     try:
         plot(all_results, figure)

@@ -88,6 +88,11 @@ DEFAULT_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs0.5", "sz3-
                   "redml-q2", "redml-q4", "redml-draw-q2", "redml-draw-q4", "redml-mean-q4", "redml-sparse"]
 
 
+# Peers with a file format of their own (benchmarks/peers_pyfai.py registers pyfai-sparsify):
+# name -> write(series, path) -> the figures of measure_file, the frames for DIALS written to path.
+FILE_PEERS: dict = {}
+
+
 CLIP_SUFFIX = "-clip0"  # a lossy peer whose decoded counts a careful user clips at 0 before DIALS
 
 
@@ -204,6 +209,8 @@ def stored_bytes(path, dataset: str = "entry/data/data") -> int:
 
 def write_series(series: Series, codec: str, path) -> dict:
     """Writes the series with one codec; reads it back and compares with the original."""
+    if codec in FILE_PEERS:
+        return FILE_PEERS[codec](series, path)
     options = codec_writer_options(codec)
     t0 = time.perf_counter()
     with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
@@ -307,7 +314,8 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
         record = path.with_suffix(".json")
         if reuse and path.exists() and record.exists() and json.loads(record.read_text()).get("n") == series.n:
             results[codec] = json.loads(record.read_text())["result"]
-        elif reuse and path.exists() and not codec.endswith(CLIP_SUFFIX) and _complete(path, series.n):
+        elif (reuse and path.exists() and not codec.endswith(CLIP_SUFFIX) and codec not in FILE_PEERS
+              and _complete(path, series.n)):
             results[codec] = measure_file(series, codec, path)  # written by a run that stopped before its record
         elif codec.endswith(CLIP_SUFFIX) and base_codec(codec) in results:
             results[codec] = {**results[base_codec(codec)], **clipped_copy(series, work / f"{series.name}_{base_codec(codec)}.nxs")}
