@@ -7,7 +7,6 @@
 #include <string>
 
 #include "internal.h"
-#include "lattice.h"
 #include "redml.h"
 #include "redml_jungfrau.h"
 #include "redml_spots.h"

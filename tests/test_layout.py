@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "redml_reduce"
 LAYERS = [
     ["_core", "plugins", "arrays", "progress"],            # the C++ core and filter plugin, argument checks
     ["codec", "spots", "background", "automask"],          # the codec and the core's other jobs
-    ["jungfrau", "ml"],                                    # raw JUNGFRAU frames, learned spot finding
+    ["jungfrau", "ml", "lattice"],                         # raw JUNGFRAU frames, learned spot finding, crystals
     ["pipeline"],                                          # raw frame -> photons -> ROI -> chunk
     ["formats"],                                           # filter, writer, codecs, readers
     ["recompress", "acquire"],                             # the two jobs
