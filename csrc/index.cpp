@@ -410,7 +410,10 @@ IndexResult Indexer::run() {
                         V3 v1 = (double)flip * a->r, v2 = (double)(flip * sign) * b->r;
                         double av = std::acos(std::clamp(dot(v1, v2) / (a->length * b->length), -1.0, 1.0));
                         if (std::fabs(av - angle) > tol_angle) continue;
-                        Pose U{rotation_onto(v1, v2, d1, d2)};
+                        // The matched lengths also say how far the given cell is off.
+                        double scale = std::clamp((ld1 + ld2) / (a->length + b->length), 1 - kMaxScaleError,
+                                                  1 + kMaxScaleError);
+                        Pose U{rotation_onto(v1, v2, d1, d2), scale};
                         ++res.trials;
                         ++since_best;
                         // A trial is only roughly right: refined on the search's spots first, on

@@ -32,8 +32,10 @@ def hkl_to(B, d_min: float, letter: str = "P") -> np.ndarray:
 
 
 def still_spots(cell, space_group, U, rng, *, detector=PILATUS_6M, d_min=2.0, mosaicity_deg=0.05,
-                bandwidth=0.002, domain_a=5000.0, min_partiality=0.2, noise_px=0.3, n_false=0, max_spots=None):
-    """(xy (n, 2) pixels, intensity (n,), hkl (n, 3) with 0 0 0 for false spots, A = U B)."""
+                bandwidth=0.002, domain_a=5000.0, min_partiality=0.2, noise_px=0.3, n_false=0, false_fraction=0.0,
+                max_spots=None):
+    """(xy (n, 2) pixels, intensity (n,), hkl (n, 3) with 0 0 0 for false spots, A = U B).
+    False spots: n_false plus false_fraction times the crystal's, uniform on the detector."""
     geom, (h, w) = detector["geometry"], detector["shape"]
     B = b_matrix(cell)
     A = U @ B
@@ -56,6 +58,7 @@ def still_spots(cell, space_group, U, rng, *, detector=PILATUS_6M, d_min=2.0, mo
     if max_spots is not None and len(xy) > max_spots:
         strongest = np.argsort(-intensity)[:max_spots]
         xy, hkl, intensity = xy[strongest], hkl[strongest], intensity[strongest]
+    n_false += int(round(false_fraction * len(xy)))
     if n_false:
         false_xy = rng.uniform([0, 0], [w, h], size=(n_false, 2))
         xy = np.concatenate([xy, false_xy])
