@@ -67,7 +67,7 @@ def dials_orientations(folder: Path, workdir: Path) -> dict:
     from redml_study.dials_side import DIALS_PYTHON
     from redml_study.yardstick import Dials, dials_env
 
-    run = Dials(space_group=SPACE_GROUP, unit_cell=CELL, nproc=1).process(folder, workdir, integrate=False)
+    run = Dials(space_group=SPACE_GROUP, unit_cell=CELL, nproc=1, reuse=True).process(folder, workdir, integrate=False)
     expt = Path(run.workdir) / "indexed.expt"
     if not expt.exists():
         return {}

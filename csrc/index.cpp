@@ -55,6 +55,9 @@ bool invert(const M3 &a, M3 &out) {
 // How far the refined scale of the cell may stray from the given one.
 constexpr double kMaxScaleError = 0.05;
 
+// The size of a pivot's neighbourhood (Indexer::local_), the pivot included.
+constexpr size_t kLocalSpots = 25;
+
 // The largest chance that a random spot indexes (see cap_tolerance).
 constexpr double kMaxChance = 0.05;
 
@@ -134,6 +137,7 @@ struct Tally {
 struct Task {
     size_t i, j, k;
     size_t cost;
+    size_t local;  // index of the pivot's neighbourhood (Indexer::local_)
 };
 
 class Indexer {
@@ -190,6 +194,9 @@ class Indexer {
 
     std::vector<double> px_, py_;  // the spots' positions (pixels)
     std::vector<size_t> all_;      // 0 .. n-1
+    // Per search spot, it and its nearest spots in reciprocal space: a trial rotation, only
+    // roughly right, indexes these first (the farther spots drift out of tolerance).
+    std::vector<std::vector<size_t>> local_;
 
     void build_lattice_vectors();
     void cap_tolerance(size_t i);
@@ -200,7 +207,7 @@ class Indexer {
     bool refine_step(Pose &p, const std::vector<size_t> &spots) const;
     Tally refine(Pose &p, const std::vector<size_t> &spots, int steps) const;
     void candidates(double length, double tol, std::vector<const LatticeVector *> &out) const;
-    std::vector<Task> tasks() const;
+    std::vector<Task> tasks();
     double match_err(size_t i, size_t j) const;
     double length_tolerance(size_t i, size_t j) const;
     void fill(const Pose &p, IndexResult &res) const;
@@ -340,16 +347,22 @@ Tally Indexer::refine(Pose &p, const std::vector<size_t> &spots, int steps) cons
     return best;
 }
 
-std::vector<Task> Indexer::tasks() const {
+std::vector<Task> Indexer::tasks() {
     std::vector<Task> out;
-    std::vector<std::pair<double, size_t>> near;
+    std::vector<std::pair<double, size_t>> near, all;
     std::vector<const LatticeVector *> c1, c2;
     for (size_t i : order_) {
         near.clear();
+        all.clear();
         for (size_t j = 0; j < n_; ++j) {
             double d = norm(r_[j] - r_[i]);
+            all.push_back({d, j});
             if (j != i && d > std::max(match_err(i, j) * 2, min_length_) && d <= max_length_) near.push_back({d, j});
         }
+        size_t L = std::min(all.size(), kLocalSpots);
+        std::partial_sort(all.begin(), all.begin() + L, all.end());
+        local_.emplace_back();
+        for (size_t a = 0; a < L; ++a) local_.back().push_back(all[a].second);
         size_t K = std::min(near.size(), (size_t)std::max(2, s_.neighbours));
         std::partial_sort(near.begin(), near.begin() + K, near.end());
         for (size_t a = 0; a < K; ++a)
@@ -360,7 +373,7 @@ std::vector<Task> Indexer::tasks() const {
                 if (angle < 20 * M_PI / 180 || angle > 160 * M_PI / 180) continue;
                 candidates(norm(d1), length_tolerance(i, j), c1);
                 candidates(norm(d2), length_tolerance(i, k), c2);
-                if (!c1.empty() && !c2.empty()) out.push_back({i, j, k, c1.size() * c2.size()});
+                if (!c1.empty() && !c2.empty()) out.push_back({i, j, k, c1.size() * c2.size(), local_.size() - 1});
             }
     }
     std::stable_sort(out.begin(), out.end(), [](const Task &a, const Task &b) { return a.cost < b.cost; });
@@ -418,6 +431,7 @@ IndexResult Indexer::run() {
                         ++since_best;
                         // A trial is only roughly right: refined on the search's spots first, on
                         // all of them only when it beats the best so far there.
+                        if (count(U, local_[t.local]).n >= 4) refine(U, local_[t.local], 4);
                         Tally q = count(U, order_);
                         if (q.n >= floor) q = refine(U, order_, 6);
                         if (q.n >= floor && q.score > best_q.score) {
