@@ -111,6 +111,17 @@ struct TileCoder {
         }
         return px;
     }
+    // at() for the n pixels from i0 on of an integer tile with step > 1, one pass without
+    // branches (vectorized: the pixel indices of a frame are below 2^27, 32-bit lanes).
+    void int_lanes(uint32_t seed, uint32_t i0, size_t n, int64_t *__restrict u, int64_t *__restrict base,
+                   uint8_t *__restrict phase) const {
+        for (size_t j = 0; j < n; j++) {
+            unsigned ph;
+            u[j] = redml_dither_int(seed, i0 + (uint32_t)j, s_int);
+            base[j] = redml_offset_int(&off, u[j], s_int, &ph);
+            phase[j] = (uint8_t)ph;
+        }
+    }
 };
 
 // Every tile's coder (three divisions each: built once per frame, not per tile row), or
@@ -629,20 +640,44 @@ BackgroundModel read_model(const ParsedChunk &pc, int nt) {
     return m;
 }
 
-// interpolate_mean with each row's and column's terms computed once (background.h).
-class Bilinear {
+// The bilinear model (interpolate_mean, background.h) a pixel row at a time: the
+// interpolations along the two tile rows around a pixel row are shared by every pixel row
+// between those tile centres, then each pixel takes two products and a sum. The same
+// operations in the same order as bilinear_at, so the same values.
+class BilinearRows {
   public:
-    Bilinear() = default;
-    explicit Bilinear(const BackgroundModel &m) : m_(&m) {
-        const TileGrid &g = m.grid;
-        for (uint32_t y = 0; y < g.height; y++) rows_.push_back(bilinear_axis(y, g.tile, g.rows));
-        for (uint32_t x = 0; x < g.width; x++) cols_.push_back(bilinear_axis(x, g.tile, g.cols));
+    BilinearRows() = default;
+    explicit BilinearRows(const BackgroundModel &m) : m_(&m), top_(m.grid.width), bottom_(m.grid.width), row_(m.grid.width) {
+        for (uint32_t x = 0; x < m.grid.width; x++) cols_.push_back(bilinear_axis(x, m.grid.tile, m.grid.cols));
     }
-    double at(uint32_t y, uint32_t x) const { return bilinear_at(*m_, rows_[y], cols_[x]); }
+    explicit operator bool() const { return m_ != nullptr; }
+    // The model at the pixels of row y, valid until the next call.
+    const double *row(uint32_t y) {
+        const TileGrid &g = m_->grid;
+        const BilinearAxis r = bilinear_axis(y, g.tile, g.rows);
+        if (r.i0 != top_row_ || r.i1 != bottom_row_) {
+            along_tile_row(r.i0, top_.data());
+            along_tile_row(r.i1, bottom_.data());
+            top_row_ = r.i0;
+            bottom_row_ = r.i1;
+        }
+        const double wt = 1 - r.w, wb = r.w;
+        for (uint32_t x = 0; x < g.width; x++) row_[x] = wt * top_[x] + wb * bottom_[x];
+        return row_.data();
+    }
 
   private:
+    void along_tile_row(uint32_t ty, double *v) const {
+        const float *mean = m_->mean.data() + (size_t)ty * m_->grid.cols;
+        for (size_t x = 0; x < cols_.size(); x++) {
+            const BilinearAxis &c = cols_[x];
+            v[x] = (1 - c.w) * (double)mean[c.i0] + c.w * (double)mean[c.i1];
+        }
+    }
     const BackgroundModel *m_ = nullptr;
-    std::vector<BilinearAxis> rows_, cols_;
+    std::vector<BilinearAxis> cols_;
+    std::vector<double> top_, bottom_, row_;
+    uint32_t top_row_ = UINT32_MAX, bottom_row_ = UINT32_MAX;
 };
 
 // Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1).
@@ -721,6 +756,117 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, const Step1Int<T>
     *ci_io = ci;
 }
 
+// Where a band's reconstruction reads: the exact values and each phase's codes, with
+// the read positions (every code read is checked against its stream's length).
+template <class T>
+struct CodeReader {
+    const typename Storage<T>::Word *values;
+    size_t vi;
+    const typename Storage<T>::Word *const *codes;
+    const size_t *count;
+    size_t *ci;
+    typename Storage<T>::Word next_code(unsigned phase) {
+        check(ci[phase] < count[phase], REDML_E_CORRUPT, "background code stream length does not match its phase");
+        return codes[phase][ci[phase]++];
+    }
+};
+
+const size_t kLanes = REDML_LANES;  // pixels decoded together (a tile row is cut into such spans)
+
+// Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), the fast
+// form where it decides (quantize.h), the reference elsewhere.
+REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
+                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, int64_t *res) {
+    double uni[kLanes], fast[kLanes];
+    uint8_t ok[kLanes];
+    for (size_t j = 0; j < n; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)j, draw ? 6 : 5);
+    redml_recon_conditional_lanes(a, b, lambda, uni, (int)n, (int)std::min<int64_t>(width, kLanes), draw, fast, ok);
+    for (size_t j = 0; j < n; j++)
+        res[j] = ok[j] ? (int64_t)fast[j]
+                       : redml_recon_conditional((int64_t)a[j], (int64_t)b[j], lambda[j], draw, seed, i0 + j);
+}
+
+// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
+// integer tile with step > 1, or a float tile): the dither, offset and phase of every
+// pixel in one branch-free pass, the exact values and symbols read in raster order, then
+// the reconstruction of the coded pixels (lambda: the model at the pixels, for the
+// conditional reconstructions).
+template <class T>
+REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                                 uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                                                 CodeReader<T> &rd) {
+    using S = Storage<T>;
+    if constexpr (S::is_float) {
+        for (size_t j = 0; j < n; j++) {
+            if (exact[j]) {
+                out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+                continue;
+            }
+            auto px = tc.at(seed, i0 + j);
+            const auto sym = rd.next_code(px.phase);
+            check(tc.step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+            out[j] = redml_recon_float(sym, tc.step, px.u_float, px.base);
+        }
+    } else {
+        int64_t u[kLanes], k[kLanes];
+        uint8_t phase[kLanes];
+        tc.int_lanes(seed, i0, n, u, k, phase);
+        for (size_t j = 0; j < n; j++) {  // k: the offset, then the bin
+            if (exact[j]) out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+            else k[j] += S::unzigzag(rd.next_code(phase[j]));
+        }
+        const int64_t s = tc.s_int;
+        bool in_range = true;
+        if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
+            double a[kLanes], b[kLanes];
+            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]
+                const int64_t lo = k[j] * s - u[j], hi = lo + s - 1;
+                in_range &= exact[j] || (hi >= 0 && hi <= S::hi());
+                a[j] = exact[j] ? 0.0 : (double)std::max<int64_t>(lo, 0);
+                b[j] = exact[j] ? 0.0 : (double)hi;
+            }
+            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
+            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, k);
+            for (size_t j = 0; j < n; j++)
+                if (!exact[j]) out[j] = (T)k[j];
+        } else {
+            for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
+                const int64_t r = k[j] * s - u[j] + (s - 1) / 2;
+                in_range &= exact[j] || (r >= S::lo() && r <= S::hi());
+                if (!exact[j]) out[j] = (T)r;
+            }
+            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
+        }
+    }
+}
+
+template <class T>
+void decode_coded_span_portable(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0,
+                                size_t n, const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    for (size_t c = 0; c < n; c += kLanes)
+        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
+                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                              uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                                              CodeReader<T> &rd) {
+    for (size_t c = 0; c < n; c += kLanes)
+        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
+                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+}
+#endif
+// decode_coded_lanes_body over n pixels of one tile row (the AVX2 build where the CPU has it).
+template <class T>
+void decode_coded_span(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                       const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+#endif
+    decode_coded_span_portable<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+}
+
 template <class T>
 void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     using S = Storage<T>;
@@ -771,68 +917,53 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const std::vector<TileCoder<T>> coders = tile_coders<T>(model, preds, h.mode != REDML_MODE_SPARSE);
     const bool poisson = recon == REDML_RECON_POISSON;
     const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
-    const Bilinear bilinear = conditional || h.mode == REDML_MODE_SPARSE ? Bilinear(model) : Bilinear();
-    // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on;
-    // every code read is checked against its stream's length.
+    const bool sparse = h.mode == REDML_MODE_SPARSE;
     // Per tile row: whether all its tiles are lossless integer tiles (decoded a whole pixel
     // row at a time), and the tile predictions spread over a pixel row.
     std::vector<uint8_t> row_step1(g.rows, 0);
-    if (!S::is_float && h.mode != REDML_MODE_SPARSE)
+    if (!S::is_float && !sparse)
         for (uint32_t ty = 0; ty < g.rows; ty++)
             row_step1[ty] = std::all_of(model.step.begin() + (size_t)ty * g.cols,
                                         model.step.begin() + (size_t)(ty + 1) * g.cols, [](float st) { return st == 1.0f; });
+    // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on.
     auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
         std::vector<Step1Int<T>> pred_row(W);
         uint32_t pred_ty = UINT32_MAX;
+        BilinearRows bilinear = conditional || sparse ? BilinearRows(model) : BilinearRows();
+        CodeReader<T> rd{values, vi, codes.data(), code_count.data(), ci};
         for (uint32_t y = y0; y < y1; y++) {
             const uint32_t ty = y / g.tile;
             if (ty != pred_ty && !S::is_float) {
                 prediction_row<T>(preds, g, y, pred_row.data());
                 pred_ty = ty;
             }
+            const size_t row = (size_t)y * W;
             if (row_step1[ty]) {  // the whole row at once: few calls, long vectorized runs
-                decode_step1_span<T>(exact + (size_t)y * W, out + (size_t)y * W, W, pred_row.data(), conditional,
-                                     values, &vi, codes[0], code_count[0], &ci[0]);
+                decode_step1_span<T>(exact + row, out + row, W, pred_row.data(), conditional, values, &rd.vi,
+                                     codes[0], code_count[0], &ci[0]);
                 continue;
             }
+            const double *lambda = bilinear ? bilinear.row(y) : nullptr;
             for (uint32_t tx = 0; tx < g.cols; tx++) {
-                size_t t = (size_t)(y / g.tile) * g.cols + tx;
+                const size_t t = (size_t)ty * g.cols + tx;
                 const int64_t pred = preds[t];
-                const double step = model.step[t];
-                uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
-                size_t row = (size_t)y * W;
-                if (!S::is_float && step == 1.0 && h.mode != REDML_MODE_SPARSE) {
-                    // step 1: phase 0, code = zigzag residual (the general path below reduces to this)
+                const uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
+                if (!S::is_float && model.step[t] == 1.0f && !sparse) {
+                    // step 1: phase 0, code = zigzag residual (the general path reduces to this)
                     decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred_row.data() + x0, conditional,
-                                         values, &vi, codes[0], code_count[0], &ci[0]);
-                    continue;
-                }
-                for (uint32_t x = x0; x < x1; x++) {
-                    size_t i = row + x;
-                    if (exact[i]) {
-                        out[i] = S::from_exact_word(values[vi++], pred);
-                    } else if (h.mode != REDML_MODE_SPARSE) {
-                        const TileCoder<T> &tc = coders[t];
-                        auto px = tc.at(h.seed, i);
-                        check(ci[px.phase] < code_count[px.phase], REDML_E_CORRUPT,
-                              "background code stream length does not match its phase");
-                        Word sym = codes[px.phase][ci[px.phase]++];
-                        if constexpr (S::is_float) {
-                            check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                            out[i] = redml_recon_float(sym, step, px.u_float, px.base);
-                        } else if (conditional) {
-                            int64_t a, b;
-                            redml_bin_int(sym, tc.s_int, px.u_int, px.base, &a, &b);
-                            check(b >= 0 && b <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
-                            double lambda = bilinear.at(y, x);
-                            out[i] = (T)redml_recon_conditional(a, b, lambda, recon == REDML_RECON_DRAW, h.seed, i);
-                        } else {
-                            int64_t r = redml_recon_int(sym, tc.s_int, px.u_int, px.base);
-                            check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
-                            out[i] = (T)r;
+                                         values, &rd.vi, codes[0], code_count[0], &ci[0]);
+                } else if (!sparse) {
+                    decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),
+                                         x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed, rd);
+                } else {
+                    for (uint32_t x = x0; x < x1; x++) {
+                        const size_t i = row + x;
+                        if (exact[i]) {
+                            out[i] = S::from_exact_word(values[rd.vi++], pred);
+                            continue;
                         }
-                    } else {  // sparse: the model, made unbiased (dither) or noisy (Poisson)
-                        double v = std::max(0.0, bilinear.at(y, x));
+                        // sparse: the model, made unbiased (dither) or noisy (Poisson)
+                        double v = std::max(0.0, lambda[x]);
                         double r = poisson ? (double)h.gain * (double)redml_poisson(v / h.gain, h.seed, i)
                                            : (S::is_float ? v : (double)redml_dithered_round(v, h.seed, i));
                         if constexpr (S::is_float) out[i] = (T)r;
