@@ -30,6 +30,7 @@ namespace redml {
 namespace {
 
 const uint32_t kRowsPerBand = 64;
+const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
 
 // Per-type storage: exact values and background codes are unsigned integers of the
 // pixel's width (16 or 32 bits).
@@ -396,6 +397,70 @@ void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t 
     *nc_io = nc;
 }
 
+// Quantizes n pixels of one row of an integer tile with step > 1 (quantize.h), kLanes at
+// a time: the dither, offset and phase of every pixel in one vectorized pass, then each
+// pixel's symbol (with its phase in tags) or exact value, appended without branches.
+template <class T>
+REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T *__restrict f, uint8_t *__restrict exact,
+                                                const uint8_t *__restrict usable, uint32_t i0, size_t n, int64_t pred,
+                                                bool conditional, uint32_t seed, typename Storage<T>::Word *__restrict vals,
+                                                typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
+                                                size_t *nv_io, size_t *nc_io) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    size_t nv = *nv_io, nc = *nc_io;
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        int64_t u[kLanes], base[kLanes];
+        uint8_t phase[kLanes];
+        tc.int_lanes(seed, i0 + (uint32_t)c, m, u, base, phase);
+        for (size_t j = 0; j < m; j++) {
+            const size_t i = c + j;
+            uint64_t sym = 0;
+            bool keep = exact[i] || !usable[i];
+            if (!keep)
+                keep = conditional ? !redml_quantize_bin((int64_t)f[i], tc.s_int, tc.inv_step, u[j], base[j], S::hi(),
+                                                         S::sym_max, &sym)
+                                   : !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, u[j], base[j], S::lo(),
+                                                         S::hi(), S::sym_max, &sym);
+            codes[nc] = (Word)sym;
+            tags[nc] = phase[j];
+            vals[nv] = S::exact_word(f[i], pred);
+            nc += !keep;
+            nv += keep;
+            exact[i] = keep;
+        }
+    }
+    *nv_io = nv;
+    *nc_io = nc;
+}
+
+template <class T>
+void quantize_int_span_portable(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0,
+                                size_t n, int64_t pred, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                                typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void quantize_int_span_avx2(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable,
+                                              uint32_t i0, size_t n, int64_t pred, bool conditional, uint32_t seed,
+                                              typename Storage<T>::Word *vals, typename Storage<T>::Word *codes,
+                                              uint8_t *tags, size_t *nv, size_t *nc) {
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+}
+#endif
+template <class T>
+void quantize_int_span(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0, size_t n,
+                       int64_t pred, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                       typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2())
+        return quantize_int_span_avx2<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+#endif
+    quantize_int_span_portable<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+}
+
 struct BandCounts {
     size_t values = 0, codes = 0;
     bool tagged = false;  // codes carry their phases in tags (else all are phase 0)
@@ -439,6 +504,13 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
                 step1_span(f + i0, exact + i0, usable + i0, i1 - i0, pred_row.data() + (i0 - (size_t)y * W), vals, codes,
                            &nv, &nc);
                 continue;
+            }
+            if constexpr (!S::is_float) {
+                if (coded) {
+                    quantize_int_span<T>(coders[t], f + i0, exact + i0, usable + i0, (uint32_t)i0, i1 - i0, pred,
+                                         conditional, p.seed, vals, codes, tags, &nv, &nc);
+                    continue;
+                }
             }
             for (size_t i = i0; i < i1; i++) {
                 bool keep = exact[i] || !usable[i];
@@ -771,8 +843,6 @@ struct CodeReader {
     }
 };
 
-const size_t kLanes = REDML_LANES;  // pixels decoded together (a tile row is cut into such spans)
-
 // Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), the fast
 // form where it decides (quantize.h), the reference elsewhere.
 REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
@@ -865,6 +935,23 @@ void decode_coded_span(const TileCoder<T> &tc, int64_t pred, const uint8_t *exac
     if (cpu_has_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
     decode_coded_span_portable<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+}
+
+// Adds to count[ph] the number of coded pixels of phase ph among the n pixels from frame
+// index i0 on, in one row of one coded tile (the phases as decode_coded_lanes_body finds them).
+template <class T>
+void count_phases(const TileCoder<T> &tc, const uint8_t *exact, uint32_t i0, size_t n, uint32_t seed, size_t *count) {
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        uint8_t phase[kLanes];
+        if constexpr (std::is_floating_point<T>::value) {
+            for (size_t j = 0; j < m; j++) phase[j] = (uint8_t)tc.at(seed, i0 + c + j).phase;
+        } else {
+            int64_t u[kLanes], base[kLanes];
+            tc.int_lanes(seed, i0 + (uint32_t)c, m, u, base, phase);
+        }
+        for (size_t j = 0; j < m; j++) count[phase[j]] += exact[c + j] == 0;
+    }
 }
 
 template <class T>
@@ -994,12 +1081,13 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 const size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
-                size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
-                for (size_t i = i0; i < i1; i++) {
-                    if (exact[i]) c++;
-                    else if (nph) band_codes[(b + 1) * nph + coders[t].at(h.seed, i).phase]++;
-                }
+                const size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
+                const size_t n = std::min<size_t>(W, (size_t)(tx + 1) * g.tile) - (size_t)tx * g.tile;
+                const size_t ne = count_ones(exact + i0, nullptr, n);
+                c += ne;
+                if (!nph) continue;
+                if (!S::is_float && model.step[t] == 1.0f) band_codes[(b + 1) * nph] += n - ne;  // phase 0
+                else count_phases<T>(coders[t], exact + i0, (uint32_t)i0, n, h.seed, &band_codes[(b + 1) * nph]);
             }
         }
         band_exact[b + 1] = c;
