@@ -30,6 +30,21 @@ namespace redml {
 namespace {
 
 const uint32_t kRowsPerBand = 64;
+
+#ifdef REDML_AVX2_DISPATCH
+// A third build of the lane loops below, for CPUs with AVX-512 (F, DQ, BW, VL: 8 doubles a
+// vector, 64-bit integer products and conversions).
+#define REDML_AVX512_DISPATCH 1
+#define REDML_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512")))
+bool cpu_has_avx512() {
+    static const bool has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }();
+    return has;
+}
+#endif
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
 
 // Per-type storage: exact values and background codes are unsigned integers of the
@@ -450,10 +465,25 @@ REDML_TARGET_AVX2 void quantize_int_span_avx2(const TileCoder<T> &tc, const T *f
     quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
 }
 #endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 void quantize_int_span_avx512(const TileCoder<T> &tc, const T *f, uint8_t *exact,
+                                                  const uint8_t *usable, uint32_t i0, size_t n, int64_t pred,
+                                                  bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                                                  typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv,
+                                                  size_t *nc) {
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+}
+#endif
 template <class T>
 void quantize_int_span(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0, size_t n,
                        int64_t pred, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
                        typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
+#ifdef REDML_AVX512_DISPATCH
+    if (cpu_has_avx512())
+        return quantize_int_span_avx512<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv,
+                                           nc);
+#endif
 #ifdef REDML_AVX2_DISPATCH
     if (cpu_has_avx2())
         return quantize_int_span_avx2<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
@@ -851,9 +881,14 @@ REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, con
     uint8_t ok[kLanes];
     for (size_t j = 0; j < n; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)j, draw ? 6 : 5);
     redml_recon_conditional_lanes(a, b, lambda, uni, (int)n, (int)std::min<int64_t>(width, kLanes), draw, fast, ok);
-    for (size_t j = 0; j < n; j++)
-        res[j] = ok[j] ? (int64_t)fast[j]
-                       : redml_recon_conditional((int64_t)a[j], (int64_t)b[j], lambda[j], draw, seed, i0 + j);
+    bool all_ok = true;
+    for (size_t j = 0; j < n; j++) {
+        res[j] = (int64_t)fast[j];
+        all_ok &= ok[j] != 0;
+    }
+    if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
+        for (size_t j = 0; j < n; j++)
+            if (!ok[j]) res[j] = redml_recon_conditional((int64_t)a[j], (int64_t)b[j], lambda[j], draw, seed, i0 + j);
 }
 
 // Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
@@ -927,10 +962,24 @@ REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, int64_t pr
                                    lambda ? lambda + c : nullptr, recon, seed, rd);
 }
 #endif
-// decode_coded_lanes_body over n pixels of one tile row (the AVX2 build where the CPU has it).
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 void decode_coded_span_avx512(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                                  uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                                                  CodeReader<T> &rd) {
+    for (size_t c = 0; c < n; c += kLanes)
+        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
+                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+}
+#endif
+// decode_coded_lanes_body over n pixels of one tile row (the AVX-512 or AVX2 build where
+// the CPU has it).
 template <class T>
 void decode_coded_span(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
                        const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+#ifdef REDML_AVX512_DISPATCH
+    if (cpu_has_avx512()) return decode_coded_span_avx512<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+#endif
 #ifdef REDML_AVX2_DISPATCH
     if (cpu_has_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
