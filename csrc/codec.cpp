@@ -926,22 +926,21 @@ REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t
             double a[kLanes], b[kLanes];
             for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]
                 const int64_t lo = k[j] * s - u[j], hi = lo + s - 1;
-                in_range &= exact[j] || (hi >= 0 && hi <= S::hi());
-                a[j] = exact[j] ? 0.0 : (double)std::max<int64_t>(lo, 0);
-                b[j] = exact[j] ? 0.0 : (double)hi;
+                const bool coded = exact[j] == 0;
+                in_range &= (!coded) | ((hi >= 0) & (hi <= S::hi()));
+                a[j] = coded ? (double)std::max<int64_t>(lo, 0) : 0.0;
+                b[j] = coded ? (double)hi : 0.0;
             }
             check(in_range, REDML_E_CORRUPT, "decoded value out of range");
             conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, k);
-            for (size_t j = 0; j < n; j++)
-                if (!exact[j]) out[j] = (T)k[j];
         } else {
             for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
-                const int64_t r = k[j] * s - u[j] + (s - 1) / 2;
-                in_range &= exact[j] || (r >= S::lo() && r <= S::hi());
-                if (!exact[j]) out[j] = (T)r;
+                k[j] = k[j] * s - u[j] + (s - 1) / 2;
+                in_range &= (exact[j] != 0) | ((k[j] >= S::lo()) & (k[j] <= S::hi()));
             }
             check(in_range, REDML_E_CORRUPT, "decoded value out of range");
         }
+        for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)k[j];  // (a select: vectorizes)
     }
 }
 
