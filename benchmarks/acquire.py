@@ -2,6 +2,7 @@
 
     python benchmarks/acquire.py --quick --json acquire.json     # < 5 minutes
     python benchmarks/acquire.py --json acquire.json             # more frames, more pipelines
+    python benchmarks/acquire.py --quick --receivers 1,2 --json acquire.json   # and redml q=1 on 1, 2 receivers
 
 The stream: simulated JUNGFRAU 4M still shots (2164 x 2068, uint16, half of them hits),
 bitshuffle-LZ4 compressed like an EIGER/Jungfraujoch stream, published by `redml
@@ -104,6 +105,72 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
             "sender": s_err.strip().splitlines()[-1] if s_err.strip() else ""}
 
 
+# -- fan-out: N receivers (`redml acquire --receivers N`) share one stream, one master file per series
+
+
+def consecutive_ports(n: int) -> int:
+    """A base port with the next n-1 free too (the simulated detector binds one per receiver)."""
+    for base in np.random.default_rng().integers(20000, 60000, 100):
+        socks = []
+        try:
+            for k in range(n):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", int(base) + k))
+            return int(base)
+        except OSError:
+            continue
+        finally:
+            for so in socks:
+                so.close()
+    raise RuntimeError("no free consecutive ports")
+
+
+def master_ok(path: Path, n_frames: int) -> bool:
+    """The master reads as the series: n_frames images, nothing missing, first and last decode."""
+    import h5py
+    import redml_reduce  # noqa: F401  (the filter, for the data files behind the virtual dataset)
+    from redml_reduce.acquire.master import read_master
+
+    try:
+        m = read_master(path)
+        with h5py.File(path, "r") as f:
+            d = f["entry/data/data"]
+            ok = d.is_virtual and d.shape[0] == n_frames and d[0].any() and d[n_frames - 1].any()
+        return bool(ok and m["counts"]["missing"] == 0 and m["counts"]["received"] == n_frames)
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def run_fanout(n: int, pool: Path, n_frames: int, work: Path, workers: int) -> dict:
+    """redml q=1 with n receivers on this machine (each `workers` encoder threads); frames/s:
+    frames stored over the longest receiver's time from its first image to its last flush."""
+    base = consecutive_ports(n)
+    out = work / f"fanout{n}.nxs"
+    summary = work / f"fanout{n}.json"
+    endpoints = ",".join(f"tcp://127.0.0.1:{base + k}" for k in range(n))
+    recv_cmd = [sys.executable, "-m", "redml_reduce.cli", "acquire", "--receivers", str(n), "--connect", endpoints,
+                "--out", str(out), "--json", str(summary), "--quiet", "--wait", "300", "--workers", str(workers),
+                "--q", "1", "--overwrite"]
+    send_cmd = [sys.executable, "-m", "redml_study.cli", "simulate-detector", "--bind", f"tcp://127.0.0.1:{base}",
+                "--peers", str(n), "--peer-wait", "120", "--files", f"{pool}:/entry/data/data", "--frames",
+                str(n_frames), "--rate", "0", "--compression", "bslz4"]
+    recv = subprocess.Popen(recv_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    send = subprocess.Popen(send_cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r_out, r_err = recv.communicate(timeout=900)
+    s_out, s_err = send.communicate(timeout=600)
+    if recv.returncode != 0 or send.returncode != 0:
+        raise RuntimeError(f"fanout {n}: receivers rc {recv.returncode}, sender rc {send.returncode}\n"
+                           f"{r_err[-3000:]}\n{s_err[-3000:]}")
+    res = json.loads(summary.read_text())
+    series = [s for r in res["receivers"] for s in r["series"]]
+    stored = sum(s["counts"]["written"] + s["counts"]["sparse"] for s in series)
+    span = max(s["frames_seconds"] for s in series)
+    (m,) = res["masters"]
+    return {"receivers": n, "fps": stored / span if span > 0 else None, "frames_lost": int(m["counts"]["missing"] +
+            m["counts"]["dropped"] + m["counts"]["rejected"]), "master_ok": master_ok(Path(m["path"]), n_frames),
+            "per_receiver_fps": [s["fps"] for s in series], "workers_per_receiver": workers}
+
+
 def table(rows, title) -> str:
     head = ("| pipeline | frames | frames/s | MB/s (raw) | MB/s written | ratio | latency p50 ms | latency p99 ms "
             "| peak RSS MB | lost |")
@@ -127,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--receivers", help="also redml q=1 shared by N receivers, for each N of this list (e.g. 1,2)")
     args = ap.parse_args(argv)
     n_frames = args.frames or (40 if args.quick else 200)
     n_pool = args.pool or (6 if args.quick else 16)
@@ -148,6 +216,12 @@ def main(argv=None) -> int:
             print(f"{name}: {r['fps']:.2f} frames/s, {r['mb_per_s']:.0f} MB/s, latency p99 "
                   f"{r['latency_ms_p99']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB, lost {r['lost']} "
                   f"[sender: {r['sender']}]", flush=True)
+        fanout = {}
+        for n in [int(v) for v in args.receivers.split(",")] if args.receivers else []:
+            per = max(1, (args.workers or os.cpu_count() or 1) // n)  # the same cores, split between the receivers
+            fanout[str(n)] = run_fanout(n, pool, n_frames, work, per)
+            print(f"fan-out, {n} receivers: {fanout[str(n)]['fps']:.2f} frames/s, lost "
+                  f"{fanout[str(n)]['frames_lost']}, master ok: {fanout[str(n)]['master_ok']}", flush=True)
     cores = os.cpu_count()
     title = (f"{n_frames} frames of {meta['shape'][0]} x {meta['shape'][1]} uint16 (bslz4 stream), "
              f"{cores} cores shared by sender and receiver, workers={args.workers or cores}")
@@ -166,6 +240,10 @@ def main(argv=None) -> int:
            "workers": args.workers or cores, "machine": platform.platform(), "seconds": time.perf_counter() - t0}
     if "redml-q1" in by and "bslz4" in by:
         out["redml_q1_vs_bslz4_fps"] = by["redml-q1"]["fps"] / by["bslz4"]["fps"]
+    if fanout:
+        out["fanout"] = fanout
+        if "1" in fanout and fanout["1"]["fps"]:
+            out["fanout_speedup"] = {k: v["fps"] / fanout["1"]["fps"] for k, v in fanout.items() if v["fps"]}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"\ntotal {out['seconds']:.0f} s")

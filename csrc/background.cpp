@@ -43,6 +43,16 @@ void sum_at_most(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t 
     sum_at_most_portable(v, n, top, sum, count);
 }
 
+// The sigma of the clip: the model's, at least one photon's worth for integrating data (a
+// clip at 3 sigma of a pixel of 0.05 photon and 0.2 photon of read noise would cut into the
+// one-photon peak, and the mean's correction for the clip would extrapolate from there).
+double clip_sigma(double mean, const redml_params &p) {
+    if (!integrating(p) || p.mu_min >= 1.0f) return model_sigma(mean, p);
+    redml_params one = p;
+    one.mu_min = 1.0f;
+    return model_sigma(mean, one);
+}
+
 // Sigma-clipped mean of values v[0..n) (upper side, 3 sigma, up to 4 passes); *clip_limit
 // receives the limit of the last pass. Integer values are compared with the integer
 // part of the limit and summed exactly in 64 bits, which gives the same sums as double
@@ -90,7 +100,7 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
         *clip_limit = limit;
         if (iter > 0 && m == mean) break;
         mean = m;
-        limit = mean + 3.0 * redml_sigma(mean, p.gain, p.mu_min);
+        limit = mean + 3.0 * clip_sigma(mean, p);
     }
     return mean;
 }
@@ -174,7 +184,77 @@ double untruncated_poisson_mean(double m, double limit) {
     return lambda;
 }
 
+// The model mean (data units) whose values up to the clip limit average m: the clipped
+// mean of integrating data corrected as untruncated_poisson_mean does for photon counts
+// (integer values are <= floor(limit), i.e. below floor(limit) + 1/2 before rounding).
+double untruncated_noise_mean(double m, double limit, const redml_params &p, bool integer) {
+    if (!(m > 0.0) || !(limit < 1e30) || !(p.read_noise > 0)) return m;
+    const double L = integer ? std::floor(limit) + 0.5 : limit, g = p.gain, rn = p.read_noise;
+    double lambda = m;
+    for (int iter = 0; iter < 50; iter++) {
+        double moment, mass = redml_noise_mass(-INFINITY, L, std::max(lambda, 0.0) / g, g, rn, &moment);
+        if (!(mass > 0.0)) return m;
+        double next = lambda + (m - moment / mass);
+        if (!(next < 4.0 * m + 10.0 * g)) return m;  // not a clipped sample of the model: keep the mean
+        if (std::fabs(next - lambda) < 1e-9 * (g + std::fabs(lambda))) return next;
+        lambda = next;
+    }
+    return lambda;
+}
+
 }  // namespace
+
+double model_sigma(double mean, const redml_params &p) {
+    return integrating(p) ? redml_sigma_rn(mean, p.gain, p.mu_min, p.read_noise > 0 ? p.read_noise : 0.0)
+                          : redml_sigma(mean, p.gain, p.mu_min);
+}
+
+template <class T>
+float tile_step(double mean, const redml_params &p) {
+    const bool bins = conditional_recon(p);
+    if (integrating(p)) {
+        const double rn = p.read_noise > 0 ? p.read_noise : 0.0;
+        if constexpr (std::is_floating_point<T>::value) return redml_step_float_rn(mean, p.q, p.gain, p.mu_min, rn, bins);
+        return (float)(bins ? redml_step_int_bin_rn(mean, p.q, p.gain, p.mu_min, rn)
+                            : redml_step_int_rn(mean, p.q, p.gain, p.mu_min, rn));
+    }
+    if constexpr (std::is_floating_point<T>::value) return redml_step_float(mean, p.q, p.gain, p.mu_min);
+    return (float)(bins ? redml_step_int_bin(mean, p.q, p.gain, p.mu_min) : redml_step_int(mean, p.q, p.gain, p.mu_min));
+}
+
+template <class T>
+double estimate_read_noise(const T *frame, const uint8_t *usable, const TileGrid &grid, const redml_params &p,
+                           int nthreads) {
+    redml_params clip = p;
+    clip.read_noise = p.gain;  // the clip's provisional spread: one photon
+    std::vector<double> excess(grid.count(), NAN);
+    parallel_for(grid.rows, nthreads, [&](size_t ty) {
+        std::vector<double> v((size_t)grid.tile * grid.tile);
+        for (uint32_t tx = 0; tx < grid.cols; tx++) {
+            const size_t n = gather_tile(frame, usable, grid, (uint32_t)ty, tx, v.data());
+            if (n < 16) continue;
+            // Mean and variance of the values up to 5 sigma above the clipped mean: the clip
+            // keeps spots and zingers out, and its width its bias on both negligible (a 3-sigma
+            // clip takes ~1% off the variance, more than the read noise at high flux).
+            double limit, mean = clipped_mean(v.data(), n, clip, &limit);
+            const double top = mean + 5.0 * clip_sigma(mean, clip);
+            double s1 = 0.0, s2 = 0.0, c = 0.0;
+            for (size_t i = 0; i < n; i++)
+                if (v[i] <= top) s1 += v[i] - mean, s2 += (v[i] - mean) * (v[i] - mean), c += 1.0;
+            if (c < 2.0) continue;
+            const double m = s1 / c, var = (s2 - c * m * m) / (c - 1.0);
+            excess[ty * grid.cols + tx] = var - p.gain * std::max(mean + m, 0.0);
+        }
+    });
+    excess.erase(std::remove_if(excess.begin(), excess.end(), [](double e) { return std::isnan(e); }), excess.end());
+    double r2 = 0.0;
+    if (!excess.empty()) {
+        std::nth_element(excess.begin(), excess.begin() + excess.size() / 2, excess.end());
+        r2 = excess[excess.size() / 2];
+    }
+    const double floor_rn = 1e-3 * p.gain;
+    return r2 > floor_rn * floor_rn ? std::sqrt(r2) : floor_rn;
+}
 
 template <class T>
 BackgroundModel fit_background(const T *frame, const uint8_t *usable, const TileGrid &grid,
@@ -191,19 +271,14 @@ BackgroundModel fit_background(const T *frame, const uint8_t *usable, const Tile
             size_t t = ty * grid.cols + tx;
             double limit;
             float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p, dbuf, ibuf, &limit);
-            // The conditional reconstructions decode from this mean's Poisson law: undo the
-            // clip's bias for them (photon counts; other modes keep the clipped mean).
-            if (!std::is_floating_point<T>::value && quantize &&
-                (p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW))
-                mean = (float)untruncated_poisson_mean(mean, limit);
+            // The conditional reconstructions decode from this mean's distribution: undo the
+            // clip's bias for them (other modes keep the clipped mean).
+            if (quantize && conditional_recon(p)) {
+                if (integrating(p)) mean = (float)untruncated_noise_mean(mean, limit, p, !std::is_floating_point<T>::value);
+                else if (!std::is_floating_point<T>::value) mean = (float)untruncated_poisson_mean(mean, limit);
+            }
             m.mean[t] = mean;
-            if (!quantize) continue;
-            if constexpr (std::is_floating_point<T>::value)
-                m.step[t] = redml_step_float(mean, p.q, p.gain, p.mu_min);
-            else
-                m.step[t] = (float)(p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW
-                                        ? redml_step_int_bin(mean, p.q, p.gain, p.mu_min)
-                                        : redml_step_int(mean, p.q, p.gain, p.mu_min));
+            if (quantize) m.step[t] = tile_step<T>(mean, p);
         }
     });
     return m;
@@ -216,7 +291,9 @@ double interpolate_mean(const BackgroundModel &m, uint32_t y, uint32_t x) {
 
 #define REDML_INSTANTIATE(T)                                                                    \
     template BackgroundModel fit_background<T>(const T *, const uint8_t *, const TileGrid &,    \
-                                               const redml_params &, int);
+                                               const redml_params &, int);                      \
+    template float tile_step<T>(double, const redml_params &);                                  \
+    template double estimate_read_noise<T>(const T *, const uint8_t *, const TileGrid &, const redml_params &, int);
 REDML_FOR_EACH_PIXEL_TYPE(REDML_INSTANTIATE)
 #undef REDML_INSTANTIATE
 

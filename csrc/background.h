@@ -22,6 +22,30 @@ struct BackgroundModel {
     std::vector<float> step;  // quantization step per tile (integer dtypes: odd integer)
 };
 
+// Integrating detectors (markers other than NEGATIVE): negative values are noise and the
+// noise model has a read noise (quantize.h, "Integrating detectors").
+inline bool integrating(const redml_params &p) { return p.markers != REDML_MARKERS_NEGATIVE; }
+inline bool conditional_recon(const redml_params &p) {
+    return p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW;
+}
+
+// The noise sigma of a tile mean, in data units: Poisson (photon counters) or Poisson plus
+// read noise (integrating detectors; p.read_noise as estimated when it was < 0).
+double model_sigma(double mean, const redml_params &p);
+
+// The quantization step of a tile of mean `mean` (quantized mode): the rule of the
+// reconstruction, the dtype and the detector (quantize.h).
+template <class T>
+float tile_step(double mean, const redml_params &p);
+
+// The read noise of a frame of an integrating detector, in data units: the median over
+// tiles of the variance above the Poisson term (variance - gain * mean) of the values up to
+// 5 sigma above the clipped mean, at least 1e-3 * gain. Precise where the read noise
+// matters (a few photons per pixel or less); noisy at high flux, where it hardly does.
+template <class T>
+double estimate_read_noise(const T *frame, const uint8_t *usable, const TileGrid &grid, const redml_params &p,
+                           int nthreads);
+
 // Sigma-clipped (upper side, 3 sigma, 3 iterations) mean of the pixels with usable[i] != 0
 // in each tile; tiles without usable pixels get mean 0. Steps follow from q (quantize.h).
 template <class T>

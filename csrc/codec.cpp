@@ -234,10 +234,18 @@ void validate_params(const redml_params &p) {
     check(p.codec != REDML_CODEC_RANS || p.shuffle != REDML_SHUFFLE_BIT, REDML_E_ARG,
           "rans codes byte planes: use the byte shuffle (or none)");
     check(p.shuffle >= REDML_SHUFFLE_NONE && p.shuffle <= REDML_SHUFFLE_BIT, REDML_E_ARG, "unknown shuffle");
-    check(redml_recon_allowed(p.mode, p.recon, 0), REDML_E_ARG,
+    check(redml_recon_allowed(p.mode, p.recon, 0, 0), REDML_E_ARG,
           "reconstruction not defined for this mode (Poisson: sparse only; mean and draw: quantized only)");
-    check(!(p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW) || p.gain == 1.0f, REDML_E_ARG,
-          "the mean and draw reconstructions model photon counts: gain must be 1");
+    check(p.markers >= REDML_MARKERS_NEGATIVE && p.markers <= REDML_MARKERS_GAPS, REDML_E_ARG,
+          "markers must be negative, extremes or gaps");
+    check(std::isfinite(p.read_noise) && (p.read_noise >= 0 || p.read_noise == -1.0f), REDML_E_ARG,
+          "read_noise must be a finite number >= 0 or auto (-1)");
+    check(p.read_noise == 0 || integrating(p), REDML_E_ARG,
+          "read_noise models integrating detectors: set markers (negative values are noise there)");
+    check(!conditional_recon(p) || integrating(p) || p.gain == 1.0f, REDML_E_ARG,
+          "the mean and draw reconstructions of photon counts need gain 1 (integrating data: set markers and read_noise)");
+    check(!conditional_recon(p) || !integrating(p) || p.read_noise != 0, REDML_E_ARG,
+          "the mean and draw reconstructions of integrating data need read_noise > 0 or auto");
     check(p.tile >= 1 && p.tile <= kMaxTile, REDML_E_ARG, "tile must be in [1, 1024]");
     check(p.block_elems >= 256 && p.block_elems <= (1u << 24) && p.block_elems % 8 == 0, REDML_E_ARG,
           "block_elems must be a multiple of 8 in [256, 2^24]");
@@ -304,7 +312,7 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
                     }
                 if (n) {
                     m.mean[t] = (float)(sum / n);
-                    m.step[t] = (float)redml_step_int_bin(m.mean[t], p.q, p.gain, p.mu_min);
+                    m.step[t] = tile_step<T>(m.mean[t], p);
                     next[t] = 1;
                     changed = true;
                 }
@@ -314,9 +322,14 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
     return m;
 }
 
-// usable[i] = 1 where pixel i is neither masked nor a special value (pixels.h), else 0.
+// usable[i] = 1 where pixel i is neither masked nor a marker (pixels.h), else 0.
 template <class T>
-void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_t *__restrict usable, size_t n) {
+void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_t *__restrict usable, size_t n,
+                   redml_markers markers) {
+    if (markers != REDML_MARKERS_NEGATIVE) {  // integrating detectors: negative values are noise
+        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_marker(f[i], markers);
+        return;
+    }
     if constexpr (std::is_floating_point<T>::value) {
         for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
     } else {  // is_special_value without branches, so the loops vectorize
@@ -412,13 +425,34 @@ void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t 
     *nc_io = nc;
 }
 
+// The symbol of a background pixel, or false (store it exactly): the midpoint quantizer or
+// the bins of the conditional reconstructions, for photon counts or integrating data
+// (noise: negative values are noise, no low-count rule).
+template <class T>
+bool code_int(int64_t x, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px, bool noise, bool conditional,
+              uint64_t *sym) {
+    using S = Storage<T>;
+    if (conditional)
+        return noise ? redml_quantize_bin_rn(x, tc.s_int, tc.inv_step, px.u_int, px.base, S::sym_max, sym)
+                     : redml_quantize_bin(x, tc.s_int, tc.inv_step, px.u_int, px.base, S::hi(), S::sym_max, sym);
+    return noise ? redml_quantize_int_rn(x, tc.s_int, tc.inv_step, px.u_int, px.base, S::lo(), S::hi(), S::sym_max, sym)
+                 : redml_quantize_int(x, tc.s_int, tc.inv_step, px.u_int, px.base, S::lo(), S::hi(), S::sym_max, sym);
+}
+template <class T>
+bool code_float(float x, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px, bool noise, bool conditional,
+                uint32_t *sym) {
+    if (conditional) return redml_bin_float_sym(x, tc.step, px.u_float, px.base, sym);
+    return noise ? redml_quantize_float_rn(x, tc.step, px.u_float, px.base, sym)
+                 : redml_quantize_float(x, tc.step, px.u_float, px.base, sym);
+}
+
 // Quantizes n pixels of one row of an integer tile with step > 1 (quantize.h), kLanes at
 // a time: the dither, offset and phase of every pixel in one vectorized pass, then each
 // pixel's symbol (with its phase in tags) or exact value, appended without branches.
 template <class T>
 REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T *__restrict f, uint8_t *__restrict exact,
                                                 const uint8_t *__restrict usable, uint32_t i0, size_t n, int64_t pred,
-                                                bool conditional, uint32_t seed, typename Storage<T>::Word *__restrict vals,
+                                                bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *__restrict vals,
                                                 typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
                                                 size_t *nv_io, size_t *nc_io) {
     using S = Storage<T>;
@@ -433,11 +467,12 @@ REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T 
             const size_t i = c + j;
             uint64_t sym = 0;
             bool keep = exact[i] || !usable[i];
-            if (!keep)
-                keep = conditional ? !redml_quantize_bin((int64_t)f[i], tc.s_int, tc.inv_step, u[j], base[j], S::hi(),
-                                                         S::sym_max, &sym)
-                                   : !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, u[j], base[j], S::lo(),
-                                                         S::hi(), S::sym_max, &sym);
+            if (!keep) {
+                typename TileCoder<T>::Pixel px;
+                px.u_int = u[j];
+                px.base = base[j];
+                keep = !code_int((int64_t)f[i], tc, px, noise, conditional, &sym);
+            }
             codes[nc] = (Word)sym;
             tags[nc] = phase[j];
             vals[nv] = S::exact_word(f[i], pred);
@@ -452,43 +487,43 @@ REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T 
 
 template <class T>
 void quantize_int_span_portable(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0,
-                                size_t n, int64_t pred, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                                size_t n, int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
                                 typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
-    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
 REDML_TARGET_AVX2 void quantize_int_span_avx2(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable,
-                                              uint32_t i0, size_t n, int64_t pred, bool conditional, uint32_t seed,
+                                              uint32_t i0, size_t n, int64_t pred, bool noise, bool conditional, uint32_t seed,
                                               typename Storage<T>::Word *vals, typename Storage<T>::Word *codes,
                                               uint8_t *tags, size_t *nv, size_t *nc) {
-    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T>
 REDML_TARGET_AVX512 void quantize_int_span_avx512(const TileCoder<T> &tc, const T *f, uint8_t *exact,
                                                   const uint8_t *usable, uint32_t i0, size_t n, int64_t pred,
-                                                  bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                                                  bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
                                                   typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv,
                                                   size_t *nc) {
-    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
 }
 #endif
 template <class T>
 void quantize_int_span(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0, size_t n,
-                       int64_t pred, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                       int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
                        typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
 #ifdef REDML_AVX512_DISPATCH
     if (cpu_has_avx512())
-        return quantize_int_span_avx512<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv,
-                                           nc);
+        return quantize_int_span_avx512<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags,
+                                           nv, nc);
 #endif
 #ifdef REDML_AVX2_DISPATCH
     if (cpu_has_avx2())
-        return quantize_int_span_avx2<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+        return quantize_int_span_avx2<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
 #endif
-    quantize_int_span_portable<T>(tc, f, exact, usable, i0, n, pred, conditional, seed, vals, codes, tags, nv, nc);
+    quantize_int_span_portable<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
 }
 
 struct BandCounts {
@@ -509,6 +544,7 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     using S = Storage<T>;
     using Word = typename S::Word;
     const TileGrid &g = model.grid;
+    const bool noise = integrating(p);
     size_t nv = 0, nc = 0;
     bool tagged = false;
     for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
@@ -538,7 +574,7 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
             if constexpr (!S::is_float) {
                 if (coded) {
                     quantize_int_span<T>(coders[t], f + i0, exact + i0, usable + i0, (uint32_t)i0, i1 - i0, pred,
-                                         conditional, p.seed, vals, codes, tags, &nv, &nc);
+                                         noise, conditional, p.seed, vals, codes, tags, &nv, &nc);
                     continue;
                 }
             }
@@ -549,14 +585,11 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
                     auto px = tc.at(p.seed, i);
                     if constexpr (S::is_float) {
                         uint32_t sym = 0;
-                        keep = !(tc.step > 0 && redml_quantize_float(f[i], tc.step, px.u_float, px.base, &sym));
+                        keep = !(tc.step > 0 && code_float(f[i], tc, px, noise, conditional, &sym));
                         if (!keep) codes[nc] = sym, tags[nc++] = (uint8_t)px.phase;
                     } else {
                         uint64_t sym = 0;
-                        keep = conditional ? !redml_quantize_bin((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
-                                                                 px.base, S::hi(), S::sym_max, &sym)
-                                           : !redml_quantize_int((int64_t)f[i], tc.s_int, tc.inv_step, px.u_int,
-                                                                 px.base, S::lo(), S::hi(), S::sym_max, &sym);
+                        keep = !code_int((int64_t)f[i], tc, px, noise, conditional, &sym);
                         if (!keep) codes[nc] = (Word)sym, tags[nc++] = (uint8_t)px.phase;
                     }
                 }
@@ -568,12 +601,25 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     return {nv, nc, tagged};
 }
 
+// The settings with the read noise the encoder uses: estimated from the frame's usable
+// pixels where it is auto (< 0) in quantized mode, 0 where it does not matter.
+template <class T>
+redml_params with_read_noise(const T *f, const uint8_t *usable, uint32_t H, uint32_t W, const redml_params &p_in,
+                             int nt) {
+    redml_params p = p_in;
+    if (p.read_noise < 0)
+        p.read_noise = p.mode == REDML_MODE_QUANTIZED
+                           ? (float)estimate_read_noise(f, usable, TileGrid(H, W, p.tile), p, nt)
+                           : 0.0f;
+    return p;
+}
+
 template <class T>
 void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, const uint8_t *mask_in,
-                  const redml_params &p, void **out, size_t *out_size) {
+                  const redml_params &p_in, void **out, size_t *out_size) {
     using S = Storage<T>;
     using Word = typename S::Word;
-    const int nt = resolve_threads(p.nthreads);
+    const int nt = resolve_threads(p_in.nthreads);
     const size_t N = (size_t)H * W;
     stage_begin();
     EncodeScratch &sc = work_scratch();
@@ -583,11 +629,13 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     uint8_t *usable = scratch(sc.usable, N);
     for_bands(H, nt, [&](size_t, uint32_t y0, uint32_t y1) {
         const size_t i0 = (size_t)y0 * W;
-        usable_pixels(f + i0, mask_in ? mask_in + i0 : nullptr, usable + i0, (size_t)(y1 - y0) * W);
+        usable_pixels(f + i0, mask_in ? mask_in + i0 : nullptr, usable + i0, (size_t)(y1 - y0) * W, p_in.markers);
     });
     stage_mark("mask");
-    const bool conditional = p.recon == REDML_RECON_MEAN || p.recon == REDML_RECON_DRAW;
-    check(!conditional || !S::is_float, REDML_E_ARG, "the mean and draw reconstructions need integer data");
+    const redml_params p = with_read_noise(f, usable, H, W, p_in, nt);
+    const bool conditional = conditional_recon(p);
+    check(!conditional || !S::is_float || integrating(p), REDML_E_ARG,
+          "the mean and draw reconstructions of float data need integrating data (markers, read_noise)");
     // spots
     // Lossless mode is the quantized path with every step 1: keeping spots and special
     // pixels (gaps, saturation) apart from the background still pays (at 0.05 photons/px
@@ -671,6 +719,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     h.q = p.mode == REDML_MODE_QUANTIZED ? p.q : 0.0f;
     h.gain = p.gain;
     h.mu_min = p.mu_min;
+    h.read_noise = conditional && integrating(p) ? p.read_noise : 0.0f;  // what the decoder's model needs
     h.seed = p.seed;
     h.block_elems = p.block_elems;
     h.n_exact = n_exact;
@@ -781,6 +830,28 @@ class BilinearRows {
     std::vector<double> top_, bottom_, row_;
     uint32_t top_row_ = UINT32_MAX, bottom_row_ = UINT32_MAX;
 };
+
+// A background pixel of integrating data decoded from its bin (integers: the values a..b,
+// taken as [a - 1/2, b + 1/2] before rounding; floats: [k*s - u, (k+1)*s - u]) with the
+// model at the pixel (mean `lambda`, the chunk's gain and read noise): the conditional mean
+// (integers: rounded with dither) or a draw (quantize.h, redml_recon_noise).
+template <class T>
+T decode_noise_bin(typename Storage<T>::Word sym, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px,
+                   double lambda, const ChunkHeader &h, bool draw, size_t i) {
+    using S = Storage<T>;
+    const double g = h.gain, mu = std::max(lambda, 0.0) / g, t = redml_uniform(h.seed, i, 6);
+    if constexpr (S::is_float) {
+        const double lo = ((double)S::unzigzag(sym) + (double)px.base) * tc.step - px.u_float;
+        return (T)redml_recon_noise(lo, lo + tc.step, mu, g, h.read_noise, draw, t);
+    } else {
+        const int64_t k = S::unzigzag(sym) + px.base;
+        const int64_t a = std::max(k * tc.s_int - px.u_int, S::lo()), b = std::min(k * tc.s_int - px.u_int + tc.s_int - 1, S::hi());
+        check(a <= b, REDML_E_CORRUPT, "decoded value out of range");
+        const double v = redml_recon_noise((double)a - 0.5, (double)b + 0.5, mu, g, h.read_noise, draw, t);
+        const int64_t r = (int64_t)std::floor(v + (draw ? 0.5 : redml_uniform(h.seed, i, 5)));
+        return (T)std::min(std::max(r, a), b);
+    }
+}
 
 // Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1).
 template <class T>
@@ -1053,6 +1124,8 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const bool poisson = recon == REDML_RECON_POISSON;
     const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
     const bool sparse = h.mode == REDML_MODE_SPARSE;
+    const bool noise = conditional && h.read_noise > 0;  // the model of integrating data
+    const bool counts = conditional && !noise;             // step-1 bins of counts hold values >= 0
     // Per tile row: whether all its tiles are lossless integer tiles (decoded a whole pixel
     // row at a time), and the tile predictions spread over a pixel row.
     std::vector<uint8_t> row_step1(g.rows, 0);
@@ -1074,7 +1147,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
             }
             const size_t row = (size_t)y * W;
             if (row_step1[ty]) {  // the whole row at once: few calls, long vectorized runs
-                decode_step1_span<T>(exact + row, out + row, W, pred_row.data(), conditional, values, &rd.vi,
+                decode_step1_span<T>(exact + row, out + row, W, pred_row.data(), counts, values, &rd.vi,
                                      codes[0], code_count[0], &ci[0]);
                 continue;
             }
@@ -1085,8 +1158,21 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                 const uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
                 if (!S::is_float && model.step[t] == 1.0f && !sparse) {
                     // step 1: phase 0, code = zigzag residual (the general path reduces to this)
-                    decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred_row.data() + x0, conditional,
+                    decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred_row.data() + x0, counts,
                                          values, &rd.vi, codes[0], code_count[0], &ci[0]);
+                } else if (noise) {  // integrating data: pixel by pixel (decode_noise_bin)
+                    for (uint32_t x = x0; x < x1; x++) {
+                        const size_t i = row + x;
+                        if (exact[i]) {
+                            out[i] = S::from_exact_word(values[rd.vi++], pred);
+                            continue;
+                        }
+                        const TileCoder<T> &tc = coders[t];
+                        auto px = tc.at(h.seed, i);
+                        const Word sym = rd.next_code(px.phase);
+                        check(model.step[t] > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+                        out[i] = decode_noise_bin<T>(sym, tc, px, lambda[x], h, recon == REDML_RECON_DRAW, i);
+                    }
                 } else if (!sparse) {
                     decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),
                                          x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed, rd);
@@ -1182,6 +1268,8 @@ void redml_default_params(redml_params *p) {
     p->seed = 0x5eed1234u;
     p->block_elems = 1u << 18;
     p->nthreads = 0;
+    p->read_noise = 0.0f;
+    p->markers = REDML_MARKERS_NEGATIVE;
 }
 
 redml_status redml_check_params(const redml_params *p) {
@@ -1237,6 +1325,7 @@ redml_status redml_inspect(const void *chunk, size_t size, redml_info *info) {
         info->mu_min = h.mu_min;
         info->seed = h.seed;
         info->n_exact = h.n_exact;
+        info->read_noise = h.read_noise;
     });
 }
 

@@ -99,7 +99,7 @@ void write_chunk(const ChunkHeader &h, const std::vector<Section> &sections, voi
     w.u32(h.block_elems);
     w.u64(h.n_exact);
     w.u32((uint32_t)header_size);
-    w.u32(0);
+    w.f32(h.read_noise);
     for (const Section &s : sections) {
         w.u16(s.type);
         w.u8(s.flags);
@@ -155,17 +155,21 @@ ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
     h.block_elems = r.u32();
     h.n_exact = r.u64();
     uint32_t header_size = r.u32();
-    uint32_t reserved = r.u32();
+    h.read_noise = r.f32();  // was reserved (0): old chunks read as photon counts
     size_t expect_header = kFixedHeaderSize + kSectionEntrySize * nsec + 8;
     check(header_size == expect_header && size >= expect_header, REDML_E_CORRUPT, "header size mismatch or truncated header");
     check(XXH3_64bits(chunk, expect_header - 8) == [&] { Reader t{chunk + expect_header - 8}; return t.u64(); }(),
           REDML_E_CORRUPT, "header checksum mismatch");
     // Fields are only trusted after the header checksum matched.
-    check(reserved == 0, REDML_E_CORRUPT, "reserved header field is not zero");
     check(dtype >= REDML_UINT16 && dtype <= REDML_FLOAT32, REDML_E_CORRUPT, "unknown dtype code");
     check(mode <= REDML_MODE_SPARSE, REDML_E_CORRUPT, "unknown mode");
     check(codec >= REDML_CODEC_LZ4 && codec <= REDML_CODEC_RANS, REDML_E_CORRUPT, "unknown entropy codec");
-    check(redml_recon_allowed(mode, recon, dtype == REDML_FLOAT32), REDML_E_CORRUPT,
+    // A read noise only comes with the mean/draw model of integrating data (so every other
+    // chunk keeps the 0 that decoders before it require).
+    const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
+    check(!std::signbit(h.read_noise) && (h.read_noise == 0.0f || (conditional && std::isfinite(h.read_noise))),
+          REDML_E_CORRUPT, "invalid read noise");
+    check(redml_recon_allowed(mode, recon, dtype == REDML_FLOAT32, h.read_noise > 0), REDML_E_CORRUPT,
           "unknown reconstruction for this mode");
     h.dtype = (redml_dtype)dtype;
     h.mode = (redml_mode)mode;

@@ -29,6 +29,7 @@ struct ChunkHeader {
     float q = 0, gain = 1, mu_min = 1;
     uint32_t seed = 0, block_elems = 0;
     uint64_t n_exact = 0;
+    float read_noise = 0;  // the mean/draw model of integrating data; 0 elsewhere
 };
 
 struct Section {

@@ -13,6 +13,8 @@
 //   5 shuffle                 6 reconstruction 7 tile        8 gain      9 mu_min
 //   10 roi_snr               11 roi_margin    12 seed       13 block elements
 //   14 dtype code            15 height        16 width      (14-16 appended by set_local)
+//   17 read noise (f32)      18 markers       (integrating detectors; optional: a user
+//   who sets them gives 19 values, 14-16 being placeholders that set_local overwrites)
 #include <dlfcn.h>
 
 #include <cstdint>
@@ -56,6 +58,7 @@ const int H5T_SGN_NONE = 0;
 const int H5T_ORDER_LE = 0;
 
 const size_t kUserValues = 14, kAllValues = 17;
+const size_t kMaxValues = 19;  // with the optional read noise and markers (17, 18)
 const char *const kBadSettings = "settings out of range (tile or roi_margin above 65535, or q not matching the mode)";
 const unsigned kCdVersion = 1;
 
@@ -171,6 +174,8 @@ bool params_from_cd(size_t n, const unsigned cd[], redml_params *p) {
     if (n > 11) p->roi_margin = (uint16_t)cd[11];
     if (n > 12) p->seed = cd[12];
     if (n > 13) p->block_elems = cd[13];
+    if (n > 17) p->read_noise = as_float(cd[17]);
+    if (n > 18) p->markers = (redml_markers)cd[18];
     if ((n > 7 && cd[7] > 0xFFFF) || (n > 11 && cd[11] > 0xFFFF)) return false;  // 16-bit fields
     // q is stored in quantized mode only (> 0 there); the other modes store 0.0.
     return p->mode == REDML_MODE_QUANTIZED ? p->q > 0 : (n <= 2 || cd[2] == 0);
@@ -200,19 +205,22 @@ herr_t set_local(hid_t dcpl, hid_t type, hid_t) try {
         return herr_t(-1);
     };
     if (!api.complete()) return fail("the HDF5 library that called it lacks H5Tget_class, H5Pget_chunk or kin");
-    unsigned flags = 0, config = 0, cd[kAllValues + 8];
-    size_t n = kAllValues + 8;
+    unsigned flags = 0, config = 0, cd[kMaxValues + 8];
+    size_t n = kMaxValues + 8;
     if (api.Pget_filter_by_id2(dcpl, REDML_H5_FILTER_ID, &flags, &n, cd, 0, nullptr, &config) < 0)
         return fail("cannot read its settings from the dataset creation property list");
-    if (n > kAllValues) return fail(std::to_string(n) + " settings values, at most " + std::to_string(kAllValues));
-    unsigned full[kAllValues];
+    if (n > kMaxValues) return fail(std::to_string(n) + " settings values, at most " + std::to_string(kMaxValues));
+    unsigned full[kMaxValues] = {0};  // 17, 18 default to 0: no read noise, negative markers
     default_cd(full);
     for (size_t i = 0; i < n && i < kUserValues; i++) full[i] = cd[i];
+    for (size_t i = kAllValues; i < n; i++) full[i] = cd[i];
+    // The optional values are kept only where given, so other datasets keep their 17.
+    const size_t n_out = n > kAllValues ? kMaxValues : kAllValues;
     if (full[0] != kCdVersion)
         return fail("settings layout " + std::to_string(full[0]) + ", this plugin reads " + std::to_string(kCdVersion));
     redml_params p;
     // refuse at creation, not at the first write
-    if (!params_from_cd(kUserValues, full, &p)) return fail(kBadSettings);
+    if (!params_from_cd(n_out, full, &p)) return fail(kBadSettings);
     redml_status st = redml_check_params(&p);
     if (st != REDML_OK) return fail(why(st));
 
@@ -238,7 +246,7 @@ herr_t set_local(hid_t dcpl, hid_t type, hid_t) try {
     full[16] = (unsigned)w;
     // Mandatory: h5py adds filters given by id as optional, and HDF5 would then store a
     // chunk the encoder refused uncompressed, silently. A failed encode must fail the write.
-    if (api.Pmodify_filter(dcpl, REDML_H5_FILTER_ID, flags & ~H5Z_FLAG_OPTIONAL, kAllValues, full) < 0)
+    if (api.Pmodify_filter(dcpl, REDML_H5_FILTER_ID, flags & ~H5Z_FLAG_OPTIONAL, n_out, full) < 0)
         return fail("cannot store its settings in the dataset creation property list");
     return 0;
 } catch (...) {  // out of memory for a message: never let an exception into HDF5

@@ -36,9 +36,9 @@ constexpr redml_dtype dtype_of() {
     else return REDML_FLOAT32;
 }
 
-// A pixel that is never quantized nor used by the background model: non-finite floats,
-// negative values (detector masks such as Pilatus gaps, or pedestal noise) and the
-// type's maximum (saturation / fill value of photon counters).
+// A pixel of a photon counter that is never quantized nor used by the background model:
+// non-finite floats, negative values (detector masks such as Pilatus gaps) and the type's
+// maximum (saturation / fill value). Integrating detectors' data: is_marker.
 template <class T>
 inline bool is_special_value(T v) {
     if constexpr (std::is_floating_point<T>::value) {
@@ -46,6 +46,18 @@ inline bool is_special_value(T v) {
     } else {
         return v < 0 || v == std::numeric_limits<T>::max();
     }
+}
+
+// Whether v is one of the detector's markers (redml_markers): never quantized nor used by
+// the model. Photon counters (NEGATIVE): is_special_value. Integrating detectors: negative
+// values are noise; the markers are the extremes (the type's maximum, a signed type's
+// minimum, non-finite floats) and, with GAPS, -1 and -2.
+template <class T>
+inline bool is_marker(T v, redml_markers markers) {
+    if (markers == REDML_MARKERS_NEGATIVE) return is_special_value(v);
+    const bool gap = markers == REDML_MARKERS_GAPS && (v == (T)-1 || v == (T)-2) && std::numeric_limits<T>::is_signed;
+    if constexpr (std::is_floating_point<T>::value) return !std::isfinite(v) || gap;
+    else return v == std::numeric_limits<T>::max() || (std::numeric_limits<T>::is_signed && v == std::numeric_limits<T>::lowest()) || gap;
 }
 
 // ---- run-time SIMD dispatch ----

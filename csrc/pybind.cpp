@@ -54,7 +54,7 @@ const uint8_t *optional_map(const py::object &obj, size_t n, const char *what) {
 
 py::bytes encode(py::array frame, py::object roi, py::object mask, int mode, float q, float gain, float mu_min,
                  int codec, int level, int shuffle, int recon, int tile, float roi_snr, int roi_margin,
-                 uint32_t seed, uint32_t block_elems, int nthreads) {
+                 uint32_t seed, uint32_t block_elems, int nthreads, float read_noise, int markers) {
     if (frame.ndim() != 2) throw py::value_error("frame must be 2-D");
     if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
     if (tile < 1 || tile > 65535 || roi_margin < 0 || roi_margin > 65535)
@@ -83,6 +83,8 @@ py::bytes encode(py::array frame, py::object roi, py::object mask, int mode, flo
     p.seed = seed;
     p.block_elems = block_elems;
     p.nthreads = nthreads;
+    p.read_noise = read_noise;
+    p.markers = (redml_markers)markers;
     void *out = nullptr;
     size_t out_size = 0;
     redml_status s;
@@ -133,6 +135,7 @@ py::dict inspect(py::buffer chunk) {
     d["mu_min"] = i.mu_min;
     d["seed"] = i.seed;
     d["n_exact"] = i.n_exact;
+    d["read_noise"] = i.read_noise;
     return d;
 }
 
@@ -335,7 +338,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("encode", &encode, py::arg("frame"), py::arg("roi"), py::arg("mask"), py::arg("mode"), py::arg("q"),
           py::arg("gain"), py::arg("mu_min"), py::arg("codec"), py::arg("level"), py::arg("shuffle"),
           py::arg("recon"), py::arg("tile"), py::arg("roi_snr"), py::arg("roi_margin"), py::arg("seed"),
-          py::arg("block_elems"), py::arg("nthreads"));
+          py::arg("block_elems"), py::arg("nthreads"), py::arg("read_noise") = 0.0f, py::arg("markers") = 0);
     m.def("decode", &decode, py::arg("chunk"), py::arg("recon") = -1, py::arg("nthreads") = 0);
     m.def("inspect", &inspect, py::arg("chunk"));
     m.def("exact_mask", &exact_mask, py::arg("chunk"));

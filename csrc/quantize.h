@@ -114,16 +114,25 @@ REDML_HD int64_t redml_recon_int(uint64_t sym, int64_t s, int64_t u, int64_t bas
 
 /* Quantizes integer x; returns 1 and sets *sym, or 0 if the pixel must be stored in the
  * exact section (reconstruction outside [lo, hi], or a symbol above sym_max). */
+/* The dithered midpoint quantizer itself (integrating data use it as it is: negative values
+ * are noise there, with no low-count rule). */
+REDML_HD int redml_quantize_int_rn(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t lo,
+                                   int64_t hi, uint64_t sym_max, uint64_t *sym) {
+    int64_t k = redml_floordiv_inv(x + u, s, inv_s);
+    int64_t r = k * s - u + (s - 1) / 2;
+    uint64_t z = redml_zigzag64(k - base);
+    if (r < lo || r > hi || z > sym_max) return 0;
+    *sym = z;
+    return 1;
+}
+
+/* Photon counts: the low-count rule, and counts never decode negative. */
 REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t lo,
                                 int64_t hi, uint64_t sym_max, uint64_t *sym) {
     int64_t h = (s - 1) / 2;
     if (x >= 0 && x < h) return 0;  /* low-count rule */
-    int64_t k = redml_floordiv_inv(x + u, s, inv_s);
-    int64_t r = k * s - u + h;
-    uint64_t z = redml_zigzag64(k - base);
-    if (r < lo || r > hi || (x >= 0 && r < 0) || z > sym_max) return 0;
-    *sym = z;
-    return 1;
+    if (!redml_quantize_int_rn(x, s, inv_s, u, base, lo, hi, sym_max, sym)) return 0;
+    return !(x >= 0 && redml_recon_int(*sym, s, u, base) < 0);
 }
 
 /* Per-pixel code offset and phase. The offset is the bin, under this pixel's dither,
@@ -194,18 +203,32 @@ REDML_HD float redml_recon_float(uint32_t sym, double s, double u, int64_t base)
 /* Float counterpart of redml_quantize_int. Values 0 <= x < s/2 go to the exact section
  * (a decision on x alone, so the quantized ones stay unbiased); the bound is checked on
  * the float32 value actually decoded, so rounding never breaks it. */
-REDML_HD int redml_quantize_float(float x, double s, double u, int64_t base, uint32_t *sym) {
-    if (x >= 0.0f && (double)x < s / 2.0) return 0;
+/* The bin symbol of float x on the dithered lattice (bins [k*s - u, (k+1)*s - u)); 0 when
+ * it does not fit 32 bits. */
+REDML_HD int redml_bin_float_sym(float x, double s, double u, int64_t base, uint32_t *sym) {
     double k = floor(((double)x + u) / s);
     if (!(k > -2147483648.0 && k < 2147483647.0)) return 0;
     int64_t c = (int64_t)k - base;
     if (c < -2147483647LL || c > 2147483646LL) return 0;
-    uint32_t z = redml_zigzag32((int32_t)c);
-    float r = redml_recon_float(z, s, u, base);
-    double err = (double)r - (double)x;
-    if (!(fabs(err) <= s / 2.0) || (x >= 0.0f && r < 0.0f)) return 0;
+    *sym = redml_zigzag32((int32_t)c);
+    return 1;
+}
+
+/* The float midpoint quantizer itself (integrating data: as it is); the bound is checked
+ * on the float32 value actually decoded, so rounding never breaks it. */
+REDML_HD int redml_quantize_float_rn(float x, double s, double u, int64_t base, uint32_t *sym) {
+    uint32_t z;
+    if (!redml_bin_float_sym(x, s, u, base, &z)) return 0;
+    double err = (double)redml_recon_float(z, s, u, base) - (double)x;
+    if (!(fabs(err) <= s / 2.0)) return 0;
     *sym = z;
     return 1;
+}
+
+REDML_HD int redml_quantize_float(float x, double s, double u, int64_t base, uint32_t *sym) {
+    if (x >= 0.0f && (double)x < s / 2.0) return 0;
+    if (!redml_quantize_float_rn(x, s, u, base, sym)) return 0;
+    return !(x >= 0.0f && redml_recon_float(*sym, s, u, base) < 0.0f);
 }
 
 /* ---- Conditional reconstructions (REDML_RECON_MEAN, REDML_RECON_DRAW) ----
@@ -387,6 +410,172 @@ REDML_HD int64_t redml_poisson(double lambda, uint32_t seed, uint64_t idx) {
     double v = floor(lambda + sqrt(lambda) * z + 0.5);
     if (!(v < 9.0e18)) return 9000000000000000000LL; /* huge or infinite lambda: saturate, defined */
     return v < 0.0 ? 0 : (int64_t)v;
+}
+
+/* ---- Integrating detectors: Poisson photons plus Gaussian read noise ----
+ * Pedestal-subtracted data (ADU, keV or float photons): a pixel of mean `mean` (data
+ * units, gain data units per photon) holds gain * Poisson(mu) + Normal(0, rn^2), mu =
+ * mean/gain. Negative values are noise; the quantizers above run without the photon
+ * counters' low-count and never-negative rules (redml_quantize_int_rn/_float_rn). */
+
+/* sigma^2 = gain^2 * max(mean/gain, mu_min) + rn^2, in data units. */
+REDML_HD double redml_sigma_rn(double mean, double gain, double mu_min, double rn) {
+    double mu = mean / gain;
+    if (!(mu > mu_min)) mu = mu_min;
+    return sqrt(gain * gain * mu + rn * rn);
+}
+
+/* Midpoint steps: the largest odd s with (s-1)/2 <= q*sigma/2 (integers; no cap at the mean,
+ * which may be 0 or negative), q*sigma (floats); 1 resp. 0 = lossless. */
+REDML_HD int64_t redml_step_int_rn(double mean, double q, double gain, double mu_min, double rn) {
+    if (!(q > 0.0)) return 1;
+    double half = floor(q * redml_sigma_rn(mean, gain, mu_min, rn) / 2.0);
+    if (!(half >= 0.0)) half = 0.0;
+    if (half > 1048576.0) half = 1048576.0;
+    return 2 * (int64_t)half + 1;
+}
+/* Float steps: q*sigma (midpoint, bound s/2) or q*sigma/2 (bins, bound s). */
+REDML_HD float redml_step_float_rn(double mean, double q, double gain, double mu_min, double rn, int bins) {
+    if (!(q > 0.0)) return 0.0f;
+    double s = q * redml_sigma_rn(mean, gain, mu_min, rn) / (bins ? 2.0 : 1.0);
+    return s > 0.0 && s < 1e30 ? (float)s : 0.0f;
+}
+/* Bin steps of integer data: the largest s with s - 1 <= q*sigma/2. */
+REDML_HD int64_t redml_step_int_bin_rn(double mean, double q, double gain, double mu_min, double rn) {
+    if (!(q > 0.0)) return 1;
+    double b = floor(q * redml_sigma_rn(mean, gain, mu_min, rn) / 2.0);
+    if (!(b >= 0.0)) b = 0.0;
+    if (b > 1048576.0) b = 1048576.0;
+    return (int64_t)b + 1;
+}
+
+/* Bin of integer x (any sign) on the lattice of redml_quantize_bin; 0 (store exactly) when
+ * the symbol does not fit. The decoder clips the bin to the dtype's range. */
+REDML_HD int redml_quantize_bin_rn(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, uint64_t sym_max,
+                                   uint64_t *sym) {
+    uint64_t z = redml_zigzag64(redml_floordiv_inv(x + u, s, inv_s) - base);
+    if (z > sym_max) return 0;
+    *sym = z;
+    return 1;
+}
+
+/* Standard normal mass on [a, b] (a <= b, infinities allowed), accurate in both tails. */
+REDML_HD double redml_normal_mass(double a, double b) {
+    const double r = 0.70710678118654752;
+    if (a >= 0.0) return 0.5 * (erfc(a * r) - erfc(b * r));
+    if (b <= 0.0) return 0.5 * (erfc(-b * r) - erfc(-a * r));
+    return 1.0 - 0.5 * erfc(-a * r) - 0.5 * erfc(b * r);
+}
+REDML_HD double redml_normal_pdf(double z) { return isinf(z) ? 0.0 : 0.3989422804014327 * exp(-0.5 * z * z); }
+
+/* z in [a, b] (finite) with redml_normal_mass(a, z) = t * redml_normal_mass(a, b): a draw
+ * from the normal truncated to [a, b] for t uniform. Safeguarded Newton on the side of zero
+ * where the masses keep their precision (a < 0: Phi(z) - Phi(a), one erfc per step). */
+REDML_HD double redml_truncnorm_inverse(double a, double b, double t) {
+    if (a >= 0.0) return -redml_truncnorm_inverse(-b, -a, 1.0 - t);
+    const double r = 0.70710678118654752, phi_a = 0.5 * erfc(-a * r);
+    const double target = t * redml_normal_mass(a, b);
+    double lo = a, hi = b, z = a + t * (b - a);
+    for (int it = 0; it < 60; it++) {
+        double g = 0.5 * erfc(-z * r) - phi_a - target;
+        if (g > 0.0) hi = z;
+        else lo = z;
+        double d = redml_normal_pdf(z), next = d > 0.0 ? z - g / d : 0.5 * (lo + hi);
+        if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+        if (fabs(next - z) <= 1e-10 * (1.0 + fabs(z))) return next;
+        z = next;
+    }
+    return z;
+}
+
+/* Above this many photons per pixel the model's distribution is taken in its Gaussian limit,
+ * Normal(mean, gain*mean + rn^2): one component instead of the Poisson comb. */
+#define REDML_NOISE_GAUSS_MU 30.0
+
+/* Components of the model's distribution that meet [lo, hi] (data units): the photon
+ * counts k0..k1 (each Normal(k*gain, rn^2) with weight Poisson(k; mu)), or, in the Gaussian
+ * limit, one component (k0 = k1 = -1). */
+REDML_HD void redml_noise_components(double lo, double hi, double mu, double gain, double rn, int64_t *k0,
+                                     int64_t *k1) {
+    if (mu > REDML_NOISE_GAUSS_MU) {
+        *k0 = *k1 = -1;
+        return;
+    }
+    double a = floor((lo - 6.0 * rn) / gain), b = ceil((hi + 6.0 * rn) / gain), top = mu + 12.0 * sqrt(mu) + 20.0;
+    *k0 = a < 0.0 ? 0 : (int64_t)(a < top ? a : top);
+    *k1 = b < 0.0 ? -1 : (int64_t)(b < top ? b : top);
+}
+
+/* Weight, centre and spread of component k (-1: the Gaussian limit). */
+REDML_HD double redml_noise_component(int64_t k, double mu, double gain, double rn, double *centre, double *spread) {
+    if (k < 0) {
+        *centre = mu * gain;
+        *spread = sqrt(gain * gain * mu + rn * rn);
+        return 1.0;
+    }
+    *centre = (double)k * gain;
+    *spread = rn;
+    return mu > 0.0 ? exp((double)k * log(mu) - mu - lgamma((double)k + 1.0)) : (k == 0 ? 1.0 : 0.0);
+}
+
+/* Mass and first moment of the model on [lo, hi] (lo may be -infinity): what the clipped
+ * tile mean is corrected with, and the conditional mean of a bin. */
+REDML_HD double redml_noise_mass(double lo, double hi, double mu, double gain, double rn, double *moment) {
+    int64_t k0, k1;
+    redml_noise_components(lo, hi, mu, gain, rn, &k0, &k1);
+    double mass = 0.0, mom = 0.0;
+    for (int64_t k = k0; k <= k1; k++) {
+        double c, sd, w = redml_noise_component(k, mu, gain, rn, &c, &sd);
+        double a = (lo - c) / sd, b = (hi - c) / sd, m = w * redml_normal_mass(a, b);
+        mass += m;
+        mom += m * c + w * sd * (redml_normal_pdf(a) - redml_normal_pdf(b));
+    }
+    *moment = mom;
+    return mass;
+}
+
+/* A value in [lo, hi] from the model (photon mean mu, gain, read noise rn > 0) restricted
+ * to it: its conditional mean (draw = 0) or a draw with uniform t (draw = 1: the component
+ * is picked with t, the value within it drawn with what is left of t). A bin the model
+ * gives no mass (an outlier) takes the model mean clipped to the bin. The components'
+ * Poisson weights follow by recurrence from the first; their masses are kept for the draw. */
+#define REDML_NOISE_KEPT 64
+REDML_HD double redml_recon_noise(double lo, double hi, double mu, double gain, double rn, int draw, double t) {
+    int64_t k0, k1;
+    redml_noise_components(lo, hi, mu, gain, rn, &k0, &k1);
+    double kept[REDML_NOISE_KEPT], mass = 0.0, moment = 0.0, c = 0.0, sd = 1.0;
+    double w = k0 <= k1 ? redml_noise_component(k0, mu, gain, rn, &c, &sd) : 0.0;
+    for (int64_t k = k0; k <= k1; k++) {
+        if (k != k0) { /* the next photon count: w *= mu / k */
+            c = (double)k * gain;
+            w *= mu / (double)k;
+        }
+        double a = (lo - c) / sd, b = (hi - c) / sd, m = w * redml_normal_mass(a, b);
+        if (k - k0 < REDML_NOISE_KEPT) kept[k - k0] = m;
+        mass += m;
+        moment += m * c + w * sd * (redml_normal_pdf(a) - redml_normal_pdf(b));
+    }
+    if (!(mass > 0.0)) {
+        double v = mu * gain;
+        return v < lo ? lo : (v > hi ? hi : v);
+    }
+    double v = moment / mass;
+    if (draw) {
+        double target = t * mass;
+        for (int64_t k = k0; k <= k1; k++) {
+            double m = k - k0 < REDML_NOISE_KEPT ? kept[k - k0] : -1.0;
+            if (m < 0.0) m = redml_noise_component(k, mu, gain, rn, &c, &sd) * redml_normal_mass((lo - c) / sd, (hi - c) / sd);
+            if (m > 0.0 && (target < m || k == k1)) {
+                redml_noise_component(k, mu, gain, rn, &c, &sd);
+                double r = target / m;
+                r = r < 0.0 ? 0.0 : (r > 1.0 ? 1.0 : r);
+                v = c + sd * redml_truncnorm_inverse((lo - c) / sd, (hi - c) / sd, r);
+                break;
+            }
+            target -= m;
+        }
+    }
+    return v < lo ? lo : (v > hi ? hi : v);
 }
 
 #endif /* REDML_QUANTIZE_H */

@@ -94,20 +94,36 @@ typedef enum { REDML_SHUFFLE_NONE = 0, REDML_SHUFFLE_BYTE = 1, REDML_SHUFFLE_BIT
 typedef enum {
     REDML_RECON_DITHER = 0,  /* quantized: dithered bin midpoint; sparse: dithered rounding of the model */
     REDML_RECON_POISSON = 1, /* sparse only: seeded Poisson draw around the model */
-    /* Quantized integer photon counts (gain 1) only; bins of s counts with s - 1 <= q*sigma/2
-     * and no low-count rule; the two decode the same chunk (see docs/format.md): */
-    REDML_RECON_MEAN = 2,    /* the mean of Poisson(model) within the bin, rounded with dither */
-    REDML_RECON_DRAW = 3     /* a seeded draw from Poisson(model) within the bin */
+    /* Quantized mode only: integer photon counts (gain 1), or integrating data (any
+     * markers but NEGATIVE, read noise > 0, integer or float); bins of s with
+     * s - 1 <= q*sigma/2 (floats: s = q*sigma/2) and no low-count rule; the two decode the
+     * same chunk (see docs/format.md): */
+    REDML_RECON_MEAN = 2,    /* the mean of the model's distribution within the bin (integers: rounded with dither) */
+    REDML_RECON_DRAW = 3     /* a seeded draw from the model's distribution within the bin */
 } redml_recon;
 
 /* Whether a reconstruction is defined for a mode and dtype (the one rule encoder, parser
- * and decoder check). */
-static inline int redml_recon_allowed(int mode, int recon, int is_float) {
+ * and decoder check); float data take the mean and draw only with the read-noise model
+ * of integrating detectors (integrating != 0). */
+static inline int redml_recon_allowed(int mode, int recon, int is_float, int integrating) {
     if (recon == REDML_RECON_DITHER) return 1;
     if (recon == REDML_RECON_POISSON) return mode == REDML_MODE_SPARSE;
-    if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) return mode == REDML_MODE_QUANTIZED && !is_float;
+    if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW)
+        return mode == REDML_MODE_QUANTIZED && (!is_float || integrating);
     return 0;
 }
+
+/* Which values are the detector's markers (never quantized nor used by the model, always
+ * stored exactly, like masked pixels). NEGATIVE (default) is for photon counters: every
+ * negative value, the dtype's maximum, non-finite floats. The others are for integrating
+ * detectors, whose pedestal-subtracted values are negative as often as not: negative
+ * values are ordinary noise and only the extremes are markers: the dtype's maximum and
+ * (signed types) minimum, non-finite floats; GAPS adds -1 and -2 (Pilatus-style gaps). */
+typedef enum {
+    REDML_MARKERS_NEGATIVE = 0,
+    REDML_MARKERS_EXTREMES = 1,
+    REDML_MARKERS_GAPS = 2
+} redml_markers;
 
 typedef struct {
     redml_mode mode;
@@ -124,6 +140,11 @@ typedef struct {
     uint32_t seed;       /* dither / noise seed, stored in the chunk */
     uint32_t block_elems;/* entropy block size in elements */
     int nthreads;        /* 0 = REDML_NUM_THREADS or all cores */
+    /* Integrating detectors (markers other than NEGATIVE): Gaussian read noise in data
+     * units, sigma^2 = gain^2*max(mean/gain, mu_min) + read_noise^2; -1: estimated from
+     * the frame. Must be 0 with MARKERS_NEGATIVE. */
+    float read_noise;
+    redml_markers markers;
 } redml_params;
 
 /* Fills p with the documented defaults (lossless, rANS over byte planes). */
@@ -151,6 +172,7 @@ typedef struct {
     float q, gain, mu_min;
     uint32_t seed;
     uint64_t n_exact;    /* pixels stored exactly (ROI, masked, special values) */
+    float read_noise;    /* read noise of the mean/draw model of integrating data; else 0 */
 } redml_info;
 
 /* Parses and validates the header (and section table) without decoding pixels. */

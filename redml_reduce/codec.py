@@ -27,6 +27,9 @@ _CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
 _SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
 _RECONS = {"midpoint": 0, "mean": 2, "draw": 3}  # quantized mode (docs/format.md, "Reconstruction")
 _RECON_NAMES = ("dither", "poisson", "mean", "draw")  # as stored in a chunk
+# Which values are the detector's markers (csrc/redml.h, redml_markers): "negative" for photon
+# counters (every negative value is one); integrating detectors' negative values are noise.
+_MARKERS = {"negative": 0, "extremes": 1, "gaps": 2}
 MAX_TILE = 1024  # the encoder's largest tile (kMaxTile in csrc/container.h: one tile^2 buffer per thread)
 ENCODE_Q_RANGE = (1e-6, 1e6)  # the q the encoder accepts: outside it, use q=0 (lossless) or q="sparse"
 
@@ -50,6 +53,8 @@ class Setting:
         pattern), "i32" (two's complement), "u16", "u32", "bool", or a dict name -> code.
     lo, hi, open_low: the range of a number. modes: where the field has an effect; in the
         other modes it takes its default (recon and sparse_noise share slot 6).
+    special: (name, number) pairs: names a number field also takes, stored as that number
+        ("auto" read noise: -1.0).
     """
 
     name: str
@@ -59,9 +64,11 @@ class Setting:
     hi: float = math.inf
     open_low: bool = False
     modes: tuple = ("lossless", "quantized", "sparse")
+    special: tuple = ()
 
     def to_word(self, value) -> int:
         """The field's 32-bit cd_values word."""
+        value = dict(self.special).get(value, value) if isinstance(value, str) else value
         if isinstance(self.encoding, dict):
             return self.encoding[value]
         if self.encoding == "f32":
@@ -77,7 +84,9 @@ class Setting:
                 raise ValueError(f"unknown redml {self.name} code {word} in cd_values")
             return names[word]
         if self.encoding == "f32":  # the shortest decimal that gives the float32 (0.3, not 0.30000001...)
-            return float(str(np.array(word, dtype="<u4").view("<f4")[()]))
+            value = float(str(np.array(word, dtype="<u4").view("<f4")[()]))
+            names = {number: name for name, number in self.special}
+            return names.get(value, value)
         if self.encoding == "i32":
             return word - (1 << 32) if word >= 1 << 31 else word
         if self.encoding == "bool":
@@ -88,13 +97,15 @@ class Setting:
 
     def to_json(self, value):
         """The field's value in a JSON configuration."""
-        if isinstance(self.encoding, dict):
+        if isinstance(self.encoding, dict) or value in dict(self.special):
             return str(value)
         if self.encoding == "f32":
             return float(value)
         return bool(value) if self.encoding == "bool" else int(value)
 
     def check(self, value) -> None:
+        if isinstance(value, str) and value in dict(self.special):
+            return
         if isinstance(self.encoding, dict):
             if value not in self.encoding:
                 raise ValueError(f"{self.name} must be one of {sorted(self.encoding)}, not {value!r}")
@@ -125,11 +136,15 @@ SETTINGS = (
     Setting("roi_margin", 11, "u16", hi=65535),
     Setting("seed", 12, "u32", hi=2**32 - 1),
     Setting("block_elems", 13, "u32", lo=256, hi=1 << 24),
+    # Integrating detectors, after set_local's three values (written only when not default).
+    Setting("read_noise", 17, "f32", modes=("quantized",), special=(("auto", -1.0),)),
+    Setting("markers", 18, _MARKERS),
 )
 CD_LAYOUT = 1
 CD_MODE_SLOT = 1
 CD_USER_VALUES = 14  # set_local appends dtype code, height, width
 CD_ALL_VALUES = 17
+CD_MAX_VALUES = 19  # with the optional slots 17-18 (then 14-16 are placeholders set_local overwrites)
 
 
 @dataclass(frozen=True)
@@ -144,8 +159,19 @@ class CodecSettings:
        (integer photon counts, gain 1): bins of up to q*sigma/2 + 1 counts, decoded as the
        mean of / a seeded draw from the background model's Poisson distribution within the
        bin (keeps the background's statistics at any count; a chunk of either decodes as
-       the other too).
+       the other too). Integrating data (markers, read_noise; integer or float, any gain):
+       from Poisson photons convolved with the Gaussian read noise.
     sparse_noise: sparse mode: decode with seeded Poisson noise around the model.
+    markers: which values are the detector's markers, kept exactly and left out of the model:
+       "negative" (photon counters: every negative value, the dtype's maximum, NaN/inf);
+       "extremes" (integrating detectors, whose pedestal-subtracted values are negative as
+       often as not: only the dtype's maximum and signed minimum, NaN/inf); "gaps"
+       (extremes, and -1 and -2 as Pilatus-style gaps).
+    read_noise: integrating detectors (markers other than "negative"), quantized mode: the
+       Gaussian read noise in data units, sigma^2 = gain^2*max(mean/gain, mu_min) +
+       read_noise^2 (ADU: gain = ADU per photon; float photons: gain 1); "auto": estimated
+       from each frame (docs/format.md). recon="mean"/"draw" on integrating data need it > 0
+       or "auto"; mu_min=0 gives the plain sigma^2 = gain*mean + read_noise^2.
 
     A field a mode ignores takes its default (recon outside quantized mode, sparse_noise
     outside sparse mode; q=math.inf becomes "sparse"), so settings that write the same
@@ -170,6 +196,8 @@ class CodecSettings:
     block_elems: int = 1 << 18
     sparse_noise: bool = False
     recon: str = "midpoint"
+    read_noise: Union[float, str] = 0.0
+    markers: str = "negative"
 
     def __post_init__(self):
         q = self.q
@@ -196,8 +224,15 @@ class CodecSettings:
             raise ValueError("the rans codec codes byte planes: use shuffle='byte' or 'none'")
         if self.block_elems % 8:
             raise ValueError("block_elems must be a multiple of 8")
-        if self.recon != "midpoint" and self.gain != 1:
-            raise ValueError("recon='mean' and 'draw' model photon counts: gain must be 1")
+        integrating = self.markers != "negative"
+        if self.read_noise != 0 and not integrating:
+            raise ValueError("read_noise models integrating detectors: set markers='extremes' or 'gaps' "
+                             "(negative values are noise there)")
+        if self.recon != "midpoint" and self.gain != 1 and not integrating:
+            raise ValueError("recon='mean' and 'draw' model photon counts: gain must be 1 "
+                             "(integrating data: set markers and read_noise)")
+        if self.recon != "midpoint" and integrating and self.read_noise == 0:
+            raise ValueError("recon='mean' and 'draw' on integrating data need read_noise > 0 or 'auto'")
 
     @property
     def mode(self) -> str:
@@ -227,7 +262,8 @@ class CodecSettings:
                     codec=_CODECS[self.codec], level=int(self.level), shuffle=_SHUFFLES[self.shuffle],
                     recon=self._core_recon(), tile=int(self.tile),
                     roi_snr=float(self.roi_snr), roi_margin=int(self.roi_margin), seed=int(self.seed),
-                    block_elems=int(self.block_elems))
+                    block_elems=int(self.block_elems), markers=_MARKERS[self.markers],
+                    read_noise=-1.0 if self.read_noise == "auto" else float(self.read_noise))
 
     def _core_recon(self) -> int:
         if self.mode == "sparse":
@@ -238,12 +274,14 @@ class CodecSettings:
         """The filter's user cd_values (see docs/format.md, 'HDF5 filter'), to write with:
         ValueError if the encoder does not write these settings."""
         self.check_encodable()
-        cd = [0] * CD_USER_VALUES
+        cd = [0] * CD_MAX_VALUES
         cd[0], cd[CD_MODE_SLOT] = CD_LAYOUT, _MODES[self.mode]
         for s in SETTINGS:
             if self.mode in s.modes:
                 cd[s.slot] = s.to_word(self.q_value if s.name == "q" else getattr(self, s.name))
-        return tuple(cd)
+        # the optional slots only where they differ from their defaults (0): other datasets
+        # keep the 14 values every plugin version reads
+        return tuple(cd if any(cd[CD_ALL_VALUES:]) else cd[:CD_USER_VALUES])
 
     @classmethod
     def from_cd_values(cls, cd) -> "CodecSettings":
@@ -253,9 +291,11 @@ class CodecSettings:
         cd = [int(v) for v in cd]
         if not cd or cd[0] != CD_LAYOUT:
             raise ValueError(f"unknown redml cd_values layout {cd[:1]} (this version reads layout {CD_LAYOUT})")
-        if len(cd) > CD_ALL_VALUES:
-            raise ValueError(f"redml cd_values hold at most {CD_ALL_VALUES} values, not {len(cd)}")
-        full = cd[:CD_USER_VALUES] + list(_DEFAULT_CD[len(cd):])
+        if len(cd) > CD_MAX_VALUES:
+            raise ValueError(f"redml cd_values hold at most {CD_MAX_VALUES} values, not {len(cd)}")
+        # user values, set_local's three (not settings), the optional slots (default 0)
+        full = cd[:CD_USER_VALUES] + list(_DEFAULT_CD[len(cd):]) + [0] * (CD_MAX_VALUES - CD_USER_VALUES)
+        full[CD_ALL_VALUES:len(cd)] = cd[CD_ALL_VALUES:]
         modes = {v: k for k, v in _MODES.items()}
         if full[CD_MODE_SLOT] not in modes:
             raise ValueError(f"unknown redml mode {full[CD_MODE_SLOT]} in cd_values")
@@ -390,13 +430,20 @@ def background_model(chunk) -> dict:
 
 def error_bound(chunk) -> np.ndarray:
     """The stated bound per pixel of a quantized chunk: q*sigma/2, sigma the Poisson noise
-    (gain * sqrt(max(mean/gain, mu_min))) of the stored tile mean. Background pixels decode
-    within it; exact pixels (exact_mask) decode exactly."""
+    (gain * sqrt(max(mean/gain, mu_min))) of the stored tile mean, with the read noise for
+    integrating data (markers, read_noise: then what the stored steps allow). Background
+    pixels decode within it; exact pixels (exact_mask) decode exactly."""
     info = inspect(chunk)
     m = background_model(chunk)
     mean = per_pixel(m["mean"].astype(np.float64), m["tile"], info["shape"])
     gain, mu_min = float(info["gain"]), float(info["mu_min"])
-    return info["q"] * gain * np.sqrt(np.maximum(mean / gain, mu_min)) / 2
+    poisson = info["q"] * gain * np.sqrt(np.maximum(mean / gain, mu_min)) / 2
+    # Integrating data: sigma has a read noise (not stored with the midpoint), so the bound
+    # is read from the stored steps, which never exceed q*sigma/2 of photon counts.
+    step = per_pixel(m["step"].astype(np.float64), m["tile"], info["shape"])
+    bins, is_float = info["recon"] in ("mean", "draw"), np.dtype(info["dtype"]).kind == "f"
+    of_step = step if is_float and bins else (step / 2 if is_float else (step - 1 if bins else (step - 1) / 2))
+    return np.maximum(poisson, of_step) if info["mode"] == "quantized" else poisson
 
 
 def per_pixel(tile_values: np.ndarray, tile: int, shape) -> np.ndarray:

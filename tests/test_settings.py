@@ -27,7 +27,10 @@ CASES = {
                                           seed=2**32 - 1)),
     "quantized_mean": ("uint16", dict(q=2, recon="mean", codec="zstd", shuffle="byte", level=19)),
     "quantized_draw": ("int32", dict(q=4, recon="draw", codec="lz4", shuffle="none", tile=16, roi_margin=5)),
-    "sparse": ("uint32", dict(q="sparse", seed=99, mu_min=0.0)),
+    "sparse": ("uint32", dict(q="sparse", seed=99, mu_min=0.0, markers="gaps")),
+    # integrating detectors: negative values are noise, a read noise in the model
+    "integrating_draw": ("int32", dict(q=2, recon="draw", gain=20.0, markers="extremes", read_noise="auto")),
+    "integrating_midpoint": ("float32", dict(q=1, markers="gaps", read_noise=0.3, mu_min=0.0)),
     "sparse_noise": ("uint16", dict(q="sparse", sparse_noise=True, codec="zstd", shuffle="bit", gain=3.0,
                                     roi_snr=2.0, block_elems=4096)),
 }
@@ -83,7 +86,9 @@ def test_hdf5_cd_values_round_trip(name, rng, tmp_path):
     with h5py.File(tmp_path / "f.h5", "r") as f:
         d = f["data"]
         cd = _cd_values(d)
-        assert cd[:CD_USER_VALUES] == s.cd_values() and cd[-2:] == SHAPE  # set_local appends dtype, height, width
+        user = s.cd_values()  # 14 values, or 19 with the integrating slots 17-18
+        assert cd[:CD_USER_VALUES] == user[:CD_USER_VALUES] and cd[15:17] == SHAPE  # set_local: dtype, height, width
+        assert cd[17:] == user[17:] and len(cd) == (17 if len(user) == CD_USER_VALUES else 19)
         assert CodecSettings.from_cd_values(cd) == s
         assert zarr_view.settings_from_cd_values(cd) == s
         for i, frame in enumerate(frames):
@@ -223,11 +228,21 @@ def _variants(s: CodecSettings):
              "mu_min": s.mu_min + 0.5, "tile": s.tile + 1, "roi_snr": s.roi_snr + 0.5,
              "roi_margin": s.roi_margin + 1, "seed": s.seed ^ 1, "block_elems": s.block_elems + 8,
              "sparse_noise": not s.sparse_noise, "recon": "draw" if s.recon != "draw" else "mean",
-             "shuffle": "none" if s.shuffle != "none" else "byte", "q": s.q_value + 1}
+             "shuffle": "none" if s.shuffle != "none" else "byte", "q": s.q_value + 1,
+             "markers": "gaps" if s.markers != "gaps" else "extremes",
+             "read_noise": 1.0 if s.read_noise in (0, "auto") else "auto"}
+    integrating = s.markers != "negative"
     for spec in SETTINGS:
         if s.mode not in spec.modes:
             continue
         changes = {spec.name: other[spec.name]}
+        if integrating:  # a variant of integrating settings stays integrating
+            if spec.name == "gain" or (spec.name == "recon" and s.recon == "midpoint"):
+                changes.setdefault("read_noise", s.read_noise or "auto")
+            yield spec.name, dataclasses.replace(s, **changes)
+            continue
+        if spec.name == "read_noise" or (spec.name == "markers" and s.recon != "midpoint"):
+            changes.update(markers="extremes", read_noise=1.0 if s.mode == "quantized" else 0.0)
         if spec.name == "recon" or s.recon != "midpoint":
             changes.setdefault("gain", 1.0)
         if spec.name == "gain" and s.recon != "midpoint":

@@ -335,6 +335,7 @@ PAGE = r"""<!DOCTYPE html>
  <div class="hit"><div class="t" id="hittitle">latest hit: none yet</div>
   <div id="hitwrap"><img id="hitimg" alt=""><canvas id="hitover"></canvas></div>
   <div class="small" id="lostdetail"></div>
+  <div class="small" id="receivers" style="white-space:pre-wrap"></div>
   <div id="errors"></div>
  </div>
 </div>
@@ -402,6 +403,8 @@ async function tick() {
     document.getElementById("lost_tile").className = ind.frames_lost ? "tile bad" : "tile";
     set("lostdetail", `dropped ${c.dropped} (encoder behind) - rejected ${c.rejected} - missing ${c.missing} - ` +
       `malformed messages ${c.malformed} - outside a series ${c.orphans}`);
+    if (s.receivers) set("receivers", "receivers:\n" + s.receivers.map(r => `${r.name}: ${r.state}, ${fmt(r.fps, 1)} frames/s` +
+      (r.counts ? `, ${r.counts.written + r.counts.sparse} stored of ${r.counts.received}, queue ${r.pending ?? "-"}` : "")).join("\n"));
     set("errors", s.errors.map(e => `[${e.t} s] ${e.text}`).join("\n"));
     const h = s.history;
     plot("p_hit", h.t, [[h.hit_rate.map(v => v === null ? null : 100 * v), "#2f7d4f"]]);

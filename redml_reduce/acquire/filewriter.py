@@ -78,6 +78,8 @@ class SeriesWriter:
                 filt = load_hdf5plugin().Bitshuffle(cname="lz4")
             attrs = {"series_id": series.id, "series_unique_id": series.uid, "codec": s.codec, "q": str(s.q),
                      "veto": s.veto, "min_spots": s.min_spots, "on_full": s.on_full}
+            if s.receiver:  # one of several receivers of the stream (fanout.py)
+                attrs["receiver"] = s.receiver
             series.file = SeriesFile(series.path, shape, dtype, geometry=st.geometry, pixel_mask=series.pixel_mask,
                                      nxmx=st.nxmx_options() if st.geometry is not None else None, filter=filt,
                                      codec_settings=self.file_codec(),
@@ -135,9 +137,11 @@ class SeriesWriter:
 
     def _finish(self, series: SeriesState, reason: Optional[str]) -> None:
         c = series.counts_copy()
+        if self.settings.receiver:  # one receiver of several: the series' count and what it misses are the master's
+            c["expected"] = c["received"]
         c["missing"] = max(0, c["expected"] - c["received"]) if c["expected"] else 0
         with series.lock:
-            series.counts["missing"] = c["missing"]
+            series.counts["missing"], series.counts["expected"] = c["missing"], c["expected"]
         if series.file is None and series.shape is not None and series.dtype is not None and \
                 (self.settings.codec != "redml" or series.dtype in SUPPORTED_DTYPES):
             self._open(series, series.shape, series.dtype)  # an empty series still leaves its record

@@ -68,10 +68,12 @@ class Receiver:
     def _path_for(self, start: StartMessage) -> Path:
         p = Path(self.out.format(series=start.series_id, series_id=start.series_id)) if "{" in self.out \
             else Path(self.out)
-        if self.settings.overwrite or not p.exists():
+        # a series' file appears at its first frame: the names of earlier series count as taken already
+        taken = {x.path for x in self.series}
+        if self.settings.overwrite or not (p.exists() or p in taken):
             return p
         k = 1
-        while (alt := p.with_name(f"{p.stem}-{k}{p.suffix}")).exists():
+        while (alt := p.with_name(f"{p.stem}-{k}{p.suffix}")).exists() or alt in taken:
             k += 1
         log.warning("%s exists: series %d goes to %s", p, start.series_id, alt)
         return alt

@@ -66,7 +66,10 @@ class AcquireSettings:
     learned global model (redml_reduce.ml, the [ml] extra) decide hits for the veto and the
     live indicators (hit probability >= 0.5, its resolution estimate). max_array_bytes: the
     largest array (frame, pixel mask, calibration map) a message may declare, decoded; larger
-    ones are refused before decompression (256 MiB: a 16M detector's uint32 frames fit)."""
+    ones are refused before decompression (256 MiB: a 16M detector's uint32 frames fit).
+    receiver: "K/N" when this is receiver K of N sharing the stream (fanout.py): a series'
+    file says so and counts what this receiver got (expected = received); the master file
+    counts what they all missed."""
 
     q: QLike = 1.0
     codec: str = "redml"
@@ -86,6 +89,7 @@ class AcquireSettings:
     codec_settings: dict = field(default_factory=dict)
     finder: dict = field(default_factory=dict)
     hit_model: Optional[str] = None
+    receiver: Optional[str] = None
 
     def __post_init__(self):
         if self.hit_model is not None:

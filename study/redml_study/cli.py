@@ -149,8 +149,8 @@ def _simulate(args) -> int:
         frames = [sim.shot(i).frame for i in range(n)]
         geometry, mask = sim.geometry, sim.mask.astype(np.uint32)
     endpoint = args.connect or args.bind or f"tcp://*:{DEFAULT_PORT}"
-    with StreamSender(endpoint, bind=not args.connect) as sender:
-        print(f"{'connected to' if args.connect else 'bound to'} {sender.endpoint}: {args.series} series of "
+    with StreamSender(endpoint, bind=not args.connect, peers=args.peers, peer_wait_s=args.peer_wait) as sender:
+        print(f"{'connected to' if args.connect else 'bound to'} {','.join(sender.endpoints)}: {args.series} series of "
               f"{args.frames} frames {frames[0].shape} {frames[0].dtype}, "
               f"{'as fast as taken' if args.rate <= 0 else f'{args.rate:g} Hz'}, compression {args.compression}",
               file=sys.stderr, flush=True)
@@ -202,6 +202,11 @@ def main(argv=None) -> int:
     s.add_argument("--jungfrau-raw", action="store_true",
                    help="send raw JUNGFRAU words (gain bits + ADC) with the calibration in the start message; "
                         "redml acquire converts them to photons")
+    s.add_argument("--peers", type=int, default=1,
+                   help="receivers: one socket each on consecutive ports (start and end to every one, the images "
+                        "round-robin), as Jungfraujoch serves several writers")
+    s.add_argument("--peer-wait", type=float, default=10.0,
+                   help="with --peers: seconds a series' start waits for every receiver to be connected")
     s.set_defaults(run=_simulate)
     return run(ap.parse_args(argv), ap.prog)
 

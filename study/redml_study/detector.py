@@ -1,5 +1,6 @@
 """A simulated JUNGFRAU: random per-pixel pedestals, gains and noise, dead and noisy pixels, raw
-words from photon images (photons_to_raw) and dark runs (simulate_dark_run)."""
+words from photon images (photons_to_raw) and dark runs (simulate_dark_run); and the frames an
+integrating detector's pipeline hands on after pedestal subtraction (integrating_frame)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ import numpy as np
 from redml_reduce.jungfrau import (ADC_MAX, GAIN_BITS, MODULE_SHAPE, OVERLOAD_WORD, TYPICAL_GAIN, TYPICAL_PEDESTAL,
                                    Calibration, ModuleLayout)
 
-__all__ = ["SimulatedDetector", "simulate_detector", "photons_to_raw", "simulate_dark_run"]
+__all__ = ["SimulatedDetector", "simulate_detector", "photons_to_raw", "simulate_dark_run", "integrating_frame"]
 
 
 @dataclass
@@ -128,3 +129,28 @@ def simulate_dark_run(calib: Calibration, rng: np.random.Generator, n_frames: in
         if dead is not None:
             frames[i][np.asarray(dead, bool)] = GAIN_BITS[stage] << 14
     return frames
+
+
+def integrating_frame(photons, rng: np.random.Generator, *, gain: Optional[float] = None, read_noise: float = 0.2,
+                      dtype="int16", gaps: Optional[np.ndarray] = None, gap_value=None) -> np.ndarray:
+    """A pedestal-subtracted frame of an integrating detector (JUNGFRAU, CSPAD, ePix) holding
+    `photons` (counts per pixel): photons plus Gaussian read noise of `read_noise` photons, so
+    about half of the empty pixels are negative.
+
+    gain: ADU per photon (10-40 for these detectors): integer ADU, rounded, of `dtype`
+        (int16 or int32); None: float32 photons (what a JUNGFRAU conversion writes).
+    gaps: pixels (module gaps, dead pixels) set to gap_value: by default the dtype's minimum
+        (integers) or NaN (floats), the markers of redml's markers="extremes"; -1 for
+        Pilatus-style gaps (markers="gaps").
+    """
+    signal = np.asarray(photons, np.float64) + read_noise * rng.standard_normal(np.shape(photons))
+    if gain is None:
+        frame = signal.astype(np.float32)
+    else:
+        info = np.iinfo(dtype)
+        frame = np.clip(np.rint(signal * gain), info.min + 1, info.max - 1).astype(dtype)
+    if gaps is not None:
+        if gap_value is None:
+            gap_value = np.nan if gain is None else np.iinfo(dtype).min
+        frame[np.asarray(gaps, bool)] = gap_value
+    return frame

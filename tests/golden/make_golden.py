@@ -39,6 +39,11 @@ CASES = {
     "u16_q2_mean": ("uint16", 2.0, {"recon": "mean"}),
     "i32_q4_draw_gaps": ("int32", 4.0, {"recon": "draw"}),
     "u16_q4_draw_lowcount": ("uint16", 4.0, {"recon": "draw"}),
+    # added with integrating detectors (markers, and the header's read_noise of format v1)
+    "i16_q2_integrating_midpoint": ("int16", 2.0, {"gain": 20.0, "markers": "extremes", "read_noise": 4.0}),
+    "i16_q4_integrating_draw": ("int16", 4.0, {"gain": 20.0, "markers": "extremes", "read_noise": 4.0,
+                                               "recon": "draw"}),
+    "f32_q2_integrating_mean": ("float32", 2.0, {"markers": "gaps", "read_noise": "auto", "recon": "mean"}),
 }
 
 # The golden HDF5 file: every mode, recon, codec and shuffle, and the other settings away
@@ -58,7 +63,24 @@ H5_CASES = {
 }
 
 
+def integrating_frame_for(name, dtype):
+    """Pedestal-subtracted photons with 0.2 photon of read noise at 1.5 photons/px (int16:
+    20 ADU per photon, module gap at the dtype's minimum; float32: photons, gaps -1)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    lam = np.full((45, 67), 1.5)
+    lam[20:23, 30:33] += 300.0  # a spot
+    x = rng.poisson(lam) + 0.2 * rng.standard_normal(lam.shape)
+    if dtype == "float32":
+        x[:, 40:42] = -1.0
+        return x.astype(dtype)
+    x = np.rint(x * 20)
+    x[:, 40:42] = np.iinfo(dtype).min
+    return x.astype(dtype)
+
+
 def frame_for(name, dtype):
+    if "integrating" in name:
+        return integrating_frame_for(name, dtype)
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     lam = np.full((45, 67), 0.8 if "lowcount" in name else 60.0)
     lam[20:23, 30:33] += 3000.0  # a spot
