@@ -427,10 +427,12 @@ void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t 
 
 // The symbol of a background pixel, or false (store it exactly): the midpoint quantizer or
 // the bins of the conditional reconstructions, for photon counts or integrating data
-// (noise: negative values are noise, no low-count rule).
+// (noise: negative values are noise, no low-count rule). Inlined: the lane loops of
+// quantize_int_span compile it for their target (a call into SSE code from AVX-512 code
+// costs a state transition per pixel).
 template <class T>
-bool code_int(int64_t x, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px, bool noise, bool conditional,
-              uint64_t *sym) {
+REDML_ALWAYS_INLINE bool code_int(int64_t x, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px, bool noise,
+                                  bool conditional, uint64_t *sym) {
     using S = Storage<T>;
     if (conditional)
         return noise ? redml_quantize_bin_rn(x, tc.s_int, tc.inv_step, px.u_int, px.base, S::sym_max, sym)

@@ -270,7 +270,7 @@ REDML_HD void redml_bin_int(uint64_t sym, int64_t s, int64_t u, int64_t base, in
 /* A value in [a, b] from Poisson(lambda) restricted to [a, b]: its mean, rounded with a
  * seeded dither (draw = 0; E[result] = the conditional mean), or a seeded draw (draw = 1).
  * Weights are taken relative to the distribution's mode in [a, b], so none exceeds 1. */
-REDML_HD int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, int draw, uint32_t seed, uint64_t idx) {
+REDML_HD_FLAT int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, int draw, uint32_t seed, uint64_t idx) {
     if (b <= a) return a;
     if (!(lambda > 0.0)) return a; /* all the mass at the lowest count */
     double fl = floor(lambda);
