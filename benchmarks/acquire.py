@@ -122,21 +122,6 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
 # -- fan-out: N receivers (`redml acquire --receivers N`) share one stream, one master file per series
 
 
-def consecutive_ports(n: int) -> int:
-    """A base port with the next n-1 free too (the simulated detector binds one per receiver)."""
-    for base in np.random.default_rng().integers(20000, 60000, 100):
-        socks = []
-        try:
-            for k in range(n):
-                socks.append(socket.socket())
-                socks[-1].bind(("127.0.0.1", int(base) + k))
-            return int(base)
-        except OSError:
-            continue
-        finally:
-            for so in socks:
-                so.close()
-    raise RuntimeError("no free consecutive ports")
 
 
 def master_ok(path: Path, n_frames: int) -> bool:
@@ -158,7 +143,9 @@ def master_ok(path: Path, n_frames: int) -> bool:
 def run_fanout(n: int, pool: Path, n_frames: int, work: Path, workers: int) -> dict:
     """redml q=1 with n receivers on this machine (each `workers` encoder threads); frames/s:
     frames stored over the longest receiver's time from its first image to its last flush."""
-    base = consecutive_ports(n)
+    from redml_reduce.acquire.sender import free_consecutive_ports
+
+    base = free_consecutive_ports(n)
     out = work / f"fanout{n}.nxs"
     summary = work / f"fanout{n}.json"
     endpoints = ",".join(f"tcp://127.0.0.1:{base + k}" for k in range(n))

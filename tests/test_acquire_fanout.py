@@ -20,7 +20,7 @@ from redml_reduce.acquire import protocol as s
 from redml_reduce.acquire.aggregate import AggregateStats
 from redml_reduce.acquire.fanout import data_pattern, find_data_files, parse_receiver
 from redml_reduce.acquire.master import _runs, fill_value, read_master, write_master
-from redml_reduce.acquire.sender import StreamSender
+from redml_reduce.acquire.sender import StreamSender, free_consecutive_ports
 from redml_reduce.acquire.series import read_acquisition
 from redml_reduce.background import BeamGeometry
 
@@ -216,30 +216,12 @@ def test_virtual_mappings_follow_round_robin_runs():
     assert fill_value(np.int32) == np.iinfo(np.int32).min and fill_value(np.uint16) == 65535
 
 
-def consecutive_ports(n):
-    """A base port whose next n-1 ports are free too (the simulator binds one per receiver)."""
-    import socket
-
-    for base in np.random.default_rng().integers(20000, 60000, 50):
-        socks = []
-        try:
-            for k in range(n):
-                so = socket.socket()
-                socks.append(so)
-                so.bind(("127.0.0.1", int(base) + k))
-            return int(base)
-        except OSError:
-            continue
-        finally:
-            for so in socks:
-                so.close()
-    raise RuntimeError("no free ports")
 
 
 def test_launcher_and_simulated_detector_as_processes(tmp_path):
     """`redml acquire --receivers 3` and `redml-study simulate-detector --peers 3`: two series,
     one master each, every image stored once."""
-    base = consecutive_ports(3)
+    base = free_consecutive_ports(3)
     endpoints = ",".join(f"tcp://127.0.0.1:{base + k}" for k in range(3))
     out = tmp_path / "run_{series}.nxs"
     summary = tmp_path / "launch.json"

@@ -18,7 +18,7 @@ import numpy as np
 from .compression import compress
 from .protocol import DEFAULT_PORT, encode_end, encode_image, encode_start
 
-__all__ = ["StreamSender", "publish_series"]
+__all__ = ["StreamSender", "publish_series", "free_consecutive_ports"]
 
 
 class StreamSender:
@@ -191,3 +191,23 @@ def publish_series(sender: StreamSender, frames: Sequence[np.ndarray], n_images:
     sender.end()
     dt = time.perf_counter() - t0
     return {"images": n_images, "seconds": dt, "rate_hz": n_images / dt if dt > 0 else math.inf, "wire_bytes": wire}
+
+
+def free_consecutive_ports(n: int, host: str = "127.0.0.1", tries: int = 100) -> int:
+    """A base TCP port whose next n-1 ports are free too, for a sender with n peers (it binds
+    base, base+1, ...). Free when checked: another process may still take one before the bind."""
+    import socket
+
+    for base in np.random.default_rng().integers(20000, 60000, tries):
+        socks = []
+        try:
+            for k in range(n):
+                socks.append(socket.socket())
+                socks[-1].bind((host, int(base) + k))
+            return int(base)
+        except OSError:
+            continue
+        finally:
+            for so in socks:
+                so.close()
+    raise RuntimeError(f"no {n} consecutive free ports found on {host}")
