@@ -117,3 +117,26 @@ def test_bad_arguments(rng):
         _core.encode(frame, None, None, nthreads=1, spots=(0,) + spots[1:], **kw)
     with pytest.raises(ValueError):
         _core.encode(frame, None, None, nthreads=1, spots=spots[:5], **kw)
+
+
+@pytest.mark.parametrize("veto", ["none", "sparse"])
+def test_acquisition_worker_stores_the_chunk_of_its_spots(rng, veto):
+    """The worker's frame (veto none: one spot search in the encoder; sparse: find_spots first,
+    the hit decides the mode): the chunk and indicators of find_spots + encode(roi)."""
+    from types import SimpleNamespace
+
+    from redml_reduce.acquire.indicators import LiveStats
+    from redml_reduce.acquire.server import AcquireSettings
+    from redml_reduce.acquire.worker import work
+
+    frame = still_frame(rng, (256, 300), background=1.0, spots=40, peak_range=(30, 400), dtype="uint16")
+    bad = with_defects(rng, frame)
+    series = SimpleNamespace(id=1, calibration=None, bad=bad,
+                             start=SimpleNamespace(geometry=None, saturation_value=65535))
+    settings = AcquireSettings(q=1, veto=veto, min_spots=5, finder={"sigma_s": 3.5})
+    codecs = {"q": rr.CodecSettings(q=1), "sparse": rr.CodecSettings(q="sparse")}
+    res = work(series, 7, SimpleNamespace(decode=lambda: frame), 0.0, settings, codecs, LiveStats())
+    assert res.error is None
+    chunk, peaks = two_searches(frame, bad, codecs["q"], FinderSettings(sigma_s=3.5), 1)
+    assert res.chunk == chunk and same_peaks(res.peaks, peaks)
+    assert (res.stats.n_spots, res.stats.hit, res.stats.mode) == (len(peaks), True, "q")
