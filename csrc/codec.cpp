@@ -14,6 +14,7 @@
 
 #include "background.h"
 #include "container.h"
+#include "encoder.h"
 #include "entropy.h"
 #include "error.h"
 #include "pixels.h"
@@ -335,25 +336,6 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
     return m;
 }
 
-// usable[i] = 1 where pixel i is neither masked nor a marker (pixels.h), else 0.
-template <class T>
-void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_t *__restrict usable, size_t n,
-                   redml_markers markers) {
-    if (markers != REDML_MARKERS_NEGATIVE) {  // integrating detectors: negative values are noise
-        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_marker(f[i], markers);
-        return;
-    }
-    if constexpr (std::is_floating_point<T>::value) {
-        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
-    } else {  // is_special_value without branches, so the loops vectorize
-        const T top = std::numeric_limits<T>::max();
-        if (mask)
-            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((mask[i] == 0) & (f[i] >= 0) & (f[i] != top));
-        else
-            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((f[i] >= 0) & (f[i] != top));
-    }
-}
-
 // Integer type of step-1 codes: 16-bit pixels' codes, predictions and residuals all fit
 // 32-bit arithmetic (which vectorizes).
 template <class T>
@@ -631,7 +613,7 @@ redml_params with_read_noise(const T *f, const uint8_t *usable, uint32_t H, uint
 
 template <class T>
 void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, const uint8_t *mask_in,
-                  const redml_params &p_in, void **out, size_t *out_size) {
+                  const redml_params &p_in, SpotRequest *spots, void **out, size_t *out_size) {
     using S = Storage<T>;
     using Word = typename S::Word;
     const int nt = resolve_threads(p_in.nthreads);
@@ -657,7 +639,19 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     // the background stream alone is 15% smaller than one stream with the spots in it).
     uint8_t *exact = scratch(sc.exact, N);
     if (roi_in) std::memcpy(exact, roi_in, N);
-    else {
+    else if (spots) {
+        // the finder ignores the special values (NEGATIVE markers): the map above unless the
+        // markers differ; then the tags buffer, not needed before quantization, holds its own
+        const uint8_t *finder_usable = usable;
+        if (p.markers != REDML_MARKERS_NEGATIVE) {
+            uint8_t *own = scratch(sc.tags, N);
+            usable_pixels(f, mask_in, own, N, REDML_MARKERS_NEGATIVE);
+            finder_usable = own;
+        }
+        spots->peaks = find_spots(f, finder_usable, H, W, spots->fp, exact, nt);
+        dilate(exact, H, W, p.roi_margin, nt);
+        stage_mark("roi dilation");
+    } else {
         FinderParams fp;
         fp.gain = p.gain;
         fp.sigma_s = p.roi_snr;
@@ -1289,6 +1283,25 @@ std::string &last_error() {
 
 }  // namespace redml
 
+namespace redml {
+
+void encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width, const uint8_t *roi,
+            const uint8_t *mask, const redml_params &p, SpotRequest *spots, void **out, size_t *out_size) {
+    check(frame && out && out_size, REDML_E_ARG, "null argument");
+    check(!(roi && spots), REDML_E_ARG, "an ROI map and spots to find are exclusive");
+    check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
+    check(height >= 1 && width >= 1 && height <= kMaxSide && width <= kMaxSide &&
+              (uint64_t)height * width <= kMaxPixels,
+          REDML_E_ARG, "frame shape out of range (1..2^20 per side, at most 2^27 pixels)");
+    validate_params(p);
+    dispatch_dtype(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        encode_frame<T>((const T *)frame, height, width, roi, mask, p, spots, out, out_size);
+    });
+}
+
+}  // namespace redml
+
 using namespace redml;
 
 extern "C" {
@@ -1334,16 +1347,8 @@ redml_status redml_encode(const void *frame, redml_dtype dtype, uint32_t height,
                           const uint8_t *roi, const uint8_t *mask, const redml_params *p, void **out,
                           size_t *out_size) {
     return guarded([&] {
-        check(frame && p && out && out_size, REDML_E_ARG, "null argument");
-        check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
-        check(height >= 1 && width >= 1 && height <= kMaxSide && width <= kMaxSide &&
-                  (uint64_t)height * width <= kMaxPixels,
-              REDML_E_ARG, "frame shape out of range (1..2^20 per side, at most 2^27 pixels)");
-        validate_params(*p);
-        dispatch_dtype(dtype, [&](auto tag) {
-            using T = decltype(tag);
-            encode_frame<T>((const T *)frame, height, width, roi, mask, *p, out, out_size);
-        });
+        check(p != nullptr, REDML_E_ARG, "null argument");
+        encode(frame, dtype, height, width, roi, mask, *p, nullptr, out, out_size);
     });
 }
 

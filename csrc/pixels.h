@@ -60,6 +60,26 @@ inline bool is_marker(T v, redml_markers markers) {
     else return v == std::numeric_limits<T>::max() || (std::numeric_limits<T>::is_signed && v == std::numeric_limits<T>::lowest()) || gap;
 }
 
+// usable[i] = 1 where pixel i is neither masked nor a marker (above), else 0: the
+// map the codec and the spot finder compute before anything else.
+template <class T>
+void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_t *__restrict usable, size_t n,
+                   redml_markers markers) {
+    if (markers != REDML_MARKERS_NEGATIVE) {  // integrating detectors: negative values are noise
+        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_marker(f[i], markers);
+        return;
+    }
+    if constexpr (std::is_floating_point<T>::value) {
+        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
+    } else {  // is_special_value without branches, so the loops vectorize
+        const T top = std::numeric_limits<T>::max();
+        if (mask)
+            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((mask[i] == 0) & (f[i] >= 0) & (f[i] != top));
+        else
+            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((f[i] >= 0) & (f[i] != top));
+    }
+}
+
 // ---- run-time SIMD dispatch ----
 // A few hot loops are compiled twice, portable (SSE2 on x86-64) and for AVX2, from one
 // always-inlined body; the AVX2 build runs where the CPU has it. Build flags stay portable.

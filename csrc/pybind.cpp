@@ -52,9 +52,20 @@ const uint8_t *optional_map(const py::object &obj, size_t n, const char *what) {
     return a.data();
 }
 
-py::bytes encode(py::array frame, py::object roi, py::object mask, int mode, float q, float gain, float mu_min,
-                 int codec, int level, int shuffle, int recon, int tile, float roi_snr, int roi_margin,
-                 uint32_t seed, uint32_t block_elems, int nthreads, float read_noise, int markers) {
+// The finder's parameters from their fields in the order of redml_finder_params.
+redml_finder_params finder_params(const py::tuple &t) {
+    if (t.size() != 9) throw py::value_error("spots: the 9 fields of the finder's parameters");
+    return redml_finder_params{t[0].cast<int>(),   t[1].cast<float>(), t[2].cast<float>(),
+                               t[3].cast<float>(), t[4].cast<int>(),   t[5].cast<float>(),
+                               t[6].cast<int>(),   t[7].cast<int>(),   t[8].cast<float>()};
+}
+
+// A chunk; with spots (the finder's parameters, a tuple), (chunk, peak records) of
+// redml_encode_spots: the ROI is the spots' dilated mask and roi must be None.
+py::object encode(py::array frame, py::object roi, py::object mask, int mode, float q, float gain, float mu_min,
+                  int codec, int level, int shuffle, int recon, int tile, float roi_snr, int roi_margin,
+                  uint32_t seed, uint32_t block_elems, int nthreads, float read_noise, int markers,
+                  py::object spots) {
     if (frame.ndim() != 2) throw py::value_error("frame must be 2-D");
     if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
     if (tile < 1 || tile > 65535 || roi_margin < 0 || roi_margin > 65535)
@@ -85,17 +96,26 @@ py::bytes encode(py::array frame, py::object roi, py::object mask, int mode, flo
     p.nthreads = nthreads;
     p.read_noise = read_noise;
     p.markers = (redml_markers)markers;
+    const bool want_spots = !spots.is_none();
+    if (want_spots && roi_p) throw py::value_error("roi and spots are exclusive");
+    const redml_finder_params fp = want_spots ? finder_params(spots.cast<py::tuple>()) : redml_finder_params{};
     void *out = nullptr;
     size_t out_size = 0;
+    redml_peak *peaks = nullptr;
+    size_t npeaks = 0;
     redml_status s;
     {
         py::gil_scoped_release release;
-        s = redml_encode(frame.data(), dt, h, w, roi_p, mask_p, &p, &out, &out_size);
+        s = want_spots ? redml_encode_spots(frame.data(), dt, h, w, mask_p, &p, &fp, &out, &out_size, &peaks, &npeaks)
+                       : redml_encode(frame.data(), dt, h, w, roi_p, mask_p, &p, &out, &out_size);
     }
     if (s != REDML_OK) raise(s);
     py::bytes result((const char *)out, out_size);
     std::free(out);
-    return result;
+    if (!want_spots) return std::move(result);
+    py::bytes raw((const char *)peaks, npeaks * sizeof(redml_peak));
+    redml_free(peaks);
+    return py::make_tuple(result, raw);
 }
 
 redml_info inspect_buffer(const py::buffer_info &b) {
@@ -434,7 +454,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("encode", &encode, py::arg("frame"), py::arg("roi"), py::arg("mask"), py::arg("mode"), py::arg("q"),
           py::arg("gain"), py::arg("mu_min"), py::arg("codec"), py::arg("level"), py::arg("shuffle"),
           py::arg("recon"), py::arg("tile"), py::arg("roi_snr"), py::arg("roi_margin"), py::arg("seed"),
-          py::arg("block_elems"), py::arg("nthreads"), py::arg("read_noise") = 0.0f, py::arg("markers") = 0);
+          py::arg("block_elems"), py::arg("nthreads"), py::arg("read_noise") = 0.0f, py::arg("markers") = 0,
+          py::arg("spots") = py::none());
     m.def("decode", &decode, py::arg("chunk"), py::arg("recon") = -1, py::arg("nthreads") = 0);
     m.def("inspect", &inspect, py::arg("chunk"));
     m.def("exact_mask", &exact_mask, py::arg("chunk"));

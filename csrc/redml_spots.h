@@ -44,6 +44,15 @@ REDML_API redml_status redml_find_spots(const void *frame, redml_dtype dtype, ui
                                         const uint8_t *mask, const redml_finder_params *fp, uint8_t *spot_mask,
                                         redml_peak **peaks, size_t *n_peaks, int nthreads);
 
+/* Encodes one frame as redml_encode does with roi NULL, except that the exactly kept region
+ * is the mask of the spots redml_find_spots(frame, mask, fp) finds, dilated by p->roi_margin
+ * (what redml_dilate makes of it): one spot search for the chunk and the caller's peaks,
+ * which come back as redml_find_spots returns them (same finder, settings and records).
+ * *out as redml_encode's; *peaks is malloc'ed (free both with redml_free). */
+REDML_API redml_status redml_encode_spots(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                                          const uint8_t *mask, const redml_params *p, const redml_finder_params *fp,
+                                          void **out, size_t *out_size, redml_peak **peaks, size_t *n_peaks);
+
 /* Square dilation of a byte map of height*width, in place: every nonzero pixel sets the
  * (2 margin + 1)^2 square around it; the map then holds 0 and 1 (margin 0: unchanged).
  * map may be NULL only if height*width is 0. */

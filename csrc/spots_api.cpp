@@ -5,14 +5,66 @@
 #include <vector>
 
 #include "container.h"  // kMaxPixels
+#include "encoder.h"
 #include "error.h"
 #include "pixels.h"
 #include "radial.h"
 #include "redml_spots.h"
+#include "scratch.h"
 #include "spots.h"
 #include "threads.h"
 
 using namespace redml;
+
+namespace {
+
+const uint32_t kUsableBandRows = 128;
+
+// The calling thread's usable-pixel map for redml_find_spots, kept across calls like the
+// finder's own buffers (a fresh frame-sized map was zeroing and page faults every frame).
+struct UsableScratch {
+    std::vector<uint8_t> usable;
+    size_t held() const { return held_bytes(usable); }
+};
+
+UsableScratch &usable_scratch() {
+    thread_local UsableScratch sc;
+    return sc;
+}
+
+// The finder's parameters of the C API, checked (REDML_E_ARG if invalid).
+FinderParams finder_params(const redml_finder_params &p) {
+    check(p.kernel >= 1 && p.kernel <= 64 && p.min_count >= 2 && p.min_pixels >= 1 &&
+          p.max_pixels >= p.min_pixels && std::isfinite(p.sigma_b) && p.sigma_b >= 0 &&
+          std::isfinite(p.sigma_s) && p.sigma_s >= 0 && std::isfinite(p.gain) && p.gain > 0 &&
+          std::isfinite(p.threshold) && std::isfinite(p.max_separation),
+          REDML_E_ARG, "invalid spot finder parameters");
+    FinderParams fp;
+    fp.kernel = p.kernel;
+    fp.sigma_b = p.sigma_b;
+    fp.sigma_s = p.sigma_s;
+    fp.gain = p.gain;
+    fp.min_count = p.min_count;
+    fp.threshold = p.threshold;
+    fp.min_pixels = p.min_pixels;
+    fp.max_pixels = p.max_pixels;
+    fp.max_separation = p.max_separation;
+    return fp;
+}
+
+// The peaks as the C API returns them: a malloc'ed array (at least one element) and its length.
+void return_peaks(const std::vector<Peak> &found, redml_peak **peaks, size_t *n_peaks) {
+    redml_peak *out = (redml_peak *)std::malloc(sizeof(redml_peak) * std::max<size_t>(1, found.size()));
+    check(out != nullptr, REDML_E_NOMEM, "cannot allocate the peak list");
+    for (size_t j = 0; j < found.size(); j++) {
+        const Peak &pk = found[j];
+        out[j] = redml_peak{pk.x, pk.y, pk.total, pk.max, pk.background, pk.snr, pk.npix, pk.x0, pk.y0, pk.x1, pk.y1};
+    }
+    *peaks = out;
+    *n_peaks = found.size();
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -37,39 +89,39 @@ redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t hei
         check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
         check(height >= 1 && width >= 1 && (uint64_t)height * width <= kMaxPixels, REDML_E_ARG,
               "frame shape out of range");
-        check(fpp->kernel >= 1 && fpp->kernel <= 64 && fpp->min_count >= 2 && fpp->min_pixels >= 1 &&
-                  fpp->max_pixels >= fpp->min_pixels && std::isfinite(fpp->sigma_b) && fpp->sigma_b >= 0 &&
-                  std::isfinite(fpp->sigma_s) && fpp->sigma_s >= 0 && std::isfinite(fpp->gain) && fpp->gain > 0 &&
-                  std::isfinite(fpp->threshold) && std::isfinite(fpp->max_separation),
-              REDML_E_ARG, "invalid spot finder parameters");
-        FinderParams fp;
-        fp.kernel = fpp->kernel;
-        fp.sigma_b = fpp->sigma_b;
-        fp.sigma_s = fpp->sigma_s;
-        fp.gain = fpp->gain;
-        fp.min_count = fpp->min_count;
-        fp.threshold = fpp->threshold;
-        fp.min_pixels = fpp->min_pixels;
-        fp.max_pixels = fpp->max_pixels;
-        fp.max_separation = fpp->max_separation;
+        const FinderParams fp = finder_params(*fpp);
         const size_t N = (size_t)height * width;
         int nt = resolve_threads(nthreads);
         dispatch_dtype(dtype, [&](auto tag) {
             using T = decltype(tag);
             const T *f = (const T *)frame;
-            std::vector<uint8_t> usable(N);
-            for (size_t i = 0; i < N; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
-            std::vector<Peak> found = find_spots(f, usable.data(), height, width, fp, spot_mask, nt);
-            redml_peak *out = (redml_peak *)std::malloc(sizeof(redml_peak) * std::max<size_t>(1, found.size()));
-            check(out != nullptr, REDML_E_NOMEM, "cannot allocate the peak list");
-            for (size_t j = 0; j < found.size(); j++) {
-                const Peak &pk = found[j];
-                out[j] = redml_peak{pk.x, pk.y, pk.total, pk.max, pk.background, pk.snr, pk.npix,
-                                    pk.x0, pk.y0, pk.x1, pk.y1};
-            }
-            *peaks = out;
-            *n_peaks = found.size();
+            UsableScratch &sc = usable_scratch();
+            ReleaseIfLarge<UsableScratch> release{sc};
+            uint8_t *usable = scratch(sc.usable, N);
+            for_row_bands(height, kUsableBandRows, nt, [&](size_t, uint32_t y0, uint32_t y1) {
+                const size_t i0 = (size_t)y0 * width;
+                usable_pixels(f + i0, mask ? mask + i0 : nullptr, usable + i0, (size_t)(y1 - y0) * width,
+                              REDML_MARKERS_NEGATIVE);
+            });
+            return_peaks(find_spots(f, usable, height, width, fp, spot_mask, nt), peaks, n_peaks);
         });
+    });
+}
+
+redml_status redml_encode_spots(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                                const uint8_t *mask, const redml_params *p, const redml_finder_params *fpp,
+                                void **out, size_t *out_size, redml_peak **peaks, size_t *n_peaks) {
+    return guarded([&] {
+        check(p && fpp && out && peaks && n_peaks, REDML_E_ARG, "null argument");
+        SpotRequest spots{finder_params(*fpp), {}};
+        encode(frame, dtype, height, width, nullptr, mask, *p, &spots, out, out_size);
+        try {
+            return_peaks(spots.peaks, peaks, n_peaks);
+        } catch (...) {  // no chunk without its peaks
+            std::free(*out);
+            *out = nullptr;
+            throw;
+        }
     });
 }
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from . import _core
 from .arrays import SUPPORTED_DTYPES, as_frame, as_map, check_range
+from .spots import PEAK_DTYPE, FinderSettings
 
-__all__ = ["encode", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
+__all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
            "SETTINGS", "Setting", "as_frame", "resolve_settings"]
 
 
@@ -356,6 +357,24 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
                         "codec.encode takes None or a boolean map")
     return _core.encode(arr, as_map(roi, arr.shape, "roi"), as_map(mask, arr.shape, "mask"),
                         nthreads=nthreads, **s.core_kwargs())
+
+
+def encode_with_spots(frame: np.ndarray, *, mask=None, nthreads: int = 0, settings: Optional[CodecSettings] = None,
+                      finder=None):
+    """(chunk, peaks) of one frame, from one spot search: peaks are what
+    redml_reduce.find_spots(frame, mask, settings=finder) returns, and the chunk is, byte for
+    byte, encode(frame, roi=roi_mask(its spot_mask, settings.roi_margin), mask=mask,
+    settings=settings). finder: a redml_reduce.spots.FinderSettings (default: its defaults)."""
+    s = resolve_settings(settings, 0.0, {})
+    f = finder if finder is not None else FinderSettings()
+    if not isinstance(f, FinderSettings):
+        raise TypeError(f"finder must be a FinderSettings, not {type(f).__name__}")
+    arr = as_frame(frame)
+    check_range("nthreads", nthreads, 0, 4096, integer=True)
+    chunk, raw = _core.encode(arr, None, as_map(mask, arr.shape, "mask"), nthreads=nthreads,
+                              spots=(f.kernel, f.sigma_b, f.sigma_s, f.gain, f.min_count, f.threshold, f.min_pixels,
+                                     f.max_pixels, f.max_separation), **s.core_kwargs())
+    return chunk, np.frombuffer(raw, dtype=PEAK_DTYPE).copy()
 
 
 def resolve_settings(settings: Optional[CodecSettings], q, fields: dict) -> CodecSettings:

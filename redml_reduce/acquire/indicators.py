@@ -54,8 +54,11 @@ def resolution_limit(peaks: np.ndarray, geometry, fraction: float = 0.05) -> flo
 
 
 def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[int] = None, min_spots: int = 10,
-            spots: bool = True, finder: Optional[dict] = None, image_id: int = 0, hit_model: Optional[str] = None):
+            spots: bool = True, finder: Optional[dict] = None, image_id: int = 0, hit_model: Optional[str] = None,
+            peaks: Optional[np.ndarray] = None):
     """(FrameStats, peaks, spot_mask) of one frame; peaks and spot_mask are None with spots=False.
+    peaks: the frame's spots when the caller found them already (then not searched again and
+    spot_mask is None).
 
     hit_model: a learned global model ("unet", redml_reduce.ml; needs the [ml] extra) decides
     hit (its hit probability >= 0.5) and the resolution limit (from its lattice spots) instead
@@ -80,12 +83,15 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
         if bad is not None:
             np.greater(sat, bad, out=sat)  # sat and not bad, in place: no frame-sized ~bad per frame
         st.saturated = int(np.count_nonzero(sat))
-    peaks = spot_mask = None
+    spot_mask = None
     if spots:
-        peaks, spot_mask = find_spots(frame, mask=bad, nthreads=1, **(finder or {}))
+        if peaks is None:
+            peaks, spot_mask = find_spots(frame, mask=bad, nthreads=1, **(finder or {}))
         st.n_spots = len(peaks)
         st.hit = st.n_spots >= min_spots
         st.resolution_a = resolution_limit(peaks, geometry)
+    else:
+        peaks = None
     if hit_model is not None:
         from ..pipeline import require_torch
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..jungfrau import convert
 from ..pipeline import encode
-from ..spots import roi_mask
+from ..codec import encode_with_spots
+from ..spots import FinderSettings, roi_mask
 from .indicators import FrameStats, LiveStats, analyse, thumbnail
 from .compression import compress, declared_size
 from .errors import StreamError
@@ -61,9 +62,15 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         if frame.dtype in WIDEN:
             frame = frame.astype(WIDEN[frame.dtype])
         bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
+        peaks = None
+        if s.codec != "bslz4" and s.spots and s.veto == "none":
+            # stored at q whatever its spots say: the encoder's spot search gives the indicators theirs
+            res.chunk, peaks = encode_with_spots(frame, mask=bad, nthreads=1, settings=codecs["q"],
+                                                 finder=FinderSettings(**(s.finder or {})))
         st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
                                        saturation=series.start.saturation_value, min_spots=s.min_spots,
-                                       spots=s.spots, finder=s.finder, image_id=image_id, hit_model=s.hit_model)
+                                       spots=s.spots, finder=s.finder, image_id=image_id, hit_model=s.hit_model,
+                                       peaks=peaks)
         if st.hit and stats.want_thumbnail():
             img, factor = thumbnail(frame, bad)
             stats.set_latest_hit(image_id, img, factor, peaks)
@@ -72,6 +79,8 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
             st.mode = "raw"
         elif st.hit is False and s.veto == "drop":
             st.mode = "vetoed"
+        elif res.chunk is not None:
+            st.mode = "q"
         else:
             mode = "sparse" if st.hit is False and s.veto == "sparse" else "q"
             roi = roi_mask(spot_mask, codecs["q"].roi_margin, nthreads=1) if spot_mask is not None else None
