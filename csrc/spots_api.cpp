@@ -54,11 +54,15 @@ FinderParams finder_params(const redml_finder_params &p) {
 
 // The peaks as the C API returns them: a malloc'ed array (at least one element) and its length.
 void return_peaks(const std::vector<Peak> &found, redml_peak **peaks, size_t *n_peaks) {
-    redml_peak *out = (redml_peak *)std::malloc(sizeof(redml_peak) * std::max<size_t>(1, found.size()));
+    // Zeroed, fields set one by one: a record's padding bytes are zero, so equal peaks are
+    // equal records byte for byte.
+    redml_peak *out = (redml_peak *)std::calloc(std::max<size_t>(1, found.size()), sizeof(redml_peak));
     check(out != nullptr, REDML_E_NOMEM, "cannot allocate the peak list");
     for (size_t j = 0; j < found.size(); j++) {
         const Peak &pk = found[j];
-        out[j] = redml_peak{pk.x, pk.y, pk.total, pk.max, pk.background, pk.snr, pk.npix, pk.x0, pk.y0, pk.x1, pk.y1};
+        redml_peak &r = out[j];
+        r.x = pk.x, r.y = pk.y, r.total = pk.total, r.max = pk.max, r.background = pk.background, r.snr = pk.snr;
+        r.npix = pk.npix, r.x0 = pk.x0, r.y0 = pk.y0, r.x1 = pk.x1, r.y1 = pk.y1;
     }
     *peaks = out;
     *n_peaks = found.size();
