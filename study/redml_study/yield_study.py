@@ -282,7 +282,8 @@ def indexing_figures(dials: list, redml: list, ms: float, space_group: str, cell
     mis = [min(misorientation_deg(r[0].A, c.A, B) for c in d) for d, r in zip(dials, redml) if d and r]
     return {"index_ms_per_frame": ms, "frames_indexed_redml": sum(bool(r) for r in redml),
             "frames_indexed_dials": sum(bool(d) for d in dials),
-            "frames_indexed_both": len(mis), "median_misorientation_deg": float(np.median(mis)) if mis else float("nan")}
+            "frames_indexed_both": len(mis),
+            "median_misorientation_deg": float(np.median(mis)) if mis else float("nan")}
 
 
 def write_series_lattice(series: Series, codec: str, path, crystals: list) -> dict:
