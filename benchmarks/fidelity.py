@@ -13,7 +13,14 @@ user of a photon counter would do; the ratio is the peer's file. redml's quantiz
 appear with each reconstruction: "midpoint" (q1, q2, q4), "draw" and "mean"; the lattice
 settings "redml-lattice-dials-qK" keep a disc of 8 px around every reflection that DIALS's
 crystals of the uncompressed file predict (with the finder's spots) exact and draw the rest
-at q; frames without a crystal are hits (midpoint) or blanks (draw). The sparse mode's peer is
+at q; frames without a crystal are hits (midpoint) or blanks (draw); "redml-lattice-qK" do the same
+with the built-in indexer's crystals (the finder's spots -> index_still with the cell and space
+group the data set declares: thaumatin P41212 57.9 57.9 150.6 90 90 90, the simulated set its
+own crystal). Each frame keeps the smaller of its policy's chunk and the lossless chunk. Lattice
+settings add the indexer's figures: index_ms_per_frame (index_still alone, spots found),
+frames_indexed_redml, frames_indexed_dials, median_misorientation_deg (frames both index) and
+predicted_fraction (the setting's crystals predict a reflection within 1 px of DIALS's xyzcal.px
+of that fraction of its integrated reflections). The sparse mode's peer is
 pyFAI's sparsify-Bragg ("pyfai-sparsify", benchmarks/peers_pyfai.py: its own file, its own
 densify for DIALS), run where pyFAI and an OpenCL device are installed, skipped otherwise.
 """
@@ -27,24 +34,30 @@ import tempfile
 import time
 from pathlib import Path
 
+import indexer
 import peers_pyfai
 from redml_study.yardstick import Dials
 from redml_study.yield_study import cached, render_table, series_from_files, series_from_simulator, study
 
 bench = importlib.import_module("yield")  # benchmarks/yield.py: data sets and cells
+# The built-in indexer's known cell of the thaumatin stills (benchmarks/indexer.py: their refined
+# cell; DIALS is started from bench.THAUMATIN_CELL and refines its own).
+THAUMATIN_INDEX = (indexer.SPACE_GROUP, indexer.CELL)
 
 CODECS = ["bslz4", "bszstd", "zstd", "sz3-abs1-clip0", "sz3-abs2-clip0", "zfp-acc4-clip0", "redml-lossless",
           "redml-q1", "redml-q2", "redml-q4", "redml-mean-q2", "redml-mean-q4", "redml-draw-q2", "redml-draw-q4",
-          "redml-draw-q8", "redml-sparse", "redml-lattice-dials-q8", "redml-lattice-dials-q16", peers_pyfai.NAME]
+          "redml-draw-q8", "redml-sparse", "redml-lattice-dials-q8", "redml-lattice-dials-q16", "redml-lattice-q8",
+          "redml-lattice-q16", peers_pyfai.NAME]
 QUICK_CODECS = ["bslz4", "sz3-abs1-clip0", "sz3-abs2-clip0", "redml-q2", "redml-q4", "redml-mean-q4",
                 "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-lattice-dials-q8", "redml-lattice-dials-q16",
-                "redml-sparse", peers_pyfai.NAME]
+                "redml-lattice-q8", "redml-lattice-q16", "redml-sparse", peers_pyfai.NAME]
 QUICK_FRAMES = [1, 2, 5, 10, 16, 18]  # thaumatin stills: 4 hits (strong to weak) and 2 blanks
 KEYS = ["ratio", "indexed", "indexed_uncompressed", "lost", "gained", "reflections_matched", "reflections_uncompressed",
         "mean_dsig", "weak_mean_dsig", "sigma_ratio", "cc_intensity", "blank_spots", "blank_spots_uncompressed",
         "blank_frames", "strong_spots", "truth_mean_dsig", "truth_weak_mean_dsig", "dials",
-        # lattice settings (redml-lattice-dials-qK: exact region from DIALS's crystals of the original)
-        "frames_indexed_dials", "predicted_fraction"]
+        # lattice settings (exact region from DIALS's crystals of the original, or the built-in indexer's)
+        "index_ms_per_frame", "frames_indexed_redml", "frames_indexed_dials", "median_misorientation_deg",
+        "predicted_fraction"]
 
 
 def fidelity_table(results: dict, title: str) -> str:
@@ -133,17 +146,19 @@ def main(argv=None) -> int:
     if "thaumatin" in names:
         chosen = [paths[i - 1] for i in QUICK_FRAMES] if args.quick else paths
         datasets.append(("thaumatin", lambda: series_from_files(chosen, name="thaumatin"),
-                         Dials(*bench.THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume)))
+                         Dials(*bench.THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume), THAUMATIN_INDEX))
     if "sim-weak" in names:
         sim = bench.simulator("sim-weak", args.seed)
         datasets.append(("sim-weak", lambda: series_from_simulator(sim, args.frames, name="sim-weak"),
-                         Dials(*bench.LYSOZYME, nproc=args.nproc, reuse=args.resume)))
+                         Dials(*bench.LYSOZYME, nproc=args.nproc, reuse=args.resume),
+                         (sim.crystal.space_group, sim.crystal.unit_cell)))
     t0 = time.perf_counter()
     all_results = {}
-    for name, make, dials in datasets:
+    for name, make, dials, crystal in datasets:
         series = cached(make())
         print(f"{name}: {series.n} frames", flush=True)
-        results = study(series, codecs, dials, work / name, log=lambda m: print(m, flush=True), reuse=args.resume)
+        results = study(series, codecs, dials, work / name, log=lambda m: print(m, flush=True), reuse=args.resume,
+                        crystal=crystal)
         results.pop("_commands")
         all_results[name] = results
         print(fidelity_table(results, f"\n{name} ({series.n} frames)"), flush=True)

@@ -26,7 +26,8 @@ other frames are taken as they are. The exact region (ROI) comes from one of the
 
 Per-frame policy (encode_by_policy, issue 21): frames with a crystal keep the lattice region
 exact and draw the rest at q; frames without one are hits (at least `min_peaks` spots:
-midpoint at q, unbiased for any signal a later integration may look for) or blanks (draw).
+midpoint at q, unbiased for any signal a later integration may look for) or blanks (draw);
+each frame keeps the smaller of that chunk and the lossless one.
 """
 from __future__ import annotations
 
@@ -147,7 +148,9 @@ def encode_by_policy(frame, settings: CodecSettings, crystals=(), *, geometry=No
     of FRAME_KINDS. settings give q and the other fields; recon is chosen here ("draw" for
     "lattice" and "blank", "midpoint" for "hit"; lossless and sparse settings are kept as
     they are). The exact region is the classical finder's (as roi="classical"), plus the
-    crystals' predicted discs on a "lattice" frame."""
+    crystals' predicted discs on a "lattice" frame. A lossy frame's chunk is the smaller of
+    that encoding and the lossless one (which satisfies any policy), so a policy never costs
+    more than lossless coding."""
     arr = codec.as_frame(frame)
     peaks, region = _finder_roi(arr, mask, settings.roi_margin, settings.roi_snr)
     if crystals is not None and len(crystals) > 0:
@@ -157,4 +160,9 @@ def encode_by_policy(frame, settings: CodecSettings, crystals=(), *, geometry=No
         kind = "hit" if is_hit(peaks, min_peaks) else "blank"
     if settings.mode == "quantized":
         settings = replace(settings, recon="midpoint" if kind == "hit" else "draw")
-    return codec.encode(arr, roi=region, mask=mask, nthreads=nthreads, settings=settings), kind
+    chunk = codec.encode(arr, roi=region, mask=mask, nthreads=nthreads, settings=settings)
+    if settings.mode != "lossless":
+        # Lossless satisfies every policy; at very low backgrounds it is also the smaller chunk.
+        exact = codec.encode(arr, mask=mask, nthreads=nthreads, settings=replace(settings, q=0))
+        chunk = min(chunk, exact, key=len)
+    return chunk, kind

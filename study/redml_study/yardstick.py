@@ -35,8 +35,9 @@ from redml_reduce.formats.h5filter import PLUGIN_PATH
 
 __all__ = ["Dials", "DialsRun", "DialsError", "compare", "dials_env", "INTEGRATED_DTYPE", "SPOT_DTYPE"]
 
+# x, y: DIALS's predicted position (xyzcal.px; pixel centres at +0.5), NaN in exports made before it was kept
 INTEGRATED_DTYPE = np.dtype([("image", "<i8"), ("h", "<i8"), ("k", "<i8"), ("l", "<i8"), ("intensity", "<f8"),
-                             ("variance", "<f8")])
+                             ("variance", "<f8"), ("x", "<f8"), ("y", "<f8")])
 SPOT_DTYPE = np.dtype([("image", "<i8"), ("x", "<f8"), ("y", "<f8")])  # pixel centres at +0.5
 
 
@@ -211,7 +212,7 @@ class Dials:
         with np.load(work / "export.npz") as z:
             integrated = np.zeros(len(z["integrated_intensity"]), INTEGRATED_DTYPE)
             for name in INTEGRATED_DTYPE.names:
-                integrated[name] = z["integrated_" + name]
+                integrated[name] = z["integrated_" + name] if "integrated_" + name in z else np.nan
             spots = np.zeros(len(z["strong_x"]) if "strong_x" in z else 0, SPOT_DTYPE)
             if len(spots):
                 spots["image"], spots["x"], spots["y"] = z["strong_image"], z["strong_x"], z["strong_y"]

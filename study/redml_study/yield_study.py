@@ -69,18 +69,21 @@ for _q in (2, "sparse"):
         _name = f"redml-{'q' if _q != 'sparse' else ''}{_q}-{_src.split(':')[-1]}"
         CODECS[_name] = (lambda q, src: lambda hp: {"q": q, "roi": src})(_q, _src)
 del _q, _src, _name
-# The exact region from DIALS's indexing of the uncompressed file (issue 21): every frame by the
-# per-frame policy (redml_reduce.pipeline.encode_by_policy), indexed frames with discs of 8 px
-# around the reflections DIALS's crystals predict, drawn at q. Written once DIALS has indexed
-# the reference (study() below), so not in CODECS.
-LATTICE_DIALS_PREFIX = "redml-lattice-dials-q"
+# Lattice settings (issue 21): every frame by the per-frame policy
+# (redml_reduce.pipeline.encode_by_policy), indexed frames with discs of 8 px around the
+# reflections their crystals predict, drawn at q. The crystals come from DIALS's indexing of
+# the uncompressed file (redml-lattice-dials-qK) or from the built-in indexer
+# (redml-lattice-qK: the finder's spots -> index_still with the data set's cell and space
+# group). Written once DIALS has indexed the reference (study() below), so not in CODECS.
+LATTICE_PREFIXES = {"redml-lattice-dials-q": "dials", "redml-lattice-q": "redml"}
 
 
-def lattice_dials_q(name: str):
-    """q of a redml-lattice-dials-qK codec name, None for other names."""
-    if not name.startswith(LATTICE_DIALS_PREFIX):
-        return None
-    return float(name[len(LATTICE_DIALS_PREFIX):])
+def lattice_setting(name: str):
+    """(crystal source "dials" or "redml", q) of a lattice codec name, None for other names."""
+    for prefix, source in LATTICE_PREFIXES.items():
+        if name.startswith(prefix):
+            return source, float(name[len(prefix):])
+    return None
 
 
 # What the benchmark runs by default: the issue's settings and the conditional reconstructions.
@@ -102,8 +105,8 @@ def base_codec(name: str) -> str:
 
 def codec_writer_options(name: str) -> dict:
     name = base_codec(name)
-    if lattice_dials_q(name) is not None:
-        return {"q": lattice_dials_q(name), "recon": "draw"}
+    if lattice_setting(name) is not None:
+        return {"q": lattice_setting(name)[1], "recon": "draw"}
     if name not in CODECS:
         raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}")
     hp = None
@@ -220,33 +223,83 @@ def write_series(series: Series, codec: str, path) -> dict:
     return measure_file(series, codec, path, write_s=time.perf_counter() - t0)
 
 
-def write_series_lattice(series: Series, codec: str, path, reference) -> dict:
-    """Writes the series by the per-frame policy with the crystals DIALS found on the
-    reference file (reference: a DialsRun of the uncompressed file); reads it back and
-    compares. Adds frames_indexed_dials and predicted_fraction (the fraction of the
-    reference's integrated reflections whose Miller index is predicted on their frame: their
-    positions agree with DIALS's to 1e-6 px, tests/test_lattice.py)."""
-    from redml_reduce.codec import CodecSettings
-    from redml_reduce.lattice import predict, read_expt
-    from redml_reduce.pipeline import encode_by_policy
+def dials_crystals(series: Series, reference) -> list:
+    """Per frame, the crystals DIALS found on the reference file (reference: a DialsRun of the
+    uncompressed file), [] where it found none."""
+    from redml_reduce.lattice import read_expt
 
     expt = Path(reference.workdir) / "indexed.expt"
     table = read_expt(expt) if expt.exists() else None
-    crystals = [table.for_frame(reference.path, i) if table else [] for i in range(series.n)]
-    settings = CodecSettings(**codec_writer_options(codec))
+    return [table.for_frame(reference.path, i) if table else [] for i in range(series.n)]
+
+
+def builtin_crystals(series: Series, space_group: str, cell) -> tuple:
+    """(crystals per frame, mean ms per frame): the built-in indexer (redml_reduce.lattice.
+    index_still) on the classical finder's spots of each frame, with the known cell and space
+    group; the time is the indexer's alone (spots already found)."""
+    from redml_reduce.lattice import Crystal, centring, index_still
+    from redml_reduce.spots import find_spots
+
+    mask = series.pixel_mask != 0 if series.pixel_mask is not None else None
+    letter = centring(space_group)
+    crystals, ms = [], []
+    for frame in series.frames():
+        peaks, _ = find_spots(frame, mask)
+        t0 = time.perf_counter()
+        found = index_still(peaks, series.geometry, cell, space_group)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        crystals.append([Crystal(found.A, geometry=series.geometry, centring=letter)] if found else [])
+    return crystals, float(np.mean(ms)) if ms else float("nan")
+
+
+def predicted_fraction(crystals: list, integrated: np.ndarray, shape) -> float:
+    """The fraction of DIALS's integrated reflections (their predicted positions, xyzcal.px)
+    within 1 px of a reflection the frame's crystals predict: positions, not Miller indices,
+    so another lattice setting or a misplaced prediction does not count."""
+    from scipy.spatial import cKDTree
+
+    from redml_reduce.lattice import predict
+
+    if not len(integrated) or np.isnan(integrated["x"]).all():
+        return float("nan")  # no reflections, or an export from before positions were kept
+    near = np.zeros(len(integrated), bool)
+    for i, frame_crystals in enumerate(crystals):
+        rows = np.flatnonzero(integrated["image"] == i)
+        if not len(rows) or not frame_crystals:
+            continue
+        tree = cKDTree(np.concatenate([predict(c, None, shape)[0] for c in frame_crystals]))
+        dist, _ = tree.query(np.stack([integrated["x"][rows], integrated["y"][rows]], axis=1))
+        near[rows] = dist <= 1.0
+    return float(near.mean())
+
+
+def indexing_figures(dials: list, redml: list, ms: float, space_group: str, cell) -> dict:
+    """The built-in indexer against DIALS on one series: frames each indexes, the median
+    misorientation (degrees, symmetry-equivalent settings allowed) on frames both index."""
+    from redml_reduce.lattice import b_matrix, misorientation_deg
+
+    B = b_matrix(cell)
+    mis = [min(misorientation_deg(r[0].A, c.A, B) for c in d) for d, r in zip(dials, redml) if d and r]
+    return {"index_ms_per_frame": ms, "frames_indexed_redml": sum(bool(r) for r in redml),
+            "frames_indexed_dials": sum(bool(d) for d in dials),
+            "frames_indexed_both": len(mis),
+            "median_misorientation_deg": float(np.median(mis)) if mis else float("nan")}
+
+
+def write_series_lattice(series: Series, codec: str, path, crystals: list) -> dict:
+    """Writes the series by the per-frame policy with the given crystals per frame; reads it
+    back and compares with the original."""
+    from redml_reduce.codec import CodecSettings
+    from redml_reduce.pipeline import encode_by_policy
+
+    options = codec_writer_options(codec)
+    settings = CodecSettings(**options)
     t0 = time.perf_counter()
     with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
-                     nxmx=series.nxmx, **codec_writer_options(codec)) as w:
+                     nxmx=series.nxmx, **options) as w:
         for frame, frame_crystals in zip(series.frames(), crystals):
             w.write_chunk(encode_by_policy(frame, settings, frame_crystals)[0])
-    out = measure_file(series, codec, path, write_s=time.perf_counter() - t0)
-    predicted = {(i, *h) for i, cs in enumerate(crystals) for c in cs
-                 for h in predict(c, None, series.shape)[1].tolist()}
-    ref = reference.integrated
-    hits = [(int(r["image"]), int(r["h"]), int(r["k"]), int(r["l"])) in predicted for r in ref]
-    out.update(frames_indexed_dials=sum(bool(cs) for cs in crystals),
-               predicted_fraction=float(np.mean(hits)) if len(hits) else float("nan"))
-    return out
+    return measure_file(series, codec, path, write_s=time.perf_counter() - t0)
 
 
 def _complete(path, n: int) -> bool:
@@ -300,16 +353,18 @@ def clipped_copy(series: Series, path) -> dict:
 
 
 def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: bool = False, log=print,
-          reuse: bool = False) -> dict:
+          reuse: bool = False, crystal: Optional[tuple] = None) -> dict:
     """Every codec on one series; returns {codec: figures} (see compare for the DIALS ones).
-    reuse: keep files and DIALS runs a stopped study finished in the same workdir (resume)."""
+    reuse: keep files and DIALS runs a stopped study finished in the same workdir (resume).
+    crystal: (space group, cell) the built-in indexer of redml-lattice-qK is given (default:
+    the ones DIALS is given)."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     codecs = list(codecs)
     if "uncompressed" not in codecs:
         codecs.insert(0, "uncompressed")
     results, runs = {}, {}
-    for codec in [c for c in codecs if lattice_dials_q(c) is None]:
+    for codec in [c for c in codecs if lattice_setting(c) is None]:
         path = work / f"{series.name}_{codec}.nxs"
         record = path.with_suffix(".json")
         if reuse and path.exists() and record.exists() and json.loads(record.read_text()).get("n") == series.n:
@@ -330,11 +385,21 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
     ref_seconds = time.perf_counter() - t0
     log(f"  {series.name} DIALS on uncompressed: {reference.indexed.sum()}/{reference.n_images} indexed, "
         f"{len(reference.integrated)} reflections integrated, {ref_seconds:.0f} s")
-    for codec in [c for c in codecs if lattice_dials_q(c) is not None]:  # need the reference's crystals
-        results[codec] = write_series_lattice(series, codec, work / f"{series.name}_{codec}.nxs", reference)
-        log(f"  {series.name} {codec}: ratio {results[codec]['ratio']:.2f}, "
-            f"{results[codec]['frames_indexed_dials']} frames with crystals, "
-            f"{results[codec]['predicted_fraction']:.4f} of the reflections predicted")
+    lattice_codecs = [c for c in codecs if lattice_setting(c) is not None]
+    if lattice_codecs:  # need the reference's crystals
+        space_group, cell = crystal or (dials.space_group, dials.unit_cell)
+        crystals = {"dials": dials_crystals(series, reference)}
+        crystals["redml"], ms = builtin_crystals(series, space_group, cell)
+        indexing = indexing_figures(crystals["dials"], crystals["redml"], ms, space_group, cell)
+        log(f"  {series.name} built-in indexer: {indexing}")
+        for codec in lattice_codecs:
+            used = crystals[lattice_setting(codec)[0]]
+            results[codec] = write_series_lattice(series, codec, work / f"{series.name}_{codec}.nxs", used)
+            results[codec].update(indexing, predicted_fraction=predicted_fraction(used, reference.integrated,
+                                                                                  series.shape))
+            log(f"  {series.name} {codec}: ratio {results[codec]['ratio']:.2f}, "
+                f"{sum(bool(c) for c in used)} frames with crystals, "
+                f"{results[codec]['predicted_fraction']:.4f} of the reflections predicted within 1 px")
     # Blank frames: the simulator's non-hits, or frames that did not index and have <= 5 strong spots.
     blank = ~series.hits if series.hits is not None else (~reference.indexed & (reference.strong <= 5))
     truth_ref = truth_error(reference.integrated, series)

@@ -7,7 +7,8 @@ Images are numbered by their order in IMPORTED.EXPT (one still per experiment). 
 strong_per_image (n,) int; strong_image, strong_x, strong_y: each strong spot's image and
 centroid (pixels, fast and slow; pixel centres at +0.5); indexed_images (m,) int (images with at least one crystal),
 and integrated: image, h, k, l, intensity, variance (summation integration, reflections
-flagged integrated_sum), concatenated over every INTEGRATED pair.
+flagged integrated_sum) and x, y (predicted position xyzcal.px), concatenated over every
+INTEGRATED pair.
 """
 import sys
 
@@ -51,7 +52,7 @@ def main(imported, out, *args):
     for path in opts.get("indexed", []):
         el = ExperimentListFactory.from_json_file(path, check_format=False)
         result["indexed_images"] = np.array(sorted({number[image_key(e.imageset, 0)] for e in el}), np.int64)
-    cols = {c: [] for c in ("image", "h", "k", "l", "intensity", "variance")}
+    cols = {c: [] for c in ("image", "h", "k", "l", "intensity", "variance", "x", "y")}
     for pair in opts.get("integrated", []):
         expt_path, refl_path = pair.split(":")
         el = ExperimentListFactory.from_json_file(expt_path, check_format=False)
@@ -67,6 +68,9 @@ def main(imported, out, *args):
         cols["l"].append(hkl[:, 2])
         cols["intensity"].append(np.array(refl["intensity.sum.value"], dtype=np.float64))
         cols["variance"].append(np.array(refl["intensity.sum.variance"], dtype=np.float64))
+        x, y, _ = refl["xyzcal.px"].parts()
+        cols["x"].append(np.array(x, dtype=np.float64))
+        cols["y"].append(np.array(y, dtype=np.float64))
     for c, parts in cols.items():
         result["integrated_" + c] = np.concatenate(parts) if parts else np.zeros(0)
     np.savez(out, **result)

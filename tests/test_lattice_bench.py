@@ -1,0 +1,75 @@
+"""The fidelity benchmark's lattice settings (redml_study.yield_study): setting names, the
+built-in indexer's crystals on the thaumatin stills, and predicted_fraction measured by
+position against DIALS's xyzcal.px."""
+from pathlib import Path
+
+import fabio
+import numpy as np
+import pytest
+
+from redml_reduce.lattice import Crystal, read_expt
+from redml_reduce.recompress.outputs import geometry_from_header
+from redml_study.yardstick import INTEGRATED_DTYPE
+from redml_study.yield_study import (Series, builtin_crystals, codec_writer_options, indexing_figures,
+                                     lattice_setting, predicted_fraction)
+
+DATA = Path(__file__).parent / "data"
+FRAMES = ("thau_3_2_0001.cbf.bz2", "thau_3_2_0010.cbf.bz2", "thau_3_2_0017.cbf.bz2")  # two hits, a blank
+CELL, SPACE_GROUP = (57.9, 57.9, 150.6, 90.0, 90.0, 90.0), "P41212"
+
+
+@pytest.fixture(scope="module")
+def stills():
+    """(series of the three stills, DIALS's crystals per frame, DIALS's integrated reflections
+    of frames 1 and 10 as an INTEGRATED_DTYPE table with their xyzcal.px)."""
+    images = [fabio.open(str(DATA / "thaumatin" / name)) for name in FRAMES]
+    frames = [np.asarray(im.data) for im in images]
+    series = Series("thaumatin", len(frames), frames[0].shape, frames[0].dtype,
+                    geometry_from_header(images[0].header), lambda: iter(frames))
+    table = read_expt(DATA / "lattice" / "thaumatin_integrated.expt")
+    dials = [table.for_frame(name, 0) for name in FRAMES]
+    with np.load(DATA / "lattice" / "thaumatin_predictions.npz") as z:
+        integrated = np.zeros(len(z["image"]), INTEGRATED_DTYPE)
+        integrated["image"] = z["image"]
+        integrated["x"], integrated["y"] = z["xy"][:, 0], z["xy"][:, 1]
+    return series, dials, integrated
+
+
+def test_setting_names():
+    assert lattice_setting("redml-lattice-dials-q8") == ("dials", 8.0)
+    assert lattice_setting("redml-lattice-q16") == ("redml", 16.0)
+    assert lattice_setting("redml-draw-q8") is None
+    assert codec_writer_options("redml-lattice-q4") == {"q": 4.0, "recon": "draw"}
+
+
+def test_predicted_fraction_by_position(stills):
+    """DIALS's crystals predict every reflection DIALS integrated within 1 px; moved by 2 px,
+    none counts (the Miller index alone would still match); a frame without crystals predicts
+    nothing; without positions (old exports) the fraction is unknown."""
+    series, dials, integrated = stills
+    assert predicted_fraction(dials, integrated, series.shape) == 1.0
+    moved = integrated.copy()
+    moved["x"] += 2.0
+    assert predicted_fraction(dials, moved, series.shape) == 0.0
+    first_only = [dials[0], [], []]
+    assert predicted_fraction(first_only, integrated, series.shape) == pytest.approx(np.mean(integrated["image"] == 0))
+    old = integrated.copy()
+    old["x"] = old["y"] = np.nan
+    assert np.isnan(predicted_fraction(dials, old, series.shape))
+
+
+def test_builtin_indexer_figures(stills):
+    """The built-in indexer indexes the two hits in DIALS's lattice (under 0.2 degrees), not the
+    blank, and its crystals predict most of DIALS's integrated reflections within 1 px."""
+    series, dials, integrated = stills
+    redml, ms = builtin_crystals(series, SPACE_GROUP, CELL)
+    assert [bool(c) for c in redml] == [True, True, False]
+    assert all(isinstance(c, Crystal) and c.centring == "P" for c in redml[0] + redml[1])
+    figures = indexing_figures(dials, redml, ms, SPACE_GROUP, CELL)
+    assert figures["frames_indexed_redml"] == 2 and figures["frames_indexed_dials"] == 2
+    assert figures["frames_indexed_both"] == 2 and figures["median_misorientation_deg"] < 0.2
+    assert ms > 0
+    # Today about 0.64: orientations within 0.2 degrees, yet predictions a median 0.5-0.9 px from
+    # DIALS's refined ones (no parallax, orientation refined on the finder's centroids); the issue
+    # asks for 0.99. The bound catches a lost or wrong lattice, not that gap.
+    assert predicted_fraction(redml, integrated, series.shape) > 0.5
