@@ -1,9 +1,10 @@
 // internal.h: what the Python binding uses beyond the public C API (redml.h, redml_spots.h,
-// redml_jungfrau.h): the learned spot finder's convolution, the reflection prediction, the codec's per-pixel hash
+// redml_jungfrau.h): the learned spot finder's convolution, the still indexer, the reflection prediction, the codec's per-pixel hash
 // (for reference implementations in tests) and the encoder's stage timer (for
 // benchmarks/speed.py). Not part of the ABI.
 #pragma once
 #include "conv.h"      // conv3x3_leaky
+#include "index.h"     // index_still (the known-cell still indexer)
 #include "lattice.h"   // predict_reflections (not yet in the plugin)
 #include "quantize.h"  // redml_uniform
 #include "stages.h"    // stage_times

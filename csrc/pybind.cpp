@@ -381,6 +381,52 @@ void lattice_paint(py::array_t<uint8_t, py::array::c_style> map, py::array_t<dou
     redml::paint_discs(pred.data(), n, radius, h, w, mp);
 }
 
+// ---- the known-cell still indexer (index.h); settings are checked in redml_reduce/lattice/index.py ----
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+py::object index_still(F64Array x, F64Array y, py::object weight, F64Array B, double beam_x, double beam_y,
+                       double distance_mm, double pixel_size_mm, double wavelength_a, const std::string &centring,
+                       double tolerance_px, double spread_deg, double length_tolerance, double angle_tolerance_deg,
+                       int max_spots, int neighbours, int max_trials, int min_indexed, double min_fraction,
+                       double accept_fraction) {
+    size_t n = (size_t)x.size();
+    if (x.ndim() != 1 || y.ndim() != 1 || (size_t)y.size() != n) throw py::value_error("x and y must be 1-D, one per spot");
+    if (B.size() != 9) throw py::value_error("B must be 3x3");
+    if (centring.size() != 1) throw py::value_error("centring must be one letter");
+    F64Array w;
+    if (!weight.is_none()) {
+        w = weight.cast<F64Array>();
+        if (w.ndim() != 1 || (size_t)w.size() != n) throw py::value_error("intensities must be 1-D, one per spot");
+    }
+    redml::IndexGeometry g{beam_x, beam_y, distance_mm, pixel_size_mm, wavelength_a};
+    redml::IndexSettings s;
+    s.centring = centring[0];
+    s.tolerance_px = tolerance_px, s.spread_deg = spread_deg, s.length_tolerance = length_tolerance;
+    s.angle_tolerance_deg = angle_tolerance_deg, s.max_spots = max_spots, s.neighbours = neighbours;
+    s.max_trials = max_trials, s.min_indexed = min_indexed, s.min_fraction = min_fraction;
+    s.accept_fraction = accept_fraction;
+    redml::IndexResult r;
+    try {
+        py::gil_scoped_release release;
+        r = redml::index_still(x.data(), y.data(), weight.is_none() ? nullptr : w.data(), n, g, B.data(), s);
+    } catch (const std::invalid_argument &e) {
+        throw py::value_error(e.what());
+    }
+    py::dict out;
+    out["indexed"] = r.indexed;
+    out["trials"] = r.trials;
+    if (!r.indexed) return std::move(out);
+    py::array_t<double> A({3, 3});
+    std::copy(r.A, r.A + 9, A.mutable_data());
+    py::array_t<int32_t> hkl({(py::ssize_t)n, (py::ssize_t)3});
+    std::copy(r.hkl.begin(), r.hkl.end(), hkl.mutable_data());
+    py::array_t<bool> mask((py::ssize_t)n);
+    std::copy(r.is_indexed.begin(), r.is_indexed.end(), mask.mutable_data());
+    out["A"] = A, out["hkl"] = hkl, out["is_indexed"] = mask;
+    out["n_indexed"] = r.n_indexed, out["rmsd_px"] = r.rmsd_px;
+    return std::move(out);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -416,6 +462,12 @@ PYBIND11_MODULE(_core, m) {
         for (const auto &entry : redml::stage_times().ms) d[py::str(entry.first)] = entry.second;
         return d;
     });
+    // The known-cell still indexer (redml_reduce/lattice/index.py).
+    m.def("index_still", &index_still, py::arg("x"), py::arg("y"), py::arg("weight"), py::arg("B"),
+          py::arg("beam_x"), py::arg("beam_y"), py::arg("distance_mm"), py::arg("pixel_size_mm"),
+          py::arg("wavelength_a"), py::arg("centring"), py::arg("tolerance_px"), py::arg("spread_deg"),
+          py::arg("length_tolerance"), py::arg("angle_tolerance_deg"), py::arg("max_spots"), py::arg("neighbours"),
+          py::arg("max_trials"), py::arg("min_indexed"), py::arg("min_fraction"), py::arg("accept_fraction"));
     m.attr("FORMAT_VERSION") = REDML_FORMAT_VERSION;
     m.attr("VERSION_NUMBER") = redml_version_number();
     m.attr("FILTER_ID") = REDML_H5_FILTER_ID;
