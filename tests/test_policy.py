@@ -1,7 +1,9 @@
 """The per-frame lattice policy (issue 21 item 4) in FrameWriter: crystals= encodes each frame
 by redml_reduce.pipeline.encode_by_policy and the file records which region kept each frame
 (/entry/redml/roi_kind). Reference: the thaumatin stills and DIALS's crystals of two of them."""
+import json
 import sys
+import threading
 from pathlib import Path
 
 import h5py
@@ -120,3 +122,159 @@ def test_writer_lattice_roi_needs_no_torch(tmp_path, rng, monkeypatch):
     for roi in ("ml", "union:cnn"):
         with pytest.raises(ImportError, match="pip install"):
             rr.FrameWriter(tmp_path / "m.h5", (16, 24), "uint16", roi=roi, q=1)
+
+
+# ---- acquisition: hits indexed with the known cell, frames stored by the policy ----
+
+CELL = (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)  # the simulator's default crystal (lysozyme, P43212)
+
+
+@pytest.fixture(scope="module")
+def stills():
+    """(simulator, frames, truth): simulated stills of one JUNGFRAU module with a known crystal
+    (uint16 photons, gaps at the maximum), then a frame of random spots (a hit of no lattice);
+    truth per frame: the true A in the lattice package's frame (None for blanks and the
+    random hit). The simulator's frame is DIALS's (y up, beam along -z): a half turn about x."""
+    from redml_study.sim import Crystal, DetectorLayout, ShotSettings, StillSimulator
+    from redml_reduce.lattice import b_matrix
+
+    sim = StillSimulator(DetectorLayout(modules=(1, 1), name="JUNGFRAU 0.5M (simulated)"), Crystal(),
+                         ShotSettings(distance_mm=50.0, hit_rate=0.6, background=1.0, sensor_thickness_mm=0.0,
+                                      dtype="uint16"), seed=7)
+    shots = [sim.shot(i) for i in range(6)]
+    to_lab = np.diag([1.0, -1.0, -1.0])
+    truth = [None if s.orientation is None else to_lab @ s.orientation @ b_matrix(CELL) for s in shots]
+    rng = np.random.default_rng(11)
+    frames = [s.frame for s in shots] + [poisson_frame(rng, 1.0, sim.detector.shape, "uint16", spots=60)]
+    assert sum(t is not None for t in truth) >= 2 and any(t is None for t in truth)
+    return sim, frames, truth + [None]
+
+
+def test_acquire_indexes_hits_and_applies_the_policy(tmp_path, stills):
+    """redml acquire with a known cell: the simulated hits index with the true orientation and
+    keep every predicted reflection's disc byte for byte (the rest drawn within the bound), the
+    random-spot hit does not index (midpoint), blanks are drawn; the file records each frame's
+    kind, whether it indexed and the orientation; the live indicators give the indexing rate
+    and the cell."""
+    from test_acquire import check_counts, serve_in_thread, stored_frames
+    from redml_reduce.acquire import AcquireSettings, Acquisition
+    from redml_reduce.acquire.indicators import format_line
+    from redml_reduce.acquire.sender import StreamSender
+    from redml_reduce.acquire.series import read_acquisition
+    from redml_reduce.lattice import Crystal, b_matrix, misorientation_deg
+
+    sim, frames, truth = stills
+    out = tmp_path / "run.nxs"
+    acq = Acquisition(out, AcquireSettings(q=4, workers=2, cell=",".join(map(str, CELL)), space_group="P 43 21 2"))
+    with StreamSender("tcp://127.0.0.1:*") as sender:
+        t, res = serve_in_thread(acq, sender.endpoint, max_series=1)
+        sender.start(sim.detector.shape, "uint16", sim.geometry, number_of_images=len(frames))
+        for i, f in enumerate(frames):
+            sender.image(f, i)
+        sender.end()
+        t.join(120)
+    snap = acq.stats.snapshot()
+    acq.close()
+    (summary,) = res["summaries"]
+    check_counts(summary["counts"])
+    assert summary["counts"]["written"] == len(frames)
+    info = read_acquisition(out)
+    kinds = read_roi_kinds(out)
+    lattice_frames = [i for i, a in enumerate(truth) if a is not None]
+    assert kinds == ["lattice" if a is not None else "blank" for a in truth[:-1]] + ["hit"]
+    assert list(info["indexed"]) == [1 if a is not None else -1 for a in truth[:-1]] + [0]
+    assert info["attrs"]["space_group"] == "P 43 21 2" and np.allclose(info["attrs"]["cell"], CELL)
+    back, chunks = stored_frames(out)
+    B = b_matrix(CELL)
+    for i, (frame, b, chunk) in enumerate(zip(frames, back, chunks)):
+        check_decoded(frame, b, chunk, 4)
+        assert rr.inspect(chunk)["recon"] == ("dither" if kinds[i] == "hit" else "draw")  # midpoint as stored
+        if i in lattice_frames:
+            A = info["orientation"][i]
+            assert misorientation_deg(A, truth[i], B) < 0.1
+            discs = lattice_roi(frame.shape, sim.geometry, Crystal(A))
+            assert discs.sum() > 10000 and rr.exact_mask(chunk)[discs].all()
+            assert b[discs].tobytes() == frame[discs].tobytes()
+        else:
+            assert np.isnan(info["orientation"][i]).all()
+    ind = snap["indicators"]
+    assert ind["indexing_rate"] == ind["indexing_rate_total"] == len(lattice_frames) / (len(lattice_frames) + 1)
+    assert ind["frames_indexed"] == len(lattice_frames)
+    assert np.allclose(ind["cell"], CELL, rtol=0.005)
+    assert "indexed" in format_line(snap) and "cell 79.1 79.1 37.9" in format_line(snap)
+    assert any(v is not None for v in snap["history"]["indexing_rate"])
+    json.dumps(snap)  # what the dashboard serves
+
+
+def test_acquire_lattice_settings_refused():
+    from redml_reduce.acquire import AcquireSettings
+
+    with pytest.raises(ValueError, match="both"):
+        AcquireSettings(cell=CELL)
+    with pytest.raises(ValueError, match="six"):
+        AcquireSettings(cell="79,79", space_group="P1")
+    with pytest.raises(ValueError, match="space group"):
+        AcquireSettings(cell=CELL, space_group="lysozyme")
+    with pytest.raises(ValueError, match="spot finding"):
+        AcquireSettings(cell=CELL, space_group="P1", spots=False)
+    with pytest.raises(ValueError, match="redml codec"):
+        AcquireSettings(cell=CELL, space_group="P1", codec="bslz4")
+
+
+def _acquire_stills(tmp_path, stills):
+    """The stills fed to an acquisition with the known cell; returns it once they are written."""
+    from redml_reduce.acquire import AcquireSettings, Acquisition
+    from redml_reduce.acquire import protocol
+
+    sim, frames, _ = stills
+    acq = Acquisition(tmp_path / "run.nxs", AcquireSettings(q=4, workers=1, cell=CELL, space_group="P43212"))
+    acq.feed(protocol.encode_start(sim.detector.shape, "uint16", sim.geometry, number_of_images=len(frames)))
+    for i, f in enumerate(frames):
+        acq.feed(protocol.encode_image(f, i))
+    acq.feed(protocol.encode_end())
+    assert acq.wait(120)
+    return acq
+
+
+def test_dashboard_shows_indexing(tmp_path, stills):
+    """The page shows the indexing rate of the hits and the median cell (headless chromium)."""
+    from test_dashboard import chromium
+    from redml_reduce.acquire.dashboard import Dashboard
+
+    acq = _acquire_stills(tmp_path, stills)
+    try:
+        with Dashboard(acq.stats, "127.0.0.1", 0) as dash:
+            dom = chromium(tmp_path, dash.url, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        assert 'id="indexing_rate">67 %<' in dom.stdout
+        assert 'id="cell">79.10 79.10 37.90 90.0 90.0 90.0<' in dom.stdout
+    finally:
+        acq.close()
+
+
+def test_cli_acquire_cell_and_space_group(tmp_path, stills):
+    """redml acquire --cell --space-group: the stream's hits are indexed (the summary's
+    indicators) and the file records the kinds."""
+    from redml_reduce.acquire.sender import StreamSender
+    from redml_reduce.cli import main as cli_main
+
+    sim, frames, truth = stills
+    out, summary = tmp_path / "run.nxs", tmp_path / "summary.json"
+    with StreamSender("tcp://127.0.0.1:*") as sender:
+        def send():  # the sender's socket is used by this thread alone from here on
+            sender.start(sim.detector.shape, "uint16", sim.geometry, number_of_images=len(frames))
+            for i, f in enumerate(frames):
+                sender.image(f, i)
+            sender.end()
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        code = cli_main(["acquire", "--connect", sender.endpoint, "--out", str(out), "-q", "4", "--workers", "2",
+                         "--cell", ",".join(map(str, CELL)), "--space-group", "P43212", "--json", str(summary),
+                         "--quiet", "--wait", "60"])
+        t.join(60)
+    assert code == 0
+    ind = json.loads(summary.read_text())["indicators"]
+    n = sum(a is not None for a in truth)
+    assert ind["frames_indexed"] == n and ind["indexing_rate_total"] == n / (n + 1)
+    assert read_roi_kinds(out).count("lattice") == n

@@ -1,5 +1,7 @@
 """The frame workers of redml acquire: one image from its stream message to a chunk, through the
-pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the worker pool (pool.py)."""
+pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the worker pool (pool.py).
+With a known cell (AcquireSettings.cell, space_group) each hit is indexed from its spots and the
+frame encoded by the per-frame policy (redml_reduce.pipeline.encode_by_policy)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +12,8 @@ from typing import Optional
 import numpy as np
 
 from ..jungfrau import convert
-from ..pipeline import encode
+from ..lattice import Crystal, cell_of, index_still
+from ..pipeline import encode, encode_by_policy
 from ..spots import roi_mask
 from .indicators import FrameStats, LiveStats, analyse, thumbnail
 from .compression import compress, declared_size
@@ -75,7 +78,13 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         else:
             mode = "sparse" if st.hit is False and s.veto == "sparse" else "q"
             roi = roi_mask(spot_mask, codecs["q"].roi_margin, nthreads=1) if spot_mask is not None else None
-            res.chunk = encode(frame, roi=roi, mask=bad, nthreads=1, settings=codecs[mode])
+            if s.cell is not None and mode == "q":
+                crystals = _index(st, peaks, series.start.geometry, s)
+                res.chunk, st.roi_kind = encode_by_policy(frame, codecs[mode], crystals, geometry=series.start.geometry,
+                                                          mask=bad, nthreads=1, found=(peaks, roi), hit=st.hit)
+            else:
+                res.chunk = encode(frame, roi=roi, mask=bad, nthreads=1, settings=codecs[mode])
+                st.roi_kind = "classical"  # the finder's region, or the encoder's own rule without spots
             st.mode = mode
         st.stored_bytes = len(res.chunk) if res.chunk is not None else 0
         res.stats, res.peaks, res.shape, res.dtype = st, peaks, frame.shape, frame.dtype
@@ -85,6 +94,21 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         log.exception("series %d image %d", series.id, image_id)
         res.error = f"{type(e).__name__}: {e}"
     return res
+
+
+def _index(st: FrameStats, peaks, geometry, s) -> list:
+    """The crystals of a frame: a hit indexed from its spots with the known cell (st records
+    the outcome and the cell found); [] for a blank, a hit that does not index, or a series
+    without geometry (its hits cannot be indexed)."""
+    if not st.hit or geometry is None or peaks is None:
+        return []
+    found = index_still(peaks, geometry, s.cell, s.space_group)
+    st.indexed = found is not None
+    if found is None:
+        return []
+    st.cell = cell_of(found.A)
+    st.orientation = tuple(float(v) for v in found.A.reshape(-1))
+    return [Crystal(found.A, centring=s.lattice_centring)]
 
 
 _local = threading.local()
