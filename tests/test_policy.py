@@ -14,7 +14,7 @@ import redml_reduce as rr
 from helpers import check_decoded, poisson_frame
 from redml_reduce.formats.writer import KIND_PATH, ROI_KINDS, read_roi_kinds
 from redml_reduce.lattice import CrystalTable, lattice_roi, read_expt
-from redml_reduce.pipeline import encode_by_policy
+from redml_reduce.pipeline import FRAME_KINDS, ROI_SOURCES, encode_by_policy
 
 EXPT = Path(__file__).parent / "data" / "lattice" / "thaumatin_integrated.expt"
 
@@ -99,6 +99,7 @@ def test_writer_records_roi_kinds(tmp_path, rng):
         with pytest.raises(ValueError, match="kind"):
             w.write_chunk(rr.encode(f0, 1), kind="nonsense")
     assert read_roi_kinds(path) == ["classical", "map", "unknown", "ml"]
+    assert set(FRAME_KINDS) | set(ROI_SOURCES) <= set(ROI_KINDS)
     with rr.FrameWriter(tmp_path / "plain.h5", (16, 24), "uint16", filter={}) as w:
         w.write(f0)
         with pytest.raises(ValueError, match="redml filter"):
@@ -278,3 +279,30 @@ def test_cli_acquire_cell_and_space_group(tmp_path, stills):
     n = sum(a is not None for a in truth)
     assert ind["frames_indexed"] == n and ind["indexing_rate_total"] == n / (n + 1)
     assert read_roi_kinds(out).count("lattice") == n
+
+
+def test_master_file_leaves_the_data_files_kinds(tmp_path, stills):
+    """A master over receivers' data files does not take one data file's per-frame kinds as
+    its own (they are rows of that file, not of the series' image ids)."""
+    from redml_reduce.acquire.master import write_master
+
+    _acquire_stills(tmp_path, stills).close()
+    write_master(tmp_path / "m.nxs", [tmp_path / "run.nxs"])
+    assert len(read_roi_kinds(tmp_path / "run.nxs")) == len(stills[1])
+    with h5py.File(tmp_path / "m.nxs", "r") as f:
+        assert "entry/instrument" in f and "entry/redml" not in f
+
+
+def test_a_failing_indexer_loses_no_frame(tmp_path, stills, monkeypatch):
+    """Whatever the indexer raises, the hit is stored (as a hit that did not index)."""
+    from redml_reduce.acquire import worker
+
+    def broken(*args, **kw):
+        raise RuntimeError("broken indexer")
+
+    monkeypatch.setattr(worker, "index_still", broken)
+    acq = _acquire_stills(tmp_path, stills)
+    acq.close()
+    truth = stills[2]
+    assert acq.series[0].summary["counts"]["written"] == len(truth)
+    assert read_roi_kinds(tmp_path / "run.nxs") == ["hit" if a is not None else "blank" for a in truth[:-1]] + ["hit"]

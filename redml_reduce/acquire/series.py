@@ -184,7 +184,7 @@ def read_acquisition(path) -> dict:
         for d in g.values():
             if isinstance(d, h5py.Dataset):
                 d.refresh()
-        out = {name: g[name][...] for name in list(_COLUMNS) + list(_ID_LISTS)}
+        out = {name: g[name][...] for name in list(_COLUMNS) + list(_ID_LISTS) if name in g}  # older files: fewer
         names = [n.decode() for n in g["counts"].attrs["names"]]
         out["counts"] = dict(zip(names, (int(v) for v in g["counts"][...])))
         out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}

@@ -102,7 +102,11 @@ def _index(st: FrameStats, peaks, geometry, s) -> list:
     without geometry (its hits cannot be indexed)."""
     if not st.hit or geometry is None or peaks is None:
         return []
-    found = index_still(peaks, geometry, s.cell, s.space_group)
+    try:
+        found = index_still(peaks, geometry, s.cell, s.space_group)
+    except Exception as e:  # the frame is still stored (as a hit that did not index), never lost for this
+        log.warning("image %d: indexing failed: %s: %s", st.image_id, type(e).__name__, e)
+        found = None
     st.indexed = found is not None
     if found is None:
         return []

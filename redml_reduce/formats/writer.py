@@ -42,13 +42,13 @@ import numpy as np
 from ..codec import SUPPORTED_DTYPES, inspect
 from .h5filter import Redml
 from .nxmx import write_nxmx
-from ..pipeline import FRAME_KINDS, ROI_SOURCES, encode, encode_by_policy, is_source, require_torch
+from ..pipeline import ROI_SOURCES, encode, encode_by_policy, is_source, require_torch
 
 __all__ = ["FrameWriter", "ROI_KINDS", "KIND_PATH", "read_roi_kinds", "append_row"]
 
-# What kept each frame (module doc); the codes are the file's enum values, never renumbered.
+# What kept each frame (module doc): every ROI source and policy kind (pipeline.ROI_SOURCES,
+# FRAME_KINDS) and more; the codes are the file's enum values, never renumbered.
 ROI_KINDS = ("unknown", "classical", "ml", "union", "lattice", "hit", "blank", "map")
-assert set(FRAME_KINDS) <= set(ROI_KINDS) and set(ROI_SOURCES) <= set(ROI_KINDS)
 KIND_PATH = "entry/redml/roi_kind"
 _KIND_DTYPE = h5py.enum_dtype({k: i for i, k in enumerate(ROI_KINDS)}, basetype="u1")
 
