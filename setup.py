@@ -6,6 +6,7 @@
 
 Their sources are listed in csrc/sources.mk, which the Makefile's fuzz build reads too.
 """
+import glob
 import os
 import re
 import sys
@@ -43,6 +44,8 @@ if os.environ.get("REDML_DEBUG"):
 EMBEDDED = [("REDML_API", "")]
 # The plugin exports only what HDF5 and redml_reduce/h5filter.py look up (a GNU ld version script).
 PLUGIN_MAP = "csrc/h5filter.map"
+# Every header: an edited header rebuilds the extension (setuptools does not scan #includes).
+HEADERS = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.h")))
 PLUGIN_LDFLAGS = ["-Wl,--version-script=" + os.path.join(HERE, PLUGIN_MAP)] if sys.platform.startswith("linux") else []
 
 
@@ -62,6 +65,7 @@ core = Pybind11Extension(
     define_macros=EMBEDDED,
     libraries=LIBS,
     extra_compile_args=CFLAGS,
+    depends=HEADERS,
     cxx_std=17,
 )
 plugin = Extension(
@@ -72,7 +76,7 @@ plugin = Extension(
     libraries=LIBS + ["dl"],
     extra_compile_args=CFLAGS + ["-std=c++17"],
     extra_link_args=PLUGIN_LDFLAGS,
-    depends=[PLUGIN_MAP],
+    depends=[PLUGIN_MAP] + HEADERS,
     language="c++",
 )
 

@@ -32,6 +32,22 @@ namespace {
 
 const uint32_t kRowsPerBand = 64;
 
+#ifdef REDML_AVX2_DISPATCH
+// A third build of the lane loops below, for CPUs with AVX-512 (F, DQ, BW, VL: 8 doubles a
+// vector, 64-bit integer products and conversions).
+#define REDML_AVX512_DISPATCH 1
+#define REDML_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512")))
+bool cpu_has_avx512() {
+    static const bool has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }();
+    return has;
+}
+#endif
+const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
+
 // Per-type storage: exact values and background codes are unsigned integers of the
 // pixel's width (16 or 32 bits).
 template <class T>
@@ -111,6 +127,17 @@ struct TileCoder {
             px.base = redml_offset_int(&off, px.u_int, s_int, &px.phase);
         }
         return px;
+    }
+    // at() for the n pixels from i0 on of an integer tile with step > 1, one pass without
+    // branches (vectorized: the pixel indices of a frame are below 2^27, 32-bit lanes).
+    void int_lanes(uint32_t seed, uint32_t i0, size_t n, int64_t *__restrict u, int64_t *__restrict base,
+                   uint8_t *__restrict phase) const {
+        for (size_t j = 0; j < n; j++) {
+            unsigned ph;
+            u[j] = redml_dither_int(seed, i0 + (uint32_t)j, s_int);
+            base[j] = redml_offset_int(&off, u[j], s_int, &ph);
+            phase[j] = (uint8_t)ph;
+        }
     }
 };
 
@@ -413,10 +440,12 @@ void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t 
 
 // The symbol of a background pixel, or false (store it exactly): the midpoint quantizer or
 // the bins of the conditional reconstructions, for photon counts or integrating data
-// (noise: negative values are noise, no low-count rule).
+// (noise: negative values are noise, no low-count rule). Inlined: the lane loops of
+// quantize_int_span compile it for their target (a call into SSE code from AVX-512 code
+// costs a state transition per pixel).
 template <class T>
-bool code_int(int64_t x, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px, bool noise, bool conditional,
-              uint64_t *sym) {
+REDML_ALWAYS_INLINE bool code_int(int64_t x, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px, bool noise,
+                                  bool conditional, uint64_t *sym) {
     using S = Storage<T>;
     if (conditional)
         return noise ? redml_quantize_bin_rn(x, tc.s_int, tc.inv_step, px.u_int, px.base, S::sym_max, sym)
@@ -430,6 +459,86 @@ bool code_float(float x, const TileCoder<T> &tc, const typename TileCoder<T>::Pi
     if (conditional) return redml_bin_float_sym(x, tc.step, px.u_float, px.base, sym);
     return noise ? redml_quantize_float_rn(x, tc.step, px.u_float, px.base, sym)
                  : redml_quantize_float(x, tc.step, px.u_float, px.base, sym);
+}
+
+// Quantizes n pixels of one row of an integer tile with step > 1 (quantize.h), kLanes at
+// a time: the dither, offset and phase of every pixel in one vectorized pass, then each
+// pixel's symbol (with its phase in tags) or exact value, appended without branches.
+template <class T>
+REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T *__restrict f, uint8_t *__restrict exact,
+                                                const uint8_t *__restrict usable, uint32_t i0, size_t n, int64_t pred,
+                                                bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *__restrict vals,
+                                                typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
+                                                size_t *nv_io, size_t *nc_io) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    size_t nv = *nv_io, nc = *nc_io;
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        int64_t u[kLanes], base[kLanes];
+        uint8_t phase[kLanes];
+        tc.int_lanes(seed, i0 + (uint32_t)c, m, u, base, phase);
+        for (size_t j = 0; j < m; j++) {
+            const size_t i = c + j;
+            uint64_t sym = 0;
+            bool keep = exact[i] || !usable[i];
+            if (!keep) {
+                typename TileCoder<T>::Pixel px;
+                px.u_int = u[j];
+                px.base = base[j];
+                keep = !code_int((int64_t)f[i], tc, px, noise, conditional, &sym);
+            }
+            codes[nc] = (Word)sym;
+            tags[nc] = phase[j];
+            vals[nv] = S::exact_word(f[i], pred);
+            nc += !keep;
+            nv += keep;
+            exact[i] = keep;
+        }
+    }
+    *nv_io = nv;
+    *nc_io = nc;
+}
+
+template <class T>
+void quantize_int_span_portable(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0,
+                                size_t n, int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                                typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void quantize_int_span_avx2(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable,
+                                              uint32_t i0, size_t n, int64_t pred, bool noise, bool conditional, uint32_t seed,
+                                              typename Storage<T>::Word *vals, typename Storage<T>::Word *codes,
+                                              uint8_t *tags, size_t *nv, size_t *nc) {
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 void quantize_int_span_avx512(const TileCoder<T> &tc, const T *f, uint8_t *exact,
+                                                  const uint8_t *usable, uint32_t i0, size_t n, int64_t pred,
+                                                  bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                                                  typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv,
+                                                  size_t *nc) {
+    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
+}
+#endif
+template <class T>
+void quantize_int_span(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0, size_t n,
+                       int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                       typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
+#ifdef REDML_AVX512_DISPATCH
+    if (cpu_has_avx512())
+        return quantize_int_span_avx512<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags,
+                                           nv, nc);
+#endif
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2())
+        return quantize_int_span_avx2<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
+#endif
+    quantize_int_span_portable<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
 }
 
 struct BandCounts {
@@ -476,6 +585,13 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
                 step1_span(f + i0, exact + i0, usable + i0, i1 - i0, pred_row.data() + (i0 - (size_t)y * W), vals, codes,
                            &nv, &nc);
                 continue;
+            }
+            if constexpr (!S::is_float) {
+                if (coded) {
+                    quantize_int_span<T>(coders[t], f + i0, exact + i0, usable + i0, (uint32_t)i0, i1 - i0, pred,
+                                         noise, conditional, p.seed, vals, codes, tags, &nv, &nc);
+                    continue;
+                }
             }
             for (size_t i = i0; i < i1; i++) {
                 bool keep = exact[i] || !usable[i];
@@ -715,20 +831,44 @@ BackgroundModel read_model(const ParsedChunk &pc, int nt) {
     return m;
 }
 
-// interpolate_mean with each row's and column's terms computed once (background.h).
-class Bilinear {
+// The bilinear model (interpolate_mean, background.h) a pixel row at a time: the
+// interpolations along the two tile rows around a pixel row are shared by every pixel row
+// between those tile centres, then each pixel takes two products and a sum. The same
+// operations in the same order as bilinear_at, so the same values.
+class BilinearRows {
   public:
-    Bilinear() = default;
-    explicit Bilinear(const BackgroundModel &m) : m_(&m) {
-        const TileGrid &g = m.grid;
-        for (uint32_t y = 0; y < g.height; y++) rows_.push_back(bilinear_axis(y, g.tile, g.rows));
-        for (uint32_t x = 0; x < g.width; x++) cols_.push_back(bilinear_axis(x, g.tile, g.cols));
+    BilinearRows() = default;
+    explicit BilinearRows(const BackgroundModel &m) : m_(&m), top_(m.grid.width), bottom_(m.grid.width), row_(m.grid.width) {
+        for (uint32_t x = 0; x < m.grid.width; x++) cols_.push_back(bilinear_axis(x, m.grid.tile, m.grid.cols));
     }
-    double at(uint32_t y, uint32_t x) const { return bilinear_at(*m_, rows_[y], cols_[x]); }
+    explicit operator bool() const { return m_ != nullptr; }
+    // The model at the pixels of row y, valid until the next call.
+    const double *row(uint32_t y) {
+        const TileGrid &g = m_->grid;
+        const BilinearAxis r = bilinear_axis(y, g.tile, g.rows);
+        if (r.i0 != top_row_ || r.i1 != bottom_row_) {
+            along_tile_row(r.i0, top_.data());
+            along_tile_row(r.i1, bottom_.data());
+            top_row_ = r.i0;
+            bottom_row_ = r.i1;
+        }
+        const double wt = 1 - r.w, wb = r.w;
+        for (uint32_t x = 0; x < g.width; x++) row_[x] = wt * top_[x] + wb * bottom_[x];
+        return row_.data();
+    }
 
   private:
+    void along_tile_row(uint32_t ty, double *v) const {
+        const float *mean = m_->mean.data() + (size_t)ty * m_->grid.cols;
+        for (size_t x = 0; x < cols_.size(); x++) {
+            const BilinearAxis &c = cols_[x];
+            v[x] = (1 - c.w) * (double)mean[c.i0] + c.w * (double)mean[c.i1];
+        }
+    }
     const BackgroundModel *m_ = nullptr;
-    std::vector<BilinearAxis> rows_, cols_;
+    std::vector<BilinearAxis> cols_;
+    std::vector<double> top_, bottom_, row_;
+    uint32_t top_row_ = UINT32_MAX, bottom_row_ = UINT32_MAX;
 };
 
 // A background pixel of integrating data decoded from its bin (integers: the values a..b,
@@ -829,6 +969,150 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, const Step1Int<T>
     *ci_io = ci;
 }
 
+// Where a band's reconstruction reads: the exact values and each phase's codes, with
+// the read positions (every code read is checked against its stream's length).
+template <class T>
+struct CodeReader {
+    const typename Storage<T>::Word *values;
+    size_t vi;
+    const typename Storage<T>::Word *const *codes;
+    const size_t *count;
+    size_t *ci;
+    typename Storage<T>::Word next_code(unsigned phase) {
+        check(ci[phase] < count[phase], REDML_E_CORRUPT, "background code stream length does not match its phase");
+        return codes[phase][ci[phase]++];
+    }
+};
+
+// Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), the fast
+// form where it decides (quantize.h), the reference elsewhere.
+REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
+                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, int64_t *res) {
+    double uni[kLanes], fast[kLanes];
+    uint8_t ok[kLanes];
+    for (size_t j = 0; j < n; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)j, draw ? 6 : 5);
+    redml_recon_conditional_lanes(a, b, lambda, uni, (int)n, (int)std::min<int64_t>(width, kLanes), draw, fast, ok);
+    bool all_ok = true;
+    for (size_t j = 0; j < n; j++) {
+        res[j] = (int64_t)fast[j];
+        all_ok &= ok[j] != 0;
+    }
+    if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
+        for (size_t j = 0; j < n; j++)
+            if (!ok[j]) res[j] = redml_recon_conditional((int64_t)a[j], (int64_t)b[j], lambda[j], draw, seed, i0 + j);
+}
+
+// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
+// integer tile with step > 1, or a float tile): the dither, offset and phase of every
+// pixel in one branch-free pass, the exact values and symbols read in raster order, then
+// the reconstruction of the coded pixels (lambda: the model at the pixels, for the
+// conditional reconstructions).
+template <class T>
+REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                                 uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                                                 CodeReader<T> &rd) {
+    using S = Storage<T>;
+    if constexpr (S::is_float) {
+        for (size_t j = 0; j < n; j++) {
+            if (exact[j]) {
+                out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+                continue;
+            }
+            auto px = tc.at(seed, i0 + j);
+            const auto sym = rd.next_code(px.phase);
+            check(tc.step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+            out[j] = redml_recon_float(sym, tc.step, px.u_float, px.base);
+        }
+    } else {
+        int64_t u[kLanes], k[kLanes];
+        uint8_t phase[kLanes];
+        tc.int_lanes(seed, i0, n, u, k, phase);
+        for (size_t j = 0; j < n; j++) {  // k: the offset, then the bin
+            if (exact[j]) out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+            else k[j] += S::unzigzag(rd.next_code(phase[j]));
+        }
+        const int64_t s = tc.s_int;
+        bool in_range = true;
+        if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
+            double a[kLanes], b[kLanes];
+            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]
+                const int64_t lo = k[j] * s - u[j], hi = lo + s - 1;
+                const bool coded = exact[j] == 0;
+                in_range &= (!coded) | ((hi >= 0) & (hi <= S::hi()));
+                a[j] = coded ? (double)std::max<int64_t>(lo, 0) : 0.0;
+                b[j] = coded ? (double)hi : 0.0;
+            }
+            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
+            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, k);
+        } else {
+            for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
+                k[j] = k[j] * s - u[j] + (s - 1) / 2;
+                in_range &= (exact[j] != 0) | ((k[j] >= S::lo()) & (k[j] <= S::hi()));
+            }
+            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
+        }
+        for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)k[j];  // (a select: vectorizes)
+    }
+}
+
+template <class T>
+void decode_coded_span_portable(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0,
+                                size_t n, const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    for (size_t c = 0; c < n; c += kLanes)
+        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
+                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                              uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                                              CodeReader<T> &rd) {
+    for (size_t c = 0; c < n; c += kLanes)
+        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
+                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 void decode_coded_span_avx512(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                                  uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                                                  CodeReader<T> &rd) {
+    for (size_t c = 0; c < n; c += kLanes)
+        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
+                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+}
+#endif
+// decode_coded_lanes_body over n pixels of one tile row (the AVX-512 or AVX2 build where
+// the CPU has it).
+template <class T>
+void decode_coded_span(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                       const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+#ifdef REDML_AVX512_DISPATCH
+    if (cpu_has_avx512()) return decode_coded_span_avx512<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+#endif
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+#endif
+    decode_coded_span_portable<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+}
+
+// Adds to count[ph] the number of coded pixels of phase ph among the n pixels from frame
+// index i0 on, in one row of one coded tile (the phases as decode_coded_lanes_body finds them).
+template <class T>
+void count_phases(const TileCoder<T> &tc, const uint8_t *exact, uint32_t i0, size_t n, uint32_t seed, size_t *count) {
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        uint8_t phase[kLanes];
+        if constexpr (std::is_floating_point<T>::value) {
+            for (size_t j = 0; j < m; j++) phase[j] = (uint8_t)tc.at(seed, i0 + c + j).phase;
+        } else {
+            int64_t u[kLanes], base[kLanes];
+            tc.int_lanes(seed, i0 + (uint32_t)c, m, u, base, phase);
+        }
+        for (size_t j = 0; j < m; j++) count[phase[j]] += exact[c + j] == 0;
+    }
+}
+
 template <class T>
 void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     using S = Storage<T>;
@@ -879,73 +1163,68 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const std::vector<TileCoder<T>> coders = tile_coders<T>(model, preds, h.mode != REDML_MODE_SPARSE);
     const bool poisson = recon == REDML_RECON_POISSON;
     const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
+    const bool sparse = h.mode == REDML_MODE_SPARSE;
     const bool noise = conditional && h.read_noise > 0;  // the model of integrating data
     const bool counts = conditional && !noise;             // step-1 bins of counts hold values >= 0
-    const Bilinear bilinear = conditional || h.mode == REDML_MODE_SPARSE ? Bilinear(model) : Bilinear();
-    // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on;
-    // every code read is checked against its stream's length.
     // Per tile row: whether all its tiles are lossless integer tiles (decoded a whole pixel
     // row at a time), and the tile predictions spread over a pixel row.
     std::vector<uint8_t> row_step1(g.rows, 0);
-    if (!S::is_float && h.mode != REDML_MODE_SPARSE)
+    if (!S::is_float && !sparse)
         for (uint32_t ty = 0; ty < g.rows; ty++)
             row_step1[ty] = std::all_of(model.step.begin() + (size_t)ty * g.cols,
                                         model.step.begin() + (size_t)(ty + 1) * g.cols, [](float st) { return st == 1.0f; });
+    // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on.
     auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
         std::vector<Step1Int<T>> pred_row(W);
         uint32_t pred_ty = UINT32_MAX;
+        BilinearRows bilinear = conditional || sparse ? BilinearRows(model) : BilinearRows();
+        CodeReader<T> rd{values, vi, codes.data(), code_count.data(), ci};
         for (uint32_t y = y0; y < y1; y++) {
             const uint32_t ty = y / g.tile;
             if (ty != pred_ty && !S::is_float) {
                 prediction_row<T>(preds, g, y, pred_row.data());
                 pred_ty = ty;
             }
+            const size_t row = (size_t)y * W;
             if (row_step1[ty]) {  // the whole row at once: few calls, long vectorized runs
-                decode_step1_span<T>(exact + (size_t)y * W, out + (size_t)y * W, W, pred_row.data(), counts,
-                                     values, &vi, codes[0], code_count[0], &ci[0]);
+                decode_step1_span<T>(exact + row, out + row, W, pred_row.data(), counts, values, &rd.vi,
+                                     codes[0], code_count[0], &ci[0]);
                 continue;
             }
+            const double *lambda = bilinear ? bilinear.row(y) : nullptr;
             for (uint32_t tx = 0; tx < g.cols; tx++) {
-                size_t t = (size_t)(y / g.tile) * g.cols + tx;
+                const size_t t = (size_t)ty * g.cols + tx;
                 const int64_t pred = preds[t];
-                const double step = model.step[t];
-                uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
-                size_t row = (size_t)y * W;
-                if (!S::is_float && step == 1.0 && h.mode != REDML_MODE_SPARSE) {
-                    // step 1: phase 0, code = zigzag residual (the general path below reduces to this)
+                const uint32_t x0 = tx * g.tile, x1 = std::min<uint32_t>(W, x0 + g.tile);
+                if (!S::is_float && model.step[t] == 1.0f && !sparse) {
+                    // step 1: phase 0, code = zigzag residual (the general path reduces to this)
                     decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred_row.data() + x0, counts,
-                                         values, &vi, codes[0], code_count[0], &ci[0]);
-                    continue;
-                }
-                for (uint32_t x = x0; x < x1; x++) {
-                    size_t i = row + x;
-                    if (exact[i]) {
-                        out[i] = S::from_exact_word(values[vi++], pred);
-                    } else if (h.mode != REDML_MODE_SPARSE) {
+                                         values, &rd.vi, codes[0], code_count[0], &ci[0]);
+                } else if (noise) {  // integrating data: pixel by pixel (decode_noise_bin)
+                    for (uint32_t x = x0; x < x1; x++) {
+                        const size_t i = row + x;
+                        if (exact[i]) {
+                            out[i] = S::from_exact_word(values[rd.vi++], pred);
+                            continue;
+                        }
                         const TileCoder<T> &tc = coders[t];
                         auto px = tc.at(h.seed, i);
-                        check(ci[px.phase] < code_count[px.phase], REDML_E_CORRUPT,
-                              "background code stream length does not match its phase");
-                        Word sym = codes[px.phase][ci[px.phase]++];
-                        if (noise) {
-                            check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                            out[i] = decode_noise_bin<T>(sym, tc, px, bilinear.at(y, x), h, recon == REDML_RECON_DRAW, i);
-                        } else if constexpr (S::is_float) {
-                            check(step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                            out[i] = redml_recon_float(sym, step, px.u_float, px.base);
-                        } else if (conditional) {
-                            int64_t a, b;
-                            redml_bin_int(sym, tc.s_int, px.u_int, px.base, &a, &b);
-                            check(b >= 0 && b <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
-                            double lambda = bilinear.at(y, x);
-                            out[i] = (T)redml_recon_conditional(a, b, lambda, recon == REDML_RECON_DRAW, h.seed, i);
-                        } else {
-                            int64_t r = redml_recon_int(sym, tc.s_int, px.u_int, px.base);
-                            check(r >= S::lo() && r <= S::hi(), REDML_E_CORRUPT, "decoded value out of range");
-                            out[i] = (T)r;
+                        const Word sym = rd.next_code(px.phase);
+                        check(model.step[t] > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+                        out[i] = decode_noise_bin<T>(sym, tc, px, lambda[x], h, recon == REDML_RECON_DRAW, i);
+                    }
+                } else if (!sparse) {
+                    decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),
+                                         x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed, rd);
+                } else {
+                    for (uint32_t x = x0; x < x1; x++) {
+                        const size_t i = row + x;
+                        if (exact[i]) {
+                            out[i] = S::from_exact_word(values[rd.vi++], pred);
+                            continue;
                         }
-                    } else {  // sparse: the model, made unbiased (dither) or noisy (Poisson)
-                        double v = std::max(0.0, bilinear.at(y, x));
+                        // sparse: the model, made unbiased (dither) or noisy (Poisson)
+                        double v = std::max(0.0, lambda[x]);
                         double r = poisson ? (double)h.gain * (double)redml_poisson(v / h.gain, h.seed, i)
                                            : (S::is_float ? v : (double)redml_dithered_round(v, h.seed, i));
                         if constexpr (S::is_float) out[i] = (T)r;
@@ -976,12 +1255,13 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (uint32_t y = y0; y < y1; y++) {
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 const size_t t = (size_t)(y / g.tile) * g.cols + tx;
-                size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
-                size_t i1 = (size_t)y * W + std::min<size_t>(W, (size_t)(tx + 1) * g.tile);
-                for (size_t i = i0; i < i1; i++) {
-                    if (exact[i]) c++;
-                    else if (nph) band_codes[(b + 1) * nph + coders[t].at(h.seed, i).phase]++;
-                }
+                const size_t i0 = (size_t)y * W + (size_t)tx * g.tile;
+                const size_t n = std::min<size_t>(W, (size_t)(tx + 1) * g.tile) - (size_t)tx * g.tile;
+                const size_t ne = count_ones(exact + i0, nullptr, n);
+                c += ne;
+                if (!nph) continue;
+                if (!S::is_float && model.step[t] == 1.0f) band_codes[(b + 1) * nph] += n - ne;  // phase 0
+                else count_phases<T>(coders[t], exact + i0, (uint32_t)i0, n, h.seed, &band_codes[(b + 1) * nph]);
             }
         }
         band_exact[b + 1] = c;

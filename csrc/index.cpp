@@ -1,5 +1,6 @@
 // index.cpp: the known-cell still indexer (index.h explains the method).
 #include "index.h"
+#include "lattice.h"  // centring_allows, lattice_centring_valid
 
 #include <algorithm>
 #include <cmath>
@@ -75,18 +76,6 @@ M3 rotation(V3 w) {
 struct H3 {
     int h, k, l;
 };
-
-bool centring_allows(char c, int h, int k, int l) {
-    switch (c) {
-        case 'A': return ((k + l) & 1) == 0;
-        case 'B': return ((h + l) & 1) == 0;
-        case 'C': return ((h + k) & 1) == 0;
-        case 'I': return ((h + k + l) & 1) == 0;
-        case 'F': return ((h + k) & 1) == 0 && ((k + l) & 1) == 0;
-        case 'R': return ((((-h + k + l) % 3) + 3) % 3) == 0;
-        default: return true;
-    }
-}
 
 // An orientation with an isotropic scale: A = s R B. The scale absorbs a cell (or distance,
 // or wavelength) a percent or two off the true one, which would otherwise push the outer
@@ -494,7 +483,7 @@ IndexResult index_still(const double *x, const double *y, const double *weight, 
     for (size_t i = 0; i < n; ++i)
         if (!std::isfinite(x[i]) || !std::isfinite(y[i]) || (weight && !std::isfinite(weight[i])))
             throw std::invalid_argument("spot positions and intensities must be finite");
-    if (std::string("PABCIFR").find(settings.centring) == std::string::npos || settings.centring == 0)
+    if (!lattice_centring_valid(settings.centring))
         throw std::invalid_argument("centring must be one of P, A, B, C, I, F, R");
     if (!(settings.tolerance_px > 0) || !(settings.spread_deg >= 0) || !(settings.length_tolerance >= 0) ||
         !(settings.angle_tolerance_deg >= 0) || settings.max_spots < 3 || settings.neighbours < 2 ||

@@ -12,18 +12,6 @@ namespace {
 // refused rather than looping for minutes.
 constexpr double kMaxIndices = 4e8;
 
-bool absent(char centring, int32_t h, int32_t k, int32_t l) {
-    switch (centring) {
-        case 'A': return ((k + l) & 1) != 0;
-        case 'B': return ((h + l) & 1) != 0;
-        case 'C': return ((h + k) & 1) != 0;
-        case 'I': return ((h + k + l) & 1) != 0;
-        case 'F': return ((h + k) & 1) != 0 || ((h + l) & 1) != 0;
-        case 'R': return ((-h + k + l) % 3) != 0;
-        default: return false;
-    }
-}
-
 // Rows of A^-1 (the real-space axes a, b, c) into inv; false when A is singular.
 bool invert3(const double A[9], double inv[9]) {
     const double c00 = A[4] * A[8] - A[5] * A[7];
@@ -200,7 +188,7 @@ bool predict_reflections(const double A[9], const LatticeGeometry &g, uint32_t h
             const int nr = l_ranges(p, A, k0, tol_max, lmax, ranges);
             for (int ri = 0; ri < nr; ri++)
             for (int32_t l = ranges[ri].lo; l <= ranges[ri].hi; l++) {
-                if ((h | k | l) == 0 || absent(centring, h, k, l)) continue;
+                if ((h | k | l) == 0 || !centring_allows(centring, h, k, l)) continue;
                 const double qx = A[0] * h + A[1] * k + A[2] * l;
                 const double qy = A[3] * h + A[4] * k + A[5] * l;
                 const double qz = A[6] * h + A[7] * k + A[8] * l;

@@ -54,6 +54,19 @@ struct Prediction {
 // Lattice centring absences: 'P' (none), 'A', 'B', 'C', 'I', 'F', 'R' (obverse, hexagonal axes).
 bool lattice_centring_valid(char centring);
 
+// Whether the centring allows reflection hkl (the one rule of the predictor and the indexer).
+inline bool centring_allows(char centring, int32_t h, int32_t k, int32_t l) {
+    switch (centring) {
+        case 'A': return ((k + l) & 1) == 0;
+        case 'B': return ((h + l) & 1) == 0;
+        case 'C': return ((h + k) & 1) == 0;
+        case 'I': return ((h + k + l) & 1) == 0;
+        case 'F': return ((h + k) & 1) == 0 && ((h + l) & 1) == 0;
+        case 'R': return ((-h + k + l) % 3) == 0;
+        default: return true;
+    }
+}
+
 // Every reflection of A with d >= d_min_a (0: no limit) whose predicted position lies within
 // `margin` pixels of the height x width frame (-margin <= x < width + margin, same for y).
 // Returns false (and nothing) when the arguments are invalid (why in *error).

@@ -23,8 +23,12 @@
 
 #if defined(__CUDACC__)
 #define REDML_HD __host__ __device__ inline
+#define REDML_HD_FLAT __host__ __device__ inline
 #else
 #define REDML_HD static inline
+/* Inlined into its caller whatever its size, so it is compiled for the caller's target
+   (the AVX2 build of a decoder loop vectorizes it). */
+#define REDML_HD_FLAT static inline __attribute__((always_inline))
 #endif
 
 /* 32-bit integer mixer (xor-shift-multiply); good avalanche, cheap on CPU and GPU. */
@@ -49,9 +53,9 @@ REDML_HD double redml_uniform(uint32_t seed, uint64_t idx, uint32_t stream) {
     return (double)redml_hash(seed, idx, stream) * (1.0 / 4294967296.0);
 }
 
-/* Integer dither in [0, s). */
+/* Integer dither in [0, s), for 1 <= s < 2^32 (a 32 x 32 -> 64-bit product: vectorizes). */
 REDML_HD int64_t redml_dither_int(uint32_t seed, uint64_t idx, int64_t s) {
-    return (int64_t)(((uint64_t)redml_hash(seed, idx, 1) * (uint64_t)s) >> 32);
+    return (int64_t)(((uint64_t)redml_hash(seed, idx, 1) * (uint64_t)(uint32_t)s) >> 32);
 }
 
 /* Zigzag maps signed to unsigned so small magnitudes give small codes. */
@@ -142,10 +146,12 @@ REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, i
 
 /* Per-tile constants of the integer offset: pred = pred_q*s + pred_r, and the phase
  * multiplier m = floor(REDML_PHASES * 2^32 / s), so phase = (r * m) >> 32 is in
- * [0, REDML_PHASES) for r in [0, s) without a division per pixel. */
+ * [0, REDML_PHASES) for r in [0, s) without a division per pixel. m < 2^36 is kept as
+ * its high and low 32 bits: for r < 2^32, (r * m) >> 32 = r * m_hi + ((r * m_lo) >> 32)
+ * exactly, two 32-bit products that vectorize. */
 typedef struct {
     int64_t pred_q, pred_r;
-    uint64_t phase_mul;
+    uint32_t phase_mul_hi, phase_mul_lo;
 } redml_offset_tile;
 
 REDML_HD redml_offset_tile redml_offset_setup(int64_t pred, int64_t s) {
@@ -156,7 +162,9 @@ REDML_HD redml_offset_tile redml_offset_setup(int64_t pred, int64_t s) {
         o.pred_r += s;
         o.pred_q -= 1;
     }
-    o.phase_mul = (((uint64_t)REDML_PHASES) << 32) / (uint64_t)s;
+    const uint64_t m = (((uint64_t)REDML_PHASES) << 32) / (uint64_t)s;
+    o.phase_mul_hi = (uint32_t)(m >> 32);
+    o.phase_mul_lo = (uint32_t)m;
     return o;
 }
 
@@ -165,7 +173,8 @@ REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t
     const int64_t wrap = r >= s; /* branch-free: taken half the time, at random */
     r -= wrap * s;
     const int64_t k = o->pred_q + wrap;
-    *phase = (unsigned)(((uint64_t)r * o->phase_mul) >> 32);
+    const uint32_t r32 = (uint32_t)r; /* r < s < 2^22 */
+    *phase = r32 * o->phase_mul_hi + (uint32_t)(((uint64_t)r32 * o->phase_mul_lo) >> 32);
     return k;
 }
 REDML_HD int64_t redml_offset_float(double mean, double u, double s, unsigned *phase) {
@@ -261,7 +270,7 @@ REDML_HD void redml_bin_int(uint64_t sym, int64_t s, int64_t u, int64_t base, in
 /* A value in [a, b] from Poisson(lambda) restricted to [a, b]: its mean, rounded with a
  * seeded dither (draw = 0; E[result] = the conditional mean), or a seeded draw (draw = 1).
  * Weights are taken relative to the distribution's mode in [a, b], so none exceeds 1. */
-REDML_HD int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, int draw, uint32_t seed, uint64_t idx) {
+REDML_HD_FLAT int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, int draw, uint32_t seed, uint64_t idx) {
     if (b <= a) return a;
     if (!(lambda > 0.0)) return a; /* all the mass at the lowest count */
     double fl = floor(lambda);
@@ -298,6 +307,81 @@ REDML_HD int64_t redml_recon_conditional(int64_t a, int64_t b, double lambda, in
         w *= lambda / (double)(x + 1);
     }
     return b;
+}
+
+/* redml_recon_conditional without divisions, for n pixels at once (lanes: a loop per bin
+ * position over the pixels, which vectorizes), bins of at most REDML_FAST_BIN values.
+ * a, b: the bins (whole numbers as doubles), lambda, uni: the uniform of stream 5 (mean)
+ * or 6 (draw). The weights are taken relative to a common factor instead of the mode,
+ *     v_d = lambda^d * (a+d+1) * ... * (b)   for x = a + d, d = 0 .. b-a,
+ * whose ratios are those of lambda^x / x!; the draw and the rounded mean depend only on
+ * ratios. They round differently from the reference's recurrence, by < 1e-13 of the total
+ * (positive terms only, within the domain below), so a decision within REDML_FAST_TOL of
+ * the total (or of an integer, for the mean) is not trusted: ok[j] = 0, and the caller
+ * takes redml_recon_conditional. The result is then identical to the reference. Outside
+ * the domain (lambda or b beyond 2^20, lambda below 2^-20, where the products could leave
+ * the double range) ok[j] = 0 too. */
+#define REDML_FAST_BIN 16
+#define REDML_FAST_TOL 1e-11
+#define REDML_LANES 64
+REDML_HD_FLAT void redml_recon_conditional_lanes(const double *a, const double *b, const double *lambda,
+                                                 const double *uni, int n, int width, int draw, double *res,
+                                                 uint8_t *ok) {
+    /* Every loop runs over the pixels j innermost, 64-bit lanes without branches (conditions
+       are 0/1 factors: exact on these whole numbers), so each vectorizes. */
+    double v[REDML_FAST_BIN][REDML_LANES], q[REDML_LANES], total[REDML_LANES], moment[REDML_LANES],
+        r[REDML_LANES], near[REDML_LANES];
+    if (n > REDML_LANES || width > REDML_FAST_BIN) {
+        for (int j = 0; j < n; j++) ok[j] = 0;
+        return;
+    }
+    for (int j = 0; j < n; j++) q[j] = 1.0;
+    for (int d = 0; d < width; d++) /* lambda^d */
+        for (int j = 0; j < n; j++) {
+            v[d][j] = q[j];
+            q[j] *= lambda[j];
+        }
+    for (int j = 0; j < n; j++) q[j] = 1.0, total[j] = 0.0, moment[j] = 0.0, r[j] = 0.0, near[j] = 0.0;
+    for (int d = width - 1; d >= 0; d--) /* times (a+d+1) ... (b); zero beyond the bin */
+        for (int j = 0; j < n; j++) {
+            const double x = a[j] + (double)d, in_bin = (double)(x <= b[j]);
+            v[d][j] = v[d][j] * q[j] * in_bin;
+            q[j] *= 1.0 + in_bin * (x - 1.0);
+        }
+    for (int d = 0; d < width; d++)
+        for (int j = 0; j < n; j++) {
+            total[j] += v[d][j];
+            moment[j] += (double)d * v[d][j];
+        }
+    if (draw) {
+        /* the draw is the first x whose cumulative weight exceeds uni*total: a + the number
+           of positions in the bin at or below it (the cumulative sums never decrease) */
+        double c[REDML_LANES], target[REDML_LANES];
+        for (int j = 0; j < n; j++) c[j] = 0.0, target[j] = uni[j] * total[j];
+        for (int d = 0; d < width; d++) /* (b itself is the answer when no position below it is) */
+            for (int j = 0; j < n; j++) {
+                const double x = a[j] + (double)d, tol = REDML_FAST_TOL * total[j];
+                c[j] += v[d][j];
+                r[j] += (double)(x + 1.0 <= b[j]) * (double)(c[j] <= target[j]); /* x < b */
+                /* near: some sum within tol of the target (then these two counts differ) */
+                near[j] += (double)(x <= b[j]) * ((double)(c[j] <= target[j] + tol) - (double)(c[j] < target[j] - tol));
+            }
+        for (int j = 0; j < n; j++) r[j] += a[j];
+    } else {
+        const double tol = REDML_FAST_TOL * width;
+        for (int j = 0; j < n; j++) {
+            /* f in [0, width]: truncation is floor (and vectorizes, unlike floor()) */
+            const double f = moment[j] / total[j] + uni[j], fl = (double)(int32_t)f, x = a[j] + fl;
+            near[j] = (double)(f - fl <= tol) + (double)(fl + 1.0 - f <= tol);
+            r[j] = x > b[j] ? b[j] : x;
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        const int trivial = !(b[j] > a[j]) | !(lambda[j] > 0.0);
+        const int inside = (lambda[j] >= 0x1p-20) & (lambda[j] <= 0x1p20) & (b[j] <= 0x1p20);
+        res[j] = trivial ? a[j] : r[j];
+        ok[j] = (uint8_t)(trivial | (inside & (near[j] == 0.0)));
+    }
 }
 
 /* Sparse mode: unbiased integer rounding of a model value v (E[result] = v). */

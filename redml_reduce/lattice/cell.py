@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["parse_cell", "cell_of", "b_matrix", "centring", "centring_allows", "lattice_rotations", "misorientation_deg"]
 
-CENTRINGS = "PABCIFR"
+CENTRINGS = ("P", "A", "B", "C", "I", "F", "R")
 _SYMBOL = re.compile(r"^\s*([PABCIFRH])\s*[-0-9 /_a-eA-EmMnN]*(:[HRhr])?\s*$")
 
 

@@ -49,6 +49,7 @@ import numpy as np
 from .. import _core
 from ..arrays import check_range
 from ..background import BeamGeometry
+from .cell import CENTRINGS
 
 __all__ = ["Crystal", "LatticeSettings", "predict", "lattice_roi", "DEFAULT_DOMAIN_SIZE_A", "DEFAULT_HALF_MOSAICITY_DEG",
            "DEFAULT_RADIUS", "CENTRINGS"]
@@ -56,7 +57,6 @@ __all__ = ["Crystal", "LatticeSettings", "predict", "lattice_roi", "DEFAULT_DOMA
 DEFAULT_DOMAIN_SIZE_A = 500.0
 DEFAULT_HALF_MOSAICITY_DEG = 0.3
 DEFAULT_RADIUS = 8.0
-CENTRINGS = ("P", "A", "B", "C", "I", "F", "R")
 
 
 @dataclass(frozen=True, eq=False)
