@@ -143,21 +143,23 @@ def encode(frame, q: QLike = 0.0, *, roi=None, mask=None, nthreads: int = 0, cal
 
 
 def encode_by_policy(frame, settings: CodecSettings, crystals=(), *, geometry=None, lattice=None, min_peaks: int = 10,
-                     mask=None, nthreads: int = 0):
+                     mask=None, nthreads: int = 0, found=None, hit: Optional[bool] = None):
     """(chunk, kind): one photon frame encoded by the per-frame policy (module doc), kind one
     of FRAME_KINDS. settings give q and the other fields; recon is chosen here ("draw" for
     "lattice" and "blank", "midpoint" for "hit"; lossless and sparse settings are kept as
     they are). The exact region is the classical finder's (as roi="classical"), plus the
-    crystals' predicted discs on a "lattice" frame. A lossy frame's chunk is the smaller of
-    that encoding and the lossless one (which satisfies any policy), so a policy never costs
-    more than lossless coding."""
+    crystals' predicted discs on a "lattice" frame. found: (peaks, region) the caller's finder
+    already gave for this frame (acquisition), instead of finding them again; hit: whether
+    the frame is a hit when the caller decided it (None: at least min_peaks spots). A lossy
+    frame's chunk is the smaller of that encoding and the lossless one (which satisfies any
+    policy), so a policy never costs more than lossless coding."""
     arr = codec.as_frame(frame)
-    peaks, region = _finder_roi(arr, mask, settings.roi_margin, settings.roi_snr)
+    peaks, region = found if found is not None else _finder_roi(arr, mask, settings.roi_margin, settings.roi_snr)
     if crystals is not None and len(crystals) > 0:
         kind = "lattice"
         region = region | _lattice_region(arr.shape, crystals, geometry, lattice)
     else:
-        kind = "hit" if is_hit(peaks, min_peaks) else "blank"
+        kind = "hit" if (is_hit(peaks, min_peaks) if hit is None else hit) else "blank"
     if settings.mode == "quantized":
         settings = replace(settings, recon="midpoint" if kind == "hit" else "draw")
     chunk = codec.encode(arr, roi=region, mask=mask, nthreads=nthreads, settings=settings)

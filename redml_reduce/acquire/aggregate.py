@@ -20,8 +20,9 @@ __all__ = ["AggregateStats", "status_url"]
 _SUMMED = ("received", "written", "sparse", "vetoed", "dropped", "rejected", "missing", "malformed", "orphans",
            "out_of_order")
 _WEIGHTED = ("hit_rate", "hit_rate_total", "spots_per_frame", "spots_per_hit", "resolution_a", "background",
-             "saturated_per_frame")
-_HISTORY = ("hit_rate", "spots_per_frame", "resolution_a", "background", "ratio", "ratio_hits", "ratio_other")
+             "saturated_per_frame", "indexing_rate", "indexing_rate_total")
+_HISTORY = ("hit_rate", "spots_per_frame", "resolution_a", "background", "ratio", "ratio_hits", "ratio_other",
+            "indexing_rate")
 
 
 def status_url(url: str) -> tuple[str, Optional[str]]:
@@ -103,7 +104,11 @@ class AggregateStats:
         fps = [i["fps"] or 0.0 for i in inds]
         raw = sum(i["raw_mb"] for i in inds)
         stored = sum(i["stored_mb"] for i in inds)
-        indicators = {k: _weighted([i[k] for i in inds], fps) for k in _WEIGHTED}
+        indicators = {k: _weighted([i.get(k) for i in inds], fps) for k in _WEIGHTED}
+        cells = [(i["cell"], f) for i, f in zip(inds, fps) if i.get("cell")]
+        indicators["cell"] = [_weighted([c[j] for c, _ in cells], [f for _, f in cells]) for j in range(6)] \
+            if cells else None
+        indicators["frames_indexed"] = sum(i.get("frames_indexed", 0) for i in inds)
         indicators.update({
             "fps": sum(fps) if inds else None,
             "mb_per_s": sum(i["mb_per_s"] or 0.0 for i in inds) if inds else None,
@@ -139,7 +144,7 @@ class AggregateStats:
                 b = bins.setdefault(int(t0 + t - self.t0), {"fps": 0, **{k: [] for k in _HISTORY}})
                 b["fps"] += h["fps"][j]
                 for k in _HISTORY:
-                    if h[k][j] is not None:
+                    if h.get(k) is not None and h[k][j] is not None:
                         b[k].append(h[k][j])
         ts = sorted(bins)
         out = {"t": ts, "fps": [bins[t]["fps"] for t in ts]}

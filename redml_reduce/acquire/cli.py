@@ -27,7 +27,7 @@ def _acquire(args) -> int:
     settings = AcquireSettings(q=args.q, codec=args.codec, veto=args.veto, min_spots=args.min_spots,
                                spots=not args.no_spots, workers=args.workers, max_pending=args.max_pending,
                                on_full=args.on_full, idle_timeout_s=args.timeout, overwrite=args.overwrite,
-                               channel=args.channel,
+                               channel=args.channel, cell=args.cell, space_group=args.space_group,
                                receiver=None if fanout is None else f"{fanout['k']}/{fanout['n']}")
     acq = Acquisition(args.out if fanout is None else fanout["out"], settings)
     hook = None
@@ -274,6 +274,10 @@ def add_commands(sub, parse_q) -> None:
                    help="non-hits: stored at --q (none), sparse, or not stored (drop); counts are kept")
     a.add_argument("--min-spots", type=int, default=10, help="spots that make a hit")
     a.add_argument("--no-spots", action="store_true", help="no spot finding (no hit/spot indicators, no veto)")
+    a.add_argument("--cell", metavar="a,b,c,al,be,ga", help="the crystal's unit cell (Angstrom, degrees): each hit is "
+                   "indexed and stored by the lattice policy (every predicted reflection exact, the rest drawn; hits "
+                   "that do not index by the midpoint); needs --space-group")
+    a.add_argument("--space-group", metavar="SG", help="the crystal's space group, e.g. P43212 (with --cell)")
     a.add_argument("--workers", type=int, default=0, help="encoder threads (default: one per core)")
     a.add_argument("--max-pending", type=int, default=0, help="frames between arrival and disk (default 2*workers+2)")
     a.add_argument("--on-full", choices=("block", "drop"), default="block",

@@ -3,7 +3,8 @@
     dash = Dashboard(acq.stats, port=8080)          # http://127.0.0.1:8080/
     dash.start(); ...; dash.stop()
 
-GET /                    the page: counts, indicators, plots over time, the latest hit
+GET /                    the page: counts, indicators, plots over time, the latest hit (with a
+                         known cell also the indexing rate of the hits and the median cell found)
 GET /api/status          LiveStats.snapshot() as JSON (what the page polls every second)
 GET /api/latest_hit.png  the latest hit, max-pooled and log-scaled (spots come in the JSON)
 
@@ -293,6 +294,7 @@ PAGE = r"""<!DOCTYPE html>
  .tiles{display:grid;grid-template-columns:repeat(6,minmax(120px,1fr));gap:8px;margin-bottom:10px}
  .tile{background:#fff;border-radius:6px;padding:8px 10px;box-shadow:0 1px 2px #0002}
  .tile .v{font-size:24px;font-weight:600} .tile .k{font-size:12px;color:#556;text-transform:uppercase}
+ .tile.wide{grid-column:span 2} .tile.wide .v{font-size:18px}
  .bad .v{color:#b03020} .main{display:grid;grid-template-columns:3fr 2fr;gap:10px}
  .plots{display:grid;grid-template-columns:1fr 1fr;gap:8px}
  .plot{background:#fff;border-radius:6px;padding:6px;box-shadow:0 1px 2px #0002}
@@ -313,6 +315,8 @@ PAGE = r"""<!DOCTYPE html>
  <div class="tile"><div class="k">hit rate</div><div class="v" id="hit_rate">-</div></div>
  <div class="tile"><div class="k">spots / hit</div><div class="v" id="spots_per_hit">-</div></div>
  <div class="tile"><div class="k">resolution (hits)</div><div class="v" id="resolution">-</div></div>
+ <div class="tile"><div class="k">hits indexed</div><div class="v" id="indexing_rate">-</div></div>
+ <div class="tile wide"><div class="k">cell found (median, &Aring; / &deg;)</div><div class="v" id="cell">-</div></div>
  <div class="tile"><div class="k">ratio</div><div class="v" id="ratio">-</div></div>
  <div class="tile"><div class="k">background / px</div><div class="v" id="background">-</div></div>
  <div class="tile"><div class="k">saturated / frame</div><div class="v" id="saturated">-</div></div>
@@ -323,7 +327,8 @@ PAGE = r"""<!DOCTYPE html>
 </div>
 <div class="main">
  <div class="plots">
-  <div class="plot"><div class="t">hit rate (%)</div><canvas id="p_hit"></canvas></div>
+  <div class="plot"><div class="t">hit rate (%) <span style="color:#c03030">&#9679; hits indexed (%)</span></div>
+   <canvas id="p_hit"></canvas></div>
   <div class="plot"><div class="t">spots per frame</div><canvas id="p_spots"></canvas></div>
   <div class="plot"><div class="t">resolution of hits (&Aring;)</div><canvas id="p_res"></canvas></div>
   <div class="plot"><div class="t">background (counts/px)</div><canvas id="p_bg"></canvas></div>
@@ -397,6 +402,8 @@ async function tick() {
     set("frames", stored); set("fps", fmt(ind.fps, 1));
     set("hit_rate", ind.hit_rate === null ? "-" : fmt(100 * ind.hit_rate, 0) + " %");
     set("spots_per_hit", fmt(ind.spots_per_hit, 0)); set("resolution", ind.resolution_a === null ? "-" : fmt(ind.resolution_a, 2) + " \u00c5");
+    set("indexing_rate", ind.indexing_rate == null ? "-" : fmt(100 * ind.indexing_rate, 0) + " %");
+    set("cell", ind.cell ? ind.cell.map((v, i) => fmt(v, i < 3 ? 2 : 1)).join(" ") : "-");
     set("ratio", fmt(ind.ratio, 1)); set("background", fmt(ind.background, 1));
     set("saturated", fmt(ind.saturated_per_frame, 1)); set("latency", ind.latency_ms_p99 === null ? "-" : fmt(ind.latency_ms_p99, 0) + " ms");
     set("lost", ind.frames_lost); set("vetoed", c.vetoed + " / " + c.sparse); set("pending", s.pending);
@@ -407,7 +414,8 @@ async function tick() {
       (r.counts ? `, ${r.counts.written + r.counts.sparse} stored of ${r.counts.received}, queue ${r.pending ?? "-"}` : "")).join("\n"));
     set("errors", s.errors.map(e => `[${e.t} s] ${e.text}`).join("\n"));
     const h = s.history;
-    plot("p_hit", h.t, [[h.hit_rate.map(v => v === null ? null : 100 * v), "#2f7d4f"]]);
+    const pct = vs => (vs || []).map(v => v === null ? null : 100 * v);
+    plot("p_hit", h.t, [[pct(h.hit_rate), "#2f7d4f"], [pct(h.indexing_rate), "#c03030"]]);
     plot("p_spots", h.t, [[h.spots_per_frame, "#2060a0"]]); plot("p_res", h.t, [[h.resolution_a, "#8040a0"]]);
     plot("p_bg", h.t, [[h.background, "#a06020"]]);
     plot("p_ratio", h.t, [[h.ratio_other, "#207070"], [h.ratio_hits, "#d07010"]], true);

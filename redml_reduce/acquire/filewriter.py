@@ -94,11 +94,13 @@ class SeriesWriter:
                      "veto": s.veto, "min_spots": s.min_spots, "on_full": s.on_full}
             if s.receiver:  # one of several receivers of the stream (fanout.py)
                 attrs["receiver"] = s.receiver
+            if s.cell is not None:  # hits indexed with this cell (worker.py)
+                attrs["cell"], attrs["space_group"] = np.array(s.cell), s.space_group
             series.file = SeriesFile(series.path, shape, dtype, geometry=st.geometry, pixel_mask=series.pixel_mask,
                                      nxmx=st.nxmx_options() if st.geometry is not None else None, filter=filt,
                                      codec_settings=self.file_codec(),
                                      attrs=attrs, start_fields=st.fields, peaks=s.peaks and s.spots,
-                                     calibration=series.calibration)
+                                     calibration=series.calibration, indexing=s.cell is not None)
         except Exception as e:
             series.file_error = f"{type(e).__name__}: {e}"
             self.report.fail(f"series {series.id}: cannot create {series.path}: {series.file_error}")

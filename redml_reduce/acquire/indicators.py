@@ -7,7 +7,8 @@ Per frame: spots (the built-in finder, DIALS's criterion), hit or not, backgroun
 (mean of the good pixels on a 1-in-16 grid, clipped at 5 sigma), saturated pixels, the resolution of the
 spots (the d-spacing beyond which only 5% of them lie: a robust high-resolution limit).
 LiveStats keeps counts, the last few hundred frames (hit rate, spots per frame and per hit,
-resolution, background, ratio, frames/s, latency) and per-second history for the plots (the
+resolution, background, ratio, frames/s, latency; with a known cell, the indexing rate of the
+hits and the median cell of the lattices found) and per-second history for the plots (the
 ratio of hits and of the other frames apart).
 Thread-safe: worker, writer and dashboard threads use one instance.
 """
@@ -42,6 +43,10 @@ class FrameStats:
     stored_bytes: int = 0
     mode: str = ""  # "q", "sparse", "vetoed" (not stored), "raw" (another codec)
     hit_probability: float = math.nan  # from the learned global model (hit_model=), else nan
+    roi_kind: str = "unknown"  # what kept the frame exact (formats.writer.ROI_KINDS)
+    indexed: Optional[bool] = None  # a hit indexed with the known cell (None: not tried)
+    cell: Optional[tuple] = None  # the cell of the orientation found (a, b, c, alpha, beta, gamma)
+    orientation: Optional[tuple] = field(default=None, repr=False)  # A = U B found, 9 values row by row
 
 
 def resolution_limit(peaks: np.ndarray, geometry, fraction: float = 0.05) -> float:
@@ -140,10 +145,22 @@ class _Bin:
     stored: int = 0
     hit_raw: int = 0  # the same for the hits alone
     hit_stored: int = 0
+    index_tried: int = 0  # hits the indexer was given, and those it indexed
+    indexed: int = 0
 
 
 def _ratio(raw: int, stored: int) -> Optional[float]:
     return raw / stored if stored else None
+
+
+def _indexing(window, tried: int, indexed: int) -> dict:
+    """The indexing indicators: the fraction of the hits given to the indexer that indexed
+    (the window's, the run's), and the median cell of the window's lattices (None without)."""
+    tried_w = [s for s in window if s.indexed is not None]
+    cells = [s.cell for s in tried_w if s.indexed and s.cell is not None]
+    return {"indexing_rate": sum(bool(s.indexed) for s in tried_w) / len(tried_w) if tried_w else None,
+            "indexing_rate_total": indexed / tried if tried else None, "frames_indexed": indexed,
+            "cell": [float(v) for v in np.median(np.array(cells), axis=0)] if cells else None}
 
 
 class LiveStats:
@@ -163,6 +180,8 @@ class LiveStats:
         self.wire_bytes = 0
         self.hits = 0
         self.analysed = 0
+        self.index_tried = 0
+        self.indexed = 0
         self.series: dict = {}  # current series: id, path, expected, ...
         self.finished: list = []  # summaries of finished series
         self.pending = 0
@@ -207,6 +226,11 @@ class LiveStats:
                 self.analysed += 1
                 self.hits += bool(st.hit)
             b = self.bins.setdefault(int(now - self.t0), _Bin())
+            if st.indexed is not None:
+                self.index_tried += 1
+                self.indexed += bool(st.indexed)
+                b.index_tried += 1
+                b.indexed += bool(st.indexed)
             b.frames += 1
             b.hits += bool(st.hit)
             b.spots += max(st.n_spots, 0)
@@ -266,6 +290,7 @@ class LiveStats:
                    "errors": list(self.errors), "finished_series": list(self.finished)}
             raw, stored, wire = self.raw_bytes, self.stored_bytes, self.wire_bytes
             hits, analysed = self.hits, self.analysed
+            index_tried, indexed = self.index_tried, self.indexed
         stats = [s for _, s in win]
         recent = [(t, s) for t, s in win if now - t <= 5.0]
         fps = None
@@ -296,6 +321,7 @@ class LiveStats:
             "latency_ms_p50": _num(_percentile(lat, 50) * 1e3) if lat else None,
             "latency_ms_p99": _num(_percentile(lat, 99) * 1e3) if lat else None,
             "wire_mb": wire / 1e6, "raw_mb": raw / 1e6, "stored_mb": stored / 1e6,
+            **_indexing(stats, index_tried, indexed),
         }
         out["history"] = {
             "t": [k for k, _ in bins],
@@ -308,11 +334,12 @@ class LiveStats:
             # hits and the other frames apart: sparse non-hits compress 10-100x better than hits
             "ratio_hits": [_ratio(b.hit_raw, b.hit_stored) for _, b in bins],
             "ratio_other": [_ratio(b.raw - b.hit_raw, b.stored - b.hit_stored) for _, b in bins],
+            "indexing_rate": [b.indexed / b.index_tried if b.index_tried else None for _, b in bins],
         }
         out["latest_hit"] = None if latest is None else {k: v for k, v in latest.items() if k != "image"} | {
             "width": int(latest["image"].shape[1]), "height": int(latest["image"].shape[0])}
-        out["recent_frames"] = [dict(asdict(s), resolution_a=_num(s.resolution_a), background=_num(s.background))
-                                for s in stats[-10:]]
+        out["recent_frames"] = [dict(asdict(s), resolution_a=_num(s.resolution_a), background=_num(s.background),
+                                     orientation=None) for s in stats[-10:]]
         return out
 
     def latest_hit_image(self):
@@ -333,10 +360,14 @@ def format_line(snap: dict) -> str:
     if expected:
         k = int(20 * min(1.0, s.get("frames_done", done) / expected))
         bar = "[" + "#" * k + "." * (20 - k) + "] "
-    hr = ind["hit_rate"]
+    hr, ir = ind["hit_rate"], ind.get("indexing_rate")
+    indexing = ""
+    if ir is not None:
+        cell = ind.get("cell")
+        indexing = f"indexed {ir * 100:.0f}%" + (" | cell " + " ".join(f"{v:.1f}" for v in cell) if cell else "") + " | "
     return (f"{bar}series {s.get('series_id', '-')}: {done} frames ({c['received']} received) | "
             f"{_fmt(ind['fps'], '.1f')} fps | hits {_fmt(hr * 100 if hr is not None else None, '.0f')}% | "
-            f"spots/hit {_fmt(ind['spots_per_hit'], '.0f')} | d {_fmt(ind['resolution_a'], '.2f')} A | "
+            f"spots/hit {_fmt(ind['spots_per_hit'], '.0f')} | {indexing}d {_fmt(ind['resolution_a'], '.2f')} A | "
             f"bg {_fmt(ind['background'], '.1f')} | ratio {_fmt(ind['ratio'], '.1f')} | "
             f"lost {ind['frames_lost']} (dropped {c['dropped']}, rejected {c['rejected']}, missing {c['missing']})")
 

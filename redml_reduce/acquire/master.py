@@ -126,7 +126,7 @@ def _copy_nxmx(src: h5py.File, dst: h5py.File) -> None:
     for k, v in src["entry"].attrs.items():
         entry.attrs[k] = v
     for name in src["entry"]:
-        if name not in ("data", "redml_acquire"):
+        if name not in ("data", "redml_acquire", "redml"):  # per-frame rows of that data file alone
             src.copy(src["entry"][name], entry, name)
     data = entry.require_group("data")
     for k, v in src["entry/data"].attrs.items():

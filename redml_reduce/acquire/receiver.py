@@ -148,7 +148,8 @@ class Receiver:
             self.stats.count("malformed")
             return
         if msg.geometry is None:
-            self.report.error(f"series {msg.series_id}: {msg.geometry_error}; the file will not be NXmx")
+            unindexed = "; its hits cannot be indexed" if self.settings.cell is not None else ""
+            self.report.error(f"series {msg.series_id}: {msg.geometry_error}; the file will not be NXmx{unindexed}")
         self.current = series
         self.series.append(series)
         self.writer.open_series(series)

@@ -4,11 +4,15 @@
     /entry/instrument/...                  NXmx geometry from the start message (nxmx.py)
     /entry/redml_acquire/                  NXcollection, one row per stored frame:
         image_id (uint64, as the stream's), hit (-1 = not analysed), n_spots, resolution_a,
-        background, saturated, stored_bytes, sparse (1 = a blank stored with q="sparse")
+        background, saturated, stored_bytes, sparse (1 = a blank stored with q="sparse"),
+        indexed (-1 = not tried, 0 = a hit that did not index, 1 = indexed with the known cell)
+        orientation (float64 (3, 3) per frame, NaN unless indexed; only when indexing: the
+            A = U B found, columns a*, b*, c* in redml_reduce.lattice's frame, 1/Angstrom)
         vetoed_image_ids, dropped_image_ids, rejected_image_ids   every image not stored (uint64)
         counts (int64, names in its "names" attribute)            received = written +
             sparse + vetoed + dropped + rejected; missing = expected - received
         start_message                      the start message's scalar fields (JSON)
+    /entry/redml/roi_kind                  what kept each frame exact (formats/writer.py)
     /entry_1/result_1/                     CXI peak tables (peaklist.py layout, CrystFEL
                                            --peaks=cxi), one row per stored frame
 
@@ -28,14 +32,15 @@ import numpy as np
 
 from .indicators import COUNT_NAMES, FrameStats
 from ..formats.peaklist import GROUP as PEAK_GROUP
-from ..formats.writer import FrameWriter
+from ..formats.writer import FrameWriter, append_row
 
 __all__ = ["SeriesFile", "read_acquisition", "MAX_PEAKS"]
 
 MAX_PEAKS = 2048
 TABLE = "entry/redml_acquire"
 _COLUMNS = {"image_id": np.uint64, "hit": np.int8, "n_spots": np.int32, "resolution_a": np.float32,
-            "background": np.float32, "saturated": np.int32, "stored_bytes": np.int64, "sparse": np.uint8}
+            "background": np.float32, "saturated": np.int32, "stored_bytes": np.int64, "sparse": np.uint8,
+            "indexed": np.int8}
 _PEAK_FIELDS = {"peakXPosRaw": np.float32, "peakYPosRaw": np.float32, "peakTotalIntensity": np.float32,
                 "peakMaximumValue": np.float32, "peakNPixels": np.int32, "peakSNR": np.float32}
 _ID_LISTS = ("vetoed_image_ids", "dropped_image_ids", "rejected_image_ids")
@@ -67,8 +72,9 @@ class SeriesFile:
 
     def __init__(self, path, shape, dtype, *, geometry=None, pixel_mask=None, nxmx: Optional[dict] = None,
                  filter=None, codec_settings: Optional[dict] = None, attrs: Optional[dict] = None,
-                 start_fields: Optional[dict] = None, peaks: bool = True, calibration=None):
+                 start_fields: Optional[dict] = None, peaks: bool = True, calibration=None, indexing: bool = False):
         self._peaks = peaks
+        self._indexing = indexing  # an orientation table beside the rows
         self._calibration = calibration  # raw JUNGFRAU series: stored once, to see and redo the conversion
         self._attrs = attrs or {}
         self._start = start_fields or {}
@@ -90,6 +96,10 @@ class SeriesFile:
                      for name, dt in _COLUMNS.items()}
         self.ids = {name: g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint64, chunks=(4096,))
                     for name in _ID_LISTS}
+        self.orientation = None
+        if self._indexing:
+            self.orientation = g.create_dataset("orientation", shape=(0, 3, 3), maxshape=(None, 3, 3),
+                                                dtype=np.float64, chunks=(1024, 3, 3))
         self.counts = g.create_dataset("counts", data=np.zeros(len(COUNT_NAMES), np.int64))
         self.counts.attrs["names"] = np.array([n.encode() for n in COUNT_NAMES])
         g.create_dataset("start_message", data=np.bytes_(json.dumps(_scalars(self._start), default=str)))
@@ -101,23 +111,17 @@ class SeriesFile:
                                                        compression_opts=1)
                                 for name, dt in _PEAK_FIELDS.items()}
 
-    @staticmethod
-    def _append(d, n: int, value) -> None:
-        """Writes value as row n of d, grown to n + 1 rows, by h5py's low-level calls: its
-        high-level ones cost about 0.1 ms of Python each under the GIL, 16 times a frame."""
-        row = np.asarray(value, dtype=d.dtype)  # a scalar (0-d) or a fresh peak row
-        d.id.set_extent((n + 1, *row.shape))
-        file_space = d.id.get_space()
-        file_space.select_hyperslab((n, *(0,) * row.ndim), (1, *row.shape))
-        d.id.write(h5py.h5s.create_simple((1, *row.shape)), file_space, row.reshape(1, *row.shape))
-
     def _rows(self, chunk: bytes, st: FrameStats, peaks) -> dict:
         """A frame's row of every table, converted to the columns' types (raises before any
         column is touched: an id beyond uint64, a value beyond its column)."""
         row = {"image_id": st.image_id, "hit": -1 if st.hit is None else int(st.hit), "n_spots": st.n_spots,
                "resolution_a": st.resolution_a, "background": st.background, "saturated": st.saturated,
-               "stored_bytes": len(chunk), "sparse": int(st.mode == "sparse")}
+               "stored_bytes": len(chunk), "sparse": int(st.mode == "sparse"),
+               "indexed": -1 if st.indexed is None else int(st.indexed)}
         out = {self.cols[name]: _exact(value, _COLUMNS[name]) for name, value in row.items()}
+        if self.orientation is not None:
+            out[self.orientation] = np.full((3, 3), np.nan) if st.orientation is None else \
+                np.reshape(st.orientation, (3, 3))
         if self._peaks:
             p = peaks if peaks is not None else np.zeros(0)
             if len(p) > MAX_PEAKS:
@@ -140,10 +144,10 @@ class SeriesFile:
         n = len(self.writer)  # every table has a row per stored frame
         try:
             for d, value in rows.items():
-                self._append(d, n, value)
+                append_row(d, n, value)
             if counts is not None:
                 self.set_counts(counts, flush=False)
-            return self.writer.write_chunk(chunk)
+            return self.writer.write_chunk(chunk, kind=st.roi_kind)
         except BaseException:
             n = len(self.writer)
             for d in rows:
@@ -180,11 +184,13 @@ def read_acquisition(path) -> dict:
         for d in g.values():
             if isinstance(d, h5py.Dataset):
                 d.refresh()
-        out = {name: g[name][...] for name in list(_COLUMNS) + list(_ID_LISTS)}
+        out = {name: g[name][...] for name in list(_COLUMNS) + list(_ID_LISTS) if name in g}  # older files: fewer
         names = [n.decode() for n in g["counts"].attrs["names"]]
         out["counts"] = dict(zip(names, (int(v) for v in g["counts"][...])))
         out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
         out["start_message"] = json.loads(g["start_message"][()].decode())
+        if "orientation" in g:
+            out["orientation"] = g["orientation"][...]
         data = f["entry/data/data"]
         data.refresh()
         out["n_frames"] = data.shape[0]

@@ -69,7 +69,14 @@ class AcquireSettings:
     ones are refused before decompression (256 MiB: a 16M detector's uint32 frames fit).
     receiver: "K/N" when this is receiver K of N sharing the stream (fanout.py): a series'
     file says so and counts what this receiver got (expected = received); the master file
-    counts what they all missed."""
+    counts what they all missed. cell, space_group: the crystal's known unit cell
+    (a, b, c, alpha, beta, gamma, or "a,b,c,al,be,ga") and space-group symbol: each hit is
+    indexed from its spots (redml_reduce.lattice.index_still, with the start message's
+    geometry) and the frames are stored by the per-frame policy
+    (redml_reduce.pipeline.encode_by_policy): indexed hits keep every predicted reflection's
+    disc exact and draw the rest, hits that do not index are decoded by the midpoint,
+    blanks drawn; the file records each frame's kind, the live indicators the indexing
+    rate and the median cell found."""
 
     q: QLike = 1.0
     codec: str = "redml"
@@ -90,6 +97,8 @@ class AcquireSettings:
     finder: dict = field(default_factory=dict)
     hit_model: Optional[str] = None
     receiver: Optional[str] = None
+    cell: Optional[tuple] = None
+    space_group: Optional[str] = None
 
     def __post_init__(self):
         if self.hit_model is not None:
@@ -108,6 +117,7 @@ class AcquireSettings:
             raise ValueError("the veto needs the redml codec")
         CodecSettings(q=self.q, **self.codec_settings).check_encodable()  # refused before any file exists
         FinderSettings(**self.finder)
+        self._check_lattice()
         for name in ("workers", "max_pending", "min_spots"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -115,6 +125,25 @@ class AcquireSettings:
             raise ValueError("max_array_bytes must be >= 1")
         if self.rcv_hwm < 1:
             raise ValueError("rcv_hwm must be >= 1")
+
+    def _check_lattice(self) -> None:
+        if (self.cell is None) != (self.space_group is None):
+            raise ValueError("indexing needs both the unit cell and the space group")
+        if self.cell is None:
+            return
+        from ..lattice import centring, parse_cell
+
+        self.cell = parse_cell(self.cell)
+        centring(self.space_group)  # a symbol it cannot read is refused here, not per frame
+        if self.codec != "redml" or not self.spots:
+            raise ValueError("indexing (cell, space_group) needs the redml codec and spot finding")
+
+    @property
+    def lattice_centring(self) -> Optional[str]:
+        """The lattice centring of space_group (None without indexing)."""
+        from ..lattice import centring
+
+        return None if self.space_group is None else centring(self.space_group)
 
     @property
     def n_workers(self) -> int:

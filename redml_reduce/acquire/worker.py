@@ -1,5 +1,7 @@
 """The frame workers of redml acquire: one image from its stream message to a chunk, through the
-pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the worker pool (pool.py)."""
+pipeline (raw JUNGFRAU words -> photons, spots -> ROI, encode), on a thread of the worker pool (pool.py).
+With a known cell (AcquireSettings.cell, space_group) each hit is indexed from its spots and the
+frame encoded by the per-frame policy (redml_reduce.pipeline.encode_by_policy)."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +12,9 @@ from typing import Optional
 import numpy as np
 
 from ..jungfrau import convert
-from ..pipeline import encode
 from ..codec import encode_with_spots
+from ..lattice import Crystal, cell_of, index_still
+from ..pipeline import encode, encode_by_policy
 from ..spots import FinderSettings, roi_mask
 from .indicators import FrameStats, LiveStats, analyse, thumbnail
 from .compression import compress, declared_size
@@ -63,8 +66,9 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
             frame = frame.astype(WIDEN[frame.dtype])
         bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
         peaks = None
-        if s.codec != "bslz4" and s.spots and s.veto == "none":
-            # stored at q whatever its spots say: the encoder's spot search gives the indicators theirs
+        if s.codec != "bslz4" and s.spots and s.veto == "none" and s.cell is None:
+            # stored at q whatever its spots say (no per-frame policy): the encoder's spot search
+            # gives the indicators theirs
             res.chunk, peaks = encode_with_spots(frame, mask=bad, nthreads=1, settings=codecs["q"],
                                                  finder=FinderSettings(**(s.finder or {})))
         st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
@@ -80,11 +84,17 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         elif st.hit is False and s.veto == "drop":
             st.mode = "vetoed"
         elif res.chunk is not None:
-            st.mode = "q"
+            st.mode, st.roi_kind = "q", "classical"
         else:
             mode = "sparse" if st.hit is False and s.veto == "sparse" else "q"
             roi = roi_mask(spot_mask, codecs["q"].roi_margin, nthreads=1) if spot_mask is not None else None
-            res.chunk = encode(frame, roi=roi, mask=bad, nthreads=1, settings=codecs[mode])
+            if s.cell is not None and mode == "q":
+                crystals = _index(st, peaks, series.start.geometry, s)
+                res.chunk, st.roi_kind = encode_by_policy(frame, codecs[mode], crystals, geometry=series.start.geometry,
+                                                          mask=bad, nthreads=1, found=(peaks, roi), hit=st.hit)
+            else:
+                res.chunk = encode(frame, roi=roi, mask=bad, nthreads=1, settings=codecs[mode])
+                st.roi_kind = "classical"  # the finder's region, or the encoder's own rule without spots
             st.mode = mode
         st.stored_bytes = len(res.chunk) if res.chunk is not None else 0
         res.stats, res.peaks, res.shape, res.dtype = st, peaks, frame.shape, frame.dtype
@@ -94,6 +104,25 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         log.exception("series %d image %d", series.id, image_id)
         res.error = f"{type(e).__name__}: {e}"
     return res
+
+
+def _index(st: FrameStats, peaks, geometry, s) -> list:
+    """The crystals of a frame: a hit indexed from its spots with the known cell (st records
+    the outcome and the cell found); [] for a blank, a hit that does not index, or a series
+    without geometry (its hits cannot be indexed)."""
+    if not st.hit or geometry is None or peaks is None:
+        return []
+    try:
+        found = index_still(peaks, geometry, s.cell, s.space_group)
+    except Exception as e:  # the frame is still stored (as a hit that did not index), never lost for this
+        log.warning("image %d: indexing failed: %s: %s", st.image_id, type(e).__name__, e)
+        found = None
+    st.indexed = found is not None
+    if found is None:
+        return []
+    st.cell = cell_of(found.A)
+    st.orientation = tuple(float(v) for v in found.A.reshape(-1))
+    return [Crystal(found.A, centring=s.lattice_centring)]
 
 
 _local = threading.local()

@@ -10,14 +10,14 @@ reflections kept exact (predict.py), crystals from DIALS (.expt) and CrystFEL (.
 Orientations are A = U @ B, columns a*, b*, c* in the laboratory frame described by
 redml_reduce.background.BeamGeometry (x fast, y slow, z along the beam).
 """
-from .cell import b_matrix, centring, centring_allows, misorientation_deg, parse_cell
+from .cell import b_matrix, cell_of, centring, centring_allows, misorientation_deg, parse_cell
 from .expt import CrystalTable, read_expt
 from .index import IndexResult, IndexSettings, index_still
 from .predict import Crystal, LatticeSettings, lattice_roi, predict
 from .stream import read_stream
 
 __all__ = ["predict", "lattice_roi", "Crystal", "LatticeSettings", "CrystalTable", "read_expt", "read_stream",
-           "read_crystals", "b_matrix", "centring", "centring_allows", "misorientation_deg", "parse_cell",
+           "read_crystals", "b_matrix", "cell_of", "centring", "centring_allows", "misorientation_deg", "parse_cell",
            "IndexResult", "IndexSettings", "index_still"]
 
 

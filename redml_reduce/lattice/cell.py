@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-__all__ = ["parse_cell", "b_matrix", "centring", "centring_allows", "lattice_rotations", "misorientation_deg"]
+__all__ = ["parse_cell", "cell_of", "b_matrix", "centring", "centring_allows", "lattice_rotations", "misorientation_deg"]
 
 CENTRINGS = ("P", "A", "B", "C", "I", "F", "R")
 _SYMBOL = re.compile(r"^\s*([PABCIFRH])\s*[-0-9 /_a-eA-EmMnN]*(:[HRhr])?\s*$")
@@ -38,6 +38,18 @@ def parse_cell(cell) -> tuple:
     if _volume_factor(values[3:]) <= 1e-6:
         raise ValueError(f"cell angles {values[3:]} do not make a cell (zero or negative volume)")
     return values
+
+
+def cell_of(A) -> tuple:
+    """The unit cell (a, b, c, alpha, beta, gamma) of an orientation A (columns a*, b*, c*):
+    the real axes are the rows of A^-1."""
+    axes = np.linalg.inv(np.asarray(A, dtype=np.float64))
+    lengths = np.linalg.norm(axes, axis=1)
+
+    def angle(i, j):
+        return math.degrees(math.acos(max(-1.0, min(1.0, float(axes[i] @ axes[j]) / (lengths[i] * lengths[j])))))
+
+    return (*(float(v) for v in lengths), angle(1, 2), angle(0, 2), angle(0, 1))
 
 
 def _volume_factor(angles) -> float:
