@@ -31,7 +31,19 @@ ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 
 def frames_for(rng, n):
-    return [poisson_frame(rng, 4.0, SHAPE, "uint16", spots=25 if i % 2 else 0) for i in range(n)]
+    """n frames, the odd ones hits: drawn again until the finder sees at least the default
+    min_spots (a draw of 25 random spots now and then overlaps into fewer, a veto's blank)."""
+    from redml_reduce.acquire import AcquireSettings
+    from redml_reduce.spots import find_spots
+
+    frames = []
+    for i in range(n):
+        while True:
+            frame = poisson_frame(rng, 4.0, SHAPE, "uint16", spots=25 if i % 2 else 0)
+            if i % 2 == 0 or len(find_spots(frame)[0]) >= AcquireSettings().min_spots:
+                break
+        frames.append(frame)
+    return frames
 
 
 def receiver(k, n, endpoints, out, *extra):
