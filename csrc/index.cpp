@@ -600,7 +600,7 @@ bool Indexer::polish_step(Pose &p, const std::vector<size_t> &spots, const std::
 Pose Indexer::polish(Pose p) const {
     std::vector<size_t> spots, last;
     std::vector<H3> hkl;
-    for (int round = 0; round < 5; ++round) {
+    for (int round = 0; round < 10; ++round) {
         select(p, spots, hkl);
         if (spots == last) break;
         for (int it = 0; it < 20 && polish_step(p, spots, hkl); ++it) {
