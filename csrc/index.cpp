@@ -80,32 +80,44 @@ struct H3 {
 // An orientation with an isotropic scale: A = s R B. The scale absorbs a cell (or distance,
 // or wavelength) a percent or two off the true one, which would otherwise push the outer
 // spots out of tolerance.
+// The final polish (Indexer::polish) scales a*, b*, c* separately, tied where the given cell
+// has them equal (a = b of a tetragonal or hexagonal cell), so A = R B diag(s).
 struct Pose {
     M3 R;
-    double s = 1;
+    double s[3] = {1, 1, 1};
+    void scale(double f) { s[0] *= f, s[1] *= f, s[2] *= f; }
 };
 
-// Solves the 4x4 system N x = g (Gaussian elimination, partial pivoting); false if singular.
-bool solve4(double N[4][4], double g[4], double x[4]) {
-    for (int c = 0; c < 4; ++c) {
+bool scale_ok(const Pose &p) {
+    for (double v : p.s)
+        if (!(std::fabs(v - 1) <= kMaxScaleError)) return false;
+    return true;
+}
+
+// Solves the k x k system N x = g (k <= kMaxParams; Gaussian elimination, partial pivoting);
+// false if singular.
+constexpr int kMaxParams = 6;
+bool solve(int k, double N[kMaxParams][kMaxParams], double g[kMaxParams], double x[kMaxParams]) {
+    for (int c = 0; c < k; ++c) {
         int p = c;
-        for (int r = c + 1; r < 4; ++r)
+        for (int r = c + 1; r < k; ++r)
             if (std::fabs(N[r][c]) > std::fabs(N[p][c])) p = r;
         if (!(std::fabs(N[p][c]) > 0)) return false;
         std::swap(N[p], N[c]);
         std::swap(g[p], g[c]);
-        for (int r = c + 1; r < 4; ++r) {
+        for (int r = c + 1; r < k; ++r) {
             double f = N[r][c] / N[c][c];
-            for (int k = c; k < 4; ++k) N[r][k] -= f * N[c][k];
+            for (int j = c; j < k; ++j) N[r][j] -= f * N[c][j];
             g[r] -= f * g[c];
         }
     }
-    for (int c = 3; c >= 0; --c) {
+    for (int c = k - 1; c >= 0; --c) {
         double v = g[c];
-        for (int k = c + 1; k < 4; ++k) v -= N[c][k] * x[k];
+        for (int j = c + 1; j < k; ++j) v -= N[c][j] * x[j];
         x[c] = v / N[c][c];
+        if (!std::isfinite(x[c])) return false;
     }
-    return std::isfinite(x[0]) && std::isfinite(x[1]) && std::isfinite(x[2]) && std::isfinite(x[3]);
+    return true;
 }
 
 // A lattice vector of the search: hkl, B hkl, its length.
@@ -159,6 +171,7 @@ class Indexer {
             std::stable_sort(order_.begin(), order_.end(), [&](size_t a, size_t b) { return weight[a] > weight[b]; });
         order_.resize(std::min(n, (size_t)s.max_spots));
         build_lattice_vectors();
+        group_scales();
     }
 
     IndexResult run();
@@ -187,10 +200,22 @@ class Indexer {
     // roughly right, indexes these first (the farther spots drift out of tolerance).
     std::vector<std::vector<size_t>> local_;
 
+    // The polish's free scales: column c of B scales by the group_[c]-th of n_groups_.
+    int group_[3] = {0, 0, 0};
+    int n_groups_ = 1;
+
     void build_lattice_vectors();
+    void group_scales();
+    bool project(V3 q, double &x, double &y) const;
+    Pose moved(const Pose &p, const double *x) const;
+    bool residuals(const Pose &p, const std::vector<size_t> &spots, const std::vector<H3> &hkl,
+                   std::vector<double> &out) const;
+    void select(const Pose &p, std::vector<size_t> &spots, std::vector<H3> &hkl) const;
+    bool polish_step(Pose &p, const std::vector<size_t> &spots, const std::vector<H3> &hkl) const;
+    Pose polish(Pose p) const;
     void cap_tolerance(size_t i);
     double index_of(const M3 &A, const M3 &M, size_t i, H3 &hkl) const;
-    M3 A_of(const Pose &p) const { return mul(p.R, B_); }  // times p.s
+    M3 A_of(const Pose &p) const;
     M3 M_of(const Pose &p) const;
     Tally count(const Pose &p, const std::vector<size_t> &spots) const;
     bool refine_step(Pose &p, const std::vector<size_t> &spots) const;
@@ -224,6 +249,20 @@ void Indexer::build_lattice_vectors() {
             }
     std::sort(lattice_.begin(), lattice_.end(),
               [](const LatticeVector &a, const LatticeVector &b) { return a.length < b.length; });
+}
+
+// Columns of B of equal length (a* = b* of a tetragonal or hexagonal cell, all three of a cubic
+// one) share a scale, so the polish keeps the cell's symmetry; the others scale freely.
+void Indexer::group_scales() {
+    double len[3];
+    for (int c = 0; c < 3; ++c) len[c] = norm(V3{B_.m[c], B_.m[3 + c], B_.m[6 + c]});
+    n_groups_ = 0;
+    for (int c = 0; c < 3; ++c) {
+        group_[c] = -1;
+        for (int d = 0; d < c && group_[c] < 0; ++d)
+            if (std::fabs(len[c] - len[d]) <= 1e-9 * len[c]) group_[c] = group_[d];
+        if (group_[c] < 0) group_[c] = n_groups_++;
+    }
 }
 
 // A random spot lies within a spot's tolerance region (a cylinder around the ray) of some
@@ -264,16 +303,24 @@ double Indexer::index_of(const M3 &A, const M3 &M, size_t i, H3 &hkl) const {
     return a * a <= 1 && c <= 1 ? 1 - 0.5 * (a * a + c) : 0;  // in (0, 1] when it indexes
 }
 
-// B^-1 R^T / s: a spot's fractional hkl.
+// R B diag(s).
+M3 Indexer::A_of(const Pose &p) const {
+    M3 A = mul(p.R, B_);
+    for (int r = 0; r < 3; ++r)
+        for (int c = 0; c < 3; ++c) A.m[3 * r + c] *= p.s[c];
+    return A;
+}
+
+// diag(1/s) B^-1 R^T: a spot's fractional hkl.
 M3 Indexer::M_of(const Pose &p) const {
     M3 M = mul(B_inv_, transpose(p.R));
-    for (double &v : M.m) v /= p.s;
+    for (int r = 0; r < 3; ++r)
+        for (int c = 0; c < 3; ++c) M.m[3 * r + c] /= p.s[r];
     return M;
 }
 
 Tally Indexer::count(const Pose &p, const std::vector<size_t> &spots) const {
     M3 A = A_of(p), M = M_of(p);
-    for (double &v : A.m) v *= p.s;
     H3 hkl;
     Tally t;
     for (size_t i : spots) {
@@ -290,8 +337,7 @@ Tally Indexer::count(const Pose &p, const std::vector<size_t> &spots) const {
 // along it by 1 / tol_ewald^2. False if fewer than four spots index.
 bool Indexer::refine_step(Pose &p, const std::vector<size_t> &spots) const {
     M3 A = A_of(p), M = M_of(p);
-    for (double &v : A.m) v *= p.s;
-    double N[4][4] = {{0}}, g[4] = {0};
+    double N[kMaxParams][kMaxParams] = {{0}}, g[kMaxParams] = {0};
     int c = 0;
     H3 hkl;
     for (size_t i : spots) {
@@ -313,11 +359,11 @@ bool Indexer::refine_step(Pose &p, const std::vector<size_t> &spots) const {
                     for (int l = 0; l < 4; ++l) N[k][l] += J[a][k] * W[a][b] * J[b][l];
         }
     }
-    double x[4];
-    if (c < 4 || !solve4(N, g, x)) return false;
+    double x[kMaxParams];
+    if (c < 4 || !solve(4, N, g, x)) return false;
     p.R = mul(rotation(V3{x[0], x[1], x[2]}), p.R);
-    p.s *= 1 + x[3];
-    return std::fabs(p.s - 1) <= kMaxScaleError;
+    p.scale(1 + x[3]);
+    return scale_ok(p);
 }
 
 // Gauss-Newton steps on these spots while they improve the fit. Returns the last tally.
@@ -415,7 +461,8 @@ IndexResult Indexer::run() {
                         // The matched lengths also say how far the given cell is off.
                         double scale = std::clamp((ld1 + ld2) / (a->length + b->length), 1 - kMaxScaleError,
                                                   1 + kMaxScaleError);
-                        Pose U{rotation_onto(v1, v2, d1, d2), scale};
+                        Pose U{rotation_onto(v1, v2, d1, d2)};
+                        U.scale(scale);
                         ++res.trials;
                         ++since_best;
                         // A trial is only roughly right: refined on the search's spots first, on
@@ -439,26 +486,142 @@ IndexResult Indexer::run() {
         if (done) break;
     }
     if (best_n.n > 0) best_n = refine(best, all_, 8);
+    if (best_n.n > 0) {
+        Pose polished = polish(best);
+        Tally t = count(polished, all_);
+        if (t.n >= 0.9 * best_n.n) best = polished, best_n = t;
+    }
     if (best_n.n < (int)need || best_n.n < s_.min_fraction * n_) return res;
     fill(best, res);
     return res;
+}
+
+// Where the lattice predictor (lattice.h, without parallax) places the reflection at q: q
+// rotated onto the Ewald sphere keeping |q| and its azimuth. False if it misses the detector.
+bool Indexer::project(V3 q, double &x, double &y) const {
+    const double k0 = 1.0 / g_.wavelength_a;
+    const double rho2 = q.x * q.x + q.y * q.y, qq = rho2 + q.z * q.z;
+    const double a = 0.5 * qq / k0, b2 = qq - a * a;
+    if (!(rho2 > 0) || !(b2 > 0) || !(k0 - a > 0)) return false;
+    const double t = std::sqrt(b2) / std::sqrt(rho2) / (k0 - a) * g_.distance_mm / g_.pixel_size_mm;
+    x = g_.beam_x + t * q.x;
+    y = g_.beam_y + t * q.y;
+    return true;
+}
+
+// Pose p moved by parameters x: a small rotation x[0..2] (R <- exp(x) R), then relative scale
+// changes x[3 + group] of B's columns.
+Pose Indexer::moved(const Pose &p, const double *x) const {
+    Pose out = p;
+    out.R = mul(rotation(V3{x[0], x[1], x[2]}), p.R);
+    for (int c = 0; c < 3; ++c) out.s[c] *= 1 + x[3 + group_[c]];
+    return out;
+}
+
+// The weight of a lattice point's distance from the Ewald sphere (in units of its tolerance)
+// against a pixel of position residual in the polish: chosen on the thaumatin stills, where
+// weaker leaves the tilts loose and stronger lets the excitation errors pull the positions.
+constexpr double kEwaldWeight = 3.0;
+
+// The polish's residuals, three per spot: predicted minus observed position (pixels), and the
+// lattice point's distance from the Ewald sphere in units of its tolerance (a weak pull that
+// fixes the tilts about axes across the beam, which move the positions little).
+bool Indexer::residuals(const Pose &p, const std::vector<size_t> &spots, const std::vector<H3> &hkl,
+                        std::vector<double> &out) const {
+    const M3 A = A_of(p);
+    const V3 s0{0, 0, 1.0 / g_.wavelength_a};
+    out.resize(3 * spots.size());
+    for (size_t j = 0; j < spots.size(); ++j) {
+        const size_t i = spots[j];
+        V3 q = mul(A, V3{(double)hkl[j].h, (double)hkl[j].k, (double)hkl[j].l});
+        double x, y;
+        if (!project(q, x, y)) return false;
+        out[3 * j] = x - px_[i];
+        out[3 * j + 1] = y - py_[i];
+        out[3 * j + 2] = kEwaldWeight * (norm(q + s0) - s0.z) / tol_ewald_[i];
+    }
+    return true;
+}
+
+// The spots that index with pose p and lie on the detector within max(1 px, 3 times the
+// median) of their predicted positions: the rest are other lattices' or misindexed.
+void Indexer::select(const Pose &p, std::vector<size_t> &spots, std::vector<H3> &hkl) const {
+    const M3 A = A_of(p), M = M_of(p);
+    std::vector<size_t> cand;
+    std::vector<H3> cand_hkl;
+    std::vector<double> res, dist;
+    H3 h;
+    for (size_t i = 0; i < n_; ++i)
+        if (index_of(A, M, i, h) > 0) cand.push_back(i), cand_hkl.push_back(h);
+    spots.clear();
+    hkl.clear();
+    if (cand.empty() || !residuals(p, cand, cand_hkl, res)) return;
+    for (size_t j = 0; j < cand.size(); ++j) dist.push_back(std::hypot(res[3 * j], res[3 * j + 1]));
+    std::vector<double> sorted = dist;
+    std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
+    const double cut = std::max(1.0, 3 * sorted[sorted.size() / 2]);
+    for (size_t j = 0; j < cand.size(); ++j)
+        if (dist[j] <= cut) spots.push_back(cand[j]), hkl.push_back(cand_hkl[j]);
+}
+
+// One Gauss-Newton step of the polish (Jacobian by finite differences; a handful of
+// parameters). False when it cannot improve the fit (converged, or too few spots).
+bool Indexer::polish_step(Pose &p, const std::vector<size_t> &spots, const std::vector<H3> &hkl) const {
+    const int k = 3 + n_groups_;
+    const double h = 1e-7;
+    if (spots.size() < (size_t)(2 * k)) return false;
+    std::vector<double> r0, r1;
+    if (!residuals(p, spots, hkl, r0)) return false;
+    std::vector<std::vector<double>> J(k);
+    for (int c = 0; c < k; ++c) {
+        double x[kMaxParams] = {0};
+        x[c] = h;
+        if (!residuals(moved(p, x), spots, hkl, r1)) return false;
+        J[c].resize(r0.size());
+        for (size_t j = 0; j < r0.size(); ++j) J[c][j] = (r1[j] - r0[j]) / h;
+    }
+    double N[kMaxParams][kMaxParams] = {{0}}, g[kMaxParams] = {0}, x[kMaxParams] = {0};
+    for (int a = 0; a < k; ++a) {
+        for (size_t j = 0; j < r0.size(); ++j) g[a] -= J[a][j] * r0[j];
+        for (int b = 0; b < k; ++b)
+            for (size_t j = 0; j < r0.size(); ++j) N[a][b] += J[a][j] * J[b][j];
+    }
+    if (!solve(k, N, g, x)) return false;
+    auto cost = [](const std::vector<double> &r) { return std::inner_product(r.begin(), r.end(), r.begin(), 0.0); };
+    Pose next = moved(p, x);
+    if (!scale_ok(next) || !residuals(next, spots, hkl, r1) || !(cost(r1) < cost(r0))) return false;
+    p = next;
+    return cost(r1) < cost(r0) * (1 - 1e-9);
+}
+
+// The search's pose refined to convergence on all the spots it indexes, with the residuals of
+// the predictor's model, the cell's free scales and outliers left out; the spots are chosen
+// again until they stay the same.
+Pose Indexer::polish(Pose p) const {
+    std::vector<size_t> spots, last;
+    std::vector<H3> hkl;
+    for (int round = 0; round < 10; ++round) {
+        select(p, spots, hkl);
+        if (spots == last) break;
+        for (int it = 0; it < 20 && polish_step(p, spots, hkl); ++it) {
+        }
+        last = spots;
+    }
+    return p;
 }
 
 // The indexed result of orientation U: A, each spot's hkl, the rms distance between predicted
 // and observed positions on the detector.
 void Indexer::fill(const Pose &p, IndexResult &res) const {
     M3 A = A_of(p), M = M_of(p);
-    for (double &v : A.m) v *= p.s;
-    const double k = 1.0 / g_.wavelength_a;
     double sum = 0;
     int c = 0;
     H3 hkl;
     for (size_t i = 0; i < n_; ++i) {
-        if (!index_of(A, M, i, hkl)) continue;
-        V3 s1 = V3{0, 0, k} + mul(A, V3{(double)hkl.h, (double)hkl.k, (double)hkl.l});
-        if (s1.z <= 0) continue;  // the lattice point would diffract away from the detector
-        double t = g_.distance_mm / s1.z / g_.pixel_size_mm;
-        double dx = s1.x * t + g_.beam_x - px_[i], dy = s1.y * t + g_.beam_y - py_[i];
+        double x, y;
+        if (!index_of(A, M, i, hkl) || !project(mul(A, V3{(double)hkl.h, (double)hkl.k, (double)hkl.l}), x, y))
+            continue;
+        double dx = x - px_[i], dy = y - py_[i];
         sum += dx * dx + dy * dy;
         res.hkl[3 * i] = hkl.h, res.hkl[3 * i + 1] = hkl.k, res.hkl[3 * i + 2] = hkl.l;
         res.is_indexed[i] = 1;

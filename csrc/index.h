@@ -11,8 +11,11 @@
 // vector. For a spot and two of its reciprocal-space neighbours, the two differences are
 // matched by length and by the angle between them against pairs of the lattice's short
 // vectors; each match fixes a rotation, scored by how many spots it indexes. The best is
-// refined by least squares (the rotation that best superposes U B hkl on the spots' vectors)
-// and accepted only with enough spots indexed, in number and in fraction.
+// refined by least squares (the rotation and an isotropic scale that best superpose U B hkl on
+// the spots' vectors), then polished to convergence on all the spots it indexes: predicted
+// positions as the lattice predictor places them (lattice.h) against the observed ones, over
+// the rotation and the cell's free lengths (equal ones kept equal), outliers left out. It is
+// accepted only with enough spots indexed, in number and in fraction.
 #pragma once
 
 #include <cstddef>
