@@ -499,11 +499,10 @@ IndexResult Indexer::run() {
 // Where the lattice predictor (lattice.h, without parallax) places the reflection at q: q
 // rotated onto the Ewald sphere keeping |q| and its azimuth. False if it misses the detector.
 bool Indexer::project(V3 q, double &x, double &y) const {
-    const double k0 = 1.0 / g_.wavelength_a;
     const double rho2 = q.x * q.x + q.y * q.y, qq = rho2 + q.z * q.z;
-    const double a = 0.5 * qq / k0, b2 = qq - a * a;
-    if (!(rho2 > 0) || !(b2 > 0) || !(k0 - a > 0)) return false;
-    const double t = std::sqrt(b2) / std::sqrt(rho2) / (k0 - a) * g_.distance_mm / g_.pixel_size_mm;
+    EwaldPoint e;
+    if (!onto_ewald(rho2, qq, 1.0 / g_.wavelength_a, e)) return false;
+    const double t = e.t * g_.distance_mm / g_.pixel_size_mm;
     x = g_.beam_x + t * q.x;
     y = g_.beam_y + t * q.y;
     return true;

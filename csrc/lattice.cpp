@@ -197,19 +197,17 @@ bool predict_reflections(const double A[9], const LatticeGeometry &g, uint32_t h
                 if (qq > rr_max || rho2 == 0.0) continue;
                 if (d_min_a > 0 && qq * dmin2 > 1.0) continue;
                 // r rotated onto the sphere: component along the beam -a, normal to it b.
-                const double a = 0.5 * qq / k0;
-                const double b2 = qq - a * a;
-                if (!(b2 > 0.0) || !(k0 - a > 0.0)) continue;
-                const double b = std::sqrt(b2);
+                EwaldPoint e;
+                if (!onto_ewald(rho2, qq, k0, e)) continue;
                 const double rho = std::sqrt(rho2);
-                const double dr = rho - b, dz = qz + a;
+                const double dr = rho - e.b, dz = qz + e.a;
                 const double rotation = std::sqrt(dr * dr + dz * dz);
                 const double q = std::sqrt(qq);
                 const double sin_t = 0.5 * q / k0;
                 const double tan_t = sin_t / std::sqrt(1.0 - sin_t * sin_t);
                 const double tolerance = inv_domain + q * mosaic + q * tan_t * half_band;
                 if (rotation > tolerance) continue;
-                const double t = b / rho / (k0 - a) * g.distance_mm;  // mm per unit of q's azimuthal part
+                const double t = e.t * g.distance_mm;  // mm per unit of q's azimuthal part
                 const double X = t * qx, Y = t * qy;                    // mm from the beam centre
                 const double shift = 1.0 + parallax_factor(g, X, Y);
                 const double x = g.beam_x + X * shift / g.pixel_mm;

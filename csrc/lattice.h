@@ -18,6 +18,7 @@
 // the build forbids FMA contraction and fast-math (setup.py). Predictions come out in hkl
 // order (h, then k, then l, each ascending).
 #pragma once
+#include <cmath>
 
 #include <cstddef>
 #include <cstdint>
@@ -53,6 +54,24 @@ struct Prediction {
 
 // Lattice centring absences: 'P' (none), 'A', 'B', 'C', 'I', 'F', 'R' (obverse, hexagonal axes).
 bool lattice_centring_valid(char centring);
+
+// Where a still records the reciprocal point q = (qx, qy, qz) (1/Angstrom; rho2 = qx^2 + qy^2,
+// qq = rho2 + qz^2): q rotated onto the Ewald sphere (radius k0 = 1/wavelength) keeping |q| and
+// its azimuth about the beam. a: the rotated point's component against the beam, b: its distance
+// from the beam axis; t: detector millimetres from the beam centre per unit of q's azimuthal
+// part, per millimetre of sample-detector distance. False where q cannot diffract. One rule for
+// the predictor and the indexer (the predictor's arithmetic order: deterministic).
+struct EwaldPoint {
+    double a, b, t;
+};
+inline bool onto_ewald(double rho2, double qq, double k0, EwaldPoint &e) {
+    e.a = 0.5 * qq / k0;
+    const double b2 = qq - e.a * e.a;
+    if (!(rho2 > 0.0) || !(b2 > 0.0) || !(k0 - e.a > 0.0)) return false;
+    e.b = std::sqrt(b2);
+    e.t = e.b / std::sqrt(rho2) / (k0 - e.a);
+    return true;
+}
 
 // Whether the centring allows reflection hkl (the one rule of the predictor and the indexer).
 inline bool centring_allows(char centring, int32_t h, int32_t k, int32_t l) {
