@@ -21,7 +21,7 @@ from typing import Optional
 import h5py
 
 from .master import is_closed, write_master
-from .series import TABLE
+from .series import TABLE, free_name
 
 __all__ = ["parse_receiver", "data_pattern", "master_path", "find_data_files", "find_master", "FanoutHook",
            "write_series_master", "write_missing_masters"]
@@ -70,20 +70,11 @@ def _of_series(base: Path, uid: Optional[str]) -> Optional[Path]:
     return next((p for p in variants if p.exists() and (uid is None or _series_uid(p) == uid)), None)
 
 
-def _next_free(base: Path) -> Path:
-    """NAME, or the first of NAME-1, NAME-2, ... that does not exist (what a receiver creates)."""
-    k, p = 0, base
-    while p.exists():
-        k += 1
-        p = base.with_name(f"{base.stem}-{k}{base.suffix}")
-    return p
-
-
 def find_data_files(out: str, n: int, series_id: int, uid: Optional[str]) -> list[Path]:
     """Receiver k's data file of the series, for k in 0..n-1 (the name it will have when there
     is none yet: never an older series' file)."""
     bases = [_fill(data_pattern(out, k), series_id) for k in range(n)]
-    return [_of_series(base, uid) or _next_free(base) for base in bases]
+    return [_of_series(base, uid) or free_name(base) for base in bases]
 
 
 def find_master(out: str, series_id: int, uid: Optional[str]) -> Optional[Path]:
@@ -127,7 +118,7 @@ def write_series_master(out: str, n: int, series_id: int, uid: Optional[str], ex
     paths = wait_for_receivers(lambda: find_data_files(out, n, series_id, uid), wait_s)
     master = master_path(out, series_id)
     if master.exists() and not overwrite:
-        alt = _next_free(master)
+        alt = free_name(master)
         log.warning("%s exists: the master of series %d goes to %s", master, series_id, alt)
         master = alt
     return dict(write_master(master, paths, expected=expected, overwrite=overwrite), series_id=series_id)

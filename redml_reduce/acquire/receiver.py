@@ -17,6 +17,7 @@ from .filewriter import SeriesWriter
 from .indicators import LiveStats
 from .pool import WorkerPool
 from .protocol import EncodedArray, EndMessage, ImageMessage, StartMessage, StreamError, parse_message
+from .series import free_name
 from .state import Reporter, SeriesState
 from .worker import WIDEN, work
 
@@ -72,9 +73,7 @@ class Receiver:
         taken = {x.path for x in self.series}
         if self.settings.overwrite or not (p.exists() or p in taken):
             return p
-        k = 1
-        while (alt := p.with_name(f"{p.stem}-{k}{p.suffix}")).exists() or alt in taken:
-            k += 1
+        alt = free_name(p, taken)
         log.warning("%s exists: series %d goes to %s", p, start.series_id, alt)
         return alt
 

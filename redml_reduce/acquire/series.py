@@ -25,6 +25,7 @@ A writer killed mid-series leaves every flushed frame and its rows readable.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import h5py
@@ -34,7 +35,7 @@ from .indicators import COUNT_NAMES, FrameStats
 from ..formats.peaklist import GROUP as PEAK_GROUP
 from ..formats.writer import FrameWriter, append_row
 
-__all__ = ["SeriesFile", "read_acquisition", "MAX_PEAKS"]
+__all__ = ["SeriesFile", "read_acquisition", "MAX_PEAKS", "free_name"]
 
 MAX_PEAKS = 2048
 TABLE = "entry/redml_acquire"
@@ -195,3 +196,13 @@ def read_acquisition(path) -> dict:
         data.refresh()
         out["n_frames"] = data.shape[0]
     return out
+
+
+def free_name(path: Path, taken=frozenset()) -> Path:
+    """path, or the first of NAME-1, NAME-2, ... that neither exists nor is in taken: where a
+    new series' file goes without touching an older one."""
+    k, p = 0, path
+    while p.exists() or p in taken:
+        k += 1
+        p = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return p
