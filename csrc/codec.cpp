@@ -33,20 +33,6 @@ namespace {
 
 const uint32_t kRowsPerBand = 64;
 
-#ifdef REDML_AVX2_DISPATCH
-// A third build of the lane loops below, for CPUs with AVX-512 (F, DQ, BW, VL: 8 doubles a
-// vector, 64-bit integer products and conversions).
-#define REDML_AVX512_DISPATCH 1
-#define REDML_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512")))
-bool cpu_has_avx512() {
-    static const bool has = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    }();
-    return has;
-}
-#endif
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
 
 // Per-type storage: exact values and background codes are unsigned integers of the

@@ -1,5 +1,6 @@
 // entropy.cpp: shuffle filters and the block stream (docs/format.md, "Block stream").
 #include "entropy.h"
+#include "entropy_rans.h"
 
 #include <htscodecs/rANS_static4x16.h>
 #include <lz4.h>
@@ -120,9 +121,11 @@ void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n,
             pos += 5;
             continue;
         }
-        unsigned out_len = (unsigned)len;
-        unsigned char *r = rans_uncompress_to_4x16((unsigned char *)src + pos + 4, (unsigned)clen, dst + b0, &out_len);
-        check(r != nullptr && out_len == len, REDML_E_CORRUPT, "rANS plane does not decode to its declared size");
+        if (!rans_decode_o0x32(src + pos + 4, clen, dst + b0, len)) {  // a form of the library's own
+            unsigned out_len = (unsigned)len;
+            unsigned char *r = rans_uncompress_to_4x16((unsigned char *)src + pos + 4, (unsigned)clen, dst + b0, &out_len);
+            check(r != nullptr && out_len == len, REDML_E_CORRUPT, "rANS plane does not decode to its declared size");
+        }
         pos += 4 + clen;
     }
     check(pos == n, REDML_E_CORRUPT, "rANS block has trailing bytes");

@@ -1,9 +1,11 @@
 // internal.h: what the Python binding uses beyond the public C API (redml.h, redml_spots.h,
 // redml_jungfrau.h): the learned spot finder's convolution, the still indexer, the reflection prediction, the codec's per-pixel hash
-// (for reference implementations in tests) and the encoder's stage timer (for
+// (for reference implementations in tests), the rANS decoder's build selection (tests)
+// and the encoder's stage timer (for
 // benchmarks/speed.py). Not part of the ABI.
 #pragma once
 #include "conv.h"      // conv3x3_leaky
+#include "entropy_rans.h"  // rans_force_simd (tests: every SIMD build of the rANS decoder)
 #include "index.h"     // index_still (the known-cell still indexer)
 #include "lattice.h"   // predict_reflections (not yet in the plugin)
 #include "quantize.h"  // redml_uniform

@@ -101,6 +101,21 @@ inline bool cpu_has_avx2() {
 #endif
 }
 
+#ifdef REDML_AVX2_DISPATCH
+// A third build of some loops, for CPUs with AVX-512 (F, DQ, BW, VL: 8 doubles a vector,
+// 64-bit integer products and conversions).
+#define REDML_AVX512_DISPATCH 1
+#define REDML_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512")))
+inline bool cpu_has_avx512() {
+    static const bool has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }();
+    return has;
+}
+#endif
+
 // ---- 0/1 byte maps (usable, exact, candidate, strong pixels), eight bytes at a time ----
 
 // End of the run of zero bytes (nonzero = false) or of nonzero bytes starting at i.

@@ -477,6 +477,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("conv3x3_leaky", &conv3x3_leaky, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dilation"),
           py::arg("slope"), py::arg("nthreads") = 0);
     // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
+    m.def("_rans_force_simd", &redml::rans_force_simd, py::arg("level"),
+          "Test hook: the rANS decoder's build (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
     m.def("stage_timing", [](bool on) { redml::stage_times().enabled = on; }, py::arg("enable"));
     m.def("last_stages", [] {
         py::dict d;

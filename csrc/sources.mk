@@ -3,7 +3,7 @@
 # make: `NAME := words`, $(NAME) references to names defined above, comments).
 
 # The codec (redml.h). The encoder's built-in ROI runs the spot finder (spots.cpp).
-REDML_CODEC_SRC := csrc/codec.cpp csrc/container.cpp csrc/entropy.cpp csrc/background.cpp csrc/spots.cpp
+REDML_CODEC_SRC := csrc/codec.cpp csrc/container.cpp csrc/entropy.cpp csrc/entropy_rans.cpp csrc/background.cpp csrc/spots.cpp
 # The spot finder's C API and its radial background profile (redml_spots.h).
 REDML_SPOTS_SRC := csrc/spots_api.cpp csrc/radial.cpp
 # The JUNGFRAU raw -> photon conversion (redml_jungfrau.h).
