@@ -109,26 +109,31 @@ size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n,
     return pos < n ? pos : 0;
 }
 
+// The planes of a block: each checked against its block's bytes, the constant ones filled,
+// the rANS streams decoded together (rans_decode_o0x32), the library taking any other form.
 void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw) {
     size_t planes = rans_planes(spec, raw), pos = 0;
+    check(planes <= (size_t)kRansMaxPlanes, REDML_E_CORRUPT, "too many rANS planes");
+    RansPlane coded[kRansMaxPlanes];
+    int ncoded = 0;
     for (size_t b = 0; b < planes; b++) {
         size_t b0 = plane_begin(b, planes, raw), len = plane_end(b, planes, raw) - b0;
         check(pos + 4 <= n, REDML_E_CORRUPT, "rANS block truncated");
         size_t clen = get_u32(src + pos);
         check(clen <= n - pos - 4, REDML_E_CORRUPT, "rANS plane length exceeds its block");
-        if (clen == 1) {  // constant plane
-            std::memset(dst + b0, src[pos + 4], len);
-            pos += 5;
-            continue;
-        }
-        if (!rans_decode_o0x32(src + pos + 4, clen, dst + b0, len)) {  // a form of the library's own
-            unsigned out_len = (unsigned)len;
-            unsigned char *r = rans_uncompress_to_4x16((unsigned char *)src + pos + 4, (unsigned)clen, dst + b0, &out_len);
-            check(r != nullptr && out_len == len, REDML_E_CORRUPT, "rANS plane does not decode to its declared size");
-        }
+        if (clen == 1) std::memset(dst + b0, src[pos + 4], len);  // constant plane
+        else coded[ncoded++] = RansPlane{src + pos + 4, clen, dst + b0, len};
         pos += 4 + clen;
     }
     check(pos == n, REDML_E_CORRUPT, "rANS block has trailing bytes");
+    const unsigned done = rans_decode_o0x32(coded, ncoded);
+    for (int j = 0; j < ncoded; j++) {
+        if (done >> j & 1) continue;
+        const RansPlane &pl = coded[j];
+        unsigned out_len = (unsigned)pl.n;
+        unsigned char *r = rans_uncompress_to_4x16((unsigned char *)pl.src, (unsigned)pl.len, pl.dst, &out_len);
+        check(r != nullptr && out_len == pl.n, REDML_E_CORRUPT, "rANS plane does not decode to its declared size");
+    }
 }
 
 // Compresses one shuffled block into dst (capacity cap); returns 0 if it does not shrink.

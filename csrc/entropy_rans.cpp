@@ -105,6 +105,39 @@ bool read_table(const uint8_t *&p, const uint8_t *end, Table &t) {
     return true;
 }
 
+// One stream being decoded: its table, states, input and output.
+struct Stream {
+    Table t;
+    alignas(64) uint32_t x[kStates];
+    const uint8_t *p, *end;
+    uint8_t *dst;
+    size_t n, i = 0;  // symbols, and those decoded so far (a multiple of 32)
+    size_t body() const { return n & ~(size_t)(kStates - 1); }
+    // Whether the unchecked loops may decode the next group.
+    bool roomy() const { return i < body() && (size_t)(end - p) >= kGroupBytes; }
+};
+
+// Reads the stream's header, table and states; false if it is not the order-0 32-state
+// form with size n.
+bool open_stream(Stream &s, const uint8_t *src, size_t len, uint8_t *dst, size_t n) {
+    const uint8_t *p = src, *end = src + len;
+    uint32_t size;
+    if (len == 0 || *p++ != kFlagsO0X32 || !get_varint(p, end, &size) || size != n) return false;
+    s.t.single = -1;
+    if (!read_table(p, end, s.t)) return false;
+    check(end - p >= 4 * kStates, REDML_E_CORRUPT, "rANS stream truncated");
+    for (int z = 0; z < kStates; z++, p += 4) {
+        s.x[z] = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+        check(s.x[z] >= kLow, REDML_E_CORRUPT, "rANS state out of range");
+    }
+    s.p = p;
+    s.end = end;
+    s.dst = dst;
+    s.n = n;
+    s.i = 0;
+    return true;
+}
+
 // One symbol of state x: its byte, and x advanced past it.
 REDML_ALWAYS_INLINE uint8_t step(const Table &t, uint32_t &x) {
     const uint32_t e = t.slot[x & kSlotMask];
@@ -112,35 +145,43 @@ REDML_ALWAYS_INLINE uint8_t step(const Table &t, uint32_t &x) {
     return (uint8_t)e;
 }
 
-// Groups of 32 symbols from dst[i] on up to `body`, each renormalisation read checked
-// against the end (the last bytes of a stream; corrupt streams).
-void decode_checked(const Table &t, uint32_t *x, const uint8_t *&p, const uint8_t *end, uint8_t *dst, size_t i,
-                    size_t body) {
-    for (; i < body; i += kStates)
+// The rest of a stream after the unchecked loops: groups of 32 symbols with every
+// renormalisation read checked against the end (the last bytes; corrupt streams), then
+// the last n % 32 symbols, read from the final states.
+void finish(Stream &s) {
+    const size_t body = s.body();
+    uint32_t *x = s.x;
+    for (; s.i < body; s.i += kStates)
         for (int z = 0; z < kStates; z++) {
-            dst[i + z] = step(t, x[z]);
+            s.dst[s.i + z] = step(s.t, x[z]);
             if (x[z] < kLow) {
-                check(end - p >= 2, REDML_E_CORRUPT, "rANS stream truncated");
-                x[z] = (x[z] << 16) | (uint32_t)p[0] | ((uint32_t)p[1] << 8);
-                p += 2;
+                check(s.end - s.p >= 2, REDML_E_CORRUPT, "rANS stream truncated");
+                x[z] = (x[z] << 16) | (uint32_t)s.p[0] | ((uint32_t)s.p[1] << 8);
+                s.p += 2;
             }
         }
+    for (size_t z = 0; z < s.n - body; z++) s.dst[body + z] = (uint8_t)s.t.slot[x[z] & kSlotMask];
 }
 
-// The unchecked loops: groups of 32 symbols from dst[0] while kGroupBytes input bytes
-// remain; return where they stopped.
-size_t decode_portable(const Table &t, uint32_t *x, const uint8_t *&p, const uint8_t *end, uint8_t *dst,
-                       size_t body) {
-    size_t i = 0;
-    for (; i < body && (size_t)(end - p) >= kGroupBytes; i += kStates)
-        for (int z = 0; z < kStates; z++) {
-            dst[i + z] = step(t, x[z]);
-            const uint32_t w = (uint32_t)p[0] | ((uint32_t)p[1] << 8);
-            const bool renorm = x[z] < kLow;
-            x[z] = renorm ? (x[z] << 16) | w : x[z];
-            p += renorm ? 2 : 0;
+// The unchecked loops decode K streams together (independent dependency chains, K times
+// the work in flight), one group of 32 symbols of each in turn, while every one has room.
+template <int K>
+void decode_portable(Stream *const *s) {
+    while (true) {
+        for (int k = 0; k < K; k++)
+            if (!s[k]->roomy()) return;
+        for (int k = 0; k < K; k++) {
+            Stream &st = *s[k];
+            for (int z = 0; z < kStates; z++) {
+                st.dst[st.i + z] = step(st.t, st.x[z]);
+                const uint32_t w = (uint32_t)st.p[0] | ((uint32_t)st.p[1] << 8);
+                const bool renorm = st.x[z] < kLow;
+                st.x[z] = renorm ? (st.x[z] << 16) | w : st.x[z];
+                st.p += renorm ? 2 : 0;
+            }
+            st.i += kStates;
         }
-    return i;
+    }
 }
 
 #ifdef REDML_AVX2_DISPATCH
@@ -170,26 +211,36 @@ REDML_TARGET_AVX2 inline __m256i step8_avx2(const Table &t, __m256i &x, const ui
     return _mm256_and_si256(e, _mm256_set1_epi32(0xff));
 }
 
-REDML_TARGET_AVX2 size_t decode_avx2(const Table &t, uint32_t *x, const uint8_t *&p, const uint8_t *end, uint8_t *dst,
-                                     size_t body) {
-    __m256i r[4];
-    for (int v = 0; v < 4; v++) r[v] = _mm256_loadu_si256((const __m256i *)(x + 8 * v));
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    size_t i = 0;
-    for (; i < body && (size_t)(end - p) >= kGroupBytes; i += kStates) {
-        const __m256i s0 = step8_avx2(t, r[0], p), s1 = step8_avx2(t, r[1], p);
-        const __m256i s2 = step8_avx2(t, r[2], p), s3 = step8_avx2(t, r[3], p);
-        // 32 lanes of bytes to 32 bytes: the packs interleave the 128-bit halves, the
-        // permutation puts the 4-byte groups back in state order
-        const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(s0, s1), _mm256_packus_epi32(s2, s3));
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_permutevar8x32_epi32(bytes, order));
+// One group of 32 symbols of a stream whose states are r[0..4).
+REDML_TARGET_AVX2 inline void group_avx2(Stream &s, __m256i *r) {
+    const __m256i s0 = step8_avx2(s.t, r[0], s.p), s1 = step8_avx2(s.t, r[1], s.p);
+    const __m256i s2 = step8_avx2(s.t, r[2], s.p), s3 = step8_avx2(s.t, r[3], s.p);
+    // 32 lanes of bytes to 32 bytes: the packs interleave the 128-bit halves, the
+    // permutation puts the 4-byte groups back in state order
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(s0, s1), _mm256_packus_epi32(s2, s3));
+    _mm256_storeu_si256((__m256i *)(s.dst + s.i),
+                        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    s.i += kStates;
+}
+
+template <int K>
+REDML_TARGET_AVX2 void decode_avx2(Stream *const *s) {
+    __m256i r[K][4];
+    for (int k = 0; k < K; k++)
+        for (int v = 0; v < 4; v++) r[k][v] = _mm256_load_si256((const __m256i *)(s[k]->x + 8 * v));
+    while (true) {
+        bool room = true;
+        for (int k = 0; k < K; k++) room &= s[k]->roomy();
+        if (!room) break;
+        for (int k = 0; k < K; k++) group_avx2(*s[k], r[k]);
     }
-    for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)(x + 8 * v), r[v]);
-    return i;
+    for (int k = 0; k < K; k++)
+        for (int v = 0; v < 4; v++) _mm256_store_si256((__m256i *)(s[k]->x + 8 * v), r[k][v]);
 }
 #endif
 
 #ifdef REDML_AVX512_DISPATCH
+// 16 states: their symbols to dst, then renormalised from p.
 REDML_TARGET_AVX512 inline void step16_avx512(const Table &t, __m512i &x, const uint8_t *&p, uint8_t *dst) {
     const __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(x, _mm512_set1_epi32(kSlotMask)), (const void *)t.slot, 4);
     x = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_srli_epi32(e, 20), _mm512_srli_epi32(x, kScaleBits)),
@@ -202,58 +253,76 @@ REDML_TARGET_AVX512 inline void step16_avx512(const Table &t, __m512i &x, const 
     _mm_storeu_si128((__m128i *)dst, _mm512_cvtepi32_epi8(e));
 }
 
-REDML_TARGET_AVX512 size_t decode_avx512(const Table &t, uint32_t *x, const uint8_t *&p, const uint8_t *end,
-                                         uint8_t *dst, size_t body) {
-    __m512i r0 = _mm512_loadu_si512(x), r1 = _mm512_loadu_si512(x + 16);
-    size_t i = 0;
-    for (; i < body && (size_t)(end - p) >= kGroupBytes; i += kStates) {
-        step16_avx512(t, r0, p, dst + i);
-        step16_avx512(t, r1, p, dst + i + 16);
+template <int K>
+REDML_TARGET_AVX512 void decode_avx512(Stream *const *s) {
+    __m512i r[K][2];
+    for (int k = 0; k < K; k++)
+        for (int v = 0; v < 2; v++) r[k][v] = _mm512_load_si512(s[k]->x + 16 * v);
+    while (true) {
+        bool room = true;
+        for (int k = 0; k < K; k++) room &= s[k]->roomy();
+        if (!room) break;
+        for (int k = 0; k < K; k++) {
+            Stream &st = *s[k];
+            step16_avx512(st.t, r[k][0], st.p, st.dst + st.i);
+            step16_avx512(st.t, r[k][1], st.p, st.dst + st.i + 16);
+            st.i += kStates;
+        }
     }
-    _mm512_storeu_si512(x, r0);
-    _mm512_storeu_si512(x + 16, r1);
-    return i;
+    for (int k = 0; k < K; k++)
+        for (int v = 0; v < 2; v++) _mm512_store_si512(s[k]->x + 16 * v, r[k][v]);
 }
 #endif
 
-// The unchecked loop of the best build the CPU has (or the one rans_force_simd asks for).
-size_t decode_fast(const Table &t, uint32_t *x, const uint8_t *&p, const uint8_t *end, uint8_t *dst, size_t body) {
+// The unchecked loops of the best build the CPU has (or the one rans_force_simd asks
+// for) over K streams together.
+template <int K>
+void decode_fast(Stream *const *s) {
     const int forced = forced_simd.load(std::memory_order_relaxed);
 #ifdef REDML_AVX512_DISPATCH
-    if ((forced == 0 || forced == 3) && cpu_has_avx512()) return decode_avx512(t, x, p, end, dst, body);
+    if ((forced == 0 || forced == 3) && cpu_has_avx512()) return decode_avx512<K>(s);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) return decode_avx2(t, x, p, end, dst, body);
+    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) return decode_avx2<K>(s);
 #endif
-    return decode_portable(t, x, p, end, dst, body);
+    decode_portable<K>(s);
+}
+
+// Streams of a one-symbol alphabet: the symbol n times (every state keeps its value).
+bool fill_single(Stream &s) {
+    if (s.t.single < 0) return false;
+    std::memset(s.dst, s.t.single, s.n);
+    s.i = s.body();
+    return true;
 }
 
 }  // namespace
 
 void rans_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
 
-bool rans_decode_o0x32(const uint8_t *src, size_t len, uint8_t *dst, size_t n) {
-    const uint8_t *p = src, *end = src + len;
-    uint32_t size;
-    if (len == 0 || *p++ != kFlagsO0X32 || !get_varint(p, end, &size) || size != n) return false;
-    thread_local Table t;  // 16 KB: not on the stack of a pool thread
-    t.single = -1;
-    if (!read_table(p, end, t)) return false;
-    check(end - p >= 4 * kStates, REDML_E_CORRUPT, "rANS stream truncated");
-    uint32_t x[kStates];
-    for (int z = 0; z < kStates; z++, p += 4) {
-        x[z] = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-        check(x[z] >= kLow, REDML_E_CORRUPT, "rANS state out of range");
+unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
+    check(count <= kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
+    thread_local Stream streams[kRansMaxPlanes];  // 16 KB tables: not on a pool thread's stack
+    Stream *run[kRansMaxPlanes];
+    unsigned decoded = 0;
+    int k = 0;
+    for (int j = 0; j < count; j++) {
+        const RansPlane &pl = planes[j];
+        if (!open_stream(streams[j], pl.src, pl.len, pl.dst, pl.n)) continue;
+        decoded |= 1u << j;
+        if (!fill_single(streams[j])) run[k++] = &streams[j];
     }
-    if (t.single >= 0) {  // every state keeps its value: the one symbol n times
-        std::memset(dst, t.single, n);
-        return true;
+    switch (k) {  // all together, then each to its end
+        case 4: decode_fast<4>(run); break;
+        case 3: decode_fast<3>(run); break;
+        case 2: decode_fast<2>(run); break;
+        default: break;
     }
-    const size_t body = n & ~(size_t)(kStates - 1);
-    const size_t done = decode_fast(t, x, p, end, dst, body);
-    decode_checked(t, x, p, end, dst, done, body);
-    for (size_t z = 0; z < n - body; z++) dst[body + z] = (uint8_t)t.slot[x[z] & kSlotMask];
-    return true;
+    for (int j = 0; j < k; j++) {
+        decode_fast<1>(run + j);
+        finish(*run[j]);
+    }
+    return decoded;
 }
 
 }  // namespace redml

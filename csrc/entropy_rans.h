@@ -6,11 +6,20 @@
 
 namespace redml {
 
-// Decodes the rANS stream src[0, len) into exactly n bytes at dst if it is the order-0,
-// 32-state form with its size (what the encoder writes for planes over 1000 bytes);
-// returns false, having written nothing, for any other form (the caller hands those to
-// htscodecs). Throws redml::Error if the stream is corrupt.
-bool rans_decode_o0x32(const uint8_t *src, size_t len, uint8_t *dst, size_t n);
+// One rANS stream of a block's byte plane and where its n bytes go.
+struct RansPlane {
+    const uint8_t *src;
+    size_t len;
+    uint8_t *dst;
+    size_t n;
+};
+const int kRansMaxPlanes = 4;  // a block of 4-byte elements has 4 byte planes
+
+// Decodes those of the count <= kRansMaxPlanes streams that are the order-0, 32-state form
+// with their size (what the encoder writes for planes over 1000 bytes), together (their
+// dependency chains interleaved); returns the mask of the streams decoded (bit j: plane
+// j), the caller hands the others to htscodecs. Throws redml::Error on a corrupt stream.
+unsigned rans_decode_o0x32(const RansPlane *planes, int count);
 
 // Which build of the decoding loop runs (tests: every build decodes to the same bytes):
 // 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build the CPU lacks falls back).
