@@ -109,23 +109,34 @@ size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n,
     return pos < n ? pos : 0;
 }
 
-// The planes of a block: each checked against its block's bytes, the constant ones filled,
-// the rANS streams decoded together (rans_decode_o0x32), the library taking any other form.
-void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw) {
+// The byte planes of a rANS block of raw bytes stored in src[0, n), each checked against
+// the block: its stream, or its constant byte (src nullptr), and its place in dst.
+size_t read_planes(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw, RansPlane *out) {
     size_t planes = rans_planes(spec, raw), pos = 0;
     check(planes <= (size_t)kRansMaxPlanes, REDML_E_CORRUPT, "too many rANS planes");
-    RansPlane coded[kRansMaxPlanes];
-    int ncoded = 0;
     for (size_t b = 0; b < planes; b++) {
         size_t b0 = plane_begin(b, planes, raw), len = plane_end(b, planes, raw) - b0;
         check(pos + 4 <= n, REDML_E_CORRUPT, "rANS block truncated");
         size_t clen = get_u32(src + pos);
         check(clen <= n - pos - 4, REDML_E_CORRUPT, "rANS plane length exceeds its block");
-        if (clen == 1) std::memset(dst + b0, src[pos + 4], len);  // constant plane
-        else coded[ncoded++] = RansPlane{src + pos + 4, clen, dst + b0, len};
+        if (clen == 1) out[b] = RansPlane{nullptr, 0, dst + b0, len, src[pos + 4]};  // constant plane
+        else out[b] = RansPlane{src + pos + 4, clen, dst + b0, len, 0};
         pos += 4 + clen;
     }
     check(pos == n, REDML_E_CORRUPT, "rANS block has trailing bytes");
+    return planes;
+}
+
+// The planes of a block: the constant ones filled, the rANS streams decoded together
+// (rans_decode_o0x32), the library taking any other form.
+void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw) {
+    RansPlane planes[kRansMaxPlanes], coded[kRansMaxPlanes];
+    const size_t count = read_planes(spec, src, n, dst, raw, planes);
+    int ncoded = 0;
+    for (size_t b = 0; b < count; b++) {
+        if (planes[b].src) coded[ncoded++] = planes[b];
+        else std::memset(planes[b].dst, planes[b].fill, planes[b].n);
+    }
     const unsigned done = rans_decode_o0x32(coded, ncoded);
     for (int j = 0; j < ncoded; j++) {
         if (done >> j & 1) continue;
@@ -134,6 +145,17 @@ void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n,
         unsigned char *r = rans_uncompress_to_4x16((unsigned char *)pl.src, (unsigned)pl.len, pl.dst, &out_len);
         check(r != nullptr && out_len == pl.n, REDML_E_CORRUPT, "rANS plane does not decode to its declared size");
     }
+}
+
+// A byte-shuffled rANS block of whole elements decoded straight into its elements where
+// the CPU and the streams allow (rans_decode_elements); false otherwise.
+bool rans_block_to_elements(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw) {
+    if (spec.codec != REDML_CODEC_RANS || spec.shuffle != REDML_SHUFFLE_BYTE || raw % (size_t)spec.elem != 0 ||
+        raw < (size_t)spec.elem)
+        return false;
+    RansPlane planes[kRansMaxPlanes];
+    read_planes(spec, src, n, dst, raw, planes);  // (their dst unused: the elements go to dst)
+    return rans_decode_elements(planes, spec.elem, raw / (size_t)spec.elem, dst);
 }
 
 // Compresses one shuffled block into dst (capacity cap); returns 0 if it does not shrink.
@@ -368,6 +390,7 @@ void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size
             std::memcpy(dst, src, n);
             return;
         }
+        if (rans_block_to_elements(spec, src, len & ~kRawFlag, dst, n)) return;
         uint8_t *shuffled = scratch(block_scratch().shuffled, n);
         decompress_block(spec, src, len & ~kRawFlag, shuffled, n);
         unshuffle(spec, shuffled, dst, n);

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <vector>
 
 #ifdef __x86_64__
 #include <immintrin.h>
@@ -22,6 +23,7 @@
 
 #include "error.h"
 #include "pixels.h"
+#include "scratch.h"
 
 namespace redml {
 
@@ -240,8 +242,9 @@ REDML_TARGET_AVX2 void decode_avx2(Stream *const *s) {
 #endif
 
 #ifdef REDML_AVX512_DISPATCH
-// 16 states: their symbols to dst, then renormalised from p.
-REDML_TARGET_AVX512 inline void step16_avx512(const Table &t, __m512i &x, const uint8_t *&p, uint8_t *dst) {
+// 16 states: advanced past their symbols (returned in the low byte of each lane), then
+// renormalised from p.
+REDML_TARGET_AVX512 inline __m512i step16_avx512(const Table &t, __m512i &x, const uint8_t *&p) {
     const __m512i e = _mm512_i32gather_epi32(_mm512_and_si512(x, _mm512_set1_epi32(kSlotMask)), (const void *)t.slot, 4);
     x = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_srli_epi32(e, 20), _mm512_srli_epi32(x, kScaleBits)),
                          _mm512_and_si512(_mm512_srli_epi32(e, 8), _mm512_set1_epi32(kSlotMask)));
@@ -250,7 +253,7 @@ REDML_TARGET_AVX512 inline void step16_avx512(const Table &t, __m512i &x, const 
     // the k-th word read goes to the k-th renormalising state
     x = _mm512_mask_or_epi32(x, renorm, _mm512_slli_epi32(x, 16), _mm512_maskz_expand_epi32(renorm, words));
     p += 2 * __builtin_popcount((unsigned)renorm);
-    _mm_storeu_si128((__m128i *)dst, _mm512_cvtepi32_epi8(e));
+    return _mm512_and_si512(e, _mm512_set1_epi32(0xff));
 }
 
 template <int K>
@@ -264,13 +267,43 @@ REDML_TARGET_AVX512 void decode_avx512(Stream *const *s) {
         if (!room) break;
         for (int k = 0; k < K; k++) {
             Stream &st = *s[k];
-            step16_avx512(st.t, r[k][0], st.p, st.dst + st.i);
-            step16_avx512(st.t, r[k][1], st.p, st.dst + st.i + 16);
+            for (int v = 0; v < 2; v++)
+                _mm_storeu_si128((__m128i *)(st.dst + st.i + 16 * v), _mm512_cvtepi32_epi8(step16_avx512(st.t, r[k][v], st.p)));
             st.i += kStates;
         }
     }
     for (int k = 0; k < K; k++)
         for (int v = 0; v < 2; v++) _mm512_store_si512(s[k]->x + 16 * v, r[k][v]);
+}
+
+// The elements of E byte planes (s[k]: plane k's stream, nullptr where the plane is
+// constant, its bytes in `fill` at byte k): each 32-bit lane gathers byte k of its element
+// from plane k, so the elements are stored without an unshuffle pass. Groups of 32
+// elements while every stream has room; returns how many elements it decoded.
+template <int E>
+REDML_TARGET_AVX512 size_t elements_avx512(Stream *const *s, uint32_t fill, uint8_t *dst, size_t n) {
+    __m512i r[E][2];
+    for (int k = 0; k < E; k++)
+        for (int v = 0; v < 2 && s[k]; v++) r[k][v] = _mm512_load_si512(s[k]->x + 16 * v);
+    const size_t body = n & ~(size_t)(kStates - 1);
+    size_t i = 0;
+    for (; i < body; i += kStates) {
+        bool room = true;
+        for (int k = 0; k < E; k++) room &= !s[k] || (size_t)(s[k]->end - s[k]->p) >= kGroupBytes;
+        if (!room) break;
+        for (int v = 0; v < 2; v++) {
+            __m512i el = _mm512_set1_epi32((int)fill);
+            for (int k = 0; k < E; k++)
+                if (s[k]) el = _mm512_or_si512(el, _mm512_slli_epi32(step16_avx512(s[k]->t, r[k][v], s[k]->p), 8 * k));
+            uint8_t *d = dst + (i + 16 * v) * E;
+            if (E == 1) _mm_storeu_si128((__m128i *)d, _mm512_cvtepi32_epi8(el));
+            else if (E == 2) _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(el));
+            else _mm512_storeu_si512(d, el);
+        }
+    }
+    for (int k = 0; k < E; k++)
+        for (int v = 0; v < 2 && s[k]; v++) _mm512_store_si512(s[k]->x + 16 * v, r[k][v]);
+    return i;
 }
 #endif
 
@@ -296,13 +329,36 @@ bool fill_single(Stream &s) {
     return true;
 }
 
+bool avx512_allowed() {
+#ifdef REDML_AVX512_DISPATCH
+    const int forced = forced_simd.load(std::memory_order_relaxed);
+    return (forced == 0 || forced == 3) && cpu_has_avx512();
+#else
+    return false;
+#endif
+}
+
+// Opens the rANS streams of planes[0..count) into streams[]; false if one is not of the form.
+bool open_planes(const RansPlane *planes, int count, Stream *streams, Stream **open) {
+    for (int k = 0; k < count; k++) {
+        open[k] = nullptr;
+        if (!planes[k].src) continue;
+        if (!open_stream(streams[k], planes[k].src, planes[k].len, planes[k].dst, planes[k].n)) return false;
+        open[k] = &streams[k];
+    }
+    return true;
+}
+
 }  // namespace
 
 void rans_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
 
+// 16 KB tables each: not on a pool thread's stack.
+thread_local Stream tls_streams[kRansMaxPlanes];
+
 unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
     check(count <= kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
-    thread_local Stream streams[kRansMaxPlanes];  // 16 KB tables: not on a pool thread's stack
+    Stream *streams = tls_streams;
     Stream *run[kRansMaxPlanes];
     unsigned decoded = 0;
     int k = 0;
@@ -312,7 +368,7 @@ unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
         decoded |= 1u << j;
         if (!fill_single(streams[j])) run[k++] = &streams[j];
     }
-    switch (k) {  // all together, then each to its end
+    switch (k) {  // together, then each to its end
         case 4: decode_fast<4>(run); break;
         case 3: decode_fast<3>(run); break;
         case 2: decode_fast<2>(run); break;
@@ -323,6 +379,47 @@ unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
         finish(*run[j]);
     }
     return decoded;
+}
+
+bool rans_decode_elements(const RansPlane *planes, int elem, size_t n, uint8_t *dst) {
+#ifdef REDML_AVX512_DISPATCH
+    if (!avx512_allowed() || !(elem == 1 || elem == 2 || elem == 4)) return false;
+    Stream *s[kRansMaxPlanes];
+    if (!open_planes(planes, elem, tls_streams, s)) return false;
+    uint8_t bytes[kRansMaxPlanes];  // the constant planes' bytes (a one-symbol stream is one)
+    uint32_t fill = 0;
+    for (int k = 0; k < elem; k++) {
+        if (s[k] && s[k]->t.single >= 0) {
+            bytes[k] = (uint8_t)s[k]->t.single;
+            s[k] = nullptr;
+        } else {
+            bytes[k] = planes[k].fill;
+        }
+        if (!s[k]) fill |= (uint32_t)bytes[k] << (8 * k);
+    }
+    const size_t done = elem == 1   ? elements_avx512<1>(s, fill, dst, n)
+                        : elem == 2 ? elements_avx512<2>(s, fill, dst, n)
+                                    : elements_avx512<4>(s, fill, dst, n);
+    // The rest plane by plane into per-plane buffers (a stream near its end; one whose
+    // symbols take few bits can have many left), then into the elements.
+    thread_local std::vector<uint8_t> rest[kRansMaxPlanes];
+    const size_t left = n - done;
+    for (int k = 0; k < elem; k++) {
+        if (!s[k]) continue;
+        Stream &st = *s[k];
+        st.dst = scratch(rest[k], left);  // the stream rebased: its symbols from `done` on
+        st.n = left;
+        st.i = 0;
+        decode_fast<1>(&s[k]);
+        finish(st);
+    }
+    for (size_t j = 0; j < left; j++)
+        for (int k = 0; k < elem; k++) dst[(done + j) * elem + k] = s[k] ? rest[k][j] : bytes[k];
+    return true;
+#else
+    (void)planes, (void)elem, (void)n, (void)dst;
+    return false;
+#endif
 }
 
 }  // namespace redml

@@ -8,10 +8,11 @@ namespace redml {
 
 // One rANS stream of a block's byte plane and where its n bytes go.
 struct RansPlane {
-    const uint8_t *src;
+    const uint8_t *src;  // nullptr: a constant plane, n times `fill`
     size_t len;
     uint8_t *dst;
     size_t n;
+    uint8_t fill;
 };
 const int kRansMaxPlanes = 4;  // a block of 4-byte elements has 4 byte planes
 
@@ -20,6 +21,13 @@ const int kRansMaxPlanes = 4;  // a block of 4-byte elements has 4 byte planes
 // dependency chains interleaved); returns the mask of the streams decoded (bit j: plane
 // j), the caller hands the others to htscodecs. Throws redml::Error on a corrupt stream.
 unsigned rans_decode_o0x32(const RansPlane *planes, int count);
+
+// Decodes the elem (1, 2 or 4) byte planes of n elements (constant or rANS streams of n
+// bytes each) straight into the elements at dst: the byte unshuffle done in the decoder's
+// registers. Returns false, having written nothing, where the CPU lacks AVX-512 or a
+// stream is not the order-0, 32-state form (the caller decodes the planes one by one
+// and unshuffles: the same bytes). Throws redml::Error on a corrupt stream.
+bool rans_decode_elements(const RansPlane *planes, int elem, size_t n, uint8_t *dst);
 
 // Which build of the decoding loop runs (tests: every build decodes to the same bytes):
 // 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build the CPU lacks falls back).
