@@ -147,15 +147,26 @@ void rans_decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n,
     }
 }
 
-// A byte-shuffled rANS block of whole elements decoded straight into its elements where
-// the CPU and the streams allow (rans_decode_elements); false otherwise.
-bool rans_block_to_elements(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t raw) {
-    if (spec.codec != REDML_CODEC_RANS || spec.shuffle != REDML_SHUFFLE_BYTE || raw % (size_t)spec.elem != 0 ||
-        raw < (size_t)spec.elem)
-        return false;
-    RansPlane planes[kRansMaxPlanes];
-    read_planes(spec, src, n, dst, raw, planes);  // (their dst unused: the elements go to dst)
-    return rans_decode_elements(planes, spec.elem, raw / (size_t)spec.elem, dst);
+// A stored block of a stream: its bytes, and the raw bytes it decodes to.
+struct StoredBlock {
+    const uint8_t *src;
+    size_t stored;
+    uint8_t *dst;
+    size_t raw;
+};
+
+// Compressed byte-shuffled rANS blocks of whole elements decoded straight into their
+// elements where the CPU and the streams allow (rans_decode_elements); false otherwise.
+bool rans_blocks_to_elements(const StreamSpec &spec, const StoredBlock *blk, int count) {
+    if (spec.codec != REDML_CODEC_RANS || spec.shuffle != REDML_SHUFFLE_BYTE) return false;
+    RansBlock rb[kRansMaxBlocks];
+    for (int b = 0; b < count; b++) {
+        if (blk[b].raw % (size_t)spec.elem != 0 || blk[b].raw < (size_t)spec.elem) return false;
+        read_planes(spec, blk[b].src, blk[b].stored, blk[b].dst, blk[b].raw, rb[b].planes);  // (their dst unused)
+        rb[b].n = blk[b].raw / (size_t)spec.elem;
+        rb[b].dst = blk[b].dst;
+    }
+    return rans_decode_elements(rb, count, spec.elem);
 }
 
 // Compresses one shuffled block into dst (capacity cap); returns 0 if it does not shrink.
@@ -381,19 +392,31 @@ void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size
     std::vector<size_t> offsets(nblocks + 1);
     offsets[0] = 4 + 4 * nblocks;
     for (size_t k = 0; k < nblocks; k++) offsets[k + 1] = offsets[k] + (get_u32(stored + 4 + 4 * k) & ~kRawFlag);
-    parallel_for(nblocks, nthreads, [&](size_t k) {
-        uint32_t len = get_u32(stored + 4 + 4 * k);
-        size_t n = std::min(bb, raw_size - k * bb);
-        const uint8_t *src = stored + offsets[k];
-        uint8_t *dst = raw + k * bb;
-        if (len & kRawFlag) {
-            std::memcpy(dst, src, n);
-            return;
+    auto block = [&](size_t k) {
+        const uint32_t len = get_u32(stored + 4 + 4 * k);
+        return StoredBlock{stored + offsets[k], len & ~kRawFlag, raw + k * bb, std::min(bb, raw_size - k * bb)};
+    };
+    auto is_raw = [&](size_t k) { return (get_u32(stored + 4 + 4 * k) & kRawFlag) != 0; };
+    // rANS blocks go two to a task where the threads have enough of them: the two blocks'
+    // streams are independent chains the decoder interleaves.
+    const size_t per_task = spec.codec == REDML_CODEC_RANS && nblocks >= 2 * (size_t)std::max(1, nthreads) ? 2 : 1;
+    parallel_for((nblocks + per_task - 1) / per_task, nthreads, [&](size_t t) {
+        const size_t k0 = t * per_task, k1 = std::min(nblocks, k0 + per_task);
+        if (k1 - k0 == 2 && !is_raw(k0) && !is_raw(k0 + 1)) {
+            const StoredBlock pair[2] = {block(k0), block(k0 + 1)};
+            if (rans_blocks_to_elements(spec, pair, 2)) return;
         }
-        if (rans_block_to_elements(spec, src, len & ~kRawFlag, dst, n)) return;
-        uint8_t *shuffled = scratch(block_scratch().shuffled, n);
-        decompress_block(spec, src, len & ~kRawFlag, shuffled, n);
-        unshuffle(spec, shuffled, dst, n);
+        for (size_t k = k0; k < k1; k++) {
+            const StoredBlock b = block(k);
+            if (is_raw(k)) {
+                std::memcpy(b.dst, b.src, b.raw);
+                continue;
+            }
+            if (rans_blocks_to_elements(spec, &b, 1)) continue;
+            uint8_t *shuffled = scratch(block_scratch().shuffled, b.raw);
+            decompress_block(spec, b.src, b.stored, shuffled, b.raw);
+            unshuffle(spec, shuffled, b.dst, b.raw);
+        }
     });
 }
 

@@ -13,6 +13,7 @@
 // the final states without an update.
 #include "entropy_rans.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <vector>
@@ -276,34 +277,46 @@ REDML_TARGET_AVX512 void decode_avx512(Stream *const *s) {
         for (int v = 0; v < 2; v++) _mm512_store_si512(s[k]->x + 16 * v, r[k][v]);
 }
 
-// The elements of E byte planes (s[k]: plane k's stream, nullptr where the plane is
-// constant, its bytes in `fill` at byte k): each 32-bit lane gathers byte k of its element
-// from plane k, so the elements are stored without an unshuffle pass. Groups of 32
-// elements while every stream has room; returns how many elements it decoded.
-template <int E>
-REDML_TARGET_AVX512 size_t elements_avx512(Stream *const *s, uint32_t fill, uint8_t *dst, size_t n) {
-    __m512i r[E][2];
-    for (int k = 0; k < E; k++)
-        for (int v = 0; v < 2 && s[k]; v++) r[k][v] = _mm512_load_si512(s[k]->x + 16 * v);
-    const size_t body = n & ~(size_t)(kStates - 1);
-    size_t i = 0;
+// The elements of B blocks of E byte planes (s[b][k]: plane k's stream of block b,
+// nullptr where the plane is constant, its bytes in fill[b] at byte k): each 32-bit lane
+// assembles byte k of its element from plane k, so the elements are stored without an
+// unshuffle pass; the blocks' streams are independent chains, decoded in turn. Groups of
+// 32 elements from element i on while every block has them and every stream has room;
+// returns where it stopped.
+template <int E, int B>
+REDML_TARGET_AVX512 size_t elements_avx512(Stream *const (*s)[kRansMaxPlanes], const uint32_t *fill,
+                                           uint8_t *const *dst, size_t body, size_t i) {
+    __m512i r[B][E][2];
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < E; k++)
+            for (int v = 0; v < 2 && s[b][k]; v++) r[b][k][v] = _mm512_load_si512(s[b][k]->x + 16 * v);
     for (; i < body; i += kStates) {
         bool room = true;
-        for (int k = 0; k < E; k++) room &= !s[k] || (size_t)(s[k]->end - s[k]->p) >= kGroupBytes;
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < E; k++) room &= !s[b][k] || (size_t)(s[b][k]->end - s[b][k]->p) >= kGroupBytes;
         if (!room) break;
-        for (int v = 0; v < 2; v++) {
-            __m512i el = _mm512_set1_epi32((int)fill);
-            for (int k = 0; k < E; k++)
-                if (s[k]) el = _mm512_or_si512(el, _mm512_slli_epi32(step16_avx512(s[k]->t, r[k][v], s[k]->p), 8 * k));
-            uint8_t *d = dst + (i + 16 * v) * E;
-            if (E == 1) _mm_storeu_si128((__m128i *)d, _mm512_cvtepi32_epi8(el));
-            else if (E == 2) _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(el));
-            else _mm512_storeu_si512(d, el);
-        }
+        for (int v = 0; v < 2; v++)
+            for (int b = 0; b < B; b++) {
+                __m512i el = _mm512_set1_epi32((int)fill[b]);
+                for (int k = 0; k < E; k++)
+                    if (s[b][k])
+                        el = _mm512_or_si512(el, _mm512_slli_epi32(step16_avx512(s[b][k]->t, r[b][k][v], s[b][k]->p), 8 * k));
+                uint8_t *d = dst[b] + (i + 16 * v) * E;
+                if (E == 1) _mm_storeu_si128((__m128i *)d, _mm512_cvtepi32_epi8(el));
+                else if (E == 2) _mm256_storeu_si256((__m256i *)d, _mm512_cvtepi32_epi16(el));
+                else _mm512_storeu_si512(d, el);
+            }
     }
-    for (int k = 0; k < E; k++)
-        for (int v = 0; v < 2 && s[k]; v++) _mm512_store_si512(s[k]->x + 16 * v, r[k][v]);
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < E; k++)
+            for (int v = 0; v < 2 && s[b][k]; v++) _mm512_store_si512(s[b][k]->x + 16 * v, r[b][k][v]);
     return i;
+}
+
+template <int E>
+size_t elements_dispatch(Stream *const (*s)[kRansMaxPlanes], const uint32_t *fill, uint8_t *const *dst, size_t body,
+                         size_t i, int blocks) {
+    return blocks == 2 ? elements_avx512<E, 2>(s, fill, dst, body, i) : elements_avx512<E, 1>(s, fill, dst, body, i);
 }
 #endif
 
@@ -354,7 +367,7 @@ bool open_planes(const RansPlane *planes, int count, Stream *streams, Stream **o
 void rans_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
 
 // 16 KB tables each: not on a pool thread's stack.
-thread_local Stream tls_streams[kRansMaxPlanes];
+thread_local Stream tls_streams[kRansMaxBlocks * kRansMaxPlanes];
 
 unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
     check(count <= kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
@@ -381,29 +394,30 @@ unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
     return decoded;
 }
 
-bool rans_decode_elements(const RansPlane *planes, int elem, size_t n, uint8_t *dst) {
 #ifdef REDML_AVX512_DISPATCH
-    if (!avx512_allowed() || !(elem == 1 || elem == 2 || elem == 4)) return false;
-    Stream *s[kRansMaxPlanes];
-    if (!open_planes(planes, elem, tls_streams, s)) return false;
-    uint8_t bytes[kRansMaxPlanes];  // the constant planes' bytes (a one-symbol stream is one)
-    uint32_t fill = 0;
+namespace {
+
+// Block b's streams opened into s (the constant planes and one-symbol streams: nullptr,
+// their bytes in fill and bytes); false if a stream is not of the form.
+bool open_block(const RansBlock &blk, int elem, Stream *streams, Stream **s, uint32_t *fill, uint8_t *bytes) {
+    if (!open_planes(blk.planes, elem, streams, s)) return false;
+    *fill = 0;
     for (int k = 0; k < elem; k++) {
+        bytes[k] = blk.planes[k].fill;
         if (s[k] && s[k]->t.single >= 0) {
             bytes[k] = (uint8_t)s[k]->t.single;
             s[k] = nullptr;
-        } else {
-            bytes[k] = planes[k].fill;
         }
-        if (!s[k]) fill |= (uint32_t)bytes[k] << (8 * k);
+        if (!s[k]) *fill |= (uint32_t)bytes[k] << (8 * k);
     }
-    const size_t done = elem == 1   ? elements_avx512<1>(s, fill, dst, n)
-                        : elem == 2 ? elements_avx512<2>(s, fill, dst, n)
-                                    : elements_avx512<4>(s, fill, dst, n);
-    // The rest plane by plane into per-plane buffers (a stream near its end; one whose
-    // symbols take few bits can have many left), then into the elements.
+    return true;
+}
+
+// The elements of a block from `done` on, plane by plane into per-plane buffers (a stream
+// near its end; one whose symbols take few bits can have many left), then into place.
+void finish_block(const RansBlock &blk, int elem, Stream *const *s, const uint8_t *bytes, size_t done) {
     thread_local std::vector<uint8_t> rest[kRansMaxPlanes];
-    const size_t left = n - done;
+    const size_t left = blk.n - done;
     for (int k = 0; k < elem; k++) {
         if (!s[k]) continue;
         Stream &st = *s[k];
@@ -414,10 +428,39 @@ bool rans_decode_elements(const RansPlane *planes, int elem, size_t n, uint8_t *
         finish(st);
     }
     for (size_t j = 0; j < left; j++)
-        for (int k = 0; k < elem; k++) dst[(done + j) * elem + k] = s[k] ? rest[k][j] : bytes[k];
+        for (int k = 0; k < elem; k++) blk.dst[(done + j) * elem + k] = s[k] ? rest[k][j] : bytes[k];
+}
+
+}  // namespace
+#endif
+
+bool rans_decode_elements(const RansBlock *blocks, int count, int elem) {
+#ifdef REDML_AVX512_DISPATCH
+    if (!avx512_allowed() || !(elem == 1 || elem == 2 || elem == 4) || count < 1 || count > kRansMaxBlocks)
+        return false;
+    Stream *s[kRansMaxBlocks][kRansMaxPlanes];
+    uint32_t fill[kRansMaxBlocks];
+    uint8_t bytes[kRansMaxBlocks][kRansMaxPlanes];
+    uint8_t *dst[kRansMaxBlocks];
+    size_t body = SIZE_MAX;
+    for (int b = 0; b < count; b++) {
+        if (!open_block(blocks[b], elem, tls_streams + b * kRansMaxPlanes, s[b], &fill[b], bytes[b])) return false;
+        dst[b] = blocks[b].dst;
+        body = std::min(body, blocks[b].n & ~(size_t)(kStates - 1));
+    }
+    auto run = [&](int b0, int nb, size_t bd, size_t i) {  // blocks [b0, b0 + nb) from element i on
+        return elem == 1   ? elements_dispatch<1>(s + b0, fill + b0, dst + b0, bd, i, nb)
+               : elem == 2 ? elements_dispatch<2>(s + b0, fill + b0, dst + b0, bd, i, nb)
+                           : elements_dispatch<4>(s + b0, fill + b0, dst + b0, bd, i, nb);
+    };
+    const size_t together = run(0, count, body, 0);  // all blocks in turn, then each alone
+    for (int b = 0; b < count; b++) {
+        const size_t done = count == 1 ? together : run(b, 1, blocks[b].n & ~(size_t)(kStates - 1), together);
+        finish_block(blocks[b], elem, s[b], bytes[b], done);
+    }
     return true;
 #else
-    (void)planes, (void)elem, (void)n, (void)dst;
+    (void)blocks, (void)count, (void)elem;
     return false;
 #endif
 }

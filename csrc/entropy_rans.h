@@ -22,12 +22,21 @@ const int kRansMaxPlanes = 4;  // a block of 4-byte elements has 4 byte planes
 // j), the caller hands the others to htscodecs. Throws redml::Error on a corrupt stream.
 unsigned rans_decode_o0x32(const RansPlane *planes, int count);
 
-// Decodes the elem (1, 2 or 4) byte planes of n elements (constant or rANS streams of n
-// bytes each) straight into the elements at dst: the byte unshuffle done in the decoder's
-// registers. Returns false, having written nothing, where the CPU lacks AVX-512 or a
-// stream is not the order-0, 32-state form (the caller decodes the planes one by one
-// and unshuffles: the same bytes). Throws redml::Error on a corrupt stream.
-bool rans_decode_elements(const RansPlane *planes, int elem, size_t n, uint8_t *dst);
+// A block of n elements of elem bytes: its elem byte planes (constant or rANS streams of n
+// bytes each) and where its elements go.
+struct RansBlock {
+    RansPlane planes[kRansMaxPlanes];
+    size_t n;
+    uint8_t *dst;
+};
+const int kRansMaxBlocks = 2;
+
+// Decodes the count <= kRansMaxBlocks blocks of elem (1, 2 or 4) byte planes straight into
+// their elements: the byte unshuffle done in the decoder's registers, the blocks' streams
+// decoded in turn (independent chains). Returns false, having written nothing, where the
+// CPU lacks AVX-512 or a stream is not the order-0, 32-state form (the caller decodes the
+// planes one by one and unshuffles: the same bytes). Throws redml::Error on a corrupt stream.
+bool rans_decode_elements(const RansBlock *blocks, int count, int elem);
 
 // Which build of the decoding loop runs (tests: every build decodes to the same bytes):
 // 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build the CPU lacks falls back).
