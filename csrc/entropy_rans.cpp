@@ -362,16 +362,27 @@ bool open_planes(const RansPlane *planes, int count, Stream *streams, Stream **o
     return true;
 }
 
+// A thread's streams (16 KB tables each: not on a pool thread's stack) and buffers, found
+// once per call (each thread_local access in a shared library is a call).
+struct Work {
+    Stream streams[kRansMaxBlocks * kRansMaxPlanes];
+    std::vector<uint8_t> rest[kRansMaxPlanes];  // finish_block's planes
+};
+Work &work() {
+    thread_local Work w;
+    return w;
+}
+
 }  // namespace
 
 void rans_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
 
-// 16 KB tables each: not on a pool thread's stack.
-thread_local Stream tls_streams[kRansMaxBlocks * kRansMaxPlanes];
-
 unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
     check(count <= kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
-    Stream *streams = tls_streams;
+    // Without AVX2 the library's SSE4.1 build is the faster one (the portable loop here is
+    // its reference, run when a test asks for it).
+    if (forced_simd.load(std::memory_order_relaxed) == 0 && !cpu_has_avx2()) return 0;
+    Stream *streams = work().streams;
     Stream *run[kRansMaxPlanes];
     unsigned decoded = 0;
     int k = 0;
@@ -415,8 +426,8 @@ bool open_block(const RansBlock &blk, int elem, Stream *streams, Stream **s, uin
 
 // The elements of a block from `done` on, plane by plane into per-plane buffers (a stream
 // near its end; one whose symbols take few bits can have many left), then into place.
-void finish_block(const RansBlock &blk, int elem, Stream *const *s, const uint8_t *bytes, size_t done) {
-    thread_local std::vector<uint8_t> rest[kRansMaxPlanes];
+void finish_block(const RansBlock &blk, int elem, Stream *const *s, const uint8_t *bytes, size_t done,
+                  std::vector<uint8_t> *rest) {
     const size_t left = blk.n - done;
     for (int k = 0; k < elem; k++) {
         if (!s[k]) continue;
@@ -438,13 +449,14 @@ bool rans_decode_elements(const RansBlock *blocks, int count, int elem) {
 #ifdef REDML_AVX512_DISPATCH
     if (!avx512_allowed() || !(elem == 1 || elem == 2 || elem == 4) || count < 1 || count > kRansMaxBlocks)
         return false;
+    Work &w = work();
     Stream *s[kRansMaxBlocks][kRansMaxPlanes];
     uint32_t fill[kRansMaxBlocks];
     uint8_t bytes[kRansMaxBlocks][kRansMaxPlanes];
     uint8_t *dst[kRansMaxBlocks];
     size_t body = SIZE_MAX;
     for (int b = 0; b < count; b++) {
-        if (!open_block(blocks[b], elem, tls_streams + b * kRansMaxPlanes, s[b], &fill[b], bytes[b])) return false;
+        if (!open_block(blocks[b], elem, w.streams + b * kRansMaxPlanes, s[b], &fill[b], bytes[b])) return false;
         dst[b] = blocks[b].dst;
         body = std::min(body, blocks[b].n & ~(size_t)(kStates - 1));
     }
@@ -456,8 +468,10 @@ bool rans_decode_elements(const RansBlock *blocks, int count, int elem) {
     const size_t together = run(0, count, body, 0);  // all blocks in turn, then each alone
     for (int b = 0; b < count; b++) {
         const size_t done = count == 1 ? together : run(b, 1, blocks[b].n & ~(size_t)(kStates - 1), together);
-        finish_block(blocks[b], elem, s[b], bytes[b], done);
+        finish_block(blocks[b], elem, s[b], bytes[b], done, w.rest);
     }
+    for (std::vector<uint8_t> &r : w.rest)  // a huge block's: not kept (scratch.h)
+        if (r.capacity() > kKeepBlockBytes) std::vector<uint8_t>().swap(r);
     return true;
 #else
     (void)blocks, (void)count, (void)elem;
