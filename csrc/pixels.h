@@ -105,7 +105,11 @@ inline bool cpu_has_avx2() {
 // A third build of some loops, for CPUs with AVX-512 (F, DQ, BW, VL: 8 doubles a vector,
 // 64-bit integer products and conversions).
 #define REDML_AVX512_DISPATCH 1
+#ifdef __clang__  // (clang ignores a target attribute naming prefer-vector-width)
+#define REDML_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl")))
+#else
 #define REDML_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512")))
+#endif
 inline bool cpu_has_avx512() {
     static const bool has = [] {
         __builtin_cpu_init();
