@@ -1,9 +1,11 @@
 // entropy_rans.cpp: decoder of htscodecs' order-0 rANS Nx16 streams with 32 interleaved
 // states (written by rans_compress_to_4x16 with RANS_ORDER_X32), the form of every rANS
 // plane over 1000 bytes. The library's decoder runs CPUID three times per call (a trap
-// to the hypervisor on virtual machines, about a tenth of a frame's decode), and its
-// output goes through a second pass; this one decodes the same bytes with the tables and
-// loops below (portable, AVX2 and AVX-512 builds, identical output, even on corrupt input).
+// to the hypervisor on virtual machines, about a tenth of a frame's decode), decodes one
+// stream at a time (a chain of dependent gathers) and leaves the planes to a second pass;
+// this one decodes the same bytes with the tables and loops below (portable, AVX2 and
+// AVX-512 builds, identical output, even on corrupt input), several streams in turn, and
+// with AVX-512 assembles the elements of a byte-shuffled block in its registers.
 //
 // The stream: u8 flags (0x04), the size as a big-endian base-128 varint, the frequency
 // table (the alphabet, run-length coded, then each symbol's frequency as a varint; the
