@@ -599,13 +599,14 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
 }
 
 // The settings with the read noise the encoder uses: estimated from the frame's usable
-// pixels where it is auto (< 0) in quantized mode, 0 where it does not matter.
+// pixels where it is auto (< 0) in quantized and sparse mode (there only for the ROI's
+// spot finder: sparse chunks do not store it), 0 in lossless mode.
 template <class T>
 redml_params with_read_noise(const T *f, const uint8_t *usable, uint32_t H, uint32_t W, const redml_params &p_in,
                              int nt) {
     redml_params p = p_in;
     if (p.read_noise < 0)
-        p.read_noise = p.mode == REDML_MODE_QUANTIZED
+        p.read_noise = p.mode != REDML_MODE_LOSSLESS
                            ? (float)estimate_read_noise(f, usable, TileGrid(H, W, p.tile), p, nt)
                            : 0.0f;
     return p;
@@ -640,12 +641,12 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     uint8_t *exact = scratch(sc.exact, N);
     if (roi_in) std::memcpy(exact, roi_in, N);
     else if (spots) {
-        // the finder ignores the special values (NEGATIVE markers): the map above unless the
-        // markers differ; then the tags buffer, not needed before quantization, holds its own
+        // the finder ignores its own markers: the map above unless they differ from the
+        // codec's; then the tags buffer, not needed before quantization, holds its own
         const uint8_t *finder_usable = usable;
-        if (p.markers != REDML_MARKERS_NEGATIVE) {
+        if (spots->fp.markers != p.markers) {
             uint8_t *own = scratch(sc.tags, N);
-            usable_pixels(f, mask_in, own, N, REDML_MARKERS_NEGATIVE);
+            usable_pixels(f, mask_in, own, N, spots->fp.markers);
             finder_usable = own;
         }
         spots->peaks = find_spots(f, finder_usable, H, W, spots->fp, exact, nt);
@@ -654,6 +655,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     } else {
         FinderParams fp;
         fp.gain = p.gain;
+        fp.read_noise = p.read_noise;  // as estimated (integrating data), else 0
+        fp.markers = p.markers;
         fp.sigma_s = p.roi_snr;
         fp.mask_all_strong = true;
         fp.masked_pixels_neutral = true;

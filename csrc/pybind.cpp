@@ -54,10 +54,11 @@ const uint8_t *optional_map(const py::object &obj, size_t n, const char *what) {
 
 // The finder's parameters from their fields in the order of redml_finder_params.
 redml_finder_params finder_params(const py::tuple &t) {
-    if (t.size() != 9) throw py::value_error("spots: the 9 fields of the finder's parameters");
+    if (t.size() != 11) throw py::value_error("spots: the 11 fields of the finder's parameters");
     return redml_finder_params{t[0].cast<int>(),   t[1].cast<float>(), t[2].cast<float>(),
                                t[3].cast<float>(), t[4].cast<int>(),   t[5].cast<float>(),
-                               t[6].cast<int>(),   t[7].cast<int>(),   t[8].cast<float>()};
+                               t[6].cast<int>(),   t[7].cast<int>(),   t[8].cast<float>(),
+                               t[9].cast<float>(), (redml_markers)t[10].cast<int>()};
 }
 
 // A chunk; with spots (the finder's parameters, a tuple), (chunk, peak records) of
@@ -187,7 +188,7 @@ py::dict model(py::buffer chunk) {
 // Peak list as a numpy structured array (fields of redml_peak) and the spot mask.
 py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b, float sigma_s, float gain,
                      int min_count, float threshold, int min_pixels, int max_pixels, float max_separation,
-                     int nthreads) {
+                     float read_noise, int markers, int nthreads) {
     if (frame.ndim() != 2) throw py::value_error("frame must be 2-D");
     if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
     redml_dtype dt = dtype_code(frame.dtype());
@@ -195,8 +196,8 @@ py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b
     size_t n = (size_t)frame.shape(0) * (size_t)frame.shape(1);
     py::object mask_arr = mask.is_none() ? mask : py::object(mask.cast<U8Array>());
     const uint8_t *mask_p = optional_map(mask_arr, n, "mask");
-    redml_finder_params fp{kernel, sigma_b, sigma_s, gain, min_count, threshold, min_pixels, max_pixels,
-                           max_separation};
+    redml_finder_params fp{kernel,     sigma_b,    sigma_s,        gain,       min_count,           threshold,
+                           min_pixels, max_pixels, max_separation, read_noise, (redml_markers)markers};
     py::array_t<bool> spot_mask({(py::ssize_t)h, (py::ssize_t)w});
     uint8_t *sm = (uint8_t *)spot_mask.mutable_data();
     redml_peak *peaks = nullptr;
@@ -462,7 +463,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("model", &model, py::arg("chunk"));
     m.def("find_spots", &find_spots, py::arg("frame"), py::arg("mask"), py::arg("kernel"), py::arg("sigma_b"),
           py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),
-          py::arg("max_pixels"), py::arg("max_separation"), py::arg("nthreads"));
+          py::arg("max_pixels"), py::arg("max_separation"), py::arg("read_noise") = 0.0f, py::arg("markers") = 0,
+          py::arg("nthreads"));
     m.attr("PEAK_RECORD_SIZE") = sizeof(redml_peak);
     // The codec's per-pixel pseudo-random uniform (quantize.h), for reference implementations in tests.
     m.def("hash_uniform", [](uint32_t seed, uint64_t idx, uint32_t stream) { return redml_uniform(seed, idx, stream); },

@@ -23,6 +23,13 @@ typedef struct {
     int min_pixels;        /* pixels per spot, at least (3) */
     int max_pixels;        /* and at most (1000) */
     float max_separation;  /* brightest pixel to centroid, pixels (2; <= 0: off) */
+    /* Integrating detectors: which values are markers (NEGATIVE: every negative value, as
+     * for photon counters; EXTREMES, GAPS: negative values are noise, redml.h), and the
+     * Gaussian read noise in data units (0; -1: estimated from the frame as the encoder
+     * does), in the variance gain * mean + read_noise^2 of the dispersion and strong tests.
+     * read_noise must be 0 with NEGATIVE. */
+    float read_noise;
+    redml_markers markers;
 } redml_finder_params;
 
 typedef struct {
@@ -37,8 +44,8 @@ typedef struct {
 
 REDML_API void redml_default_finder_params(redml_finder_params *fp);
 
-/* Finds the spots of a frame. mask (optional) marks bad pixels; special values are
- * ignored as in the codec. spot_mask (optional, height*width) receives 1 on spot pixels.
+/* Finds the spots of a frame. mask (optional) marks bad pixels; the markers (fp->markers)
+ * are ignored as in the codec. spot_mask (optional, height*width) receives 1 on spot pixels.
  * *peaks is malloc'ed (free with redml_free), *n_peaks its length. */
 REDML_API redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
                                         const uint8_t *mask, const redml_finder_params *fp, uint8_t *spot_mask,

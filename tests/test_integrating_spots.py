@@ -1,0 +1,229 @@
+"""The spot finder on integrating detectors' frames (issue 22): negative values are noise
+(markers="extremes"/"gaps", as in the codec) and the model's variance has a read noise,
+var = gain*mean + read_noise^2, in the dispersion and strong-pixel tests. The finder then
+finds on pedestal-subtracted ADU and float photons what it finds on the photon counts of
+the same frame, nothing on pure noise, and its defaults (photon counters) are unchanged."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+import redml_reduce as rr
+from redml_reduce.codec import CodecSettings, encode_with_spots
+from redml_study.detector import integrating_frame
+from redml_study.synthetic import still_frame
+
+GAIN, RN = 20.0, 0.2  # ADU per photon; read noise in photons
+RN_ADU = math.sqrt((RN * GAIN) ** 2 + 1 / 12)  # with the rounding to integer ADU
+
+
+def same_peaks(*peak_lists):
+    """Equal peak records, field by field (the records' padding bytes are undefined)."""
+    a = peak_lists[0]
+    return all(len(a) == len(b) and all(np.array_equal(a[k], b[k]) for k in a.dtype.names) for b in peak_lists[1:])
+
+
+def rn_adu(rn):
+    return math.sqrt((rn * GAIN) ** 2 + 1 / 12)
+
+
+def hits(peaks, truth, tol=2.0):
+    """(recall, precision): truth spots with a peak within tol px, peaks with a truth spot."""
+    if len(peaks) == 0:
+        return 0.0, 1.0
+    p = np.stack([peaks["x"], peaks["y"]], 1)
+    d = np.hypot(p[:, None, 0] - truth[None, :, 0], p[:, None, 1] - truth[None, :, 1])
+    return float((d.min(0) <= tol).mean()), float((d.min(1) <= tol).mean())
+
+
+def weak_still(bg, seed=7, shape=(1024, 1024)):
+    """Photon counts of a still with 300 weak spots (3-60 photons at the peak) and their centres."""
+    rng = np.random.default_rng(seed)
+    photons, truth = still_frame(rng, shape, background=bg, spots=300, dtype="int32", peak_range=(3.0, 60.0),
+                                 return_spots=True)
+    return photons, truth, rng
+
+
+@pytest.mark.parametrize("bg", [0.05, 0.5, 2.0])
+@pytest.mark.parametrize("kind", ["adu", "photons"])
+def test_finds_the_spots_of_the_photon_counts(bg, kind):
+    """Recall and precision on the integrating frame within 0.03 of the photon counts' (before:
+    negative values were markers and the test Poisson's: recall 0.41 against 0.95 at 0.05
+    photon/px in ADU, 0.61 against 0.90 at 0.5)."""
+    photons, truth, rng = weak_still(bg)
+    if kind == "adu":
+        frame = integrating_frame(photons, rng, gain=GAIN, read_noise=RN)
+        kw = dict(gain=GAIN, markers="extremes", read_noise=RN_ADU)
+    else:
+        frame = integrating_frame(photons, rng, read_noise=RN)
+        kw = dict(markers="extremes", read_noise=RN)
+    r0, p0 = hits(rr.find_spots(photons)[0], truth)
+    r, p = hits(rr.find_spots(frame, **kw)[0], truth)
+    assert r > r0 - 0.03 and p > p0 - 0.03, (r, p, r0, p0)
+    ra, pa = hits(rr.find_spots(frame, **{**kw, "read_noise": "auto"})[0], truth)
+    assert ra > r0 - 0.03 and pa > p0 - 0.03, (ra, pa, r0, p0)
+
+
+@pytest.mark.parametrize("rn", [0.1, 0.2, 0.3])
+@pytest.mark.parametrize("bg", [0.0, 0.05, 1.0])
+def test_no_spots_on_pure_noise(rng, rn, bg):
+    """Pure backgrounds at several read noises: no spot, few strong pixels (the encoder's ROI)."""
+    blank = integrating_frame(rng.poisson(bg, (512, 1024)), rng, gain=GAIN, read_noise=rn)
+    assert (blank < 0).mean() > (0.2 if bg < 1 else 0.05)
+    for read_noise in (rn_adu(rn), "auto"):
+        peaks, spot_mask = rr.find_spots(blank, gain=GAIN, markers="extremes", read_noise=read_noise)
+        assert len(peaks) == 0 and not spot_mask.any()
+    photons = integrating_frame(rng.poisson(bg, (512, 1024)), rng, read_noise=rn)
+    assert len(rr.find_spots(photons, markers="gaps", read_noise=rn)[0]) == 0
+
+
+def test_without_read_noise_negative_windows_are_never_candidates(rng):
+    """markers="extremes" with read_noise 0: windows of mean <= 0 (a photon mean is never
+    negative) hold no spot, so zero-mean read noise alone finds nothing."""
+    blank = integrating_frame(np.zeros((256, 256), int), rng, gain=GAIN, read_noise=0.3)
+    peaks, spot_mask = rr.find_spots(blank, gain=GAIN, markers="extremes")
+    assert len(peaks) == 0
+
+
+def test_integer_and_float_paths_agree_with_negative_values(rng):
+    """The integer fast path (32-bit window sums) and the double path decide alike on frames
+    with negative values, large ones included (their squares bound the 32-bit sums)."""
+    photons, _, rng = weak_still(0.5, seed=3, shape=(384, 512))
+    f = integrating_frame(photons, rng, gain=GAIN, read_noise=RN)
+    f[100:140, 100:140] = -20000  # a deep pedestal dip: beyond the 32-bit sums' range
+    f[200:203, 300:303] = 20000
+    kw = dict(gain=GAIN, markers="extremes", read_noise=RN_ADU)
+    a, ma = rr.find_spots(f, **kw)
+    b, mb = rr.find_spots(f.astype(np.float32), **kw)
+    c, mc = rr.find_spots(f.astype(np.int32), **kw)
+    assert len(a) > 50
+    assert same_peaks(a, b, c)
+    assert np.array_equal(ma, mb) and np.array_equal(ma, mc)
+
+
+def test_gap_markers_are_ignored_as_masked_pixels():
+    photons, _, rng = weak_still(0.5, seed=5, shape=(256, 256))
+    f = integrating_frame(photons, rng, gain=GAIN, read_noise=RN, dtype="int32")
+    g = f.copy()
+    g[:, 64:66] = -1  # Pilatus-style gap columns
+    gaps = np.isin(g, (-1, -2))  # "gaps": every -1 and -2 is a marker (as in the codec), noise with "extremes"
+    ref, _ = rr.find_spots(g, mask=gaps, gain=GAIN, markers="extremes", read_noise=RN_ADU)
+    got, _ = rr.find_spots(g, gain=GAIN, markers="gaps", read_noise=RN_ADU)
+    assert same_peaks(got, ref)
+
+
+def test_settings_refusals():
+    with pytest.raises(ValueError, match="read_noise models integrating"):
+        rr.FinderSettings(read_noise=2.0)
+    with pytest.raises(ValueError, match="markers"):
+        rr.FinderSettings(markers="zeros")
+    with pytest.raises(ValueError):
+        rr.FinderSettings(markers="extremes", read_noise=-1.0)
+    with pytest.raises(TypeError):
+        rr.FinderSettings(markers="extremes", read_noise="estimate")
+    assert rr.FinderSettings(markers="extremes", read_noise="auto").core_fields()[-2:] == (-1.0, 1)
+
+
+# ---- the encoder's exact ROI and the sparse mode
+
+def test_encoder_roi_uses_the_read_noise(rng):
+    """The built-in ROI on integrating data at 0.05 photon/px: the finder with the codec's read
+    noise keeps the few true strong pixels, not 5% of the frame (the Poisson-only test's)."""
+    blank = integrating_frame(rng.poisson(0.05, (512, 1024)), rng, gain=GAIN, read_noise=RN)
+    for q in (2, "sparse"):
+        for read_noise in (RN_ADU, "auto"):
+            c = rr.encode(blank, q=q, gain=GAIN, markers="extremes", read_noise=read_noise)
+            assert rr.exact_mask(c).mean() < 0.002, (q, read_noise, rr.exact_mask(c).mean())
+
+
+def test_encode_with_spots_follows_the_codec_settings(rng):
+    """encode_with_spots' default finder takes the codec settings' gain, markers and read noise:
+    its peaks are find_spots' with them, its chunk encode()'s with their dilated mask."""
+    photons, truth, rng = weak_still(0.3, seed=11, shape=(512, 512))
+    f = integrating_frame(photons, rng, gain=GAIN, read_noise=RN)
+    for q in (2, "sparse"):
+        s = CodecSettings(q=q, gain=GAIN, markers="extremes", read_noise=RN_ADU)
+        chunk, peaks = encode_with_spots(f, settings=s)
+        ref, spot_mask = rr.find_spots(f, gain=GAIN, markers="extremes", read_noise=RN_ADU)
+        assert same_peaks(peaks, ref) and len(ref) > 50
+        assert chunk == rr.encode(f, roi=rr.roi_mask(spot_mask, s.roi_margin), settings=s)
+        assert hits(peaks, truth)[0] > 0.8
+
+
+def test_sparse_mode_takes_the_read_noise():
+    s = CodecSettings(q="sparse", gain=GAIN, markers="extremes", read_noise="auto")
+    assert s.read_noise == "auto" and CodecSettings.from_cd_values(s.cd_values()) == s
+    assert CodecSettings(q=0, markers="extremes", read_noise=2.0).read_noise == 0  # lossless: no effect
+
+
+# ---- defaults unchanged (digests of this frame's results before the change)
+
+def _digest(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray) and p.dtype.names:  # peaks: field by field (padding undefined)
+            for k in p.dtype.names:
+                h.update(np.ascontiguousarray(p[k]).tobytes())
+        else:
+            h.update(p if isinstance(p, bytes) else np.ascontiguousarray(p).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _counting_frame(kind="int32"):
+    """A photon-counting still with gaps (-1: markers of photon counters; uint16: its maximum);
+    "scaled": float values that are not integers (the double path's rounding)."""
+    rng = np.random.default_rng(2024)
+    f = still_frame(rng, (512, 768), background=0.8, spots=60, water_ring=2.0, dtype="int32", peak_range=(5.0, 3000.0))
+    f[:, 300:302] = -1
+    if kind == "scaled":
+        return (f * 1.37).astype(np.float32)
+    return f.astype(kind)
+
+
+DEFAULT_DIGESTS = {
+    "uint16": {
+        "find_spots": "a6177a40c2304c8a",
+        "roi q=0": "5bba7b1428900da2",
+        "roi q=1": "5bba7b1428900da2",
+        "roi q=2": "c6d9b66a7427ee09",
+        "roi q=sparse": "5bba7b1428900da2",
+    },
+    "int32": {
+        "find_spots": "a6177a40c2304c8a",
+        "roi q=0": "5bba7b1428900da2",
+        "roi q=1": "5bba7b1428900da2",
+        "roi q=2": "c6d9b66a7427ee09",
+        "roi q=sparse": "5bba7b1428900da2",
+    },
+    "float32": {
+        "find_spots": "a6177a40c2304c8a",
+        "roi q=0": "005f2f6fb9bcaf75",
+        "roi q=1": "de266b336acd9141",
+        "roi q=2": "5f8a28c17422d715",
+        "roi q=sparse": "5bba7b1428900da2",
+    },
+    "scaled": {
+        "find_spots": "c43d21792f496059",
+        "roi q=0": "005f2f6fb9bcaf75",
+        "roi q=1": "e78a081045da2a21",
+        "roi q=2": "01e9aa6ec291c7d7",
+        "roi q=sparse": "e33515aae233c377",
+    },
+}
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "float32", "scaled"])
+def test_photon_counting_defaults_unchanged(dtype):
+    """Peaks and spot masks, and the encoder's exact regions (its built-in ROI) at default
+    settings, on a photon-counting frame with gaps: the digests of what the finder gave before
+    integrating detectors were added (the chunks themselves were checked byte for byte then)."""
+    f = _counting_frame(dtype)
+    peaks, spot_mask = rr.find_spots(f)
+    assert len(peaks) > 30
+    got = {"find_spots": _digest(peaks, spot_mask)}
+    for q in (0, 1, 2, "sparse"):
+        got[f"roi q={q}"] = _digest(rr.exact_mask(rr.encode(f, q=q)))
+    expected = DEFAULT_DIGESTS.get(dtype)
+    assert expected is not None, got
+    assert got == expected
