@@ -215,7 +215,7 @@ py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b
 
 // Radial profile: (mean, sigma, count) per bin, from a per-pixel bin map.
 py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_style> bins, int32_t nbins,
-                         double clip, int iterations, int nthreads) {
+                         double clip, int iterations, int nthreads, int markers) {
     if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
     if ((size_t)bins.size() != (size_t)frame.size()) throw py::value_error("bins must have the frame's shape");
     if (nbins < 1 || !(clip > 0) || iterations < 0) throw py::value_error("invalid radial parameters");
@@ -227,8 +227,8 @@ py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_styl
     redml_status s;
     {
         py::gil_scoped_release release;
-        s = redml_radial_profile(frame.data(), dt, (size_t)frame.size(), bins.data(), nbins, clip, iterations, mean_p,
-                                 sigma_p, count_p, nthreads);
+        s = redml_radial_profile(frame.data(), dt, (size_t)frame.size(), bins.data(), nbins, clip, iterations,
+                                 (redml_markers)markers, mean_p, sigma_p, count_p, nthreads);
     }
     if (s != REDML_OK) raise(s);
     return py::make_tuple(mean, sigma, count);
@@ -471,7 +471,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("seed"), py::arg("idx"), py::arg("stream"));
     m.def("dilate", &dilate_mask, py::arg("mask"), py::arg("margin"), py::arg("nthreads") = 0);
     m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
-          py::arg("iterations"), py::arg("nthreads"));
+          py::arg("iterations"), py::arg("nthreads"), py::arg("markers") = 0);
     m.def("jf_convert", &jf_convert, py::arg("raw"), py::arg("pedestal"), py::arg("gain"), py::arg("mask"),
           py::arg("track"), py::arg("modules"), py::arg("gap_index"), py::arg("out_height"), py::arg("out_width"),
           py::arg("energy_keV"), py::arg("out_dtype"), py::arg("want_kev"), py::arg("want_status"),

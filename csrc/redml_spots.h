@@ -66,15 +66,16 @@ REDML_API redml_status redml_encode_spots(const void *frame, redml_dtype dtype, 
 REDML_API redml_status redml_dilate(uint8_t *map, uint32_t height, uint32_t width, int margin, int nthreads);
 
 /* Radial background profile with iterative two-sided sigma clipping (the peakfinder8 /
- * pyFAI approach). bins: per pixel its bin in [0, nbins), or -1 to ignore it; special
- * values are ignored as in the codec. Per bin, the mean and standard deviation of its
+ * pyFAI approach). bins: per pixel its bin in [0, nbins), or -1 to ignore it; the
+ * markers are ignored as in the codec (NEGATIVE: every negative value; integrating
+ * detectors' EXTREMES and GAPS: negative values are noise, used). Per bin, the mean and standard deviation of its
  * pixels, recomputed without the pixels beyond clip sigmas until stable (at most
  * `iterations` times), then once at clip + 2 sigmas (so that the clipped Poisson tail does
  * not bias low counts). mean, sigma and count (pixels kept in the last pass) hold nbins
  * values each. */
 REDML_API redml_status redml_radial_profile(const void *frame, redml_dtype dtype, size_t npix, const int32_t *bins,
-                                            int32_t nbins, double clip, int iterations, double *mean, double *sigma,
-                                            int64_t *count, int nthreads);
+                                            int32_t nbins, double clip, int iterations, redml_markers markers,
+                                            double *mean, double *sigma, int64_t *count, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -148,15 +148,17 @@ redml_status redml_dilate(uint8_t *map, uint32_t height, uint32_t width, int mar
 }
 
 redml_status redml_radial_profile(const void *frame, redml_dtype dtype, size_t npix, const int32_t *bins,
-                                  int32_t nbins, double clip, int iterations, double *mean, double *sigma,
-                                  int64_t *count, int nthreads) {
+                                  int32_t nbins, double clip, int iterations, redml_markers markers, double *mean,
+                                  double *sigma, int64_t *count, int nthreads) {
     return guarded([&] {
         check(((frame && bins) || npix == 0) && mean && sigma && count, REDML_E_ARG, "null argument");
         check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
         check(nbins >= 1 && clip > 0 && iterations >= 0, REDML_E_ARG, "invalid radial parameters");
+        check(markers >= REDML_MARKERS_NEGATIVE && markers <= REDML_MARKERS_GAPS, REDML_E_ARG,
+              "markers must be negative, extremes or gaps");
         dispatch_dtype(dtype, [&](auto tag) {
             using T = decltype(tag);
-            RadialProfile p = fit_radial<T>((const T *)frame, bins, npix, nbins, clip, iterations,
+            RadialProfile p = fit_radial<T>((const T *)frame, bins, npix, nbins, clip, iterations, markers,
                                             resolve_threads(nthreads));
             std::copy(p.mean.begin(), p.mean.end(), mean);
             std::copy(p.sigma.begin(), p.sigma.end(), sigma);

@@ -240,3 +240,21 @@ def test_photon_counting_defaults_unchanged(dtype):
     expected = DEFAULT_DIGESTS.get(dtype)
     assert expected is not None, got
     assert got == expected
+
+
+def test_radial_background_of_integrating_frames(rng):
+    """The radial profile with markers="extremes": negative values are noise and count (the
+    profile's mean is the frame's, not the mean of its positive half), markers are ignored."""
+    from redml_reduce.background import BeamGeometry, RadialBackground
+
+    f = integrating_frame(np.zeros((256, 256), int), rng, gain=GAIN, read_noise=RN, gaps=np.eye(256, dtype=bool))
+    geom = BeamGeometry(128.0, 128.0)
+    mean, sigma, count = RadialBackground(geom, f.shape, bin_width=200.0, markers="extremes").fit(f)
+    used = f[~np.eye(256, dtype=bool)].astype(np.float64)
+    assert count[0] == used.size  # read noise alone: no value beyond the clip, only the markers go
+    assert mean[0] == pytest.approx(used.mean(), rel=1e-9)
+    assert sigma[0] == pytest.approx(used.std(ddof=1), rel=1e-9)
+    counting, _, n = RadialBackground(geom, f.shape, bin_width=200.0).fit(f)  # photon counters': negatives out
+    assert n[0] < 0.8 * used.size and counting[0] > mean[0]
+    with pytest.raises(ValueError, match="markers"):
+        RadialBackground(geom, f.shape, markers="zeros")
