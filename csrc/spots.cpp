@@ -342,6 +342,7 @@ struct DispersionArgs {
     const double *bound;  // (m - 1) + sigma_b * sqrt(2 (m - 1)) per count m
     double gain;
     double rn2;  // read_noise^2: the variance of an empty pixel (0 for photon counters)
+    bool integrating;  // usable values may be negative, or rn2 > 0
     int min_count;
     uint8_t neutral;  // candidate value of an unusable pixel
     uint8_t *cand;
@@ -397,14 +398,19 @@ SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count
 // beyond a bound on the float rounding errors (16 times the worst case), so that it
 // decides as the double test does; open[x] = 1 where it does not decide (a window not
 // full, or a pixel too close to call). rhs >= 0 where sm > 0, and sm <= 0 fails.
+// Integrating: the read noise's term (`empty`: full * rn2) and the sign test, which
+// photon counters (values >= 0, no read noise) skip: their sum is 0 only on all-zero
+// windows, where var = rhs = 0 fails, so both loops decide alike there.
+template <bool Integrating>
 SPOTS_INLINE void dispersion_screen(const int32_t *__restrict n, const int32_t *__restrict sm,
                                     const int32_t *__restrict s2, uint8_t *__restrict c, uint8_t *__restrict open,
                                     uint32_t W, int32_t full, float gain, float empty, float bound) {
     for (uint32_t x = 0; x < W; x++) {
         const float sx = (float)sm[x], ms = (float)full * (float)s2[x], sq = sx * sx;
-        const float var = ms - sq, rhs = (gain * sx + empty) * bound, tol = (ms + sq + rhs) * 0x1p-20f;
+        const float var = ms - sq, rhs = (Integrating ? gain * sx + empty : gain * sx) * bound;
+        const float tol = (ms + sq + rhs) * 0x1p-20f;
         const int32_t positive = sm[x] > 0;
-        const int32_t pass = (var > rhs + tol) & positive;
+        const int32_t pass = Integrating ? (var > rhs + tol) & positive : var > rhs + tol;
         const int32_t fail = (var < rhs - tol) | (positive ^ 1);  // an all-zero window: var = rhs = 0
         c[x] = (uint8_t)pass;
         open[x] = (uint8_t)((n[x] != full) | ((pass | fail) ^ 1));
@@ -423,7 +429,11 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__rest
         for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
         return;
     }
-    dispersion_screen(n, sm, s2, c, open, W, full, (float)a.gain, (float)((double)full * a.rn2), (float)bound_full);
+    const float empty = (float)((double)full * a.rn2);
+    if (a.integrating)
+        dispersion_screen<true>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
+    else
+        dispersion_screen<false>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
     for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
         c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
 }
@@ -591,7 +601,8 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     const int max_count = (2 * k + 1) * (2 * k + 1);
     std::vector<double> dispersion_bound(max_count + 1, 0.0);
     for (int m = 2; m <= max_count; m++) dispersion_bound[m] = (m - 1) + fp.sigma_b * std::sqrt(2.0 * (m - 1));
-    const DispersionArgs dargs{usable, H, W, dispersion_bound.data(), g, rn2, fp.min_count,
+    const DispersionArgs dargs{usable, H, W, dispersion_bound.data(), g, rn2,
+                               fp.markers != REDML_MARKERS_NEGATIVE || rn2 > 0, fp.min_count,
                                (uint8_t)fp.masked_pixels_neutral, cand};
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
         if (dispersion_band_int(dargs, frame, k, y0, y1)) return;
