@@ -88,8 +88,11 @@ def test_integer_and_float_paths_agree_with_negative_values(rng):
     with negative values, large ones included (their squares bound the 32-bit sums)."""
     photons, _, rng = weak_still(0.5, seed=3, shape=(384, 512))
     f = integrating_frame(photons, rng, gain=GAIN, read_noise=RN)
-    f[100:140, 100:140] = -20000  # a deep pedestal dip: beyond the 32-bit sums' range
+    f[100:140, 100:140] = -20000  # a deep pedestal dip
     f[200:203, 300:303] = 20000
+    # windows of positive sum whose squares pass 2^31 through their negative values alone
+    f[20:40, 20:40] = 3000
+    f[20:40:3, 20:40:3] = -20000
     kw = dict(gain=GAIN, markers="extremes", read_noise=RN_ADU)
     a, ma = rr.find_spots(f, **kw)
     b, mb = rr.find_spots(f.astype(np.float32), **kw)
