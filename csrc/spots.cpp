@@ -425,7 +425,7 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__rest
     const int32_t min_count = std::max(a.min_count, 2);
     const double bound_full = a.bound[full];
     if (!(full >= min_count && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full) &&
-          std::isfinite((a.gain + full * a.rn2) * bound_full))) {
+          std::isfinite(full * a.rn2 * bound_full))) {
         for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
         return;
     }
@@ -526,7 +526,7 @@ REDML_TARGET_AVX2 void dispersion_band_int_avx2(const DispersionArgs &a, const T
 // Largest magnitude of the usable values of n pixels (negative where the markers let
 // negative values be noise), branch-free.
 template <class T>
-int64_t usable_max(const T *__restrict f, const uint8_t *__restrict ok, size_t n) {
+int64_t usable_max_abs(const T *__restrict f, const uint8_t *__restrict ok, size_t n) {
     T hi = 0, lo = 0;
     for (size_t i = 0; i < n; i++) {
         const T v = (T)(f[i] * (T)(ok[i] != 0));
@@ -545,7 +545,7 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
         const int64_t limit = (int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1;
         const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
-        if (usable_max(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
+        if (usable_max_abs(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
             return false;
         // sums: the window sums of a row (3 W) and its open pixels (W bytes)
         std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W + ((size_t)a.W + 3) / 4);

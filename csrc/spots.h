@@ -32,7 +32,8 @@ struct FinderParams {
     // read_noise^2); < 0: estimated from the frame (estimate_read_noise, background.h).
     double read_noise = 0.0;
     // The markers the caller's usable map left out (negative values are noise unless
-    // NEGATIVE); only the read-noise estimate reads it.
+    // NEGATIVE): the read-noise estimate reads it, and the dispersion test whether usable
+    // values may be negative.
     redml_markers markers = REDML_MARKERS_NEGATIVE;
     int min_count = 2;          // usable pixels needed in a window
     double threshold = 0.0;     // absolute threshold (data units)
