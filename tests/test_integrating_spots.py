@@ -261,3 +261,19 @@ def test_radial_background_of_integrating_frames(rng):
     assert n[0] < 0.8 * used.size and counting[0] > mean[0]
     with pytest.raises(ValueError, match="markers"):
         RadialBackground(geom, f.shape, markers="zeros")
+
+
+def test_hdf5_filter_passes_the_read_noise_to_the_sparse_modes_finder(rng, tmp_path):
+    """Sparse mode's read noise (cd_values slot 17) reaches the plugin's encoder: its chunks
+    are encode()'s, with the finder's small ROI, not the Poisson-only test's 5%."""
+    h5py = pytest.importorskip("h5py")
+    frames = np.stack([integrating_frame(rng.poisson(0.05, (128, 192)), rng, gain=GAIN, read_noise=RN)
+                       for _ in range(2)])
+    settings = dict(q="sparse", gain=GAIN, markers="extremes", read_noise="auto")
+    with h5py.File(tmp_path / "s.h5", "w") as fh:
+        fh.create_dataset("d", data=frames, chunks=(1, 128, 192), **rr.Redml(**settings))
+    with h5py.File(tmp_path / "s.h5") as fh:
+        for k in range(2):
+            chunk = fh["d"].id.read_direct_chunk((k, 0, 0))[1]
+            assert chunk == rr.encode(frames[k], **settings)
+            assert rr.exact_mask(chunk).mean() < 0.002
