@@ -2,6 +2,10 @@
 // only +, -, *, / and sqrt appear here).
 #include "lattice.h"
 
+#ifdef __FAST_MATH__
+#error "lattice.cpp must be built without fast-math: the decoder predicts the encoder's region bit for bit"
+#endif
+
 #include <cmath>
 
 namespace redml {

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _core
 from .arrays import SUPPORTED_DTYPES, as_frame, as_map, check_range
+from .lattice.predict import LatticeRegion
 from .spots import PEAK_DTYPE, FinderSettings
 
 __all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
@@ -342,8 +343,9 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
         converted; other dtypes are refused, never cast silently).
     q: 0 lossless, > 0 quantized background (|error| <= q*sigma/2, unbiased), "sparse".
-    roi: None (the built-in spot rule, as the HDF5 filter) or a boolean map of pixels to
-        keep exactly.
+    roi: None (the built-in spot rule, as the HDF5 filter), a boolean map of pixels to
+        keep exactly, or a redml_reduce.lattice.LatticeRegion (its crystals' predicted discs
+        besides its base map or the built-in rule, stored as the crystal models).
     mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
     nthreads: 0 = REDML_NUM_THREADS or all cores.
     settings: a CodecSettings (then q and fields are not given); fields: further
@@ -354,9 +356,13 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     check_range("nthreads", nthreads, 0, 4096, integer=True)
     if isinstance(roi, str):
         raise TypeError(f"roi={roi!r}: ROI sources are resolved by redml_reduce.encode (redml_reduce.pipeline); "
-                        "codec.encode takes None or a boolean map")
+                        "codec.encode takes None, a boolean map or a LatticeRegion")
+    lattice = None
+    if isinstance(roi, LatticeRegion):
+        lattice = roi.records() if roi.crystals else None
+        roi = roi.base
     return _core.encode(arr, as_map(roi, arr.shape, "roi"), as_map(mask, arr.shape, "mask"),
-                        nthreads=nthreads, **s.core_kwargs())
+                        nthreads=nthreads, lattice=lattice, **s.core_kwargs())
 
 
 def encode_with_spots(frame: np.ndarray, *, mask=None, nthreads: int = 0, settings: Optional[CodecSettings] = None,
