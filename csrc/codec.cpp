@@ -212,6 +212,15 @@ uint64_t decode_runs(const uint8_t *p, size_t size, uint8_t *exact, size_t n) {
     return n_exact;
 }
 
+// The crystals of the chunk's lattice section (none without one) and its region hash.
+std::vector<redml_lattice> chunk_lattice(const ParsedChunk &pc, uint64_t *region_hash) {
+    const Section *lat_s = pc.find(SECTION_LATTICE);
+    if (!lat_s) return {};
+    std::vector<uint8_t> bytes(lat_s->raw_size);
+    decode_stream(lat_s->data, lat_s->stored_size, bytes.data(), bytes.size(), spec_for(pc.header, *lat_s), 1);
+    return read_lattice_section(bytes.data(), bytes.size(), region_hash);
+}
+
 // The stored exact-pixel map: the mask's runs, ORed with the discs that the lattice section's
 // crystals paint (predicted again here, checked against the encoder's region hash); returns
 // the number of exact pixels. runs_buf: scratch for the decoded runs.
@@ -222,12 +231,9 @@ uint64_t read_exact_map(const ParsedChunk &pc, uint8_t *exact, std::vector<uint8
     uint8_t *runs = scratch(runs_buf, std::max<size_t>(1, mask_s->raw_size));
     decode_stream(mask_s->data, mask_s->stored_size, runs, mask_s->raw_size, spec_for(h, *mask_s), nt);
     uint64_t n_exact = decode_runs(runs, mask_s->raw_size, exact, N);
-    const Section *lat_s = pc.find(SECTION_LATTICE);
-    if (!lat_s) return n_exact;
-    std::vector<uint8_t> bytes(lat_s->raw_size);
-    decode_stream(lat_s->data, lat_s->stored_size, bytes.data(), bytes.size(), spec_for(h, *lat_s), 1);
     uint64_t stored_hash = 0, hash = 0;
-    const std::vector<redml_lattice> crystals = read_lattice_section(bytes.data(), bytes.size(), &stored_hash);
+    const std::vector<redml_lattice> crystals = chunk_lattice(pc, &stored_hash);
+    if (crystals.empty()) return n_exact;
     const std::vector<uint8_t> region =
         lattice_region(crystals.data(), crystals.size(), h.height, h.width, REDML_E_CORRUPT, &hash);
     check(hash == stored_hash, REDML_E_CORRUPT,
@@ -1460,6 +1466,19 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
         std::vector<uint8_t> runs;
         read_exact_map(pc, out, runs, 1);
+    });
+}
+
+redml_status redml_lattice_crystals(const void *chunk, size_t size, redml_lattice *out, size_t capacity, size_t *n) {
+    return guarded([&] {
+        check(n != nullptr && (out != nullptr || capacity == 0), REDML_E_ARG, "null argument");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        uint64_t region_hash = 0;
+        const std::vector<redml_lattice> crystals = chunk_lattice(pc, &region_hash);
+        *n = crystals.size();
+        check(crystals.size() <= capacity || (out == nullptr && capacity == 0), REDML_E_ARG,
+              "output buffer too small for the chunk's crystals");
+        if (out) std::copy(crystals.begin(), crystals.end(), out);
     });
 }
 

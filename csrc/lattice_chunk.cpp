@@ -15,16 +15,15 @@ namespace {
 
 const uint8_t kLatticeLayout = 1;
 
-// The record's doubles in their stored order (the order of redml_lattice's fields).
-void record_doubles(const redml_lattice &m, double *v) {
+}  // namespace
+
+void lattice_model_doubles(const redml_lattice &m, double *v) {
     std::memcpy(v, m.A, 9 * sizeof(double));
     const double rest[12] = {m.beam_x,          m.beam_y,          m.distance_mm,        m.pixel_size_mm,
                              m.wavelength_a,    m.sensor_mu_per_mm, m.sensor_thickness_mm, m.domain_size_a,
                              m.half_mosaicity_deg, m.bandwidth,     m.d_min_a,            m.radius};
     std::memcpy(v + 9, rest, sizeof(rest));
 }
-
-}  // namespace
 
 redml_lattice lattice_model_from_doubles(const double *v, char centring) {
     redml_lattice m;
@@ -95,7 +94,7 @@ std::vector<uint8_t> write_lattice_section(const redml_lattice *models, size_t n
     for (size_t i = 0; i < n; i++) {
         uint8_t *rec = &out[kLatticeSectionHead + i * kLatticeRecordSize];
         double v[kLatticeDoubles];
-        record_doubles(models[i], v);
+        lattice_model_doubles(models[i], v);
         for (size_t j = 0; j < kLatticeDoubles; j++) {
             uint64_t bits;
             std::memcpy(&bits, &v[j], 8);

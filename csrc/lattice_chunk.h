@@ -20,6 +20,7 @@ const size_t kMaxLatticeCrystals = 255;
 // half_mosaicity_deg, bandwidth, d_min_a, radius (then the centring letter).
 const size_t kLatticeDoubles = 21;
 redml_lattice lattice_model_from_doubles(const double *v, char centring);
+void lattice_model_doubles(const redml_lattice &m, double *v);
 
 inline uint64_t lattice_section_size(size_t n) { return kLatticeSectionHead + kLatticeRecordSize * n; }
 

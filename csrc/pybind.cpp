@@ -185,6 +185,24 @@ py::dict inspect(py::buffer chunk) {
     return d;
 }
 
+// The crystals of a chunk's lattice section as lattice_models takes them: (records, centrings).
+py::tuple lattice_records(py::buffer chunk) {
+    py::buffer_info b = chunk.request();
+    const size_t size = (size_t)b.size * b.itemsize;
+    size_t n = 0;
+    redml_status s = redml_lattice_crystals(b.ptr, size, nullptr, 0, &n);
+    if (s != REDML_OK) raise(s);
+    std::vector<redml_lattice> crystals(n);
+    if (n && (s = redml_lattice_crystals(b.ptr, size, crystals.data(), n, &n)) != REDML_OK) raise(s);
+    py::array_t<double> rec({(py::ssize_t)n, (py::ssize_t)redml::kLatticeDoubles});
+    std::string centrings;
+    for (size_t i = 0; i < n; i++) {
+        redml::lattice_model_doubles(crystals[i], rec.mutable_data() + redml::kLatticeDoubles * i);
+        centrings.push_back(crystals[i].centring);
+    }
+    return py::make_tuple(rec, centrings);
+}
+
 py::array exact_mask(py::buffer chunk) {
     py::buffer_info b = chunk.request();
     redml_info info = inspect_buffer(b);
@@ -485,6 +503,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("decode", &decode, py::arg("chunk"), py::arg("recon") = -1, py::arg("nthreads") = 0);
     m.def("inspect", &inspect, py::arg("chunk"));
     m.def("exact_mask", &exact_mask, py::arg("chunk"));
+    m.def("lattice_records", &lattice_records, py::arg("chunk"));
     m.def("model", &model, py::arg("chunk"));
     m.def("find_spots", &find_spots, py::arg("frame"), py::arg("mask"), py::arg("kernel"), py::arg("sigma_b"),
           py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),

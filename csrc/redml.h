@@ -211,6 +211,12 @@ REDML_API redml_status redml_decode(const void *chunk, size_t size, void *out, s
 /* Stored exact-pixel map (1 = stored losslessly) of a chunk, height*width bytes. */
 REDML_API redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size_t out_capacity);
 
+/* The crystals of a chunk's lattice section (docs/format.md, "Lattice region"), whose
+ * predicted discs it keeps exact: *n of them (0 for a chunk without one) are written to out
+ * when capacity allows (REDML_E_ARG otherwise; out may be NULL with capacity 0 to count). */
+REDML_API redml_status redml_lattice_crystals(const void *chunk, size_t size, redml_lattice *out, size_t capacity,
+                                              size_t *n);
+
 /* The stored background model: per tile (row-major, tile_rows x tile_cols, see
  * redml_model_shape) its mean and quantization step, in data units. */
 REDML_API redml_status redml_model_shape(const void *chunk, size_t size, uint32_t *tile_rows, uint32_t *tile_cols);

@@ -2,14 +2,12 @@
 # Makefile (include: the fuzz build) and by setup.py (which understands only this subset of
 # make: `NAME := words`, $(NAME) references to names defined above, comments).
 
-# Reflection prediction for still shots (lattice.h) and the chunk's lattice section
-# (lattice_chunk.h): the decoder predicts a lattice chunk's exact region with it, so it is
-# part of the codec. Compiled with the same floating-point rules everywhere (no FMA
-# contraction, no fast-math: setup.py's CFLAGS, the Makefile's FUZZ_CXXFLAGS), so that every
-# build predicts the same region bit for bit.
-REDML_LATTICE_SRC := csrc/lattice.cpp csrc/lattice_chunk.cpp
-# The codec (redml.h). The encoder's built-in ROI runs the spot finder (spots.cpp).
-REDML_CODEC_SRC := csrc/codec.cpp csrc/container.cpp csrc/entropy.cpp csrc/background.cpp csrc/spots.cpp $(REDML_LATTICE_SRC)
+# The codec (redml.h). The encoder's built-in ROI runs the spot finder (spots.cpp). A chunk's
+# lattice section (lattice_chunk.cpp) is decoded by predicting its crystals' reflections
+# (lattice.cpp), so the prediction is part of the codec; every build compiles it with the
+# same floating-point rules (no FMA contraction, no fast-math: setup.py's CFLAGS and the
+# Makefile's FUZZ_CXXFLAGS), so that encoder and decoders predict the same region bit for bit.
+REDML_CODEC_SRC := csrc/codec.cpp csrc/container.cpp csrc/entropy.cpp csrc/background.cpp csrc/spots.cpp csrc/lattice.cpp csrc/lattice_chunk.cpp
 # The spot finder's C API and its radial background profile (redml_spots.h).
 REDML_SPOTS_SRC := csrc/spots_api.cpp csrc/radial.cpp
 # The JUNGFRAU raw -> photon conversion (redml_jungfrau.h).

@@ -20,7 +20,7 @@ from .arrays import SUPPORTED_DTYPES, as_frame, as_map, check_range
 from .lattice.predict import LatticeRegion
 from .spots import PEAK_DTYPE, FinderSettings
 
-__all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
+__all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "lattice_records", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
            "SETTINGS", "Setting", "as_frame", "resolve_settings"]
 
 
@@ -417,15 +417,27 @@ def decode(chunk, *, sparse_noise: Optional[bool] = None, recon: Optional[str] =
 
 
 def inspect(chunk) -> dict:
-    """Header fields of a chunk (dtype, shape, mode, q, ...) without decoding pixels."""
+    """Header fields of a chunk (dtype, shape, mode, q, ...) without decoding pixels;
+    "lattice_crystals": how many crystals' predicted discs it keeps exact (0: none)."""
     try:
         info = _core.inspect(_as_buffer(chunk))
+        info["lattice_crystals"] = len(_core.lattice_records(_as_buffer(chunk))[1])
     except ValueError as e:
         raise RedmlError(str(e)) from None
     info["mode"] = {v: k for k, v in _MODES.items()}[info["mode"]]
     info["codec"] = {v: k for k, v in _CODECS.items()}[info["codec"]]
     info["recon"] = _RECON_NAMES[info["recon"]]
     return info
+
+
+def lattice_records(chunk) -> tuple:
+    """The crystals a chunk's lattice section stores (docs/format.md, "Lattice region"), as
+    LatticeRegion.records() gives them: (float64 (n, 21) array, n centring letters); n = 0
+    for a chunk without one."""
+    try:
+        return _core.lattice_records(_as_buffer(chunk))
+    except ValueError as e:
+        raise RedmlError(str(e)) from None
 
 
 def exact_mask(chunk) -> np.ndarray:
