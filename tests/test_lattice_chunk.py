@@ -2,7 +2,10 @@
 the crystal models whose predicted discs it keeps exact, instead of a run-length mask of the
 discs; the decoder (the extension and the HDF5 plugin, one predictor: csrc/lattice.cpp) paints
 the same discs. Reference: DIALS's crystal of thaumatin still 1 (tests/data/lattice)."""
+import platform
+import shutil
 import struct
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -185,3 +188,51 @@ def test_lattice_region_arguments(rng):
         rr.encode(frame, q=2, roi=LatticeRegion([np.eye(3) / 50]))
     # No crystals: the base region (or the built-in finder) alone, an ordinary chunk.
     assert rr.encode(frame, q=2, roi=LatticeRegion([], GEOMETRY)) == rr.encode(frame, q=2)
+
+
+def _cpu_flags() -> set:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def _builds():
+    """(compiler, flags) of stand-alone builds: other compilers, optimization levels, and an
+    instruction set with FMA (contraction off, as the project's builds)."""
+    out = []
+    for cxx, level in (("g++", "-O0"), ("clang++", "-O2")):
+        if shutil.which(cxx):
+            out.append((cxx, [level]))
+            if platform.machine() == "x86_64" and {"avx2", "fma", "bmi2"} <= _cpu_flags():
+                out.append((cxx, ["-O3", "-march=x86-64-v3"]))
+    return out
+
+
+@pytest.mark.parametrize("build", _builds(), ids=lambda b: " ".join([b[0], *b[1]]))
+def test_prediction_same_bits_across_builds(tmp_path, thaumatin_lattice, build):
+    """Other compilers, optimization levels and SIMD instruction sets (with -ffp-contract=off,
+    as setup.py and the Makefile build the core) predict the region whose hash the extension's
+    encoder stored, for DIALS's thaumatin crystal (parallax: deterministic_exp) and the two
+    synthetic ones (centring I)."""
+    cxx, flags = build
+    root = Path(__file__).resolve().parent.parent
+    exe = tmp_path / "host"
+    subprocess.run([cxx, "-std=c++17", *flags, "-ffp-contract=off", f"-I{root / 'csrc'}", "-DREDML_API=",
+                    str(root / "tests" / "lattice_region_host.cpp"), str(root / "csrc" / "lattice.cpp"),
+                    str(root / "csrc" / "lattice_chunk.cpp"), "-lxxhash", "-o", str(exe)], check=True)
+    frame, crystals, _ = thaumatin_lattice
+    cases = [(frame.shape, LatticeRegion(crystals)),
+             ((200, 240), LatticeRegion(small_crystals(), GEOMETRY, LatticeSettings(radius=3.5)))]
+    for shape, region in cases:
+        records, centrings = region.records()
+        expected = xxh3(region.mask(shape).astype(np.uint8).tobytes())
+        chunk = rr.encode(np.zeros(shape, np.uint16), q=2, roi=region)
+        rr.decode(chunk)  # the decoder checks the region it predicts against the stored hash
+        assert lattice_section(records, centrings, region.mask(shape)) in chunk  # the hash is `expected`
+        text = f"{shape[0]} {shape[1]} {len(centrings)}\n" + "".join(
+            " ".join(float(v).hex() for v in rec) + f" {c}\n" for rec, c in zip(records, centrings))
+        out = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True).stdout
+        assert int(out, 16) == expected, (cxx, flags)
