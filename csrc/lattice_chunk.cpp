@@ -1,6 +1,7 @@
 // lattice_chunk.cpp: the lattice section of a chunk (see lattice_chunk.h, docs/format.md).
 #include "lattice_chunk.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -63,6 +64,12 @@ void check_lattice_models(const redml_lattice *models, size_t n, redml_status st
 void paint_lattice_region(const redml_lattice *models, size_t n, uint32_t height, uint32_t width, uint8_t *map,
                           redml_status status) {
     check_lattice_models(models, n, status);
+    // Limits far above any real crystal's (a 1000 Angstrom cell to 1.5 Angstrom searches 2e6 hk
+    // pairs; a Pilatus 6M still predicts a few thousand reflections), so that a hostile chunk
+    // costs at most about a second and a bounded amount of memory.
+    const size_t npix = (size_t)height * width;
+    PredictLimits limits{kMaxLatticeSearch, std::max<size_t>(size_t(1) << 16, npix / 4)};
+    double paint_work = 0;  // pixels visited by the discs, at most a few times the frame
     std::vector<Prediction> pred;
     for (size_t i = 0; i < n; i++) {
         const redml_lattice &m = models[i];
@@ -72,8 +79,12 @@ void paint_lattice_region(const redml_lattice *models, size_t n, uint32_t height
         const char *error = nullptr;
         // Reflections within `radius` of the frame reach it with their discs.
         const bool ok =
-            predict_reflections(m.A, g, height, width, prof, m.d_min_a, m.radius, m.centring, pred, &error);
+            predict_reflections(m.A, g, height, width, prof, m.d_min_a, m.radius, m.centring, pred, &error, &limits);
         check(ok, status, error ? error : "invalid lattice model");
+        const double side = 2.0 * m.radius + 2.0;
+        paint_work += (double)pred.size() * std::min(side * side, (double)npix);
+        check(paint_work <= 64.0 * (double)npix + (double)(1u << 24), status,
+              "lattice region too large to paint (discs covering the frame many times over)");
         paint_discs(pred.data(), pred.size(), m.radius, height, width, map);
     }
 }

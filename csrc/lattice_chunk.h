@@ -14,6 +14,8 @@ namespace redml {
 // region (height x width bytes, 1 inside), then n records of kLatticeRecordSize bytes.
 const size_t kLatticeSectionHead = 12, kLatticeRecordSize = 176;
 const size_t kMaxLatticeCrystals = 255;
+// The (h, k) index pairs the predictions of one region may search, all crystals together.
+const double kMaxLatticeSearch = double(1u << 26);
 
 // A record's doubles, in redml_lattice's field order: A[9], beam_x, beam_y, distance_mm,
 // pixel_size_mm, wavelength_a, sensor_mu_per_mm, sensor_thickness_mm, domain_size_a,

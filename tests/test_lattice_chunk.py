@@ -178,6 +178,23 @@ def test_tampered_models_are_refused(small_chunk):
         rr.decode(forged(lattice_section(singular, centrings, mask)))
 
 
+def test_hostile_models_cost_bounded_work(small_chunk, thaumatin_lattice):
+    """Models that would search 1e8 index pairs, or paint discs over the frame thousands of
+    times, are refused at once (decoder: corrupt chunk; encoder: bad argument), not run for
+    minutes."""
+    chunk, region, parsed = small_chunk
+    records, centrings = region.records()
+    huge = records.copy()
+    huge[0, :9] = np.diag([1 / 16000.0, 1 / 16000.0, 1.0]).ravel()  # 1e8 (h, k) pairs, few l
+    body = lattice_section(huge, centrings, region.mask((200, 240)))
+    secs = [s if s.type != LATTICE else replace(s, data=raw_stream(body), raw_size=len(body)) for s in parsed.sections]
+    with pytest.raises(rr.RedmlError, match="work limit"):
+        rr.decode(Chunk(parsed.header, secs).build())
+    frame, crystals, _ = thaumatin_lattice
+    with pytest.raises(ValueError, match="too large to paint"):
+        rr.encode(frame, q=8, recon="draw", roi=LatticeRegion(crystals, settings=LatticeSettings(radius=1e4)))
+
+
 def test_lattice_region_arguments(rng):
     frame = poisson_frame(rng, 5.0, (64, 64))
     with pytest.raises(ValueError, match="255"):
@@ -236,3 +253,24 @@ def test_prediction_same_bits_across_builds(tmp_path, thaumatin_lattice, build):
             " ".join(float(v).hex() for v in rec) + f" {c}\n" for rec, c in zip(records, centrings))
         out = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True).stdout
         assert int(out, 16) == expected, (cxx, flags)
+
+
+def test_writer_records_lattice_kind(tmp_path, rng):
+    """FrameWriter records "lattice" for a frame written with a LatticeRegion and for a chunk
+    that stores crystals (the chunk says which region kept it); the file reads back through
+    the plugin with the discs exact."""
+    from redml_reduce.formats.writer import read_roi_kinds
+
+    frame = poisson_frame(rng, 5.0, (200, 240))
+    region = LatticeRegion(small_crystals(), GEOMETRY, LatticeSettings(radius=3.5))
+    path = tmp_path / "w.h5"
+    with rr.FrameWriter(path, frame.shape, "uint16", q=8, recon="draw") as w:
+        w.write(frame, roi=region)
+        w.write_chunk(rr.encode(frame, q=8, recon="draw", roi=region))
+        w.write(frame, roi=LatticeRegion([], GEOMETRY, base=np.zeros(frame.shape, bool)))
+        w.write_chunk(rr.encode(frame, q=8))
+    assert read_roi_kinds(path) == ["lattice", "lattice", "map", "unknown"]
+    discs = region.mask(frame.shape)
+    with h5py.File(path, "r") as f:
+        for i in (0, 1):
+            assert f["entry/data/data"][i][discs].tobytes() == frame[discs].tobytes()
