@@ -274,3 +274,29 @@ def test_writer_records_lattice_kind(tmp_path, rng):
     with h5py.File(path, "r") as f:
         for i in (0, 1):
             assert f["entry/data/data"][i][discs].tobytes() == frame[discs].tobytes()
+
+
+def test_every_build_keeps_the_floating_point_rules():
+    """The extension and the plugin (setup.py, release and debug flags) and the fuzz build
+    (Makefile) compile the predictor without FMA contraction or fast-math, and the predictor
+    is part of the plugin's sources."""
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    tree = ast.parse((root / "setup.py").read_text())
+    flag_lists = [ast.literal_eval(n.value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "CFLAGS" for t in n.targets)]
+    assert len(flag_lists) == 2  # release and REDML_DEBUG
+    for flags in flag_lists:
+        assert "-ffp-contract=off" in flags and "-ffast-math" not in flags and not any(f.startswith("-march") for f in flags)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") in
+             ("Pybind11Extension", "Extension")]
+    assert len(calls) == 2
+    for call in calls:  # both artifacts take CFLAGS (the plugin: CFLAGS + a standard)
+        args = next(k.value for k in call.keywords if k.arg == "extra_compile_args")
+        assert "CFLAGS" in ast.unparse(args)
+    fuzz = re.search(r"^FUZZ_CXXFLAGS :=(.*)$", (root / "Makefile").read_text(), re.M).group(1)
+    assert "-ffp-contract=off" in fuzz and "fast-math" not in fuzz
+    codec_src = re.search(r"^REDML_CODEC_SRC :=(.*)$", (root / "csrc" / "sources.mk").read_text(), re.M).group(1)
+    assert {"csrc/lattice.cpp", "csrc/lattice_chunk.cpp"} <= set(codec_src.split())
