@@ -223,24 +223,26 @@ std::vector<redml_lattice> chunk_lattice(const ParsedChunk &pc, uint64_t *region
 
 // The stored exact-pixel map: the mask's runs, ORed with the discs that the lattice section's
 // crystals paint (predicted again here, checked against the encoder's region hash); returns
-// the number of exact pixels. runs_buf: scratch for the decoded runs.
-uint64_t read_exact_map(const ParsedChunk &pc, uint8_t *exact, std::vector<uint8_t> &runs_buf, int nt) {
+// the number of exact pixels. runs_buf, region_buf: scratch for the decoded runs and the region.
+uint64_t read_exact_map(const ParsedChunk &pc, uint8_t *exact, std::vector<uint8_t> &runs_buf,
+                        std::vector<uint8_t> &region_buf, int nt) {
     const ChunkHeader &h = pc.header;
     const size_t N = (size_t)h.height * h.width;
     const Section *mask_s = pc.find(SECTION_EXACT_MASK);
     uint8_t *runs = scratch(runs_buf, std::max<size_t>(1, mask_s->raw_size));
     decode_stream(mask_s->data, mask_s->stored_size, runs, mask_s->raw_size, spec_for(h, *mask_s), nt);
     uint64_t n_exact = decode_runs(runs, mask_s->raw_size, exact, N);
-    uint64_t stored_hash = 0, hash = 0;
+    uint64_t stored_hash = 0;
     const std::vector<redml_lattice> crystals = chunk_lattice(pc, &stored_hash);
     if (crystals.empty()) return n_exact;
-    const std::vector<uint8_t> region =
-        lattice_region(crystals.data(), crystals.size(), h.height, h.width, REDML_E_CORRUPT, &hash);
+    uint8_t *region = scratch(region_buf, N);
+    const uint64_t hash = lattice_region(crystals.data(), crystals.size(), h.height, h.width, region, REDML_E_CORRUPT);
     check(hash == stored_hash, REDML_E_CORRUPT,
           "the lattice region predicted here differs from the encoder's (a build that predicts differently)");
-    n_exact = 0;
-    for (size_t i = 0; i < N; i++) n_exact += (exact[i] |= region[i]);
-    return n_exact;
+    // The encoder's runs leave the region out: the two add up.
+    check(count_ones(exact, region, N) == 0, REDML_E_CORRUPT, "exact mask runs overlap the lattice region");
+    for (size_t i = 0; i < N; i++) exact[i] |= region[i];
+    return n_exact + count_ones(region, nullptr, N);
 }
 
 // Concatenates vectors of words into one (little-endian) byte buffer, in one copy.
@@ -698,7 +700,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     std::vector<uint8_t> lattice_map;
     uint64_t lattice_hash = 0;
     if (lattice) {
-        lattice_map = lattice_region(lattice->crystals, lattice->n, H, W, REDML_E_ARG, &lattice_hash);
+        lattice_map.resize(N);
+        lattice_hash = lattice_region(lattice->crystals, lattice->n, H, W, lattice_map.data(), REDML_E_ARG);
         for (size_t i = 0; i < N; i++) exact[i] |= lattice_map[i];
         stage_mark("lattice region");
     }
@@ -1180,7 +1183,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     ReleaseIfLarge<EncodeScratch> release{sc};
     uint8_t *exact = scratch(sc.exact, N);
     {
-        check(read_exact_map(pc, exact, sc.usable, nt) == n_exact, REDML_E_CORRUPT,
+        check(read_exact_map(pc, exact, sc.usable, sc.tags, nt) == n_exact, REDML_E_CORRUPT,
               "exact mask does not match the exact pixel count");
     }
     // The exact values, then each phase's codes (sizes checked by parse_chunk: n_exact
@@ -1464,8 +1467,8 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         const ChunkHeader &h = pc.header;
         size_t N = (size_t)h.height * h.width;
         check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
-        std::vector<uint8_t> runs;
-        read_exact_map(pc, out, runs, 1);
+        std::vector<uint8_t> runs, region;
+        read_exact_map(pc, out, runs, region, 1);
     });
 }
 

@@ -89,12 +89,12 @@ void paint_lattice_region(const redml_lattice *models, size_t n, uint32_t height
     }
 }
 
-std::vector<uint8_t> lattice_region(const redml_lattice *models, size_t n, uint32_t height, uint32_t width,
-                                    redml_status status, uint64_t *hash) {
-    std::vector<uint8_t> map((size_t)height * width, 0);
-    paint_lattice_region(models, n, height, width, map.data(), status);
-    *hash = XXH3_64bits(map.data(), map.size());
-    return map;
+uint64_t lattice_region(const redml_lattice *models, size_t n, uint32_t height, uint32_t width, uint8_t *map,
+                        redml_status status) {
+    const size_t npix = (size_t)height * width;
+    std::memset(map, 0, npix);
+    paint_lattice_region(models, n, height, width, map, status);
+    return XXH3_64bits(map, npix);
 }
 
 std::vector<uint8_t> write_lattice_section(const redml_lattice *models, size_t n, uint64_t region_hash) {

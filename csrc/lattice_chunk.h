@@ -36,11 +36,11 @@ void check_lattice_models(const redml_lattice *models, size_t n, redml_status st
 void paint_lattice_region(const redml_lattice *models, size_t n, uint32_t height, uint32_t width, uint8_t *map,
                           redml_status status);
 
-// The exact region of the models as a new height x width map (paint_lattice_region) and
-// its XXH3-64 in *hash (what the section stores, so that a decoder whose prediction differed
-// reports it instead of decoding a wrong frame).
-std::vector<uint8_t> lattice_region(const redml_lattice *models, size_t n, uint32_t height, uint32_t width,
-                                    redml_status status, uint64_t *hash);
+// Writes the exact region of the models into map (height x width bytes: 1 inside a disc, 0
+// elsewhere; paint_lattice_region) and returns its XXH3-64 (what the section stores, so that
+// a decoder whose prediction differed reports it instead of decoding a wrong frame).
+uint64_t lattice_region(const redml_lattice *models, size_t n, uint32_t height, uint32_t width, uint8_t *map,
+                        redml_status status);
 
 // The section's bytes for the models and the XXH3-64 of the region they paint.
 std::vector<uint8_t> write_lattice_section(const redml_lattice *models, size_t n, uint64_t region_hash);

@@ -21,8 +21,8 @@ int main() {
         if (std::scanf(" %c", &c) != 1) return 2;
         models.push_back(redml::lattice_model_from_doubles(v, c));
     }
-    uint64_t hash = 0;
-    redml::lattice_region(models.data(), models.size(), height, width, REDML_E_ARG, &hash);
+    std::vector<uint8_t> map((size_t)height * width);
+    const uint64_t hash = redml::lattice_region(models.data(), models.size(), height, width, map.data(), REDML_E_ARG);
     std::printf("%016" PRIx64 "\n", hash);
     return 0;
 }

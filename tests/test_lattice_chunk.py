@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import redml_reduce as rr
-from chunkforge import Chunk, raw_stream, xxh3
+from chunkforge import Chunk, raw_stream, runs, xxh3
 from helpers import check_decoded, poisson_frame
 from redml_reduce.background import BeamGeometry
 from redml_reduce.codec import lattice_records
@@ -79,6 +79,7 @@ def test_decoder_region_is_lattice_roi(rng):
                                                                    base=np.zeros(frame.shape, bool)))
     assert np.array_equal(rr.exact_mask(chunk), discs)
     assert rr.inspect(chunk)["n_exact"] == discs.sum()
+    assert Chunk.parse(chunk).find(2).raw_size == len(runs(200 * 240))  # one run, of non-exact pixels
     back = rr.decode(chunk)
     assert back[discs].tobytes() == frame[discs].tobytes()
     as_mask = rr.encode(frame, q=8, recon="draw", roi=discs)
@@ -172,6 +173,11 @@ def test_tampered_models_are_refused(small_chunk):
         rr.exact_mask(forged(bytes([2]) + good[1:]))  # unknown layout
     with pytest.raises(rr.RedmlError, match="lattice"):
         rr.decode(forged(good + bytes(3)))  # wrong size
+    everything = runs(0, 200 * 240)  # mask runs that cover the discs too
+    secs = [s if s.type != 2 else replace(s, data=raw_stream(everything), raw_size=len(everything))
+            for s in parsed.sections]
+    with pytest.raises(rr.RedmlError, match="overlap"):
+        rr.decode(Chunk(parsed.header, secs).build())
     singular = records.copy()
     singular[1, :9] = 0
     with pytest.raises(rr.RedmlError, match="invertible"):
