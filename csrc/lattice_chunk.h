@@ -26,13 +26,14 @@ void lattice_model_doubles(const redml_lattice &m, double *v);
 
 inline uint64_t lattice_section_size(size_t n) { return kLatticeSectionHead + kLatticeRecordSize * n; }
 
-// Checks each model (finite geometry and footprint, centring letter): throws `status`.
+// Checks the count (1..255), each radius ([0, 1e4] pixels) and centring letter (the
+// predictor checks the geometry and A): throws `status`.
 void check_lattice_models(const redml_lattice *models, size_t n, redml_status status);
 
 // ORs the exact region of the models into map (height x width, 0/1): for each crystal, the
 // discs of `radius` pixels around every reflection predicted within `radius` of the frame
 // (lattice.h; the same call as redml_reduce.lattice.lattice_roi). Throws `status` when a model
-// cannot be predicted.
+// cannot be predicted or passes the work limits (index pairs, predictions, painted pixels).
 void paint_lattice_region(const redml_lattice *models, size_t n, uint32_t height, uint32_t width, uint8_t *map,
                           redml_status status);
 
