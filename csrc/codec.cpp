@@ -17,6 +17,7 @@
 #include "encoder.h"
 #include "entropy.h"
 #include "error.h"
+#include "lattice_chunk.h"
 #include "pixels.h"
 #include "quantize.h"
 #include "redml.h"
@@ -209,6 +210,39 @@ uint64_t decode_runs(const uint8_t *p, size_t size, uint8_t *exact, size_t n) {
     }
     check(i == n, REDML_E_CORRUPT, "exact mask runs do not cover the frame");
     return n_exact;
+}
+
+// The crystals of the chunk's lattice section (none without one) and its region hash.
+std::vector<redml_lattice> chunk_lattice(const ParsedChunk &pc, uint64_t *region_hash) {
+    const Section *lat_s = pc.find(SECTION_LATTICE);
+    if (!lat_s) return {};
+    std::vector<uint8_t> bytes(lat_s->raw_size);
+    decode_stream(lat_s->data, lat_s->stored_size, bytes.data(), bytes.size(), spec_for(pc.header, *lat_s), 1);
+    return read_lattice_section(bytes.data(), bytes.size(), region_hash);
+}
+
+// The stored exact-pixel map: the mask's runs, ORed with the discs that the lattice section's
+// crystals paint (predicted again here, checked against the encoder's region hash); returns
+// the number of exact pixels. runs_buf, region_buf: scratch for the decoded runs and the region.
+uint64_t read_exact_map(const ParsedChunk &pc, uint8_t *exact, std::vector<uint8_t> &runs_buf,
+                        std::vector<uint8_t> &region_buf, int nt) {
+    const ChunkHeader &h = pc.header;
+    const size_t N = (size_t)h.height * h.width;
+    const Section *mask_s = pc.find(SECTION_EXACT_MASK);
+    uint8_t *runs = scratch(runs_buf, std::max<size_t>(1, mask_s->raw_size));
+    decode_stream(mask_s->data, mask_s->stored_size, runs, mask_s->raw_size, spec_for(h, *mask_s), nt);
+    uint64_t n_exact = decode_runs(runs, mask_s->raw_size, exact, N);
+    uint64_t stored_hash = 0;
+    const std::vector<redml_lattice> crystals = chunk_lattice(pc, &stored_hash);
+    if (crystals.empty()) return n_exact;
+    uint8_t *region = scratch(region_buf, N);
+    const uint64_t hash = lattice_region(crystals.data(), crystals.size(), h.height, h.width, region, REDML_E_CORRUPT);
+    check(hash == stored_hash, REDML_E_CORRUPT,
+          "the lattice region predicted here differs from the encoder's (a build that predicts differently)");
+    // The encoder's runs leave the region out: the two add up.
+    check(count_ones(exact, region, N) == 0, REDML_E_CORRUPT, "exact mask runs overlap the lattice region");
+    for (size_t i = 0; i < N; i++) exact[i] |= region[i];
+    return n_exact + count_ones(region, nullptr, N);
 }
 
 // Concatenates vectors of words into one (little-endian) byte buffer, in one copy.
@@ -614,7 +648,8 @@ redml_params with_read_noise(const T *f, const uint8_t *usable, uint32_t H, uint
 
 template <class T>
 void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, const uint8_t *mask_in,
-                  const redml_params &p_in, SpotRequest *spots, void **out, size_t *out_size) {
+                  const redml_params &p_in, SpotRequest *spots, void **out, size_t *out_size,
+                  const LatticeRequest *lattice) {
     using S = Storage<T>;
     using Word = typename S::Word;
     const int nt = resolve_threads(p_in.nthreads);
@@ -663,6 +698,15 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         find_spots(f, usable, H, W, fp, exact, nt);
         dilate(exact, H, W, p.roi_margin, nt);
         stage_mark("roi dilation");
+    }
+    // the lattice's discs: exact, stored as the crystal models (the mask's runs leave them out)
+    std::vector<uint8_t> lattice_map;
+    uint64_t lattice_hash = 0;
+    if (lattice) {
+        lattice_map.resize(N);
+        lattice_hash = lattice_region(lattice->crystals, lattice->n, H, W, lattice_map.data(), REDML_E_ARG);
+        for (size_t i = 0; i < N; i++) exact[i] |= lattice_map[i];
+        stage_mark("lattice region");
     }
     // background
     BackgroundModel model = conditional ? fit_background_model_outside_roi(f, usable, exact, H, W, p, nt)
@@ -755,10 +799,16 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         size_t size;
     };
     const std::vector<uint8_t> model_bytes = concat_bytes<float>({&model.mean, &model.step});
-    const std::vector<uint8_t> runs = encode_runs(exact, N);
+    if (lattice)  // the runs: the exact pixels outside the discs (the decoder paints those)
+        for (size_t i = 0; i < N; i++) lattice_map[i] = (exact[i] != 0) & (lattice_map[i] == 0);
+    const std::vector<uint8_t> runs = encode_runs(lattice ? lattice_map.data() : exact, N);
+    const std::vector<uint8_t> lattice_bytes =
+        lattice ? write_lattice_section(lattice->crystals, lattice->n, lattice_hash) : std::vector<uint8_t>();
     std::vector<Pending> pending;
     pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, model_bytes.data(), model_bytes.size()});
     pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, runs.data(), runs.size()});
+    if (lattice)
+        pending.push_back({SECTION_LATTICE, REDML_SHUFFLE_NONE, 1, lattice_bytes.data(), lattice_bytes.size()});
     pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), (const uint8_t *)band_vals,
                        n_exact * sizeof(Word)});
     if (coded)
@@ -1119,7 +1169,6 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const size_t N = (size_t)H * W;
 
     // Sections and block tables were checked against the header by parse_chunk.
-    const Section *mask_s = pc.find(SECTION_EXACT_MASK);
     const Section *vals_s = pc.find(SECTION_EXACT_VALUES);
     std::vector<const Section *> codes_s = pc.find_all(SECTION_BACKGROUND_CODES);
     const uint64_t n_exact = h.n_exact;
@@ -1137,9 +1186,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     ReleaseIfLarge<EncodeScratch> release{sc};
     uint8_t *exact = scratch(sc.exact, N);
     {
-        uint8_t *runs = scratch(sc.usable, std::max<size_t>(1, mask_s->raw_size));
-        decode_stream(mask_s->data, mask_s->stored_size, runs, mask_s->raw_size, spec_for(h, *mask_s), nt);
-        check(decode_runs(runs, mask_s->raw_size, exact, N) == n_exact, REDML_E_CORRUPT,
+        check(read_exact_map(pc, exact, sc.usable, sc.tags, nt) == n_exact, REDML_E_CORRUPT,
               "exact mask does not match the exact pixel count");
     }
     // The exact values, then each phase's codes (sizes checked by parse_chunk: n_exact
@@ -1289,7 +1336,8 @@ std::string &last_error() {
 namespace redml {
 
 void encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width, const uint8_t *roi,
-            const uint8_t *mask, const redml_params &p, SpotRequest *spots, void **out, size_t *out_size) {
+            const uint8_t *mask, const redml_params &p, SpotRequest *spots, void **out, size_t *out_size,
+            const LatticeRequest *lattice) {
     check(frame && out && out_size, REDML_E_ARG, "null argument");
     check(!(roi && spots), REDML_E_ARG, "an ROI map and spots to find are exclusive");
     check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
@@ -1297,9 +1345,10 @@ void encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t widt
               (uint64_t)height * width <= kMaxPixels,
           REDML_E_ARG, "frame shape out of range (1..2^20 per side, at most 2^27 pixels)");
     validate_params(p);
+    if (lattice) check_lattice_models(lattice->crystals, lattice->n, REDML_E_ARG);
     dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        encode_frame<T>((const T *)frame, height, width, roi, mask, p, spots, out, out_size);
+        encode_frame<T>((const T *)frame, height, width, roi, mask, p, spots, out, out_size, lattice);
     });
 }
 
@@ -1352,6 +1401,16 @@ redml_status redml_encode(const void *frame, redml_dtype dtype, uint32_t height,
     return guarded([&] {
         check(p != nullptr, REDML_E_ARG, "null argument");
         encode(frame, dtype, height, width, roi, mask, *p, nullptr, out, out_size);
+    });
+}
+
+redml_status redml_encode_lattice(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                                  const uint8_t *roi, const uint8_t *mask, const redml_params *p,
+                                  const redml_lattice *crystals, size_t n, void **out, size_t *out_size) {
+    return guarded([&] {
+        check(p != nullptr && crystals != nullptr, REDML_E_ARG, "null argument");
+        const LatticeRequest lattice{crystals, n};
+        encode(frame, dtype, height, width, roi, mask, *p, nullptr, out, out_size, &lattice);
     });
 }
 
@@ -1411,10 +1470,21 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         const ChunkHeader &h = pc.header;
         size_t N = (size_t)h.height * h.width;
         check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
-        const Section *s = pc.find(SECTION_EXACT_MASK);  // its size checked by parse_chunk
-        std::vector<uint8_t> runs(s->raw_size);
-        decode_stream(s->data, s->stored_size, runs.data(), runs.size(), spec_for(h, *s), 1);
-        decode_runs(runs.data(), runs.size(), out, N);
+        std::vector<uint8_t> runs, region;
+        read_exact_map(pc, out, runs, region, 1);
+    });
+}
+
+redml_status redml_lattice_crystals(const void *chunk, size_t size, redml_lattice *out, size_t capacity, size_t *n) {
+    return guarded([&] {
+        check(n != nullptr && (out != nullptr || capacity == 0), REDML_E_ARG, "null argument");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        uint64_t region_hash = 0;
+        const std::vector<redml_lattice> crystals = chunk_lattice(pc, &region_hash);
+        *n = crystals.size();
+        check(crystals.size() <= capacity || (out == nullptr && capacity == 0), REDML_E_ARG,
+              "output buffer too small for the chunk's crystals");
+        if (out) std::copy(crystals.begin(), crystals.end(), out);
     });
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 #include "conv.h"      // conv3x3_leaky
 #include "index.h"     // index_still (the known-cell still indexer)
-#include "lattice.h"   // predict_reflections (not yet in the plugin)
+#include "lattice.h"   // predict_reflections (the codec uses it too: lattice_chunk.h)
+#include "lattice_chunk.h"  // lattice_model_from_doubles (the encoder's lattice records)
 #include "quantize.h"  // redml_uniform
 #include "stages.h"    // stage_times

@@ -17,10 +17,11 @@ import numpy as np
 
 from . import _core
 from .arrays import SUPPORTED_DTYPES, as_frame, as_map, check_range
+from .lattice.predict import LatticeRegion
 from .spots import MARKERS as _MARKERS
 from .spots import PEAK_DTYPE, FinderSettings
 
-__all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
+__all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "lattice_records", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
            "SETTINGS", "Setting", "as_frame", "resolve_settings"]
 
 
@@ -341,8 +342,9 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
         converted; other dtypes are refused, never cast silently).
     q: 0 lossless, > 0 quantized background (|error| <= q*sigma/2, unbiased), "sparse".
-    roi: None (the built-in spot rule, as the HDF5 filter) or a boolean map of pixels to
-        keep exactly.
+    roi: None (the built-in spot rule, as the HDF5 filter), a boolean map of pixels to
+        keep exactly, or a redml_reduce.lattice.LatticeRegion (its crystals' predicted discs
+        besides its base map or the built-in rule, stored as the crystal models).
     mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
     nthreads: 0 = REDML_NUM_THREADS or all cores.
     settings: a CodecSettings (then q and fields are not given); fields: further
@@ -353,9 +355,13 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     check_range("nthreads", nthreads, 0, 4096, integer=True)
     if isinstance(roi, str):
         raise TypeError(f"roi={roi!r}: ROI sources are resolved by redml_reduce.encode (redml_reduce.pipeline); "
-                        "codec.encode takes None or a boolean map")
+                        "codec.encode takes None, a boolean map or a LatticeRegion")
+    lattice = None
+    if isinstance(roi, LatticeRegion):
+        lattice = roi.records() if roi.crystals else None
+        roi = roi.base
     return _core.encode(arr, as_map(roi, arr.shape, "roi"), as_map(mask, arr.shape, "mask"),
-                        nthreads=nthreads, **s.core_kwargs())
+                        nthreads=nthreads, lattice=lattice, **s.core_kwargs())
 
 
 def encode_with_spots(frame: np.ndarray, *, mask=None, nthreads: int = 0, settings: Optional[CodecSettings] = None,
@@ -410,15 +416,27 @@ def decode(chunk, *, sparse_noise: Optional[bool] = None, recon: Optional[str] =
 
 
 def inspect(chunk) -> dict:
-    """Header fields of a chunk (dtype, shape, mode, q, ...) without decoding pixels."""
+    """Header fields of a chunk (dtype, shape, mode, q, ...) without decoding pixels;
+    "lattice_crystals": how many crystals' predicted discs it keeps exact (0: none)."""
     try:
         info = _core.inspect(_as_buffer(chunk))
+        info["lattice_crystals"] = len(_core.lattice_records(_as_buffer(chunk))[1])
     except ValueError as e:
         raise RedmlError(str(e)) from None
     info["mode"] = {v: k for k, v in _MODES.items()}[info["mode"]]
     info["codec"] = {v: k for k, v in _CODECS.items()}[info["codec"]]
     info["recon"] = _RECON_NAMES[info["recon"]]
     return info
+
+
+def lattice_records(chunk) -> tuple:
+    """The crystals a chunk's lattice section stores (docs/format.md, "Lattice region"), as
+    LatticeRegion.records() gives them: (float64 (n, 21) array, n centring letters); n = 0
+    for a chunk without one."""
+    try:
+        return _core.lattice_records(_as_buffer(chunk))
+    except ValueError as e:
+        raise RedmlError(str(e)) from None
 
 
 def exact_mask(chunk) -> np.ndarray:
