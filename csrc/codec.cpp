@@ -48,6 +48,7 @@ bool cpu_has_avx512() {
 }
 #endif
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
+static_assert(REDML_LANES % REDML_RECON_LANES == 0, "a span holds whole blocks of the conditional lanes");
 
 // Per-type storage: exact values and background codes are unsigned integers of the
 // pixel's width (16 or 32 bits).
@@ -978,23 +979,34 @@ struct CodeReader {
     }
 };
 
-// Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), the fast
-// form where it decides (quantize.h), the reference elsewhere.
+// Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), in blocks of
+// REDML_RECON_LANES: the fast form where it decides (quantize.h), the reference elsewhere.
+// a and b hold whole blocks (the lanes from n on: a = b = 0); lambda only n values.
 REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
-                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, int64_t *res) {
-    double uni[kLanes], fast[kLanes];
-    uint8_t ok[kLanes];
-    for (size_t j = 0; j < n; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)j, draw ? 6 : 5);
-    redml_recon_conditional_lanes(a, b, lambda, uni, (int)n, (int)std::min<int64_t>(width, kLanes), draw, fast, ok);
-    bool all_ok = true;
-    for (size_t j = 0; j < n; j++) {
-        res[j] = (int64_t)fast[j];
-        all_ok &= ok[j] != 0;
+                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, double *res) {
+    const size_t L = REDML_RECON_LANES;
+    for (size_t c = 0; c < n; c += L) {
+        const size_t m = std::min(L, n - c);
+        double lam[L], uni[L];
+        uint8_t ok[L];
+        for (size_t j = 0; j < L; j++) lam[j] = 1.0;
+        for (size_t j = 0; j < m; j++) lam[j] = lambda[c + j];
+        for (size_t j = 0; j < L; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
+        redml_recon_conditional_lanes(a + c, b + c, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+        bool all_ok = true;
+        for (size_t j = 0; j < L; j++) all_ok &= ok[j] != 0;
+        if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
+            for (size_t j = 0; j < m; j++)
+                if (!ok[j])
+                    res[c + j] = (double)redml_recon_conditional((int64_t)a[c + j], (int64_t)b[c + j], lam[j], draw,
+                                                                 seed, i0 + (uint32_t)(c + j));
     }
-    if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
-        for (size_t j = 0; j < n; j++)
-            if (!ok[j]) res[j] = redml_recon_conditional((int64_t)a[j], (int64_t)b[j], lambda[j], draw, seed, i0 + j);
 }
+
+// Whole numbers of a bin to double and back: through 32-bit integers for 16-bit pixels (their
+// bins, once checked, lie within +-2^22: one vector instruction without AVX-512), 64-bit others.
+template <class T>
+using BinInt = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
 
 // Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
 // integer tile with step > 1, or a float tile): the dither, offset and phase of every
@@ -1028,16 +1040,20 @@ REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t
         const int64_t s = tc.s_int;
         bool in_range = true;
         if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
-            double a[kLanes], b[kLanes];
+            using B = BinInt<T>;
+            double a[kLanes], b[kLanes], res[kLanes];
             for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]
                 const int64_t lo = k[j] * s - u[j], hi = lo + s - 1;
                 const bool coded = exact[j] == 0;
                 in_range &= (!coded) | ((hi >= 0) & (hi <= S::hi()));
-                a[j] = coded ? (double)std::max<int64_t>(lo, 0) : 0.0;
-                b[j] = coded ? (double)hi : 0.0;
+                a[j] = coded ? (double)(B)std::max<int64_t>(lo, 0) : 0.0;
+                b[j] = coded ? (double)(B)hi : 0.0;
             }
+            for (size_t j = n; j < kLanes; j++) a[j] = b[j] = 0.0;
             check(in_range, REDML_E_CORRUPT, "decoded value out of range");
-            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, k);
+            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, res);
+            for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)(B)res[j];
+            return;
         } else {
             for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
                 k[j] = k[j] * s - u[j] + (s - 1) / 2;

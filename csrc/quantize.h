@@ -309,10 +309,12 @@ REDML_HD_FLAT int64_t redml_recon_conditional(int64_t a, int64_t b, double lambd
     return b;
 }
 
-/* redml_recon_conditional without divisions, for n pixels at once (lanes: a loop per bin
- * position over the pixels, which vectorizes), bins of at most REDML_FAST_BIN values.
- * a, b: the bins (whole numbers as doubles), lambda, uni: the uniform of stream 5 (mean)
- * or 6 (draw). The weights are taken relative to a common factor instead of the mode,
+/* redml_recon_conditional without divisions, for REDML_RECON_LANES pixels at once (lanes: a
+ * loop per bin position over the pixels, which vectorizes; a fixed count, so no loop has a
+ * remainder or a variable length), bins of at most REDML_FAST_BIN values (width: the widest).
+ * a, b: the bins (whole numbers as doubles; unused lanes a = b = 0), lambda, uni: the uniform
+ * of stream 5 (mean) or 6 (draw). The weights are taken relative to a common factor instead
+ * of the mode,
  *     v_d = lambda^d * (a+d+1) * ... * (b)   for x = a + d, d = 0 .. b-a,
  * whose ratios are those of lambda^x / x!; the draw and the rounded mean depend only on
  * ratios. They round differently from the reference's recurrence, by < 1e-13 of the total
@@ -324,59 +326,59 @@ REDML_HD_FLAT int64_t redml_recon_conditional(int64_t a, int64_t b, double lambd
 #define REDML_FAST_BIN 16
 #define REDML_FAST_TOL 1e-11
 #define REDML_LANES 64
+#define REDML_RECON_LANES 32
 REDML_HD_FLAT void redml_recon_conditional_lanes(const double *a, const double *b, const double *lambda,
-                                                 const double *uni, int n, int width, int draw, double *res,
-                                                 uint8_t *ok) {
+                                                 const double *uni, int width, int draw, double *res, uint8_t *ok) {
     /* Every loop runs over the pixels j innermost, 64-bit lanes without branches (conditions
        are 0/1 factors: exact on these whole numbers), so each vectorizes. */
-    double v[REDML_FAST_BIN][REDML_LANES], q[REDML_LANES], total[REDML_LANES], moment[REDML_LANES],
-        r[REDML_LANES], near[REDML_LANES];
-    if (n > REDML_LANES || width > REDML_FAST_BIN) {
-        for (int j = 0; j < n; j++) ok[j] = 0;
+    enum { N = REDML_RECON_LANES };
+    double v[REDML_FAST_BIN][N], q[N], total[N], moment[N], r[N], near[N];
+    if (width > REDML_FAST_BIN) {
+        for (int j = 0; j < N; j++) ok[j] = 0, res[j] = a[j];
         return;
     }
-    for (int j = 0; j < n; j++) q[j] = 1.0;
+    for (int j = 0; j < N; j++) q[j] = 1.0;
     for (int d = 0; d < width; d++) /* lambda^d */
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             v[d][j] = q[j];
             q[j] *= lambda[j];
         }
-    for (int j = 0; j < n; j++) q[j] = 1.0, total[j] = 0.0, moment[j] = 0.0, r[j] = 0.0, near[j] = 0.0;
+    for (int j = 0; j < N; j++) q[j] = 1.0, total[j] = 0.0, moment[j] = 0.0, r[j] = 0.0, near[j] = 0.0;
     for (int d = width - 1; d >= 0; d--) /* times (a+d+1) ... (b); zero beyond the bin */
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             const double x = a[j] + (double)d, in_bin = (double)(x <= b[j]);
             v[d][j] = v[d][j] * q[j] * in_bin;
             q[j] *= 1.0 + in_bin * (x - 1.0);
         }
     for (int d = 0; d < width; d++)
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             total[j] += v[d][j];
             moment[j] += (double)d * v[d][j];
         }
     if (draw) {
         /* the draw is the first x whose cumulative weight exceeds uni*total: a + the number
            of positions in the bin at or below it (the cumulative sums never decrease) */
-        double c[REDML_LANES], target[REDML_LANES];
-        for (int j = 0; j < n; j++) c[j] = 0.0, target[j] = uni[j] * total[j];
+        double c[N], target[N];
+        for (int j = 0; j < N; j++) c[j] = 0.0, target[j] = uni[j] * total[j];
         for (int d = 0; d < width; d++) /* (b itself is the answer when no position below it is) */
-            for (int j = 0; j < n; j++) {
+            for (int j = 0; j < N; j++) {
                 const double x = a[j] + (double)d, tol = REDML_FAST_TOL * total[j];
                 c[j] += v[d][j];
                 r[j] += (double)(x + 1.0 <= b[j]) * (double)(c[j] <= target[j]); /* x < b */
                 /* near: some sum within tol of the target (then these two counts differ) */
                 near[j] += (double)(x <= b[j]) * ((double)(c[j] <= target[j] + tol) - (double)(c[j] < target[j] - tol));
             }
-        for (int j = 0; j < n; j++) r[j] += a[j];
+        for (int j = 0; j < N; j++) r[j] += a[j];
     } else {
         const double tol = REDML_FAST_TOL * width;
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             /* f in [0, width]: truncation is floor (and vectorizes, unlike floor()) */
             const double f = moment[j] / total[j] + uni[j], fl = (double)(int32_t)f, x = a[j] + fl;
             near[j] = (double)(f - fl <= tol) + (double)(fl + 1.0 - f <= tol);
             r[j] = x > b[j] ? b[j] : x;
         }
     }
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < N; j++) {
         const int trivial = !(b[j] > a[j]) | !(lambda[j] > 0.0);
         const int inside = (lambda[j] >= 0x1p-20) & (lambda[j] <= 0x1p20) & (b[j] <= 0x1p20);
         res[j] = trivial ? a[j] : r[j];
