@@ -987,19 +987,23 @@ REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, con
     const size_t L = REDML_RECON_LANES;
     for (size_t c = 0; c < n; c += L) {
         const size_t m = std::min(L, n - c);
-        double lam[L], uni[L];
+        double ba[L], bb[L], lam[L], uni[L];
         uint8_t ok[L];
         for (size_t j = 0; j < L; j++) lam[j] = 1.0;
         for (size_t j = 0; j < m; j++) lam[j] = lambda[c + j];
-        for (size_t j = 0; j < L; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
-        redml_recon_conditional_lanes(a + c, b + c, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
-        bool all_ok = true;
-        for (size_t j = 0; j < L; j++) all_ok &= ok[j] != 0;
+        for (size_t j = 0; j < L; j++) {  // the lanes from m on: empty bins [0, 0]
+            ba[j] = j < m ? a[c + j] : 0.0;
+            bb[j] = j < m ? b[c + j] : 0.0;
+            uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
+        }
+        redml_recon_conditional_lanes(ba, bb, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+        int all_ok = 1;
+        for (size_t j = 0; j < L; j++) all_ok &= ok[j];
         if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
             for (size_t j = 0; j < m; j++)
                 if (!ok[j])
-                    res[c + j] = (double)redml_recon_conditional((int64_t)a[c + j], (int64_t)b[c + j], lam[j], draw,
-                                                                 seed, i0 + (uint32_t)(c + j));
+                    res[c + j] = (double)redml_recon_conditional((int64_t)ba[j], (int64_t)bb[j], lam[j], draw, seed,
+                                                                 i0 + (uint32_t)(c + j));
     }
 }
 
@@ -1007,6 +1011,16 @@ REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, con
 // bins, once checked, lie within +-2^22: one vector instruction without AVX-512), 64-bit others.
 template <class T>
 using BinInt = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+
+// out[j] = res[j] where exact[j] is 0, for j < n (restrict: a select that vectorizes).
+template <class T>
+REDML_ALWAYS_INLINE void select_coded(const uint8_t *__restrict exact, const double *__restrict res, size_t n,
+                                      T *__restrict out) {
+    for (size_t j = 0; j < n; j++) {
+        const T v = (T)(BinInt<T>)res[j];
+        out[j] = exact[j] ? out[j] : v;
+    }
+}
 
 // Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
 // integer tile with step > 1, or a float tile): the dither, offset and phase of every
@@ -1042,17 +1056,16 @@ REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t
         if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
             using B = BinInt<T>;
             double a[kLanes], b[kLanes], res[kLanes];
-            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]
-                const int64_t lo = k[j] * s - u[j], hi = lo + s - 1;
-                const bool coded = exact[j] == 0;
-                in_range &= (!coded) | ((hi >= 0) & (hi <= S::hi()));
-                a[j] = coded ? (double)(B)std::max<int64_t>(lo, 0) : 0.0;
-                b[j] = coded ? (double)(B)hi : 0.0;
+            int64_t bad = 0;
+            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
+                const int64_t coded = exact[j] == 0, lo = k[j] * s - u[j], hi = lo + s - 1;
+                bad |= coded & ((hi < 0) | (hi > S::hi()));
+                a[j] = (double)(B)(coded * (lo > 0 ? lo : 0));
+                b[j] = (double)(B)(coded * hi);
             }
-            for (size_t j = n; j < kLanes; j++) a[j] = b[j] = 0.0;
-            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
+            check(!bad, REDML_E_CORRUPT, "decoded value out of range");
             conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, res);
-            for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)(B)res[j];
+            select_coded<T>(exact, res, n, out);
             return;
         } else {
             for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
