@@ -7,9 +7,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "background.h"
@@ -866,13 +868,103 @@ class BilinearRows {
     uint32_t top_row_ = UINT32_MAX, bottom_row_ = UINT32_MAX;
 };
 
+// The per-bin tables of integrating integer data (quantize.h, "The same reconstruction from
+// per-bin tables"): built on a bin's first use, kept by each thread across the frames of one
+// gain and read noise (a bin's tables do not depend on the model).
+class NoiseTables {
+  public:
+    struct Draw {  // the rounding boundaries of one component
+        redml_truncnorm_side side;
+        std::vector<double> g, tol;
+    };
+    struct Bin {
+        int64_t k0 = 0, k1 = -1;  // the components before the cap; k1 < k0: none
+        double lg0 = 0;           // lgamma(k0 + 1)
+        std::vector<double> nm, pd;
+        std::vector<std::unique_ptr<Draw>> draws;
+    };
+    // This thread's tables for the chunk's gain and read noise.
+    static NoiseTables &get(double gain, double rn) {
+        thread_local NoiseTables t;
+        if (t.gain_ != gain || t.rn_ != rn || t.bins_.size() > kMaxBins) {
+            t.bins_.clear();
+            t.gain_ = gain;
+            t.rn_ = rn;
+        }
+        return t;
+    }
+    // The tables of bin a..b, nullptr where they do not apply (too many components).
+    const Bin *bin(int64_t a, int64_t b) {
+        const uint64_t key = ((uint64_t)(a + ((int64_t)1 << 31)) << 23) ^ (uint64_t)(b - a);
+        auto it = bins_.find(key);
+        if (it == bins_.end()) it = bins_.emplace(key, make_bin(a, b)).first;
+        return it->second.k1 - it->second.k0 < REDML_NOISE_KEPT ? &it->second : nullptr;
+    }
+    // Component k0 + i of bin a..b (its tables built on first use).
+    const Draw &draw(const Bin &bin, int64_t a, int64_t b, int64_t i) {
+        std::unique_ptr<Draw> &d = const_cast<Bin &>(bin).draws[i];
+        if (!d) {
+            d.reset(new Draw);
+            const double c = (double)(bin.k0 + i) * gain_;
+            d->side = redml_truncnorm_setup(((double)a - 0.5 - c) / rn_, ((double)b + 0.5 - c) / rn_);
+            d->g.resize(b - a);
+            d->tol.resize(b - a);
+            redml_truncnorm_boundaries(&d->side, a, b - a, c, rn_, d->g.data(), d->tol.data());
+        }
+        return *d;
+    }
+
+  private:
+    static constexpr size_t kMaxBins = 1 << 16;
+    Bin make_bin(int64_t a, int64_t b) const {
+        Bin bin;
+        const double lo = (double)a - 0.5, hi = (double)b + 0.5;
+        redml_noise_bin_components(lo, hi, gain_, rn_, &bin.k0, &bin.k1);
+        if (bin.k1 - bin.k0 >= REDML_NOISE_KEPT) return bin;
+        bin.lg0 = lgamma((double)bin.k0 + 1.0);
+        for (int64_t k = bin.k0; k <= bin.k1; k++) {  // redml_recon_noise's terms, as it computes them
+            const double c = (double)k * gain_, al = (lo - c) / rn_, be = (hi - c) / rn_;
+            bin.nm.push_back(redml_normal_mass(al, be));
+            bin.pd.push_back(redml_normal_pdf(al) - redml_normal_pdf(be));
+        }
+        bin.draws.resize(bin.nm.size());
+        return bin;
+    }
+    double gain_ = 0, rn_ = 0;
+    std::unordered_map<uint64_t, Bin> bins_;
+};
+
+// redml_recon_noise of integer bin a..b rounded as decode_noise_bin does, from the bin's
+// tables; false where they do not apply or do not decide (the reference then decides).
+inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, double mu, double gain, double rn,
+                                  bool draw, double t, uint32_t seed, size_t i, int64_t *x) {
+    const NoiseTables::Bin *bin = tables.bin(a, b);
+    if (!bin || bin->k1 < bin->k0 || !redml_noise_table_applies(mu, bin->k0, bin->k1)) return false;
+    double kept[REDML_NOISE_KEPT], moment;
+    const double mass = redml_noise_table_mass(bin->nm.data(), bin->pd.data(), bin->k0, bin->k1, bin->lg0, mu, gain,
+                                               rn, kept, &moment);
+    if (!(mass > 0.0)) return false;
+    if (!draw) {
+        const double lo = (double)a - 0.5, hi = (double)b + 0.5, m = moment / mass;
+        const double v = m < lo ? lo : (m > hi ? hi : m);
+        *x = std::min(std::max((int64_t)std::floor(v + redml_uniform(seed, i, 5)), a), b);
+        return true;
+    }
+    double r;
+    const int64_t c = redml_noise_pick(kept, bin->k1 - bin->k0 + 1, mass, t, &r);
+    if (c < 0) return false;
+    const NoiseTables::Draw &d = tables.draw(*bin, a, b, c);
+    return redml_truncnorm_round(&d.side, d.g.data(), d.tol.data(), a, b - a, r, x);
+}
+
 // A background pixel of integrating data decoded from its bin (integers: the values a..b,
 // taken as [a - 1/2, b + 1/2] before rounding; floats: [k*s - u, (k+1)*s - u]) with the
 // model at the pixel (mean `lambda`, the chunk's gain and read noise): the conditional mean
-// (integers: rounded with dither) or a draw (quantize.h, redml_recon_noise).
+// (integers: rounded with dither) or a draw (quantize.h, redml_recon_noise; integers from
+// the bins' tables where they decide).
 template <class T>
 T decode_noise_bin(typename Storage<T>::Word sym, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px,
-                   double lambda, const ChunkHeader &h, bool draw, size_t i) {
+                   double lambda, const ChunkHeader &h, bool draw, size_t i, NoiseTables *tables) {
     using S = Storage<T>;
     const double g = h.gain, mu = std::max(lambda, 0.0) / g, t = redml_uniform(h.seed, i, 6);
     if constexpr (S::is_float) {
@@ -882,6 +974,8 @@ T decode_noise_bin(typename Storage<T>::Word sym, const TileCoder<T> &tc, const 
         const int64_t k = S::unzigzag(sym) + px.base;
         const int64_t a = std::max(k * tc.s_int - px.u_int, S::lo()), b = std::min(k * tc.s_int - px.u_int + tc.s_int - 1, S::hi());
         check(a <= b, REDML_E_CORRUPT, "decoded value out of range");
+        int64_t x;
+        if (noise_bin_from_tables(*tables, a, b, mu, g, h.read_noise, draw, t, h.seed, i, &x)) return (T)x;
         const double v = redml_recon_noise((double)a - 0.5, (double)b + 0.5, mu, g, h.read_noise, draw, t);
         const int64_t r = (int64_t)std::floor(v + (draw ? 0.5 : redml_uniform(h.seed, i, 5)));
         return (T)std::min(std::max(r, a), b);
@@ -1201,6 +1295,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         std::vector<Step1Int<T>> pred_row(W);
         uint32_t pred_ty = UINT32_MAX;
         BilinearRows bilinear = conditional || sparse ? BilinearRows(model) : BilinearRows();
+        NoiseTables *tables = noise && !S::is_float ? &NoiseTables::get(h.gain, h.read_noise) : nullptr;
         CodeReader<T> rd{values, vi, codes.data(), code_count.data(), ci};
         for (uint32_t y = y0; y < y1; y++) {
             const uint32_t ty = y / g.tile;
@@ -1234,7 +1329,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                         auto px = tc.at(h.seed, i);
                         const Word sym = rd.next_code(px.phase);
                         check(model.step[t] > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                        out[i] = decode_noise_bin<T>(sym, tc, px, lambda[x], h, recon == REDML_RECON_DRAW, i);
+                        out[i] = decode_noise_bin<T>(sym, tc, px, lambda[x], h, recon == REDML_RECON_DRAW, i, tables);
                     }
                 } else if (!sparse) {
                     decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),

@@ -580,4 +580,114 @@ REDML_HD double redml_recon_noise(double lo, double hi, double mu, double gain, 
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
+/* ---- The same reconstruction from per-bin tables (integer data) ----
+ * Below the Gaussian limit, everything redml_recon_noise computes with erfc and exp depends
+ * on the bin and the photon count k only, not on the model mean: an integer bin a..b recurs
+ * all over a frame (and from frame to frame), so the decoder tabulates those terms once per
+ * bin and each pixel keeps the Poisson weights (one exp, one log) and a search. The results
+ * are the reference's, bit for bit: the same operations on the same values in the same
+ * order, and the draw's inverse (a Newton iteration) replaced by the bin's rounding
+ * boundaries only where the target is clearly away from every boundary (else: reference). */
+
+/* Photon counts of the components of bin [lo, hi] before the cap at mu + 12 sqrt(mu) + 20
+ * (redml_noise_components; *k1 < *k0: none). */
+REDML_HD void redml_noise_bin_components(double lo, double hi, double gain, double rn, int64_t *k0, int64_t *k1) {
+    double a = floor((lo - 6.0 * rn) / gain), b = ceil((hi + 6.0 * rn) / gain);
+    const double big = 4.0e15; /* beyond any cap (defined conversions) */
+    *k0 = a < 0.0 ? 0 : (int64_t)(a < big ? a : big);
+    *k1 = b < 0.0 ? -1 : (int64_t)(b < big ? b : big);
+}
+
+/* Whether the cap of redml_noise_components changes the components k0..k1 at photon mean mu
+ * (or mu is in the Gaussian limit): then the table does not apply. */
+REDML_HD int redml_noise_table_applies(double mu, int64_t k0, int64_t k1) {
+    if (mu > REDML_NOISE_GAUSS_MU) return 0;
+    const double top = mu + 12.0 * sqrt(mu) + 20.0;
+    return (double)k0 < top && (double)k1 < top;
+}
+
+/* The mass, first moment and component masses (kept[k - k0]) of redml_recon_noise from the
+ * bin's table: nm[k - k0] = redml_normal_mass(alpha_k, beta_k), pd[k - k0] = pdf(alpha_k) -
+ * pdf(beta_k), lg0 = lgamma(k0 + 1). k1 - k0 < REDML_NOISE_KEPT. */
+REDML_HD double redml_noise_table_mass(const double *nm, const double *pd, int64_t k0, int64_t k1, double lg0,
+                                       double mu, double gain, double rn, double *kept, double *moment) {
+    double mass = 0.0, mom = 0.0;
+    double w = mu > 0.0 ? exp((double)k0 * log(mu) - mu - lg0) : (k0 == 0 ? 1.0 : 0.0);
+    double c = (double)k0 * gain;
+    for (int64_t k = k0; k <= k1; k++) {
+        if (k != k0) {
+            c = (double)k * gain;
+            w *= mu / (double)k;
+        }
+        const double m = w * nm[k - k0];
+        kept[k - k0] = m;
+        mass += m;
+        mom += m * c + w * rn * pd[k - k0];
+    }
+    *moment = mom;
+    return mass;
+}
+
+/* The component redml_recon_noise's draw picks with uniform t (its index from k0, -1: none)
+ * and the uniform left for the value within it (*r). */
+REDML_HD int64_t redml_noise_pick(const double *kept, int64_t n, double mass, double t, double *r) {
+    double target = t * mass;
+    for (int64_t i = 0; i < n; i++) {
+        const double m = kept[i];
+        if (m > 0.0 && (target < m || i == n - 1)) {
+            double q = target / m;
+            *r = q < 0.0 ? 0.0 : (q > 1.0 ? 1.0 : q);
+            return i;
+        }
+        target -= m;
+    }
+    return -1;
+}
+
+/* redml_truncnorm_inverse solves, on the side where it keeps precision (flip: the interval
+ * mirrored), 0.5 erfc(-z/sqrt2) - phi_a = target. Its setup for a component's interval
+ * [alpha, beta], and the rounding boundaries of an integer bin a..b (values a + j + 1/2, j <
+ * n = b - a) on that side: g[j] the left side at the boundary, tol[j] how close a target may
+ * come before the Newton iteration's own error could put the result on either side (2e-6 in
+ * z over the density there, plus 1e-14 of the masses for the rounding of erfc). */
+typedef struct {
+    int flip;
+    double phi_a, mass;
+} redml_truncnorm_side;
+
+REDML_HD redml_truncnorm_side redml_truncnorm_setup(double alpha, double beta) {
+    redml_truncnorm_side sd;
+    sd.flip = alpha >= 0.0;
+    const double a = sd.flip ? -beta : alpha, b = sd.flip ? -alpha : beta;
+    sd.phi_a = 0.5 * erfc(-a * 0.70710678118654752);
+    sd.mass = redml_normal_mass(a, b);
+    return sd;
+}
+
+REDML_HD void redml_truncnorm_boundaries(const redml_truncnorm_side *sd, int64_t a, int64_t n, double c, double spread,
+                                         double *g, double *tol) {
+    for (int64_t j = 0; j < n; j++) {
+        const double z = ((double)(a + j) + 0.5 - c) / spread, zs = sd->flip ? -z : z;
+        g[j] = 0.5 * erfc(-zs * 0.70710678118654752) - sd->phi_a;
+        tol[j] = 2e-6 * redml_normal_pdf(zs) + 1e-14 * (sd->phi_a + sd->mass);
+    }
+}
+
+/* The integer the reference's draw rounds to (floor(c + spread * z + 1/2), z the inverse at
+ * uniform r) from the boundaries: *x = a + the number of boundaries at or below the value.
+ * Returns 0 when the target is within tol of a boundary (the reference decides). */
+REDML_HD int redml_truncnorm_round(const redml_truncnorm_side *sd, const double *g, const double *tol, int64_t a,
+                                   int64_t n, double r, int64_t *x) {
+    const double target = (sd->flip ? 1.0 - r : r) * sd->mass;
+    int64_t below = 0, near = 0;
+    for (int64_t j = 0; j < n; j++) {
+        /* the value is above boundary j where the left side there is below the target (or,
+           mirrored, above it) */
+        below += sd->flip ? (g[j] >= target) : (g[j] <= target);
+        near += fabs(g[j] - target) <= tol[j];
+    }
+    *x = a + below;
+    return near == 0;
+}
+
 #endif /* REDML_QUANTIZE_H */
