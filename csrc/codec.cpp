@@ -11,7 +11,6 @@
 #include <new>
 #include <string>
 #include <type_traits>
-#include <unordered_map>
 #include <vector>
 
 #include "background.h"
@@ -870,12 +869,12 @@ class BilinearRows {
 
 // The per-bin tables of integrating integer data (quantize.h, "The same reconstruction from
 // per-bin tables"): built on a bin's first use, kept by each thread across the frames of one
-// gain and read noise (a bin's tables do not depend on the model).
+// gain and read noise (a bin's tables do not depend on the model), found by a hash of the bin.
 class NoiseTables {
   public:
     struct Draw {  // the rounding boundaries of one component
         redml_truncnorm_side side;
-        std::vector<double> g, tol;
+        std::vector<double> h, tol;
     };
     struct Bin {
         int64_t k0 = 0, k1 = -1;  // the components before the cap; k1 < k0: none
@@ -886,36 +885,67 @@ class NoiseTables {
     // This thread's tables for the chunk's gain and read noise.
     static NoiseTables &get(double gain, double rn) {
         thread_local NoiseTables t;
-        if (t.gain_ != gain || t.rn_ != rn || t.bins_.size() > kMaxBins) {
-            t.bins_.clear();
-            t.gain_ = gain;
-            t.rn_ = rn;
-        }
+        if (t.gain_ != gain || t.rn_ != rn || t.bins_.size() > kMaxBins) t.reset(gain, rn);
         return t;
     }
     // The tables of bin a..b, nullptr where they do not apply (too many components).
-    const Bin *bin(int64_t a, int64_t b) {
+    Bin *bin(int64_t a, int64_t b) {
         const uint64_t key = ((uint64_t)(a + ((int64_t)1 << 31)) << 23) ^ (uint64_t)(b - a);
-        auto it = bins_.find(key);
-        if (it == bins_.end()) it = bins_.emplace(key, make_bin(a, b)).first;
-        return it->second.k1 - it->second.k0 < REDML_NOISE_KEPT ? &it->second : nullptr;
+        size_t slot = slot_of(key);
+        if (slots_[slot] == 0) {  // a new bin
+            if (2 * (bins_.size() + 1) > slots_.size()) {
+                grow();
+                slot = slot_of(key);
+            }
+            bins_.push_back(make_bin(a, b));
+            keys_[slot] = key;
+            slots_[slot] = (uint32_t)bins_.size();
+        }
+        Bin &bin = bins_[slots_[slot] - 1];
+        return bin.k1 - bin.k0 < REDML_NOISE_KEPT ? &bin : nullptr;
     }
     // Component k0 + i of bin a..b (its tables built on first use).
-    const Draw &draw(const Bin &bin, int64_t a, int64_t b, int64_t i) {
-        std::unique_ptr<Draw> &d = const_cast<Bin &>(bin).draws[i];
+    const Draw &draw(Bin &bin, int64_t a, int64_t b, int64_t i) {
+        std::unique_ptr<Draw> &d = bin.draws[i];
         if (!d) {
             d.reset(new Draw);
             const double c = (double)(bin.k0 + i) * gain_;
             d->side = redml_truncnorm_setup(((double)a - 0.5 - c) / rn_, ((double)b + 0.5 - c) / rn_);
-            d->g.resize(b - a);
+            d->h.resize(b - a);
             d->tol.resize(b - a);
-            redml_truncnorm_boundaries(&d->side, a, b - a, c, rn_, d->g.data(), d->tol.data());
+            redml_truncnorm_boundaries(&d->side, a, b - a, c, rn_, d->h.data(), d->tol.data());
         }
         return *d;
     }
 
   private:
     static constexpr size_t kMaxBins = 1 << 16;
+    void reset(double gain, double rn) {
+        gain_ = gain;
+        rn_ = rn;
+        bins_.clear();
+        keys_.assign(4096, 0);
+        slots_.assign(4096, 0);
+    }
+    // Open addressing: the slot of key, or the empty slot where it goes (linear probing).
+    size_t slot_of(uint64_t key) const {
+        const size_t mask = slots_.size() - 1;
+        size_t i = (size_t)((key * 0x9e3779b97f4a7c15ull) >> 40) & mask;
+        while (slots_[i] != 0 && keys_[i] != key) i = (i + 1) & mask;
+        return i;
+    }
+    void grow() {
+        std::vector<uint64_t> keys = std::move(keys_);
+        std::vector<uint32_t> slots = std::move(slots_);
+        keys_.assign(2 * keys.size(), 0);
+        slots_.assign(2 * slots.size(), 0);
+        for (size_t i = 0; i < slots.size(); i++)
+            if (slots[i] != 0) {
+                const size_t j = slot_of(keys[i]);
+                keys_[j] = keys[i];
+                slots_[j] = slots[i];
+            }
+    }
     Bin make_bin(int64_t a, int64_t b) const {
         Bin bin;
         const double lo = (double)a - 0.5, hi = (double)b + 0.5;
@@ -930,15 +960,17 @@ class NoiseTables {
         bin.draws.resize(bin.nm.size());
         return bin;
     }
-    double gain_ = 0, rn_ = 0;
-    std::unordered_map<uint64_t, Bin> bins_;
+    double gain_ = -1, rn_ = -1;
+    std::vector<Bin> bins_;
+    std::vector<uint64_t> keys_;
+    std::vector<uint32_t> slots_;  // index + 1 into bins_, 0: empty
 };
 
 // redml_recon_noise of integer bin a..b rounded as decode_noise_bin does, from the bin's
 // tables; false where they do not apply or do not decide (the reference then decides).
 inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, double mu, double gain, double rn,
                                   bool draw, double t, uint32_t seed, size_t i, int64_t *x) {
-    const NoiseTables::Bin *bin = tables.bin(a, b);
+    NoiseTables::Bin *bin = tables.bin(a, b);
     if (!bin || bin->k1 < bin->k0 || !redml_noise_table_applies(mu, bin->k0, bin->k1)) return false;
     double kept[REDML_NOISE_KEPT], moment;
     const double mass = redml_noise_table_mass(bin->nm.data(), bin->pd.data(), bin->k0, bin->k1, bin->lg0, mu, gain,
@@ -954,7 +986,7 @@ inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, dou
     const int64_t c = redml_noise_pick(kept, bin->k1 - bin->k0 + 1, mass, t, &r);
     if (c < 0) return false;
     const NoiseTables::Draw &d = tables.draw(*bin, a, b, c);
-    return redml_truncnorm_round(&d.side, d.g.data(), d.tol.data(), a, b - a, r, x);
+    return redml_truncnorm_round(&d.side, d.h.data(), d.tol.data(), a, b - a, r, x);
 }
 
 // A background pixel of integrating data decoded from its bin (integers: the values a..b,

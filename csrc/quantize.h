@@ -647,9 +647,11 @@ REDML_HD int64_t redml_noise_pick(const double *kept, int64_t n, double mass, do
 /* redml_truncnorm_inverse solves, on the side where it keeps precision (flip: the interval
  * mirrored), 0.5 erfc(-z/sqrt2) - phi_a = target. Its setup for a component's interval
  * [alpha, beta], and the rounding boundaries of an integer bin a..b (values a + j + 1/2, j <
- * n = b - a) on that side: g[j] the left side at the boundary, tol[j] how close a target may
- * come before the Newton iteration's own error could put the result on either side (2e-6 in
- * z over the density there, plus 1e-14 of the masses for the rounding of erfc). */
+ * n = b - a): h[j] the left side at the boundary (negated when mirrored, so h increases with
+ * j and the value is above boundary j exactly where h[j] <= the target, negated likewise),
+ * tol[j] how close a target may come before the Newton iteration's own error could put the
+ * result on either side (2e-6 in z times the density there, plus 1e-14 of the masses for
+ * the rounding of erfc). */
 typedef struct {
     int flip;
     double phi_a, mass;
@@ -665,29 +667,30 @@ REDML_HD redml_truncnorm_side redml_truncnorm_setup(double alpha, double beta) {
 }
 
 REDML_HD void redml_truncnorm_boundaries(const redml_truncnorm_side *sd, int64_t a, int64_t n, double c, double spread,
-                                         double *g, double *tol) {
+                                         double *h, double *tol) {
     for (int64_t j = 0; j < n; j++) {
         const double z = ((double)(a + j) + 0.5 - c) / spread, zs = sd->flip ? -z : z;
-        g[j] = 0.5 * erfc(-zs * 0.70710678118654752) - sd->phi_a;
+        const double g = 0.5 * erfc(-zs * 0.70710678118654752) - sd->phi_a;
+        h[j] = sd->flip ? -g : g;
         tol[j] = 2e-6 * redml_normal_pdf(zs) + 1e-14 * (sd->phi_a + sd->mass);
     }
 }
 
 /* The integer the reference's draw rounds to (floor(c + spread * z + 1/2), z the inverse at
- * uniform r) from the boundaries: *x = a + the number of boundaries at or below the value.
- * Returns 0 when the target is within tol of a boundary (the reference decides). */
-REDML_HD int redml_truncnorm_round(const redml_truncnorm_side *sd, const double *g, const double *tol, int64_t a,
+ * uniform r) from the boundaries: *x = a + the number of boundaries at or below the value
+ * (a binary search). Returns 0 when the target is within tol of the boundary on either side
+ * of it (the reference decides). */
+REDML_HD int redml_truncnorm_round(const redml_truncnorm_side *sd, const double *h, const double *tol, int64_t a,
                                    int64_t n, double r, int64_t *x) {
-    const double target = (sd->flip ? 1.0 - r : r) * sd->mass;
-    int64_t below = 0, near = 0;
-    for (int64_t j = 0; j < n; j++) {
-        /* the value is above boundary j where the left side there is below the target (or,
-           mirrored, above it) */
-        below += sd->flip ? (g[j] >= target) : (g[j] <= target);
-        near += fabs(g[j] - target) <= tol[j];
+    const double target = (sd->flip ? 1.0 - r : r) * sd->mass, t = sd->flip ? -target : target;
+    int64_t lo = 0, hi = n; /* the first j with h[j] > t */
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (h[mid] <= t) lo = mid + 1;
+        else hi = mid;
     }
-    *x = a + below;
-    return near == 0;
+    *x = a + lo;
+    return !(lo > 0 && fabs(h[lo - 1] - t) <= tol[lo - 1]) && !(lo < n && fabs(h[lo] - t) <= tol[lo]);
 }
 
 #endif /* REDML_QUANTIZE_H */
