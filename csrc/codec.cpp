@@ -966,10 +966,11 @@ class NoiseTables {
     std::vector<uint32_t> slots_;  // index + 1 into bins_, 0: empty
 };
 
-// redml_recon_noise of integer bin a..b rounded as decode_noise_bin does, from the bin's
-// tables; false where they do not apply or do not decide (the reference then decides).
+// redml_recon_noise of integer bin a..b rounded as decode_noise_int does (uni: the uniform
+// of stream 6 for the draw, 5 for the mean), from the bin's tables; false where they do not
+// apply or do not decide (the reference then decides).
 inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, double mu, double gain, double rn,
-                                  bool draw, double t, uint32_t seed, size_t i, int64_t *x) {
+                                  bool draw, double uni, int64_t *x) {
     NoiseTables::Bin *bin = tables.bin(a, b);
     if (!bin || bin->k1 < bin->k0 || !redml_noise_table_applies(mu, bin->k0, bin->k1)) return false;
     double kept[REDML_NOISE_KEPT], moment;
@@ -979,39 +980,43 @@ inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, dou
     if (!draw) {
         const double lo = (double)a - 0.5, hi = (double)b + 0.5, m = moment / mass;
         const double v = m < lo ? lo : (m > hi ? hi : m);
-        *x = std::min(std::max((int64_t)std::floor(v + redml_uniform(seed, i, 5)), a), b);
+        *x = std::min(std::max((int64_t)std::floor(v + uni), a), b);
         return true;
     }
     double r;
-    const int64_t c = redml_noise_pick(kept, bin->k1 - bin->k0 + 1, mass, t, &r);
+    const int64_t c = redml_noise_pick(kept, bin->k1 - bin->k0 + 1, mass, uni, &r);
     if (c < 0) return false;
     const NoiseTables::Draw &d = tables.draw(*bin, a, b, c);
     return redml_truncnorm_round(&d.side, d.h.data(), d.tol.data(), a, b - a, r, x);
 }
 
-// A background pixel of integrating data decoded from its bin (integers: the values a..b,
-// taken as [a - 1/2, b + 1/2] before rounding; floats: [k*s - u, (k+1)*s - u]) with the
-// model at the pixel (mean `lambda`, the chunk's gain and read noise): the conditional mean
-// (integers: rounded with dither) or a draw (quantize.h, redml_recon_noise; integers from
-// the bins' tables where they decide).
+// A background pixel of integrating float data decoded from its bin [k*s - u, (k+1)*s - u]
+// with the model at the pixel (mean `lambda`, the chunk's gain and read noise): the
+// conditional mean or a draw (quantize.h, redml_recon_noise).
 template <class T>
-T decode_noise_bin(typename Storage<T>::Word sym, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px,
-                   double lambda, const ChunkHeader &h, bool draw, size_t i, NoiseTables *tables) {
-    using S = Storage<T>;
+T decode_noise_float(typename Storage<T>::Word sym, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px,
+                     double lambda, const ChunkHeader &h, bool draw, size_t i) {
     const double g = h.gain, mu = std::max(lambda, 0.0) / g, t = redml_uniform(h.seed, i, 6);
-    if constexpr (S::is_float) {
-        const double lo = ((double)S::unzigzag(sym) + (double)px.base) * tc.step - px.u_float;
-        return (T)redml_recon_noise(lo, lo + tc.step, mu, g, h.read_noise, draw, t);
-    } else {
-        const int64_t k = S::unzigzag(sym) + px.base;
-        const int64_t a = std::max(k * tc.s_int - px.u_int, S::lo()), b = std::min(k * tc.s_int - px.u_int + tc.s_int - 1, S::hi());
-        check(a <= b, REDML_E_CORRUPT, "decoded value out of range");
-        int64_t x;
-        if (noise_bin_from_tables(*tables, a, b, mu, g, h.read_noise, draw, t, h.seed, i, &x)) return (T)x;
-        const double v = redml_recon_noise((double)a - 0.5, (double)b + 0.5, mu, g, h.read_noise, draw, t);
-        const int64_t r = (int64_t)std::floor(v + (draw ? 0.5 : redml_uniform(h.seed, i, 5)));
-        return (T)std::min(std::max(r, a), b);
-    }
+    const double lo = ((double)Storage<T>::unzigzag(sym) + (double)px.base) * tc.step - px.u_float;
+    return (T)redml_recon_noise(lo, lo + tc.step, mu, g, h.read_noise, draw, t);
+}
+
+// An integer pixel of integrating data decoded from its bin k (step s, dither u: the values
+// a..b, taken as [a - 1/2, b + 1/2] before rounding) with the model at the pixel: the
+// conditional mean rounded with dither (uni: stream 5) or a draw rounded to the nearest
+// (uni: stream 6), from the bins' tables where they decide, else redml_recon_noise.
+template <class T>
+T decode_noise_int(int64_t k, int64_t s, int64_t u, double lambda, const ChunkHeader &h, bool draw, double uni,
+                   NoiseTables &tables) {
+    using S = Storage<T>;
+    const double g = h.gain, mu = std::max(lambda, 0.0) / g;
+    const int64_t a = std::max(k * s - u, S::lo()), b = std::min(k * s - u + s - 1, S::hi());
+    check(a <= b, REDML_E_CORRUPT, "decoded value out of range");
+    int64_t x;
+    if (noise_bin_from_tables(tables, a, b, mu, g, h.read_noise, draw, uni, &x)) return (T)x;
+    const double v = redml_recon_noise((double)a - 0.5, (double)b + 0.5, mu, g, h.read_noise, draw, uni);
+    const int64_t r = (int64_t)std::floor(v + (draw ? 0.5 : uni));
+    return (T)std::min(std::max(r, a), b);
 }
 
 // Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1).
@@ -1104,6 +1109,28 @@ struct CodeReader {
         return codes[phase][ci[phase]++];
     }
 };
+
+// decode_noise_int for n <= kLanes pixels of one row of one coded tile from frame index i0
+// on (their dither, offset, phase and uniform in one vectorized pass first).
+template <class T>
+void decode_noise_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                            const double *lambda, const ChunkHeader &h, bool draw, NoiseTables &tables,
+                            CodeReader<T> &rd) {
+    using S = Storage<T>;
+    int64_t u[kLanes], k[kLanes];
+    uint8_t phase[kLanes];
+    double uni[kLanes];
+    tc.int_lanes(h.seed, i0, n, u, k, phase);
+    for (size_t j = 0; j < n; j++) uni[j] = redml_uniform(h.seed, i0 + (uint32_t)j, draw ? 6 : 5);
+    for (size_t j = 0; j < n; j++) {
+        if (exact[j]) {
+            out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+            continue;
+        }
+        const int64_t bin = k[j] + S::unzigzag(rd.next_code(phase[j]));
+        out[j] = decode_noise_int<T>(bin, tc.s_int, u[j], lambda[j], h, draw, uni[j], tables);
+    }
+}
 
 // Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), in blocks of
 // REDML_RECON_LANES: the fast form where it decides (quantize.h), the reference elsewhere.
@@ -1350,18 +1377,25 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                     // step 1: phase 0, code = zigzag residual (the general path reduces to this)
                     decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred_row.data() + x0, counts,
                                          values, &rd.vi, codes[0], code_count[0], &ci[0]);
-                } else if (noise) {  // integrating data: pixel by pixel (decode_noise_bin)
-                    for (uint32_t x = x0; x < x1; x++) {
-                        const size_t i = row + x;
-                        if (exact[i]) {
-                            out[i] = S::from_exact_word(values[rd.vi++], pred);
-                            continue;
+                } else if (noise) {  // integrating data
+                    const bool draw = recon == REDML_RECON_DRAW;
+                    if constexpr (S::is_float) {  // pixel by pixel (decode_noise_float)
+                        for (uint32_t x = x0; x < x1; x++) {
+                            const size_t i = row + x;
+                            if (exact[i]) {
+                                out[i] = S::from_exact_word(values[rd.vi++], pred);
+                                continue;
+                            }
+                            const TileCoder<T> &tc = coders[t];
+                            auto px = tc.at(h.seed, i);
+                            const Word sym = rd.next_code(px.phase);
+                            check(model.step[t] > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+                            out[i] = decode_noise_float<T>(sym, tc, px, lambda[x], h, draw, i);
                         }
-                        const TileCoder<T> &tc = coders[t];
-                        auto px = tc.at(h.seed, i);
-                        const Word sym = rd.next_code(px.phase);
-                        check(model.step[t] > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                        out[i] = decode_noise_bin<T>(sym, tc, px, lambda[x], h, recon == REDML_RECON_DRAW, i, tables);
+                    } else {
+                        for (uint32_t x = x0; x < x1; x += (uint32_t)kLanes)
+                            decode_noise_int_lanes<T>(coders[t], pred, exact + row + x, out + row + x, (uint32_t)(row + x),
+                                                      std::min<size_t>(kLanes, x1 - x), lambda + x, h, draw, *tables, rd);
                     }
                 } else if (!sparse) {
                     decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),

@@ -683,12 +683,18 @@ REDML_HD void redml_truncnorm_boundaries(const redml_truncnorm_side *sd, int64_t
 REDML_HD int redml_truncnorm_round(const redml_truncnorm_side *sd, const double *h, const double *tol, int64_t a,
                                    int64_t n, double r, int64_t *x) {
     const double target = (sd->flip ? 1.0 - r : r) * sd->mass, t = sd->flip ? -target : target;
-    int64_t lo = 0, hi = n; /* the first j with h[j] > t */
-    while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (h[mid] <= t) lo = mid + 1;
-        else hi = mid;
+    if (n <= 0) {
+        *x = a;
+        return 1;
     }
+    /* lo: the first j with h[j] > t; the halving steps depend on n only (selects, no branches) */
+    int64_t base = 0, len = n;
+    while (len > 1) {
+        const int64_t half = len / 2;
+        base = h[base + half] <= t ? base + half : base;
+        len -= half;
+    }
+    const int64_t lo = base + (h[base] <= t);
     *x = a + lo;
     return !(lo > 0 && fabs(h[lo - 1] - t) <= tol[lo - 1]) && !(lo < n && fabs(h[lo] - t) <= tol[lo]);
 }
