@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -868,62 +867,111 @@ class BilinearRows {
 };
 
 // The per-bin tables of integrating integer data (quantize.h, "The same reconstruction from
-// per-bin tables"): built on a bin's first use, kept by each thread across the frames of one
-// gain and read noise (a bin's tables do not depend on the model), found by a hash of the bin.
+// per-bin tables"), kept by each thread across the frames of one gain and read noise (a bin's
+// tables do not depend on the model), found by a hash of the bin. A bin's tables are built
+// on its second use (a bin met once costs the reference's work, not more), a component's
+// rounding boundaries as the draws meet them; all in flat pools (offsets, no allocation per bin).
 class NoiseTables {
   public:
-    struct Draw {  // the rounding boundaries of one component
-        redml_truncnorm_side side;
-        std::vector<double> h, tol;
-    };
     struct Bin {
-        int64_t k0 = 0, k1 = -1;  // the components before the cap; k1 < k0: none
-        double lg0 = 0;           // lgamma(k0 + 1)
-        std::vector<double> nm, pd;
-        std::vector<std::unique_ptr<Draw>> draws;
+        int64_t k0 = 0, k1 = -1;   // the components before the cap; k1 < k0: none
+        double lg0 = 0;            // lgamma(k0 + 1)
+        uint32_t terms = kNone;    // pool_ offset of nm[k1 - k0 + 1], then pd[k1 - k0 + 1]
+        uint32_t draws = kNone;    // draw_of_ offset of each component's draw (kNone: not yet)
     };
-    // This thread's tables for the chunk's gain and read noise.
+    // This thread's tables for the chunk's gain and read noise (emptied when they grow large).
     static NoiseTables &get(double gain, double rn) {
         thread_local NoiseTables t;
-        if (t.gain_ != gain || t.rn_ != rn || t.bins_.size() > kMaxBins) t.reset(gain, rn);
+        if (t.gain_ != gain || t.rn_ != rn || t.pool_.size() > kMaxPool) t.reset(gain, rn);
         return t;
     }
-    // The tables of bin a..b, nullptr where they do not apply (too many components).
-    Bin *bin(int64_t a, int64_t b) {
+    // The tables of bin a..b, nullptr where they do not apply (too many components, or the
+    // bin's first use).
+    const Bin *bin(int64_t a, int64_t b) {
         const uint64_t key = ((uint64_t)(a + ((int64_t)1 << 31)) << 23) ^ (uint64_t)(b - a);
         size_t slot = slot_of(key);
-        if (slots_[slot] == 0) {  // a new bin
+        if (slots_[slot] == 0) {  // first use: remembered only
             if (2 * (bins_.size() + 1) > slots_.size()) {
                 grow();
                 slot = slot_of(key);
             }
-            bins_.push_back(make_bin(a, b));
+            bins_.emplace_back();
             keys_[slot] = key;
             slots_[slot] = (uint32_t)bins_.size();
+            return nullptr;
         }
         Bin &bin = bins_[slots_[slot] - 1];
-        return bin.k1 - bin.k0 < REDML_NOISE_KEPT ? &bin : nullptr;
-    }
-    // Component k0 + i of bin a..b (its tables built on first use).
-    const Draw &draw(Bin &bin, int64_t a, int64_t b, int64_t i) {
-        std::unique_ptr<Draw> &d = bin.draws[i];
-        if (!d) {
-            d.reset(new Draw);
-            const double c = (double)(bin.k0 + i) * gain_;
-            d->side = redml_truncnorm_setup(((double)a - 0.5 - c) / rn_, ((double)b + 0.5 - c) / rn_);
-            d->h.resize(b - a);
-            d->tol.resize(b - a);
-            redml_truncnorm_boundaries(&d->side, a, b - a, c, rn_, d->h.data(), d->tol.data());
+        if (bin.terms == kNone) {
+            if (pool_.size() > kMaxPool) return nullptr;  // full: the reference for new bins
+            build(bin, a, b);
         }
-        return *d;
+        return bin.k1 >= bin.k0 && bin.k1 - bin.k0 < REDML_NOISE_KEPT ? &bin : nullptr;
+    }
+    const double *terms(const Bin &bin) const { return pool_.data() + bin.terms; }
+    // The integer the draw with uniform r rounds to, from component k0 + i of bin a..b: a +
+    // the number of rounding boundaries below the value (a binary search, computing the
+    // boundaries it meets); false when the target is too close to one to tell, or the bin
+    // too wide for boundaries (or no room for them).
+    bool round(const Bin &bin, int64_t a, int64_t b, int64_t i, double r, int64_t *x) {
+        uint32_t &di = draw_of_[bin.draws + i];
+        if (di == kNone) {
+            if (b - a > kMaxBounds || pool_.size() > kMaxPool) return false;
+            Draw d;
+            d.c = (double)(bin.k0 + i) * gain_;
+            d.side = redml_truncnorm_setup(((double)a - 0.5 - d.c) / rn_, ((double)b + 0.5 - d.c) / rn_);
+            d.bounds = (uint32_t)pool_.size();
+            pool_.resize(pool_.size() + 2 * (size_t)(b - a), NAN);
+            di = (uint32_t)draws_.size();
+            draws_.push_back(d);
+        }
+        const Draw &d = draws_[di];
+        const int64_t n = b - a;
+        double *h = pool_.data() + d.bounds, *tol = h + n;
+        const double t = redml_truncnorm_target(&d.side, r);
+        int64_t lo = 0, hi = n;  // the first boundary the value is below
+        while (lo < hi) {
+            const int64_t mid = (lo + hi) / 2;
+            if (std::isnan(h[mid])) redml_truncnorm_boundary(&d.side, a, mid, d.c, rn_, &h[mid], &tol[mid]);
+            if (h[mid] <= t) lo = mid + 1;
+            else hi = mid;
+        }
+        *x = a + lo;  // (the search computed both boundaries next to the value)
+        return !(lo > 0 && std::fabs(h[lo - 1] - t) <= tol[lo - 1]) && !(lo < n && std::fabs(h[lo] - t) <= tol[lo]);
     }
 
   private:
-    static constexpr size_t kMaxBins = 1 << 16;
+    static constexpr uint32_t kNone = UINT32_MAX;
+    static constexpr size_t kMaxPool = 1 << 22;  // doubles (32 MB)
+    static constexpr int64_t kMaxBounds = 64;    // wider bins: few pixels per boundary
+    struct Draw {  // one component's side of the inverse; its boundaries h[n], tol[n] at pool_ + bounds
+        redml_truncnorm_side side;
+        double c;
+        uint32_t bounds;
+    };
+    void build(Bin &bin, int64_t a, int64_t b) {
+        const double lo = (double)a - 0.5, hi = (double)b + 0.5;
+        redml_noise_bin_components(lo, hi, gain_, rn_, &bin.k0, &bin.k1);
+        bin.terms = (uint32_t)pool_.size();
+        if (bin.k1 < bin.k0 || bin.k1 - bin.k0 >= REDML_NOISE_KEPT) return;
+        const size_t n = (size_t)(bin.k1 - bin.k0 + 1);
+        bin.lg0 = lgamma((double)bin.k0 + 1.0);
+        pool_.resize(pool_.size() + 2 * n);
+        double *nm = pool_.data() + bin.terms, *pd = nm + n;
+        for (size_t i = 0; i < n; i++) {  // redml_recon_noise's terms, as it computes them
+            const double c = (double)(bin.k0 + (int64_t)i) * gain_, al = (lo - c) / rn_, be = (hi - c) / rn_;
+            nm[i] = redml_normal_mass(al, be);
+            pd[i] = redml_normal_pdf(al) - redml_normal_pdf(be);
+        }
+        bin.draws = (uint32_t)draw_of_.size();
+        draw_of_.resize(draw_of_.size() + n, kNone);
+    }
     void reset(double gain, double rn) {
         gain_ = gain;
         rn_ = rn;
         bins_.clear();
+        draws_.clear();
+        draw_of_.clear();
+        pool_.clear();
         keys_.assign(4096, 0);
         slots_.assign(4096, 0);
     }
@@ -946,22 +994,11 @@ class NoiseTables {
                 slots_[j] = slots[i];
             }
     }
-    Bin make_bin(int64_t a, int64_t b) const {
-        Bin bin;
-        const double lo = (double)a - 0.5, hi = (double)b + 0.5;
-        redml_noise_bin_components(lo, hi, gain_, rn_, &bin.k0, &bin.k1);
-        if (bin.k1 - bin.k0 >= REDML_NOISE_KEPT) return bin;
-        bin.lg0 = lgamma((double)bin.k0 + 1.0);
-        for (int64_t k = bin.k0; k <= bin.k1; k++) {  // redml_recon_noise's terms, as it computes them
-            const double c = (double)k * gain_, al = (lo - c) / rn_, be = (hi - c) / rn_;
-            bin.nm.push_back(redml_normal_mass(al, be));
-            bin.pd.push_back(redml_normal_pdf(al) - redml_normal_pdf(be));
-        }
-        bin.draws.resize(bin.nm.size());
-        return bin;
-    }
     double gain_ = -1, rn_ = -1;
     std::vector<Bin> bins_;
+    std::vector<Draw> draws_;
+    std::vector<uint32_t> draw_of_;
+    std::vector<double> pool_;
     std::vector<uint64_t> keys_;
     std::vector<uint32_t> slots_;  // index + 1 into bins_, 0: empty
 };
@@ -971,11 +1008,11 @@ class NoiseTables {
 // apply or do not decide (the reference then decides).
 inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, double mu, double gain, double rn,
                                   bool draw, double uni, int64_t *x) {
-    NoiseTables::Bin *bin = tables.bin(a, b);
-    if (!bin || bin->k1 < bin->k0 || !redml_noise_table_applies(mu, bin->k0, bin->k1)) return false;
+    const NoiseTables::Bin *bin = tables.bin(a, b);
+    if (!bin || !redml_noise_table_applies(mu, bin->k0, bin->k1)) return false;
+    const double *nm = tables.terms(*bin), *pd = nm + (bin->k1 - bin->k0 + 1);
     double kept[REDML_NOISE_KEPT], moment;
-    const double mass = redml_noise_table_mass(bin->nm.data(), bin->pd.data(), bin->k0, bin->k1, bin->lg0, mu, gain,
-                                               rn, kept, &moment);
+    const double mass = redml_noise_table_mass(nm, pd, bin->k0, bin->k1, bin->lg0, mu, gain, rn, kept, &moment);
     if (!(mass > 0.0)) return false;
     if (!draw) {
         const double lo = (double)a - 0.5, hi = (double)b + 0.5, m = moment / mass;
@@ -986,8 +1023,12 @@ inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, dou
     double r;
     const int64_t c = redml_noise_pick(kept, bin->k1 - bin->k0 + 1, mass, uni, &r);
     if (c < 0) return false;
-    const NoiseTables::Draw &d = tables.draw(*bin, a, b, c);
-    return redml_truncnorm_round(&d.side, d.h.data(), d.tol.data(), a, b - a, r, x);
+    if (tables.round(*bin, a, b, c, r, x)) return true;
+    // the component's inverse itself, as redml_recon_noise takes it
+    const double lo = (double)a - 0.5, hi = (double)b + 0.5, centre = (double)(bin->k0 + c) * gain;
+    const double v = centre + rn * redml_truncnorm_inverse((lo - centre) / rn, (hi - centre) / rn, r);
+    *x = std::min(std::max((int64_t)std::floor((v < lo ? lo : (v > hi ? hi : v)) + 0.5), a), b);
+    return true;
 }
 
 // A background pixel of integrating float data decoded from its bin [k*s - u, (k+1)*s - u]

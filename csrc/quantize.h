@@ -666,37 +666,19 @@ REDML_HD redml_truncnorm_side redml_truncnorm_setup(double alpha, double beta) {
     return sd;
 }
 
-REDML_HD void redml_truncnorm_boundaries(const redml_truncnorm_side *sd, int64_t a, int64_t n, double c, double spread,
-                                         double *h, double *tol) {
-    for (int64_t j = 0; j < n; j++) {
-        const double z = ((double)(a + j) + 0.5 - c) / spread, zs = sd->flip ? -z : z;
-        const double g = 0.5 * erfc(-zs * 0.70710678118654752) - sd->phi_a;
-        h[j] = sd->flip ? -g : g;
-        tol[j] = 2e-6 * redml_normal_pdf(zs) + 1e-14 * (sd->phi_a + sd->mass);
-    }
+/* Boundary j of integer bin a.. (value a + j + 1/2) of the component centred at c. */
+REDML_HD void redml_truncnorm_boundary(const redml_truncnorm_side *sd, int64_t a, int64_t j, double c, double spread,
+                                       double *h, double *tol) {
+    const double z = ((double)(a + j) + 0.5 - c) / spread, zs = sd->flip ? -z : z;
+    const double g = 0.5 * erfc(-zs * 0.70710678118654752) - sd->phi_a;
+    *h = sd->flip ? -g : g;
+    *tol = 2e-6 * redml_normal_pdf(zs) + 1e-14 * (sd->phi_a + sd->mass);
 }
 
-/* The integer the reference's draw rounds to (floor(c + spread * z + 1/2), z the inverse at
- * uniform r) from the boundaries: *x = a + the number of boundaries at or below the value
- * (a binary search). Returns 0 when the target is within tol of the boundary on either side
- * of it (the reference decides). */
-REDML_HD int redml_truncnorm_round(const redml_truncnorm_side *sd, const double *h, const double *tol, int64_t a,
-                                   int64_t n, double r, int64_t *x) {
-    const double target = (sd->flip ? 1.0 - r : r) * sd->mass, t = sd->flip ? -target : target;
-    if (n <= 0) {
-        *x = a;
-        return 1;
-    }
-    /* lo: the first j with h[j] > t; the halving steps depend on n only (selects, no branches) */
-    int64_t base = 0, len = n;
-    while (len > 1) {
-        const int64_t half = len / 2;
-        base = h[base + half] <= t ? base + half : base;
-        len -= half;
-    }
-    const int64_t lo = base + (h[base] <= t);
-    *x = a + lo;
-    return !(lo > 0 && fabs(h[lo - 1] - t) <= tol[lo - 1]) && !(lo < n && fabs(h[lo] - t) <= tol[lo]);
+/* The target of uniform r on the boundaries' scale (h[j] <= it: the value is above j). */
+REDML_HD double redml_truncnorm_target(const redml_truncnorm_side *sd, double r) {
+    const double target = (sd->flip ? 1.0 - r : r) * sd->mass;
+    return sd->flip ? -target : target;
 }
 
 #endif /* REDML_QUANTIZE_H */
