@@ -870,7 +870,7 @@ class BilinearRows {
 // per-bin tables"), kept by each thread across the frames of one gain and read noise (a bin's
 // tables do not depend on the model), found by a hash of the bin. A bin's tables are built
 // on its second use (a bin met once costs the reference's work, not more), a component's
-// rounding boundaries as the draws meet them; all in flat pools (offsets, no allocation per bin).
+// rounding boundaries on its first draw; all in flat pools (offsets, no allocation per bin).
 class NoiseTables {
   public:
     struct Bin {
@@ -908,35 +908,28 @@ class NoiseTables {
         return bin.k1 >= bin.k0 && bin.k1 - bin.k0 < REDML_NOISE_KEPT ? &bin : nullptr;
     }
     const double *terms(const Bin &bin) const { return pool_.data() + bin.terms; }
-    // The integer the draw with uniform r rounds to, from component k0 + i of bin a..b: a +
-    // the number of rounding boundaries below the value (a binary search, computing the
-    // boundaries it meets); false when the target is too close to one to tell, or the bin
-    // too wide for boundaries (or no room for them).
+    // The integer the draw with uniform r rounds to, from component k0 + i of bin a..b
+    // (redml_truncnorm_round; the component's boundaries computed on its first draw); false
+    // when the target is too close to a boundary to tell, or the bin too wide for boundaries
+    // (or no room for them).
     bool round(const Bin &bin, int64_t a, int64_t b, int64_t i, double r, int64_t *x) {
+        const int64_t n = b - a;
         uint32_t &di = draw_of_[bin.draws + i];
         if (di == kNone) {
-            if (b - a > kMaxBounds || pool_.size() > kMaxPool) return false;
+            if (n > kMaxBounds || pool_.size() > kMaxPool) return false;
             Draw d;
             d.c = (double)(bin.k0 + i) * gain_;
             d.side = redml_truncnorm_setup(((double)a - 0.5 - d.c) / rn_, ((double)b + 0.5 - d.c) / rn_);
             d.bounds = (uint32_t)pool_.size();
-            pool_.resize(pool_.size() + 2 * (size_t)(b - a), NAN);
+            pool_.resize(pool_.size() + 2 * (size_t)n);
+            double *h = pool_.data() + d.bounds;
+            for (int64_t j = 0; j < n; j++) redml_truncnorm_boundary(&d.side, a, j, d.c, rn_, &h[j], &h[n + j]);
             di = (uint32_t)draws_.size();
             draws_.push_back(d);
         }
         const Draw &d = draws_[di];
-        const int64_t n = b - a;
-        double *h = pool_.data() + d.bounds, *tol = h + n;
-        const double t = redml_truncnorm_target(&d.side, r);
-        int64_t lo = 0, hi = n;  // the first boundary the value is below
-        while (lo < hi) {
-            const int64_t mid = (lo + hi) / 2;
-            if (std::isnan(h[mid])) redml_truncnorm_boundary(&d.side, a, mid, d.c, rn_, &h[mid], &tol[mid]);
-            if (h[mid] <= t) lo = mid + 1;
-            else hi = mid;
-        }
-        *x = a + lo;  // (the search computed both boundaries next to the value)
-        return !(lo > 0 && std::fabs(h[lo - 1] - t) <= tol[lo - 1]) && !(lo < n && std::fabs(h[lo] - t) <= tol[lo]);
+        const double *h = pool_.data() + d.bounds;
+        return redml_truncnorm_round(&d.side, h, h + n, a, n, r, x);
     }
 
   private:

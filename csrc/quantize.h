@@ -681,4 +681,26 @@ REDML_HD double redml_truncnorm_target(const redml_truncnorm_side *sd, double r)
     return sd->flip ? -target : target;
 }
 
+/* The integer the reference's draw rounds to (floor(c + spread * z + 1/2), z the inverse at
+ * uniform r) from the n boundaries h, tol of integer bin a..a+n: *x = a + the number of
+ * boundaries below the value (a binary search whose steps depend on n only: selects, no
+ * branches). Returns 0 when the target is within tol of the boundary on either side. */
+REDML_HD int redml_truncnorm_round(const redml_truncnorm_side *sd, const double *h, const double *tol, int64_t a,
+                                   int64_t n, double r, int64_t *x) {
+    const double t = redml_truncnorm_target(sd, r);
+    if (n <= 0) {
+        *x = a;
+        return 1;
+    }
+    int64_t base = 0, len = n;
+    while (len > 1) {
+        const int64_t half = len / 2;
+        base = h[base + half] <= t ? base + half : base;
+        len -= half;
+    }
+    const int64_t lo = base + (h[base] <= t); /* the first boundary above the value */
+    *x = a + lo;
+    return !(lo > 0 && fabs(h[lo - 1] - t) <= tol[lo - 1]) && !(lo < n && fabs(h[lo] - t) <= tol[lo]);
+}
+
 #endif /* REDML_QUANTIZE_H */
