@@ -1183,7 +1183,13 @@ REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, con
             bb[j] = j < m ? b[c + j] : 0.0;
             uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
         }
-        redml_recon_conditional_lanes(ba, bb, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+        switch (width) {  // the narrow bins of a few counts per pixel with the width a constant (unrolled)
+#define REDML_WIDTH_CASE(w) \
+    case w: redml_recon_conditional_lanes(ba, bb, lam, uni, w, draw, res + c, ok); break;
+            REDML_WIDTH_CASE(2) REDML_WIDTH_CASE(3) REDML_WIDTH_CASE(4) REDML_WIDTH_CASE(5)
+#undef REDML_WIDTH_CASE
+            default: redml_recon_conditional_lanes(ba, bb, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+        }
         int all_ok = 1;
         for (size_t j = 0; j < L; j++) all_ok &= ok[j];
         if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
