@@ -879,10 +879,11 @@ class NoiseTables {
         uint32_t terms = kNone;    // pool_ offset of nm[k1 - k0 + 1], then pd[k1 - k0 + 1]
         uint32_t draws = kNone;    // draw_of_ offset of each component's draw (kNone: not yet)
     };
-    // This thread's tables for the chunk's gain and read noise (emptied when they grow large).
+    // This thread's tables for the chunk's gain and read noise (emptied when full: at most
+    // about 30 MB per thread).
     static NoiseTables &get(double gain, double rn) {
         thread_local NoiseTables t;
-        if (t.gain_ != gain || t.rn_ != rn || t.pool_.size() > kMaxPool) t.reset(gain, rn);
+        if (t.gain_ != gain || t.rn_ != rn || t.pool_.size() > kMaxPool || t.bins_.size() >= kMaxBins) t.reset(gain, rn);
         return t;
     }
     // The tables of bin a..b, nullptr where they do not apply (too many components, or the
@@ -890,7 +891,8 @@ class NoiseTables {
     const Bin *bin(int64_t a, int64_t b) {
         const uint64_t key = ((uint64_t)(a + ((int64_t)1 << 31)) << 23) ^ (uint64_t)(b - a);
         size_t slot = slot_of(key);
-        if (slots_[slot] == 0) {  // first use: remembered only
+        if (slots_[slot] == 0) {  // first use: remembered only (while there is room)
+            if (bins_.size() >= kMaxBins) return nullptr;
             if (2 * (bins_.size() + 1) > slots_.size()) {
                 grow();
                 slot = slot_of(key);
@@ -934,7 +936,8 @@ class NoiseTables {
 
   private:
     static constexpr uint32_t kNone = UINT32_MAX;
-    static constexpr size_t kMaxPool = 1 << 22;  // doubles (32 MB)
+    static constexpr size_t kMaxPool = 1 << 21;  // doubles (16 MB)
+    static constexpr size_t kMaxBins = 1 << 18;  // bins remembered (10 MB, and their hash slots)
     static constexpr int64_t kMaxBounds = 64;    // wider bins: few pixels per boundary
     struct Draw {  // one component's side of the inverse; its boundaries h[n], tol[n] at pool_ + bounds
         redml_truncnorm_side side;
