@@ -47,7 +47,8 @@ install: deps $(PY)
 include csrc/sources.mk
 CLANGXX ?= $(firstword $(foreach c,clang++ clang++-16 clang++-15 clang++-14,$(shell command -v $(c) 2>/dev/null)))
 FUZZ_DIR := build/fuzz
-FUZZ_CXXFLAGS := -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+# -ffp-contract=off: as the release build (setup.py), so the lattice prediction gives the same bits.
+FUZZ_CXXFLAGS := -std=c++17 -g -O1 -ffp-contract=off -fno-omit-frame-pointer -fsanitize=address,undefined \
                  -fno-sanitize-recover=all -Icsrc -MMD -MP
 FUZZ_OBJ := $(patsubst csrc/%.cpp,$(FUZZ_DIR)/obj/%.o,$(REDML_PLUGIN_SRC))
 FUZZ_TARGETS := $(FUZZ_DIR)/fuzz_decode $(FUZZ_DIR)/fuzz_filter $(FUZZ_DIR)/fuzz_roundtrip

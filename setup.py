@@ -38,8 +38,10 @@ LIBS = SOURCES["REDML_LIBS"]
 # Portable release flags: no -march=native, no fast-math (the quantizer relies on IEEE rounding),
 # no FMA contraction (a packager's -march=x86-64-v3 must not change the chunks).
 CFLAGS = ["-O3", "-fvisibility=hidden", "-fno-fast-math", "-ffp-contract=off", "-Wall"]
+# The lattice prediction (csrc/lattice.cpp) must give the same bits in the encoder and in every
+# decoder (plugin, extension, debug build): the debug flags keep the same floating-point rules.
 if os.environ.get("REDML_DEBUG"):
-    CFLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-Wall"]
+    CFLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-ffp-contract=off", "-Wall"]
 # Both artifacts embed the core and export none of its C API (REDML_API in csrc/redml.h).
 EMBEDDED = [("REDML_API", "")]
 # The plugin exports only what HDF5 and redml_reduce/h5filter.py look up (a GNU ld version script).

@@ -15,6 +15,10 @@ Frame sets: simulated JUNGFRAU 4M uint16 frames (Poisson background of 1 photon/
 Gaussian spots; the full run adds 0.05 and 10 photons/px), and the thaumatin Pilatus 6M
 stills (int32, read from ../shared/data/thaumatin_grid; skipped with a note if missing).
 
+Integrating data: the decode time of one pedestal-subtracted int16 ADU frame of the same
+shape (20 ADU per photon, 1 photon/px, read noise 0.2 photon) at q=4 with the mean and the
+draw reconstruction ("integrating_decode_ms"; the baseline's too with --baseline).
+
 Settings: bslz4 (the `bitshuffle` wheel, its SIMD build, automatic block size), blosc2
 (LZ4 + bitshuffle, clevel 5), redml q=0/1/2, q=4 with the draw reconstruction, sparse.
 Stage times come from the core itself (_core.stage_timing / _core.last_stages: the
@@ -194,6 +198,27 @@ def conversion_ms(frames: np.ndarray, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def integrating_decode_ms(shape, repeats: int, cores: dict) -> dict:
+    """CPU ms of decoding one integrating frame of `shape` (pedestal-subtracted int16 ADU at 20
+    ADU per photon, 1 photon/px, read noise 0.2 photon: a JUNGFRAU 4M written in ADU) encoded
+    at q=4 with the mean and with the draw reconstruction: median of interleaved repeats, per
+    core (name -> _core module: this build, and the baseline's when given)."""
+    from redml_study.detector import integrating_frame
+
+    gain, rn = 20.0, 0.2
+    rng = np.random.default_rng(22)
+    frame = integrating_frame(rng.poisson(1.0, shape), rng, gain=gain, read_noise=rn, dtype="int16")
+    kw = dict(q=4, gain=gain, mu_min=0.0, markers="extremes", read_noise=float(np.hypot(rn * gain, 12 ** -0.5)))
+    chunks = {recon: _core.encode(frame, None, None, nthreads=1, **CodecSettings(recon=recon, **kw).core_kwargs())
+              for recon in ("mean", "draw")}
+    times = {f"{name}{recon}": [] for name in cores for recon in chunks}
+    for r in range(repeats):
+        for name, core in random.Random(r).sample(sorted(cores.items()), len(cores)):
+            for recon, chunk in chunks.items():
+                times[f"{name}{recon}"].append(cpu_time(lambda: core.decode(chunk, -1, 1))[0])
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
 def print_table(results: dict, jf_name: str, stages: dict, cores: dict, cores_raw: dict) -> None:
     for set_name, rows in results.items():
         ref = rows.get("bslz4")
@@ -243,8 +268,9 @@ def main(argv: Optional[list] = None) -> int:
     repeats = args.repeats or (3 if args.quick else 5)
 
     settings = peer_settings() + redml_settings(_core)
-    if args.baseline:
-        settings += redml_settings(load_core(args.baseline), prefix="base:")
+    baseline = load_core(args.baseline) if args.baseline else None
+    if baseline:
+        settings += redml_settings(baseline, prefix="base:")
     n_jf = 2 if args.quick else 3
     sets = [synthetic_set(1.0, np.uint16, n_frames=n_jf)]
     if not args.quick:
@@ -272,7 +298,11 @@ def main(argv: Optional[list] = None) -> int:
     cores_raw = {name: DETECTOR_RATE * (r["encode_ms"] + convert_ms) / 1e3 / jf["_nbytes"]
                  for name, r in jf.items() if not name.startswith("_")}
     aims = check_aims(jf)
+    cores_timed = {"": _core, **({"base:": baseline} if baseline else {})}
+    integrating = integrating_decode_ms(sets[0].frames[0].shape, repeats, cores_timed)
     print_table(results, jf_name, stages, cores, cores_raw)
+    print("\nintegrating frame (int16 ADU, 20 ADU/photon, 1 photon/px, read noise 0.2 photon), q=4, decode ms: " +
+          ", ".join(f"{k} {v:.0f}" for k, v in integrating.items()))
     print("\naims on " + jf_name + ": " + "; ".join(
         f"{a['setting']} {a['what']} {a['x_bslz4']:.2f}x bslz4 (aim <= {a['aim']:g}x: {'met' if a['met'] else 'not met'})"
         for a in aims))
@@ -289,6 +319,7 @@ def main(argv: Optional[list] = None) -> int:
             "jungfrau_conversion_ms": convert_ms,
             "cores_for_16_8_gbps_raw_with_conversion": cores_raw,
             "aims": aims,
+            "integrating_decode_ms": integrating,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1))

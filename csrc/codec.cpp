@@ -17,6 +17,7 @@
 #include "encoder.h"
 #include "entropy.h"
 #include "error.h"
+#include "lattice_chunk.h"
 #include "pixels.h"
 #include "quantize.h"
 #include "redml.h"
@@ -34,6 +35,7 @@ namespace {
 const uint32_t kRowsPerBand = 64;
 
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
+static_assert(REDML_LANES % REDML_RECON_LANES == 0, "a span holds whole blocks of the conditional lanes");
 
 // Per-type storage: exact values and background codes are unsigned integers of the
 // pixel's width (16 or 32 bits).
@@ -195,6 +197,39 @@ uint64_t decode_runs(const uint8_t *p, size_t size, uint8_t *exact, size_t n) {
     }
     check(i == n, REDML_E_CORRUPT, "exact mask runs do not cover the frame");
     return n_exact;
+}
+
+// The crystals of the chunk's lattice section (none without one) and its region hash.
+std::vector<redml_lattice> chunk_lattice(const ParsedChunk &pc, uint64_t *region_hash) {
+    const Section *lat_s = pc.find(SECTION_LATTICE);
+    if (!lat_s) return {};
+    std::vector<uint8_t> bytes(lat_s->raw_size);
+    decode_stream(lat_s->data, lat_s->stored_size, bytes.data(), bytes.size(), spec_for(pc.header, *lat_s), 1);
+    return read_lattice_section(bytes.data(), bytes.size(), region_hash);
+}
+
+// The stored exact-pixel map: the mask's runs, ORed with the discs that the lattice section's
+// crystals paint (predicted again here, checked against the encoder's region hash); returns
+// the number of exact pixels. runs_buf, region_buf: scratch for the decoded runs and the region.
+uint64_t read_exact_map(const ParsedChunk &pc, uint8_t *exact, std::vector<uint8_t> &runs_buf,
+                        std::vector<uint8_t> &region_buf, int nt) {
+    const ChunkHeader &h = pc.header;
+    const size_t N = (size_t)h.height * h.width;
+    const Section *mask_s = pc.find(SECTION_EXACT_MASK);
+    uint8_t *runs = scratch(runs_buf, std::max<size_t>(1, mask_s->raw_size));
+    decode_stream(mask_s->data, mask_s->stored_size, runs, mask_s->raw_size, spec_for(h, *mask_s), nt);
+    uint64_t n_exact = decode_runs(runs, mask_s->raw_size, exact, N);
+    uint64_t stored_hash = 0;
+    const std::vector<redml_lattice> crystals = chunk_lattice(pc, &stored_hash);
+    if (crystals.empty()) return n_exact;
+    uint8_t *region = scratch(region_buf, N);
+    const uint64_t hash = lattice_region(crystals.data(), crystals.size(), h.height, h.width, region, REDML_E_CORRUPT);
+    check(hash == stored_hash, REDML_E_CORRUPT,
+          "the lattice region predicted here differs from the encoder's (a build that predicts differently)");
+    // The encoder's runs leave the region out: the two add up.
+    check(count_ones(exact, region, N) == 0, REDML_E_CORRUPT, "exact mask runs overlap the lattice region");
+    for (size_t i = 0; i < N; i++) exact[i] |= region[i];
+    return n_exact + count_ones(region, nullptr, N);
 }
 
 // Concatenates vectors of words into one (little-endian) byte buffer, in one copy.
@@ -585,13 +620,14 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
 }
 
 // The settings with the read noise the encoder uses: estimated from the frame's usable
-// pixels where it is auto (< 0) in quantized mode, 0 where it does not matter.
+// pixels where it is auto (< 0) in quantized and sparse mode (there only for the ROI's
+// spot finder: sparse chunks do not store it), 0 in lossless mode.
 template <class T>
 redml_params with_read_noise(const T *f, const uint8_t *usable, uint32_t H, uint32_t W, const redml_params &p_in,
                              int nt) {
     redml_params p = p_in;
     if (p.read_noise < 0)
-        p.read_noise = p.mode == REDML_MODE_QUANTIZED
+        p.read_noise = p.mode != REDML_MODE_LOSSLESS
                            ? (float)estimate_read_noise(f, usable, TileGrid(H, W, p.tile), p, nt)
                            : 0.0f;
     return p;
@@ -599,7 +635,8 @@ redml_params with_read_noise(const T *f, const uint8_t *usable, uint32_t H, uint
 
 template <class T>
 void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, const uint8_t *mask_in,
-                  const redml_params &p_in, SpotRequest *spots, void **out, size_t *out_size) {
+                  const redml_params &p_in, SpotRequest *spots, void **out, size_t *out_size,
+                  const LatticeRequest *lattice) {
     using S = Storage<T>;
     using Word = typename S::Word;
     const int nt = resolve_threads(p_in.nthreads);
@@ -626,12 +663,12 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     uint8_t *exact = scratch(sc.exact, N);
     if (roi_in) std::memcpy(exact, roi_in, N);
     else if (spots) {
-        // the finder ignores the special values (NEGATIVE markers): the map above unless the
-        // markers differ; then the tags buffer, not needed before quantization, holds its own
+        // the finder ignores its own markers: the map above unless they differ from the
+        // codec's; then the tags buffer, not needed before quantization, holds its own
         const uint8_t *finder_usable = usable;
-        if (p.markers != REDML_MARKERS_NEGATIVE) {
+        if (spots->fp.markers != p.markers) {
             uint8_t *own = scratch(sc.tags, N);
-            usable_pixels(f, mask_in, own, N, REDML_MARKERS_NEGATIVE);
+            usable_pixels(f, mask_in, own, N, spots->fp.markers);
             finder_usable = own;
         }
         spots->peaks = find_spots(f, finder_usable, H, W, spots->fp, exact, nt);
@@ -640,12 +677,23 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     } else {
         FinderParams fp;
         fp.gain = p.gain;
+        fp.read_noise = p.read_noise;  // as estimated (integrating data), else 0
+        fp.markers = p.markers;
         fp.sigma_s = p.roi_snr;
         fp.mask_all_strong = true;
         fp.masked_pixels_neutral = true;
         find_spots(f, usable, H, W, fp, exact, nt);
         dilate(exact, H, W, p.roi_margin, nt);
         stage_mark("roi dilation");
+    }
+    // the lattice's discs: exact, stored as the crystal models (the mask's runs leave them out)
+    std::vector<uint8_t> lattice_map;
+    uint64_t lattice_hash = 0;
+    if (lattice) {
+        lattice_map.resize(N);
+        lattice_hash = lattice_region(lattice->crystals, lattice->n, H, W, lattice_map.data(), REDML_E_ARG);
+        for (size_t i = 0; i < N; i++) exact[i] |= lattice_map[i];
+        stage_mark("lattice region");
     }
     // background
     BackgroundModel model = conditional ? fit_background_model_outside_roi(f, usable, exact, H, W, p, nt)
@@ -738,10 +786,16 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         size_t size;
     };
     const std::vector<uint8_t> model_bytes = concat_bytes<float>({&model.mean, &model.step});
-    const std::vector<uint8_t> runs = encode_runs(exact, N);
+    if (lattice)  // the runs: the exact pixels outside the discs (the decoder paints those)
+        for (size_t i = 0; i < N; i++) lattice_map[i] = (exact[i] != 0) & (lattice_map[i] == 0);
+    const std::vector<uint8_t> runs = encode_runs(lattice ? lattice_map.data() : exact, N);
+    const std::vector<uint8_t> lattice_bytes =
+        lattice ? write_lattice_section(lattice->crystals, lattice->n, lattice_hash) : std::vector<uint8_t>();
     std::vector<Pending> pending;
     pending.push_back({SECTION_MODEL, REDML_SHUFFLE_BYTE, 4, model_bytes.data(), model_bytes.size()});
     pending.push_back({SECTION_EXACT_MASK, REDML_SHUFFLE_NONE, 1, runs.data(), runs.size()});
+    if (lattice)
+        pending.push_back({SECTION_LATTICE, REDML_SHUFFLE_NONE, 1, lattice_bytes.data(), lattice_bytes.size()});
     pending.push_back({SECTION_EXACT_VALUES, p.shuffle, (uint8_t)sizeof(Word), (const uint8_t *)band_vals,
                        n_exact * sizeof(Word)});
     if (coded)
@@ -851,26 +905,194 @@ class BilinearRows {
     uint32_t top_row_ = UINT32_MAX, bottom_row_ = UINT32_MAX;
 };
 
-// A background pixel of integrating data decoded from its bin (integers: the values a..b,
-// taken as [a - 1/2, b + 1/2] before rounding; floats: [k*s - u, (k+1)*s - u]) with the
-// model at the pixel (mean `lambda`, the chunk's gain and read noise): the conditional mean
-// (integers: rounded with dither) or a draw (quantize.h, redml_recon_noise).
-template <class T>
-T decode_noise_bin(typename Storage<T>::Word sym, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px,
-                   double lambda, const ChunkHeader &h, bool draw, size_t i) {
-    using S = Storage<T>;
-    const double g = h.gain, mu = std::max(lambda, 0.0) / g, t = redml_uniform(h.seed, i, 6);
-    if constexpr (S::is_float) {
-        const double lo = ((double)S::unzigzag(sym) + (double)px.base) * tc.step - px.u_float;
-        return (T)redml_recon_noise(lo, lo + tc.step, mu, g, h.read_noise, draw, t);
-    } else {
-        const int64_t k = S::unzigzag(sym) + px.base;
-        const int64_t a = std::max(k * tc.s_int - px.u_int, S::lo()), b = std::min(k * tc.s_int - px.u_int + tc.s_int - 1, S::hi());
-        check(a <= b, REDML_E_CORRUPT, "decoded value out of range");
-        const double v = redml_recon_noise((double)a - 0.5, (double)b + 0.5, mu, g, h.read_noise, draw, t);
-        const int64_t r = (int64_t)std::floor(v + (draw ? 0.5 : redml_uniform(h.seed, i, 5)));
-        return (T)std::min(std::max(r, a), b);
+// The per-bin tables of integrating integer data (quantize.h, "The same reconstruction from
+// per-bin tables"), kept by each thread across the frames of one gain and read noise (a bin's
+// tables do not depend on the model), found by a hash of the bin. A bin's tables are built
+// on its second use (a bin met once costs the reference's work, not more), a component's
+// rounding boundaries on its first draw; all in flat pools (offsets, no allocation per bin).
+class NoiseTables {
+  public:
+    struct Bin {
+        int64_t k0 = 0, k1 = -1;   // the components before the cap; k1 < k0: none
+        double lg0 = 0;            // lgamma(k0 + 1)
+        uint32_t terms = kNone;    // pool_ offset of nm[k1 - k0 + 1], then pd[k1 - k0 + 1]
+        uint32_t draws = kNone;    // draw_of_ offset of each component's draw (kNone: not yet)
+    };
+    // This thread's tables for the chunk's gain and read noise (emptied when full: at most
+    // about 30 MB per thread).
+    static NoiseTables &get(double gain, double rn) {
+        thread_local NoiseTables t;
+        if (t.gain_ != gain || t.rn_ != rn || t.pool_.size() > kMaxPool || t.bins_.size() >= kMaxBins) t.reset(gain, rn);
+        return t;
     }
+    // The tables of bin a..b, nullptr where they do not apply (too many components, or the
+    // bin's first use).
+    const Bin *bin(int64_t a, int64_t b) {
+        const uint64_t key = ((uint64_t)(a + ((int64_t)1 << 31)) << 23) ^ (uint64_t)(b - a);
+        size_t slot = slot_of(key);
+        if (slots_[slot] == 0) {  // first use: remembered only (while there is room)
+            if (bins_.size() >= kMaxBins) return nullptr;
+            if (2 * (bins_.size() + 1) > slots_.size()) {
+                grow();
+                slot = slot_of(key);
+            }
+            bins_.emplace_back();
+            keys_[slot] = key;
+            slots_[slot] = (uint32_t)bins_.size();
+            return nullptr;
+        }
+        Bin &bin = bins_[slots_[slot] - 1];
+        if (bin.terms == kNone) {
+            if (pool_.size() > kMaxPool) return nullptr;  // full: the reference for new bins
+            build(bin, a, b);
+        }
+        return bin.k1 >= bin.k0 && bin.k1 - bin.k0 < REDML_NOISE_KEPT ? &bin : nullptr;
+    }
+    const double *terms(const Bin &bin) const { return pool_.data() + bin.terms; }
+    // The integer the draw with uniform r rounds to, from component k0 + i of bin a..b
+    // (redml_truncnorm_round; the component's boundaries computed on its first draw); false
+    // when the target is too close to a boundary to tell, or the bin too wide for boundaries
+    // (or no room for them).
+    bool round(const Bin &bin, int64_t a, int64_t b, int64_t i, double r, int64_t *x) {
+        const int64_t n = b - a;
+        uint32_t &di = draw_of_[bin.draws + i];
+        if (di == kNone) {
+            if (n > kMaxBounds || pool_.size() > kMaxPool) return false;
+            Draw d;
+            d.c = (double)(bin.k0 + i) * gain_;
+            d.side = redml_truncnorm_setup(((double)a - 0.5 - d.c) / rn_, ((double)b + 0.5 - d.c) / rn_);
+            d.bounds = (uint32_t)pool_.size();
+            pool_.resize(pool_.size() + 2 * (size_t)n);
+            double *h = pool_.data() + d.bounds;
+            for (int64_t j = 0; j < n; j++) redml_truncnorm_boundary(&d.side, a, j, d.c, rn_, &h[j], &h[n + j]);
+            di = (uint32_t)draws_.size();
+            draws_.push_back(d);
+        }
+        const Draw &d = draws_[di];
+        const double *h = pool_.data() + d.bounds;
+        return redml_truncnorm_round(&d.side, h, h + n, a, n, r, x);
+    }
+
+  private:
+    static constexpr uint32_t kNone = UINT32_MAX;
+    static constexpr size_t kMaxPool = 1 << 21;  // doubles (16 MB)
+    static constexpr size_t kMaxBins = 1 << 18;  // bins remembered (10 MB, and their hash slots)
+    static constexpr int64_t kMaxBounds = 64;    // wider bins: few pixels per boundary
+    struct Draw {  // one component's side of the inverse; its boundaries h[n], tol[n] at pool_ + bounds
+        redml_truncnorm_side side;
+        double c;
+        uint32_t bounds;
+    };
+    void build(Bin &bin, int64_t a, int64_t b) {
+        const double lo = (double)a - 0.5, hi = (double)b + 0.5;
+        redml_noise_bin_components(lo, hi, gain_, rn_, &bin.k0, &bin.k1);
+        bin.terms = (uint32_t)pool_.size();
+        if (bin.k1 < bin.k0 || bin.k1 - bin.k0 >= REDML_NOISE_KEPT) return;
+        const size_t n = (size_t)(bin.k1 - bin.k0 + 1);
+        bin.lg0 = lgamma((double)bin.k0 + 1.0);
+        pool_.resize(pool_.size() + 2 * n);
+        double *nm = pool_.data() + bin.terms, *pd = nm + n;
+        for (size_t i = 0; i < n; i++) {  // redml_recon_noise's terms, as it computes them
+            const double c = (double)(bin.k0 + (int64_t)i) * gain_, al = (lo - c) / rn_, be = (hi - c) / rn_;
+            nm[i] = redml_normal_mass(al, be);
+            pd[i] = redml_normal_pdf(al) - redml_normal_pdf(be);
+        }
+        bin.draws = (uint32_t)draw_of_.size();
+        draw_of_.resize(draw_of_.size() + n, kNone);
+    }
+    void reset(double gain, double rn) {
+        gain_ = gain;
+        rn_ = rn;
+        bins_.clear();
+        draws_.clear();
+        draw_of_.clear();
+        pool_.clear();
+        keys_.assign(4096, 0);
+        slots_.assign(4096, 0);
+    }
+    // Open addressing: the slot of key, or the empty slot where it goes (linear probing).
+    size_t slot_of(uint64_t key) const {
+        const size_t mask = slots_.size() - 1;
+        size_t i = (size_t)((key * 0x9e3779b97f4a7c15ull) >> 40) & mask;
+        while (slots_[i] != 0 && keys_[i] != key) i = (i + 1) & mask;
+        return i;
+    }
+    void grow() {
+        std::vector<uint64_t> keys = std::move(keys_);
+        std::vector<uint32_t> slots = std::move(slots_);
+        keys_.assign(2 * keys.size(), 0);
+        slots_.assign(2 * slots.size(), 0);
+        for (size_t i = 0; i < slots.size(); i++)
+            if (slots[i] != 0) {
+                const size_t j = slot_of(keys[i]);
+                keys_[j] = keys[i];
+                slots_[j] = slots[i];
+            }
+    }
+    double gain_ = -1, rn_ = -1;
+    std::vector<Bin> bins_;
+    std::vector<Draw> draws_;
+    std::vector<uint32_t> draw_of_;
+    std::vector<double> pool_;
+    std::vector<uint64_t> keys_;
+    std::vector<uint32_t> slots_;  // index + 1 into bins_, 0: empty
+};
+
+// redml_recon_noise of integer bin a..b rounded as decode_noise_int does (uni: the uniform
+// of stream 6 for the draw, 5 for the mean), from the bin's tables; false where they do not
+// apply or do not decide (the reference then decides).
+inline bool noise_bin_from_tables(NoiseTables &tables, int64_t a, int64_t b, double mu, double gain, double rn,
+                                  bool draw, double uni, int64_t *x) {
+    const NoiseTables::Bin *bin = tables.bin(a, b);
+    if (!bin || !redml_noise_table_applies(mu, bin->k0, bin->k1)) return false;
+    const double *nm = tables.terms(*bin), *pd = nm + (bin->k1 - bin->k0 + 1);
+    double kept[REDML_NOISE_KEPT], moment;
+    const double mass = redml_noise_table_mass(nm, pd, bin->k0, bin->k1, bin->lg0, mu, gain, rn, kept, &moment);
+    if (!(mass > 0.0)) return false;
+    if (!draw) {
+        const double lo = (double)a - 0.5, hi = (double)b + 0.5, m = moment / mass;
+        const double v = m < lo ? lo : (m > hi ? hi : m);
+        *x = std::min(std::max((int64_t)std::floor(v + uni), a), b);
+        return true;
+    }
+    double r;
+    const int64_t c = redml_noise_pick(kept, bin->k1 - bin->k0 + 1, mass, uni, &r);
+    if (c < 0) return false;
+    if (tables.round(*bin, a, b, c, r, x)) return true;
+    // the component's inverse itself, as redml_recon_noise takes it
+    const double lo = (double)a - 0.5, hi = (double)b + 0.5, centre = (double)(bin->k0 + c) * gain;
+    const double v = centre + rn * redml_truncnorm_inverse((lo - centre) / rn, (hi - centre) / rn, r);
+    *x = std::min(std::max((int64_t)std::floor((v < lo ? lo : (v > hi ? hi : v)) + 0.5), a), b);
+    return true;
+}
+
+// A background pixel of integrating float data decoded from its bin [k*s - u, (k+1)*s - u]
+// with the model at the pixel (mean `lambda`, the chunk's gain and read noise): the
+// conditional mean or a draw (quantize.h, redml_recon_noise).
+template <class T>
+T decode_noise_float(typename Storage<T>::Word sym, const TileCoder<T> &tc, const typename TileCoder<T>::Pixel &px,
+                     double lambda, const ChunkHeader &h, bool draw, size_t i) {
+    const double g = h.gain, mu = std::max(lambda, 0.0) / g, t = redml_uniform(h.seed, i, 6);
+    const double lo = ((double)Storage<T>::unzigzag(sym) + (double)px.base) * tc.step - px.u_float;
+    return (T)redml_recon_noise(lo, lo + tc.step, mu, g, h.read_noise, draw, t);
+}
+
+// An integer pixel of integrating data decoded from its bin k (step s, dither u: the values
+// a..b, taken as [a - 1/2, b + 1/2] before rounding) with the model at the pixel: the
+// conditional mean rounded with dither (uni: stream 5) or a draw rounded to the nearest
+// (uni: stream 6), from the bins' tables where they decide, else redml_recon_noise.
+template <class T>
+T decode_noise_int(int64_t k, int64_t s, int64_t u, double lambda, const ChunkHeader &h, bool draw, double uni,
+                   NoiseTables &tables) {
+    using S = Storage<T>;
+    const double g = h.gain, mu = std::max(lambda, 0.0) / g;
+    const int64_t a = std::max(k * s - u, S::lo()), b = std::min(k * s - u + s - 1, S::hi());
+    check(a <= b, REDML_E_CORRUPT, "decoded value out of range");
+    int64_t x;
+    if (noise_bin_from_tables(tables, a, b, mu, g, h.read_noise, draw, uni, &x)) return (T)x;
+    const double v = redml_recon_noise((double)a - 0.5, (double)b + 0.5, mu, g, h.read_noise, draw, uni);
+    const int64_t r = (int64_t)std::floor(v + (draw ? 0.5 : uni));
+    return (T)std::min(std::max(r, a), b);
 }
 
 // Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1).
@@ -964,22 +1186,75 @@ struct CodeReader {
     }
 };
 
-// Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), the fast
-// form where it decides (quantize.h), the reference elsewhere.
-REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
-                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, int64_t *res) {
-    double uni[kLanes], fast[kLanes];
-    uint8_t ok[kLanes];
-    for (size_t j = 0; j < n; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)j, draw ? 6 : 5);
-    redml_recon_conditional_lanes(a, b, lambda, uni, (int)n, (int)std::min<int64_t>(width, kLanes), draw, fast, ok);
-    bool all_ok = true;
+// decode_noise_int for n <= kLanes pixels of one row of one coded tile from frame index i0
+// on (their dither, offset, phase and uniform in one vectorized pass first).
+template <class T>
+void decode_noise_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                            const double *lambda, const ChunkHeader &h, bool draw, NoiseTables &tables,
+                            CodeReader<T> &rd) {
+    using S = Storage<T>;
+    int64_t u[kLanes], k[kLanes];
+    uint8_t phase[kLanes];
+    double uni[kLanes];
+    tc.int_lanes(h.seed, i0, n, u, k, phase);
+    for (size_t j = 0; j < n; j++) uni[j] = redml_uniform(h.seed, i0 + (uint32_t)j, draw ? 6 : 5);
     for (size_t j = 0; j < n; j++) {
-        res[j] = (int64_t)fast[j];
-        all_ok &= ok[j] != 0;
+        if (exact[j]) {
+            out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+            continue;
+        }
+        const int64_t bin = k[j] + S::unzigzag(rd.next_code(phase[j]));
+        out[j] = decode_noise_int<T>(bin, tc.s_int, u[j], lambda[j], h, draw, uni[j], tables);
     }
-    if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
-        for (size_t j = 0; j < n; j++)
-            if (!ok[j]) res[j] = redml_recon_conditional((int64_t)a[j], (int64_t)b[j], lambda[j], draw, seed, i0 + j);
+}
+
+// Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), in blocks of
+// REDML_RECON_LANES: the fast form where it decides (quantize.h), the reference elsewhere.
+// a and b hold whole blocks (the lanes from n on: a = b = 0); lambda only n values.
+REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
+                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, double *res) {
+    const size_t L = REDML_RECON_LANES;
+    for (size_t c = 0; c < n; c += L) {
+        const size_t m = std::min(L, n - c);
+        double ba[L], bb[L], lam[L], uni[L];
+        uint8_t ok[L];
+        for (size_t j = 0; j < L; j++) lam[j] = 1.0;
+        for (size_t j = 0; j < m; j++) lam[j] = lambda[c + j];
+        for (size_t j = 0; j < L; j++) {  // the lanes from m on: empty bins [0, 0]
+            ba[j] = j < m ? a[c + j] : 0.0;
+            bb[j] = j < m ? b[c + j] : 0.0;
+            uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
+        }
+        switch (width) {  // the narrow bins of a few counts per pixel with the width a constant (unrolled)
+#define REDML_WIDTH_CASE(w) \
+    case w: redml_recon_conditional_lanes(ba, bb, lam, uni, w, draw, res + c, ok); break;
+            REDML_WIDTH_CASE(2) REDML_WIDTH_CASE(3) REDML_WIDTH_CASE(4) REDML_WIDTH_CASE(5)
+#undef REDML_WIDTH_CASE
+            default: redml_recon_conditional_lanes(ba, bb, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+        }
+        int all_ok = 1;
+        for (size_t j = 0; j < L; j++) all_ok &= ok[j];
+        if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
+            for (size_t j = 0; j < m; j++)
+                if (!ok[j])
+                    res[c + j] = (double)redml_recon_conditional((int64_t)ba[j], (int64_t)bb[j], lam[j], draw, seed,
+                                                                 i0 + (uint32_t)(c + j));
+    }
+}
+
+// Whole numbers of a bin to double and back: through 32-bit integers for 16-bit pixels (their
+// bins, once checked, lie within +-2^22: one vector instruction without AVX-512), 64-bit others.
+template <class T>
+using BinInt = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+
+// out[j] = res[j] where exact[j] is 0, for j < n (restrict: a select that vectorizes).
+template <class T>
+REDML_ALWAYS_INLINE void select_coded(const uint8_t *__restrict exact, const double *__restrict res, size_t n,
+                                      T *__restrict out) {
+    for (size_t j = 0; j < n; j++) {
+        const T v = (T)(BinInt<T>)res[j];
+        out[j] = exact[j] ? out[j] : v;
+    }
 }
 
 // Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
@@ -1014,16 +1289,19 @@ REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t
         const int64_t s = tc.s_int;
         bool in_range = true;
         if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
-            double a[kLanes], b[kLanes];
-            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]
-                const int64_t lo = k[j] * s - u[j], hi = lo + s - 1;
-                const bool coded = exact[j] == 0;
-                in_range &= (!coded) | ((hi >= 0) & (hi <= S::hi()));
-                a[j] = coded ? (double)std::max<int64_t>(lo, 0) : 0.0;
-                b[j] = coded ? (double)hi : 0.0;
+            using B = BinInt<T>;
+            double a[kLanes], b[kLanes], res[kLanes];
+            int64_t bad = 0;
+            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
+                const int64_t coded = exact[j] == 0, lo = k[j] * s - u[j], hi = lo + s - 1;
+                bad |= coded & ((hi < 0) | (hi > S::hi()));
+                a[j] = (double)(B)(coded * (lo > 0 ? lo : 0));
+                b[j] = (double)(B)(coded * hi);
             }
-            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
-            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, k);
+            check(!bad, REDML_E_CORRUPT, "decoded value out of range");
+            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, res);
+            select_coded<T>(exact, res, n, out);
+            return;
         } else {
             for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
                 k[j] = k[j] * s - u[j] + (s - 1) / 2;
@@ -1102,7 +1380,6 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const size_t N = (size_t)H * W;
 
     // Sections and block tables were checked against the header by parse_chunk.
-    const Section *mask_s = pc.find(SECTION_EXACT_MASK);
     const Section *vals_s = pc.find(SECTION_EXACT_VALUES);
     std::vector<const Section *> codes_s = pc.find_all(SECTION_BACKGROUND_CODES);
     const uint64_t n_exact = h.n_exact;
@@ -1120,9 +1397,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     ReleaseIfLarge<EncodeScratch> release{sc};
     uint8_t *exact = scratch(sc.exact, N);
     {
-        uint8_t *runs = scratch(sc.usable, std::max<size_t>(1, mask_s->raw_size));
-        decode_stream(mask_s->data, mask_s->stored_size, runs, mask_s->raw_size, spec_for(h, *mask_s), nt);
-        check(decode_runs(runs, mask_s->raw_size, exact, N) == n_exact, REDML_E_CORRUPT,
+        check(read_exact_map(pc, exact, sc.usable, sc.tags, nt) == n_exact, REDML_E_CORRUPT,
               "exact mask does not match the exact pixel count");
     }
     // The exact values, then each phase's codes (sizes checked by parse_chunk: n_exact
@@ -1158,6 +1433,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         std::vector<Step1Int<T>> pred_row(W);
         uint32_t pred_ty = UINT32_MAX;
         BilinearRows bilinear = conditional || sparse ? BilinearRows(model) : BilinearRows();
+        NoiseTables *tables = noise && !S::is_float ? &NoiseTables::get(h.gain, h.read_noise) : nullptr;
         CodeReader<T> rd{values, vi, codes.data(), code_count.data(), ci};
         for (uint32_t y = y0; y < y1; y++) {
             const uint32_t ty = y / g.tile;
@@ -1180,18 +1456,25 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                     // step 1: phase 0, code = zigzag residual (the general path reduces to this)
                     decode_step1_span<T>(exact + row + x0, out + row + x0, x1 - x0, pred_row.data() + x0, counts,
                                          values, &rd.vi, codes[0], code_count[0], &ci[0]);
-                } else if (noise) {  // integrating data: pixel by pixel (decode_noise_bin)
-                    for (uint32_t x = x0; x < x1; x++) {
-                        const size_t i = row + x;
-                        if (exact[i]) {
-                            out[i] = S::from_exact_word(values[rd.vi++], pred);
-                            continue;
+                } else if (noise) {  // integrating data
+                    const bool draw = recon == REDML_RECON_DRAW;
+                    if constexpr (S::is_float) {  // pixel by pixel (decode_noise_float)
+                        for (uint32_t x = x0; x < x1; x++) {
+                            const size_t i = row + x;
+                            if (exact[i]) {
+                                out[i] = S::from_exact_word(values[rd.vi++], pred);
+                                continue;
+                            }
+                            const TileCoder<T> &tc = coders[t];
+                            auto px = tc.at(h.seed, i);
+                            const Word sym = rd.next_code(px.phase);
+                            check(model.step[t] > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+                            out[i] = decode_noise_float<T>(sym, tc, px, lambda[x], h, draw, i);
                         }
-                        const TileCoder<T> &tc = coders[t];
-                        auto px = tc.at(h.seed, i);
-                        const Word sym = rd.next_code(px.phase);
-                        check(model.step[t] > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-                        out[i] = decode_noise_bin<T>(sym, tc, px, lambda[x], h, recon == REDML_RECON_DRAW, i);
+                    } else {
+                        for (uint32_t x = x0; x < x1; x += (uint32_t)kLanes)
+                            decode_noise_int_lanes<T>(coders[t], pred, exact + row + x, out + row + x, (uint32_t)(row + x),
+                                                      std::min<size_t>(kLanes, x1 - x), lambda + x, h, draw, *tables, rd);
                     }
                 } else if (!sparse) {
                     decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),
@@ -1272,7 +1555,8 @@ std::string &last_error() {
 namespace redml {
 
 void encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width, const uint8_t *roi,
-            const uint8_t *mask, const redml_params &p, SpotRequest *spots, void **out, size_t *out_size) {
+            const uint8_t *mask, const redml_params &p, SpotRequest *spots, void **out, size_t *out_size,
+            const LatticeRequest *lattice) {
     check(frame && out && out_size, REDML_E_ARG, "null argument");
     check(!(roi && spots), REDML_E_ARG, "an ROI map and spots to find are exclusive");
     check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
@@ -1280,9 +1564,10 @@ void encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t widt
               (uint64_t)height * width <= kMaxPixels,
           REDML_E_ARG, "frame shape out of range (1..2^20 per side, at most 2^27 pixels)");
     validate_params(p);
+    if (lattice) check_lattice_models(lattice->crystals, lattice->n, REDML_E_ARG);
     dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        encode_frame<T>((const T *)frame, height, width, roi, mask, p, spots, out, out_size);
+        encode_frame<T>((const T *)frame, height, width, roi, mask, p, spots, out, out_size, lattice);
     });
 }
 
@@ -1335,6 +1620,16 @@ redml_status redml_encode(const void *frame, redml_dtype dtype, uint32_t height,
     return guarded([&] {
         check(p != nullptr, REDML_E_ARG, "null argument");
         encode(frame, dtype, height, width, roi, mask, *p, nullptr, out, out_size);
+    });
+}
+
+redml_status redml_encode_lattice(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                                  const uint8_t *roi, const uint8_t *mask, const redml_params *p,
+                                  const redml_lattice *crystals, size_t n, void **out, size_t *out_size) {
+    return guarded([&] {
+        check(p != nullptr && crystals != nullptr, REDML_E_ARG, "null argument");
+        const LatticeRequest lattice{crystals, n};
+        encode(frame, dtype, height, width, roi, mask, *p, nullptr, out, out_size, &lattice);
     });
 }
 
@@ -1394,10 +1689,21 @@ redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size
         const ChunkHeader &h = pc.header;
         size_t N = (size_t)h.height * h.width;
         check(out_capacity >= N, REDML_E_ARG, "output buffer too small for the mask");
-        const Section *s = pc.find(SECTION_EXACT_MASK);  // its size checked by parse_chunk
-        std::vector<uint8_t> runs(s->raw_size);
-        decode_stream(s->data, s->stored_size, runs.data(), runs.size(), spec_for(h, *s), 1);
-        decode_runs(runs.data(), runs.size(), out, N);
+        std::vector<uint8_t> runs, region;
+        read_exact_map(pc, out, runs, region, 1);
+    });
+}
+
+redml_status redml_lattice_crystals(const void *chunk, size_t size, redml_lattice *out, size_t capacity, size_t *n) {
+    return guarded([&] {
+        check(n != nullptr && (out != nullptr || capacity == 0), REDML_E_ARG, "null argument");
+        ParsedChunk pc = parse_chunk((const uint8_t *)chunk, size);
+        uint64_t region_hash = 0;
+        const std::vector<redml_lattice> crystals = chunk_lattice(pc, &region_hash);
+        *n = crystals.size();
+        check(crystals.size() <= capacity || (out == nullptr && capacity == 0), REDML_E_ARG,
+              "output buffer too small for the chunk's crystals");
+        if (out) std::copy(crystals.begin(), crystals.end(), out);
     });
 }
 

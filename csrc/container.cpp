@@ -10,6 +10,7 @@
 #include "background.h"
 #include "entropy.h"
 #include "error.h"
+#include "lattice_chunk.h"
 #include "quantize.h"
 
 namespace redml {
@@ -70,6 +71,12 @@ void check_sections(const ParsedChunk &pc) {
     }
     check(codes.empty() || n_codes == n - h.n_exact, REDML_E_CORRUPT, "background code count does not match the frame");
     for (const Section *s : {values, mask, model}) check_blocks(h, *s);
+    if (const Section *lattice = pc.find(SECTION_LATTICE)) {  // its count is checked when it is read
+        check(lattice->elem == 1 && lattice->raw_size >= lattice_section_size(1) &&
+                  lattice->raw_size <= lattice_section_size(kMaxLatticeCrystals),
+              REDML_E_CORRUPT, "lattice section has the wrong size");
+        check_blocks(h, *lattice);
+    }
     for (const Section *cs : codes) check_blocks(h, *cs);
 }
 
@@ -196,7 +203,7 @@ ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
         s.data = chunk + pos;
         pos += s.stored_size;
         check(XXH3_64bits(s.data, s.stored_size) == sum, REDML_E_CORRUPT, "section checksum mismatch");
-        bool known = s.type >= SECTION_MODEL && s.type <= SECTION_BACKGROUND_CODES;
+        bool known = s.type >= SECTION_MODEL && s.type <= SECTION_LATTICE;
         if (!known) {
             check(!(s.flags & SECTION_REQUIRED), REDML_E_VERSION, "chunk has a required section this decoder does not know");
             continue;

@@ -14,6 +14,7 @@ enum SectionType : uint16_t {
     SECTION_EXACT_MASK = 2,        // run lengths of the exact-pixel map, LEB128
     SECTION_EXACT_VALUES = 3,      // exact pixels: zigzag residuals (ints) or raw bits (floats)
     SECTION_BACKGROUND_CODES = 4,  // background symbols, one section per dither phase
+    SECTION_LATTICE = 5,           // crystal models whose predicted discs are exact (lattice_chunk.h)
 };
 
 const uint8_t SECTION_REQUIRED = 1;

@@ -18,8 +18,16 @@ struct SpotRequest {
     std::vector<Peak> peaks;
 };
 
-// redml_encode, arguments checked; spots (optional, roi must then be NULL): see SpotRequest.
+// Crystals whose predicted discs the chunk keeps exact, stored as their models (lattice_chunk.h).
+struct LatticeRequest {
+    const redml_lattice *crystals = nullptr;
+    size_t n = 0;
+};
+
+// redml_encode, arguments checked; spots (optional, roi must then be NULL): see SpotRequest;
+// lattice (optional): discs kept exact besides the roi or the finder's region.
 void encode(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width, const uint8_t *roi,
-            const uint8_t *mask, const redml_params &p, SpotRequest *spots, void **out, size_t *out_size);
+            const uint8_t *mask, const redml_params &p, SpotRequest *spots, void **out, size_t *out_size,
+            const LatticeRequest *lattice = nullptr);
 
 }  // namespace redml

@@ -7,6 +7,7 @@
 #include "conv.h"      // conv3x3_leaky
 #include "entropy_rans.h"  // rans_force_simd (tests: every SIMD build of the rANS decoder)
 #include "index.h"     // index_still (the known-cell still indexer)
-#include "lattice.h"   // predict_reflections (not yet in the plugin)
+#include "lattice.h"   // predict_reflections (the codec uses it too: lattice_chunk.h)
+#include "lattice_chunk.h"  // lattice_model_from_doubles (the encoder's lattice records)
 #include "quantize.h"  // redml_uniform
 #include "stages.h"    // stage_times

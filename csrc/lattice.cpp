@@ -2,6 +2,10 @@
 // only +, -, *, / and sqrt appear here).
 #include "lattice.h"
 
+#ifdef __FAST_MATH__
+#error "lattice.cpp must be built without fast-math: the decoder predicts the encoder's region bit for bit"
+#endif
+
 #include <cmath>
 
 namespace redml {
@@ -134,7 +138,7 @@ bool lattice_centring_valid(char c) {
 
 bool predict_reflections(const double A[9], const LatticeGeometry &g, uint32_t height, uint32_t width,
                          const ExcitationProfile &p, double d_min_a, double margin, char centring,
-                         std::vector<Prediction> &out, const char **error) {
+                         std::vector<Prediction> &out, const char **error, PredictLimits *limits) {
     out.clear();
     auto fail = [&](const char *why) {
         if (error) *error = why;
@@ -167,6 +171,11 @@ bool predict_reflections(const double A[9], const LatticeGeometry &g, uint32_t h
         return fail("too many reflections to enumerate: the cell is too large for this frame (check A's units: "
                     "1/Angstrom)");
     const int32_t hmax = (int32_t)span[0] + 1, kmax = (int32_t)span[1] + 1, lmax = (int32_t)span[2] + 1;
+    if (limits) {
+        const double pairs = (2.0 * hmax + 1) * (2.0 * kmax + 1);
+        if (pairs > limits->hk_budget) return fail("too many reflections to search (the work limit of a lattice region)");
+        limits->hk_budget -= pairs;
+    }
     const double rr_max = r_max * r_max;
     const double dmin2 = d_min_a * d_min_a;
     const double mosaic = p.half_mosaicity_deg * (3.14159265358979323846 / 180.0) / 2.0;
@@ -213,6 +222,10 @@ bool predict_reflections(const double A[9], const LatticeGeometry &g, uint32_t h
                 const double x = g.beam_x + X * shift / g.pixel_mm;
                 const double y = g.beam_y + Y * shift / g.pixel_mm;
                 if (!(x >= x_lo && x < x_hi && y >= y_lo && y < y_hi)) continue;
+                if (limits && out.size() >= limits->max_predictions) {
+                    out.clear();
+                    return fail("too many predicted reflections (the limit of a lattice region)");
+                }
                 out.push_back(Prediction{h, k, l, x, y, rotation});
             }
         }

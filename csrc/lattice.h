@@ -86,12 +86,21 @@ inline bool centring_allows(char centring, int32_t h, int32_t k, int32_t l) {
     }
 }
 
+// Work limits for predictions from untrusted models (a chunk's lattice section): hk_budget,
+// the (h, k) index pairs the search may still visit (decremented by this call's), and the most
+// predictions one call may return. A call over either fails rather than running for minutes or
+// allocating gigabytes.
+struct PredictLimits {
+    double hk_budget;
+    size_t max_predictions;
+};
+
 // Every reflection of A with d >= d_min_a (0: no limit) whose predicted position lies within
 // `margin` pixels of the height x width frame (-margin <= x < width + margin, same for y).
-// Returns false (and nothing) when the arguments are invalid (why in *error).
+// Returns false (and nothing) when the arguments are invalid or a limit is passed (why in *error).
 bool predict_reflections(const double A[9], const LatticeGeometry &geometry, uint32_t height, uint32_t width,
                          const ExcitationProfile &profile, double d_min_a, double margin, char centring,
-                         std::vector<Prediction> &out, const char **error);
+                         std::vector<Prediction> &out, const char **error, PredictLimits *limits = nullptr);
 
 // exp(x) for x <= 0 with +, -, * and an exact power-of-two scaling only, so that it gives
 // the same bits on every platform (library exp() may differ by an ulp between libms).

@@ -54,18 +54,38 @@ const uint8_t *optional_map(const py::object &obj, size_t n, const char *what) {
 
 // The finder's parameters from their fields in the order of redml_finder_params.
 redml_finder_params finder_params(const py::tuple &t) {
-    if (t.size() != 9) throw py::value_error("spots: the 9 fields of the finder's parameters");
+    if (t.size() != 11) throw py::value_error("spots: the 11 fields of the finder's parameters");
     return redml_finder_params{t[0].cast<int>(),   t[1].cast<float>(), t[2].cast<float>(),
                                t[3].cast<float>(), t[4].cast<int>(),   t[5].cast<float>(),
-                               t[6].cast<int>(),   t[7].cast<int>(),   t[8].cast<float>()};
+                               t[6].cast<int>(),   t[7].cast<int>(),   t[8].cast<float>(),
+                               t[9].cast<float>(), (redml_markers)t[10].cast<int>()};
+}
+
+// The crystals of a lattice region (redml_reduce.lattice.LatticeRegion.records()): a float64
+// (n, 21) array of the fields of redml_lattice in their order, and n centring letters.
+std::vector<redml_lattice> lattice_models(py::object lattice) {
+    std::vector<redml_lattice> out;
+    if (lattice.is_none()) return out;
+    py::tuple t = lattice.cast<py::tuple>();
+    if (t.size() != 2) throw py::value_error("lattice must be (records, centrings)");
+    auto rec = t[0].cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+    const std::string centrings = t[1].cast<std::string>();
+    if (rec.ndim() != 2 || rec.shape(1) != (py::ssize_t)redml::kLatticeDoubles ||
+        (size_t)rec.shape(0) != centrings.size())
+        throw py::value_error("lattice records must be (n, 21) with one centring letter each");
+    for (py::ssize_t i = 0; i < rec.shape(0); i++) {
+        out.push_back(redml::lattice_model_from_doubles(rec.data() + redml::kLatticeDoubles * i, centrings[(size_t)i]));
+    }
+    return out;
 }
 
 // A chunk; with spots (the finder's parameters, a tuple), (chunk, peak records) of
 // redml_encode_spots: the ROI is the spots' dilated mask and roi must be None.
+// With lattice (lattice_models), the crystals' discs are kept exact besides roi, stored as the models.
 py::object encode(py::array frame, py::object roi, py::object mask, int mode, float q, float gain, float mu_min,
                   int codec, int level, int shuffle, int recon, int tile, float roi_snr, int roi_margin,
                   uint32_t seed, uint32_t block_elems, int nthreads, float read_noise, int markers,
-                  py::object spots) {
+                  py::object spots, py::object lattice) {
     if (frame.ndim() != 2) throw py::value_error("frame must be 2-D");
     if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
     if (tile < 1 || tile > 65535 || roi_margin < 0 || roi_margin > 65535)
@@ -98,6 +118,8 @@ py::object encode(py::array frame, py::object roi, py::object mask, int mode, fl
     p.markers = (redml_markers)markers;
     const bool want_spots = !spots.is_none();
     if (want_spots && roi_p) throw py::value_error("roi and spots are exclusive");
+    const std::vector<redml_lattice> crystals = lattice_models(lattice);
+    if (want_spots && !crystals.empty()) throw py::value_error("a lattice region and spots are exclusive");
     const redml_finder_params fp = want_spots ? finder_params(spots.cast<py::tuple>()) : redml_finder_params{};
     void *out = nullptr;
     size_t out_size = 0;
@@ -106,8 +128,13 @@ py::object encode(py::array frame, py::object roi, py::object mask, int mode, fl
     redml_status s;
     {
         py::gil_scoped_release release;
-        s = want_spots ? redml_encode_spots(frame.data(), dt, h, w, mask_p, &p, &fp, &out, &out_size, &peaks, &npeaks)
-                       : redml_encode(frame.data(), dt, h, w, roi_p, mask_p, &p, &out, &out_size);
+        if (want_spots)
+            s = redml_encode_spots(frame.data(), dt, h, w, mask_p, &p, &fp, &out, &out_size, &peaks, &npeaks);
+        else if (!lattice.is_none())
+            s = redml_encode_lattice(frame.data(), dt, h, w, roi_p, mask_p, &p, crystals.data(), crystals.size(), &out,
+                                     &out_size);
+        else
+            s = redml_encode(frame.data(), dt, h, w, roi_p, mask_p, &p, &out, &out_size);
     }
     if (s != REDML_OK) raise(s);
     py::bytes result((const char *)out, out_size);
@@ -159,6 +186,24 @@ py::dict inspect(py::buffer chunk) {
     return d;
 }
 
+// The crystals of a chunk's lattice section as lattice_models takes them: (records, centrings).
+py::tuple lattice_records(py::buffer chunk) {
+    py::buffer_info b = chunk.request();
+    const size_t size = (size_t)b.size * b.itemsize;
+    size_t n = 0;
+    redml_status s = redml_lattice_crystals(b.ptr, size, nullptr, 0, &n);
+    if (s != REDML_OK) raise(s);
+    std::vector<redml_lattice> crystals(n);
+    if (n && (s = redml_lattice_crystals(b.ptr, size, crystals.data(), n, &n)) != REDML_OK) raise(s);
+    py::array_t<double> rec({(py::ssize_t)n, (py::ssize_t)redml::kLatticeDoubles});
+    std::string centrings;
+    for (size_t i = 0; i < n; i++) {
+        redml::lattice_model_doubles(crystals[i], rec.mutable_data() + redml::kLatticeDoubles * i);
+        centrings.push_back(crystals[i].centring);
+    }
+    return py::make_tuple(rec, centrings);
+}
+
 py::array exact_mask(py::buffer chunk) {
     py::buffer_info b = chunk.request();
     redml_info info = inspect_buffer(b);
@@ -187,7 +232,7 @@ py::dict model(py::buffer chunk) {
 // Peak list as a numpy structured array (fields of redml_peak) and the spot mask.
 py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b, float sigma_s, float gain,
                      int min_count, float threshold, int min_pixels, int max_pixels, float max_separation,
-                     int nthreads) {
+                     float read_noise, int markers, int nthreads) {
     if (frame.ndim() != 2) throw py::value_error("frame must be 2-D");
     if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
     redml_dtype dt = dtype_code(frame.dtype());
@@ -195,8 +240,8 @@ py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b
     size_t n = (size_t)frame.shape(0) * (size_t)frame.shape(1);
     py::object mask_arr = mask.is_none() ? mask : py::object(mask.cast<U8Array>());
     const uint8_t *mask_p = optional_map(mask_arr, n, "mask");
-    redml_finder_params fp{kernel, sigma_b, sigma_s, gain, min_count, threshold, min_pixels, max_pixels,
-                           max_separation};
+    redml_finder_params fp{kernel,     sigma_b,    sigma_s,        gain,       min_count,           threshold,
+                           min_pixels, max_pixels, max_separation, read_noise, (redml_markers)markers};
     py::array_t<bool> spot_mask({(py::ssize_t)h, (py::ssize_t)w});
     uint8_t *sm = (uint8_t *)spot_mask.mutable_data();
     redml_peak *peaks = nullptr;
@@ -214,7 +259,7 @@ py::tuple find_spots(py::array frame, py::object mask, int kernel, float sigma_b
 
 // Radial profile: (mean, sigma, count) per bin, from a per-pixel bin map.
 py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_style> bins, int32_t nbins,
-                         double clip, int iterations, int nthreads) {
+                         double clip, int iterations, int nthreads, int markers) {
     if (!(frame.flags() & py::array::c_style)) throw py::value_error("frame must be C-contiguous");
     if ((size_t)bins.size() != (size_t)frame.size()) throw py::value_error("bins must have the frame's shape");
     if (nbins < 1 || !(clip > 0) || iterations < 0) throw py::value_error("invalid radial parameters");
@@ -226,8 +271,8 @@ py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_styl
     redml_status s;
     {
         py::gil_scoped_release release;
-        s = redml_radial_profile(frame.data(), dt, (size_t)frame.size(), bins.data(), nbins, clip, iterations, mean_p,
-                                 sigma_p, count_p, nthreads);
+        s = redml_radial_profile(frame.data(), dt, (size_t)frame.size(), bins.data(), nbins, clip, iterations,
+                                 (redml_markers)markers, mean_p, sigma_p, count_p, nthreads);
     }
     if (s != REDML_OK) raise(s);
     return py::make_tuple(mean, sigma, count);
@@ -455,21 +500,23 @@ PYBIND11_MODULE(_core, m) {
           py::arg("gain"), py::arg("mu_min"), py::arg("codec"), py::arg("level"), py::arg("shuffle"),
           py::arg("recon"), py::arg("tile"), py::arg("roi_snr"), py::arg("roi_margin"), py::arg("seed"),
           py::arg("block_elems"), py::arg("nthreads"), py::arg("read_noise") = 0.0f, py::arg("markers") = 0,
-          py::arg("spots") = py::none());
+          py::arg("spots") = py::none(), py::arg("lattice") = py::none());
     m.def("decode", &decode, py::arg("chunk"), py::arg("recon") = -1, py::arg("nthreads") = 0);
     m.def("inspect", &inspect, py::arg("chunk"));
     m.def("exact_mask", &exact_mask, py::arg("chunk"));
+    m.def("lattice_records", &lattice_records, py::arg("chunk"));
     m.def("model", &model, py::arg("chunk"));
     m.def("find_spots", &find_spots, py::arg("frame"), py::arg("mask"), py::arg("kernel"), py::arg("sigma_b"),
           py::arg("sigma_s"), py::arg("gain"), py::arg("min_count"), py::arg("threshold"), py::arg("min_pixels"),
-          py::arg("max_pixels"), py::arg("max_separation"), py::arg("nthreads"));
+          py::arg("max_pixels"), py::arg("max_separation"), py::arg("read_noise") = 0.0f, py::arg("markers") = 0,
+          py::arg("nthreads"));
     m.attr("PEAK_RECORD_SIZE") = sizeof(redml_peak);
     // The codec's per-pixel pseudo-random uniform (quantize.h), for reference implementations in tests.
     m.def("hash_uniform", [](uint32_t seed, uint64_t idx, uint32_t stream) { return redml_uniform(seed, idx, stream); },
           py::arg("seed"), py::arg("idx"), py::arg("stream"));
     m.def("dilate", &dilate_mask, py::arg("mask"), py::arg("margin"), py::arg("nthreads") = 0);
     m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
-          py::arg("iterations"), py::arg("nthreads"));
+          py::arg("iterations"), py::arg("nthreads"), py::arg("markers") = 0);
     m.def("jf_convert", &jf_convert, py::arg("raw"), py::arg("pedestal"), py::arg("gain"), py::arg("mask"),
           py::arg("track"), py::arg("modules"), py::arg("gap_index"), py::arg("out_height"), py::arg("out_width"),
           py::arg("energy_keV"), py::arg("out_dtype"), py::arg("want_kev"), py::arg("want_status"),

@@ -309,10 +309,12 @@ REDML_HD_FLAT int64_t redml_recon_conditional(int64_t a, int64_t b, double lambd
     return b;
 }
 
-/* redml_recon_conditional without divisions, for n pixels at once (lanes: a loop per bin
- * position over the pixels, which vectorizes), bins of at most REDML_FAST_BIN values.
- * a, b: the bins (whole numbers as doubles), lambda, uni: the uniform of stream 5 (mean)
- * or 6 (draw). The weights are taken relative to a common factor instead of the mode,
+/* redml_recon_conditional without divisions, for REDML_RECON_LANES pixels at once (lanes: a
+ * loop per bin position over the pixels, which vectorizes; a fixed count, so no loop has a
+ * remainder or a variable length), bins of at most REDML_FAST_BIN values (width: the widest).
+ * a, b: the bins (whole numbers as doubles; unused lanes a = b = 0), lambda, uni: the uniform
+ * of stream 5 (mean) or 6 (draw). The weights are taken relative to a common factor instead
+ * of the mode,
  *     v_d = lambda^d * (a+d+1) * ... * (b)   for x = a + d, d = 0 .. b-a,
  * whose ratios are those of lambda^x / x!; the draw and the rounded mean depend only on
  * ratios. They round differently from the reference's recurrence, by < 1e-13 of the total
@@ -324,59 +326,59 @@ REDML_HD_FLAT int64_t redml_recon_conditional(int64_t a, int64_t b, double lambd
 #define REDML_FAST_BIN 16
 #define REDML_FAST_TOL 1e-11
 #define REDML_LANES 64
+#define REDML_RECON_LANES 32
 REDML_HD_FLAT void redml_recon_conditional_lanes(const double *a, const double *b, const double *lambda,
-                                                 const double *uni, int n, int width, int draw, double *res,
-                                                 uint8_t *ok) {
+                                                 const double *uni, int width, int draw, double *res, uint8_t *ok) {
     /* Every loop runs over the pixels j innermost, 64-bit lanes without branches (conditions
        are 0/1 factors: exact on these whole numbers), so each vectorizes. */
-    double v[REDML_FAST_BIN][REDML_LANES], q[REDML_LANES], total[REDML_LANES], moment[REDML_LANES],
-        r[REDML_LANES], near[REDML_LANES];
-    if (n > REDML_LANES || width > REDML_FAST_BIN) {
-        for (int j = 0; j < n; j++) ok[j] = 0;
+    enum { N = REDML_RECON_LANES };
+    double v[REDML_FAST_BIN][N], q[N], total[N], moment[N], r[N], near[N];
+    if (width > REDML_FAST_BIN) {
+        for (int j = 0; j < N; j++) ok[j] = 0, res[j] = a[j];
         return;
     }
-    for (int j = 0; j < n; j++) q[j] = 1.0;
+    for (int j = 0; j < N; j++) q[j] = 1.0;
     for (int d = 0; d < width; d++) /* lambda^d */
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             v[d][j] = q[j];
             q[j] *= lambda[j];
         }
-    for (int j = 0; j < n; j++) q[j] = 1.0, total[j] = 0.0, moment[j] = 0.0, r[j] = 0.0, near[j] = 0.0;
+    for (int j = 0; j < N; j++) q[j] = 1.0, total[j] = 0.0, moment[j] = 0.0, r[j] = 0.0, near[j] = 0.0;
     for (int d = width - 1; d >= 0; d--) /* times (a+d+1) ... (b); zero beyond the bin */
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             const double x = a[j] + (double)d, in_bin = (double)(x <= b[j]);
             v[d][j] = v[d][j] * q[j] * in_bin;
             q[j] *= 1.0 + in_bin * (x - 1.0);
         }
     for (int d = 0; d < width; d++)
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             total[j] += v[d][j];
             moment[j] += (double)d * v[d][j];
         }
     if (draw) {
         /* the draw is the first x whose cumulative weight exceeds uni*total: a + the number
            of positions in the bin at or below it (the cumulative sums never decrease) */
-        double c[REDML_LANES], target[REDML_LANES];
-        for (int j = 0; j < n; j++) c[j] = 0.0, target[j] = uni[j] * total[j];
+        double c[N], target[N];
+        for (int j = 0; j < N; j++) c[j] = 0.0, target[j] = uni[j] * total[j];
         for (int d = 0; d < width; d++) /* (b itself is the answer when no position below it is) */
-            for (int j = 0; j < n; j++) {
+            for (int j = 0; j < N; j++) {
                 const double x = a[j] + (double)d, tol = REDML_FAST_TOL * total[j];
                 c[j] += v[d][j];
                 r[j] += (double)(x + 1.0 <= b[j]) * (double)(c[j] <= target[j]); /* x < b */
                 /* near: some sum within tol of the target (then these two counts differ) */
                 near[j] += (double)(x <= b[j]) * ((double)(c[j] <= target[j] + tol) - (double)(c[j] < target[j] - tol));
             }
-        for (int j = 0; j < n; j++) r[j] += a[j];
+        for (int j = 0; j < N; j++) r[j] += a[j];
     } else {
         const double tol = REDML_FAST_TOL * width;
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; j < N; j++) {
             /* f in [0, width]: truncation is floor (and vectorizes, unlike floor()) */
             const double f = moment[j] / total[j] + uni[j], fl = (double)(int32_t)f, x = a[j] + fl;
             near[j] = (double)(f - fl <= tol) + (double)(fl + 1.0 - f <= tol);
             r[j] = x > b[j] ? b[j] : x;
         }
     }
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < N; j++) {
         const int trivial = !(b[j] > a[j]) | !(lambda[j] > 0.0);
         const int inside = (lambda[j] >= 0x1p-20) & (lambda[j] <= 0x1p20) & (b[j] <= 0x1p20);
         res[j] = trivial ? a[j] : r[j];
@@ -576,6 +578,129 @@ REDML_HD double redml_recon_noise(double lo, double hi, double mu, double gain, 
         }
     }
     return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* ---- The same reconstruction from per-bin tables (integer data) ----
+ * Below the Gaussian limit, everything redml_recon_noise computes with erfc and exp depends
+ * on the bin and the photon count k only, not on the model mean: an integer bin a..b recurs
+ * all over a frame (and from frame to frame), so the decoder tabulates those terms once per
+ * bin and each pixel keeps the Poisson weights (one exp, one log) and a search. The results
+ * are the reference's, bit for bit: the same operations on the same values in the same
+ * order, and the draw's inverse (a Newton iteration) replaced by the bin's rounding
+ * boundaries only where the target is clearly away from every boundary (else: reference). */
+
+/* Photon counts of the components of bin [lo, hi] before the cap at mu + 12 sqrt(mu) + 20
+ * (redml_noise_components; *k1 < *k0: none). */
+REDML_HD void redml_noise_bin_components(double lo, double hi, double gain, double rn, int64_t *k0, int64_t *k1) {
+    double a = floor((lo - 6.0 * rn) / gain), b = ceil((hi + 6.0 * rn) / gain);
+    const double big = 4.0e15; /* beyond any cap (defined conversions) */
+    *k0 = a < 0.0 ? 0 : (int64_t)(a < big ? a : big);
+    *k1 = b < 0.0 ? -1 : (int64_t)(b < big ? b : big);
+}
+
+/* Whether the cap of redml_noise_components changes the components k0..k1 at photon mean mu
+ * (or mu is in the Gaussian limit): then the table does not apply. */
+REDML_HD int redml_noise_table_applies(double mu, int64_t k0, int64_t k1) {
+    if (mu > REDML_NOISE_GAUSS_MU) return 0;
+    const double top = mu + 12.0 * sqrt(mu) + 20.0;
+    return (double)k0 < top && (double)k1 < top;
+}
+
+/* The mass, first moment and component masses (kept[k - k0]) of redml_recon_noise from the
+ * bin's table: nm[k - k0] = redml_normal_mass(alpha_k, beta_k), pd[k - k0] = pdf(alpha_k) -
+ * pdf(beta_k), lg0 = lgamma(k0 + 1). k1 - k0 < REDML_NOISE_KEPT. */
+REDML_HD double redml_noise_table_mass(const double *nm, const double *pd, int64_t k0, int64_t k1, double lg0,
+                                       double mu, double gain, double rn, double *kept, double *moment) {
+    double mass = 0.0, mom = 0.0;
+    double w = mu > 0.0 ? exp((double)k0 * log(mu) - mu - lg0) : (k0 == 0 ? 1.0 : 0.0);
+    double c = (double)k0 * gain;
+    for (int64_t k = k0; k <= k1; k++) {
+        if (k != k0) {
+            c = (double)k * gain;
+            w *= mu / (double)k;
+        }
+        const double m = w * nm[k - k0];
+        kept[k - k0] = m;
+        mass += m;
+        mom += m * c + w * rn * pd[k - k0];
+    }
+    *moment = mom;
+    return mass;
+}
+
+/* The component redml_recon_noise's draw picks with uniform t (its index from k0, -1: none)
+ * and the uniform left for the value within it (*r). */
+REDML_HD int64_t redml_noise_pick(const double *kept, int64_t n, double mass, double t, double *r) {
+    double target = t * mass;
+    for (int64_t i = 0; i < n; i++) {
+        const double m = kept[i];
+        if (m > 0.0 && (target < m || i == n - 1)) {
+            double q = target / m;
+            *r = q < 0.0 ? 0.0 : (q > 1.0 ? 1.0 : q);
+            return i;
+        }
+        target -= m;
+    }
+    return -1;
+}
+
+/* redml_truncnorm_inverse solves, on the side where it keeps precision (flip: the interval
+ * mirrored), 0.5 erfc(-z/sqrt2) - phi_a = target. Its setup for a component's interval
+ * [alpha, beta], and the rounding boundaries of an integer bin a..b (values a + j + 1/2, j <
+ * n = b - a): h[j] the left side at the boundary (negated when mirrored, so h increases with
+ * j and the value is above boundary j exactly where h[j] <= the target, negated likewise),
+ * tol[j] how close a target may come before the Newton iteration's own error could put the
+ * result on either side (2e-6 in z times the density there, plus 1e-14 of the masses for
+ * the rounding of erfc). */
+typedef struct {
+    int flip;
+    double phi_a, mass;
+} redml_truncnorm_side;
+
+REDML_HD redml_truncnorm_side redml_truncnorm_setup(double alpha, double beta) {
+    redml_truncnorm_side sd;
+    sd.flip = alpha >= 0.0;
+    const double a = sd.flip ? -beta : alpha, b = sd.flip ? -alpha : beta;
+    sd.phi_a = 0.5 * erfc(-a * 0.70710678118654752);
+    sd.mass = redml_normal_mass(a, b);
+    return sd;
+}
+
+/* Boundary j of integer bin a.. (value a + j + 1/2) of the component centred at c. */
+REDML_HD void redml_truncnorm_boundary(const redml_truncnorm_side *sd, int64_t a, int64_t j, double c, double spread,
+                                       double *h, double *tol) {
+    const double z = ((double)(a + j) + 0.5 - c) / spread, zs = sd->flip ? -z : z;
+    const double g = 0.5 * erfc(-zs * 0.70710678118654752) - sd->phi_a;
+    *h = sd->flip ? -g : g;
+    *tol = 2e-6 * redml_normal_pdf(zs) + 1e-14 * (sd->phi_a + sd->mass);
+}
+
+/* The target of uniform r on the boundaries' scale (h[j] <= it: the value is above j). */
+REDML_HD double redml_truncnorm_target(const redml_truncnorm_side *sd, double r) {
+    const double target = (sd->flip ? 1.0 - r : r) * sd->mass;
+    return sd->flip ? -target : target;
+}
+
+/* The integer the reference's draw rounds to (floor(c + spread * z + 1/2), z the inverse at
+ * uniform r) from the n boundaries h, tol of integer bin a..a+n: *x = a + the number of
+ * boundaries below the value (a binary search whose steps depend on n only: selects, no
+ * branches). Returns 0 when the target is within tol of the boundary on either side. */
+REDML_HD int redml_truncnorm_round(const redml_truncnorm_side *sd, const double *h, const double *tol, int64_t a,
+                                   int64_t n, double r, int64_t *x) {
+    const double t = redml_truncnorm_target(sd, r);
+    if (n <= 0) {
+        *x = a;
+        return 1;
+    }
+    int64_t base = 0, len = n;
+    while (len > 1) {
+        const int64_t half = len / 2;
+        base = h[base + half] <= t ? base + half : base;
+        len -= half;
+    }
+    const int64_t lo = base + (h[base] <= t); /* the first boundary above the value */
+    *x = a + lo;
+    return !(lo > 0 && fabs(h[lo - 1] - t) <= tol[lo - 1]) && !(lo < n && fabs(h[lo] - t) <= tol[lo]);
 }
 
 #endif /* REDML_QUANTIZE_H */

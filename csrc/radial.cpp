@@ -11,7 +11,7 @@ namespace redml {
 
 template <class T>
 RadialProfile fit_radial(const T *frame, const int32_t *bins, size_t npix, int32_t nbins, double clip,
-                         int iterations, int nthreads) {
+                         int iterations, redml_markers markers, int nthreads) {
     RadialProfile p;
     p.mean.assign(nbins, 0.0);
     p.sigma.assign(nbins, INFINITY);
@@ -39,7 +39,7 @@ RadialProfile fit_radial(const T *frame, const int32_t *bins, size_t npix, int32
             size_t i1 = std::min(npix, (t + 1) * chunk);
             for (size_t i = t * chunk; i < i1; i++) {
                 int32_t b = bins[i];
-                if (b < 0 || b >= nbins || is_special_value(frame[i])) continue;
+                if (b < 0 || b >= nbins || is_marker(frame[i], markers)) continue;
                 double v = (double)frame[i];
                 if (v < lo[b] || v > hi[b]) continue;
                 s[t][b] += v;
@@ -68,7 +68,7 @@ RadialProfile fit_radial(const T *frame, const int32_t *bins, size_t npix, int32
 }
 
 #define REDML_INSTANTIATE(T) \
-    template RadialProfile fit_radial<T>(const T *, const int32_t *, size_t, int32_t, double, int, int);
+    template RadialProfile fit_radial<T>(const T *, const int32_t *, size_t, int32_t, double, int, redml_markers, int);
 REDML_FOR_EACH_PIXEL_TYPE(REDML_INSTANTIATE)
 #undef REDML_INSTANTIATE
 

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "redml.h"
+
 namespace redml {
 
 struct RadialProfile {
@@ -14,9 +16,10 @@ struct RadialProfile {
     std::vector<int64_t> count;  // pixels kept in the last iteration
 };
 
-// bins: per pixel its bin in [0, nbins), or -1 to ignore it (masked, outside the range).
+// bins: per pixel its bin in [0, nbins), or -1 to ignore it (masked, outside the range);
+// the markers (is_marker, pixels.h) are ignored too.
 template <class T>
 RadialProfile fit_radial(const T *frame, const int32_t *bins, size_t npix, int32_t nbins, double clip,
-                         int iterations, int nthreads);
+                         int iterations, redml_markers markers, int nthreads);
 
 }  // namespace redml

@@ -161,6 +161,29 @@ REDML_API redml_status redml_encode(const void *frame, redml_dtype dtype, uint32
                                     const uint8_t *roi, const uint8_t *mask, const redml_params *p,
                                     void **out, size_t *out_size);
 
+/* A crystal whose predicted reflections a chunk keeps exact (docs/format.md, "Lattice
+ * region"): the chunk stores these fields, and the decoder predicts the same discs from them
+ * (the deterministic predictor of csrc/lattice.h), instead of a run-length mask of the discs.
+ * Frame: laboratory x along the fast axis, y along the slow axis, z along the beam. */
+typedef struct {
+    double A[9];              /* U B, row-major, 1/Angstrom: its columns are a*, b*, c* */
+    double beam_x, beam_y;    /* beam centre, pixels (pixel centres at +0.5) */
+    double distance_mm, pixel_size_mm, wavelength_a;
+    double sensor_mu_per_mm, sensor_thickness_mm; /* parallax correction; thickness 0: none */
+    double domain_size_a, half_mosaicity_deg, bandwidth; /* which reflections (Nave model) */
+    double d_min_a;           /* resolution limit, Angstrom; 0: the detector's edge */
+    double radius;            /* footprint: a disc of this many pixels around each reflection */
+    char centring;            /* lattice centring: 'P', 'A', 'B', 'C', 'I', 'F' or 'R' */
+} redml_lattice;
+
+/* redml_encode, with the discs of n (1..255) crystals kept exact besides `roi` (or the
+ * built-in finder's region when roi is NULL), stored as the crystal models: the chunk needs
+ * a decoder that knows the lattice section (older ones refuse it as "newer decoder"). */
+REDML_API redml_status redml_encode_lattice(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
+                                            const uint8_t *roi, const uint8_t *mask, const redml_params *p,
+                                            const redml_lattice *crystals, size_t n, void **out,
+                                            size_t *out_size);
+
 typedef struct {
     int version;
     redml_dtype dtype;
@@ -187,6 +210,12 @@ REDML_API redml_status redml_decode(const void *chunk, size_t size, void *out, s
 
 /* Stored exact-pixel map (1 = stored losslessly) of a chunk, height*width bytes. */
 REDML_API redml_status redml_exact_mask(const void *chunk, size_t size, uint8_t *out, size_t out_capacity);
+
+/* The crystals of a chunk's lattice section (docs/format.md, "Lattice region"), whose
+ * predicted discs it keeps exact: *n of them (0 for a chunk without one) are written to out
+ * when capacity allows (REDML_E_ARG otherwise; out may be NULL with capacity 0 to count). */
+REDML_API redml_status redml_lattice_crystals(const void *chunk, size_t size, redml_lattice *out, size_t capacity,
+                                              size_t *n);
 
 /* The stored background model: per tile (row-major, tile_rows x tile_cols, see
  * redml_model_shape) its mean and quantization step, in data units. */

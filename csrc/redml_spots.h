@@ -23,6 +23,13 @@ typedef struct {
     int min_pixels;        /* pixels per spot, at least (3) */
     int max_pixels;        /* and at most (1000) */
     float max_separation;  /* brightest pixel to centroid, pixels (2; <= 0: off) */
+    /* Integrating detectors: which values are markers (NEGATIVE: every negative value, as
+     * for photon counters; EXTREMES, GAPS: negative values are noise, redml.h), and the
+     * Gaussian read noise in data units (0; -1: estimated from the frame as the encoder
+     * does), in the variance gain * mean + read_noise^2 of the dispersion and strong tests.
+     * read_noise must be 0 with NEGATIVE. */
+    float read_noise;
+    redml_markers markers;
 } redml_finder_params;
 
 typedef struct {
@@ -37,8 +44,8 @@ typedef struct {
 
 REDML_API void redml_default_finder_params(redml_finder_params *fp);
 
-/* Finds the spots of a frame. mask (optional) marks bad pixels; special values are
- * ignored as in the codec. spot_mask (optional, height*width) receives 1 on spot pixels.
+/* Finds the spots of a frame. mask (optional) marks bad pixels; the markers (fp->markers)
+ * are ignored as in the codec. spot_mask (optional, height*width) receives 1 on spot pixels.
  * *peaks is malloc'ed (free with redml_free), *n_peaks its length. */
 REDML_API redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
                                         const uint8_t *mask, const redml_finder_params *fp, uint8_t *spot_mask,
@@ -59,15 +66,16 @@ REDML_API redml_status redml_encode_spots(const void *frame, redml_dtype dtype, 
 REDML_API redml_status redml_dilate(uint8_t *map, uint32_t height, uint32_t width, int margin, int nthreads);
 
 /* Radial background profile with iterative two-sided sigma clipping (the peakfinder8 /
- * pyFAI approach). bins: per pixel its bin in [0, nbins), or -1 to ignore it; special
- * values are ignored as in the codec. Per bin, the mean and standard deviation of its
+ * pyFAI approach). bins: per pixel its bin in [0, nbins), or -1 to ignore it; the
+ * markers are ignored as in the codec (NEGATIVE: every negative value; integrating
+ * detectors' EXTREMES and GAPS: negative values are noise, used). Per bin, the mean and standard deviation of its
  * pixels, recomputed without the pixels beyond clip sigmas until stable (at most
  * `iterations` times), then once at clip + 2 sigmas (so that the clipped Poisson tail does
  * not bias low counts). mean, sigma and count (pixels kept in the last pass) hold nbins
  * values each. */
 REDML_API redml_status redml_radial_profile(const void *frame, redml_dtype dtype, size_t npix, const int32_t *bins,
-                                            int32_t nbins, double clip, int iterations, double *mean, double *sigma,
-                                            int64_t *count, int nthreads);
+                                            int32_t nbins, double clip, int iterations, redml_markers markers,
+                                            double *mean, double *sigma, int64_t *count, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -2,16 +2,18 @@
 # Makefile (include: the fuzz build) and by setup.py (which understands only this subset of
 # make: `NAME := words`, $(NAME) references to names defined above, comments).
 
-# The codec (redml.h). The encoder's built-in ROI runs the spot finder (spots.cpp).
-REDML_CODEC_SRC := csrc/codec.cpp csrc/container.cpp csrc/entropy.cpp csrc/entropy_rans.cpp csrc/background.cpp csrc/spots.cpp
+# The codec (redml.h). The encoder's built-in ROI runs the spot finder (spots.cpp). A chunk's
+# lattice section (lattice_chunk.cpp) is decoded by predicting its crystals' reflections
+# (lattice.cpp), so the prediction is part of the codec; every build compiles it with the
+# same floating-point rules (no FMA contraction, no fast-math: setup.py's CFLAGS and the
+# Makefile's FUZZ_CXXFLAGS), so that encoder and decoders predict the same region bit for bit.
+REDML_CODEC_SRC := csrc/codec.cpp csrc/container.cpp csrc/entropy.cpp csrc/entropy_rans.cpp csrc/background.cpp csrc/spots.cpp csrc/lattice.cpp csrc/lattice_chunk.cpp
 # The spot finder's C API and its radial background profile (redml_spots.h).
 REDML_SPOTS_SRC := csrc/spots_api.cpp csrc/radial.cpp
 # The JUNGFRAU raw -> photon conversion (redml_jungfrau.h).
 REDML_JUNGFRAU_SRC := csrc/jungfrau.cpp
 # The learned spot finder's convolution layers (conv.h), used by the Python binding only.
 REDML_ML_SRC := csrc/conv.cpp
-# Reflection prediction for still shots (lattice.h); the decoder will use it too (lattice in the chunk).
-REDML_LATTICE_SRC := csrc/lattice.cpp
 # The known-cell still indexer (index.h), used by the Python binding only.
 REDML_INDEX_SRC := csrc/index.cpp
 # External libraries of the codec (-l names).
@@ -19,4 +21,4 @@ REDML_LIBS := zstd lz4 xxhash htscodecs
 
 # The two artifacts: the HDF5 filter plugin (the codec only) and the Python extension.
 REDML_PLUGIN_SRC := csrc/h5filter.cpp $(REDML_CODEC_SRC)
-REDML_PYTHON_SRC := csrc/pybind.cpp $(REDML_CODEC_SRC) $(REDML_SPOTS_SRC) $(REDML_JUNGFRAU_SRC) $(REDML_ML_SRC) $(REDML_LATTICE_SRC) $(REDML_INDEX_SRC)
+REDML_PYTHON_SRC := csrc/pybind.cpp $(REDML_CODEC_SRC) $(REDML_SPOTS_SRC) $(REDML_JUNGFRAU_SRC) $(REDML_ML_SRC) $(REDML_INDEX_SRC)

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "background.h"
 #include "pixels.h"
 #include "scratch.h"
 #include "stages.h"
@@ -340,6 +341,8 @@ struct DispersionArgs {
     uint32_t H, W;
     const double *bound;  // (m - 1) + sigma_b * sqrt(2 (m - 1)) per count m
     double gain;
+    double rn2;  // read_noise^2: the variance of an empty pixel (0 for photon counters)
+    bool integrating;  // usable values may be negative, or rn2 > 0
     int min_count;
     uint8_t neutral;  // candidate value of an unusable pixel
     uint8_t *cand;
@@ -368,13 +371,24 @@ SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
     }
 }
 
-// The dispersion test of one pixel from its window count m, sum sm and sum of squares s2:
-// the double expression of the box-sum path, branch-free (unusable: `neutral`).
+// The dispersion test of a window of m usable pixels, sum sx and sum of squares s2, scaled
+// by m (m - 1): m s2 - sx^2 > (gain sx + m rn2) * bound[m]. The one expression of every
+// path (bit for bit: the float screen only decides where it agrees with it).
+// A window whose sum is <= 0 is never a candidate, as in DIALS: a photon mean is never
+// negative, and a spot raises the mean of every window that holds part of it, so a mean
+// <= 0 is noise around an empty background (integrating detectors' negative values, or a
+// pedestal dip) whatever its spread, which var/mean (undefined there) cannot judge either.
+// Photon counters (values >= 0) reach a sum of 0 only on all-zero windows, which failed
+// the test anyway.
+SPOTS_INLINE bool dispersion_passes(double m, double sx, double s2, double gain, double rn2, double bound) {
+    return sx > 0 && m * s2 - sx * sx > (gain * sx + m * rn2) * bound;
+}
+
+// The dispersion test of one pixel from its window count m, sum sm and sum of squares s2,
+// branch-free (unusable: `neutral`); integer sums: exact below 2^53.
 SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count, int32_t m, int32_t sm, int32_t s2,
                                       uint8_t ok) {
-    const double sx = (double)sm;
-    const double var = (double)m * (double)s2 - sx * sx;  // exact: below 2^53
-    const int32_t pass = (m >= min_count) & (var > a.gain * sx * a.bound[m]);
+    const int32_t pass = (m >= min_count) & dispersion_passes(m, sm, s2, a.gain, a.rn2, a.bound[m]);
     const int32_t o = ok != 0;
     return (uint8_t)((pass & o) | (a.neutral & (o ^ 1)));
 }
@@ -383,15 +397,21 @@ SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count
 // float, 8 lanes without a table lookup: c[x] = whether var > rhs where var - rhs lies
 // beyond a bound on the float rounding errors (16 times the worst case), so that it
 // decides as the double test does; open[x] = 1 where it does not decide (a window not
-// full, or a pixel too close to call). Needs rhs >= 0.
+// full, or a pixel too close to call). rhs >= 0 where sm > 0, and sm <= 0 fails.
+// Integrating: the read noise's term (`empty`: full * rn2) and the sign test, which
+// photon counters (values >= 0, no read noise) skip: their sum is 0 only on all-zero
+// windows, where var = rhs = 0 fails, so both loops decide alike there.
+template <bool Integrating>
 SPOTS_INLINE void dispersion_screen(const int32_t *__restrict n, const int32_t *__restrict sm,
                                     const int32_t *__restrict s2, uint8_t *__restrict c, uint8_t *__restrict open,
-                                    uint32_t W, int32_t full, float gain, float bound) {
+                                    uint32_t W, int32_t full, float gain, float empty, float bound) {
     for (uint32_t x = 0; x < W; x++) {
         const float sx = (float)sm[x], ms = (float)full * (float)s2[x], sq = sx * sx;
-        const float var = ms - sq, rhs = gain * sx * bound, tol = (ms + sq + rhs) * 0x1p-20f;
-        const int32_t pass = var > rhs + tol;
-        const int32_t fail = (var < rhs - tol) | (sm[x] == 0);  // an all-zero window: var = rhs = 0
+        const float var = ms - sq, rhs = (Integrating ? gain * sx + empty : gain * sx) * bound;
+        const float tol = (ms + sq + rhs) * 0x1p-20f;
+        const int32_t positive = sm[x] > 0;
+        const int32_t pass = Integrating ? (var > rhs + tol) & positive : var > rhs + tol;
+        const int32_t fail = (var < rhs - tol) | (positive ^ 1);  // an all-zero window: var = rhs = 0
         c[x] = (uint8_t)pass;
         open[x] = (uint8_t)((n[x] != full) | ((pass | fail) ^ 1));
     }
@@ -404,11 +424,16 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__rest
                                   uint8_t *__restrict open, uint32_t W, int32_t full) {
     const int32_t min_count = std::max(a.min_count, 2);
     const double bound_full = a.bound[full];
-    if (!(full >= min_count && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full))) {
+    if (!(full >= min_count && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full) &&
+          std::isfinite(full * a.rn2 * bound_full))) {
         for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
         return;
     }
-    dispersion_screen(n, sm, s2, c, open, W, full, (float)a.gain, (float)bound_full);
+    const float empty = (float)((double)full * a.rn2);
+    if (a.integrating)
+        dispersion_screen<true>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
+    else
+        dispersion_screen<false>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
     for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
         c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
 }
@@ -498,12 +523,17 @@ REDML_TARGET_AVX2 void dispersion_band_int_avx2(const DispersionArgs &a, const T
 }
 #endif
 
-// Largest usable value of n pixels (usable integer pixels are >= 0), branch-free.
+// Largest magnitude of the usable values of n pixels (negative where the markers let
+// negative values be noise), branch-free.
 template <class T>
-T usable_max(const T *__restrict f, const uint8_t *__restrict ok, size_t n) {
-    T m = 0;
-    for (size_t i = 0; i < n; i++) m = std::max<T>(m, (T)(f[i] * (T)(ok[i] != 0)));
-    return m;
+int64_t usable_max_abs(const T *__restrict f, const uint8_t *__restrict ok, size_t n) {
+    T hi = 0, lo = 0;
+    for (size_t i = 0; i < n; i++) {
+        const T v = (T)(f[i] * (T)(ok[i] != 0));
+        hi = std::max<T>(hi, v);
+        lo = std::min<T>(lo, v);
+    }
+    return std::max<int64_t>((int64_t)hi, -(int64_t)lo);
 }
 
 template <class T>
@@ -515,7 +545,7 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
         const int64_t limit = (int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1;
         const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
-        if ((int64_t)usable_max(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
+        if (usable_max_abs(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
             return false;
         // sums: the window sums of a row (3 W) and its open pixels (W bytes)
         std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W + ((size_t)a.W + 3) / 4);
@@ -530,12 +560,30 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
     }
 }
 
+namespace {
+
+// The read noise of an integrating detector's frame, as the encoder estimates it with its
+// default tiles (estimate_read_noise).
+template <class T>
+double estimated_read_noise(const T *frame, const uint8_t *usable, uint32_t H, uint32_t W, const FinderParams &fp,
+                            int nthreads) {
+    redml_params p;
+    redml_default_params(&p);
+    p.gain = (float)fp.gain;
+    p.markers = fp.markers;
+    return estimate_read_noise(frame, usable, TileGrid(H, W, p.tile), p, nthreads);
+}
+
+}  // namespace
+
 template <class T>
 std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, uint32_t W,
                              const FinderParams &fp, uint8_t *spot_mask, int nthreads) {
     const size_t N = (size_t)H * W;
     const int k = std::max(1, fp.kernel);
     const double g = fp.gain;
+    const double rn = fp.read_noise < 0 ? estimated_read_noise(frame, usable, H, W, fp, nthreads) : fp.read_noise;
+    const double rn2 = rn * rn;
     FinderScratch &sc = finder_scratch();
     ReleaseIfLarge<FinderScratch> release{sc};
 
@@ -553,7 +601,8 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     const int max_count = (2 * k + 1) * (2 * k + 1);
     std::vector<double> dispersion_bound(max_count + 1, 0.0);
     for (int m = 2; m <= max_count; m++) dispersion_bound[m] = (m - 1) + fp.sigma_b * std::sqrt(2.0 * (m - 1));
-    const DispersionArgs dargs{usable, H, W, dispersion_bound.data(), g, fp.min_count,
+    const DispersionArgs dargs{usable, H, W, dispersion_bound.data(), g, rn2,
+                               fp.markers != REDML_MARKERS_NEGATIVE || rn2 > 0, fp.min_count,
                                (uint8_t)fp.masked_pixels_neutral, cand};
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
         if (dispersion_band_int(dargs, frame, k, y0, y1)) return;
@@ -568,9 +617,8 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
                     c[x] = fp.masked_pixels_neutral;  // never strong itself: strong needs ok[x]
                     continue;
                 }
-                if (m < fp.min_count || sx < 0 || m < 2) continue;
-                double a = m * s2[x] - sx * sx;
-                c[x] = a > g * sx * dispersion_bound[m];
+                if (m < fp.min_count || m < 2) continue;
+                c[x] = dispersion_passes(m, sx, s2[x], g, rn2, dispersion_bound[m]);
             }
         });
     });
@@ -600,7 +648,8 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     auto strong_test = [&](std::vector<StrongPixel> &strong, uint32_t y, uint32_t x, double mean) {
         const size_t i = (size_t)y * W + x;
         double v = (double)frame[i];
-        if (v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0)))
+        // the model's variance at the local mean (a photon mean is never negative)
+        if (v > fp.threshold && v >= mean + fp.sigma_s * std::sqrt(g * std::max(mean, 0.0) + rn2))
             strong.push_back({(uint32_t)i, (float)mean});
     };
     const int R = k + 2;
@@ -683,7 +732,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             a.swx += wgt * (x + 0.5);
             a.swy += wgt * (run.y + 0.5);
             a.total += v - b;
-            a.var += g * std::max(v, 0.0);
+            a.var += g * std::max(v, 0.0) + rn2;
             a.bgsum += b;
             if (v > a.max) {
                 a.max = v;

@@ -39,6 +39,12 @@ FinderParams finder_params(const redml_finder_params &p) {
           std::isfinite(p.sigma_s) && p.sigma_s >= 0 && std::isfinite(p.gain) && p.gain > 0 &&
           std::isfinite(p.threshold) && std::isfinite(p.max_separation),
           REDML_E_ARG, "invalid spot finder parameters");
+    check(p.markers >= REDML_MARKERS_NEGATIVE && p.markers <= REDML_MARKERS_GAPS, REDML_E_ARG,
+          "markers must be negative, extremes or gaps");
+    check(std::isfinite(p.read_noise) && (p.read_noise >= 0 || p.read_noise == -1.0f), REDML_E_ARG,
+          "read_noise must be a finite number >= 0 or auto (-1)");
+    check(p.read_noise == 0 || p.markers != REDML_MARKERS_NEGATIVE, REDML_E_ARG,
+          "read_noise models integrating detectors: set markers (negative values are noise there)");
     FinderParams fp;
     fp.kernel = p.kernel;
     fp.sigma_b = p.sigma_b;
@@ -49,6 +55,8 @@ FinderParams finder_params(const redml_finder_params &p) {
     fp.min_pixels = p.min_pixels;
     fp.max_pixels = p.max_pixels;
     fp.max_separation = p.max_separation;
+    fp.read_noise = p.read_noise;
+    fp.markers = p.markers;
     return fp;
 }
 
@@ -83,6 +91,8 @@ void redml_default_finder_params(redml_finder_params *fp) {
     fp->min_pixels = d.min_pixels;
     fp->max_pixels = d.max_pixels;
     fp->max_separation = (float)d.max_separation;
+    fp->read_noise = (float)d.read_noise;
+    fp->markers = d.markers;
 }
 
 redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t height, uint32_t width,
@@ -105,7 +115,7 @@ redml_status redml_find_spots(const void *frame, redml_dtype dtype, uint32_t hei
             for_row_bands(height, kUsableBandRows, nt, [&](size_t, uint32_t y0, uint32_t y1) {
                 const size_t i0 = (size_t)y0 * width;
                 usable_pixels(f + i0, mask ? mask + i0 : nullptr, usable + i0, (size_t)(y1 - y0) * width,
-                              REDML_MARKERS_NEGATIVE);
+                              fp.markers);
             });
             return_peaks(find_spots(f, usable, height, width, fp, spot_mask, nt), peaks, n_peaks);
         });
@@ -138,15 +148,17 @@ redml_status redml_dilate(uint8_t *map, uint32_t height, uint32_t width, int mar
 }
 
 redml_status redml_radial_profile(const void *frame, redml_dtype dtype, size_t npix, const int32_t *bins,
-                                  int32_t nbins, double clip, int iterations, double *mean, double *sigma,
-                                  int64_t *count, int nthreads) {
+                                  int32_t nbins, double clip, int iterations, redml_markers markers, double *mean,
+                                  double *sigma, int64_t *count, int nthreads) {
     return guarded([&] {
         check(((frame && bins) || npix == 0) && mean && sigma && count, REDML_E_ARG, "null argument");
         check(redml_dtype_size(dtype) != 0, REDML_E_ARG, "unsupported dtype");
         check(nbins >= 1 && clip > 0 && iterations >= 0, REDML_E_ARG, "invalid radial parameters");
+        check(markers >= REDML_MARKERS_NEGATIVE && markers <= REDML_MARKERS_GAPS, REDML_E_ARG,
+              "markers must be negative, extremes or gaps");
         dispatch_dtype(dtype, [&](auto tag) {
             using T = decltype(tag);
-            RadialProfile p = fit_radial<T>((const T *)frame, bins, npix, nbins, clip, iterations,
+            RadialProfile p = fit_radial<T>((const T *)frame, bins, npix, nbins, clip, iterations, markers,
                                             resolve_threads(nthreads));
             std::copy(p.mean.begin(), p.mean.end(), mean);
             std::copy(p.sigma.begin(), p.sigma.end(), sigma);

@@ -1,12 +1,14 @@
-"""Argument checks shared by the codec and the spot finder: frames, per-pixel maps, ranges."""
+"""Argument checks shared by the codec and the spot finder: frames, per-pixel maps, ranges,
+and the command line's KEY=VALUE settings."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Optional
 
 import numpy as np
 
-__all__ = ["SUPPORTED_DTYPES", "as_frame", "as_map", "check_range"]
+__all__ = ["SUPPORTED_DTYPES", "as_frame", "as_map", "check_range", "key_values"]
 
 SUPPORTED_DTYPES = tuple(np.dtype(t) for t in ("uint16", "int16", "int32", "uint32", "float32"))
 
@@ -44,3 +46,18 @@ def as_map(a, shape, name) -> Optional[np.ndarray]:
     if a.dtype == np.bool_:  # the core reads nonzero bytes as set: a bool map's bytes as they are, no copy
         return np.ascontiguousarray(a).view(np.uint8)
     return np.ascontiguousarray(a != 0).view(np.uint8)
+
+
+def key_values(items, option: str = "--set") -> dict:
+    """Settings given as KEY=VALUE strings (the command line's --set): JSON values (numbers,
+    true/false) as such, anything else as a name (codec=zstd, markers=gaps)."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} takes KEY=VALUE, not {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out

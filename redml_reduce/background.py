@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
+from .spots import MARKERS
 
 __all__ = ["BeamGeometry", "RadialBackground", "ICE_RINGS_A"]
 
@@ -84,12 +85,17 @@ class BeamGeometry:
 
 class RadialBackground:
     """Radial background with sigma clipping; update() blends new frames in so the model
-    follows a slowly changing background (weight = the new frame's share)."""
+    follows a slowly changing background (weight = the new frame's share). markers: which
+    values are ignored, as in CodecSettings ("negative": every negative value; integrating
+    detectors' "extremes" and "gaps": negative values are noise and count)."""
 
     def __init__(self, geometry: BeamGeometry, shape, *, bin_width: float = 1.0, clip: float = 3.0,
-                 iterations: int = 5, mask=None, weight: float = 0.2, nthreads: int = 0):
+                 iterations: int = 5, mask=None, weight: float = 0.2, nthreads: int = 0, markers: str = "negative"):
         if not (bin_width > 0 and clip > 0 and 0 < weight <= 1):
             raise ValueError("bin_width and clip must be > 0, weight in (0, 1]")
+        if markers not in MARKERS:
+            raise ValueError(f"markers must be one of {sorted(MARKERS)}, not {markers!r}")
+        self.markers = markers
         self.geometry, self.shape = geometry, tuple(shape)
         self.clip, self.iterations, self.weight, self.nthreads = clip, iterations, weight, nthreads
         self.radius = geometry.radius_map(self.shape)
@@ -108,7 +114,7 @@ class RadialBackground:
         if frame.shape != self.shape:
             raise ValueError(f"frame shape {frame.shape} does not match the model's {self.shape}")
         return _core.radial_profile(frame, self.bins, self.nbins, float(self.clip), int(self.iterations),
-                                    int(self.nthreads))
+                                    int(self.nthreads), MARKERS[self.markers])
 
     def update(self, frame: np.ndarray) -> "RadialBackground":
         mean, sigma, count = self.fit(frame)

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import errno
 import itertools
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .arrays import key_values
 
 __all__ = ["main", "run", "Parser", "read_frames", "parse_q"]
 
@@ -80,10 +81,11 @@ def _find_spots(args) -> int:
     from .formats.sources import iter_frames
     from .spots import find_spots
 
+    finder = key_values(args.set)
     peaks = []
     with progress_bar(None, "find-spots") as bar:
         for i, frame in enumerate(iter_frames(args.frames)):
-            peaks.append(find_spots(frame)[0])
+            peaks.append(find_spots(frame, **finder)[0])
             bar.update()
             print(f"frame {i}: {len(peaks[-1])} spots", flush=True)
     if args.cxi:
@@ -95,15 +97,7 @@ def _find_spots(args) -> int:
 def _recompress(args) -> int:
     from .recompress.run import Interrupted, recompress
 
-    settings = {}
-    for item in args.set or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes KEY=VALUE, not {item!r}")
-        try:
-            settings[key] = json.loads(value)  # numbers, true/false
-        except ValueError:
-            settings[key] = value  # names: codec=zstd, shuffle=bit
+    settings = key_values(args.set)
     try:
         report = recompress(args.sources, args.out, args.q, workers=args.workers, scheduler=args.scheduler,
                             output=args.format, dataset=args.dataset, frames_per_task=args.frames_per_task,
@@ -148,7 +142,7 @@ def _compress(args) -> int:
     inp = inputs[0][0]
     if args.roi != "classical":
         require_torch()
-    settings = CodecSettings(q=args.q)
+    settings = CodecSettings(q=args.q, **key_values(args.set))
     n = inspect_input(inp)["frames"]
     out = Path(args.output).absolute()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".redml-compress-") as tmp, \
@@ -295,6 +289,8 @@ def main(argv=None) -> int:
     fs = sub.add_parser("find-spots", help="find spots and write CXI peak lists")
     fs.add_argument("frames", nargs="+")
     fs.add_argument("--cxi", help="write the peak lists to this HDF5/CXI file")
+    fs.add_argument("--set", action="append", metavar="KEY=VALUE", help="finder settings (gain=20, markers=extremes, "
+                    "read_noise=auto: integrating detectors; sigma_b=6...)")
     fs.set_defaults(run=_find_spots)
     rc = sub.add_parser("recompress", help="recompress NXmx/Eiger HDF5, CBF and SMV inputs into redml (Dask)")
     rc.add_argument("sources", nargs="+", help="HDF5 files, Eiger masters, image files or folders of them")
@@ -322,6 +318,8 @@ def main(argv=None) -> int:
     c.add_argument("-o", "--output", required=True, help="HDF5 file to write")
     c.add_argument("-q", type=parse_q, default=0, help="0 lossless (default), > 0 quantized, 'sparse'")
     c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="other codec settings (gain=20, markers="
+                   "extremes, read_noise=auto: integrating detectors; codec=zstd...)")
     c.add_argument("--threads", type=int, default=0, help="encoder threads (default: all cores)")
     c.add_argument("--roi", default="classical", choices=("classical", "ml", "union"),
                    help="exact region: the classical spot rule, the learned model (needs redml_reduce[ml]) or both")

@@ -17,9 +17,11 @@ import numpy as np
 
 from . import _core
 from .arrays import SUPPORTED_DTYPES, as_frame, as_map, check_range
+from .lattice.predict import LatticeRegion
+from .spots import MARKERS as _MARKERS
 from .spots import PEAK_DTYPE, FinderSettings
 
-__all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
+__all__ = ["encode", "encode_with_spots", "decode", "inspect", "exact_mask", "lattice_records", "background_model", "error_bound", "per_pixel", "RedmlError", "CodecSettings", "SUPPORTED_DTYPES",
            "SETTINGS", "Setting", "as_frame", "resolve_settings"]
 
 
@@ -28,9 +30,6 @@ _CODECS = {"lz4": 1, "zstd": 2, "rans": 3}
 _SHUFFLES = {"none": 0, "byte": 1, "bit": 2}
 _RECONS = {"midpoint": 0, "mean": 2, "draw": 3}  # quantized mode (docs/format.md, "Reconstruction")
 _RECON_NAMES = ("dither", "poisson", "mean", "draw")  # as stored in a chunk
-# Which values are the detector's markers (csrc/redml.h, redml_markers): "negative" for photon
-# counters (every negative value is one); integrating detectors' negative values are noise.
-_MARKERS = {"negative": 0, "extremes": 1, "gaps": 2}
 MAX_TILE = 1024  # the encoder's largest tile (kMaxTile in csrc/container.h: one tile^2 buffer per thread)
 ENCODE_Q_RANGE = (1e-6, 1e6)  # the q the encoder accepts: outside it, use q=0 (lossless) or q="sparse"
 
@@ -138,7 +137,8 @@ SETTINGS = (
     Setting("seed", 12, "u32", hi=2**32 - 1),
     Setting("block_elems", 13, "u32", lo=256, hi=1 << 24),
     # Integrating detectors, after set_local's three values (written only when not default).
-    Setting("read_noise", 17, "f32", modes=("quantized",), special=(("auto", -1.0),)),
+    # sparse mode: for its ROI's spot finder only (sparse chunks do not store it)
+    Setting("read_noise", 17, "f32", modes=("quantized", "sparse"), special=(("auto", -1.0),)),
     Setting("markers", 18, _MARKERS),
 )
 CD_LAYOUT = 1
@@ -342,8 +342,9 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     frame: 2-D array of uint16, int16, int32, uint32 or float32 (other byte orders are
         converted; other dtypes are refused, never cast silently).
     q: 0 lossless, > 0 quantized background (|error| <= q*sigma/2, unbiased), "sparse".
-    roi: None (the built-in spot rule, as the HDF5 filter) or a boolean map of pixels to
-        keep exactly.
+    roi: None (the built-in spot rule, as the HDF5 filter), a boolean map of pixels to
+        keep exactly, or a redml_reduce.lattice.LatticeRegion (its crystals' predicted discs
+        besides its base map or the built-in rule, stored as the crystal models).
     mask: optional boolean map of bad pixels: kept exactly, ignored by the model.
     nthreads: 0 = REDML_NUM_THREADS or all cores.
     settings: a CodecSettings (then q and fields are not given); fields: further
@@ -354,9 +355,13 @@ def encode(frame: np.ndarray, q: QLike = 0.0, *, roi=None, mask=None, nthreads: 
     check_range("nthreads", nthreads, 0, 4096, integer=True)
     if isinstance(roi, str):
         raise TypeError(f"roi={roi!r}: ROI sources are resolved by redml_reduce.encode (redml_reduce.pipeline); "
-                        "codec.encode takes None or a boolean map")
+                        "codec.encode takes None, a boolean map or a LatticeRegion")
+    lattice = None
+    if isinstance(roi, LatticeRegion):
+        lattice = roi.records() if roi.crystals else None
+        roi = roi.base
     return _core.encode(arr, as_map(roi, arr.shape, "roi"), as_map(mask, arr.shape, "mask"),
-                        nthreads=nthreads, **s.core_kwargs())
+                        nthreads=nthreads, lattice=lattice, **s.core_kwargs())
 
 
 def encode_with_spots(frame: np.ndarray, *, mask=None, nthreads: int = 0, settings: Optional[CodecSettings] = None,
@@ -364,16 +369,16 @@ def encode_with_spots(frame: np.ndarray, *, mask=None, nthreads: int = 0, settin
     """(chunk, peaks) of one frame, from one spot search: peaks are what
     redml_reduce.find_spots(frame, mask, settings=finder) returns, and the chunk is, byte for
     byte, encode(frame, roi=roi_mask(its spot_mask, settings.roi_margin), mask=mask,
-    settings=settings). finder: a redml_reduce.spots.FinderSettings (default: its defaults)."""
+    settings=settings). finder: a redml_reduce.spots.FinderSettings (default: its defaults with
+    the codec settings' gain, markers and read noise)."""
     s = resolve_settings(settings, 0.0, {})
-    f = finder if finder is not None else FinderSettings()
+    f = finder if finder is not None else FinderSettings(gain=s.gain, markers=s.markers, read_noise=s.read_noise)
     if not isinstance(f, FinderSettings):
         raise TypeError(f"finder must be a FinderSettings, not {type(f).__name__}")
     arr = as_frame(frame)
     check_range("nthreads", nthreads, 0, 4096, integer=True)
     chunk, raw = _core.encode(arr, None, as_map(mask, arr.shape, "mask"), nthreads=nthreads,
-                              spots=(f.kernel, f.sigma_b, f.sigma_s, f.gain, f.min_count, f.threshold, f.min_pixels,
-                                     f.max_pixels, f.max_separation), **s.core_kwargs())
+                              spots=f.core_fields(), **s.core_kwargs())
     return chunk, np.frombuffer(raw, dtype=PEAK_DTYPE).copy()
 
 
@@ -411,15 +416,27 @@ def decode(chunk, *, sparse_noise: Optional[bool] = None, recon: Optional[str] =
 
 
 def inspect(chunk) -> dict:
-    """Header fields of a chunk (dtype, shape, mode, q, ...) without decoding pixels."""
+    """Header fields of a chunk (dtype, shape, mode, q, ...) without decoding pixels;
+    "lattice_crystals": how many crystals' predicted discs it keeps exact (0: none)."""
     try:
         info = _core.inspect(_as_buffer(chunk))
+        info["lattice_crystals"] = len(_core.lattice_records(_as_buffer(chunk))[1])
     except ValueError as e:
         raise RedmlError(str(e)) from None
     info["mode"] = {v: k for k, v in _MODES.items()}[info["mode"]]
     info["codec"] = {v: k for k, v in _CODECS.items()}[info["codec"]]
     info["recon"] = _RECON_NAMES[info["recon"]]
     return info
+
+
+def lattice_records(chunk) -> tuple:
+    """The crystals a chunk's lattice section stores (docs/format.md, "Lattice region"), as
+    LatticeRegion.records() gives them: (float64 (n, 21) array, n centring letters); n = 0
+    for a chunk without one."""
+    try:
+        return _core.lattice_records(_as_buffer(chunk))
+    except ValueError as e:
+        raise RedmlError(str(e)) from None
 
 
 def exact_mask(chunk) -> np.ndarray:

@@ -21,8 +21,10 @@ other frames are taken as they are. The exact region (ROI) comes from one of the
   "lattice"    the classical finder's strong pixels (dilated by roi_margin) or a disc around
                every reflection the frame's crystals predict (redml_reduce.lattice: needs
                `crystals` and the frame's `geometry`, or crystals that carry their own);
-               without crystals, the finder's region alone.
-  a boolean map: used as is.
+               without crystals, the finder's region alone. resolve_roi returns a
+               LatticeRegion: the chunk stores the crystal models, and the decoder predicts
+               the discs again (docs/format.md, "Lattice region").
+  a boolean map, or a redml_reduce.lattice.LatticeRegion: used as is.
 
 Per-frame policy (encode_by_policy, issue 21): frames with a crystal keep the lattice region
 exact and draw the rest at q; frames without one are hits (at least `min_peaks` spots:
@@ -39,6 +41,7 @@ import numpy as np
 from . import codec
 from .codec import CodecSettings, QLike
 from .jungfrau.conversion import convert
+from .lattice.predict import LatticeRegion, LatticeSettings
 from .spots import find_spots, is_hit, roi_mask
 
 __all__ = ["encode", "photons", "ROI_SOURCES", "resolve_roi", "require_torch", "is_source", "encode_by_policy",
@@ -76,7 +79,8 @@ def _finder_roi(frame, mask, margin: int, roi_snr: float):
 def resolve_roi(frame, roi, mask=None, *, margin: int = 2, roi_snr: float = 3.0, geometry=None, model: str = "cnn",
                 crystals=None, lattice=None):
     """The encoder's roi argument for a ROI source (see the module doc): None for the
-    built-in rule, else a boolean map of the frame's shape. crystals, lattice: the "lattice"
+    built-in rule, a LatticeRegion for "lattice" with crystals, else a boolean map of the
+    frame's shape. crystals, lattice: the "lattice"
     source's crystals (A matrices or redml_reduce.lattice.Crystal) and footprint
     (redml_reduce.lattice.LatticeSettings; default discs of 8 px)."""
     if roi is None or (isinstance(roi, str) and roi == "classical"):
@@ -87,23 +91,21 @@ def resolve_roi(frame, roi, mask=None, *, margin: int = 2, roi_snr: float = 3.0,
             raise ValueError(f"roi must be one of {ROI_SOURCES} (ml and union optionally as ml:MODEL) or a boolean "
                              f"map, not {roi!r}")
         if source == "lattice":
-            return _finder_roi(frame, mask, margin, roi_snr)[1] | _lattice_region(frame.shape, crystals, geometry,
-                                                                                 lattice)
+            return _lattice_region(_finder_roi(frame, mask, margin, roi_snr)[1], crystals, geometry, lattice)
         infer = require_torch()
         learned = infer.load(name or model).roi(frame, mask, geometry, margin=margin)
         if source == "ml":
             return learned
         return _finder_roi(frame, mask, margin, roi_snr)[1] | learned
-    return np.asarray(roi)
+    return roi if isinstance(roi, LatticeRegion) else np.asarray(roi)
 
 
-def _lattice_region(shape, crystals, geometry, lattice):
-    from .lattice.predict import lattice_roi, LatticeSettings
-
-    lattice = lattice or LatticeSettings()
+def _lattice_region(base, crystals, geometry, lattice):
+    """The finder's region `base` with the crystals' discs: a LatticeRegion (the chunk stores
+    the crystal models), or base alone without crystals."""
     if crystals is None or len(crystals) == 0:
-        return np.zeros(shape, bool)
-    return lattice_roi(shape, geometry, crystals, lattice.radius, settings=lattice)
+        return base
+    return LatticeRegion(crystals, geometry, lattice or LatticeSettings(), base=base)
 
 
 def photons(raw, calibration, *, nthreads: int = 0) -> np.ndarray:
@@ -157,7 +159,7 @@ def encode_by_policy(frame, settings: CodecSettings, crystals=(), *, geometry=No
     peaks, region = found if found is not None else _finder_roi(arr, mask, settings.roi_margin, settings.roi_snr)
     if crystals is not None and len(crystals) > 0:
         kind = "lattice"
-        region = region | _lattice_region(arr.shape, crystals, geometry, lattice)
+        region = _lattice_region(region, crystals, geometry, lattice)
     else:
         kind = "hit" if (is_hit(peaks, min_peaks) if hit is None else hit) else "blank"
     if settings.mode == "quantized":

@@ -6,6 +6,7 @@ dropped + rejected); back-pressure blocks or drops with a record and bounded mem
 messages are logged and skipped; a killed acquisition leaves every flushed frame readable.
 """
 import json
+import math
 import logging
 import os
 import shutil
@@ -769,3 +770,30 @@ def test_saturated_pixels_are_counted_outside_the_bad_ones(rng):
         st, _, _ = analyse(frame, bad=b, saturation=65534, spots=False)
         assert st.saturated == 2
     assert analyse(frame, saturation=65534, spots=False)[0].saturated == 2 + bad.sum()
+
+
+def test_integrating_stream_finds_spots_with_the_detectors_noise_model(tmp_path):
+    """The indicators' and the encoder's spot search take the codec settings' noise model
+    (gain, markers, read noise) when no finder settings are given: on pedestal-subtracted ADU
+    the photon counters' finder (negatives as markers, Poisson only) finds other spots."""
+    from redml_study.detector import integrating_frame
+    from redml_study.synthetic import still_frame
+
+    rng = np.random.default_rng(31)
+    shape, gain, rn = (256, 256), 20.0, 0.2
+    frames = [integrating_frame(still_frame(rng, shape, background=0.3, spots=40, dtype="int32",
+                                            peak_range=(5.0, 60.0)), rng, gain=gain, read_noise=rn, dtype="int32")
+              for _ in range(3)]
+    noise = {"gain": gain, "markers": "extremes", "read_noise": math.sqrt((rn * gain) ** 2 + 1 / 12)}
+    out = tmp_path / "int.nxs"
+    with Acquisition(out, AcquireSettings(q=1.0, workers=1, min_spots=1, codec_settings=noise)) as acq:
+        acq.feed(s.encode_start(shape, "int32", GEOM, number_of_images=len(frames)))
+        for i, f in enumerate(frames):
+            acq.feed(s.encode_image(f, i, compression="bslz4"))
+        acq.feed(s.encode_end())
+    stored = read_cxi_peaks(out)
+    for f, peaks in zip(frames, stored):
+        want = rr.find_spots(f, **noise)[0]
+        assert len(peaks) == len(want) > 10
+        assert np.allclose(np.sort(peaks["x"]), np.sort(want["x"]), atol=1e-3)
+        assert len(rr.find_spots(f)[0]) != len(want)  # the photon counters' rule differs here

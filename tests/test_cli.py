@@ -24,6 +24,7 @@ from fabio.cbfimage import CbfImage
 import redml_reduce as rr
 from redml_reduce.background import BeamGeometry
 from redml_reduce.cli import main, read_frames
+from redml_reduce.codec import error_bound
 from redml_study.synthetic import still_frame
 
 REDML = str(Path(sys.executable).with_name("redml"))
@@ -415,3 +416,80 @@ def test_recompress_scheduler_with_relative_paths(tmp_path, rng, monkeypatch, ca
     assert rc == 0, capsys.readouterr()
     with h5py.File(tmp_path / "out" / "a.nxs") as f:
         assert f["entry/data/data"][...].tobytes() == frames.tobytes()
+
+
+# ------------------------------------------------------------------ integrating detectors: --set
+
+
+def _integrating(tmp_path, rng, n=2, shape=(128, 160)):
+    """Pedestal-subtracted int32 ADU frames (20 ADU/photon, read noise 0.2 photon) in an HDF5 file."""
+    from redml_study.detector import integrating_frame
+
+    frames = np.stack([integrating_frame(still_frame(rng, shape, background=0.3, spots=20, dtype="int32",
+                                                     peak_range=(5.0, 60.0)), rng, gain=20.0, dtype="int32")
+                       for _ in range(n)])
+    path = tmp_path / "adu.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = frames
+    return path, frames
+
+
+INTEGRATING = {"gain": 20.0, "markers": "extremes", "read_noise": 4.0}
+SETS = [x for k, v in INTEGRATING.items() for x in ("--set", f"{k}={v}")]
+
+
+def test_find_spots_takes_the_detectors_noise_model(tmp_path, rng):
+    from redml_reduce.formats.peaklist import read_cxi_peaks
+
+    path, frames = _integrating(tmp_path, rng)
+    out = _run("find-spots", f"{path}:/data", *SETS, "--cxi", tmp_path / "p.cxi")
+    assert out.returncode == 0, out.stderr
+    for frame, peaks in zip(frames, read_cxi_peaks(tmp_path / "p.cxi")):
+        want = rr.find_spots(frame, **INTEGRATING)[0]
+        assert len(peaks) == len(want) and len(want) != len(rr.find_spots(frame)[0])
+
+
+def test_compress_takes_codec_settings(tmp_path, rng):
+    path, frames = _integrating(tmp_path, rng)
+    out = _run("compress", f"{path}:/data", "-o", tmp_path / "c.h5", "-q", "2", *SETS)
+    assert out.returncode == 0, out.stderr
+    with h5py.File(tmp_path / "c.h5") as f:
+        d = f["data"]  # the input's layout is kept
+        for i, frame in enumerate(frames):
+            chunk = d.id.read_direct_chunk((i, 0, 0))[1]
+            info = rr.inspect(chunk)  # gain applied; negative values are noise, not exact markers
+            assert info["gain"] == 20.0 and info["n_exact"] < 0.25 * frame.size, info  # spots: ~8%; negatives: ~50%
+            back = d[i].astype(np.float64)
+            exact = rr.exact_mask(chunk)
+            assert np.array_equal(d[i][exact], frame[exact])
+            assert np.all(np.abs(back - frame)[~exact] <= error_bound(chunk)[~exact] * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "gain"], "--set takes KEY=VALUE, not 'gain'"),
+    (["--set", "markers=nope"], "markers must be one of"),
+])
+def test_bad_settings_are_one_line(tmp_path, rng, args, expected):
+    path, _ = _integrating(tmp_path, rng, n=1)
+    for command in (["compress", f"{path}:/data", "-o", tmp_path / "x.h5"], ["find-spots", f"{path}:/data"]):
+        out = _run(*command, *args)
+        assert out.returncode != 0
+        _one_error_line(out.stderr, expected)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_receivers_get_every_set_option():
+    """--receivers N starts N `redml acquire --receiver k/N` with the launcher's options: each
+    --set KEY=VALUE again (a list-valued option forwarded as one string was lost)."""
+    from redml_reduce.acquire.cli import _child_argv
+
+    ap = __import__("argparse").ArgumentParser()
+    sub = ap.add_subparsers()
+    from redml_reduce.acquire.cli import add_commands
+    from redml_reduce.cli import parse_q
+
+    add_commands(sub, parse_q)
+    args = ap.parse_args(["acquire", "--connect", "tcp://h:1", "--out", "a.nxs", "--receivers", "2", *SETS])
+    args.parser = sub.choices["acquire"]
+    argv = _child_argv(args, 1, 2, Path("r.json"), None)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == [f"{k}={v}" for k, v in INTEGRATING.items()]

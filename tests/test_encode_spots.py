@@ -73,7 +73,8 @@ def test_integrating_markers_do_not_change_the_finders_pixels(rng):
     bad = np.zeros(frame.shape, bool)
     bad[100, :] = True
     for markers in ("extremes", "gaps"):
-        assert_same(frame, bad, rr.CodecSettings(q=1, markers=markers, read_noise=1.0))
+        # a photon counter's finder, given (the default takes the codec's markers)
+        assert_same(frame, bad, rr.CodecSettings(q=1, markers=markers, read_noise=1.0), finder=FinderSettings())
 
 
 @pytest.mark.parametrize("frame_no", [1, 10])
@@ -110,11 +111,13 @@ def test_bad_arguments(rng):
     with pytest.raises(ValueError):
         encode_with_spots(frame, mask=np.zeros((3, 3), bool))
     kw = rr.CodecSettings(q=1).core_kwargs()
-    spots = (3, 6.0, 3.0, 1.0, 2, 0.0, 3, 1000, 2.0)
+    spots = FinderSettings().core_fields()
     with pytest.raises(ValueError):  # an ROI map and a spot search are exclusive
         _core.encode(frame, np.zeros(frame.shape, np.uint8), None, nthreads=1, spots=spots, **kw)
     with pytest.raises(Exception, match="invalid spot finder parameters"):
         _core.encode(frame, None, None, nthreads=1, spots=(0,) + spots[1:], **kw)
+    with pytest.raises(Exception, match="read_noise models integrating"):
+        _core.encode(frame, None, None, nthreads=1, spots=spots[:9] + (2.0, 0), **kw)
     with pytest.raises(ValueError):
         _core.encode(frame, None, None, nthreads=1, spots=spots[:5], **kw)
 

@@ -296,14 +296,18 @@ def test_lattice_roi_source(thaumatin, dials):
     frame = thaumatin[1]
     assert is_source("lattice") and not is_source("lattice:cnn")
     finder = resolve_roi(frame, "lattice", crystals=[])
-    region = resolve_roi(frame, "lattice", crystals=[c])
+    region = resolve_roi(frame, "lattice", crystals=[c])  # a LatticeRegion: the models go in the chunk
     discs = lattice_roi(frame.shape, None, c)
-    assert np.array_equal(region, finder | discs) and discs.sum() > 100000 and (region & ~finder).any()
+    assert np.array_equal(region.base, finder) and np.array_equal(region.mask(frame.shape), finder | discs)
+    assert discs.sum() > 100000 and (discs & ~finder).any()
     chunk = rr.encode(frame, q=8, recon="draw", roi="lattice", crystals=[c])
     assert chunk == rr.encode(frame, q=8, recon="draw", roi=region)
     back = rr.decode(chunk)
     check_decoded(frame, back, chunk, 8)
     assert np.array_equal(back[discs], frame[discs])
+    # The mask form of the same region decodes to the same pixels, in a larger chunk.
+    as_mask = rr.encode(frame, q=8, recon="draw", roi=finder | discs)
+    assert rr.decode(as_mask).tobytes() == back.tobytes() and len(as_mask) > len(chunk)
 
 
 def test_policy_kinds(thaumatin, dials):

@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "redml_reduce"
 # A module may import its own layer and those below it, never one above.
 LAYERS = [
     ["_core", "plugins", "arrays", "progress"],            # the C++ core and filter plugin, argument checks
-    ["codec", "spots", "background", "automask"],          # the codec and the core's other jobs
-    ["jungfrau", "ml", "lattice"],                         # raw JUNGFRAU frames, learned spot finding, crystals
+    ["codec", "spots", "background", "automask",           # the codec and the core's other jobs (crystals: a
+     "lattice"],                                           # chunk's lattice region is part of the format)
+    ["jungfrau", "ml"],                                    # raw JUNGFRAU frames, learned spot finding
     ["pipeline"],                                          # raw frame -> photons -> ROI -> chunk
     ["formats"],                                           # filter, writer, codecs, readers
     ["recompress", "acquire"],                             # the two jobs

@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..arrays import key_values
+
 __all__ = ["add_commands"]
 
 
@@ -28,7 +30,8 @@ def _acquire(args) -> int:
                                spots=not args.no_spots, workers=args.workers, max_pending=args.max_pending,
                                on_full=args.on_full, idle_timeout_s=args.timeout, overwrite=args.overwrite,
                                channel=args.channel, cell=args.cell, space_group=args.space_group,
-                               receiver=None if fanout is None else f"{fanout['k']}/{fanout['n']}")
+                               receiver=None if fanout is None else f"{fanout['k']}/{fanout['n']}",
+                               codec_settings=key_values(args.set))
     acq = Acquisition(args.out if fanout is None else fanout["out"], settings)
     hook = None
     if fanout is not None and fanout["k"] == 0:  # receiver 0 writes the master files
@@ -218,7 +221,8 @@ def _child_argv(args, k: int, n: int, json_path: Path, dashboard_port) -> list:
         if value == action.default or value is None:
             continue
         flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-        out += [flag] if action.nargs == 0 else [flag, str(value)]
+        values = value if isinstance(value, list) else [value]  # action="append": the flag again per value
+        out += [flag] if action.nargs == 0 else [x for v in values for x in (flag, str(v))]
     out += ["--receiver", f"{k}/{n}", "--json", str(json_path)]
     if dashboard_port is not None:
         out += ["--dashboard", f"127.0.0.1:{dashboard_port}"]
@@ -278,6 +282,8 @@ def add_commands(sub, parse_q) -> None:
                    "indexed and stored by the lattice policy (every predicted reflection exact, the rest drawn; hits "
                    "that do not index by the midpoint); needs --space-group")
     a.add_argument("--space-group", metavar="SG", help="the crystal's space group, e.g. P43212 (with --cell)")
+    a.add_argument("--set", action="append", metavar="KEY=VALUE", help="other codec settings, e.g. integrating "
+                   "detectors' gain=20 markers=extremes read_noise=auto (the spot search follows their noise model)")
     a.add_argument("--workers", type=int, default=0, help="encoder threads (default: one per core)")
     a.add_argument("--max-pending", type=int, default=0, help="frames between arrival and disk (default 2*workers+2)")
     a.add_argument("--on-full", choices=("block", "drop"), default="block",

@@ -116,7 +116,7 @@ class AcquireSettings:
         if self.veto != "none" and self.codec != "redml":
             raise ValueError("the veto needs the redml codec")
         CodecSettings(q=self.q, **self.codec_settings).check_encodable()  # refused before any file exists
-        FinderSettings(**self.finder)
+        FinderSettings(**self.finder_fields())
         self._check_lattice()
         for name in ("workers", "max_pending", "min_spots"):
             if int(getattr(self, name)) < 0:
@@ -125,6 +125,13 @@ class AcquireSettings:
             raise ValueError("max_array_bytes must be >= 1")
         if self.rcv_hwm < 1:
             raise ValueError("rcv_hwm must be >= 1")
+
+    def finder_fields(self) -> dict:
+        """The spot finder's settings: the detector's noise model from codec_settings (gain,
+        markers, read_noise: integrating detectors' negative values are noise there too),
+        overridden by `finder`."""
+        codec = CodecSettings(q=self.q, **self.codec_settings)
+        return {"gain": codec.gain, "markers": codec.markers, "read_noise": codec.read_noise, **self.finder}
 
     def _check_lattice(self) -> None:
         if (self.cell is None) != (self.space_group is None):

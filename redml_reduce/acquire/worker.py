@@ -65,15 +65,15 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         if frame.dtype in WIDEN:
             frame = frame.astype(WIDEN[frame.dtype])
         bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
-        peaks = None
+        peaks, finder = None, s.finder_fields()
         if s.codec != "bslz4" and s.spots and s.veto == "none" and s.cell is None:
             # stored at q whatever its spots say (no per-frame policy): the encoder's spot search
             # gives the indicators theirs
             res.chunk, peaks = encode_with_spots(frame, mask=bad, nthreads=1, settings=codecs["q"],
-                                                 finder=FinderSettings(**(s.finder or {})))
+                                                 finder=FinderSettings(**finder))
         st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
                                        saturation=series.start.saturation_value, min_spots=s.min_spots,
-                                       spots=s.spots, finder=s.finder, image_id=image_id, hit_model=s.hit_model,
+                                       spots=s.spots, finder=finder, image_id=image_id, hit_model=s.hit_model,
                                        peaks=peaks)
         if st.hit and stats.want_thumbnail():
             img, factor = thumbnail(frame, bad)

@@ -42,6 +42,7 @@ import numpy as np
 from ..codec import SUPPORTED_DTYPES, inspect
 from .h5filter import Redml
 from .nxmx import write_nxmx
+from ..lattice.predict import LatticeRegion
 from ..pipeline import ROI_SOURCES, encode, encode_by_policy, is_source, require_torch
 
 __all__ = ["FrameWriter", "ROI_KINDS", "KIND_PATH", "read_roi_kinds", "append_row"]
@@ -65,8 +66,11 @@ def read_roi_kinds(f) -> list:
 
 
 def _kind_of(roi) -> str:
-    """The recorded kind of a frame encoded by encode() with roi (a source name or a boolean
-    map); "lattice" there has no crystals: the finder's region alone, as "classical"."""
+    """The recorded kind of a frame encoded by encode() with roi (a source name, a boolean
+    map or a LatticeRegion); "lattice" as a name there has no crystals: the finder's region
+    alone, as "classical"."""
+    if isinstance(roi, LatticeRegion):
+        return "lattice" if roi.crystals else "map"
     if not isinstance(roi, str):
         return "map"
     source = roi.partition(":")[0]
@@ -212,7 +216,8 @@ class FrameWriter:
 
     def write_chunk(self, chunk, kind: str = "unknown") -> int:
         """Appends one frame already encoded (redml_reduce.encode, the GPU encoder) as is;
-        kind: what kept it (ROI_KINDS, recorded with the redml filter).
+        kind: what kept it (ROI_KINDS, recorded with the redml filter; "unknown" becomes
+        "lattice" for a chunk that stores crystals).
 
         With another filter the bytes must be that filter's encoding of one frame (e.g. a
         detector's bitshuffle-LZ4 frame under hdf5plugin.Bitshuffle()); they are not checked."""
@@ -228,6 +233,8 @@ class FrameWriter:
                              f"{self.dtype}")
         if kind not in ROI_KINDS:
             raise ValueError(f"kind must be one of {ROI_KINDS}, not {kind!r}")
+        if kind == "unknown" and info["lattice_crystals"]:  # the chunk says it: its crystals' discs kept it
+            kind = "lattice"
         return self._append(lambda i: self._dset.id.write_direct_chunk((i, 0, 0), chunk), kind)
 
     def _append(self, store, kind: Optional[str] = None) -> int:

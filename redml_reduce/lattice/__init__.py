@@ -5,6 +5,7 @@ reflections kept exact (predict.py), crystals from DIALS (.expt) and CrystFEL (.
     table = read_crystals("indexed.expt")                 # or run.stream
     crystals = table.for_frame("/data/thau_0001.cbf", 0)
     roi = lattice_roi(frame.shape, None, crystals)         # each crystal's own geometry
+    chunk = redml_reduce.encode(frame, q=8, recon="draw", roi=LatticeRegion(crystals))  # models in the chunk
     found = index_still(peaks, geometry, (57.9, 57.9, 150.6, 90, 90, 90), "P41212")  # or None
 
 Orientations are A = U @ B, columns a*, b*, c* in the laboratory frame described by
@@ -13,10 +14,10 @@ redml_reduce.background.BeamGeometry (x fast, y slow, z along the beam).
 from .cell import b_matrix, cell_of, centring, centring_allows, misorientation_deg, parse_cell
 from .expt import CrystalTable, read_expt
 from .index import IndexResult, IndexSettings, index_still
-from .predict import Crystal, LatticeSettings, lattice_roi, predict
+from .predict import Crystal, LatticeRegion, LatticeSettings, lattice_roi, predict
 from .stream import read_stream
 
-__all__ = ["predict", "lattice_roi", "Crystal", "LatticeSettings", "CrystalTable", "read_expt", "read_stream",
+__all__ = ["predict", "lattice_roi", "Crystal", "LatticeRegion", "LatticeSettings", "CrystalTable", "read_expt", "read_stream",
            "read_crystals", "b_matrix", "cell_of", "centring", "centring_allows", "misorientation_deg", "parse_cell",
            "IndexResult", "IndexSettings", "index_still"]
 

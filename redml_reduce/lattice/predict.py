@@ -5,6 +5,11 @@
     roi = lattice_roi(frame.shape, geometry, A, radius=8)        # discs of 8 px around them
     chunk = redml_reduce.encode(frame, q=8, recon="draw", roi=roi | finder_roi)
     chunk = redml_reduce.encode(frame, q=8, recon="draw", roi="lattice", geometry=geometry, crystals=[A])
+    chunk = redml_reduce.encode(frame, q=8, recon="draw", roi=LatticeRegion([A], geometry))  # the same
+
+The last two keep the finder's region and the discs exact and store the crystal models in the
+chunk instead of a mask of the discs (docs/format.md, "Lattice region"): the decoder predicts the
+same discs (the same C++ predictor, bit for bit).
 
 Frame: redml_reduce.background.BeamGeometry (a flat detector normal to the beam). Laboratory
 x along the fast axis (increasing column), y along the slow axis (increasing row), z along
@@ -41,8 +46,8 @@ decoder predicting from the same model gets the same region bit for bit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -51,7 +56,7 @@ from ..arrays import check_range
 from ..background import BeamGeometry
 from .cell import CENTRINGS
 
-__all__ = ["Crystal", "LatticeSettings", "predict", "lattice_roi", "DEFAULT_DOMAIN_SIZE_A", "DEFAULT_HALF_MOSAICITY_DEG",
+__all__ = ["Crystal", "LatticeSettings", "LatticeRegion", "predict", "lattice_roi", "DEFAULT_DOMAIN_SIZE_A", "DEFAULT_HALF_MOSAICITY_DEG",
            "DEFAULT_RADIUS", "CENTRINGS"]
 
 DEFAULT_DOMAIN_SIZE_A = 500.0
@@ -173,3 +178,44 @@ def lattice_roi(frame_shape, geometry: Optional[BeamGeometry], A, radius: float 
         _, xy, _ = _predict_one(crystal, geometry, shape, settings, settings.radius)
         _core.lattice_paint(out, np.ascontiguousarray(xy), float(settings.radius))
     return out.view(bool)
+
+
+@dataclass(frozen=True, eq=False)
+class LatticeRegion:
+    """An exact region for encode(roi=...): the discs of `settings.radius` pixels around every
+    reflection the crystals predict (as lattice_roi), besides `base` (a boolean map, e.g. the
+    spot finder's region; None: the encoder's built-in finder). The chunk stores the crystal
+    models, not a mask of the discs (docs/format.md, "Lattice region"); the decoder predicts
+    the same discs. crystals: A matrices or Crystal (1 to 255; none: base alone); geometry:
+    the frame's, or None for each crystal's own."""
+
+    crystals: Sequence = ()
+    geometry: Optional[BeamGeometry] = None
+    settings: LatticeSettings = field(default_factory=LatticeSettings)
+    base: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "crystals", tuple(_as_crystals(self.crystals)))
+        if not isinstance(self.settings, LatticeSettings):
+            raise TypeError(f"settings must be a LatticeSettings, not {type(self.settings).__name__}")
+        if not 0 <= len(self.crystals) <= 255:
+            raise ValueError(f"a lattice region holds at most 255 crystals, not {len(self.crystals)}")
+
+    def records(self) -> tuple:
+        """(float64 (n, 21) array, n centring letters): the crystals as the chunk stores them
+        (the fields of redml_lattice in csrc/redml.h, in order)."""
+        rows = []
+        for crystal in self.crystals:
+            g = _geometry(self.geometry, crystal)
+            domain, eta = self.settings.profile(crystal)
+            rows.append([*crystal.A.ravel(), g.beam_x, g.beam_y, g.distance_mm, g.pixel_size_mm, g.wavelength_a,
+                         crystal.sensor_mu_per_mm, crystal.sensor_thickness_mm, domain, eta, self.settings.bandwidth,
+                         self.settings.d_min, self.settings.radius])
+        return np.array(rows, np.float64).reshape(-1, 21), "".join(c.centring for c in self.crystals)
+
+    def mask(self, shape) -> np.ndarray:
+        """The whole region as a boolean map (base, if any, and the discs): what the decoder's
+        exact map holds of it."""
+        discs = lattice_roi(shape, self.geometry, self.crystals, self.settings.radius, settings=self.settings) \
+            if self.crystals else np.zeros(_shape(shape), bool)
+        return discs if self.base is None else discs | np.asarray(self.base, bool)

@@ -44,7 +44,32 @@ CASES = {
     "i16_q4_integrating_draw": ("int16", 4.0, {"gain": 20.0, "markers": "extremes", "read_noise": 4.0,
                                                "recon": "draw"}),
     "f32_q2_integrating_mean": ("float32", 2.0, {"markers": "gaps", "read_noise": "auto", "recon": "mean"}),
+    # added with the lattice section (section type 5 of format v1: crystal models, not a mask)
+    "u16_q8_draw_lattice": ("uint16", 8.0, {"recon": "draw", "roi": "lattice"}),
+    "i32_q4_draw_lattice_two_crystals_gaps": ("int32", 4.0, {"recon": "draw", "roi": "lattice"}),
+    "u16_lossless_lattice_lz4": ("uint16", 0, {"codec": "lz4", "roi": "lattice"}),
 }
+
+# The lattice cases' detector: 45 x 67 pixels around the beam, crystals with c* near the beam
+# (their hk0 zone lands on the frame).
+LATTICE_GEOMETRY = dict(beam_x=31.3, beam_y=24.6, distance_mm=60.0, pixel_size_mm=0.172, wavelength_a=1.0)
+
+
+def lattice_region_for(name):
+    """The golden lattice region: one crystal (P), or two (the second I-centred, with the
+    parallax of a 450 um silicon sensor and a resolution limit), discs of 2.5 px."""
+    from redml_reduce.background import BeamGeometry
+    from redml_reduce.lattice import Crystal, LatticeRegion, LatticeSettings
+
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    crystals = [Crystal(rot @ np.diag([1 / 48.0, 1 / 52.0, 1 / 80.0]))]
+    if name.endswith("gaps"):
+        tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(0.03), -np.sin(0.03)], [0.0, np.sin(0.03), np.cos(0.03)]])
+        crystals.append(Crystal(tilt @ np.diag([1 / 40.0, 1 / 40.0, 1 / 95.0]), centring="I",
+                                sensor_mu_per_mm=3.96, sensor_thickness_mm=0.45))
+    settings = LatticeSettings(radius=2.5, d_min=6.0 if name.endswith("gaps") else 0.0)
+    return LatticeRegion(crystals, BeamGeometry(**LATTICE_GEOMETRY), settings)
 
 # The golden HDF5 file: every mode, recon, codec and shuffle, and the other settings away
 # from their defaults (cd_values layout 1).
@@ -117,6 +142,8 @@ def main():
         if (OUT / f"{name}.rdml").exists():
             continue
         frame = frame_for(name, dtype)
+        if kw.get("roi", "").startswith("lattice"):
+            kw = {**kw, "roi": lattice_region_for(name)}
         chunk = rr.encode(frame, q, **kw)
         np.save(OUT / f"{name}.input.npy", frame)
         (OUT / f"{name}.rdml").write_bytes(chunk)
