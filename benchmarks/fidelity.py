@@ -3,7 +3,7 @@
     python benchmarks/fidelity.py --quick --json fidelity.json   # 6 thaumatin stills (4 hits, 2 blanks), < 15 min
     python benchmarks/fidelity.py --json fidelity.json           # all 19 thaumatin stills + 100 weak simulated shots
                                                                  # + 100 integrating shots
-    python benchmarks/fidelity.py --quick --datasets sim-integrating --json f.json   # 20 integrating shots, < 15 min
+    python benchmarks/fidelity.py --quick --datasets sim-integrating --json f.json   # 16 integrating shots, ~15 min
 
 The yield benchmark's machinery (redml_study.yield_study) with the fidelity columns: frames
 indexed frame by frame (lost and gained apart), strong spots on blank frames, reflections
@@ -28,11 +28,11 @@ densify for DIALS), run where pyFAI and an OpenCL device are installed, skipped 
 
 sim-integrating (benchmarks/yield.py: the simulator's shots as a JUNGFRAU 1M writes them after
 pedestal subtraction, int32 ADU at 20 ADU per photon, read noise 0.2 photon) runs its own codec
-list (INTEGRATING_CODECS) under the usual names with the detector's settings applied: every
-redml codec gets gain=20, markers="extremes", read_noise="auto"; SZ3's bounds are in ADU
-(sz3-abs10/20/40: 0.5, 1, 2 photons) and unclipped, negative values being the detector's read
-noise; DIALS is given the gain (yield.py's docstring). Its truth_dsig compares with the
-simulator's photons times the gain.
+list (QUICK_INTEGRATING_CODECS; full run: yield.py's INTEGRATING_CODECS) under the usual names
+with the detector's settings applied: every redml codec gets gain=20, markers="extremes",
+read_noise="auto"; SZ3's bounds are in ADU (sz3-abs10/20/40: 0.5, 1, 2 photons) and unclipped,
+negative values being the detector's read noise; DIALS is given the gain (yield.py's
+docstring). Its truth_dsig compares with the simulator's photons times the gain.
 """
 from __future__ import annotations
 
@@ -62,11 +62,12 @@ QUICK_CODECS = ["bslz4", "sz3-abs1-clip0", "sz3-abs2-clip0", "redml-q2", "redml-
                 "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-lattice-dials-q8", "redml-lattice-dials-q16",
                 "redml-lattice-q8", "redml-lattice-q16", "redml-sparse", peers_pyfai.NAME]
 QUICK_FRAMES = [1, 2, 5, 10, 16, 18]  # thaumatin stills: 4 hits (strong to weak) and 2 blanks
-# sim-integrating: the settings the issue names (SZ3 at 0.5, 1, 2 photons in ADU) and each reconstruction
-INTEGRATING_CODECS = ["bslz4", "sz3-abs10", "sz3-abs20", "sz3-abs40", "redml-lossless", "redml-q1", "redml-q2",
-                      "redml-q4", "redml-mean-q2", "redml-mean-q4", "redml-draw-q2", "redml-draw-q4", "redml-draw-q8",
-                      "redml-sparse", peers_pyfai.NAME]
-QUICK_INTEGRATING_FRAMES = 20
+# sim-integrating: the yield benchmark's list (bench.INTEGRATING_CODECS); quick: the settings the issue
+# names (SZ3 at 0.5, 1, 2 photons in ADU, midpoint q1/q2/q4, mean and draw q2/q4/q8, sparse and its peer)
+QUICK_INTEGRATING_CODECS = ["bslz4", "sz3-abs10", "sz3-abs20", "sz3-abs40", "redml-lossless", "redml-q1", "redml-q2",
+                            "redml-q4", "redml-mean-q2", "redml-mean-q4", "redml-mean-q8", "redml-draw-q2",
+                            "redml-draw-q4", "redml-draw-q8", "redml-sparse", peers_pyfai.NAME]
+QUICK_INTEGRATING_FRAMES = 16
 KEYS = ["ratio", "indexed", "indexed_uncompressed", "lost", "gained", "reflections_matched", "reflections_uncompressed",
         "mean_dsig", "weak_mean_dsig", "sigma_ratio", "cc_intensity", "blank_spots", "blank_spots_uncompressed",
         "blank_frames", "strong_spots", "truth_mean_dsig", "truth_weak_mean_dsig", "dials",
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
         frames = QUICK_INTEGRATING_FRAMES if args.quick else args.frames
         datasets.append(("sim-integrating", lambda: bench.simulated_series("sim-integrating", args.seed, frames),
                          bench.dials_for("sim-integrating", bench.LYSOZYME, args.nproc, args.resume), crystal,
-                         args.codecs or INTEGRATING_CODECS))
+                         args.codecs or (QUICK_INTEGRATING_CODECS if args.quick else bench.INTEGRATING_CODECS)))
     t0 = time.perf_counter()
     all_results, skipped = {}, {}
     for name, make, dials, crystal, wanted in datasets:

@@ -56,7 +56,7 @@ SIMULATED = {
     # An integrating detector's frames (INTEGRATING) of a JUNGFRAU 1M: a low background, where
     # about half the pixels are negative after pedestal subtraction.
     "sim-integrating": (DetectorLayout(modules=(2, 1), name="JUNGFRAU 1M (simulated, integrating)"),
-                        ShotSettings(background=0.3, water_ring=0.6, signal=1000, hit_rate=0.75, distance_mm=60.0)),
+                        ShotSettings(background=0.3, water_ring=0.6, signal=1000, hit_rate=0.75, distance_mm=100.0)),
 }
 # Simulated sets whose frames an integrating detector writes (the others: photon counts).
 INTEGRATING = {"sim-integrating": IntegratingDetector(gain=20.0, read_noise=0.2, dtype="int32")}
@@ -88,7 +88,8 @@ QUICK_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs0.5", "sz3-ab
 # On an integrating set: SZ3's bounds in ADU (0.5 to 4 photons at 20 ADU), the integrating reconstructions.
 INTEGRATING_CODECS = ["uncompressed", "bslz4", "bszstd", "zstd", "sz3-abs10", "sz3-abs20", "sz3-abs40", "sz3-abs80",
                       "redml-lossless", "redml-q1", "redml-q2", "redml-q4", "redml-mean-q2", "redml-mean-q4",
-                      "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-sparse", peers_pyfai.NAME]
+                      "redml-mean-q8", "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-sparse",
+                      peers_pyfai.NAME]
 
 
 def codecs_for(name: str, given, quick: bool) -> list:
@@ -177,7 +178,8 @@ def main(argv=None) -> int:
                           **snr_summary(series.truth)}
             if name in INTEGRATING:
                 meta[name].update(integrating=INTEGRATING[name].__dict__, redml_options=series.redml_options,
-                                  dtype=str(series.dtype), dials_options=dials.find_spots_options + dials.integrate_options)
+                                  dtype=str(series.dtype),
+                                  dials_options=dials.find_spots_options + dials.integrate_options)
         else:
             print(f"unknown data set {name!r}", file=sys.stderr)
             return 2

@@ -60,6 +60,7 @@ CODECS = {
     "redml-draw-q8-m6": lambda hp: {"q": 8, "recon": "draw", "roi_margin": 6},
     "redml-mean-q2": lambda hp: {"q": 2, "recon": "mean"},
     "redml-mean-q4": lambda hp: {"q": 4, "recon": "mean"},
+    "redml-mean-q8": lambda hp: {"q": 8, "recon": "mean"},
     "redml-sparse": lambda hp: {"q": "sparse"},
 }
 # SZ3's absolute bound in data units: 0.5, 1, 2 and 4 photons of an integrating detector's 20 ADU
