@@ -147,3 +147,21 @@ def test_integrating_chain_indexes_like_photon_counts(sim, tmp_path):
     assert q2["dials"] == "run" and q2["ratio"] > 2 * u["ratio"]
     assert q2["reflections_matched"] >= 0.95 * q2["reflections_uncompressed"]
     assert abs(q2["mean_dsig"]) < 0.2
+
+
+def test_pyfai_sparsify_keeps_the_negative_background(series, tmp_path):
+    """pyFAI's peer on integrating frames: the azimuthal error model, the background rebuilt
+    with its noise unclipped (fabio's densify clips at 0, which raised this set's background by
+    0.1 photon) and the gaps at the detector's marker."""
+    peers = importlib.import_module("peers_pyfai")
+    assert peers.unavailable() is None, peers.unavailable()
+    peers.register([peers.NAME])
+    r = write_series(series, peers.NAME, tmp_path / "p.nxs")
+    assert r["sparsify"]["error_model"] == "azimuthal" and r["ratio"] > 10
+    with h5py.File(tmp_path / "p.nxs", "r") as f:
+        back = f["entry/data/data"][:]
+    frames = np.stack(list(series.frames()))
+    gaps = np.broadcast_to(series.pixel_mask != 0, frames.shape)
+    assert (back[gaps] == np.iinfo(np.int32).min).all()
+    assert (back[~gaps] < 0).mean() > 0.5 * (frames[~gaps] < 0).mean()
+    assert abs(back[~gaps].mean() - frames[~gaps].mean()) < 0.03 * GAIN  # photons
