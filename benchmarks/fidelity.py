@@ -93,6 +93,35 @@ def fidelity_table(results: dict, title: str) -> str:
     return render_table(cols, rows, title) + "\n" + legend
 
 
+def safe(r: dict) -> bool:
+    """The issue's fidelity bar: no frame lost, >= 99.5% of the reflections integrated, mean
+    (I_dec - I_orig)/sigma within 0.02 for all and for weak reflections."""
+    return (not r["lost"] and r["reflections_matched"] >= 0.995 * r["reflections_uncompressed"]
+            and abs(r["mean_dsig"]) <= 0.02 and abs(r["weak_mean_dsig"]) <= 0.02)
+
+
+def aim(results: dict) -> dict:
+    """The issue's benchmark aim on one data set: the best safe redml setting against
+    bitshuffle-LZ4 (>= 2x its ratio) and SZ3's best safe bound; the sparse mode against pyFAI
+    sparsify (higher ratio, no lost frame more, smaller |bias|)."""
+    def best(prefix):
+        ok = {c: r["ratio"] for c, r in results.items() if c.startswith(prefix) and not c.startswith("_")
+              and c != "redml-sparse" and safe(r)}
+        return max(ok, key=ok.get) if ok else None
+
+    out = {"best_redml": best("redml"), "best_sz3": best("sz3")}
+    ratio = {k: results[v]["ratio"] if v else float("nan") for k, v in out.items()}
+    if "bslz4" in results and out["best_redml"]:
+        out["redml_over_bslz4"] = ratio["best_redml"] / results["bslz4"]["ratio"]
+        out["twice_bslz4"] = out["redml_over_bslz4"] >= 2
+        out["beats_sz3"] = out["best_sz3"] is None or ratio["best_redml"] > ratio["best_sz3"]
+    sparse, peer = results.get("redml-sparse"), results.get(peers_pyfai.NAME)
+    if sparse and peer:
+        out["sparse_beats_pyfai"] = bool(sparse["ratio"] > peer["ratio"] and len(sparse["lost"]) <= len(peer["lost"])
+                                         and abs(sparse["mean_dsig"]) < abs(peer["mean_dsig"]))
+    return out
+
+
 def plot(all_results: dict, path) -> None:
     import matplotlib
 
@@ -182,8 +211,10 @@ def main(argv=None) -> int:
         results = study(series, codecs, dials, work / name, log=lambda m: print(m, flush=True), reuse=args.resume,
                         crystal=crystal)
         results.pop("_commands")
+        results["_aim"] = aim(results)
         all_results[name] = results
         print(fidelity_table(results, f"\n{name} ({series.n} frames)"), flush=True)
+        print(f"aim: {results['_aim']}", flush=True)
     first = next(iter(all_results.values()))
     out = {c: {k: (len(v) if isinstance(v, list) else v) for k, v in r.items() if k in KEYS}
            for c, r in first.items() if not c.startswith("_")}
