@@ -1,7 +1,8 @@
 """Compression ratio against DIALS indexing yield and intensity fidelity, all codecs in one run.
 
     python benchmarks/yield.py --quick --json yield.json     # a small simulated set, < 10 min on 2 cores
-    python benchmarks/yield.py --json yield.json             # 100 shots x 3 simulated settings + thaumatin
+    python benchmarks/yield.py --json yield.json             # 100 shots x 4 simulated settings + thaumatin
+    python benchmarks/yield.py --datasets sim-integrating    # 100 integrating shots (ADU, read noise)
     python benchmarks/yield.py --frames 30 --datasets thaumatin sim-weak
 
 Each data set is written once per codec through the same NXmx writer (redml_reduce.FrameWriter),
