@@ -3,7 +3,7 @@
     python benchmarks/fidelity.py --quick --json fidelity.json   # 6 thaumatin stills (4 hits, 2 blanks), < 15 min
     python benchmarks/fidelity.py --json fidelity.json           # all 19 thaumatin stills + 100 weak simulated shots
                                                                  # + 100 integrating shots
-    python benchmarks/fidelity.py --quick --datasets sim-integrating --json f.json   # 16 integrating shots, ~15 min
+    python benchmarks/fidelity.py --quick --datasets sim-integrating --json f.json   # 16 integrating shots, 49 min here
 
 The yield benchmark's machinery (redml_study.yield_study) with the fidelity columns: frames
 indexed frame by frame (lost and gained apart), strong spots on blank frames, reflections
