@@ -2,6 +2,8 @@
 
     python benchmarks/fidelity.py --quick --json fidelity.json   # 6 thaumatin stills (4 hits, 2 blanks), < 15 min
     python benchmarks/fidelity.py --json fidelity.json           # all 19 thaumatin stills + 100 weak simulated shots
+                                                                 # + 100 integrating shots
+    python benchmarks/fidelity.py --quick --datasets sim-integrating --json f.json   # 16 integrating shots, 49 min here
 
 The yield benchmark's machinery (redml_study.yield_study) with the fidelity columns: frames
 indexed frame by frame (lost and gained apart), strong spots on blank frames, reflections
@@ -23,6 +25,14 @@ predicted_fraction (the setting's crystals predict a reflection within 1 px of D
 of that fraction of its integrated reflections). The sparse mode's peer is
 pyFAI's sparsify-Bragg ("pyfai-sparsify", benchmarks/peers_pyfai.py: its own file, its own
 densify for DIALS), run where pyFAI and an OpenCL device are installed, skipped otherwise.
+
+sim-integrating (benchmarks/yield.py: the simulator's shots as a JUNGFRAU 1M writes them after
+pedestal subtraction, int32 ADU at 20 ADU per photon, read noise 0.2 photon) runs its own codec
+list (QUICK_INTEGRATING_CODECS; full run: yield.py's INTEGRATING_CODECS) under the usual names
+with the detector's settings applied: every redml codec gets gain=20, markers="extremes",
+read_noise="auto"; SZ3's bounds are in ADU (sz3-abs10/20/40: 0.5, 1, 2 photons) and unclipped,
+negative values being the detector's read noise; DIALS is given the gain (yield.py's
+docstring). Its truth_dsig compares with the simulator's photons times the gain.
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ from pathlib import Path
 import indexer
 import peers_pyfai
 from redml_study.yardstick import Dials
-from redml_study.yield_study import cached, render_table, series_from_files, series_from_simulator, study
+from redml_study.yield_study import cached, render_table, series_from_files, study
 
 bench = importlib.import_module("yield")  # benchmarks/yield.py: data sets and cells
 # The built-in indexer's known cell of the thaumatin stills (benchmarks/indexer.py: their refined
@@ -52,6 +62,12 @@ QUICK_CODECS = ["bslz4", "sz3-abs1-clip0", "sz3-abs2-clip0", "redml-q2", "redml-
                 "redml-draw-q2", "redml-draw-q4", "redml-draw-q8", "redml-lattice-dials-q8", "redml-lattice-dials-q16",
                 "redml-lattice-q8", "redml-lattice-q16", "redml-sparse", peers_pyfai.NAME]
 QUICK_FRAMES = [1, 2, 5, 10, 16, 18]  # thaumatin stills: 4 hits (strong to weak) and 2 blanks
+# sim-integrating: the yield benchmark's list (bench.INTEGRATING_CODECS); quick: the settings the issue
+# names (SZ3 at 0.5, 1, 2 photons in ADU, midpoint q1/q2/q4, mean and draw q2/q4/q8, sparse and its peer)
+QUICK_INTEGRATING_CODECS = ["bslz4", "sz3-abs10", "sz3-abs20", "sz3-abs40", "redml-lossless", "redml-q1", "redml-q2",
+                            "redml-q4", "redml-mean-q2", "redml-mean-q4", "redml-mean-q8", "redml-draw-q2",
+                            "redml-draw-q4", "redml-draw-q8", "redml-sparse", peers_pyfai.NAME]
+QUICK_INTEGRATING_FRAMES = 16
 KEYS = ["ratio", "indexed", "indexed_uncompressed", "lost", "gained", "reflections_matched", "reflections_uncompressed",
         "mean_dsig", "weak_mean_dsig", "sigma_ratio", "cc_intensity", "blank_spots", "blank_spots_uncompressed",
         "blank_frames", "strong_spots", "truth_mean_dsig", "truth_weak_mean_dsig", "dials",
@@ -75,6 +91,35 @@ def fidelity_table(results: dict, title: str) -> str:
     legend = ("blank_spots: strong spots on blank frames (uncompressed in brackets); -clip0: decoded counts "
               "clipped at 0 before DIALS; dsig/weak: mean (I_dec - I_orig)/sigma_orig, all / I/sigma < 2")
     return render_table(cols, rows, title) + "\n" + legend
+
+
+def safe(r: dict) -> bool:
+    """The issue's fidelity bar: no frame lost, >= 99.5% of the reflections integrated, mean
+    (I_dec - I_orig)/sigma within 0.02 for all and for weak reflections."""
+    return (not r["lost"] and r["reflections_matched"] >= 0.995 * r["reflections_uncompressed"]
+            and abs(r["mean_dsig"]) <= 0.02 and abs(r["weak_mean_dsig"]) <= 0.02)
+
+
+def aim(results: dict) -> dict:
+    """The issue's benchmark aim on one data set: the best safe redml setting against
+    bitshuffle-LZ4 (>= 2x its ratio) and SZ3's best safe bound; the sparse mode against pyFAI
+    sparsify (higher ratio, no lost frame more, smaller |bias|)."""
+    def best(prefix):
+        ok = {c: r["ratio"] for c, r in results.items() if c.startswith(prefix) and not c.startswith("_")
+              and c != "redml-sparse" and safe(r)}
+        return max(ok, key=ok.get) if ok else None
+
+    out = {"best_redml": best("redml"), "best_sz3": best("sz3")}
+    ratio = {k: results[v]["ratio"] if v else float("nan") for k, v in out.items()}
+    if "bslz4" in results and out["best_redml"]:
+        out["redml_over_bslz4"] = ratio["best_redml"] / results["bslz4"]["ratio"]
+        out["twice_bslz4"] = out["redml_over_bslz4"] >= 2
+        out["beats_sz3"] = out["best_sz3"] is None or ratio["best_redml"] > ratio["best_sz3"]
+    sparse, peer = results.get("redml-sparse"), results.get(peers_pyfai.NAME)
+    if sparse and peer:
+        out["sparse_beats_pyfai"] = bool(sparse["ratio"] > peer["ratio"] and len(sparse["lost"]) <= len(peer["lost"])
+                                         and abs(sparse["mean_dsig"]) < abs(peer["mean_dsig"]))
+    return out
 
 
 def plot(all_results: dict, path) -> None:
@@ -122,8 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--codecs", nargs="+", default=None)
     p.add_argument("--frames", type=int, default=100, help="simulated shots (full run)")
-    p.add_argument("--datasets", nargs="+", default=None, choices=["thaumatin", "sim-weak"],
-                   help="full run: both (default); --quick: thaumatin")
+    p.add_argument("--datasets", nargs="+", default=None, choices=["thaumatin", "sim-weak", "sim-integrating"],
+                   help="full run: all three (default); --quick: thaumatin")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--workdir", default=None, help="keep the files and DIALS runs here (the yield benchmark's "
                    "--workdir can be shared: same data sets, same codec names)")
@@ -132,43 +177,52 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default=None)
     p.add_argument("--seed", type=int, default=2026)
     args = p.parse_args(argv)
-    codecs, skipped = peers_pyfai.register(args.codecs or (QUICK_CODECS if args.quick else CODECS))
-    for codec, why in skipped.items():
-        print(f"{codec} skipped: {why}", flush=True)
+    default = args.codecs or (QUICK_CODECS if args.quick else CODECS)
     tmp = tempfile.TemporaryDirectory(prefix="redml-fidelity-") if args.workdir is None else None
     work = Path(tmp.name if tmp else args.workdir)
-    paths = sorted(bench.THAUMATIN.glob("*.cbf.bz2"))
-    if not paths:
-        print(f"no thaumatin frames in {bench.THAUMATIN}", file=sys.stderr)
-        return 2
-    names = args.datasets or (["thaumatin"] if args.quick else ["thaumatin", "sim-weak"])
+    names = args.datasets or (["thaumatin"] if args.quick else ["thaumatin", "sim-weak", "sim-integrating"])
     datasets = []
     if "thaumatin" in names:
+        paths = sorted(bench.THAUMATIN.glob("*.cbf.bz2"))
+        if not paths:
+            print(f"no thaumatin frames in {bench.THAUMATIN}", file=sys.stderr)
+            return 2
         chosen = [paths[i - 1] for i in QUICK_FRAMES] if args.quick else paths
         datasets.append(("thaumatin", lambda: series_from_files(chosen, name="thaumatin"),
-                         Dials(*bench.THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume), THAUMATIN_INDEX))
+                         Dials(*bench.THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume), THAUMATIN_INDEX, default))
+    crystal = bench.LYSOZYME  # the simulator's Crystal()
     if "sim-weak" in names:
-        sim = bench.simulator("sim-weak", args.seed)
-        datasets.append(("sim-weak", lambda: series_from_simulator(sim, args.frames, name="sim-weak"),
-                         Dials(*bench.LYSOZYME, nproc=args.nproc, reuse=args.resume),
-                         (sim.crystal.space_group, sim.crystal.unit_cell)))
+        datasets.append(("sim-weak", lambda: bench.simulated_series("sim-weak", args.seed, args.frames),
+                         bench.dials_for("sim-weak", bench.LYSOZYME, args.nproc, args.resume), crystal, default))
+    if "sim-integrating" in names:
+        frames = QUICK_INTEGRATING_FRAMES if args.quick else args.frames
+        datasets.append(("sim-integrating", lambda: bench.simulated_series("sim-integrating", args.seed, frames),
+                         bench.dials_for("sim-integrating", bench.LYSOZYME, args.nproc, args.resume), crystal,
+                         args.codecs or (QUICK_INTEGRATING_CODECS if args.quick else bench.INTEGRATING_CODECS)))
     t0 = time.perf_counter()
-    all_results = {}
-    for name, make, dials, crystal in datasets:
+    all_results, skipped = {}, {}
+    for name, make, dials, crystal, wanted in datasets:
+        codecs, why = peers_pyfai.register(wanted)
+        for codec, reason in why.items():
+            print(f"{codec} skipped: {reason}", flush=True)
+        skipped.update(why)
         series = cached(make())
         print(f"{name}: {series.n} frames", flush=True)
         results = study(series, codecs, dials, work / name, log=lambda m: print(m, flush=True), reuse=args.resume,
                         crystal=crystal)
         results.pop("_commands")
+        results["_aim"] = aim(results)
         all_results[name] = results
         print(fidelity_table(results, f"\n{name} ({series.n} frames)"), flush=True)
+        print(f"aim: {results['_aim']}", flush=True)
     first = next(iter(all_results.values()))
     out = {c: {k: (len(v) if isinstance(v, list) else v) for k, v in r.items() if k in KEYS}
            for c, r in first.items() if not c.startswith("_")}
     out["datasets"] = all_results
     out["seconds"] = time.perf_counter() - t0
     out["note"] = ("lossy peers (-clip0): decoded counts clipped at 0 before DIALS; top level: "
-                   f"{next(iter(all_results))}; {peers_pyfai.NOTE}")
+                   f"{next(iter(all_results))}; {peers_pyfai.NOTE}; sim-integrating: redml codecs with gain=20 "
+                   "(ADU per photon), markers='extremes', read_noise='auto'; SZ3 bounds in ADU, unclipped")
     out["skipped"] = skipped
     figure = args.figure or (str(Path(args.json).with_suffix(".png")) if args.json else "fidelity.png")
     try:

@@ -113,12 +113,15 @@ def stored_bytes(path) -> dict:
     return {"stored_bytes": frames, "sparse_file_bytes": Path(path).stat().st_size}
 
 
-def densified(path, noise: float = DENSIFY_NOISE, dummy=None, seed: int = 0) -> Iterator[np.ndarray]:
+def densified(path, noise: float = DENSIFY_NOISE, dummy=None, seed: int = 0,
+              clip: bool = True) -> Iterator[np.ndarray]:
     """The frames of pyFAI's sparse file rebuilt by fabio (densify-Bragg's reader and its densify
     function): the background profile, plus Gaussian noise of `noise` x the stored spread clipped
     at 0, with the kept pixels put back; masked pixels get `dummy` (the file's own when None).
     fabio's numpy densify, not its compiled one: the same rebuild, but seeded (frame i: seed + i),
-    so that the decoded frames are the same on every run."""
+    so that the decoded frames are the same on every run. clip=False: the noise is not clipped
+    at 0 (integrating detectors, whose background is negative as often as not: clipping would
+    raise it by about 0.4 x its spread)."""
     import fabio.sparseimage
 
     image = fabio.sparseimage.SparseImage()
@@ -127,20 +130,48 @@ def densified(path, noise: float = DENSIFY_NOISE, dummy=None, seed: int = 0) -> 
         fill = image.dummy if dummy is None else image.intensity.dtype.type(dummy)
         for i in range(image.nframes):
             start, stop = image.frame_ptr[i:i + 2]
+            index, kept = image.index[start:stop], image.intensity[start:stop]
             spread = image.background_std[i] * noise if noise else None
-            with np.errstate(invalid="ignore"):  # masked pixels: NaN cast to int, then set to `fill`
-                yield fabio.sparseimage.densify(image.mask, image.radius, image.index[start:stop],
-                                                image.intensity[start:stop], fill, image.background_avg[i], spread,
-                                                image.normalization, seed=seed + i)
+            if clip or spread is None:
+                with np.errstate(invalid="ignore"):  # masked pixels: NaN cast to int, then set to `fill`
+                    yield fabio.sparseimage.densify(image.mask, image.radius, index, kept, fill,
+                                                    image.background_avg[i], spread, image.normalization,
+                                                    seed=seed + i)
+            else:
+                yield unclipped(image, i, index, kept, spread, fill, seed + i)
     finally:
         image.close()
 
 
-def gap_marker(dtype):
+def unclipped(image, i: int, index, kept, spread, fill, seed: int) -> np.ndarray:
+    """Frame i rebuilt as fabio's densify does, but with its Gaussian background noise unclipped:
+    the profile (fabio, in float), the seeded noise of `spread` added, rounded once for integer
+    data, the kept pixels put back exactly, masked pixels `fill`."""
+    import fabio.sparseimage
+
+    with np.errstate(invalid="ignore"):
+        mean = fabio.sparseimage.densify(image.mask, image.radius, index, kept.astype(np.float64), np.nan,
+                                         image.background_avg[i], None, image.normalization)
+        sigma = np.interp(image.mask, image.radius, spread)
+    dense = mean + sigma * np.random.default_rng(seed).standard_normal(mean.shape)
+    if np.issubdtype(kept.dtype, np.integer):
+        dense = np.rint(dense)
+    dense.ravel()[index] = kept
+    bad = ~np.isfinite(image.mask)
+    dense[bad] = 0
+    dense = dense.astype(kept.dtype)
+    dense[bad] = fill
+    return dense
+
+
+def gap_marker(dtype, integrating: bool = False):
     """What masked pixels hold in the rebuilt frames: the detectors' own markers (-1 as in a
-    Pilatus CBF, the largest count of an unsigned type as in EIGER files, NaN for floats)."""
+    Pilatus CBF, the largest count of an unsigned type as in EIGER files, NaN for floats; an
+    integrating detector's signed integers: the type's minimum, as integrating_frame writes)."""
     dtype = np.dtype(dtype)
-    return -1 if dtype.kind == "i" else np.iinfo(dtype).max if dtype.kind == "u" else np.nan
+    if dtype.kind == "i":
+        return int(np.iinfo(dtype).min) if integrating else -1
+    return np.iinfo(dtype).max if dtype.kind == "u" else np.nan
 
 
 def write_pyfai_sparsify(series, path, **params) -> dict:
@@ -161,7 +192,8 @@ def write_pyfai_sparsify(series, path, **params) -> dict:
     write_s = time.perf_counter() - t0
     with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
                      nxmx=series.nxmx, filter={}) as w:
-        for frame in densified(sparse_path, dummy=gap_marker(series.dtype)):
+        for frame in densified(sparse_path, dummy=gap_marker(series.dtype, series.integrating),
+                               clip=not series.integrating):
             w.write(np.asarray(frame, series.dtype))
     out = measure_file(series, NAME, path, write_s=write_s)
     sizes = stored_bytes(sparse_path)
@@ -171,7 +203,8 @@ def write_pyfai_sparsify(series, path, **params) -> dict:
 
 
 NOTE = ("pyfai-sparsify: ratio = raw bytes / pyFAI's per-frame datasets as stored (bitshuffle-LZ4); "
-        "frames rebuilt by fabio's densify (noise 1) for DIALS")
+        "frames rebuilt by fabio's densify (noise 1) for DIALS; on integrating detectors with the "
+        "azimuthal error model and the noise not clipped at 0")
 
 
 def register(codecs) -> tuple[list, dict]:
@@ -190,4 +223,4 @@ def register(codecs) -> tuple[list, dict]:
 
 
 __all__ = ["NAME", "NOTE", "unavailable", "azimuthal_integrator", "error_model_for", "Sparsifier", "save",
-           "stored_bytes", "densified", "gap_marker", "write_pyfai_sparsify", "register"]
+           "stored_bytes", "densified", "unclipped", "gap_marker", "write_pyfai_sparsify", "register"]

@@ -11,7 +11,8 @@ import numpy as np
 from redml_reduce.jungfrau import (ADC_MAX, GAIN_BITS, MODULE_SHAPE, OVERLOAD_WORD, TYPICAL_GAIN, TYPICAL_PEDESTAL,
                                    Calibration, ModuleLayout)
 
-__all__ = ["SimulatedDetector", "simulate_detector", "photons_to_raw", "simulate_dark_run", "integrating_frame"]
+__all__ = ["SimulatedDetector", "simulate_detector", "photons_to_raw", "simulate_dark_run", "integrating_frame",
+           "IntegratingDetector"]
 
 
 @dataclass
@@ -154,3 +155,54 @@ def integrating_frame(photons, rng: np.random.Generator, *, gain: Optional[float
             gap_value = np.nan if gain is None else np.iinfo(dtype).min
         frame[np.asarray(gaps, bool)] = gap_value
     return frame
+
+
+@dataclass(frozen=True)
+class IntegratingDetector:
+    """How an integrating detector's pipeline hands on frames (integrating_frame: photons plus
+    Gaussian read noise, pedestal subtracted, module gaps at the dtype's minimum or NaN), and
+    what redml and DIALS are told about them.
+
+    gain: ADU per photon (integer ADU of `dtype`); None: float32 photons. read_noise: photons.
+    """
+
+    gain: Optional[float] = 20.0
+    read_noise: float = 0.2
+    dtype: str = "int32"
+
+    @property
+    def adu_per_photon(self) -> float:
+        return 1.0 if self.gain is None else float(self.gain)
+
+    @property
+    def frame_dtype(self) -> np.dtype:
+        return np.dtype("float32" if self.gain is None else self.dtype)
+
+    def frame(self, photons: np.ndarray, gaps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The detector's frame of `photons` (values in `gaps` are ignored: they become markers)."""
+        return integrating_frame(np.where(gaps, 0, photons), rng, gain=self.gain, read_noise=self.read_noise,
+                                 dtype=self.dtype, gaps=gaps)
+
+    def redml_options(self) -> dict:
+        """What every redml codec gets on these frames: the gain in data units per photon, the
+        markers integrating_frame writes ("extremes": the dtype's minimum, NaN) and the read
+        noise estimated from each frame, as a user who knows only the gain would set them."""
+        return {"gain": self.adu_per_photon, "markers": "extremes", "read_noise": "auto"}
+
+    def nxmx_options(self) -> dict:
+        """Trusted range for DIALS: every value but the markers (the writer's default underload
+        of 0 would make dxtbx mask the negative half of the background)."""
+        if self.gain is None:
+            return {"underload_value": -(2**31) + 1}  # NaN gaps: in the pixel mask
+        info = np.iinfo(self.dtype)
+        return {"underload_value": int(info.min) + 1, "saturation_value": int(info.max) - 1}
+
+    def dials_options(self) -> dict:
+        """Dials keywords for these frames: the gain for the spot finder's dispersion test and
+        for the summation variances (dxtbx's NXmx reader leaves the panel gain at 1), and the
+        simple background model DIALS picks for detectors that are not photon counters (its
+        GLM model takes the pixels for Poisson counts)."""
+        g = f"{self.adu_per_photon:g}"
+        return {"find_spots_options": (f"spotfinder.threshold.dispersion.gain={g}",),
+                "integrate_options": ("algorithm=stills", f"integration.summation.detector_gain={g}",
+                                      "integration.background.algorithm=simple")}

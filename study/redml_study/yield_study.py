@@ -60,8 +60,13 @@ CODECS = {
     "redml-draw-q8-m6": lambda hp: {"q": 8, "recon": "draw", "roi_margin": 6},
     "redml-mean-q2": lambda hp: {"q": 2, "recon": "mean"},
     "redml-mean-q4": lambda hp: {"q": 4, "recon": "mean"},
+    "redml-mean-q8": lambda hp: {"q": 8, "recon": "mean"},
     "redml-sparse": lambda hp: {"q": "sparse"},
 }
+# SZ3's absolute bound in data units: 0.5, 1, 2 and 4 photons of an integrating detector's 20 ADU
+for _b in (10, 20, 40, 80):
+    CODECS[f"sz3-abs{_b}"] = (lambda b: lambda hp: {"filter": hp.SZ3(absolute=b)})(_b)
+del _b
 # The exact region from the learned models (redml_reduce.pipeline; needs the [ml] extra):
 # redml-q2-ml (default CNN), redml-q2-union (classical or CNN), redml-q2-ensemble, ...
 for _q in (2, "sparse"):
@@ -103,8 +108,16 @@ def base_codec(name: str) -> str:
     return name[: -len(CLIP_SUFFIX)] if name.endswith(CLIP_SUFFIX) else name
 
 
-def codec_writer_options(name: str) -> dict:
-    name = base_codec(name)
+def codec_writer_options(name: str, series: Optional["Series"] = None) -> dict:
+    """FrameWriter's keywords for one codec; redml codecs on an integrating detector's series
+    also get its settings (Series.redml_options)."""
+    options = _codec_options(base_codec(name))
+    if series is not None and "filter" not in options:
+        options.update(series.redml_options)
+    return options
+
+
+def _codec_options(name: str) -> dict:
     if lattice_setting(name) is not None:
         return {"q": lattice_setting(name)[1], "recon": "draw"}
     if name not in CODECS:
@@ -132,6 +145,21 @@ class Series:
     truth: Optional[np.ndarray] = None  # the simulator's reflections (sim.REFLECTION_DTYPE)
     hits: Optional[np.ndarray] = None
     asu_of: Optional[Callable[[np.ndarray], np.ndarray]] = None  # (n, 3) hkl -> symmetry-unique id (-1: none)
+    # An integrating detector's frames: what every redml codec is given on them (gain, markers,
+    # read_noise: IntegratingDetector.redml_options), and the data units per photon (truth is in photons).
+    redml_options: dict = field(default_factory=dict)
+    adu_per_photon: float = 1.0
+
+    @property
+    def integrating(self) -> bool:
+        return self.redml_options.get("markers", "negative") != "negative"
+
+    def valid(self, frame: np.ndarray) -> np.ndarray:
+        """Pixels holding data, not a marker: outside the pixel mask for an integrating detector
+        (negative values are its read noise), the non-negative ones for a photon counter."""
+        if self.integrating:
+            return self.pixel_mask == 0 if self.pixel_mask is not None else np.ones(self.shape, bool)
+        return frame >= 0
 
 
 def cached(series: Series) -> Series:
@@ -142,15 +170,28 @@ def cached(series: Series) -> Series:
     return series
 
 
-def series_from_simulator(sim, n: int, name: str = "simulated", start: int = 0) -> Series:
+def series_from_simulator(sim, n: int, name: str = "simulated", start: int = 0, detector=None) -> Series:
     """n shots of a redml_study.sim.StillSimulator (made again on every pass: shot i is a
-    pure function of the simulator's seed and i)."""
+    pure function of the simulator's seed and i). detector: a redml_study.detector.
+    IntegratingDetector that turns the photons into its frames (read noise seeded per shot);
+    None: the simulator's photon counts."""
     shots = [(s.reflections, s.hit) for s in (sim.shot(i) for i in range(start, start + n))]
     truth = np.concatenate([r for r, _ in shots]) if shots else None
-    return Series(name, n, sim.detector.shape, np.dtype(sim.settings.dtype), sim.geometry,
-                  lambda: (sim.shot(i).frame for i in range(start, start + n)),
-                  pixel_mask_from_gaps(sim.mask), sim.nxmx_options(), truth, np.array([h for _, h in shots], bool),
-                  sim.asu_of)
+
+    def frame(i):
+        photons = sim.shot(i).frame
+        if detector is None:
+            return photons
+        return detector.frame(photons, sim.mask, np.random.default_rng([sim.seed, 2, i]))
+
+    nxmx, dtype, extra = sim.nxmx_options(), np.dtype(sim.settings.dtype), {}
+    if detector is not None:
+        nxmx.update(detector.nxmx_options())
+        dtype = detector.frame_dtype
+        extra = {"redml_options": detector.redml_options(), "adu_per_photon": detector.adu_per_photon}
+    return Series(name, n, sim.detector.shape, dtype, sim.geometry, lambda: (frame(i) for i in range(start, start + n)),
+                  pixel_mask_from_gaps(sim.mask), nxmx, truth, np.array([h for _, h in shots], bool), sim.asu_of,
+                  **extra)
 
 
 def _dials_geometry(path: str) -> dict:
@@ -214,7 +255,7 @@ def write_series(series: Series, codec: str, path) -> dict:
     """Writes the series with one codec; reads it back and compares with the original."""
     if codec in FILE_PEERS:
         return FILE_PEERS[codec](series, path)
-    options = codec_writer_options(codec)
+    options = codec_writer_options(codec, series)
     t0 = time.perf_counter()
     with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
                      nxmx=series.nxmx, **options) as w:
@@ -292,7 +333,7 @@ def write_series_lattice(series: Series, codec: str, path, crystals: list) -> di
     from redml_reduce.codec import CodecSettings
     from redml_reduce.pipeline import encode_by_policy
 
-    options = codec_writer_options(codec)
+    options = codec_writer_options(codec, series)
     settings = CodecSettings(**options)
     t0 = time.perf_counter()
     with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
@@ -322,7 +363,7 @@ def measure_file(series: Series, codec: str, path, write_s: float = float("nan")
             digest.update(back.tobytes())
             if back.tobytes() != frame.tobytes():
                 identical = False
-                valid = frame >= 0
+                valid = series.valid(frame)
                 max_err = max(max_err, float(np.abs(back[valid].astype(np.float64) - frame[valid]).max()))
     raw = series.n * int(np.prod(series.shape)) * series.dtype.itemsize
     stored = stored_bytes(path)
@@ -457,8 +498,9 @@ def truth_error(integrated: np.ndarray, series: Series) -> dict:
     t = truth[order][pos[hit]]
     i = integrated[hit]
     sigma = np.sqrt(np.maximum(i["variance"], 1e-12))
-    d = (i["intensity"] - t["intensity"]) / sigma
-    weak = t["intensity"] / sigma < 2
+    true_i = t["intensity"] * series.adu_per_photon  # DIALS's intensities are in the frames' units
+    d = (i["intensity"] - true_i) / sigma
+    weak = true_i / sigma < 2
     return {"matched": int(hit.sum()), "mean_dsig": float(d.mean()),
             "weak_mean_dsig": float(d[weak].mean()) if weak.any() else float("nan")}
 
