@@ -4,14 +4,15 @@ position against DIALS's xyzcal.px."""
 from pathlib import Path
 
 import fabio
+import h5py
 import numpy as np
 import pytest
 
-from redml_reduce.lattice import Crystal, read_expt
+from redml_reduce.lattice import Crystal, lattice_roi, read_expt
 from redml_reduce.recompress.outputs import geometry_from_header
 from redml_study.yardstick import INTEGRATED_DTYPE
 from redml_study.yield_study import (Series, builtin_crystals, codec_writer_options, indexing_figures,
-                                     lattice_setting, predicted_fraction)
+                                     lattice_setting, predicted_fraction, write_series_lattice)
 
 DATA = Path(__file__).parent / "data"
 FRAMES = ("thau_3_2_0001.cbf.bz2", "thau_3_2_0010.cbf.bz2", "thau_3_2_0017.cbf.bz2")  # two hits, a blank
@@ -36,10 +37,39 @@ def stills():
 
 
 def test_setting_names():
-    assert lattice_setting("redml-lattice-dials-q8") == ("dials", 8.0)
-    assert lattice_setting("redml-lattice-q16") == ("redml", 16.0)
+    assert lattice_setting("redml-lattice-dials-q8") == ("dials", 8.0, 8.0)  # default disc radius 8 px
+    assert lattice_setting("redml-lattice-q16") == ("redml", 16.0, 8.0)
+    assert lattice_setting("redml-lattice-dials-q16-r6") == ("dials", 16.0, 6.0)
+    assert lattice_setting("redml-lattice-q24-r5.5") == ("redml", 24.0, 5.5)
     assert lattice_setting("redml-draw-q8") is None
     assert codec_writer_options("redml-lattice-q4") == {"q": 4.0, "recon": "draw"}
+    assert codec_writer_options("redml-lattice-q4-r6") == {"q": 4.0, "recon": "draw"}
+    for bad in ("redml-lattice-q", "redml-lattice-q16-r", "redml-lattice-dials-q16-x6", "redml-lattice-q16-r-6"):
+        with pytest.raises(ValueError, match="lattice codec"):
+            lattice_setting(bad)
+
+
+def test_setting_radius_reaches_the_chunks(stills, tmp_path):
+    """A "-rR" setting writes discs of R px: the pixels of the 8 px discs outside the 3 px ones
+    (and outside the finder's region) are exact with the default radius, not all exact with -r3,
+    whose file is smaller; the 3 px discs are exact in both."""
+    series, dials, _ = stills
+    hit = [dials[0], [], []]  # one indexed frame is enough
+    written = {}
+    for codec in ("redml-lattice-dials-q16", "redml-lattice-dials-q16-r3"):
+        path = tmp_path / f"{codec}.nxs"
+        written[codec] = write_series_lattice(series, codec, path, hit)
+        with h5py.File(path, "r") as f:
+            written[codec]["frame"] = f["entry/data/data"][0]
+    frame = next(series.frames())
+    small = lattice_roi(series.shape, series.geometry, dials[0], 3.0)
+    ring = lattice_roi(series.shape, series.geometry, dials[0], 8.0) & ~small & (frame >= 0)
+    default, r3 = written["redml-lattice-dials-q16"], written["redml-lattice-dials-q16-r3"]
+    assert np.array_equal(default["frame"][ring], frame[ring])
+    assert not np.array_equal(r3["frame"][ring], frame[ring])
+    for w in (default, r3):
+        assert np.array_equal(w["frame"][small], frame[small])
+    assert r3["stored_bytes"] < default["stored_bytes"]
 
 
 def test_predicted_fraction_by_position(stills):

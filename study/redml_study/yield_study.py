@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -75,19 +76,28 @@ for _q in (2, "sparse"):
         CODECS[_name] = (lambda q, src: lambda hp: {"q": q, "roi": src})(_q, _src)
 del _q, _src, _name
 # Lattice settings (issue 21): every frame by the per-frame policy
-# (redml_reduce.pipeline.encode_by_policy), indexed frames with discs of 8 px around the
-# reflections their crystals predict, drawn at q. The crystals come from DIALS's indexing of
+# (redml_reduce.pipeline.encode_by_policy), indexed frames with discs around the reflections
+# their crystals predict (LatticeSettings' radius, 8 px, or R px with a "-rR" suffix:
+# redml-lattice-dials-q16-r6), drawn at q. The crystals come from DIALS's indexing of
 # the uncompressed file (redml-lattice-dials-qK) or from the built-in indexer
 # (redml-lattice-qK: the finder's spots -> index_still with the data set's cell and space
 # group). Written once DIALS has indexed the reference (study() below), so not in CODECS.
 LATTICE_PREFIXES = {"redml-lattice-dials-q": "dials", "redml-lattice-q": "redml"}
+_LATTICE_TAIL = re.compile(r"(?P<q>\d+(?:\.\d+)?)(?:-r(?P<radius>\d+(?:\.\d+)?))?")
 
 
 def lattice_setting(name: str):
-    """(crystal source "dials" or "redml", q) of a lattice codec name, None for other names."""
+    """(crystal source "dials" or "redml", q, disc radius in px) of a lattice codec name, None
+    for other names; ValueError for a lattice name whose tail is not "K" or "K-rR"."""
+    from redml_reduce.lattice.predict import DEFAULT_RADIUS
+
     for prefix, source in LATTICE_PREFIXES.items():
         if name.startswith(prefix):
-            return source, float(name[len(prefix):])
+            tail = _LATTICE_TAIL.fullmatch(name[len(prefix):])
+            if tail is None:
+                raise ValueError(f"lattice codec {name!r}: expected {prefix}K or {prefix}K-rR (q K, disc radius R px)")
+            radius = tail["radius"]
+            return source, float(tail["q"]), float(radius) if radius is not None else DEFAULT_RADIUS
     return None
 
 
@@ -331,15 +341,17 @@ def write_series_lattice(series: Series, codec: str, path, crystals: list) -> di
     """Writes the series by the per-frame policy with the given crystals per frame; reads it
     back and compares with the original."""
     from redml_reduce.codec import CodecSettings
+    from redml_reduce.lattice import LatticeSettings
     from redml_reduce.pipeline import encode_by_policy
 
     options = codec_writer_options(codec, series)
     settings = CodecSettings(**options)
+    lattice = LatticeSettings(radius=lattice_setting(codec)[2])
     t0 = time.perf_counter()
     with FrameWriter(path, series.shape, series.dtype, geometry=series.geometry, pixel_mask=series.pixel_mask,
                      nxmx=series.nxmx, **options) as w:
         for frame, frame_crystals in zip(series.frames(), crystals):
-            w.write_chunk(encode_by_policy(frame, settings, frame_crystals)[0])
+            w.write_chunk(encode_by_policy(frame, settings, frame_crystals, lattice=lattice)[0])
     return measure_file(series, codec, path, write_s=time.perf_counter() - t0)
 
 
