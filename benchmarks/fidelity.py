@@ -13,9 +13,9 @@ of sigma, and for simulated shots the error against the simulator's true intensi
 Lossy peers' decoded counts are clipped at 0 before DIALS sees them ("-clip0"), as a careful
 user of a photon counter would do; the ratio is the peer's file. redml's quantized modes
 appear with each reconstruction: "midpoint" (q1, q2, q4), "draw" and "mean"; the lattice
-settings "redml-lattice-dials-qK" keep a disc of 8 px around every reflection that DIALS's
-crystals of the uncompressed file predict (with the finder's spots) exact and draw the rest
-at q; frames without a crystal are hits (midpoint) or blanks (draw); "redml-lattice-qK" do the same
+settings "redml-lattice-dials-qK" keep a disc of 8 px ("-rR" at the end of the name: R px,
+e.g. redml-lattice-dials-q32-r10) around every reflection that DIALS's crystals of the
+uncompressed file predict (with the finder's spots) exact and draw the rest at q; frames without a crystal are hits (midpoint) or blanks (draw); "redml-lattice-qK" do the same
 with the built-in indexer's crystals (the finder's spots -> index_still with the cell and space
 group the data set declares: thaumatin P41212 57.9 57.9 150.6 90 90 90, the simulated set its
 own crystal). Each frame keeps the smaller of its policy's chunk and the lossless chunk. Lattice
