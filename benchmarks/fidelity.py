@@ -167,8 +167,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--codecs", nargs="+", default=None)
     p.add_argument("--frames", type=int, default=100, help="simulated shots (full run)")
-    p.add_argument("--datasets", nargs="+", default=None, choices=["thaumatin", "sim-weak", "sim-integrating"],
-                   help="full run: all three (default); --quick: thaumatin")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   choices=["thaumatin", "sim-weak", "sim-highbg", "sim-lowbg", "sim-integrating"],
+                   help="full run: thaumatin, sim-weak and sim-integrating (default); --quick: thaumatin")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--workdir", default=None, help="keep the files and DIALS runs here (the yield benchmark's "
                    "--workdir can be shared: same data sets, same codec names)")
@@ -191,9 +192,10 @@ def main(argv=None) -> int:
         datasets.append(("thaumatin", lambda: series_from_files(chosen, name="thaumatin"),
                          Dials(*bench.THAUMATIN_CELL, nproc=args.nproc, reuse=args.resume), THAUMATIN_INDEX, default))
     crystal = bench.LYSOZYME  # the simulator's Crystal()
-    if "sim-weak" in names:
-        datasets.append(("sim-weak", lambda: bench.simulated_series("sim-weak", args.seed, args.frames),
-                         bench.dials_for("sim-weak", bench.LYSOZYME, args.nproc, args.resume), crystal, default))
+    for name in ("sim-weak", "sim-highbg", "sim-lowbg"):  # the yield benchmark's photon-counting shots
+        if name in names:
+            datasets.append((name, lambda name=name: bench.simulated_series(name, args.seed, args.frames),
+                             bench.dials_for(name, bench.LYSOZYME, args.nproc, args.resume), crystal, default))
     if "sim-integrating" in names:
         frames = QUICK_INTEGRATING_FRAMES if args.quick else args.frames
         datasets.append(("sim-integrating", lambda: bench.simulated_series("sim-integrating", args.seed, frames),
