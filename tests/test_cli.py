@@ -357,6 +357,13 @@ def _wait_for(predicate, timeout=120.0):
         time.sleep(0.01)
 
 
+def _ctrl_c_reaches_the_child():
+    """Popen preexec_fn: SIGINT at its default in the child, as for a command typed at a
+    terminal; a test run started in the background (sh's `cmd &`) ignores SIGINT, and a
+    program started with SIGINT ignored rightly keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_during_recompress_writes_the_report(tmp_path, rng):
     src = tmp_path / "in"
     src.mkdir()
@@ -366,7 +373,8 @@ def test_sigint_during_recompress_writes_the_report(tmp_path, rng):
             f["entry/data/data"] = frames
     manifest = tmp_path / "out" / "recompress-manifest.jsonl"
     proc = subprocess.Popen([REDML, "recompress", "in", "--out", "out", "--workers", "0"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_reaches_the_child)
     _wait_for(lambda: manifest.exists() and manifest.read_text().count("\n") >= 1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -389,7 +397,7 @@ def test_sigint_during_acquire_linger_writes_the_summary(tmp_path):
     proc = subprocess.Popen([REDML, "acquire", "--bind", f"tcp://127.0.0.1:{_free_port()}", "--out", "a.nxs",
                              "--wait", "0.5", "--dashboard", f"127.0.0.1:{_free_port()}", "--linger", "120",
                              "--json", "s.json", "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_reaches_the_child)
     lines = []
     while not any("stays up" in line for line in lines):
         line = proc.stderr.readline()
