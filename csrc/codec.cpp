@@ -1313,21 +1313,27 @@ REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t
     }
 }
 
+// decode_coded_lanes_body over n pixels, kLanes at a time (inlined into each target's build).
 template <class T>
-void decode_coded_span_portable(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0,
-                                size_t n, const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                                uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                                                CodeReader<T> &rd) {
     for (size_t c = 0; c < n; c += kLanes)
         decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
                                    lambda ? lambda + c : nullptr, recon, seed, rd);
+}
+
+template <class T>
+void decode_coded_span_portable(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0,
+                                size_t n, const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
 REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
                                               uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
                                               CodeReader<T> &rd) {
-    for (size_t c = 0; c < n; c += kLanes)
-        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
-                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
@@ -1335,9 +1341,7 @@ template <class T>
 REDML_TARGET_AVX512 void decode_coded_span_avx512(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
                                                   uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
                                                   CodeReader<T> &rd) {
-    for (size_t c = 0; c < n; c += kLanes)
-        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
-                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #endif
 // decode_coded_lanes_body over n pixels of one tile row (the AVX-512 or AVX2 build where
