@@ -38,8 +38,34 @@ const int kRansMaxBlocks = 2;
 // planes one by one and unshuffles: the same bytes). Throws redml::Error on a corrupt stream.
 bool rans_decode_elements(const RansBlock *blocks, int count, int elem);
 
-// Which build of the decoding loop runs (tests: every build decodes to the same bytes):
+// A plane of n > 1000 bytes (planes of that size are given the 32-state form) to encode
+// as htscodecs' rans_compress_to_4x16 with RANS_ORDER_X32 does, byte for byte: the order-0
+// 32-state stream, or the stored form where that is not smaller. hist: the counts of its
+// bytes, or nullptr (counted by the encoder). size: the stream's bytes (set by the encoder;
+// at most rans_compress_bound_4x16(n, RANS_ORDER_X32)).
+struct RansEncodeJob {
+    const uint8_t *src;
+    size_t n;
+    const uint32_t *hist;
+    size_t size;
+};
+const int kRansMaxEncode = 2 * kRansMaxPlanes;
+
+// Encodes the count <= kRansMaxEncode planes together (two at a time, their dependency
+// chains interleaved) and sets their sizes; the streams stay with the calling thread until
+// its next call: rans_write_encoded(k, dst) writes job k's stream (its size) at dst.
+void rans_encode_o0x32(RansEncodeJob *jobs, int count);
+void rans_write_encoded(int k, uint8_t *dst);
+
+// One plane encoded into dst (room for cap bytes); its size, or 0 where it does not fit.
+size_t rans_encode_o0x32(const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
+
+// Adds the counts of the bytes of src[0, n) to hist[256].
+void count_bytes(const uint8_t *src, size_t n, uint32_t *hist);
+
+// Which build of the decoding and encoding loops runs (tests: every build decodes to the same bytes):
 // 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build the CPU lacks falls back).
+// Every build encodes to the same bytes.
 void rans_force_simd(int level);
 
 }  // namespace redml

@@ -525,7 +525,26 @@ PYBIND11_MODULE(_core, m) {
           py::arg("slope"), py::arg("nthreads") = 0);
     // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
     m.def("_rans_force_simd", &redml::rans_force_simd, py::arg("level"),
-          "Test hook: the rANS decoder's build (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
+          "Test hook: the rANS decoder's and encoder's build (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
+    m.def(
+        "_rans_encode_planes",
+        [](const py::list &planes) {
+            // Test hook: the core's rANS coder on planes of over 1000 bytes, coded together.
+            if ((int)planes.size() > redml::kRansMaxEncode) throw py::value_error("too many planes");
+            std::vector<std::string> raw;
+            for (const py::handle &p : planes) raw.push_back(p.cast<std::string>());
+            std::vector<redml::RansEncodeJob> jobs;
+            for (const std::string &r : raw) jobs.push_back({(const uint8_t *)r.data(), r.size(), nullptr, 0});
+            redml::rans_encode_o0x32(jobs.data(), (int)jobs.size());
+            py::list out;
+            for (size_t k = 0; k < jobs.size(); k++) {
+                std::string stream(jobs[k].size, '\0');
+                redml::rans_write_encoded((int)k, (uint8_t *)stream.data());
+                out.append(py::bytes(stream));
+            }
+            return out;
+        },
+        py::arg("planes"));
     m.def("stage_timing", [](bool on) { redml::stage_times().enabled = on; }, py::arg("enable"));
     m.def("last_stages", [] {
         py::dict d;
