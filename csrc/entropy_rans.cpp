@@ -577,15 +577,18 @@ uint8_t *put_table(uint8_t *p, const uint32_t *F) {
 }
 
 // Per symbol, what its encoding step needs (htscodecs' RansEncSymbol, packed): x becomes
-// x + bias + q * (4096 - freq), q = x / freq computed as (x * rcp) >> (32 + shift).
+// x + bias + q * (4096 - freq), q = x / freq computed as (x * rcp) >> (32 + shift), or, the
+// same, as ((x << up) * rcp) >> 43 with up = 11 - shift: one shift for every lane of a
+// vector. (x < freq << 19 <= 2^(shift + 20) once renormalised, so x << up < 2^31.)
 struct EncTable {
     alignas(64) uint32_t rcp[256];
-    alignas(64) uint32_t info[256];  // bias in bits 0-12, freq in 13-25, shift in 26-29
+    alignas(64) uint32_t info[256];  // bias in bits 0-12, freq in 13-25, up in 26-29
     int max_symbol;
 };
+const int kQuotientShift = 43;
 inline uint32_t info_bias(uint32_t e) { return e & 0x1fff; }
 inline uint32_t info_freq(uint32_t e) { return (e >> 13) & 0x1fff; }
-inline uint32_t info_shift(uint32_t e) { return e >> 26; }
+inline uint32_t info_up(uint32_t e) { return e >> 26; }
 
 void build_enc_table(const uint32_t *F, EncTable &t) {
     uint32_t start = 0;
@@ -608,7 +611,7 @@ void build_enc_table(const uint32_t *F, EncTable &t) {
             shift = s - 1;
         }
         t.rcp[j] = rcp;
-        t.info[j] = bias | (f << 13) | (shift << 26);
+        t.info[j] = bias | (f << 13) | ((11 - shift) << 26);
         start += f;
     }
 }
@@ -621,7 +624,7 @@ REDML_ALWAYS_INLINE void put_symbol(uint32_t &x, uint32_t rcp, uint32_t info, ui
     w[-1] = (uint16_t)x;
     w -= renorm;
     x = renorm ? x >> 16 : x;
-    const uint32_t q = (uint32_t)(((uint64_t)x * rcp) >> (32 + info_shift(info)));
+    const uint32_t q = (uint32_t)(((uint64_t)(x << info_up(info)) * rcp) >> kQuotientShift);
     x += info_bias(info) + q * (kTotal - info_freq(info));
 }
 
@@ -666,13 +669,13 @@ struct CompactTable {
 };
 const CompactTable kCompact;
 
-// (x * rcp) >> (32 + shift) per 32-bit lane: the even and odd lanes' 64-bit products.
-REDML_TARGET_AVX2 inline __m256i quotient_avx2(__m256i x, __m256i rcp, __m256i sh) {
-    const __m256i lo32 = _mm256_set1_epi64x(0xffffffff);
-    const __m256i even = _mm256_srlv_epi64(_mm256_mul_epu32(x, rcp), _mm256_and_si256(sh, lo32));
-    const __m256i odd = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(rcp, 32)),
-                                          _mm256_srli_epi64(sh, 32));
-    return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xaa);
+// ((x << up) * rcp) >> 43 per 32-bit lane: the even and odd lanes' 64-bit products (the
+// odd ones' quotients in their upper halves).
+REDML_TARGET_AVX2 inline __m256i quotient_avx2(__m256i x, __m256i rcp, __m256i up) {
+    const __m256i xs = _mm256_sllv_epi32(x, up);
+    const __m256i even = _mm256_srli_epi64(_mm256_mul_epu32(xs, rcp), kQuotientShift);
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(xs, 32), _mm256_srli_epi64(rcp, 32));
+    return _mm256_blend_epi32(even, _mm256_srli_epi64(odd, kQuotientShift - 32), 0xaa);
 }
 
 // Entry c of a table of 16 held in two registers (symbols below 16: no gather).
@@ -702,7 +705,7 @@ REDML_TARGET_AVX2 inline void step8_enc_avx2(const EncTable &t, const __m256i *l
     _mm_storeu_si128((__m128i *)(w - 8), _mm256_castsi256_si128(packed));
     w -= __builtin_popcount(m);
     x = _mm256_blendv_epi8(x, _mm256_srli_epi32(x, 16), renorm);
-    const __m256i q = quotient_avx2(x, rcp, _mm256_add_epi32(_mm256_srli_epi32(info, 26), _mm256_set1_epi32(32)));
+    const __m256i q = quotient_avx2(x, rcp, _mm256_srli_epi32(info, 26));
     const __m256i cmpl = _mm256_sub_epi32(_mm256_set1_epi32(kTotal), freq);
     x = _mm256_add_epi32(_mm256_add_epi32(x, _mm256_and_si256(info, mask13)), _mm256_mullo_epi32(q, cmpl));
 }
@@ -735,12 +738,11 @@ REDML_TARGET_AVX2 void groups_avx2(EncStream *const *s) {
 #endif
 
 #ifdef REDML_AVX512_DISPATCH
-REDML_TARGET_AVX512 inline __m512i quotient_avx512(__m512i x, __m512i rcp, __m512i sh) {
-    const __m512i lo32 = _mm512_set1_epi64(0xffffffff);
-    const __m512i even = _mm512_srlv_epi64(_mm512_mul_epu32(x, rcp), _mm512_and_si512(sh, lo32));
-    const __m512i odd = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_srli_epi64(x, 32), _mm512_srli_epi64(rcp, 32)),
-                                          _mm512_srli_epi64(sh, 32));
-    return _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64(odd, 32));
+REDML_TARGET_AVX512 inline __m512i quotient_avx512(__m512i x, __m512i rcp, __m512i up) {
+    const __m512i xs = _mm512_sllv_epi32(x, up);
+    const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(xs, rcp), kQuotientShift);
+    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(xs, 32), _mm512_srli_epi64(rcp, 32));
+    return _mm512_mask_blend_epi32(0xaaaa, even, _mm512_srli_epi64(odd, kQuotientShift - 32));
 }
 
 // 16 states take the symbols at in[0..16): the renormalising ones' words written below w.
@@ -760,7 +762,7 @@ REDML_TARGET_AVX512 inline void step16_enc_avx512(const EncTable &t, const __m51
                              _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(renorm, x)));
     w -= cnt;
     x = _mm512_mask_srli_epi32(x, renorm, x, 16);
-    const __m512i q = quotient_avx512(x, rcp, _mm512_add_epi32(_mm512_srli_epi32(info, 26), _mm512_set1_epi32(32)));
+    const __m512i q = quotient_avx512(x, rcp, _mm512_srli_epi32(info, 26));
     const __m512i cmpl = _mm512_sub_epi32(_mm512_set1_epi32(kTotal), freq);
     x = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_and_si512(info, mask13)), _mm512_mullo_epi32(q, cmpl));
 }
@@ -909,8 +911,7 @@ int small_alphabet(const uint8_t *src, uint32_t *h) {
     return below8 >= most ? 8 : below16 >= most ? 16 : 0;
 }
 
-}  // namespace
-
+// Adds the counts of the bytes of src[0, n) to hist[256].
 void count_bytes(const uint8_t *src, size_t n, uint32_t *hist) {
     const int forced = forced_simd.load(std::memory_order_relaxed);
     const bool avx512 = REDML_IF_AVX512((forced == 0 || forced == 3) && cpu_has_avx512());
@@ -930,8 +931,6 @@ void count_bytes(const uint8_t *src, size_t n, uint32_t *hist) {
 #endif
     count_portable(src, n, hist);
 }
-
-namespace {
 
 // Prepares plane s for encoding: its counts (hist, or counted here) scaled and written
 // into the header as htscodecs writes them, its table, its states past the last n % 32

@@ -60,9 +60,6 @@ void rans_write_encoded(int k, uint8_t *dst);
 // One plane encoded into dst (room for cap bytes); its size, or 0 where it does not fit.
 size_t rans_encode_o0x32(const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
 
-// Adds the counts of the bytes of src[0, n) to hist[256].
-void count_bytes(const uint8_t *src, size_t n, uint32_t *hist);
-
 // Which build of the decoding and encoding loops runs (tests: every build decodes to the same bytes):
 // 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build the CPU lacks falls back).
 // Every build encodes to the same bytes.
