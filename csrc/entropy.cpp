@@ -10,10 +10,6 @@
 #include <cstring>
 #include <memory>
 
-#ifdef __x86_64__
-#include <immintrin.h>
-#endif
-
 #include "error.h"
 #include "scratch.h"
 #include "pixels.h"
@@ -94,67 +90,55 @@ bool is_constant(const uint8_t *p, size_t n) { return n > 0 && std::memcmp(p, p 
 // them), shorter ones the library's 4-state form.
 const size_t kRansShortPlane = 1000;
 
-// The byte planes of a shuffled block to code: where each lies, and how it is coded (job:
-// its index among the coder's jobs, kConstantPlane, or kShortPlane: the library's form).
+// How a plane of a shuffled block is coded: a job of our coder (its index), a constant
+// byte, or htscodecs' 4-state form.
 const int kConstantPlane = -1, kShortPlane = -2;
-struct BlockPlanes {
-    const uint8_t *src;
-    size_t n, count;
-    size_t b0[kRansMaxPlanes], len[kRansMaxPlanes];
-    int job[kRansMaxPlanes];
-};
-
-// The planes of block src[0, n); the long, varied ones added to jobs[*njobs...].
-void plan_planes(const StreamSpec &spec, const uint8_t *src, size_t n, BlockPlanes &bp, RansEncodeJob *jobs,
-                 int *njobs) {
-    bp.src = src;
-    bp.n = n;
-    bp.count = rans_planes(spec, n);
-    check(bp.count <= (size_t)kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
-    for (size_t b = 0; b < bp.count; b++) {
-        bp.b0[b] = plane_begin(b, bp.count, n);
-        bp.len[b] = plane_end(b, bp.count, n) - bp.b0[b];
-        if (is_constant(src + bp.b0[b], bp.len[b])) {
-            bp.job[b] = kConstantPlane;
-        } else if (bp.len[b] <= kRansShortPlane) {
-            bp.job[b] = kShortPlane;
-        } else {
-            bp.job[b] = *njobs;
-            jobs[(*njobs)++] = RansEncodeJob{src + bp.b0[b], bp.len[b], nullptr, 0};
-        }
-    }
-}
 
 // A plane is stored as u32 length + rANS stream, or, when all its bytes are equal (the
 // high bytes of small codes), as length 1 + that byte: a rANS stream is never 1 byte
 // long, and an X32 stream would spend 128 bytes on state flushes alone. The block's
-// planes written into dst (capacity cap), the jobs' streams coded already; returns the
-// block's size, 0 if it does not shrink.
-size_t write_planes(const BlockPlanes &bp, const RansEncodeJob *jobs, uint8_t *dst, size_t cap) {
+// planes written into dst (capacity cap), the long varied ones coded first (by our coder);
+// returns the block's size, 0 if it does not shrink.
+size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
+    const size_t planes = rans_planes(spec, n);
+    check(planes <= (size_t)kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
+    RansEncodeJob jobs[kRansMaxPlanes];
+    int how[kRansMaxPlanes], njobs = 0;
+    for (size_t b = 0; b < planes; b++) {
+        const size_t b0 = plane_begin(b, planes, n), len = plane_end(b, planes, n) - b0;
+        if (is_constant(src + b0, len)) {
+            how[b] = kConstantPlane;
+        } else if (len <= kRansShortPlane) {
+            how[b] = kShortPlane;
+        } else {
+            how[b] = njobs;
+            jobs[njobs++] = RansEncodeJob{src + b0, len, nullptr, 0};
+        }
+    }
+    rans_encode_o0x32(jobs, njobs);
     size_t pos = 0;
-    for (size_t b = 0; b < bp.count; b++) {
-        const uint8_t *plane = bp.src + bp.b0[b];
-        const size_t len = bp.len[b];
+    for (size_t b = 0; b < planes; b++) {
+        const size_t b0 = plane_begin(b, planes, n), len = plane_end(b, planes, n) - b0;
         if (pos + 5 > cap) return 0;
-        if (bp.job[b] >= 0) {
-            const size_t size = jobs[bp.job[b]].size;
+        if (how[b] >= 0) {
+            const size_t size = jobs[how[b]].size;
             if (size > cap - pos - 4) return 0;
-            rans_write_encoded(bp.job[b], dst + pos + 4);
+            rans_write_encoded(how[b], dst + pos + 4);
             put_u32(dst + pos, (uint32_t)size);
             pos += 4 + size;
-        } else if (bp.job[b] == kConstantPlane) {
+        } else if (how[b] == kConstantPlane) {
             put_u32(dst + pos, 1);
-            dst[pos + 4] = plane[0];
+            dst[pos + 4] = src[b0];
             pos += 5;
         } else {
             unsigned out_len = (unsigned)(cap - pos - 4);
-            if (!rans_compress_to_4x16((unsigned char *)plane, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
+            if (!rans_compress_to_4x16((unsigned char *)src + b0, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
                 return 0;
             put_u32(dst + pos, out_len);
             pos += 4 + out_len;
         }
     }
-    return pos < bp.n ? pos : 0;
+    return pos < n ? pos : 0;
 }
 
 // The byte planes of a rANS block of raw bytes stored in src[0, n), each checked against
@@ -217,9 +201,9 @@ bool rans_blocks_to_elements(const StreamSpec &spec, const StoredBlock *blk, int
     return rans_decode_elements(rb, count, spec.elem);
 }
 
-// Compresses one shuffled block into dst (capacity cap) with LZ4 or zstd; returns 0 if it
-// does not shrink.
+// Compresses one shuffled block into dst (capacity cap); returns 0 if it does not shrink.
 size_t compress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
+    if (spec.codec == REDML_CODEC_RANS) return rans_compress_block(spec, src, n, dst, cap);
     if (spec.codec == REDML_CODEC_LZ4) {
         int r = LZ4_compress_default((const char *)src, (char *)dst, (int)n, (int)cap);
         return r > 0 && (size_t)r < n ? (size_t)r : 0;
@@ -247,8 +231,8 @@ void decompress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint
 // Per-thread block buffer, reused across blocks and frames (a fresh vector per block was
 // an mmap, zeroing and page faults for every block of every frame).
 struct BlockScratch {
-    std::vector<uint8_t> shuffled[kRansMaxBlocks];  // (the encoder shuffles two blocks at a time)
-    size_t held() const { return held_bytes(shuffled[0], shuffled[1]); }
+    std::vector<uint8_t> shuffled;
+    size_t held() const { return held_bytes(shuffled); }
 };
 BlockScratch &block_scratch() {
     thread_local BlockScratch sc;
@@ -291,30 +275,8 @@ REDML_TARGET_AVX2 void byte_shuffle_avx2(const uint8_t *src, uint8_t *dst, size_
     byte_shuffle_body<E, Un>(src, dst, n);
 }
 #endif
-#ifdef REDML_AVX512_DISPATCH
-// The byte planes of E-byte elements, 64 bytes of elements at a time: byte b of each
-// element narrowed out of its lane (vpmovwb / vpmovdb); the compiler's AVX2 loop of
-// byte_shuffle_body took as long as the rANS coder.
-template <int E>
-REDML_TARGET_AVX512 void byte_planes_avx512(const uint8_t *src, uint8_t *dst, size_t n) {
-    const size_t per = 64 / E, body = n - n % per;
-    for (size_t i = 0; i < body; i += per) {
-        const __m512i v = _mm512_loadu_si512(src + i * E);
-        for (int b = 0; b < E; b++) {
-            if (E == 2) _mm256_storeu_si256((__m256i *)(dst + (size_t)b * n + i), _mm512_cvtepi16_epi8(_mm512_srli_epi16(v, 8 * b)));
-            else _mm_storeu_si128((__m128i *)(dst + (size_t)b * n + i), _mm512_cvtepi32_epi8(_mm512_srli_epi32(v, 8 * b)));
-        }
-    }
-    for (size_t i = body; i < n; i++)
-        for (int b = 0; b < E; b++) dst[(size_t)b * n + i] = src[i * E + b];
-}
-#endif
-
 template <int E, bool Un>
 void byte_shuffle_fixed(const uint8_t *src, uint8_t *dst, size_t n) {
-#ifdef REDML_AVX512_DISPATCH
-    if (!Un && cpu_has_avx512()) return byte_planes_avx512<E>(src, dst, n);
-#endif
 #ifdef REDML_AVX2_DISPATCH
     if (cpu_has_avx2()) return byte_shuffle_avx2<E, Un>(src, dst, n);
 #endif
@@ -399,39 +361,21 @@ size_t encode_stream(const uint8_t *raw, size_t raw_size, const StreamSpec &spec
     uint8_t *data = dst + 4 + 4 * nblocks;
     std::vector<size_t> stored(nblocks);
     // Block k is stored in its own slot of dst (blocks run in parallel), then moved down.
-    // rANS blocks go two to a task where the threads have enough of them: their planes are
-    // coded together (independent chains the coder interleaves).
-    const size_t per_task = spec.codec == REDML_CODEC_RANS && nblocks >= 2 * (size_t)std::max(1, nthreads) ? 2 : 1;
-    parallel_for((nblocks + per_task - 1) / per_task, nthreads, [&](size_t t) {
-        const size_t k0 = t * per_task, k1 = std::min(nblocks, k0 + per_task);
-        const uint8_t *src[kRansMaxBlocks];
-        for (size_t k = k0; k < k1; k++) {
-            const size_t off = k * bb, n = std::min(bb, raw_size - off);
-            src[k - k0] = raw + off;
-            if (spec.shuffle == REDML_SHUFFLE_NONE) continue;
-            uint8_t *shuffled = scratch(block_scratch().shuffled[k - k0], n);
-            shuffle(spec, raw + off, shuffled, n);
-            src[k - k0] = shuffled;
+    parallel_for(nblocks, nthreads, [&](size_t k) {
+        size_t off = k * bb, n = std::min(bb, raw_size - off);
+        const uint8_t *src = raw + off;
+        if (spec.shuffle != REDML_SHUFFLE_NONE) {
+            uint8_t *shuffled = scratch(block_scratch().shuffled, n);
+            shuffle(spec, src, shuffled, n);
+            src = shuffled;
         }
-        BlockPlanes planes[kRansMaxBlocks];
-        RansEncodeJob jobs[kRansMaxEncode];
-        int njobs = 0;
-        if (spec.codec == REDML_CODEC_RANS) {
-            for (size_t k = k0; k < k1; k++)
-                plan_planes(spec, src[k - k0], std::min(bb, raw_size - k * bb), planes[k - k0], jobs, &njobs);
-            rans_encode_o0x32(jobs, njobs);
+        uint8_t *d = data + k * slot;
+        size_t c = compress_block(spec, src, n, d, block_slot(spec, n));
+        if (c == 0) {  // incompressible: the unshuffled bytes
+            std::memcpy(d, raw + off, n);
+            c = n;
         }
-        for (size_t k = k0; k < k1; k++) {
-            const size_t off = k * bb, n = std::min(bb, raw_size - off);
-            uint8_t *d = data + k * slot;
-            size_t c = spec.codec == REDML_CODEC_RANS ? write_planes(planes[k - k0], jobs, d, block_slot(spec, n))
-                                                      : compress_block(spec, src[k - k0], n, d, block_slot(spec, n));
-            if (c == 0) {  // incompressible: the unshuffled bytes
-                std::memcpy(d, raw + off, n);
-                c = n;
-            }
-            stored[k] = c;
-        }
+        stored[k] = c;
     });
     put_u32(dst, (uint32_t)nblocks);
     size_t pos = 0;
@@ -501,7 +445,7 @@ void decode_stream(const uint8_t *stored, size_t stored_size, uint8_t *raw, size
                 continue;
             }
             if (rans_blocks_to_elements(spec, &b, 1)) continue;
-            uint8_t *shuffled = scratch(block_scratch().shuffled[0], b.raw);
+            uint8_t *shuffled = scratch(block_scratch().shuffled, b.raw);
             decompress_block(spec, b.src, b.stored, shuffled, b.raw);
             unshuffle(spec, shuffled, b.dst, b.raw);
         }

@@ -5,7 +5,8 @@
 // stream at a time (a chain of dependent gathers) and leaves the planes to a second pass;
 // this one decodes the same bytes with the tables and loops below (portable, AVX2 and
 // AVX-512 builds, identical output, even on corrupt input), several streams in turn, and
-// with AVX-512 assembles the elements of a byte-shuffled block in its registers.
+// with AVX-512 assembles the elements of a byte-shuffled block in its registers. The
+// encoder of the same streams is at the end of the file.
 //
 // The stream: u8 flags (0x04), the size as a big-endian base-128 varint, the frequency
 // table (the alphabet, run-length coded, then each symbol's frequency as a varint; the
@@ -710,30 +711,16 @@ REDML_TARGET_AVX2 inline void step8_enc_avx2(const EncTable &t, const __m256i *l
     x = _mm256_add_epi32(_mm256_add_epi32(x, _mm256_and_si256(info, mask13)), _mm256_mullo_epi32(q, cmpl));
 }
 
-// K streams' groups in turn (independent chains) while every one has some.
-template <int K, bool Small>
-REDML_TARGET_AVX2 void groups_avx2(EncStream *const *s) {
-    __m256i lk[K][4], r[K][4];
-    for (int k = 0; k < K; k++) {
-        const EncTable &t = s[k]->t;
-        lk[k][0] = _mm256_load_si256((const __m256i *)t.rcp);
-        lk[k][1] = _mm256_load_si256((const __m256i *)(t.rcp + 8));
-        lk[k][2] = _mm256_load_si256((const __m256i *)t.info);
-        lk[k][3] = _mm256_load_si256((const __m256i *)(t.info + 8));
-        for (int v = 0; v < 4; v++) r[k][v] = _mm256_load_si256((const __m256i *)(s[k]->x + 8 * v));
-    }
-    while (true) {
-        bool room = true;
-        for (int k = 0; k < K; k++) room &= s[k]->roomy();
-        if (!room) break;
-        for (int k = 0; k < K; k++) {
-            EncStream &st = *s[k];
-            for (int v = 3; v >= 0; v--) step8_enc_avx2<Small>(st.t, lk[k], r[k][v], st.src + st.i - kStates + 8 * v, st.w);
-            st.i -= kStates;
-        }
-    }
-    for (int k = 0; k < K; k++)
-        for (int v = 0; v < 4; v++) _mm256_store_si256((__m256i *)(s[k]->x + 8 * v), r[k][v]);
+template <bool Small>
+REDML_TARGET_AVX2 void groups_avx2(EncStream &s) {
+    const EncTable &t = s.t;
+    const __m256i lk[4] = {_mm256_load_si256((const __m256i *)t.rcp), _mm256_load_si256((const __m256i *)(t.rcp + 8)),
+                           _mm256_load_si256((const __m256i *)t.info), _mm256_load_si256((const __m256i *)(t.info + 8))};
+    __m256i r[4];
+    for (int v = 0; v < 4; v++) r[v] = _mm256_load_si256((const __m256i *)(s.x + 8 * v));
+    for (; s.roomy(); s.i -= kStates)
+        for (int v = 3; v >= 0; v--) step8_enc_avx2<Small>(t, lk, r[v], s.src + s.i - kStates + 8 * v, s.w);
+    for (int v = 0; v < 4; v++) _mm256_store_si256((__m256i *)(s.x + 8 * v), r[v]);
 }
 #endif
 
@@ -745,84 +732,93 @@ REDML_TARGET_AVX512 inline __m512i quotient_avx512(__m512i x, __m512i rcp, __m51
     return _mm512_mask_blend_epi32(0xaaaa, even, _mm512_srli_epi64(odd, kQuotientShift - 32));
 }
 
+// The fields of 16 symbols' entries.
+struct Lanes512 {
+    __m512i rcp, bound, up, cmpl, bias;  // bound: freq << 19; cmpl: 4096 - freq
+};
+
+// Symbols below 32: each field's 32 entries in two registers, looked up by permutation (no
+// gathers, and no shifts to unpack: the shifts and products share one port).
+struct SmallTables512 {
+    __m512i f[5][2];
+};
+
+REDML_TARGET_AVX512 SmallTables512 small_tables512(const EncTable &t) {
+    alignas(64) uint32_t f[5][32];
+    for (int j = 0; j < 32; j++) {
+        const uint32_t e = t.info[j];
+        f[0][j] = t.rcp[j];
+        f[1][j] = info_freq(e) << 19;
+        f[2][j] = info_up(e);
+        f[3][j] = kTotal - info_freq(e);
+        f[4][j] = info_bias(e);
+    }
+    SmallTables512 st;
+    for (int k = 0; k < 5; k++)
+        for (int h = 0; h < 2; h++) st.f[k][h] = _mm512_load_si512(f[k] + 16 * h);
+    return st;
+}
+
+REDML_TARGET_AVX512 inline Lanes512 lookup_small512(const SmallTables512 &st, __m512i c) {
+    return Lanes512{_mm512_permutex2var_epi32(st.f[0][0], c, st.f[0][1]), _mm512_permutex2var_epi32(st.f[1][0], c, st.f[1][1]),
+                    _mm512_permutex2var_epi32(st.f[2][0], c, st.f[2][1]), _mm512_permutex2var_epi32(st.f[3][0], c, st.f[3][1]),
+                    _mm512_permutex2var_epi32(st.f[4][0], c, st.f[4][1])};
+}
+
+REDML_TARGET_AVX512 inline Lanes512 gather512(const EncTable &t, __m512i c) {
+    const __m512i info = _mm512_i32gather_epi32(c, t.info, 4);
+    const __m512i freq = _mm512_and_si512(_mm512_srli_epi32(info, 13), _mm512_set1_epi32(0x1fff));
+    return Lanes512{_mm512_i32gather_epi32(c, t.rcp, 4), _mm512_slli_epi32(freq, 19), _mm512_srli_epi32(info, 26),
+                    _mm512_sub_epi32(_mm512_set1_epi32(kTotal), freq), _mm512_and_si512(info, _mm512_set1_epi32(0x1fff))};
+}
+
 // 16 states take the symbols at in[0..16): the renormalising ones' words written below w.
-// Small: every symbol below 32, the tables in lk (rcp, rcp, info, info: looked up by
-// permutation, not gathered).
 template <bool Small>
-REDML_TARGET_AVX512 inline void step16_enc_avx512(const EncTable &t, const __m512i *lk, __m512i &x, const uint8_t *in,
-                                                  uint16_t *&w) {
+REDML_TARGET_AVX512 inline void step16_enc_avx512(const EncTable &t, const SmallTables512 &st, __m512i &x,
+                                                  const uint8_t *in, uint16_t *&w) {
     const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)in));
-    const __m512i rcp = Small ? _mm512_permutex2var_epi32(lk[0], c, lk[1]) : _mm512_i32gather_epi32(c, t.rcp, 4);
-    const __m512i info = Small ? _mm512_permutex2var_epi32(lk[2], c, lk[3]) : _mm512_i32gather_epi32(c, t.info, 4);
-    const __m512i mask13 = _mm512_set1_epi32(0x1fff);
-    const __m512i freq = _mm512_and_si512(_mm512_srli_epi32(info, 13), mask13);
-    const __mmask16 renorm = _mm512_cmpge_epu32_mask(x, _mm512_slli_epi32(freq, 19));
+    const Lanes512 e = Small ? lookup_small512(st, c) : gather512(t, c);
+    const __mmask16 renorm = _mm512_cmpge_epu32_mask(x, e.bound);
     const unsigned cnt = (unsigned)__builtin_popcount((unsigned)renorm);
     _mm256_mask_storeu_epi16(w - cnt, (__mmask16)((1u << cnt) - 1),
                              _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(renorm, x)));
     w -= cnt;
     x = _mm512_mask_srli_epi32(x, renorm, x, 16);
-    const __m512i q = quotient_avx512(x, rcp, _mm512_srli_epi32(info, 26));
-    const __m512i cmpl = _mm512_sub_epi32(_mm512_set1_epi32(kTotal), freq);
-    x = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_and_si512(info, mask13)), _mm512_mullo_epi32(q, cmpl));
+    const __m512i q = quotient_avx512(x, e.rcp, e.up);
+    x = _mm512_add_epi32(_mm512_add_epi32(x, e.bias), _mm512_mullo_epi32(q, e.cmpl));
 }
 
-template <int K, bool Small>
-REDML_TARGET_AVX512 void groups_avx512(EncStream *const *s) {
-    __m512i lk[K][4], r[K][2];
-    for (int k = 0; k < K; k++) {
-        const EncTable &t = s[k]->t;
-        lk[k][0] = _mm512_load_si512(t.rcp);
-        lk[k][1] = _mm512_load_si512(t.rcp + 16);
-        lk[k][2] = _mm512_load_si512(t.info);
-        lk[k][3] = _mm512_load_si512(t.info + 16);
-        for (int v = 0; v < 2; v++) r[k][v] = _mm512_load_si512(s[k]->x + 16 * v);
+template <bool Small>
+REDML_TARGET_AVX512 void groups_avx512(EncStream &s) {
+    SmallTables512 st;
+    if (Small) st = small_tables512(s.t);
+    __m512i r[2] = {_mm512_load_si512(s.x), _mm512_load_si512(s.x + 16)};
+    for (; s.roomy(); s.i -= kStates) {
+        step16_enc_avx512<Small>(s.t, st, r[1], s.src + s.i - 16, s.w);
+        step16_enc_avx512<Small>(s.t, st, r[0], s.src + s.i - 32, s.w);
     }
-    while (true) {
-        bool room = true;
-        for (int k = 0; k < K; k++) room &= s[k]->roomy();
-        if (!room) break;
-        for (int k = 0; k < K; k++) {
-            EncStream &st = *s[k];
-            step16_enc_avx512<Small>(st.t, lk[k], r[k][1], st.src + st.i - 16, st.w);
-            step16_enc_avx512<Small>(st.t, lk[k], r[k][0], st.src + st.i - 32, st.w);
-            st.i -= kStates;
-        }
-    }
-    for (int k = 0; k < K; k++)
-        for (int v = 0; v < 2; v++) _mm512_store_si512(s[k]->x + 16 * v, r[k][v]);
+    _mm512_store_si512(s.x, r[0]);
+    _mm512_store_si512(s.x + 16, r[1]);
 }
 #endif
 
-// The groups of K <= 2 streams, together while each has some, with the best build the CPU
-// has (or the forced one); the caller finishes each alone (K = 1).
-template <int K>
-void encode_groups(EncStream *const *s) {
+// A stream's groups with the best build the CPU has (or the forced one).
+void encode_groups(EncStream &s) {
     const int forced = forced_simd.load(std::memory_order_relaxed);
 #ifdef REDML_AVX512_DISPATCH
-    if ((forced == 0 || forced == 3) && cpu_has_avx512()) {
-        bool small = true;
-        for (int k = 0; k < K; k++) small &= s[k]->t.max_symbol < 32;
-        return small ? groups_avx512<K, true>(s) : groups_avx512<K, false>(s);
-    }
+    if ((forced == 0 || forced == 3) && cpu_has_avx512())
+        return s.t.max_symbol < 32 ? groups_avx512<true>(s) : groups_avx512<false>(s);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) {
-        bool small = true;
-        for (int k = 0; k < K; k++) small &= s[k]->t.max_symbol < 16;
-        return small ? groups_avx2<K, true>(s) : groups_avx2<K, false>(s);
-    }
+    if ((forced == 0 || forced >= 2) && cpu_has_avx2())
+        return s.t.max_symbol < 16 ? groups_avx2<true>(s) : groups_avx2<false>(s);
 #endif
-    if (K == 1) groups_portable(*s[0]);
+    groups_portable(s);
 }
 
 void put_u32le(uint8_t *p, uint32_t v) {
     for (int k = 0; k < 4; k++) p[k] = (uint8_t)(v >> (8 * k));
 }
-
-}  // namespace
-
-namespace {
 
 // Adds the counts of src[0, n) to hist: four tables (consecutive equal bytes do not wait
 // on each other's increments).
@@ -894,10 +890,6 @@ REDML_TARGET_AVX2 void count_small_avx2(const uint8_t *src, size_t n, uint32_t *
 
 // Bytes of a plane sampled to choose how to count it.
 const size_t kSample = 4096;
-
-}  // namespace
-
-namespace {
 
 // How to count a plane: by symbol comparisons (99% of the sample's bytes below 8, or below
 // 16: K; the others are counted one by one), else one by one (0). The counts do not depend
@@ -988,32 +980,27 @@ EncWork &enc_work() {
 void rans_encode_o0x32(RansEncodeJob *jobs, int count) {
     check(count >= 0 && count <= kRansMaxEncode, REDML_E_ARG, "too many rANS planes");
     EncStream *s = enc_work().streams;
-    for (int k = 0; k < count; k++) open_enc(s[k], jobs[k].src, jobs[k].n, jobs[k].hist);
-    for (int k = 0; k + 1 < count; k += 2) {  // in pairs, then each to its end
-        EncStream *pair[2] = {&s[k], &s[k + 1]};
-        encode_groups<2>(pair);
-    }
     for (int k = 0; k < count; k++) {
-        EncStream *one = &s[k];
-        encode_groups<1>(&one);
+        open_enc(s[k], jobs[k].src, jobs[k].n, jobs[k].hist);
+        encode_groups(s[k]);
         close_enc(s[k]);
         jobs[k].size = s[k].size;
-        if (s[k].words.capacity() > kKeepBlockBytes) std::vector<uint16_t>().swap(s[k].words);  // (scratch.h)
     }
 }
 
 void rans_write_encoded(int k, uint8_t *dst) {
-    const EncStream &s = enc_work().streams[k];
+    EncStream &s = enc_work().streams[k];
     if (s.stored) {
         dst[0] = kFlagsO0X32 | kFlagsCat;
         std::memcpy(dst + 1, s.head + 1, s.meta - 1);
         std::memcpy(dst + s.meta, s.src, s.n);
-        return;
+    } else {
+        std::memcpy(dst, s.head, s.head_len);
+        uint8_t *p = dst + s.head_len;
+        for (int z = 0; z < kStates; z++, p += 4) put_u32le(p, s.x[z]);
+        std::memcpy(p, s.w, 2 * (size_t)(s.top - s.w));
     }
-    std::memcpy(dst, s.head, s.head_len);
-    uint8_t *p = dst + s.head_len;
-    for (int z = 0; z < kStates; z++, p += 4) put_u32le(p, s.x[z]);
-    std::memcpy(p, s.w, 2 * (size_t)(s.top - s.w));
+    if (held_bytes(s.words) > kKeepBlockBytes) std::vector<uint16_t>().swap(s.words);  // a huge plane's (scratch.h)
 }
 
 size_t rans_encode_o0x32(const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {

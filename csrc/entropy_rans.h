@@ -49,11 +49,12 @@ struct RansEncodeJob {
     const uint32_t *hist;
     size_t size;
 };
-const int kRansMaxEncode = 2 * kRansMaxPlanes;
+const int kRansMaxEncode = kRansMaxPlanes;
 
-// Encodes the count <= kRansMaxEncode planes together (two at a time, their dependency
-// chains interleaved) and sets their sizes; the streams stay with the calling thread until
-// its next call: rans_write_encoded(k, dst) writes job k's stream (its size) at dst.
+// Encodes the count <= kRansMaxEncode planes (a block's) and sets their sizes; the streams
+// stay with the calling thread until its next call: rans_write_encoded(k, dst) writes job
+// k's stream (its size) at dst, once. (Coding two planes' chains interleaved did not pay: the
+// loops are bound by the vector ports, not by the chains' latency.)
 void rans_encode_o0x32(RansEncodeJob *jobs, int count);
 void rans_write_encoded(int k, uint8_t *dst);
 
