@@ -86,57 +86,28 @@ size_t rans_bound(const StreamSpec &spec, size_t n) {
 // All n bytes equal: each byte equals its successor (memcmp is vectorized).
 bool is_constant(const uint8_t *p, size_t n) { return n > 0 && std::memcmp(p, p + 1, n - 1) == 0; }
 
-// Planes over this many bytes get the 32-state form (htscodecs' rule; our coder writes
-// them), shorter ones the library's 4-state form.
-const size_t kRansShortPlane = 1000;
-
-// How a plane of a shuffled block is coded: a job of our coder (its index), a constant
-// byte, or htscodecs' 4-state form.
-const int kConstantPlane = -1, kShortPlane = -2;
-
 // A plane is stored as u32 length + rANS stream, or, when all its bytes are equal (the
 // high bytes of small codes), as length 1 + that byte: a rANS stream is never 1 byte
-// long, and an X32 stream would spend 128 bytes on state flushes alone. The block's
-// planes written into dst (capacity cap), the long varied ones coded first (by our coder);
-// returns the block's size, 0 if it does not shrink.
+// long, and an X32 stream would spend 128 bytes on state flushes alone. Planes over 1000
+// bytes get the 32-state form (htscodecs' rule), written by our coder (the library's bytes).
 size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
-    const size_t planes = rans_planes(spec, n);
-    check(planes <= (size_t)kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
-    RansEncodeJob jobs[kRansMaxPlanes];
-    int how[kRansMaxPlanes], njobs = 0;
+    size_t planes = rans_planes(spec, n), pos = 0;
     for (size_t b = 0; b < planes; b++) {
-        const size_t b0 = plane_begin(b, planes, n), len = plane_end(b, planes, n) - b0;
-        if (is_constant(src + b0, len)) {
-            how[b] = kConstantPlane;
-        } else if (len <= kRansShortPlane) {
-            how[b] = kShortPlane;
-        } else {
-            how[b] = njobs;
-            jobs[njobs++] = RansEncodeJob{src + b0, len, nullptr, 0};
-        }
-    }
-    rans_encode_o0x32(jobs, njobs);
-    size_t pos = 0;
-    for (size_t b = 0; b < planes; b++) {
-        const size_t b0 = plane_begin(b, planes, n), len = plane_end(b, planes, n) - b0;
+        size_t b0 = plane_begin(b, planes, n), len = plane_end(b, planes, n) - b0;
         if (pos + 5 > cap) return 0;
-        if (how[b] >= 0) {
-            const size_t size = jobs[how[b]].size;
-            if (size > cap - pos - 4) return 0;
-            rans_write_encoded(how[b], dst + pos + 4);
-            put_u32(dst + pos, (uint32_t)size);
-            pos += 4 + size;
-        } else if (how[b] == kConstantPlane) {
+        if (is_constant(src + b0, len)) {
             put_u32(dst + pos, 1);
             dst[pos + 4] = src[b0];
             pos += 5;
-        } else {
-            unsigned out_len = (unsigned)(cap - pos - 4);
-            if (!rans_compress_to_4x16((unsigned char *)src + b0, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
-                return 0;
-            put_u32(dst + pos, out_len);
-            pos += 4 + out_len;
+            continue;
         }
+        unsigned out_len = (unsigned)(cap - pos - 4);
+        if (len > 1000) out_len = (unsigned)rans_encode_o0x32(src + b0, len, dst + pos + 4, cap - pos - 4);
+        else if (!rans_compress_to_4x16((unsigned char *)src + b0, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
+            return 0;
+        if (out_len == 0) return 0;
+        put_u32(dst + pos, out_len);
+        pos += 4 + out_len;
     }
     return pos < n ? pos : 0;
 }

@@ -924,14 +924,12 @@ void count_bytes(const uint8_t *src, size_t n, uint32_t *hist) {
     count_portable(src, n, hist);
 }
 
-// Prepares plane s for encoding: its counts (hist, or counted here) scaled and written
-// into the header as htscodecs writes them, its table, its states past the last n % 32
-// symbols.
-void open_enc(EncStream &s, const uint8_t *src, size_t n, const uint32_t *hist) {
+// Prepares plane s for encoding: its counts scaled and written into the header as
+// htscodecs writes them, its table, its states past the last n % 32 symbols.
+void open_enc(EncStream &s, const uint8_t *src, size_t n) {
     check(n > 1000 && n <= (size_t)INT32_MAX, REDML_E_ARG, "rANS plane size out of range");
     uint32_t F[256] = {};
-    if (hist) std::memcpy(F, hist, sizeof F);
-    else count_bytes(src, n, F);
+    count_bytes(src, n, F);
     // the header's table scaled to min(4096, n rounded up to a power of 2), the coder's to 4096
     uint32_t scaled = 1;
     while (scaled < n && scaled < kTotal) scaled <<= 1;
@@ -966,49 +964,36 @@ void close_enc(EncStream &s) {
     s.size = s.stored ? s.meta + s.n : s.meta + coded;
 }
 
-// A thread's encoder streams (2 KB tables each: not on a pool thread's stack).
-struct EncWork {
-    EncStream streams[kRansMaxEncode];
-};
-EncWork &enc_work() {
-    thread_local EncWork w;
-    return w;
-}
-
-}  // namespace
-
-void rans_encode_o0x32(RansEncodeJob *jobs, int count) {
-    check(count >= 0 && count <= kRansMaxEncode, REDML_E_ARG, "too many rANS planes");
-    EncStream *s = enc_work().streams;
-    for (int k = 0; k < count; k++) {
-        open_enc(s[k], jobs[k].src, jobs[k].n, jobs[k].hist);
-        encode_groups(s[k]);
-        close_enc(s[k]);
-        jobs[k].size = s[k].size;
-    }
-}
-
-void rans_write_encoded(int k, uint8_t *dst) {
-    EncStream &s = enc_work().streams[k];
+// Writes the stream at dst.
+void write_enc(const EncStream &s, uint8_t *dst) {
     if (s.stored) {
         dst[0] = kFlagsO0X32 | kFlagsCat;
         std::memcpy(dst + 1, s.head + 1, s.meta - 1);
         std::memcpy(dst + s.meta, s.src, s.n);
-    } else {
-        std::memcpy(dst, s.head, s.head_len);
-        uint8_t *p = dst + s.head_len;
-        for (int z = 0; z < kStates; z++, p += 4) put_u32le(p, s.x[z]);
-        std::memcpy(p, s.w, 2 * (size_t)(s.top - s.w));
+        return;
     }
-    if (held_bytes(s.words) > kKeepBlockBytes) std::vector<uint16_t>().swap(s.words);  // a huge plane's (scratch.h)
+    std::memcpy(dst, s.head, s.head_len);
+    uint8_t *p = dst + s.head_len;
+    for (int z = 0; z < kStates; z++, p += 4) put_u32le(p, s.x[z]);
+    std::memcpy(p, s.w, 2 * (size_t)(s.top - s.w));
 }
 
+// A thread's encoder stream (2 KB of tables: not on a pool thread's stack).
+EncStream &enc_stream() {
+    thread_local EncStream s;
+    return s;
+}
+
+}  // namespace
+
 size_t rans_encode_o0x32(const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
-    RansEncodeJob job{src, n, nullptr, 0};
-    rans_encode_o0x32(&job, 1);
-    if (job.size > cap) return 0;
-    rans_write_encoded(0, dst);
-    return job.size;
+    EncStream &s = enc_stream();
+    open_enc(s, src, n);
+    encode_groups(s);
+    close_enc(s);
+    if (s.size <= cap) write_enc(s, dst);
+    if (held_bytes(s.words) > kKeepBlockBytes) std::vector<uint16_t>().swap(s.words);  // a huge plane's (scratch.h)
+    return s.size <= cap ? s.size : 0;
 }
 
 }  // namespace redml

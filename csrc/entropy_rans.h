@@ -38,32 +38,16 @@ const int kRansMaxBlocks = 2;
 // planes one by one and unshuffles: the same bytes). Throws redml::Error on a corrupt stream.
 bool rans_decode_elements(const RansBlock *blocks, int count, int elem);
 
-// A plane of n > 1000 bytes (planes of that size are given the 32-state form) to encode
-// as htscodecs' rans_compress_to_4x16 with RANS_ORDER_X32 does, byte for byte: the order-0
-// 32-state stream, or the stored form where that is not smaller. hist: the counts of its
-// bytes, or nullptr (counted by the encoder). size: the stream's bytes (set by the encoder;
-// at most rans_compress_bound_4x16(n, RANS_ORDER_X32)).
-struct RansEncodeJob {
-    const uint8_t *src;
-    size_t n;
-    const uint32_t *hist;
-    size_t size;
-};
-const int kRansMaxEncode = kRansMaxPlanes;
-
-// Encodes the count <= kRansMaxEncode planes (a block's) and sets their sizes; the streams
-// stay with the calling thread until its next call: rans_write_encoded(k, dst) writes job
-// k's stream (its size) at dst, once. (Coding two planes' chains interleaved did not pay: the
-// loops are bound by the vector ports, not by the chains' latency.)
-void rans_encode_o0x32(RansEncodeJob *jobs, int count);
-void rans_write_encoded(int k, uint8_t *dst);
-
-// One plane encoded into dst (room for cap bytes); its size, or 0 where it does not fit.
+// Encodes src[0, n), n > 1000 bytes (planes of that size are given the 32-state form), as
+// htscodecs' rans_compress_to_4x16 with RANS_ORDER_X32 does, byte for byte: the order-0
+// 32-state stream, or the stored form where that is not smaller, into dst (room for cap
+// bytes; rans_compress_bound_4x16(n, RANS_ORDER_X32) always suffice). Returns its size, 0
+// where it does not fit.
 size_t rans_encode_o0x32(const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
 
-// Which build of the decoding and encoding loops runs (tests: every build decodes to the same bytes):
-// 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build the CPU lacks falls back).
-// Every build encodes to the same bytes.
+// Which build of the decoding and encoding loops runs (tests: every build decodes, and
+// encodes, to the same bytes): 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build
+// the CPU lacks falls back).
 void rans_force_simd(int level);
 
 }  // namespace redml

@@ -41,10 +41,10 @@ def library_decode(stream: bytes, n: int) -> bytes:
     return out.raw
 
 
-def ours(planes: list, build: int) -> list:
+def ours(p: bytes, build: int) -> bytes:
     _core._rans_force_simd(build)
     try:
-        return _core._rans_encode_planes(planes)
+        return _core._rans_encode(p)
     finally:
         _core._rans_force_simd(0)
 
@@ -94,35 +94,19 @@ def test_encoder_writes_the_library_stream(kind, build):
     for i, n in enumerate(LENGTHS):
         p = plane(kind, n, seed=i)
         want = library_encode(p)
-        (got,) = ours([p], BUILDS[build])
+        got = ours(p, BUILDS[build])
         assert got == want, (kind, n)
         assert library_decode(got, n) == p
-
-
-@pytest.mark.parametrize("build", BUILDS)
-def test_a_blocks_planes_are_each_the_library_stream(build):
-    """The 4 planes of a block of 4-byte elements coded in one call (the coder's buffers
-    of one plane not disturbing another's): each is its own library stream."""
-    planes = [plane(k, n, seed=7 + j) for j, (k, n) in enumerate(
-        [("poisson1", 262144), ("geometric", 5000), ("uniform", 20000), ("all256", 70000)])]
-    got = ours(planes, BUILDS[build])
-    assert got == [library_encode(p) for p in planes]
-
-
-def test_too_many_planes_is_an_error():
-    with pytest.raises(ValueError):
-        _core._rans_encode_planes([plane("poisson1", 2000, s) for s in range(5)])
 
 
 def test_short_plane_is_an_error():
     """Planes up to 1000 bytes take htscodecs' 4-state form, not this coder's."""
     with pytest.raises(RuntimeError):
-        _core._rans_encode_planes([plane("poisson1", 1000, 0)])
+        _core._rans_encode(plane("poisson1", 1000, 0))
 
 
 def test_huge_plane_is_the_library_stream():
     """A plane past what a thread keeps between calls (its word buffer is released once the
     stream is written, not before)."""
     p = plane("geometric", 40 << 20, seed=3)
-    (got,) = ours([p], 0)
-    assert got == library_encode(p)
+    assert ours(p, 0) == library_encode(p)
