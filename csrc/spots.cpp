@@ -310,13 +310,14 @@ bool collect_set(const uint64_t *bits, const uint8_t *usable, uint32_t W, uint32
 
 // The mean of the usable pixels outside the candidate cores in the (2R+1)^2 window
 // around (y, x), clipped to the frame: the strong test's local background at the tested
-// pixels, summed directly (integer data: exact, as the box sums are). Along a run of
-// tested pixels of one row the window slides: one column in, one column out.
+// pixels, summed directly (integer data: exact, as the box sums are). Pixels are asked for
+// in raster order: along a run of one row the window slides (one column in, one out), and
+// each column's sums are kept with their row, so the next row slides them down a row.
 template <class T>
 class WindowBackground {
   public:
     WindowBackground(const T *frame, const uint8_t *usable, const uint64_t *core, uint32_t H, uint32_t W, int R)
-        : f_(frame), ok_(usable), core_(core), nw_(((size_t)W + 63) / 64), H_(H), W_(W), R_(R) {}
+        : f_(frame), ok_(usable), core_(core), nw_(((size_t)W + 63) / 64), H_(H), W_(W), R_(R), col_(W) {}
 
     double at(uint32_t y, uint32_t x) {
         if (!(valid_ && y == y_ && x == x_ + 1)) {
@@ -334,17 +335,30 @@ class WindowBackground {
     }
 
   private:
-    void add_column(uint32_t y, uint32_t x, int64_t sign) {
-        const uint32_t ya = y >= (uint32_t)R_ ? y - R_ : 0, yb = std::min<uint32_t>(H_ - 1, y + R_);
+    struct Column {  // the sums of one column over rows [y - R, y + R] (clipped)
         int64_t n = 0, sum = 0;
-        for (uint32_t yy = ya; yy <= yb; yy++) {  // branch-free (0/1 maps)
-            const size_t i = (size_t)yy * W_ + x;
-            const int64_t use = ok_[i] & (bit_at(core_ + (size_t)yy * nw_, x) ^ 1);
-            n += use;
-            sum += (int64_t)f_[i] * use;
+        int64_t y = -2;  // none
+    };
+    // Adds (sign 1) or removes (-1) one pixel's weight and value to a column's sums.
+    void add_pixel(Column &c, int64_t yy, uint32_t x, int64_t sign) {
+        if (yy < 0 || yy >= (int64_t)H_) return;
+        const size_t i = (size_t)yy * W_ + x;
+        const int64_t use = ok_[i] & (bit_at(core_ + (size_t)yy * nw_, x) ^ 1);  // branch-free (0/1 maps)
+        c.n += sign * use;
+        c.sum += sign * (int64_t)f_[i] * use;
+    }
+    void add_column(uint32_t y, uint32_t x, int64_t sign) {
+        Column &c = col_[x];
+        if (c.y == (int64_t)y - 1) {  // slid down by one row
+            add_pixel(c, (int64_t)y - R_ - 1, x, -1);
+            add_pixel(c, (int64_t)y + R_, x, 1);
+        } else if (c.y != (int64_t)y) {
+            c = Column();
+            for (int64_t yy = (int64_t)y - R_; yy <= (int64_t)y + R_; yy++) add_pixel(c, yy, x, 1);
         }
-        n_ += sign * n;
-        sum_ += sign * sum;
+        c.y = y;
+        n_ += sign * c.n;
+        sum_ += sign * c.sum;
     }
     const T *f_;
     const uint8_t *ok_;
@@ -352,6 +366,7 @@ class WindowBackground {
     size_t nw_;
     uint32_t H_, W_;
     int R_;
+    std::vector<Column> col_;
     bool valid_ = false;
     uint32_t y_ = 0, x_ = 0;
     int64_t n_ = 0, sum_ = 0;
@@ -502,6 +517,12 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__rest
         c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
 }
 
+// The column sums hold two arrays: the count of usable pixels and their sum packed in one
+// int32 (count * 2^20 + sum: a window's |sum| stays below 2^19 under the integer path's
+// value limit, and 81 * 2^20 + 2^19 < 2^31), and the sums of squares. One array fewer to
+// slide and to sum along the rows; unpack_counts splits a window's packed sum.
+const int kCountShift = 20;
+
 // Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums.
 template <int R, class T>
 SPOTS_INLINE void column_sums_row(const DispersionArgs &a, const T *frame, int64_t y, int32_t sign, int32_t *cols) {
@@ -509,11 +530,10 @@ SPOTS_INLINE void column_sums_row(const DispersionArgs &a, const T *frame, int64
     const uint32_t W = a.W, P = W + 2 * R;
     const T *__restrict f = frame + (size_t)y * W;
     const uint8_t *__restrict ok = a.usable + (size_t)y * W;
-    int32_t *__restrict pn = cols + R, *__restrict ps = cols + P + R, *__restrict ps2 = cols + 2 * P + R;
+    int32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
     for (uint32_t x = 0; x < W; x++) {
         const int32_t w = ok[x] != 0, v = (int32_t)f[x] * w;  // unusable: 0 (whatever its value)
-        pn[x] += sign * w;
-        ps[x] += sign * v;
+        pns[x] += sign * ((w << kCountShift) + v);
         ps2[x] += sign * v * v;
     }
 }
@@ -531,13 +551,21 @@ SPOTS_INLINE void column_sums_slide(const DispersionArgs &a, const T *frame, int
     const uint32_t W = a.W, P = W + 2 * R;
     const T *__restrict fi = frame + (size_t)y_in * W, *__restrict fo = frame + (size_t)y_out * W;
     const uint8_t *__restrict oki = a.usable + (size_t)y_in * W, *__restrict oko = a.usable + (size_t)y_out * W;
-    int32_t *__restrict pn = cols + R, *__restrict ps = cols + P + R, *__restrict ps2 = cols + 2 * P + R;
+    int32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
     for (uint32_t x = 0; x < W; x++) {
         const int32_t wi = oki[x] != 0, vi = (int32_t)fi[x] * wi;
         const int32_t wo = oko[x] != 0, vo = (int32_t)fo[x] * wo;
-        pn[x] += wi - wo;
-        ps[x] += vi - vo;
+        pns[x] += (wi - wo) * (1 << kCountShift) + (vi - vo);
         ps2[x] += vi * vi - vo * vo;
+    }
+}
+
+// n[x] = the count, sm[x] = the sum of a window's packed sum n[x] (in place).
+SPOTS_INLINE void unpack_counts(int32_t *__restrict n, int32_t *__restrict sm, uint32_t W) {
+    for (uint32_t x = 0; x < W; x++) {
+        const int32_t count = (n[x] + (1 << (kCountShift - 1))) >> kCountShift;
+        sm[x] = n[x] - (count << kCountShift);
+        n[x] = count;
     }
 }
 
@@ -545,18 +573,18 @@ template <int R, int L, class T>
 SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
                                       int32_t *cols, int32_t *sums) {
     const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
-    const int32_t *cn = cols, *cs = cols + P, *cs2 = cols + 2 * P;
+    const int32_t *cns = cols, *cs2 = cols + P;
     int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
     uint8_t *open = (uint8_t *)(sums + 3 * W), *c = open + W;  // open pixels and candidates of a row
-    std::memset(cols, 0, 3 * (size_t)P * sizeof(int32_t));
+    std::memset(cols, 0, 2 * (size_t)P * sizeof(int32_t));
     auto add_row = [&](int64_t y, int32_t sign) __attribute__((always_inline)) {
         column_sums_row<R>(a, frame, y, sign, cols);
     };
     for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) add_row(y, 1);
     for (uint32_t y = y0; y < y1; y++) {
         if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols);
-        window_sum<R, L>(cn, n, W);
-        window_sum<R, L>(cs, sm, W);
+        window_sum<R, L>(cns, n, W);
+        unpack_counts(n, sm, W);
         window_sum<R, L>(cs2, s2, W);
         dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, c, open, W, (2 * R + 1) * (2 * R + 1));
         pack_row(c, a.cand + (size_t)y * ((W + 63) / 64), W, 0);
@@ -582,7 +610,9 @@ template <int L, class T>
 SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
                                            int32_t *cols, int32_t *sums) {
     const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
-    const int64_t limit = (int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1;
+    // window sums of squares within int32, and window sums within the packed sums' 2^19
+    const int64_t limit = std::min<int64_t>((int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1,
+                                            ((1 << (kCountShift - 1)) - 1) / area);
     const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
     if (usable_max_abs(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
         return false;
@@ -634,10 +664,10 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         return false;
     } else {
         if (r < 1 || r > 4) return false;
-        // cols: padded column sums (3 (W + 2r)); sums: the window sums of a row (3 W), its
+        // cols: padded column sums (2 (W + 2r)); sums: the window sums of a row (3 W), its
         // open pixels and candidates (W bytes each)
         thread_local std::vector<int32_t> cols, sums;
-        int32_t *c = scratch(cols, 3 * ((size_t)a.W + 2 * r));
+        int32_t *c = scratch(cols, 2 * ((size_t)a.W + 2 * r));
         int32_t *s = scratch(sums, 3 * (size_t)a.W + 2 * (((size_t)a.W + 3) / 4));
         switch (spots_simd_level()) {
 #ifdef REDML_AVX512_DISPATCH
