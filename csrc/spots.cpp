@@ -420,21 +420,21 @@ struct DispersionArgs {
 // 16: one AVX-512 register).
 // (Explicit types: GCC drops vector_size on a dependent alias template.)
 template <int L>
-struct Int32Lanes;
+struct UInt32Lanes;
 template <>
-struct Int32Lanes<8> {
-    typedef int32_t type __attribute__((vector_size(32)));
+struct UInt32Lanes<8> {
+    typedef uint32_t type __attribute__((vector_size(32)));
 };
 template <>
-struct Int32Lanes<16> {
-    typedef int32_t type __attribute__((vector_size(64)));
+struct UInt32Lanes<16> {
+    typedef uint32_t type __attribute__((vector_size(64)));
 };
 
 template <int R, int L>
-SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
+SPOTS_INLINE void window_sum(const uint32_t *in, uint32_t *out, uint32_t W) {
     uint32_t x = 0;
     for (; x + L <= W; x += L) {  // the 2R + 1 shifted loads summed in registers
-        typename Int32Lanes<L>::type t, u;
+        typename UInt32Lanes<L>::type t, u;
         static_assert(sizeof t == 4 * L, "L int32 lanes");
         std::memcpy(&t, in + x, sizeof t);
         for (int d = 1; d <= 2 * R; d++) {
@@ -444,7 +444,7 @@ SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
         std::memcpy(out + x, &t, sizeof t);
     }
     for (; x < W; x++) {
-        int32_t t = 0;
+        uint32_t t = 0;
         for (int d = 0; d <= 2 * R; d++) t += in[x + d];
         out[x] = t;
     }
@@ -523,41 +523,65 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__rest
 // slide and to sum along the rows; unpack_counts splits a window's packed sum.
 const int kCountShift = 20;
 
-// Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums.
+// The smallest and largest usable value the column sums took in (T's lanes: a cheap
+// running check that the 32-bit sums are exact).
+template <class T>
+struct ValueRange {
+    T lo = 0, hi = 0;
+    int64_t max_abs() const { return std::max<int64_t>((int64_t)hi, -(int64_t)lo); }
+};
+
+// Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums. The
+// sums are uint32 (wrapping: defined whatever the values; the caller checks `seen` before it
+// reads them as int32).
 template <int R, class T>
-SPOTS_INLINE void column_sums_row(const DispersionArgs &a, const T *frame, int64_t y, int32_t sign, int32_t *cols) {
+SPOTS_INLINE void column_sums_row(const DispersionArgs &a, const T *frame, int64_t y, uint32_t sign, uint32_t *cols,
+                                  ValueRange<T> &seen) {
     if (y < 0 || y >= (int64_t)a.H) return;
     const uint32_t W = a.W, P = W + 2 * R;
     const T *__restrict f = frame + (size_t)y * W;
     const uint8_t *__restrict ok = a.usable + (size_t)y * W;
-    int32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
+    uint32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
+    T lo = seen.lo, hi = seen.hi;
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t w = ok[x] != 0, v = (int32_t)f[x] * w;  // unusable: 0 (whatever its value)
+        const uint32_t w = ok[x] != 0;
+        const T t = (T)(f[x] * (T)w);  // unusable: 0 (whatever its value)
+        lo = std::min(lo, t);
+        hi = std::max(hi, t);
+        const uint32_t v = (uint32_t)t;
         pns[x] += sign * ((w << kCountShift) + v);
         ps2[x] += sign * v * v;
     }
+    seen.lo = lo;
+    seen.hi = hi;
 }
 
 // Slides the column sums down one row: adds row y_in and removes row y_out, in one pass
 // where both lie inside the frame.
 template <int R, class T>
 SPOTS_INLINE void column_sums_slide(const DispersionArgs &a, const T *frame, int64_t y_in, int64_t y_out,
-                                    int32_t *cols) {
+                                    uint32_t *cols, ValueRange<T> &seen) {
     if (y_in >= (int64_t)a.H || y_out < 0) {
-        column_sums_row<R>(a, frame, y_in, 1, cols);
-        column_sums_row<R>(a, frame, y_out, -1, cols);
+        column_sums_row<R>(a, frame, y_in, 1, cols, seen);
+        column_sums_row<R>(a, frame, y_out, ~0u, cols, seen);
         return;
     }
     const uint32_t W = a.W, P = W + 2 * R;
     const T *__restrict fi = frame + (size_t)y_in * W, *__restrict fo = frame + (size_t)y_out * W;
     const uint8_t *__restrict oki = a.usable + (size_t)y_in * W, *__restrict oko = a.usable + (size_t)y_out * W;
-    int32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
+    uint32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
+    T lo = seen.lo, hi = seen.hi;
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t wi = oki[x] != 0, vi = (int32_t)fi[x] * wi;
-        const int32_t wo = oko[x] != 0, vo = (int32_t)fo[x] * wo;
-        pns[x] += (wi - wo) * (1 << kCountShift) + (vi - vo);
+        const uint32_t wi = oki[x] != 0, wo = oko[x] != 0;
+        const T ti = (T)(fi[x] * (T)wi);
+        lo = std::min(lo, ti);
+        hi = std::max(hi, ti);
+        const uint32_t vi = (uint32_t)ti, vo = (uint32_t)(T)(fo[x] * (T)wo);
+        pns[x] += ((wi - wo) << kCountShift) + (vi - vo);
         ps2[x] += vi * vi - vo * vo;
     }
+    seen.lo = lo;
+    seen.hi = hi;
 }
 
 // n[x] = the count, sm[x] = the sum of a window's packed sum n[x] (in place).
@@ -569,79 +593,64 @@ SPOTS_INLINE void unpack_counts(int32_t *__restrict n, int32_t *__restrict sm, u
     }
 }
 
+// The integer path of rows [y0, y1): false, with the candidates of the rows unspecified, as
+// soon as a usable value the windows reach exceeds `limit`.
 template <int R, int L, class T>
-SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
-                                      int32_t *cols, int32_t *sums) {
+SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
+                                      int64_t limit, uint32_t *cols, int32_t *sums) {
     const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
-    const int32_t *cns = cols, *cs2 = cols + P;
+    const uint32_t *cns = cols, *cs2 = cols + P;
     int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
     uint8_t *open = (uint8_t *)(sums + 3 * W), *c = open + W;  // open pixels and candidates of a row
-    std::memset(cols, 0, 2 * (size_t)P * sizeof(int32_t));
-    auto add_row = [&](int64_t y, int32_t sign) __attribute__((always_inline)) {
-        column_sums_row<R>(a, frame, y, sign, cols);
-    };
-    for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) add_row(y, 1);
+    std::memset(cols, 0, 2 * (size_t)P * sizeof(uint32_t));
+    ValueRange<T> seen;
+    for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) column_sums_row<R>(a, frame, y, 1, cols, seen);
     for (uint32_t y = y0; y < y1; y++) {
-        if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols);
-        window_sum<R, L>(cns, n, W);
+        if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols, seen);
+        if (seen.max_abs() > limit) return false;
+        window_sum<R, L>(cns, (uint32_t *)n, W);  // (int32 and uint32 may alias)
         unpack_counts(n, sm, W);
-        window_sum<R, L>(cs2, s2, W);
+        window_sum<R, L>(cs2, (uint32_t *)s2, W);
         dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, c, open, W, (2 * R + 1) * (2 * R + 1));
         pack_row(c, a.cand + (size_t)y * ((W + 63) / 64), W, 0);
     }
+    return true;
 }
 
-// Largest magnitude of the usable values of n pixels (negative where the markers let
-// negative values be noise), branch-free.
-template <class T>
-SPOTS_INLINE int64_t usable_max_abs(const T *__restrict f, const uint8_t *__restrict ok, size_t n) {
-    T hi = 0, lo = 0;
-    for (size_t i = 0; i < n; i++) {
-        const T v = (T)(f[i] * (T)(ok[i] != 0));
-        hi = std::max<T>(hi, v);
-        lo = std::min<T>(lo, v);
-    }
-    return std::max<int64_t>((int64_t)hi, -(int64_t)lo);
-}
-
-// The integer path of rows [y0, y1) (r in 1..4), in L-lane vectors; false, writing nothing,
-// where a usable value the windows reach is too large for 32-bit sums of squares.
+// The integer path of rows [y0, y1) (r in 1..4), in L-lane vectors; false where a usable
+// value the windows reach is too large for 32-bit sums of squares.
 template <int L, class T>
 SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
-                                           int32_t *cols, int32_t *sums) {
+                                           uint32_t *cols, int32_t *sums) {
     const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
     // window sums of squares within int32, and window sums within the packed sums' 2^19
     const int64_t limit = std::min<int64_t>((int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1,
                                             ((1 << (kCountShift - 1)) - 1) / area);
-    const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
-    if (usable_max_abs(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
-        return false;
     switch (r) {
-        case 1: dispersion_rows_int<1, L>(a, frame, y0, y1, cols, sums); break;
-        case 2: dispersion_rows_int<2, L>(a, frame, y0, y1, cols, sums); break;
-        case 3: dispersion_rows_int<3, L>(a, frame, y0, y1, cols, sums); break;
-        default: dispersion_rows_int<4, L>(a, frame, y0, y1, cols, sums); break;
+        case 1: return dispersion_rows_int<1, L>(a, frame, y0, y1, limit, cols, sums);
+        case 2: return dispersion_rows_int<2, L>(a, frame, y0, y1, limit, cols, sums);
+        case 3: return dispersion_rows_int<3, L>(a, frame, y0, y1, limit, cols, sums);
+        default: return dispersion_rows_int<4, L>(a, frame, y0, y1, limit, cols, sums);
     }
-    return true;
 }
 
 // The portable, AVX2 and AVX-512 builds of the one body (pixels.h).
 template <class T>
 bool dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
-                                 int32_t *cols, int32_t *sums) {
+                                 uint32_t *cols, int32_t *sums) {
     return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
 REDML_TARGET_AVX2 bool dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
-                                                uint32_t y1, int32_t *cols, int32_t *sums) {
+                                                uint32_t y1, uint32_t *cols, int32_t *sums) {
     return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T>
 REDML_TARGET_AVX512 bool dispersion_band_int_avx512(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
-                                                    uint32_t y1, int32_t *cols, int32_t *sums) {
+                                                    uint32_t y1, uint32_t *cols, int32_t *sums) {
     return dispersion_band_int_body<16>(a, frame, r, y0, y1, cols, sums);
 }
 #endif
@@ -666,8 +675,9 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         if (r < 1 || r > 4) return false;
         // cols: padded column sums (2 (W + 2r)); sums: the window sums of a row (3 W), its
         // open pixels and candidates (W bytes each)
-        thread_local std::vector<int32_t> cols, sums;
-        int32_t *c = scratch(cols, 2 * ((size_t)a.W + 2 * r));
+        thread_local std::vector<uint32_t> cols;
+        thread_local std::vector<int32_t> sums;
+        uint32_t *c = scratch(cols, 2 * ((size_t)a.W + 2 * r));
         int32_t *s = scratch(sums, 3 * (size_t)a.W + 2 * (((size_t)a.W + 3) / 4));
         switch (spots_simd_level()) {
 #ifdef REDML_AVX512_DISPATCH
