@@ -398,9 +398,10 @@ void dilate(uint8_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
 // Dispersion candidates of rows [y0, y1) from 32-bit integer box sums, for integer
 // frames whose usable values in the rows the windows reach are small enough that every
 // window sum of squares fits in 32 bits (counts below ~6600 for 7x7 windows). Returns
-// false, writing nothing, where they are not. The sums equal the double box sums exactly,
-// and the test is the same double expression, so the candidates are identical. Plain
-// loops over padded column sums: they vectorize (AVX2 where the CPU has it).
+// false where they are not (the double path then does the rows). The sums equal the double
+// box sums exactly, and the test is the same double expression, so the candidates are
+// identical. Plain loops over padded column sums: they vectorize (AVX2 or AVX-512 where
+// the CPU has it).
 #define SPOTS_INLINE REDML_ALWAYS_INLINE
 
 struct DispersionArgs {
@@ -584,6 +585,15 @@ SPOTS_INLINE void column_sums_slide(const DispersionArgs &a, const T *frame, int
     seen.hi = hi;
 }
 
+// Asks for row y of the frame and of the usable map in cache (each row starts a new page,
+// where the hardware's prefetcher stops).
+template <class T>
+SPOTS_INLINE void prefetch_row(const DispersionArgs &a, const T *frame, uint32_t y) {
+    const char *f = (const char *)(frame + (size_t)y * a.W), *ok = (const char *)(a.usable + (size_t)y * a.W);
+    for (size_t i = 0; i < a.W * sizeof(T); i += 64) __builtin_prefetch(f + i);
+    for (size_t i = 0; i < a.W; i += 64) __builtin_prefetch(ok + i);
+}
+
 // n[x] = the count, sm[x] = the sum of a window's packed sum n[x] (in place).
 SPOTS_INLINE void unpack_counts(int32_t *__restrict n, int32_t *__restrict sm, uint32_t W) {
     for (uint32_t x = 0; x < W; x++) {
@@ -608,6 +618,7 @@ SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, u
     for (uint32_t y = y0; y < y1; y++) {
         if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols, seen);
         if (seen.max_abs() > limit) return false;
+        if (y + R + 1 < a.H) prefetch_row(a, frame, y + R + 1);  // the next row slid in, while this one is tested
         window_sum<R, L>(cns, (uint32_t *)n, W);  // (int32 and uint32 may alias)
         unpack_counts(n, sm, W);
         window_sum<R, L>(cs2, (uint32_t *)s2, W);
