@@ -579,7 +579,7 @@ SPOTS_INLINE void column_sums_slide(const DispersionArgs &a, const T *frame, int
         hi = std::max(hi, ti);
         const uint32_t vi = (uint32_t)ti, vo = (uint32_t)(T)(fo[x] * (T)wo);
         pns[x] += ((wi - wo) << kCountShift) + (vi - vo);
-        ps2[x] += vi * vi - vo * vo;
+        ps2[x] += (vi - vo) * (vi + vo);  // vi^2 - vo^2 (mod 2^32), one product
     }
     seen.lo = lo;
     seen.hi = hi;
