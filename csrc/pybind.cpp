@@ -10,7 +10,6 @@
 #include "redml.h"
 #include "redml_jungfrau.h"
 #include "redml_spots.h"
-#include "spots.h"
 
 namespace py = pybind11;
 
