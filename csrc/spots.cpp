@@ -474,7 +474,7 @@ SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count
 }
 
 // The test of pixels whose windows are full (every pixel usable, the centre too), in
-// float, 8 lanes without a table lookup: c[x] = whether var > rhs where var - rhs lies
+// float, a vector of lanes at a time without a table lookup: c[x] = whether var > rhs where var - rhs lies
 // beyond a bound on the float rounding errors (16 times the worst case), so that it
 // decides as the double test does; open[x] = 1 where it does not decide (a window not
 // full, or a pixel too close to call). rhs >= 0 where sm > 0, and sm <= 0 fails.
