@@ -671,8 +671,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
             usable_pixels(f, mask_in, own, N, spots->fp.markers);
             finder_usable = own;
         }
-        spots->peaks = find_spots(f, finder_usable, H, W, spots->fp, exact, nt);
-        dilate(exact, H, W, p.roi_margin, nt);
+        spots->peaks = find_spots(f, finder_usable, H, W, spots->fp, exact, nt, p.roi_margin);
         stage_mark("roi dilation");
     } else {
         FinderParams fp;
@@ -682,8 +681,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         fp.sigma_s = p.roi_snr;
         fp.mask_all_strong = true;
         fp.masked_pixels_neutral = true;
-        find_spots(f, usable, H, W, fp, exact, nt);
-        dilate(exact, H, W, p.roi_margin, nt);
+        find_spots(f, usable, H, W, fp, exact, nt, p.roi_margin);
         stage_mark("roi dilation");
     }
     // the lattice's discs: exact, stored as the crystal models (the mask's runs leave them out)
