@@ -56,12 +56,15 @@ double clip_sigma(double mean, const redml_params &p) {
 // Sigma-clipped mean of values v[0..n) (upper side, 3 sigma, up to 4 passes); *clip_limit
 // receives the limit of the last pass. Integer values are compared with the integer
 // part of the limit and summed exactly in 64 bits, which gives the same sums as double
-// arithmetic (the sums stay below 2^53); each pass is a branch-free loop.
+// arithmetic (the sums stay below 2^53); each pass is a branch-free loop. A pass of integer
+// values whose integer limit is the previous pass's would take the same values, so give the
+// same mean, which ends the iteration: it is not run.
 template <class V>
 double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, double *clip_limit) {
     *clip_limit = INFINITY;
     if (n == 0) return 0.0;
     double limit = INFINITY, mean = 0.0;
+    V previous_top = 0;
     for (int iter = 0; iter < 4; iter++) {
         double sum = 0.0, count = 0.0;
         if constexpr (std::is_floating_point<V>::value) {
@@ -74,6 +77,11 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
             const V top = limit >= (double)std::numeric_limits<V>::max() ? std::numeric_limits<V>::max()
                                                                           : (V)std::floor(limit);
             if (limit < (double)std::numeric_limits<V>::lowest()) break;  // nothing at or below it
+            if (iter > 0 && top == previous_top) {  // the previous pass again: the same mean
+                *clip_limit = limit;
+                break;
+            }
+            previous_top = top;
             int64_t isum = 0, icount = 0;
             if constexpr (sizeof(V) == 4) {
                 // 32-bit partial sums over chunks short enough not to overflow (16-bit

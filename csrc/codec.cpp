@@ -390,40 +390,24 @@ REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *
     return !keep;
 }
 
-template <class T>
-bool step1_codes_portable(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
-                          typename Storage<T>::Word *codes) {
-    return step1_codes_body<T>(f, exact, usable, n, pred, codes);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <class T>
-REDML_TARGET_AVX2 bool step1_codes_avx2(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n,
-                                        const Step1Int<T> *pred, typename Storage<T>::Word *codes) {
-    return step1_codes_body<T>(f, exact, usable, n, pred, codes);
-}
-#endif
-template <class T>
-bool step1_codes(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
-                 typename Storage<T>::Word *codes) {
-#ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return step1_codes_avx2<T>(f, exact, usable, n, pred, codes);
-#endif
-    return step1_codes_portable<T>(f, exact, usable, n, pred, codes);
-}
-
 // Step-1 pixels: chunks without an exactly kept pixel (the usual ones) vectorized, the
-// others compacted branch-free, counters in registers.
+// others compacted branch-free, counters in registers. One body compiled per target and
+// dispatched once per span (a call per 64-pixel chunk cost as much as the chunk's work).
 template <class T>
-void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
-                const Step1Int<T> *pred, typename Storage<T>::Word *__restrict vals,
-                typename Storage<T>::Word *__restrict codes, size_t *nv_io, size_t *nc_io) {
+REDML_ALWAYS_INLINE void step1_span_body(const T *__restrict f, uint8_t *__restrict exact,
+                                         const uint8_t *__restrict usable, size_t n, const Step1Int<T> *pred,
+                                         typename Storage<T>::Word *__restrict vals,
+                                         typename Storage<T>::Word *__restrict codes, size_t *nv_io, size_t *nc_io) {
     using S = Storage<T>;
     using Word = typename S::Word;
     const size_t kChunk = 64;
     size_t nv = *nv_io, nc = *nc_io;
     for (size_t c0 = 0; c0 < n; c0 += kChunk) {
         const size_t c1 = std::min(n, c0 + kChunk);
-        if (step1_codes(f + c0, exact + c0, usable + c0, c1 - c0, pred + c0, codes + nc)) {
+        const bool none_kept = c1 - c0 == kChunk  // (a constant count: the full chunks' loop unrolled)
+                                   ? step1_codes_body<T>(f + c0, exact + c0, usable + c0, kChunk, pred + c0, codes + nc)
+                                   : step1_codes_body<T>(f + c0, exact + c0, usable + c0, c1 - c0, pred + c0, codes + nc);
+        if (none_kept) {
             nc += c1 - c0;
             continue;
         }
@@ -439,6 +423,28 @@ void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t 
     }
     *nv_io = nv;
     *nc_io = nc;
+}
+
+template <class T>
+void step1_span_portable(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
+                         typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
+    step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void step1_span_avx2(const T *f, uint8_t *exact, const uint8_t *usable, size_t n,
+                                       const Step1Int<T> *pred, typename Storage<T>::Word *vals,
+                                       typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
+    step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
+}
+#endif
+template <class T>
+void step1_span(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
+                typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return step1_span_avx2<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
+#endif
+    step1_span_portable<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
 }
 
 // The symbol of a background pixel, or false (store it exactly): the midpoint quantizer or
@@ -464,6 +470,84 @@ bool code_float(float x, const TileCoder<T> &tc, const typename TileCoder<T>::Pi
                  : redml_quantize_float(x, tc.step, px.u_float, px.base, sym);
 }
 
+// floor(a / s) for |a| < 2^23, 1 <= s < 2^23, in 32-bit lanes: the float quotient is within
+// 1 of a / s (|a / s| < 2^23, relative error < 2^-23; truncation adds at most 1), so two
+// corrections each way give the exact result (redml_floordiv_inv's, which vectorizes less).
+REDML_ALWAYS_INLINE int32_t floordiv_small(int32_t a, int32_t s, float inv_s) {
+    int32_t k = (int32_t)((float)a * inv_s);
+    k -= k * s > a;
+    k -= k * s > a;
+    k += (k + 1) * s <= a;
+    k += (k + 1) * s <= a;
+    return k;
+}
+
+// The symbol of 16-bit pixel x of a step-s tile (1 < s < 2^22) in 32-bit arithmetic, for the
+// lane loops: whether it is coded (else stored exactly). The same decisions and symbols as
+// code_int: x + u < 2^23, and the bin offset k - base stays far inside 32 bits (|x - pred| < 2^17).
+template <class T, bool kNoise, bool kConditional>
+REDML_ALWAYS_INLINE bool code_int16(int32_t x, int32_t s, float inv_s, int32_t u, int32_t base, uint32_t *sym) {
+    using S = Storage<T>;
+    const int32_t k = floordiv_small(x + u, s, inv_s);
+    const int32_t d = k - base;
+    const uint32_t z = ((uint32_t)d << 1) ^ (uint32_t)(d >> 31);
+    *sym = z;
+    bool ok = z <= (uint32_t)S::sym_max;
+    if (kConditional) {  // redml_quantize_bin(_rn)
+        if (!kNoise) ok &= (x >= 0) & (k * s - u + s - 1 <= (int32_t)S::hi());
+    } else {  // redml_quantize_int(_rn): the bin midpoint r (= the decoded value)
+        const int32_t h = (s - 1) / 2, r = k * s - u + h;
+        ok &= (r >= (int32_t)S::lo()) & (r <= (int32_t)S::hi());
+        if (!kNoise) ok &= !((x >= 0) & (x < h)) & !((x >= 0) & (r < 0));
+    }
+    return ok;
+}
+
+// quantize_int_span_body for 16-bit pixels: dither, offset, phase and symbol of kLanes pixels
+// in one branch-free pass of 32-bit lanes (vectorized), then the branch-free append.
+template <class T, bool kNoise, bool kConditional>
+REDML_ALWAYS_INLINE void quantize_int16_span(const TileCoder<T> &tc, const T *__restrict f, uint8_t *__restrict exact,
+                                             const uint8_t *__restrict usable, uint32_t i0, size_t n, int64_t pred,
+                                             uint32_t seed, typename Storage<T>::Word *__restrict vals,
+                                             typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
+                                             size_t *nv_io, size_t *nc_io) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    const int32_t s = (int32_t)tc.s_int, pred_q = (int32_t)tc.off.pred_q, pred_r = (int32_t)tc.off.pred_r;
+    const uint32_t mul_hi = tc.off.phase_mul_hi, mul_lo = tc.off.phase_mul_lo;
+    const float inv_s = 1.0f / (float)s;
+    size_t nv = *nv_io, nc = *nc_io;
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        uint32_t sym[kLanes];
+        uint8_t phase[kLanes], coded[kLanes];
+        for (size_t j = 0; j < m; j++) {
+            const size_t i = c + j;
+            const int32_t u = (int32_t)redml_dither_int(seed, i0 + (uint32_t)i, s);
+            // redml_offset_int: the bin of the prediction under this dither, and its phase
+            int32_t r = pred_r + u;
+            const int32_t wrap = r >= s;
+            r -= wrap * s;
+            const int32_t base = pred_q + wrap;
+            phase[j] = (uint8_t)((uint32_t)r * mul_hi + (uint32_t)(((uint64_t)(uint32_t)r * mul_lo) >> 32));
+            const bool ok = code_int16<T, kNoise, kConditional>((int32_t)f[i], s, inv_s, u, base, &sym[j]);
+            coded[j] = ok & (exact[i] == 0) & (usable[i] != 0);
+        }
+        for (size_t j = 0; j < m; j++) {
+            const size_t i = c + j;
+            const bool keep = !coded[j];
+            codes[nc] = (Word)sym[j];
+            tags[nc] = phase[j];
+            vals[nv] = S::exact_word(f[i], pred);
+            nc += !keep;
+            nv += keep;
+            exact[i] = keep;
+        }
+    }
+    *nv_io = nv;
+    *nc_io = nc;
+}
+
 // Quantizes n pixels of one row of an integer tile with step > 1 (quantize.h), kLanes at
 // a time: the dither, offset and phase of every pixel in one vectorized pass, then each
 // pixel's symbol (with its phase in tags) or exact value, appended without branches.
@@ -475,6 +559,17 @@ REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T 
                                                 size_t *nv_io, size_t *nc_io) {
     using S = Storage<T>;
     using Word = typename S::Word;
+    if constexpr (sizeof(T) == 2) {  // 32-bit lanes (steps of 16-bit data are below 2^22)
+        auto run = [&](auto noise_c, auto conditional_c) {
+            quantize_int16_span<T, decltype(noise_c)::value, decltype(conditional_c)::value>(
+                tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        };
+        using Yes = std::true_type;
+        using No = std::false_type;
+        if (noise) conditional ? run(Yes(), Yes()) : run(Yes(), No());
+        else conditional ? run(No(), Yes()) : run(No(), No());
+        return;
+    }
     size_t nv = *nv_io, nc = *nc_io;
     for (size_t c = 0; c < n; c += kLanes) {
         const size_t m = std::min(kLanes, n - c);
