@@ -79,11 +79,14 @@ struct Storage {
 // identical in encoder and decoder. Float frames do not use it (their means may be any
 // finite float32, beyond the range of llround): 0.
 template <class T>
+int64_t tile_prediction(float mean) {
+    if constexpr (std::is_floating_point<T>::value) return 0;
+    else return std::min(std::max((int64_t)llround((double)mean), Storage<T>::lo()), Storage<T>::hi());
+}
+template <class T>
 std::vector<int64_t> tile_predictions(const BackgroundModel &m) {
     std::vector<int64_t> pred(m.mean.size(), 0);
-    if constexpr (!std::is_floating_point<T>::value)
-        for (size_t t = 0; t < pred.size(); t++)
-            pred[t] = std::min(std::max((int64_t)llround((double)m.mean[t]), Storage<T>::lo()), Storage<T>::hi());
+    for (size_t t = 0; t < pred.size(); t++) pred[t] = tile_prediction<T>(m.mean[t]);
     return pred;
 }
 
@@ -141,6 +144,30 @@ std::vector<TileCoder<T>> tile_coders(const BackgroundModel &m, const std::vecto
     coders.reserve(m.step.size());
     for (size_t t = 0; t < m.step.size(); t++) coders.emplace_back(m.step[t], m.mean[t], preds[t]);
     return coders;
+}
+
+// The encoder's tile_predictions and tile_coders a band of tiles at a time: those of tiles
+// [preds.size(), t1) appended, and coders up to t1 once some tile needs one.
+template <class T>
+void extend_tile_coding(const BackgroundModel &m, size_t t1, bool coded, std::vector<int64_t> &preds,
+                        std::vector<TileCoder<T>> &coders) {
+    const size_t t0 = preds.size();
+    for (size_t t = t0; t < t1; t++) preds.push_back(tile_prediction<T>(m.mean[t]));
+    const bool needed = coded && (std::is_floating_point<T>::value ||
+                                  std::any_of(m.step.begin() + t0, m.step.begin() + t1, [](float st) { return st != 1.0f; }));
+    if (!needed) return;
+    coders.reserve(m.step.size());
+    for (size_t t = coders.size(); t < t1; t++) coders.emplace_back(m.step[t], m.mean[t], preds[t]);
+}
+
+// Whether a band's codes carry phases (some tile of rows [y0, y1) is not lossless).
+template <class T>
+bool band_tagged(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
+    const TileGrid &g = m.grid;
+    bool tagged = false;
+    for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
+        tagged |= std::is_floating_point<T>::value || m.step[t] != 1.0f;
+    return tagged;
 }
 
 template <class Fn>
@@ -659,9 +686,7 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     const TileGrid &g = model.grid;
     const bool noise = integrating(p);
     size_t nv = 0, nc = 0;
-    bool tagged = false;
-    for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
-        tagged |= S::is_float || model.step[t] != 1.0f;
+    const bool tagged = band_tagged<T>(model, y0, y1);
     std::vector<Step1Int<T>> pred_row(S::is_float ? 0 : W);
     for (uint32_t y = y0; y < y1; y++) {
         if (!S::is_float && (y == y0 || y % g.tile == 0)) prediction_row<T>(preds, g, y, pred_row.data());
@@ -790,13 +815,28 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         for (size_t i = 0; i < N; i++) exact[i] |= lattice_map[i];
         stage_mark("lattice region");
     }
-    // background
+    // background model and quantization. With one thread the model's tile rows are fitted band
+    // by band, each just before its band is quantized, while its pixels are in cache (the
+    // conditional reconstructions' model fills tiles from their neighbours: all of it first).
+    const TileGrid grid(H, W, p.tile);
+    const bool fused = nt == 1 && !conditional;
     BackgroundModel model = conditional ? fit_background_model_outside_roi(f, usable, exact, H, W, p, nt)
-                                        : fit_background(f, usable, TileGrid(H, W, p.tile), p, nt);
-    const std::vector<int64_t> preds = tile_predictions<T>(model);
-    stage_mark("background model");
+                            : fused     ? unfitted_background<T>(grid)
+                                        : fit_background(f, usable, grid, p, nt);
     const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
-    const std::vector<TileCoder<T>> coders = tile_coders<T>(model, preds, coded);
+    std::vector<int64_t> preds;
+    std::vector<TileCoder<T>> coders;
+    uint32_t fitted_rows = 0;  // tile rows with their model, predictions and coders
+    auto complete_tile_rows = [&](uint32_t ty1) {
+        if (ty1 <= fitted_rows) return;
+        if (fused) fit_tile_rows(f, usable, p, fitted_rows, ty1, model, 1);
+        extend_tile_coding<T>(model, (size_t)ty1 * grid.cols, coded, preds, coders);
+        fitted_rows = ty1;
+    };
+    if (!fused) {
+        complete_tile_rows(grid.rows);
+        stage_mark("background model");
+    }
     // quantize, band by band: each band writes its exact values and codes (with their
     // phases) into its own slice of the frame-sized work buffers
     const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
@@ -804,35 +844,36 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     Word *band_vals = words, *band_codes = words + N, *streams = words + 2 * N;
     uint8_t *tags = scratch(sc.tags, N);
     std::vector<size_t> nv(nbands), nc(nbands);
-    std::vector<uint8_t> tagged(nbands);
+    std::vector<uint8_t> tagged(nbands), in_order(nbands, 0);
     std::vector<size_t> band_phase((nbands + 1) * REDML_PHASES, 0);  // codes of each phase per band
-    // With one thread the bands run in order: where every code is of phase 0 (all tiles
-    // lossless, or no codes), each band writes its values and codes right after the
-    // previous band's, into their streams, and nothing is moved afterwards.
-    const bool all_step1 = !S::is_float && std::all_of(model.step.begin(), model.step.end(),
-                                                       [](float st) { return st == 1.0f; });
-    const bool in_order = nt == 1 && (all_step1 || !coded);
-    size_t nv_before = 0, nc_before = 0;  // (in_order) values and codes of the bands before
+    // With one thread the bands run in order: while every code so far is of phase 0 (lossless
+    // tiles, or no codes), each band writes its values and codes right after the previous
+    // band's, into their streams, and nothing is moved afterwards.
+    bool still_in_order = nt == 1;
+    size_t nv_before = 0, nc_before = 0;  // (in order) values and codes of the bands before
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
+        if (fused) complete_tile_rows((y1 - 1) / grid.tile + 1);
         const size_t o = (size_t)y0 * W;
-        Word *vals = in_order ? band_vals + nv_before : band_vals + o;
-        Word *codes = in_order ? streams + nc_before : band_codes + o;
+        if (still_in_order) still_in_order = !(coded && band_tagged<T>(model, y0, y1));  // (one thread only)
+        in_order[b] = still_in_order;
+        Word *vals = in_order[b] ? band_vals + nv_before : band_vals + o;
+        Word *codes = in_order[b] ? streams + nc_before : band_codes + o;
         const BandCounts counts = quantize_band(f, exact, usable, y0, y1, W, model, preds, coders, p, coded, conditional,
                                                 vals, codes, tags + o);
         nv[b] = counts.values;
         nc[b] = counts.codes;
-        if (in_order) nv_before += counts.values, nc_before += counts.codes;
+        if (in_order[b]) nv_before += counts.values, nc_before += counts.codes;
         tagged[b] = counts.tagged;
         size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
         if (!counts.tagged) ph[0] = counts.codes;
         else
             for (size_t j = 0; j < counts.codes; j++) ph[tags[o + j]]++;
     });
-    stage_mark("quantize");
+    stage_mark(fused ? "model + quantize" : "quantize");
     // streams: the exact values in raster order, then each phase's codes in raster order
     size_t n_exact = 0;
     for (size_t b = 0; b < nbands; b++) {  // values moved down in place (never forwards)
-        const Word *from = in_order ? band_vals + n_exact : band_vals + (size_t)b * kRowsPerBand * W;
+        const Word *from = in_order[b] ? band_vals + n_exact : band_vals + (size_t)b * kRowsPerBand * W;
         if (from != band_vals + n_exact) std::memmove(band_vals + n_exact, from, nv[b] * sizeof(Word));
         n_exact += nv[b];
     }
@@ -846,8 +887,9 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         }
         phase_start[ph + 1] = phase_start[ph] + total;
     }
-    if (coded && !in_order)
+    if (coded && nbands > 0 && !in_order[nbands - 1])
         for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t) {
+            if (in_order[b]) return;  // its codes, all of phase 0, are in place at the start of the stream
             const size_t o = (size_t)y0 * W;
             size_t pos[REDML_PHASES];
             for (int ph = 0; ph < REDML_PHASES; ph++) pos[ph] = phase_start[ph] + band_phase[b * REDML_PHASES + ph];
