@@ -384,10 +384,10 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
     return m;
 }
 
-// Integer type of step-1 codes: 16-bit pixels' codes, predictions and residuals all fit
-// 32-bit arithmetic (which vectorizes).
+// Integer type of step-1 predictions: the pixel type for 16-bit pixels (predictions are
+// clamped to the dtype), whose codes are then computed in 16-bit lanes.
 template <class T>
-using Step1Int = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+using Step1Int = typename std::conditional<sizeof(T) == 2, T, int64_t>::type;
 
 // The tile predictions spread over pixel row y (pred[x] = preds of x's tile).
 template <class T>
@@ -405,6 +405,20 @@ REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *
                                           const Step1Int<T> *__restrict pred,
                                           typename Storage<T>::Word *__restrict codes) {
     using S = Storage<T>;
+    if constexpr (sizeof(T) == 2) {
+        // 16-bit lanes: the residual modulo 2^16, its zigzag code, and whether the true
+        // residual overflows 16 bits (then its code would be above 0xFFFF): the sign rule of
+        // a signed subtraction, on values offset by 2^15 for unsigned pixels.
+        const uint16_t offset = std::is_signed<T>::value ? 0 : 0x8000;
+        uint16_t keep = 0;  // bit 15: some pixel kept (one 16-bit reduction: it vectorizes)
+        for (size_t i = 0; i < n; i++) {
+            const uint16_t x = (uint16_t)f[i], q = (uint16_t)pred[i], d = (uint16_t)(x - q);
+            keep |= (uint16_t)((x ^ q) & (x ^ offset ^ d));
+            keep |= (uint16_t)(((exact[i] != 0) | (usable[i] == 0)) << 15);
+            codes[i] = (uint16_t)((uint16_t)(d << 1) ^ (uint16_t)((int16_t)d >> 15));
+        }
+        return !(keep & 0x8000);
+    }
     using A = Step1Int<T>;
     using U = typename std::make_unsigned<A>::type;
     int keep = 0;
