@@ -601,14 +601,15 @@ REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T 
     using S = Storage<T>;
     using Word = typename S::Word;
     if constexpr (sizeof(T) == 2) {  // 32-bit lanes (steps of 16-bit data are below 2^22)
-        auto run = [&](auto noise_c, auto conditional_c) {
-            quantize_int16_span<T, decltype(noise_c)::value, decltype(conditional_c)::value>(
-                tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
-        };
-        using Yes = std::true_type;
-        using No = std::false_type;
-        if (noise) conditional ? run(Yes(), Yes()) : run(Yes(), No());
-        else conditional ? run(No(), Yes()) : run(No(), No());
+        // (no lambda here: it would be compiled for the default target, not this body's)
+        if (noise && conditional)
+            quantize_int16_span<T, true, true>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        else if (noise)
+            quantize_int16_span<T, true, false>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        else if (conditional)
+            quantize_int16_span<T, false, true>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        else
+            quantize_int16_span<T, false, false>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
         return;
     }
     size_t nv = *nv_io, nc = *nc_io;
