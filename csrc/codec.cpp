@@ -754,6 +754,35 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     return {nv, nc, tagged};
 }
 
+// Codes of each phase among a band's tags[0, n), in its first half (first) and in all (all,
+// added to): the halves counted in one loop, two independent chains of counter updates
+// (one chain waits on each store of a counter to the next code of its phase).
+void band_phase_counts(const uint8_t *tags, size_t n, size_t *first, size_t *all) {
+    const size_t half = n / 2;
+    size_t second[REDML_PHASES] = {0};
+    for (size_t j = 0; j < half; j++) {
+        first[tags[j]]++;
+        second[tags[half + j]]++;
+    }
+    if (n % 2) second[tags[n - 1]]++;
+    for (int ph = 0; ph < REDML_PHASES; ph++) all[ph] += first[ph] + second[ph];
+}
+
+// A band's codes into their phase streams (pos[ph]: where its codes of phase ph go; first: the
+// counts of its first half), the two halves in one loop as band_phase_counts does.
+template <class Word>
+void scatter_band_phases(const Word *__restrict codes, const uint8_t *__restrict tags, size_t n, const size_t *first,
+                         const size_t *pos, Word *__restrict streams) {
+    const size_t half = n / 2;
+    size_t a[REDML_PHASES], b[REDML_PHASES];
+    for (int ph = 0; ph < REDML_PHASES; ph++) a[ph] = pos[ph], b[ph] = pos[ph] + first[ph];
+    for (size_t j = 0; j < half; j++) {
+        streams[a[tags[j]]++] = codes[j];
+        streams[b[tags[half + j]]++] = codes[half + j];
+    }
+    if (n % 2) streams[b[tags[n - 1]]++] = codes[n - 1];
+}
+
 // The settings with the read noise the encoder uses: estimated from the frame's usable
 // pixels where it is auto (< 0) in quantized and sparse mode (there only for the ROI's
 // spot finder: sparse chunks do not store it), 0 in lossless mode.
@@ -861,13 +890,17 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     std::vector<size_t> nv(nbands), nc(nbands);
     std::vector<uint8_t> tagged(nbands), in_order(nbands, 0);
     std::vector<size_t> band_phase((nbands + 1) * REDML_PHASES, 0);  // codes of each phase per band
+    std::vector<size_t> first_half(nbands * REDML_PHASES, 0);         // ... in the band's first half
     // With one thread the bands run in order: while every code so far is of phase 0 (lossless
     // tiles, or no codes), each band writes its values and codes right after the previous
     // band's, into their streams, and nothing is moved afterwards.
     bool still_in_order = nt == 1;
     size_t nv_before = 0, nc_before = 0;  // (in order) values and codes of the bands before
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
-        if (fused) complete_tile_rows((y1 - 1) / grid.tile + 1);
+        if (fused) {
+            complete_tile_rows((y1 - 1) / grid.tile + 1);
+            stage_mark("background model");  // (the stages alternate: each adds up its bands)
+        }
         const size_t o = (size_t)y0 * W;
         if (still_in_order) still_in_order = !(coded && band_tagged<T>(model, y0, y1));  // (one thread only)
         in_order[b] = still_in_order;
@@ -881,10 +914,10 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         tagged[b] = counts.tagged;
         size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
         if (!counts.tagged) ph[0] = counts.codes;
-        else
-            for (size_t j = 0; j < counts.codes; j++) ph[tags[o + j]]++;
+        else band_phase_counts(tags + o, counts.codes, &first_half[b * REDML_PHASES], ph);
+        if (fused) stage_mark("quantize");
     });
-    stage_mark(fused ? "model + quantize" : "quantize");
+    stage_mark("quantize");
     // streams: the exact values in raster order, then each phase's codes in raster order
     size_t n_exact = 0;
     for (size_t b = 0; b < nbands; b++) {  // values moved down in place (never forwards)
@@ -909,8 +942,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
             size_t pos[REDML_PHASES];
             for (int ph = 0; ph < REDML_PHASES; ph++) pos[ph] = phase_start[ph] + band_phase[b * REDML_PHASES + ph];
             if (!tagged[b]) std::memcpy(streams + pos[0], band_codes + o, nc[b] * sizeof(Word));
-            else
-                for (size_t j = 0; j < nc[b]; j++) streams[pos[tags[o + j]]++] = band_codes[o + j];
+            else scatter_band_phases(band_codes + o, tags + o, nc[b], &first_half[b * REDML_PHASES], pos, streams);
         });
 
     // entropy + container
