@@ -384,16 +384,20 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
     return m;
 }
 
-// Integer type of step-1 predictions: the pixel type for 16-bit pixels (predictions are
-// clamped to the dtype), whose codes are then computed in 16-bit lanes.
+// Integer type of step-1 codes: 16-bit pixels' codes, predictions and residuals all fit
+// 32-bit arithmetic (which vectorizes).
 template <class T>
-using Step1Int = typename std::conditional<sizeof(T) == 2, T, int64_t>::type;
+using Step1Int = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+// The encoder's step-1 predictions: the pixel type for 16-bit pixels (predictions are clamped
+// to the dtype), whose codes it computes in 16-bit lanes.
+template <class T>
+using EncodePred = typename std::conditional<sizeof(T) == 2, T, int64_t>::type;
 
 // The tile predictions spread over pixel row y (pred[x] = preds of x's tile).
-template <class T>
-void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32_t y, Step1Int<T> *pred) {
+template <class P>
+void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32_t y, P *pred) {
     const int64_t *p = preds.data() + (size_t)(y / g.tile) * g.cols;
-    for (uint32_t x = 0; x < g.width; x++) pred[x] = (Step1Int<T>)p[x / g.tile];
+    for (uint32_t x = 0; x < g.width; x++) pred[x] = (P)p[x / g.tile];
 }
 
 // The codes of n step-1 pixels, written as if none were kept exactly; whether none is
@@ -402,7 +406,7 @@ void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32
 template <class T>
 REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *__restrict exact,
                                           const uint8_t *__restrict usable, size_t n,
-                                          const Step1Int<T> *__restrict pred,
+                                          const EncodePred<T> *__restrict pred,
                                           typename Storage<T>::Word *__restrict codes) {
     using S = Storage<T>;
     if constexpr (sizeof(T) == 2) {
@@ -436,7 +440,7 @@ REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *
 // dispatched once per span (a call per 64-pixel chunk cost as much as the chunk's work).
 template <class T>
 REDML_ALWAYS_INLINE void step1_span_body(const T *__restrict f, uint8_t *__restrict exact,
-                                         const uint8_t *__restrict usable, size_t n, const Step1Int<T> *pred,
+                                         const uint8_t *__restrict usable, size_t n, const EncodePred<T> *pred,
                                          typename Storage<T>::Word *__restrict vals,
                                          typename Storage<T>::Word *__restrict codes, size_t *nv_io, size_t *nc_io) {
     using S = Storage<T>;
@@ -467,20 +471,20 @@ REDML_ALWAYS_INLINE void step1_span_body(const T *__restrict f, uint8_t *__restr
 }
 
 template <class T>
-void step1_span_portable(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
+void step1_span_portable(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
                          typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
     step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
 REDML_TARGET_AVX2 void step1_span_avx2(const T *f, uint8_t *exact, const uint8_t *usable, size_t n,
-                                       const Step1Int<T> *pred, typename Storage<T>::Word *vals,
+                                       const EncodePred<T> *pred, typename Storage<T>::Word *vals,
                                        typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
     step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
 }
 #endif
 template <class T>
-void step1_span(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
+void step1_span(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
                 typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
 #ifdef REDML_AVX2_DISPATCH
     if (cpu_has_avx2()) return step1_span_avx2<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
@@ -702,9 +706,9 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     const bool noise = integrating(p);
     size_t nv = 0, nc = 0;
     const bool tagged = band_tagged<T>(model, y0, y1);
-    std::vector<Step1Int<T>> pred_row(S::is_float ? 0 : W);
+    std::vector<EncodePred<T>> pred_row(S::is_float ? 0 : W);
     for (uint32_t y = y0; y < y1; y++) {
-        if (!S::is_float && (y == y0 || y % g.tile == 0)) prediction_row<T>(preds, g, y, pred_row.data());
+        if (!S::is_float && (y == y0 || y % g.tile == 0)) prediction_row(preds, g, y, pred_row.data());
         if (!tagged && coded) {  // all tiles lossless: the whole row at once
             const size_t i0 = (size_t)y * W;
             step1_span(f + i0, exact + i0, usable + i0, W, pred_row.data(), vals, codes, &nv, &nc);
@@ -1626,7 +1630,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (uint32_t y = y0; y < y1; y++) {
             const uint32_t ty = y / g.tile;
             if (ty != pred_ty && !S::is_float) {
-                prediction_row<T>(preds, g, y, pred_row.data());
+                prediction_row(preds, g, y, pred_row.data());
                 pred_ty = ty;
             }
             const size_t row = (size_t)y * W;
