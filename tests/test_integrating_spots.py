@@ -77,8 +77,11 @@ def test_no_spots_on_pure_noise(rng, rn, bg):
 
 def test_without_read_noise_negative_windows_are_never_candidates(rng):
     """markers="extremes" with read_noise 0: windows of mean <= 0 (a photon mean is never
-    negative) hold no spot, so zero-mean read noise alone finds nothing."""
-    blank = integrating_frame(np.zeros((256, 256), int), rng, gain=GAIN, read_noise=0.3)
+    negative) hold no spot. The noise is centred one read-noise sigma below zero, so every
+    7x7 window's mean is negative (about 7 of its sigmas): centred on zero, a window of positive
+    mean now and then held a 'spot' of read noise under the Poisson-only variance (1 run in 20)."""
+    blank = integrating_frame(np.full((256, 256), -0.3), rng, gain=GAIN, read_noise=0.3)
+    assert (blank < 0).mean() > 0.8
     peaks, spot_mask = rr.find_spots(blank, gain=GAIN, markers="extremes")
     assert len(peaks) == 0
 
