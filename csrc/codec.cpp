@@ -3,6 +3,7 @@
 //   mask (special values, user mask) -> background (tile model) -> spots (ROI)
 //   -> quantize (quantize.h) -> entropy (entropy.cpp) -> container (container.cpp)
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "background.h"
 #include "container.h"
 #include "encoder.h"
+#include "internal.h"
 #include "entropy.h"
 #include "error.h"
 #include "lattice_chunk.h"
@@ -36,6 +38,22 @@ const uint32_t kRowsPerBand = 64;
 
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
 static_assert(REDML_LANES % REDML_RECON_LANES == 0, "a span holds whole blocks of the conditional lanes");
+
+// The build of the decoder's SIMD loops that runs: the best the CPU has, or the one
+// codec_force_simd asks for (tests: 1 portable, 2 AVX2, 3 AVX-512; 0 the best).
+std::atomic<int> forced_simd{0};
+#ifdef REDML_AVX512_DISPATCH
+bool use_avx512() {
+    const int f = forced_simd.load(std::memory_order_relaxed);
+    return (f == 0 || f == 3) && cpu_has_avx512();
+}
+#endif
+#ifdef REDML_AVX2_DISPATCH
+bool use_avx2() {
+    const int f = forced_simd.load(std::memory_order_relaxed);
+    return (f == 0 || f >= 2) && cpu_has_avx2();
+}
+#endif
 
 // Per-type storage: exact values and background codes are unsigned integers of the
 // pixel's width (16 or 32 bits).
@@ -118,13 +136,16 @@ struct TileCoder {
         return px;
     }
     // at() for the n pixels from i0 on of an integer tile with step > 1, one pass without
-    // branches (vectorized: the pixel indices of a frame are below 2^27, 32-bit lanes).
-    void int_lanes(uint32_t seed, uint32_t i0, size_t n, int64_t *__restrict u, int64_t *__restrict base,
+    // branches (vectorized: the pixel indices of a frame are below 2^27, 32-bit lanes). I: the
+    // lane integer of u and base (int32_t where they fit: 16-bit pixels, small steps).
+    template <class I>
+    void int_lanes(uint32_t seed, uint32_t i0, size_t n, I *__restrict u, I *__restrict base,
                    uint8_t *__restrict phase) const {
         for (size_t j = 0; j < n; j++) {
             unsigned ph;
-            u[j] = redml_dither_int(seed, i0 + (uint32_t)j, s_int);
-            base[j] = redml_offset_int(&off, u[j], s_int, &ph);
+            const int64_t uj = redml_dither_int(seed, i0 + (uint32_t)j, s_int);
+            u[j] = (I)uj;
+            base[j] = (I)redml_offset_int(&off, uj, s_int, &ph);
             phase[j] = (uint8_t)ph;
         }
     }
@@ -1136,7 +1157,7 @@ REDML_TARGET_AVX2 bool decode_codes_avx2(const typename Storage<T>::Word *codes,
 template <class T>
 bool decode_codes(const typename Storage<T>::Word *codes, T *out, size_t n, const Step1Int<T> *pred, int64_t lo) {
 #ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return decode_codes_avx2<T>(codes, out, n, pred, lo);
+    if (use_avx2()) return decode_codes_avx2<T>(codes, out, n, pred, lo);
 #endif
     return decode_codes_portable<T>(codes, out, n, pred, lo);
 }
@@ -1175,14 +1196,42 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, const Step1Int<T>
 // the read positions (every code read is checked against its stream's length).
 template <class T>
 struct CodeReader {
-    const typename Storage<T>::Word *values;
+    using Word = typename Storage<T>::Word;
+    static constexpr uint8_t kExact = REDML_PHASES;  // the slot of an exact pixel (read_span)
+    const Word *values;
     size_t vi;
-    const typename Storage<T>::Word *const *codes;
+    const Word *const *codes;
     const size_t *count;
     size_t *ci;
-    typename Storage<T>::Word next_code(unsigned phase) {
+    Word next_code(unsigned phase) {
         check(ci[phase] < count[phase], REDML_E_CORRUPT, "background code stream length does not match its phase");
         return codes[phase][ci[phase]++];
+    }
+    // The words of n <= kLanes pixels in raster order into w: slot[j] = the pixel's phase, or
+    // kExact for an exact pixel (its value). Where every phase has n codes left, the nine read
+    // counters of the span live in one register, 7 bits each (no counter in memory, no check
+    // per pixel); near a stream's end, the checked reads.
+    void read_span(const uint8_t *__restrict slot, size_t n, Word *__restrict w) {
+        static_assert(REDML_PHASES == 8 && kLanes < 128, "nine 7-bit counters in 64 bits");
+        const Word *src[REDML_PHASES + 1];
+        bool room = true;
+        for (unsigned p = 0; p < REDML_PHASES; p++) {
+            src[p] = codes[p] + ci[p];
+            room &= count[p] - ci[p] >= n;
+        }
+        src[kExact] = values + vi;
+        if (!room) {
+            for (size_t j = 0; j < n; j++) w[j] = slot[j] == kExact ? values[vi++] : next_code(slot[j]);
+            return;
+        }
+        uint64_t packed = 0;
+        for (size_t j = 0; j < n; j++) {
+            const unsigned sh = 7u * slot[j];
+            w[j] = src[slot[j]][(packed >> sh) & 127];
+            packed += (uint64_t)1 << sh;
+        }
+        for (unsigned p = 0; p < REDML_PHASES; p++) ci[p] += (packed >> (7 * p)) & 127;
+        vi += (packed >> (7 * kExact)) & 127;
     }
 };
 
@@ -1257,70 +1306,89 @@ REDML_ALWAYS_INLINE void select_coded(const uint8_t *__restrict exact, const dou
     }
 }
 
-// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
-// integer tile with step > 1, or a float tile): the dither, offset and phase of every
-// pixel in one branch-free pass, the exact values and symbols read in raster order, then
-// the reconstruction of the coded pixels (lambda: the model at the pixels, for the
-// conditional reconstructions).
+// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded float tile
+// (pixel by pixel).
 template <class T>
-REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                                 uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                                 CodeReader<T> &rd) {
+REDML_ALWAYS_INLINE void decode_float_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                            uint32_t i0, size_t n, uint32_t seed, CodeReader<T> &rd) {
     using S = Storage<T>;
-    if constexpr (S::is_float) {
-        for (size_t j = 0; j < n; j++) {
-            if (exact[j]) {
-                out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
-                continue;
-            }
-            auto px = tc.at(seed, i0 + j);
-            const auto sym = rd.next_code(px.phase);
-            check(tc.step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-            out[j] = redml_recon_float(sym, tc.step, px.u_float, px.base);
+    for (size_t j = 0; j < n; j++) {
+        if (exact[j]) {
+            out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+            continue;
         }
-    } else {
-        int64_t u[kLanes], k[kLanes];
-        uint8_t phase[kLanes];
-        tc.int_lanes(seed, i0, n, u, k, phase);
-        for (size_t j = 0; j < n; j++) {  // k: the offset, then the bin
-            if (exact[j]) out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
-            else k[j] += S::unzigzag(rd.next_code(phase[j]));
-        }
-        const int64_t s = tc.s_int;
-        bool in_range = true;
-        if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
-            using B = BinInt<T>;
-            double a[kLanes], b[kLanes], res[kLanes];
-            int64_t bad = 0;
-            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
-                const int64_t coded = exact[j] == 0, lo = k[j] * s - u[j], hi = lo + s - 1;
-                bad |= coded & ((hi < 0) | (hi > S::hi()));
-                a[j] = (double)(B)(coded * (lo > 0 ? lo : 0));
-                b[j] = (double)(B)(coded * hi);
-            }
-            check(!bad, REDML_E_CORRUPT, "decoded value out of range");
-            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, res);
-            select_coded<T>(exact, res, n, out);
-            return;
-        } else {
-            for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
-                k[j] = k[j] * s - u[j] + (s - 1) / 2;
-                in_range &= (exact[j] != 0) | ((k[j] >= S::lo()) & (k[j] <= S::hi()));
-            }
-            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
-        }
-        for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)k[j];  // (a select: vectorizes)
+        auto px = tc.at(seed, i0 + j);
+        const auto sym = rd.next_code(px.phase);
+        check(tc.step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+        out[j] = redml_recon_float(sym, tc.step, px.u_float, px.base);
     }
 }
 
-// decode_coded_lanes_body over n pixels, kLanes at a time (inlined into each target's build).
+// Lane integers of a coded integer tile (int_lanes, the bins, the midpoints): 32 bits for
+// 16-bit pixels in tiles of steps up to kNarrowStep (offsets |k| <= 2^16 + 2^15, so k*s and
+// the bins stay within +-2^31: twice the lanes a vector), 64 bits otherwise.
+const int64_t kNarrowStep = (int64_t)1 << 14;
+
+// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded integer tile
+// (step > 1): the dither, offset and phase of every pixel in one branch-free pass, the exact
+// values and symbols read in raster order (CodeReader::read_span), then the reconstruction of
+// the coded pixels (lambda: the model at the pixels, for the conditional reconstructions).
+template <class T, class I>
+REDML_ALWAYS_INLINE void decode_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t *__restrict exact,
+                                          T *__restrict out, uint32_t i0, size_t n, const double *lambda, int recon,
+                                          uint32_t seed, CodeReader<T> &rd) {
+    using S = Storage<T>;
+    I u[kLanes], k[kLanes];
+    uint8_t slot[kLanes];
+    typename S::Word w[kLanes];
+    tc.int_lanes(seed, i0, n, u, k, slot);
+    for (size_t j = 0; j < n; j++) slot[j] = exact[j] ? CodeReader<T>::kExact : slot[j];
+    rd.read_span(slot, n, w);
+    for (size_t j = 0; j < n; j++) {  // k: the offset, then the bin; exact pixels: their value
+        const I coded = exact[j] == 0;
+        out[j] = S::from_exact_word(w[j], pred);  // (the coded ones are replaced below)
+        k[j] += coded * (I)S::unzigzag(w[j]);
+    }
+    const I s = (I)tc.s_int, top = (I)S::hi();
+    if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
+        double a[kLanes], b[kLanes], res[kLanes];
+        I bad = 0;
+        for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
+            const I coded = exact[j] == 0, lo = k[j] * s - u[j], hi = lo + s - 1;
+            bad |= coded & ((I)(hi < 0) | (I)(hi > top));
+            a[j] = (double)(coded * (lo > 0 ? lo : 0));
+            b[j] = (double)(coded * hi);
+        }
+        check(!bad, REDML_E_CORRUPT, "decoded value out of range");
+        conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, res);
+        select_coded<T>(exact, res, n, out);
+        return;
+    }
+    const I half = (s - 1) / 2, bottom = (I)S::lo();
+    bool in_range = true;
+    for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
+        k[j] = k[j] * s - u[j] + half;
+        in_range &= (exact[j] != 0) | ((k[j] >= bottom) & (k[j] <= top));
+    }
+    check(in_range, REDML_E_CORRUPT, "decoded value out of range");
+    for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)k[j];  // (a select: vectorizes)
+}
+
+// The coded pixels of n pixels of one tile row, kLanes at a time (inlined into each target's
+// build).
 template <class T>
 REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
                                                 uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
                                                 CodeReader<T> &rd) {
-    for (size_t c = 0; c < n; c += kLanes)
-        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
-                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        const double *lam = lambda ? lambda + c : nullptr;
+        const uint32_t i = i0 + (uint32_t)c;
+        if constexpr (Storage<T>::is_float) decode_float_lanes<T>(tc, pred, exact + c, out + c, i, m, seed, rd);
+        else if (sizeof(T) == 2 && tc.s_int <= kNarrowStep)
+            decode_int_lanes<T, int32_t>(tc, pred, exact + c, out + c, i, m, lam, recon, seed, rd);
+        else decode_int_lanes<T, int64_t>(tc, pred, exact + c, out + c, i, m, lam, recon, seed, rd);
+    }
 }
 
 template <class T>
@@ -1350,12 +1418,83 @@ template <class T>
 void decode_coded_span(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
                        const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
 #ifdef REDML_AVX512_DISPATCH
-    if (cpu_has_avx512()) return decode_coded_span_avx512<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    if (use_avx512()) return decode_coded_span_avx512<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    if (use_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
     decode_coded_span_portable<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+}
+
+// Sparse chunks with the dither reconstruction: the model at the n pixels of a row from frame
+// index i0 on, rounded without bias (redml_dithered_round, then clipped to T's maximum: the
+// model is >= 0 and its whole numbers exact, so min(hi, floor(v + u)) = floor(min(v + u, hi)),
+// a truncation that vectorizes); float pixels take the model as it is.
+template <class T>
+REDML_ALWAYS_INLINE void sparse_dither_body(const double *__restrict lambda, size_t n, uint32_t i0, uint32_t seed,
+                                            T *__restrict out) {
+    using Trunc = typename std::conditional<sizeof(T) == 4 && std::is_unsigned<T>::value, int64_t, int32_t>::type;
+    const double top = (double)Storage<T>::hi();
+    for (size_t j = 0; j < n; j++) {
+        const double v = lambda[j] > 0.0 ? lambda[j] : 0.0;
+        if constexpr (Storage<T>::is_float) {
+            out[j] = (T)v;
+        } else {
+            const double f = v + redml_uniform(seed, i0 + (uint32_t)j, 2);
+            out[j] = (T)(Trunc)(f < top ? f : top);
+        }
+    }
+}
+
+template <class T>
+void sparse_dither_portable(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+    sparse_dither_body<T>(lambda, n, i0, seed, out);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void sparse_dither_avx2(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+    sparse_dither_body<T>(lambda, n, i0, seed, out);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 void sparse_dither_avx512(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+    sparse_dither_body<T>(lambda, n, i0, seed, out);
+}
+#endif
+template <class T>
+void sparse_dither(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+#ifdef REDML_AVX512_DISPATCH
+    if (use_avx512()) return sparse_dither_avx512<T>(lambda, n, i0, seed, out);
+#endif
+#ifdef REDML_AVX2_DISPATCH
+    if (use_avx2()) return sparse_dither_avx2<T>(lambda, n, i0, seed, out);
+#endif
+    sparse_dither_portable<T>(lambda, n, i0, seed, out);
+}
+
+// A row of n pixels of a sparse chunk from frame index i0 on: the background from the model
+// (lambda), made unbiased (dither) or noisy (Poisson), then the exact pixels from their values
+// (pred: the tile predictions along the row).
+template <class T>
+void decode_sparse_row(const uint8_t *exact, T *out, size_t n, const double *lambda, const Step1Int<T> *pred,
+                       uint32_t i0, const ChunkHeader &h, bool poisson, CodeReader<T> &rd) {
+    using S = Storage<T>;
+    if (!poisson) {
+        sparse_dither<T>(lambda, n, i0, h.seed, out);
+    } else {
+        for (size_t x = 0; x < n; x++) {
+            const double r = (double)h.gain * (double)redml_poisson(std::max(0.0, lambda[x]) / h.gain, h.seed, i0 + x);
+            if constexpr (S::is_float) out[x] = (T)r;
+            else out[x] = (T)std::min((double)S::hi(), std::floor(r + 0.5));
+        }
+    }
+    for (size_t x = 0; x < n; x++) {  // the exact pixels (the map holds 0/1: memchr, SIMD in libc)
+        const uint8_t *next = (const uint8_t *)std::memchr(exact + x, 1, n - x);
+        if (!next) break;
+        x = (size_t)(next - exact);
+        out[x] = S::from_exact_word(rd.values[rd.vi++], S::is_float ? 0 : pred[x]);
+    }
 }
 
 // Adds to count[ph] the number of coded pixels of phase ph among the n pixels from frame
@@ -1452,6 +1591,10 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                 continue;
             }
             const double *lambda = bilinear ? bilinear.row(y) : nullptr;
+            if (sparse) {  // every tile alike: the whole row at once
+                decode_sparse_row<T>(exact + row, out + row, W, lambda, pred_row.data(), (uint32_t)row, h, poisson, rd);
+                continue;
+            }
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 const size_t t = (size_t)ty * g.cols + tx;
                 const int64_t pred = preds[t];
@@ -1480,23 +1623,9 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                             decode_noise_int_lanes<T>(coders[t], pred, exact + row + x, out + row + x, (uint32_t)(row + x),
                                                       std::min<size_t>(kLanes, x1 - x), lambda + x, h, draw, *tables, rd);
                     }
-                } else if (!sparse) {
+                } else {
                     decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),
                                          x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed, rd);
-                } else {
-                    for (uint32_t x = x0; x < x1; x++) {
-                        const size_t i = row + x;
-                        if (exact[i]) {
-                            out[i] = S::from_exact_word(values[rd.vi++], pred);
-                            continue;
-                        }
-                        // sparse: the model, made unbiased (dither) or noisy (Poisson)
-                        double v = std::max(0.0, lambda[x]);
-                        double r = poisson ? (double)h.gain * (double)redml_poisson(v / h.gain, h.seed, i)
-                                           : (S::is_float ? v : (double)redml_dithered_round(v, h.seed, i));
-                        if constexpr (S::is_float) out[i] = (T)r;
-                        else out[i] = (T)std::min((double)S::hi(), std::floor(r + 0.5));
-                    }
                 }
             }
         }
@@ -1548,6 +1677,8 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
 }
 
 }  // namespace
+
+void codec_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
 
 std::string &last_error() {
     thread_local std::string message;

@@ -526,6 +526,8 @@ PYBIND11_MODULE(_core, m) {
     // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
     m.def("_rans_force_simd", &redml::rans_force_simd, py::arg("level"),
           "Test hook: the rANS decoder's build (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
+    m.def("_codec_force_simd", &redml::codec_force_simd, py::arg("level"),
+          "Test hook: the build of the codec decoder's SIMD loops (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
     m.def("stage_timing", [](bool on) { redml::stage_times().enabled = on; }, py::arg("enable"));
     m.def("last_stages", [] {
         py::dict d;
