@@ -1208,30 +1208,28 @@ struct CodeReader {
         return codes[phase][ci[phase]++];
     }
     // The words of n <= kLanes pixels in raster order into w: slot[j] = the pixel's phase, or
-    // kExact for an exact pixel (its value). Where every phase has n codes left, the nine read
-    // counters of the span live in one register, 7 bits each (no counter in memory, no check
-    // per pixel); near a stream's end, the checked reads.
+    // kExact for an exact pixel (its value). The nine read counters of the span live in one
+    // register, 7 bits each (no counter in memory); each stream's length is checked once for
+    // the span, before the reads.
     void read_span(const uint8_t *__restrict slot, size_t n, Word *__restrict w) {
         static_assert(REDML_PHASES == 8 && kLanes < 128, "nine 7-bit counters in 64 bits");
-        const Word *src[REDML_PHASES + 1];
-        bool room = true;
-        for (unsigned p = 0; p < REDML_PHASES; p++) {
-            src[p] = codes[p] + ci[p];
-            room &= count[p] - ci[p] >= n;
-        }
-        src[kExact] = values + vi;
-        if (!room) {
-            for (size_t j = 0; j < n; j++) w[j] = slot[j] == kExact ? values[vi++] : next_code(slot[j]);
-            return;
-        }
+        uint8_t rank[kLanes];
         uint64_t packed = 0;
         for (size_t j = 0; j < n; j++) {
             const unsigned sh = 7u * slot[j];
-            w[j] = src[slot[j]][(packed >> sh) & 127];
+            rank[j] = (uint8_t)((packed >> sh) & 127);
             packed += (uint64_t)1 << sh;
         }
-        for (unsigned p = 0; p < REDML_PHASES; p++) ci[p] += (packed >> (7 * p)) & 127;
+        const Word *src[REDML_PHASES + 1];
+        for (unsigned p = 0; p < REDML_PHASES; p++) {
+            const size_t used = (packed >> (7 * p)) & 127;
+            check(used <= count[p] - ci[p], REDML_E_CORRUPT, "background code stream length does not match its phase");
+            src[p] = codes[p] + ci[p];
+            ci[p] += used;
+        }
+        src[kExact] = values + vi;
         vi += (packed >> (7 * kExact)) & 127;
+        for (size_t j = 0; j < n; j++) w[j] = src[slot[j]][rank[j]];
     }
 };
 
@@ -1259,7 +1257,7 @@ void decode_noise_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t 
 
 // Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), in blocks of
 // REDML_RECON_LANES: the fast form where it decides (quantize.h), the reference elsewhere.
-// a and b hold whole blocks (the lanes from n on: a = b = 0); lambda only n values.
+// a, b and lambda hold n values (a partial last block is padded with empty bins).
 REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
                                            int64_t width, bool draw, uint32_t seed, uint32_t i0, double *res) {
     const size_t L = REDML_RECON_LANES;
@@ -1267,26 +1265,33 @@ REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, con
         const size_t m = std::min(L, n - c);
         double ba[L], bb[L], lam[L], uni[L];
         uint8_t ok[L];
-        for (size_t j = 0; j < L; j++) lam[j] = 1.0;
-        for (size_t j = 0; j < m; j++) lam[j] = lambda[c + j];
-        for (size_t j = 0; j < L; j++) {  // the lanes from m on: empty bins [0, 0]
-            ba[j] = j < m ? a[c + j] : 0.0;
-            bb[j] = j < m ? b[c + j] : 0.0;
-            uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
+        const double *pa = a + c, *pb = b + c, *pl = lambda + c;
+        if (m < L) {  // a partial block: the lanes from m on take empty bins [0, 0]
+            for (size_t j = 0; j < L; j++) {
+                ba[j] = j < m ? a[c + j] : 0.0;
+                bb[j] = j < m ? b[c + j] : 0.0;
+                lam[j] = j < m ? lambda[c + j] : 1.0;
+            }
+            pa = ba, pb = bb, pl = lam;
         }
+        for (size_t j = 0; j < L; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
         switch (width) {  // the narrow bins of a few counts per pixel with the width a constant (unrolled)
 #define REDML_WIDTH_CASE(w) \
-    case w: redml_recon_conditional_lanes(ba, bb, lam, uni, w, draw, res + c, ok); break;
+    case w: redml_recon_conditional_lanes(pa, pb, pl, uni, w, draw, res + c, ok); break;
             REDML_WIDTH_CASE(2) REDML_WIDTH_CASE(3) REDML_WIDTH_CASE(4) REDML_WIDTH_CASE(5)
 #undef REDML_WIDTH_CASE
-            default: redml_recon_conditional_lanes(ba, bb, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+            default: redml_recon_conditional_lanes(pa, pb, pl, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
         }
-        int all_ok = 1;
-        for (size_t j = 0; j < L; j++) all_ok &= ok[j];
-        if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
+        uint64_t all_ok = ~0ull;  // the flags (0/1 bytes), eight at a time
+        for (size_t j = 0; j < L; j += 8) {
+            uint64_t w;
+            std::memcpy(&w, ok + j, 8);
+            all_ok &= w;
+        }
+        if (all_ok != 0x0101010101010101ull)  // rare: a decision too close to call, or a bin outside the fast form's domain
             for (size_t j = 0; j < m; j++)
                 if (!ok[j])
-                    res[c + j] = (double)redml_recon_conditional((int64_t)ba[j], (int64_t)bb[j], lam[j], draw, seed,
+                    res[c + j] = (double)redml_recon_conditional((int64_t)pa[j], (int64_t)pb[j], pl[j], draw, seed,
                                                                  i0 + (uint32_t)(c + j));
     }
 }
