@@ -1258,8 +1258,9 @@ void decode_noise_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t 
 // Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), in blocks of
 // REDML_RECON_LANES: the fast form where it decides (quantize.h), the reference elsewhere.
 // a, b and lambda hold n values (a partial last block is padded with empty bins).
+template <bool draw>
 REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
-                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, double *res) {
+                                           int64_t width, uint32_t seed, uint32_t i0, double *res) {
     const size_t L = REDML_RECON_LANES;
     for (size_t c = 0; c < n; c += L) {
         const size_t m = std::min(L, n - c);
@@ -1334,101 +1335,144 @@ REDML_ALWAYS_INLINE void decode_float_lanes(const TileCoder<T> &tc, int64_t pred
 // the bins stay within +-2^31: twice the lanes a vector), 64 bits otherwise.
 const int64_t kNarrowStep = (int64_t)1 << 14;
 
-// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded integer tile
-// (step > 1): the dither, offset and phase of every pixel in one branch-free pass, the exact
-// values and symbols read in raster order (CodeReader::read_span), then the reconstruction of
-// the coded pixels (lambda: the model at the pixels, for the conditional reconstructions).
+// The per-tile constants of the coded integer tiles (TileCoder) spread over the pixel columns
+// of a tile row, each column its tile's: whole pixel rows then decode kLanes pixels at a time
+// across tile boundaries (tiles are narrower than the lanes).
+struct ColumnCoders {
+    std::vector<int64_t> s, pred, pred_q, pred_r;
+    std::vector<uint32_t> mul_hi, mul_lo;
+    template <class T>
+    void set(const std::vector<TileCoder<T>> &coders, const std::vector<int64_t> &preds, const TileGrid &g,
+             uint32_t ty) {
+        for (auto *v : {&s, &pred, &pred_q, &pred_r}) v->resize(g.width);
+        mul_hi.resize(g.width);
+        mul_lo.resize(g.width);
+        for (uint32_t x = 0; x < g.width; x++) {
+            const size_t t = (size_t)ty * g.cols + x / g.tile;
+            const TileCoder<T> &tc = coders[t];
+            s[x] = tc.s_int, pred[x] = preds[t], pred_q[x] = tc.off.pred_q, pred_r[x] = tc.off.pred_r;
+            mul_hi[x] = tc.off.phase_mul_hi, mul_lo[x] = tc.off.phase_mul_lo;
+        }
+    }
+    // The constants from column x on.
+    struct View {
+        const int64_t *s, *pred, *pred_q, *pred_r;
+        const uint32_t *mul_hi, *mul_lo;
+        View at(size_t x) const { return {s + x, pred + x, pred_q + x, pred_r + x, mul_hi + x, mul_lo + x}; }
+    };
+    View view() const { return {s.data(), pred.data(), pred_q.data(), pred_r.data(), mul_hi.data(), mul_lo.data()}; }
+};
+
+// Decodes n <= kLanes pixels from frame index i0 on, in one pixel row of coded integer tiles
+// (step > 1; cv: each pixel's tile constants): the dither, offset and phase of every pixel in
+// one branch-free pass (TileCoder::at's), the exact values and symbols read in raster order
+// (CodeReader::read_span), then the reconstruction of the coded pixels (lambda: the model at
+// the pixels, for the conditional reconstructions; width: the widest bin among them).
 template <class T, class I>
-REDML_ALWAYS_INLINE void decode_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t *__restrict exact,
-                                          T *__restrict out, uint32_t i0, size_t n, const double *lambda, int recon,
-                                          uint32_t seed, CodeReader<T> &rd) {
+REDML_ALWAYS_INLINE void decode_int_lanes(const ColumnCoders::View &cv, const uint8_t *__restrict exact,
+                                          T *__restrict out, uint32_t i0, size_t n, int64_t width,
+                                          const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
     using S = Storage<T>;
-    I u[kLanes], k[kLanes];
+    I u[kLanes], k[kLanes], s[kLanes];
     uint8_t slot[kLanes];
     typename S::Word w[kLanes];
-    tc.int_lanes(seed, i0, n, u, k, slot);
-    for (size_t j = 0; j < n; j++) slot[j] = exact[j] ? CodeReader<T>::kExact : slot[j];
+    for (size_t j = 0; j < n; j++) {
+        const redml_offset_tile off = {cv.pred_q[j], cv.pred_r[j], cv.mul_hi[j], cv.mul_lo[j]};
+        unsigned ph;
+        const int64_t uj = redml_dither_int(seed, i0 + (uint32_t)j, cv.s[j]);
+        u[j] = (I)uj;
+        k[j] = (I)redml_offset_int(&off, uj, cv.s[j], &ph);
+        s[j] = (I)cv.s[j];
+        slot[j] = exact[j] ? CodeReader<T>::kExact : (uint8_t)ph;
+    }
     rd.read_span(slot, n, w);
     for (size_t j = 0; j < n; j++) {  // k: the offset, then the bin; exact pixels: their value
         const I coded = exact[j] == 0;
-        out[j] = S::from_exact_word(w[j], pred);  // (the coded ones are replaced below)
+        out[j] = S::from_exact_word(w[j], cv.pred[j]);  // (the coded ones are replaced below)
         k[j] += coded * (I)S::unzigzag(w[j]);
     }
-    const I s = (I)tc.s_int, top = (I)S::hi();
+    const I top = (I)S::hi();
     if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
         double a[kLanes], b[kLanes], res[kLanes];
         I bad = 0;
         for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
-            const I coded = exact[j] == 0, lo = k[j] * s - u[j], hi = lo + s - 1;
+            const I coded = exact[j] == 0, lo = k[j] * s[j] - u[j], hi = lo + s[j] - 1;
             bad |= coded & ((I)(hi < 0) | (I)(hi > top));
             a[j] = (double)(coded * (lo > 0 ? lo : 0));
             b[j] = (double)(coded * hi);
         }
         check(!bad, REDML_E_CORRUPT, "decoded value out of range");
-        conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, res);
+        if (recon == REDML_RECON_DRAW) conditional_lanes<true>(a, b, lambda, n, width, seed, i0, res);
+        else conditional_lanes<false>(a, b, lambda, n, width, seed, i0, res);
         select_coded<T>(exact, res, n, out);
         return;
     }
-    const I half = (s - 1) / 2, bottom = (I)S::lo();
+    const I bottom = (I)S::lo();
     bool in_range = true;
     for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
-        k[j] = k[j] * s - u[j] + half;
+        k[j] = k[j] * s[j] - u[j] + (s[j] - 1) / 2;
         in_range &= (exact[j] != 0) | ((k[j] >= bottom) & (k[j] <= top));
     }
     check(in_range, REDML_E_CORRUPT, "decoded value out of range");
     for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)k[j];  // (a select: vectorizes)
 }
 
-// The coded pixels of n pixels of one tile row, kLanes at a time (inlined into each target's
-// build).
+// The coded pixels of n pixels of one pixel row (float: of one tile, tc; integers: of coded
+// tiles, cv), kLanes at a time (inlined into each target's build).
 template <class T>
-REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                                uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                                CodeReader<T> &rd) {
+REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const ColumnCoders::View &cv, int64_t pred,
+                                                const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                                                const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
     for (size_t c = 0; c < n; c += kLanes) {
         const size_t m = std::min(kLanes, n - c);
         const double *lam = lambda ? lambda + c : nullptr;
         const uint32_t i = i0 + (uint32_t)c;
-        if constexpr (Storage<T>::is_float) decode_float_lanes<T>(tc, pred, exact + c, out + c, i, m, seed, rd);
-        else if (sizeof(T) == 2 && tc.s_int <= kNarrowStep)
-            decode_int_lanes<T, int32_t>(tc, pred, exact + c, out + c, i, m, lam, recon, seed, rd);
-        else decode_int_lanes<T, int64_t>(tc, pred, exact + c, out + c, i, m, lam, recon, seed, rd);
+        if constexpr (Storage<T>::is_float) {
+            decode_float_lanes<T>(tc, pred, exact + c, out + c, i, m, seed, rd);
+        } else {
+            int64_t width = 0;  // the widest bin of the block
+            for (size_t j = 0; j < m; j++) width = std::max(width, cv.s[c + j]);
+            if (sizeof(T) == 2 && width <= kNarrowStep)
+                decode_int_lanes<T, int32_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+            else decode_int_lanes<T, int64_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+        }
     }
 }
 
 template <class T>
-void decode_coded_span_portable(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0,
-                                size_t n, const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
-    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+void decode_coded_span_portable(const TileCoder<T> &tc, const ColumnCoders::View &cv, int64_t pred,
+                                const uint8_t *exact, T *out, uint32_t i0, size_t n, const double *lambda, int recon,
+                                uint32_t seed, CodeReader<T> &rd) {
+    decode_coded_span_body<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
-REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                              uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                              CodeReader<T> &rd) {
-    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, const ColumnCoders::View &cv,
+                                          int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                                          const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    decode_coded_span_body<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T>
-REDML_TARGET_AVX512 void decode_coded_span_avx512(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                                  uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                                  CodeReader<T> &rd) {
-    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+REDML_TARGET_AVX512 void decode_coded_span_avx512(const TileCoder<T> &tc, const ColumnCoders::View &cv,
+                                          int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                                          const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    decode_coded_span_body<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #endif
-// decode_coded_lanes_body over n pixels of one tile row (the AVX-512 or AVX2 build where
-// the CPU has it).
+// decode_coded_span_body (the AVX-512 or AVX2 build where the CPU has it).
 template <class T>
-void decode_coded_span(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
-                       const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+void decode_coded_span(const TileCoder<T> &tc, const ColumnCoders::View &cv, int64_t pred, const uint8_t *exact,
+                       T *out, uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                       CodeReader<T> &rd) {
 #ifdef REDML_AVX512_DISPATCH
-    if (use_avx512()) return decode_coded_span_avx512<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    if (use_avx512()) return decode_coded_span_avx512<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if (use_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    if (use_avx2()) return decode_coded_span_avx2<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
-    decode_coded_span_portable<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    decode_coded_span_portable<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 
 // Sparse chunks with the dither reconstruction: the model at the n pixels of a row from frame
@@ -1571,15 +1615,19 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const bool counts = conditional && !noise;             // step-1 bins of counts hold values >= 0
     // Per tile row: whether all its tiles are lossless integer tiles (decoded a whole pixel
     // row at a time), and the tile predictions spread over a pixel row.
-    std::vector<uint8_t> row_step1(g.rows, 0);
+    std::vector<uint8_t> row_step1(g.rows, 0), row_coded(g.rows, 0);
     if (!S::is_float && !sparse)
-        for (uint32_t ty = 0; ty < g.rows; ty++)
-            row_step1[ty] = std::all_of(model.step.begin() + (size_t)ty * g.cols,
-                                        model.step.begin() + (size_t)(ty + 1) * g.cols, [](float st) { return st == 1.0f; });
+        for (uint32_t ty = 0; ty < g.rows; ty++) {
+            const auto first = model.step.begin() + (size_t)ty * g.cols, last = first + g.cols;
+            row_step1[ty] = std::all_of(first, last, [](float st) { return st == 1.0f; });
+            // every tile coded (step > 1), none of integrating data: whole pixel rows at once
+            row_coded[ty] = !noise && std::none_of(first, last, [](float st) { return st == 1.0f; });
+        }
     // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on.
     auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
         std::vector<Step1Int<T>> pred_row(W);
         uint32_t pred_ty = UINT32_MAX;
+        ColumnCoders columns;  // the coded tiles' constants along the tile row pred_ty
         BilinearRows bilinear = conditional || sparse ? BilinearRows(model) : BilinearRows();
         NoiseTables *tables = noise && !S::is_float ? &NoiseTables::get(h.gain, h.read_noise) : nullptr;
         CodeReader<T> rd{values, vi, codes.data(), code_count.data(), ci};
@@ -1587,6 +1635,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
             const uint32_t ty = y / g.tile;
             if (ty != pred_ty && !S::is_float) {
                 prediction_row<T>(preds, g, y, pred_row.data());
+                if (!coders.empty()) columns.set<T>(coders, preds, g, ty);
                 pred_ty = ty;
             }
             const size_t row = (size_t)y * W;
@@ -1598,6 +1647,11 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
             const double *lambda = bilinear ? bilinear.row(y) : nullptr;
             if (sparse) {  // every tile alike: the whole row at once
                 decode_sparse_row<T>(exact + row, out + row, W, lambda, pred_row.data(), (uint32_t)row, h, poisson, rd);
+                continue;
+            }
+            if (row_coded[ty]) {  // across the tiles, kLanes pixels at a time
+                decode_coded_span<T>(coders[(size_t)ty * g.cols], columns.view(), 0, exact + row, out + row,
+                                     (uint32_t)row, W, lambda, recon, h.seed, rd);
                 continue;
             }
             for (uint32_t tx = 0; tx < g.cols; tx++) {
@@ -1629,8 +1683,9 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                                                       std::min<size_t>(kLanes, x1 - x), lambda + x, h, draw, *tables, rd);
                     }
                 } else {
-                    decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),
-                                         x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed, rd);
+                    decode_coded_span<T>(coders[t], S::is_float ? ColumnCoders::View{} : columns.view().at(x0), pred, exact + row + x0, out + row + x0,
+                                         (uint32_t)(row + x0), x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed,
+                                         rd);
                 }
             }
         }
