@@ -3,6 +3,7 @@
 //   mask (special values, user mask) -> background (tile model) -> spots (ROI)
 //   -> quantize (quantize.h) -> entropy (entropy.cpp) -> container (container.cpp)
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "background.h"
 #include "container.h"
 #include "encoder.h"
+#include "internal.h"
 #include "entropy.h"
 #include "error.h"
 #include "lattice_chunk.h"
@@ -36,6 +38,22 @@ const uint32_t kRowsPerBand = 64;
 
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
 static_assert(REDML_LANES % REDML_RECON_LANES == 0, "a span holds whole blocks of the conditional lanes");
+
+// The build of the codec's SIMD loops (encoder and decoder) that runs: the best the CPU has,
+// or the one codec_force_simd asks for (tests: 1 portable, 2 AVX2, 3 AVX-512; 0 the best).
+std::atomic<int> forced_simd{0};
+#ifdef REDML_AVX512_DISPATCH
+bool use_avx512() {
+    const int f = forced_simd.load(std::memory_order_relaxed);
+    return (f == 0 || f == 3) && cpu_has_avx512();
+}
+#endif
+#ifdef REDML_AVX2_DISPATCH
+bool use_avx2() {
+    const int f = forced_simd.load(std::memory_order_relaxed);
+    return (f == 0 || f >= 2) && cpu_has_avx2();
+}
+#endif
 
 // Per-type storage: exact values and background codes are unsigned integers of the
 // pixel's width (16 or 32 bits).
@@ -121,13 +139,16 @@ struct TileCoder {
         return px;
     }
     // at() for the n pixels from i0 on of an integer tile with step > 1, one pass without
-    // branches (vectorized: the pixel indices of a frame are below 2^27, 32-bit lanes).
-    void int_lanes(uint32_t seed, uint32_t i0, size_t n, int64_t *__restrict u, int64_t *__restrict base,
+    // branches (vectorized: the pixel indices of a frame are below 2^27, 32-bit lanes). I: the
+    // lane integer of u and base (int32_t where they fit: 16-bit pixels, small steps).
+    template <class I>
+    void int_lanes(uint32_t seed, uint32_t i0, size_t n, I *__restrict u, I *__restrict base,
                    uint8_t *__restrict phase) const {
         for (size_t j = 0; j < n; j++) {
             unsigned ph;
-            u[j] = redml_dither_int(seed, i0 + (uint32_t)j, s_int);
-            base[j] = redml_offset_int(&off, u[j], s_int, &ph);
+            const int64_t uj = redml_dither_int(seed, i0 + (uint32_t)j, s_int);
+            u[j] = (I)uj;
+            base[j] = (I)redml_offset_int(&off, uj, s_int, &ph);
             phase[j] = (uint8_t)ph;
         }
     }
@@ -487,7 +508,7 @@ template <class T>
 void step1_span(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
                 typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
 #ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return step1_span_avx2<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
+    if (use_avx2()) return step1_span_avx2<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
 #endif
     step1_span_portable<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
 }
@@ -674,12 +695,12 @@ void quantize_int_span(const TileCoder<T> &tc, const T *f, uint8_t *exact, const
                        int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
                        typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
 #ifdef REDML_AVX512_DISPATCH
-    if (cpu_has_avx512())
+    if (use_avx512())
         return quantize_int_span_avx512<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags,
                                            nv, nc);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2())
+    if (use_avx2())
         return quantize_int_span_avx2<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
 #endif
     quantize_int_span_portable<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
@@ -1322,7 +1343,7 @@ REDML_TARGET_AVX2 bool decode_codes_avx2(const typename Storage<T>::Word *codes,
 template <class T>
 bool decode_codes(const typename Storage<T>::Word *codes, T *out, size_t n, const Step1Int<T> *pred, int64_t lo) {
 #ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return decode_codes_avx2<T>(codes, out, n, pred, lo);
+    if (use_avx2()) return decode_codes_avx2<T>(codes, out, n, pred, lo);
 #endif
     return decode_codes_portable<T>(codes, out, n, pred, lo);
 }
@@ -1361,14 +1382,40 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, const Step1Int<T>
 // the read positions (every code read is checked against its stream's length).
 template <class T>
 struct CodeReader {
-    const typename Storage<T>::Word *values;
+    using Word = typename Storage<T>::Word;
+    static constexpr uint8_t kExact = REDML_PHASES;  // the slot of an exact pixel (read_span)
+    const Word *values;
     size_t vi;
-    const typename Storage<T>::Word *const *codes;
+    const Word *const *codes;
     const size_t *count;
     size_t *ci;
-    typename Storage<T>::Word next_code(unsigned phase) {
+    Word next_code(unsigned phase) {
         check(ci[phase] < count[phase], REDML_E_CORRUPT, "background code stream length does not match its phase");
         return codes[phase][ci[phase]++];
+    }
+    // The words of n <= kLanes pixels in raster order into w: slot[j] = the pixel's phase, or
+    // kExact for an exact pixel (its value). The nine read counters of the span live in one
+    // register, 7 bits each (no counter in memory); each stream's length is checked once for
+    // the span, before the reads.
+    void read_span(const uint8_t *__restrict slot, size_t n, Word *__restrict w) {
+        static_assert(REDML_PHASES == 8 && kLanes < 128, "nine 7-bit counters in 64 bits");
+        uint8_t rank[kLanes];
+        uint64_t packed = 0;
+        for (size_t j = 0; j < n; j++) {
+            const unsigned sh = 7u * slot[j];
+            rank[j] = (uint8_t)((packed >> sh) & 127);
+            packed += (uint64_t)1 << sh;
+        }
+        const Word *src[REDML_PHASES + 1];
+        for (unsigned p = 0; p < REDML_PHASES; p++) {
+            const size_t used = (packed >> (7 * p)) & 127;
+            check(used <= count[p] - ci[p], REDML_E_CORRUPT, "background code stream length does not match its phase");
+            src[p] = codes[p] + ci[p];
+            ci[p] += used;
+        }
+        src[kExact] = values + vi;
+        vi += (packed >> (7 * kExact)) & 127;
+        for (size_t j = 0; j < n; j++) w[j] = src[slot[j]][rank[j]];
     }
 };
 
@@ -1396,34 +1443,42 @@ void decode_noise_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t 
 
 // Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), in blocks of
 // REDML_RECON_LANES: the fast form where it decides (quantize.h), the reference elsewhere.
-// a and b hold whole blocks (the lanes from n on: a = b = 0); lambda only n values.
+// a, b and lambda hold n values (a partial last block is padded with empty bins).
+template <bool draw>
 REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
-                                           int64_t width, bool draw, uint32_t seed, uint32_t i0, double *res) {
+                                           int64_t width, uint32_t seed, uint32_t i0, double *res) {
     const size_t L = REDML_RECON_LANES;
     for (size_t c = 0; c < n; c += L) {
         const size_t m = std::min(L, n - c);
         double ba[L], bb[L], lam[L], uni[L];
         uint8_t ok[L];
-        for (size_t j = 0; j < L; j++) lam[j] = 1.0;
-        for (size_t j = 0; j < m; j++) lam[j] = lambda[c + j];
-        for (size_t j = 0; j < L; j++) {  // the lanes from m on: empty bins [0, 0]
-            ba[j] = j < m ? a[c + j] : 0.0;
-            bb[j] = j < m ? b[c + j] : 0.0;
-            uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
+        const double *pa = a + c, *pb = b + c, *pl = lambda + c;
+        if (m < L) {  // a partial block: the lanes from m on take empty bins [0, 0]
+            for (size_t j = 0; j < L; j++) {
+                ba[j] = j < m ? a[c + j] : 0.0;
+                bb[j] = j < m ? b[c + j] : 0.0;
+                lam[j] = j < m ? lambda[c + j] : 1.0;
+            }
+            pa = ba, pb = bb, pl = lam;
         }
+        for (size_t j = 0; j < L; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
         switch (width) {  // the narrow bins of a few counts per pixel with the width a constant (unrolled)
 #define REDML_WIDTH_CASE(w) \
-    case w: redml_recon_conditional_lanes(ba, bb, lam, uni, w, draw, res + c, ok); break;
+    case w: redml_recon_conditional_lanes(pa, pb, pl, uni, w, draw, res + c, ok); break;
             REDML_WIDTH_CASE(2) REDML_WIDTH_CASE(3) REDML_WIDTH_CASE(4) REDML_WIDTH_CASE(5)
 #undef REDML_WIDTH_CASE
-            default: redml_recon_conditional_lanes(ba, bb, lam, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+            default: redml_recon_conditional_lanes(pa, pb, pl, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
         }
-        int all_ok = 1;
-        for (size_t j = 0; j < L; j++) all_ok &= ok[j];
-        if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
+        uint64_t all_ok = ~0ull;  // the flags (0/1 bytes), eight at a time
+        for (size_t j = 0; j < L; j += 8) {
+            uint64_t w;
+            std::memcpy(&w, ok + j, 8);
+            all_ok &= w;
+        }
+        if (all_ok != 0x0101010101010101ull)  // rare: a decision too close to call, or a bin outside the fast form's domain
             for (size_t j = 0; j < m; j++)
                 if (!ok[j])
-                    res[c + j] = (double)redml_recon_conditional((int64_t)ba[j], (int64_t)bb[j], lam[j], draw, seed,
+                    res[c + j] = (double)redml_recon_conditional((int64_t)pa[j], (int64_t)pb[j], pl[j], draw, seed,
                                                                  i0 + (uint32_t)(c + j));
     }
 }
@@ -1443,105 +1498,238 @@ REDML_ALWAYS_INLINE void select_coded(const uint8_t *__restrict exact, const dou
     }
 }
 
-// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded tile (an
-// integer tile with step > 1, or a float tile): the dither, offset and phase of every
-// pixel in one branch-free pass, the exact values and symbols read in raster order, then
-// the reconstruction of the coded pixels (lambda: the model at the pixels, for the
-// conditional reconstructions).
+// Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded float tile
+// (pixel by pixel).
 template <class T>
-REDML_ALWAYS_INLINE void decode_coded_lanes_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                                 uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                                 CodeReader<T> &rd) {
+REDML_ALWAYS_INLINE void decode_float_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
+                                            uint32_t i0, size_t n, uint32_t seed, CodeReader<T> &rd) {
     using S = Storage<T>;
-    if constexpr (S::is_float) {
-        for (size_t j = 0; j < n; j++) {
-            if (exact[j]) {
-                out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
-                continue;
-            }
-            auto px = tc.at(seed, i0 + j);
-            const auto sym = rd.next_code(px.phase);
-            check(tc.step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
-            out[j] = redml_recon_float(sym, tc.step, px.u_float, px.base);
+    for (size_t j = 0; j < n; j++) {
+        if (exact[j]) {
+            out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
+            continue;
         }
-    } else {
-        int64_t u[kLanes], k[kLanes];
-        uint8_t phase[kLanes];
-        tc.int_lanes(seed, i0, n, u, k, phase);
-        for (size_t j = 0; j < n; j++) {  // k: the offset, then the bin
-            if (exact[j]) out[j] = S::from_exact_word(rd.values[rd.vi++], pred);
-            else k[j] += S::unzigzag(rd.next_code(phase[j]));
-        }
-        const int64_t s = tc.s_int;
-        bool in_range = true;
-        if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
-            using B = BinInt<T>;
-            double a[kLanes], b[kLanes], res[kLanes];
-            int64_t bad = 0;
-            for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
-                const int64_t coded = exact[j] == 0, lo = k[j] * s - u[j], hi = lo + s - 1;
-                bad |= coded & ((hi < 0) | (hi > S::hi()));
-                a[j] = (double)(B)(coded * (lo > 0 ? lo : 0));
-                b[j] = (double)(B)(coded * hi);
-            }
-            check(!bad, REDML_E_CORRUPT, "decoded value out of range");
-            conditional_lanes(a, b, lambda, n, s, recon == REDML_RECON_DRAW, seed, i0, res);
-            select_coded<T>(exact, res, n, out);
-            return;
-        } else {
-            for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
-                k[j] = k[j] * s - u[j] + (s - 1) / 2;
-                in_range &= (exact[j] != 0) | ((k[j] >= S::lo()) & (k[j] <= S::hi()));
-            }
-            check(in_range, REDML_E_CORRUPT, "decoded value out of range");
-        }
-        for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)k[j];  // (a select: vectorizes)
+        auto px = tc.at(seed, i0 + j);
+        const auto sym = rd.next_code(px.phase);
+        check(tc.step > 0, REDML_E_CORRUPT, "background pixel in a lossless float tile");
+        out[j] = redml_recon_float(sym, tc.step, px.u_float, px.base);
     }
 }
 
-// decode_coded_lanes_body over n pixels, kLanes at a time (inlined into each target's build).
+// Lane integers of a coded integer tile (int_lanes, the bins, the midpoints): 32 bits for
+// 16-bit pixels in tiles of steps up to kNarrowStep (offsets |k| <= 2^16 + 2^15, so k*s and
+// the bins stay within +-2^31: twice the lanes a vector), 64 bits otherwise.
+const int64_t kNarrowStep = (int64_t)1 << 14;
+
+// The per-tile constants of the coded integer tiles (TileCoder) spread over the pixel columns
+// of a tile row, each column its tile's: whole pixel rows then decode kLanes pixels at a time
+// across tile boundaries (tiles are narrower than the lanes).
+struct ColumnCoders {
+    std::vector<int64_t> s, pred, pred_q, pred_r;
+    std::vector<uint32_t> mul_hi, mul_lo;
+    template <class T>
+    void set(const std::vector<TileCoder<T>> &coders, const std::vector<int64_t> &preds, const TileGrid &g,
+             uint32_t ty) {
+        for (auto *v : {&s, &pred, &pred_q, &pred_r}) v->resize(g.width);
+        mul_hi.resize(g.width);
+        mul_lo.resize(g.width);
+        for (uint32_t x = 0; x < g.width; x++) {
+            const size_t t = (size_t)ty * g.cols + x / g.tile;
+            const TileCoder<T> &tc = coders[t];
+            s[x] = tc.s_int, pred[x] = preds[t], pred_q[x] = tc.off.pred_q, pred_r[x] = tc.off.pred_r;
+            mul_hi[x] = tc.off.phase_mul_hi, mul_lo[x] = tc.off.phase_mul_lo;
+        }
+    }
+    // The constants from column x on.
+    struct View {
+        const int64_t *s, *pred, *pred_q, *pred_r;
+        const uint32_t *mul_hi, *mul_lo;
+        View at(size_t x) const { return {s + x, pred + x, pred_q + x, pred_r + x, mul_hi + x, mul_lo + x}; }
+    };
+    View view() const { return {s.data(), pred.data(), pred_q.data(), pred_r.data(), mul_hi.data(), mul_lo.data()}; }
+};
+
+// Decodes n <= kLanes pixels from frame index i0 on, in one pixel row of coded integer tiles
+// (step > 1; cv: each pixel's tile constants): the dither, offset and phase of every pixel in
+// one branch-free pass (TileCoder::at's), the exact values and symbols read in raster order
+// (CodeReader::read_span), then the reconstruction of the coded pixels (lambda: the model at
+// the pixels, for the conditional reconstructions; width: the widest bin among them).
+template <class T, class I>
+REDML_ALWAYS_INLINE void decode_int_lanes(const ColumnCoders::View &cv, const uint8_t *__restrict exact,
+                                          T *__restrict out, uint32_t i0, size_t n, int64_t width,
+                                          const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    using S = Storage<T>;
+    I u[kLanes], k[kLanes], s[kLanes];
+    uint8_t slot[kLanes];
+    typename S::Word w[kLanes];
+    for (size_t j = 0; j < n; j++) {
+        const redml_offset_tile off = {cv.pred_q[j], cv.pred_r[j], cv.mul_hi[j], cv.mul_lo[j]};
+        unsigned ph;
+        const int64_t uj = redml_dither_int(seed, i0 + (uint32_t)j, cv.s[j]);
+        u[j] = (I)uj;
+        k[j] = (I)redml_offset_int(&off, uj, cv.s[j], &ph);
+        s[j] = (I)cv.s[j];
+        slot[j] = exact[j] ? CodeReader<T>::kExact : (uint8_t)ph;
+    }
+    rd.read_span(slot, n, w);
+    for (size_t j = 0; j < n; j++) {  // k: the offset, then the bin; exact pixels: their value
+        const I coded = exact[j] == 0;
+        out[j] = S::from_exact_word(w[j], cv.pred[j]);  // (the coded ones are replaced below)
+        k[j] += coded * (I)S::unzigzag(w[j]);
+    }
+    const I top = (I)S::hi();
+    if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
+        double a[kLanes], b[kLanes], res[kLanes];
+        I bad = 0;
+        for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
+            const I coded = exact[j] == 0, lo = k[j] * s[j] - u[j], hi = lo + s[j] - 1;
+            bad |= coded & ((I)(hi < 0) | (I)(hi > top));
+            a[j] = (double)(coded * (lo > 0 ? lo : 0));
+            b[j] = (double)(coded * hi);
+        }
+        check(!bad, REDML_E_CORRUPT, "decoded value out of range");
+        if (recon == REDML_RECON_DRAW) conditional_lanes<true>(a, b, lambda, n, width, seed, i0, res);
+        else conditional_lanes<false>(a, b, lambda, n, width, seed, i0, res);
+        select_coded<T>(exact, res, n, out);
+        return;
+    }
+    const I bottom = (I)S::lo();
+    bool in_range = true;
+    for (size_t j = 0; j < n; j++) {  // the midpoint of the bin
+        k[j] = k[j] * s[j] - u[j] + (s[j] - 1) / 2;
+        in_range &= (exact[j] != 0) | ((k[j] >= bottom) & (k[j] <= top));
+    }
+    check(in_range, REDML_E_CORRUPT, "decoded value out of range");
+    for (size_t j = 0; j < n; j++) out[j] = exact[j] ? out[j] : (T)k[j];  // (a select: vectorizes)
+}
+
+// The coded pixels of n pixels of one pixel row (float: of one tile, tc; integers: of coded
+// tiles, cv), kLanes at a time (inlined into each target's build).
 template <class T>
-REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                                uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                                CodeReader<T> &rd) {
-    for (size_t c = 0; c < n; c += kLanes)
-        decode_coded_lanes_body<T>(tc, pred, exact + c, out + c, i0 + (uint32_t)c, std::min(kLanes, n - c),
-                                   lambda ? lambda + c : nullptr, recon, seed, rd);
+REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const ColumnCoders::View &cv, int64_t pred,
+                                                const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                                                const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        const double *lam = lambda ? lambda + c : nullptr;
+        const uint32_t i = i0 + (uint32_t)c;
+        if constexpr (Storage<T>::is_float) {
+            decode_float_lanes<T>(tc, pred, exact + c, out + c, i, m, seed, rd);
+        } else {
+            int64_t width = 0;  // the widest bin of the block
+            for (size_t j = 0; j < m; j++) width = std::max(width, cv.s[c + j]);
+            if (sizeof(T) == 2 && width <= kNarrowStep)
+                decode_int_lanes<T, int32_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+            else decode_int_lanes<T, int64_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+        }
+    }
 }
 
 template <class T>
-void decode_coded_span_portable(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0,
-                                size_t n, const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
-    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+void decode_coded_span_portable(const TileCoder<T> &tc, const ColumnCoders::View &cv, int64_t pred,
+                                const uint8_t *exact, T *out, uint32_t i0, size_t n, const double *lambda, int recon,
+                                uint32_t seed, CodeReader<T> &rd) {
+    decode_coded_span_body<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
-REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                              uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                              CodeReader<T> &rd) {
-    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+REDML_TARGET_AVX2 void decode_coded_span_avx2(const TileCoder<T> &tc, const ColumnCoders::View &cv,
+                                          int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                                          const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    decode_coded_span_body<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T>
-REDML_TARGET_AVX512 void decode_coded_span_avx512(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out,
-                                                  uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
-                                                  CodeReader<T> &rd) {
-    decode_coded_span_body<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+REDML_TARGET_AVX512 void decode_coded_span_avx512(const TileCoder<T> &tc, const ColumnCoders::View &cv,
+                                          int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
+                                          const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+    decode_coded_span_body<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 }
 #endif
-// decode_coded_lanes_body over n pixels of one tile row (the AVX-512 or AVX2 build where
-// the CPU has it).
+// decode_coded_span_body (the AVX-512 or AVX2 build where the CPU has it).
 template <class T>
-void decode_coded_span(const TileCoder<T> &tc, int64_t pred, const uint8_t *exact, T *out, uint32_t i0, size_t n,
-                       const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
+void decode_coded_span(const TileCoder<T> &tc, const ColumnCoders::View &cv, int64_t pred, const uint8_t *exact,
+                       T *out, uint32_t i0, size_t n, const double *lambda, int recon, uint32_t seed,
+                       CodeReader<T> &rd) {
 #ifdef REDML_AVX512_DISPATCH
-    if (cpu_has_avx512()) return decode_coded_span_avx512<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    if (use_avx512()) return decode_coded_span_avx512<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return decode_coded_span_avx2<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    if (use_avx2()) return decode_coded_span_avx2<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
 #endif
-    decode_coded_span_portable<T>(tc, pred, exact, out, i0, n, lambda, recon, seed, rd);
+    decode_coded_span_portable<T>(tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd);
+}
+
+// Sparse chunks with the dither reconstruction: the model at the n pixels of a row from frame
+// index i0 on, rounded without bias (redml_dithered_round, then clipped to T's maximum: the
+// model is >= 0 and its whole numbers exact, so min(hi, floor(v + u)) = floor(min(v + u, hi)),
+// a truncation that vectorizes); float pixels take the model as it is.
+template <class T>
+REDML_ALWAYS_INLINE void sparse_dither_body(const double *__restrict lambda, size_t n, uint32_t i0, uint32_t seed,
+                                            T *__restrict out) {
+    using Trunc = typename std::conditional<sizeof(T) == 4 && std::is_unsigned<T>::value, int64_t, int32_t>::type;
+    const double top = (double)Storage<T>::hi();
+    for (size_t j = 0; j < n; j++) {
+        const double v = lambda[j] > 0.0 ? lambda[j] : 0.0;
+        if constexpr (Storage<T>::is_float) {
+            out[j] = (T)v;
+        } else {
+            const double f = v + redml_uniform(seed, i0 + (uint32_t)j, 2);
+            out[j] = (T)(Trunc)(f < top ? f : top);
+        }
+    }
+}
+
+template <class T>
+void sparse_dither_portable(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+    sparse_dither_body<T>(lambda, n, i0, seed, out);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void sparse_dither_avx2(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+    sparse_dither_body<T>(lambda, n, i0, seed, out);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 void sparse_dither_avx512(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+    sparse_dither_body<T>(lambda, n, i0, seed, out);
+}
+#endif
+template <class T>
+void sparse_dither(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
+#ifdef REDML_AVX512_DISPATCH
+    if (use_avx512()) return sparse_dither_avx512<T>(lambda, n, i0, seed, out);
+#endif
+#ifdef REDML_AVX2_DISPATCH
+    if (use_avx2()) return sparse_dither_avx2<T>(lambda, n, i0, seed, out);
+#endif
+    sparse_dither_portable<T>(lambda, n, i0, seed, out);
+}
+
+// A row of n pixels of a sparse chunk from frame index i0 on: the background from the model
+// (lambda), made unbiased (dither) or noisy (Poisson), then the exact pixels from their values
+// (pred: the tile predictions along the row).
+template <class T>
+void decode_sparse_row(const uint8_t *exact, T *out, size_t n, const double *lambda, const Step1Int<T> *pred,
+                       uint32_t i0, const ChunkHeader &h, bool poisson, CodeReader<T> &rd) {
+    using S = Storage<T>;
+    if (!poisson) {
+        sparse_dither<T>(lambda, n, i0, h.seed, out);
+    } else {
+        for (size_t x = 0; x < n; x++) {
+            const double r = (double)h.gain * (double)redml_poisson(std::max(0.0, lambda[x]) / h.gain, h.seed, i0 + x);
+            if constexpr (S::is_float) out[x] = (T)r;
+            else out[x] = (T)std::min((double)S::hi(), std::floor(r + 0.5));
+        }
+    }
+    for (size_t x = 0; x < n; x++) {  // the exact pixels (the map holds 0/1: memchr, SIMD in libc)
+        const uint8_t *next = (const uint8_t *)std::memchr(exact + x, 1, n - x);
+        if (!next) break;
+        x = (size_t)(next - exact);
+        out[x] = S::from_exact_word(rd.values[rd.vi++], S::is_float ? 0 : pred[x]);
+    }
 }
 
 // Adds to count[ph] the number of coded pixels of phase ph among the n pixels from frame
@@ -1613,15 +1801,19 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const bool counts = conditional && !noise;             // step-1 bins of counts hold values >= 0
     // Per tile row: whether all its tiles are lossless integer tiles (decoded a whole pixel
     // row at a time), and the tile predictions spread over a pixel row.
-    std::vector<uint8_t> row_step1(g.rows, 0);
+    std::vector<uint8_t> row_step1(g.rows, 0), row_coded(g.rows, 0);
     if (!S::is_float && !sparse)
-        for (uint32_t ty = 0; ty < g.rows; ty++)
-            row_step1[ty] = std::all_of(model.step.begin() + (size_t)ty * g.cols,
-                                        model.step.begin() + (size_t)(ty + 1) * g.cols, [](float st) { return st == 1.0f; });
+        for (uint32_t ty = 0; ty < g.rows; ty++) {
+            const auto first = model.step.begin() + (size_t)ty * g.cols, last = first + g.cols;
+            row_step1[ty] = std::all_of(first, last, [](float st) { return st == 1.0f; });
+            // every tile coded (step > 1), none of integrating data: whole pixel rows at once
+            row_coded[ty] = !noise && std::none_of(first, last, [](float st) { return st == 1.0f; });
+        }
     // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on.
     auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
         std::vector<Step1Int<T>> pred_row(W);
         uint32_t pred_ty = UINT32_MAX;
+        ColumnCoders columns;  // the coded tiles' constants along the tile row pred_ty
         BilinearRows bilinear = conditional || sparse ? BilinearRows(model) : BilinearRows();
         NoiseTables *tables = noise && !S::is_float ? &NoiseTables::get(h.gain, h.read_noise) : nullptr;
         CodeReader<T> rd{values, vi, codes.data(), code_count.data(), ci};
@@ -1629,6 +1821,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
             const uint32_t ty = y / g.tile;
             if (ty != pred_ty && !S::is_float) {
                 prediction_row(preds, g, y, pred_row.data());
+                if (!coders.empty()) columns.set<T>(coders, preds, g, ty);
                 pred_ty = ty;
             }
             const size_t row = (size_t)y * W;
@@ -1638,6 +1831,15 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                 continue;
             }
             const double *lambda = bilinear ? bilinear.row(y) : nullptr;
+            if (sparse) {  // every tile alike: the whole row at once
+                decode_sparse_row<T>(exact + row, out + row, W, lambda, pred_row.data(), (uint32_t)row, h, poisson, rd);
+                continue;
+            }
+            if (row_coded[ty]) {  // across the tiles, kLanes pixels at a time
+                decode_coded_span<T>(coders[(size_t)ty * g.cols], columns.view(), 0, exact + row, out + row,
+                                     (uint32_t)row, W, lambda, recon, h.seed, rd);
+                continue;
+            }
             for (uint32_t tx = 0; tx < g.cols; tx++) {
                 const size_t t = (size_t)ty * g.cols + tx;
                 const int64_t pred = preds[t];
@@ -1666,23 +1868,10 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
                             decode_noise_int_lanes<T>(coders[t], pred, exact + row + x, out + row + x, (uint32_t)(row + x),
                                                       std::min<size_t>(kLanes, x1 - x), lambda + x, h, draw, *tables, rd);
                     }
-                } else if (!sparse) {
-                    decode_coded_span<T>(coders[t], pred, exact + row + x0, out + row + x0, (uint32_t)(row + x0),
-                                         x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed, rd);
                 } else {
-                    for (uint32_t x = x0; x < x1; x++) {
-                        const size_t i = row + x;
-                        if (exact[i]) {
-                            out[i] = S::from_exact_word(values[rd.vi++], pred);
-                            continue;
-                        }
-                        // sparse: the model, made unbiased (dither) or noisy (Poisson)
-                        double v = std::max(0.0, lambda[x]);
-                        double r = poisson ? (double)h.gain * (double)redml_poisson(v / h.gain, h.seed, i)
-                                           : (S::is_float ? v : (double)redml_dithered_round(v, h.seed, i));
-                        if constexpr (S::is_float) out[i] = (T)r;
-                        else out[i] = (T)std::min((double)S::hi(), std::floor(r + 0.5));
-                    }
+                    decode_coded_span<T>(coders[t], S::is_float ? ColumnCoders::View{} : columns.view().at(x0), pred, exact + row + x0, out + row + x0,
+                                         (uint32_t)(row + x0), x1 - x0, lambda ? lambda + x0 : nullptr, recon, h.seed,
+                                         rd);
                 }
             }
         }
@@ -1734,6 +1923,8 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
 }
 
 }  // namespace
+
+void codec_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
 
 std::string &last_error() {
     thread_local std::string message;

@@ -12,3 +12,9 @@
 #include "quantize.h"  // redml_uniform
 #include "spots.h"     // spots_force_simd (tests: every SIMD build of the spot finder)
 #include "stages.h"    // stage_times
+
+namespace redml {
+// Test hook: the build of the codec decoder's SIMD loops (0 the best the CPU has, 1 portable,
+// 2 AVX2, 3 AVX-512; a build the CPU lacks falls back to the next one down).
+void codec_force_simd(int level);
+}  // namespace redml

@@ -525,7 +525,6 @@ PYBIND11_MODULE(_core, m) {
           py::arg("slope"), py::arg("nthreads") = 0);
     m.def("_spots_force_simd", &redml::spots_force_simd, py::arg("level"),
           "Test hook: the SIMD build of the spot finder's loops at most (1 portable, 2 AVX2, 3 AVX-512; 0 auto)");
-    // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
     m.def("_rans_force_simd", &redml::rans_force_simd, py::arg("level"),
           "Test hook: the rANS decoder's and encoder's build (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
     m.def(
@@ -539,6 +538,9 @@ PYBIND11_MODULE(_core, m) {
             return py::bytes(stream.data(), size);
         },
         py::arg("plane"));
+    m.def("_codec_force_simd", &redml::codec_force_simd, py::arg("level"),
+          "Test hook: the build of the codec decoder's SIMD loops (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
+    // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
     m.def("stage_timing", [](bool on) { redml::stage_times().enabled = on; }, py::arg("enable"));
     m.def("last_stages", [] {
         py::dict d;
