@@ -422,6 +422,20 @@ double Indexer::length_tolerance(size_t i, size_t j) const {
     return std::max(s_.length_tolerance * norm(r_[j] - r_[i]), match_err(i, j));
 }
 
+// A rival lattice is scored on all spots when it does at least this well, relative to the best,
+// on the strongest spots.
+constexpr double kRivalScore = 0.5;
+
+// Whether rotation R is more than a degree from each of `seen` (a lattice not yet scored).
+bool novel(const M3 &R, const std::vector<M3> &seen) {
+    const double cos_min = std::cos(M_PI / 180);
+    for (const M3 &S : seen) {
+        const M3 D = mul(R, transpose(S));
+        if ((D.m[0] + D.m[4] + D.m[8] - 1) / 2 > cos_min) return false;
+    }
+    return true;
+}
+
 // The rotation taking the frame of lattice vectors (v1, v2) onto that of spot differences (d1, d2).
 M3 rotation_onto(V3 v1, V3 v2, V3 d1, V3 d2) {
     V3 e1 = unit(v1), e3 = unit(cross(v1, v2)), f1 = unit(d1), f3 = unit(cross(d1, d2));
@@ -442,6 +456,7 @@ IndexResult Indexer::run() {
     Pose best;
     bool done = false;
     std::vector<const LatticeVector *> c1, c2;
+    std::vector<M3> scored;  // orientations scored on all spots
     for (const Task &t : tasks()) {
         V3 d1 = r_[t.j] - r_[t.i], d2 = r_[t.k] - r_[t.i];
         double ld1 = norm(d1), ld2 = norm(d2);
@@ -470,8 +485,13 @@ IndexResult Indexer::run() {
                         if (count(U, local_[t.local]).n >= 4) refine(U, local_[t.local], 4);
                         Tally q = count(U, order_);
                         if (q.n >= floor) q = refine(U, order_, 6);
-                        if (q.n >= floor && q.score > best_q.score) {
-                            best_q = q;
+                        // Scored on all spots: the best on the strongest spots so far, and any
+                        // other lattice nearly as good there (the strongest spots of a still
+                        // with two crystals may favour the one with fewer spots in all).
+                        bool better = q.score > best_q.score;
+                        if (q.n >= floor && (better || (q.score > kRivalScore * best_q.score && novel(U.R, scored)))) {
+                            if (better) best_q = q;
+                            scored.push_back(U.R);
                             Tally all = refine(U, all_, 3);
                             if (all.score > best_n.score) best_n = all, best = U, since_best = 0;
                         }
