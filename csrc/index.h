@@ -11,8 +11,9 @@
 // vector. For a spot and two of its reciprocal-space neighbours, the two differences are
 // matched by length and by the angle between them against pairs of the lattice's short
 // vectors; each match fixes a rotation, scored by how many spots it indexes (on the strongest
-// spots first; the best there, and any other lattice at least half as good there, on all the
-// spots: a still with two crystals is indexed with the one that explains most spots). The best is
+// spots first; the best there, and any other lattice at least half as good there that indexes
+// mostly other spots, on all the spots: a still with two crystals is indexed with the one that
+// explains most spots). The best is
 // refined by least squares (the rotation and an isotropic scale that best superpose U B hkl on
 // the spots' vectors), then polished to convergence on all the spots it indexes: predicted
 // positions as the lattice predictor places them (lattice.h) against the observed ones, over

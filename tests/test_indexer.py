@@ -212,7 +212,7 @@ def test_policy_trusts_only_a_lattice_that_explains_enough_spots(rng):
     under MIN_EXPLAINED of the spots (here a still drowned in false spots), which the policy
     then codes as a hit; a profile is estimated only from enough spots."""
     sg, cell = CELLS[0]
-    xy, intensity, _, A = still_spots(cell, sg, random_rotation(rng), rng, max_spots=100, false_fraction=1.5)
+    xy, intensity, _, A = still_spots(cell, sg, random_rotation(rng), rng, max_spots=100, false_fraction=1.2)
     intensity[100:] = 0  # the false spots weakest: the search starts from the crystal's
     result = index_still(xy, PILATUS_6M["geometry"], cell, sg, intensities=intensity, min_fraction=0.2)
     assert result is not None and result.fraction < MIN_EXPLAINED
