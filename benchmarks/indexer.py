@@ -33,6 +33,7 @@ from lattice_sim import PILATUS_6M, random_rotation, still_spots  # noqa: E402
 
 import redml_reduce as rr  # noqa: E402
 from redml_reduce.lattice import b_matrix, index_still, misorientation_deg  # noqa: E402
+from redml_reduce.lattice.index import MIN_EXPLAINED  # noqa: E402
 from redml_reduce.recompress.outputs import geometry_from_header  # noqa: E402
 
 CELL, SPACE_GROUP = (57.9, 57.9, 150.6, 90.0, 90.0, 90.0), "P41212"
@@ -91,9 +92,14 @@ def real_frames(paths, dials: dict | None) -> tuple[list, dict]:
         rows.append({"frame": p.name, "spots": len(peaks), "dials": None if dials is None else ref is not None,
                      "indexed": result is not None, "n_indexed": result.n_indexed if result else 0,
                      "rmsd_px": result.rmsd_px if result else None, "ms": ms,
+                     # the fraction of the spots the lattice indexes (the policy trusts >= MIN_EXPLAINED)
+                     # and the half mosaicity of the profile estimated from them
+                     "fraction": result.fraction if result else None,
+                     "eta_deg": result.half_mosaicity_deg if result else None,
                      "misorientation_deg": misorientation_deg(result.A, ref["A"], B) if result and ref else None})
     mis = [r["misorientation_deg"] for r in rows if r["misorientation_deg"] is not None]
     summary = {"frames": len(rows), "frames_indexed_redml": sum(r["indexed"] for r in rows),
+               "frames_trusted_redml": sum(r["indexed"] and r["fraction"] >= MIN_EXPLAINED for r in rows),
                "index_ms_per_frame": float(np.mean([r["ms"] for r in rows])),
                "index_ms_median": float(np.median([r["ms"] for r in rows])),
                "index_ms_max": float(max(r["ms"] for r in rows))}
@@ -181,7 +187,8 @@ def main(argv=None) -> int:
                      "(DIALS's A with y and z negated)", "frames": frames}, indent=1))
     rows, summary = real_frames(paths, dials)
     print(f"thaumatin stills ({data}), cell {CELL} {SPACE_GROUP}")
-    print(table(rows, ["frame", "spots", "dials", "indexed", "n_indexed", "rmsd_px", "misorientation_deg", "ms"]))
+    print(table(rows, ["frame", "spots", "dials", "indexed", "n_indexed", "fraction", "rmsd_px", "misorientation_deg",
+                       "eta_deg", "ms"]))
     print(json.dumps(summary))
     n_sim = 10 if args.quick else 50
     sim = simulated(n_sim) + random_frames(5 if args.quick else 20)

@@ -218,6 +218,8 @@ class Indexer {
     M3 A_of(const Pose &p) const;
     M3 M_of(const Pose &p) const;
     Tally count(const Pose &p, const std::vector<size_t> &spots) const;
+    std::vector<uint8_t> indexed_set(const Pose &p, const std::vector<size_t> &spots) const;
+    bool novel(const Pose &p, const std::vector<std::vector<uint8_t>> &scored) const;
     bool refine_step(Pose &p, const std::vector<size_t> &spots) const;
     Tally refine(Pose &p, const std::vector<size_t> &spots, int steps) const;
     void candidates(double length, double tol, std::vector<const LatticeVector *> &out) const;
@@ -331,6 +333,28 @@ Tally Indexer::count(const Pose &p, const std::vector<size_t> &spots) const {
     return t;
 }
 
+// Per spot of `spots`, whether it indexes with pose p.
+std::vector<uint8_t> Indexer::indexed_set(const Pose &p, const std::vector<size_t> &spots) const {
+    M3 A = A_of(p), M = M_of(p);
+    H3 hkl;
+    std::vector<uint8_t> out(spots.size());
+    for (size_t j = 0; j < spots.size(); ++j) out[j] = index_of(A, M, spots[j], hkl) > 0;
+    return out;
+}
+
+// Whether pose p is another lattice than each already scored: it indexes mostly other spots
+// among the strongest (a symmetry-equivalent setting of the same lattice indexes the same ones).
+bool Indexer::novel(const Pose &p, const std::vector<std::vector<uint8_t>> &scored) const {
+    const std::vector<uint8_t> mine = indexed_set(p, order_);
+    const int n = (int)std::count(mine.begin(), mine.end(), 1);
+    for (const auto &other : scored) {
+        int shared = 0;
+        for (size_t j = 0; j < mine.size(); ++j) shared += mine[j] && other[j];
+        if (2 * shared > n) return false;
+    }
+    return true;
+}
+
 // One Gauss-Newton step of least squares on the spots that index with pose p: the small
 // rotation w (R <- exp(w) R) and relative scale change that best move each lattice point
 // q = s R B hkl onto its spot, residuals across the diffracted ray weighted by 1 / tol^2 and
@@ -422,6 +446,10 @@ double Indexer::length_tolerance(size_t i, size_t j) const {
     return std::max(s_.length_tolerance * norm(r_[j] - r_[i]), match_err(i, j));
 }
 
+// A rival lattice is scored on all spots when it does at least this well, relative to the best,
+// on the strongest spots.
+constexpr double kRivalScore = 0.5;
+
 // The rotation taking the frame of lattice vectors (v1, v2) onto that of spot differences (d1, d2).
 M3 rotation_onto(V3 v1, V3 v2, V3 d1, V3 d2) {
     V3 e1 = unit(v1), e3 = unit(cross(v1, v2)), f1 = unit(d1), f3 = unit(cross(d1, d2));
@@ -442,6 +470,7 @@ IndexResult Indexer::run() {
     Pose best;
     bool done = false;
     std::vector<const LatticeVector *> c1, c2;
+    std::vector<std::vector<uint8_t>> scored;  // the strongest spots each lattice scored on all spots indexes
     for (const Task &t : tasks()) {
         V3 d1 = r_[t.j] - r_[t.i], d2 = r_[t.k] - r_[t.i];
         double ld1 = norm(d1), ld2 = norm(d2);
@@ -470,8 +499,15 @@ IndexResult Indexer::run() {
                         if (count(U, local_[t.local]).n >= 4) refine(U, local_[t.local], 4);
                         Tally q = count(U, order_);
                         if (q.n >= floor) q = refine(U, order_, 6);
-                        if (q.n >= floor && q.score > best_q.score) {
-                            best_q = q;
+                        // Scored on all spots: the best on the strongest spots so far, and any
+                        // other lattice nearly as good there (the strongest spots of a still
+                        // with two crystals may favour the one with fewer spots in all).
+                        bool better = q.score > best_q.score;
+                        bool rival = !better && q.n >= floor && q.score > kRivalScore * best_q.score &&
+                                     novel(U, scored);
+                        if (q.n >= floor && (better || rival)) {
+                            if (better) best_q = q;
+                            scored.push_back(indexed_set(U, order_));
                             Tally all = refine(U, all_, 3);
                             if (all.score > best_n.score) best_n = all, best = U, since_best = 0;
                         }

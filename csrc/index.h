@@ -10,7 +10,10 @@
 // 2016, Acta Cryst. D72, 956). The difference of two spots' reciprocal vectors is a lattice
 // vector. For a spot and two of its reciprocal-space neighbours, the two differences are
 // matched by length and by the angle between them against pairs of the lattice's short
-// vectors; each match fixes a rotation, scored by how many spots it indexes. The best is
+// vectors; each match fixes a rotation, scored by how many spots it indexes (on the strongest
+// spots first; the best there, and any other lattice at least half as good there that indexes
+// mostly other spots, on all the spots: a still with two crystals is indexed with the one that
+// explains most spots). The best is
 // refined by least squares (the rotation and an isotropic scale that best superpose U B hkl on
 // the spots' vectors), then polished to convergence on all the spots it indexes: predicted
 // positions as the lattice predictor places them (lattice.h) against the observed ones, over

@@ -92,8 +92,9 @@ def test_builtin_indexer_figures(stills):
     """The built-in indexer indexes the two hits in DIALS's lattice (under 0.2 degrees), not the
     blank, and its crystals predict most of DIALS's integrated reflections within 1 px."""
     series, dials, integrated = stills
-    redml, ms = builtin_crystals(series, SPACE_GROUP, CELL)
+    redml, ms, lattices = builtin_crystals(series, SPACE_GROUP, CELL)
     assert [bool(c) for c in redml] == [True, True, False]
+    assert [len(c) for c in lattices] == [1, 1, 0]  # both hits' lattices explain enough spots for the policy
     assert all(isinstance(c, Crystal) and c.centring == "P" for c in redml[0] + redml[1])
     figures = indexing_figures(dials, redml, ms, SPACE_GROUP, CELL)
     assert figures["frames_indexed_redml"] == 2 and figures["frames_indexed_dials"] == 2

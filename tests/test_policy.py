@@ -193,7 +193,12 @@ def test_acquire_indexes_hits_and_applies_the_policy(tmp_path, stills):
         if i in lattice_frames:
             A = info["orientation"][i]
             assert misorientation_deg(A, truth[i], B) < 0.1
-            discs = lattice_roi(frame.shape, sim.geometry, Crystal(A))
+            # the chunk's crystal: this orientation with the profile its spots showed
+            (record,), _ = rr.codec.lattice_records(chunk)
+            assert np.allclose(record[:9], A.reshape(-1))
+            domain, eta = record[16], record[17]
+            assert domain > 0 and 0 < eta < 5
+            discs = lattice_roi(frame.shape, sim.geometry, Crystal(A, domain_size_a=domain, half_mosaicity_deg=eta))
             assert discs.sum() > 10000 and rr.exact_mask(chunk)[discs].all()
             assert b[discs].tobytes() == frame[discs].tobytes()
         else:

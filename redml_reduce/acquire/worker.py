@@ -13,7 +13,7 @@ import numpy as np
 
 from ..jungfrau import convert
 from ..codec import encode_with_spots
-from ..lattice import Crystal, cell_of, index_still
+from ..lattice import cell_of, index_still
 from ..pipeline import encode, encode_by_policy
 from ..spots import FinderSettings, roi_mask
 from .indicators import FrameStats, LiveStats, analyse, thumbnail
@@ -122,7 +122,7 @@ def _index(st: FrameStats, peaks, geometry, s) -> list:
         return []
     st.cell = cell_of(found.A)
     st.orientation = tuple(float(v) for v in found.A.reshape(-1))
-    return [Crystal(found.A, centring=s.lattice_centring)]
+    return found.crystals()  # [] where the lattice explains too few spots: coded as a hit
 
 
 _local = threading.local()

@@ -285,22 +285,25 @@ def dials_crystals(series: Series, reference) -> list:
 
 
 def builtin_crystals(series: Series, space_group: str, cell) -> tuple:
-    """(crystals per frame, mean ms per frame): the built-in indexer (redml_reduce.lattice.
-    index_still) on the classical finder's spots of each frame, with the known cell and space
-    group; the time is the indexer's alone (spots already found)."""
-    from redml_reduce.lattice import Crystal, centring, index_still
+    """(crystals per frame for the policy, mean ms per frame, lattices found per frame): the
+    built-in indexer (redml_reduce.lattice.index_still) on the classical finder's spots of each
+    frame, with the known cell and space group; the policy's crystals leave out the lattices
+    that explain too few of the frame's spots (IndexResult.crystals); the time is the
+    indexer's alone (spots already found)."""
+    from redml_reduce.lattice import index_still
     from redml_reduce.spots import find_spots
 
     mask = series.pixel_mask != 0 if series.pixel_mask is not None else None
-    letter = centring(space_group)
-    crystals, ms = [], []
+    crystals, ms, lattices = [], [], []
     for frame in series.frames():
         peaks, _ = find_spots(frame, mask)
         t0 = time.perf_counter()
         found = index_still(peaks, series.geometry, cell, space_group)
         ms.append((time.perf_counter() - t0) * 1e3)
-        crystals.append([Crystal(found.A, geometry=series.geometry, centring=letter)] if found else [])
-    return crystals, float(np.mean(ms)) if ms else float("nan")
+        # the policy's crystals: the lattice with its own profile, none where it explains too few spots
+        crystals.append(found.crystals(series.geometry) if found else [])
+        lattices.append(found.crystals(series.geometry, min_explained=0) if found else [])
+    return crystals, float(np.mean(ms)) if ms else float("nan"), lattices
 
 
 def predicted_fraction(crystals: list, integrated: np.ndarray, shape) -> float:
@@ -442,8 +445,9 @@ def study(series: Series, codecs, dials: Dials, workdir, *, dials_identical: boo
     if lattice_codecs:  # need the reference's crystals
         space_group, cell = crystal or (dials.space_group, dials.unit_cell)
         crystals = {"dials": dials_crystals(series, reference)}
-        crystals["redml"], ms = builtin_crystals(series, space_group, cell)
-        indexing = indexing_figures(crystals["dials"], crystals["redml"], ms, space_group, cell)
+        crystals["redml"], ms, lattices = builtin_crystals(series, space_group, cell)
+        indexing = indexing_figures(crystals["dials"], lattices, ms, space_group, cell)
+        indexing["frames_lattice_redml"] = sum(bool(c) for c in crystals["redml"])  # trusted by the policy
         log(f"  {series.name} built-in indexer: {indexing}")
         for codec in lattice_codecs:
             used = crystals[lattice_setting(codec)[0]]
