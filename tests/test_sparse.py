@@ -52,3 +52,58 @@ def test_quantized_chunk_codec_unchanged():
     """Only sparse chunks try a second codec: a quantized chunk asked in rANS stays rANS."""
     frame = gapped_frame(np.random.default_rng(4))
     assert rr.inspect(rr.encode(frame, 2))["codec"] == "rans"
+
+
+def integrating_still(rng, mu, gain, shape=(384, 384), n_isolated=150, extra=3.0):
+    """Pedestal-subtracted integrating frame (read noise 0.2 photon) of a flat background of
+    mu photons/px, with single pixels holding `extra` photons more (a weak reflection's
+    photons: too few for the finder's dispersion test); returns (frame, their map)."""
+    from redml_study.detector import integrating_frame
+
+    photons = rng.poisson(mu, shape).astype(np.float64)
+    isolated = np.zeros(shape, bool)
+    isolated.ravel()[rng.choice(isolated.size, n_isolated, replace=False)] = True
+    photons[isolated] += extra
+    return integrating_frame(photons, rng, gain=gain, read_noise=0.2, dtype="int32"), isolated
+
+
+@pytest.mark.parametrize("gain", [20, None])  # int32 ADU, float32 photons
+def test_integrating_sparse_keeps_isolated_photons(gain):
+    """Integrating data: pixels more than 3 sigma above the model (here 3.3 photons against a
+    cut at 2.05) are kept exactly (byte for byte) where the finder sees no spot; the rest of
+    the frame is mostly the model."""
+    frame, isolated = integrating_still(np.random.default_rng(11), 0.3, gain)
+    chunk = rr.encode(frame, "sparse", gain=gain or 1.0, markers="extremes", read_noise="auto")
+    back = rr.decode(chunk)
+    check_decoded(frame, back, chunk, "sparse")
+    exact = rr.exact_mask(chunk)
+    assert exact[isolated].all()
+    assert exact.mean() < 0.08  # 0.3 photon/px: mostly 2-photon pixels above the cut
+
+
+@pytest.mark.parametrize("gain", [20, None])
+@pytest.mark.parametrize("mu", [0.05, 0.3, 2.0, 20.0])
+def test_integrating_sparse_keeps_the_background_sum(mu, gain):
+    """Fresh random backgrounds: the kept pixels and the model under them keep the frame's
+    mean within 0.01 sigma (the model is fitted on the pixels it stands for), and the kept
+    fraction stays near the Gaussian tail's (the cut is 3 sigma above the model)."""
+    rng = np.random.default_rng(int(mu * 100) + (gain or 0))
+    frame, _ = integrating_still(rng, mu, gain, n_isolated=0)
+    chunk = rr.encode(frame, "sparse", gain=gain or 1.0, markers="extremes", read_noise="auto")
+    back = rr.decode(chunk)
+    scale = gain or 1.0
+    sigma = np.sqrt(mu + 0.2 ** 2) * scale  # one pixel's spread
+    assert abs(back.astype(np.float64).mean() - frame.astype(np.float64).mean()) < 0.01 * sigma
+    assert rr.exact_mask(chunk).mean() < 0.06
+
+
+def test_integrating_sparse_with_roi_keeps_the_roi_only():
+    """A caller's roi is the exact region as given (with markers): no pixel added above the model."""
+    rng = np.random.default_rng(12)
+    frame, isolated = integrating_still(rng, 0.3, 20)
+    frame[:, 100:104] = np.iinfo(np.int32).min  # a gap
+    roi = np.zeros(frame.shape, bool)
+    roi[10:20, 10:20] = True
+    chunk = rr.encode(frame, "sparse", roi=roi, gain=20.0, markers="extremes", read_noise="auto")
+    assert np.array_equal(rr.exact_mask(chunk), roi | (frame == np.iinfo(np.int32).min))
+    check_decoded(frame, rr.decode(chunk), chunk, "sparse")
