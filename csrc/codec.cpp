@@ -639,7 +639,8 @@ std::vector<ChunkCodec> chunk_codecs(const redml_params &p) {
 
 // The settings with the read noise the encoder uses: estimated from the frame's usable
 // pixels where it is auto (< 0) in quantized and sparse mode (there only for the ROI's
-// spot finder: sparse chunks do not store it), 0 in lossless mode.
+// spot finder and the pixels above the model: sparse chunks do not store it), 0 in
+// lossless mode.
 template <class T>
 redml_params with_read_noise(const T *f, const uint8_t *usable, uint32_t H, uint32_t W, const redml_params &p_in,
                              int nt) {
