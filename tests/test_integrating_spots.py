@@ -265,7 +265,9 @@ def test_radial_background_of_integrating_frames(rng):
 
 def test_hdf5_filter_passes_the_read_noise_to_the_sparse_modes_finder(rng, tmp_path):
     """Sparse mode's read noise (cd_values slot 17) reaches the plugin's encoder: its chunks
-    are encode()'s, with the finder's small ROI, not the Poisson-only test's 5%."""
+    are encode()'s. Their exact pixels: the finder's small ROI and the pixels 3 sigma above
+    the model (at 0.05 photon/px, about half of the single photons: 2.9%), not the 4.7% that
+    a read noise of 0 keeps (every photon)."""
     h5py = pytest.importorskip("h5py")
     frames = np.stack([integrating_frame(rng.poisson(0.05, (128, 192)), rng, gain=GAIN, read_noise=RN)
                        for _ in range(2)])
@@ -276,4 +278,4 @@ def test_hdf5_filter_passes_the_read_noise_to_the_sparse_modes_finder(rng, tmp_p
         for k in range(2):
             chunk = fh["d"].id.read_direct_chunk((k, 0, 0))[1]
             assert chunk == rr.encode(frames[k], **settings)
-            assert rr.exact_mask(chunk).mean() < 0.002
+            assert rr.exact_mask(chunk).mean() < 0.04
