@@ -118,8 +118,8 @@ def test_sparse_blank_frame_model_is_small(mu):
     chunk = rr.encode(frame, "sparse")
     assert len(chunk) < 1000
     back = rr.decode(chunk).astype(np.float64)
-    exact = rr.encode(frame, "sparse", codec="lz4")  # same model, other codec: the same frame
-    assert np.array_equal(rr.decode(exact), back)
+    lz4 = rr.encode(frame, "sparse", codec="lz4")  # the same model in another codec: the same frame
+    assert np.array_equal(rr.decode(lz4), back)
     tiles = back.reshape(32, 32, 32, 32).mean(axis=(1, 3))
     # each tile's decoded mean (the bilinear model, dithered) follows its own pixels' mean
     assert np.abs(tiles - frame.reshape(32, 32, 32, 32).mean(axis=(1, 3))).mean() < 0.1 * np.sqrt(mu)
