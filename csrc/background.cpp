@@ -56,12 +56,15 @@ double clip_sigma(double mean, const redml_params &p) {
 // Sigma-clipped mean of values v[0..n) (upper side, 3 sigma, up to 4 passes); *clip_limit
 // receives the limit of the last pass. Integer values are compared with the integer
 // part of the limit and summed exactly in 64 bits, which gives the same sums as double
-// arithmetic (the sums stay below 2^53); each pass is a branch-free loop.
+// arithmetic (the sums stay below 2^53); each pass is a branch-free loop. A pass of integer
+// values whose integer limit is the previous pass's would take the same values, so give the
+// same mean, which ends the iteration: it is not run.
 template <class V>
 double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, double *clip_limit) {
     *clip_limit = INFINITY;
     if (n == 0) return 0.0;
     double limit = INFINITY, mean = 0.0;
+    V previous_top = 0;
     for (int iter = 0; iter < 4; iter++) {
         double sum = 0.0, count = 0.0;
         if constexpr (std::is_floating_point<V>::value) {
@@ -74,6 +77,11 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
             const V top = limit >= (double)std::numeric_limits<V>::max() ? std::numeric_limits<V>::max()
                                                                           : (V)std::floor(limit);
             if (limit < (double)std::numeric_limits<V>::lowest()) break;  // nothing at or below it
+            if (iter > 0 && top == previous_top) {  // the previous pass again: the same mean
+                *clip_limit = limit;
+                break;
+            }
+            previous_top = top;
             int64_t isum = 0, icount = 0;
             if constexpr (sizeof(V) == 4) {
                 // 32-bit partial sums over chunks short enough not to overflow (16-bit
@@ -257,20 +265,27 @@ double estimate_read_noise(const T *frame, const uint8_t *usable, const TileGrid
 }
 
 template <class T>
-BackgroundModel fit_background(const T *frame, const uint8_t *usable, const TileGrid &grid,
-                               const redml_params &p, int nthreads) {
+BackgroundModel unfitted_background(const TileGrid &grid) {
     BackgroundModel m;
     m.grid = grid;
     m.mean.assign(grid.count(), 0.0f);
     m.step.assign(grid.count(), std::is_floating_point<T>::value ? 0.0f : 1.0f);
-    bool quantize = p.mode == REDML_MODE_QUANTIZED;
-    parallel_for(grid.rows, nthreads, [&](size_t ty) {
+    return m;
+}
+
+template <class T>
+void fit_tile_rows(const T *frame, const uint8_t *usable, const redml_params &p, uint32_t ty0, uint32_t ty1,
+                   BackgroundModel &m, int nthreads) {
+    const TileGrid &grid = m.grid;
+    const bool quantize = p.mode == REDML_MODE_QUANTIZED;
+    parallel_for(ty1 - ty0, nthreads, [&](size_t k) {
+        const uint32_t ty = ty0 + (uint32_t)k;
         std::vector<double> dbuf(std::is_floating_point<T>::value ? (size_t)grid.tile * grid.tile : 0);
         std::vector<int64_t> ibuf(std::is_floating_point<T>::value ? 0 : (size_t)grid.tile * grid.tile);
         for (uint32_t tx = 0; tx < grid.cols; tx++) {
-            size_t t = ty * grid.cols + tx;
+            size_t t = (size_t)ty * grid.cols + tx;
             double limit;
-            float mean = clipped_tile_mean(frame, usable, grid, (uint32_t)ty, tx, p, dbuf, ibuf, &limit);
+            float mean = clipped_tile_mean(frame, usable, grid, ty, tx, p, dbuf, ibuf, &limit);
             // The conditional reconstructions decode from this mean's distribution: undo the
             // clip's bias for them (other modes keep the clipped mean).
             if (quantize && conditional_recon(p)) {
@@ -281,6 +296,13 @@ BackgroundModel fit_background(const T *frame, const uint8_t *usable, const Tile
             if (quantize) m.step[t] = tile_step<T>(mean, p);
         }
     });
+}
+
+template <class T>
+BackgroundModel fit_background(const T *frame, const uint8_t *usable, const TileGrid &grid,
+                               const redml_params &p, int nthreads) {
+    BackgroundModel m = unfitted_background<T>(grid);
+    fit_tile_rows(frame, usable, p, 0, grid.rows, m, nthreads);
     return m;
 }
 
@@ -293,6 +315,9 @@ double interpolate_mean(const BackgroundModel &m, uint32_t y, uint32_t x) {
     template BackgroundModel fit_background<T>(const T *, const uint8_t *, const TileGrid &,    \
                                                const redml_params &, int);                      \
     template float tile_step<T>(double, const redml_params &);                                  \
+    template BackgroundModel unfitted_background<T>(const TileGrid &);                          \
+    template void fit_tile_rows<T>(const T *, const uint8_t *, const redml_params &, uint32_t, uint32_t, \
+                                   BackgroundModel &, int);                                     \
     template double estimate_read_noise<T>(const T *, const uint8_t *, const TileGrid &, const redml_params &, int);
 REDML_FOR_EACH_PIXEL_TYPE(REDML_INSTANTIATE)
 #undef REDML_INSTANTIATE

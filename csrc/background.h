@@ -52,6 +52,15 @@ template <class T>
 BackgroundModel fit_background(const T *frame, const uint8_t *usable, const TileGrid &grid,
                                const redml_params &p, int nthreads);
 
+// fit_background in parts, for a caller that uses each band of tile rows while its pixels are
+// in cache: the model of a grid before any fit (means 0, lossless steps), then the tile rows
+// [ty0, ty1) fitted into it.
+template <class T>
+BackgroundModel unfitted_background(const TileGrid &grid);
+template <class T>
+void fit_tile_rows(const T *frame, const uint8_t *usable, const redml_params &p, uint32_t ty0, uint32_t ty1,
+                   BackgroundModel &m, int nthreads);
+
 // Model value at a pixel, bilinear between tile centres (used by the sparse mode).
 double interpolate_mean(const BackgroundModel &m, uint32_t y, uint32_t x);
 

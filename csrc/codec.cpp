@@ -79,11 +79,14 @@ struct Storage {
 // identical in encoder and decoder. Float frames do not use it (their means may be any
 // finite float32, beyond the range of llround): 0.
 template <class T>
+int64_t tile_prediction(float mean) {
+    if constexpr (std::is_floating_point<T>::value) return 0;
+    else return std::min(std::max((int64_t)llround((double)mean), Storage<T>::lo()), Storage<T>::hi());
+}
+template <class T>
 std::vector<int64_t> tile_predictions(const BackgroundModel &m) {
     std::vector<int64_t> pred(m.mean.size(), 0);
-    if constexpr (!std::is_floating_point<T>::value)
-        for (size_t t = 0; t < pred.size(); t++)
-            pred[t] = std::min(std::max((int64_t)llround((double)m.mean[t]), Storage<T>::lo()), Storage<T>::hi());
+    for (size_t t = 0; t < pred.size(); t++) pred[t] = tile_prediction<T>(m.mean[t]);
     return pred;
 }
 
@@ -141,6 +144,30 @@ std::vector<TileCoder<T>> tile_coders(const BackgroundModel &m, const std::vecto
     coders.reserve(m.step.size());
     for (size_t t = 0; t < m.step.size(); t++) coders.emplace_back(m.step[t], m.mean[t], preds[t]);
     return coders;
+}
+
+// The encoder's tile_predictions and tile_coders a band of tiles at a time: those of tiles
+// [preds.size(), t1) appended, and coders up to t1 once some tile needs one.
+template <class T>
+void extend_tile_coding(const BackgroundModel &m, size_t t1, bool coded, std::vector<int64_t> &preds,
+                        std::vector<TileCoder<T>> &coders) {
+    const size_t t0 = preds.size();
+    for (size_t t = t0; t < t1; t++) preds.push_back(tile_prediction<T>(m.mean[t]));
+    const bool needed = coded && (std::is_floating_point<T>::value ||
+                                  std::any_of(m.step.begin() + t0, m.step.begin() + t1, [](float st) { return st != 1.0f; }));
+    if (!needed) return;
+    coders.reserve(m.step.size());
+    for (size_t t = coders.size(); t < t1; t++) coders.emplace_back(m.step[t], m.mean[t], preds[t]);
+}
+
+// Whether a band's codes carry phases (some tile of rows [y0, y1) is not lossless).
+template <class T>
+bool band_tagged(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
+    const TileGrid &g = m.grid;
+    bool tagged = false;
+    for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
+        tagged |= std::is_floating_point<T>::value || m.step[t] != 1.0f;
+    return tagged;
 }
 
 template <class Fn>
@@ -361,12 +388,16 @@ BackgroundModel fit_background_model_outside_roi(const T *f, const uint8_t *usab
 // 32-bit arithmetic (which vectorizes).
 template <class T>
 using Step1Int = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
+// The encoder's step-1 predictions: the pixel type for 16-bit pixels (predictions are clamped
+// to the dtype), whose codes it computes in 16-bit lanes.
+template <class T>
+using EncodePred = typename std::conditional<sizeof(T) == 2, T, int64_t>::type;
 
 // The tile predictions spread over pixel row y (pred[x] = preds of x's tile).
-template <class T>
-void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32_t y, Step1Int<T> *pred) {
+template <class P>
+void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32_t y, P *pred) {
     const int64_t *p = preds.data() + (size_t)(y / g.tile) * g.cols;
-    for (uint32_t x = 0; x < g.width; x++) pred[x] = (Step1Int<T>)p[x / g.tile];
+    for (uint32_t x = 0; x < g.width; x++) pred[x] = (P)p[x / g.tile];
 }
 
 // The codes of n step-1 pixels, written as if none were kept exactly; whether none is
@@ -375,9 +406,23 @@ void prediction_row(const std::vector<int64_t> &preds, const TileGrid &g, uint32
 template <class T>
 REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *__restrict exact,
                                           const uint8_t *__restrict usable, size_t n,
-                                          const Step1Int<T> *__restrict pred,
+                                          const EncodePred<T> *__restrict pred,
                                           typename Storage<T>::Word *__restrict codes) {
     using S = Storage<T>;
+    if constexpr (sizeof(T) == 2) {
+        // 16-bit lanes: the residual modulo 2^16, its zigzag code, and whether the true
+        // residual overflows 16 bits (then its code would be above 0xFFFF): the sign rule of
+        // a signed subtraction, on values offset by 2^15 for unsigned pixels.
+        const uint16_t offset = std::is_signed<T>::value ? 0 : 0x8000;
+        uint16_t keep = 0;  // bit 15: some pixel kept (one 16-bit reduction: it vectorizes)
+        for (size_t i = 0; i < n; i++) {
+            const uint16_t x = (uint16_t)f[i], q = (uint16_t)pred[i], d = (uint16_t)(x - q);
+            keep |= (uint16_t)((x ^ q) & (x ^ offset ^ d));
+            keep |= (uint16_t)(((exact[i] != 0) | (usable[i] == 0)) << 15);
+            codes[i] = (uint16_t)((uint16_t)(d << 1) ^ (uint16_t)((int16_t)d >> 15));
+        }
+        return !(keep & 0x8000);
+    }
     using A = Step1Int<T>;
     using U = typename std::make_unsigned<A>::type;
     int keep = 0;
@@ -390,40 +435,24 @@ REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *
     return !keep;
 }
 
-template <class T>
-bool step1_codes_portable(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
-                          typename Storage<T>::Word *codes) {
-    return step1_codes_body<T>(f, exact, usable, n, pred, codes);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <class T>
-REDML_TARGET_AVX2 bool step1_codes_avx2(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n,
-                                        const Step1Int<T> *pred, typename Storage<T>::Word *codes) {
-    return step1_codes_body<T>(f, exact, usable, n, pred, codes);
-}
-#endif
-template <class T>
-bool step1_codes(const T *f, const uint8_t *exact, const uint8_t *usable, size_t n, const Step1Int<T> *pred,
-                 typename Storage<T>::Word *codes) {
-#ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return step1_codes_avx2<T>(f, exact, usable, n, pred, codes);
-#endif
-    return step1_codes_portable<T>(f, exact, usable, n, pred, codes);
-}
-
 // Step-1 pixels: chunks without an exactly kept pixel (the usual ones) vectorized, the
-// others compacted branch-free, counters in registers.
+// others compacted branch-free, counters in registers. One body compiled per target and
+// dispatched once per span (a call per 64-pixel chunk cost as much as the chunk's work).
 template <class T>
-void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t *__restrict usable, size_t n,
-                const Step1Int<T> *pred, typename Storage<T>::Word *__restrict vals,
-                typename Storage<T>::Word *__restrict codes, size_t *nv_io, size_t *nc_io) {
+REDML_ALWAYS_INLINE void step1_span_body(const T *__restrict f, uint8_t *__restrict exact,
+                                         const uint8_t *__restrict usable, size_t n, const EncodePred<T> *pred,
+                                         typename Storage<T>::Word *__restrict vals,
+                                         typename Storage<T>::Word *__restrict codes, size_t *nv_io, size_t *nc_io) {
     using S = Storage<T>;
     using Word = typename S::Word;
     const size_t kChunk = 64;
     size_t nv = *nv_io, nc = *nc_io;
     for (size_t c0 = 0; c0 < n; c0 += kChunk) {
         const size_t c1 = std::min(n, c0 + kChunk);
-        if (step1_codes(f + c0, exact + c0, usable + c0, c1 - c0, pred + c0, codes + nc)) {
+        const bool none_kept = c1 - c0 == kChunk  // (a constant count: the full chunks' loop unrolled)
+                                   ? step1_codes_body<T>(f + c0, exact + c0, usable + c0, kChunk, pred + c0, codes + nc)
+                                   : step1_codes_body<T>(f + c0, exact + c0, usable + c0, c1 - c0, pred + c0, codes + nc);
+        if (none_kept) {
             nc += c1 - c0;
             continue;
         }
@@ -439,6 +468,28 @@ void step1_span(const T *__restrict f, uint8_t *__restrict exact, const uint8_t 
     }
     *nv_io = nv;
     *nc_io = nc;
+}
+
+template <class T>
+void step1_span_portable(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
+                         typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
+    step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void step1_span_avx2(const T *f, uint8_t *exact, const uint8_t *usable, size_t n,
+                                       const EncodePred<T> *pred, typename Storage<T>::Word *vals,
+                                       typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
+    step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
+}
+#endif
+template <class T>
+void step1_span(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
+                typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
+#ifdef REDML_AVX2_DISPATCH
+    if (cpu_has_avx2()) return step1_span_avx2<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
+#endif
+    step1_span_portable<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
 }
 
 // The symbol of a background pixel, or false (store it exactly): the midpoint quantizer or
@@ -464,6 +515,84 @@ bool code_float(float x, const TileCoder<T> &tc, const typename TileCoder<T>::Pi
                  : redml_quantize_float(x, tc.step, px.u_float, px.base, sym);
 }
 
+// floor(a / s) for |a| < 2^23, 1 <= s < 2^23, in 32-bit lanes: the float quotient is within
+// 1 of a / s (|a / s| < 2^23, relative error < 2^-23; truncation adds at most 1), so two
+// corrections each way give the exact result (redml_floordiv_inv's, which vectorizes less).
+REDML_ALWAYS_INLINE int32_t floordiv_small(int32_t a, int32_t s, float inv_s) {
+    int32_t k = (int32_t)((float)a * inv_s);
+    k -= k * s > a;
+    k -= k * s > a;
+    k += (k + 1) * s <= a;
+    k += (k + 1) * s <= a;
+    return k;
+}
+
+// The symbol of 16-bit pixel x of a step-s tile (1 < s < 2^22) in 32-bit arithmetic, for the
+// lane loops: whether it is coded (else stored exactly). The same decisions and symbols as
+// code_int: x + u < 2^23, and the bin offset k - base stays far inside 32 bits (|x - pred| < 2^17).
+template <class T, bool kNoise, bool kConditional>
+REDML_ALWAYS_INLINE bool code_int16(int32_t x, int32_t s, float inv_s, int32_t u, int32_t base, uint32_t *sym) {
+    using S = Storage<T>;
+    const int32_t k = floordiv_small(x + u, s, inv_s);
+    const int32_t d = k - base;
+    const uint32_t z = ((uint32_t)d << 1) ^ (uint32_t)(d >> 31);
+    *sym = z;
+    bool ok = z <= (uint32_t)S::sym_max;
+    if (kConditional) {  // redml_quantize_bin(_rn)
+        if (!kNoise) ok &= (x >= 0) & (k * s - u + s - 1 <= (int32_t)S::hi());
+    } else {  // redml_quantize_int(_rn): the bin midpoint r (= the decoded value)
+        const int32_t h = (s - 1) / 2, r = k * s - u + h;
+        ok &= (r >= (int32_t)S::lo()) & (r <= (int32_t)S::hi());
+        if (!kNoise) ok &= !((x >= 0) & (x < h)) & !((x >= 0) & (r < 0));
+    }
+    return ok;
+}
+
+// quantize_int_span_body for 16-bit pixels: dither, offset, phase and symbol of kLanes pixels
+// in one branch-free pass of 32-bit lanes (vectorized), then the branch-free append.
+template <class T, bool kNoise, bool kConditional>
+REDML_ALWAYS_INLINE void quantize_int16_span(const TileCoder<T> &tc, const T *__restrict f, uint8_t *__restrict exact,
+                                             const uint8_t *__restrict usable, uint32_t i0, size_t n, int64_t pred,
+                                             uint32_t seed, typename Storage<T>::Word *__restrict vals,
+                                             typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
+                                             size_t *nv_io, size_t *nc_io) {
+    using S = Storage<T>;
+    using Word = typename S::Word;
+    const int32_t s = (int32_t)tc.s_int, pred_q = (int32_t)tc.off.pred_q, pred_r = (int32_t)tc.off.pred_r;
+    const uint32_t mul_hi = tc.off.phase_mul_hi, mul_lo = tc.off.phase_mul_lo;
+    const float inv_s = 1.0f / (float)s;
+    size_t nv = *nv_io, nc = *nc_io;
+    for (size_t c = 0; c < n; c += kLanes) {
+        const size_t m = std::min(kLanes, n - c);
+        uint32_t sym[kLanes];
+        uint8_t phase[kLanes], coded[kLanes];
+        for (size_t j = 0; j < m; j++) {
+            const size_t i = c + j;
+            const int32_t u = (int32_t)redml_dither_int(seed, i0 + (uint32_t)i, s);
+            // redml_offset_int: the bin of the prediction under this dither, and its phase
+            int32_t r = pred_r + u;
+            const int32_t wrap = r >= s;
+            r -= wrap * s;
+            const int32_t base = pred_q + wrap;
+            phase[j] = (uint8_t)((uint32_t)r * mul_hi + (uint32_t)(((uint64_t)(uint32_t)r * mul_lo) >> 32));
+            const bool ok = code_int16<T, kNoise, kConditional>((int32_t)f[i], s, inv_s, u, base, &sym[j]);
+            coded[j] = ok & (exact[i] == 0) & (usable[i] != 0);
+        }
+        for (size_t j = 0; j < m; j++) {
+            const size_t i = c + j;
+            const bool keep = !coded[j];
+            codes[nc] = (Word)sym[j];
+            tags[nc] = phase[j];
+            vals[nv] = S::exact_word(f[i], pred);
+            nc += !keep;
+            nv += keep;
+            exact[i] = keep;
+        }
+    }
+    *nv_io = nv;
+    *nc_io = nc;
+}
+
 // Quantizes n pixels of one row of an integer tile with step > 1 (quantize.h), kLanes at
 // a time: the dither, offset and phase of every pixel in one vectorized pass, then each
 // pixel's symbol (with its phase in tags) or exact value, appended without branches.
@@ -475,6 +604,18 @@ REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T 
                                                 size_t *nv_io, size_t *nc_io) {
     using S = Storage<T>;
     using Word = typename S::Word;
+    if constexpr (sizeof(T) == 2) {  // 32-bit lanes (steps of 16-bit data are below 2^22)
+        // (no lambda here: it would be compiled for the default target, not this body's)
+        if (noise && conditional)
+            quantize_int16_span<T, true, true>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        else if (noise)
+            quantize_int16_span<T, true, false>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        else if (conditional)
+            quantize_int16_span<T, false, true>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        else
+            quantize_int16_span<T, false, false>(tc, f, exact, usable, i0, n, pred, seed, vals, codes, tags, nv_io, nc_io);
+        return;
+    }
     size_t nv = *nv_io, nc = *nc_io;
     for (size_t c = 0; c < n; c += kLanes) {
         const size_t m = std::min(kLanes, n - c);
@@ -564,12 +705,10 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     const TileGrid &g = model.grid;
     const bool noise = integrating(p);
     size_t nv = 0, nc = 0;
-    bool tagged = false;
-    for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
-        tagged |= S::is_float || model.step[t] != 1.0f;
-    std::vector<Step1Int<T>> pred_row(S::is_float ? 0 : W);
+    const bool tagged = band_tagged<T>(model, y0, y1);
+    std::vector<EncodePred<T>> pred_row(S::is_float ? 0 : W);
     for (uint32_t y = y0; y < y1; y++) {
-        if (!S::is_float && (y == y0 || y % g.tile == 0)) prediction_row<T>(preds, g, y, pred_row.data());
+        if (!S::is_float && (y == y0 || y % g.tile == 0)) prediction_row(preds, g, y, pred_row.data());
         if (!tagged && coded) {  // all tiles lossless: the whole row at once
             const size_t i0 = (size_t)y * W;
             step1_span(f + i0, exact + i0, usable + i0, W, pred_row.data(), vals, codes, &nv, &nc);
@@ -635,6 +774,35 @@ std::vector<ChunkCodec> chunk_codecs(const redml_params &p) {
     if (p.mode == REDML_MODE_SPARSE && p.codec == REDML_CODEC_RANS)
         return {{REDML_CODEC_RANS, p.level}, {REDML_CODEC_ZSTD, std::max(p.level, 12)}};
     return {{p.codec, p.level}};
+}
+
+// Codes of each phase among a band's tags[0, n), in its first half (first) and in all (all,
+// added to): the halves counted in one loop, two independent chains of counter updates
+// (one chain waits on each store of a counter to the next code of its phase).
+void band_phase_counts(const uint8_t *tags, size_t n, size_t *first, size_t *all) {
+    const size_t half = n / 2;
+    size_t second[REDML_PHASES] = {0};
+    for (size_t j = 0; j < half; j++) {
+        first[tags[j]]++;
+        second[tags[half + j]]++;
+    }
+    if (n % 2) second[tags[n - 1]]++;
+    for (int ph = 0; ph < REDML_PHASES; ph++) all[ph] += first[ph] + second[ph];
+}
+
+// A band's codes into their phase streams (pos[ph]: where its codes of phase ph go; first: the
+// counts of its first half), the two halves in one loop as band_phase_counts does.
+template <class Word>
+void scatter_band_phases(const Word *__restrict codes, const uint8_t *__restrict tags, size_t n, const size_t *first,
+                         const size_t *pos, Word *__restrict streams) {
+    const size_t half = n / 2;
+    size_t a[REDML_PHASES], b[REDML_PHASES];
+    for (int ph = 0; ph < REDML_PHASES; ph++) a[ph] = pos[ph], b[ph] = pos[ph] + first[ph];
+    for (size_t j = 0; j < half; j++) {
+        streams[a[tags[j]]++] = codes[j];
+        streams[b[tags[half + j]]++] = codes[half + j];
+    }
+    if (n % 2) streams[b[tags[n - 1]]++] = codes[n - 1];
 }
 
 // The settings with the read noise the encoder uses: estimated from the frame's usable
@@ -735,8 +903,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
             usable_pixels(f, mask_in, own, N, spots->fp.markers);
             finder_usable = own;
         }
-        spots->peaks = find_spots(f, finder_usable, H, W, spots->fp, exact, nt);
-        dilate(exact, H, W, p.roi_margin, nt);
+        spots->peaks = find_spots(f, finder_usable, H, W, spots->fp, exact, nt, p.roi_margin);
         stage_mark("roi dilation");
     } else {
         FinderParams fp;
@@ -746,8 +913,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         fp.sigma_s = p.roi_snr;
         fp.mask_all_strong = true;
         fp.masked_pixels_neutral = true;
-        find_spots(f, usable, H, W, fp, exact, nt);
-        dilate(exact, H, W, p.roi_margin, nt);
+        find_spots(f, usable, H, W, fp, exact, nt, p.roi_margin);
         stage_mark("roi dilation");
     }
     // the lattice's discs: exact, stored as the crystal models (the mask's runs leave them out)
@@ -759,9 +925,14 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         for (size_t i = 0; i < N; i++) exact[i] |= lattice_map[i];
         stage_mark("lattice region");
     }
-    // background
+    // background model and quantization. With one thread the model's tile rows are fitted band
+    // by band, each just before its band is quantized, while its pixels are in cache (the
+    // conditional reconstructions' model fills tiles from their neighbours: all of it first).
+    const TileGrid grid(H, W, p.tile);
+    const bool fused = nt == 1 && !conditional && p.mode != REDML_MODE_SPARSE;  // (sparse: its model adjusted first)
     BackgroundModel model = conditional ? fit_background_model_outside_roi(f, usable, exact, H, W, p, nt)
-                                        : fit_background(f, usable, TileGrid(H, W, p.tile), p, nt);
+                            : fused     ? unfitted_background<T>(grid)
+                                        : fit_background(f, usable, grid, p, nt);
     if (p.mode == REDML_MODE_SPARSE && integrating(p) && !roi_in) {
         mark_above_model(f, usable, model, p, H, W, nt, exact);
         // refitted on the pixels it stands for: the clip of the first fit left in some
@@ -770,10 +941,20 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         stage_mark("sparse: pixels above the model");
     }
     if (p.mode == REDML_MODE_SPARSE) round_sparse_means(model, p);
-    const std::vector<int64_t> preds = tile_predictions<T>(model);
-    stage_mark("background model");
     const bool coded = p.mode != REDML_MODE_SPARSE;  // background goes to the code stream
-    const std::vector<TileCoder<T>> coders = tile_coders<T>(model, preds, coded);
+    std::vector<int64_t> preds;
+    std::vector<TileCoder<T>> coders;
+    uint32_t fitted_rows = 0;  // tile rows with their model, predictions and coders
+    auto complete_tile_rows = [&](uint32_t ty1) {
+        if (ty1 <= fitted_rows) return;
+        if (fused) fit_tile_rows(f, usable, p, fitted_rows, ty1, model, 1);
+        extend_tile_coding<T>(model, (size_t)ty1 * grid.cols, coded, preds, coders);
+        fitted_rows = ty1;
+    };
+    if (!fused) {
+        complete_tile_rows(grid.rows);
+        stage_mark("background model");
+    }
     // quantize, band by band: each band writes its exact values and codes (with their
     // phases) into its own slice of the frame-sized work buffers
     const size_t nbands = (H + kRowsPerBand - 1) / kRowsPerBand;
@@ -781,35 +962,40 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     Word *band_vals = words, *band_codes = words + N, *streams = words + 2 * N;
     uint8_t *tags = scratch(sc.tags, N);
     std::vector<size_t> nv(nbands), nc(nbands);
-    std::vector<uint8_t> tagged(nbands);
+    std::vector<uint8_t> tagged(nbands), in_order(nbands, 0);
     std::vector<size_t> band_phase((nbands + 1) * REDML_PHASES, 0);  // codes of each phase per band
-    // With one thread the bands run in order: where every code is of phase 0 (all tiles
-    // lossless, or no codes), each band writes its values and codes right after the
-    // previous band's, into their streams, and nothing is moved afterwards.
-    const bool all_step1 = !S::is_float && std::all_of(model.step.begin(), model.step.end(),
-                                                       [](float st) { return st == 1.0f; });
-    const bool in_order = nt == 1 && (all_step1 || !coded);
-    size_t nv_before = 0, nc_before = 0;  // (in_order) values and codes of the bands before
+    std::vector<size_t> first_half(nbands * REDML_PHASES, 0);         // ... in the band's first half
+    // With one thread the bands run in order: while every code so far is of phase 0 (lossless
+    // tiles, or no codes), each band writes its values and codes right after the previous
+    // band's, into their streams, and nothing is moved afterwards.
+    bool still_in_order = nt == 1;
+    size_t nv_before = 0, nc_before = 0;  // (in order) values and codes of the bands before
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
+        if (fused) {
+            complete_tile_rows((y1 - 1) / grid.tile + 1);
+            stage_mark("background model");  // (the stages alternate: each adds up its bands)
+        }
         const size_t o = (size_t)y0 * W;
-        Word *vals = in_order ? band_vals + nv_before : band_vals + o;
-        Word *codes = in_order ? streams + nc_before : band_codes + o;
+        if (still_in_order) still_in_order = !(coded && band_tagged<T>(model, y0, y1));  // (one thread only)
+        in_order[b] = still_in_order;
+        Word *vals = in_order[b] ? band_vals + nv_before : band_vals + o;
+        Word *codes = in_order[b] ? streams + nc_before : band_codes + o;
         const BandCounts counts = quantize_band(f, exact, usable, y0, y1, W, model, preds, coders, p, coded, conditional,
                                                 vals, codes, tags + o);
         nv[b] = counts.values;
         nc[b] = counts.codes;
-        if (in_order) nv_before += counts.values, nc_before += counts.codes;
+        if (in_order[b]) nv_before += counts.values, nc_before += counts.codes;
         tagged[b] = counts.tagged;
         size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
         if (!counts.tagged) ph[0] = counts.codes;
-        else
-            for (size_t j = 0; j < counts.codes; j++) ph[tags[o + j]]++;
+        else band_phase_counts(tags + o, counts.codes, &first_half[b * REDML_PHASES], ph);
+        if (fused) stage_mark("quantize");
     });
     stage_mark("quantize");
     // streams: the exact values in raster order, then each phase's codes in raster order
     size_t n_exact = 0;
     for (size_t b = 0; b < nbands; b++) {  // values moved down in place (never forwards)
-        const Word *from = in_order ? band_vals + n_exact : band_vals + (size_t)b * kRowsPerBand * W;
+        const Word *from = in_order[b] ? band_vals + n_exact : band_vals + (size_t)b * kRowsPerBand * W;
         if (from != band_vals + n_exact) std::memmove(band_vals + n_exact, from, nv[b] * sizeof(Word));
         n_exact += nv[b];
     }
@@ -823,14 +1009,14 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         }
         phase_start[ph + 1] = phase_start[ph] + total;
     }
-    if (coded && !in_order)
+    if (coded && nbands > 0 && !in_order[nbands - 1])
         for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t) {
+            if (in_order[b]) return;  // its codes, all of phase 0, are in place at the start of the stream
             const size_t o = (size_t)y0 * W;
             size_t pos[REDML_PHASES];
             for (int ph = 0; ph < REDML_PHASES; ph++) pos[ph] = phase_start[ph] + band_phase[b * REDML_PHASES + ph];
             if (!tagged[b]) std::memcpy(streams + pos[0], band_codes + o, nc[b] * sizeof(Word));
-            else
-                for (size_t j = 0; j < nc[b]; j++) streams[pos[tags[o + j]]++] = band_codes[o + j];
+            else scatter_band_phases(band_codes + o, tags + o, nc[b], &first_half[b * REDML_PHASES], pos, streams);
         });
 
     // entropy + container
@@ -1523,7 +1709,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
         for (uint32_t y = y0; y < y1; y++) {
             const uint32_t ty = y / g.tile;
             if (ty != pred_ty && !S::is_float) {
-                prediction_row<T>(preds, g, y, pred_row.data());
+                prediction_row(preds, g, y, pred_row.data());
                 pred_ty = ty;
             }
             const size_t row = (size_t)y * W;

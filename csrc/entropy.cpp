@@ -88,7 +88,8 @@ bool is_constant(const uint8_t *p, size_t n) { return n > 0 && std::memcmp(p, p 
 
 // A plane is stored as u32 length + rANS stream, or, when all its bytes are equal (the
 // high bytes of small codes), as length 1 + that byte: a rANS stream is never 1 byte
-// long, and an X32 stream would spend 128 bytes on state flushes alone.
+// long, and an X32 stream would spend 128 bytes on state flushes alone. Planes over 1000
+// bytes get the 32-state form (htscodecs' rule), written by our coder (the library's bytes).
 size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
     size_t planes = rans_planes(spec, n), pos = 0;
     for (size_t b = 0; b < planes; b++) {
@@ -101,8 +102,10 @@ size_t rans_compress_block(const StreamSpec &spec, const uint8_t *src, size_t n,
             continue;
         }
         unsigned out_len = (unsigned)(cap - pos - 4);
-        if (!rans_compress_to_4x16((unsigned char *)src + b0, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
+        if (len > 1000) out_len = (unsigned)rans_encode_o0x32(src + b0, len, dst + pos + 4, cap - pos - 4);
+        else if (!rans_compress_to_4x16((unsigned char *)src + b0, (unsigned)len, dst + pos + 4, &out_len, kRansOrder))
             return 0;
+        if (out_len == 0) return 0;
         put_u32(dst + pos, out_len);
         pos += 4 + out_len;
     }

@@ -38,8 +38,16 @@ const int kRansMaxBlocks = 2;
 // planes one by one and unshuffles: the same bytes). Throws redml::Error on a corrupt stream.
 bool rans_decode_elements(const RansBlock *blocks, int count, int elem);
 
-// Which build of the decoding loop runs (tests: every build decodes to the same bytes):
-// 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build the CPU lacks falls back).
+// Encodes src[0, n), n > 1000 bytes (planes of that size are given the 32-state form), as
+// htscodecs' rans_compress_to_4x16 with RANS_ORDER_X32 does, byte for byte: the order-0
+// 32-state stream, or the stored form where that is not smaller, into dst (room for cap
+// bytes; rans_compress_bound_4x16(n, RANS_ORDER_X32) always suffice). Returns its size, 0
+// where it does not fit.
+size_t rans_encode_o0x32(const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
+
+// Which build of the decoding and encoding loops runs (tests: every build decodes, and
+// encodes, to the same bytes): 0 the CPU's best, 1 portable, 2 AVX2, 3 AVX-512 (a build
+// the CPU lacks falls back).
 void rans_force_simd(int level);
 
 }  // namespace redml

@@ -10,4 +10,5 @@
 #include "lattice.h"   // predict_reflections (the codec uses it too: lattice_chunk.h)
 #include "lattice_chunk.h"  // lattice_model_from_doubles (the encoder's lattice records)
 #include "quantize.h"  // redml_uniform
+#include "spots.h"     // spots_force_simd (tests: every SIMD build of the spot finder)
 #include "stages.h"    // stage_times

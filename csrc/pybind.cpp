@@ -523,9 +523,22 @@ PYBIND11_MODULE(_core, m) {
           py::arg("track_alpha"), py::arg("track_threshold"), py::arg("nthreads"), py::arg("out") = py::none());
     m.def("conv3x3_leaky", &conv3x3_leaky, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dilation"),
           py::arg("slope"), py::arg("nthreads") = 0);
+    m.def("_spots_force_simd", &redml::spots_force_simd, py::arg("level"),
+          "Test hook: the SIMD build of the spot finder's loops at most (1 portable, 2 AVX2, 3 AVX-512; 0 auto)");
     // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
     m.def("_rans_force_simd", &redml::rans_force_simd, py::arg("level"),
-          "Test hook: the rANS decoder's build (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
+          "Test hook: the rANS decoder's and encoder's build (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
+    m.def(
+        "_rans_encode",
+        [](const py::bytes &plane) {
+            // Test hook: the core's rANS coder on a plane of over 1000 bytes.
+            const std::string raw = plane;
+            std::string stream(raw.size() + raw.size() / 16 + 1024, '\0');  // (the library's bound)
+            const size_t size = redml::rans_encode_o0x32((const uint8_t *)raw.data(), raw.size(),
+                                                         (uint8_t *)stream.data(), stream.size());
+            return py::bytes(stream.data(), size);
+        },
+        py::arg("plane"));
     m.def("stage_timing", [](bool on) { redml::stage_times().enabled = on; }, py::arg("enable"));
     m.def("last_stages", [] {
         py::dict d;

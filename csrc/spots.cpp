@@ -2,9 +2,13 @@
 #include "spots.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "background.h"
 #include "pixels.h"
@@ -74,8 +78,8 @@ void box_sums_band(uint32_t H, uint32_t W, int r, uint32_t y0, uint32_t y1, Load
 // Work buffers of one call, kept by the calling thread across frames (no allocation,
 // zeroing or page faults per frame); released after a frame above kKeepScratchBytes (scratch.h).
 struct FinderScratch {
-    std::vector<uint8_t> cand, core, rows;
-    size_t held() const { return held_bytes(cand, core, rows); }
+    std::vector<uint64_t> cand, spots;  // packed maps: the candidates (eroded in place: the cores), the spots
+    size_t held() const { return held_bytes(cand, spots); }
 };
 
 FinderScratch &finder_scratch() {  // the calling thread's, one set for every pixel type
@@ -84,189 +88,236 @@ FinderScratch &finder_scratch() {  // the calling thread's, one set for every pi
 }
 
 
-// out[x] = (in[x] != 0), n bytes.
-REDML_ALWAYS_INLINE void copy_01(const uint8_t *__restrict in, uint8_t *__restrict out, size_t n) {
-    for (size_t x = 0; x < n; x++) out[x] = in[x] != 0;
+// ---- AND (erosion) and OR (dilation) of a square window over 0/1 byte maps, bit-packed ----
+// Each row is packed into words of 64 pixels (bit b of word j: pixel 64 j + b); the window
+// is separable (rows, then columns) and each direction is a running window of length r + 1
+// forward and r + 1 backward, built by doubling (log2(r) word operations a word), so a
+// radius costs about the same whatever its size. Pixels outside the frame never decide:
+// they are the identity of the operation (1 for AND, 0 for OR).
+
+template <bool And>
+REDML_ALWAYS_INLINE uint64_t combine(uint64_t a, uint64_t b) {
+    return And ? a & b : a | b;
 }
 
-// One row of a 0/1 byte map combined over a window of 2r+1 columns, clipped to the row:
-// AND (erosion) or OR (dilation). pad: room for W + 2r bytes. Plain loops over a padded
-// copy, so they vectorize.
-template <bool And>
-REDML_ALWAYS_INLINE void window_row(const uint8_t *in, uint8_t *out, uint32_t W, int r, uint8_t *pad) {
-    const uint8_t outside = And ? 1 : 0;  // clipped: outside pixels never decide
-    std::memset(pad, outside, (size_t)r);
-    copy_01(in, pad + r, W);
-    std::memset(pad + r + W, outside, (size_t)r);
-    std::memcpy(out, pad, W);
-    for (int d = 1; d <= 2 * r; d++) {
-        const uint8_t *__restrict a = pad + d;
-        uint8_t *__restrict o = out;
-        if (And)
-            for (uint32_t x = 0; x < W; x++) o[x] &= a[x];
-        else
-            for (uint32_t x = 0; x < W; x++) o[x] |= a[x];
+// The 64 bytes at p (nonzero = 1) as the bits of one word.
+REDML_ALWAYS_INLINE uint64_t pack64(const uint8_t *p) {
+#ifdef __SSE2__
+    const __m128i zero = _mm_setzero_si128();
+    uint64_t zeros = 0;
+    for (int q = 0; q < 4; q++) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(p + 16 * q));
+        zeros |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, zero)) << (16 * q);
     }
-}
-
-// Rows [y0, y1) of `out`: the column-wise AND (OR) of `rows` over 2r+1 rows, clipped.
-// any[y]: whether row y of `rows` has a nonzero byte (an all-zero row decides an AND
-// alone, and an OR of all-zero rows is zero: no pass over the bytes).
-template <bool And>
-REDML_ALWAYS_INLINE void window_columns(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H, uint32_t W,
-                                        int r, uint32_t y0, uint32_t y1) {
-    for (uint32_t y = y0; y < y1; y++) {
-        uint32_t ya = y >= (uint32_t)r ? y - r : 0, yb = std::min<uint32_t>(H - 1, y + r);
-        uint8_t *__restrict o = out + (size_t)y * W;
-        bool all_any = true, some_any = false;
-        for (uint32_t yy = ya; yy <= yb; yy++) {
-            all_any &= any[yy] != 0;
-            some_any |= any[yy] != 0;
-        }
-        if (And ? !all_any : !some_any) {
-            std::memset(o, 0, W);
-            continue;
-        }
-        bool first = true;  // rows without a nonzero byte were not written by the row pass
-        for (uint32_t yy = ya; yy <= yb; yy++) {
-            if (!any[yy]) continue;
-            const uint8_t *__restrict a = rows + (size_t)yy * W;
-            if (first)
-                std::memcpy(o, a, W);
-            else if (And)
-                for (uint32_t x = 0; x < W; x++) o[x] &= a[x];
-            else
-                for (uint32_t x = 0; x < W; x++) o[x] |= a[x];
-            first = false;
-        }
-    }
-}
-
-// The row of window_row, run by run of nonzero input bytes (the maps are sparse: a few
-// runs per row cost less than 2r passes over it). Returns whether the output has a
-// nonzero byte, or -1, with `out` unspecified, for a row of more than W / 32 runs.
-template <bool And>
-REDML_ALWAYS_INLINE int window_row_runs(const uint8_t *in, uint8_t *out, uint32_t W, int r) {
-    std::memset(out, 0, W);
-    size_t runs = 0;
-    bool any = false;
-    for (size_t a = byte_run_end(in, 0, W, false); a < W; a = byte_run_end(in, a, W, false)) {
-        if (++runs > W / 32) return -1;
-        const size_t b = byte_run_end(in, a, W, true);
-        // the output run of input run [a, b), clipped (pixels outside never decide)
-        const size_t lo = And ? (a == 0 ? 0 : a + r) : (a >= (size_t)r ? a - r : 0);
-        const size_t hi = And ? (b == W ? W : (b >= (size_t)r ? b - r : 0)) : std::min<size_t>(W, b + r);
-        if (lo < hi) {
-            std::memset(out + lo, 1, hi - lo);
-            any = true;
-        }
-        a = b;
-    }
-    return any;
-}
-
-// The row pass of rows [y0, y1): any[y] = whether row y of `rows` has a nonzero byte
-// (rows without one are not written).
-template <bool And>
-REDML_ALWAYS_INLINE void window_rows(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r, uint32_t y0,
-                                     uint32_t y1, uint8_t *pad) {
-    for (uint32_t y = y0; y < y1; y++) {
-        const uint8_t *row = in + (size_t)y * W;
-        uint8_t *out = rows + (size_t)y * W;
-        any[y] = 0;
-        if (byte_run_end(row, 0, W, false) == W) continue;
-        const int runs = window_row_runs<And>(row, out, W, r);
-        if (runs >= 0) {
-            any[y] = (uint8_t)runs;
-            continue;
-        }
-        window_row<And>(row, out, W, r, pad);
-        any[y] = byte_run_end(out, 0, W, false) < W;
-    }
-}
-
-// The two passes, portable and AVX2 builds (pixels.h).
-template <bool And>
-void window_rows_portable(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r, uint32_t y0, uint32_t y1,
-                          uint8_t *pad) {
-    window_rows<And>(in, rows, any, W, r, y0, y1, pad);
-}
-template <bool And>
-void window_columns_portable(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H, uint32_t W, int r,
-                             uint32_t y0, uint32_t y1) {
-    window_columns<And>(rows, any, out, H, W, r, y0, y1);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <bool And>
-REDML_TARGET_AVX2 void window_rows_avx2(const uint8_t *in, uint8_t *rows, uint8_t *any, uint32_t W, int r,
-                                        uint32_t y0, uint32_t y1, uint8_t *pad) {
-    window_rows<And>(in, rows, any, W, r, y0, y1, pad);
-}
-template <bool And>
-REDML_TARGET_AVX2 void window_columns_avx2(const uint8_t *rows, const uint8_t *any, uint8_t *out, uint32_t H,
-                                           uint32_t W, int r, uint32_t y0, uint32_t y1) {
-    window_columns<And>(rows, any, out, H, W, r, y0, y1);
-}
+    return ~zeros;
+#else
+    uint64_t w = 0;
+    for (int b = 0; b < 64; b++) w |= (uint64_t)(p[b] != 0) << b;
+    return w;
 #endif
+}
 
-// AND (erosion) or OR (dilation) of a (2r+1)^2 window, clipped to the frame, of a 0/1
-// byte map; `rows` (H*W) holds the row pass. in may equal out.
-template <bool And>
-void window_filter(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
-    std::vector<uint8_t> any(H);
-    auto row_pass = window_rows_portable<And>;
-    auto column_pass = window_columns_portable<And>;
-#ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) {
-        row_pass = window_rows_avx2<And>;
-        column_pass = window_columns_avx2<And>;
+// The 64 bits of w as 0/1 bytes at p.
+REDML_ALWAYS_INLINE void unpack64(uint64_t w, uint8_t *p) {
+    if (!w) {  // most words of the maps
+        std::memset(p, 0, 64);
+        return;
     }
+#ifdef __SSE2__
+    const __m128i bit = _mm_set_epi8((char)128, 64, 32, 16, 8, 4, 2, 1, (char)128, 64, 32, 16, 8, 4, 2, 1);
+    const __m128i one = _mm_set1_epi8(1);
+    for (int q = 0; q < 4; q++) {
+        const uint64_t lo = (w >> (16 * q)) & 0xff, hi = (w >> (16 * q + 8)) & 0xff;
+        const __m128i v = _mm_set_epi64x((long long)(hi * 0x0101010101010101ull), (long long)(lo * 0x0101010101010101ull));
+        _mm_storeu_si128((__m128i *)(p + 16 * q), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(v, bit), bit), one));
+    }
+#else
+    for (int b = 0; b < 64; b++) p[b] = (uint8_t)((w >> b) & 1);
 #endif
+}
+
+// Packs a row of W bytes into (W + 63) / 64 words; the bits at and beyond W are `fill`.
+void pack_row(const uint8_t *in, uint64_t *out, uint32_t W, uint64_t fill) {
+    uint32_t j = 0;
+    for (; 64 * (j + 1) <= W; j++) out[j] = pack64(in + 64 * j);
+    if (64 * j < W) {
+        const uint32_t n = W - 64 * j;
+        uint8_t tail[64] = {0};
+        std::memcpy(tail, in + 64 * j, n);
+        out[j] = (pack64(tail) & ((1ull << n) - 1)) | (fill << n);
+    }
+}
+
+// The first W bits of a packed row as 0/1 bytes.
+void unpack_row(const uint64_t *in, uint8_t *out, uint32_t W) {
+    uint32_t j = 0;
+    for (; 64 * (j + 1) <= W; j++) unpack64(in[j], out + 64 * j);
+    if (64 * j < W) {
+        uint8_t tail[64];
+        unpack64(in[j], tail);
+        std::memcpy(out + 64 * j, tail, W - 64 * j);
+    }
+}
+
+// v[b] op= v[b + s] for every bit b of words [0, nw), in place; v[nw, 2 nw + 1) hold `fill`
+// (the bits beyond the row).
+template <bool And>
+void combine_ahead(uint64_t *v, size_t nw, size_t s) {
+    const size_t q = s / 64, t = s % 64;
+    if (t == 0)
+        for (size_t i = 0; i < nw; i++) v[i] = combine<And>(v[i], v[i + q]);
+    else
+        for (size_t i = 0; i < nw; i++) v[i] = combine<And>(v[i], (v[i + q] >> t) | (v[i + q + 1] << (64 - t)));
+}
+
+// v[b] op= v[b - s] for every bit b of words [0, nw), in place; v[-nw - 1, 0) hold `fill`
+// (the bits before the row).
+template <bool And>
+void combine_behind(uint64_t *v, size_t nw, size_t s) {
+    const ptrdiff_t q = (ptrdiff_t)(s / 64), t = (ptrdiff_t)(s % 64);
+    if (t == 0)
+        for (ptrdiff_t i = (ptrdiff_t)nw; i-- > 0;) v[i] = combine<And>(v[i], v[i - q]);
+    else
+        for (ptrdiff_t i = (ptrdiff_t)nw; i-- > 0;)
+            v[i] = combine<And>(v[i], (v[i - q] << t) | (v[i - q - 1] >> (64 - t)));
+}
+
+// The running window of length L by doubling: step(s) combines each element with the one s
+// ahead (or behind); after it the elements cover L consecutive ones.
+template <class Step>
+void running_window(size_t L, Step step) {
+    size_t p = 1;
+    for (; 2 * p <= L; p *= 2) step(p);
+    if (L > p) step(L - p);
+}
+
+// One packed row: the op over bits [b - r, b + r] (clipped, r < 64 nw) of every bit b;
+// fwd and bwd: room for 2 nw + 1 words each.
+template <bool And>
+void window_bits_row(uint64_t *row, size_t nw, size_t r, uint64_t *fwd, uint64_t *bwd) {
+    const uint64_t fill = And ? ~0ull : 0;
+    std::fill(fwd + nw, fwd + 2 * nw + 1, fill);
+    std::fill(bwd, bwd + nw + 1, fill);
+    std::memcpy(fwd, row, nw * sizeof(uint64_t));
+    std::memcpy(bwd + nw + 1, row, nw * sizeof(uint64_t));
+    running_window(r + 1, [&](size_t s) { combine_ahead<And>(fwd, nw, s); });
+    running_window(r + 1, [&](size_t s) { combine_behind<And>(bwd + nw + 1, nw, s); });
+    for (size_t i = 0; i < nw; i++) row[i] = combine<And>(fwd[i], bwd[nw + 1 + i]);
+}
+
+// Words [c0, c1) of every row of a packed map (row stride nw): the op over rows [y - r, y + r]
+// (clipped) of every row y. fwd and bwd: room for H * (c1 - c0) words each.
+template <bool And>
+void window_bits_columns(uint64_t *map, size_t H, size_t nw, size_t c0, size_t c1, size_t r, uint64_t *fwd,
+                         uint64_t *bwd) {
+    const size_t cw = c1 - c0;
+    for (size_t y = 0; y < H; y++) {
+        std::memcpy(fwd + y * cw, map + y * nw + c0, cw * sizeof(uint64_t));
+        std::memcpy(bwd + y * cw, map + y * nw + c0, cw * sizeof(uint64_t));
+    }
+    running_window(r + 1, [&](size_t s) {  // rows beyond the frame: the identity
+        for (size_t y = 0; y + s < H; y++)
+            for (size_t c = 0; c < cw; c++) fwd[y * cw + c] = combine<And>(fwd[y * cw + c], fwd[(y + s) * cw + c]);
+    });
+    running_window(r + 1, [&](size_t s) {
+        for (size_t y = H; y-- > s;)
+            for (size_t c = 0; c < cw; c++) bwd[y * cw + c] = combine<And>(bwd[y * cw + c], bwd[(y - s) * cw + c]);
+    });
+    for (size_t y = 0; y < H; y++)
+        for (size_t c = 0; c < cw; c++) map[y * nw + c0 + c] = combine<And>(fwd[y * cw + c], bwd[y * cw + c]);
+}
+
+// AND (erosion) or OR (dilation) of a (2r+1)^2 window, clipped to the frame, of a packed
+// 0/1 map (rows of nw = (W + 63) / 64 words), in place.
+template <bool And>
+void window_bits(uint64_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
+    if (r <= 0) return;
     // A clipped window wider than the frame covers all of it: the same result at a radius of
     // side - 1, so a huge radius (roi_margin up to 65535) costs no more than the frame.
-    const int rx = (int)std::min<int64_t>(r, (int64_t)W - 1), ry = (int)std::min<int64_t>(r, (int64_t)H - 1);
+    const size_t rx = (size_t)std::min<int64_t>(r, (int64_t)W - 1), ry = (size_t)std::min<int64_t>(r, (int64_t)H - 1);
+    const size_t nw = ((size_t)W + 63) / 64;
+    const uint64_t tail = W % 64 ? (1ull << (W % 64)) - 1 : ~0ull;  // the bits of the last word inside the row
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        std::vector<uint8_t> pad(W + 2 * (size_t)rx);
-        row_pass(in, rows, any.data(), W, rx, y0, y1, pad.data());
+        std::vector<uint64_t> fwd(2 * nw + 1), bwd(2 * nw + 1);
+        for (uint32_t y = y0; y < y1; y++) {
+            uint64_t *row = map + (size_t)y * nw;
+            if (tail) row[nw - 1] = And ? row[nw - 1] | ~tail : row[nw - 1] & tail;  // beyond W: the identity
+            window_bits_row<And>(row, nw, rx, fwd.data(), bwd.data());
+            row[nw - 1] &= tail;
+        }
     });
-    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
-        column_pass(rows, any.data(), out, H, W, ry, y0, y1);
+    const size_t strip = 8;  // words of a column strip
+    parallel_for((nw + strip - 1) / strip, nthreads, [&](size_t s) {
+        const size_t c0 = s * strip, c1 = std::min(nw, c0 + strip);
+        thread_local std::vector<uint64_t> fwd, bwd;  // (kept: no page faults per frame)
+        window_bits_columns<And>(map, H, nw, c0, c1, ry, scratch(fwd, (size_t)H * (c1 - c0)),
+                                 scratch(bwd, (size_t)H * (c1 - c0)));
     });
 }
 
-// AND of a (2r+1)^2 window (clipped to the frame): erosion of a 0/1 byte map.
-void erode(const uint8_t *in, uint8_t *out, uint8_t *rows, uint32_t H, uint32_t W, int r, int nthreads) {
-    window_filter<true>(in, out, rows, H, W, r, nthreads);
+// Packs a byte map (nonzero = 1) into `bits`, rows of (W + 63) / 64 words, the bits beyond
+// W `fill`; returns its words.
+uint64_t *pack_map(const uint8_t *in, std::vector<uint64_t> &bits, uint32_t H, uint32_t W, uint64_t fill,
+                   int nthreads) {
+    const size_t nw = ((size_t)W + 63) / 64;
+    uint64_t *map = scratch(bits, (size_t)H * nw);
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        for (uint32_t y = y0; y < y1; y++) pack_row(in + (size_t)y * W, map + (size_t)y * nw, W, fill);
+    });
+    return map;
 }
 
-// Appends to `out` the offsets i < n where a[i] and b[i] are both nonzero, in order, while
-// there are at most `limit` of them (else returns false). b is the sparse map: 32 bytes
-// where it is all zero are skipped at once.
-bool collect_both(const uint8_t *a, const uint8_t *b, size_t n, size_t limit, std::vector<uint32_t> &out) {
+// A packed map as 0/1 bytes.
+void unpack_map(const uint64_t *map, uint8_t *out, uint32_t H, uint32_t W, int nthreads) {
+    const size_t nw = ((size_t)W + 63) / 64;
+    for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
+        for (uint32_t y = y0; y < y1; y++) unpack_row(map + (size_t)y * nw, out + (size_t)y * W, W);
+    });
+}
+
+// Sets bits [x0, x1) of a packed row.
+void set_bits(uint64_t *row, uint32_t x0, uint32_t x1) {
+    for (uint32_t x = x0; x < x1;) {
+        const uint32_t j = x / 64, b = x % 64, n = std::min<uint32_t>(64 - b, x1 - x);
+        row[j] |= (n == 64 ? ~0ull : ((1ull << n) - 1)) << b;
+        x += n;
+    }
+}
+
+// Bit x of a packed row.
+REDML_ALWAYS_INLINE uint64_t bit_at(const uint64_t *row, uint32_t x) {
+    return (row[x / 64] >> (x % 64)) & 1;
+}
+
+// Appends to `out` the pixels of rows [y0, y1) set in the packed map `bits` and usable, as
+// offsets from pixel y0 * W in raster order, while there are at most `limit` of them (else
+// returns false).
+bool collect_set(const uint64_t *bits, const uint8_t *usable, uint32_t W, uint32_t y0, uint32_t y1, size_t limit,
+                 std::vector<uint32_t> &out) {
     out.clear();
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        uint64_t w[4];
-        std::memcpy(w, b + i, 32);
-        if (!(w[0] | w[1] | w[2] | w[3])) continue;
-        for (size_t j = i; j < i + 32; j++)
-            if (a[j] && b[j]) out.push_back((uint32_t)j);
+    const size_t nw = ((size_t)W + 63) / 64;
+    for (uint32_t y = y0; y < y1; y++) {
+        const uint64_t *row = bits + (size_t)y * nw;
+        for (size_t j = 0; j < nw; j++)
+            for (uint64_t w = row[j]; w; w &= w - 1) {
+                const uint32_t x = (uint32_t)(64 * j) + (uint32_t)__builtin_ctzll(w);
+                if (x < W && usable[(size_t)y * W + x]) out.push_back((y - y0) * W + x);
+            }
         if (out.size() > limit) return false;
     }
-    for (; i < n; i++)
-        if (a[i] && b[i]) out.push_back((uint32_t)i);
-    return out.size() <= limit;
+    return true;
 }
 
 // The mean of the usable pixels outside the candidate cores in the (2R+1)^2 window
 // around (y, x), clipped to the frame: the strong test's local background at the tested
-// pixels, summed directly (integer data: exact, as the box sums are). Along a run of
-// tested pixels of one row the window slides: one column in, one column out.
+// pixels, summed directly (integer data: exact, as the box sums are). Pixels are asked for
+// in raster order: along a run of one row the window slides (one column in, one out), and
+// each column's sums are kept with their row, so the next row slides them down a row.
 template <class T>
 class WindowBackground {
   public:
-    WindowBackground(const T *frame, const uint8_t *usable, const uint8_t *core, uint32_t H, uint32_t W, int R)
-        : f_(frame), ok_(usable), core_(core), H_(H), W_(W), R_(R) {}
+    WindowBackground(const T *frame, const uint8_t *usable, const uint64_t *core, uint32_t H, uint32_t W, int R)
+        : f_(frame), ok_(usable), core_(core), nw_(((size_t)W + 63) / 64), H_(H), W_(W), R_(R), col_(W) {}
 
     double at(uint32_t y, uint32_t x) {
         if (!(valid_ && y == y_ && x == x_ + 1)) {
@@ -284,22 +335,38 @@ class WindowBackground {
     }
 
   private:
-    void add_column(uint32_t y, uint32_t x, int64_t sign) {
-        const uint32_t ya = y >= (uint32_t)R_ ? y - R_ : 0, yb = std::min<uint32_t>(H_ - 1, y + R_);
+    struct Column {  // the sums of one column over rows [y - R, y + R] (clipped)
         int64_t n = 0, sum = 0;
-        for (uint32_t yy = ya; yy <= yb; yy++) {  // branch-free (0/1 maps)
-            const size_t i = (size_t)yy * W_ + x;
-            const int64_t use = ok_[i] & (core_[i] ^ 1);
-            n += use;
-            sum += (int64_t)f_[i] * use;
+        int64_t y = -2;  // none
+    };
+    // Adds (sign 1) or removes (-1) one pixel's weight and value to a column's sums.
+    void add_pixel(Column &c, int64_t yy, uint32_t x, int64_t sign) {
+        if (yy < 0 || yy >= (int64_t)H_) return;
+        const size_t i = (size_t)yy * W_ + x;
+        const int64_t use = ok_[i] & (bit_at(core_ + (size_t)yy * nw_, x) ^ 1);  // branch-free (0/1 maps)
+        c.n += sign * use;
+        c.sum += sign * (int64_t)f_[i] * use;
+    }
+    void add_column(uint32_t y, uint32_t x, int64_t sign) {
+        Column &c = col_[x];
+        if (c.y == (int64_t)y - 1) {  // slid down by one row
+            add_pixel(c, (int64_t)y - R_ - 1, x, -1);
+            add_pixel(c, (int64_t)y + R_, x, 1);
+        } else if (c.y != (int64_t)y) {
+            c = Column();
+            for (int64_t yy = (int64_t)y - R_; yy <= (int64_t)y + R_; yy++) add_pixel(c, yy, x, 1);
         }
-        n_ += sign * n;
-        sum_ += sign * sum;
+        c.y = y;
+        n_ += sign * c.n;
+        sum_ += sign * c.sum;
     }
     const T *f_;
-    const uint8_t *ok_, *core_;
+    const uint8_t *ok_;
+    const uint64_t *core_;  // packed
+    size_t nw_;
     uint32_t H_, W_;
     int R_;
+    std::vector<Column> col_;
     bool valid_ = false;
     uint32_t y_ = 0, x_ = 0;
     int64_t n_ = 0, sum_ = 0;
@@ -322,18 +389,19 @@ uint32_t find_root(std::vector<uint32_t> &parent, uint32_t a) {
 
 void dilate(uint8_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
     if (r <= 0) return;
-    thread_local std::vector<uint8_t> wide;
-    const size_t N = (size_t)H * W;
-    window_filter<false>(map, map, scratch(wide, N), H, W, r, nthreads);
-    if (held_bytes(wide) > kKeepScratchBytes) std::vector<uint8_t>().swap(wide);
+    thread_local std::vector<uint64_t> bits;
+    window_bits<false>(pack_map(map, bits, H, W, 0, nthreads), H, W, r, nthreads);
+    unpack_map(bits.data(), map, H, W, nthreads);
+    if (held_bytes(bits) > kKeepScratchBytes) std::vector<uint64_t>().swap(bits);
 }
 
 // Dispersion candidates of rows [y0, y1) from 32-bit integer box sums, for integer
 // frames whose usable values in the rows the windows reach are small enough that every
 // window sum of squares fits in 32 bits (counts below ~6600 for 7x7 windows). Returns
-// false, writing nothing, where they are not. The sums equal the double box sums exactly,
-// and the test is the same double expression, so the candidates are identical. Plain
-// loops over padded column sums: they vectorize (AVX2 where the CPU has it).
+// false where they are not (the double path then does the rows). The sums equal the double
+// box sums exactly, and the test is the same double expression, so the candidates are
+// identical. Plain loops over padded column sums: they vectorize (AVX2 or AVX-512 where
+// the CPU has it).
 #define SPOTS_INLINE REDML_ALWAYS_INLINE
 
 struct DispersionArgs {
@@ -345,18 +413,30 @@ struct DispersionArgs {
     bool integrating;  // usable values may be negative, or rn2 > 0
     int min_count;
     uint8_t neutral;  // candidate value of an unusable pixel
-    uint8_t *cand;
+    uint64_t *cand;  // packed, rows of (W + 63) / 64 words
 };
 
 // out[x] = in[x] + ... + in[x + 2R]: the row pass of a box sum over padded column sums.
-// GCC/Clang vector extension: 8 int32 lanes (one AVX2 register, or two SSE2 ones).
-typedef int32_t v8i __attribute__((vector_size(32)));
+// GCC/Clang vector extension: L int32 lanes (L = 8: one AVX2 register, or two SSE2 ones;
+// 16: one AVX-512 register).
+// (Explicit types: GCC drops vector_size on a dependent alias template.)
+template <int L>
+struct UInt32Lanes;
+template <>
+struct UInt32Lanes<8> {
+    typedef uint32_t type __attribute__((vector_size(32)));
+};
+template <>
+struct UInt32Lanes<16> {
+    typedef uint32_t type __attribute__((vector_size(64)));
+};
 
-template <int R>
-SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
+template <int R, int L>
+SPOTS_INLINE void window_sum(const uint32_t *in, uint32_t *out, uint32_t W) {
     uint32_t x = 0;
-    for (; x + 8 <= W; x += 8) {  // the 2R + 1 shifted loads summed in registers
-        v8i t, u;
+    for (; x + L <= W; x += L) {  // the 2R + 1 shifted loads summed in registers
+        typename UInt32Lanes<L>::type t, u;
+        static_assert(sizeof t == 4 * L, "L int32 lanes");
         std::memcpy(&t, in + x, sizeof t);
         for (int d = 1; d <= 2 * R; d++) {
             std::memcpy(&u, in + x + d, sizeof u);
@@ -365,7 +445,7 @@ SPOTS_INLINE void window_sum(const int32_t *in, int32_t *out, uint32_t W) {
         std::memcpy(out + x, &t, sizeof t);
     }
     for (; x < W; x++) {
-        int32_t t = 0;
+        uint32_t t = 0;
         for (int d = 0; d <= 2 * R; d++) t += in[x + d];
         out[x] = t;
     }
@@ -394,7 +474,7 @@ SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count
 }
 
 // The test of pixels whose windows are full (every pixel usable, the centre too), in
-// float, 8 lanes without a table lookup: c[x] = whether var > rhs where var - rhs lies
+// float, a vector of lanes at a time without a table lookup: c[x] = whether var > rhs where var - rhs lies
 // beyond a bound on the float rounding errors (16 times the worst case), so that it
 // decides as the double test does; open[x] = 1 where it does not decide (a window not
 // full, or a pixel too close to call). rhs >= 0 where sm > 0, and sm <= 0 fails.
@@ -438,102 +518,164 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__rest
         c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
 }
 
-// Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums.
+// The column sums hold two arrays: the count of usable pixels and their sum packed in one
+// int32 (count * 2^20 + sum: a window's |sum| stays below 2^19 under the integer path's
+// value limit, and 81 * 2^20 + 2^19 < 2^31), and the sums of squares. One array fewer to
+// slide and to sum along the rows; unpack_counts splits a window's packed sum.
+const int kCountShift = 20;
+
+// The smallest and largest usable value the column sums took in (T's lanes: a cheap
+// running check that the 32-bit sums are exact).
+template <class T>
+struct ValueRange {
+    T lo = 0, hi = 0;
+    int64_t max_abs() const { return std::max<int64_t>((int64_t)hi, -(int64_t)lo); }
+};
+
+// Adds (sign 1) or removes (-1) row y of the usable values to the padded column sums. The
+// sums are uint32 (wrapping: defined whatever the values; the caller checks `seen` before it
+// reads them as int32).
 template <int R, class T>
-SPOTS_INLINE void column_sums_row(const DispersionArgs &a, const T *frame, int64_t y, int32_t sign, int32_t *cols) {
+SPOTS_INLINE void column_sums_row(const DispersionArgs &a, const T *frame, int64_t y, uint32_t sign, uint32_t *cols,
+                                  ValueRange<T> &seen) {
     if (y < 0 || y >= (int64_t)a.H) return;
     const uint32_t W = a.W, P = W + 2 * R;
     const T *__restrict f = frame + (size_t)y * W;
     const uint8_t *__restrict ok = a.usable + (size_t)y * W;
-    int32_t *__restrict pn = cols + R, *__restrict ps = cols + P + R, *__restrict ps2 = cols + 2 * P + R;
+    uint32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
+    T lo = seen.lo, hi = seen.hi;
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t w = ok[x] != 0, v = (int32_t)f[x] * w;  // unusable: 0 (whatever its value)
-        pn[x] += sign * w;
-        ps[x] += sign * v;
+        const uint32_t w = ok[x] != 0;
+        const T t = (T)(f[x] * (T)w);  // unusable: 0 (whatever its value)
+        lo = std::min(lo, t);
+        hi = std::max(hi, t);
+        const uint32_t v = (uint32_t)t;
+        pns[x] += sign * ((w << kCountShift) + v);
         ps2[x] += sign * v * v;
     }
+    seen.lo = lo;
+    seen.hi = hi;
 }
 
 // Slides the column sums down one row: adds row y_in and removes row y_out, in one pass
 // where both lie inside the frame.
 template <int R, class T>
 SPOTS_INLINE void column_sums_slide(const DispersionArgs &a, const T *frame, int64_t y_in, int64_t y_out,
-                                    int32_t *cols) {
+                                    uint32_t *cols, ValueRange<T> &seen) {
     if (y_in >= (int64_t)a.H || y_out < 0) {
-        column_sums_row<R>(a, frame, y_in, 1, cols);
-        column_sums_row<R>(a, frame, y_out, -1, cols);
+        column_sums_row<R>(a, frame, y_in, 1, cols, seen);
+        column_sums_row<R>(a, frame, y_out, ~0u, cols, seen);
         return;
     }
     const uint32_t W = a.W, P = W + 2 * R;
     const T *__restrict fi = frame + (size_t)y_in * W, *__restrict fo = frame + (size_t)y_out * W;
     const uint8_t *__restrict oki = a.usable + (size_t)y_in * W, *__restrict oko = a.usable + (size_t)y_out * W;
-    int32_t *__restrict pn = cols + R, *__restrict ps = cols + P + R, *__restrict ps2 = cols + 2 * P + R;
+    uint32_t *__restrict pns = cols + R, *__restrict ps2 = cols + P + R;
+    T lo = seen.lo, hi = seen.hi;
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t wi = oki[x] != 0, vi = (int32_t)fi[x] * wi;
-        const int32_t wo = oko[x] != 0, vo = (int32_t)fo[x] * wo;
-        pn[x] += wi - wo;
-        ps[x] += vi - vo;
-        ps2[x] += vi * vi - vo * vo;
+        const uint32_t wi = oki[x] != 0, wo = oko[x] != 0;
+        const T ti = (T)(fi[x] * (T)wi);
+        lo = std::min(lo, ti);
+        hi = std::max(hi, ti);
+        const uint32_t vi = (uint32_t)ti, vo = (uint32_t)(T)(fo[x] * (T)wo);
+        pns[x] += ((wi - wo) << kCountShift) + (vi - vo);
+        ps2[x] += (vi - vo) * (vi + vo);  // vi^2 - vo^2 (mod 2^32), one product
+    }
+    seen.lo = lo;
+    seen.hi = hi;
+}
+
+// Asks for row y of the frame and of the usable map in cache (each row starts a new page,
+// where the hardware's prefetcher stops).
+template <class T>
+SPOTS_INLINE void prefetch_row(const DispersionArgs &a, const T *frame, uint32_t y) {
+    const char *f = (const char *)(frame + (size_t)y * a.W), *ok = (const char *)(a.usable + (size_t)y * a.W);
+    for (size_t i = 0; i < a.W * sizeof(T); i += 64) __builtin_prefetch(f + i);
+    for (size_t i = 0; i < a.W; i += 64) __builtin_prefetch(ok + i);
+}
+
+// n[x] = the count, sm[x] = the sum of a window's packed sum n[x] (in place).
+SPOTS_INLINE void unpack_counts(int32_t *__restrict n, int32_t *__restrict sm, uint32_t W) {
+    for (uint32_t x = 0; x < W; x++) {
+        const int32_t count = (n[x] + (1 << (kCountShift - 1))) >> kCountShift;
+        sm[x] = n[x] - (count << kCountShift);
+        n[x] = count;
     }
 }
 
-template <int R, class T>
-SPOTS_INLINE void dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
-                                      int32_t *cols, int32_t *sums) {
+// The integer path of rows [y0, y1): false, with the candidates of the rows unspecified, as
+// soon as a usable value the windows reach exceeds `limit`.
+template <int R, int L, class T>
+SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
+                                      int64_t limit, uint32_t *cols, int32_t *sums) {
     const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
-    const int32_t *cn = cols, *cs = cols + P, *cs2 = cols + 2 * P;
+    const uint32_t *cns = cols, *cs2 = cols + P;
     int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
-    uint8_t *open = (uint8_t *)(sums + 3 * W);
-    std::memset(cols, 0, 3 * (size_t)P * sizeof(int32_t));
-    auto add_row = [&](int64_t y, int32_t sign) __attribute__((always_inline)) {
-        column_sums_row<R>(a, frame, y, sign, cols);
-    };
-    for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) add_row(y, 1);
+    uint8_t *open = (uint8_t *)(sums + 3 * W), *c = open + W;  // open pixels and candidates of a row
+    std::memset(cols, 0, 2 * (size_t)P * sizeof(uint32_t));
+    ValueRange<T> seen;
+    for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) column_sums_row<R>(a, frame, y, 1, cols, seen);
     for (uint32_t y = y0; y < y1; y++) {
-        if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols);
-        window_sum<R>(cn, n, W);
-        window_sum<R>(cs, sm, W);
-        window_sum<R>(cs2, s2, W);
-        dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, a.cand + (size_t)y * W, open, W, (2 * R + 1) * (2 * R + 1));
+        if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols, seen);
+        if (seen.max_abs() > limit) return false;
+        if (y + R + 1 < a.H) prefetch_row(a, frame, y + R + 1);  // the next row slid in, while this one is tested
+        window_sum<R, L>(cns, (uint32_t *)n, W);  // (int32 and uint32 may alias)
+        unpack_counts(n, sm, W);
+        window_sum<R, L>(cs2, (uint32_t *)s2, W);
+        dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, c, open, W, (2 * R + 1) * (2 * R + 1));
+        pack_row(c, a.cand + (size_t)y * ((W + 63) / 64), W, 0);
     }
+    return true;
 }
 
-template <class T>
-SPOTS_INLINE void dispersion_band_int_body(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
-                                           int32_t *cols, int32_t *sums) {
+// The integer path of rows [y0, y1) (r in 1..4), in L-lane vectors; false where a usable
+// value the windows reach is too large for 32-bit sums of squares.
+template <int L, class T>
+SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
+                                           uint32_t *cols, int32_t *sums) {
+    const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
+    // window sums of squares within int32, and window sums within the packed sums' 2^19
+    const int64_t limit = std::min<int64_t>((int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1,
+                                            ((1 << (kCountShift - 1)) - 1) / area);
     switch (r) {
-        case 1: return dispersion_rows_int<1>(a, frame, y0, y1, cols, sums);
-        case 2: return dispersion_rows_int<2>(a, frame, y0, y1, cols, sums);
-        case 3: return dispersion_rows_int<3>(a, frame, y0, y1, cols, sums);
-        default: return dispersion_rows_int<4>(a, frame, y0, y1, cols, sums);
+        case 1: return dispersion_rows_int<1, L>(a, frame, y0, y1, limit, cols, sums);
+        case 2: return dispersion_rows_int<2, L>(a, frame, y0, y1, limit, cols, sums);
+        case 3: return dispersion_rows_int<3, L>(a, frame, y0, y1, limit, cols, sums);
+        default: return dispersion_rows_int<4, L>(a, frame, y0, y1, limit, cols, sums);
     }
 }
 
+// The portable, AVX2 and AVX-512 builds of the one body (pixels.h).
 template <class T>
-void dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
-                                 int32_t *cols, int32_t *sums) {
-    dispersion_band_int_body(a, frame, r, y0, y1, cols, sums);
+bool dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
+                                 uint32_t *cols, int32_t *sums) {
+    return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
 }
-
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
-REDML_TARGET_AVX2 void dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
-                                                uint32_t y1, int32_t *cols, int32_t *sums) {
-    dispersion_band_int_body(a, frame, r, y0, y1, cols, sums);
+REDML_TARGET_AVX2 bool dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
+                                                uint32_t y1, uint32_t *cols, int32_t *sums) {
+    return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 bool dispersion_band_int_avx512(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
+                                                    uint32_t y1, uint32_t *cols, int32_t *sums) {
+    return dispersion_band_int_body<16>(a, frame, r, y0, y1, cols, sums);
 }
 #endif
 
-// Largest magnitude of the usable values of n pixels (negative where the markers let
-// negative values be noise), branch-free.
-template <class T>
-int64_t usable_max_abs(const T *__restrict f, const uint8_t *__restrict ok, size_t n) {
-    T hi = 0, lo = 0;
-    for (size_t i = 0; i < n; i++) {
-        const T v = (T)(f[i] * (T)(ok[i] != 0));
-        hi = std::max<T>(hi, v);
-        lo = std::min<T>(lo, v);
-    }
-    return std::max<int64_t>((int64_t)hi, -(int64_t)lo);
+static std::atomic<int> spots_forced_simd{0};  // spots_force_simd
+
+// The SIMD build the spot finder runs: the best the CPU has, at most the forced level.
+static int spots_simd_level() {
+    const int forced = spots_forced_simd.load(std::memory_order_relaxed);
+#ifdef REDML_AVX512_DISPATCH
+    if ((forced == 0 || forced >= 3) && cpu_has_avx512()) return 3;
+#endif
+    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) return 2;
+    return 1;
 }
 
 template <class T>
@@ -542,23 +684,25 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         return false;
     } else {
         if (r < 1 || r > 4) return false;
-        const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
-        const int64_t limit = (int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1;
-        const uint32_t ya = y0 >= (uint32_t)r ? y0 - r : 0, yb = std::min<uint32_t>(a.H, y1 + r);
-        if (usable_max_abs(frame + (size_t)ya * a.W, a.usable + (size_t)ya * a.W, (size_t)(yb - ya) * a.W) > limit)
-            return false;
-        // sums: the window sums of a row (3 W) and its open pixels (W bytes)
-        std::vector<int32_t> cols(3 * ((size_t)a.W + 2 * r)), sums(3 * (size_t)a.W + ((size_t)a.W + 3) / 4);
-#ifdef REDML_AVX2_DISPATCH
-        if (cpu_has_avx2()) {
-            dispersion_band_int_avx2(a, frame, r, y0, y1, cols.data(), sums.data());
-            return true;
-        }
+        // cols: padded column sums (2 (W + 2r)); sums: the window sums of a row (3 W), its
+        // open pixels and candidates (W bytes each)
+        thread_local std::vector<uint32_t> cols;
+        thread_local std::vector<int32_t> sums;
+        uint32_t *c = scratch(cols, 2 * ((size_t)a.W + 2 * r));
+        int32_t *s = scratch(sums, 3 * (size_t)a.W + 2 * (((size_t)a.W + 3) / 4));
+        switch (spots_simd_level()) {
+#ifdef REDML_AVX512_DISPATCH
+            case 3: return dispersion_band_int_avx512(a, frame, r, y0, y1, c, s);
 #endif
-        dispersion_band_int_default(a, frame, r, y0, y1, cols.data(), sums.data());
-        return true;
+#ifdef REDML_AVX2_DISPATCH
+            case 2: return dispersion_band_int_avx2(a, frame, r, y0, y1, c, s);
+#endif
+            default: return dispersion_band_int_default(a, frame, r, y0, y1, c, s);
+        }
     }
 }
+
+void spots_force_simd(int level) { spots_forced_simd.store(level, std::memory_order_relaxed); }
 
 namespace {
 
@@ -578,8 +722,7 @@ double estimated_read_noise(const T *frame, const uint8_t *usable, uint32_t H, u
 
 template <class T>
 std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, uint32_t W,
-                             const FinderParams &fp, uint8_t *spot_mask, int nthreads) {
-    const size_t N = (size_t)H * W;
+                             const FinderParams &fp, uint8_t *spot_mask, int nthreads, int margin) {
     const int k = std::max(1, fp.kernel);
     const double g = fp.gain;
     const double rn = fp.read_noise < 0 ? estimated_read_noise(frame, usable, H, W, fp, nthreads) : fp.read_noise;
@@ -587,8 +730,9 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     FinderScratch &sc = finder_scratch();
     ReleaseIfLarge<FinderScratch> release{sc};
 
-    // 1. dispersion candidates
-    uint8_t *cand = scratch(sc.cand, N);
+    // 1. dispersion candidates, packed (rows of nw words)
+    const size_t nw = ((size_t)W + 63) / 64;
+    uint64_t *cand = scratch(sc.cand, (size_t)H * nw);
     auto load_usable = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
@@ -606,8 +750,9 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
                                (uint8_t)fp.masked_pixels_neutral, cand};
     for_row_bands(H, kRowsPerBand, nthreads, [&](size_t, uint32_t y0, uint32_t y1) {
         if (dispersion_band_int(dargs, frame, k, y0, y1)) return;
+        std::vector<uint8_t> row(W);
         box_sums_band<true>(H, W, k, y0, y1, load_usable, [&](uint32_t y, const double *n, const double *s, const double *s2) {
-            uint8_t *c = cand + (size_t)y * W;
+            uint8_t *c = row.data();
             const uint8_t *ok = usable + (size_t)y * W;
             for (uint32_t x = 0; x < W; x++) {
                 double sx = s[x];
@@ -620,12 +765,13 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
                 if (m < fp.min_count || m < 2) continue;
                 c[x] = dispersion_passes(m, sx, s2[x], g, rn2, dispersion_bound[m]);
             }
+            pack_row(c, cand + (size_t)y * nw, W, 0);
         });
     });
     stage_mark("dispersion 7x7");
     // 2. erosion by the window: the candidate cores
-    uint8_t *core = scratch(sc.core, N);
-    erode(cand, core, scratch(sc.rows, N), H, W, k - 1, nthreads);
+    window_bits<true>(cand, H, W, k - 1, nthreads);
+    const uint64_t *core = cand;
     stage_mark("erosion");
     // 3. strong pixels against the background without the cores
     // The strong pixels and their local backgrounds, per band in raster order (few: a list
@@ -638,9 +784,9 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     auto load_background = [&](uint32_t y, double *w, double *v) {
         const T *f = frame + (size_t)y * W;
         const uint8_t *ok = usable + (size_t)y * W;
-        const uint8_t *c = core + (size_t)y * W;
+        const uint64_t *c = core + (size_t)y * nw;
         for (uint32_t x = 0; x < W; x++) {
-            bool use = ok[x] && !c[x];
+            bool use = ok[x] && !bit_at(c, x);
             w[x] = use ? 1.0 : 0.0;
             v[x] = use ? (double)f[x] : 0.0;
         }
@@ -660,7 +806,7 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
         const size_t i0 = (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
         const size_t window = (size_t)(2 * R + 1) * (2 * R + 1);
         std::vector<uint32_t> tested;
-        if (!std::is_floating_point<T>::value && collect_both(usable + i0, core + i0, n, n * 4 / window, tested)) {
+        if (!std::is_floating_point<T>::value && collect_set(core, usable, W, y0, y1, n * 4 / window, tested)) {
             WindowBackground<T> background(frame, usable, core, H, W, R);
             for (uint32_t j : tested) {
                 const uint32_t y = (uint32_t)((i0 + j) / W), x = (uint32_t)((i0 + j) % W);
@@ -669,9 +815,10 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
             return;
         }
         box_sums_band<false>(H, W, R, y0, y1, load_background, [&](uint32_t y, const double *n, const double *s, const double *) {
-            const uint8_t *ok = usable + (size_t)y * W, *c = core + (size_t)y * W;
+            const uint8_t *ok = usable + (size_t)y * W;
+            const uint64_t *c = core + (size_t)y * nw;
             for (uint32_t x = 0; x < W; x++) {
-                if (!ok[x] || !c[x]) continue;
+                if (!ok[x] || !bit_at(c, x)) continue;
                 strong_test(strong, y, x, n[x] >= 2 ? s[x] / n[x] : 0.0);
             }
         });
@@ -772,19 +919,22 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     }
     stage_mark("labelling");
     if (spot_mask) {
-        std::memset(spot_mask, 0, N);
+        uint64_t *spots = scratch(sc.spots, (size_t)H * nw);
+        std::memset(spots, 0, (size_t)H * nw * sizeof(uint64_t));
         for (size_t r = 0; r < runs.size(); r++) {
             if (!fp.mask_all_strong && !accepted[(size_t)slot[find_root(parent, (uint32_t)r)]]) continue;
-            std::memset(spot_mask + (size_t)runs[r].y * W + runs[r].x0, 1, runs[r].x1 - runs[r].x0);
+            set_bits(spots + (size_t)runs[r].y * nw, runs[r].x0, runs[r].x1);
         }
+        stage_mark("spot mask");
+        window_bits<false>(spots, H, W, margin, nthreads);
+        unpack_map(spots, spot_mask, H, W, nthreads);
     }
-    stage_mark("spot mask");
     return peaks;
 }
 
 #define REDML_INSTANTIATE(T)                                                                      \
     template std::vector<Peak> find_spots<T>(const T *, const uint8_t *, uint32_t, uint32_t,      \
-                                             const FinderParams &, uint8_t *, int);
+                                             const FinderParams &, uint8_t *, int, int);
 REDML_FOR_EACH_PIXEL_TYPE(REDML_INSTANTIATE)
 #undef REDML_INSTANTIATE
 

@@ -58,10 +58,15 @@ struct Peak {
 
 // Finds spots. `usable` (height*width, 1 = use) excludes masked pixels and the markers
 // (usable_pixels with fp.markers, pixels.h).
-// `spot_mask` (optional, height*width) receives 1 on the pixels of accepted spots.
+// `spot_mask` (optional, height*width) receives 1 on the pixels of accepted spots, dilated
+// by `margin` pixels (as dilate does).
 template <class T>
 std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t height, uint32_t width,
-                             const FinderParams &fp, uint8_t *spot_mask, int nthreads);
+                             const FinderParams &fp, uint8_t *spot_mask, int nthreads, int margin = 0);
+
+// Tests: the SIMD build the spot finder may use at most (1 portable, 2 AVX2, 3 AVX-512;
+// 0: the best the CPU has), for every thread.
+void spots_force_simd(int level);
 
 // Square dilation of a byte map by `margin` pixels, in place.
 void dilate(uint8_t *map, uint32_t height, uint32_t width, int margin, int nthreads);
