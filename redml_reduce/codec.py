@@ -137,7 +137,7 @@ SETTINGS = (
     Setting("seed", 12, "u32", hi=2**32 - 1),
     Setting("block_elems", 13, "u32", lo=256, hi=1 << 24),
     # Integrating detectors, after set_local's three values (written only when not default).
-    # sparse mode: for its ROI's spot finder only (sparse chunks do not store it)
+    # sparse mode: for its ROI's spot finder and its cut above the model only (sparse chunks do not store it)
     Setting("read_noise", 17, "f32", modes=("quantized", "sparse"), special=(("auto", -1.0),)),
     Setting("markers", 18, _MARKERS),
 )

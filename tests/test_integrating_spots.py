@@ -148,12 +148,13 @@ def test_agrees_with_dials_on_a_simulated_integrating_still():
 
 def test_encoder_roi_uses_the_read_noise(rng):
     """The built-in ROI on integrating data at 0.05 photon/px: the finder with the codec's read
-    noise keeps the few true strong pixels, not 5% of the frame (the Poisson-only test's)."""
+    noise keeps the few true strong pixels, not 5% of the frame (the Poisson-only test's); sparse
+    mode adds the pixels 3 sigma above its model (about half of the single photons: 2.9%)."""
     blank = integrating_frame(rng.poisson(0.05, (512, 1024)), rng, gain=GAIN, read_noise=RN)
-    for q in (2, "sparse"):
+    for q, most in ((2, 0.002), ("sparse", 0.04)):
         for read_noise in (RN_ADU, "auto"):
             c = rr.encode(blank, q=q, gain=GAIN, markers="extremes", read_noise=read_noise)
-            assert rr.exact_mask(c).mean() < 0.002, (q, read_noise, rr.exact_mask(c).mean())
+            assert rr.exact_mask(c).mean() < most, (q, read_noise, rr.exact_mask(c).mean())
 
 
 def test_encode_with_spots_follows_the_codec_settings(rng):
@@ -166,7 +167,11 @@ def test_encode_with_spots_follows_the_codec_settings(rng):
         chunk, peaks = encode_with_spots(f, settings=s)
         ref, spot_mask = rr.find_spots(f, gain=GAIN, markers="extremes", read_noise=RN_ADU)
         assert same_peaks(peaks, ref) and len(ref) > 50
-        assert chunk == rr.encode(f, roi=rr.roi_mask(spot_mask, s.roi_margin), settings=s)
+        roi = rr.roi_mask(spot_mask, s.roi_margin)
+        if q == "sparse":  # the built-in region adds the pixels above the model (a caller's roi does not)
+            assert rr.exact_mask(chunk)[roi].all()
+        else:
+            assert chunk == rr.encode(f, roi=roi, settings=s)
         assert score(peaks, truth).recall > 0.8
 
 
@@ -269,7 +274,9 @@ def test_radial_background_of_integrating_frames(rng):
 
 def test_hdf5_filter_passes_the_read_noise_to_the_sparse_modes_finder(rng, tmp_path):
     """Sparse mode's read noise (cd_values slot 17) reaches the plugin's encoder: its chunks
-    are encode()'s, with the finder's small ROI, not the Poisson-only test's 5%."""
+    are encode()'s. Their exact pixels: the finder's small ROI and the pixels 3 sigma above
+    the model (at 0.05 photon/px, about half of the single photons: 2.9%), not the 4.7% that
+    a read noise of 0 keeps (every photon)."""
     h5py = pytest.importorskip("h5py")
     frames = np.stack([integrating_frame(rng.poisson(0.05, (128, 192)), rng, gain=GAIN, read_noise=RN)
                        for _ in range(2)])
@@ -280,4 +287,4 @@ def test_hdf5_filter_passes_the_read_noise_to_the_sparse_modes_finder(rng, tmp_p
         for k in range(2):
             chunk = fh["d"].id.read_direct_chunk((k, 0, 0))[1]
             assert chunk == rr.encode(frames[k], **settings)
-            assert rr.exact_mask(chunk).mean() < 0.002
+            assert rr.exact_mask(chunk).mean() < 0.04

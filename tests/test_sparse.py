@@ -1,0 +1,125 @@
+"""Sparse mode's chunks: how they are stored (codec choice) and what they keep exactly."""
+import numpy as np
+import pytest
+
+import redml_reduce as rr
+from helpers import check_decoded, poisson_frame
+
+
+def gapped_frame(rng, dtype="int32", marker=-1):
+    """A Pilatus-like still: Poisson background with spots, module gaps holding a marker."""
+    frame = poisson_frame(rng, 2.0, (384, 320), dtype=dtype, spots=30)
+    frame[100:117, :] = marker  # a horizontal module gap, 17 rows
+    frame[:, 190:197] = marker  # a vertical one, 7 columns
+    return frame
+
+
+def test_sparse_chunk_with_gaps_is_stored_with_zstd():
+    """Asked in rANS (the default), a sparse chunk whose exact values hold long marker runs
+    is written with zstd (level 12): the same bytes as asking for it; the same frame decoded."""
+    frame = gapped_frame(np.random.default_rng(1))
+    chunk = rr.encode(frame, "sparse")
+    assert rr.inspect(chunk)["codec"] == "zstd"
+    assert bytes(chunk) == bytes(rr.encode(frame, "sparse", codec="zstd", level=12, shuffle="byte"))
+    back = rr.decode(chunk)
+    check_decoded(frame, back, chunk, "sparse")
+    assert np.array_equal(back, rr.decode(rr.encode(frame, "sparse", codec="zstd", level=1, shuffle="byte")))
+    gaps = frame == -1
+    assert rr.exact_mask(chunk)[gaps].all() and (back[gaps] == -1).all()
+
+
+def test_sparse_chunk_keeps_rans_where_smaller():
+    """Exact values without runs (a Poisson frame kept whole): rANS's order-0 coder beats zstd
+    there, and the rANS chunk is kept: the choice never makes a chunk larger."""
+    frame = np.random.default_rng(2).poisson(5.0, (256, 256)).astype(np.uint16)
+    roi = np.ones(frame.shape, bool)
+    chunk = rr.encode(frame, "sparse", roi=roi)
+    assert rr.inspect(chunk)["codec"] == "rans"
+    assert len(chunk) < len(rr.encode(frame, "sparse", roi=roi, codec="zstd", level=12, shuffle="byte"))
+    assert rr.decode(chunk).tobytes() == frame.tobytes()
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_sparse_chunk_other_codec_as_asked(codec):
+    """A codec other than rANS is used as asked (no second try)."""
+    frame = gapped_frame(np.random.default_rng(3), dtype="uint16", marker=65535)
+    chunk = rr.encode(frame, "sparse", codec=codec, level=1)
+    assert rr.inspect(chunk)["codec"] == codec
+    check_decoded(frame, rr.decode(chunk), chunk, "sparse")
+
+
+def test_quantized_chunk_codec_unchanged():
+    """Only sparse chunks try a second codec: a quantized chunk asked in rANS stays rANS."""
+    frame = gapped_frame(np.random.default_rng(4))
+    assert rr.inspect(rr.encode(frame, 2))["codec"] == "rans"
+
+
+def integrating_still(rng, mu, gain, shape=(384, 384), n_isolated=150, extra=3.0):
+    """Pedestal-subtracted integrating frame (read noise 0.2 photon) of a flat background of
+    mu photons/px, with single pixels holding `extra` photons more (a weak reflection's
+    photons: too few for the finder's dispersion test); returns (frame, their map)."""
+    from redml_study.detector import integrating_frame
+
+    photons = rng.poisson(mu, shape).astype(np.float64)
+    isolated = np.zeros(shape, bool)
+    isolated.ravel()[rng.choice(isolated.size, n_isolated, replace=False)] = True
+    photons[isolated] += extra
+    return integrating_frame(photons, rng, gain=gain, read_noise=0.2, dtype="int32"), isolated
+
+
+@pytest.mark.parametrize("gain", [20, None])  # int32 ADU, float32 photons
+def test_integrating_sparse_keeps_isolated_photons(gain):
+    """Integrating data: pixels more than 3 sigma above the model (here 3.3 photons against a
+    cut at 2.05) are kept exactly (byte for byte) where the finder sees no spot; the rest of
+    the frame is mostly the model."""
+    frame, isolated = integrating_still(np.random.default_rng(11), 0.3, gain)
+    chunk = rr.encode(frame, "sparse", gain=gain or 1.0, markers="extremes", read_noise="auto")
+    back = rr.decode(chunk)
+    check_decoded(frame, back, chunk, "sparse")
+    exact = rr.exact_mask(chunk)
+    assert exact[isolated].all()
+    assert exact.mean() < 0.08  # 0.3 photon/px: mostly 2-photon pixels above the cut
+
+
+@pytest.mark.parametrize("gain", [20, None])
+@pytest.mark.parametrize("mu", [0.05, 0.3, 2.0, 20.0])
+def test_integrating_sparse_keeps_the_background_sum(mu, gain):
+    """Fresh random backgrounds: the kept pixels and the model under them keep the frame's
+    mean within 0.01 sigma (the model is fitted on the pixels it stands for), and the kept
+    fraction stays near the Gaussian tail's (the cut is 3 sigma above the model)."""
+    rng = np.random.default_rng(int(mu * 100) + (gain or 0))
+    frame, _ = integrating_still(rng, mu, gain, n_isolated=0)
+    chunk = rr.encode(frame, "sparse", gain=gain or 1.0, markers="extremes", read_noise="auto")
+    back = rr.decode(chunk)
+    scale = gain or 1.0
+    sigma = np.sqrt(mu + 0.2 ** 2) * scale  # one pixel's spread
+    assert abs(back.astype(np.float64).mean() - frame.astype(np.float64).mean()) < 0.01 * sigma
+    assert rr.exact_mask(chunk).mean() < 0.06
+
+
+def test_integrating_sparse_with_roi_keeps_the_roi_only():
+    """A caller's roi is the exact region as given (with markers): no pixel added above the model."""
+    rng = np.random.default_rng(12)
+    frame, isolated = integrating_still(rng, 0.3, 20)
+    frame[:, 100:104] = np.iinfo(np.int32).min  # a gap
+    roi = np.zeros(frame.shape, bool)
+    roi[10:20, 10:20] = True
+    chunk = rr.encode(frame, "sparse", roi=roi, gain=20.0, markers="extremes", read_noise="auto")
+    assert np.array_equal(rr.exact_mask(chunk), roi | (frame == np.iinfo(np.int32).min))
+    check_decoded(frame, rr.decode(chunk), chunk, "sparse")
+
+
+@pytest.mark.parametrize("mu", [0.3, 1.0, 4.0])
+def test_sparse_blank_frame_model_is_small(mu):
+    """A blank frame's sparse chunk is its model: tile means rounded to a power of two at most
+    half their standard error code in under 1 byte a tile (1024 tiles: 0.6-0.75 kB; 2.8-4.6 kB
+    unrounded); the decoded tiles still follow their pixels."""
+    frame = np.random.default_rng(21).poisson(mu, (1024, 1024)).astype(np.uint16)
+    chunk = rr.encode(frame, "sparse")
+    assert len(chunk) < 1000
+    back = rr.decode(chunk).astype(np.float64)
+    lz4 = rr.encode(frame, "sparse", codec="lz4")  # the same model in another codec: the same frame
+    assert np.array_equal(rr.decode(lz4), back)
+    tiles = back.reshape(32, 32, 32, 32).mean(axis=(1, 3))
+    # each tile's decoded mean (the bilinear model, dithered) follows its own pixels' mean
+    assert np.abs(tiles - frame.reshape(32, 32, 32, 32).mean(axis=(1, 3))).mean() < 0.1 * np.sqrt(mu)
