@@ -27,17 +27,24 @@ def separated(centres, min_dist=8.0):
 
 @pytest.mark.parametrize("background", [0.1, 1.0, 10.0])
 def test_recall_and_precision_on_synthetic_stills(rng, background):
-    frame, centres = still_frame(rng, (600, 700), background=background, spots=120, peak_range=(30, 500),
-                                 dtype="uint16", return_spots=True)
-    inside = (centres[:, 0] > 4) & (centres[:, 0] < 696) & (centres[:, 1] > 4) & (centres[:, 1] < 596)
-    truth = separated(centres[inside])
-    peaks, _ = rr.find_spots(frame)
-    found = positions(peaks)
-    score = score_spots([found], [truth], radius=1.5)
+    # Four stills pooled: one still's recall at 0.1 photon/px spreads by 0.015 around 0.988
+    # (below 0.95 in about 1 run in 25), four together by half that.
+    found_all, truth_all, centres_all = [], [], []
+    for _ in range(4):
+        frame, centres = still_frame(rng, (600, 700), background=background, spots=120, peak_range=(30, 500),
+                                     dtype="uint16", return_spots=True)
+        inside = (centres[:, 0] > 4) & (centres[:, 0] < 696) & (centres[:, 1] > 4) & (centres[:, 1] < 596)
+        peaks, _ = rr.find_spots(frame)
+        found_all.append(positions(peaks))
+        truth_all.append(separated(centres[inside]))
+        centres_all.append(centres)
+    score = score_spots(found_all, truth_all, radius=1.5)
     assert score.recall >= 0.95, score.as_dict()
     # the finder may split nothing and invent little; spots that overlap count as one
-    assert len(match_spots(found, centres, 1.5)) / len(found) >= 0.97
-    err = np.hypot(*(found[match_spots(found, truth, 1.5)[:, 0]] - truth[match_spots(found, truth, 1.5)[:, 1]]).T)
+    matched = sum(len(match_spots(f, c, 1.5)) for f, c in zip(found_all, centres_all))
+    assert matched / sum(len(f) for f in found_all) >= 0.97
+    err = np.concatenate([np.hypot(*(f[m[:, 0]] - t[m[:, 1]]).T)
+                          for f, t in zip(found_all, truth_all) for m in [match_spots(f, t, 1.5)]])
     assert np.median(err) < 0.3  # centroids are sub-pixel
 
 
