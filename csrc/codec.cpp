@@ -1906,8 +1906,11 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
             const auto first = model.step.begin() + (size_t)ty * g.cols, last = first + g.cols;
             row_step1[ty] = std::all_of(first, last, [](float st) { return st == 1.0f; });
             // every tile coded (step > 1), none of integrating data: whole pixel rows at once
-            // (16-bit pixels only: 32-bit frames decode faster tile by tile, constants hoisted)
-            row_coded[ty] = sizeof(T) == 2 && !noise && std::none_of(first, last, [](float st) { return st == 1.0f; });
+            // (32-bit pixels with the midpoint only tile by tile, their constants hoisted: 15-20%
+            // faster than per-column constants; the conditional reconstructions gain from full
+            // blocks across the tiles)
+            row_coded[ty] = (sizeof(T) == 2 || conditional) && !noise &&
+                            std::none_of(first, last, [](float st) { return st == 1.0f; });
         }
     // Rows [y0, y1), reading the values from vi on and phase ph's codes from ci[ph] on.
     auto reconstruct = [&](uint32_t y0, uint32_t y1, size_t vi, size_t *ci) {
