@@ -147,6 +147,9 @@ def test_sparse_decode_equals_the_definition(rng, dtype):
         (dict(q=4, recon="draw"), "uint16", 0.5, 12.0),
         (dict(q=2, recon="mean"), "uint16", 2.0, 40.0),
         (dict(q=3, recon="draw"), "int32", 200.0, 2000.0),
+        # 32-bit pixels decode coded tile rows tile by tile (16-bit ones across the tiles)
+        (dict(q=1), "int32", 5.0, 60.0),
+        (dict(q=2, recon="mean"), "int32", 2.0, 40.0),
         (dict(q=2), "uint16", 5.0, 60.0),
         (dict(q=2), "uint32", 5.0, 60.0),
         (dict(q=1), "float32", 5.0, 60.0),
