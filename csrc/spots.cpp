@@ -473,51 +473,6 @@ SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count
     return (uint8_t)((pass & o) | (a.neutral & (o ^ 1)));
 }
 
-// The test of pixels whose windows are full (every pixel usable, the centre too), in
-// float, a vector of lanes at a time without a table lookup: c[x] = whether var > rhs where var - rhs lies
-// beyond a bound on the float rounding errors (16 times the worst case), so that it
-// decides as the double test does; open[x] = 1 where it does not decide (a window not
-// full, or a pixel too close to call). rhs >= 0 where sm > 0, and sm <= 0 fails.
-// Integrating: the read noise's term (`empty`: full * rn2) and the sign test, which
-// photon counters (values >= 0, no read noise) skip: their sum is 0 only on all-zero
-// windows, where var = rhs = 0 fails, so both loops decide alike there.
-template <bool Integrating>
-SPOTS_INLINE void dispersion_screen(const int32_t *__restrict n, const int32_t *__restrict sm,
-                                    const int32_t *__restrict s2, uint8_t *__restrict c, uint8_t *__restrict open,
-                                    uint32_t W, int32_t full, float gain, float empty, float bound) {
-    for (uint32_t x = 0; x < W; x++) {
-        const float sx = (float)sm[x], ms = (float)full * (float)s2[x], sq = sx * sx;
-        const float var = ms - sq, rhs = (Integrating ? gain * sx + empty : gain * sx) * bound;
-        const float tol = (ms + sq + rhs) * 0x1p-20f;
-        const int32_t positive = sm[x] > 0;
-        const int32_t pass = Integrating ? (var > rhs + tol) & positive : var > rhs + tol;
-        const int32_t fail = (var < rhs - tol) | (positive ^ 1);  // an all-zero window: var = rhs = 0
-        c[x] = (uint8_t)pass;
-        open[x] = (uint8_t)((n[x] != full) | ((pass | fail) ^ 1));
-    }
-}
-
-// The dispersion test of one row from its window counts n, sums sm and sums of squares
-// s2: the float screen where it applies, the double test for every pixel it leaves open.
-SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__restrict n, const int32_t *__restrict sm,
-                                  const int32_t *__restrict s2, const uint8_t *__restrict ok, uint8_t *__restrict c,
-                                  uint8_t *__restrict open, uint32_t W, int32_t full) {
-    const int32_t min_count = std::max(a.min_count, 2);
-    const double bound_full = a.bound[full];
-    if (!(full >= min_count && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full) &&
-          std::isfinite(full * a.rn2 * bound_full))) {
-        for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
-        return;
-    }
-    const float empty = (float)((double)full * a.rn2);
-    if (a.integrating)
-        dispersion_screen<true>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
-    else
-        dispersion_screen<false>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
-    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
-        c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
-}
-
 // The column sums hold two arrays: the count of usable pixels and their sum packed in one
 // int32 (count * 2^20 + sum: a window's |sum| stays below 2^19 under the integer path's
 // value limit, and 81 * 2^20 + 2^19 < 2^31), and the sums of squares. One array fewer to
@@ -603,6 +558,125 @@ SPOTS_INLINE void unpack_counts(int32_t *__restrict n, int32_t *__restrict sm, u
     }
 }
 
+// The float screen's constants (dispersion_screen_setup).
+struct ScreenArgs {
+    int32_t full;  // the count of a full window
+    float gain, empty, bound;  // empty: full * rn2 (integrating); bound: bound[full]
+};
+
+// Whether the float screen applies to windows of `full` pixels, and its constants.
+SPOTS_INLINE bool dispersion_screen_setup(const DispersionArgs &a, int32_t full, ScreenArgs &s) {
+    const double bound_full = a.bound[full];
+    s = ScreenArgs{full, (float)a.gain, (float)((double)full * a.rn2), (float)bound_full};
+    return full >= std::max(a.min_count, 2) && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full) &&
+           std::isfinite(full * a.rn2 * bound_full);
+}
+
+// L lanes of int32, float and bytes (GCC/Clang vector extension, as UInt32Lanes).
+template <int L>
+struct ScreenLanes;
+template <>
+struct ScreenLanes<8> {
+    typedef int32_t i32 __attribute__((vector_size(32)));
+    typedef float f32 __attribute__((vector_size(32)));
+    typedef uint8_t u8 __attribute__((vector_size(8)));
+};
+template <>
+struct ScreenLanes<16> {
+    typedef int32_t i32 __attribute__((vector_size(64)));
+    typedef float f32 __attribute__((vector_size(64)));
+    typedef uint8_t u8 __attribute__((vector_size(16)));
+};
+
+// The window sums of L pixels from the padded column sums (the row pass of the box sums),
+// their counts, sums and sums of squares stored in n, sm, s2, and the float test of the
+// pixels whose windows are full (every pixel usable, the centre too), in one pass without
+// a table lookup: c[x] = whether var > rhs where var - rhs lies beyond a bound on the float
+// rounding errors (16 times the worst case), so that it decides as the double test does;
+// open[x] = 1 where it does not decide (a window not full, or a pixel too close to call).
+// rhs >= 0 where sm > 0, and sm <= 0 fails. Integrating: the read noise's term (`empty`)
+// and the sign test, which photon counters (values >= 0, no read noise) skip: their sum is
+// 0 only on all-zero windows, where var = rhs = 0 fails, so both decide alike there.
+template <int R, int L, bool Integrating>
+SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, int32_t *n, int32_t *sm, int32_t *s2,
+                                      uint8_t *c, uint8_t *open, const ScreenArgs &s) {
+    using V = ScreenLanes<L>;
+    typedef typename V::i32 I;
+    typedef typename V::f32 F;
+    typename UInt32Lanes<L>::type t, q, u;
+    std::memcpy(&t, cns, sizeof t);
+    std::memcpy(&q, cs2, sizeof q);
+    for (int d = 1; d <= 2 * R; d++) {
+        std::memcpy(&u, cns + d, sizeof u);
+        t += u;
+        std::memcpy(&u, cs2 + d, sizeof u);
+        q += u;
+    }
+    const I packed = (I)t, sq2 = (I)q;
+    const I count = (packed + (1 << (kCountShift - 1))) >> kCountShift;  // unpack_counts
+    const I sum = packed - (count << kCountShift);
+    std::memcpy(n, &count, sizeof count);
+    std::memcpy(sm, &sum, sizeof sum);
+    std::memcpy(s2, &sq2, sizeof sq2);
+    const F sx = __builtin_convertvector(sum, F), ms = (float)s.full * __builtin_convertvector(sq2, F), sq = sx * sx;
+    const F var = ms - sq, rhs = (Integrating ? s.gain * sx + s.empty : s.gain * sx) * s.bound;
+    const F tol = (ms + sq + rhs) * 0x1p-20f;
+    const I positive = sum > 0;  // lanes of -1 (true) or 0
+    const I pass = Integrating ? (var > rhs + tol) & positive : (I)(var > rhs + tol);
+    const I fail = (var < rhs - tol) | ~positive;  // an all-zero window: var = rhs = 0
+    const I undecided = (count != s.full) | ~(pass | fail);
+    const typename V::u8 cb = __builtin_convertvector(pass & 1, typename V::u8);
+    const typename V::u8 ob = __builtin_convertvector(undecided & 1, typename V::u8);
+    std::memcpy(c, &cb, sizeof cb);
+    std::memcpy(open, &ob, sizeof ob);
+}
+
+// window_screen_lanes over a row of W pixels; the last, partial vector from a zero-padded copy
+// of its column sums.
+template <int R, int L, bool Integrating>
+SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, int32_t *n, int32_t *sm, int32_t *s2,
+                                uint8_t *c, uint8_t *open, uint32_t W, const ScreenArgs &s) {
+    uint32_t x = 0;
+    for (; x + L <= W; x += L)
+        window_screen_lanes<R, L, Integrating>(cns + x, cs2 + x, n + x, sm + x, s2 + x, c + x, open + x, s);
+    if (x == W) return;
+    const uint32_t k = W - x;  // pixels left (< L), their column sums: k + 2R
+    uint32_t pc[L + 2 * R] = {}, pq[L + 2 * R] = {};
+    int32_t tn[L], tm[L], t2[L];
+    uint8_t tc[L], to[L];
+    std::memcpy(pc, cns + x, (k + 2 * R) * sizeof(uint32_t));
+    std::memcpy(pq, cs2 + x, (k + 2 * R) * sizeof(uint32_t));
+    window_screen_lanes<R, L, Integrating>(pc, pq, tn, tm, t2, tc, to, s);
+    std::memcpy(n + x, tn, k * sizeof(int32_t));
+    std::memcpy(sm + x, tm, k * sizeof(int32_t));
+    std::memcpy(s2 + x, t2, k * sizeof(int32_t));
+    std::memcpy(c + x, tc, k);
+    std::memcpy(open + x, to, k);
+}
+
+// The dispersion test of one row from the padded column sums: the float screen where it
+// applies (`screened`), the double test for every pixel it leaves open; n, sm, s2: the
+// row's window counts, sums and sums of squares.
+template <int R, int L>
+SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const uint32_t *cns, const uint32_t *cs2, bool screened,
+                                  const ScreenArgs &s, const uint8_t *__restrict ok, int32_t *__restrict n,
+                                  int32_t *__restrict sm, int32_t *__restrict s2, uint8_t *__restrict c,
+                                  uint8_t *__restrict open) {
+    const uint32_t W = a.W;
+    const int32_t min_count = std::max(a.min_count, 2);
+    if (!screened) {
+        window_sum<R, L>(cns, (uint32_t *)n, W);  // (int32 and uint32 may alias)
+        unpack_counts(n, sm, W);
+        window_sum<R, L>(cs2, (uint32_t *)s2, W);
+        for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
+        return;
+    }
+    if (a.integrating) window_screen<R, L, true>(cns, cs2, n, sm, s2, c, open, W, s);
+    else window_screen<R, L, false>(cns, cs2, n, sm, s2, c, open, W, s);
+    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
+        c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
+}
+
 // The integer path of rows [y0, y1): false, with the candidates of the rows unspecified, as
 // soon as a usable value the windows reach exceeds `limit`.
 template <int R, int L, class T>
@@ -613,16 +687,15 @@ SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, u
     int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
     uint8_t *open = (uint8_t *)(sums + 3 * W), *c = open + W;  // open pixels and candidates of a row
     std::memset(cols, 0, 2 * (size_t)P * sizeof(uint32_t));
+    ScreenArgs screen;
+    const bool screened = dispersion_screen_setup(a, (2 * R + 1) * (2 * R + 1), screen);
     ValueRange<T> seen;
     for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) column_sums_row<R>(a, frame, y, 1, cols, seen);
     for (uint32_t y = y0; y < y1; y++) {
         if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols, seen);
         if (seen.max_abs() > limit) return false;
         if (y + R + 1 < a.H) prefetch_row(a, frame, y + R + 1);  // the next row slid in, while this one is tested
-        window_sum<R, L>(cns, (uint32_t *)n, W);  // (int32 and uint32 may alias)
-        unpack_counts(n, sm, W);
-        window_sum<R, L>(cs2, (uint32_t *)s2, W);
-        dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, c, open, W, (2 * R + 1) * (2 * R + 1));
+        dispersion_test<R, L>(a, cns, cs2, screened, screen, a.usable + (size_t)y * W, n, sm, s2, c, open);
         pack_row(c, a.cand + (size_t)y * ((W + 63) / 64), W, 0);
     }
     return true;
