@@ -572,23 +572,47 @@ SPOTS_INLINE bool dispersion_screen_setup(const DispersionArgs &a, int32_t full,
            std::isfinite(full * a.rn2 * bound_full);
 }
 
-// L lanes of int32, float and bytes (GCC/Clang vector extension, as UInt32Lanes).
-template <int L>
+// The screen's S lanes of int32 and float (GCC/Clang vector extension, as UInt32Lanes): S = 4
+// in the portable build (SSE2 compares 8-lane vectors lane by lane), 8 in the AVX2 and
+// AVX-512 builds (GCC 12 compares 16-lane vectors lane by lane).
+template <int S>
 struct ScreenLanes;
 template <>
-struct ScreenLanes<8> {
-    typedef int32_t i32 __attribute__((vector_size(32)));
-    typedef float f32 __attribute__((vector_size(32)));
-    typedef uint8_t u8 __attribute__((vector_size(8)));
+struct ScreenLanes<4> {
+    typedef int32_t Int __attribute__((vector_size(16)));
+    typedef uint32_t UInt __attribute__((vector_size(16)));
+    typedef float Float __attribute__((vector_size(16)));
 };
 template <>
-struct ScreenLanes<16> {
-    typedef int32_t i32 __attribute__((vector_size(64)));
-    typedef float f32 __attribute__((vector_size(64)));
-    typedef uint8_t u8 __attribute__((vector_size(16)));
+struct ScreenLanes<8> {
+    typedef int32_t Int __attribute__((vector_size(32)));
+    typedef uint32_t UInt __attribute__((vector_size(32)));
+    typedef float Float __attribute__((vector_size(32)));
 };
 
-// The window sums of L pixels from the padded column sums (the row pass of the box sums),
+// c[k] = pass[k] & 1, open[k] = undecided[k] & 1 for the S lanes (of -1 or 0): narrowed with
+// byte shuffles or 64-bit shifts, as GCC 12 narrows a loop or __builtin_convertvector lane by
+// lane. (Byte views of int32 lanes: little-endian.)
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "byte views of int32 lanes");
+SPOTS_INLINE void store_flags(const ScreenLanes<8>::Int &pass, const ScreenLanes<8>::Int &undecided, uint8_t *c, uint8_t *open) {
+    typedef uint8_t Bytes32 __attribute__((vector_size(32)));
+    typedef uint8_t Bytes16 __attribute__((vector_size(16)));
+    const Bytes32 b = (Bytes32)((pass & 1) | ((undecided & 1) << 8));  // lane k: bytes c, open, 0, 0
+    const Bytes16 y = __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    std::memcpy(c, &y, 8);
+    std::memcpy(open, (const uint8_t *)&y + 8, 8);
+}
+SPOTS_INLINE void store_flags(const ScreenLanes<4>::Int &pass, const ScreenLanes<4>::Int &undecided, uint8_t *c, uint8_t *open) {
+    typedef uint64_t Pairs __attribute__((vector_size(16)));
+    Pairs w = (Pairs)((pass & 1) | ((undecided & 1) << 16));  // lane k: bytes c, 0, open, 0
+    w |= w >> 24;  // each 64-bit half's low bytes: c c open open
+    const uint32_t lo = (uint32_t)w[0], hi = (uint32_t)w[1];
+    const uint32_t cw = (lo & 0xffff) | (hi << 16), ow = (lo >> 16) | (hi & 0xffff0000u);
+    std::memcpy(c, &cw, 4);
+    std::memcpy(open, &ow, 4);
+}
+
+// The window sums of S pixels from the padded column sums (the row pass of the box sums),
 // their counts, sums and sums of squares stored in n, sm, s2, and the float test of the
 // pixels whose windows are full (every pixel usable, the centre too), in one pass without
 // a table lookup: c[x] = whether var > rhs where var - rhs lies beyond a bound on the float
@@ -597,13 +621,12 @@ struct ScreenLanes<16> {
 // rhs >= 0 where sm > 0, and sm <= 0 fails. Integrating: the read noise's term (`empty`)
 // and the sign test, which photon counters (values >= 0, no read noise) skip: their sum is
 // 0 only on all-zero windows, where var = rhs = 0 fails, so both decide alike there.
-template <int R, int L, bool Integrating>
+template <int R, int S, bool Integrating>
 SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, int32_t *n, int32_t *sm, int32_t *s2,
                                       uint8_t *c, uint8_t *open, const ScreenArgs &s) {
-    using V = ScreenLanes<L>;
-    typedef typename V::i32 I;
-    typedef typename V::f32 F;
-    typename UInt32Lanes<L>::type t, q, u;
+    typedef typename ScreenLanes<S>::Int I;
+    typedef typename ScreenLanes<S>::Float F;
+    typename ScreenLanes<S>::UInt t, q, u;
     std::memcpy(&t, cns, sizeof t);
     std::memcpy(&q, cs2, sizeof q);
     for (int d = 1; d <= 2 * R; d++) {
@@ -625,28 +648,25 @@ SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, 
     const I pass = Integrating ? (var > rhs + tol) & positive : (I)(var > rhs + tol);
     const I fail = (var < rhs - tol) | ~positive;  // an all-zero window: var = rhs = 0
     const I undecided = (count != s.full) | ~(pass | fail);
-    const typename V::u8 cb = __builtin_convertvector(pass & 1, typename V::u8);
-    const typename V::u8 ob = __builtin_convertvector(undecided & 1, typename V::u8);
-    std::memcpy(c, &cb, sizeof cb);
-    std::memcpy(open, &ob, sizeof ob);
+    store_flags(pass, undecided, c, open);
 }
 
 // window_screen_lanes over a row of W pixels; the last, partial vector from a zero-padded copy
 // of its column sums.
-template <int R, int L, bool Integrating>
+template <int R, int S, bool Integrating>
 SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, int32_t *n, int32_t *sm, int32_t *s2,
                                 uint8_t *c, uint8_t *open, uint32_t W, const ScreenArgs &s) {
     uint32_t x = 0;
-    for (; x + L <= W; x += L)
-        window_screen_lanes<R, L, Integrating>(cns + x, cs2 + x, n + x, sm + x, s2 + x, c + x, open + x, s);
+    for (; x + S <= W; x += S)
+        window_screen_lanes<R, S, Integrating>(cns + x, cs2 + x, n + x, sm + x, s2 + x, c + x, open + x, s);
     if (x == W) return;
-    const uint32_t k = W - x;  // pixels left (< L), their column sums: k + 2R
-    uint32_t pc[L + 2 * R] = {}, pq[L + 2 * R] = {};
-    int32_t tn[L], tm[L], t2[L];
-    uint8_t tc[L], to[L];
+    const uint32_t k = W - x;  // pixels left (< S), their column sums: k + 2R
+    uint32_t pc[S + 2 * R] = {}, pq[S + 2 * R] = {};
+    int32_t tn[S], tm[S], t2[S];
+    uint8_t tc[S], to[S];
     std::memcpy(pc, cns + x, (k + 2 * R) * sizeof(uint32_t));
     std::memcpy(pq, cs2 + x, (k + 2 * R) * sizeof(uint32_t));
-    window_screen_lanes<R, L, Integrating>(pc, pq, tn, tm, t2, tc, to, s);
+    window_screen_lanes<R, S, Integrating>(pc, pq, tn, tm, t2, tc, to, s);
     std::memcpy(n + x, tn, k * sizeof(int32_t));
     std::memcpy(sm + x, tm, k * sizeof(int32_t));
     std::memcpy(s2 + x, t2, k * sizeof(int32_t));
@@ -657,7 +677,7 @@ SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, int32_
 // The dispersion test of one row from the padded column sums: the float screen where it
 // applies (`screened`), the double test for every pixel it leaves open; n, sm, s2: the
 // row's window counts, sums and sums of squares.
-template <int R, int L>
+template <int R, int L, int S>
 SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const uint32_t *cns, const uint32_t *cs2, bool screened,
                                   const ScreenArgs &s, const uint8_t *__restrict ok, int32_t *__restrict n,
                                   int32_t *__restrict sm, int32_t *__restrict s2, uint8_t *__restrict c,
@@ -671,15 +691,15 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const uint32_t *cns, 
         for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
         return;
     }
-    if (a.integrating) window_screen<R, L, true>(cns, cs2, n, sm, s2, c, open, W, s);
-    else window_screen<R, L, false>(cns, cs2, n, sm, s2, c, open, W, s);
+    if (a.integrating) window_screen<R, S, true>(cns, cs2, n, sm, s2, c, open, W, s);
+    else window_screen<R, S, false>(cns, cs2, n, sm, s2, c, open, W, s);
     for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
         c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
 }
 
 // The integer path of rows [y0, y1): false, with the candidates of the rows unspecified, as
 // soon as a usable value the windows reach exceeds `limit`.
-template <int R, int L, class T>
+template <int R, int L, int S, class T>
 SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
                                       int64_t limit, uint32_t *cols, int32_t *sums) {
     const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
@@ -695,15 +715,15 @@ SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, u
         if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols, seen);
         if (seen.max_abs() > limit) return false;
         if (y + R + 1 < a.H) prefetch_row(a, frame, y + R + 1);  // the next row slid in, while this one is tested
-        dispersion_test<R, L>(a, cns, cs2, screened, screen, a.usable + (size_t)y * W, n, sm, s2, c, open);
+        dispersion_test<R, L, S>(a, cns, cs2, screened, screen, a.usable + (size_t)y * W, n, sm, s2, c, open);
         pack_row(c, a.cand + (size_t)y * ((W + 63) / 64), W, 0);
     }
     return true;
 }
 
-// The integer path of rows [y0, y1) (r in 1..4), in L-lane vectors; false where a usable
-// value the windows reach is too large for 32-bit sums of squares.
-template <int L, class T>
+// The integer path of rows [y0, y1) (r in 1..4), in L-lane vectors (the float screen in S
+// lanes); false where a usable value the windows reach is too large for 32-bit sums of squares.
+template <int L, int S, class T>
 SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
                                            uint32_t *cols, int32_t *sums) {
     const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
@@ -711,10 +731,10 @@ SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *fra
     const int64_t limit = std::min<int64_t>((int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1,
                                             ((1 << (kCountShift - 1)) - 1) / area);
     switch (r) {
-        case 1: return dispersion_rows_int<1, L>(a, frame, y0, y1, limit, cols, sums);
-        case 2: return dispersion_rows_int<2, L>(a, frame, y0, y1, limit, cols, sums);
-        case 3: return dispersion_rows_int<3, L>(a, frame, y0, y1, limit, cols, sums);
-        default: return dispersion_rows_int<4, L>(a, frame, y0, y1, limit, cols, sums);
+        case 1: return dispersion_rows_int<1, L, S>(a, frame, y0, y1, limit, cols, sums);
+        case 2: return dispersion_rows_int<2, L, S>(a, frame, y0, y1, limit, cols, sums);
+        case 3: return dispersion_rows_int<3, L, S>(a, frame, y0, y1, limit, cols, sums);
+        default: return dispersion_rows_int<4, L, S>(a, frame, y0, y1, limit, cols, sums);
     }
 }
 
@@ -722,20 +742,20 @@ SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *fra
 template <class T>
 bool dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
                                  uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
+    return dispersion_band_int_body<8, 4>(a, frame, r, y0, y1, cols, sums);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
 REDML_TARGET_AVX2 bool dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
                                                 uint32_t y1, uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
+    return dispersion_band_int_body<8, 8>(a, frame, r, y0, y1, cols, sums);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T>
 REDML_TARGET_AVX512 bool dispersion_band_int_avx512(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
                                                     uint32_t y1, uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<16>(a, frame, r, y0, y1, cols, sums);
+    return dispersion_band_int_body<16, 8>(a, frame, r, y0, y1, cols, sums);
 }
 #endif
 
