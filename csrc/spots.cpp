@@ -549,13 +549,32 @@ SPOTS_INLINE void prefetch_row(const DispersionArgs &a, const T *frame, uint32_t
     for (size_t i = 0; i < a.W; i += 64) __builtin_prefetch(ok + i);
 }
 
+// The count and the sum of a window's packed sum (int32, or int32 lanes).
+template <class V>
+SPOTS_INLINE void unpack_count(const V &packed, V &count, V &sum) {
+    count = (packed + (1 << (kCountShift - 1))) >> kCountShift;
+    sum = packed - (count << kCountShift);
+}
+
 // n[x] = the count, sm[x] = the sum of a window's packed sum n[x] (in place).
 SPOTS_INLINE void unpack_counts(int32_t *__restrict n, int32_t *__restrict sm, uint32_t W) {
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t count = (n[x] + (1 << (kCountShift - 1))) >> kCountShift;
-        sm[x] = n[x] - (count << kCountShift);
-        n[x] = count;
+        const int32_t packed = n[x];
+        unpack_count(packed, n[x], sm[x]);
     }
+}
+
+// The window count m, sum sum and sum of squares sq of pixel x from the padded column sums.
+template <int R>
+SPOTS_INLINE void window_at(const uint32_t *cns, const uint32_t *cs2, uint32_t x, int32_t &m, int32_t &sum,
+                            int32_t &sq) {
+    uint32_t t = 0, q = 0;
+    for (int d = 0; d <= 2 * R; d++) {
+        t += cns[x + d];
+        q += cs2[x + d];
+    }
+    unpack_count((int32_t)t, m, sum);
+    sq = (int32_t)q;
 }
 
 // The float screen's constants (dispersion_screen_setup).
@@ -612,9 +631,8 @@ SPOTS_INLINE void store_flags(const ScreenLanes<4>::Int &pass, const ScreenLanes
     std::memcpy(open, &ow, 4);
 }
 
-// The window sums of S pixels from the padded column sums (the row pass of the box sums),
-// their counts, sums and sums of squares stored in n, sm, s2, and the float test of the
-// pixels whose windows are full (every pixel usable, the centre too), in one pass without
+// The window sums of S pixels from the padded column sums (the row pass of the box sums)
+// and the float test of the pixels whose windows are full (every pixel usable, the centre too), in one pass without
 // a table lookup: c[x] = whether var > rhs where var - rhs lies beyond a bound on the float
 // rounding errors (16 times the worst case), so that it decides as the double test does;
 // open[x] = 1 where it does not decide (a window not full, or a pixel too close to call).
@@ -622,8 +640,8 @@ SPOTS_INLINE void store_flags(const ScreenLanes<4>::Int &pass, const ScreenLanes
 // and the sign test, which photon counters (values >= 0, no read noise) skip: their sum is
 // 0 only on all-zero windows, where var = rhs = 0 fails, so both decide alike there.
 template <int R, int S, bool Integrating>
-SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, int32_t *n, int32_t *sm, int32_t *s2,
-                                      uint8_t *c, uint8_t *open, const ScreenArgs &s) {
+SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, uint8_t *c, uint8_t *open,
+                                      const ScreenArgs &s) {
     typedef typename ScreenLanes<S>::Int I;
     typedef typename ScreenLanes<S>::Float F;
     typename ScreenLanes<S>::UInt t, q, u;
@@ -635,12 +653,9 @@ SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, 
         std::memcpy(&u, cs2 + d, sizeof u);
         q += u;
     }
-    const I packed = (I)t, sq2 = (I)q;
-    const I count = (packed + (1 << (kCountShift - 1))) >> kCountShift;  // unpack_counts
-    const I sum = packed - (count << kCountShift);
-    std::memcpy(n, &count, sizeof count);
-    std::memcpy(sm, &sum, sizeof sum);
-    std::memcpy(s2, &sq2, sizeof sq2);
+    const I sq2 = (I)q;
+    I count, sum;
+    unpack_count((I)t, count, sum);
     const F sx = __builtin_convertvector(sum, F), ms = (float)s.full * __builtin_convertvector(sq2, F), sq = sx * sx;
     const F var = ms - sq, rhs = (Integrating ? s.gain * sx + s.empty : s.gain * sx) * s.bound;
     const F tol = (ms + sq + rhs) * 0x1p-20f;
@@ -654,29 +669,25 @@ SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, 
 // window_screen_lanes over a row of W pixels; the last, partial vector from a zero-padded copy
 // of its column sums.
 template <int R, int S, bool Integrating>
-SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, int32_t *n, int32_t *sm, int32_t *s2,
-                                uint8_t *c, uint8_t *open, uint32_t W, const ScreenArgs &s) {
+SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, uint8_t *c, uint8_t *open, uint32_t W,
+                                const ScreenArgs &s) {
     uint32_t x = 0;
-    for (; x + S <= W; x += S)
-        window_screen_lanes<R, S, Integrating>(cns + x, cs2 + x, n + x, sm + x, s2 + x, c + x, open + x, s);
+    for (; x + S <= W; x += S) window_screen_lanes<R, S, Integrating>(cns + x, cs2 + x, c + x, open + x, s);
     if (x == W) return;
     const uint32_t k = W - x;  // pixels left (< S), their column sums: k + 2R
     uint32_t pc[S + 2 * R] = {}, pq[S + 2 * R] = {};
-    int32_t tn[S], tm[S], t2[S];
     uint8_t tc[S], to[S];
     std::memcpy(pc, cns + x, (k + 2 * R) * sizeof(uint32_t));
     std::memcpy(pq, cs2 + x, (k + 2 * R) * sizeof(uint32_t));
-    window_screen_lanes<R, S, Integrating>(pc, pq, tn, tm, t2, tc, to, s);
-    std::memcpy(n + x, tn, k * sizeof(int32_t));
-    std::memcpy(sm + x, tm, k * sizeof(int32_t));
-    std::memcpy(s2 + x, t2, k * sizeof(int32_t));
+    window_screen_lanes<R, S, Integrating>(pc, pq, tc, to, s);
     std::memcpy(c + x, tc, k);
     std::memcpy(open + x, to, k);
 }
 
 // The dispersion test of one row from the padded column sums: the float screen where it
-// applies (`screened`), the double test for every pixel it leaves open; n, sm, s2: the
-// row's window counts, sums and sums of squares.
+// applies (`screened`), the double test for every pixel it leaves open (its window sums
+// again: open pixels are few); n, sm, s2: room for the row's window counts, sums and sums
+// of squares where the screen does not apply.
 template <int R, int L, int S>
 SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const uint32_t *cns, const uint32_t *cs2, bool screened,
                                   const ScreenArgs &s, const uint8_t *__restrict ok, int32_t *__restrict n,
@@ -691,10 +702,13 @@ SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const uint32_t *cns, 
         for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
         return;
     }
-    if (a.integrating) window_screen<R, S, true>(cns, cs2, n, sm, s2, c, open, W, s);
-    else window_screen<R, S, false>(cns, cs2, n, sm, s2, c, open, W, s);
-    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
-        c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
+    if (a.integrating) window_screen<R, S, true>(cns, cs2, c, open, W, s);
+    else window_screen<R, S, false>(cns, cs2, c, open, W, s);
+    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false)) {
+        int32_t m, sum, sq;
+        window_at<R>(cns, cs2, (uint32_t)x, m, sum, sq);
+        c[x] = dispersion_pixel(a, min_count, m, sum, sq, ok[x]);
+    }
 }
 
 // The integer path of rows [y0, y1): false, with the candidates of the rows unspecified, as
