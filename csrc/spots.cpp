@@ -773,18 +773,6 @@ REDML_TARGET_AVX512 bool dispersion_band_int_avx512(const DispersionArgs &a, con
 }
 #endif
 
-static std::atomic<int> spots_forced_simd{0};  // spots_force_simd
-
-// The SIMD build the spot finder runs: the best the CPU has, at most the forced level.
-static int spots_simd_level() {
-    const int forced = spots_forced_simd.load(std::memory_order_relaxed);
-#ifdef REDML_AVX512_DISPATCH
-    if ((forced == 0 || forced >= 3) && cpu_has_avx512()) return 3;
-#endif
-    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) return 2;
-    return 1;
-}
-
 template <class T>
 bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1) {
     if constexpr (std::is_floating_point<T>::value) {
@@ -797,7 +785,7 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         thread_local std::vector<int32_t> sums;
         uint32_t *c = scratch(cols, 2 * ((size_t)a.W + 2 * r));
         int32_t *s = scratch(sums, 3 * (size_t)a.W + 2 * (((size_t)a.W + 3) / 4));
-        switch (spots_simd_level()) {
+        switch (simd_level()) {
 #ifdef REDML_AVX512_DISPATCH
             case 3: return dispersion_band_int_avx512(a, frame, r, y0, y1, c, s);
 #endif
@@ -809,7 +797,7 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
     }
 }
 
-void spots_force_simd(int level) { spots_forced_simd.store(level, std::memory_order_relaxed); }
+void spots_force_simd(int level) { forced_simd_level().store(level, std::memory_order_relaxed); }
 
 namespace {
 
