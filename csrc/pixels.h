@@ -1,5 +1,6 @@
 // pixels.h: dtype dispatch and per-type facts shared by the pipeline stages.
 #pragma once
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -60,26 +61,6 @@ inline bool is_marker(T v, redml_markers markers) {
     else return v == std::numeric_limits<T>::max() || (std::numeric_limits<T>::is_signed && v == std::numeric_limits<T>::lowest()) || gap;
 }
 
-// usable[i] = 1 where pixel i is neither masked nor a marker (above), else 0: the
-// map the codec and the spot finder compute before anything else.
-template <class T>
-void usable_pixels(const T *__restrict f, const uint8_t *__restrict mask, uint8_t *__restrict usable, size_t n,
-                   redml_markers markers) {
-    if (markers != REDML_MARKERS_NEGATIVE) {  // integrating detectors: negative values are noise
-        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_marker(f[i], markers);
-        return;
-    }
-    if constexpr (std::is_floating_point<T>::value) {
-        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
-    } else {  // is_special_value without branches, so the loops vectorize
-        const T top = std::numeric_limits<T>::max();
-        if (mask)
-            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((mask[i] == 0) & (f[i] >= 0) & (f[i] != top));
-        else
-            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((f[i] >= 0) & (f[i] != top));
-    }
-}
-
 // ---- run-time SIMD dispatch ----
 // A few hot loops are compiled twice, portable (SSE2 on x86-64) and for AVX2, from one
 // always-inlined body; the AVX2 build runs where the CPU has it. Build flags stay portable.
@@ -119,6 +100,73 @@ inline bool cpu_has_avx512() {
     return has;
 }
 #endif
+
+// The SIMD build of the spot finder's loops and of usable_pixels (spots_force_simd, for
+// tests: at most the forced level; 0: the best the CPU has).
+inline std::atomic<int> &forced_simd_level() {
+    static std::atomic<int> level{0};
+    return level;
+}
+inline int simd_level() {
+    const int forced = forced_simd_level().load(std::memory_order_relaxed);
+#ifdef REDML_AVX512_DISPATCH
+    if ((forced == 0 || forced >= 3) && cpu_has_avx512()) return 3;
+#endif
+    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) return 2;
+    return 1;
+}
+
+// usable[i] = 1 where pixel i is neither masked nor a marker (above), else 0: the
+// map the codec and the spot finder compute before anything else (one body, a build for
+// each SIMD level: usable_pixels below).
+template <class T>
+REDML_ALWAYS_INLINE void usable_pixels_body(const T *__restrict f, const uint8_t *__restrict mask, uint8_t *__restrict usable, size_t n,
+                   redml_markers markers) {
+    if (markers != REDML_MARKERS_NEGATIVE) {  // integrating detectors: negative values are noise
+        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_marker(f[i], markers);
+        return;
+    }
+    if constexpr (std::is_floating_point<T>::value) {
+        for (size_t i = 0; i < n; i++) usable[i] = !(mask && mask[i]) && !is_special_value(f[i]);
+    } else {  // is_special_value without branches, so the loops vectorize
+        const T top = std::numeric_limits<T>::max();
+        if (mask)
+            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((mask[i] == 0) & (f[i] >= 0) & (f[i] != top));
+        else
+            for (size_t i = 0; i < n; i++) usable[i] = (uint8_t)((f[i] >= 0) & (f[i] != top));
+    }
+}
+
+template <class T>
+void usable_pixels_default(const T *f, const uint8_t *mask, uint8_t *usable, size_t n, redml_markers markers) {
+    usable_pixels_body(f, mask, usable, n, markers);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T>
+REDML_TARGET_AVX2 void usable_pixels_avx2(const T *f, const uint8_t *mask, uint8_t *usable, size_t n,
+                                          redml_markers markers) {
+    usable_pixels_body(f, mask, usable, n, markers);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T>
+REDML_TARGET_AVX512 void usable_pixels_avx512(const T *f, const uint8_t *mask, uint8_t *usable, size_t n,
+                                              redml_markers markers) {
+    usable_pixels_body(f, mask, usable, n, markers);
+}
+#endif
+template <class T>
+void usable_pixels(const T *f, const uint8_t *mask, uint8_t *usable, size_t n, redml_markers markers) {
+    switch (simd_level()) {
+#ifdef REDML_AVX512_DISPATCH
+        case 3: return usable_pixels_avx512(f, mask, usable, n, markers);
+#endif
+#ifdef REDML_AVX2_DISPATCH
+        case 2: return usable_pixels_avx2(f, mask, usable, n, markers);
+#endif
+        default: return usable_pixels_default(f, mask, usable, n, markers);
+    }
+}
 
 // ---- 0/1 byte maps (usable, exact, candidate, strong pixels), eight bytes at a time ----
 

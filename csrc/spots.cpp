@@ -473,51 +473,6 @@ SPOTS_INLINE uint8_t dispersion_pixel(const DispersionArgs &a, int32_t min_count
     return (uint8_t)((pass & o) | (a.neutral & (o ^ 1)));
 }
 
-// The test of pixels whose windows are full (every pixel usable, the centre too), in
-// float, a vector of lanes at a time without a table lookup: c[x] = whether var > rhs where var - rhs lies
-// beyond a bound on the float rounding errors (16 times the worst case), so that it
-// decides as the double test does; open[x] = 1 where it does not decide (a window not
-// full, or a pixel too close to call). rhs >= 0 where sm > 0, and sm <= 0 fails.
-// Integrating: the read noise's term (`empty`: full * rn2) and the sign test, which
-// photon counters (values >= 0, no read noise) skip: their sum is 0 only on all-zero
-// windows, where var = rhs = 0 fails, so both loops decide alike there.
-template <bool Integrating>
-SPOTS_INLINE void dispersion_screen(const int32_t *__restrict n, const int32_t *__restrict sm,
-                                    const int32_t *__restrict s2, uint8_t *__restrict c, uint8_t *__restrict open,
-                                    uint32_t W, int32_t full, float gain, float empty, float bound) {
-    for (uint32_t x = 0; x < W; x++) {
-        const float sx = (float)sm[x], ms = (float)full * (float)s2[x], sq = sx * sx;
-        const float var = ms - sq, rhs = (Integrating ? gain * sx + empty : gain * sx) * bound;
-        const float tol = (ms + sq + rhs) * 0x1p-20f;
-        const int32_t positive = sm[x] > 0;
-        const int32_t pass = Integrating ? (var > rhs + tol) & positive : var > rhs + tol;
-        const int32_t fail = (var < rhs - tol) | (positive ^ 1);  // an all-zero window: var = rhs = 0
-        c[x] = (uint8_t)pass;
-        open[x] = (uint8_t)((n[x] != full) | ((pass | fail) ^ 1));
-    }
-}
-
-// The dispersion test of one row from its window counts n, sums sm and sums of squares
-// s2: the float screen where it applies, the double test for every pixel it leaves open.
-SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const int32_t *__restrict n, const int32_t *__restrict sm,
-                                  const int32_t *__restrict s2, const uint8_t *__restrict ok, uint8_t *__restrict c,
-                                  uint8_t *__restrict open, uint32_t W, int32_t full) {
-    const int32_t min_count = std::max(a.min_count, 2);
-    const double bound_full = a.bound[full];
-    if (!(full >= min_count && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full) &&
-          std::isfinite(full * a.rn2 * bound_full))) {
-        for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
-        return;
-    }
-    const float empty = (float)((double)full * a.rn2);
-    if (a.integrating)
-        dispersion_screen<true>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
-    else
-        dispersion_screen<false>(n, sm, s2, c, open, W, full, (float)a.gain, empty, (float)bound_full);
-    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false))
-        c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
-}
-
 // The column sums hold two arrays: the count of usable pixels and their sum packed in one
 // int32 (count * 2^20 + sum: a window's |sum| stays below 2^19 under the integer path's
 // value limit, and 81 * 2^20 + 2^19 < 2^31), and the sums of squares. One array fewer to
@@ -594,18 +549,171 @@ SPOTS_INLINE void prefetch_row(const DispersionArgs &a, const T *frame, uint32_t
     for (size_t i = 0; i < a.W; i += 64) __builtin_prefetch(ok + i);
 }
 
+// The count and the sum of a window's packed sum (int32, or int32 lanes).
+template <class V>
+SPOTS_INLINE void unpack_count(const V &packed, V &count, V &sum) {
+    count = (packed + (1 << (kCountShift - 1))) >> kCountShift;
+    sum = packed - (count << kCountShift);
+}
+
 // n[x] = the count, sm[x] = the sum of a window's packed sum n[x] (in place).
 SPOTS_INLINE void unpack_counts(int32_t *__restrict n, int32_t *__restrict sm, uint32_t W) {
     for (uint32_t x = 0; x < W; x++) {
-        const int32_t count = (n[x] + (1 << (kCountShift - 1))) >> kCountShift;
-        sm[x] = n[x] - (count << kCountShift);
-        n[x] = count;
+        const int32_t packed = n[x];
+        unpack_count(packed, n[x], sm[x]);
+    }
+}
+
+// The window count m, sum sum and sum of squares sq of pixel x from the padded column sums.
+template <int R>
+SPOTS_INLINE void window_at(const uint32_t *cns, const uint32_t *cs2, uint32_t x, int32_t &m, int32_t &sum,
+                            int32_t &sq) {
+    uint32_t t = 0, q = 0;
+    for (int d = 0; d <= 2 * R; d++) {
+        t += cns[x + d];
+        q += cs2[x + d];
+    }
+    unpack_count((int32_t)t, m, sum);
+    sq = (int32_t)q;
+}
+
+// The float screen's constants (dispersion_screen_setup).
+struct ScreenArgs {
+    int32_t full;  // the count of a full window
+    float gain, empty, bound;  // empty: full * rn2 (integrating); bound: bound[full]
+};
+
+// Whether the float screen applies to windows of `full` pixels, and its constants.
+SPOTS_INLINE bool dispersion_screen_setup(const DispersionArgs &a, int32_t full, ScreenArgs &s) {
+    const double bound_full = a.bound[full];
+    s = ScreenArgs{full, (float)a.gain, (float)((double)full * a.rn2), (float)bound_full};
+    return full >= std::max(a.min_count, 2) && a.gain > 0 && bound_full >= 0 && std::isfinite(a.gain * bound_full) &&
+           std::isfinite(full * a.rn2 * bound_full);
+}
+
+// The screen's S lanes of int32 and float (GCC/Clang vector extension, as UInt32Lanes): S = 4
+// in the portable build (SSE2 compares 8-lane vectors lane by lane), 8 in the AVX2 and
+// AVX-512 builds (GCC 12 compares 16-lane vectors lane by lane).
+template <int S>
+struct ScreenLanes;
+template <>
+struct ScreenLanes<4> {
+    typedef int32_t Int __attribute__((vector_size(16)));
+    typedef uint32_t UInt __attribute__((vector_size(16)));
+    typedef float Float __attribute__((vector_size(16)));
+};
+template <>
+struct ScreenLanes<8> {
+    typedef int32_t Int __attribute__((vector_size(32)));
+    typedef uint32_t UInt __attribute__((vector_size(32)));
+    typedef float Float __attribute__((vector_size(32)));
+};
+
+// c[k] = pass[k] & 1, open[k] = undecided[k] & 1 for the S lanes (of -1 or 0): narrowed with
+// byte shuffles or 64-bit shifts, as GCC 12 narrows a loop or __builtin_convertvector lane by
+// lane. (Byte views of int32 lanes: little-endian.)
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "byte views of int32 lanes");
+SPOTS_INLINE void store_flags(const ScreenLanes<8>::Int &pass, const ScreenLanes<8>::Int &undecided, uint8_t *c, uint8_t *open) {
+    typedef uint8_t Bytes32 __attribute__((vector_size(32)));
+    typedef uint8_t Bytes16 __attribute__((vector_size(16)));
+    const Bytes32 b = (Bytes32)((pass & 1) | ((undecided & 1) << 8));  // lane k: bytes c, open, 0, 0
+    const Bytes16 y = __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    std::memcpy(c, &y, 8);
+    std::memcpy(open, (const uint8_t *)&y + 8, 8);
+}
+SPOTS_INLINE void store_flags(const ScreenLanes<4>::Int &pass, const ScreenLanes<4>::Int &undecided, uint8_t *c, uint8_t *open) {
+    typedef uint64_t Pairs __attribute__((vector_size(16)));
+    Pairs w = (Pairs)((pass & 1) | ((undecided & 1) << 16));  // lane k: bytes c, 0, open, 0
+    w |= w >> 24;  // each 64-bit half's low bytes: c c open open
+    const uint32_t lo = (uint32_t)w[0], hi = (uint32_t)w[1];
+    const uint32_t cw = (lo & 0xffff) | (hi << 16), ow = (lo >> 16) | (hi & 0xffff0000u);
+    std::memcpy(c, &cw, 4);
+    std::memcpy(open, &ow, 4);
+}
+
+// The window sums of S pixels from the padded column sums (the row pass of the box sums)
+// and the float test of the pixels whose windows are full (every pixel usable, the centre too), in one pass without
+// a table lookup: c[x] = whether var > rhs where var - rhs lies beyond a bound on the float
+// rounding errors (16 times the worst case), so that it decides as the double test does;
+// open[x] = 1 where it does not decide (a window not full, or a pixel too close to call).
+// rhs >= 0 where sm > 0, and sm <= 0 fails. Integrating: the read noise's term (`empty`)
+// and the sign test, which photon counters (values >= 0, no read noise) skip: their sum is
+// 0 only on all-zero windows, where var = rhs = 0 fails, so both decide alike there.
+template <int R, int S, bool Integrating>
+SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, uint8_t *c, uint8_t *open,
+                                      const ScreenArgs &s) {
+    typedef typename ScreenLanes<S>::Int I;
+    typedef typename ScreenLanes<S>::Float F;
+    typename ScreenLanes<S>::UInt t, q, u;
+    std::memcpy(&t, cns, sizeof t);
+    std::memcpy(&q, cs2, sizeof q);
+    for (int d = 1; d <= 2 * R; d++) {
+        std::memcpy(&u, cns + d, sizeof u);
+        t += u;
+        std::memcpy(&u, cs2 + d, sizeof u);
+        q += u;
+    }
+    const I sq2 = (I)q;
+    I count, sum;
+    unpack_count((I)t, count, sum);
+    const F sx = __builtin_convertvector(sum, F), ms = (float)s.full * __builtin_convertvector(sq2, F), sq = sx * sx;
+    const F var = ms - sq, rhs = (Integrating ? s.gain * sx + s.empty : s.gain * sx) * s.bound;
+    const F tol = (ms + sq + rhs) * 0x1p-20f;
+    const I positive = sum > 0;  // lanes of -1 (true) or 0
+    const I pass = Integrating ? (var > rhs + tol) & positive : (I)(var > rhs + tol);
+    const I fail = (var < rhs - tol) | ~positive;  // an all-zero window: var = rhs = 0
+    const I undecided = (count != s.full) | ~(pass | fail);
+    store_flags(pass, undecided, c, open);
+}
+
+// window_screen_lanes over a row of W pixels; the last, partial vector from a zero-padded copy
+// of its column sums.
+template <int R, int S, bool Integrating>
+SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, uint8_t *c, uint8_t *open, uint32_t W,
+                                const ScreenArgs &s) {
+    uint32_t x = 0;
+    for (; x + S <= W; x += S) window_screen_lanes<R, S, Integrating>(cns + x, cs2 + x, c + x, open + x, s);
+    if (x == W) return;
+    const uint32_t k = W - x;  // pixels left (< S), their column sums: k + 2R
+    uint32_t pc[S + 2 * R] = {}, pq[S + 2 * R] = {};
+    uint8_t tc[S], to[S];
+    std::memcpy(pc, cns + x, (k + 2 * R) * sizeof(uint32_t));
+    std::memcpy(pq, cs2 + x, (k + 2 * R) * sizeof(uint32_t));
+    window_screen_lanes<R, S, Integrating>(pc, pq, tc, to, s);
+    std::memcpy(c + x, tc, k);
+    std::memcpy(open + x, to, k);
+}
+
+// The dispersion test of one row from the padded column sums: the float screen where it
+// applies (`screened`), the double test for every pixel it leaves open (its window sums
+// again: open pixels are few); n, sm, s2: room for the row's window counts, sums and sums
+// of squares where the screen does not apply.
+template <int R, int L, int S>
+SPOTS_INLINE void dispersion_test(const DispersionArgs &a, const uint32_t *cns, const uint32_t *cs2, bool screened,
+                                  const ScreenArgs &s, const uint8_t *__restrict ok, int32_t *__restrict n,
+                                  int32_t *__restrict sm, int32_t *__restrict s2, uint8_t *__restrict c,
+                                  uint8_t *__restrict open) {
+    const uint32_t W = a.W;
+    const int32_t min_count = std::max(a.min_count, 2);
+    if (!screened) {
+        window_sum<R, L>(cns, (uint32_t *)n, W);  // (int32 and uint32 may alias)
+        unpack_counts(n, sm, W);
+        window_sum<R, L>(cs2, (uint32_t *)s2, W);
+        for (uint32_t x = 0; x < W; x++) c[x] = dispersion_pixel(a, min_count, n[x], sm[x], s2[x], ok[x]);
+        return;
+    }
+    if (a.integrating) window_screen<R, S, true>(cns, cs2, c, open, W, s);
+    else window_screen<R, S, false>(cns, cs2, c, open, W, s);
+    for (size_t x = byte_run_end(open, 0, W, false); x < W; x = byte_run_end(open, x + 1, W, false)) {
+        int32_t m, sum, sq;
+        window_at<R>(cns, cs2, (uint32_t)x, m, sum, sq);
+        c[x] = dispersion_pixel(a, min_count, m, sum, sq, ok[x]);
     }
 }
 
 // The integer path of rows [y0, y1): false, with the candidates of the rows unspecified, as
 // soon as a usable value the windows reach exceeds `limit`.
-template <int R, int L, class T>
+template <int R, int L, int S, class T>
 SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, uint32_t y0, uint32_t y1,
                                       int64_t limit, uint32_t *cols, int32_t *sums) {
     const uint32_t W = a.W, P = W + 2 * R;  // column sums padded by R zeros on each side
@@ -613,24 +721,23 @@ SPOTS_INLINE bool dispersion_rows_int(const DispersionArgs &a, const T *frame, u
     int32_t *n = sums, *sm = sums + W, *s2 = sums + 2 * W;
     uint8_t *open = (uint8_t *)(sums + 3 * W), *c = open + W;  // open pixels and candidates of a row
     std::memset(cols, 0, 2 * (size_t)P * sizeof(uint32_t));
+    ScreenArgs screen;
+    const bool screened = dispersion_screen_setup(a, (2 * R + 1) * (2 * R + 1), screen);
     ValueRange<T> seen;
     for (int64_t y = (int64_t)y0 - R; y <= (int64_t)y0 + R; y++) column_sums_row<R>(a, frame, y, 1, cols, seen);
     for (uint32_t y = y0; y < y1; y++) {
         if (y > y0) column_sums_slide<R>(a, frame, (int64_t)y + R, (int64_t)y - R - 1, cols, seen);
         if (seen.max_abs() > limit) return false;
         if (y + R + 1 < a.H) prefetch_row(a, frame, y + R + 1);  // the next row slid in, while this one is tested
-        window_sum<R, L>(cns, (uint32_t *)n, W);  // (int32 and uint32 may alias)
-        unpack_counts(n, sm, W);
-        window_sum<R, L>(cs2, (uint32_t *)s2, W);
-        dispersion_test(a, n, sm, s2, a.usable + (size_t)y * W, c, open, W, (2 * R + 1) * (2 * R + 1));
+        dispersion_test<R, L, S>(a, cns, cs2, screened, screen, a.usable + (size_t)y * W, n, sm, s2, c, open);
         pack_row(c, a.cand + (size_t)y * ((W + 63) / 64), W, 0);
     }
     return true;
 }
 
-// The integer path of rows [y0, y1) (r in 1..4), in L-lane vectors; false where a usable
-// value the windows reach is too large for 32-bit sums of squares.
-template <int L, class T>
+// The integer path of rows [y0, y1) (r in 1..4), in L-lane vectors (the float screen in S
+// lanes); false where a usable value the windows reach is too large for 32-bit sums of squares.
+template <int L, int S, class T>
 SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
                                            uint32_t *cols, int32_t *sums) {
     const int64_t area = (int64_t)(2 * r + 1) * (2 * r + 1);
@@ -638,10 +745,10 @@ SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *fra
     const int64_t limit = std::min<int64_t>((int64_t)std::sqrt((double)INT32_MAX / (double)area) - 1,
                                             ((1 << (kCountShift - 1)) - 1) / area);
     switch (r) {
-        case 1: return dispersion_rows_int<1, L>(a, frame, y0, y1, limit, cols, sums);
-        case 2: return dispersion_rows_int<2, L>(a, frame, y0, y1, limit, cols, sums);
-        case 3: return dispersion_rows_int<3, L>(a, frame, y0, y1, limit, cols, sums);
-        default: return dispersion_rows_int<4, L>(a, frame, y0, y1, limit, cols, sums);
+        case 1: return dispersion_rows_int<1, L, S>(a, frame, y0, y1, limit, cols, sums);
+        case 2: return dispersion_rows_int<2, L, S>(a, frame, y0, y1, limit, cols, sums);
+        case 3: return dispersion_rows_int<3, L, S>(a, frame, y0, y1, limit, cols, sums);
+        default: return dispersion_rows_int<4, L, S>(a, frame, y0, y1, limit, cols, sums);
     }
 }
 
@@ -649,34 +756,22 @@ SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *fra
 template <class T>
 bool dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
                                  uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
+    return dispersion_band_int_body<8, 4>(a, frame, r, y0, y1, cols, sums);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T>
 REDML_TARGET_AVX2 bool dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
                                                 uint32_t y1, uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<8>(a, frame, r, y0, y1, cols, sums);
+    return dispersion_band_int_body<8, 8>(a, frame, r, y0, y1, cols, sums);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T>
 REDML_TARGET_AVX512 bool dispersion_band_int_avx512(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
                                                     uint32_t y1, uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<16>(a, frame, r, y0, y1, cols, sums);
+    return dispersion_band_int_body<16, 8>(a, frame, r, y0, y1, cols, sums);
 }
 #endif
-
-static std::atomic<int> spots_forced_simd{0};  // spots_force_simd
-
-// The SIMD build the spot finder runs: the best the CPU has, at most the forced level.
-static int spots_simd_level() {
-    const int forced = spots_forced_simd.load(std::memory_order_relaxed);
-#ifdef REDML_AVX512_DISPATCH
-    if ((forced == 0 || forced >= 3) && cpu_has_avx512()) return 3;
-#endif
-    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) return 2;
-    return 1;
-}
 
 template <class T>
 bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1) {
@@ -690,7 +785,7 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         thread_local std::vector<int32_t> sums;
         uint32_t *c = scratch(cols, 2 * ((size_t)a.W + 2 * r));
         int32_t *s = scratch(sums, 3 * (size_t)a.W + 2 * (((size_t)a.W + 3) / 4));
-        switch (spots_simd_level()) {
+        switch (simd_level()) {
 #ifdef REDML_AVX512_DISPATCH
             case 3: return dispersion_band_int_avx512(a, frame, r, y0, y1, c, s);
 #endif
@@ -702,7 +797,7 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
     }
 }
 
-void spots_force_simd(int level) { spots_forced_simd.store(level, std::memory_order_relaxed); }
+void spots_force_simd(int level) { forced_simd_level().store(level, std::memory_order_relaxed); }
 
 namespace {
 

@@ -64,8 +64,8 @@ template <class T>
 std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t height, uint32_t width,
                              const FinderParams &fp, uint8_t *spot_mask, int nthreads, int margin = 0);
 
-// Tests: the SIMD build the spot finder may use at most (1 portable, 2 AVX2, 3 AVX-512;
-// 0: the best the CPU has), for every thread.
+// Tests: the SIMD build the spot finder and usable_pixels may use at most (1 portable,
+// 2 AVX2, 3 AVX-512; 0: the best the CPU has), for every thread.
 void spots_force_simd(int level);
 
 // Square dilation of a byte map by `margin` pixels, in place.
