@@ -39,20 +39,13 @@ const uint32_t kRowsPerBand = 64;
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
 static_assert(REDML_LANES % REDML_RECON_LANES == 0, "a span holds whole blocks of the conditional lanes");
 
-// The build of the codec's SIMD loops (encoder and decoder) that runs: the best the CPU has,
-// or the one codec_force_simd asks for (tests: 1 portable, 2 AVX2, 3 AVX-512; 0 the best).
-std::atomic<int> forced_simd{0};
+// The build of the codec's SIMD loops (encoder and decoder) that runs: pixels.h's
+// simd_level (the best the CPU has, or the one a test forces).
 #ifdef REDML_AVX512_DISPATCH
-bool use_avx512() {
-    const int f = forced_simd.load(std::memory_order_relaxed);
-    return (f == 0 || f == 3) && cpu_has_avx512();
-}
+bool use_avx512() { return simd_level() == 3; }
 #endif
 #ifdef REDML_AVX2_DISPATCH
-bool use_avx2() {
-    const int f = forced_simd.load(std::memory_order_relaxed);
-    return (f == 0 || f >= 2) && cpu_has_avx2();
-}
+bool use_avx2() { return simd_level() >= 2; }
 #endif
 
 // Per-type storage: exact values and background codes are unsigned integers of the
@@ -181,14 +174,15 @@ void extend_tile_coding(const BackgroundModel &m, size_t t1, bool coded, std::ve
     for (size_t t = coders.size(); t < t1; t++) coders.emplace_back(m.step[t], m.mean[t], preds[t]);
 }
 
-// Whether a band's codes carry phases (some tile of rows [y0, y1) is not lossless).
+// Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1): if not, the
+// band's codes carry phases.
 template <class T>
-bool band_tagged(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
+bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
+    if (std::is_floating_point<T>::value) return false;
     const TileGrid &g = m.grid;
-    bool tagged = false;
     for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
-        tagged |= std::is_floating_point<T>::value || m.step[t] != 1.0f;
-    return tagged;
+        if (m.step[t] != 1.0f) return false;
+    return true;
 }
 
 template <class Fn>
@@ -726,7 +720,7 @@ BandCounts quantize_band(const T *f, uint8_t *exact, const uint8_t *usable, uint
     const TileGrid &g = model.grid;
     const bool noise = integrating(p);
     size_t nv = 0, nc = 0;
-    const bool tagged = band_tagged<T>(model, y0, y1);
+    const bool tagged = !band_is_step1<T>(model, y0, y1);
     std::vector<EncodePred<T>> pred_row(S::is_float ? 0 : W);
     for (uint32_t y = y0; y < y1; y++) {
         if (!S::is_float && (y == y0 || y % g.tile == 0)) prediction_row(preds, g, y, pred_row.data());
@@ -997,7 +991,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
             stage_mark("background model");  // (the stages alternate: each adds up its bands)
         }
         const size_t o = (size_t)y0 * W;
-        if (still_in_order) still_in_order = !(coded && band_tagged<T>(model, y0, y1));  // (one thread only)
+        if (still_in_order) still_in_order = !(coded && !band_is_step1<T>(model, y0, y1));  // (one thread only)
         in_order[b] = still_in_order;
         Word *vals = in_order[b] ? band_vals + nv_before : band_vals + o;
         Word *codes = in_order[b] ? streams + nc_before : band_codes + o;
@@ -1383,15 +1377,6 @@ T decode_noise_int(int64_t k, int64_t s, int64_t u, double lambda, const ChunkHe
     return (T)std::min(std::max(r, a), b);
 }
 
-// Whether every tile the rows [y0, y1) touch is a lossless integer tile (step 1).
-template <class T>
-bool band_is_step1(const BackgroundModel &m, uint32_t y0, uint32_t y1) {
-    if (std::is_floating_point<T>::value) return false;
-    const TileGrid &g = m.grid;
-    for (size_t t = (size_t)(y0 / g.tile) * g.cols; t < (size_t)((y1 - 1) / g.tile + 1) * g.cols; t++)
-        if (m.step[t] != 1.0f) return false;
-    return true;
-}
 
 // out[j] = unzigzag(codes[j]) + pred[j] for j < n; whether all lie in [lo, T's max].
 template <class T>
@@ -2028,7 +2013,7 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
 
 }  // namespace
 
-void codec_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
+void codec_force_simd(int level) { forced_simd_level().store(level, std::memory_order_relaxed); }
 
 std::string &last_error() {
     thread_local std::string message;

@@ -43,8 +43,6 @@ const uint8_t kFlagsO0X32 = 0x04;
 // past it: where fewer remain, the checked loop finishes.
 const size_t kGroupBytes = 2 * kStates + 32;
 
-std::atomic<int> forced_simd{0};
-
 // htscodecs' var_get_u32: 7-bit groups, most significant first, high bit = more follow.
 bool get_varint(const uint8_t *&p, const uint8_t *end, uint32_t *v) {
     uint64_t x = 0;
@@ -212,7 +210,7 @@ REDML_TARGET_AVX2 inline __m256i step8_avx2(const Table &t, __m256i &x, const ui
     const __m256i renorm = _mm256_cmpeq_epi32(_mm256_min_epu32(x, _mm256_set1_epi32(kLow - 1)), x);  // x < kLow
     const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(renorm));
     const __m256i words = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    const __m256i mine = _mm256_permutevar8x32_epi32(words, _mm256_load_si256((const __m256i *)kExpand.idx[m]));
+    const __m256i mine = _mm256_permutevar8x32_epi32(words, _mm256_loadu_si256((const __m256i *)kExpand.idx[m]));
     x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), mine), renorm);
     p += 2 * __builtin_popcount(m);
     return _mm256_and_si256(e, _mm256_set1_epi32(0xff));
@@ -234,7 +232,7 @@ template <int K>
 REDML_TARGET_AVX2 void decode_avx2(Stream *const *s) {
     __m256i r[K][4];
     for (int k = 0; k < K; k++)
-        for (int v = 0; v < 4; v++) r[k][v] = _mm256_load_si256((const __m256i *)(s[k]->x + 8 * v));
+        for (int v = 0; v < 4; v++) r[k][v] = _mm256_loadu_si256((const __m256i *)(s[k]->x + 8 * v));
     while (true) {
         bool room = true;
         for (int k = 0; k < K; k++) room &= s[k]->roomy();
@@ -242,7 +240,7 @@ REDML_TARGET_AVX2 void decode_avx2(Stream *const *s) {
         for (int k = 0; k < K; k++) group_avx2(*s[k], r[k]);
     }
     for (int k = 0; k < K; k++)
-        for (int v = 0; v < 4; v++) _mm256_store_si256((__m256i *)(s[k]->x + 8 * v), r[k][v]);
+        for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)(s[k]->x + 8 * v), r[k][v]);
 }
 #endif
 
@@ -265,7 +263,7 @@ template <int K>
 REDML_TARGET_AVX512 void decode_avx512(Stream *const *s) {
     __m512i r[K][2];
     for (int k = 0; k < K; k++)
-        for (int v = 0; v < 2; v++) r[k][v] = _mm512_load_si512(s[k]->x + 16 * v);
+        for (int v = 0; v < 2; v++) r[k][v] = _mm512_loadu_si512(s[k]->x + 16 * v);
     while (true) {
         bool room = true;
         for (int k = 0; k < K; k++) room &= s[k]->roomy();
@@ -278,7 +276,7 @@ REDML_TARGET_AVX512 void decode_avx512(Stream *const *s) {
         }
     }
     for (int k = 0; k < K; k++)
-        for (int v = 0; v < 2; v++) _mm512_store_si512(s[k]->x + 16 * v, r[k][v]);
+        for (int v = 0; v < 2; v++) _mm512_storeu_si512(s[k]->x + 16 * v, r[k][v]);
 }
 
 // The elements of B blocks of E byte planes (s[b][k]: plane k's stream of block b,
@@ -293,7 +291,7 @@ REDML_TARGET_AVX512 size_t elements_avx512(Stream *const (*s)[kRansMaxPlanes], c
     __m512i r[B][E][2];
     for (int b = 0; b < B; b++)
         for (int k = 0; k < E; k++)
-            for (int v = 0; v < 2 && s[b][k]; v++) r[b][k][v] = _mm512_load_si512(s[b][k]->x + 16 * v);
+            for (int v = 0; v < 2 && s[b][k]; v++) r[b][k][v] = _mm512_loadu_si512(s[b][k]->x + 16 * v);
     for (; i < body; i += kStates) {
         bool room = true;
         for (int b = 0; b < B; b++)
@@ -313,7 +311,7 @@ REDML_TARGET_AVX512 size_t elements_avx512(Stream *const (*s)[kRansMaxPlanes], c
     }
     for (int b = 0; b < B; b++)
         for (int k = 0; k < E; k++)
-            for (int v = 0; v < 2 && s[b][k]; v++) _mm512_store_si512(s[b][k]->x + 16 * v, r[b][k][v]);
+            for (int v = 0; v < 2 && s[b][k]; v++) _mm512_storeu_si512(s[b][k]->x + 16 * v, r[b][k][v]);
     return i;
 }
 
@@ -328,12 +326,12 @@ size_t elements_dispatch(Stream *const (*s)[kRansMaxPlanes], const uint32_t *fil
 // for) over K streams together.
 template <int K>
 void decode_fast(Stream *const *s) {
-    const int forced = forced_simd.load(std::memory_order_relaxed);
+    const int level = simd_level();
 #ifdef REDML_AVX512_DISPATCH
-    if ((forced == 0 || forced == 3) && cpu_has_avx512()) return decode_avx512<K>(s);
+    if (level == 3) return decode_avx512<K>(s);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if ((forced == 0 || forced >= 2) && cpu_has_avx2()) return decode_avx2<K>(s);
+    if (level >= 2) return decode_avx2<K>(s);
 #endif
     decode_portable<K>(s);
 }
@@ -347,12 +345,7 @@ bool fill_single(Stream &s) {
 }
 
 bool avx512_allowed() {
-#ifdef REDML_AVX512_DISPATCH
-    const int forced = forced_simd.load(std::memory_order_relaxed);
-    return (forced == 0 || forced == 3) && cpu_has_avx512();
-#else
-    return false;
-#endif
+    return simd_level() == 3;
 }
 
 // Opens the rANS streams of planes[0..count) into streams[]; false if one is not of the form.
@@ -379,13 +372,13 @@ Work &work() {
 
 }  // namespace
 
-void rans_force_simd(int level) { forced_simd.store(level, std::memory_order_relaxed); }
+void rans_force_simd(int level) { forced_simd_level().store(level, std::memory_order_relaxed); }
 
 unsigned rans_decode_o0x32(const RansPlane *planes, int count) {
     check(count <= kRansMaxPlanes, REDML_E_ARG, "too many rANS planes");
     // Without AVX2 the library's SSE4.1 build is the faster one (the portable loop here is
     // its reference, run when a test asks for it).
-    if (forced_simd.load(std::memory_order_relaxed) == 0 && !cpu_has_avx2()) return 0;
+    if (forced_simd_level().load(std::memory_order_relaxed) == 0 && !cpu_has_avx2()) return 0;
     Stream *streams = work().streams;
     Stream *run[kRansMaxPlanes];
     unsigned decoded = 0;
@@ -701,7 +694,7 @@ REDML_TARGET_AVX2 inline void step8_enc_avx2(const EncTable &t, const __m256i *l
     // the words packed at the top of 8, 16 bytes stored ending at w (what lies below the
     // new w is overwritten later)
     const __m256i top = _mm256_permutevar8x32_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0xffff)),
-                                                    _mm256_load_si256((const __m256i *)kCompact.idx[m]));
+                                                    _mm256_loadu_si256((const __m256i *)kCompact.idx[m]));
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(top, top), 0x08);
     _mm_storeu_si128((__m128i *)(w - 8), _mm256_castsi256_si128(packed));
     w -= __builtin_popcount(m);
@@ -714,13 +707,13 @@ REDML_TARGET_AVX2 inline void step8_enc_avx2(const EncTable &t, const __m256i *l
 template <bool Small>
 REDML_TARGET_AVX2 void groups_avx2(EncStream &s) {
     const EncTable &t = s.t;
-    const __m256i lk[4] = {_mm256_load_si256((const __m256i *)t.rcp), _mm256_load_si256((const __m256i *)(t.rcp + 8)),
-                           _mm256_load_si256((const __m256i *)t.info), _mm256_load_si256((const __m256i *)(t.info + 8))};
+    const __m256i lk[4] = {_mm256_loadu_si256((const __m256i *)t.rcp), _mm256_loadu_si256((const __m256i *)(t.rcp + 8)),
+                           _mm256_loadu_si256((const __m256i *)t.info), _mm256_loadu_si256((const __m256i *)(t.info + 8))};
     __m256i r[4];
-    for (int v = 0; v < 4; v++) r[v] = _mm256_load_si256((const __m256i *)(s.x + 8 * v));
+    for (int v = 0; v < 4; v++) r[v] = _mm256_loadu_si256((const __m256i *)(s.x + 8 * v));
     for (; s.roomy(); s.i -= kStates)
         for (int v = 3; v >= 0; v--) step8_enc_avx2<Small>(t, lk, r[v], s.src + s.i - kStates + 8 * v, s.w);
-    for (int v = 0; v < 4; v++) _mm256_store_si256((__m256i *)(s.x + 8 * v), r[v]);
+    for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)(s.x + 8 * v), r[v]);
 }
 #endif
 
@@ -755,7 +748,7 @@ REDML_TARGET_AVX512 SmallTables512 small_tables512(const EncTable &t) {
     }
     SmallTables512 st;
     for (int k = 0; k < 5; k++)
-        for (int h = 0; h < 2; h++) st.f[k][h] = _mm512_load_si512(f[k] + 16 * h);
+        for (int h = 0; h < 2; h++) st.f[k][h] = _mm512_loadu_si512(f[k] + 16 * h);
     return st;
 }
 
@@ -792,25 +785,24 @@ template <bool Small>
 REDML_TARGET_AVX512 void groups_avx512(EncStream &s) {
     SmallTables512 st;
     if (Small) st = small_tables512(s.t);
-    __m512i r[2] = {_mm512_load_si512(s.x), _mm512_load_si512(s.x + 16)};
+    __m512i r[2] = {_mm512_loadu_si512(s.x), _mm512_loadu_si512(s.x + 16)};
     for (; s.roomy(); s.i -= kStates) {
         step16_enc_avx512<Small>(s.t, st, r[1], s.src + s.i - 16, s.w);
         step16_enc_avx512<Small>(s.t, st, r[0], s.src + s.i - 32, s.w);
     }
-    _mm512_store_si512(s.x, r[0]);
-    _mm512_store_si512(s.x + 16, r[1]);
+    _mm512_storeu_si512(s.x, r[0]);
+    _mm512_storeu_si512(s.x + 16, r[1]);
 }
 #endif
 
 // A stream's groups with the best build the CPU has (or the forced one).
 void encode_groups(EncStream &s) {
-    const int forced = forced_simd.load(std::memory_order_relaxed);
+    const int level = simd_level();
 #ifdef REDML_AVX512_DISPATCH
-    if ((forced == 0 || forced == 3) && cpu_has_avx512())
-        return s.t.max_symbol < 32 ? groups_avx512<true>(s) : groups_avx512<false>(s);
+    if (level == 3) return s.t.max_symbol < 32 ? groups_avx512<true>(s) : groups_avx512<false>(s);
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if ((forced == 0 || forced >= 2) && cpu_has_avx2())
+    if (level >= 2)
         return s.t.max_symbol < 16 ? groups_avx2<true>(s) : groups_avx2<false>(s);
 #endif
     groups_portable(s);
@@ -880,7 +872,7 @@ REDML_TARGET_AVX2 void count_small_avx2(const uint8_t *src, size_t n, uint32_t *
         for (int s = 0; s < K; s++) {
             const __m256i sums = _mm256_sad_epu8(acc[s], _mm256_setzero_si256());
             alignas(32) uint64_t q[4];
-            _mm256_store_si256((__m256i *)q, sums);
+            _mm256_storeu_si256((__m256i *)q, sums);
             hist[s] += (uint32_t)(q[0] + q[1] + q[2] + q[3]);
         }
     }
@@ -905,9 +897,9 @@ int small_alphabet(const uint8_t *src, uint32_t *h) {
 
 // Adds the counts of the bytes of src[0, n) to hist[256].
 void count_bytes(const uint8_t *src, size_t n, uint32_t *hist) {
-    const int forced = forced_simd.load(std::memory_order_relaxed);
-    const bool avx512 = REDML_IF_AVX512((forced == 0 || forced == 3) && cpu_has_avx512());
-    const bool avx2 = REDML_IF_AVX2((forced == 0 || forced >= 2) && cpu_has_avx2());
+    const int level = simd_level();
+    const bool avx512 = REDML_IF_AVX512(level == 3);
+    const bool avx2 = REDML_IF_AVX2(level >= 2);
     if (n <= 2 * kSample || !(avx512 || avx2)) return count_portable(src, n, hist);
     uint32_t h[256] = {};
     const int K = small_alphabet(src, h);

@@ -101,8 +101,9 @@ inline bool cpu_has_avx512() {
 }
 #endif
 
-// The SIMD build of the spot finder's loops and of usable_pixels (spots_force_simd, for
-// tests: at most the forced level; 0: the best the CPU has).
+// The SIMD build every dispatched loop of the core runs (codec, spot finder, rANS,
+// usable_pixels): 3 AVX-512, 2 AVX2, 1 portable. The best the CPU has, or at most the level
+// a test forces (the _codec/_spots/_rans_force_simd hooks all set this one level; 0: the best).
 inline std::atomic<int> &forced_simd_level() {
     static std::atomic<int> level{0};
     return level;

@@ -231,7 +231,7 @@ void window_bits_columns(uint64_t *map, size_t H, size_t nw, size_t c0, size_t c
 // 0/1 map (rows of nw = (W + 63) / 64 words), in place.
 template <bool And>
 void window_bits(uint64_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
-    if (r <= 0) return;
+    if (r <= 0 || H == 0 || W == 0) return;
     // A clipped window wider than the frame covers all of it: the same result at a radius of
     // side - 1, so a huge radius (roi_margin up to 65535) costs no more than the frame.
     const size_t rx = (size_t)std::min<int64_t>(r, (int64_t)W - 1), ry = (size_t)std::min<int64_t>(r, (int64_t)H - 1);
@@ -241,7 +241,7 @@ void window_bits(uint64_t *map, uint32_t H, uint32_t W, int r, int nthreads) {
         std::vector<uint64_t> fwd(2 * nw + 1), bwd(2 * nw + 1);
         for (uint32_t y = y0; y < y1; y++) {
             uint64_t *row = map + (size_t)y * nw;
-            if (tail) row[nw - 1] = And ? row[nw - 1] | ~tail : row[nw - 1] & tail;  // beyond W: the identity
+            row[nw - 1] = And ? row[nw - 1] | ~tail : row[nw - 1] & tail;  // beyond W: the identity
             window_bits_row<And>(row, nw, rx, fwd.data(), bwd.data());
             row[nw - 1] &= tail;
         }

@@ -183,6 +183,14 @@ def test_dilate_matches_the_window_definition(rng, shape, margin):
         assert np.array_equal(_core.dilate(m, margin, 2), ref), density
 
 
+
+@pytest.mark.parametrize("shape", [(5, 0), (0, 5), (0, 0)])
+def test_dilate_of_an_empty_map(shape):
+    """Was: a width of 0 made the packed rows' last word row[-1], written before the buffer."""
+    for margin in (1, 3, 65535):
+        assert _core.dilate(np.zeros(shape, np.uint8), margin, 1).shape == shape
+        assert rr.roi_mask(np.zeros(shape, np.uint8), margin, nthreads=1).shape == shape
+
 if __name__ == "__main__":
     json.dump(digests(), sys.stdout, indent=1)
     print()

@@ -146,13 +146,6 @@ class AcquireSettings:
             raise ValueError("indexing (cell, space_group) needs the redml codec and spot finding")
 
     @property
-    def lattice_centring(self) -> Optional[str]:
-        """The lattice centring of space_group (None without indexing)."""
-        from ..lattice import centring
-
-        return None if self.space_group is None else centring(self.space_group)
-
-    @property
     def n_workers(self) -> int:
         return self.workers or usable_cores()
 
