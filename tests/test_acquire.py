@@ -772,6 +772,60 @@ def test_saturated_pixels_are_counted_outside_the_bad_ones(rng):
     assert analyse(frame, saturation=65534, spots=False)[0].saturated == 2 + bad.sum()
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "float32"])
+def test_saturated_count_is_the_whole_frames_in_bands(rng, dtype):
+    """The saturated count goes band by band through a small buffer: frames taller than a
+    band (a partial last band, saturated pixels on band edges, bad ones among them) count
+    as the whole frame's comparison does."""
+    from redml_reduce.acquire.indicators import count_saturated
+
+    frame = poisson_frame(rng, 4.0, (301, 37), dtype)
+    bad = rng.random(frame.shape) < 0.05
+    for r in (0, 127, 128, 255, 256, 300):
+        frame[r, r % 37] = 1000
+        frame[r, (r + 5) % 37] = 2000
+        bad[r, r % 37], bad[r, (r + 5) % 37] = False, True
+    for b in (None, bad):
+        want = int(np.count_nonzero((frame >= 1000) & (True if b is None else ~b)))
+        assert count_saturated(frame, 1000, b) == want == (12 if b is None else 6)
+    assert count_saturated(frame[:1], 1000) == 2
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "float32"])
+def test_thumbnail_is_the_block_maximum_log_scaled(rng, dtype):
+    """The live view's thumbnail: each block's maximum (rows, then columns, on the smaller
+    array), blocks with a bad pixel, negative and non-finite values black, log-scaled between
+    the median and the 99.95th percentile; the same bytes as the plain reduction over both
+    block axes, on sides that are not multiples of the factor."""
+    from redml_reduce.acquire.indicators import thumbnail
+
+    def plain(frame, bad, size):
+        f = max(1, math.ceil(max(frame.shape) / size))
+        h, w = frame.shape[0] // f * f, frame.shape[1] // f * f
+        a = np.nan_to_num(frame[:h, :w], nan=0.0, posinf=0.0, neginf=0.0) if dtype == "float32" else frame[:h, :w]
+        pooled = a.reshape(h // f, f, w // f, f).max(axis=(1, 3)).astype(np.float32)
+        if bad is not None:
+            pooled[np.asarray(bad)[:h, :w].reshape(h // f, f, w // f, f).any(axis=(1, 3))] = 0
+        np.maximum(pooled, 0, out=pooled)
+        lo = float(np.median(pooled))
+        hi = max(float(np.quantile(pooled, 0.9995)), lo + 4)
+        return (np.clip(np.log1p(np.clip(pooled - lo, 0, None)) / math.log1p(hi - lo), 0, 1) * 255).astype(np.uint8), f
+
+    frame = poisson_frame(rng, 3.0, (203, 157), dtype, spots=4)
+    if dtype != "uint16":
+        frame[5:9, 7] = -3
+    if dtype == "float32":
+        frame[20, 30], frame[40, 50] = np.nan, np.inf
+    bad = rng.random(frame.shape) < 0.01
+    for b in (None, bad, bad.astype(np.uint8) * 7):
+        for size in (512, 64, 50, 7):
+            img, factor = thumbnail(frame, b, size)
+            want, want_factor = plain(frame, b, size)
+            assert factor == want_factor and img.shape == want.shape
+            np.testing.assert_array_equal(img, want)
+    assert thumbnail(frame, bad, 64)[0].any()
+
+
 def test_integrating_stream_finds_spots_with_the_detectors_noise_model(tmp_path):
     """The indicators' and the encoder's spot search take the codec settings' noise model
     (gain, markers, read noise) when no finder settings are given: on pedestal-subtracted ADU

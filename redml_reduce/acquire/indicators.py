@@ -25,7 +25,7 @@ import numpy as np
 
 from ..spots import find_spots
 
-__all__ = ["FrameStats", "analyse", "resolution_limit", "thumbnail", "LiveStats", "COUNT_NAMES", "format_line", "print_status"]
+__all__ = ["FrameStats", "analyse", "count_saturated", "resolution_limit", "thumbnail", "LiveStats", "COUNT_NAMES", "format_line", "print_status"]
 
 # Per series; received = written + sparse + vetoed + dropped + rejected once a series ends.
 COUNT_NAMES = ("received", "written", "sparse", "vetoed", "dropped", "rejected", "missing", "expected")
@@ -84,10 +84,7 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
         m = v.mean()
         st.background = float(v[v <= m + 5 * math.sqrt(max(m, 1.0))].mean())
     if saturation is not None:
-        sat = frame >= saturation
-        if bad is not None:
-            np.greater(sat, bad, out=sat)  # sat and not bad, in place: no frame-sized ~bad per frame
-        st.saturated = int(np.count_nonzero(sat))
+        st.saturated = count_saturated(frame, saturation, bad)
     spot_mask = None
     if spots:
         if peaks is None:
@@ -107,6 +104,37 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
     return st, peaks, spot_mask
 
 
+_BAND_ROWS = 128  # rows per band of count_saturated: its bool buffer stays in cache
+
+
+def count_saturated(frame: np.ndarray, saturation, bad=None) -> int:
+    """Pixels at or above saturation that are not bad, counted band by band in one small
+    buffer: no frame-sized temporary (a fresh one per frame costs its page faults)."""
+    h = frame.shape[0]
+    buf = np.empty((min(h, _BAND_ROWS),) + frame.shape[1:], bool)
+    n = 0
+    for r0 in range(0, h, _BAND_ROWS):
+        r1 = min(h, r0 + _BAND_ROWS)
+        b = buf[:r1 - r0]
+        np.greater_equal(frame[r0:r1], saturation, out=b)
+        if bad is not None:
+            np.greater(b, bad[r0:r1], out=b)  # saturated and not bad
+        n += int(np.count_nonzero(b))
+    return n
+
+
+def _block_max(a: np.ndarray, factor: int) -> np.ndarray:
+    """The maximum of each factor x factor block of a (its sides multiples of factor): rows
+    first over contiguous rows, then columns on the factor-times smaller result (numpy's
+    reduction over both block axes at once runs element by element, ten times slower)."""
+    h, w = a.shape
+    rows = a.reshape(h // factor, factor, w).max(axis=1)
+    out = rows[:, 0::factor].copy()
+    for j in range(1, factor):
+        np.maximum(out, rows[:, j::factor], out=out)
+    return out
+
+
 def thumbnail(frame: np.ndarray, bad=None, size: int = 512) -> tuple[np.ndarray, int]:
     """(uint8 image, factor): the frame max-pooled by `factor` to at most `size` pixels a
     side, log-scaled between the background and the brightest spot; blocks with a bad pixel,
@@ -116,9 +144,9 @@ def thumbnail(frame: np.ndarray, bad=None, size: int = 512) -> tuple[np.ndarray,
     a = frame[:h, :w]
     if a.dtype.kind == "f":
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-    pooled = a.reshape(h // factor, factor, w // factor, factor).max(axis=(1, 3)).astype(np.float32)
+    pooled = _block_max(a, factor).astype(np.float32)
     if bad is not None:
-        pooled[bad[:h, :w].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))] = 0
+        pooled[_block_max(bad[:h, :w] != 0, factor)] = 0
     np.maximum(pooled, 0, out=pooled)
     lo = float(np.median(pooled))
     hi = max(float(np.quantile(pooled, 0.9995)), lo + 4)
