@@ -18,7 +18,8 @@ simulate-detector` (its own process) as fast as the receiver takes them. Each pi
 Figures: sustained frames/s and MB/s (uncompressed frame bytes) from the first image's
 arrival to the last frame's flush; the receiving process's CPU time per frame over that span
 (all its threads; unlike frames/s, robust to other load on the machine: cores / CPU per frame
-is the rate its work allows) and the sender's (its whole run); latency from a frame's arrival
+is the rate its work allows), split by step (decode, encode, indicators, thumbnail, write,
+receive, other: the series summary's cpu_ms_per_frame_by_step), and the sender's (its whole run); latency from a frame's arrival
 to its flush (median, p99); the receiving process's peak RSS; frames lost (dropped +
 rejected + missing).
 """
@@ -113,10 +114,19 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
             "written_mb_per_s": fps * stored_mb / max(1, c["written"] + c["sparse"]),
             "ratio": c["received"] * frame_mb / stored_mb, "latency_ms_p50": series["latency_ms_p50"],
             "latency_ms_p99": series["latency_ms_p99"], "peak_rss_mb": usage.ru_maxrss / 1024,
-            "cpu_ms_per_frame": series["cpu_ms_per_frame"],
+            "cpu_ms_per_frame": series["cpu_ms_per_frame"], "cpu_ms_by_step": cpu_steps(series),
             "sender_cpu_ms_per_frame": 1e3 * send_cpu / max(1, c["received"]),
             "seconds": series["frames_seconds"], "hit_rate": res["indicators"].get("hit_rate_total"),
             "sender": s_err.strip().splitlines()[-1] if s_err.strip() else ""}
+
+
+def cpu_steps(series: dict) -> dict:
+    """The receiver's CPU ms per frame by step (the summary's), and "other": the rest of its
+    process time (threads waiting on each other, ZeroMQ's I/O thread, the interpreter)."""
+    steps = {k: round(v, 2) for k, v in (series.get("cpu_ms_per_frame_by_step") or {}).items()}
+    if steps and series.get("cpu_ms_per_frame") is not None:
+        steps["other"] = round(series["cpu_ms_per_frame"] - sum(steps.values()), 2)
+    return steps
 
 
 # -- fan-out: N receivers (`redml acquire --receivers N`) share one stream, one master file per series
@@ -218,6 +228,9 @@ def main(argv=None) -> int:
             print(f"{name}: {r['fps']:.2f} frames/s, {r['cpu_ms_per_frame']:.1f} CPU ms/frame, {r['mb_per_s']:.0f} MB/s, latency p99 "
                   f"{r['latency_ms_p99']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB, lost {r['lost']} "
                   f"[sender: {r['sender']}]", flush=True)
+            if r["cpu_ms_by_step"]:
+                print("    CPU ms/frame by step: " + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_by_step"].items()),
+                      flush=True)
         from redml_reduce.acquire.server import usable_cores
 
         fanout = {}
@@ -238,6 +251,7 @@ def main(argv=None) -> int:
            "latency_ms_p99": {k: r["latency_ms_p99"] for k, r in by.items()},
            "ratio": {k: r["ratio"] for k, r in by.items()},
            "cpu_ms_per_frame": {k: r["cpu_ms_per_frame"] for k, r in by.items()},
+           "cpu_ms_by_step": {k: r["cpu_ms_by_step"] for k, r in by.items()},
            "frames_lost": int(sum(r["lost"] for r in rows)),
            "peak_rss_mb": float(max(r["peak_rss_mb"] for r in rows)),
            "peak_rss_mb_by_pipeline": {k: r["peak_rss_mb"] for k, r in by.items()},

@@ -728,6 +728,26 @@ def test_series_file_is_created_at_its_start_message(tmp_path, rng):
     assert [x.tobytes() for x in stored_frames(out)[0]] == [frame.tobytes()]
 
 
+@pytest.mark.parametrize("q", [1, 0])
+def test_summary_says_where_a_frames_cpu_time_goes(tmp_path, rng, q):
+    """The series summary splits a frame's CPU time by step (worker.STEPS): decoding,
+    encoding, the indicators, writing, receiving (benchmarks/acquire.py prints it)."""
+    from redml_reduce.acquire.worker import STEPS
+
+    frames = make_frames(rng, 4)
+    with Acquisition(tmp_path / "run.nxs", AcquireSettings(q=q, workers=2, codec_settings={"codec": "zstd"}
+                                                              if q == 0 else {})) as acq:
+        acq.feed(_start(n=len(frames)))
+        for i, frame in enumerate(frames):
+            acq.feed(s.encode_image(frame, i, series_id=1, series_unique_id="s1", compression="bslz4"))
+        acq.feed(s.encode_end(1, "s1"))
+    summary = acq.series[0].summary
+    assert summary["counts"]["written"] == len(frames)
+    steps = summary["cpu_ms_per_frame_by_step"]
+    assert {"decode", "encode", "indicators", "write", "receive"} <= set(steps) <= set(STEPS)
+    assert all(v >= 0 for v in steps.values()) and steps["encode"] > 0
+
+
 def test_bool_maps_reach_the_core_without_a_copy(rng):
     """The workers' bad-pixel and ROI maps are bool arrays: the core reads their bytes as they
     are (no per-frame copy); other maps still become 0/1 bytes."""

@@ -118,38 +118,44 @@ class SeriesWriter:
             res: Result = fut.result()
         except Exception as e:  # work() catches everything; belt and braces
             res = Result(-1, time.perf_counter(), error=f"{type(e).__name__}: {e}")
+        t_cpu = time.thread_time()
         try:
-            if res.error is None:
-                f = self._open(series, series.shape or res.shape, series.dtype or res.dtype)
-                if f is None:
-                    res.error = f"no file ({series.file_error})"
-            if res.error is not None:
-                self.report.error(f"series {series.id}: image {res.image_id} rejected: {res.error}")
-                self.report.reject(series, res.image_id)
-                self._save_ids(series)
-                return
-            st = res.stats
-            key = {"q": "written", "raw": "written", "sparse": "sparse", "vetoed": "vetoed"}[st.mode]
-            self._save_ids(series)
-            counts = series.counts_copy()
-            counts[key] += 1
-            try:
-                if st.mode == "vetoed":
-                    series.file.add_ids("vetoed", [res.image_id])
-                    series.file.set_counts(counts)
-                else:
-                    series.file.write(res.chunk, st, res.peaks, counts=counts)
-            except Exception as e:
-                self.report.fail(f"series {series.id}: image {res.image_id} could not be written: "
-                                 f"{type(e).__name__}: {e}")
-                self.report.reject(series, res.image_id)
-                return
-            series.count(key)
-            series.t_last, series.cpu_last = time.perf_counter(), time.process_time()
-            series.latencies.append(series.t_last - res.t_arrival)
-            self.stats.frame(st, series.t_last - res.t_arrival)
+            self._store(series, res)
         finally:
+            series.add_cpu(dict(res.cpu, write=time.thread_time() - t_cpu))
             self.pool.give()
+
+    def _store(self, series: SeriesState, res: Result) -> None:
+        """Appends a worker's frame to its series file, or records why it was not."""
+        if res.error is None:
+            f = self._open(series, series.shape or res.shape, series.dtype or res.dtype)
+            if f is None:
+                res.error = f"no file ({series.file_error})"
+        if res.error is not None:
+            self.report.error(f"series {series.id}: image {res.image_id} rejected: {res.error}")
+            self.report.reject(series, res.image_id)
+            self._save_ids(series)
+            return
+        st = res.stats
+        key = {"q": "written", "raw": "written", "sparse": "sparse", "vetoed": "vetoed"}[st.mode]
+        self._save_ids(series)
+        counts = series.counts_copy()
+        counts[key] += 1
+        try:
+            if st.mode == "vetoed":
+                series.file.add_ids("vetoed", [res.image_id])
+                series.file.set_counts(counts)
+            else:
+                series.file.write(res.chunk, st, res.peaks, counts=counts)
+        except Exception as e:
+            self.report.fail(f"series {series.id}: image {res.image_id} could not be written: "
+                             f"{type(e).__name__}: {e}")
+            self.report.reject(series, res.image_id)
+            return
+        series.count(key)
+        series.t_last, series.cpu_last = time.perf_counter(), time.process_time()
+        series.latencies.append(series.t_last - res.t_arrival)
+        self.stats.frame(st, series.t_last - res.t_arrival)
 
     def _finish(self, series: SeriesState, reason: Optional[str]) -> None:
         c = series.counts_copy()
@@ -182,6 +188,8 @@ class SeriesWriter:
         done = c["written"] + c["sparse"] + c["vetoed"]
         span = (series.t_last - series.t_first) if series.t_first is not None and series.t_last is not None else 0.0
         lat = np.array(series.latencies) * 1e3
+        with series.lock:
+            steps = dict(series.cpu_steps)
         return {"series_id": series.id, "series_unique_id": series.uid,
                 "path": str(series.path) if series.file is not None else None, "counts": c,
                 "seconds": round(time.perf_counter() - series.t0, 3),
@@ -190,6 +198,8 @@ class SeriesWriter:
                 # the whole process's CPU time over that span (every thread): what a frame costs, whatever else runs
                 "cpu_ms_per_frame": 1e3 * (series.cpu_last - series.cpu_first) / done
                 if done and series.cpu_first is not None and series.cpu_last is not None else None,
+                # where that time went: each step's CPU time (its thread's), per frame
+                "cpu_ms_per_frame_by_step": {k: 1e3 * v / done for k, v in steps.items()} if done else {},
                 "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
                 "ended": "end message" if reason is None else reason}

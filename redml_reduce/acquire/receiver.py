@@ -48,6 +48,7 @@ class Receiver:
         """Handles one message (bytes as they came off the socket)."""
         t = time.perf_counter() if t_arrival is None else t_arrival
         self.last_message_t = t
+        t_cpu = time.thread_time()
         try:
             msg = parse_message(raw)
         except StreamError as e:
@@ -59,6 +60,8 @@ class Receiver:
                 self._on_start(msg)
             elif isinstance(msg, ImageMessage):
                 self._on_image(msg, t)
+                if self.current is not None:  # what receiving an image costs this thread
+                    self.current.add_cpu({"receive": time.thread_time() - t_cpu})
             elif isinstance(msg, EndMessage):
                 self._on_end(msg)
         except Exception as e:  # the handlers count what they refuse; this is for what they did not foresee

@@ -49,6 +49,7 @@ class SeriesState:
         self.cpu_first: Optional[float] = None  # the process's CPU seconds at those two moments
         self.cpu_last: Optional[float] = None
         self.latencies = array("d")  # seconds, arrival to flush (8 bytes a frame)
+        self.cpu_steps: dict = {}  # CPU seconds of its frames by step (worker.STEPS), every thread's
         self.closing = False
         self.closed = threading.Event()
         self.summary: Optional[dict] = None
@@ -58,6 +59,12 @@ class SeriesState:
             self.counts[name] += 1
             if image_id is not None and name in self.unsaved_ids:
                 self.unsaved_ids[name].append(image_id)
+
+    def add_cpu(self, steps: dict) -> None:
+        """Adds CPU seconds by step (the receiving and the writer threads both add theirs)."""
+        with self.lock:
+            for k, v in steps.items():
+                self.cpu_steps[k] = self.cpu_steps.get(k, 0.0) + v
 
     def take_unsaved(self) -> dict:
         with self.lock:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -21,7 +22,7 @@ from .compression import compress, declared_size
 from .errors import StreamError
 from .protocol import EncodedArray
 
-__all__ = ["work", "passthrough", "Result", "WIDEN"]
+__all__ = ["work", "passthrough", "Result", "WIDEN", "STEPS"]
 
 log = logging.getLogger("redml_reduce.acquire")
 
@@ -40,6 +41,19 @@ class Result:
     shape: Optional[tuple] = None
     dtype: Optional[np.dtype] = None
     error: Optional[str] = None
+    cpu: dict = field(default_factory=dict)  # the worker thread's CPU seconds by step (STEPS)
+
+
+# What a frame's CPU time goes to (the series summary's cpu_ms_per_frame_by_step): the workers'
+# steps, then the writer thread's and the receiving thread's.
+STEPS = ("decode", "encode", "indicators", "thumbnail", "index", "write", "receive")
+
+
+def _lap(res: Result, step: str, t0: float) -> float:
+    """Adds this thread's CPU seconds since t0 to res.cpu[step]; returns the time now."""
+    t = time.thread_time()
+    res.cpu[step] = res.cpu.get(step, 0.0) + (t - t0)
+    return t
 
 
 def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, stats: LiveStats) -> Result:
@@ -48,6 +62,7 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
     server's record of it; s: the AcquireSettings; codecs: the CodecSettings of "q" and
     "sparse" frames. Never raises: what goes wrong is the result's error."""
     res = Result(image_id, t)
+    lap = time.thread_time()
     try:
         if s.codec == "bslz4" and not s.spots and passthrough(series, enc):
             # the plain writer: the detector's chunk as it came, its size checked, not decoded
@@ -64,6 +79,7 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
             frame = convert(frame, series.calibration, nthreads=1, out=_photon_buffer(series.calibration))[0]
         if frame.dtype in WIDEN:
             frame = frame.astype(WIDEN[frame.dtype])
+        lap = _lap(res, "decode", lap)
         bad = series.bad if series.bad is not None and series.bad.shape == frame.shape else None
         peaks, finder = None, s.finder_fields()
         if s.codec != "bslz4" and s.spots and s.veto == "none" and s.cell is None:
@@ -71,13 +87,16 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
             # gives the indicators theirs
             res.chunk, peaks = encode_with_spots(frame, mask=bad, nthreads=1, settings=codecs["q"],
                                                  finder=FinderSettings(**finder))
+            lap = _lap(res, "encode", lap)
         st, peaks, spot_mask = analyse(frame, bad=bad, geometry=series.start.geometry,
                                        saturation=series.start.saturation_value, min_spots=s.min_spots,
                                        spots=s.spots, finder=finder, image_id=image_id, hit_model=s.hit_model,
                                        peaks=peaks)
+        lap = _lap(res, "indicators", lap)
         if st.hit and stats.want_thumbnail():
             img, factor = thumbnail(frame, bad)
             stats.set_latest_hit(image_id, img, factor, peaks)
+            lap = _lap(res, "thumbnail", lap)
         if s.codec == "bslz4":
             res.chunk = enc.payload if passthrough(series, enc) else compress(frame, "bslz4")
             st.mode = "raw"
@@ -90,12 +109,14 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
             roi = roi_mask(spot_mask, codecs["q"].roi_margin, nthreads=1) if spot_mask is not None else None
             if s.cell is not None and mode == "q":
                 crystals = _index(st, peaks, series.start.geometry, s)
+                lap = _lap(res, "index", lap)
                 res.chunk, st.roi_kind = encode_by_policy(frame, codecs[mode], crystals, geometry=series.start.geometry,
                                                           mask=bad, nthreads=1, found=(peaks, roi), hit=st.hit)
             else:
                 res.chunk = encode(frame, roi=roi, mask=bad, nthreads=1, settings=codecs[mode])
                 st.roi_kind = "classical"  # the finder's region, or the encoder's own rule without spots
             st.mode = mode
+        _lap(res, "encode", lap)  # the branches above that encode (or compress) the frame
         st.stored_bytes = len(res.chunk) if res.chunk is not None else 0
         res.stats, res.peaks, res.shape, res.dtype = st, peaks, frame.shape, frame.dtype
     except StreamError as e:
