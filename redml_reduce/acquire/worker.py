@@ -45,8 +45,8 @@ class Result:
 
 
 # What a frame's CPU time goes to (the series summary's cpu_ms_per_frame_by_step): the workers'
-# steps, then the writer thread's and the receiving thread's.
-STEPS = ("decode", "encode", "indicators", "thumbnail", "index", "write", "receive")
+# steps, then the writer thread's (its frames, the file's creation) and the receiving thread's.
+STEPS = ("decode", "encode", "indicators", "thumbnail", "index", "write", "open", "receive")
 
 
 def _lap(res: Result, step: str, t0: float) -> float:
