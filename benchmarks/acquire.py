@@ -18,10 +18,11 @@ simulate-detector` (its own process) as fast as the receiver takes them. Each pi
 Figures: sustained frames/s and MB/s (uncompressed frame bytes) from the first image's
 arrival to the last frame's flush; the receiving process's CPU time per frame over that span
 (all its threads; unlike frames/s, robust to other load on the machine: cores / CPU per frame
-is the rate its work allows), split by step (decode, encode, indicators, thumbnail, write,
-receive, other: the series summary's cpu_ms_per_frame_by_step), and the sender's (its whole run); latency from a frame's arrival
-to its flush (median, p99); the receiving process's peak RSS; frames lost (dropped +
-rejected + missing).
+is the rate its work allows), split by step (receive, decode, encode, indicators, thumbnail,
+write, open: the file's creation, once a series, where it overlaps the frames; other: the
+rest; the series summary's cpu_ms_per_frame_by_step), and the sender's (its whole run);
+latency from a frame's arrival to its flush (median, p99); the receiving process's peak RSS;
+frames lost (dropped + rejected + missing).
 """
 from __future__ import annotations
 
