@@ -748,6 +748,40 @@ def test_summary_says_where_a_frames_cpu_time_goes(tmp_path, rng, q):
     assert all(v >= 0 for v in steps.values()) and steps["encode"] > 0
 
 
+def test_latest_hit_picture_only_where_something_shows_it(tmp_path, rng, monkeypatch):
+    """The latest hit's thumbnail (a pass over the frame, once a second) is made for the
+    dashboard: `redml acquire` without --dashboard makes none; the library's default does."""
+    from redml_reduce import cli
+    from redml_reduce.acquire import server
+    from redml_reduce.acquire.indicators import LiveStats
+
+    frames = make_frames(rng, 2, hits=[True, True])
+    for stats, shown in ((LiveStats(), True), (LiveStats(thumbnails=False), False)):
+        with Acquisition(tmp_path / f"run{shown}.nxs", AcquireSettings(q=1, workers=1, min_spots=1), stats) as acq:
+            acq.feed(_start(n=len(frames)))
+            for i, frame in enumerate(frames):
+                acq.feed(_image(i, frame))
+            acq.feed(s.encode_end(1, "s1"))
+        assert acq.series[0].summary["counts"]["written"] == 2
+        assert (stats.latest_hit is not None) == shown and (stats.snapshot()["latest_hit"] is not None) == shown
+
+    made = []
+
+    class Stop(Exception):
+        pass
+
+    def acquisition(out, settings, stats=None):
+        made.append(stats.thumbnails)
+        raise Stop
+
+    monkeypatch.setattr(server, "Acquisition", acquisition)
+    for extra, shown in (([], False), (["--dashboard", "127.0.0.1:0"], True)):
+        with pytest.raises(Stop):
+            cli.main(["--debug", "acquire", "--connect", "tcp://127.0.0.1:9", "--out", str(tmp_path / "x.nxs"),
+                      *extra])
+        assert made[-1] is shown
+
+
 def test_bool_maps_reach_the_core_without_a_copy(rng):
     """The workers' bad-pixel and ROI maps are bool arrays: the core reads their bytes as they
     are (no per-frame copy); other maps still become 0/1 bytes."""

@@ -20,6 +20,7 @@ __all__ = ["add_commands"]
 def _acquire(args) -> int:
     from .server import AcquireSettings, Acquisition
     from .dashboard import Dashboard, parse_listen
+    from .indicators import LiveStats
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -32,7 +33,9 @@ def _acquire(args) -> int:
                                channel=args.channel, cell=args.cell, space_group=args.space_group,
                                receiver=None if fanout is None else f"{fanout['k']}/{fanout['n']}",
                                codec_settings=key_values(args.set))
-    acq = Acquisition(args.out if fanout is None else fanout["out"], settings)
+    # the latest hit's picture only where a dashboard shows it
+    acq = Acquisition(args.out if fanout is None else fanout["out"], settings,
+                      stats=LiveStats(thumbnails=bool(args.dashboard)))
     hook = None
     if fanout is not None and fanout["k"] == 0:  # receiver 0 writes the master files
         from .fanout import FanoutHook

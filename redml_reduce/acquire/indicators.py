@@ -192,10 +192,12 @@ def _indexing(window, tried: int, indexed: int) -> dict:
 
 
 class LiveStats:
-    """Counters and rolling indicators of an acquisition (see the module docstring)."""
+    """Counters and rolling indicators of an acquisition (see the module docstring).
+    thumbnails=False: no picture of the latest hit (nothing would show it: no dashboard)."""
 
-    def __init__(self, window: int = 200, history_s: int = 600):
+    def __init__(self, window: int = 200, history_s: int = 600, thumbnails: bool = True):
         self._lock = threading.Lock()
+        self.thumbnails = thumbnails
         self.t0 = time.time()
         self.window = deque(maxlen=window)  # (t_written, FrameStats)
         self.latency = deque(maxlen=1000)
@@ -277,7 +279,10 @@ class LiveStats:
                 del self.bins[k]
 
     def want_thumbnail(self, interval_s: float = 1.0) -> bool:
-        """True at most once per interval (thumbnails of hits cost a pass over the frame)."""
+        """True at most once per interval (thumbnails of hits cost a pass over the frame), never
+        without thumbnails."""
+        if not self.thumbnails:
+            return False
         now = time.time()
         with self._lock:
             if now - self._thumb_t < interval_s:
