@@ -1,4 +1,6 @@
 """Sparse mode's chunks: how they are stored (codec choice) and what they keep exactly."""
+import math
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,46 @@ def test_integrating_sparse_keeps_the_neighbours_of_kept_pixels():
     assert all(exact[p] for p in pairs)
     assert not any(exact[p] for p in alone)
     check_decoded(frame, rr.decode(chunk), chunk, "sparse")
+
+
+def poisson_definition(lam, seed, i):
+    """redml_poisson of csrc/quantize.h for lam < 64 (inversion of the seeded uniform, stream 3)."""
+    from redml_reduce import _core
+
+    if not lam > 0:
+        return 0
+    u = _core.hash_uniform(seed, i, 3)
+    p = cdf = math.exp(-lam)
+    k = 0
+    while u > cdf and k < 1000:
+        k += 1
+        p *= lam / k
+        cdf += p
+    return k
+
+
+@pytest.mark.parametrize("gain", [20, None])  # int32 ADU, float32 photons
+def test_integrating_sparse_noise_equals_the_definition(gain):
+    """The noisy background of a sparse chunk of integrating data is docs/format.md's
+    definition: gain * Poisson(v / gain) + rn * z, z = sqrt(-2 ln(u7 + 2^-33)) cos(2 pi u8)
+    (the seeded uniforms of streams 7 and 8), integers rounded half up; v the bilinear model
+    clamped at 0, rn the header's read noise."""
+    from redml_reduce import _core
+    from test_decoder_lanes import bilinear
+
+    rng = np.random.default_rng(14)
+    frame, _ = integrating_still(rng, 0.3, gain, shape=(200, 232), n_isolated=0)
+    chunk = rr.encode(frame, "sparse", sparse_noise=True, gain=gain or 1.0, markers="extremes", read_noise="auto")
+    info, model = rr.inspect(chunk), rr.background_model(chunk)
+    seed, rn, g = info["seed"], info["read_noise"], float(np.float32(gain or 1.0))
+    assert rn > 0
+    back = rr.decode(chunk, nthreads=1)
+    coded = np.flatnonzero(~rr.exact_mask(chunk).ravel())
+    for i in rng.choice(coded, 1500, replace=False):
+        y, x = divmod(int(i), frame.shape[1])
+        v = max(0.0, bilinear(model["mean"], model["tile"], y, x))
+        z = math.sqrt(-2.0 * math.log(_core.hash_uniform(seed, int(i), 7) + 0.5 / 4294967296.0)) * math.cos(
+            6.283185307179586 * _core.hash_uniform(seed, int(i), 8))
+        r = g * poisson_definition(v / g, seed, int(i)) + rn * z
+        expected = np.float32(r) if gain is None else math.floor(r + 0.5)
+        assert back.flat[i] == expected, (y, x)
