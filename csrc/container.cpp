@@ -163,10 +163,12 @@ ParsedChunk parse_chunk(const uint8_t *chunk, size_t size) {
     check(dtype >= REDML_UINT16 && dtype <= REDML_FLOAT32, REDML_E_CORRUPT, "unknown dtype code");
     check(mode <= REDML_MODE_SPARSE, REDML_E_CORRUPT, "unknown mode");
     check(codec >= REDML_CODEC_LZ4 && codec <= REDML_CODEC_RANS, REDML_E_CORRUPT, "unknown entropy codec");
-    // A read noise only comes with the mean/draw model of integrating data (so every other
-    // chunk keeps the 0 that decoders before it require).
+    // A read noise only comes with the mean/draw model of integrating data and with sparse
+    // chunks of integrating data (their noisy background); every other chunk keeps the 0 that
+    // decoders before it require, and those decoders refuse the sparse chunks that carry one.
     const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
-    check(!std::signbit(h.read_noise) && (h.read_noise == 0.0f || (conditional && std::isfinite(h.read_noise))),
+    check(!std::signbit(h.read_noise) &&
+              (h.read_noise == 0.0f || ((conditional || mode == REDML_MODE_SPARSE) && std::isfinite(h.read_noise))),
           REDML_E_CORRUPT, "invalid read noise");
     check(redml_recon_allowed(mode, recon, dtype == REDML_FLOAT32, h.read_noise > 0), REDML_E_CORRUPT,
           "unknown reconstruction for this mode");

@@ -414,6 +414,14 @@ REDML_HD int64_t redml_poisson(double lambda, uint32_t seed, uint64_t idx) {
     return v < 0.0 ? 0 : (int64_t)v;
 }
 
+/* Sparse mode's noisy background on integrating data: a seeded standard normal draw
+ * (Box-Muller on streams 7 and 8, apart from the Poisson draw's 3 and 4). */
+REDML_HD double redml_normal_draw(uint32_t seed, uint64_t idx) {
+    double u1 = redml_uniform(seed, idx, 7) + 0.5 / 4294967296.0;
+    double u2 = redml_uniform(seed, idx, 8);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
 /* ---- Integrating detectors: Poisson photons plus Gaussian read noise ----
  * Pedestal-subtracted data (ADU, keV or float photons): a pixel of mean `mean` (data
  * units, gain data units per photon) holds gain * Poisson(mu) + Normal(0, rn^2), mu =

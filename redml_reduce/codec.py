@@ -137,7 +137,8 @@ SETTINGS = (
     Setting("seed", 12, "u32", hi=2**32 - 1),
     Setting("block_elems", 13, "u32", lo=256, hi=1 << 24),
     # Integrating detectors, after set_local's three values (written only when not default).
-    # sparse mode: for its ROI's spot finder and its cut above the model only (sparse chunks do not store it)
+    # sparse mode: for its ROI's spot finder, its cut above the model and its noisy background (stored in
+    # sparse chunks of integrating data)
     Setting("read_noise", 17, "f32", modes=("quantized", "sparse"), special=(("auto", -1.0),)),
     Setting("markers", 18, _MARKERS),
 )
@@ -162,7 +163,8 @@ class CodecSettings:
        bin (keeps the background's statistics at any count; a chunk of either decodes as
        the other too). Integrating data (markers, read_noise; integer or float, any gain):
        from Poisson photons convolved with the Gaussian read noise.
-    sparse_noise: sparse mode: decode with seeded Poisson noise around the model.
+    sparse_noise: sparse mode: decode with seeded Poisson noise around the model, plus the
+       read noise on integrating data (the chunk stores it).
     markers: which values are the detector's markers, kept exactly and left out of the model:
        "negative" (photon counters: every negative value, the dtype's maximum, NaN/inf);
        "extremes" (integrating detectors, whose pedestal-subtracted values are negative as

@@ -31,6 +31,7 @@ INTEGRATING_SETTINGS = {
     "q1": dict(q=1),
     "q2": dict(q=2),
     "q4draw": dict(q=4, recon="draw"),
+    "sparse": dict(q="sparse"),  # the cut above the model, its neighbours, the read noise in the header
 }
 
 

@@ -48,6 +48,12 @@ CASES = {
     "u16_q8_draw_lattice": ("uint16", 8.0, {"recon": "draw", "roi": "lattice"}),
     "i32_q4_draw_lattice_two_crystals_gaps": ("int32", 4.0, {"recon": "draw", "roi": "lattice"}),
     "u16_lossless_lattice_lz4": ("uint16", 0, {"codec": "lz4", "roi": "lattice"}),
+    # added with the sparse noisy background of integrating data (the header's read_noise in
+    # sparse chunks: Poisson plus Gaussian read noise; decoders before it refuse these chunks)
+    "i16_sparse_noise_integrating": ("int16", "sparse", {"sparse_noise": True, "gain": 20.0, "markers": "extremes",
+                                                         "read_noise": 4.0}),
+    "f32_sparse_noise_integrating": ("float32", "sparse", {"sparse_noise": True, "markers": "gaps",
+                                                           "read_noise": "auto"}),
 }
 
 # The lattice cases' detector: 45 x 67 pixels around the beam, crystals with c* near the beam
