@@ -25,7 +25,7 @@ predicted_fraction (the setting's crystals predict a reflection within 1 px of D
 of that fraction of its integrated reflections). The sparse mode's peer is
 pyFAI's sparsify-Bragg ("pyfai-sparsify", benchmarks/peers_pyfai.py: its own file, its own
 densify for DIALS, which adds its noise), run where pyFAI and an OpenCL device are installed,
-skipped otherwise; "redml-sparse" decodes with its noisy background (sparse_noise=True).
+skipped otherwise; "redml-sparse" decodes with its noisy background (sparse_noise=True, the default).
 
 sim-integrating (benchmarks/yield.py: the simulator's shots as a JUNGFRAU 1M writes them after
 pedestal subtraction, int32 ADU at 20 ADU per photon, read noise 0.2 photon) runs its own codec

@@ -164,7 +164,9 @@ class CodecSettings:
        the other too). Integrating data (markers, read_noise; integer or float, any gain):
        from Poisson photons convolved with the Gaussian read noise.
     sparse_noise: sparse mode: decode with seeded Poisson noise around the model, plus the
-       read noise on integrating data (the chunk stores it).
+       read noise on integrating data (the chunk stores it). True by default: the noise
+       statistics spot finders and integration rely on (DIALS's background estimate of the
+       smooth model comes out high); False: the smooth dithered model (for viewing).
     markers: which values are the detector's markers, kept exactly and left out of the model:
        "negative" (photon counters: every negative value, the dtype's maximum, NaN/inf);
        "extremes" (integrating detectors, whose pedestal-subtracted values are negative as
@@ -197,7 +199,7 @@ class CodecSettings:
     roi_margin: int = 2
     seed: int = 0x5EED1234
     block_elems: int = 1 << 18
-    sparse_noise: bool = False
+    sparse_noise: bool = True
     recon: str = "midpoint"
     read_noise: Union[float, str] = 0.0
     markers: str = "negative"

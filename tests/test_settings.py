@@ -31,7 +31,7 @@ CASES = {
     # integrating detectors: negative values are noise, a read noise in the model
     "integrating_draw": ("int32", dict(q=2, recon="draw", gain=20.0, markers="extremes", read_noise="auto")),
     "integrating_midpoint": ("float32", dict(q=1, markers="gaps", read_noise=0.3, mu_min=0.0)),
-    "sparse_noise": ("uint16", dict(q="sparse", sparse_noise=True, codec="zstd", shuffle="bit", gain=3.0,
+    "sparse_noise": ("uint16", dict(q="sparse", sparse_noise=False, codec="zstd", shuffle="bit", gain=3.0,
                                     roi_snr=2.0, block_elems=4096)),
 }
 SHAPE = (40, 52)
@@ -278,9 +278,9 @@ def test_resume_with_only_recon_changed_redoes_the_input(rng, tmp_path):
 
 
 def test_ignored_fields_take_their_defaults():
-    assert CodecSettings(q=0, recon="draw", sparse_noise=True) == CodecSettings()
+    assert CodecSettings(q=0, recon="draw", sparse_noise=False) == CodecSettings()
     assert CodecSettings(q=float("inf"), recon="mean") == CodecSettings(q="sparse")
-    assert CodecSettings(q=2, sparse_noise=True).sparse_noise is False
+    assert CodecSettings(q=2, sparse_noise=False).sparse_noise is True
     with pytest.raises(ValueError, match="recon"):
         CodecSettings(q=0, recon="bogus")  # still checked
     with pytest.raises(ValueError, match="gain"):

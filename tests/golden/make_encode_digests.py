@@ -25,13 +25,13 @@ PHOTON_SETTINGS = {
     "q2": dict(q=2),
     "q4mean": dict(q=4, recon="mean"),
     "q4draw": dict(q=4, recon="draw"),
-    "sparse": dict(q="sparse"),
+    "sparse": dict(q="sparse", sparse_noise=False),  # the chunks as first written (before noise became the default)
 }
 INTEGRATING_SETTINGS = {
     "q1": dict(q=1),
     "q2": dict(q=2),
     "q4draw": dict(q=4, recon="draw"),
-    "sparse": dict(q="sparse"),  # the cut above the model, its neighbours, the read noise in the header
+    "sparse": dict(q="sparse", sparse_noise=False),  # the chunks as first written (before noise became the default); the cut above the model, its neighbours, the read noise in the header
 }
 
 
