@@ -530,37 +530,17 @@ bool code_float(float x, const TileCoder<T> &tc, const typename TileCoder<T>::Pi
                  : redml_quantize_float(x, tc.step, px.u_float, px.base, sym);
 }
 
-// floor(a / s) for |a| < 2^23, 1 <= s < 2^23, in 32-bit lanes: the float quotient is within
-// 1 of a / s (|a / s| < 2^23, relative error < 2^-23; truncation adds at most 1), so two
-// corrections each way give the exact result (redml_floordiv_inv's, which vectorizes less).
-REDML_ALWAYS_INLINE int32_t floordiv_small(int32_t a, int32_t s, float inv_s) {
-    int32_t k = (int32_t)((float)a * inv_s);
-    k -= k * s > a;
-    k -= k * s > a;
-    k += (k + 1) * s <= a;
-    k += (k + 1) * s <= a;
-    return k;
-}
-
 // The symbol of 16-bit pixel x of a step-s tile (1 < s < 2^22) in 32-bit arithmetic, for the
-// lane loops: whether it is coded (else stored exactly). The same decisions and symbols as
-// code_int: x + u < 2^23, and the bin offset k - base stays far inside 32 bits (|x - pred| < 2^17).
+// lane loops: whether it is coded (else stored exactly). code_int's rules (quantize.h) in
+// int32: x + u < 2^23, and the bin offset k - base stays far inside 32 bits (|x - pred| < 2^17).
 template <class T, bool kNoise, bool kConditional>
 REDML_ALWAYS_INLINE bool code_int16(int32_t x, int32_t s, float inv_s, int32_t u, int32_t base, uint32_t *sym) {
     using S = Storage<T>;
-    const int32_t k = floordiv_small(x + u, s, inv_s);
-    const int32_t d = k - base;
-    const uint32_t z = ((uint32_t)d << 1) ^ (uint32_t)(d >> 31);
-    *sym = z;
-    bool ok = z <= (uint32_t)S::sym_max;
-    if (kConditional) {  // redml_quantize_bin(_rn)
-        if (!kNoise) ok &= (x >= 0) & (k * s - u + s - 1 <= (int32_t)S::hi());
-    } else {  // redml_quantize_int(_rn): the bin midpoint r (= the decoded value)
-        const int32_t h = (s - 1) / 2, r = k * s - u + h;
-        ok &= (r >= (int32_t)S::lo()) & (r <= (int32_t)S::hi());
-        if (!kNoise) ok &= !((x >= 0) & (x < h)) & !((x >= 0) & (r < 0));
-    }
-    return ok;
+    const int32_t k = redml_floordiv_small(x + u, s, inv_s);
+    if (kConditional)
+        return redml_bin_code<int32_t, uint32_t>(x, k, s, u, base, (int32_t)S::hi(), (uint32_t)S::sym_max, !kNoise, sym);
+    return redml_midpoint_code<int32_t, uint32_t>(x, k, s, u, base, (int32_t)S::lo(), (int32_t)S::hi(),
+                                                  (uint32_t)S::sym_max, !kNoise, sym);
 }
 
 // quantize_int_span_body for 16-bit pixels: dither, offset, phase and symbol of kLanes pixels
@@ -584,12 +564,9 @@ REDML_ALWAYS_INLINE void quantize_int16_span(const TileCoder<T> &tc, const T *__
         for (size_t j = 0; j < m; j++) {
             const size_t i = c + j;
             const int32_t u = (int32_t)redml_dither_int(seed, i0 + (uint32_t)i, s);
-            // redml_offset_int: the bin of the prediction under this dither, and its phase
-            int32_t r = pred_r + u;
-            const int32_t wrap = r >= s;
-            r -= wrap * s;
-            const int32_t base = pred_q + wrap;
-            phase[j] = (uint8_t)((uint32_t)r * mul_hi + (uint32_t)(((uint64_t)(uint32_t)r * mul_lo) >> 32));
+            uint32_t ph;
+            const int32_t base = redml_offset_as<int32_t>(pred_q, pred_r, mul_hi, mul_lo, u, s, &ph);
+            phase[j] = (uint8_t)ph;
             const bool ok = code_int16<T, kNoise, kConditional>((int32_t)f[i], s, inv_s, u, base, &sym[j]);
             coded[j] = ok & (exact[i] == 0) & (usable[i] != 0);
         }
