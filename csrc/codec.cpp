@@ -200,17 +200,36 @@ void put_varint(std::vector<uint8_t> &out, uint64_t v) {
     out.push_back((uint8_t)v);
 }
 
-std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
-    std::vector<uint8_t> out;
-    bool cur = false;
-    size_t i = 0;
-    while (i < n) {
-        size_t j = byte_run_end(exact, i, n, cur);
-        put_varint(out, j - i);
-        i = j;
-        cur = !cur;
+// The runs of a map fed in consecutive pieces (the encoder's bands, while they are in
+// cache): a run may go on into the next piece.
+class RunWriter {
+  public:
+    // Adds exact[i, end) (the piece after the previous one).
+    void feed(const uint8_t *exact, size_t i, size_t end) {
+        while (i < end) {
+            const size_t j = byte_run_end(exact, i, end, cur_);
+            if (j == end) return;  // the run goes on
+            put_varint(out_, j - start_);
+            start_ = i = j;
+            cur_ = !cur_;
+        }
     }
-    return out;
+    // The runs of the n pixels fed.
+    std::vector<uint8_t> finish(size_t n) {
+        if (start_ < n) put_varint(out_, n - start_);
+        return std::move(out_);
+    }
+
+  private:
+    std::vector<uint8_t> out_;
+    bool cur_ = false;  // the first run: not exact (empty where pixel 0 is)
+    size_t start_ = 0;
+};
+
+std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
+    RunWriter w;
+    w.feed(exact, 0, n);
+    return w.finish(n);
 }
 
 // Decodes the runs into `exact` (n bytes); returns the number of exact pixels.
@@ -962,6 +981,10 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     // band's, into their streams, and nothing is moved afterwards.
     bool still_in_order = nt == 1;
     size_t nv_before = 0, nc_before = 0;  // (in order) values and codes of the bands before
+    // With one thread, the exact map's runs band by band while the band is in cache (the
+    // lattice's runs leave its discs out: after all bands).
+    const bool runs_in_bands = nt == 1 && !lattice;
+    RunWriter band_runs;
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         if (fused) {
             complete_tile_rows((y1 - 1) / grid.tile + 1);
@@ -981,6 +1004,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
         if (!counts.tagged) ph[0] = counts.codes;
         else band_phase_counts(tags + o, counts.codes, &first_half[b * REDML_PHASES], ph);
+        if (runs_in_bands) band_runs.feed(exact, o, (size_t)y1 * W);
         if (fused) stage_mark("quantize");
     });
     stage_mark("quantize");
@@ -1038,7 +1062,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     const std::vector<uint8_t> model_bytes = concat_bytes<float>({&model.mean, &model.step});
     if (lattice)  // the runs: the exact pixels outside the discs (the decoder paints those)
         for (size_t i = 0; i < N; i++) lattice_map[i] = (exact[i] != 0) & (lattice_map[i] == 0);
-    const std::vector<uint8_t> runs = encode_runs(lattice ? lattice_map.data() : exact, N);
+    const std::vector<uint8_t> runs =
+        runs_in_bands ? band_runs.finish(N) : encode_runs(lattice ? lattice_map.data() : exact, N);
     const std::vector<uint8_t> lattice_bytes =
         lattice ? write_lattice_section(lattice->crystals, lattice->n, lattice_hash) : std::vector<uint8_t>();
     std::vector<Pending> pending;
