@@ -115,7 +115,7 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
 }
 
 // Whether all n bytes of a 0/1 map are 1, eight at a time.
-bool all_set(const uint8_t *p, size_t n) {
+REDML_ALWAYS_INLINE bool all_set(const uint8_t *p, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
@@ -130,7 +130,7 @@ bool all_set(const uint8_t *p, size_t n) {
 // The usable pixels of the n pixels at row (values) and ok (usable map) appended branch-free
 // to buf (as the integer or double type clipped_mean sums); returns their count.
 template <class T, class V>
-size_t gather_run(const T *__restrict row, const uint8_t *__restrict ok, uint32_t n, V *__restrict buf) {
+REDML_ALWAYS_INLINE size_t gather_run(const T *__restrict row, const uint8_t *__restrict ok, uint32_t n, V *__restrict buf) {
     if (all_set(ok, n)) {  // the usual row: a plain (vectorized) copy
         for (uint32_t x = 0; x < n; x++) buf[x] = (V)row[x];
         return n;
@@ -158,7 +158,7 @@ size_t gather_tile(const T *frame, const uint8_t *usable, const TileGrid &g, uin
 // buf + tx * stride (stride: room for a tile's pixels), n[tx] of them. The frame is read row
 // by row (tile by tile, each row of a tile was a cache miss: the rows are a frame row apart).
 template <class T, class V>
-void gather_tile_row(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride, V *buf,
+REDML_ALWAYS_INLINE void gather_tile_row_body(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride, V *buf,
                      size_t *n) {
     const uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
     std::fill(n, n + g.cols, 0);
@@ -173,6 +173,39 @@ void gather_tile_row(const T *frame, const uint8_t *usable, const TileGrid &g, u
             const size_t i = (size_t)y * g.width + x0;
             n[tx] += gather_run(frame + i, usable + i, x1 - x0, buf + tx * stride + n[tx]);
         }
+    }
+}
+
+template <class T, class V>
+void gather_tile_row_portable(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride,
+                              V *buf, size_t *n) {
+    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T, class V>
+REDML_TARGET_AVX2 void gather_tile_row_avx2(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
+                                            size_t stride, V *buf, size_t *n) {
+    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T, class V>
+REDML_TARGET_AVX512 void gather_tile_row_avx512(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
+                                                size_t stride, V *buf, size_t *n) {
+    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
+}
+#endif
+template <class T, class V>
+void gather_tile_row(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride, V *buf,
+                     size_t *n) {
+    switch (simd_level()) {
+#ifdef REDML_AVX512_DISPATCH
+        case 3: return gather_tile_row_avx512(frame, usable, g, ty, stride, buf, n);
+#endif
+#ifdef REDML_AVX2_DISPATCH
+        case 2: return gather_tile_row_avx2(frame, usable, g, ty, stride, buf, n);
+#endif
+        default: return gather_tile_row_portable(frame, usable, g, ty, stride, buf, n);
     }
 }
 
