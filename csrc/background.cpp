@@ -9,6 +9,7 @@
 
 #include "pixels.h"
 #include "quantize.h"
+#include "scratch.h"
 #include "threads.h"
 
 namespace redml {
@@ -114,7 +115,7 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
 }
 
 // Whether all n bytes of a 0/1 map are 1, eight at a time.
-bool all_set(const uint8_t *p, size_t n) {
+REDML_ALWAYS_INLINE bool all_set(const uint8_t *p, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
@@ -126,48 +127,93 @@ bool all_set(const uint8_t *p, size_t n) {
     return true;
 }
 
-// The usable pixels of one tile, gathered branch-free into buf (as the integer or double
-// type clipped_mean sums).
+// The usable pixels of the n pixels at row (values) and ok (usable map) appended branch-free
+// to buf (as the integer or double type clipped_mean sums); returns their count.
+template <class T, class V>
+REDML_ALWAYS_INLINE size_t gather_run(const T *__restrict row, const uint8_t *__restrict ok, uint32_t n, V *__restrict buf) {
+    if (all_set(ok, n)) {  // the usual row: a plain (vectorized) copy
+        for (uint32_t x = 0; x < n; x++) buf[x] = (V)row[x];
+        return n;
+    }
+    size_t k = 0;
+    for (uint32_t x = 0; x < n; x++) {
+        buf[k] = (V)row[x];
+        k += ok[x] != 0;
+    }
+    return k;
+}
+
+// The usable pixels of one tile, gathered into buf in raster order.
 template <class T, class V>
 size_t gather_tile(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, uint32_t tx, V *buf) {
     uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
     uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
     size_t n = 0;
-    for (uint32_t y = y0; y < y1; y++) {
-        const T *row = frame + (size_t)y * g.width + x0;
-        const uint8_t *ok = usable + (size_t)y * g.width + x0;
-        if (all_set(ok, x1 - x0)) {  // the usual row: a plain (vectorized) copy
-            for (uint32_t x = 0; x < x1 - x0; x++) buf[n + x] = (V)row[x];
-            n += x1 - x0;
-            continue;
-        }
-        for (uint32_t x = 0; x < x1 - x0; x++) {
-            buf[n] = (V)row[x];
-            n += ok[x] != 0;
-        }
-    }
+    for (uint32_t y = y0; y < y1; y++)
+        n += gather_run(frame + (size_t)y * g.width + x0, usable + (size_t)y * g.width + x0, x1 - x0, buf + n);
     return n;
 }
 
-// Sigma-clipped mean of one tile's usable pixels.
-template <class T>
-float clipped_tile_mean(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, uint32_t tx,
-                        const redml_params &p, std::vector<double> &dbuf, std::vector<int64_t> &ibuf,
-                        double *clip_limit) {
-    // Integer pixels: int64 values (the clip limit as an integer); floats: doubles.
-    if constexpr (std::is_floating_point<T>::value) {
-        size_t n = gather_tile(frame, usable, g, ty, tx, dbuf.data());
-        return (float)clipped_mean(dbuf.data(), n, p, clip_limit);
-    } else {
-        if constexpr (sizeof(T) == 2) {  // 16-bit pixels: 32-bit values (the passes vectorize)
-            int32_t *v = (int32_t *)ibuf.data();
-            size_t n = gather_tile(frame, usable, g, ty, tx, v);
-            return (float)clipped_mean(v, n, p, clip_limit);
+// The usable pixels of every tile of tile row ty, each in raster order: tile tx's at
+// buf + tx * stride (stride: room for a tile's pixels), n[tx] of them. The frame is read row
+// by row (tile by tile, each row of a tile was a cache miss: the rows are a frame row apart).
+template <class T, class V>
+REDML_ALWAYS_INLINE void gather_tile_row_body(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride, V *buf,
+                     size_t *n) {
+    const uint32_t y0 = ty * g.tile, y1 = std::min(g.height, y0 + g.tile);
+    std::fill(n, n + g.cols, 0);
+    for (uint32_t y = y0; y < y1; y++) {
+        if (y + 1 < y1) {  // the next row asked for in cache (the hardware's prefetcher stops at each page)
+            const char *f = (const char *)(frame + (size_t)(y + 1) * g.width), *ok = (const char *)(usable + (size_t)(y + 1) * g.width);
+            for (size_t i = 0; i < g.width * sizeof(T); i += 64) __builtin_prefetch(f + i);
+            for (size_t i = 0; i < g.width; i += 64) __builtin_prefetch(ok + i);
         }
-        size_t n = gather_tile(frame, usable, g, ty, tx, ibuf.data());
-        return (float)clipped_mean(ibuf.data(), n, p, clip_limit);
+        for (uint32_t tx = 0; tx < g.cols; tx++) {
+            const uint32_t x0 = tx * g.tile, x1 = std::min(g.width, x0 + g.tile);
+            const size_t i = (size_t)y * g.width + x0;
+            n[tx] += gather_run(frame + i, usable + i, x1 - x0, buf + tx * stride + n[tx]);
+        }
     }
 }
+
+template <class T, class V>
+void gather_tile_row_portable(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride,
+                              V *buf, size_t *n) {
+    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
+}
+#ifdef REDML_AVX2_DISPATCH
+template <class T, class V>
+REDML_TARGET_AVX2 void gather_tile_row_avx2(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
+                                            size_t stride, V *buf, size_t *n) {
+    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
+}
+#endif
+#ifdef REDML_AVX512_DISPATCH
+template <class T, class V>
+REDML_TARGET_AVX512 void gather_tile_row_avx512(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
+                                                size_t stride, V *buf, size_t *n) {
+    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
+}
+#endif
+template <class T, class V>
+void gather_tile_row(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride, V *buf,
+                     size_t *n) {
+    switch (simd_level()) {
+#ifdef REDML_AVX512_DISPATCH
+        case 3: return gather_tile_row_avx512(frame, usable, g, ty, stride, buf, n);
+#endif
+#ifdef REDML_AVX2_DISPATCH
+        case 2: return gather_tile_row_avx2(frame, usable, g, ty, stride, buf, n);
+#endif
+        default: return gather_tile_row_portable(frame, usable, g, ty, stride, buf, n);
+    }
+}
+
+// The type clipped_mean sums a tile's values in: doubles (floats), 32-bit integers (16-bit
+// pixels: the passes vectorize), 64-bit integers (the clip limit as an integer).
+template <class T>
+using TileValue = typename std::conditional<std::is_floating_point<T>::value, double,
+                                            typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type>::type;
 
 // The Poisson mean lambda whose values up to L average m (the clipped mean above lost
 // the tail beyond the clip: at lambda = 1 the 3-sigma clip biases the mean by -0.02
@@ -278,14 +324,19 @@ void fit_tile_rows(const T *frame, const uint8_t *usable, const redml_params &p,
                    BackgroundModel &m, int nthreads) {
     const TileGrid &grid = m.grid;
     const bool quantize = p.mode == REDML_MODE_QUANTIZED;
+    const size_t stride = (size_t)std::min(grid.tile, grid.height) * std::min(grid.tile, grid.width);
     parallel_for(ty1 - ty0, nthreads, [&](size_t k) {
         const uint32_t ty = ty0 + (uint32_t)k;
-        std::vector<double> dbuf(std::is_floating_point<T>::value ? (size_t)grid.tile * grid.tile : 0);
-        std::vector<int64_t> ibuf(std::is_floating_point<T>::value ? 0 : (size_t)grid.tile * grid.tile);
+        // the tile row's values, kept by the thread (no allocation or page faults per tile row)
+        thread_local std::vector<TileValue<T>> values;
+        thread_local std::vector<size_t> counts;
+        TileValue<T> *v = scratch(values, stride * grid.cols);
+        size_t *n = scratch(counts, grid.cols);
+        gather_tile_row(frame, usable, grid, ty, stride, v, n);
         for (uint32_t tx = 0; tx < grid.cols; tx++) {
             size_t t = (size_t)ty * grid.cols + tx;
             double limit;
-            float mean = clipped_tile_mean(frame, usable, grid, ty, tx, p, dbuf, ibuf, &limit);
+            float mean = (float)clipped_mean(v + tx * stride, n[tx], p, &limit);
             // The conditional reconstructions decode from this mean's distribution: undo the
             // clip's bias for them (other modes keep the clipped mean).
             if (quantize && conditional_recon(p)) {
@@ -295,6 +346,7 @@ void fit_tile_rows(const T *frame, const uint8_t *usable, const redml_params &p,
             m.mean[t] = mean;
             if (quantize) m.step[t] = tile_step<T>(mean, p);
         }
+        if (held_bytes(values) > kKeepScratchBytes) std::vector<TileValue<T>>().swap(values);
     });
 }
 

@@ -200,17 +200,36 @@ void put_varint(std::vector<uint8_t> &out, uint64_t v) {
     out.push_back((uint8_t)v);
 }
 
-std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
-    std::vector<uint8_t> out;
-    bool cur = false;
-    size_t i = 0;
-    while (i < n) {
-        size_t j = byte_run_end(exact, i, n, cur);
-        put_varint(out, j - i);
-        i = j;
-        cur = !cur;
+// The runs of a map fed in consecutive pieces (the encoder's bands, while they are in
+// cache): a run may go on into the next piece.
+class RunWriter {
+  public:
+    // Adds exact[i, end) (the piece after the previous one).
+    void feed(const uint8_t *exact, size_t i, size_t end) {
+        while (i < end) {
+            const size_t j = byte_run_end(exact, i, end, cur_);
+            if (j == end) return;  // the run goes on
+            put_varint(out_, j - start_);
+            start_ = i = j;
+            cur_ = !cur_;
+        }
     }
-    return out;
+    // The runs of the n pixels fed.
+    std::vector<uint8_t> finish(size_t n) {
+        if (start_ < n) put_varint(out_, n - start_);
+        return std::move(out_);
+    }
+
+  private:
+    std::vector<uint8_t> out_;
+    bool cur_ = false;  // the first run: not exact (empty where pixel 0 is)
+    size_t start_ = 0;
+};
+
+std::vector<uint8_t> encode_runs(const uint8_t *exact, size_t n) {
+    RunWriter w;
+    w.feed(exact, 0, n);
+    return w.finish(n);
 }
 
 // Decodes the runs into `exact` (n bytes); returns the number of exact pixels.
@@ -530,37 +549,17 @@ bool code_float(float x, const TileCoder<T> &tc, const typename TileCoder<T>::Pi
                  : redml_quantize_float(x, tc.step, px.u_float, px.base, sym);
 }
 
-// floor(a / s) for |a| < 2^23, 1 <= s < 2^23, in 32-bit lanes: the float quotient is within
-// 1 of a / s (|a / s| < 2^23, relative error < 2^-23; truncation adds at most 1), so two
-// corrections each way give the exact result (redml_floordiv_inv's, which vectorizes less).
-REDML_ALWAYS_INLINE int32_t floordiv_small(int32_t a, int32_t s, float inv_s) {
-    int32_t k = (int32_t)((float)a * inv_s);
-    k -= k * s > a;
-    k -= k * s > a;
-    k += (k + 1) * s <= a;
-    k += (k + 1) * s <= a;
-    return k;
-}
-
 // The symbol of 16-bit pixel x of a step-s tile (1 < s < 2^22) in 32-bit arithmetic, for the
-// lane loops: whether it is coded (else stored exactly). The same decisions and symbols as
-// code_int: x + u < 2^23, and the bin offset k - base stays far inside 32 bits (|x - pred| < 2^17).
+// lane loops: whether it is coded (else stored exactly). code_int's rules (quantize.h) in
+// int32: x + u < 2^23, and the bin offset k - base stays far inside 32 bits (|x - pred| < 2^17).
 template <class T, bool kNoise, bool kConditional>
 REDML_ALWAYS_INLINE bool code_int16(int32_t x, int32_t s, float inv_s, int32_t u, int32_t base, uint32_t *sym) {
     using S = Storage<T>;
-    const int32_t k = floordiv_small(x + u, s, inv_s);
-    const int32_t d = k - base;
-    const uint32_t z = ((uint32_t)d << 1) ^ (uint32_t)(d >> 31);
-    *sym = z;
-    bool ok = z <= (uint32_t)S::sym_max;
-    if (kConditional) {  // redml_quantize_bin(_rn)
-        if (!kNoise) ok &= (x >= 0) & (k * s - u + s - 1 <= (int32_t)S::hi());
-    } else {  // redml_quantize_int(_rn): the bin midpoint r (= the decoded value)
-        const int32_t h = (s - 1) / 2, r = k * s - u + h;
-        ok &= (r >= (int32_t)S::lo()) & (r <= (int32_t)S::hi());
-        if (!kNoise) ok &= !((x >= 0) & (x < h)) & !((x >= 0) & (r < 0));
-    }
-    return ok;
+    const int32_t k = redml_floordiv_small(x + u, s, inv_s);
+    if (kConditional)
+        return redml_bin_code<int32_t, uint32_t>(x, k, s, u, base, (int32_t)S::hi(), (uint32_t)S::sym_max, !kNoise, sym);
+    return redml_midpoint_code<int32_t, uint32_t>(x, k, s, u, base, (int32_t)S::lo(), (int32_t)S::hi(),
+                                                  (uint32_t)S::sym_max, !kNoise, sym);
 }
 
 // quantize_int_span_body for 16-bit pixels: dither, offset, phase and symbol of kLanes pixels
@@ -584,12 +583,9 @@ REDML_ALWAYS_INLINE void quantize_int16_span(const TileCoder<T> &tc, const T *__
         for (size_t j = 0; j < m; j++) {
             const size_t i = c + j;
             const int32_t u = (int32_t)redml_dither_int(seed, i0 + (uint32_t)i, s);
-            // redml_offset_int: the bin of the prediction under this dither, and its phase
-            int32_t r = pred_r + u;
-            const int32_t wrap = r >= s;
-            r -= wrap * s;
-            const int32_t base = pred_q + wrap;
-            phase[j] = (uint8_t)((uint32_t)r * mul_hi + (uint32_t)(((uint64_t)(uint32_t)r * mul_lo) >> 32));
+            uint32_t ph;
+            const int32_t base = redml_offset_as<int32_t>(pred_q, pred_r, mul_hi, mul_lo, u, s, &ph);
+            phase[j] = (uint8_t)ph;
             const bool ok = code_int16<T, kNoise, kConditional>((int32_t)f[i], s, inv_s, u, base, &sym[j]);
             coded[j] = ok & (exact[i] == 0) & (usable[i] != 0);
         }
@@ -1013,6 +1009,10 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     // band's, into their streams, and nothing is moved afterwards.
     bool still_in_order = nt == 1;
     size_t nv_before = 0, nc_before = 0;  // (in order) values and codes of the bands before
+    // With one thread, the exact map's runs band by band while the band is in cache (the
+    // lattice's runs leave its discs out: after all bands).
+    const bool runs_in_bands = nt == 1 && !lattice;
+    RunWriter band_runs;
     for_bands(H, nt, [&](size_t b, uint32_t y0, uint32_t y1) {
         if (fused) {
             complete_tile_rows((y1 - 1) / grid.tile + 1);
@@ -1032,6 +1032,7 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
         size_t *ph = &band_phase[(b + 1) * REDML_PHASES];
         if (!counts.tagged) ph[0] = counts.codes;
         else band_phase_counts(tags + o, counts.codes, &first_half[b * REDML_PHASES], ph);
+        if (runs_in_bands) band_runs.feed(exact, o, (size_t)y1 * W);
         if (fused) stage_mark("quantize");
     });
     stage_mark("quantize");
@@ -1091,7 +1092,8 @@ void encode_frame(const T *f, uint32_t H, uint32_t W, const uint8_t *roi_in, con
     const std::vector<uint8_t> model_bytes = concat_bytes<float>({&model.mean, &model.step});
     if (lattice)  // the runs: the exact pixels outside the discs (the decoder paints those)
         for (size_t i = 0; i < N; i++) lattice_map[i] = (exact[i] != 0) & (lattice_map[i] == 0);
-    const std::vector<uint8_t> runs = encode_runs(lattice ? lattice_map.data() : exact, N);
+    const std::vector<uint8_t> runs =
+        runs_in_bands ? band_runs.finish(N) : encode_runs(lattice ? lattice_map.data() : exact, N);
     const std::vector<uint8_t> lattice_bytes =
         lattice ? write_lattice_section(lattice->crystals, lattice->n, lattice_hash) : std::vector<uint8_t>();
     std::vector<Pending> pending;

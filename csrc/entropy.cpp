@@ -246,12 +246,23 @@ REDML_TARGET_AVX2 void byte_shuffle_avx2(const uint8_t *src, uint8_t *dst, size_
     byte_shuffle_body<E, Un>(src, dst, n);
 }
 #endif
+#ifdef REDML_AVX512_DISPATCH
+template <int E, bool Un>
+REDML_TARGET_AVX512 void byte_shuffle_avx512(const uint8_t *src, uint8_t *dst, size_t n) {
+    byte_shuffle_body<E, Un>(src, dst, n);
+}
+#endif
 template <int E, bool Un>
 void byte_shuffle_fixed(const uint8_t *src, uint8_t *dst, size_t n) {
-#ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return byte_shuffle_avx2<E, Un>(src, dst, n);
+    switch (simd_level()) {
+#ifdef REDML_AVX512_DISPATCH
+        case 3: return byte_shuffle_avx512<E, Un>(src, dst, n);
 #endif
-    byte_shuffle_portable<E, Un>(src, dst, n);
+#ifdef REDML_AVX2_DISPATCH
+        case 2: return byte_shuffle_avx2<E, Un>(src, dst, n);
+#endif
+        default: return byte_shuffle_portable<E, Un>(src, dst, n);
+    }
 }
 
 // Byte planes of n = nbytes / elem elements (Un: back to elements); the tail of fewer than

@@ -1,7 +1,7 @@
 /* quantize.h: the per-pixel logic of the codec, in one place.
  *
  * Everything here is a pure function of its arguments so that the CPU core and a GPU
- * kernel (compiled from this same header) produce identical codes. See docs/format.md,
+ * kernel (compiled from this same header: C++ or CUDA) produce identical codes. See docs/format.md,
  * "Quantization", for the mathematics.
  *
  * Background pixels are quantized with subtractive dither: a pseudo-random offset u in
@@ -112,27 +112,68 @@ REDML_HD int64_t redml_recon_int(uint64_t sym, int64_t s, int64_t u, int64_t bas
     return k * s - u + (s - 1) / 2;
 }
 
+/* floor(a / s) for |a| < 2^23, 1 <= s < 2^23 in 32-bit lanes (inv_s = 1.0f / s): the float
+ * quotient is within 1 of a / s (|a / s| < 2^23, relative error < 2^-23; truncation adds at
+ * most 1), so two corrections each way give the exact result (redml_floordiv_inv's, which
+ * vectorizes less: the encoder's lanes for 16-bit pixels). */
+REDML_HD_FLAT int32_t redml_floordiv_small(int32_t a, int32_t s, float inv_s) {
+    int32_t k = (int32_t)((float)a * inv_s);
+    k -= k * s > a;
+    k -= k * s > a;
+    k += (k + 1) * s <= a;
+    k += (k + 1) * s <= a;
+    return k;
+}
+
+/* The rules of the integer quantizers, written once for the signed integer type I of their
+ * arithmetic (U: its unsigned type): int64_t in the reference functions below, int32_t in the
+ * encoder's lanes for 16-bit pixels (where every term fits). Given the bin k = floor((x + u)
+ * / s) of x and the offset base, each sets *sym = zigzag(k - base) and returns whether x is
+ * coded (else it is stored in the exact section). Branch-free, so lane loops vectorize.
+ * counts: photon counts (the low-count and never-negative rules); 0: integrating data
+ * (negative values are noise). */
+template <class I, class U>
+REDML_HD_FLAT U redml_zigzag_as(I v) { return ((U)v << 1) ^ (U)(v >> (8 * sizeof(I) - 1)); }
+
+/* The dithered midpoint quantizer: coded if the bin midpoint r = k s - u + (s-1)/2 (the
+ * decoded value) lies in [lo, hi] and the symbol fits sym_max; photon counts also keep the
+ * low counts 0 <= x < (s-1)/2 exact, and a count never decodes negative. */
+template <class I, class U>
+REDML_HD_FLAT int redml_midpoint_code(I x, I k, I s, I u, I base, I lo, I hi, U sym_max, int counts, U *sym) {
+    const I h = (s - 1) / 2, r = k * s - u + h;
+    const U z = redml_zigzag_as<I, U>(k - base);
+    int ok = (r >= lo) & (r <= hi) & (z <= sym_max);
+    if (counts) ok &= !((x >= 0) & (x < h)) & !((x >= 0) & (r < 0));
+    *sym = z;
+    return ok;
+}
+
+/* The bins of the conditional reconstructions: coded if the symbol fits sym_max; photon
+ * counts also need x >= 0 and the bin [k s - u, k s - u + s - 1] at most hi (integrating
+ * data: the decoder clips the bin to the dtype's range). */
+template <class I, class U>
+REDML_HD_FLAT int redml_bin_code(I x, I k, I s, I u, I base, I hi, U sym_max, int counts, U *sym) {
+    const U z = redml_zigzag_as<I, U>(k - base);
+    int ok = z <= sym_max;
+    if (counts) ok &= (x >= 0) & (k * s - u + s - 1 <= hi);
+    *sym = z;
+    return ok;
+}
+
 /* Quantizes integer x; returns 1 and sets *sym, or 0 if the pixel must be stored in the
- * exact section (reconstruction outside [lo, hi], or a symbol above sym_max). */
-/* The dithered midpoint quantizer itself (integrating data use it as it is: negative values
- * are noise there, with no low-count rule). */
+ * exact section (*sym then unspecified). The dithered midpoint quantizer itself (integrating
+ * data use it as it is: negative values are noise there, with no low-count rule). */
 REDML_HD int redml_quantize_int_rn(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t lo,
                                    int64_t hi, uint64_t sym_max, uint64_t *sym) {
-    int64_t k = redml_floordiv_inv(x + u, s, inv_s);
-    int64_t r = k * s - u + (s - 1) / 2;
-    uint64_t z = redml_zigzag64(k - base);
-    if (r < lo || r > hi || z > sym_max) return 0;
-    *sym = z;
-    return 1;
+    return redml_midpoint_code<int64_t, uint64_t>(x, redml_floordiv_inv(x + u, s, inv_s), s, u, base, lo, hi, sym_max,
+                                                  0, sym);
 }
 
 /* Photon counts: the low-count rule, and counts never decode negative. */
 REDML_HD int redml_quantize_int(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t lo,
                                 int64_t hi, uint64_t sym_max, uint64_t *sym) {
-    int64_t h = (s - 1) / 2;
-    if (x >= 0 && x < h) return 0;  /* low-count rule */
-    if (!redml_quantize_int_rn(x, s, inv_s, u, base, lo, hi, sym_max, sym)) return 0;
-    return !(x >= 0 && redml_recon_int(*sym, s, u, base) < 0);
+    return redml_midpoint_code<int64_t, uint64_t>(x, redml_floordiv_inv(x + u, s, inv_s), s, u, base, lo, hi, sym_max,
+                                                  1, sym);
 }
 
 /* Per-pixel code offset and phase. The offset is the bin, under this pixel's dither,
@@ -168,13 +209,21 @@ REDML_HD redml_offset_tile redml_offset_setup(int64_t pred, int64_t s) {
     return o;
 }
 
-REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t s, unsigned *phase) {
-    int64_t r = o->pred_r + u;
-    const int64_t wrap = r >= s; /* branch-free: taken half the time, at random */
+/* The offset and phase in the integer type I (int64_t, or int32_t in the encoder's lanes for
+ * 16-bit pixels), from the tile's constants. */
+template <class I>
+REDML_HD_FLAT I redml_offset_as(I pred_q, I pred_r, uint32_t mul_hi, uint32_t mul_lo, I u, I s, uint32_t *phase) {
+    I r = pred_r + u;
+    const I wrap = r >= s; /* branch-free: taken half the time, at random */
     r -= wrap * s;
-    const int64_t k = o->pred_q + wrap;
     const uint32_t r32 = (uint32_t)r; /* r < s < 2^22 */
-    *phase = r32 * o->phase_mul_hi + (uint32_t)(((uint64_t)r32 * o->phase_mul_lo) >> 32);
+    *phase = r32 * mul_hi + (uint32_t)(((uint64_t)r32 * mul_lo) >> 32);
+    return pred_q + wrap;
+}
+REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t s, unsigned *phase) {
+    uint32_t ph;
+    const int64_t k = redml_offset_as<int64_t>(o->pred_q, o->pred_r, o->phase_mul_hi, o->phase_mul_lo, u, s, &ph);
+    *phase = ph;
     return k;
 }
 REDML_HD int64_t redml_offset_float(double mean, double u, double s, unsigned *phase) {
@@ -251,12 +300,7 @@ REDML_HD int64_t redml_step_int_bin(double mean, double q, double gain, double m
  * negative values, a bin reaching above hi, or a symbol above sym_max. */
 REDML_HD int redml_quantize_bin(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, int64_t hi,
                                 uint64_t sym_max, uint64_t *sym) {
-    if (x < 0) return 0;
-    int64_t k = redml_floordiv_inv(x + u, s, inv_s);
-    uint64_t z = redml_zigzag64(k - base);
-    if (k * s - u + s - 1 > hi || z > sym_max) return 0;
-    *sym = z;
-    return 1;
+    return redml_bin_code<int64_t, uint64_t>(x, redml_floordiv_inv(x + u, s, inv_s), s, u, base, hi, sym_max, 1, sym);
 }
 
 /* The values [*a, *b] of symbol sym's bin that are >= 0. */
@@ -463,10 +507,7 @@ REDML_HD int64_t redml_step_int_bin_rn(double mean, double q, double gain, doubl
  * the symbol does not fit. The decoder clips the bin to the dtype's range. */
 REDML_HD int redml_quantize_bin_rn(int64_t x, int64_t s, double inv_s, int64_t u, int64_t base, uint64_t sym_max,
                                    uint64_t *sym) {
-    uint64_t z = redml_zigzag64(redml_floordiv_inv(x + u, s, inv_s) - base);
-    if (z > sym_max) return 0;
-    *sym = z;
-    return 1;
+    return redml_bin_code<int64_t, uint64_t>(x, redml_floordiv_inv(x + u, s, inv_s), s, u, base, 0, sym_max, 0, sym);
 }
 
 /* Standard normal mass on [a, b] (a <= b, infinities allowed), accurate in both tails. */

@@ -1014,15 +1014,31 @@ std::vector<Peak> find_spots(const T *frame, const uint8_t *usable, uint32_t H, 
     }
     stage_mark("labelling");
     if (spot_mask) {
-        uint64_t *spots = scratch(sc.spots, (size_t)H * nw);
-        std::memset(spots, 0, (size_t)H * nw * sizeof(uint64_t));
-        for (size_t r = 0; r < runs.size(); r++) {
-            if (!fp.mask_all_strong && !accepted[(size_t)slot[find_root(parent, (uint32_t)r)]]) continue;
-            set_bits(spots + (size_t)runs[r].y * nw, runs[r].x0, runs[r].x1);
+        std::vector<uint32_t> masked;  // the runs in the mask
+        for (size_t r = 0; r < runs.size(); r++)
+            if (fp.mask_all_strong || accepted[(size_t)slot[find_root(parent, (uint32_t)r)]]) masked.push_back((uint32_t)r);
+        const size_t m = (size_t)std::max(margin, 0);
+        size_t painted = 0;  // bytes the runs' dilated rectangles cover, overlaps counted
+        for (uint32_t r : masked) painted += (2 * m + 1) * (runs[r].x1 - runs[r].x0 + 2 * m);
+        if (painted <= (size_t)H * W / 8) {
+            // Few spots (the usual frame): the dilation is the union of each run's rectangle
+            // grown by the margin (clipped to the frame), painted into the cleared map.
+            std::memset(spot_mask, 0, (size_t)H * W);
+            for (uint32_t r : masked) {
+                const Run &run = runs[r];
+                const size_t y0 = run.y >= m ? run.y - m : 0, y1 = std::min<size_t>(H, run.y + m + 1);
+                const size_t x0 = run.x0 >= m ? run.x0 - m : 0, x1 = std::min<size_t>(W, run.x1 + m);
+                for (size_t y = y0; y < y1; y++) std::memset(spot_mask + y * W + x0, 1, x1 - x0);
+            }
+            stage_mark("spot mask");
+        } else {
+            uint64_t *spots = scratch(sc.spots, (size_t)H * nw);
+            std::memset(spots, 0, (size_t)H * nw * sizeof(uint64_t));
+            for (uint32_t r : masked) set_bits(spots + (size_t)runs[r].y * nw, runs[r].x0, runs[r].x1);
+            stage_mark("spot mask");
+            window_bits<false>(spots, H, W, margin, nthreads);
+            unpack_map(spots, spot_mask, H, W, nthreads);
         }
-        stage_mark("spot mask");
-        window_bits<false>(spots, H, W, margin, nthreads);
-        unpack_map(spots, spot_mask, H, W, nthreads);
     }
     return peaks;
 }
