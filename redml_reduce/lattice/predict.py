@@ -34,7 +34,7 @@ bandwidth (full width dlambda/lambda: the Bragg angle spread tan(theta) dlambda/
 A crystal read from a DIALS .expt carries its refined D and eta/2 (ML_domain_size_ang,
 ML_half_mosaicity_deg) and they are used unless LatticeSettings sets them; a crystal of the
 built-in indexer carries the profile its own spots show (lattice.index.estimate_profile: the
-defaults scaled to predict 98% of its indexed spots); otherwise the defaults below apply (on
+defaults scaled to predict 99% of its indexed spots); otherwise the defaults below apply (on
 the thaumatin stills they predict every reflection DIALS integrates).
 Lattice centring (P, A, B, C, I, F, R) removes systematically absent reflections; other
 space-group absences (screw axes, glide planes) are kept (a slightly larger exact region).
