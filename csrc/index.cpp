@@ -210,7 +210,9 @@ class Indexer {
     Pose moved(const Pose &p, const double *x) const;
     bool residuals(const Pose &p, const std::vector<size_t> &spots, const std::vector<H3> &hkl,
                    std::vector<double> &out) const;
-    void select(const Pose &p, std::vector<size_t> &spots, std::vector<H3> &hkl) const;
+    void trim(const Pose &p, const std::vector<size_t> &cand, const std::vector<H3> &cand_hkl,
+              std::vector<size_t> &spots, std::vector<H3> &hkl) const;
+    void select_near(const Pose &p, double max_px, std::vector<size_t> &spots, std::vector<H3> &hkl) const;
     bool polish_step(Pose &p, const std::vector<size_t> &spots, const std::vector<H3> &hkl) const;
     Pose polish(Pose p) const;
     void cap_tolerance(size_t i);
@@ -578,16 +580,11 @@ bool Indexer::residuals(const Pose &p, const std::vector<size_t> &spots, const s
     return true;
 }
 
-// The spots that index with pose p and lie on the detector within max(1 px, 3 times the
-// median) of their predicted positions: the rest are other lattices' or misindexed.
-void Indexer::select(const Pose &p, std::vector<size_t> &spots, std::vector<H3> &hkl) const {
-    const M3 A = A_of(p), M = M_of(p);
-    std::vector<size_t> cand;
-    std::vector<H3> cand_hkl;
+// Of the candidate spots (with their hkl), those within max(1 px, 3 times the median) of their
+// predicted positions: the rest are other lattices' or misindexed.
+void Indexer::trim(const Pose &p, const std::vector<size_t> &cand, const std::vector<H3> &cand_hkl,
+                   std::vector<size_t> &spots, std::vector<H3> &hkl) const {
     std::vector<double> res, dist;
-    H3 h;
-    for (size_t i = 0; i < n_; ++i)
-        if (index_of(A, M, i, h) > 0) cand.push_back(i), cand_hkl.push_back(h);
     spots.clear();
     hkl.clear();
     if (cand.empty() || !residuals(p, cand, cand_hkl, res)) return;
@@ -629,14 +626,45 @@ bool Indexer::polish_step(Pose &p, const std::vector<size_t> &spots, const std::
     return cost(r1) < cost(r0) * (1 - 1e-9);
 }
 
-// The search's pose refined to convergence on all the spots it indexes, with the residuals of
-// the predictor's model, the cell's free scales and outliers left out; the spots are chosen
-// again until they stay the same.
+// The spots whose nearest lattice point (rounding the spot's hkl) pose p predicts within max_px
+// of them on the detector, whatever the lattice point's distance from the Ewald sphere.
+void Indexer::select_near(const Pose &p, double max_px, std::vector<size_t> &spots, std::vector<H3> &hkl) const {
+    const M3 A = A_of(p), M = M_of(p);
+    spots.clear();
+    hkl.clear();
+    for (size_t i = 0; i < n_; ++i) {
+        V3 f = mul(M, r_[i]);
+        double h = std::nearbyint(f.x), k = std::nearbyint(f.y), l = std::nearbyint(f.z);
+        if ((h == 0 && k == 0 && l == 0) || std::fabs(h) > 1e6 || std::fabs(k) > 1e6 || std::fabs(l) > 1e6) continue;
+        H3 c{(int)h, (int)k, (int)l};
+        double x, y;
+        if (!centring_allows(s_.centring, c.h, c.k, c.l) || !project(mul(A, V3{h, k, l}), x, y)) continue;
+        if (std::hypot(x - px_[i], y - py_[i]) <= max_px) spots.push_back(i), hkl.push_back(c);
+    }
+}
+
+// The polish's first pass fits every spot within this many pixels of its nearest lattice
+// point's prediction. A still often holds several crystals a few tenths of a degree apart: the
+// search's pose sits on the one whose spots it found first, and a refinement on the spots within
+// tolerance of it stays there. Fitted to the spots of all of them first, and then to the spots
+// near that pose, it settles where DIALS's refinement does: on the thaumatin stills 0.95 of
+// DIALS's integrated reflections predicted within 1 px instead of 0.84 (stills 4 and 9: 0.60 and
+// 0.54 before), for about as many predicted reflections.
+constexpr double kBroadPx = 10.0;
+
+// The search's pose refined to convergence with the residuals of the predictor's model, over
+// the rotation and the cell's free scales: first on every spot near a lattice point (kBroadPx),
+// then on the spots within tolerance_px of that pose's predictions, outliers left out (chosen
+// again from those until they stay the same).
 Pose Indexer::polish(Pose p) const {
-    std::vector<size_t> spots, last;
-    std::vector<H3> hkl;
+    std::vector<size_t> cand, spots, last;
+    std::vector<H3> cand_hkl, hkl;
+    select_near(p, kBroadPx, spots, hkl);
+    for (int it = 0; it < 20 && polish_step(p, spots, hkl); ++it) {
+    }
+    select_near(p, s_.tolerance_px, cand, cand_hkl);
     for (int round = 0; round < 10; ++round) {
-        select(p, spots, hkl);
+        trim(p, cand, cand_hkl, spots, hkl);
         if (spots == last) break;
         for (int it = 0; it < 20 && polish_step(p, spots, hkl); ++it) {
         }

@@ -15,10 +15,12 @@
 // mostly other spots, on all the spots: a still with two crystals is indexed with the one that
 // explains most spots). The best is
 // refined by least squares (the rotation and an isotropic scale that best superpose U B hkl on
-// the spots' vectors), then polished to convergence on all the spots it indexes: predicted
-// positions as the lattice predictor places them (lattice.h) against the observed ones, over
-// the rotation and the cell's free lengths (equal ones kept equal), outliers left out. It is
-// accepted only with enough spots indexed, in number and in fraction.
+// the spots' vectors), then polished to convergence: predicted positions as the lattice
+// predictor places them (lattice.h) against the observed ones, over the rotation and the cell's
+// free lengths (equal ones kept equal), first on every spot near a lattice point (several
+// crystals a few tenths of a degree apart: the pose settles between them, as DIALS's does),
+// then on the spots within tolerance of that pose, outliers left out. It is accepted only with
+// enough spots indexed, in number and in fraction.
 #pragma once
 
 #include <cstddef>

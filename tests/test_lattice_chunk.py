@@ -86,6 +86,26 @@ def test_decoder_region_is_lattice_roi(rng):
     assert back.tobytes() == rr.decode(as_mask).tobytes()
 
 
+def test_crystal_margin_widens_its_own_discs(rng):
+    """A crystal's margin_px (a lattice the indexer is less sure of) widens its discs alone: the
+    exact map is lattice_roi's with radius + margin for it and radius for the other, the chunk
+    records each crystal's radius, and the decoder predicts the same map."""
+    frame = poisson_frame(rng, 5.0, (200, 240))
+    plain, other = small_crystals()
+    wide = replace(other, margin_px=2.0)
+    settings = LatticeSettings(radius=3.5)
+    want = lattice_roi(frame.shape, GEOMETRY, plain, 3.5) | lattice_roi(frame.shape, GEOMETRY, other, 5.5)
+    assert want.sum() > lattice_roi(frame.shape, GEOMETRY, [plain, other], 3.5).sum()
+    assert np.array_equal(lattice_roi(frame.shape, GEOMETRY, [plain, wide], 3.5), want)
+    region = LatticeRegion([plain, wide], GEOMETRY, settings, base=np.zeros(frame.shape, bool))
+    assert np.array_equal(region.mask(frame.shape), want)
+    chunk = rr.encode(frame, q=8, recon="draw", roi=region)
+    assert np.array_equal(rr.exact_mask(chunk), want)
+    assert lattice_records(chunk)[0][:, 20].tolist() == [3.5, 5.5]
+    with pytest.raises(ValueError):
+        replace(other, margin_px=-1.0)
+
+
 @pytest.mark.parametrize("q", [0, 2, 8])
 def test_plugin_decodes_model_chunks(tmp_path, thaumatin_lattice, q):
     """A chunk written by the extension with the models (direct chunk write) reads through the

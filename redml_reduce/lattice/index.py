@@ -14,10 +14,11 @@ result is None (blank frames, too few spots, another crystal, a false lattice).
 Each result also carries the excitation profile its own spots show (estimate_profile: the
 mosaic model the predictor then uses for this frame, instead of a fixed default), and
 result.crystals() is what the per-frame policy gets: [] when the lattice explains too few of
-the frame's spots to be trusted (min_explained; e.g. several crystals, of which the indexer
-and a later integration may choose different ones), so such a frame is coded as a hit
-(midpoint, unbiased for any signal) rather than with a lattice region that may miss the
-reflections a later integration measures.
+the frame's spots to be trusted (min_explained: a false lattice, or a crowd of crystals), so
+such a frame is coded as a hit (midpoint, unbiased for any signal) rather than with a lattice
+region that may miss the reflections a later integration measures; a lattice that explains
+fewer spots than a single crystal's does (confident: several crystals, among which the
+indexer and a later integration may settle differently) keeps wider discs (margin_px).
 """
 from __future__ import annotations
 
@@ -32,18 +33,30 @@ from ..background import BeamGeometry
 from .cell import b_matrix, centring, parse_cell
 from .predict import DEFAULT_DOMAIN_SIZE_A, DEFAULT_HALF_MOSAICITY_DEG, Crystal
 
-__all__ = ["IndexSettings", "IndexResult", "index_still", "estimate_profile", "excitation", "MIN_EXPLAINED"]
+__all__ = ["IndexSettings", "IndexResult", "index_still", "estimate_profile", "excitation", "MIN_EXPLAINED",
+           "CONFIDENT_EXPLAINED", "UNCERTAIN_MARGIN_PX"]
 
-# The per-frame policy's trust in a lattice: the fraction of the frame's spots it must index.
-# On the 19 thaumatin stills the lattices index 69-100% of the spots, except still 2 (45%,
-# several crystals: DIALS's crystal and ours differ by 0.3 degree there, and two DIALS runs on
-# the same frames, from the CBF files and from an NXmx copy, by 0.25 degree).
-MIN_EXPLAINED = 0.5
+# The per-frame policy's trust in a lattice: the fraction of the frame's spots it must index,
+# and under CONFIDENT_EXPLAINED of them its discs grow by UNCERTAIN_MARGIN_PX. On the 19
+# thaumatin stills the lattices index 70-100% of the spots, except still 2 (46%, several
+# crystals: two DIALS runs on the same frames, from the CBF files and from an NXmx copy, differ
+# by 0.25 degree there). Its reflections, integrated with DIALS's crystal on frames coded with
+# ours (q=24): mean dsig -0.12 with discs of 8 px, -0.03 with 10 px, -0.03 as a hit (midpoint:
+# a chunk 1.7 times the one with 10 px discs).
+MIN_EXPLAINED = 0.4
+CONFIDENT_EXPLAINED = 0.6
+UNCERTAIN_MARGIN_PX = 2.0
 
 # estimate_profile: the fraction of the indexed spots the profile must predict, and the fewest
-# spots an estimate is made from (below: the package's default profile).
-PROFILE_COVERAGE = 0.98
-PROFILE_MIN_SPOTS = 20
+# spots an estimate is made from (below: the package's default profile). 0.99 rather than
+# 0.98: where DIALS's orientation lies 0.1 degree from ours, its reflections at the edge of
+# the excitation window are ours too (thaumatin stills, q=24: mean dsig -0.020 instead of
+# -0.021, 37.24x instead of 37.58x). A still with few
+# spots shows only its strongest reflections, those nearest the Ewald sphere, whose spread
+# understates the profile (thaumatin still 15: 50 spots, half mosaicity 0.12 degree against
+# DIALS's 0.27; 0.915 of DIALS's reflections predicted within 1 px, 0.975 with the default).
+PROFILE_COVERAGE = 0.99
+PROFILE_MIN_SPOTS = 100
 MIN_PROFILE_SCALE, MAX_PROFILE_SCALE = 0.05, 10.0  # the estimate's bounds, relative to the default profile
 
 
@@ -110,14 +123,18 @@ class IndexResult:
         """The fraction of the frame's spots this lattice indexes."""
         return self.n_indexed / self.n_spots if self.n_spots else 0.0
 
-    def crystals(self, geometry: Optional[BeamGeometry] = None, *, min_explained: float = MIN_EXPLAINED) -> list:
+    def crystals(self, geometry: Optional[BeamGeometry] = None, *, min_explained: float = MIN_EXPLAINED,
+                 confident: float = CONFIDENT_EXPLAINED) -> list:
         """The per-frame policy's crystals: [Crystal] with the estimated profile and the space
-        group's centring, or [] when the lattice indexes under min_explained of the spots."""
+        group's centring, or [] when the lattice indexes under min_explained of the spots; under
+        `confident` of them, the crystal's discs grow by UNCERTAIN_MARGIN_PX (margin_px)."""
         check_range("min_explained", min_explained, 0, 1)
+        check_range("confident", confident, 0, 1)
         if self.fraction < min_explained:
             return []
         return [Crystal(self.A, geometry=geometry, domain_size_a=self.domain_size_a,
-                        half_mosaicity_deg=self.half_mosaicity_deg, centring=centring(self.space_group))]
+                        half_mosaicity_deg=self.half_mosaicity_deg, centring=centring(self.space_group),
+                        margin_px=UNCERTAIN_MARGIN_PX if self.fraction < confident else 0.0)]
 
 
 def _spot_arrays(spots, intensities):

@@ -34,7 +34,7 @@ bandwidth (full width dlambda/lambda: the Bragg angle spread tan(theta) dlambda/
 A crystal read from a DIALS .expt carries its refined D and eta/2 (ML_domain_size_ang,
 ML_half_mosaicity_deg) and they are used unless LatticeSettings sets them; a crystal of the
 built-in indexer carries the profile its own spots show (lattice.index.estimate_profile: the
-defaults scaled to predict 98% of its indexed spots); otherwise the defaults below apply (on
+defaults scaled to predict 99% of its indexed spots); otherwise the defaults below apply (on
 the thaumatin stills they predict every reflection DIALS integrates).
 Lattice centring (P, A, B, C, I, F, R) removes systematically absent reflections; other
 space-group absences (screw axes, glide planes) are kept (a slightly larger exact region).
@@ -72,7 +72,9 @@ class Crystal:
     the geometry its orientation was refined with (None: the frame's); its own mosaic model
     (DIALS's ML_domain_size_ang and ML_half_mosaicity_deg, None when unknown); the lattice
     centring letter of its space group; the detector's sensor for the parallax correction
-    (absorption coefficient 1/mm and thickness mm, 0: none; see below)."""
+    (absorption coefficient 1/mm and thickness mm, 0: none; see below); margin_px: pixels added
+    to the footprint's disc radius for this crystal's reflections (an orientation less certain
+    than usual: lattice.index gives it to a lattice that explains few of the frame's spots)."""
 
     A: np.ndarray
     geometry: Optional[BeamGeometry] = None
@@ -81,6 +83,7 @@ class Crystal:
     centring: str = "P"
     sensor_mu_per_mm: float = 0.0
     sensor_thickness_mm: float = 0.0
+    margin_px: float = 0.0
 
     def __post_init__(self):
         A = np.array(self.A, dtype=np.float64)
@@ -91,6 +94,7 @@ class Crystal:
             raise ValueError(f"centring must be one of {CENTRINGS}, not {self.centring!r}")
         check_range("sensor_thickness_mm", self.sensor_thickness_mm, 0, 1e3)
         check_range("sensor_mu_per_mm", self.sensor_mu_per_mm, 0, 1e9, open_low=self.sensor_thickness_mm > 0)
+        check_range("margin_px", self.margin_px, 0, 100)
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,10 @@ class LatticeSettings:
         if eta is None:
             eta = DEFAULT_HALF_MOSAICITY_DEG if crystal.half_mosaicity_deg is None else crystal.half_mosaicity_deg
         return float(d), float(eta)
+
+    def radius_for(self, crystal: Crystal) -> float:
+        """The disc radius of one crystal's reflections: radius plus the crystal's margin."""
+        return float(self.radius + crystal.margin_px)
 
 
 def _as_crystals(crystals) -> list:
@@ -168,17 +176,19 @@ def predict(A, geometry: Optional[BeamGeometry], shape, *, settings: Optional[La
 
 def lattice_roi(frame_shape, geometry: Optional[BeamGeometry], A, radius: float = DEFAULT_RADIUS, *,
                 settings: Optional[LatticeSettings] = None) -> np.ndarray:
-    """Boolean map of the frame: True within `radius` pixels of every predicted reflection of
-    A (a matrix, a Crystal, or a list of them: several lattices on one frame). `settings`
-    gives the rest of the footprint (its radius is replaced by `radius`)."""
+    """Boolean map of the frame: True within `radius` pixels (plus a Crystal's margin_px) of
+    every predicted reflection of A (a matrix, a Crystal, or a list of them: several lattices
+    on one frame). `settings` gives the rest of the footprint (its radius is replaced by
+    `radius`)."""
     shape = _shape(frame_shape)
     settings = settings or LatticeSettings()
     if radius != settings.radius:
         settings = replace(settings, radius=radius)
     out = np.zeros(shape, np.uint8)
     for crystal in _as_crystals(A):
-        _, xy, _ = _predict_one(crystal, geometry, shape, settings, settings.radius)
-        _core.lattice_paint(out, np.ascontiguousarray(xy), float(settings.radius))
+        radius = settings.radius_for(crystal)
+        _, xy, _ = _predict_one(crystal, geometry, shape, settings, radius)
+        _core.lattice_paint(out, np.ascontiguousarray(xy), radius)
     return out.view(bool)
 
 
@@ -212,7 +222,7 @@ class LatticeRegion:
             domain, eta = self.settings.profile(crystal)
             rows.append([*crystal.A.ravel(), g.beam_x, g.beam_y, g.distance_mm, g.pixel_size_mm, g.wavelength_a,
                          crystal.sensor_mu_per_mm, crystal.sensor_thickness_mm, domain, eta, self.settings.bandwidth,
-                         self.settings.d_min, self.settings.radius])
+                         self.settings.d_min, self.settings.radius_for(crystal)])
         return np.array(rows, np.float64).reshape(-1, 21), "".join(c.centring for c in self.crystals)
 
     def mask(self, shape) -> np.ndarray:
