@@ -217,15 +217,28 @@ def test_excitation_is_the_predictors_rotation(rng):
     assert np.allclose(length, np.linalg.norm(hkl @ A.T, axis=1))
 
 
+def indexed_among_false_spots(rng, cell, sg, false_fraction, min_trusted=0.0, **kw):
+    """(A, result) of the first of a few random stills of 100 spots plus false_fraction as many
+    weak false ones that the indexer indexes, explaining at least min_trusted of the spots: the
+    policy tests need such a frame, and the search misses some orientations among false spots
+    (about 1 in 20 at 0.2, 1 in 6 at 1.0; its own rate is tested above)."""
+    for _ in range(8):
+        xy, intensity, _, A = still_spots(cell, sg, random_rotation(rng), rng, max_spots=100,
+                                          false_fraction=false_fraction)
+        intensity[100:] = 0  # the false spots weakest: the search starts from the crystal's
+        result = index_still(xy, PILATUS_6M["geometry"], cell, sg, intensities=intensity, **kw)
+        if result is not None and result.fraction >= min_trusted:
+            return A, result
+    raise AssertionError("none of 8 stills indexed")
+
+
 def test_policy_trusts_only_a_lattice_that_explains_enough_spots(rng):
     """IndexResult.crystals(): the per-frame policy's crystals, none for a lattice that indexes
     under MIN_EXPLAINED of the spots (here a still drowned in false spots), which the policy
     then codes as a hit; a profile is estimated only from enough spots."""
     sg, cell = CELLS[0]
-    xy, intensity, _, A = still_spots(cell, sg, random_rotation(rng), rng, max_spots=100, false_fraction=2.0)
-    intensity[100:] = 0  # the false spots weakest: the search starts from the crystal's
-    result = index_still(xy, PILATUS_6M["geometry"], cell, sg, intensities=intensity, min_fraction=0.2)
-    assert result is not None and result.fraction < MIN_EXPLAINED
+    A, result = indexed_among_false_spots(rng, cell, sg, false_fraction=2.0, min_fraction=0.2)
+    assert result.fraction < MIN_EXPLAINED
     assert result.crystals() == []
     (crystal,) = result.crystals(min_explained=0.2)
     assert np.array_equal(crystal.A, result.A)
@@ -234,18 +247,15 @@ def test_policy_trusts_only_a_lattice_that_explains_enough_spots(rng):
     assert estimate_profile(A, np.array([[1, 2, 3]] * 5), 1.0) is None
 
 
-@pytest.mark.parametrize("false_fraction,margin", [(0.2, 0.0), (1.0, UNCERTAIN_MARGIN_PX)])
-def test_policy_widens_the_discs_of_a_lattice_among_other_spots(rng, false_fraction, margin):
+@pytest.mark.parametrize("false_fraction,margin,trusted", [(0.2, 0.0, CONFIDENT_EXPLAINED),
+                                                          (1.0, UNCERTAIN_MARGIN_PX, MIN_EXPLAINED)])
+def test_policy_widens_the_discs_of_a_lattice_among_other_spots(rng, false_fraction, margin, trusted):
     """A lattice that explains most spots is given the settings' discs; one that explains
     between MIN_EXPLAINED and CONFIDENT_EXPLAINED of them (several crystals, where a later
     integration may settle on another orientation) is trusted with discs UNCERTAIN_MARGIN_PX
     wider (it was coded as a hit, its chunk twice the size)."""
     sg, cell = CELLS[0]
-    xy, intensity, _, _ = still_spots(cell, sg, random_rotation(rng), rng, max_spots=100,
-                                      false_fraction=false_fraction)
-    intensity[100:] = 0
-    result = index_still(xy, PILATUS_6M["geometry"], cell, sg, intensities=intensity)
-    assert result is not None
+    _, result = indexed_among_false_spots(rng, cell, sg, false_fraction=false_fraction, min_trusted=trusted)
     assert (MIN_EXPLAINED <= result.fraction < CONFIDENT_EXPLAINED) == (margin > 0), result.fraction
     (crystal,) = result.crystals(PILATUS_6M["geometry"])
     assert crystal.margin_px == margin

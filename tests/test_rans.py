@@ -90,7 +90,7 @@ SETTINGS = {
     "q0": dict(q=0),
     "q1": dict(q=1),
     "q2": dict(q=2),
-    "sparse": dict(q="sparse"),
+    "sparse": dict(q="sparse", sparse_noise=False),  # the chunks as first written
     "q0_small_blocks": dict(q=0, block_elems=4104),  # tails of every length, 4-way streams
     "q0_tiny_blocks": dict(q=0, block_elems=256),  # planes under 1000 bytes: htscodecs' 4-way form
 }
