@@ -1617,9 +1617,10 @@ template <class T, class R, class I>
 REDML_ALWAYS_INLINE void conditional_span(const I *lo, const I *hi, const double *lambda, const uint8_t *exact,
                                           size_t n, int64_t width, bool draw, uint32_t seed, uint32_t i0, T *out) {
     R a[kLanes], b[kLanes], lam[kLanes], uni[kLanes], res[kLanes];
+    const uint32_t stream = draw ? 6 : 5;
     for (size_t j = 0; j < n; j++) {
         a[j] = (R)lo[j], b[j] = (R)hi[j], lam[j] = (R)lambda[j];
-        uni[j] = (R)redml_uniform(seed, i0 + (uint32_t)j, draw ? 6 : 5);
+        uni[j] = (R)redml_hash(seed, i0 + (uint32_t)j, stream) * (R)0x1p-32;  // redml_uniform, in R
     }
     if (draw) conditional_lanes<true, R>(a, b, lam, uni, lambda, n, width, seed, i0, res);
     else conditional_lanes<false, R>(a, b, lam, uni, lambda, n, width, seed, i0, res);
@@ -1648,6 +1649,7 @@ REDML_ALWAYS_INLINE void decode_float_lanes(const TileCoder<T> &tc, int64_t pred
 // 16-bit pixels in tiles of steps up to kNarrowStep (offsets |k| <= 2^16 + 2^15, so k*s and
 // the bins stay within +-2^31: twice the lanes a vector), 64 bits otherwise.
 const int64_t kNarrowStep = (int64_t)1 << 14;
+static_assert(kNarrowStep < (1 << 16), "narrow steps: redml_mulhi32's narrow form");
 
 // The per-tile constants of the coded integer tiles (TileCoder) spread over the pixel columns
 // of a tile row, each column its tile's: whole pixel rows then decode kLanes pixels at a time
@@ -1718,10 +1720,11 @@ REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict
     I u[kLanes], k[kLanes], s[kLanes];
     uint8_t slot[kLanes];
     typename S::Word w[kLanes];
-    for (size_t j = 0; j < n; j++) {  // redml_dither_int and redml_offset_int, in 32-bit lanes
+    const int narrow = sizeof(I) == 4;  // steps up to kNarrowStep: 32-bit products only
+    for (size_t j = 0; j < n; j++) {    // redml_dither_int and redml_offset_int, in 32-bit lanes
         unsigned ph;
-        const uint32_t sj = cv.s(j), uj = redml_dither_u32(seed, i0 + (uint32_t)j, sj);
-        const uint32_t wrap = redml_offset_wrap32(cv.pred_r(j), uj, sj, cv.mul_hi(j), cv.mul_lo(j), &ph);
+        const uint32_t sj = cv.s(j), uj = redml_dither_u32(seed, i0 + (uint32_t)j, sj, narrow);
+        const uint32_t wrap = redml_offset_wrap32(cv.pred_r(j), uj, sj, cv.mul_hi(j), cv.mul_lo(j), narrow, &ph);
         u[j] = (I)uj;
         k[j] = (I)cv.pred_q(j) + (I)wrap;
         s[j] = (I)sj;

@@ -177,18 +177,24 @@ REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t
     *phase = r32 * o->phase_mul_hi + (uint32_t)(((uint64_t)r32 * o->phase_mul_lo) >> 32);
     return k;
 }
+/* floor(a * b / 2^32); narrow (b < 2^16): from two 32-bit products, ((a >> 16) * b + ((a &
+ * 0xFFFF) * b >> 16)) >> 16 (no 64-bit lane products, which vectorize poorly). */
+REDML_HD uint32_t redml_mulhi32(uint32_t a, uint32_t b, int narrow) {
+    return narrow ? ((a >> 16) * b + (((a & 0xFFFFu) * b) >> 16)) >> 16 : (uint32_t)(((uint64_t)a * b) >> 32);
+}
+
 /* redml_dither_int and redml_offset_int in 32-bit lanes, for a pixel index below 2^32 (frames
- * hold at most 2^27 pixels) and s < 2^31: the same values, without 64-bit lane products (the
- * decoder's lanes). The offset is o->pred_q + the returned wrap (0 or 1). */
-REDML_HD uint32_t redml_dither_u32(uint32_t seed, uint32_t idx, uint32_t s) {
-    return (uint32_t)(((uint64_t)redml_hash(seed, idx, 1) * s) >> 32);
+ * hold at most 2^27 pixels) and s < 2^31 (narrow: s < 2^16): the same values (the decoder's
+ * lanes). The offset is o->pred_q + the returned wrap (0 or 1). */
+REDML_HD uint32_t redml_dither_u32(uint32_t seed, uint32_t idx, uint32_t s, int narrow) {
+    return redml_mulhi32(redml_hash(seed, idx, 1), s, narrow);
 }
 REDML_HD uint32_t redml_offset_wrap32(uint32_t pred_r, uint32_t u, uint32_t s, uint32_t mul_hi, uint32_t mul_lo,
-                                      unsigned *phase) {
+                                      int narrow, unsigned *phase) {
     uint32_t r = pred_r + u; /* < 2s */
     const uint32_t wrap = r >= s;
     r -= wrap * s;
-    *phase = r * mul_hi + (uint32_t)(((uint64_t)r * mul_lo) >> 32);
+    *phase = r * mul_hi + redml_mulhi32(mul_lo, r, narrow);
     return wrap;
 }
 REDML_HD int64_t redml_offset_float(double mean, double u, double s, unsigned *phase) {
