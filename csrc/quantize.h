@@ -390,7 +390,7 @@ REDML_HD_FLAT void redml_recon_conditional_lanes(const R *a, const R *b, const R
             for (int j = 0; j < N; j++) {
                 const R x = a[j] + (R)d, diff = (c[j] += v[d][j]) - target[j], dist = diff < 0 ? -diff : diff;
                 r[j] += (R)((x < b[j]) & (diff <= 0)); /* (&, not &&: no branch) */
-                gap[j] = (x <= b[j]) & (dist < gap[j]) ? dist : gap[j];
+                gap[j] = ((x <= b[j]) & (dist < gap[j])) ? dist : gap[j];
             }
         for (int j = 0; j < N; j++) {
             r[j] += a[j];
