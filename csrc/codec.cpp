@@ -1712,7 +1712,7 @@ struct OneTile {
 // one branch-free pass (TileCoder::at's), the exact values and symbols read in raster order
 // (CodeReader::read_span), then the reconstruction of the coded pixels (lambda: the model at
 // the pixels, for the conditional reconstructions; width: the widest bin among them).
-template <class T, class I, class C>
+template <class T, class I, bool kAvx512, class C>
 REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict exact,
                                           T *__restrict out, uint32_t i0, size_t n, int64_t width,
                                           const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
@@ -1720,7 +1720,9 @@ REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict
     I u[kLanes], k[kLanes], s[kLanes];
     uint8_t slot[kLanes];
     typename S::Word w[kLanes];
-    const int narrow = sizeof(I) == 4;  // steps up to kNarrowStep: 32-bit products only
+    // steps up to kNarrowStep: 32-bit products only in the AVX-512 build (which would otherwise
+    // take 64-bit lane products, vpmullq; AVX2 and SSE2 widen with one 32 x 32-bit product)
+    const int narrow = kAvx512 && sizeof(I) == 4;
     for (size_t j = 0; j < n; j++) {    // redml_dither_int and redml_offset_int, in 32-bit lanes
         unsigned ph;
         const uint32_t sj = cv.s(j), uj = redml_dither_u32(seed, i0 + (uint32_t)j, sj, narrow);
@@ -1769,7 +1771,7 @@ REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict
 
 // The coded pixels of n pixels of one pixel row (float: of one tile, tc; integers: their tile
 // constants, cv: Columns or OneTile), kLanes at a time (inlined into each target's build).
-template <class T, class C>
+template <class T, bool kAvx512, class C>
 REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const C &cv, int64_t pred,
                                                 const uint8_t *exact, T *out, uint32_t i0, size_t n,
                                                 const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
@@ -1782,8 +1784,8 @@ REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const C 
         } else {
             const int64_t width = cv.at(c).widest(m);  // the widest bin of the block
             if (sizeof(T) == 2 && width <= kNarrowStep)
-                decode_int_lanes<T, int32_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
-            else decode_int_lanes<T, int64_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+                decode_int_lanes<T, int32_t, kAvx512>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+            else decode_int_lanes<T, int64_t, kAvx512>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
         }
     }
 }
@@ -1794,18 +1796,18 @@ REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const C 
 #define REDML_SPAN_ARGS tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd
 template <class T, class C>
 void decode_coded_span_portable(REDML_SPAN_PARAMS) {
-    decode_coded_span_body<T>(REDML_SPAN_ARGS);
+    decode_coded_span_body<T, false>(REDML_SPAN_ARGS);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T, class C>
 REDML_TARGET_AVX2 void decode_coded_span_avx2(REDML_SPAN_PARAMS) {
-    decode_coded_span_body<T>(REDML_SPAN_ARGS);
+    decode_coded_span_body<T, false>(REDML_SPAN_ARGS);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T, class C>
 REDML_TARGET_AVX512 void decode_coded_span_avx512(REDML_SPAN_PARAMS) {
-    decode_coded_span_body<T>(REDML_SPAN_ARGS);
+    decode_coded_span_body<T, true>(REDML_SPAN_ARGS);
 }
 #endif
 // decode_coded_span_body (the AVX-512 or AVX2 build where the CPU has it).
