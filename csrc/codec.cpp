@@ -12,6 +12,9 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "background.h"
 #include "container.h"
@@ -38,6 +41,7 @@ const uint32_t kRowsPerBand = 64;
 
 const size_t kLanes = REDML_LANES;  // pixels coded together (a tile row is cut into such spans)
 static_assert(REDML_LANES % REDML_RECON_LANES == 0, "a span holds whole blocks of the conditional lanes");
+const size_t kWordSlack = 64;  // spare bytes after the decoder's words (expand_slots reads 16 words at a time)
 
 // The build of the codec's SIMD loops (encoder and decoder) that runs: pixels.h's
 // simd_level (the best the CPU has, or the one a test forces).
@@ -94,12 +98,6 @@ int64_t tile_prediction(float mean) {
     if constexpr (std::is_floating_point<T>::value) return 0;
     else return std::min(std::max((int64_t)llround((double)mean), Storage<T>::lo()), Storage<T>::hi());
 }
-template <class T>
-std::vector<int64_t> tile_predictions(const BackgroundModel &m) {
-    std::vector<int64_t> pred(m.mean.size(), 0);
-    for (size_t t = 0; t < pred.size(); t++) pred[t] = tile_prediction<T>(m.mean[t]);
-    return pred;
-}
 
 // Dither, code offset and phase of a background pixel (quantize.h), with the per-tile
 // constants computed once per tile span.
@@ -147,21 +145,10 @@ struct TileCoder {
     }
 };
 
-// Every tile's coder (three divisions each: built once per frame, not per tile row), or
-// none where no pixel needs one (sparse mode; integer frames whose tiles are all lossless).
-template <class T>
-std::vector<TileCoder<T>> tile_coders(const BackgroundModel &m, const std::vector<int64_t> &preds, bool coded) {
-    std::vector<TileCoder<T>> coders;
-    bool needed = coded && (std::is_floating_point<T>::value ||
-                            std::any_of(m.step.begin(), m.step.end(), [](float st) { return st != 1.0f; }));
-    if (!needed) return coders;
-    coders.reserve(m.step.size());
-    for (size_t t = 0; t < m.step.size(); t++) coders.emplace_back(m.step[t], m.mean[t], preds[t]);
-    return coders;
-}
-
-// The encoder's tile_predictions and tile_coders a band of tiles at a time: those of tiles
-// [preds.size(), t1) appended, and coders up to t1 once some tile needs one.
+// The tiles' integer predictions and coders (three divisions each: built once per frame, not
+// per tile row), a band of tiles at a time (the encoder; the decoder takes them all at once):
+// those of tiles [preds.size(), t1) appended, and coders up to t1 once some tile needs one
+// (none where no pixel needs one: sparse mode; integer frames whose tiles are all lossless).
 template <class T>
 void extend_tile_coding(const BackgroundModel &m, size_t t1, bool coded, std::vector<int64_t> &preds,
                         std::vector<TileCoder<T>> &coders) {
@@ -1477,6 +1464,46 @@ void decode_step1_span(const uint8_t *exact, T *out, size_t n, const Step1Int<T>
     *ci_io = ci;
 }
 
+#ifdef REDML_AVX512_DISPATCH
+// CodeReader::read_span with AVX-512 (and POPCNT, which every AVX-512 CPU has), for n <= 64
+// pixels: slot_masks gives each slot's pixels as a bit mask (one byte compare for all of them)
+// and their count; expand_slots then puts each slot's next words at its pixels' places, 16
+// pixels a vector (vpexpandd), a fixed number of steps (no branch on the data), all kLanes
+// places (those from n on hold no word). It loads 16 words where a slot needs fewer: the
+// word buffer ends with kWordSlack spare bytes.
+#define REDML_TARGET_AVX512_POPCNT __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,popcnt")))
+REDML_TARGET_AVX512_POPCNT void slot_masks(const uint8_t *slot, size_t n, uint64_t *mask, size_t *count) {
+    const __mmask64 valid = n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi8(valid, slot);
+    for (unsigned p = 0; p <= REDML_PHASES; p++) {
+        mask[p] = _mm512_mask_cmpeq_epi8_mask(valid, v, _mm512_set1_epi8((char)p));
+        count[p] = (size_t)_mm_popcnt_u64(mask[p]);
+    }
+}
+template <class Word>
+REDML_TARGET_AVX512_POPCNT void expand_slots(const uint64_t *mask, const Word *const *from, Word *w) {
+    static_assert(kLanes == 64, "four vectors of 16 pixels");
+    __m512i acc[4];
+    for (unsigned q = 0; q < 4; q++) acc[q] = _mm512_setzero_si512();
+    for (unsigned p = 0; p <= REDML_PHASES; p++) {
+        const Word *src = from[p];
+        for (unsigned q = 0; q < 4; q++) {
+            const __mmask16 k = (__mmask16)(mask[p] >> (16 * q));
+            if constexpr (sizeof(Word) == 2)  // 16 words read, those of k used (the buffer has room: kWordSlack)
+                acc[q] = _mm512_mask_expand_epi32(
+                    acc[q], k, _mm512_maskz_cvtepu16_epi32((__mmask16)0xFFFF, _mm256_loadu_si256((const __m256i *)src)));
+            else
+                acc[q] = _mm512_mask_expandloadu_epi32(acc[q], k, src);
+            src += _mm_popcnt_u32(k);
+        }
+    }
+    for (unsigned q = 0; q < 4; q++) {
+        if constexpr (sizeof(Word) == 2) _mm512_mask_cvtepi32_storeu_epi16(w + 16 * q, (__mmask16)0xFFFF, acc[q]);
+        else _mm512_storeu_si512(w + 16 * q, acc[q]);
+    }
+}
+#endif
+
 // Where a band's reconstruction reads: the exact values and each phase's codes, with
 // the read positions (every code read is checked against its stream's length).
 template <class T>
@@ -1498,6 +1525,24 @@ struct CodeReader {
     // the span, before the reads.
     void read_span(const uint8_t *__restrict slot, size_t n, Word *__restrict w) {
         static_assert(REDML_PHASES == 8 && kLanes < 128, "nine 7-bit counters in 64 bits");
+#ifdef REDML_AVX512_DISPATCH
+        static_assert(kLanes <= 64 && kLanes % 16 == 0, "a span's slots in one 64-bit mask, 16 words a vector");
+        if (use_avx512()) {
+            uint64_t mask[REDML_PHASES + 1];
+            size_t used[REDML_PHASES + 1];
+            const Word *from[REDML_PHASES + 1];
+            slot_masks(slot, n, mask, used);
+            for (unsigned p = 0; p < REDML_PHASES; p++) {
+                check(used[p] <= count[p] - ci[p], REDML_E_CORRUPT, "background code stream length does not match its phase");
+                from[p] = codes[p] + ci[p];
+                ci[p] += used[p];
+            }
+            from[kExact] = values + vi;
+            vi += used[kExact];
+            expand_slots(mask, from, w);
+            return;
+        }
+#endif
         uint8_t rank[kLanes];
         uint64_t packed = 0;
         for (size_t j = 0; j < n; j++) {
@@ -1541,44 +1586,46 @@ void decode_noise_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t 
 }
 
 // Conditional reconstruction of n <= kLanes pixels (exact ones: a = b = 0), in blocks of
-// REDML_RECON_LANES: the fast form where it decides (quantize.h), the reference elsewhere.
-// a, b and lambda hold n values (a partial last block is padded with empty bins).
-template <bool draw>
-REDML_ALWAYS_INLINE void conditional_lanes(const double *a, const double *b, const double *lambda, size_t n,
-                                           int64_t width, uint32_t seed, uint32_t i0, double *res) {
+// REDML_RECON_LANES, in arithmetic R (quantize.h, redml_recon_conditional_lanes): the fast
+// form where it decides, the reference elsewhere (from the model at the pixels, lambda: the
+// doubles; lam: as R). a, b, lam and uni (the uniform of stream 6, draw, or 5, mean) hold n
+// values (a partial last block is padded with empty bins).
+template <bool draw, class R>
+REDML_ALWAYS_INLINE void conditional_lanes(const R *a, const R *b, const R *lam, const R *uni, const double *lambda,
+                                           size_t n, int64_t width, uint32_t seed, uint32_t i0, R *res) {
+    using K = typename std::conditional<sizeof(R) == 4, int32_t, int64_t>::type;  // flags in R's lanes
     const size_t L = REDML_RECON_LANES;
+    const R tol = sizeof(R) == 4 ? (R)REDML_FAST_TOL_FLOAT : (R)REDML_FAST_TOL;
     for (size_t c = 0; c < n; c += L) {
         const size_t m = std::min(L, n - c);
-        double ba[L], bb[L], lam[L], uni[L];
-        uint8_t ok[L];
-        const double *pa = a + c, *pb = b + c, *pl = lambda + c;
+        R ba[L], bb[L], bl[L], bu[L];
+        K ok[L];
+        const R *pa = a + c, *pb = b + c, *pl = lam + c, *pu = uni + c;
         if (m < L) {  // a partial block: the lanes from m on take empty bins [0, 0]
             for (size_t j = 0; j < L; j++) {
-                ba[j] = j < m ? a[c + j] : 0.0;
-                bb[j] = j < m ? b[c + j] : 0.0;
-                lam[j] = j < m ? lambda[c + j] : 1.0;
+                ba[j] = j < m ? a[c + j] : 0;
+                bb[j] = j < m ? b[c + j] : 0;
+                bl[j] = j < m ? lam[c + j] : 1;
+                bu[j] = j < m ? uni[c + j] : 0;
             }
-            pa = ba, pb = bb, pl = lam;
+            pa = ba, pb = bb, pl = bl, pu = bu;
         }
-        for (size_t j = 0; j < L; j++) uni[j] = redml_uniform(seed, i0 + (uint32_t)(c + j), draw ? 6 : 5);
         switch (width) {  // the narrow bins of a few counts per pixel with the width a constant (unrolled)
 #define REDML_WIDTH_CASE(w) \
-    case w: redml_recon_conditional_lanes(pa, pb, pl, uni, w, draw, res + c, ok); break;
+    case w: redml_recon_conditional_lanes<R, K>(pa, pb, pl, pu, w, draw, tol, res + c, ok); break;
             REDML_WIDTH_CASE(2) REDML_WIDTH_CASE(3) REDML_WIDTH_CASE(4) REDML_WIDTH_CASE(5)
 #undef REDML_WIDTH_CASE
-            default: redml_recon_conditional_lanes(pa, pb, pl, uni, (int)std::min<int64_t>(width, kLanes), draw, res + c, ok);
+            default:
+                redml_recon_conditional_lanes<R, K>(pa, pb, pl, pu, (int)std::min<int64_t>(width, kLanes), draw, tol,
+                                                    res + c, ok);
         }
-        uint64_t all_ok = ~0ull;  // the flags (0/1 bytes), eight at a time
-        for (size_t j = 0; j < L; j += 8) {
-            uint64_t w;
-            std::memcpy(&w, ok + j, 8);
-            all_ok &= w;
-        }
-        if (all_ok != 0x0101010101010101ull)  // rare: a decision too close to call, or a bin outside the fast form's domain
+        K all_ok = 1;
+        for (size_t j = 0; j < L; j++) all_ok &= ok[j];
+        if (!all_ok)  // rare: a decision too close to call, or a bin outside the fast form's domain
             for (size_t j = 0; j < m; j++)
                 if (!ok[j])
-                    res[c + j] = (double)redml_recon_conditional((int64_t)pa[j], (int64_t)pb[j], pl[j], draw, seed,
-                                                                 i0 + (uint32_t)(c + j));
+                    res[c + j] = (R)redml_recon_conditional((int64_t)pa[j], (int64_t)pb[j], lambda[c + j], draw, seed,
+                                                            i0 + (uint32_t)(c + j));
     }
 }
 
@@ -1588,13 +1635,29 @@ template <class T>
 using BinInt = typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type;
 
 // out[j] = res[j] where exact[j] is 0, for j < n (restrict: a select that vectorizes).
-template <class T>
-REDML_ALWAYS_INLINE void select_coded(const uint8_t *__restrict exact, const double *__restrict res, size_t n,
+template <class T, class R>
+REDML_ALWAYS_INLINE void select_coded(const uint8_t *__restrict exact, const R *__restrict res, size_t n,
                                       T *__restrict out) {
     for (size_t j = 0; j < n; j++) {
         const T v = (T)(BinInt<T>)res[j];
         out[j] = exact[j] ? out[j] : v;
     }
+}
+
+// The conditional reconstruction (draw or mean) of the coded pixels among n <= kLanes, bins
+// lo..hi (exact pixels: 0..0), with the model at the pixels (lambda), in arithmetic R, into out.
+template <class T, class R, class I>
+REDML_ALWAYS_INLINE void conditional_span(const I *lo, const I *hi, const double *lambda, const uint8_t *exact,
+                                          size_t n, int64_t width, bool draw, uint32_t seed, uint32_t i0, T *out) {
+    R a[kLanes], b[kLanes], lam[kLanes], uni[kLanes], res[kLanes];
+    const uint32_t stream = draw ? 6 : 5;
+    for (size_t j = 0; j < n; j++) {
+        a[j] = (R)lo[j], b[j] = (R)hi[j], lam[j] = (R)lambda[j];
+        uni[j] = (R)redml_hash(seed, i0 + (uint32_t)j, stream) * (R)0x1p-32;  // redml_uniform, in R
+    }
+    if (draw) conditional_lanes<true, R>(a, b, lam, uni, lambda, n, width, seed, i0, res);
+    else conditional_lanes<false, R>(a, b, lam, uni, lambda, n, width, seed, i0, res);
+    select_coded<T, R>(exact, res, n, out);
 }
 
 // Decodes n <= kLanes pixels from frame index i0 on, in one row of one coded float tile
@@ -1619,33 +1682,35 @@ REDML_ALWAYS_INLINE void decode_float_lanes(const TileCoder<T> &tc, int64_t pred
 // 16-bit pixels in tiles of steps up to kNarrowStep (offsets |k| <= 2^16 + 2^15, so k*s and
 // the bins stay within +-2^31: twice the lanes a vector), 64 bits otherwise.
 const int64_t kNarrowStep = (int64_t)1 << 14;
+static_assert(kNarrowStep < (1 << 16), "narrow steps: redml_mulhi32's narrow form");
 
 // The per-tile constants of the coded integer tiles (TileCoder) spread over the pixel columns
 // of a tile row, each column its tile's: whole pixel rows then decode kLanes pixels at a time
-// across tile boundaries (tiles are narrower than the lanes).
+// across tile boundaries (tiles are narrower than the lanes). The step, the prediction's
+// remainder and the phase multipliers are below 2^32 (steps are at most 2^21 + 1): 32-bit
+// columns, whose lane products are 32-bit ones.
 struct ColumnCoders {
-    std::vector<int64_t> s, pred, pred_q, pred_r;
-    std::vector<uint32_t> mul_hi, mul_lo;
+    std::vector<int64_t> pred, pred_q;
+    std::vector<uint32_t> s, pred_r, mul_hi, mul_lo;
     template <class T>
     void set(const std::vector<TileCoder<T>> &coders, const std::vector<int64_t> &preds, const TileGrid &g,
              uint32_t ty) {
-        for (auto *v : {&s, &pred, &pred_q, &pred_r}) v->resize(g.width);
-        mul_hi.resize(g.width);
-        mul_lo.resize(g.width);
+        for (auto *v : {&pred, &pred_q}) v->resize(g.width);
+        for (auto *v : {&s, &pred_r, &mul_hi, &mul_lo}) v->resize(g.width);
         for (uint32_t x = 0; x < g.width; x++) {
             const size_t t = (size_t)ty * g.cols + x / g.tile;
             const TileCoder<T> &tc = coders[t];
-            s[x] = tc.s_int, pred[x] = preds[t], pred_q[x] = tc.off.pred_q, pred_r[x] = tc.off.pred_r;
-            mul_hi[x] = tc.off.phase_mul_hi, mul_lo[x] = tc.off.phase_mul_lo;
+            s[x] = (uint32_t)tc.s_int, pred[x] = preds[t], pred_q[x] = tc.off.pred_q;
+            pred_r[x] = (uint32_t)tc.off.pred_r, mul_hi[x] = tc.off.phase_mul_hi, mul_lo[x] = tc.off.phase_mul_lo;
         }
     }
     // The constants from column x on.
     struct View {
-        const int64_t *s, *pred, *pred_q, *pred_r;
-        const uint32_t *mul_hi, *mul_lo;
-        View at(size_t x) const { return {s + x, pred + x, pred_q + x, pred_r + x, mul_hi + x, mul_lo + x}; }
+        const int64_t *pred, *pred_q;
+        const uint32_t *s, *pred_r, *mul_hi, *mul_lo;
+        View at(size_t x) const { return {pred + x, pred_q + x, s + x, pred_r + x, mul_hi + x, mul_lo + x}; }
     };
-    View view() const { return {s.data(), pred.data(), pred_q.data(), pred_r.data(), mul_hi.data(), mul_lo.data()}; }
+    View view() const { return {pred.data(), pred_q.data(), s.data(), pred_r.data(), mul_hi.data(), mul_lo.data()}; }
 };
 
 // The constants of decode_int_lanes' pixels: each column its own (Columns: a whole pixel row
@@ -1653,18 +1718,24 @@ struct ColumnCoders {
 // scalar multipliers; the per-column loads cost int32 frames a fifth of their decode time).
 struct Columns {
     ColumnCoders::View v;
-    int64_t s(size_t j) const { return v.s[j]; }
+    uint32_t s(size_t j) const { return v.s[j]; }
     int64_t pred(size_t j) const { return v.pred[j]; }
-    redml_offset_tile off(size_t j) const { return {v.pred_q[j], v.pred_r[j], v.mul_hi[j], v.mul_lo[j]}; }
+    int64_t pred_q(size_t j) const { return v.pred_q[j]; }
+    uint32_t pred_r(size_t j) const { return v.pred_r[j]; }
+    uint32_t mul_hi(size_t j) const { return v.mul_hi[j]; }
+    uint32_t mul_lo(size_t j) const { return v.mul_lo[j]; }
     Columns at(size_t c) const { return {v.at(c)}; }
     int64_t widest(size_t m) const { return *std::max_element(v.s, v.s + m); }
 };
 struct OneTile {
     int64_t s_, pred_;
     redml_offset_tile off_;
-    int64_t s(size_t) const { return s_; }
+    uint32_t s(size_t) const { return (uint32_t)s_; }
     int64_t pred(size_t) const { return pred_; }
-    redml_offset_tile off(size_t) const { return off_; }
+    int64_t pred_q(size_t) const { return off_.pred_q; }
+    uint32_t pred_r(size_t) const { return (uint32_t)off_.pred_r; }
+    uint32_t mul_hi(size_t) const { return off_.phase_mul_hi; }
+    uint32_t mul_lo(size_t) const { return off_.phase_mul_lo; }
     OneTile at(size_t) const { return *this; }
     int64_t widest(size_t) const { return s_; }
 };
@@ -1674,7 +1745,7 @@ struct OneTile {
 // one branch-free pass (TileCoder::at's), the exact values and symbols read in raster order
 // (CodeReader::read_span), then the reconstruction of the coded pixels (lambda: the model at
 // the pixels, for the conditional reconstructions; width: the widest bin among them).
-template <class T, class I, class C>
+template <class T, class I, bool kAvx512, class C>
 REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict exact,
                                           T *__restrict out, uint32_t i0, size_t n, int64_t width,
                                           const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
@@ -1682,13 +1753,16 @@ REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict
     I u[kLanes], k[kLanes], s[kLanes];
     uint8_t slot[kLanes];
     typename S::Word w[kLanes];
-    for (size_t j = 0; j < n; j++) {
-        const redml_offset_tile off = cv.off(j);
+    // steps up to kNarrowStep: 32-bit products only in the AVX-512 build (which would otherwise
+    // take 64-bit lane products, vpmullq; AVX2 and SSE2 widen with one 32 x 32-bit product)
+    const int narrow = kAvx512 && sizeof(I) == 4;
+    for (size_t j = 0; j < n; j++) {    // redml_dither_int and redml_offset_int, in 32-bit lanes
         unsigned ph;
-        const int64_t uj = redml_dither_int(seed, i0 + (uint32_t)j, cv.s(j));
+        const uint32_t sj = cv.s(j), uj = redml_dither_u32(seed, i0 + (uint32_t)j, sj, narrow);
+        const uint32_t wrap = redml_offset_wrap32(cv.pred_r(j), uj, sj, cv.mul_hi(j), cv.mul_lo(j), narrow, &ph);
         u[j] = (I)uj;
-        k[j] = (I)redml_offset_int(&off, uj, cv.s(j), &ph);
-        s[j] = (I)cv.s(j);
+        k[j] = (I)cv.pred_q(j) + (I)wrap;
+        s[j] = (I)sj;
         slot[j] = exact[j] ? CodeReader<T>::kExact : (uint8_t)ph;
     }
     rd.read_span(slot, n, w);
@@ -1699,18 +1773,23 @@ REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict
     }
     const I top = (I)S::hi();
     if (recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW) {
-        double a[kLanes], b[kLanes], res[kLanes];
-        I bad = 0;
+        I lo[kLanes], hi[kLanes], bad = 0, highest = 0;
         for (size_t j = 0; j < n; j++) {  // bins [max(k*s - u, 0), k*s - u + s - 1]; exact: [0, 0]
-            const I coded = exact[j] == 0, lo = k[j] * s[j] - u[j], hi = lo + s[j] - 1;
-            bad |= coded & ((I)(hi < 0) | (I)(hi > top));
-            a[j] = (double)(coded * (lo > 0 ? lo : 0));
-            b[j] = (double)(coded * hi);
+            const I coded = exact[j] == 0, first = k[j] * s[j] - u[j], last = first + s[j] - 1;
+            bad |= coded & ((I)(last < 0) | (I)(last > top));
+            lo[j] = coded * (first > 0 ? first : 0);
+            hi[j] = coded * last;
+            highest = std::max(highest, hi[j]);
         }
         check(!bad, REDML_E_CORRUPT, "decoded value out of range");
-        if (recon == REDML_RECON_DRAW) conditional_lanes<true>(a, b, lambda, n, width, seed, i0, res);
-        else conditional_lanes<false>(a, b, lambda, n, width, seed, i0, res);
-        select_coded<T>(exact, res, n, out);
+        // float arithmetic (twice the lanes) where the whole span stays in its range: the narrow
+        // bins of a few counts per pixel
+        const double bound = redml_fast_float_bound((int)std::min<int64_t>(width, REDML_FAST_BIN));
+        int fits = width <= REDML_FAST_BIN && (double)highest <= bound;
+        for (size_t j = 0; j < n; j++) fits &= redml_fast_float_fits(lambda[j], bound);
+        const bool draw = recon == REDML_RECON_DRAW;
+        if (fits) conditional_span<T, float>(lo, hi, lambda, exact, n, width, draw, seed, i0, out);
+        else conditional_span<T, double>(lo, hi, lambda, exact, n, width, draw, seed, i0, out);
         return;
     }
     const I bottom = (I)S::lo();
@@ -1725,7 +1804,7 @@ REDML_ALWAYS_INLINE void decode_int_lanes(const C &cv, const uint8_t *__restrict
 
 // The coded pixels of n pixels of one pixel row (float: of one tile, tc; integers: their tile
 // constants, cv: Columns or OneTile), kLanes at a time (inlined into each target's build).
-template <class T, class C>
+template <class T, bool kAvx512, class C>
 REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const C &cv, int64_t pred,
                                                 const uint8_t *exact, T *out, uint32_t i0, size_t n,
                                                 const double *lambda, int recon, uint32_t seed, CodeReader<T> &rd) {
@@ -1738,8 +1817,8 @@ REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const C 
         } else {
             const int64_t width = cv.at(c).widest(m);  // the widest bin of the block
             if (sizeof(T) == 2 && width <= kNarrowStep)
-                decode_int_lanes<T, int32_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
-            else decode_int_lanes<T, int64_t>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+                decode_int_lanes<T, int32_t, kAvx512>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
+            else decode_int_lanes<T, int64_t, kAvx512>(cv.at(c), exact + c, out + c, i, m, width, lam, recon, seed, rd);
         }
     }
 }
@@ -1750,18 +1829,18 @@ REDML_ALWAYS_INLINE void decode_coded_span_body(const TileCoder<T> &tc, const C 
 #define REDML_SPAN_ARGS tc, cv, pred, exact, out, i0, n, lambda, recon, seed, rd
 template <class T, class C>
 void decode_coded_span_portable(REDML_SPAN_PARAMS) {
-    decode_coded_span_body<T>(REDML_SPAN_ARGS);
+    decode_coded_span_body<T, false>(REDML_SPAN_ARGS);
 }
 #ifdef REDML_AVX2_DISPATCH
 template <class T, class C>
 REDML_TARGET_AVX2 void decode_coded_span_avx2(REDML_SPAN_PARAMS) {
-    decode_coded_span_body<T>(REDML_SPAN_ARGS);
+    decode_coded_span_body<T, false>(REDML_SPAN_ARGS);
 }
 #endif
 #ifdef REDML_AVX512_DISPATCH
 template <class T, class C>
 REDML_TARGET_AVX512 void decode_coded_span_avx512(REDML_SPAN_PARAMS) {
-    decode_coded_span_body<T>(REDML_SPAN_ARGS);
+    decode_coded_span_body<T, true>(REDML_SPAN_ARGS);
 }
 #endif
 // decode_coded_span_body (the AVX-512 or AVX2 build where the CPU has it).
@@ -1884,7 +1963,9 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     const uint64_t n_exact = h.n_exact;
 
     BackgroundModel model = read_model<T>(pc, nt);
-    const std::vector<int64_t> preds = tile_predictions<T>(model);
+    std::vector<int64_t> preds;
+    std::vector<TileCoder<T>> coders;
+    extend_tile_coding<T>(model, model.step.size(), h.mode != REDML_MODE_SPARSE, preds, coders);
     const TileGrid &g = model.grid;
     if (h.mode == REDML_MODE_LOSSLESS) {  // a lossless chunk must not carry a lossy step
         float lossless_step = std::is_floating_point<T>::value ? 0.0f : 1.0f;
@@ -1901,7 +1982,8 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     }
     // The exact values, then each phase's codes (sizes checked by parse_chunk: n_exact
     // values and N - n_exact codes in all).
-    Word *values = (Word *)scratch(sc.words, (N * sizeof(Word) + 3) / 4);
+    Word *values = (Word *)scratch(sc.words, (N * sizeof(Word) + 3) / 4 + kWordSlack / 4);
+    std::memset((uint8_t *)values + N * sizeof(Word), 0, kWordSlack);
     decode_stream(vals_s->data, vals_s->stored_size, (uint8_t *)values, vals_s->raw_size, spec_for(h, *vals_s), nt);
     std::vector<Word *> codes(codes_s.size());
     std::vector<size_t> code_count(codes_s.size());
@@ -1914,7 +1996,6 @@ void decode_frame(const ParsedChunk &pc, T *out, int recon, int nt) {
     }
 
     const size_t nph = codes.size();
-    const std::vector<TileCoder<T>> coders = tile_coders<T>(model, preds, h.mode != REDML_MODE_SPARSE);
     const bool poisson = recon == REDML_RECON_POISSON;
     const bool conditional = recon == REDML_RECON_MEAN || recon == REDML_RECON_DRAW;
     const bool sparse = h.mode == REDML_MODE_SPARSE;

@@ -226,6 +226,26 @@ REDML_HD int64_t redml_offset_int(const redml_offset_tile *o, int64_t u, int64_t
     *phase = ph;
     return k;
 }
+/* floor(a * b / 2^32); narrow (b < 2^16): from two 32-bit products, ((a >> 16) * b + ((a &
+ * 0xFFFF) * b >> 16)) >> 16 (no 64-bit lane products, which vectorize poorly). */
+REDML_HD uint32_t redml_mulhi32(uint32_t a, uint32_t b, int narrow) {
+    return narrow ? ((a >> 16) * b + (((a & 0xFFFFu) * b) >> 16)) >> 16 : (uint32_t)(((uint64_t)a * b) >> 32);
+}
+
+/* redml_dither_int and redml_offset_int in 32-bit lanes, for a pixel index below 2^32 (frames
+ * hold at most 2^27 pixels) and s < 2^31 (narrow: s < 2^16): the same values (the decoder's
+ * lanes). The offset is o->pred_q + the returned wrap (0 or 1). */
+REDML_HD uint32_t redml_dither_u32(uint32_t seed, uint32_t idx, uint32_t s, int narrow) {
+    return redml_mulhi32(redml_hash(seed, idx, 1), s, narrow);
+}
+REDML_HD uint32_t redml_offset_wrap32(uint32_t pred_r, uint32_t u, uint32_t s, uint32_t mul_hi, uint32_t mul_lo,
+                                      int narrow, unsigned *phase) {
+    uint32_t r = pred_r + u; /* < 2s */
+    const uint32_t wrap = r >= s;
+    r -= wrap * s;
+    *phase = r * mul_hi + redml_mulhi32(mul_lo, r, narrow);
+    return wrap;
+}
 REDML_HD int64_t redml_offset_float(double mean, double u, double s, unsigned *phase) {
     double t = (mean + u) / s, k = floor(t);
     /* A step tiny against the mean (or a hostile model) puts the offset beyond int64_t:
@@ -356,78 +376,98 @@ REDML_HD_FLAT int64_t redml_recon_conditional(int64_t a, int64_t b, double lambd
 /* redml_recon_conditional without divisions, for REDML_RECON_LANES pixels at once (lanes: a
  * loop per bin position over the pixels, which vectorizes; a fixed count, so no loop has a
  * remainder or a variable length), bins of at most REDML_FAST_BIN values (width: the widest).
- * a, b: the bins (whole numbers as doubles; unused lanes a = b = 0), lambda, uni: the uniform
- * of stream 5 (mean) or 6 (draw). The weights are taken relative to a common factor instead
- * of the mode,
+ * a, b: the bins (whole numbers; unused lanes a = b = 0), lambda, uni: the uniform of stream 5
+ * (mean) or 6 (draw). The weights are taken relative to a common factor instead of the mode,
  *     v_d = lambda^d * (a+d+1) * ... * (b)   for x = a + d, d = 0 .. b-a,
  * whose ratios are those of lambda^x / x!; the draw and the rounded mean depend only on
- * ratios. They round differently from the reference's recurrence, by < 1e-13 of the total
- * (positive terms only, within the domain below), so a decision within REDML_FAST_TOL of
- * the total (or of an integer, for the mean) is not trusted: ok[j] = 0, and the caller
- * takes redml_recon_conditional. The result is then identical to the reference. Outside
- * the domain (lambda or b beyond 2^20, lambda below 2^-20, where the products could leave
- * the double range) ok[j] = 0 too. */
+ * ratios. R is the arithmetic: double, or float (twice the lanes a vector) where the caller
+ * has checked redml_fast_float_fits. Both round differently from the reference's recurrence
+ * (positive terms only, within the domain below): double by < 1e-13 of the total, float by
+ * < 6e-6 (about 6 * width roundings of 2^-24, the uniform's included); so a decision within
+ * tol (REDML_FAST_TOL, REDML_FAST_TOL_FLOAT) of the total (times the width, of an integer, for
+ * the mean) is not trusted: ok[j] = 0, and the caller takes redml_recon_conditional. The
+ * result is then identical to the reference. Outside the domain (lambda or b beyond 2^20,
+ * lambda below 2^-20, where the products could leave the double range) ok[j] = 0 too. K: an
+ * integer of R's width (the flags in the same lanes). */
 #define REDML_FAST_BIN 16
 #define REDML_FAST_TOL 1e-11
+#define REDML_FAST_TOL_FLOAT 2e-5f
 #define REDML_LANES 64
 #define REDML_RECON_LANES 32
-REDML_HD_FLAT void redml_recon_conditional_lanes(const double *a, const double *b, const double *lambda,
-                                                 const double *uni, int width, int draw, double *res, uint8_t *ok) {
-    /* Every loop runs over the pixels j innermost, 64-bit lanes without branches (conditions
-       are 0/1 factors: exact on these whole numbers), so each vectorizes. */
+template <class R, class K>
+REDML_HD_FLAT void redml_recon_conditional_lanes(const R *a, const R *b, const R *lambda, const R *uni, int width,
+                                                 int draw, R tol, R *res, K *ok) {
+    /* Every loop runs over the pixels j innermost, without branches (selects), so each
+       vectorizes. */
     enum { N = REDML_RECON_LANES };
-    double v[REDML_FAST_BIN][N], q[N], total[N], moment[N], r[N], near[N];
+    R v[REDML_FAST_BIN][N], q[N], total[N], moment[N], r[N], gap[N];
     if (width > REDML_FAST_BIN) {
         for (int j = 0; j < N; j++) ok[j] = 0, res[j] = a[j];
         return;
     }
-    for (int j = 0; j < N; j++) q[j] = 1.0;
+    for (int j = 0; j < N; j++) q[j] = 1;
     for (int d = 0; d < width; d++) /* lambda^d */
         for (int j = 0; j < N; j++) {
             v[d][j] = q[j];
             q[j] *= lambda[j];
         }
-    for (int j = 0; j < N; j++) q[j] = 1.0, total[j] = 0.0, moment[j] = 0.0, r[j] = 0.0, near[j] = 0.0;
+    for (int j = 0; j < N; j++) q[j] = 1, total[j] = 0, moment[j] = 0, r[j] = 0;
     for (int d = width - 1; d >= 0; d--) /* times (a+d+1) ... (b); zero beyond the bin */
         for (int j = 0; j < N; j++) {
-            const double x = a[j] + (double)d, in_bin = (double)(x <= b[j]);
-            v[d][j] = v[d][j] * q[j] * in_bin;
-            q[j] *= 1.0 + in_bin * (x - 1.0);
+            const R x = a[j] + (R)d;
+            const int in_bin = x <= b[j];
+            v[d][j] = in_bin ? v[d][j] * q[j] : (R)0;
+            q[j] = in_bin ? q[j] * x : q[j];
         }
     for (int d = 0; d < width; d++)
         for (int j = 0; j < N; j++) {
             total[j] += v[d][j];
-            moment[j] += (double)d * v[d][j];
+            moment[j] += (R)d * v[d][j];
         }
     if (draw) {
         /* the draw is the first x whose cumulative weight exceeds uni*total: a + the number
-           of positions in the bin at or below it (the cumulative sums never decrease) */
-        double c[N], target[N];
-        for (int j = 0; j < N; j++) c[j] = 0.0, target[j] = uni[j] * total[j];
-        for (int d = 0; d < width; d++) /* (b itself is the answer when no position below it is) */
+           of positions in the bin below b at or below it (the cumulative sums never decrease);
+           gap: how close a cumulative sum in the bin comes to the target */
+        R c[N], target[N];
+        for (int j = 0; j < N; j++) c[j] = 0, target[j] = uni[j] * total[j], gap[j] = total[j];
+        for (int d = 0; d < width; d++)
             for (int j = 0; j < N; j++) {
-                const double x = a[j] + (double)d, tol = REDML_FAST_TOL * total[j];
-                c[j] += v[d][j];
-                r[j] += (double)(x + 1.0 <= b[j]) * (double)(c[j] <= target[j]); /* x < b */
-                /* near: some sum within tol of the target (then these two counts differ) */
-                near[j] += (double)(x <= b[j]) * ((double)(c[j] <= target[j] + tol) - (double)(c[j] < target[j] - tol));
+                const R x = a[j] + (R)d, diff = (c[j] += v[d][j]) - target[j], dist = diff < 0 ? -diff : diff;
+                r[j] += (R)((x < b[j]) & (diff <= 0)); /* (&, not &&: no branch) */
+                gap[j] = ((x <= b[j]) & (dist < gap[j])) ? dist : gap[j];
             }
-        for (int j = 0; j < N; j++) r[j] += a[j];
+        for (int j = 0; j < N; j++) {
+            r[j] += a[j];
+            gap[j] -= tol * total[j]; /* > 0: no sum within tol of the target */
+        }
     } else {
-        const double tol = REDML_FAST_TOL * width;
+        const R t = tol * (R)width;
         for (int j = 0; j < N; j++) {
             /* f in [0, width]: truncation is floor (and vectorizes, unlike floor()) */
-            const double f = moment[j] / total[j] + uni[j], fl = (double)(int32_t)f, x = a[j] + fl;
-            near[j] = (double)(f - fl <= tol) + (double)(fl + 1.0 - f <= tol);
+            const R f = moment[j] / total[j] + uni[j], fl = (R)(int32_t)f, x = a[j] + fl;
+            const R lo = f - fl, hi = fl + 1 - f;
+            gap[j] = (lo < hi ? lo : hi) - t;
             r[j] = x > b[j] ? b[j] : x;
         }
     }
     for (int j = 0; j < N; j++) {
-        const int trivial = !(b[j] > a[j]) | !(lambda[j] > 0.0);
-        const int inside = (lambda[j] >= 0x1p-20) & (lambda[j] <= 0x1p20) & (b[j] <= 0x1p20);
+        const int trivial = !(b[j] > a[j]) | !(lambda[j] > 0);
+        const int inside = (lambda[j] >= (R)0x1p-20) & (lambda[j] <= (R)0x1p20) & (b[j] <= (R)0x1p20);
         res[j] = trivial ? a[j] : r[j];
-        ok[j] = (uint8_t)(trivial | (inside & (near[j] == 0.0)));
+        ok[j] = (K)(trivial | (inside & (gap[j] > 0)));
     }
+}
+
+/* The float form of redml_recon_conditional_lanes stays within float's normal range (products
+ * of width - 1 factors, none above m or below 1/m, times 16 * 15: below 2^124) for bins ending
+ * at most at m = redml_fast_float_bound(width) where the model at every pixel passes
+ * redml_fast_float_fits (<= 0: a trivial lane, no products; NaN fails). */
+REDML_HD double redml_fast_float_bound(int width) {
+    const int e = width > 1 ? 112 / (width - 1) : 20;
+    return (double)(1u << (e < 20 ? e : 20));
+}
+REDML_HD int redml_fast_float_fits(double lambda, double m) {
+    return (lambda <= m) & ((lambda <= 0.0) | (lambda * m >= 1.0)); /* (no branch: vectorizes) */
 }
 
 /* Sparse mode: unbiased integer rounding of a model value v (E[result] = v). */

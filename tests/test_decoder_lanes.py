@@ -64,8 +64,12 @@ def sloped_frame(rng, shape, lo, hi, dtype="uint16"):
     return rng.poisson(ramp).astype(dtype)
 
 
-# Bins of at most 16 values (the division-free form), of more (the reference), of both.
-CASES = [(0.3, 12.0, 4, "fast"), (2.0, 40.0, 8, "both"), (200.0, 2000.0, 3, "reference"), (400.0, 900.0, 6, "reference")]
+# Bins of at most 16 values (the division-free form), of more (the reference), of both. The
+# fast form runs in float where a span's bins end below 2^(112 / (width - 1)) (and the model
+# lies within that factor of 1), in double elsewhere: bins of 14 to 16 values around 200 counts
+# take both (and wider ones the reference).
+CASES = [(0.3, 12.0, 4, "fast"), (2.0, 40.0, 8, "both"), (200.0, 2000.0, 3, "reference"), (400.0, 900.0, 6, "reference"),
+         (180.0, 240.0, 2, "both")]
 
 
 @pytest.mark.parametrize("lo, hi, q, path", CASES)
@@ -146,6 +150,7 @@ def test_sparse_decode_equals_the_definition(rng, dtype):
     [
         (dict(q=4, recon="draw"), "uint16", 0.5, 12.0),
         (dict(q=2, recon="mean"), "uint16", 2.0, 40.0),
+        (dict(q=2, recon="draw"), "uint16", 180.0, 240.0),  # float and double lanes
         (dict(q=3, recon="draw"), "int32", 200.0, 2000.0),
         # 32-bit pixels decode coded tile rows tile by tile (16-bit ones across the tiles)
         (dict(q=1), "int32", 5.0, 60.0),
