@@ -414,10 +414,12 @@ REDML_HD_FLAT void redml_recon_conditional_lanes(const R *a, const R *b, const R
     for (int j = 0; j < N; j++) q[j] = 1, total[j] = 0, moment[j] = 0, r[j] = 0;
     for (int d = width - 1; d >= 0; d--) /* times (a+d+1) ... (b); zero beyond the bin */
         for (int j = 0; j < N; j++) {
-            const R x = a[j] + (R)d;
-            const int in_bin = x <= b[j];
-            v[d][j] = in_bin ? v[d][j] * q[j] : (R)0;
-            q[j] = in_bin ? q[j] * x : q[j];
+            /* 0/1 factors, not selects: GCC makes the selects a branch per pixel where the
+               vectors have no mask registers (AVX2, SSE2). The same values: the products are
+               finite in the domain, x - 1 and 1 + (x - 1) exact on these whole numbers. */
+            const R x = a[j] + (R)d, in_bin = (R)(x <= b[j]);
+            v[d][j] = v[d][j] * q[j] * in_bin;
+            q[j] *= (R)1 + in_bin * (x - (R)1);
         }
     for (int d = 0; d < width; d++)
         for (int j = 0; j < N; j++) {
