@@ -83,21 +83,22 @@ def test_misorientation_allows_for_lattice_symmetry(rng):
 @pytest.mark.parametrize("detector", [PILATUS_6M, JUNGFRAU_4M], ids=["pilatus6m", "jungfrau4m"])
 @pytest.mark.parametrize("sg,cell", CELLS)
 def test_indexes_simulated_stills(rng, sg, cell, detector):
-    """Stills of known orientation with 10% false spots: nearly all index (the search gives up
-    on about 2% of the 1000-spot P6122 ones), on the same
-    lattice as the truth within 0.2 degrees (any symmetry-equivalent setting)."""
-    B, n, indexed, worst = b_matrix(cell), 12, 0, 0.0
+    """Stills of known orientation with 10% false spots: nearly all index on the same lattice as
+    the truth within 0.2 degrees (any symmetry-equivalent setting; the search gives up on about
+    2% of the 1000-spot P6122 ones, and about one still in a thousand polishes to a nearby
+    orientation), and the typical one within a few hundredths of a degree."""
+    B, n, within, errors = b_matrix(cell), 12, 0, []
     for _ in range(n):
         xy, intensity, _, A = still_spots(cell, sg, random_rotation(rng), rng, detector=detector, false_fraction=0.1)
         result = index_still(xy, detector["geometry"], cell, sg, intensities=intensity)
         # A search that runs out of trials returns its best partial solution (or none): a miss.
         if result is None or result.n_indexed < 0.8 * len(xy):
             continue
-        indexed += 1
-        worst = max(worst, misorientation_deg(result.A, A, B))
+        errors.append(misorientation_deg(result.A, A, B))
+        within += errors[-1] < 0.2
         assert result.rmsd_px < 1.0
         assert np.allclose(result.A, result.U @ result.B) and np.isclose(np.linalg.det(result.U), 1, atol=0.2)
-    assert indexed >= n - 2 and worst < 0.2, (indexed, worst)  # about 2% of the largest frames time out
+    assert within >= n - 2 and np.median(errors) < 0.03, (within, errors)
 
 
 def test_indexes_with_a_cell_one_percent_off(rng):
