@@ -16,33 +16,22 @@ namespace redml {
 
 namespace {
 
-// Sum and count of the values v[i] <= top (32-bit: no overflow for n <= 32768 values
-// below 2^16), branch-free; portable and AVX2 builds (pixels.h).
-REDML_ALWAYS_INLINE void sum_at_most_body(const int32_t *__restrict v, size_t n, int32_t top, int32_t *sum,
-                                          int32_t *count) {
+// Sum and count of the 16-bit values v[i] <= top (32-bit: no overflow for n <= 32768
+// values), branch-free; a build per SIMD level (pixels.h).
+template <class V>
+REDML_ALWAYS_INLINE void sum_at_most_body(const V *__restrict v, size_t n, V top, int32_t *sum, int32_t *count) {
+    static_assert(sizeof(V) == 2, "16-bit values");
     int32_t s = 0, c = 0;
     for (size_t i = 0; i < n; i++) {
-        const int32_t take = v[i] <= top;
-        s += take * v[i];
+        const bool take = v[i] <= top;
+        s += take ? (int32_t)v[i] : 0;
         c += take;
     }
     *sum = s;
     *count = c;
 }
-void sum_at_most_portable(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t *count) {
-    sum_at_most_body(v, n, top, sum, count);
-}
-#ifdef REDML_AVX2_DISPATCH
-REDML_TARGET_AVX2 void sum_at_most_avx2(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t *count) {
-    sum_at_most_body(v, n, top, sum, count);
-}
-#endif
-void sum_at_most(const int32_t *v, size_t n, int32_t top, int32_t *sum, int32_t *count) {
-#ifdef REDML_AVX2_DISPATCH
-    if (cpu_has_avx2()) return sum_at_most_avx2(v, n, top, sum, count);
-#endif
-    sum_at_most_portable(v, n, top, sum, count);
-}
+REDML_SIMD_CLONES((template <class V>), void, sum_at_most, (), (const V *v, size_t n, V top, int32_t *sum, int32_t *count),
+                  (v, n, top, sum, count), sum_at_most_body(v, n, top, sum, count))
 
 // The sigma of the clip: the model's, at least one photon's worth for integrating data (a
 // clip at 3 sigma of a pixel of 0.05 photon and 0.2 photon of read noise would cut into the
@@ -84,13 +73,13 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
             }
             previous_top = top;
             int64_t isum = 0, icount = 0;
-            if constexpr (sizeof(V) == 4) {
-                // 32-bit partial sums over chunks short enough not to overflow (16-bit
-                // pixel values): the loop vectorizes in 32-bit lanes
+            if constexpr (sizeof(V) == 2) {
+                // 32-bit partial sums over chunks short enough not to overflow: the loop
+                // vectorizes in 32-bit lanes
                 for (size_t c0 = 0; c0 < n; c0 += 32768) {
                     const size_t c1 = std::min(n, c0 + 32768);
                     int32_t psum = 0, pcount = 0;
-                    sum_at_most((const int32_t *)v + c0, c1 - c0, (int32_t)top, &psum, &pcount);
+                    sum_at_most(v + c0, c1 - c0, top, &psum, &pcount);
                     isum += psum;
                     icount += pcount;
                 }
@@ -176,44 +165,17 @@ REDML_ALWAYS_INLINE void gather_tile_row_body(const T *frame, const uint8_t *usa
     }
 }
 
-template <class T, class V>
-void gather_tile_row_portable(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride,
-                              V *buf, size_t *n) {
-    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <class T, class V>
-REDML_TARGET_AVX2 void gather_tile_row_avx2(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
-                                            size_t stride, V *buf, size_t *n) {
-    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
-}
-#endif
-#ifdef REDML_AVX512_DISPATCH
-template <class T, class V>
-REDML_TARGET_AVX512 void gather_tile_row_avx512(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty,
-                                                size_t stride, V *buf, size_t *n) {
-    gather_tile_row_body(frame, usable, g, ty, stride, buf, n);
-}
-#endif
-template <class T, class V>
-void gather_tile_row(const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride, V *buf,
-                     size_t *n) {
-    switch (simd_level()) {
-#ifdef REDML_AVX512_DISPATCH
-        case 3: return gather_tile_row_avx512(frame, usable, g, ty, stride, buf, n);
-#endif
-#ifdef REDML_AVX2_DISPATCH
-        case 2: return gather_tile_row_avx2(frame, usable, g, ty, stride, buf, n);
-#endif
-        default: return gather_tile_row_portable(frame, usable, g, ty, stride, buf, n);
-    }
-}
+REDML_SIMD_CLONES((template <class T, class V>), void, gather_tile_row, (),
+                  (const T *frame, const uint8_t *usable, const TileGrid &g, uint32_t ty, size_t stride, V *buf,
+                   size_t *n),
+                  (frame, usable, g, ty, stride, buf, n), gather_tile_row_body(frame, usable, g, ty, stride, buf, n))
 
-// The type clipped_mean sums a tile's values in: doubles (floats), 32-bit integers (16-bit
-// pixels: the passes vectorize), 64-bit integers (the clip limit as an integer).
+// The type clipped_mean sums a tile's values in: doubles (floats), the pixels' own type (16-bit
+// pixels: half the bytes to gather and to read again each pass; the passes vectorize), 64-bit
+// integers (the clip limit as an integer).
 template <class T>
 using TileValue = typename std::conditional<std::is_floating_point<T>::value, double,
-                                            typename std::conditional<sizeof(T) == 2, int32_t, int64_t>::type>::type;
+                                            typename std::conditional<sizeof(T) == 2, T, int64_t>::type>::type;
 
 // The Poisson mean lambda whose values up to L average m (the clipped mean above lost
 // the tail beyond the clip: at lambda = 1 the 3-sigma clip biases the mean by -0.02

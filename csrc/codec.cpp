@@ -491,27 +491,11 @@ REDML_ALWAYS_INLINE void step1_span_body(const T *__restrict f, uint8_t *__restr
     *nc_io = nc;
 }
 
-template <class T>
-void step1_span_portable(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
-                         typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
-    step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <class T>
-REDML_TARGET_AVX2 void step1_span_avx2(const T *f, uint8_t *exact, const uint8_t *usable, size_t n,
-                                       const EncodePred<T> *pred, typename Storage<T>::Word *vals,
-                                       typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
-    step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
-}
-#endif
-template <class T>
-void step1_span(const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
-                typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc) {
-#ifdef REDML_AVX2_DISPATCH
-    if (use_avx2()) return step1_span_avx2<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
-#endif
-    step1_span_portable<T>(f, exact, usable, n, pred, vals, codes, nv, nc);
-}
+REDML_SIMD_CLONES((template <class T>), void, step1_span, (<T>),
+                  (const T *f, uint8_t *exact, const uint8_t *usable, size_t n, const EncodePred<T> *pred,
+                   typename Storage<T>::Word *vals, typename Storage<T>::Word *codes, size_t *nv, size_t *nc),
+                  (f, exact, usable, n, pred, vals, codes, nv, nc),
+                  step1_span_body<T>(f, exact, usable, n, pred, vals, codes, nv, nc))
 
 // The symbol of a background pixel, or false (store it exactly): the midpoint quantizer or
 // the bins of the conditional reconstructions, for photon counts or integrating data
@@ -536,6 +520,21 @@ bool code_float(float x, const TileCoder<T> &tc, const typename TileCoder<T>::Pi
                  : redml_quantize_float(x, tc.step, px.u_float, px.base, sym);
 }
 
+// Appends one pixel of a quantized span without branches: its symbol and phase to the codes
+// (keep = false), else its exact value (residual against pred) to the values; marks it in exact.
+template <class T>
+REDML_ALWAYS_INLINE void append_pixel(bool keep, uint64_t sym, uint8_t phase, T x, int64_t pred, uint8_t *exact,
+                                      typename Storage<T>::Word *__restrict vals,
+                                      typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
+                                      size_t &nv, size_t &nc) {
+    codes[nc] = (typename Storage<T>::Word)sym;
+    tags[nc] = phase;
+    vals[nv] = Storage<T>::exact_word(x, pred);
+    nc += !keep;
+    nv += keep;
+    *exact = keep;
+}
+
 // The symbol of 16-bit pixel x of a step-s tile (1 < s < 2^22) in 32-bit arithmetic, for the
 // lane loops: whether it is coded (else stored exactly). code_int's rules (quantize.h) in
 // int32: x + u < 2^23, and the bin offset k - base stays far inside 32 bits (|x - pred| < 2^17).
@@ -557,8 +556,6 @@ REDML_ALWAYS_INLINE void quantize_int16_span(const TileCoder<T> &tc, const T *__
                                              uint32_t seed, typename Storage<T>::Word *__restrict vals,
                                              typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
                                              size_t *nv_io, size_t *nc_io) {
-    using S = Storage<T>;
-    using Word = typename S::Word;
     const int32_t s = (int32_t)tc.s_int, pred_q = (int32_t)tc.off.pred_q, pred_r = (int32_t)tc.off.pred_r;
     const uint32_t mul_hi = tc.off.phase_mul_hi, mul_lo = tc.off.phase_mul_lo;
     const float inv_s = 1.0f / (float)s;
@@ -576,16 +573,8 @@ REDML_ALWAYS_INLINE void quantize_int16_span(const TileCoder<T> &tc, const T *__
             const bool ok = code_int16<T, kNoise, kConditional>((int32_t)f[i], s, inv_s, u, base, &sym[j]);
             coded[j] = ok & (exact[i] == 0) & (usable[i] != 0);
         }
-        for (size_t j = 0; j < m; j++) {
-            const size_t i = c + j;
-            const bool keep = !coded[j];
-            codes[nc] = (Word)sym[j];
-            tags[nc] = phase[j];
-            vals[nv] = S::exact_word(f[i], pred);
-            nc += !keep;
-            nv += keep;
-            exact[i] = keep;
-        }
+        for (size_t j = 0; j < m; j++)
+            append_pixel<T>(!coded[j], sym[j], phase[j], f[c + j], pred, exact + c + j, vals, codes, tags, nv, nc);
     }
     *nv_io = nv;
     *nc_io = nc;
@@ -600,8 +589,6 @@ REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T 
                                                 bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *__restrict vals,
                                                 typename Storage<T>::Word *__restrict codes, uint8_t *__restrict tags,
                                                 size_t *nv_io, size_t *nc_io) {
-    using S = Storage<T>;
-    using Word = typename S::Word;
     if constexpr (sizeof(T) == 2) {  // 32-bit lanes (steps of 16-bit data are below 2^22)
         // (no lambda here: it would be compiled for the default target, not this body's)
         if (noise && conditional)
@@ -630,58 +617,20 @@ REDML_ALWAYS_INLINE void quantize_int_span_body(const TileCoder<T> &tc, const T 
                 px.base = base[j];
                 keep = !code_int((int64_t)f[i], tc, px, noise, conditional, &sym);
             }
-            codes[nc] = (Word)sym;
-            tags[nc] = phase[j];
-            vals[nv] = S::exact_word(f[i], pred);
-            nc += !keep;
-            nv += keep;
-            exact[i] = keep;
+            append_pixel<T>(keep, sym, phase[j], f[i], pred, exact + i, vals, codes, tags, nv, nc);
         }
     }
     *nv_io = nv;
     *nc_io = nc;
 }
 
-template <class T>
-void quantize_int_span_portable(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0,
-                                size_t n, int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
-                                typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
-    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <class T>
-REDML_TARGET_AVX2 void quantize_int_span_avx2(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable,
-                                              uint32_t i0, size_t n, int64_t pred, bool noise, bool conditional, uint32_t seed,
-                                              typename Storage<T>::Word *vals, typename Storage<T>::Word *codes,
-                                              uint8_t *tags, size_t *nv, size_t *nc) {
-    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
-}
-#endif
-#ifdef REDML_AVX512_DISPATCH
-template <class T>
-REDML_TARGET_AVX512 void quantize_int_span_avx512(const TileCoder<T> &tc, const T *f, uint8_t *exact,
-                                                  const uint8_t *usable, uint32_t i0, size_t n, int64_t pred,
-                                                  bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
-                                                  typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv,
-                                                  size_t *nc) {
-    quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
-}
-#endif
-template <class T>
-void quantize_int_span(const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0, size_t n,
-                       int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
-                       typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc) {
-#ifdef REDML_AVX512_DISPATCH
-    if (use_avx512())
-        return quantize_int_span_avx512<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags,
-                                           nv, nc);
-#endif
-#ifdef REDML_AVX2_DISPATCH
-    if (use_avx2())
-        return quantize_int_span_avx2<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
-#endif
-    quantize_int_span_portable<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc);
-}
+REDML_SIMD_CLONES((template <class T>), void, quantize_int_span, (<T>),
+                  (const TileCoder<T> &tc, const T *f, uint8_t *exact, const uint8_t *usable, uint32_t i0, size_t n,
+                   int64_t pred, bool noise, bool conditional, uint32_t seed, typename Storage<T>::Word *vals,
+                   typename Storage<T>::Word *codes, uint8_t *tags, size_t *nv, size_t *nc),
+                  (tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes, tags, nv, nc),
+                  quantize_int_span_body<T>(tc, f, exact, usable, i0, n, pred, noise, conditional, seed, vals, codes,
+                                            tags, nv, nc))
 
 struct BandCounts {
     size_t values = 0, codes = 0;

@@ -236,34 +236,8 @@ REDML_ALWAYS_INLINE void byte_shuffle_body(const uint8_t *__restrict src, uint8_
             else dst[(size_t)b * n + i] = src[i * E + b];
         }
 }
-template <int E, bool Un>
-void byte_shuffle_portable(const uint8_t *src, uint8_t *dst, size_t n) {
-    byte_shuffle_body<E, Un>(src, dst, n);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <int E, bool Un>
-REDML_TARGET_AVX2 void byte_shuffle_avx2(const uint8_t *src, uint8_t *dst, size_t n) {
-    byte_shuffle_body<E, Un>(src, dst, n);
-}
-#endif
-#ifdef REDML_AVX512_DISPATCH
-template <int E, bool Un>
-REDML_TARGET_AVX512 void byte_shuffle_avx512(const uint8_t *src, uint8_t *dst, size_t n) {
-    byte_shuffle_body<E, Un>(src, dst, n);
-}
-#endif
-template <int E, bool Un>
-void byte_shuffle_fixed(const uint8_t *src, uint8_t *dst, size_t n) {
-    switch (simd_level()) {
-#ifdef REDML_AVX512_DISPATCH
-        case 3: return byte_shuffle_avx512<E, Un>(src, dst, n);
-#endif
-#ifdef REDML_AVX2_DISPATCH
-        case 2: return byte_shuffle_avx2<E, Un>(src, dst, n);
-#endif
-        default: return byte_shuffle_portable<E, Un>(src, dst, n);
-    }
-}
+REDML_SIMD_CLONES((template <int E, bool Un>), void, byte_shuffle_fixed, (<E, Un>),
+                  (const uint8_t *src, uint8_t *dst, size_t n), (src, dst, n), byte_shuffle_body<E, Un>(src, dst, n))
 
 // Byte planes of n = nbytes / elem elements (Un: back to elements); the tail of fewer than
 // elem bytes is copied as it is.

@@ -117,6 +117,41 @@ inline int simd_level() {
     return 1;
 }
 
+// REDML_SIMD_CLONES(HEAD, RET, NAME, TARGS, PARAMS, ARGS, BODY...) stamps the builds of one
+// always-inlined body: NAME##_portable, NAME##_avx2 and NAME##_avx512 (where the compiler can
+// target them), each returning BODY compiled for its target, with the constant kSimdLevel (1, 2
+// or 3, as simd_level) for bodies whose lane widths depend on the build; and NAME, which runs
+// the build simd_level() names. HEAD: the template head in parentheses, () for a plain
+// function; TARGS: the clones' template arguments where the call cannot deduce them, e.g.
+// (<E, Un>), else (); PARAMS, ARGS: the parameter and argument lists, in parentheses.
+#define REDML_UNPAREN(...) __VA_ARGS__
+#ifdef REDML_AVX2_DISPATCH
+#define REDML_WITH_AVX2(...) __VA_ARGS__
+#else
+#define REDML_WITH_AVX2(...)
+#endif
+#ifdef REDML_AVX512_DISPATCH
+#define REDML_WITH_AVX512(...) __VA_ARGS__
+#else
+#define REDML_WITH_AVX512(...)
+#endif
+#define REDML_SIMD_CLONE(HEAD, TARGET, LEVEL, RET, NAME, PARAMS, ...) \
+    REDML_UNPAREN HEAD TARGET RET NAME PARAMS {                       \
+        [[maybe_unused]] constexpr int kSimdLevel = LEVEL;            \
+        return __VA_ARGS__;                                           \
+    }
+#define REDML_SIMD_CLONES(HEAD, RET, NAME, TARGS, PARAMS, ARGS, ...)                                      \
+    REDML_SIMD_CLONE(HEAD, , 1, RET, NAME##_portable, PARAMS, __VA_ARGS__)                                \
+    REDML_WITH_AVX2(REDML_SIMD_CLONE(HEAD, REDML_TARGET_AVX2, 2, RET, NAME##_avx2, PARAMS, __VA_ARGS__))     \
+    REDML_WITH_AVX512(REDML_SIMD_CLONE(HEAD, REDML_TARGET_AVX512, 3, RET, NAME##_avx512, PARAMS, __VA_ARGS__)) \
+    REDML_UNPAREN HEAD RET NAME PARAMS {                                                                  \
+        switch (simd_level()) {                                                                           \
+            REDML_WITH_AVX512(case 3: return NAME##_avx512 REDML_UNPAREN TARGS ARGS;)                       \
+            REDML_WITH_AVX2(case 2: return NAME##_avx2 REDML_UNPAREN TARGS ARGS;)                           \
+            default: return NAME##_portable REDML_UNPAREN TARGS ARGS;                                     \
+        }                                                                                                 \
+    }
+
 // usable[i] = 1 where pixel i is neither masked nor a marker (above), else 0: the
 // map the codec and the spot finder compute before anything else (one body, a build for
 // each SIMD level: usable_pixels below).
@@ -138,36 +173,9 @@ REDML_ALWAYS_INLINE void usable_pixels_body(const T *__restrict f, const uint8_t
     }
 }
 
-template <class T>
-void usable_pixels_default(const T *f, const uint8_t *mask, uint8_t *usable, size_t n, redml_markers markers) {
-    usable_pixels_body(f, mask, usable, n, markers);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <class T>
-REDML_TARGET_AVX2 void usable_pixels_avx2(const T *f, const uint8_t *mask, uint8_t *usable, size_t n,
-                                          redml_markers markers) {
-    usable_pixels_body(f, mask, usable, n, markers);
-}
-#endif
-#ifdef REDML_AVX512_DISPATCH
-template <class T>
-REDML_TARGET_AVX512 void usable_pixels_avx512(const T *f, const uint8_t *mask, uint8_t *usable, size_t n,
-                                              redml_markers markers) {
-    usable_pixels_body(f, mask, usable, n, markers);
-}
-#endif
-template <class T>
-void usable_pixels(const T *f, const uint8_t *mask, uint8_t *usable, size_t n, redml_markers markers) {
-    switch (simd_level()) {
-#ifdef REDML_AVX512_DISPATCH
-        case 3: return usable_pixels_avx512(f, mask, usable, n, markers);
-#endif
-#ifdef REDML_AVX2_DISPATCH
-        case 2: return usable_pixels_avx2(f, mask, usable, n, markers);
-#endif
-        default: return usable_pixels_default(f, mask, usable, n, markers);
-    }
-}
+REDML_SIMD_CLONES((template <class T>), void, usable_pixels, (),
+                  (const T *f, const uint8_t *mask, uint8_t *usable, size_t n, redml_markers markers),
+                  (f, mask, usable, n, markers), usable_pixels_body(f, mask, usable, n, markers))
 
 // ---- 0/1 byte maps (usable, exact, candidate, strong pixels), eight bytes at a time ----
 

@@ -9,6 +9,9 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "background.h"
 #include "pixels.h"
@@ -631,6 +634,44 @@ SPOTS_INLINE void store_flags(const ScreenLanes<4>::Int &pass, const ScreenLanes
     std::memcpy(open, &ow, 4);
 }
 
+#ifdef REDML_AVX512_DISPATCH
+// window_screen (below) of a row in 16 AVX-512 lanes (GCC 12 compares 16-lane vector extension
+// types lane by lane): the same float operations in the same order as window_screen_lanes,
+// the flags stored from the compare masks, the last partial vector by masked loads and stores.
+// Its own AVX-512 function, called once per row (intrinsics inline only into their target's
+// functions).
+template <int R, bool Integrating>
+REDML_TARGET_AVX512 void window_screen16_row(const uint32_t *cns, const uint32_t *cs2, uint8_t *c, uint8_t *open,
+                                             uint32_t W, const ScreenArgs &s) {
+    const __m512i half = _mm512_set1_epi32(1 << (kCountShift - 1)), full = _mm512_set1_epi32(s.full);
+    const __m512 nfull = _mm512_set1_ps((float)s.full), gain = _mm512_set1_ps(s.gain), empty = _mm512_set1_ps(s.empty);
+    const __m512 bound = _mm512_set1_ps(s.bound), eps = _mm512_set1_ps(0x1p-20f);
+    for (uint32_t x = 0; x < W; x += 16) {
+        const __mmask16 lanes = W - x >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (W - x)) - 1);
+        __m512i t = _mm512_maskz_loadu_epi32(lanes, cns + x), q = _mm512_maskz_loadu_epi32(lanes, cs2 + x);
+        for (int d = 1; d <= 2 * R; d++) {
+            t = _mm512_add_epi32(t, _mm512_maskz_loadu_epi32(lanes, cns + x + d));
+            q = _mm512_add_epi32(q, _mm512_maskz_loadu_epi32(lanes, cs2 + x + d));
+        }
+        const __m512i count = _mm512_srai_epi32(_mm512_add_epi32(t, half), kCountShift);
+        const __m512i sum = _mm512_sub_epi32(t, _mm512_slli_epi32(count, kCountShift));
+        const __m512 sx = _mm512_cvtepi32_ps(sum), sq = _mm512_mul_ps(sx, sx);
+        const __m512 ms = _mm512_mul_ps(nfull, _mm512_cvtepi32_ps(q)), var = _mm512_sub_ps(ms, sq);
+        __m512 rhs = _mm512_mul_ps(gain, sx);
+        if (Integrating) rhs = _mm512_add_ps(rhs, empty);
+        rhs = _mm512_mul_ps(rhs, bound);
+        const __m512 tol = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(ms, sq), rhs), eps);
+        const __mmask16 positive = _mm512_cmpgt_epi32_mask(sum, _mm512_setzero_si512());
+        __mmask16 pass = _mm512_cmp_ps_mask(var, _mm512_add_ps(rhs, tol), _CMP_GT_OQ);
+        if (Integrating) pass &= positive;
+        const __mmask16 fail = _mm512_cmp_ps_mask(var, _mm512_sub_ps(rhs, tol), _CMP_LT_OQ) | (__mmask16)~positive;
+        const __mmask16 undecided = _mm512_cmpneq_epi32_mask(count, full) | (__mmask16)~(pass | fail);
+        _mm_mask_storeu_epi8(c + x, lanes, _mm_maskz_set1_epi8(pass, 1));
+        _mm_mask_storeu_epi8(open + x, lanes, _mm_maskz_set1_epi8(undecided, 1));
+    }
+}
+#endif
+
 // The window sums of S pixels from the padded column sums (the row pass of the box sums)
 // and the float test of the pixels whose windows are full (every pixel usable, the centre too), in one pass without
 // a table lookup: c[x] = whether var > rhs where var - rhs lies beyond a bound on the float
@@ -671,17 +712,23 @@ SPOTS_INLINE void window_screen_lanes(const uint32_t *cns, const uint32_t *cs2, 
 template <int R, int S, bool Integrating>
 SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, uint8_t *c, uint8_t *open, uint32_t W,
                                 const ScreenArgs &s) {
-    uint32_t x = 0;
-    for (; x + S <= W; x += S) window_screen_lanes<R, S, Integrating>(cns + x, cs2 + x, c + x, open + x, s);
-    if (x == W) return;
-    const uint32_t k = W - x;  // pixels left (< S), their column sums: k + 2R
-    uint32_t pc[S + 2 * R] = {}, pq[S + 2 * R] = {};
-    uint8_t tc[S], to[S];
-    std::memcpy(pc, cns + x, (k + 2 * R) * sizeof(uint32_t));
-    std::memcpy(pq, cs2 + x, (k + 2 * R) * sizeof(uint32_t));
-    window_screen_lanes<R, S, Integrating>(pc, pq, tc, to, s);
-    std::memcpy(c + x, tc, k);
-    std::memcpy(open + x, to, k);
+    if constexpr (S == 16) {  // (the AVX-512 build only)
+#ifdef REDML_AVX512_DISPATCH
+        window_screen16_row<R, Integrating>(cns, cs2, c, open, W, s);
+#endif
+    } else {
+        uint32_t x = 0;
+        for (; x + S <= W; x += S) window_screen_lanes<R, S, Integrating>(cns + x, cs2 + x, c + x, open + x, s);
+        if (x == W) return;
+        const uint32_t k = W - x;  // pixels left (< S), their column sums: k + 2R
+        uint32_t pc[S + 2 * R] = {}, pq[S + 2 * R] = {};
+        uint8_t tc[S], to[S];
+        std::memcpy(pc, cns + x, (k + 2 * R) * sizeof(uint32_t));
+        std::memcpy(pq, cs2 + x, (k + 2 * R) * sizeof(uint32_t));
+        window_screen_lanes<R, S, Integrating>(pc, pq, tc, to, s);
+        std::memcpy(c + x, tc, k);
+        std::memcpy(open + x, to, k);
+    }
 }
 
 // The dispersion test of one row from the padded column sums: the float screen where it
@@ -752,26 +799,14 @@ SPOTS_INLINE bool dispersion_band_int_body(const DispersionArgs &a, const T *fra
     }
 }
 
-// The portable, AVX2 and AVX-512 builds of the one body (pixels.h).
-template <class T>
-bool dispersion_band_int_default(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1,
-                                 uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<8, 4>(a, frame, r, y0, y1, cols, sums);
-}
-#ifdef REDML_AVX2_DISPATCH
-template <class T>
-REDML_TARGET_AVX2 bool dispersion_band_int_avx2(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
-                                                uint32_t y1, uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<8, 8>(a, frame, r, y0, y1, cols, sums);
-}
-#endif
-#ifdef REDML_AVX512_DISPATCH
-template <class T>
-REDML_TARGET_AVX512 bool dispersion_band_int_avx512(const DispersionArgs &a, const T *frame, int r, uint32_t y0,
-                                                    uint32_t y1, uint32_t *cols, int32_t *sums) {
-    return dispersion_band_int_body<16, 8>(a, frame, r, y0, y1, cols, sums);
-}
-#endif
+// The portable, AVX2 and AVX-512 builds of the one body (pixels.h): 8 lanes (16 in the
+// AVX-512 build); the float screen's 4 (portable), 8 (AVX2) or 16 (AVX-512, intrinsics).
+REDML_SIMD_CLONES((template <class T>), bool, dispersion_band_int_simd, (),
+                  (const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1, uint32_t *cols,
+                   int32_t *sums),
+                  (a, frame, r, y0, y1, cols, sums),
+                  dispersion_band_int_body<(kSimdLevel == 3 ? 16 : 8), (kSimdLevel == 3 ? 16 : kSimdLevel == 2 ? 8 : 4)>(
+                      a, frame, r, y0, y1, cols, sums))
 
 template <class T>
 bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_t y0, uint32_t y1) {
@@ -785,15 +820,7 @@ bool dispersion_band_int(const DispersionArgs &a, const T *frame, int r, uint32_
         thread_local std::vector<int32_t> sums;
         uint32_t *c = scratch(cols, 2 * ((size_t)a.W + 2 * r));
         int32_t *s = scratch(sums, 3 * (size_t)a.W + 2 * (((size_t)a.W + 3) / 4));
-        switch (simd_level()) {
-#ifdef REDML_AVX512_DISPATCH
-            case 3: return dispersion_band_int_avx512(a, frame, r, y0, y1, c, s);
-#endif
-#ifdef REDML_AVX2_DISPATCH
-            case 2: return dispersion_band_int_avx2(a, frame, r, y0, y1, c, s);
-#endif
-            default: return dispersion_band_int_default(a, frame, r, y0, y1, c, s);
-        }
+        return dispersion_band_int_simd(a, frame, r, y0, y1, c, s);
     }
 }
 
