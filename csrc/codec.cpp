@@ -457,7 +457,7 @@ REDML_ALWAYS_INLINE bool step1_codes_body(const T *__restrict f, const uint8_t *
 }
 
 // Step-1 pixels: chunks without an exactly kept pixel (the usual ones) vectorized, the
-// others compacted branch-free, counters in registers. One body compiled per target and
+// others compacted run by run, counters in registers. One body compiled per target and
 // dispatched once per span (a call per 64-pixel chunk cost as much as the chunk's work).
 template <class T>
 REDML_ALWAYS_INLINE void step1_span_body(const T *__restrict f, uint8_t *__restrict exact,
@@ -477,15 +477,26 @@ REDML_ALWAYS_INLINE void step1_span_body(const T *__restrict f, uint8_t *__restr
             nc += c1 - c0;
             continue;
         }
-        for (size_t i = c0; i < c1; i++) {
-            const uint64_t z = redml_zigzag64((int64_t)f[i] - (int64_t)pred[i]);
-            const bool keep = (exact[i] != 0) | (usable[i] == 0) | (z > S::sym_max);
-            codes[nc] = (Word)z;
-            vals[nv] = S::exact_word(f[i], pred[i]);
-            nc += !keep;
-            nv += keep;
-            exact[i] = keep;
+        // Some pixel kept: which ones (a loop that vectorizes), then the runs of coded pixels
+        // moved down over the kept ones (their codes are written from nc on) and each kept
+        // pixel's exact value appended (few runs a chunk: spots and gaps are clustered).
+        uint8_t kept[kChunk];
+        const size_t m = c1 - c0;
+        for (size_t i = 0; i < m; i++) {
+            const uint64_t z = redml_zigzag64((int64_t)f[c0 + i] - (int64_t)pred[c0 + i]);
+            kept[i] = (exact[c0 + i] != 0) | (usable[c0 + i] == 0) | (z > S::sym_max);
         }
+        size_t w = nc;
+        for (size_t i = 0; i < m;) {
+            const size_t coded_end = byte_run_end(kept, i, m, false);
+            if (w != nc + i) std::memmove(codes + w, codes + nc + i, (coded_end - i) * sizeof(Word));
+            w += coded_end - i;
+            for (i = coded_end; i < m && kept[i]; i++) {
+                vals[nv++] = S::exact_word(f[c0 + i], pred[c0 + i]);
+                exact[c0 + i] = 1;
+            }
+        }
+        nc = w;
     }
     *nv_io = nv;
     *nc_io = nc;
