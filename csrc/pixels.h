@@ -62,8 +62,9 @@ inline bool is_marker(T v, redml_markers markers) {
 }
 
 // ---- run-time SIMD dispatch ----
-// A few hot loops are compiled twice, portable (SSE2 on x86-64) and for AVX2, from one
-// always-inlined body; the AVX2 build runs where the CPU has it. Build flags stay portable.
+// Hot loops are compiled once per SIMD level, portable (SSE2 on x86-64), AVX2 and AVX-512,
+// from one always-inlined body (REDML_SIMD_CLONES below); the best build the CPU has runs.
+// Build flags stay portable.
 #define REDML_ALWAYS_INLINE inline __attribute__((always_inline))
 #if defined(__x86_64__) && defined(__GNUC__)
 #define REDML_AVX2_DISPATCH 1
