@@ -169,7 +169,8 @@ def test_pyfai_sparsify_keeps_the_negative_background(series, tmp_path):
 
 def test_aim_picks_the_best_safe_settings():
     """fidelity.aim: the issue's bar (no frame lost, >= 99.5% reflections, |dsig| <= 0.02 all
-    and weak) picks the best redml and SZ3 settings; sparse against pyFAI on ratio, yield, bias."""
+    and weak) picks the best redml and SZ3 settings; sparse against pyFAI on ratio, yield, bias
+    (all and weak)."""
     fidelity = importlib.import_module("fidelity")
 
     def row(ratio, dsig=0.0, weak=0.0, matched=1000, lost=()):
@@ -178,10 +179,13 @@ def test_aim_picks_the_best_safe_settings():
 
     results = {"bslz4": row(5), "redml-q2": row(30, -0.01), "redml-q4": row(45, weak=-0.03),
                "redml-draw-q8": row(50, matched=990), "sz3-abs20": row(25), "sz3-abs40": row(90, lost=[3]),
-               "redml-sparse": row(90, -0.3), "pyfai-sparsify": row(60, -0.4), "_commands": []}
+               "redml-sparse": row(90, -0.3, weak=-0.2), "pyfai-sparsify": row(60, -0.4, weak=-0.3),
+               "_commands": []}
     a = fidelity.aim(results)
     assert a["best_redml"] == "redml-q2" and a["best_sz3"] == "sz3-abs20"
     assert a["twice_bslz4"] and a["beats_sz3"] and a["redml_over_bslz4"] == 6
     assert a["sparse_beats_pyfai"]
     results["pyfai-sparsify"] = row(60, -0.2)
     assert not fidelity.aim(results)["sparse_beats_pyfai"]
+    results["redml-sparse"], results["pyfai-sparsify"] = row(90, -0.3, weak=-0.5), row(60, -0.4, weak=0.4)
+    assert not fidelity.aim(results)["sparse_beats_pyfai"]  # the weak reflections' bias counts too
