@@ -132,7 +132,8 @@ struct CodeReader {
     // kExact for an exact pixel (its value). The nine read counters of the span live in one
     // register, 7 bits each (no counter in memory); each stream's length is checked once for
     // the span, before the reads.
-    void read_span(const uint8_t *__restrict slot, size_t n, Word *__restrict w) {
+    // (Inlined into each build's span loop: it keeps the words in registers.)
+    REDML_ALWAYS_INLINE void read_span(const uint8_t *__restrict slot, size_t n, Word *__restrict w) {
         static_assert(REDML_PHASES == 8 && kLanes < 128, "nine 7-bit counters in 64 bits");
 #ifdef REDML_AVX512_DISPATCH
         static_assert(kLanes <= 64 && kLanes % 16 == 0, "a span's slots in one 64-bit mask, 16 words a vector");
