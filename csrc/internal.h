@@ -15,6 +15,7 @@
 
 namespace redml {
 // Test hook: the build of the codec decoder's SIMD loops (0 the best the CPU has, 1 portable,
-// 2 AVX2, 3 AVX-512; a build the CPU lacks falls back to the next one down).
+// 2 AVX2, 3 AVX-512, 4 AVX-512 with VBMI2's 16-bit expansion; a build the CPU lacks falls back
+// to the next one down).
 void codec_force_simd(int level);
 }  // namespace redml

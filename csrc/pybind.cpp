@@ -539,7 +539,7 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("plane"));
     m.def("_codec_force_simd", &redml::codec_force_simd, py::arg("level"),
-          "Test hook: the build of the codec decoder's SIMD loops (0 best, 1 portable, 2 AVX2, 3 AVX-512).");
+          "Test hook: the build of the codec decoder's SIMD loops (0 best, 1 portable, 2 AVX2, 3 AVX-512, 4 AVX-512 with VBMI2).");
     // Debug aid for benchmarks/speed.py: per-stage times of this thread's last encode.
     m.def("stage_timing", [](bool on) { redml::stage_times().enabled = on; }, py::arg("enable"));
     m.def("last_stages", [] {

@@ -7,7 +7,9 @@
 # (lattice.cpp), so the prediction is part of the codec; every build compiles it with the
 # same floating-point rules (no FMA contraction, no fast-math: setup.py's CFLAGS and the
 # Makefile's FUZZ_CXXFLAGS), so that encoder and decoders predict the same region bit for bit.
-REDML_CODEC_SRC := csrc/codec.cpp csrc/container.cpp csrc/entropy.cpp csrc/entropy_rans.cpp csrc/background.cpp csrc/spots.cpp csrc/lattice.cpp csrc/lattice_chunk.cpp
+# codec.cpp encodes, decode.cpp decodes; the decoder's span loops are built once per SIMD target,
+# each in its own file (decode_lanes_*.cpp: small translation units that compile in parallel).
+REDML_CODEC_SRC := csrc/codec.cpp csrc/decode.cpp csrc/decode_lanes_portable.cpp csrc/decode_lanes_avx2.cpp csrc/decode_lanes_avx512.cpp csrc/container.cpp csrc/entropy.cpp csrc/entropy_rans.cpp csrc/background.cpp csrc/spots.cpp csrc/lattice.cpp csrc/lattice_chunk.cpp
 # The spot finder's C API and its radial background profile (redml_spots.h).
 REDML_SPOTS_SRC := csrc/spots_api.cpp csrc/radial.cpp
 # The JUNGFRAU raw -> photon conversion (redml_jungfrau.h).

@@ -163,15 +163,16 @@ def test_sparse_decode_equals_the_definition(rng, dtype):
     ],
 )
 def test_every_simd_build_decodes_the_same_pixels(rng, kw, dtype, lo, hi):
-    """The decoder's loops are compiled portable, for AVX2 and for AVX-512 and the best one the
-    CPU has runs: every build the test hook forces (a build the CPU lacks falls back to the
-    next one down) decodes the same bytes, with one thread and with several."""
+    """The decoder's loops are compiled portable, for AVX2 and for AVX-512 (16-bit words with
+    or without VBMI2's expansion: levels 4 and 3) and the best one the CPU has runs: every build
+    the test hook forces (a build the CPU lacks falls back to the next one down) decodes the
+    same bytes, with one thread and with several."""
     f = sloped_frame(rng, (130, 300), lo, hi, dtype)
     f[60:64, 100:104] += 3000
     c = rr.encode(f, tile=16, **kw)
     best = rr.decode(c, nthreads=1).tobytes()
     try:
-        for level in (1, 2, 3):
+        for level in (1, 2, 3, 4):
             _core._codec_force_simd(level)
             for nt in (1, 3):
                 assert rr.decode(c, nthreads=nt).tobytes() == best, (level, nt)
