@@ -64,9 +64,10 @@ double clipped_mean(const V *__restrict v, size_t n, const redml_params &p, doub
                 count += take ? 1.0 : 0.0;
             }
         } else {
+            // nothing at or below the limit (or no limit: NaN); checked before the conversion to V
+            if (!(limit >= (double)std::numeric_limits<V>::lowest())) break;
             const V top = limit >= (double)std::numeric_limits<V>::max() ? std::numeric_limits<V>::max()
                                                                           : (V)std::floor(limit);
-            if (limit < (double)std::numeric_limits<V>::lowest()) break;  // nothing at or below it
             if (iter > 0 && top == previous_top) {  // the previous pass again: the same mean
                 *clip_limit = limit;
                 break;

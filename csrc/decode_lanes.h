@@ -94,11 +94,12 @@ inline bool use_vbmi2() {
         return __builtin_cpu_supports("avx512vbmi2") != 0;
     }();
     const int forced = forced_simd_level().load(std::memory_order_relaxed);
-    return has && (forced == 0 || forced >= 4);
+    return use_avx512() && has && (forced == 0 || forced >= 4);
 }
 inline REDML_TARGET_AVX512_VBMI2 void expand_words_vbmi2(const uint64_t *mask, const uint16_t *const *from,
                                                          uint16_t *w) {
     static_assert(kLanes == 64, "two vectors of 32 pixels");
+    static_assert(kWordSlack >= 32 * sizeof(uint16_t), "a 32-word load past a stream's last word stays in the slack");
     __m512i acc[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
     for (unsigned p = 0; p <= REDML_PHASES; p++) {
         const uint16_t *src = from[p];

@@ -4,6 +4,9 @@
 //   REDML_LANES_NS      the build's namespace (lanes_portable, lanes_avx2, lanes_avx512)
 //   REDML_LANES_TARGET  its target attribute (empty: the portable build)
 //   REDML_LANES_AVX512  true where the build may take AVX-512's 32-bit lane products
+// Every file builds with the same flags (csrc/sources.mk): per-target code comes from function
+// attributes only. Per-file -m/-march flags would give the shared inline helpers (CodeReader,
+// Storage, TileCoder) copies of different ISAs, any of which the linker may keep for all files.
 #include "decode_lanes.h"
 
 namespace redml {

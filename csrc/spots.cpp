@@ -715,6 +715,8 @@ SPOTS_INLINE void window_screen(const uint32_t *cns, const uint32_t *cs2, uint8_
     if constexpr (S == 16) {  // (the AVX-512 build only)
 #ifdef REDML_AVX512_DISPATCH
         window_screen16_row<R, Integrating>(cns, cs2, c, open, W, s);
+#else
+        static_assert(S != 16, "16 lanes exist in the AVX-512 build only");
 #endif
     } else {
         uint32_t x = 0;
