@@ -351,6 +351,9 @@ T decode_noise_int(int64_t k, int64_t s, int64_t u, double lambda, const ChunkHe
 // decode_codes of the lane loops' build for the CPU (decode_lanes.h).
 template <class T>
 bool decode_codes(const typename Storage<T>::Word *codes, T *out, size_t n, const Step1Int<T> *pred, int64_t lo) {
+#ifdef REDML_AVX512_DISPATCH
+    if (use_avx512()) return lanes_avx512::decode_codes<T>(codes, out, n, pred, lo);
+#endif
 #ifdef REDML_AVX2_DISPATCH
     if (use_avx2()) return lanes_avx2::decode_codes<T>(codes, out, n, pred, lo);
 #endif
