@@ -348,16 +348,27 @@ T decode_noise_int(int64_t k, int64_t s, int64_t u, double lambda, const ChunkHe
 }
 
 
-// decode_codes of the lane loops' build for the CPU (decode_lanes.h).
-template <class T>
-bool decode_codes(const typename Storage<T>::Word *codes, T *out, size_t n, const Step1Int<T> *pred, int64_t lo) {
+// Calls a lane loop of decode_lanes.h (a call expression naming it) in the build for the CPU.
 #ifdef REDML_AVX512_DISPATCH
-    if (use_avx512()) return lanes_avx512::decode_codes<T>(codes, out, n, pred, lo);
+#define REDML_LANES_AVX512_CALL(...) \
+    if (use_avx512()) return lanes_avx512::__VA_ARGS__;
+#else
+#define REDML_LANES_AVX512_CALL(...)
 #endif
 #ifdef REDML_AVX2_DISPATCH
-    if (use_avx2()) return lanes_avx2::decode_codes<T>(codes, out, n, pred, lo);
+#define REDML_LANES_AVX2_CALL(...) \
+    if (use_avx2()) return lanes_avx2::__VA_ARGS__;
+#else
+#define REDML_LANES_AVX2_CALL(...)
 #endif
-    return lanes_portable::decode_codes<T>(codes, out, n, pred, lo);
+#define REDML_LANES_DISPATCH(...)       \
+    REDML_LANES_AVX512_CALL(__VA_ARGS__) \
+    REDML_LANES_AVX2_CALL(__VA_ARGS__)   \
+    return lanes_portable::__VA_ARGS__;
+
+template <class T>
+bool decode_codes(const typename Storage<T>::Word *codes, T *out, size_t n, const Step1Int<T> *pred, int64_t lo) {
+    REDML_LANES_DISPATCH(decode_codes<T>(codes, out, n, pred, lo))
 }
 
 
@@ -413,28 +424,15 @@ void decode_noise_int_lanes(const TileCoder<T> &tc, int64_t pred, const uint8_t 
     }
 }
 
-// decode_coded_span of the lane loops' build for the CPU (decode_lanes.h).
+// decode_coded_span, decode_codes and sparse_dither: decode_lanes.h's, in the CPU's build.
 template <class T, class C>
 void decode_coded_span(REDML_SPAN_PARAMS) {
-#ifdef REDML_AVX512_DISPATCH
-    if (use_avx512()) return lanes_avx512::decode_coded_span<T, C>(REDML_SPAN_ARGS);
-#endif
-#ifdef REDML_AVX2_DISPATCH
-    if (use_avx2()) return lanes_avx2::decode_coded_span<T, C>(REDML_SPAN_ARGS);
-#endif
-    lanes_portable::decode_coded_span<T, C>(REDML_SPAN_ARGS);
+    REDML_LANES_DISPATCH(decode_coded_span<T, C>(REDML_SPAN_ARGS))
 }
 
-// sparse_dither of the lane loops' build for the CPU (decode_lanes.h).
 template <class T>
 void sparse_dither(const double *lambda, size_t n, uint32_t i0, uint32_t seed, T *out) {
-#ifdef REDML_AVX512_DISPATCH
-    if (use_avx512()) return lanes_avx512::sparse_dither<T>(lambda, n, i0, seed, out);
-#endif
-#ifdef REDML_AVX2_DISPATCH
-    if (use_avx2()) return lanes_avx2::sparse_dither<T>(lambda, n, i0, seed, out);
-#endif
-    lanes_portable::sparse_dither<T>(lambda, n, i0, seed, out);
+    REDML_LANES_DISPATCH(sparse_dither<T>(lambda, n, i0, seed, out))
 }
 
 
