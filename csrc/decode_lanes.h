@@ -89,12 +89,8 @@ REDML_TARGET_AVX512_POPCNT void expand_slots(const uint64_t *mask, const Word *c
 #define REDML_TARGET_AVX512_VBMI2 \
     __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512vbmi2,popcnt")))
 inline bool use_vbmi2() {
-    static const bool has = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512vbmi2") != 0;
-    }();
     const int forced = forced_simd_level().load(std::memory_order_relaxed);
-    return use_avx512() && has && (forced == 0 || forced >= 4);
+    return use_avx512() && cpu_has_avx512_vbmi2() && (forced == 0 || forced >= 4);
 }
 inline REDML_TARGET_AVX512_VBMI2 void expand_words_vbmi2(const uint64_t *mask, const uint16_t *const *from,
                                                          uint16_t *w) {

@@ -100,6 +100,14 @@ inline bool cpu_has_avx512() {
     }();
     return has;
 }
+// AVX512-VBMI2 (vpexpandw: the decoder's 16-bit word expansion, a level-4 form of level 3).
+inline bool cpu_has_avx512_vbmi2() {
+    static const bool has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512vbmi2") != 0;
+    }();
+    return has;
+}
 #endif
 
 // The SIMD build every dispatched loop of the core runs (codec, spot finder, rANS,
