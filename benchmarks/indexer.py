@@ -6,7 +6,10 @@ Real: the thaumatin Pilatus 6M stills (all 19 in --data; --quick: the 3 in tests
 from redml_reduce.find_spots, geometry from the CBF headers, cell 57.9 57.9 150.6 90 90 90,
 P41212. DIALS (dials.import, find_spots, ssx_index with the same cell and space group) gives
 the reference: frames it indexes, its orientations; misorientation allows for the lattice's
-symmetry-equivalent settings. --save-reference stores DIALS's orientations of frames 1 and 10
+symmetry-equivalent settings. obs_rms_px_redml / _dials: how well each crystal fits the spots
+DIALS indexed (RMS distance from their observed centroids to the nearest prediction, both crystals
+with the built-in profile): the scale against which to read a 1 px agreement of two orientations'
+predictions. --save-reference stores DIALS's orientations of frames 1 and 10
 as tests/data/dials_index_thau.json (the unit test's reference).
 Simulated: stills of known orientation for several cells (spots with 0.3 px centroid noise
 and 10% false spots), and frames of random spots (no lattice may index).
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,21 @@ el = ExperimentListFactory.from_json_file(sys.argv[1], check_format=False)
 print(json.dumps([{"path": e.imageset.get_path(0), "A": list(e.crystal.get_A()),
                    "cell": list(e.crystal.get_unit_cell().parameters())} for e in el]))
 """
+# Run by DIALS's python3: the observed centroids (px, x and y) of the spots DIALS indexed, per image file.
+_DUMP_OBS = """
+import json, sys
+from dials.array_family import flex
+from dxtbx.model.experiment_list import ExperimentListFactory
+el = ExperimentListFactory.from_json_file(sys.argv[1], check_format=False)
+refl = flex.reflection_table.from_file(sys.argv[2])
+refl = refl.select(refl.get_flags(refl.flags.indexed))
+out = {}
+for k, e in enumerate(el):
+    sel = refl.select(refl["id"] == k)
+    x, y, _ = sel["xyzobs.px.value"].parts()
+    out.setdefault(e.imageset.get_path(0), []).extend(zip(list(x), list(y)))
+print(json.dumps(out))
+"""
 # DIALS: beam along -z, slow axis along -y; the lattice package: beam along +z, slow along +y.
 DIALS_TO_LAB = np.diag([1.0, -1.0, -1.0])
 
@@ -74,8 +93,27 @@ def dials_orientations(folder: Path, workdir: Path) -> dict:
         return {}
     out = subprocess.run([DIALS_PYTHON, "-c", _DUMP_A, str(expt)], capture_output=True, text=True, env=dials_env(),
                          check=True)
-    return {Path(e["path"]).name: {"A": DIALS_TO_LAB @ np.array(e["A"]).reshape(3, 3), "cell": e["cell"]}
-            for e in json.loads(out.stdout)}
+    found = {Path(e["path"]).name: {"A": DIALS_TO_LAB @ np.array(e["A"]).reshape(3, 3), "cell": e["cell"]}
+             for e in json.loads(out.stdout)}
+    obs = subprocess.run([DIALS_PYTHON, "-c", _DUMP_OBS, str(expt), str(expt.with_suffix(".refl"))],
+                         capture_output=True, text=True, env=dials_env(), check=True)
+    for path, xy in json.loads(obs.stdout).items():
+        if Path(path).name in found:
+            found[Path(path).name]["observed"] = np.array(xy, float).reshape(-1, 2)
+    return found
+
+
+def observed_fit(crystal, observed: np.ndarray, shape) -> tuple[float, float]:
+    """How well a crystal's predictions fit DIALS's indexed spots: the RMS distance (px) from
+    each spot's observed centroid to the nearest prediction, over the spots with one within
+    3 px, and the fraction of spots that have one."""
+    from scipy.spatial import cKDTree
+
+    from redml_reduce.lattice import predict
+
+    dist, _ = cKDTree(predict(crystal, None, shape)[0]).query(observed)
+    near = dist <= 3.0
+    return (float(np.sqrt(np.mean(dist[near] ** 2))) if near.any() else float("nan")), float(near.mean())
 
 
 def real_frames(paths, dials: dict | None) -> tuple[list, dict]:
@@ -89,6 +127,14 @@ def real_frames(paths, dials: dict | None) -> tuple[list, dict]:
         peaks, _ = rr.find_spots(np.asarray(image.data))
         result, ms = timed(lambda: index_still(peaks, geometry, CELL, SPACE_GROUP))
         ref = None if dials is None else dials.get(p.name)
+        fit = {}
+        if result and ref is not None and "observed" in ref:
+            # both crystals with the built-in profile: only the orientation and cell differ
+            ours = result.crystals(geometry, min_explained=0)[0]
+            theirs = replace(ours, A=ref["A"])
+            shape = np.asarray(image.data).shape
+            fit["obs_rms_px_redml"], fit["obs_near_redml"] = observed_fit(ours, ref["observed"], shape)
+            fit["obs_rms_px_dials"], fit["obs_near_dials"] = observed_fit(theirs, ref["observed"], shape)
         rows.append({"frame": p.name, "spots": len(peaks), "dials": None if dials is None else ref is not None,
                      "indexed": result is not None, "n_indexed": result.n_indexed if result else 0,
                      "rmsd_px": result.rmsd_px if result else None, "ms": ms,
@@ -96,7 +142,8 @@ def real_frames(paths, dials: dict | None) -> tuple[list, dict]:
                      # and the half mosaicity of the profile estimated from them
                      "fraction": result.fraction if result else None,
                      "eta_deg": result.half_mosaicity_deg if result else None,
-                     "misorientation_deg": misorientation_deg(result.A, ref["A"], B) if result and ref else None})
+                     "misorientation_deg": misorientation_deg(result.A, ref["A"], B) if result and ref else None,
+                     **fit})
     mis = [r["misorientation_deg"] for r in rows if r["misorientation_deg"] is not None]
     summary = {"frames": len(rows), "frames_indexed_redml": sum(r["indexed"] for r in rows),
                "frames_trusted_redml": sum(r["indexed"] and r["fraction"] >= MIN_EXPLAINED for r in rows),
@@ -111,6 +158,11 @@ def real_frames(paths, dials: dict | None) -> tuple[list, dict]:
                         "median_misorientation_deg": float(np.median(mis)) if mis else None,
                         "max_misorientation_deg": float(max(mis)) if mis else None,
                         "within_0.2_deg": sum(m < 0.2 for m in mis)})
+        fits = [r for r in rows if "obs_rms_px_redml" in r]
+        if fits:  # medians over the frames both index
+            for who in ("redml", "dials"):
+                summary[f"median_obs_rms_px_{who}"] = float(np.median([r[f"obs_rms_px_{who}"] for r in fits]))
+                summary[f"median_obs_near_{who}"] = float(np.median([r[f"obs_near_{who}"] for r in fits]))
     return rows, summary
 
 
@@ -188,7 +240,7 @@ def main(argv=None) -> int:
     rows, summary = real_frames(paths, dials)
     print(f"thaumatin stills ({data}), cell {CELL} {SPACE_GROUP}")
     print(table(rows, ["frame", "spots", "dials", "indexed", "n_indexed", "fraction", "rmsd_px", "misorientation_deg",
-                       "eta_deg", "ms"]))
+                       "obs_rms_px_redml", "obs_rms_px_dials", "eta_deg", "ms"]))
     print(json.dumps(summary))
     n_sim = 10 if args.quick else 50
     sim = simulated(n_sim) + random_frames(5 if args.quick else 20)
