@@ -14,6 +14,9 @@ simulate-detector` (its own process) as fast as the receiver takes them. Each pi
   redml-q1   receive, decompress, mask, find spots, encode at q=1, write (the default)
   redml-q0   the same, lossless
   redml-q1-veto   q=1 for hits, blanks stored sparse
+  bslz4-spots     the plain writer with live indicators: the chunks stored as they came, and
+             each frame decompressed for its spots (no encoding): the floor of any pipeline
+             that finds spots, as redml's exact region needs them
 
 Figures: sustained frames/s and MB/s (uncompressed frame bytes) from the first image's
 arrival to the last frame's flush; the receiving process's CPU time per frame over that span
@@ -46,6 +49,7 @@ PIPELINES = {
     "redml-q1": ["--q", "1"],
     "redml-q0": ["--q", "0"],
     "redml-q1-veto": ["--q", "1", "--veto", "sparse"],
+    "bslz4-spots": ["--codec", "bslz4"],
 }
 
 
@@ -197,7 +201,7 @@ def table(rows, title) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="redml-q1 and bslz4, 40 frames (< 5 minutes)")
+    ap.add_argument("--quick", action="store_true", help="bslz4, bslz4-spots and redml-q1, 40 frames (< 5 minutes)")
     ap.add_argument("--frames", type=int, help="images in each stream (default 40 quick, 200 full)")
     ap.add_argument("--pool", type=int, help="distinct simulated shots, cycled (default 6 quick, 16 full)")
     ap.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES))
@@ -211,8 +215,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n_frames = args.frames or (40 if args.quick else 200)
     n_pool = args.pool or (6 if args.quick else 16)
-    pipelines = args.pipelines or (["bslz4", "redml-q1"] if args.quick else ["bslz4", "redml-q1", "redml-q0",
-                                                                             "redml-q1-veto"])
+    pipelines = args.pipelines or (["bslz4", "bslz4-spots", "redml-q1"] if args.quick else
+                                   ["bslz4", "bslz4-spots", "redml-q1", "redml-q0", "redml-q1-veto"])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="redml-acq-bench-") as tmp:
         work = Path(args.workdir or tmp)
@@ -260,6 +264,8 @@ def main(argv=None) -> int:
            "workers": args.workers or cores, "machine": platform.platform(), "seconds": time.perf_counter() - t0}
     if "redml-q1" in by and "bslz4" in by:
         out["redml_q1_vs_bslz4_fps"] = by["redml-q1"]["fps"] / by["bslz4"]["fps"]
+    if "bslz4-spots" in by and "bslz4" in by:  # what finding the spots alone leaves of the plain writer's rate
+        out["bslz4_spots_vs_bslz4_fps"] = by["bslz4-spots"]["fps"] / by["bslz4"]["fps"]
     if fanout:
         out["fanout"] = fanout
         if "1" in fanout and fanout["1"]["fps"]:
