@@ -165,7 +165,7 @@ def _compress_jungfrau(args) -> int:
     r = compress_raw(frames, args.output, calib, q=args.q, photon_dtype=args.dtype, track_window=args.track_window,
                      track_threshold=args.track_threshold, snapshot_every=args.snapshot_every)
     marked = {k: v for k, v in r["counts"].items() if k not in ("g0", "g1", "g2") and v}
-    print(f"{r['frames']} raw frames converted and written to {args.output} ({args.dtype} photons, q={args.q}); "
+    print(f"{r['frames']} raw frames converted and written to {args.output} ({r['dtype']} photons, q={args.q}); "
           f"calibration in /entry/instrument/detector/jungfrau_calibration; pixels by gain stage "
           f"G0 {r['counts']['g0']}, G1 {r['counts']['g1']}, G2 {r['counts']['g2']}; marked {marked or 'none'}")
     return 0
@@ -325,7 +325,8 @@ def main(argv=None) -> int:
                    help="exact region: the classical spot rule, the learned model (needs redml_reduce[ml]) or both")
     c.add_argument("--jungfrau-calibration", metavar="DIR", help="raw JUNGFRAU frames: calibration directory "
                    "(calibration.json) or HDF5 file written by redml; stored in the output")
-    c.add_argument("--dtype", default="int32", choices=("int32", "int16"), help="photon dtype (JUNGFRAU)")
+    c.add_argument("--dtype", default="auto", choices=("auto", "int32", "int16"),
+                   help="photon dtype (JUNGFRAU); auto: int16 where the calibration cannot reach its ends")
     c.add_argument("--track-window", type=int, default=0, help="pedestal tracking window in frames (0: off)")
     c.add_argument("--track-threshold", type=float, default=0.5, help="dark G0 pixel: |photons| below this")
     c.add_argument("--snapshot-every", type=int, default=0, help="store the tracked pedestal every N frames")

@@ -456,10 +456,15 @@ def test_raw_jungfrau_stream_is_converted_and_its_calibration_kept(tmp_path, rng
     (summary,) = res["summaries"]
     assert summary["counts"]["written"] == 4 and summary["counts"]["rejected"] == 0
     back, _ = stored_frames(out)
+    dt = det.calibration.photon_dtype()
+    assert dt == np.int16  # 12.4 keV: every count fits int16 (the smaller frame, nothing clipped)
     for r, b in zip(raw, back):
-        expected = convert(r, det.calibration)[0]
-        assert b.dtype == np.int32 and b.tobytes() == expected.tobytes()
-    assert back[2][oy, ox] == np.iinfo(np.int32).max  # overload kept as the saturation marker
+        expected, info = convert(r, det.calibration, dt)
+        assert b.dtype == dt and b.tobytes() == expected.tobytes()
+        wide = convert(r, det.calibration)[0].astype(np.int64)  # int32: the same counts
+        counts = (wide != np.iinfo(np.int32).min) & (wide != np.iinfo(np.int32).max)
+        np.testing.assert_array_equal(b[counts], wide[counts])
+    assert back[2][oy, ox] == np.iinfo(dt).max  # overload kept as the saturation marker
     with h5py.File(out, "r", libver="latest", swmr=True) as f:
         stored = read_calibration(f["entry/instrument/detector/jungfrau_calibration"])
     np.testing.assert_array_equal(stored.pedestal, det.calibration.pedestal)

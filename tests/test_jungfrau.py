@@ -405,19 +405,20 @@ def test_compress_cli_stores_calibration_and_redoes_conversion(tmp_path, rng, ca
         updates = jf.read_pedestal_updates(f["entry/instrument/detector/jungfrau_calibration"])
         assert f["entry/instrument/detector"].attrs["NX_class"] == "NXdetector"
         data = f["entry/data/data"][...]
+    assert data.dtype == np.int16 == calib.photon_dtype()  # the default, auto: no count of 12.4 keV reaches int16's ends
     for name in ("pedestal", "gain", "noise", "mask"):
         np.testing.assert_array_equal(getattr(stored, name), getattr(calib, name))
     assert stored.energy_keV == E and np.array_equal(stored.geometry.modules, calib.geometry.modules)
     # redo the conversion from what the file holds: tracking replayed from the stored start
     tracker = jf.PedestalTracker(stored, window=updates["window"], threshold=updates["threshold_photons"])
     for i, raw in enumerate(frames):
-        photons, _ = jf.convert(raw, stored, track=tracker)
+        photons, _ = jf.convert(raw, stored, out_dtype=np.int16, track=tracker)
         np.testing.assert_array_equal(data[i], photons)  # q=0: lossless
         np.testing.assert_array_equal(updates["pedestal_g0"][i], tracker.pedestal_g0)
     assert list(updates["frames"]) == [1, 2, 3]
     assert cli(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "3 frames of 514 x 1030 int32, 3 redml chunks: 3 lossless" in text
+    assert "3 frames of 514 x 1030 int16, 3 redml chunks: 3 lossless" in text
     assert "photon energy 12.4 keV" in text and "pedestal tracking: window 10" in text
     assert f"bad pixels: {int(calib.mask.sum())}" in text
 
@@ -491,7 +492,8 @@ def test_acquire_stores_the_frames_compress_stores(tmp_path, rng):
                             f["entry/instrument/detector/pixel_mask"][...]
                             if "entry/instrument/detector/pixel_mask" in f else None)
     (c_data, c_geom, _), (a_data, a_geom, a_mask) = stored["compress.h5"], stored["acquire.nxs"]
-    assert c_data.shape == a_data.shape == (3, *calib.geometry.shape) and c_data.dtype == a_data.dtype == np.int32
+    assert c_data.shape == a_data.shape == (3, *calib.geometry.shape)
+    assert c_data.dtype == a_data.dtype == calib.photon_dtype() == np.int16  # 12.4 keV: int16 holds every count
     assert a_data.tobytes() == c_data.tobytes()
     assert a_geom.shape == c_geom.shape and np.array_equal(a_geom.modules, c_geom.modules)
     # the raw-layout pixel mask of the stream is assembled like the images: gaps flagged, bad pixels in place

@@ -82,7 +82,8 @@ class Receiver:
 
     @staticmethod
     def _raw_jungfrau(series: SeriesState, msg: StartMessage) -> None:
-        """Raw JUNGFRAU images: the series converts them to int32 photons with the start
+        """Raw JUNGFRAU images: the series converts them to photons (int16 where the calibration
+        cannot reach its ends, else int32: Calibration.photon_dtype) with the start
         message's calibration, which is also stored in the file; with its geometry the images
         are assembled (as `redml compress --jungfrau-calibration` does), else raw module layout."""
         from ..jungfrau.calibration import Calibration
@@ -97,7 +98,7 @@ class Receiver:
         if series.shape is not None and tuple(series.shape) != tuple(calib.frame_shape):
             raise StreamError(f"calibration for {calib.frame_shape} raw frames, the images are {series.shape}")
         series.calibration = calib
-        series.shape, series.dtype = tuple(calib.image_shape()), np.dtype(np.int32)
+        series.shape, series.dtype = tuple(calib.image_shape()), calib.photon_dtype()
 
     def _check_size(self, name: str, a: EncodedArray) -> None:
         """Refuses an array whose decoded size exceeds max_array_bytes, before decoding it."""

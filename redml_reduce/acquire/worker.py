@@ -76,7 +76,7 @@ def work(series, image_id: int, enc: EncodedArray, t: float, s, codecs: dict, st
         # shape and dtype were checked on arrival (receiver.py), from what the frame declares
         frame = enc.decode()
         if series.calibration is not None:  # raw JUNGFRAU words -> photons (bad words become markers)
-            frame = convert(frame, series.calibration, nthreads=1, out=_photon_buffer(series.calibration))[0]
+            frame = convert(frame, series.calibration, series.dtype, nthreads=1, out=_photon_buffer(series))[0]
         if frame.dtype in WIDEN:
             frame = frame.astype(WIDEN[frame.dtype])
         lap = _lap(res, "decode", lap)
@@ -149,13 +149,13 @@ def _index(st: FrameStats, peaks, geometry, s) -> list:
 _local = threading.local()
 
 
-def _photon_buffer(calibration) -> np.ndarray:
-    """The worker thread's own int32 photon frame, reused frame after frame (a frame is done with
-    before the thread takes the next): no fresh frame-sized array, no page faults, per frame."""
-    shape = tuple(calibration.image_shape())
+def _photon_buffer(series) -> np.ndarray:
+    """The worker thread's own photon frame (the series' shape and dtype), reused frame after
+    frame (a frame is done with before the thread takes the next): no fresh frame-sized array,
+    no page faults, per frame."""
     buf = getattr(_local, "photons", None)
-    if buf is None or buf.shape != shape:
-        buf = _local.photons = np.empty(shape, np.int32)
+    if buf is None or buf.shape != tuple(series.shape) or buf.dtype != series.dtype:
+        buf = _local.photons = np.empty(series.shape, series.dtype)
     return buf
 
 

@@ -75,16 +75,17 @@ def load_calibration(path) -> Calibration:
                        meta)
 
 
-def compress_raw(frames: Iterable, out, calib: Calibration, *, q=1, photon_dtype=np.int32,
+def compress_raw(frames: Iterable, out, calib: Calibration, *, q=1, photon_dtype="auto",
                  track_window: int = 0, track_threshold: float = 0.5, snapshot_every: int = 0,
                  nthreads: int = 0, **codec_settings) -> dict:
     """Converts raw frames and writes them as redml chunks (FrameWriter, entry/data/data) to
     the HDF5 file `out`, with the calibration in /entry/instrument/detector/jungfrau_calibration
     (written before the first frame; the pedestal updates, with tracking, after the last).
-    Returns the summed status counts and the number of frames."""
+    photon_dtype: int16, int32 or "auto" (calib.photon_dtype(): int16 where no count can
+    reach its ends). Returns the summed status counts, the number of frames and the dtype."""
     import h5py
 
-    dt = as_photon_dtype(photon_dtype)
+    dt = calib.photon_dtype() if isinstance(photon_dtype, str) and photon_dtype == "auto" else as_photon_dtype(photon_dtype)
     tracker = PedestalTracker(calib, track_window, track_threshold, snapshot_every) if track_window else None
     totals = dict.fromkeys(STATUS, 0)
     with FrameWriter(out, calib.image_shape(), dt, q=q, nthreads=nthreads,
@@ -98,4 +99,4 @@ def compress_raw(frames: Iterable, out, calib: Calibration, *, q=1, photon_dtype
     if tracker is not None:
         with h5py.File(out, "a", libver=("v110", "v110")) as f:
             write_pedestal_updates(f[f"entry/instrument/detector/{CALIBRATION_GROUP}"], tracker)
-    return dict(frames=n, counts=totals)
+    return dict(frames=n, counts=totals, dtype=dt.name)
