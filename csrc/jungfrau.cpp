@@ -52,9 +52,22 @@ inline int64_t out_offset(const redml_jf_module &m, int r, int c, uint32_t out_w
 // Both builds compute every lane with the scalar rule's float operations in the same order
 // (the division kept: a reciprocal would move some counts across a rounding edge), rounding
 // half away from zero as trunc(v) + (|v - trunc(v)| >= 0.5 ? sign(v) : 0), which equals the
-// scalar trunc(v +- 0.5) exactly, and store them as T. A lane that is masked, not G0, or
-// whose count is non-finite or beyond (lo, hi) is then redone by slow(x, x + 1), the scalar
-// rule. raw, ped0, gain and mask point at the row; they return where the scalar tail starts.
+// scalar trunc(v +- 0.5) exactly, and store them as T; with kExtras also the keV, the status
+// (G0) and the tracked pedestal (redml_jf_track's operations). A lane that is masked, not G0,
+// or whose count is non-finite or beyond (lo, hi) is then redone by slow(x, x + 1), the
+// scalar rule, over everything the lanes stored (its tracked pedestal was stored unchanged).
+// They return where the scalar tail starts.
+
+// The row's pointers and constants for the lanes.
+struct LaneRow {
+    const uint16_t *raw;
+    const float *ped0, *gain;
+    const uint8_t *mask;
+    float *e, *track;  // null where not wanted
+    uint8_t *status;
+    uint32_t width;
+    float inv_energy, alpha, threshold;
+};
 
 // Redoes the lanes of group x whose bit in `fine` is clear.
 template <class Slow>
@@ -66,22 +79,22 @@ REDML_ALWAYS_INLINE void redo_lanes(uint32_t x, uint32_t fine, uint32_t all, Slo
 }
 
 #ifdef REDML_AVX2_DISPATCH
-template <class T, bool kMask, class Slow>
-REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const uint16_t *raw, const float *ped0, const float *gain,
-                                          const uint8_t *mask, uint32_t width, float inv_energy, int32_t lo,
-                                          int32_t hi, T *v, Slow slow) {
-    const __m256 inv = _mm256_set1_ps(inv_energy), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+template <class T, bool kMask, bool kExtras, class Slow>
+REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const LaneRow &w, int32_t lo, int32_t hi, T *v, Slow slow) {
+    const __m256 inv = _mm256_set1_ps(w.inv_energy), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
     const __m256 sign = _mm256_set1_ps(-0.0f), vlo = _mm256_set1_ps((float)lo), vhi = _mm256_set1_ps((float)hi);
+    const __m256 alpha = _mm256_set1_ps(w.alpha), threshold = _mm256_set1_ps(w.threshold);
+    const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m128i stage_bits = _mm_set1_epi16((short)0xC000), zero = _mm_setzero_si128();
     uint32_t x = 0;
-    for (; x + 8 <= width; x += 8) {
-        const __m128i words = _mm_loadu_si128((const __m128i *)(raw + x));
+    for (; x + 8 <= w.width; x += 8) {
+        const __m128i words = _mm_loadu_si128((const __m128i *)(w.raw + x));
         // G0 lanes: stage bits clear (the words are then the ADC values)
         const __m128i g0 = _mm_cmpeq_epi16(_mm_and_si128(words, stage_bits), zero);
         uint32_t fine = (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(g0, zero));
-        if (kMask) fine &= (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadl_epi64((const __m128i *)(mask + x)), zero));
-        const __m256 adc = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(words));
-        const __m256 e = _mm256_div_ps(_mm256_sub_ps(adc, _mm256_loadu_ps(ped0 + x)), _mm256_loadu_ps(gain + x));
+        if (kMask) fine &= (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadl_epi64((const __m128i *)(w.mask + x)), zero));
+        const __m256 adc = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(words)), ped = _mm256_loadu_ps(w.ped0 + x);
+        const __m256 e = _mm256_div_ps(_mm256_sub_ps(adc, ped), _mm256_loadu_ps(w.gain + x));
         const __m256 p = _mm256_mul_ps(e, inv);
         const __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t));  // NaN for infinities
@@ -95,6 +108,17 @@ REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const uint16_t *raw, const float *ped0
             _mm_storeu_si128((__m128i *)(v + x), _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)));
         else
             _mm256_storeu_si256((__m256i *)(v + x), q);
+        if (kExtras) {
+            if (w.e) _mm256_storeu_ps(w.e + x, e);
+            if (w.status) _mm_storel_epi64((__m128i *)(w.status + x), zero);  // REDML_JF_G0
+            if (w.track) {  // fine lanes with |photons| < threshold move; the others keep their pedestal
+                const __m256i fine_lanes = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)fine), lane_bits), lane_bits);
+                const __m256 dark = _mm256_and_ps(_mm256_castsi256_ps(fine_lanes),
+                                                  _mm256_cmp_ps(_mm256_andnot_ps(sign, p), threshold, _CMP_LT_OQ));
+                const __m256 moved = _mm256_add_ps(ped, _mm256_mul_ps(_mm256_sub_ps(adc, ped), alpha));
+                _mm256_storeu_ps(w.track + x, _mm256_blendv_ps(ped, moved, dark));
+            }
+        }
         redo_lanes(x, fine, 0xFFu, slow);
     }
     return x;
@@ -102,23 +126,28 @@ REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const uint16_t *raw, const float *ped0
 #endif
 
 #ifdef REDML_AVX512_DISPATCH
-template <class T, bool kMask, class Slow>
-REDML_TARGET_AVX512 uint32_t g0_groups_avx512(const uint16_t *raw, const float *ped0, const float *gain,
-                                              const uint8_t *mask, uint32_t width, float inv_energy, int32_t lo,
-                                              int32_t hi, T *v, Slow slow) {
-    const __m512 inv = _mm512_set1_ps(inv_energy), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+// (GCC 12's AVX-512 headers start some intrinsics from a self-initialized `__Y = __Y`, which
+// -Wmaybe-uninitialized reports at every use: a false alarm, silenced here.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+template <class T, bool kMask, bool kExtras, class Slow>
+REDML_TARGET_AVX512 uint32_t g0_groups_avx512(const LaneRow &w, int32_t lo, int32_t hi, T *v, Slow slow) {
+    const __m512 inv = _mm512_set1_ps(w.inv_energy), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
     const __m512 sign = _mm512_set1_ps(-0.0f), vlo = _mm512_set1_ps((float)lo), vhi = _mm512_set1_ps((float)hi);
+    const __m512 alpha = _mm512_set1_ps(w.alpha), threshold = _mm512_set1_ps(w.threshold);
     const __m256i stage_bits = _mm256_set1_epi16((short)0xC000);
     uint32_t x = 0;
-    for (; x + 16 <= width; x += 16) {
-        const __m256i words = _mm256_loadu_si256((const __m256i *)(raw + x));
+    for (; x + 16 <= w.width; x += 16) {
+        const __m256i words = _mm256_loadu_si256((const __m256i *)(w.raw + x));
         __mmask16 fine = _mm256_testn_epi16_mask(words, stage_bits);  // G0 lanes
         if (kMask) {
-            const __m128i m = _mm_loadu_si128((const __m128i *)(mask + x));
+            const __m128i m = _mm_loadu_si128((const __m128i *)(w.mask + x));
             fine &= _mm_testn_epi8_mask(m, m);
         }
-        const __m512 adc = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(words));
-        const __m512 e = _mm512_div_ps(_mm512_sub_ps(adc, _mm512_loadu_ps(ped0 + x)), _mm512_loadu_ps(gain + x));
+        const __m512 adc = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(words)), ped = _mm512_loadu_ps(w.ped0 + x);
+        const __m512 e = _mm512_div_ps(_mm512_sub_ps(adc, ped), _mm512_loadu_ps(w.gain + x));
         const __m512 p = _mm512_mul_ps(e, inv);
         const __m512 t = _mm512_roundscale_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         const __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(p, t));  // NaN for infinities
@@ -130,15 +159,26 @@ REDML_TARGET_AVX512 uint32_t g0_groups_avx512(const uint16_t *raw, const float *
             _mm256_storeu_si256((__m256i *)(v + x), _mm512_cvtepi32_epi16(q));
         else
             _mm512_storeu_si512((void *)(v + x), q);
+        if (kExtras) {
+            if (w.e) _mm512_storeu_ps(w.e + x, e);
+            if (w.status) _mm_storeu_si128((__m128i *)(w.status + x), _mm_setzero_si128());  // REDML_JF_G0
+            if (w.track) {  // as AVX2: the other lanes' pedestals are left as they are
+                const __mmask16 dark = fine & _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, p), threshold, _CMP_LT_OQ);
+                _mm512_mask_storeu_ps(w.track + x, dark, _mm512_add_ps(ped, _mm512_mul_ps(_mm512_sub_ps(adc, ped), alpha)));
+            }
+        }
         redo_lanes(x, fine, 0xFFFFu, slow);
     }
     return x;
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 // Converts raw row y into v[] (photons or markers) and, when the frame wants them, e[] (keV),
-// the status map and the tracked pedestal; counts the statuses other than G0. Photons alone
-// take the G0 lanes of the SIMD build simd_level() names (the extras, the scalar rule).
+// the status map and the tracked pedestal; counts the statuses other than G0. The G0 lanes
+// of the SIMD build simd_level() names, the scalar rule for the rest.
 template <class T, bool kMask, bool kExtras>
 void convert_row(const Frame &f, uint32_t y, T *v, float *e, uint64_t *counts) {
     constexpr int32_t lo = std::numeric_limits<T>::min(), hi = std::numeric_limits<T>::max();
@@ -165,24 +205,26 @@ void convert_row(const Frame &f, uint32_t y, T *v, float *e, uint64_t *counts) {
             }
         }
     };
+    const LaneRow lanes{raw,
+                        ped0 + row,
+                        gain + row,
+                        kMask ? mask + row : nullptr,
+                        e,
+                        kExtras && f.track ? f.track + row : nullptr,
+                        kExtras && f.status ? f.status + row : nullptr,
+                        width,
+                        inv_energy,
+                        f.alpha,
+                        f.threshold};
     uint32_t x0 = 0;
-    if (!kExtras) {
-        const uint8_t *mask_row = kMask ? mask + row : nullptr;
-        switch (simd_level()) {
+    switch (simd_level()) {
 #ifdef REDML_AVX512_DISPATCH
-            case 3:
-                x0 = g0_groups_avx512<T, kMask>(raw, ped0 + row, gain + row, mask_row, width, inv_energy, lo, hi, v,
-                                                pixels);
-                break;
+        case 3: x0 = g0_groups_avx512<T, kMask, kExtras>(lanes, lo, hi, v, pixels); break;
 #endif
 #ifdef REDML_AVX2_DISPATCH
-            case 2:
-                x0 = g0_groups_avx2<T, kMask>(raw, ped0 + row, gain + row, mask_row, width, inv_energy, lo, hi, v,
-                                              pixels);
-                break;
+        case 2: x0 = g0_groups_avx2<T, kMask, kExtras>(lanes, lo, hi, v, pixels); break;
 #endif
-            default: break;
-        }
+        default: break;
     }
     pixels(x0, width);
 }

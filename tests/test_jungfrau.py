@@ -192,7 +192,22 @@ def oriented_frame():
         lo = jf.markers(dtype)[0]
         refs[dtype] = (assemble_reference(ref, geometry.modules, geometry.shape, lo), ref_status)
     kev = assemble_reference(ref_kev, geometry.modules, geometry.shape, np.float32(np.nan))
-    return calib, raw, refs, kev
+    return calib, raw, refs, kev, ref_kev
+
+
+def check_tracked(raw, calib, dtype, ref, ref_status, ref_kev, kev=None, threshold=100.0):
+    """One tracked conversion with keV and status (the lanes' extras): photons, statuses and
+    keV (`kev`: assembled) equal the reference's, the tracked G0 pedestal too bit for bit, and
+    some pedestals moved (a threshold of many photons: many dark pixels)."""
+    tracker = jf.PedestalTracker(calib, window=7, threshold=threshold)
+    before = tracker.pedestal_g0.copy()
+    photons, info = jf.convert(raw, calib, dtype, keV=True, status=True, track=tracker)
+    np.testing.assert_array_equal(photons, ref)
+    np.testing.assert_array_equal(info.status, ref_status)
+    np.testing.assert_array_equal(info.kev, ref_kev if kev is None else kev)
+    expect = track_reference(before, raw, ref_status, ref_kev, calib.energy_keV, 1 / 7, threshold)
+    np.testing.assert_array_equal(tracker.pedestal_g0, expect)
+    assert (expect != before).sum() > 10
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32])
@@ -200,7 +215,7 @@ def test_every_simd_build_assembles_every_orientation_exactly(simd_level, orient
     """Each SIMD build's G0 lanes and block transposes give the reference photons, pixel for
     pixel, on modules lying every way, with all gain stages, masked pixels, overloads, error
     words, saturation and rounding ties."""
-    calib, raw, refs, ref_kev = oriented_frame
+    calib, raw, refs, kev, raw_kev = oriented_frame
     ref, ref_status = refs[dtype]
     for nthreads in (1, 2):
         photons, info = jf.convert(raw, calib, dtype, nthreads=nthreads)
@@ -208,9 +223,7 @@ def test_every_simd_build_assembles_every_orientation_exactly(simd_level, orient
         assert info.counts == {k: int((ref_status == v).sum()) for k, v in STATUS.items()}
     for name in STATUS:  # the frame exercises every status
         assert info.counts[name] > 0, name
-    photons, info = jf.convert(raw, calib, dtype, keV=True)  # the scalar rule, placed alike
-    np.testing.assert_array_equal(photons, ref)
-    np.testing.assert_array_equal(info.kev, ref_kev)
+    check_tracked(raw, calib, dtype, ref, ref_status, raw_kev, kev)
 
 
 @pytest.mark.parametrize("width", [1, 7, 15, 16, 17, 31, 33, 100, 1030])
@@ -225,9 +238,7 @@ def test_every_simd_build_converts_odd_raw_frames_exactly(simd_level, rng, width
             photons, info = jf.convert(raw, calib, dtype, nthreads=2)
             np.testing.assert_array_equal(photons, ref)
             assert info.counts == {k: int((ref_status == v).sum()) for k, v in STATUS.items()}
-            photons, info = jf.convert(raw, calib, dtype, keV=True)
-            np.testing.assert_array_equal(photons, ref)
-            np.testing.assert_array_equal(info.kev, ref_kev)
+            check_tracked(raw, calib, dtype, ref, ref_status, ref_kev)
 
 
 def test_special_words_masked_and_counted(rng):
