@@ -277,6 +277,21 @@ def test_all_invalid_frame(rng, word, status, marker):
     np.testing.assert_array_equal(rr.decode(chunk), photons)
 
 
+@pytest.mark.parametrize("bad", [-1, 0, "mid"])
+def test_gap_index_outside_the_image_is_refused(bad):
+    """The core checks every gap index before writing (the largest one, wherever it is)."""
+    g = jf.ModuleLayout.grid(1, gap_x=0, gap_y=0)
+    shape = (g.shape[0] + 1, g.shape[1])  # one row of gap below the module
+    gap = np.arange(g.shape[0] * g.shape[1], shape[0] * shape[1], dtype=np.uint32)
+    gap[{-1: -1, 0: 0, "mid": len(gap) // 2}[bad]] = shape[0] * shape[1]  # one past the end
+    ped, gain = np.zeros((3, *g.raw_shape), np.float32), np.ones((3, *g.raw_shape), np.float32)
+    out = np.full(shape, 7, np.int16)
+    with pytest.raises(ValueError, match="gap index outside the image"):
+        _core.jf_convert(np.zeros(g.raw_shape, np.uint16), ped, gain, None, None, g.modules, gap, *shape, 1.0, 16,
+                         False, False, 0.0, 0.0, 1, out)
+    assert (out == 7).all()  # nothing written
+
+
 def test_shape_and_type_errors_are_clear(rng):
     calib = make_calib(rng, (64, 128))
     with pytest.raises(ValueError, match=r"calibration is for raw frames of shape \(64, 128\).*\(64, 64\)"):
