@@ -153,7 +153,7 @@ def test_vectorized_g0_path_equals_reference_at_rounding_and_range_edges(rng, dt
 
 # The eight ways a module can lie: fast axis along the image rows or columns, either way, and the
 # slow axis either way (row_step -1: the band's rows written in reverse), each in its own
-# 1030 x 1030 slot of a 2 x 4 grid.
+# 1033 x 1033 slot of a 2 x 4 grid.
 ORIENTATIONS = [((0, 1), (1, 0)), ((0, 1), (-1, 0)), ((0, -1), (1, 0)), ((0, -1), (-1, 0)),
                 ((1, 0), (0, 1)), ((1, 0), (0, -1)), ((-1, 0), (0, 1)), ((-1, 0), (0, -1))]
 
@@ -181,8 +181,8 @@ def simd_level(request):
 
 @pytest.fixture(scope="module")
 def oriented_frame():
-    """An 8-module frame of every orientation (g0_edge_frame's words) and its reference photons,
-    assembled, per output type."""
+    """An 8-module frame of every orientation (g0_edge_frame's words, a fixed seed: built once
+    for the module) and its reference photons, assembled, per output type."""
     rng = np.random.default_rng(2020)
     geometry = every_orientation_layout()
     calib, raw = g0_edge_frame(rng, geometry.raw_shape, other_fraction=0.01, geometry=geometry)
