@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import redml_reduce as rr
+from redml_reduce import _core
 from redml_reduce import jungfrau as jf
 from redml_reduce.formats.jungfrau_raw import load_calibration
 from redml_reduce.cli import main as cli
@@ -117,13 +118,11 @@ def test_core_equals_reference_on_realistic_frames(rng):
         np.testing.assert_array_equal(photons, ref)
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.int32])
-@pytest.mark.parametrize("masked", [False, True])
-def test_vectorized_g0_path_equals_reference_at_rounding_and_range_edges(rng, dtype, masked):
-    """Photons alone (no keV, status or tracking) take the vectorized G0 path: mostly-G0 rows
-    whose counts fall on half-integers (ties round away from zero), next to them, and on the
-    edges of the output range, among other stages, special words and hostile calibrations."""
-    shape = (64, 1024)
+def g0_edge_frame(rng, shape, mask=True, geometry=None, other_fraction=0.002):
+    """(calibration, raw words) for the vectorized G0 path: mostly-G0 pixels whose counts fall on
+    half-integers (ties round away from zero), next to them, and on the edges of the output
+    range, among other stages, special words (a fraction `other_fraction`) and a hostile
+    calibration (masked, non-finite and saturating gains). 1 keV photons."""
     calib = hostile_calibration(rng, shape)
     ped, gain = calib.pedestal.copy(), calib.gain.copy()
     edges = rng.random(shape) < 0.5  # E keV per ADU: count = adc - pedestal
@@ -131,17 +130,115 @@ def test_vectorized_g0_path_equals_reference_at_rounding_and_range_edges(rng, dt
     gain[0][edges] = 1.0
     near_max = rng.random(shape) < 0.05  # counts about the int16 maximum (adc up to 16383, 2 per ADU)
     gain[0][near_max], ped[0][near_max] = 0.5, rng.choice([0.0, 0.25, 0.5, 0.75], near_max.sum())
-    calib = jf.Calibration(ped, gain, 1.0, calib.mask if masked else None)
+    calib = jf.Calibration(ped, gain, 1.0, calib.mask if mask else None, geometry)
     raw = rng.integers(0, 1 << 14, shape).astype(np.uint16)  # G0 words
     raw[near_max] = rng.integers(16370, 1 << 14, near_max.sum())
-    other = rng.random(shape) < 0.002  # a few other stages and special words among them
+    other = rng.random(shape) < other_fraction  # other stages and special words among them
     raw[other] = random_words(rng, shape)[other]
+    return calib, raw
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("masked", [False, True])
+def test_vectorized_g0_path_equals_reference_at_rounding_and_range_edges(rng, dtype, masked):
+    """Photons alone (no keV, status or tracking) take the vectorized G0 path."""
+    calib, raw = g0_edge_frame(rng, (64, 1024), masked)
     for nthreads in (1, 2):
         photons, info = jf.convert(raw, calib, dtype, nthreads=nthreads)
         ref, _, ref_status = convert_reference(raw, calib.pedestal, calib.gain, 1.0, calib.mask, dtype)
         np.testing.assert_array_equal(photons, ref)
         assert info.counts == {k: int((ref_status == v).sum()) for k, v in STATUS.items()}
     assert np.isin([-1, 1, 32765, 32766], ref).all()  # ties and counts next to the int16 edge were exercised
+
+
+# The eight ways a module can lie: fast axis along the image rows or columns, either way, and the
+# slow axis either way (row_step -1: the band's rows written in reverse), each in its own
+# 1033 x 1033 slot of a 2 x 4 grid.
+ORIENTATIONS = [((0, 1), (1, 0)), ((0, 1), (-1, 0)), ((0, -1), (1, 0)), ((0, -1), (-1, 0)),
+                ((1, 0), (0, 1)), ((1, 0), (0, -1)), ((-1, 0), (0, 1)), ((-1, 0), (0, -1))]
+
+
+def every_orientation_layout():
+    slot, side = 1030 + 3, (513, 1029)  # the last assembled row and column
+    mods = []
+    for k, ((fy, fx), (sy, sx)) in enumerate(ORIENTATIONS):
+        y, x = (k // 4) * slot, (k % 4) * slot
+        # the origin is assembled pixel (0, 0): at the slot's far side along an axis run backwards
+        oy = y + (side[0] if sy < 0 else 0) + (side[1] if fy < 0 else 0)
+        ox = x + (side[0] if sx < 0 else 0) + (side[1] if fx < 0 else 0)
+        mods.append((oy, ox, fy, fx, sy, sx))
+    return jf.ModuleLayout(np.array(mods), (2 * slot, 4 * slot))
+
+
+@pytest.fixture(params=(1, 2, 3), ids=["portable", "avx2", "avx512"])
+def simd_level(request):
+    """The core's SIMD build (csrc/pixels.h: one level for every dispatched loop; a CPU without
+    a build runs the best it has below it)."""
+    _core._codec_force_simd(request.param)
+    yield request.param
+    _core._codec_force_simd(0)
+
+
+@pytest.fixture(scope="module")
+def oriented_frame():
+    """An 8-module frame of every orientation (g0_edge_frame's words, a fixed seed: built once
+    for the module) and its reference photons, assembled, per output type."""
+    rng = np.random.default_rng(2020)
+    geometry = every_orientation_layout()
+    calib, raw = g0_edge_frame(rng, geometry.raw_shape, other_fraction=0.01, geometry=geometry)
+    refs = {}
+    for dtype in (np.int16, np.int32):
+        ref, ref_kev, ref_status = convert_reference(raw, calib.pedestal, calib.gain, 1.0, calib.mask, dtype)
+        lo = jf.markers(dtype)[0]
+        refs[dtype] = (assemble_reference(ref, geometry.modules, geometry.shape, lo), ref_status)
+    kev = assemble_reference(ref_kev, geometry.modules, geometry.shape, np.float32(np.nan))
+    return calib, raw, refs, kev, ref_kev
+
+
+def check_tracked(raw, calib, dtype, ref, ref_status, ref_kev, kev=None, threshold=100.0):
+    """One tracked conversion with keV and status (the lanes' extras): photons, statuses and
+    keV (`kev`: assembled) equal the reference's, the tracked G0 pedestal too bit for bit, and
+    some pedestals moved (a threshold of many photons: many dark pixels)."""
+    tracker = jf.PedestalTracker(calib, window=7, threshold=threshold)
+    before = tracker.pedestal_g0.copy()
+    photons, info = jf.convert(raw, calib, dtype, keV=True, status=True, track=tracker)
+    np.testing.assert_array_equal(photons, ref)
+    np.testing.assert_array_equal(info.status, ref_status)
+    np.testing.assert_array_equal(info.kev, ref_kev if kev is None else kev)
+    expect = track_reference(before, raw, ref_status, ref_kev, calib.energy_keV, 1 / 7, threshold)
+    np.testing.assert_array_equal(tracker.pedestal_g0, expect)
+    assert (expect != before).sum() > 10
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_every_simd_build_assembles_every_orientation_exactly(simd_level, oriented_frame, dtype):
+    """Each SIMD build's G0 lanes and block transposes give the reference photons, pixel for
+    pixel, on modules lying every way, with all gain stages, masked pixels, overloads, error
+    words, saturation and rounding ties."""
+    calib, raw, refs, kev, raw_kev = oriented_frame
+    ref, ref_status = refs[dtype]
+    for nthreads in (1, 2):
+        photons, info = jf.convert(raw, calib, dtype, nthreads=nthreads)
+        np.testing.assert_array_equal(photons, ref)
+        assert info.counts == {k: int((ref_status == v).sum()) for k, v in STATUS.items()}
+    for name in STATUS:  # the frame exercises every status
+        assert info.counts[name] > 0, name
+    check_tracked(raw, calib, dtype, ref, ref_status, raw_kev, kev)
+
+
+@pytest.mark.parametrize("width", [1, 7, 15, 16, 17, 31, 33, 100, 1030])
+def test_every_simd_build_converts_odd_raw_frames_exactly(simd_level, rng, width):
+    """Raw frames without modules, of widths on either side of the lane counts (the scalar
+    tail) and heights across a band edge, converted straight into the output."""
+    height = max(70, -(-700 // width))  # room for random_words' 600 special words
+    for dtype in (np.int16, np.int32):
+        for masked in (False, True):
+            calib, raw = g0_edge_frame(rng, (height, width), masked, other_fraction=0.05)
+            ref, ref_kev, ref_status = convert_reference(raw, calib.pedestal, calib.gain, 1.0, calib.mask, dtype)
+            photons, info = jf.convert(raw, calib, dtype, nthreads=2)
+            np.testing.assert_array_equal(photons, ref)
+            assert info.counts == {k: int((ref_status == v).sum()) for k, v in STATUS.items()}
+            check_tracked(raw, calib, dtype, ref, ref_status, ref_kev)
 
 
 def test_special_words_masked_and_counted(rng):
@@ -178,6 +275,21 @@ def test_all_invalid_frame(rng, word, status, marker):
     assert info.counts[status] == raw.size and info.n_marked == raw.size
     chunk = rr.encode(raw, calibration=calib, q=1)  # the codec keeps every marker exactly
     np.testing.assert_array_equal(rr.decode(chunk), photons)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, "mid"])
+def test_gap_index_outside_the_image_is_refused(bad):
+    """The core checks every gap index before writing (the largest one, wherever it is)."""
+    g = jf.ModuleLayout.grid(1, gap_x=0, gap_y=0)
+    shape = (g.shape[0] + 1, g.shape[1])  # one row of gap below the module
+    gap = np.arange(g.shape[0] * g.shape[1], shape[0] * shape[1], dtype=np.uint32)
+    gap[{-1: -1, 0: 0, "mid": len(gap) // 2}[bad]] = shape[0] * shape[1]  # one past the end
+    ped, gain = np.zeros((3, *g.raw_shape), np.float32), np.ones((3, *g.raw_shape), np.float32)
+    out = np.full(shape, 7, np.int16)
+    with pytest.raises(ValueError, match="gap index outside the image"):
+        _core.jf_convert(np.zeros(g.raw_shape, np.uint16), ped, gain, None, None, g.modules, gap, *shape, 1.0, 16,
+                         False, False, 0.0, 0.0, 1, out)
+    assert (out == 7).all()  # nothing written
 
 
 def test_shape_and_type_errors_are_clear(rng):
