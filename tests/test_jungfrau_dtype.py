@@ -63,6 +63,6 @@ def test_photon_range_ignores_masked_and_broken_pixels(rng):
     calib.pedestal[0, 0, 2] = np.nan
     assert calib.photon_range() == pytest.approx(before)
     calib.gain[2, 0, 3] = 1e-3  # an unmasked pixel with a tiny gain makes the range huge: int32
-    assert calib.photon_range()[1] > 1e5 and calib.photon_dtype() == np.int32
+    assert max(map(abs, calib.photon_range())) > 1e5 and calib.photon_dtype() == np.int32
     everything = jf.Calibration(calib.pedestal, calib.gain, 12.4, np.ones(WORDS.shape, bool))
     assert all(np.isnan(everything.photon_range())) and everything.photon_dtype() == np.int32
