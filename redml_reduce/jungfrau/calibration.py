@@ -78,14 +78,19 @@ class Calibration:
         finite non-zero gain) converts to, in any gain stage: ADC 0 or ADC_MAX, whichever
         end each pixel's gain sign makes the extreme. (nan, nan) when no pixel is good."""
         lo, hi = math.inf, -math.inf
-        good = np.ones(self.frame_shape, bool) if self.mask is None else ~self.mask
-        for ped, gain in zip(self.pedestal, self.gain):
-            ok = good & np.isfinite(ped) & np.isfinite(gain) & (gain != 0)
-            if not ok.any():
-                continue
-            p, g = ped[ok].astype(np.float64), gain[ok].astype(np.float64)
-            ends = np.stack([(0.0 - p) / g, (ADC_MAX - p) / g]) / self.energy_keV
-            lo, hi = min(lo, float(ends.min())), max(hi, float(ends.max()))
+        for ped, gain in zip(self.pedestal, self.gain):  # float32, whole planes: ~70 ms for a 4M
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                inv = np.float32(1) / gain
+                at_zero = np.negative(ped) * inv
+                at_max = (np.float32(ADC_MAX) - ped) * inv
+            low, high = np.fmin(at_zero, at_max), np.fmax(at_zero, at_max, out=at_max)
+            bad = ~np.isfinite(at_zero)
+            bad |= ~np.isfinite(high)
+            if self.mask is not None:
+                bad |= self.mask
+            low[bad], high[bad] = np.inf, -np.inf
+            lo, hi = min(lo, float(low.min())), max(hi, float(high.max()))
+        lo, hi = lo / self.energy_keV, hi / self.energy_keV
         return (lo, hi) if lo <= hi else (math.nan, math.nan)
 
     def photon_dtype(self) -> np.dtype:
