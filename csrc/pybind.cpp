@@ -286,7 +286,7 @@ py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_styl
 // gives an integer frame's in its range, a float frame's as a number rounded here).
 template <class T>
 redml::FrameLevels levels_of(const py::array &frame, const uint8_t *bad, int saturated, const py::object &threshold,
-                             size_t step, bool background) {
+                             bool background) {
     T t{};
     if (saturated == 2) {
         if constexpr (std::is_floating_point_v<T>) {
@@ -299,20 +299,19 @@ redml::FrameLevels levels_of(const py::array &frame, const uint8_t *bad, int sat
     const T *p = (const T *)frame.data();
     const size_t h = (size_t)frame.shape(0), w = (size_t)frame.shape(1);
     py::gil_scoped_release release;
-    return redml::frame_levels<T>(p, bad, h, w, (redml::Saturated)saturated, t, step, background);
+    return redml::frame_levels<T>(p, bad, h, w, (redml::Saturated)saturated, t, background);
 }
 
-py::tuple frame_levels(py::array frame, py::object bad, int saturated, py::object threshold, int step,
-                       bool background) {
+py::tuple frame_levels(py::array frame, py::object bad, int saturated, py::object threshold, bool background) {
     if (frame.ndim() != 2 || !(frame.flags() & py::array::c_style) || !frame.dtype().attr("isnative").cast<bool>())
         throw py::value_error("frame must be a 2-D C-contiguous array in native byte order");
-    if (step < 1 || saturated < 0 || saturated > 2) throw py::value_error("frame_levels: invalid arguments");
+    if (saturated < 0 || saturated > 2) throw py::value_error("frame_levels: saturated must be 0, 1 or 2");
     py::object bad_arr = bad.is_none() ? bad : py::object(bad.cast<U8Array>());
     const uint8_t *bad_p = optional_map(bad_arr, (size_t)frame.size(), "bad");
     const char kind = frame.dtype().kind();
     const size_t size = (size_t)frame.itemsize();
     auto run = [&](auto zero) {  // with the frame's type
-        return levels_of<decltype(zero)>(frame, bad_p, saturated, threshold, (size_t)step, background);
+        return levels_of<decltype(zero)>(frame, bad_p, saturated, threshold, background);
     };
     redml::FrameLevels out;
     if (kind == 'u' && size == 1) out = run(uint8_t{});
@@ -566,7 +565,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("hash_uniform", [](uint32_t seed, uint64_t idx, uint32_t stream) { return redml_uniform(seed, idx, stream); },
           py::arg("seed"), py::arg("idx"), py::arg("stream"));
     m.def("frame_levels", &frame_levels, py::arg("frame"), py::arg("bad"), py::arg("saturated"), py::arg("threshold"),
-          py::arg("step"), py::arg("background"));
+          py::arg("background"));
     m.def("dilate", &dilate_mask, py::arg("mask"), py::arg("margin"), py::arg("nthreads") = 0);
     m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
           py::arg("iterations"), py::arg("nthreads"), py::arg("markers") = 0);

@@ -91,14 +91,11 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
     return st, peaks, spot_mask
 
 
-GRID = 4  # the background's grid: every 4th row and column
-
-
 def frame_levels(frame: np.ndarray, saturation=None, bad=None, background: bool = True) -> tuple[float, int]:
     """(background, saturated) of a 2-D frame, in one pass of the core (no frame-sized
     temporary, no Python per pixel):
 
-    background: the mean of the good pixels on the 1-in-GRID grid of rows and columns (not bad,
+    background: the mean of the good pixels on the 1-in-4 grid of rows and columns (not bad,
         finite, not negative, below saturation), clipped at 5 sigma: the mean m of those,
         then the mean of those <= m + 5 sqrt(max(m, 1)) (Bragg spots and zingers away);
         nan without good pixels (or with background=False).
@@ -111,7 +108,7 @@ def frame_levels(frame: np.ndarray, saturation=None, bad=None, background: bool 
     if a.dtype.kind not in "uif" or a.dtype.itemsize > 8 or (a.dtype.kind == "f" and a.dtype.itemsize < 4):
         a = a.astype(np.float64)  # bool, float16: exact in float64
     a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
-    bg, n = _core.frame_levels(a, as_map(bad, a.shape, "bad"), *_saturated(a.dtype, saturation), GRID, background)
+    bg, n = _core.frame_levels(a, as_map(bad, a.shape, "bad"), *_saturated(a.dtype, saturation), background)
     return bg, int(n)
 
 
