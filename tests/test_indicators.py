@@ -107,6 +107,9 @@ def test_saturation_beyond_or_below_the_dtype_and_between_integers(rng):
     assert check(frame, 89.5) == check(frame, 90)
     assert check(frame.astype(np.int64), 2**70)[1] == 0
     assert check(frame.astype(np.int8), -200)[1] == frame.size
+    assert check(frame, math.inf)[1] == 0 and check(frame, -math.inf)[1] == frame.size
+    with pytest.raises(ValueError, match="nan"):
+        frame_levels(frame, math.nan)
 
 
 def test_float_frames_compare_in_their_own_precision():
@@ -121,6 +124,8 @@ def test_frames_without_good_grid_pixels_have_no_background():
     assert math.isnan(check(frame)[0])
     bad = np.ones(frame.shape, bool)
     assert math.isnan(check(np.ones((9, 9), np.uint16), bad=bad)[0])
+    for empty in (np.zeros((0, 5), np.uint16), np.zeros((5, 0), np.float32)):
+        assert math.isnan(check(empty, 10)[0])
 
 
 def test_other_dtypes_and_bad_maps(rng):
