@@ -9,7 +9,6 @@
 #include <string>
 
 #include "internal.h"
-#include "levels.h"
 #include "redml.h"
 #include "redml_jungfrau.h"
 #include "redml_spots.h"
