@@ -1,5 +1,6 @@
 // internal.h: what the Python binding uses beyond the public C API (redml.h, redml_spots.h,
-// redml_jungfrau.h): the learned spot finder's convolution, the still indexer, the reflection prediction, the codec's per-pixel hash
+// redml_jungfrau.h): the learned spot finder's convolution, the still indexer, the acquisition
+// indicators' frame levels, the reflection prediction, the codec's per-pixel hash
 // (for reference implementations in tests), the rANS decoder's build selection (tests)
 // and the encoder's stage timer (for
 // benchmarks/speed.py). Not part of the ABI.
@@ -9,6 +10,7 @@
 #include "index.h"     // index_still (the known-cell still indexer)
 #include "lattice.h"   // predict_reflections (the codec uses it too: lattice_chunk.h)
 #include "lattice_chunk.h"  // lattice_model_from_doubles (the encoder's lattice records)
+#include "levels.h"    // frame_levels (redml_reduce/acquire/indicators.py)
 #include "quantize.h"  // redml_uniform
 #include "spots.h"     // spots_force_simd (tests: every SIMD build of the spot finder)
 #include "stages.h"    // stage_times

@@ -3,7 +3,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "internal.h"
@@ -278,6 +280,53 @@ py::tuple radial_profile(py::array frame, py::array_t<int32_t, py::array::c_styl
     return py::make_tuple(mean, sigma, count);
 }
 
+// The acquisition indicators' (background, saturated) of a 2-D frame of any numeric dtype
+// (levels.h). saturated: 0 none, 1 all, 2 at or above threshold (redml_reduce/acquire/indicators.py
+// gives an integer frame's in its range, a float frame's as a number rounded here).
+template <class T>
+redml::FrameLevels levels_of(const py::array &frame, const uint8_t *bad, int saturated, const py::object &threshold,
+                             bool background) {
+    T t{};
+    if (saturated == 2) {
+        if constexpr (std::is_floating_point_v<T>) {
+            const double d = threshold.cast<double>(), top = std::numeric_limits<T>::max();
+            t = d > top ? T(INFINITY) : d < -top ? T(-INFINITY) : T(d);  // numpy's cast, no overflow
+        } else {
+            t = threshold.cast<T>();
+        }
+    }
+    const T *p = (const T *)frame.data();
+    const size_t h = (size_t)frame.shape(0), w = (size_t)frame.shape(1);
+    py::gil_scoped_release release;
+    return redml::frame_levels<T>(p, bad, h, w, (redml::Saturated)saturated, t, background);
+}
+
+py::tuple frame_levels(py::array frame, py::object bad, int saturated, py::object threshold, bool background) {
+    if (frame.ndim() != 2 || !(frame.flags() & py::array::c_style) || !frame.dtype().attr("isnative").cast<bool>())
+        throw py::value_error("frame must be a 2-D C-contiguous array in native byte order");
+    if (saturated < 0 || saturated > 2) throw py::value_error("frame_levels: saturated must be 0, 1 or 2");
+    py::object bad_arr = bad.is_none() ? bad : py::object(bad.cast<U8Array>());
+    const uint8_t *bad_p = optional_map(bad_arr, (size_t)frame.size(), "bad");
+    const char kind = frame.dtype().kind();
+    const size_t size = (size_t)frame.itemsize();
+    auto run = [&](auto zero) {  // with the frame's type
+        return levels_of<decltype(zero)>(frame, bad_p, saturated, threshold, background);
+    };
+    redml::FrameLevels out;
+    if (kind == 'u' && size == 1) out = run(uint8_t{});
+    else if (kind == 'i' && size == 1) out = run(int8_t{});
+    else if (kind == 'u' && size == 2) out = run(uint16_t{});
+    else if (kind == 'i' && size == 2) out = run(int16_t{});
+    else if (kind == 'u' && size == 4) out = run(uint32_t{});
+    else if (kind == 'i' && size == 4) out = run(int32_t{});
+    else if (kind == 'u' && size == 8) out = run(uint64_t{});
+    else if (kind == 'i' && size == 8) out = run(int64_t{});
+    else if (kind == 'f' && size == 4) out = run(float{});
+    else if (kind == 'f' && size == 8) out = run(double{});
+    else throw py::type_error("frame_levels: unsupported dtype " + std::string(py::str(frame.dtype())));
+    return py::make_tuple(out.background, out.saturated);
+}
+
 py::array_t<bool> dilate_mask(py::array_t<uint8_t, py::array::c_style | py::array::forcecast> map, int margin,
                               int nthreads) {
     if (map.ndim() != 2) throw py::value_error("mask must be 2-D");
@@ -514,6 +563,8 @@ PYBIND11_MODULE(_core, m) {
     // The codec's per-pixel pseudo-random uniform (quantize.h), for reference implementations in tests.
     m.def("hash_uniform", [](uint32_t seed, uint64_t idx, uint32_t stream) { return redml_uniform(seed, idx, stream); },
           py::arg("seed"), py::arg("idx"), py::arg("stream"));
+    m.def("frame_levels", &frame_levels, py::arg("frame"), py::arg("bad"), py::arg("saturated"), py::arg("threshold"),
+          py::arg("background"));
     m.def("dilate", &dilate_mask, py::arg("mask"), py::arg("margin"), py::arg("nthreads") = 0);
     m.def("radial_profile", &radial_profile, py::arg("frame"), py::arg("bins"), py::arg("nbins"), py::arg("clip"),
           py::arg("iterations"), py::arg("nthreads"), py::arg("markers") = 0);

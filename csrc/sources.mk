@@ -18,9 +18,11 @@ REDML_JUNGFRAU_SRC := csrc/jungfrau.cpp
 REDML_ML_SRC := csrc/conv.cpp
 # The known-cell still indexer (index.h), used by the Python binding only.
 REDML_INDEX_SRC := csrc/index.cpp
+# The acquisition indicators' background level and saturated count (levels.h), used by the Python binding only.
+REDML_LEVELS_SRC := csrc/levels.cpp
 # External libraries of the codec (-l names).
 REDML_LIBS := zstd lz4 xxhash htscodecs
 
 # The two artifacts: the HDF5 filter plugin (the codec only) and the Python extension.
 REDML_PLUGIN_SRC := csrc/h5filter.cpp $(REDML_CODEC_SRC)
-REDML_PYTHON_SRC := csrc/pybind.cpp $(REDML_CODEC_SRC) $(REDML_SPOTS_SRC) $(REDML_JUNGFRAU_SRC) $(REDML_ML_SRC) $(REDML_INDEX_SRC)
+REDML_PYTHON_SRC := csrc/pybind.cpp $(REDML_CODEC_SRC) $(REDML_SPOTS_SRC) $(REDML_JUNGFRAU_SRC) $(REDML_ML_SRC) $(REDML_INDEX_SRC) $(REDML_LEVELS_SRC)

@@ -23,9 +23,11 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _core
+from ..arrays import as_map
 from ..spots import find_spots
 
-__all__ = ["FrameStats", "analyse", "count_saturated", "resolution_limit", "thumbnail", "LiveStats", "COUNT_NAMES", "format_line", "print_status"]
+__all__ = ["FrameStats", "analyse", "frame_levels", "count_saturated", "resolution_limit", "thumbnail", "LiveStats", "COUNT_NAMES", "format_line", "print_status"]
 
 # Per series; received = written + sparse + vetoed + dropped + rejected once a series ends.
 COUNT_NAMES = ("received", "written", "sparse", "vetoed", "dropped", "rejected", "missing", "expected")
@@ -69,22 +71,7 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
     hit (its hit probability >= 0.5) and the resolution limit (from its lattice spots) instead
     of the spot count; the classical spots are still found (they make the ROI)."""
     st = FrameStats(image_id=image_id, raw_bytes=frame.nbytes)
-    bad = None if bad is None else np.asarray(bad, dtype=bool)  # nonzero = bad (no copy of a bool map)
-    sub = frame[::4, ::4]
-    good = np.isfinite(sub) if sub.dtype.kind == "f" else np.ones(sub.shape, bool)
-    if bad is not None:
-        good &= ~bad[::4, ::4]
-    if sub.dtype.kind in "if":
-        good &= sub >= 0
-    if saturation is not None:
-        good &= sub < saturation
-    if good.any():
-        # mean of the good pixels on the grid, Bragg spots and zingers clipped away (5 sigma)
-        v = sub[good].astype(np.float64)
-        m = v.mean()
-        st.background = float(v[v <= m + 5 * math.sqrt(max(m, 1.0))].mean())
-    if saturation is not None:
-        st.saturated = count_saturated(frame, saturation, bad)
+    st.background, st.saturated = frame_levels(frame, saturation, bad)
     spot_mask = None
     if spots:
         if peaks is None:
@@ -104,23 +91,47 @@ def analyse(frame: np.ndarray, *, bad=None, geometry=None, saturation: Optional[
     return st, peaks, spot_mask
 
 
-_BAND_ROWS = 128  # rows per band of count_saturated: its bool buffer stays in cache
+def frame_levels(frame: np.ndarray, saturation=None, bad=None, background: bool = True) -> tuple[float, int]:
+    """(background, saturated) of a 2-D frame, in one pass of the core (no frame-sized
+    temporary, no Python per pixel):
+
+    background: the mean of the good pixels on the 1-in-4 grid of rows and columns (not bad,
+        finite, not negative, below saturation), clipped at 5 sigma: the mean m of those,
+        then the mean of those <= m + 5 sqrt(max(m, 1)) (Bragg spots and zingers away);
+        nan without good pixels (or with background=False).
+    saturated: pixels at or above saturation that are not bad (0 with saturation None).
+    Comparisons are numpy's with a Python number: exact on integer frames, in the frame's
+    precision on float ones. bad: nonzero = bad."""
+    a = np.asarray(frame)
+    if a.ndim != 2:
+        raise ValueError(f"frame must be 2-D, got {a.ndim} dimensions")
+    if a.dtype.kind not in "uif" or a.dtype.itemsize > 8 or (a.dtype.kind == "f" and a.dtype.itemsize < 4):
+        a = a.astype(np.float64)  # bool, float16: exact in float64
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    bg, n = _core.frame_levels(a, as_map(bad, a.shape, "bad"), *_saturated(a.dtype, saturation), background)
+    return bg, int(n)
+
+
+def _saturated(dtype: np.dtype, saturation) -> tuple[int, object]:
+    """Which values of a frame of dtype are saturated, as the core takes it: (0, None) none,
+    (1, None) all, (2, threshold) those >= threshold: numpy's comparison with a Python number
+    (exact on integers: a threshold above the dtype's range reaches none, one at or below its
+    minimum all; a float frame's is rounded to its precision by the core)."""
+    if saturation is None:
+        return 0, None
+    if math.isnan(saturation):
+        raise ValueError("the saturation value must be a number, not nan")
+    if dtype.kind == "f":
+        return 2, float(saturation)
+    if math.isinf(saturation):
+        return (0, None) if saturation > 0 else (1, None)
+    t, info = math.ceil(saturation), np.iinfo(dtype)  # v >= s <=> v >= ceil(s) for integers v
+    return (0, None) if t > info.max else (1, None) if t <= info.min else (2, t)
 
 
 def count_saturated(frame: np.ndarray, saturation, bad=None) -> int:
-    """Pixels at or above saturation that are not bad, counted band by band in one small
-    buffer: no frame-sized temporary (a fresh one per frame costs its page faults)."""
-    h = frame.shape[0]
-    buf = np.empty((min(h, _BAND_ROWS),) + frame.shape[1:], bool)
-    n = 0
-    for r0 in range(0, h, _BAND_ROWS):
-        r1 = min(h, r0 + _BAND_ROWS)
-        b = buf[:r1 - r0]
-        np.greater_equal(frame[r0:r1], saturation, out=b)
-        if bad is not None:
-            np.greater(b, bad[r0:r1], out=b)  # saturated and not bad
-        n += int(np.count_nonzero(b))
-    return n
+    """Pixels at or above saturation that are not bad (frame_levels)."""
+    return frame_levels(frame, saturation, bad, background=False)[1]
 
 
 def _block_max(a: np.ndarray, factor: int) -> np.ndarray:
