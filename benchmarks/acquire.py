@@ -17,6 +17,9 @@ simulate-detector` (its own process) as fast as the receiver takes them. Each pi
   bslz4-spots     the plain writer with live indicators: the chunks stored as they came, and
              each frame decompressed for its spots (no encoding): the floor of any pipeline
              that finds spots, as redml's exact region needs them
+  bslz4-raw, redml-q1-raw   a raw JUNGFRAU stream instead (the sender simulates the shots
+             and sends gain bits + ADC words with the calibration): every frame converted to
+             photons (int16 here), then bitshuffle-LZ4 or redml q=1 (MB/s: raw words)
 
 Figures: sustained frames/s and MB/s (uncompressed frame bytes) from the first image's
 arrival to the last frame's flush; the receiving process's CPU time per frame over that span
@@ -50,7 +53,12 @@ PIPELINES = {
     "redml-q0": ["--q", "0"],
     "redml-q1-veto": ["--q", "1", "--veto", "sparse"],
     "bslz4-spots": ["--codec", "bslz4"],
+    # a raw JUNGFRAU stream (gain bits + ADC words, the calibration in the start message): each
+    # frame converted to photons, then stored by bitshuffle-LZ4 or encoded at q=1
+    "bslz4-raw": ["--codec", "bslz4", "--no-spots"],
+    "redml-q1-raw": ["--q", "1"],
 }
+RAW_FRAME_MB = 8 * 512 * 1024 * 2 / 1e6  # a JUNGFRAU 4M's raw words
 
 
 def free_port() -> int:
@@ -75,7 +83,8 @@ def make_pool(path: Path, n: int, seed: int, hit_rate: float, background: float)
             shot = sim.shot(i)
             hits += shot.hit
             w.write(shot.frame)
-    return {"shape": list(sim.detector.shape), "hits": hits, "seconds": time.perf_counter() - t}
+    return {"shape": list(sim.detector.shape), "hits": hits, "seconds": time.perf_counter() - t, "n": n,
+            "hit_rate": hit_rate, "background": background}
 
 
 def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path) -> dict:
@@ -88,9 +97,13 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
     recv_cmd = [sys.executable, "-m", "redml_reduce.cli", "acquire", "--connect", f"tcp://127.0.0.1:{port}",
                 "--out", str(out), "--json", str(summary), "--quiet", "--wait", "300", "--workers", str(workers),
                 *PIPELINES[name]]
+    raw = name.endswith("-raw")
+    meta = json.loads(pool.with_suffix(".json").read_text())
+    # raw: the sender simulates its own pool of shots (as many, the same hit rate and background)
+    source = (["--jungfrau-raw", "--detector", "4m", "--pool", str(meta["n"]), "--hit-rate", str(meta["hit_rate"]),
+               "--background", str(meta["background"])] if raw else ["--files", f"{pool}:/entry/data/data"])
     send_cmd = [sys.executable, "-m", "redml_study.cli", "simulate-detector", "--bind", f"tcp://127.0.0.1:{port}",
-                "--files", f"{pool}:/entry/data/data", "--frames", str(n_frames), "--rate", "0",
-                "--compression", "bslz4"]
+                *source, "--frames", str(n_frames), "--rate", "0", "--compression", "bslz4"]
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The receiver's output goes to a file: a pipe nobody reads until it exits fills up (64 KiB of
     # logged errors) and blocks its logging threads for good.
@@ -111,7 +124,7 @@ def run_pipeline(name: str, pool: Path, n_frames: int, workers: int, work: Path)
     res = json.loads(summary.read_text())
     (series,) = res["series"]
     c = series["counts"]
-    frame_mb = np.prod(json.loads(pool.with_suffix(".json").read_text())["shape"]) * 2 / 1e6
+    frame_mb = RAW_FRAME_MB if raw else np.prod(meta["shape"]) * 2 / 1e6
     fps = series["fps"]
     stored_mb = out.stat().st_size / 1e6
     return {"pipeline": name, "frames": c["received"], "written": c["written"], "sparse": c["sparse"],
@@ -216,7 +229,8 @@ def main(argv=None) -> int:
     n_frames = args.frames or (40 if args.quick else 200)
     n_pool = args.pool or (6 if args.quick else 16)
     pipelines = args.pipelines or (["bslz4", "bslz4-spots", "redml-q1"] if args.quick else
-                                   ["bslz4", "bslz4-spots", "redml-q1", "redml-q0", "redml-q1-veto"])
+                                   ["bslz4", "bslz4-spots", "redml-q1", "redml-q0", "redml-q1-veto", "bslz4-raw",
+                                    "redml-q1-raw"])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="redml-acq-bench-") as tmp:
         work = Path(args.workdir or tmp)
@@ -264,6 +278,8 @@ def main(argv=None) -> int:
            "workers": args.workers or cores, "machine": platform.platform(), "seconds": time.perf_counter() - t0}
     if "redml-q1" in by and "bslz4" in by:
         out["redml_q1_vs_bslz4_fps"] = by["redml-q1"]["fps"] / by["bslz4"]["fps"]
+    if "redml-q1-raw" in by and "bslz4-raw" in by:
+        out["redml_q1_raw_vs_bslz4_raw_fps"] = by["redml-q1-raw"]["fps"] / by["bslz4-raw"]["fps"]
     if "bslz4-spots" in by and "bslz4" in by:  # what finding the spots alone leaves of the plain writer's rate
         out["bslz4_spots_vs_bslz4_fps"] = by["bslz4-spots"]["fps"] / by["bslz4"]["fps"]
     if fanout:
