@@ -184,7 +184,9 @@ def stage_times(frames: np.ndarray, repeats: int) -> dict:
 
 def conversion_ms(frames: np.ndarray, repeats: int) -> float:
     """CPU ms of converting one raw JUNGFRAU 4M frame (the first of `frames`, made raw with a
-    simulated detector's calibration) to int16 photons, assembled: median of repeats."""
+    simulated detector's calibration) to int16 photons, assembled, into a reused array (a
+    stream's case): median of repeats after a few warm-up conversions (the first ones of a
+    process run several times slower while the calibration's and the output's pages settle)."""
     from redml_reduce import jungfrau as jf
     from redml_study.detector import simulate_detector
 
@@ -194,7 +196,7 @@ def conversion_ms(frames: np.ndarray, repeats: int) -> float:
     raw = det.raw(frames[0].astype(np.int32), rng)
     out = np.empty(frames[0].shape, np.int16)
     times = [cpu_time(lambda: jf.convert(raw, calib, out_dtype=np.int16, nthreads=1, out=out))[0]
-             for _ in range(repeats)]
+             for _ in range(repeats + 4)][4:]
     return 1e3 * statistics.median(times)
 
 
@@ -293,7 +295,7 @@ def main(argv: Optional[list] = None) -> int:
     jf = results[jf_name]
     cores = {name: DETECTOR_RATE * r["encode_ms"] / 1e3 / jf["_nbytes"]
              for name, r in jf.items() if not name.startswith("_")}
-    convert_ms = conversion_ms(sets[0].frames, max(3, repeats))
+    convert_ms = conversion_ms(sets[0].frames, max(5, repeats))
     # raw frames: every setting stores the converted photons (bslz4 and blosc2 too)
     cores_raw = {name: DETECTOR_RATE * (r["encode_ms"] + convert_ms) / 1e3 / jf["_nbytes"]
                  for name, r in jf.items() if not name.startswith("_")}
