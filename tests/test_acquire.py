@@ -467,6 +467,11 @@ def test_raw_jungfrau_stream_is_converted_and_its_calibration_kept(tmp_path, rng
     assert back[2][oy, ox] == np.iinfo(dt).max  # overload kept as the saturation marker
     with h5py.File(out, "r", libver="latest", swmr=True) as f:
         stored = read_calibration(f["entry/instrument/detector/jungfrau_calibration"])
+        # the photons' saturation value, not the raw words' (65534): DIALS sees the overload marker
+        # as an overload, and the indicators count it
+        assert f["entry/instrument/detector/saturation_value"][()] == np.iinfo(dt).max - 1
+        ids, saturated = f["entry/redml_acquire/image_id"][...], f["entry/redml_acquire/saturated"][...]
+    assert saturated[list(ids).index(2)] >= 1
     np.testing.assert_array_equal(stored.pedestal, det.calibration.pedestal)
     np.testing.assert_array_equal(stored.gain, det.calibration.gain)
 
