@@ -98,7 +98,6 @@ REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const LaneRow &w, int32_t lo, int32_t 
         const __m256 adc = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(words)), ped = _mm256_loadu_ps(w.ped0 + x);
         const __m256 gain = _mm256_loadu_ps(w.gain + x);
         const __m256 e = _mm256_div_ps(_mm256_sub_ps(adc, ped), gain);
-        fine &= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, gain), inf, _CMP_LT_OQ));  // finite gain
         const __m256 p = _mm256_mul_ps(e, inv);
         const __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t));  // NaN for infinities
@@ -106,7 +105,8 @@ REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const LaneRow &w, int32_t lo, int32_t 
         const __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), away));
         // lo < r < hi, false for NaN; (float)hi of int32 is 2^31, and no float lies in [hi, 2^31)
         const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(r, vlo, _CMP_GT_OQ), _mm256_cmp_ps(r, vhi, _CMP_LT_OQ));
-        fine &= (uint32_t)_mm256_movemask_ps(inside);
+        const __m256 finite_gain = _mm256_cmp_ps(_mm256_andnot_ps(sign, gain), inf, _CMP_LT_OQ);
+        fine &= (uint32_t)_mm256_movemask_ps(_mm256_and_ps(inside, finite_gain));
         const __m256i q = _mm256_cvttps_epi32(r);
         if constexpr (sizeof(T) == 2)  // inside lanes lie within int16: no saturation in the pack
             _mm_storeu_si128((__m128i *)(v + x), _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)));
@@ -141,7 +141,6 @@ REDML_TARGET_AVX512 uint32_t g0_groups_avx512(const LaneRow &w, int32_t lo, int3
     const __m512 inv = _mm512_set1_ps(w.inv_energy), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
     const __m512 sign = _mm512_set1_ps(-0.0f), vlo = _mm512_set1_ps((float)lo), vhi = _mm512_set1_ps((float)hi);
     const __m512 alpha = _mm512_set1_ps(w.alpha), threshold = _mm512_set1_ps(w.threshold);
-    const __m512 inf = _mm512_set1_ps(INFINITY);
     const __m256i stage_bits = _mm256_set1_epi16((short)0xC000);
     uint32_t x = 0;
     for (; x + 16 <= w.width; x += 16) {
@@ -154,7 +153,7 @@ REDML_TARGET_AVX512 uint32_t g0_groups_avx512(const LaneRow &w, int32_t lo, int3
         const __m512 adc = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(words)), ped = _mm512_loadu_ps(w.ped0 + x);
         const __m512 gain = _mm512_loadu_ps(w.gain + x);
         const __m512 e = _mm512_div_ps(_mm512_sub_ps(adc, ped), gain);
-        fine &= _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, gain), inf, _CMP_LT_OQ);  // finite gain
+        fine &= ~_mm512_fpclass_ps_mask(gain, 0x18);  // not an infinite gain (+inf 0x08, -inf 0x10)
         const __m512 p = _mm512_mul_ps(e, inv);
         const __m512 t = _mm512_roundscale_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         const __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(p, t));  // NaN for infinities
