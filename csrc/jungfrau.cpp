@@ -54,8 +54,9 @@ inline int64_t out_offset(const redml_jf_module &m, int r, int c, uint32_t out_w
 // half away from zero as trunc(v) + (|v - trunc(v)| >= 0.5 ? sign(v) : 0), which equals the
 // scalar trunc(v +- 0.5) exactly, and store them as T; with kExtras also the keV, the status
 // (G0) and the tracked pedestal (redml_jf_track's operations). A lane that is masked, not G0,
-// or whose count is non-finite or beyond (lo, hi) is then redone by slow(x, x + 1), the
-// scalar rule, over everything the lanes stored (its tracked pedestal was stored unchanged).
+// has a non-finite gain, or whose count is non-finite or beyond (lo, hi) is then redone by
+// slow(x, x + 1), the scalar rule, over everything the lanes stored (its tracked pedestal was
+// stored unchanged).
 // They return where the scalar tail starts.
 
 // The row's pointers and constants for the lanes.
@@ -84,6 +85,7 @@ REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const LaneRow &w, int32_t lo, int32_t 
     const __m256 inv = _mm256_set1_ps(w.inv_energy), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
     const __m256 sign = _mm256_set1_ps(-0.0f), vlo = _mm256_set1_ps((float)lo), vhi = _mm256_set1_ps((float)hi);
     const __m256 alpha = _mm256_set1_ps(w.alpha), threshold = _mm256_set1_ps(w.threshold);
+    const __m256 inf = _mm256_set1_ps(INFINITY);
     const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m128i stage_bits = _mm_set1_epi16((short)0xC000), zero = _mm_setzero_si128();
     uint32_t x = 0;
@@ -94,7 +96,8 @@ REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const LaneRow &w, int32_t lo, int32_t 
         uint32_t fine = (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(g0, zero));
         if (kMask) fine &= (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadl_epi64((const __m128i *)(w.mask + x)), zero));
         const __m256 adc = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(words)), ped = _mm256_loadu_ps(w.ped0 + x);
-        const __m256 e = _mm256_div_ps(_mm256_sub_ps(adc, ped), _mm256_loadu_ps(w.gain + x));
+        const __m256 gain = _mm256_loadu_ps(w.gain + x);
+        const __m256 e = _mm256_div_ps(_mm256_sub_ps(adc, ped), gain);
         const __m256 p = _mm256_mul_ps(e, inv);
         const __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t));  // NaN for infinities
@@ -102,7 +105,8 @@ REDML_TARGET_AVX2 uint32_t g0_groups_avx2(const LaneRow &w, int32_t lo, int32_t 
         const __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), away));
         // lo < r < hi, false for NaN; (float)hi of int32 is 2^31, and no float lies in [hi, 2^31)
         const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(r, vlo, _CMP_GT_OQ), _mm256_cmp_ps(r, vhi, _CMP_LT_OQ));
-        fine &= (uint32_t)_mm256_movemask_ps(inside);
+        const __m256 finite_gain = _mm256_cmp_ps(_mm256_andnot_ps(sign, gain), inf, _CMP_LT_OQ);
+        fine &= (uint32_t)_mm256_movemask_ps(_mm256_and_ps(inside, finite_gain));
         const __m256i q = _mm256_cvttps_epi32(r);
         if constexpr (sizeof(T) == 2)  // inside lanes lie within int16: no saturation in the pack
             _mm_storeu_si128((__m128i *)(v + x), _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)));
@@ -147,7 +151,9 @@ REDML_TARGET_AVX512 uint32_t g0_groups_avx512(const LaneRow &w, int32_t lo, int3
             fine &= _mm_testn_epi8_mask(m, m);
         }
         const __m512 adc = _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(words)), ped = _mm512_loadu_ps(w.ped0 + x);
-        const __m512 e = _mm512_div_ps(_mm512_sub_ps(adc, ped), _mm512_loadu_ps(w.gain + x));
+        const __m512 gain = _mm512_loadu_ps(w.gain + x);
+        const __m512 e = _mm512_div_ps(_mm512_sub_ps(adc, ped), gain);
+        fine &= ~_mm512_fpclass_ps_mask(gain, 0x18);  // not an infinite gain (+inf 0x08, -inf 0x10)
         const __m512 p = _mm512_mul_ps(e, inv);
         const __m512 t = _mm512_roundscale_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
         const __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(p, t));  // NaN for infinities

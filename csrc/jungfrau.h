@@ -83,7 +83,9 @@ REDML_HD int redml_jf_pixel(uint16_t word, int masked, const float *ped0, const 
         return s;
     }
     float p = s == REDML_JF_G0 ? ped0[i] : pedestal[(size_t)s * n + i];
-    float e = ((float)(word & 0x3FFFu) - p) / gain[(size_t)s * n + i];
+    float g = gain[(size_t)s * n + i];
+    float e = ((float)(word & 0x3FFFu) - p) / g;
+    if (isinf(g)) e = NAN; /* a broken gain, as a nan one: its quotient 0 is no count */
     s = redml_jf_round(e * inv_energy, s, lo, hi, photons);
     *kev = s == REDML_JF_MASKED ? NAN : e;
     return s;

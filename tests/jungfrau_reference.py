@@ -31,7 +31,7 @@ def convert_reference(raw, pedestal, gain, energy_keV, mask=None, dtype=np.int32
     sat_hi, sat_lo = np.isfinite(r) & (r >= info.max), np.isfinite(r) & (r <= info.min)
     photons = np.where(sat_hi, info.max, np.where(sat_lo, info.min + 1, photons))
     status[sat_hi | sat_lo] = STATUS["saturated"]
-    special = [(~np.isfinite(ph), "masked", info.min, np.nan), (bits == 2, "invalid_gain", info.min, np.nan),
+    special = [(~np.isfinite(ph) | np.isinf(g), "masked", info.min, np.nan), (bits == 2, "invalid_gain", info.min, np.nan),
                (raw == 0xC000, "overload", info.max, np.inf), (raw == 0xFFFF, "error", info.min, np.nan)]
     if mask is not None:
         special.append((np.asarray(mask, bool), "masked", info.min, np.nan))

@@ -164,3 +164,14 @@ def test_every_simd_build_gives_the_definition(rng, level, dtype):
             check(frame, saturation_of(dtype) - 1)
     finally:
         _core._spots_force_simd(0)
+
+
+@pytest.mark.parametrize("frame", [np.full((8, 8), 3 + 4j), np.array([["1", "2"], ["3", "4"]]),
+                                   np.full((8, 8), 3, np.longdouble), np.full((8, 8), None, object)],
+                         ids=["complex", "str", "longdouble", "object"])
+def test_frames_of_other_kinds_are_refused(frame):
+    """Only numbers the core reads exactly (or after an exact cast: bool, float16) are taken: a
+    complex frame is not silently cut to its real part, nor strings parsed, nor a long double
+    rounded to float64."""
+    with pytest.raises(TypeError, match="frame_levels"):
+        frame_levels(frame, 2)

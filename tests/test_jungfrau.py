@@ -264,6 +264,34 @@ def test_special_words_masked_and_counted(rng):
         assert (photons.ravel()[rest] >= 0).all() and (photons.ravel()[rest] < 5).all()
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_infinite_gain_masks_the_pixel_in_every_build(simd_level, rng, dtype):
+    """A non-finite gain is a broken calibration (redml_jungfrau.h: masked), +-inf as much as
+    nan: its division gives 0 keV, which must not pass for a count of 0 photons (nor move
+    the tracked pedestal), in the vector lanes as in the scalar rule."""
+    calib = make_calib(rng, (4, 64))
+    raw = photons_to_raw(rng.integers(0, 5, calib.frame_shape), calib, rng, noise=False)
+    gain = calib.gain.copy()
+    broken = np.zeros(calib.frame_shape, bool)
+    broken[:, 3::7] = True
+    for s in range(3):
+        gain[s][broken] = np.inf if s != 1 else -np.inf
+    calib = jf.Calibration(calib.pedestal, gain, E)
+    for bits in GAIN_BITS_WORDS:  # each stage's words on the broken pixels (G0 in the lanes)
+        words = raw.copy()
+        words[broken] = bits | rng.integers(1, (1 << 14) - 1, broken.sum())  # not the overload or error word
+        tracker = jf.PedestalTracker(calib, window=3, threshold=100.0)
+        photons, info = jf.convert(words, calib, dtype, keV=True, status=True, track=tracker)
+        assert (photons[broken] == jf.markers(dtype)[0]).all()
+        assert (info.status[broken] == STATUS["masked"]).all() and np.isnan(info.kev[broken]).all()
+        assert info.counts["masked"] == broken.sum()
+        np.testing.assert_array_equal(tracker.pedestal_g0[broken], calib.pedestal[0][broken])
+        assert (photons[~broken] >= 0).all() and (photons[~broken] < 5).all()  # the others are counts
+
+
+GAIN_BITS_WORDS = (0x0000, 0x4000, 0xC000)  # G0, G1, G2
+
+
 @pytest.mark.parametrize("word, status, marker", [(0xFFFF, "error", "lo"), (0x8123, "invalid_gain", "lo"),
                                                   (0xC000, "overload", "hi")])
 def test_all_invalid_frame(rng, word, status, marker):

@@ -66,3 +66,24 @@ def test_photon_range_ignores_masked_and_broken_pixels(rng):
     assert max(map(abs, calib.photon_range())) > 1e5 and calib.photon_dtype() == np.int32
     everything = jf.Calibration(calib.pedestal, calib.gain, 12.4, np.ones(WORDS.shape, bool))
     assert all(np.isnan(everything.photon_range())) and everything.photon_dtype() == np.int32
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_acquired_series_records_the_markers_of_its_photon_type(tmp_path, rng, dtype):
+    """A raw JUNGFRAU series stores its calibration beside photons of the series' type (int16
+    where the calibration allows it): the stored photon_dtype and markers are that type's, not
+    int32's, so `redml inspect` and a reader of the file see the markers the frames hold."""
+    import h5py
+
+    from redml_reduce.acquire.series import SeriesFile
+    from redml_reduce.jungfrau.calibration import CALIBRATION_GROUP, describe_calibration
+
+    calib = uniform_calibration(rng, 12.4, shape=(16, 32))
+    f = SeriesFile(tmp_path / "s.h5", calib.image_shape(), dtype, codec_settings={"q": 0}, calibration=calib)
+    f.close()
+    lo, hi = jf.markers(dtype)
+    with h5py.File(tmp_path / "s.h5", "r") as h:
+        g = h[f"entry/instrument/detector/{CALIBRATION_GROUP}"]
+        assert g.attrs["photon_dtype"] == np.dtype(dtype).name
+        assert g.attrs["markers"].startswith(f"{lo}: masked") and f"{hi}: overload" in g.attrs["markers"]
+        assert f"photons {np.dtype(dtype).name}" in describe_calibration(g)

@@ -105,8 +105,10 @@ def frame_levels(frame: np.ndarray, saturation=None, bad=None, background: bool 
     a = np.asarray(frame)
     if a.ndim != 2:
         raise ValueError(f"frame must be 2-D, got {a.ndim} dimensions")
-    if a.dtype.kind not in "uif" or a.dtype.itemsize > 8 or (a.dtype.kind == "f" and a.dtype.itemsize < 4):
-        a = a.astype(np.float64)  # bool, float16: exact in float64
+    if a.dtype.kind == "b" or a.dtype == np.float16:
+        a = a.astype(np.float64)  # exact in float64
+    elif a.dtype.kind not in "uif" or a.dtype.itemsize > 8:  # complex, strings, objects, long double: no exact cast
+        raise TypeError(f"frame_levels: frames of numbers up to 64 bits, not {a.dtype}")
     a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
     bg, n = _core.frame_levels(a, as_map(bad, a.shape, "bad"), *_saturated(a.dtype, saturation), background)
     return bg, int(n)

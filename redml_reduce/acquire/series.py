@@ -77,6 +77,7 @@ class SeriesFile:
         self._peaks = peaks
         self._indexing = indexing  # an orientation table beside the rows
         self._calibration = calibration  # raw JUNGFRAU series: stored once, to see and redo the conversion
+        self._dtype = np.dtype(dtype)  # the photons' type: the calibration records its markers
         self._attrs = attrs or {}
         self._start = start_fields or {}
         kw = dict(codec_settings or {}) if filter is None else {"filter": filter}
@@ -88,7 +89,7 @@ class SeriesFile:
         if self._calibration is not None:
             from ..jungfrau.calibration import write_calibration
 
-            write_calibration(f.require_group("entry/instrument/detector"), self._calibration)
+            write_calibration(f.require_group("entry/instrument/detector"), self._calibration, photon_dtype=self._dtype)
         g = f.require_group(TABLE)
         g.attrs["NX_class"] = np.bytes_("NXcollection")
         for k, v in self._attrs.items():
