@@ -470,6 +470,8 @@ def test_raw_jungfrau_stream_is_converted_and_its_calibration_kept(tmp_path, rng
         # the photons' saturation value, not the raw words' (65534): DIALS sees the overload marker
         # as an overload, and the indicators count it
         assert f["entry/instrument/detector/saturation_value"][()] == np.iinfo(dt).max - 1
+        # and the lowest count is trusted: negative photon counts (noise) are counts, the bad-pixel marker is not
+        assert f["entry/instrument/detector/underload_value"][()] == np.iinfo(dt).min + 1
         ids, saturated = f["entry/redml_acquire/image_id"][...], f["entry/redml_acquire/saturated"][...]
     assert saturated[list(ids).index(2)] >= 1
     np.testing.assert_array_equal(stored.pedestal, det.calibration.pedestal)

@@ -177,6 +177,7 @@ class StartMessage:
     type: str = "start"
     jungfrau_calibration: Optional[dict] = None  # energy_keV and EncodedArray pedestal, gain (3-D), mask (2-D)
     pixel_mask_error: Optional[str] = None  # why the message's pixel mask cannot be used
+    underload_value: Optional[int] = None  # the stored frames' lowest trusted value (None: the writer's 0)
 
     def nxmx_options(self) -> dict:
         """The detector description for FrameWriter(nxmx=...)."""
@@ -187,6 +188,8 @@ class StartMessage:
             out["sensor_thickness_mm"] = self.sensor_thickness_mm
         if self.saturation_value is not None:
             out["saturation_value"] = self.saturation_value
+        if self.underload_value is not None:
+            out["underload_value"] = self.underload_value
         if self.count_time_s:
             out["count_time_s"] = self.count_time_s
         return out

@@ -100,9 +100,11 @@ class Receiver:
         series.calibration = calib
         series.shape, series.dtype = tuple(calib.image_shape()), calib.photon_dtype()
         # The start message's saturation value counts raw words; the file and the indicators hold
-        # photons, whose overloads are the type's maximum: every value below it is a count (the
-        # photon type is chosen so that no count reaches it).
+        # photons, whose overloads are the type's maximum and bad pixels its minimum: every value
+        # between is a count (the photon type is chosen so that no count reaches either end),
+        # negative ones included (noise around an empty pixel's pedestal).
         msg.saturation_value = int(np.iinfo(series.dtype).max) - 1
+        msg.underload_value = int(np.iinfo(series.dtype).min) + 1
 
     def _check_size(self, name: str, a: EncodedArray) -> None:
         """Refuses an array whose decoded size exceeds max_array_bytes, before decoding it."""
