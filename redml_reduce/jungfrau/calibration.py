@@ -86,6 +86,7 @@ class Calibration:
             low, high = np.fmin(at_zero, at_max), np.fmax(at_zero, at_max, out=at_max)
             bad = ~np.isfinite(at_zero)
             bad |= ~np.isfinite(high)
+            bad |= np.isinf(gain)  # the conversion masks these (their quotient, 0, is not a count)
             if self.mask is not None:
                 bad |= self.mask
             low[bad], high[bad] = np.inf, -np.inf
@@ -95,7 +96,7 @@ class Calibration:
 
     def photon_dtype(self) -> np.dtype:
         """int16 where every count this calibration can produce fits between int16's markers
-        (its minimum and maximum, plus a photon of margin for the rounding and the G0
+        (its minimum and maximum, with two photons of margin for the rounding and the G0
         pedestal's tracking), else int32: the smaller frame loses nothing (half the bytes to
         convert and encode: a JUNGFRAU at 12 keV tops out near 14000 photons in G2)."""
         lo, hi = self.photon_range()
